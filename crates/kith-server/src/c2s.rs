@@ -1,0 +1,602 @@
+//! Client-to-server stream negotiation (RFC 6120 §4–§7): stream headers, STARTTLS,
+//! SASL, resource binding; then hand-over to the session.
+//!
+//! The same negotiation runs on every transport through [`Link`]: plain TCP (which
+//! must upgrade with STARTTLS first, RFC 6120 §5), direct TLS (XEP-0368) and
+//! WebSocket (RFC 7395, see `http.rs`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kith_proto::sasl::{self, Mechanism, SaslError, ScramHash, ScramServer, SecretRef};
+use kith_proto::stream::Limits;
+use kith_proto::{Element, FullJid, StreamErrorCondition, StreamEvent, ns};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Server;
+use crate::features;
+use crate::link::{Header, Link, LinkError, LinkRead, LinkWrite, TcpLink};
+use crate::session;
+
+pub(crate) async fn accept_loop(server: Arc<Server>, listener: TcpListener, direct_tls: bool) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let Some(_slot) = server.connections.try_open(peer.ip()) else {
+                tracing::debug!(%peer, "too many connections from this address");
+                return;
+            };
+            serve_tcp(&server, tcp, peer, direct_tls).await;
+        });
+    }
+}
+
+/// Why negotiation ended without a session.
+enum Ended {
+    /// The peer went away or the link failed; nothing more to say.
+    Gone,
+    /// Close the stream with this error.
+    Error(StreamErrorCondition, &'static str),
+}
+
+impl From<LinkError> for Ended {
+    fn from(error: LinkError) -> Self {
+        match error {
+            LinkError::Eof | LinkError::Io(_) => Ended::Gone,
+            LinkError::Xml(error) => Ended::Error(error.condition, xml_error_text(error.condition)),
+        }
+    }
+}
+
+fn xml_error_text(condition: StreamErrorCondition) -> &'static str {
+    match condition {
+        StreamErrorCondition::RestrictedXml => {
+            "DTDs, entities, comments and processing instructions are not allowed"
+        }
+        StreamErrorCondition::PolicyViolation => "stanza too large or too deep",
+        _ => "malformed XML",
+    }
+}
+
+async fn serve_tcp(server: &Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let limits = limits(server);
+    let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
+    if direct_tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.direct_tls.clone());
+        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let link = TcpLink::new(tls, limits);
+                negotiate(server, link, peer.ip(), true, false).await;
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+        return;
+    }
+    let mut link = TcpLink::new(tcp, limits);
+    let mut opened = false;
+    let result = tokio::time::timeout(timeout, starttls(server, &mut link, &mut opened)).await;
+    match result {
+        Ok(Ok(())) => {
+            let tcp = link.into_inner();
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.starttls.clone());
+            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    negotiate(server, TcpLink::new(tls, limits), peer.ip(), true, false).await
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "STARTTLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "STARTTLS handshake timed out"),
+            }
+        }
+        Ok(Err(ended)) => close(server, &mut link, opened, ended).await,
+        Err(_) => {
+            let ended = Ended::Error(
+                StreamErrorCondition::ConnectionTimeout,
+                "negotiation took too long",
+            );
+            close(server, &mut link, opened, ended).await
+        }
+    }
+}
+
+pub(crate) fn limits(server: &Server) -> Limits {
+    Limits {
+        max_stanza_size: server.config.limits.max_stanza_size,
+        ..Limits::default()
+    }
+}
+
+/// The plaintext phase: only `<starttls/>` is acceptable (TLS is required).
+async fn starttls<L: Link>(server: &Server, link: &mut L, opened: &mut bool) -> Result<(), Ended> {
+    open_stream(server, link, opened).await?;
+    let features = Element::new(ns::STREAM, "features")
+        .child(Element::new(ns::TLS, "starttls").child(Element::new(ns::TLS, "required")));
+    link.element(&features);
+    link.flush().await.map_err(|_| Ended::Gone)?;
+    match link.next_event().await? {
+        StreamEvent::Stanza(element) if element.is("starttls", ns::TLS) => {
+            link.element(&Element::new(ns::TLS, "proceed"));
+            link.flush().await.map_err(|_| Ended::Gone)?;
+            Ok(())
+        }
+        StreamEvent::Stanza(element) if is_stanza(&element) => Err(Ended::Error(
+            StreamErrorCondition::NotAuthorized,
+            "authenticate first",
+        )),
+        StreamEvent::Stanza(_) => Err(Ended::Error(
+            StreamErrorCondition::PolicyViolation,
+            "STARTTLS is required on this port (RFC 6120 §5)",
+        )),
+        StreamEvent::Open(_) => Err(Ended::Error(
+            StreamErrorCondition::NotWellFormed,
+            "second stream header",
+        )),
+        StreamEvent::Close => Err(Ended::Gone),
+    }
+}
+
+fn is_stanza(element: &Element) -> bool {
+    element.ns == ns::CLIENT && matches!(element.name.as_str(), "message" | "presence" | "iq")
+}
+
+/// Waits for the client's stream header and answers with ours.
+async fn open_stream<L: LinkRead + LinkWrite>(
+    server: &Server,
+    link: &mut L,
+    opened: &mut bool,
+) -> Result<(), Ended> {
+    let header = match link.next_event().await? {
+        StreamEvent::Open(header) => header,
+        _ => {
+            return Err(Ended::Error(
+                StreamErrorCondition::NotWellFormed,
+                "expected a stream header",
+            ));
+        }
+    };
+    let id = crate::random_id(16);
+    link.open(&Header {
+        id: &id,
+        from: &server.domain,
+        to: None,
+    });
+    *opened = true;
+    // RFC 6120 §4.9.3.6: a stream to a domain we don't serve.
+    if let Some(to) = header.get_attr("to")
+        && !to.eq_ignore_ascii_case(&server.domain)
+    {
+        return Err(Ended::Error(
+            StreamErrorCondition::HostUnknown,
+            "this server does not serve that domain",
+        ));
+    }
+    // RFC 6120 §4.7.5: we speak 1.0 only.
+    if let Some(version) = header.get_attr("version")
+        && !version.starts_with("1.")
+    {
+        return Err(Ended::Error(
+            StreamErrorCondition::UnsupportedVersion,
+            "only XMPP 1.0 is supported",
+        ));
+    }
+    Ok(())
+}
+
+/// Sends a stream error (after a header, which RFC 6120 §4.9.1.1 requires) and closes.
+async fn close<L: LinkWrite>(server: &Server, link: &mut L, opened: bool, ended: Ended) {
+    if let Ended::Error(condition, text) = ended {
+        if !opened {
+            let id = crate::random_id(16);
+            link.open(&Header {
+                id: &id,
+                from: &server.domain,
+                to: None,
+            });
+        }
+        tracing::debug!(%condition, text, "closing stream with an error");
+        link.element(&condition.to_element(Some(text)));
+        link.close();
+    }
+    link.shutdown().await;
+}
+
+/// Negotiates SASL and resource binding on a link, then runs the session.
+pub(crate) async fn negotiate<L: Link>(
+    server: &Arc<Server>,
+    mut link: L,
+    ip: IpAddr,
+    secure: bool,
+    _websocket: bool,
+) {
+    let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
+    let mut opened = false;
+    let result = tokio::time::timeout(
+        timeout,
+        authenticate_and_bind(server, &mut link, ip, secure, &mut opened),
+    )
+    .await;
+    let bound = match result {
+        Ok(Ok(bound)) => bound,
+        Ok(Err(ended)) => return close(server, &mut link, opened, ended).await,
+        Err(_) => {
+            let ended = Ended::Error(
+                StreamErrorCondition::ConnectionTimeout,
+                "negotiation took too long",
+            );
+            return close(server, &mut link, opened, ended).await;
+        }
+    };
+    let (reader, writer) = link.split();
+    session::run(server.clone(), bound, reader, writer).await;
+}
+
+/// The result of negotiation: a bound resource, ready for a session.
+pub(crate) struct Bound {
+    pub jid: FullJid,
+    pub id: u64,
+    pub rx: tokio::sync::mpsc::Receiver<crate::router::Outbound>,
+}
+
+async fn authenticate_and_bind<L: Link>(
+    server: &Arc<Server>,
+    link: &mut L,
+    ip: IpAddr,
+    secure: bool,
+    opened: &mut bool,
+) -> Result<Bound, Ended> {
+    let username = sasl_phase(server, link, ip, secure, opened).await?;
+    link.restart();
+    open_stream(server, link, opened).await?;
+    let features = Element::new(ns::STREAM, "features")
+        .child(Element::new(ns::BIND, "bind"))
+        .child(Element::new(ns::SESSION, "session").child(Element::new(ns::SESSION, "optional")))
+        .child(Element::new(ns::ROSTER_VER, "ver"))
+        .child(Element::new(ns::PRE_APPROVAL, "sub"));
+    link.element(&features);
+    link.flush().await.map_err(|_| Ended::Gone)?;
+    loop {
+        let element = match link.next_event().await? {
+            StreamEvent::Stanza(element) => element,
+            StreamEvent::Close => return Err(Ended::Gone),
+            StreamEvent::Open(_) => {
+                return Err(Ended::Error(
+                    StreamErrorCondition::NotWellFormed,
+                    "unexpected header",
+                ));
+            }
+        };
+        let Some(bind) = element
+            .get_child("bind", ns::BIND)
+            .filter(|_| element.is("iq", ns::CLIENT))
+        else {
+            return Err(Ended::Error(
+                StreamErrorCondition::NotAuthorized,
+                "bind a resource first",
+            ));
+        };
+        let requested = bind
+            .child_text("resource", ns::BIND)
+            .filter(|r| !r.trim().is_empty());
+        match bind_resource(server, &username, requested.as_deref()) {
+            Ok(bound) => {
+                let result = Element::new(ns::CLIENT, "iq")
+                    .attr_opt("id", element.get_attr("id"))
+                    .attr("type", "result")
+                    .child(
+                        Element::new(ns::BIND, "bind")
+                            .child(Element::new(ns::BIND, "jid").text(bound.jid.to_string())),
+                    );
+                link.element(&result);
+                link.flush().await.map_err(|_| Ended::Gone)?;
+                tracing::debug!(jid = %bound.jid, "resource bound");
+                return Ok(bound);
+            }
+            Err(error) => {
+                link.element(&error.reply_to(&element));
+                link.flush().await.map_err(|_| Ended::Gone)?;
+            }
+        }
+    }
+}
+
+/// Binds a resource. RFC 6120 §7.7.2.2: a conflicting or missing resource gets a
+/// server-generated one, so an existing session is never cut off by a newcomer.
+fn bind_resource(
+    server: &Arc<Server>,
+    username: &str,
+    requested: Option<&str>,
+) -> Result<Bound, kith_proto::StanzaError> {
+    let bare = format!("{username}@{}", server.domain);
+    let resource = match requested {
+        Some(resource) if !server.router.has_resource(&bare, resource) => resource.to_owned(),
+        Some(resource) => format!("{}.{}", resource, crate::random_id(6)),
+        None => format!("kith-{}", crate::random_id(10)),
+    };
+    let jid = FullJid::new(&format!("{bare}/{resource}")).map_err(|_| {
+        kith_proto::StanzaError::bad_request()
+            .with_text("the resource is not a valid JID resourcepart")
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(server.config.limits.session_queue);
+    let id = server.next_id();
+    let entry = crate::router::SessionEntry {
+        jid: jid.clone(),
+        id,
+        tx,
+        presence: None,
+        priority: 0,
+        interested: false,
+    };
+    match server
+        .router
+        .bind(entry, server.config.limits.max_sessions_per_user)
+    {
+        crate::router::BindOutcome::TooManySessions => Err(kith_proto::StanzaError::new(
+            kith_proto::error::StanzaErrorCondition::ResourceConstraint,
+        )
+        .with_type(kith_proto::StanzaErrorType::Cancel)
+        .with_text("too many sessions for this account")),
+        _ => Ok(Bound { jid, id, rx }),
+    }
+}
+
+/// Runs SASL (RFC 6120 §6) until success; returns the authenticated username.
+async fn sasl_phase<L: Link>(
+    server: &Arc<Server>,
+    link: &mut L,
+    ip: IpAddr,
+    secure: bool,
+    opened: &mut bool,
+) -> Result<String, Ended> {
+    open_stream(server, link, opened).await?;
+    let mut mechanisms = Element::new(ns::SASL, "mechanisms");
+    for mechanism in sasl::MECHANISMS {
+        // RFC 6120 §13.8 / the issue: PLAIN only over TLS.
+        if mechanism == Mechanism::Plain && !secure {
+            continue;
+        }
+        mechanisms.push_child(Element::new(ns::SASL, "mechanism").text(mechanism.name()));
+    }
+    let mut features = Element::new(ns::STREAM, "features").child(mechanisms);
+    if server.config.registration_enabled() {
+        features.push_child(Element::new(ns::REGISTER_FEATURE, "register"));
+    }
+    link.element(&features);
+    link.flush().await.map_err(|_| Ended::Gone)?;
+
+    let mut failures = 0;
+    loop {
+        let element = match link.next_event().await? {
+            StreamEvent::Stanza(element) => element,
+            StreamEvent::Close => return Err(Ended::Gone),
+            StreamEvent::Open(_) => {
+                return Err(Ended::Error(
+                    StreamErrorCondition::NotWellFormed,
+                    "unexpected header",
+                ));
+            }
+        };
+        if element.is("auth", ns::SASL) {
+            match authenticate(server, link, &element, secure).await? {
+                Ok(username) => {
+                    link.element(&success_element(&username.1));
+                    link.flush().await.map_err(|_| Ended::Gone)?;
+                    tracing::debug!(user = %username.0, "authenticated");
+                    return Ok(username.0);
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::info!(%ip, condition = error.condition(), "authentication failed");
+                    link.element(
+                        &Element::new(ns::SASL, "failure")
+                            .child(Element::new(ns::SASL, error.condition())),
+                    );
+                    link.flush().await.map_err(|_| Ended::Gone)?;
+                    if failures >= server.config.limits.max_auth_failures {
+                        return Err(Ended::Error(
+                            StreamErrorCondition::PolicyViolation,
+                            "too many failed authentication attempts",
+                        ));
+                    }
+                }
+            }
+        } else if element.is("iq", ns::CLIENT) && element.has_child("query", ns::REGISTER) {
+            let reply = features::register::before_auth(server, ip, secure, &element).await;
+            link.element(&reply);
+            link.flush().await.map_err(|_| Ended::Gone)?;
+        } else if is_stanza(&element) {
+            return Err(Ended::Error(
+                StreamErrorCondition::NotAuthorized,
+                "authenticate first",
+            ));
+        } else if element.is("starttls", ns::TLS) {
+            return Err(Ended::Error(
+                StreamErrorCondition::PolicyViolation,
+                "TLS is already in place",
+            ));
+        } else {
+            return Err(Ended::Error(
+                StreamErrorCondition::UnsupportedStanzaType,
+                "unexpected element before authentication",
+            ));
+        }
+    }
+}
+
+fn success_element(additional: &[u8]) -> Element {
+    let success = Element::new(ns::SASL, "success");
+    if additional.is_empty() {
+        success
+    } else {
+        success.text(sasl::encode_payload(additional))
+    }
+}
+
+/// One SASL exchange. The outer `Result` is for the link, the inner for SASL:
+/// `Ok(Ok((username, additional success data)))` on success.
+async fn authenticate<L: Link>(
+    server: &Arc<Server>,
+    link: &mut L,
+    auth: &Element,
+    secure: bool,
+) -> Result<Result<(String, Vec<u8>), SaslError>, Ended> {
+    let mechanism = auth.get_attr("mechanism").and_then(Mechanism::parse);
+    let payload = match sasl::decode_payload(&auth.text_content()) {
+        Ok(payload) => payload,
+        Err(error) => return Ok(Err(error)),
+    };
+    let hash = match mechanism {
+        // RFC 6120 §6.5.4: invalid-mechanism.
+        None => return Ok(Err(SaslError::InvalidMechanism)),
+        Some(Mechanism::Plain) => {
+            if !secure {
+                return Ok(Err(SaslError::EncryptionRequired));
+            }
+            return Ok(plain(server, &payload).await);
+        }
+        Some(Mechanism::ScramSha1) => ScramHash::Sha1,
+        Some(Mechanism::ScramSha256) => ScramHash::Sha256,
+    };
+    let mut scram = ScramServer::new(hash);
+    let first = match scram.client_first(&payload) {
+        Ok(first) => first,
+        Err(error) => return Ok(Err(error)),
+    };
+    if first
+        .authzid
+        .is_some_and(|authzid| !authzid_matches(server, &authzid, &first.username))
+    {
+        return Ok(Err(SaslError::InvalidAuthzid));
+    }
+    let username = crate::accounts::normalize_username(&first.username, &server.domain).ok();
+    let stored = match &username {
+        Some(username) => server.store.credentials(username).await.map_err(|error| {
+            tracing::error!(%error, "reading credentials");
+            Ended::Error(StreamErrorCondition::InternalServerError, "storage failure")
+        })?,
+        None => None,
+    };
+    // Unknown users get a made-up secret: the exchange fails only at the end, so
+    // which accounts exist is not revealed (RFC 5802 §9 "user enumeration").
+    let fallback;
+    let secret = match &stored {
+        Some(creds) => match hash {
+            ScramHash::Sha1 => &creds.sha1,
+            ScramHash::Sha256 => &creds.sha256,
+        },
+        None => {
+            fallback = server.fake_secret(&first.username);
+            &fallback
+        }
+    };
+    let server_first = scram.server_first(
+        SecretRef {
+            salt: &secret.salt,
+            iterations: secret.iterations,
+            stored_key: &secret.stored_key,
+            server_key: &secret.server_key,
+        },
+        &crate::random_id(24),
+    );
+    link.element(&Element::new(ns::SASL, "challenge").text(sasl::encode_payload(&server_first)));
+    link.flush().await.map_err(|_| Ended::Gone)?;
+    let response = loop {
+        match link.next_event().await? {
+            StreamEvent::Stanza(element) if element.is("response", ns::SASL) => break element,
+            StreamEvent::Stanza(element) if element.is("abort", ns::SASL) => {
+                return Ok(Err(SaslError::Aborted));
+            }
+            StreamEvent::Stanza(_) => {
+                return Err(Ended::Error(
+                    StreamErrorCondition::NotAuthorized,
+                    "SASL exchange in progress",
+                ));
+            }
+            StreamEvent::Close => return Err(Ended::Gone),
+            StreamEvent::Open(_) => {
+                return Err(Ended::Error(
+                    StreamErrorCondition::NotWellFormed,
+                    "unexpected header",
+                ));
+            }
+        }
+    };
+    let response = match sasl::decode_payload(&response.text_content()) {
+        Ok(response) => response,
+        Err(error) => return Ok(Err(error)),
+    };
+    match (scram.client_final(&response), username, stored.is_some()) {
+        (Ok(server_final), Some(username), true) => Ok(Ok((username, server_final))),
+        (Err(error), _, _) => Ok(Err(error)),
+        _ => Ok(Err(SaslError::NotAuthorized)),
+    }
+}
+
+/// RFC 6120 §6.3.8: we only let a user act as themselves.
+fn authzid_matches(server: &Server, authzid: &str, username: &str) -> bool {
+    let expected = format!("{}@{}", username.to_lowercase(), server.domain);
+    authzid.eq_ignore_ascii_case(&expected) || authzid.eq_ignore_ascii_case(username)
+}
+
+async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<(String, Vec<u8>), SaslError> {
+    let credentials = sasl::parse_plain(payload)?;
+    if credentials
+        .authzid
+        .as_deref()
+        .is_some_and(|authzid| !authzid_matches(server, authzid, &credentials.username))
+    {
+        return Err(SaslError::InvalidAuthzid);
+    }
+    let username = crate::accounts::normalize_username(&credentials.username, &server.domain)
+        .map_err(|_| SaslError::NotAuthorized)?;
+    let stored = server.store.credentials(&username).await.map_err(|error| {
+        tracing::error!(%error, "reading credentials");
+        SaslError::NotAuthorized
+    })?;
+    let Some(stored) = stored else {
+        return Err(SaslError::NotAuthorized);
+    };
+    let secret = SecretRef {
+        salt: &stored.sha256.salt,
+        iterations: stored.sha256.iterations,
+        stored_key: &stored.sha256.stored_key,
+        server_key: &stored.sha256.server_key,
+    };
+    // PBKDF2 is deliberately slow: keep it off the async workers.
+    let password = credentials.password;
+    let secret_owned = (
+        secret.salt.to_vec(),
+        secret.iterations,
+        secret.stored_key.to_vec(),
+    );
+    let ok = tokio::task::spawn_blocking(move || {
+        let (salt, iterations, stored_key) = secret_owned;
+        sasl::verify_password(
+            ScramHash::Sha256,
+            &password,
+            SecretRef {
+                salt: &salt,
+                iterations,
+                stored_key: &stored_key,
+                server_key: &[],
+            },
+        )
+    })
+    .await
+    .unwrap_or(false);
+    if ok {
+        Ok((username, Vec::new()))
+    } else {
+        Err(SaslError::NotAuthorized)
+    }
+}

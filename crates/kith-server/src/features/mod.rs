@@ -1,0 +1,141 @@
+//! Protocol features, one module per specification, and the table that dispatches
+//! IQ requests to them by (element, namespace).
+//!
+//! Adding a XEP means one new module here, one row in [`iq_handler`], and, if it is
+//! advertised, its feature in `disco.rs` — which lists only what works end to end.
+
+pub mod blocking;
+pub mod disco;
+pub mod last;
+pub mod ping;
+pub mod presence;
+pub mod private;
+pub mod register;
+pub mod roster;
+pub mod time;
+pub mod vcard;
+pub mod version;
+
+use kith_proto::{BareJid, Element, Jid, StanzaError, ns};
+
+use crate::session::Session;
+
+/// Whom an IQ request is addressed to, after RFC 6120 §10.3 defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The server itself (`to` is the domain).
+    Server,
+    /// The requester's own account (`to` absent or the requester's bare JID).
+    OwnAccount,
+    /// Another local account, answered by the server on its behalf.
+    Account(BareJid),
+}
+
+/// A request as features see it.
+pub(crate) struct Request<'a> {
+    pub iq: &'a Element,
+    /// `get` or `set`.
+    pub set: bool,
+    /// The single payload child.
+    pub payload: &'a Element,
+    pub target: Target,
+}
+
+/// What a handler answers: the result payload (if any) or a stanza error.
+pub(crate) type Response = Result<Option<Element>, StanzaError>;
+
+/// The dispatch table: which feature handles a request with this payload.
+async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
+    let payload = request.payload;
+    match (payload.name.as_str(), payload.ns.as_str()) {
+        ("query", ns::ROSTER) => roster::handle_iq(session, request).await,
+        ("query", ns::DISCO_INFO) => disco::info(session, request).await,
+        ("query", ns::DISCO_ITEMS) => disco::items(session, request),
+        ("ping", ns::PING) => ping::handle(session, request),
+        ("time", ns::TIME) => time::handle(session, request),
+        ("query", ns::VERSION) => version::handle(session, request),
+        ("query", ns::LAST) => last::handle(session, request).await,
+        ("vCard", ns::VCARD) => vcard::handle(session, request).await,
+        ("query", ns::PRIVATE) => private::handle(session, request).await,
+        ("blocklist" | "block" | "unblock", ns::BLOCKING) => {
+            blocking::handle(session, request).await
+        }
+        ("query", ns::REGISTER) => register::after_auth(session, request).await,
+        _ => Err(StanzaError::service_unavailable()),
+    }
+}
+
+/// Handles an IQ from the session's client (its `from` already stamped).
+pub(crate) async fn iq_from_client(session: &mut Session, iq: Element, to: Option<Jid>) {
+    let kind = iq.get_attr("type").unwrap_or("");
+    let server = session.server.clone();
+    if matches!(kind, "result" | "error") {
+        // Answers to the server's own requests (idle pings) end here; others travel on.
+        if let Some(to) = to
+            && to.resource().is_some()
+        {
+            crate::deliver::route(&server, iq).await;
+        }
+        return;
+    }
+    if iq.get_attr("id").is_none() || !matches!(kind, "get" | "set") {
+        // RFC 6120 §8.2.3: an IQ needs an id and a known type.
+        session.reply(StanzaError::bad_request().reply_to(&iq));
+        return;
+    }
+    let target = match &to {
+        None => Target::OwnAccount,
+        Some(to)
+            if to.node().is_none()
+                && to.resource().is_none()
+                && to.domain().as_str() == server.domain =>
+        {
+            Target::Server
+        }
+        Some(to) if to.resource().is_none() && to.to_bare() == session.bare => Target::OwnAccount,
+        Some(to) if to.resource().is_none() && server.is_local_user(to) => {
+            Target::Account(to.to_bare())
+        }
+        Some(_) => {
+            // Full JIDs and other domains are routed (or bounced) like any stanza.
+            crate::deliver::route(&server, iq).await;
+            return;
+        }
+    };
+    if let Target::Account(account) = &target
+        && server.blocked_between(&session.bare, account).await
+    {
+        session.reply(StanzaError::service_unavailable().reply_to(&iq));
+        return;
+    }
+    let mut payloads = iq.elements();
+    let (Some(payload), None) = (payloads.next(), payloads.next()) else {
+        // RFC 6120 §8.2.3: a get or set carries exactly one payload.
+        session.reply(StanzaError::bad_request().reply_to(&iq));
+        return;
+    };
+    let request = Request {
+        iq: &iq,
+        set: kind == "set",
+        payload,
+        target,
+    };
+    let reply = match dispatch(session, &request).await {
+        Ok(payload) => result_for(&iq, payload),
+        Err(error) => error.reply_to(&iq),
+    };
+    session.reply(reply);
+}
+
+/// The `type='result'` answer to `iq`.
+pub(crate) fn result_for(iq: &Element, payload: Option<Element>) -> Element {
+    let mut result = Element::new(ns::CLIENT, "iq")
+        .attr_opt("id", iq.get_attr("id"))
+        .attr("type", "result")
+        .attr_opt("to", iq.get_attr("from"))
+        .attr_opt("from", iq.get_attr("to"));
+    if let Some(payload) = payload {
+        result.push_child(payload);
+    }
+    result
+}

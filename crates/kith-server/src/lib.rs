@@ -1,0 +1,226 @@
+//! The kith server: listeners, stream negotiation, sessions, routing and the
+//! protocol features, on top of `kith-proto` (no I/O) and `kith-store` (storage).
+//!
+//! Start with [`Server::start`]; see ARCHITECTURE.md for the map.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+mod c2s;
+pub mod config;
+mod datetime;
+mod deliver;
+mod features;
+mod http;
+mod limiter;
+mod link;
+mod router;
+mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use kith_store::Store;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use config::Config;
+use limiter::RateLimiter;
+use router::Router;
+
+/// The state every connection shares.
+pub struct Server {
+    pub config: Config,
+    pub domain: String,
+    pub store: Store,
+    router: Router,
+    starttls: Arc<rustls::ServerConfig>,
+    direct_tls: Arc<rustls::ServerConfig>,
+    https_tls: Arc<rustls::ServerConfig>,
+    next_id: AtomicU64,
+    started: Instant,
+    blocklists: features::blocking::Cache,
+    registrations: RateLimiter,
+    connections: limiter::ConnectionCounter,
+    ports: std::sync::OnceLock<(Option<u16>, Option<u16>)>,
+    /// Per-process secret that makes the SCRAM salts of unknown users stable.
+    fake_salt_key: [u8; 32],
+}
+
+/// A running server: its bound addresses, and a handle to stop it.
+pub struct Running {
+    pub server: Arc<Server>,
+    pub c2s: Option<SocketAddr>,
+    pub c2s_tls: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits until a listener fails (they normally run forever).
+    pub async fn wait(&mut self) {
+        self.tasks.join_next().await;
+    }
+
+    /// Stops accepting connections and tells every session the server is shutting down.
+    pub async fn shutdown(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.server.router.close_all();
+    }
+}
+
+impl Server {
+    /// Opens the store, prepares TLS and starts every configured listener.
+    pub async fn start(config: Config) -> Result<Running> {
+        std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+            format!(
+                "creating data directory {}",
+                config.server.data_dir.display()
+            )
+        })?;
+        let store = Store::open_with(&config.storage_url(), config.storage.max_connections)
+            .await
+            .context("opening the store")?;
+        let certificate = tls::ensure_certificate(&config)?;
+        let starttls = tls::server_config(&certificate, &[])?;
+        let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
+        let https_tls = tls::server_config(&certificate, &[b"http/1.1"])?;
+        let server = Arc::new(Server {
+            domain: config.server.domain.clone(),
+            registrations: RateLimiter::new(config.registration.max_per_ip_per_hour, 3600),
+            connections: limiter::ConnectionCounter::new(config.limits.max_connections_per_ip),
+            config,
+            store,
+            router: Router::default(),
+            starttls,
+            direct_tls,
+            https_tls,
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+            blocklists: features::blocking::Cache::default(),
+            fake_salt_key: rand::random(),
+            ports: std::sync::OnceLock::new(),
+        });
+
+        let mut tasks = JoinSet::new();
+        let listen = server.config.listen.clone();
+        let c2s = bind(&listen.c2s).await?;
+        let c2s_tls = bind(&listen.c2s_tls).await?;
+        let http = bind(&listen.http).await?;
+        let https = bind(&listen.https).await?;
+        let addrs = (
+            local_addr(&c2s),
+            local_addr(&c2s_tls),
+            local_addr(&http),
+            local_addr(&https),
+        );
+        let _ = server
+            .ports
+            .set((addrs.2.map(|a| a.port()), addrs.3.map(|a| a.port())));
+        if let Some(listener) = c2s {
+            tasks.spawn(c2s::accept_loop(server.clone(), listener, false));
+        }
+        if let Some(listener) = c2s_tls {
+            tasks.spawn(c2s::accept_loop(server.clone(), listener, true));
+        }
+        if let Some(listener) = http {
+            tasks.spawn(http::serve(server.clone(), listener, false));
+        }
+        if let Some(listener) = https {
+            tasks.spawn(http::serve(server.clone(), listener, true));
+        }
+        tracing::info!(
+            domain = %server.domain,
+            c2s = ?addrs.0,
+            c2s_tls = ?addrs.1,
+            http = ?addrs.2,
+            https = ?addrs.3,
+            "kith is serving"
+        );
+        Ok(Running {
+            server,
+            c2s: addrs.0,
+            c2s_tls: addrs.1,
+            http: addrs.2,
+            https: addrs.3,
+            tasks,
+        })
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The bound plain HTTP port (for XEP-0156 discovery).
+    pub fn http_port(&self) -> Option<u16> {
+        self.ports.get().and_then(|p| p.0)
+    }
+
+    /// The bound HTTPS port.
+    pub fn https_port(&self) -> Option<u16> {
+        self.ports.get().and_then(|p| p.1)
+    }
+
+    /// Seconds since the server started (XEP-0012 uptime).
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// A SCRAM secret for a user that does not exist: a salt that stays the same for
+    /// that name (so probing twice reveals nothing) and keys that match no password.
+    fn fake_secret(&self, username: &str) -> kith_store::ScramSecret {
+        use sha1::{Digest, Sha1};
+        let mut hasher = Sha1::new();
+        hasher.update(self.fake_salt_key);
+        hasher.update(username.as_bytes());
+        let salt = hasher.finalize()[..16].to_vec();
+        kith_store::ScramSecret {
+            salt,
+            iterations: accounts::SCRAM_ITERATIONS,
+            stored_key: rand::random::<[u8; 32]>().to_vec(),
+            server_key: rand::random::<[u8; 32]>().to_vec(),
+        }
+    }
+
+    /// Whether `jid` is an account on this server (local domain, has a node).
+    pub fn is_local_user(&self, jid: &kith_proto::Jid) -> bool {
+        jid.node().is_some() && jid.domain().as_str() == self.domain
+    }
+}
+
+async fn bind(addr: &str) -> Result<Option<TcpListener>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    Ok(Some(listener))
+}
+
+fn local_addr(listener: &Option<TcpListener>) -> Option<SocketAddr> {
+    listener.as_ref().and_then(|l| l.local_addr().ok())
+}
+
+/// Current time as unix microseconds.
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A random identifier of `len` alphanumeric characters.
+pub(crate) fn random_id(len: usize) -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}

@@ -1,0 +1,113 @@
+//! Small in-memory limiters: per-IP rate limits and concurrent connection counts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// At most `limit` events per source IP in a sliding window.
+pub struct RateLimiter {
+    limit: u32,
+    window: Duration,
+    events: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+}
+
+impl RateLimiter {
+    pub fn new(limit: u32, window_secs: u64) -> Self {
+        RateLimiter {
+            limit,
+            window: Duration::from_secs(window_secs),
+            events: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records an event for `ip` if it is within the limit; returns whether it was.
+    pub fn try_acquire(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget idle addresses now and then so the map can't grow without bound.
+        if events.len() > 10_000 {
+            events.retain(|_, times| {
+                times
+                    .last()
+                    .is_some_and(|t| now.duration_since(*t) < self.window)
+            });
+        }
+        let times = events.entry(ip).or_default();
+        times.retain(|t| now.duration_since(*t) < self.window);
+        if times.len() as u32 >= self.limit {
+            return false;
+        }
+        times.push(now);
+        true
+    }
+}
+
+/// Counts open connections per IP; a guard releases its slot on drop.
+pub struct ConnectionCounter {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+pub struct ConnectionGuard<'a> {
+    counter: &'a ConnectionCounter,
+    ip: IpAddr,
+}
+
+impl ConnectionCounter {
+    pub fn new(limit: usize) -> Self {
+        ConnectionCounter {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn try_open(&self, ip: IpAddr) -> Option<ConnectionGuard<'_>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionGuard { counter: self, ip })
+    }
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        let mut open = self.counter.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_applies_per_address() {
+        let limiter = RateLimiter::new(2, 3600);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        assert!(limiter.try_acquire(a));
+        assert!(limiter.try_acquire(a));
+        assert!(!limiter.try_acquire(a));
+        assert!(limiter.try_acquire(b));
+    }
+
+    #[test]
+    fn connection_slots_are_released() {
+        let counter = ConnectionCounter::new(1);
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let guard = counter.try_open(ip);
+        assert!(guard.is_some());
+        assert!(counter.try_open(ip).is_none());
+        drop(guard);
+        assert!(counter.try_open(ip).is_some());
+    }
+}

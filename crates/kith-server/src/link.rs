@@ -1,0 +1,395 @@
+//! The transports a client stream runs over, behind one interface: XML over TCP
+//! (plain until STARTTLS, or direct TLS) and XMPP over WebSocket (RFC 7395).
+//!
+//! A [`Link`] is used whole while the stream is negotiated, then split into a reader
+//! and a writer so the session can read client stanzas and write queued ones at once.
+//! Writers buffer; the session flushes when it has nothing more to write, so a burst
+//! of stanzas leaves in few TLS records.
+
+use std::collections::VecDeque;
+use std::io;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use kith_proto::stream::{Limits, parse_fragment};
+use kith_proto::{Element, StreamEvent, StreamParser, StreamParserError, ns};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+/// Why a link stopped delivering events.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("connection closed")]
+    Eof,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Xml(#[from] StreamParserError),
+}
+
+/// Attributes of the stream header the server sends.
+pub struct Header<'a> {
+    pub id: &'a str,
+    pub from: &'a str,
+    pub to: Option<&'a str>,
+}
+
+pub trait LinkRead: Send {
+    fn next_event(&mut self) -> impl Future<Output = Result<StreamEvent, LinkError>> + Send;
+}
+
+pub trait LinkWrite: Send {
+    /// Queues the stream header (or the RFC 7395 `<open/>`).
+    fn open(&mut self, header: &Header<'_>);
+    /// Queues one top-level element.
+    fn element(&mut self, element: &Element);
+    /// Queues the stream close (or `<close/>`).
+    fn close(&mut self);
+    /// Queues a whitespace keepalive where the transport has one.
+    fn keepalive(&mut self);
+    /// Writes everything queued.
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the underlying transport after a final flush.
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A link used whole during negotiation.
+pub trait Link: LinkRead + LinkWrite + Sized {
+    type Reader: LinkRead + 'static;
+    type Writer: LinkWrite + 'static;
+    /// Starts a new stream after a restart (RFC 6120 §4.3.3): a fresh parser.
+    fn restart(&mut self);
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+// ---------------------------------------------------------------- TCP and TLS
+
+/// XML stream over a byte transport.
+pub struct TcpLink<S> {
+    reader: TcpReader<S>,
+    out: String,
+}
+
+pub struct TcpReader<S> {
+    io: S,
+    parser: StreamParser,
+    limits: Limits,
+    pending: VecDeque<StreamEvent>,
+    buf: Box<[u8]>,
+}
+
+pub struct TcpWriter<S> {
+    io: S,
+    out: String,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpLink<S> {
+    pub fn new(io: S, limits: Limits) -> Self {
+        TcpLink {
+            reader: TcpReader {
+                io,
+                parser: StreamParser::new(limits),
+                limits,
+                pending: VecDeque::new(),
+                buf: vec![0u8; 8192].into_boxed_slice(),
+            },
+            out: String::new(),
+        }
+    }
+
+    /// The transport, for the TLS upgrade. Bytes the client sent after `<starttls/>`
+    /// and before the handshake would be a protocol violation, so nothing is lost.
+    pub fn into_inner(self) -> S {
+        self.reader.io
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.reader.pending.is_empty()
+    }
+}
+
+impl<S: AsyncRead + Unpin + Send> LinkRead for TcpReader<S> {
+    async fn next_event(&mut self) -> Result<StreamEvent, LinkError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            // `read` is cancel-safe and is the only await: the session may select on
+            // this future and drop it without losing bytes.
+            let n = self.io.read(&mut self.buf).await?;
+            if n == 0 {
+                return Err(LinkError::Eof);
+            }
+            let mut events = Vec::new();
+            self.parser.feed(&self.buf[..n], &mut events)?;
+            self.pending.extend(events);
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> LinkRead for TcpLink<S> {
+    async fn next_event(&mut self) -> Result<StreamEvent, LinkError> {
+        self.reader.next_event().await
+    }
+}
+
+fn tcp_open(out: &mut String, header: &Header<'_>) {
+    use kith_proto::xml::escape_into;
+    out.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' xml:lang='en' id='");
+    escape_into(out, header.id, true);
+    out.push_str("' from='");
+    escape_into(out, header.from, true);
+    if let Some(to) = header.to {
+        out.push_str("' to='");
+        escape_into(out, to, true);
+    }
+    out.push_str("'>");
+}
+
+macro_rules! tcp_writer_methods {
+    () => {
+        fn open(&mut self, header: &Header<'_>) {
+            tcp_open(&mut self.out, header);
+        }
+        fn element(&mut self, element: &Element) {
+            self.out.push_str(&element.to_stream_xml(ns::CLIENT));
+        }
+        fn close(&mut self) {
+            self.out.push_str("</stream:stream>");
+        }
+        fn keepalive(&mut self) {
+            self.out.push(' ');
+        }
+    };
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> LinkWrite for TcpLink<S> {
+    tcp_writer_methods!();
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.reader.io.write_all(self.out.as_bytes()).await?;
+            self.out.clear();
+        }
+        self.reader.io.flush().await
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.reader.io.shutdown().await;
+    }
+}
+
+impl<S: AsyncWrite + Unpin + Send> LinkWrite for TcpWriter<S> {
+    tcp_writer_methods!();
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(self.out.as_bytes()).await?;
+            self.out.clear();
+        }
+        self.io.flush().await
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link for TcpLink<S> {
+    type Reader = TcpReader<ReadHalf<S>>;
+    type Writer = TcpWriter<WriteHalf<S>>;
+
+    fn restart(&mut self) {
+        self.reader.parser = StreamParser::new(self.reader.limits);
+        self.reader.pending.clear();
+    }
+
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        let (read, write) = tokio::io::split(self.reader.io);
+        (
+            TcpReader {
+                io: read,
+                parser: self.reader.parser,
+                limits: self.reader.limits,
+                pending: self.reader.pending,
+                buf: self.reader.buf,
+            },
+            TcpWriter {
+                io: write,
+                out: self.out,
+            },
+        )
+    }
+}
+
+// ---------------------------------------------------------------- WebSocket
+
+/// XMPP over WebSocket (RFC 7395): one complete element per text message, `<open/>`
+/// and `<close/>` in the framing namespace instead of the stream header.
+pub struct WsLink {
+    socket: WebSocket,
+    limits: Limits,
+    out: Vec<String>,
+}
+
+pub struct WsReader {
+    stream: SplitStream<WebSocket>,
+    limits: Limits,
+}
+
+pub struct WsWriter {
+    sink: SplitSink<WebSocket, WsMessage>,
+    out: Vec<String>,
+}
+
+impl WsLink {
+    pub fn new(socket: WebSocket, limits: Limits) -> Self {
+        WsLink {
+            socket,
+            limits,
+            out: Vec::new(),
+        }
+    }
+}
+
+fn ws_event(
+    message: Option<Result<WsMessage, axum::Error>>,
+    limits: Limits,
+) -> Result<Option<StreamEvent>, LinkError> {
+    let message = match message {
+        None => return Err(LinkError::Eof),
+        Some(Err(error)) => return Err(LinkError::Io(io::Error::other(error))),
+        Some(Ok(message)) => message,
+    };
+    let data = match &message {
+        WsMessage::Text(text) => text.as_bytes(),
+        // RFC 7395 §3.2: binary messages are not XMPP; treat like malformed data.
+        WsMessage::Binary(_) => {
+            return Err(LinkError::Xml(StreamParserError {
+                condition: kith_proto::StreamErrorCondition::NotWellFormed,
+                detail: "binary WebSocket message".to_owned(),
+            }));
+        }
+        WsMessage::Close(_) => return Err(LinkError::Eof),
+        WsMessage::Ping(_) | WsMessage::Pong(_) => return Ok(None),
+    };
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let element = parse_fragment(data, limits)?;
+    Ok(Some(if element.is("open", ns::FRAMING) {
+        StreamEvent::Open(element)
+    } else if element.is("close", ns::FRAMING) {
+        StreamEvent::Close
+    } else {
+        StreamEvent::Stanza(element)
+    }))
+}
+
+impl LinkRead for WsReader {
+    async fn next_event(&mut self) -> Result<StreamEvent, LinkError> {
+        loop {
+            if let Some(event) = ws_event(self.stream.next().await, self.limits)? {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+impl LinkRead for WsLink {
+    async fn next_event(&mut self) -> Result<StreamEvent, LinkError> {
+        loop {
+            if let Some(event) = ws_event(self.socket.next().await, self.limits)? {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+fn ws_open(header: &Header<'_>) -> String {
+    Element::new(ns::FRAMING, "open")
+        .attr("from", header.from)
+        .attr("id", header.id)
+        .attr_opt("to", header.to)
+        .attr("version", "1.0")
+        .attr("xml:lang", "en")
+        .to_xml("")
+}
+
+macro_rules! ws_writer_methods {
+    () => {
+        fn open(&mut self, header: &Header<'_>) {
+            self.out.push(ws_open(header));
+        }
+        fn element(&mut self, element: &Element) {
+            // RFC 7395 §3.3.3: every top-level element carries its namespace.
+            self.out.push(element.to_xml(""));
+        }
+        fn close(&mut self) {
+            self.out.push(Element::new(ns::FRAMING, "close").to_xml(""));
+        }
+        fn keepalive(&mut self) {}
+    };
+}
+
+impl LinkWrite for WsLink {
+    ws_writer_methods!();
+
+    async fn flush(&mut self) -> io::Result<()> {
+        for text in self.out.drain(..) {
+            self.socket
+                .send(WsMessage::Text(text.into()))
+                .await
+                .map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = LinkWrite::flush(self).await;
+        let _ = self.socket.send(WsMessage::Close(None)).await;
+    }
+}
+
+impl LinkWrite for WsWriter {
+    ws_writer_methods!();
+
+    async fn flush(&mut self) -> io::Result<()> {
+        for text in self.out.drain(..) {
+            self.sink
+                .feed(WsMessage::Text(text.into()))
+                .await
+                .map_err(io::Error::other)?;
+        }
+        self.sink.flush().await.map_err(io::Error::other)
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = LinkWrite::flush(self).await;
+        let _ = self.sink.send(WsMessage::Close(None)).await;
+        let _ = self.sink.close().await;
+    }
+}
+
+impl Link for WsLink {
+    type Reader = WsReader;
+    type Writer = WsWriter;
+
+    fn restart(&mut self) {}
+
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        let (sink, stream) = self.socket.split();
+        (
+            WsReader {
+                stream,
+                limits: self.limits,
+            },
+            WsWriter {
+                sink,
+                out: self.out,
+            },
+        )
+    }
+}

@@ -1,0 +1,235 @@
+//! The session table: which resources of which users are connected to this node,
+//! their presence, and the queue to each.
+//!
+//! The table is sharded by bare JID so that logins and lookups for different users
+//! never contend on one lock (DESIGN.md, core idea 4). Locks are held only to read
+//! or change the table, never across an `await`.
+//!
+//! Architecture Invariant: delivering to a session never blocks the sender. Each
+//! session has a bounded queue; when it is full the session is too slow to keep up,
+//! and it is told to close (its stanzas are not lost for good once the inbox log
+//! carries them; see DESIGN.md).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use kith_proto::{Element, FullJid, StreamErrorCondition};
+use tokio::sync::mpsc;
+
+const SHARDS: usize = 64;
+
+/// What a session's writer receives.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A stanza to write to the client (its `to`/`from` already final).
+    Stanza(Arc<Element>),
+    /// Close the stream with this stream error.
+    Close(StreamErrorCondition, &'static str),
+}
+
+/// One bound resource.
+#[derive(Clone, Debug)]
+pub struct SessionEntry {
+    pub jid: FullJid,
+    /// Unique for the process lifetime, so a stale handle never removes a newer
+    /// session that reused the resource.
+    pub id: u64,
+    pub tx: mpsc::Sender<Outbound>,
+    /// The last available presence broadcast, if the resource is available.
+    pub presence: Option<Arc<Element>>,
+    pub priority: i8,
+    /// Whether the client asked for the roster (it then gets roster pushes).
+    pub interested: bool,
+}
+
+impl SessionEntry {
+    pub fn available(&self) -> bool {
+        self.presence.is_some()
+    }
+
+    /// Queues a stanza; a full queue closes the session (it is too slow).
+    pub fn send(&self, stanza: Arc<Element>) -> bool {
+        match self.tx.try_send(Outbound::Stanza(stanza)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(jid = %self.jid, "session queue full; closing the slow session");
+                // The queue is full: this one can't get through either, so the writer
+                // notices the closed receiver after draining. Dropping is safe because
+                // the connection is being torn down.
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Outbound::Close(
+                            StreamErrorCondition::PolicyViolation,
+                            "too slow",
+                        ))
+                        .await;
+                });
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    users: HashMap<String, Vec<SessionEntry>>,
+}
+
+/// The sharded table of local sessions.
+pub struct Router {
+    shards: Vec<RwLock<Shard>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+/// Outcome of [`Router::bind`].
+pub enum BindOutcome {
+    Bound,
+    /// The resource was taken; the older session has been told to close with
+    /// `<conflict/>` (RFC 6120 §7.7.2.2, the "override" policy).
+    Replaced,
+    TooManySessions,
+}
+
+impl Router {
+    fn shard(&self, bare: &str) -> &RwLock<Shard> {
+        let mut hasher = self.hasher.build_hasher();
+        bare.hash(&mut hasher);
+        &self.shards[(hasher.finish() as usize) % SHARDS]
+    }
+
+    /// Runs `f` on the sessions of `bare`, under a read lock.
+    pub fn with_sessions<R>(&self, bare: &str, f: impl FnOnce(&[SessionEntry]) -> R) -> R {
+        let shard = self.shard(bare).read().unwrap_or_else(|e| e.into_inner());
+        f(shard.users.get(bare).map(Vec::as_slice).unwrap_or(&[]))
+    }
+
+    /// A snapshot of one user's sessions.
+    pub fn sessions(&self, bare: &str) -> Vec<SessionEntry> {
+        self.with_sessions(bare, <[SessionEntry]>::to_vec)
+    }
+
+    pub fn session(&self, jid: &FullJid) -> Option<SessionEntry> {
+        self.with_sessions(jid.to_bare().as_str(), |sessions| {
+            sessions
+                .iter()
+                .find(|s| s.jid.resource() == jid.resource())
+                .cloned()
+        })
+    }
+
+    pub fn has_resource(&self, bare: &str, resource: &str) -> bool {
+        self.with_sessions(bare, |sessions| {
+            sessions
+                .iter()
+                .any(|s| s.jid.resource().as_str() == resource)
+        })
+    }
+
+    pub fn bind(&self, entry: SessionEntry, max_sessions: usize) -> BindOutcome {
+        let bare = entry.jid.to_bare();
+        let mut shard = self
+            .shard(bare.as_str())
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let sessions = shard.users.entry(bare.as_str().to_owned()).or_default();
+        if let Some(index) = sessions
+            .iter()
+            .position(|s| s.jid.resource() == entry.jid.resource())
+        {
+            let old = sessions.remove(index);
+            let _ = old.tx.try_send(Outbound::Close(
+                StreamErrorCondition::Conflict,
+                "replaced by a new connection",
+            ));
+            sessions.push(entry);
+            return BindOutcome::Replaced;
+        }
+        if sessions.len() >= max_sessions {
+            return BindOutcome::TooManySessions;
+        }
+        sessions.push(entry);
+        BindOutcome::Bound
+    }
+
+    /// Removes the session `id`; returns whether it was still bound.
+    pub fn unbind(&self, jid: &FullJid, id: u64) -> bool {
+        let bare = jid.to_bare();
+        let mut shard = self
+            .shard(bare.as_str())
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(sessions) = shard.users.get_mut(bare.as_str()) else {
+            return false;
+        };
+        let before = sessions.len();
+        sessions.retain(|s| s.id != id);
+        let removed = sessions.len() != before;
+        if sessions.is_empty() {
+            shard.users.remove(bare.as_str());
+        }
+        removed
+    }
+
+    /// Changes the entry of session `id` in place.
+    pub fn update(&self, jid: &FullJid, id: u64, f: impl FnOnce(&mut SessionEntry)) {
+        let bare = jid.to_bare();
+        let mut shard = self
+            .shard(bare.as_str())
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = shard
+            .users
+            .get_mut(bare.as_str())
+            .and_then(|sessions| sessions.iter_mut().find(|s| s.id == id))
+        {
+            f(entry);
+        }
+    }
+
+    /// Tells every session of `bare` to close (account deleted, password changed).
+    pub fn close_user(&self, bare: &str, condition: StreamErrorCondition, text: &'static str) {
+        for session in self.sessions(bare) {
+            let _ = session.tx.try_send(Outbound::Close(condition, text));
+        }
+    }
+
+    /// Tells every session on this node that the server is shutting down.
+    pub fn close_all(&self) {
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            for session in shard.users.values().flatten() {
+                let _ = session.tx.try_send(Outbound::Close(
+                    StreamErrorCondition::SystemShutdown,
+                    "server shutting down",
+                ));
+            }
+        }
+    }
+
+    /// Number of bound sessions on this node.
+    pub fn count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .users
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,75 @@
+//! The one error type of the storage layer.
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database URL names no backend this crate supports.
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+
+    /// A per-user write named an owner that has no account.
+    #[error("no such user {0:?}")]
+    NoSuchUser(String),
+
+    /// A row held a value this code cannot interpret (e.g. an unknown
+    /// subscription state or an out-of-range iteration count).
+    #[error("corrupt data in store: {0}")]
+    Corrupt(String),
+
+    /// The database was migrated by a newer kith than this one.
+    #[error(
+        "database schema version {found} is newer than this kith supports ({supported}); \
+         upgrade kith or restore a backup"
+    )]
+    SchemaTooNew {
+        /// Highest version recorded in `schema_migrations`.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+
+    /// Applying a migration failed; the migration's transaction was rolled back.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// The migration's version number.
+        version: i64,
+        /// The migration's short name.
+        name: &'static str,
+        /// What the database said.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// Preparing the SQLite file's directory failed.
+    #[error("cannot prepare database directory {path}: {source}")]
+    Io {
+        /// The directory that could not be created.
+        path: std::path::PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Any other database error (connection, constraint, I/O, …).
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Turns a foreign-key violation on `owner` into [`StoreError::NoSuchUser`];
+    /// passes every other error through.
+    pub(crate) fn owner_fk(err: sqlx::Error, owner: &str) -> StoreError {
+        let is_fk = err
+            .as_database_error()
+            .is_some_and(|db| db.is_foreign_key_violation());
+        if is_fk {
+            StoreError::NoSuchUser(owner.to_owned())
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,972 @@
+//! # kith-store — the storage layer of kith
+//!
+//! One storage interface, [`Store`], with two real backends selected by URL:
+//!
+//! * **SQLite** (the default, embedded): `sqlite://path/to/kith.db` (or
+//!   `sqlite:path`). The file and its parent directory are created if missing;
+//!   the database runs in WAL mode with `synchronous=NORMAL`,
+//!   `foreign_keys=ON` and a 5 s busy timeout. `sqlite::memory:` gives a
+//!   private in-memory database (one connection; for tests).
+//! * **PostgreSQL**: `postgres://…` or `postgresql://…` (any URL sqlx accepts,
+//!   e.g. with `?options=-c search_path%3Dkith` to pick a schema).
+//!
+//! ## Design
+//!
+//! Every query is written **once** and run through sqlx's runtime-selected
+//! [`sqlx::Any`] driver, with `$1, $2, …` placeholders (sqlx's SQLite driver
+//! binds `$N` to argument N, like PostgreSQL does). To keep one query text
+//! valid on both engines the SQL sticks to the common subset: `INSERT … ON
+//! CONFLICT … DO UPDATE/NOTHING`, `RETURNING`, no engine-specific functions.
+//! Only the DDL differs, so each migration carries SQL for both dialects (see
+//! the `migrate` module); migrations run at [`Store::open`] and are idempotent.
+//!
+//! Column types are restricted to what `Any` maps cleanly: integers are
+//! `INTEGER`/`BIGINT` and read as `i64`, booleans are stored as `0`/`1`
+//! integers (the `Any` driver cannot decode a SQLite integer as `bool`),
+//! timestamps are `i64` (unix microseconds, or seconds where the API says so),
+//! byte strings are `BLOB`/`BYTEA`. Sorting of returned lists happens in Rust
+//! so the order is the same byte-wise order on both engines, whatever the
+//! PostgreSQL collation.
+//!
+//! Per-user counters live on the `users` row: `roster_version` (XEP-0237, bumped
+//! by every roster change) and `inbox_seq` (the last inbox sequence number
+//! handed out). Writes bump the counter with `UPDATE … RETURNING` in the same
+//! transaction as the data change, so the row lock serialises writers per user
+//! on PostgreSQL, and numbers are strictly increasing and never reused even
+//! after entries are removed. On SQLite every write transaction starts with
+//! `BEGIN IMMEDIATE`, so writers queue on the busy timeout instead of failing
+//! when upgrading a read lock.
+//!
+//! ## Owners must exist
+//!
+//! All per-user data (roster, inbox, vCard, private XML, blocklist, last
+//! activity) references `users(username)` with `ON DELETE CASCADE`. Writing
+//! data for an owner that has no account fails with
+//! [`StoreError::NoSuchUser`]; reading it returns the empty answer (no items,
+//! `None`, version `0`). [`Store::delete_user`] removes the account and all of
+//! its data in one transaction (explicitly, not only via the cascade).
+//! Roster items *naming* a contact are free-form: contacts may be remote JIDs
+//! or users that do not exist.
+//!
+//! Usernames are expected already normalised (lowercase localparts) and JIDs
+//! as bare-JID strings; the store compares them byte for byte.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod migrate;
+mod types;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Row, Transaction};
+
+pub use error::{Result, StoreError};
+pub use types::{
+    InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret, StoredCredentials,
+    Subscription,
+};
+
+use types::{decode_groups, encode_groups};
+
+/// Default pool size for SQLite: one writer at a time anyway, a few readers.
+pub const DEFAULT_SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// Default pool size for PostgreSQL.
+pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 10;
+/// SQLite busy timeout: how long a writer waits for the write lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which engine a [`Store`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// Picks the backend from a database URL's scheme.
+    pub fn from_url(url: &str) -> Result<Backend> {
+        let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sqlite") => Ok(Backend::Sqlite),
+            Some("postgres") | Some("postgresql") => Ok(Backend::Postgres),
+            _ => Err(StoreError::UnsupportedUrl(redact(url))),
+        }
+    }
+}
+
+/// The storage handle. Cheap to clone (the pool is reference-counted).
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("connections", &self.pool.size())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Connects to `url` with the default pool size and applies migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        let max = match Backend::from_url(url)? {
+            Backend::Sqlite => DEFAULT_SQLITE_MAX_CONNECTIONS,
+            Backend::Postgres => DEFAULT_POSTGRES_MAX_CONNECTIONS,
+        };
+        Store::open_with(url, max).await
+    }
+
+    /// Connects to `url` with at most `max_connections` pooled connections
+    /// (at least 1) and applies migrations.
+    pub async fn open_with(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let max_connections = max_connections.max(1);
+        let pool = match backend {
+            Backend::Sqlite => open_sqlite(url, max_connections).await?,
+            Backend::Postgres => {
+                let opts = AnyConnectOptions::from_str(url)?;
+                // One direct connection first: the pool retries failed
+                // connects until its acquire timeout and then reports only
+                // "pool timed out"; this surfaces the real error at once.
+                sqlx::AnyConnection::connect_with(&opts)
+                    .await?
+                    .close()
+                    .await?;
+                AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect_with(opts)
+                    .await?
+            }
+        };
+        migrate::run(&pool, backend).await?;
+        tracing::debug!(?backend, max_connections, "store opened");
+        Ok(Store { pool, backend })
+    }
+
+    /// The engine behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every pooled connection (waiting for ones in use). Other clones
+    /// of this store become unusable. Optional: dropping all clones also works.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The schema version currently applied.
+    pub async fn schema_version(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT MAX(version) AS v FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("v")?.unwrap_or(0))
+    }
+
+    // ------------------------------------------------------------------
+    // accounts
+    // ------------------------------------------------------------------
+
+    /// Creates an account. `false` (and no change) if it already existed.
+    pub async fn create_user(&self, username: &str, creds: &StoredCredentials) -> Result<bool> {
+        let c = CredCols::new(creds);
+        let res = sqlx::query(
+            "INSERT INTO users (username,
+                sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
+                sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key,
+                roster_version, inbox_seq, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0, $10)
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(username)
+        .bind(c.sha1_salt)
+        .bind(c.sha1_iterations)
+        .bind(c.sha1_stored_key)
+        .bind(c.sha1_server_key)
+        .bind(c.sha256_salt)
+        .bind(c.sha256_iterations)
+        .bind(c.sha256_stored_key)
+        .bind(c.sha256_server_key)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Replaces an account's SCRAM secrets. `false` if there is no such user.
+    pub async fn set_credentials(&self, username: &str, creds: &StoredCredentials) -> Result<bool> {
+        let c = CredCols::new(creds);
+        let res = sqlx::query(
+            "UPDATE users SET
+                sha1_salt = $2, sha1_iterations = $3, sha1_stored_key = $4, sha1_server_key = $5,
+                sha256_salt = $6, sha256_iterations = $7, sha256_stored_key = $8,
+                sha256_server_key = $9
+             WHERE username = $1",
+        )
+        .bind(username)
+        .bind(c.sha1_salt)
+        .bind(c.sha1_iterations)
+        .bind(c.sha1_stored_key)
+        .bind(c.sha1_server_key)
+        .bind(c.sha256_salt)
+        .bind(c.sha256_iterations)
+        .bind(c.sha256_stored_key)
+        .bind(c.sha256_server_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// An account's SCRAM secrets, `None` if there is no such user.
+    pub async fn credentials(&self, username: &str) -> Result<Option<StoredCredentials>> {
+        let row = sqlx::query(
+            "SELECT sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
+                    sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key
+             FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(StoredCredentials {
+            sha1: scram_from_row(&row, "sha1")?,
+            sha256: scram_from_row(&row, "sha256")?,
+        }))
+    }
+
+    /// Whether the account exists.
+    pub async fn user_exists(&self, username: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// All usernames, sorted byte-wise.
+    pub async fn list_users(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT username FROM users")
+            .fetch_all(&self.pool)
+            .await?;
+        sorted_strings(&rows, "username")
+    }
+
+    /// Deletes the account and all its data (roster, inbox, vCard, private
+    /// XML, blocklist, last activity) in one transaction. `false` if there was
+    /// no such user. Other users' roster items naming this user are left alone
+    /// (see [`Store::roster_owners_of`]).
+    pub async fn delete_user(&self, username: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        // Lock the user row first (serialises against concurrent writers).
+        let existed =
+            sqlx::query("UPDATE users SET roster_version = roster_version WHERE username = $1")
+                .bind(username)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+        for sql in [
+            "DELETE FROM roster_items WHERE owner = $1",
+            "DELETE FROM inbox WHERE owner = $1",
+            "DELETE FROM vcards WHERE owner = $1",
+            "DELETE FROM private_xml WHERE owner = $1",
+            "DELETE FROM blocklist WHERE owner = $1",
+            "DELETE FROM last_activity WHERE owner = $1",
+            "DELETE FROM users WHERE username = $1",
+        ] {
+            sqlx::query(sql).bind(username).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(existed)
+    }
+
+    // ------------------------------------------------------------------
+    // roster
+    // ------------------------------------------------------------------
+
+    /// The owner's roster version and items, sorted by contact.
+    /// `(0, [])` for an unknown owner.
+    pub async fn roster(&self, owner: &str) -> Result<(i64, Vec<RosterItem>)> {
+        // Read version and items from one snapshot so they are consistent
+        // (SQLite transactions are snapshots already; PostgreSQL's default
+        // READ COMMITTED is per statement).
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin().await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+        };
+        let version = roster_version_in(&mut tx, owner).await?;
+        let rows = sqlx::query(
+            "SELECT contact, name, subscription, ask, pending_in, approved, group_names
+             FROM roster_items WHERE owner = $1",
+        )
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut items = rows
+            .iter()
+            .map(roster_item_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        items.sort_unstable_by(|a, b| a.contact.cmp(&b.contact));
+        Ok((version, items))
+    }
+
+    /// The owner's current roster version (`0` for an unknown owner or a
+    /// roster never changed).
+    pub async fn roster_version(&self, owner: &str) -> Result<i64> {
+        let mut conn = self.pool.acquire().await?;
+        roster_version_in(&mut conn, owner).await
+    }
+
+    /// One roster item.
+    pub async fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
+        let row = sqlx::query(
+            "SELECT contact, name, subscription, ask, pending_in, approved, group_names
+             FROM roster_items WHERE owner = $1 AND contact = $2",
+        )
+        .bind(owner)
+        .bind(contact)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(roster_item_from_row).transpose()
+    }
+
+    /// Inserts or replaces the item for `item.contact`; returns the new roster
+    /// version. [`StoreError::NoSuchUser`] if the owner has no account.
+    pub async fn put_roster_item(&self, owner: &str, item: &RosterItem) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let version = bump_roster_version(&mut tx, owner).await?;
+        sqlx::query(
+            "INSERT INTO roster_items
+                (owner, contact, name, subscription, ask, pending_in, approved, group_names)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (owner, contact) DO UPDATE SET
+                name = excluded.name,
+                subscription = excluded.subscription,
+                ask = excluded.ask,
+                pending_in = excluded.pending_in,
+                approved = excluded.approved,
+                group_names = excluded.group_names",
+        )
+        .bind(owner)
+        .bind(item.contact.as_str())
+        .bind(item.name.as_deref())
+        .bind(item.subscription.as_str())
+        .bind(i64::from(item.ask))
+        .bind(i64::from(item.pending_in))
+        .bind(i64::from(item.approved))
+        .bind(encode_groups(&item.groups))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::owner_fk(e, owner))?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// Removes the item for `contact`; returns the new roster version, or
+    /// `None` (and no version change) if there was no such item.
+    pub async fn remove_roster_item(&self, owner: &str, contact: &str) -> Result<Option<i64>> {
+        let mut tx = self.begin_write().await?;
+        // Bump first, like every roster write: the user row is always locked
+        // before roster rows, so concurrent writers cannot deadlock on
+        // PostgreSQL. The bump is rolled back if nothing was removed.
+        let version = match bump_roster_version(&mut tx, owner).await {
+            Ok(v) => v,
+            Err(StoreError::NoSuchUser(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let removed = sqlx::query("DELETE FROM roster_items WHERE owner = $1 AND contact = $2")
+            .bind(owner)
+            .bind(contact)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    /// Users whose roster holds `contact`, sorted.
+    pub async fn roster_owners_of(&self, contact: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT owner FROM roster_items WHERE contact = $1")
+            .bind(contact)
+            .fetch_all(&self.pool)
+            .await?;
+        sorted_strings(&rows, "owner")
+    }
+
+    // ------------------------------------------------------------------
+    // inbox log
+    // ------------------------------------------------------------------
+
+    /// Appends to the owner's inbox log; returns the entry's sequence number
+    /// (per owner, strictly increasing from 1, never reused).
+    /// [`StoreError::NoSuchUser`] if the owner has no account.
+    pub async fn inbox_append(&self, owner: &str, entry: &NewInboxEntry<'_>) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE username = $1 RETURNING inbox_seq",
+        )
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NoSuchUser(owner.to_owned()));
+        };
+        let seq: i64 = row.try_get("inbox_seq")?;
+        sqlx::query(
+            "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(owner)
+        .bind(seq)
+        .bind(entry.stanza_id)
+        .bind(entry.sender)
+        .bind(entry.kind)
+        .bind(entry.xml)
+        .bind(entry.at_micros)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Up to `limit` entries with `seq > after_seq`, in sequence order.
+    pub async fn inbox_after(
+        &self,
+        owner: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<InboxEntry>> {
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT seq, stanza_id, sender, kind, xml, at_micros FROM inbox
+             WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(owner)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InboxEntry {
+                    seq: r.try_get("seq")?,
+                    stanza_id: r.try_get("stanza_id")?,
+                    sender: r.try_get("sender")?,
+                    kind: r.try_get("kind")?,
+                    xml: r.try_get("xml")?,
+                    at_micros: r.try_get("at_micros")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the owner's entries with `seq <= seq`; returns how many.
+    pub async fn inbox_remove_through(&self, owner: &str, seq: i64) -> Result<u64> {
+        let res = sqlx::query("DELETE FROM inbox WHERE owner = $1 AND seq <= $2")
+            .bind(owner)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// How many entries the owner's inbox holds.
+    pub async fn inbox_count(&self, owner: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM inbox WHERE owner = $1")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    // ------------------------------------------------------------------
+    // vcard-temp and private XML storage
+    // ------------------------------------------------------------------
+
+    /// The owner's vCard XML.
+    pub async fn vcard(&self, owner: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT xml FROM vcards WHERE owner = $1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("xml").map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Stores (replaces) the owner's vCard XML.
+    pub async fn set_vcard(&self, owner: &str, xml: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO vcards (owner, xml) VALUES ($1, $2)
+             ON CONFLICT (owner) DO UPDATE SET xml = excluded.xml",
+        )
+        .bind(owner)
+        .bind(xml)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::owner_fk(e, owner))?;
+        Ok(())
+    }
+
+    /// The owner's private XML for `namespace`.
+    pub async fn private_xml(&self, owner: &str, namespace: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT xml FROM private_xml WHERE owner = $1 AND namespace = $2")
+            .bind(owner)
+            .bind(namespace)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("xml").map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Stores (replaces) the owner's private XML for `namespace`.
+    pub async fn set_private_xml(&self, owner: &str, namespace: &str, xml: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO private_xml (owner, namespace, xml) VALUES ($1, $2, $3)
+             ON CONFLICT (owner, namespace) DO UPDATE SET xml = excluded.xml",
+        )
+        .bind(owner)
+        .bind(namespace)
+        .bind(xml)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::owner_fk(e, owner))?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // blocking
+    // ------------------------------------------------------------------
+
+    /// The owner's blocked JIDs, sorted.
+    pub async fn blocklist(&self, owner: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT jid FROM blocklist WHERE owner = $1")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        sorted_strings(&rows, "jid")
+    }
+
+    /// Adds JIDs to the blocklist (already-blocked ones are fine), atomically.
+    pub async fn block(&self, owner: &str, jids: &[String]) -> Result<()> {
+        if jids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for jid in jids {
+            sqlx::query(
+                "INSERT INTO blocklist (owner, jid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(owner)
+            .bind(jid.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::owner_fk(e, owner))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes JIDs from the blocklist; an empty slice unblocks everyone.
+    pub async fn unblock(&self, owner: &str, jids: &[String]) -> Result<()> {
+        if jids.is_empty() {
+            sqlx::query("DELETE FROM blocklist WHERE owner = $1")
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for jid in jids {
+            sqlx::query("DELETE FROM blocklist WHERE owner = $1 AND jid = $2")
+                .bind(owner)
+                .bind(jid.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether `jid` is on the owner's blocklist (exact match).
+    pub async fn is_blocked(&self, owner: &str, jid: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM blocklist WHERE owner = $1 AND jid = $2")
+            .bind(owner)
+            .bind(jid)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    // ------------------------------------------------------------------
+    // last activity
+    // ------------------------------------------------------------------
+
+    /// Records when the owner's last session ended (unix seconds) and its status text.
+    pub async fn set_last_activity(
+        &self,
+        owner: &str,
+        at_unix_secs: i64,
+        status: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO last_activity (owner, at_secs, status) VALUES ($1, $2, $3)
+             ON CONFLICT (owner) DO UPDATE SET at_secs = excluded.at_secs, status = excluded.status",
+        )
+        .bind(owner)
+        .bind(at_unix_secs)
+        .bind(status)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::owner_fk(e, owner))?;
+        Ok(())
+    }
+
+    /// When the owner's last session ended (unix seconds) and its status text.
+    pub async fn last_activity(&self, owner: &str) -> Result<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT at_secs, status FROM last_activity WHERE owner = $1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some((row.try_get("at_secs")?, row.try_get("status")?)))
+    }
+
+    // ------------------------------------------------------------------
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        begin_write(&self.pool, self.backend).await
+    }
+}
+
+/// Starts a transaction that will write. On SQLite it takes the write lock up
+/// front (`BEGIN IMMEDIATE`), so waiting for it honours the busy timeout rather
+/// than failing with `SQLITE_BUSY` on a read-to-write lock upgrade.
+pub(crate) async fn begin_write(
+    pool: &AnyPool,
+    backend: Backend,
+) -> Result<Transaction<'static, Any>> {
+    Ok(match backend {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => pool.begin().await?,
+    })
+}
+
+/// Current time in unix microseconds (0 if the clock is before 1970).
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Builds the SQLite pool: prepares the file (directory, WAL) once, then
+/// sets the per-connection pragmas on every pooled connection.
+async fn open_sqlite(url: &str, max_connections: u32) -> Result<AnyPool> {
+    let opts = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+
+    let any_opts = if in_memory {
+        // Each connection opened from this URL is a new, private database.
+        AnyConnectOptions::from_str("sqlite::memory:")?
+    } else {
+        // Make the path absolute and free of `..`: the Any driver only takes a
+        // URL, and URL parsing would normalise `a/../b` differently.
+        let filename = opts.get_filename().to_path_buf();
+        let dir = match filename.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => dir.to_path_buf(),
+            None => std::path::PathBuf::from("."),
+        };
+        create_dir(&dir)?;
+        let dir = std::fs::canonicalize(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let Some(name) = filename.file_name() else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let opts = opts.filename(dir.join(name));
+        // journal_mode=WAL is persistent in the file; set it once, on a
+        // connection of its own, before the pool exists (changing it needs an
+        // exclusive lock that busy_timeout does not wait for).
+        let conn = opts
+            .clone()
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .connect()
+            .await?;
+        conn.close().await?;
+        // The Any driver only takes a URL, which cannot carry pragmas: build
+        // the URL from the parsed options and set pragmas in `after_connect`.
+        AnyConnectOptions::from_url(&opts.to_url_lossy())?
+    };
+    let mut pool_opts = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                for pragma in [
+                    "PRAGMA foreign_keys = ON",
+                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA synchronous = NORMAL",
+                ] {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        });
+    if in_memory {
+        // A private in-memory database lives as long as its connections:
+        // keep exactly one, forever.
+        pool_opts = pool_opts
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    Ok(pool_opts.connect_with(any_opts).await?)
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***{}", &url[..s], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Credentials flattened into bindable columns.
+struct CredCols<'a> {
+    sha1_salt: &'a [u8],
+    sha1_iterations: i64,
+    sha1_stored_key: &'a [u8],
+    sha1_server_key: &'a [u8],
+    sha256_salt: &'a [u8],
+    sha256_iterations: i64,
+    sha256_stored_key: &'a [u8],
+    sha256_server_key: &'a [u8],
+}
+
+impl<'a> CredCols<'a> {
+    fn new(c: &'a StoredCredentials) -> Self {
+        CredCols {
+            sha1_salt: &c.sha1.salt,
+            sha1_iterations: i64::from(c.sha1.iterations),
+            sha1_stored_key: &c.sha1.stored_key,
+            sha1_server_key: &c.sha1.server_key,
+            sha256_salt: &c.sha256.salt,
+            sha256_iterations: i64::from(c.sha256.iterations),
+            sha256_stored_key: &c.sha256.stored_key,
+            sha256_server_key: &c.sha256.server_key,
+        }
+    }
+}
+
+fn scram_from_row(row: &AnyRow, prefix: &str) -> Result<ScramSecret> {
+    let col = |name: &str| format!("{prefix}_{name}");
+    let iterations: i64 = row.try_get(col("iterations").as_str())?;
+    Ok(ScramSecret {
+        salt: blob(row, &col("salt"))?,
+        iterations: u32::try_from(iterations).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "{prefix} iteration count {iterations} out of range"
+            ))
+        })?,
+        stored_key: blob(row, &col("stored_key"))?,
+        server_key: blob(row, &col("server_key"))?,
+    })
+}
+
+/// Reads a byte-string column. An empty SQLite blob may come back as NULL
+/// through the `Any` driver; treat that as empty.
+fn blob(row: &AnyRow, name: &str) -> Result<Vec<u8>> {
+    Ok(row.try_get::<Option<Vec<u8>>, _>(name)?.unwrap_or_default())
+}
+
+fn roster_item_from_row(row: &AnyRow) -> Result<RosterItem> {
+    let sub: String = row.try_get("subscription")?;
+    let subscription = Subscription::parse(&sub)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown subscription state {sub:?}")))?;
+    let groups: String = row.try_get("group_names")?;
+    Ok(RosterItem {
+        contact: row.try_get("contact")?,
+        name: row.try_get("name")?,
+        subscription,
+        ask: row.try_get::<i64, _>("ask")? != 0,
+        pending_in: row.try_get::<i64, _>("pending_in")? != 0,
+        approved: row.try_get::<i64, _>("approved")? != 0,
+        groups: decode_groups(&groups)?,
+    })
+}
+
+fn sorted_strings(rows: &[AnyRow], col: &str) -> Result<Vec<String>> {
+    let mut out = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(col))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_unstable();
+    Ok(out)
+}
+
+async fn roster_version_in(conn: &mut sqlx::AnyConnection, owner: &str) -> Result<i64> {
+    let row = sqlx::query("SELECT roster_version FROM users WHERE username = $1")
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(r) => Ok(r.try_get("roster_version")?),
+        None => Ok(0),
+    }
+}
+
+async fn bump_roster_version(conn: &mut sqlx::AnyConnection, owner: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "UPDATE users SET roster_version = roster_version + 1 WHERE username = $1
+         RETURNING roster_version",
+    )
+    .bind(owner)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(r) => Ok(r.try_get("roster_version")?),
+        None => Err(StoreError::NoSuchUser(owner.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(Backend::from_url("sqlite://a.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::from_url("sqlite:a.db").unwrap(), Backend::Sqlite);
+        assert_eq!(
+            Backend::from_url("postgres://u@h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://u@h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert!(matches!(
+            Backend::from_url("mysql://u:secret@h/db"),
+            Err(StoreError::UnsupportedUrl(u)) if !u.contains("secret")
+        ));
+        assert!(Backend::from_url("kith.db").is_err());
+    }
+
+    #[test]
+    fn redacts_password() {
+        assert_eq!(redact("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    /// The whole crate relies on sqlx's SQLite driver binding `$N` to the
+    /// N-th argument (not to the N-th placeholder occurrence).
+    #[tokio::test]
+    async fn sqlite_dollar_placeholders_are_positional() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let row = sqlx::query("SELECT $2 AS a, $1 AS b, $2 AS c, $1 || $3 AS d")
+            .bind("one")
+            .bind("two")
+            .bind("three")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(row.try_get::<String, _>("a").unwrap(), "two");
+        assert_eq!(row.try_get::<String, _>("b").unwrap(), "one");
+        assert_eq!(row.try_get::<String, _>("c").unwrap(), "two");
+        assert_eq!(row.try_get::<String, _>("d").unwrap(), "onethree");
+    }
+
+    #[tokio::test]
+    async fn sqlite_pragmas_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/k.db");
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        assert!(path.exists());
+        let mut conn = store.pool.acquire().await.unwrap();
+        let q = |sql: &'static str| sqlx::query(sql);
+        let jm: String = q("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(jm, "wal");
+        let sync: i64 = q("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(sync, 1, "NORMAL");
+        let fk: i64 = q("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(fk, 1);
+        let bt: i64 = q("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(bt, 5000);
+    }
+
+    #[tokio::test]
+    async fn sqlite_in_memory_works() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        assert_eq!(store.backend(), Backend::Sqlite);
+        assert!(store.list_users().await.unwrap().is_empty());
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            migrate::latest_version()
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! Our own small migration runner.
+//!
+//! Migrations are an ordered list; each carries the SQL for SQLite and for
+//! PostgreSQL as separate statement lists (the dialects differ in column types:
+//! `INTEGER`/`BIGINT`, `BLOB`/`BYTEA`). Each migration runs in its own
+//! transaction together with the insert of its row into
+//! `schema_migrations(version)`, so a migration is applied entirely or not at
+//! all, and re-running the list on restart applies nothing twice.
+//!
+//! Concurrent start-ups are serialised: on SQLite by `BEGIN IMMEDIATE` (the
+//! write lock is taken before the "already applied?" check), on PostgreSQL by a
+//! transaction-scoped advisory lock taken first thing in each transaction.
+//!
+//! Rules for writing migrations: never edit a released migration, only append;
+//! SQLite column types must be `INTEGER`, `TEXT` or `BLOB` (the `Any` driver
+//! refuses others such as `BOOLEAN`), PostgreSQL ones `BIGINT`, `TEXT` or
+//! `BYTEA` (so every integer decodes as `i64` on both).
+
+use sqlx::{AnyPool, Row};
+
+use crate::{Backend, Result, StoreError, begin_write, now_micros};
+
+/// One schema migration.
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sqlite: &'static [&'static str],
+    pub postgres: &'static [&'static str],
+}
+
+impl Migration {
+    fn statements(&self, backend: Backend) -> &'static [&'static str] {
+        match backend {
+            Backend::Sqlite => self.sqlite,
+            Backend::Postgres => self.postgres,
+        }
+    }
+}
+
+/// Advisory-lock key used on PostgreSQL ("kith" in ASCII).
+const PG_LOCK_SQL: &str = "SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(1802073192)) AS l";
+
+/// Every migration, in order. Append only.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial schema",
+    sqlite: &[
+        "CREATE TABLE users (
+            username TEXT NOT NULL PRIMARY KEY,
+            sha1_salt BLOB NOT NULL,
+            sha1_iterations INTEGER NOT NULL,
+            sha1_stored_key BLOB NOT NULL,
+            sha1_server_key BLOB NOT NULL,
+            sha256_salt BLOB NOT NULL,
+            sha256_iterations INTEGER NOT NULL,
+            sha256_stored_key BLOB NOT NULL,
+            sha256_server_key BLOB NOT NULL,
+            roster_version INTEGER NOT NULL DEFAULT 0,
+            inbox_seq INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL
+        )",
+        "CREATE TABLE roster_items (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            contact TEXT NOT NULL,
+            name TEXT,
+            subscription TEXT NOT NULL DEFAULT 'none',
+            ask INTEGER NOT NULL DEFAULT 0,
+            pending_in INTEGER NOT NULL DEFAULT 0,
+            approved INTEGER NOT NULL DEFAULT 0,
+            group_names TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (owner, contact)
+        )",
+        "CREATE INDEX roster_items_contact ON roster_items (contact)",
+        "CREATE TABLE inbox (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            stanza_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            at_micros INTEGER NOT NULL,
+            PRIMARY KEY (owner, seq)
+        )",
+        "CREATE TABLE vcards (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            xml TEXT NOT NULL
+        )",
+        "CREATE TABLE private_xml (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            namespace TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            PRIMARY KEY (owner, namespace)
+        )",
+        "CREATE TABLE blocklist (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            jid TEXT NOT NULL,
+            PRIMARY KEY (owner, jid)
+        )",
+        "CREATE TABLE last_activity (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            at_secs INTEGER NOT NULL,
+            status TEXT NOT NULL
+        )",
+    ],
+    postgres: &[
+        "CREATE TABLE users (
+            username TEXT NOT NULL PRIMARY KEY,
+            sha1_salt BYTEA NOT NULL,
+            sha1_iterations BIGINT NOT NULL,
+            sha1_stored_key BYTEA NOT NULL,
+            sha1_server_key BYTEA NOT NULL,
+            sha256_salt BYTEA NOT NULL,
+            sha256_iterations BIGINT NOT NULL,
+            sha256_stored_key BYTEA NOT NULL,
+            sha256_server_key BYTEA NOT NULL,
+            roster_version BIGINT NOT NULL DEFAULT 0,
+            inbox_seq BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL
+        )",
+        "CREATE TABLE roster_items (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            contact TEXT NOT NULL,
+            name TEXT,
+            subscription TEXT NOT NULL DEFAULT 'none',
+            ask BIGINT NOT NULL DEFAULT 0,
+            pending_in BIGINT NOT NULL DEFAULT 0,
+            approved BIGINT NOT NULL DEFAULT 0,
+            group_names TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (owner, contact)
+        )",
+        "CREATE INDEX roster_items_contact ON roster_items (contact)",
+        "CREATE TABLE inbox (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            seq BIGINT NOT NULL,
+            stanza_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            at_micros BIGINT NOT NULL,
+            PRIMARY KEY (owner, seq)
+        )",
+        "CREATE TABLE vcards (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            xml TEXT NOT NULL
+        )",
+        "CREATE TABLE private_xml (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            namespace TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            PRIMARY KEY (owner, namespace)
+        )",
+        "CREATE TABLE blocklist (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            jid TEXT NOT NULL,
+            PRIMARY KEY (owner, jid)
+        )",
+        "CREATE TABLE last_activity (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            at_secs BIGINT NOT NULL,
+            status TEXT NOT NULL
+        )",
+    ],
+}];
+
+/// The highest schema version this build knows.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Creates `schema_migrations` if needed and applies every missing migration.
+pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {
+    // Bootstrap the bookkeeping table (same SQL on both backends).
+    {
+        let mut tx = begin_write(pool, backend).await?;
+        if backend == Backend::Postgres {
+            sqlx::query(PG_LOCK_SQL).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT NOT NULL PRIMARY KEY,
+                name TEXT NOT NULL,
+                applied_at BIGINT NOT NULL
+            )",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+
+    let applied = applied_versions(pool).await?;
+    let supported = latest_version();
+    if let Some(&found) = applied.iter().max()
+        && found > supported
+    {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+
+    for m in MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        apply(pool, backend, m).await?;
+    }
+    Ok(())
+}
+
+async fn applied_versions(pool: &AnyPool) -> Result<Vec<i64>> {
+    let rows = sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<i64, _>("version").map_err(StoreError::from))
+        .collect()
+}
+
+async fn apply(pool: &AnyPool, backend: Backend, m: &Migration) -> Result<()> {
+    let fail = |source: sqlx::Error| StoreError::Migration {
+        version: m.version,
+        name: m.name,
+        source,
+    };
+    let mut tx = begin_write(pool, backend).await?;
+    if backend == Backend::Postgres {
+        sqlx::query(PG_LOCK_SQL)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+    }
+    // Re-check under the lock: another process may have applied it meanwhile.
+    let already = sqlx::query("SELECT 1 AS one FROM schema_migrations WHERE version = $1")
+        .bind(m.version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(fail)?
+        .is_some();
+    if already {
+        tx.commit().await?;
+        return Ok(());
+    }
+    for stmt in m.statements(backend) {
+        sqlx::query(*stmt).execute(&mut *tx).await.map_err(fail)?;
+    }
+    sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+        .bind(m.version)
+        .bind(m.name)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    tx.commit().await.map_err(fail)?;
+    tracing::info!(
+        version = m.version,
+        name = m.name,
+        "applied database migration"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_strictly_increase_and_both_dialects_present() {
+        let mut prev = 0;
+        for m in MIGRATIONS {
+            assert!(m.version > prev, "migration {} out of order", m.version);
+            assert!(!m.sqlite.is_empty() && !m.postgres.is_empty());
+            prev = m.version;
+        }
+        assert_eq!(latest_version(), prev);
+    }
+}

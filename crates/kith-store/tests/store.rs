@@ -1,0 +1,943 @@
+//! Behaviour tests for `kith-store`, run against SQLite always and against
+//! PostgreSQL when `KITH_TEST_PG_URL` names an admin URL (e.g.
+//! `postgres://postgres@127.0.0.1:55432/postgres`).
+//!
+//! PostgreSQL isolation: every test creates its own database
+//! (`kith_t_<pid>_<n>_<nanos>`) through the admin URL, runs against it, and
+//! drops it afterwards (`DROP DATABASE … WITH (FORCE)`), also when the test
+//! panics: the body runs in a spawned task whose panic is re-raised only
+//! after the clean-up.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use kith_store::{
+    Backend, NewInboxEntry, RosterItem, ScramSecret, Store, StoreError, StoredCredentials,
+    Subscription,
+};
+use sqlx::Connection;
+
+// ----------------------------------------------------------------------
+// harness
+// ----------------------------------------------------------------------
+
+/// A fresh, empty database for one test.
+struct TestDb {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    async fn open(&self) -> Store {
+        Store::open(&self.url).await.expect("open store")
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+async fn run_sqlite<F, Fut>(body: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A nested, not-yet-existing directory: open must create it.
+    let path = dir.path().join("data").join("kith.db");
+    let url = format!("sqlite://{}", path.display());
+    body(TestDb {
+        url,
+        _dir: Some(dir),
+    })
+    .await;
+}
+
+/// Replaces the database name (the URL path) of `admin_url`.
+fn with_database(admin_url: &str, db: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (admin_url, None),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[after_scheme..].find('/') {
+        Some(slash) => &base[..after_scheme + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+async fn run_postgres<F, Fut>(body: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Ok(admin_url) = std::env::var("KITH_TEST_PG_URL") else {
+        eprintln!("KITH_TEST_PG_URL not set: skipping the PostgreSQL variant of this test");
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "kith_t_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    );
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to KITH_TEST_PG_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop stale test database");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+
+    let db = TestDb {
+        url: with_database(&admin_url, &name),
+        _dir: None,
+    };
+    let outcome = tokio::spawn(body(db)).await;
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop test database");
+    let _ = admin.close().await;
+
+    if let Err(e) = outcome {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        panic!("test task failed: {e}");
+    }
+}
+
+/// Declares `<name>::sqlite` and `<name>::postgres` tests running the async
+/// fn `<name>(TestDb)`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::run_sqlite(super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::run_postgres(super::$name).await;
+            }
+        }
+    )*};
+}
+
+both!(
+    migrations_idempotent,
+    backend_reported,
+    schema_too_new_is_refused,
+    users_crud,
+    credentials_round_trip,
+    delete_user_removes_all_data,
+    roster_versions_increase,
+    roster_upsert_remove,
+    roster_groups_round_trip,
+    roster_owners_of,
+    unknown_owner_writes_fail,
+    inbox_seq_strictly_increasing,
+    inbox_after_paging,
+    inbox_concurrent_appends,
+    roster_concurrent_writes,
+    blocklist,
+    vcard_and_private_overwrite,
+    last_activity,
+    unicode_and_large_values,
+);
+
+// ----------------------------------------------------------------------
+// helpers
+// ----------------------------------------------------------------------
+
+fn secret(seed: u8, iterations: u32) -> ScramSecret {
+    ScramSecret {
+        salt: vec![seed; 16],
+        iterations,
+        stored_key: (0..20).map(|i| seed.wrapping_add(i)).collect(),
+        server_key: (0..32).map(|i| seed.wrapping_mul(i)).collect(),
+    }
+}
+
+fn creds(seed: u8) -> StoredCredentials {
+    StoredCredentials {
+        sha1: secret(seed, 4096),
+        sha256: secret(seed.wrapping_add(1), 5000),
+    }
+}
+
+fn item(contact: &str) -> RosterItem {
+    RosterItem {
+        contact: contact.to_owned(),
+        ..RosterItem::default()
+    }
+}
+
+fn entry<'a>(id: &'a str, xml: &'a str, at: i64) -> NewInboxEntry<'a> {
+    NewInboxEntry {
+        stanza_id: id,
+        sender: "bob@example.org/phone",
+        kind: "chat",
+        xml,
+        at_micros: at,
+    }
+}
+
+// ----------------------------------------------------------------------
+// tests
+// ----------------------------------------------------------------------
+
+async fn migrations_idempotent(db: TestDb) {
+    let s = db.open().await;
+    let v = s.schema_version().await.unwrap();
+    assert!(v >= 1);
+    assert!(s.create_user("alice", &creds(1)).await.unwrap());
+    s.close().await;
+
+    // Re-open: nothing re-applied, data intact.
+    let s2 = db.open().await;
+    assert_eq!(s2.schema_version().await.unwrap(), v);
+    assert_eq!(s2.list_users().await.unwrap(), vec!["alice".to_string()]);
+
+    // Two stores open concurrently on the same database.
+    let (a, b) = tokio::join!(Store::open(&db.url), Store::open(&db.url));
+    a.unwrap();
+    b.unwrap();
+}
+
+async fn backend_reported(db: TestDb) {
+    let s = db.open().await;
+    let expected = if db.url.starts_with("sqlite") {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    };
+    assert_eq!(s.backend(), expected);
+    let s2 = Store::open_with(&db.url, 2).await.unwrap();
+    assert_eq!(s2.backend(), expected);
+}
+
+async fn schema_too_new_is_refused(db: TestDb) {
+    let s = db.open().await;
+    s.close().await;
+    // Pretend a newer kith migrated this database.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+        .bind(999_999_i64)
+        .bind("from the future")
+        .bind(0_i64)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    match Store::open(&db.url).await {
+        Err(StoreError::SchemaTooNew { found, .. }) => assert_eq!(found, 999_999),
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+async fn users_crud(db: TestDb) {
+    let s = db.open().await;
+    assert!(s.list_users().await.unwrap().is_empty());
+    assert!(!s.user_exists("alice").await.unwrap());
+    assert!(s.credentials("alice").await.unwrap().is_none());
+
+    assert!(s.create_user("carol", &creds(3)).await.unwrap());
+    assert!(s.create_user("alice", &creds(1)).await.unwrap());
+    assert!(s.create_user("bob", &creds(2)).await.unwrap());
+    // Second create: false and no change.
+    assert!(!s.create_user("alice", &creds(9)).await.unwrap());
+    assert_eq!(s.credentials("alice").await.unwrap(), Some(creds(1)));
+
+    assert!(s.user_exists("alice").await.unwrap());
+    assert!(!s.user_exists("Alice").await.unwrap(), "byte-exact names");
+    assert_eq!(s.list_users().await.unwrap(), vec!["alice", "bob", "carol"]);
+
+    assert!(s.delete_user("bob").await.unwrap());
+    assert!(!s.delete_user("bob").await.unwrap());
+    assert!(!s.user_exists("bob").await.unwrap());
+    assert_eq!(s.list_users().await.unwrap(), vec!["alice", "carol"]);
+
+    // A deleted user can be created again.
+    assert!(s.create_user("bob", &creds(4)).await.unwrap());
+    assert_eq!(s.credentials("bob").await.unwrap(), Some(creds(4)));
+}
+
+async fn credentials_round_trip(db: TestDb) {
+    let s = db.open().await;
+    let c = StoredCredentials {
+        sha1: ScramSecret {
+            salt: (0..=255).collect(),
+            iterations: u32::MAX,
+            stored_key: vec![0; 20],
+            server_key: vec![0xff; 20],
+        },
+        sha256: ScramSecret {
+            salt: vec![],
+            iterations: 1,
+            stored_key: vec![0x80; 32],
+            server_key: vec![0x00, 0x01, 0x00],
+        },
+    };
+    assert!(s.create_user("alice", &c).await.unwrap());
+    assert_eq!(s.credentials("alice").await.unwrap(), Some(c.clone()));
+
+    assert!(s.set_credentials("alice", &creds(7)).await.unwrap());
+    assert_eq!(s.credentials("alice").await.unwrap(), Some(creds(7)));
+    assert!(!s.set_credentials("nobody", &creds(7)).await.unwrap());
+    assert!(!s.user_exists("nobody").await.unwrap());
+}
+
+async fn delete_user_removes_all_data(db: TestDb) {
+    let s = db.open().await;
+    for u in ["alice", "bob"] {
+        assert!(s.create_user(u, &creds(1)).await.unwrap());
+        s.put_roster_item(u, &item("carol@example.org"))
+            .await
+            .unwrap();
+        s.inbox_append(u, &entry("m1", "<message/>", 1))
+            .await
+            .unwrap();
+        s.set_vcard(u, "<vCard xmlns='vcard-temp'/>").await.unwrap();
+        s.set_private_xml(u, "storage:bookmarks", "<storage/>")
+            .await
+            .unwrap();
+        s.block(u, &["spam@example.net".to_string()]).await.unwrap();
+        s.set_last_activity(u, 1_700_000_000, "gone").await.unwrap();
+    }
+    s.put_roster_item("bob", &item("alice@localhost"))
+        .await
+        .unwrap();
+
+    assert!(s.delete_user("alice").await.unwrap());
+
+    assert!(!s.user_exists("alice").await.unwrap());
+    assert!(s.credentials("alice").await.unwrap().is_none());
+    assert_eq!(s.roster("alice").await.unwrap(), (0, vec![]));
+    assert_eq!(s.roster_version("alice").await.unwrap(), 0);
+    assert_eq!(s.inbox_count("alice").await.unwrap(), 0);
+    assert!(s.inbox_after("alice", 0, 100).await.unwrap().is_empty());
+    assert!(s.vcard("alice").await.unwrap().is_none());
+    assert!(
+        s.private_xml("alice", "storage:bookmarks")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.blocklist("alice").await.unwrap().is_empty());
+    assert!(s.last_activity("alice").await.unwrap().is_none());
+    assert_eq!(
+        s.roster_owners_of("carol@example.org").await.unwrap(),
+        vec!["bob"]
+    );
+
+    // Bob's data is untouched, including his roster item naming alice.
+    assert_eq!(s.roster("bob").await.unwrap().1.len(), 2);
+    assert_eq!(s.inbox_count("bob").await.unwrap(), 1);
+    assert!(s.vcard("bob").await.unwrap().is_some());
+    assert!(
+        s.private_xml("bob", "storage:bookmarks")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(s.blocklist("bob").await.unwrap(), vec!["spam@example.net"]);
+    assert!(s.last_activity("bob").await.unwrap().is_some());
+    assert_eq!(
+        s.roster_owners_of("alice@localhost").await.unwrap(),
+        vec!["bob"]
+    );
+
+    // Re-created alice starts empty, inbox numbering from 1 again.
+    assert!(s.create_user("alice", &creds(2)).await.unwrap());
+    assert_eq!(s.roster("alice").await.unwrap(), (0, vec![]));
+    assert_eq!(
+        s.inbox_append("alice", &entry("m2", "<message/>", 2))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+async fn roster_versions_increase(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    assert_eq!(s.roster_version("alice").await.unwrap(), 0);
+    assert_eq!(s.roster("alice").await.unwrap(), (0, vec![]));
+
+    let v1 = s
+        .put_roster_item("alice", &item("bob@localhost"))
+        .await
+        .unwrap();
+    assert!(v1 > 0);
+    let v2 = s
+        .put_roster_item("alice", &item("carol@localhost"))
+        .await
+        .unwrap();
+    assert!(v2 > v1);
+    // Re-putting the same item is still a change.
+    let v3 = s
+        .put_roster_item("alice", &item("bob@localhost"))
+        .await
+        .unwrap();
+    assert!(v3 > v2);
+    let v4 = s
+        .remove_roster_item("alice", "bob@localhost")
+        .await
+        .unwrap()
+        .expect("removed");
+    assert!(v4 > v3);
+    // Removing nothing does not bump.
+    assert_eq!(
+        s.remove_roster_item("alice", "bob@localhost")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.roster_version("alice").await.unwrap(), v4);
+    assert_eq!(s.roster("alice").await.unwrap().0, v4);
+
+    // Versions are per user.
+    s.create_user("bob", &creds(2)).await.unwrap();
+    assert_eq!(s.roster_version("bob").await.unwrap(), 0);
+    assert_eq!(s.roster_version("nobody").await.unwrap(), 0);
+}
+
+async fn roster_upsert_remove(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    assert!(
+        s.roster_item("alice", "bob@localhost")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut bob = RosterItem {
+        contact: "bob@localhost".into(),
+        name: Some("Bob".into()),
+        subscription: Subscription::None,
+        ask: true,
+        pending_in: false,
+        approved: false,
+        groups: vec!["Friends".into()],
+    };
+    s.put_roster_item("alice", &bob).await.unwrap();
+    s.put_roster_item("alice", &item("zed@remote.example"))
+        .await
+        .unwrap();
+    s.put_roster_item("alice", &item("amy@remote.example"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.roster_item("alice", "bob@localhost").await.unwrap(),
+        Some(bob.clone())
+    );
+
+    // Upsert: every field replaced.
+    bob.name = None;
+    bob.subscription = Subscription::Both;
+    bob.ask = false;
+    bob.pending_in = true;
+    bob.approved = true;
+    bob.groups = vec![];
+    s.put_roster_item("alice", &bob).await.unwrap();
+    assert_eq!(
+        s.roster_item("alice", "bob@localhost").await.unwrap(),
+        Some(bob.clone())
+    );
+
+    for sub in [
+        Subscription::None,
+        Subscription::To,
+        Subscription::From,
+        Subscription::Both,
+    ] {
+        let it = RosterItem {
+            subscription: sub,
+            ..item("sub@remote.example")
+        };
+        s.put_roster_item("alice", &it).await.unwrap();
+        assert_eq!(
+            s.roster_item("alice", "sub@remote.example")
+                .await
+                .unwrap()
+                .unwrap()
+                .subscription,
+            sub
+        );
+    }
+
+    let (_, items) = s.roster("alice").await.unwrap();
+    let contacts: Vec<_> = items.iter().map(|i| i.contact.as_str()).collect();
+    assert_eq!(
+        contacts,
+        vec![
+            "amy@remote.example",
+            "bob@localhost",
+            "sub@remote.example",
+            "zed@remote.example"
+        ]
+    );
+    assert_eq!(items[1], bob);
+
+    assert!(
+        s.remove_roster_item("alice", "zed@remote.example")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.roster_item("alice", "zed@remote.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.roster("alice").await.unwrap().1.len(), 3);
+}
+
+async fn roster_groups_round_trip(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let cases: Vec<Vec<String>> = vec![
+        vec![],
+        vec![String::new()],
+        vec!["Friends".into(), "Work".into()],
+        vec!["line\nbreak".into(), "back\\slash".into(), "\\n".into()],
+        vec!["Друзья".into(), "家族 👪".into(), "x".into(), "x".into()],
+    ];
+    for (i, groups) in cases.into_iter().enumerate() {
+        let contact = format!("c{i}@example.org");
+        let it = RosterItem {
+            groups: groups.clone(),
+            ..item(&contact)
+        };
+        s.put_roster_item("alice", &it).await.unwrap();
+        let back = s.roster_item("alice", &contact).await.unwrap().unwrap();
+        assert_eq!(back.groups, groups);
+    }
+}
+
+async fn roster_owners_of(db: TestDb) {
+    let s = db.open().await;
+    for u in ["carol", "alice", "bob"] {
+        s.create_user(u, &creds(1)).await.unwrap();
+    }
+    s.put_roster_item("carol", &item("dave@localhost"))
+        .await
+        .unwrap();
+    s.put_roster_item("alice", &item("dave@localhost"))
+        .await
+        .unwrap();
+    s.put_roster_item("bob", &item("erin@localhost"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.roster_owners_of("dave@localhost").await.unwrap(),
+        vec!["alice", "carol"]
+    );
+    assert_eq!(
+        s.roster_owners_of("erin@localhost").await.unwrap(),
+        vec!["bob"]
+    );
+    assert!(
+        s.roster_owners_of("nobody@localhost")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn unknown_owner_writes_fail(db: TestDb) {
+    let s = db.open().await;
+    let no = |r: Result<(), StoreError>| match r {
+        Err(StoreError::NoSuchUser(u)) => assert_eq!(u, "ghost"),
+        other => panic!("expected NoSuchUser, got {other:?}"),
+    };
+    no(s.put_roster_item("ghost", &item("a@b")).await.map(drop));
+    no(s.inbox_append("ghost", &entry("1", "<m/>", 1))
+        .await
+        .map(drop));
+    no(s.set_vcard("ghost", "<vCard/>").await);
+    no(s.set_private_xml("ghost", "ns", "<x/>").await);
+    no(s.block("ghost", &["x@y".to_string()]).await);
+    no(s.set_last_activity("ghost", 1, "").await);
+    // Reads of an unknown owner are simply empty.
+    assert_eq!(s.roster("ghost").await.unwrap(), (0, vec![]));
+    assert_eq!(s.inbox_count("ghost").await.unwrap(), 0);
+    assert!(s.vcard("ghost").await.unwrap().is_none());
+    assert!(s.blocklist("ghost").await.unwrap().is_empty());
+    assert!(!s.is_blocked("ghost", "x@y").await.unwrap());
+    assert!(s.last_activity("ghost").await.unwrap().is_none());
+    assert_eq!(s.remove_roster_item("ghost", "a@b").await.unwrap(), None);
+    s.unblock("ghost", &[]).await.unwrap();
+    assert_eq!(s.inbox_remove_through("ghost", 10).await.unwrap(), 0);
+    assert!(!s.delete_user("ghost").await.unwrap());
+    // The failed writes created nothing.
+    assert!(s.list_users().await.unwrap().is_empty());
+}
+
+async fn inbox_seq_strictly_increasing(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    s.create_user("bob", &creds(2)).await.unwrap();
+    assert_eq!(s.inbox_count("alice").await.unwrap(), 0);
+
+    let mut seqs = vec![];
+    for i in 0..5 {
+        let id = format!("m{i}");
+        seqs.push(
+            s.inbox_append("alice", &entry(&id, "<message/>", 1000 + i))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    // Per owner: bob starts at 1.
+    assert_eq!(
+        s.inbox_append("bob", &entry("b", "<message/>", 1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.inbox_count("alice").await.unwrap(), 5);
+
+    assert_eq!(s.inbox_remove_through("alice", 3).await.unwrap(), 3);
+    assert_eq!(s.inbox_count("alice").await.unwrap(), 2);
+    assert_eq!(s.inbox_remove_through("alice", 3).await.unwrap(), 0);
+    // Numbers are never reused, even once everything is removed.
+    assert_eq!(s.inbox_remove_through("alice", 5).await.unwrap(), 2);
+    assert_eq!(s.inbox_count("alice").await.unwrap(), 0);
+    assert_eq!(
+        s.inbox_append("alice", &entry("m5", "<message/>", 2000))
+            .await
+            .unwrap(),
+        6
+    );
+    // …and survive a restart.
+    s.close().await;
+    let s = db.open().await;
+    assert_eq!(
+        s.inbox_append("alice", &entry("m6", "<message/>", 2001))
+            .await
+            .unwrap(),
+        7
+    );
+    let left = s.inbox_after("alice", 0, 10).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7]);
+    assert_eq!(s.inbox_count("bob").await.unwrap(), 1);
+}
+
+async fn inbox_after_paging(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    for i in 1..=25_i64 {
+        let id = format!("id-{i}");
+        let xml = format!("<message id='id-{i}'><body>{i}</body></message>");
+        let seq = s
+            .inbox_append(
+                "alice",
+                &NewInboxEntry {
+                    stanza_id: &id,
+                    sender: "bob@localhost/x",
+                    kind: if i % 2 == 0 { "chat" } else { "receipt" },
+                    xml: &xml,
+                    at_micros: 1_700_000_000_000_000 + i,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(seq, i);
+    }
+    let mut cursor = 0;
+    let mut all = vec![];
+    loop {
+        let page = s.inbox_after("alice", cursor, 10).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10);
+        cursor = page.last().unwrap().seq;
+        all.extend(page);
+    }
+    assert_eq!(all.len(), 25);
+    for (i, e) in all.iter().enumerate() {
+        let n = i as i64 + 1;
+        assert_eq!(e.seq, n);
+        assert_eq!(e.stanza_id, format!("id-{n}"));
+        assert_eq!(e.sender, "bob@localhost/x");
+        assert_eq!(e.kind, if n % 2 == 0 { "chat" } else { "receipt" });
+        assert_eq!(
+            e.xml,
+            format!("<message id='id-{n}'><body>{n}</body></message>")
+        );
+        assert_eq!(e.at_micros, 1_700_000_000_000_000 + n);
+    }
+    assert_eq!(
+        s.inbox_after("alice", 20, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![21, 22, 23, 24, 25]
+    );
+    assert!(s.inbox_after("alice", 25, 10).await.unwrap().is_empty());
+    assert!(s.inbox_after("alice", 0, 0).await.unwrap().is_empty());
+    assert!(s.inbox_after("alice", 0, -1).await.unwrap().is_empty());
+    // After removal, paging from 0 starts at the first survivor.
+    s.inbox_remove_through("alice", 12).await.unwrap();
+    assert_eq!(s.inbox_after("alice", 0, 1).await.unwrap()[0].seq, 13);
+}
+
+async fn inbox_concurrent_appends(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let mut tasks = vec![];
+    for t in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = vec![];
+            for i in 0..25 {
+                let id = format!("{t}-{i}");
+                got.push(
+                    s.inbox_append("alice", &entry(&id, "<message/>", i))
+                        .await
+                        .unwrap(),
+                );
+            }
+            // Each task sees its own appends in increasing order.
+            assert!(got.windows(2).all(|w| w[0] < w[1]));
+            got
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=100).collect::<Vec<i64>>());
+    assert_eq!(s.inbox_count("alice").await.unwrap(), 100);
+}
+
+async fn blocklist(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let j = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(s.blocklist("alice").await.unwrap().is_empty());
+    s.block("alice", &[]).await.unwrap();
+
+    s.block("alice", &j(&["zed@x.org", "amy@x.org"]))
+        .await
+        .unwrap();
+    // Idempotent, including duplicates inside one call.
+    s.block("alice", &j(&["amy@x.org", "amy@x.org", "bob@x.org/res"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.blocklist("alice").await.unwrap(),
+        vec!["amy@x.org", "bob@x.org/res", "zed@x.org"]
+    );
+    assert!(s.is_blocked("alice", "amy@x.org").await.unwrap());
+    assert!(!s.is_blocked("alice", "bob@x.org").await.unwrap());
+    assert!(s.is_blocked("alice", "bob@x.org/res").await.unwrap());
+
+    s.unblock("alice", &j(&["amy@x.org", "never@x.org"]))
+        .await
+        .unwrap();
+    assert!(!s.is_blocked("alice", "amy@x.org").await.unwrap());
+    assert_eq!(s.blocklist("alice").await.unwrap().len(), 2);
+
+    // Per owner.
+    s.create_user("bob", &creds(2)).await.unwrap();
+    s.block("bob", &j(&["zed@x.org"])).await.unwrap();
+
+    // Empty slice: unblock everything (of this owner only).
+    s.unblock("alice", &[]).await.unwrap();
+    assert!(s.blocklist("alice").await.unwrap().is_empty());
+    assert_eq!(s.blocklist("bob").await.unwrap(), vec!["zed@x.org"]);
+}
+
+async fn vcard_and_private_overwrite(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    assert!(s.vcard("alice").await.unwrap().is_none());
+    s.set_vcard("alice", "<vCard xmlns='vcard-temp'><FN>A</FN></vCard>")
+        .await
+        .unwrap();
+    s.set_vcard("alice", "<vCard xmlns='vcard-temp'><FN>B</FN></vCard>")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.vcard("alice").await.unwrap().as_deref(),
+        Some("<vCard xmlns='vcard-temp'><FN>B</FN></vCard>")
+    );
+    s.set_vcard("alice", "").await.unwrap();
+    assert_eq!(s.vcard("alice").await.unwrap().as_deref(), Some(""));
+
+    let ns1 = "storage:bookmarks";
+    let ns2 = "urn:example:prefs";
+    assert!(s.private_xml("alice", ns1).await.unwrap().is_none());
+    s.set_private_xml("alice", ns1, "<storage xmlns='storage:bookmarks'/>")
+        .await
+        .unwrap();
+    s.set_private_xml("alice", ns2, "<prefs xmlns='urn:example:prefs'/>")
+        .await
+        .unwrap();
+    s.set_private_xml(
+        "alice",
+        ns1,
+        "<storage xmlns='storage:bookmarks'><c/></storage>",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.private_xml("alice", ns1).await.unwrap().as_deref(),
+        Some("<storage xmlns='storage:bookmarks'><c/></storage>")
+    );
+    assert_eq!(
+        s.private_xml("alice", ns2).await.unwrap().as_deref(),
+        Some("<prefs xmlns='urn:example:prefs'/>")
+    );
+    assert!(s.private_xml("alice", "other").await.unwrap().is_none());
+}
+
+async fn last_activity(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    assert!(s.last_activity("alice").await.unwrap().is_none());
+    s.set_last_activity("alice", 1_700_000_000, "Heading home")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.last_activity("alice").await.unwrap(),
+        Some((1_700_000_000, "Heading home".to_string()))
+    );
+    s.set_last_activity("alice", 1_800_000_000, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.last_activity("alice").await.unwrap(),
+        Some((1_800_000_000, String::new()))
+    );
+}
+
+async fn unicode_and_large_values(db: TestDb) {
+    let s = db.open().await;
+    let user = "аліса"; // already-normalised non-ASCII localpart
+    s.create_user(user, &creds(1)).await.unwrap();
+    assert_eq!(s.list_users().await.unwrap(), vec![user]);
+
+    let unicode =
+        "<vCard xmlns='vcard-temp'><FN>Zoë 山田 👩‍🚀 \u{202e}ltr</FN><NOTE>'\"&amp;\\</NOTE></vCard>";
+    s.set_vcard(user, unicode).await.unwrap();
+    assert_eq!(s.vcard(user).await.unwrap().as_deref(), Some(unicode));
+
+    // ~100 KB of mixed multi-byte text.
+    let big = "<p>héllo wörld — 你好 🌍</p>\n".repeat(3500);
+    assert!(big.len() > 100_000, "{}", big.len());
+    s.set_vcard(user, &big).await.unwrap();
+    assert_eq!(s.vcard(user).await.unwrap().as_deref(), Some(big.as_str()));
+    s.set_private_xml(user, "urn:x:ü", &big).await.unwrap();
+    assert_eq!(
+        s.private_xml(user, "urn:x:ü").await.unwrap().as_deref(),
+        Some(big.as_str())
+    );
+    let seq = s
+        .inbox_append(
+            user,
+            &NewInboxEntry {
+                stanza_id: "ид-1",
+                sender: "björn@exämple.org/📱",
+                kind: "chat",
+                xml: &big,
+                at_micros: i64::MAX,
+            },
+        )
+        .await
+        .unwrap();
+    let e = &s.inbox_after(user, seq - 1, 1).await.unwrap()[0];
+    assert_eq!(e.xml, big);
+    assert_eq!(e.sender, "björn@exämple.org/📱");
+    assert_eq!(e.stanza_id, "ид-1");
+    assert_eq!(e.at_micros, i64::MAX);
+
+    let it = RosterItem {
+        contact: "ɓob@例え.jp".into(),
+        name: Some("Bøb 🐝".into()),
+        groups: vec!["Família".into()],
+        ..RosterItem::default()
+    };
+    s.put_roster_item(user, &it).await.unwrap();
+    assert_eq!(s.roster_item(user, &it.contact).await.unwrap(), Some(it));
+    s.block(user, &["spæm@例え.jp".to_string()]).await.unwrap();
+    assert!(s.is_blocked(user, "spæm@例え.jp").await.unwrap());
+    s.set_last_activity(user, -1, "😴").await.unwrap();
+    assert_eq!(
+        s.last_activity(user).await.unwrap(),
+        Some((-1, "😴".to_string()))
+    );
+    assert!(s.delete_user(user).await.unwrap());
+}
+
+async fn roster_concurrent_writes(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let mut tasks = vec![];
+    for t in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut versions = vec![];
+            for i in 0..15 {
+                // Everyone fights over the same item, plus one of their own.
+                versions.push(
+                    s.put_roster_item("alice", &item("shared@x.org"))
+                        .await
+                        .unwrap(),
+                );
+                let own = format!("t{t}-{i}@x.org");
+                versions.push(s.put_roster_item("alice", &item(&own)).await.unwrap());
+                if let Some(v) = s.remove_roster_item("alice", "shared@x.org").await.unwrap() {
+                    versions.push(v);
+                }
+                versions.push(
+                    s.remove_roster_item("alice", &own)
+                        .await
+                        .unwrap()
+                        .expect("own item present"),
+                );
+            }
+            versions
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), n, "every change got its own version");
+    assert_eq!(all, (1..=n as i64).collect::<Vec<_>>());
+    assert_eq!(s.roster_version("alice").await.unwrap(), n as i64);
+    let (v, items) = s.roster("alice").await.unwrap();
+    assert_eq!(v, n as i64);
+    assert!(items.len() <= 1);
+}

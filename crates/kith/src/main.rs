@@ -1,0 +1,200 @@
+//! The `kith` command: run the server and administer it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use kith_server::{Config, Server, accounts};
+
+#[derive(Parser)]
+#[command(
+    name = "kith",
+    version,
+    about = "A WhatsApp-class messaging server that speaks standard XMPP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded defaults when no config is given).
+    Serve {
+        /// TOML configuration file (see kith.example.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage accounts in the configured store.
+    User {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Check a configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create an account.
+    Add {
+        username: String,
+        /// The password; asked for on the terminal when omitted.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Change an account's password.
+    Passwd {
+        username: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete an account and all its data.
+    Del { username: String },
+    /// List accounts.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate FILE and report errors with their key and line.
+    Check { file: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load(config.as_deref())?;
+            init_logging(&config.log.level);
+            runtime.block_on(serve(config))
+        }
+        Command::User { config, action } => {
+            let config = load(config.as_deref())?;
+            init_logging("warn");
+            runtime.block_on(user(config, action))
+        }
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                std::process::exit(1);
+            }
+        },
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let mut running = Server::start(config).await?;
+    tokio::select! {
+        () = running.wait() => bail!("a listener stopped unexpectedly"),
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            running.shutdown().await;
+            // Give sessions a moment to write their closing stream errors.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn user(config: Config, action: UserAction) -> Result<()> {
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("creating {}", config.server.data_dir.display()))?;
+    let store = kith_store::Store::open_with(&config.storage_url(), 2)
+        .await
+        .context("opening the store")?;
+    let domain = &config.server.domain;
+    match action {
+        UserAction::Add { username, password } => {
+            let username = accounts::normalize_username(&username, domain)?;
+            let password = password_or_prompt(password)?;
+            accounts::create(&store, &username, &password).await?;
+            println!("created {username}@{domain}");
+        }
+        UserAction::Passwd { username, password } => {
+            let username = accounts::normalize_username(&username, domain)?;
+            let password = password_or_prompt(password)?;
+            accounts::set_password(&store, &username, &password).await?;
+            println!("password changed for {username}@{domain}");
+        }
+        UserAction::Del { username } => {
+            let username = accounts::normalize_username(&username, domain)?;
+            if !store.delete_user(&username).await? {
+                bail!("no such user {username}@{domain}");
+            }
+            println!("deleted {username}@{domain} and all its data");
+        }
+        UserAction::List => {
+            for username in store.list_users().await? {
+                println!("{username}@{domain}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn password_or_prompt(password: Option<String>) -> Result<String> {
+    match password {
+        Some(password) => Ok(password),
+        None => {
+            let first = rpassword::prompt_password("password: ")?;
+            let second = rpassword::prompt_password("again: ")?;
+            if first != second {
+                bail!("the passwords differ");
+            }
+            Ok(first)
+        }
+    }
+}
