@@ -9,11 +9,11 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 
-from kithtest.xmpp import NS_DELAY, NS_ROSTER, NS_SID, ClientPool, body_of, make_friends
+from kithtest.xmpp import NS_DELAY, NS_ROSTER, NS_SID, ClientPool, body_of, make_friends, server_roster
 
 
-def roster_items(iq) -> dict[str, dict]:
-    return {str(j): dict(v) for j, v in iq["roster"]["items"].items()}
+async def roster_items(c) -> dict[str, dict]:
+    return await server_roster(c)
 
 
 def is_roster_push(iq, own_bare: str) -> bool:
@@ -42,9 +42,7 @@ def parse_stamp(stamp: str) -> dt.datetime:
 async def test_fresh_roster_is_empty(xmpp):
     acct = await xmpp.account("empty")
     c = await xmpp.connect(acct, roster=False)
-    iq = await c.get_roster(timeout=10)
-    assert iq["type"] == "result"
-    assert roster_items(iq) == {}
+    assert await roster_items(c) == {}
 
 
 async def test_roster_set_push_get_update_remove(xmpp):
@@ -60,7 +58,7 @@ async def test_roster_set_push_get_update_remove(xmpp):
         item = push_items(push)[contact.jid]
         assert item.get("name") == "Jürgen 🎸"
         assert item.get("subscription", "none") == "none"
-    got = roster_items(await laptop.get_roster(timeout=10))
+    got = (await roster_items(laptop))
     assert got[contact.jid]["name"] == "Jürgen 🎸"
     assert set(got[contact.jid]["groups"]) == {"Friends", "Band"}
     assert got[contact.jid]["subscription"] == "none"
@@ -70,7 +68,7 @@ async def test_roster_set_push_get_update_remove(xmpp):
         lambda iq: is_roster_push(iq, acct.jid) and push_items(iq).get(contact.jid, {}).get("name") == "J",
         what="roster push after update")
     assert push
-    got = roster_items(await phone.get_roster(timeout=10))
+    got = (await roster_items(phone))
     assert got[contact.jid]["name"] == "J" and got[contact.jid]["groups"] == ["Band"]
 
     await phone.del_roster_item(contact.jid)
@@ -79,7 +77,7 @@ async def test_roster_set_push_get_update_remove(xmpp):
             lambda iq: is_roster_push(iq, acct.jid)
             and push_items(iq).get(contact.jid, {}).get("subscription") == "remove",
             what="roster push after remove")
-    assert contact.jid not in roster_items(await laptop.get_roster(timeout=10))
+    assert contact.jid not in (await roster_items(laptop))
 
 
 async def test_roster_survives_reconnect(xmpp):
@@ -89,7 +87,7 @@ async def test_roster_survives_reconnect(xmpp):
     await c.update_roster(contact.jid, name="Persisted", timeout=10)
     await c.close()
     c2 = await xmpp.connect(acct)
-    assert roster_items(await c2.get_roster(timeout=10))[contact.jid]["name"] == "Persisted"
+    assert (await roster_items(c2))[contact.jid]["name"] == "Persisted"
 
 
 # ---- subscriptions and presence ---------------------------------------------------------
@@ -129,8 +127,8 @@ async def test_subscription_handshake_and_presence(xmpp):
     await b.wait_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == a_acct.jid)
     await b.wait_presence(lambda p: p["from"].full == f"{a_acct.jid}/a1" and p["type"] == "available",
                           what="A's presence after approval")
-    assert roster_items(await a.get_roster(timeout=10))[b_acct.jid]["subscription"] == "both"
-    assert roster_items(await b.get_roster(timeout=10))[a_acct.jid]["subscription"] == "both"
+    assert (await roster_items(a))[b_acct.jid]["subscription"] == "both"
+    assert (await roster_items(b))[a_acct.jid]["subscription"] == "both"
 
     # presence broadcast: A changes status, B sees it
     a.send_presence(pshow="away", pstatus="lunch 🍜")
@@ -186,7 +184,7 @@ async def test_unsubscribed_revokes_presence(xmpp):
     await b.wait_presence(lambda p: p["type"] == "unsubscribed" and p["from"].bare == a_acct.jid)
     await b.wait_presence(lambda p: p["type"] == "unavailable" and p["from"].full == f"{a_acct.jid}/ra",
                           what="unavailable from A after revocation (RFC 6121 §3.2.3)")
-    items = roster_items(await b.get_roster(timeout=10))
+    items = (await roster_items(b))
     assert items[a_acct.jid]["subscription"] == "from", items
     # A's further presence changes are no longer sent to B
     a.send_presence(pstatus="you can't see this")
@@ -254,19 +252,21 @@ async def test_routed_message_carries_stanza_id_by_recipient(xmpp):
 
 
 async def test_client_supplied_stanza_id_is_not_trusted(xmpp):
-    """XEP-0359 §5: a stanza-id claiming to be by the recipient's server must be
-    stripped from incoming stanzas; only the server's own may arrive."""
+    """XEP-0359 business rules 3-4: a stanza-id claiming to be by the recipient
+    must be overridden, leaving exactly one; the sender's origin-id is preserved."""
     a_acct, b_acct = await xmpp.account("forger"), await xmpp.account("fvictim")
     a = await xmpp.connect(a_acct)
     b = await xmpp.connect(b_acct)
     m = a.make_message(mto=b.boundjid.full, mbody="forged sid", mtype="chat")
-    forged = ET.Element(f"{{{NS_SID}}}stanza-id", {"by": b_acct.jid, "id": "forged-id-123"})
-    m.xml.append(forged)
+    m.xml.append(ET.Element(f"{{{NS_SID}}}stanza-id", {"by": b_acct.jid, "id": "forged-id-123"}))
+    m.xml.append(ET.Element(f"{{{NS_SID}}}origin-id", {"id": "origin-abc-789"}))
     m.send()
     got = await b.wait_message(lambda m: m["body"] == "forged sid")
     ids = stanza_ids(got, b_acct.jid)
     assert "forged-id-123" not in ids, "the sender's forged stanza-id reached the recipient"
     assert len(ids) == 1, ids
+    origin = got.xml.find(f"{{{NS_SID}}}origin-id")
+    assert origin is not None and origin.get("id") == "origin-abc-789", "origin-id not preserved"
 
 
 async def test_message_to_bare_jid_goes_to_highest_priority_resource(xmpp):
@@ -312,7 +312,7 @@ async def test_offline_messages_delivered_in_order_with_delay(xmpp):
     for body in bodies:
         a.send_message(mto=b_acct.jid, mbody=body, mtype="chat")
     # make sure they were processed before the recipient logs in
-    await a["xep_0199"].ping(jid="localhost", timeout=10)
+    await a.plugin["xep_0199"].ping(jid="localhost", timeout=10)
     await asyncio.sleep(0.5)
     after = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)
 
@@ -346,7 +346,7 @@ async def test_offline_message_survives_server_restart(server_factory, backend):
         a_acct, b_acct = await pool.account("rsa"), await pool.account("rsb")
         a = await pool.connect(a_acct)
         a.send_message(mto=b_acct.jid, mbody="kept across restart", mtype="chat")
-        await a["xep_0199"].ping(jid="localhost", timeout=10)
+        await a.plugin["xep_0199"].ping(jid="localhost", timeout=10)
         await pool.close_all()
         await asyncio.to_thread(srv.restart)
         b = await pool.connect(b_acct)

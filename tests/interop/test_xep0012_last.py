@@ -20,7 +20,7 @@ async def test_last_seen_of_offline_contact(xmpp):
     await a.wait_presence(lambda p: p["from"].bare == contact.jid and p["type"] == "unavailable")
     logged_out = time.monotonic()
     await asyncio.sleep(3.2)
-    iq = await a["xep_0012"].get_last_activity(contact.jid, timeout=10)
+    iq = await a.plugin["xep_0012"].get_last_activity(contact.jid, timeout=10)
     elapsed = time.monotonic() - logged_out
     seconds = int(iq["last_activity"]["seconds"])
     assert 2 <= seconds <= elapsed + 2, f"last activity {seconds}s, expected about {elapsed:.1f}s"
@@ -32,7 +32,7 @@ async def test_last_activity_forbidden_without_subscription(xmpp):
     o = await xmpp.connect(other)
     await o.close()
     try:
-        await a["xep_0012"].get_last_activity(other.jid, timeout=10)
+        await a.plugin["xep_0012"].get_last_activity(other.jid, timeout=10)
         raise AssertionError("last activity of a non-contact was disclosed")
     except IqError as e:
         assert iq_error_condition(e) == "forbidden", e
@@ -42,7 +42,7 @@ async def test_last_activity_of_user_that_never_logged_in_is_not_leaked(xmpp):
     me, other = await xmpp.account("nosy2"), await xmpp.account("never")
     a = await xmpp.connect(me)
     try:
-        await a["xep_0012"].get_last_activity(other.jid, timeout=10)
+        await a.plugin["xep_0012"].get_last_activity(other.jid, timeout=10)
         raise AssertionError("last activity of a non-contact was disclosed")
     except IqError as e:
         assert iq_error_condition(e) in ("forbidden", "service-unavailable", "item-not-found"), e
@@ -55,12 +55,12 @@ async def test_last_activity_of_online_contact_is_zero(xmpp):
     b = await xmpp.connect(contact)
     await make_friends(a, b)
     await asyncio.sleep(1.5)
-    iq = await a["xep_0012"].get_last_activity(contact.jid, timeout=10)
+    iq = await a.plugin["xep_0012"].get_last_activity(contact.jid, timeout=10)
     assert int(iq["last_activity"]["seconds"]) == 0
 
 
 async def test_server_uptime(xmpp):
     me = await xmpp.account("uptime")
     a = await xmpp.connect(me)
-    iq = await a["xep_0012"].get_last_activity("localhost", timeout=10)
+    iq = await a.plugin["xep_0012"].get_last_activity("localhost", timeout=10)
     assert int(iq["last_activity"]["seconds"]) >= 0

@@ -29,8 +29,8 @@ class Other(ElementBase):
 
 
 def setup(client):
-    client["xep_0049"].register(Prefs)
-    client["xep_0049"].register(Other)
+    client.plugin["xep_0049"].register(Prefs)
+    client.plugin["xep_0049"].register(Other)
 
 
 def stored(iq, ns: str, name: str) -> ET.Element | None:
@@ -43,26 +43,26 @@ async def test_store_and_retrieve(xmpp):
     setup(a)
     p = Prefs()
     p["defaultnick"] = "Hamlet 🎭"
-    await a["xep_0049"].store(p, timeout=10)
+    await a.plugin["xep_0049"].store(p, timeout=10)
     o = Other()
     o["theme"] = "dark"
-    await a["xep_0049"].store(o, timeout=10)
+    await a.plugin["xep_0049"].store(o, timeout=10)
 
-    got = await a["xep_0049"].retrieve("exodus_prefs", timeout=10)
+    got = await a.plugin["xep_0049"].retrieve("exodus_prefs", timeout=10)
     el = stored(got, "exodus:prefs", "exodus")
     assert el is not None, f"stored data not returned: {got}"
     assert el.findtext("{exodus:prefs}defaultnick") == "Hamlet 🎭"
     # one namespace per query: the other stored fragment is not mixed in
     assert stored(got, Other.namespace, Other.name) is None
 
-    got = await a["xep_0049"].retrieve("kith_settings", timeout=10)
+    got = await a.plugin["xep_0049"].retrieve("kith_settings", timeout=10)
     assert stored(got, Other.namespace, Other.name).findtext(f"{{{Other.namespace}}}theme") == "dark"
 
     # overwrite
     p2 = Prefs()
     p2["defaultnick"] = "Ophelia"
-    await a["xep_0049"].store(p2, timeout=10)
-    got = await a["xep_0049"].retrieve("exodus_prefs", timeout=10)
+    await a.plugin["xep_0049"].store(p2, timeout=10)
+    got = await a.plugin["xep_0049"].retrieve("exodus_prefs", timeout=10)
     assert stored(got, "exodus:prefs", "exodus").findtext("{exodus:prefs}defaultnick") == "Ophelia"
 
 
@@ -72,17 +72,17 @@ async def test_persists_across_sessions_and_is_per_user(xmpp):
     setup(a)
     p = Prefs()
     p["defaultnick"] = "Kept"
-    await a["xep_0049"].store(p, timeout=10)
+    await a.plugin["xep_0049"].store(p, timeout=10)
     await a.close()
 
     a2 = await xmpp.connect(me)
     setup(a2)
-    got = await a2["xep_0049"].retrieve("exodus_prefs", timeout=10)
+    got = await a2.plugin["xep_0049"].retrieve("exodus_prefs", timeout=10)
     assert stored(got, "exodus:prefs", "exodus").findtext("{exodus:prefs}defaultnick") == "Kept"
 
     b = await xmpp.connect(other)
     setup(b)
-    got = await b["xep_0049"].retrieve("exodus_prefs", timeout=10)
+    got = await b.plugin["xep_0049"].retrieve("exodus_prefs", timeout=10)
     el = stored(got, "exodus:prefs", "exodus")
     assert el is None or el.findtext("{exodus:prefs}defaultnick") is None, \
         "another user's private data was returned"
@@ -94,7 +94,7 @@ async def test_other_users_private_data_is_forbidden(xmpp):
     setup(v)
     p = Prefs()
     p["defaultnick"] = "victim secret"
-    await v["xep_0049"].store(p, timeout=10)
+    await v.plugin["xep_0049"].store(p, timeout=10)
 
     a = await xmpp.connect(me)
     setup(a)
@@ -109,7 +109,7 @@ async def test_other_users_private_data_is_forbidden(xmpp):
             raise AssertionError(f"{kind} of another user's private data succeeded: {res}")
         except IqError as e:
             assert iq_error_condition(e) in ("forbidden", "service-unavailable"), e
-    got = await v["xep_0049"].retrieve("exodus_prefs", timeout=10)
+    got = await v.plugin["xep_0049"].retrieve("exodus_prefs", timeout=10)
     assert stored(got, "exodus:prefs", "exodus").findtext("{exodus:prefs}defaultnick") == "victim secret"
 
 

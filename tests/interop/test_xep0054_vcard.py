@@ -10,7 +10,7 @@ NS_VCARD = "vcard-temp"
 
 
 def make_vcard(client, fn: str, nick: str, email: str, desc: str):
-    vcard = client["xep_0054"].make_vcard()
+    vcard = client.plugin["xep_0054"].make_vcard()
     vcard["FN"] = fn
     vcard["NICKNAME"] = nick
     vcard["EMAIL"]["USERID"] = email
@@ -33,36 +33,36 @@ def vcard_fields(iq) -> dict[str, str | None]:
 async def get_own_vcard(client):
     # slixmpp answers get_vcard() for our own JID from its local cache unless
     # local=False is passed; we want the server's copy.
-    return await client["xep_0054"].get_vcard(None, local=False, timeout=10)
+    return await client.plugin["xep_0054"].get_vcard(None, local=False, timeout=10)
 
 
 async def test_set_then_get_by_self_and_other(xmpp):
     me, other = await xmpp.account("card"), await xmpp.account("viewer")
     a = await xmpp.connect(me)
     v = make_vcard(a, "Zoë Ångström 🦊", "zoe", "zoe@example.org", "שלום — مرحبا")
-    await a["xep_0054"].publish_vcard(v, timeout=10)
+    await a.plugin["xep_0054"].publish_vcard(v, timeout=10)
     want = {"FN": "Zoë Ångström 🦊", "NICKNAME": "zoe", "USERID": "zoe@example.org", "DESC": "שלום — مرحبا"}
 
     assert vcard_fields(await get_own_vcard(a)) == want
     b = await xmpp.connect(other)
-    got = await b["xep_0054"].get_vcard(me.jid, cached=False, timeout=10)
+    got = await b.plugin["xep_0054"].get_vcard(me.jid, cached=False, timeout=10)
     assert got["from"].full == me.jid, "the server answers for the bare JID"
     assert vcard_fields(got) == want
 
     # a later set replaces the whole vCard
-    v2 = a["xep_0054"].make_vcard()
+    v2 = a.plugin["xep_0054"].make_vcard()
     v2["FN"] = "Zoë"
-    await a["xep_0054"].publish_vcard(v2, timeout=10)
-    again = vcard_fields(await b["xep_0054"].get_vcard(me.jid, cached=False, timeout=10))
+    await a.plugin["xep_0054"].publish_vcard(v2, timeout=10)
+    again = vcard_fields(await b.plugin["xep_0054"].get_vcard(me.jid, cached=False, timeout=10))
     assert again == {"FN": "Zoë", "NICKNAME": None, "USERID": None, "DESC": None}
 
 
 async def test_vcard_persists_across_sessions(xmpp):
     me = await xmpp.account("cardp")
     a = await xmpp.connect(me)
-    v = a["xep_0054"].make_vcard()
+    v = a.plugin["xep_0054"].make_vcard()
     v["FN"] = "Persistent Person"
-    await a["xep_0054"].publish_vcard(v, timeout=10)
+    await a.plugin["xep_0054"].publish_vcard(v, timeout=10)
     await a.close()
     a2 = await xmpp.connect(me)
     assert vcard_fields(await get_own_vcard(a2))["FN"] == "Persistent Person"
@@ -73,7 +73,7 @@ async def test_vcard_of_user_without_one(xmpp):
     me, other = await xmpp.account("cq"), await xmpp.account("blank")
     a = await xmpp.connect(me)
     try:
-        iq = await a["xep_0054"].get_vcard(other.jid, cached=False, timeout=10)
+        iq = await a.plugin["xep_0054"].get_vcard(other.jid, cached=False, timeout=10)
     except IqError as e:
         assert iq_error_condition(e) == "item-not-found", e
     else:
@@ -84,10 +84,10 @@ async def test_vcard_of_user_without_one(xmpp):
 async def test_cannot_set_someone_elses_vcard(xmpp):
     me, victim = await xmpp.account("vandal"), await xmpp.account("vvictim")
     a = await xmpp.connect(me)
-    v = a["xep_0054"].make_vcard()
+    v = a.plugin["xep_0054"].make_vcard()
     v["FN"] = "Hacked"
     try:
-        await a["xep_0054"].publish_vcard(v, jid=victim.jid, timeout=10)
+        await a.plugin["xep_0054"].publish_vcard(v, jid=victim.jid, timeout=10)
         set_refused = False
     except IqError as e:
         set_refused = True

@@ -31,25 +31,25 @@ async def test_block_list_push_and_unblock(xmpp):
     phone = await xmpp.connect(me, resource="phone")
     laptop = await xmpp.connect(me, resource="laptop")
     for c in (phone, laptop):
-        assert await c["xep_0191"].get_blocked_jids(timeout=10) == set()
+        assert await c.plugin["xep_0191"].get_blocked_jids(timeout=10) == set()
 
-    await phone["xep_0191"].block(pest.jid, timeout=10)
+    await phone.plugin["xep_0191"].block(pest.jid, timeout=10)
     for c in (phone, laptop):
         await c.wait_iq(lambda iq: is_block_push(iq, "block", pest.jid), what="block push")
-    assert {str(j) for j in await laptop["xep_0191"].get_blocked_jids(timeout=10)} == {pest.jid}
+    assert {str(j) for j in await laptop.plugin["xep_0191"].get_blocked_jids(timeout=10)} == {pest.jid}
 
-    await laptop["xep_0191"].unblock(pest.jid, timeout=10)
+    await laptop.plugin["xep_0191"].unblock(pest.jid, timeout=10)
     for c in (phone, laptop):
         await c.wait_iq(lambda iq: is_block_push(iq, "unblock", pest.jid), what="unblock push")
-    assert await phone["xep_0191"].get_blocked_jids(timeout=10) == set()
+    assert await phone.plugin["xep_0191"].get_blocked_jids(timeout=10) == set()
 
 
 async def test_blocked_contact_cannot_message_and_gets_service_unavailable(xmpp):
     me, pest = await xmpp.account("quiet"), await xmpp.account("spammer")
     a = await xmpp.connect(me)
     p = await xmpp.connect(pest)
-    await a["xep_0191"].get_blocked_jids(timeout=10)
-    await a["xep_0191"].block(pest.jid, timeout=10)
+    await a.plugin["xep_0191"].get_blocked_jids(timeout=10)
+    await a.plugin["xep_0191"].block(pest.jid, timeout=10)
 
     for target in (me.jid, a.boundjid.full):
         p.send_message(mto=target, mbody=f"buy now {target}", mtype="chat")
@@ -61,7 +61,7 @@ async def test_blocked_contact_cannot_message_and_gets_service_unavailable(xmpp)
 
     # IQs from the blocked contact are refused too (MUST return an error)
     try:
-        await p["xep_0199"].ping(jid=a.boundjid.full, timeout=10)
+        await p.plugin["xep_0199"].ping(jid=a.boundjid.full, timeout=10)
         raise AssertionError("ping from a blocked contact was answered")
     except IqError as e:
         assert iq_error_condition(e) == "service-unavailable", e
@@ -71,7 +71,7 @@ async def test_blocker_cannot_message_blocked_contact(xmpp):
     me, pest = await xmpp.account("blk"), await xmpp.account("blkd")
     a = await xmpp.connect(me)
     p = await xmpp.connect(pest)
-    await a["xep_0191"].block(pest.jid, timeout=10)
+    await a.plugin["xep_0191"].block(pest.jid, timeout=10)
     a.send_message(mto=p.boundjid.full, mbody="you shouldn't get this", mtype="chat")
     err = await a.wait_message(lambda m: m["type"] == "error", what="error for messaging a blocked JID")
     assert error_condition(err) == "not-acceptable", err
@@ -86,7 +86,7 @@ async def test_block_hides_presence_and_unblock_restores_it(xmpp):
     a = await xmpp.connect(me, resource="a")
     b = await xmpp.connect(friend, resource="b")
     await make_friends(a, b)
-    await a["xep_0191"].block(friend.jid, timeout=10)
+    await a.plugin["xep_0191"].block(friend.jid, timeout=10)
     # the blocked contact sees the blocker go offline ...
     await b.wait_presence(lambda p: p["from"].full == f"{me.jid}/a" and p["type"] == "unavailable",
                           what="unavailable presence from the blocker")
@@ -100,7 +100,7 @@ async def test_block_hides_presence_and_unblock_restores_it(xmpp):
     assert not a.matching(lambda s: s.xml.tag == "{jabber:client}presence" and s["status"] == "b is here")
     assert n_before >= 1
 
-    await a["xep_0191"].unblock(friend.jid, timeout=10)
+    await a.plugin["xep_0191"].unblock(friend.jid, timeout=10)
     await b.wait_presence(lambda p: p["from"].full == f"{me.jid}/a" and p["type"] != "unavailable",
                           what="current presence after unblock")
     a.send_message(mto=b.boundjid.full, mbody="friends again", mtype="chat")
@@ -112,13 +112,13 @@ async def test_block_hides_presence_and_unblock_restores_it(xmpp):
 async def test_block_persists_and_blocks_offline_storage(xmpp):
     me, pest = await xmpp.account("persistb"), await xmpp.account("persistp")
     a = await xmpp.connect(me)
-    await a["xep_0191"].block(pest.jid, timeout=10)
+    await a.plugin["xep_0191"].block(pest.jid, timeout=10)
     await a.close()
     p = await xmpp.connect(pest)
     p.send_message(mto=me.jid, mbody="while you were away", mtype="chat")
     await p.wait_message(lambda m: m["type"] == "error", what="error for a blocked offline message")
     a2 = await xmpp.connect(me)
-    assert {str(j) for j in await a2["xep_0191"].get_blocked_jids(timeout=10)} == {pest.jid}
+    assert {str(j) for j in await a2.plugin["xep_0191"].get_blocked_jids(timeout=10)} == {pest.jid}
     await asyncio.sleep(1.5)
     assert not a2.matching(lambda s: s.xml.tag == "{jabber:client}message" and s["body"] == "while you were away"), \
         "message from a blocked contact was stored and delivered later"
@@ -128,8 +128,8 @@ async def test_unblock_all(xmpp):
     me = await xmpp.account("unall")
     others = [await xmpp.account("o") for _ in range(3)]
     a = await xmpp.connect(me)
-    await a["xep_0191"].block([o.jid for o in others], timeout=10)
-    assert {str(j) for j in await a["xep_0191"].get_blocked_jids(timeout=10)} == {o.jid for o in others}
+    await a.plugin["xep_0191"].block([o.jid for o in others], timeout=10)
+    assert {str(j) for j in await a.plugin["xep_0191"].get_blocked_jids(timeout=10)} == {o.jid for o in others}
     # slixmpp's unblock() refuses None, so send the empty <unblock/> ourselves
     iq = a.make_iq_set()
     iq.enable("unblock")
@@ -137,7 +137,7 @@ async def test_unblock_all(xmpp):
     await a.wait_iq(lambda iq: is_block_push(iq, "unblock")
                     and not iq.xml.find(f"{{{NS_BLOCKING}}}unblock").findall(f"{{{NS_BLOCKING}}}item"),
                     what="unblock-all push")
-    assert await a["xep_0191"].get_blocked_jids(timeout=10) == set()
+    assert await a.plugin["xep_0191"].get_blocked_jids(timeout=10) == set()
     o = await xmpp.connect(others[0])
     o.send_message(mto=a.boundjid.full, mbody="hello again", mtype="chat")
     await a.wait_message(msg_with_body("hello again"))

@@ -125,7 +125,7 @@ pub struct StanzaError {
     pub condition: StanzaErrorCondition,
     pub text: Option<String>,
     /// An application-specific condition element (e.g. XEP-0191 `<blocked/>`).
-    pub application: Option<Element>,
+    pub application: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -166,7 +166,7 @@ impl StanzaError {
     }
 
     pub fn with_application(mut self, application: Element) -> Self {
-        self.application = Some(application);
+        self.application = Some(Box::new(application));
         self
     }
 
@@ -208,7 +208,7 @@ impl StanzaError {
             );
         }
         if let Some(application) = &self.application {
-            error.push_child(application.clone());
+            error.push_child(Element::clone(application));
         }
         error
     }

@@ -14,7 +14,7 @@
 //! [`parse_fragment`] parses one complete element, as RFC 7395 frames it on a
 //! WebSocket.
 
-use rxml::{Event, Parse, Parser};
+use rxml::{Event, Parse, Parser, WithOptions};
 
 use crate::error::StreamErrorCondition;
 use crate::ns;
@@ -79,7 +79,7 @@ pub struct StreamParser {
 impl StreamParser {
     pub fn new(limits: Limits) -> Self {
         StreamParser {
-            parser: Parser::new(),
+            parser: new_parser(limits),
             limits,
             stack: Vec::new(),
             stanza_bytes: 0,
@@ -219,7 +219,7 @@ pub fn parse_fragment(data: &[u8], limits: Limits) -> Result<Element, StreamPars
             "stanza exceeds the maximum size",
         ));
     }
-    let mut parser = Parser::new();
+    let mut parser = new_parser(limits);
     let mut input = data;
     let mut stack: Vec<Element> = Vec::new();
     let mut done: Option<Element> = None;
@@ -262,6 +262,16 @@ pub fn parse_fragment(data: &[u8], limits: Limits) -> Result<Element, StreamPars
         }
     }
     done.ok_or_else(|| StreamParserError::new(StreamErrorCondition::NotWellFormed, "no element"))
+}
+
+/// rxml caps one token (name, attribute value) at 8 KiB by default; a token that long
+/// is legal XML, and the stanza size limit already bounds memory, so the token cap
+/// follows the stanza limit and an over-size stanza gets `policy-violation`.
+fn new_parser(limits: Limits) -> Parser {
+    Parser::with_options(rxml::Options {
+        max_token_length: limits.max_stanza_size.max(1024),
+        ..rxml::Options::default()
+    })
 }
 
 fn push_text(parent: &mut Element, text: String) {

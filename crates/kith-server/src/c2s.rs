@@ -46,6 +46,8 @@ pub(crate) async fn accept_loop(server: Arc<Server>, listener: TcpListener, dire
 enum Ended {
     /// The peer went away or the link failed; nothing more to say.
     Gone,
+    /// The peer closed its stream: close ours too (RFC 6120 §4.4, RFC 7395 §3.6).
+    Closed,
     /// Close the stream with this error.
     Error(StreamErrorCondition, &'static str),
 }
@@ -142,7 +144,7 @@ async fn starttls<L: Link>(server: &Server, link: &mut L, opened: &mut bool) -> 
             StreamErrorCondition::NotWellFormed,
             "second stream header",
         )),
-        StreamEvent::Close => Err(Ended::Gone),
+        StreamEvent::Close => Err(Ended::Closed),
     }
 }
 
@@ -195,6 +197,9 @@ async fn open_stream<L: LinkRead + LinkWrite>(
 
 /// Sends a stream error (after a header, which RFC 6120 §4.9.1.1 requires) and closes.
 async fn close<L: LinkWrite>(server: &Server, link: &mut L, opened: bool, ended: Ended) {
+    if matches!(ended, Ended::Closed) {
+        link.close();
+    }
     if let Ended::Error(condition, text) = ended {
         if !opened {
             let id = crate::random_id(16);
@@ -268,7 +273,7 @@ async fn authenticate_and_bind<L: Link>(
     loop {
         let element = match link.next_event().await? {
             StreamEvent::Stanza(element) => element,
-            StreamEvent::Close => return Err(Ended::Gone),
+            StreamEvent::Close => return Err(Ended::Closed),
             StreamEvent::Open(_) => {
                 return Err(Ended::Error(
                     StreamErrorCondition::NotWellFormed,
@@ -378,7 +383,7 @@ async fn sasl_phase<L: Link>(
     loop {
         let element = match link.next_event().await? {
             StreamEvent::Stanza(element) => element,
-            StreamEvent::Close => return Err(Ended::Gone),
+            StreamEvent::Close => return Err(Ended::Closed),
             StreamEvent::Open(_) => {
                 return Err(Ended::Error(
                     StreamErrorCondition::NotWellFormed,
@@ -410,7 +415,10 @@ async fn sasl_phase<L: Link>(
                     }
                 }
             }
-        } else if element.is("iq", ns::CLIENT) && element.has_child("query", ns::REGISTER) {
+        } else if element.is("iq", ns::CLIENT)
+            && matches!(element.get_attr("type"), Some("get" | "set"))
+            && element.has_child("query", ns::REGISTER)
+        {
             let reply = features::register::before_auth(server, ip, secure, &element).await;
             link.element(&reply);
             link.flush().await.map_err(|_| Ended::Gone)?;
@@ -510,25 +518,23 @@ async fn authenticate<L: Link>(
     );
     link.element(&Element::new(ns::SASL, "challenge").text(sasl::encode_payload(&server_first)));
     link.flush().await.map_err(|_| Ended::Gone)?;
-    let response = loop {
-        match link.next_event().await? {
-            StreamEvent::Stanza(element) if element.is("response", ns::SASL) => break element,
-            StreamEvent::Stanza(element) if element.is("abort", ns::SASL) => {
-                return Ok(Err(SaslError::Aborted));
-            }
-            StreamEvent::Stanza(_) => {
-                return Err(Ended::Error(
-                    StreamErrorCondition::NotAuthorized,
-                    "SASL exchange in progress",
-                ));
-            }
-            StreamEvent::Close => return Err(Ended::Gone),
-            StreamEvent::Open(_) => {
-                return Err(Ended::Error(
-                    StreamErrorCondition::NotWellFormed,
-                    "unexpected header",
-                ));
-            }
+    let response = match link.next_event().await? {
+        StreamEvent::Stanza(element) if element.is("response", ns::SASL) => element,
+        StreamEvent::Stanza(element) if element.is("abort", ns::SASL) => {
+            return Ok(Err(SaslError::Aborted));
+        }
+        StreamEvent::Stanza(_) => {
+            return Err(Ended::Error(
+                StreamErrorCondition::NotAuthorized,
+                "SASL exchange in progress",
+            ));
+        }
+        StreamEvent::Close => return Err(Ended::Closed),
+        StreamEvent::Open(_) => {
+            return Err(Ended::Error(
+                StreamErrorCondition::NotWellFormed,
+                "unexpected header",
+            ));
         }
     };
     let response = match sasl::decode_payload(&response.text_content()) {

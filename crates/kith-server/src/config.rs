@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerSection,
@@ -150,20 +150,6 @@ impl Default for LogSection {
     fn default() -> Self {
         LogSection {
             level: "info".to_owned(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerSection::default(),
-            listen: ListenSection::default(),
-            tls: TlsSection::default(),
-            storage: StorageSection::default(),
-            registration: RegistrationSection::default(),
-            limits: LimitsSection::default(),
-            log: LogSection::default(),
         }
     }
 }

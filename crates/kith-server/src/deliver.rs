@@ -54,6 +54,7 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) {
     }
     let recipient = to.to_bare();
     if let Some(from) = &from {
+        // XEP-0191 applies between users, not to errors the server generates.
         let sender = from.to_bare();
         if sender != recipient {
             // XEP-0191 §3.4: the sender blocked the recipient.
@@ -76,10 +77,15 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) {
             }
         }
     }
+    route_checked(server, stanza, &to).await;
+}
+
+/// Delivers to a local user, past the blocking checks.
+async fn route_checked(server: &Arc<Server>, stanza: Element, to: &Jid) {
     match stanza.name.as_str() {
-        "message" => route_message(server, stanza, &to).await,
-        "presence" => crate::features::presence::inbound(server, stanza, &to).await,
-        _ => route_iq(server, stanza, &to).await,
+        "message" => route_message(server, stanza, to).await,
+        "presence" => crate::features::presence::inbound(server, stanza, to).await,
+        _ => route_iq(server, stanza, to).await,
     }
 }
 
@@ -94,8 +100,14 @@ pub(crate) async fn bounce(server: &Arc<Server>, stanza: &Element, error: Stanza
         return;
     }
     let reply = error.reply_to(stanza);
-    // The error goes to the original sender, who is a local session.
-    Box::pin(route(server, reply)).await;
+    // The error goes back to the original sender, a local session. It is the
+    // server speaking, so the blocking rules between the two users don't apply.
+    let Some(to) = reply.get_attr("to").and_then(|to| Jid::new(to).ok()) else {
+        return;
+    };
+    if server.is_local_user(&to) {
+        Box::pin(route_checked(server, reply, &to)).await;
+    }
 }
 
 async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {

@@ -70,6 +70,7 @@ impl Running {
     pub async fn shutdown(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        tracing::info!(sessions = self.server.router.count(), "closing sessions");
         self.server.router.close_all();
     }
 }

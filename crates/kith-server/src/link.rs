@@ -45,8 +45,6 @@ pub trait LinkWrite: Send {
     fn element(&mut self, element: &Element);
     /// Queues the stream close (or `<close/>`).
     fn close(&mut self);
-    /// Queues a whitespace keepalive where the transport has one.
-    fn keepalive(&mut self);
     /// Writes everything queued.
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Closes the underlying transport after a final flush.
@@ -102,10 +100,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpLink<S> {
     pub fn into_inner(self) -> S {
         self.reader.io
     }
-
-    pub fn has_pending(&self) -> bool {
-        !self.reader.pending.is_empty()
-    }
 }
 
 impl<S: AsyncRead + Unpin + Send> LinkRead for TcpReader<S> {
@@ -156,9 +150,6 @@ macro_rules! tcp_writer_methods {
         }
         fn close(&mut self) {
             self.out.push_str("</stream:stream>");
-        }
-        fn keepalive(&mut self) {
-            self.out.push(' ');
         }
     };
 }
@@ -330,7 +321,6 @@ macro_rules! ws_writer_methods {
         fn close(&mut self) {
             self.out.push(Element::new(ns::FRAMING, "close").to_xml(""));
         }
-        fn keepalive(&mut self) {}
     };
 }
 

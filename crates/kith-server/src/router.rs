@@ -11,7 +11,7 @@
 //! carries them; see DESIGN.md).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 
 use kith_proto::{Element, FullJid, StreamErrorCondition};
@@ -104,9 +104,7 @@ pub enum BindOutcome {
 
 impl Router {
     fn shard(&self, bare: &str) -> &RwLock<Shard> {
-        let mut hasher = self.hasher.build_hasher();
-        bare.hash(&mut hasher);
-        &self.shards[(hasher.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(bare) as usize) % SHARDS]
     }
 
     /// Runs `f` on the sessions of `bare`, under a read lock.
@@ -118,15 +116,6 @@ impl Router {
     /// A snapshot of one user's sessions.
     pub fn sessions(&self, bare: &str) -> Vec<SessionEntry> {
         self.with_sessions(bare, <[SessionEntry]>::to_vec)
-    }
-
-    pub fn session(&self, jid: &FullJid) -> Option<SessionEntry> {
-        self.with_sessions(jid.to_bare().as_str(), |sessions| {
-            sessions
-                .iter()
-                .find(|s| s.jid.resource() == jid.resource())
-                .cloned()
-        })
     }
 
     pub fn has_resource(&self, bare: &str, resource: &str) -> bool {
@@ -201,7 +190,10 @@ impl Router {
     /// Tells every session of `bare` to close (account deleted, password changed).
     pub fn close_user(&self, bare: &str, condition: StreamErrorCondition, text: &'static str) {
         for session in self.sessions(bare) {
-            let _ = session.tx.try_send(Outbound::Close(condition, text));
+            // Waits for queue space so a busy session can't miss its close.
+            tokio::spawn(async move {
+                let _ = session.tx.send(Outbound::Close(condition, text)).await;
+            });
         }
     }
 

@@ -195,7 +195,10 @@ impl Session {
 
     fn is_own_address(&self, from: &str) -> bool {
         match Jid::new(from) {
-            Ok(jid) => jid == Jid::from(self.jid.clone()) || jid == Jid::from(self.bare.clone()),
+            Ok(jid) => match jid.try_as_full() {
+                Ok(full) => *full == self.jid,
+                Err(bare) => *bare == self.bare,
+            },
             Err(_) => false,
         }
     }

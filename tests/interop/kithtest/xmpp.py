@@ -311,6 +311,27 @@ class ClientPool:
         self.clients.clear()
 
 
+async def server_roster(c: KithClient, timeout: float = WAIT_TIMEOUT) -> dict[str, dict]:
+    """The full roster as the server has it.
+
+    slixmpp's get_roster() sends the cached roster version when the server
+    supports versioning (RFC 6121 §2.6), and the server may then answer with an
+    empty result; this query carries no 'ver', so the server returns every item."""
+    iq = c.Iq()
+    iq["type"] = "get"
+    iq.xml.append(ET.Element(f"{{{NS_ROSTER}}}query"))
+    res = await iq.send(timeout=timeout)
+    out = {}
+    for item in res.xml.findall(f"{{{NS_ROSTER}}}query/{{{NS_ROSTER}}}item"):
+        out[item.get("jid")] = {
+            "name": item.get("name"),
+            "subscription": item.get("subscription", "none"),
+            "ask": item.get("ask"),
+            "groups": [g.text for g in item.findall(f"{{{NS_ROSTER}}}group")],
+        }
+    return out
+
+
 async def make_friends(a: KithClient, b: KithClient, timeout: float = WAIT_TIMEOUT) -> None:
     """Establish a mutual ('both') presence subscription between two online clients."""
     a_bare, b_bare = a.boundjid.bare, b.boundjid.bare
@@ -325,8 +346,7 @@ async def make_friends(a: KithClient, b: KithClient, timeout: float = WAIT_TIMEO
     for x, other in ((a, b_bare), (b, a_bare)):
         deadline = time.monotonic() + timeout
         while True:
-            iq = await x.get_roster(timeout=timeout)
-            items = {str(j): v for j, v in iq["roster"]["items"].items()}
+            items = await server_roster(x, timeout)
             if items.get(other, {}).get("subscription") == "both":
                 break
             if time.monotonic() > deadline:

@@ -134,10 +134,11 @@ impl Server {
     }
 }
 
-/// §6: whether any entry of `list` matches `jid`. An entry matches when it is
-/// `jid` itself (a full JID matches only that resource), its bare JID (any
-/// resource), `domain/resource` (that resource of the domain itself) or its domain
-/// (the domain and everything at it). Entries and `jid` are both normalised.
+/// §6: whether any entry of `list` matches `jid`. The four forms of §6 are looked up
+/// for the sender `user@domain/resource`: the full JID itself (an entry naming one
+/// resource matches only it), the bare JID (any resource), `domain/resource` (that
+/// resource at the domain, with or without a user — as ejabberd reads XEP-0016
+/// §2.1) and the domain (everything at it). Entries and `jid` are both normalised.
 fn matches(list: &HashSet<String>, jid: &Jid) -> bool {
     if list.is_empty() {
         return false;
@@ -418,11 +419,12 @@ mod tests {
     }
 
     #[test]
-    fn domain_resource_entry_matches_only_that_resource_of_the_domain() {
+    fn domain_resource_entry_matches_only_that_resource() {
         let blocked = list(&["montague.net/bot"]);
         assert!(matches(&blocked, &jid("montague.net/bot")));
+        assert!(matches(&blocked, &jid("romeo@montague.net/bot")));
         assert!(!matches(&blocked, &jid("montague.net")));
-        assert!(!matches(&blocked, &jid("romeo@montague.net/bot")));
+        assert!(!matches(&blocked, &jid("romeo@montague.net")));
         assert!(!matches(&blocked, &jid("montague.net/other")));
     }
 

@@ -33,7 +33,6 @@ pub(crate) enum Target {
 
 /// A request as features see it.
 pub(crate) struct Request<'a> {
-    pub iq: &'a Element,
     /// `get` or `set`.
     pub set: bool,
     /// The single payload child.
@@ -115,7 +114,6 @@ pub(crate) async fn iq_from_client(session: &mut Session, iq: Element, to: Optio
         return;
     };
     let request = Request {
-        iq: &iq,
         set: kind == "set",
         payload,
         target,

@@ -421,7 +421,7 @@ pub(crate) fn inbound(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Subscription::*;
+    use Subscription::{Both, From, To};
 
     fn item(subscription: Subscription, ask: bool, pending_in: bool) -> RosterItem {
         RosterItem {
@@ -439,7 +439,7 @@ mod tests {
         let user = outbound(None, "c@x", SubscriptionKind::Subscribe);
         assert!(user.route);
         let user_item = user.item.expect("item created");
-        assert!(user_item.ask && user_item.subscription == None);
+        assert!(user_item.ask && user_item.subscription == Subscription::None);
         // Contact receives it: Pending In, delivered.
         let contact = inbound(None, "u@x", SubscriptionKind::Subscribe);
         assert!(contact.deliver);
@@ -461,7 +461,7 @@ mod tests {
     #[test]
     fn unsolicited_subscribed_is_ignored() {
         let outcome = inbound(
-            Some(&item(None, false, false)),
+            Some(&item(Subscription::None, false, false)),
             "c@x",
             SubscriptionKind::Subscribed,
         );
@@ -518,9 +518,12 @@ mod tests {
             SubscriptionKind::Unsubscribe,
         );
         assert!(inbound_unsub.deliver);
-        assert_eq!(inbound_unsub.item.expect("changed").subscription, None);
+        assert_eq!(
+            inbound_unsub.item.expect("changed").subscription,
+            Subscription::None
+        );
         let ignored = inbound(
-            Some(&item(None, false, false)),
+            Some(&item(Subscription::None, false, false)),
             "c@x",
             SubscriptionKind::Unsubscribed,
         );
