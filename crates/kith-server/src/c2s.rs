@@ -267,7 +267,10 @@ async fn authenticate_and_bind<L: Link>(
         .child(Element::new(ns::BIND, "bind"))
         .child(Element::new(ns::SESSION, "session").child(Element::new(ns::SESSION, "optional")))
         .child(Element::new(ns::ROSTER_VER, "ver"))
-        .child(Element::new(ns::PRE_APPROVAL, "sub"));
+        .child(Element::new(ns::PRE_APPROVAL, "sub"))
+        .child(features::disco::caps_element(
+            server.config.registration_enabled(),
+        ));
     link.element(&features);
     link.flush().await.map_err(|_| Ended::Gone)?;
     loop {

@@ -4,8 +4,8 @@
 //!
 //! [`server_features`] is the one list of what kith advertises. It names only
 //! features that work end to end; a feature goes in when its module lands.
-//! XEP-0115 entity capabilities need nothing here while the server advertises no
-//! caps node of its own (every `node` is unknown, see [`info`]).
+//! XEP-0115 entity capabilities: the server advertises its own caps in the stream
+//! features (§6.3, [`caps_element`]) and answers disco#info on `NODE#VER`.
 
 use kith_proto::{BareJid, Element, StanzaError, ns};
 
@@ -48,6 +48,33 @@ pub(crate) fn server_features(registration_enabled: bool) -> Vec<&'static str> {
     features
 }
 
+/// The XEP-0115 node naming this software.
+pub(crate) const CAPS_NODE: &str = "https://kith.chat/caps";
+
+/// The server's identity, the same in disco#info and in the caps hash.
+const SERVER_IDENTITY: (&str, &str, &str) = ("server", "im", "kith");
+
+/// XEP-0115 §5.1 verification string of the server's disco#info, base64 SHA-1.
+pub(crate) fn caps_ver(registration_enabled: bool) -> String {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let (category, kind, name) = SERVER_IDENTITY;
+    let mut input = format!("{category}/{kind}//{name}<");
+    for feature in server_features(registration_enabled) {
+        input.push_str(feature);
+        input.push('<');
+    }
+    base64::engine::general_purpose::STANDARD.encode(Sha1::digest(input.as_bytes()))
+}
+
+/// The `<c/>` stream feature announcing the server's capabilities (XEP-0115 §6.3).
+pub(crate) fn caps_element(registration_enabled: bool) -> Element {
+    Element::new(ns::CAPS, "c")
+        .attr("hash", "sha-1")
+        .attr("node", CAPS_NODE)
+        .attr("ver", caps_ver(registration_enabled))
+}
+
 /// Answers `<query xmlns='http://jabber.org/protocol/disco#info'/>`.
 pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Response {
     if request.set {
@@ -58,12 +85,16 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
     let server = session.server.clone();
     match &request.target {
         Target::Server => {
-            no_node(node)?;
-            let identity = identity("server", "im").attr("name", "kith");
-            Ok(Some(info_element(
-                identity,
-                &server_features(server.config.registration_enabled()),
-            )))
+            let registration = server.config.registration_enabled();
+            // XEP-0115 §6.2: the caps node answers like the plain query, echoing it.
+            let caps_node = format!("{CAPS_NODE}#{}", caps_ver(registration));
+            if node.is_some_and(|n| n != caps_node) {
+                return Err(StanzaError::item_not_found());
+            }
+            let (category, kind, name) = SERVER_IDENTITY;
+            let identity = identity(category, kind).attr("name", name);
+            let info = info_element(identity, &server_features(registration));
+            Ok(Some(info.attr_opt("node", node)))
         }
         Target::OwnAccount => {
             no_node(node)?;
@@ -197,6 +228,18 @@ mod tests {
              <feature var='http://jabber.org/protocol/disco#info'/>\
              <feature var='http://jabber.org/protocol/disco#items'/></query>"
         );
+    }
+
+    /// The worked example of XEP-0115 §5.2 checks the hashing itself.
+    #[test]
+    fn caps_hash_matches_the_xep_example() {
+        use base64::Engine as _;
+        use sha1::{Digest, Sha1};
+        let input = "client/pc//Exodus 0.9.1<http://jabber.org/protocol/caps<http://jabber.org/protocol/disco#info<http://jabber.org/protocol/disco#items<http://jabber.org/protocol/muc<";
+        let ver = base64::engine::general_purpose::STANDARD.encode(Sha1::digest(input.as_bytes()));
+        assert_eq!(ver, "QgayPKawpkPSDYmwT/WM94uAlu0=");
+        assert_eq!(caps_ver(true).len(), 28);
+        assert_ne!(caps_ver(true), caps_ver(false));
     }
 
     #[test]
