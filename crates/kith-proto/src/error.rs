@@ -46,6 +46,7 @@ conditions! {
         ResourceConstraint => "resource-constraint",
         RestrictedXml => "restricted-xml",
         SystemShutdown => "system-shutdown",
+        UndefinedCondition => "undefined-condition",
         UnsupportedEncoding => "unsupported-encoding",
         UnsupportedStanzaType => "unsupported-stanza-type",
         UnsupportedVersion => "unsupported-version",

@@ -133,79 +133,171 @@ async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
 }
 
 /// RFC 6121 §8.5.2 / §8.5.3: message delivery by type and address.
+///
+/// Chat and normal messages worth keeping go into the recipient's inbox log first
+/// (and a copy into the sender's, for their archive); only then are they handed to
+/// the recipient's online devices. Devices that are offline read them from the log
+/// when they next come online.
 async fn route_message(server: &Arc<Server>, mut message: Element, to: &Jid) {
     let kind = message.get_attr("type").unwrap_or("normal").to_owned();
     let recipient = to.to_bare();
     let bare = recipient.as_str();
-    // A full JID whose resource is online gets the message, whatever its type.
-    if let Some(resource) = to.resource() {
-        let session = server.router.with_sessions(bare, |sessions| {
+    // A full JID whose resource is online gets the message itself; otherwise the
+    // message is for the account (§8.5.3.2.1).
+    let addressed = to.resource().and_then(|resource| {
+        server.router.with_sessions(bare, |sessions| {
             sessions
                 .iter()
                 .find(|s| s.jid.resource().as_str() == resource.as_str())
                 .cloned()
-        });
-        if let Some(session) = session {
-            if matches!(kind.as_str(), "normal" | "chat") {
-                stamp_stanza_id(&mut message, bare);
-            }
-            session.send(Arc::new(message));
-            return;
-        }
-    }
+        })
+    });
     match kind.as_str() {
-        "groupchat" => bounce(server, &message, StanzaError::service_unavailable()).await,
-        "error" => {
-            // RFC 6121 §8.5.2.1.1: errors to a bare JID (or a gone resource) are
-            // dropped rather than guessed at.
+        "groupchat" if addressed.is_none() => {
+            bounce(server, &message, StanzaError::service_unavailable()).await
+        }
+        // §8.5.2.1.1: errors to a bare JID or a gone resource are dropped.
+        "error" | "groupchat" => {
+            if let Some(session) = addressed {
+                session.send(Arc::new(message));
+            }
         }
         "headline" => {
             let shared = Arc::new(message);
-            server.router.with_sessions(bare, |sessions| {
-                for session in sessions.iter().filter(|s| s.available() && s.priority >= 0) {
-                    session.send(shared.clone());
+            match addressed {
+                Some(session) => {
+                    session.send(shared);
                 }
-            });
+                None => server.router.with_sessions(bare, |sessions| {
+                    for session in sessions.iter().filter(|s| s.available() && s.priority >= 0) {
+                        session.send(shared.clone());
+                    }
+                }),
+            }
         }
         _ => {
-            stamp_stanza_id(&mut message, bare);
+            let seq = if storable(&message) {
+                match log_message(server, &mut message, &recipient).await {
+                    Ok(seq) => Some(seq),
+                    Err(error) => {
+                        bounce(server, &message, error).await;
+                        return;
+                    }
+                }
+            } else {
+                stamp_stanza_id(&mut message, bare);
+                None
+            };
             let shared = Arc::new(message);
-            // RFC 6121 §8.5.2.1.1: the available resource(s) with the highest
-            // non-negative priority.
-            let delivered = server.router.with_sessions(bare, |sessions| {
-                let best = sessions
-                    .iter()
-                    .filter(|s| s.available() && s.priority >= 0)
-                    .map(|s| s.priority)
-                    .max();
-                let Some(best) = best else {
-                    return 0;
-                };
-                sessions
-                    .iter()
-                    .filter(|s| s.available() && s.priority == best)
-                    .filter(|s| s.send(shared.clone()))
-                    .count()
-            });
-            if delivered == 0 {
-                store_offline(server, &shared, node(&recipient)).await;
+            let send = |session: &crate::router::SessionEntry| match seq {
+                Some(seq) => session.send_logged(shared.clone(), seq),
+                None => session.send(shared.clone()),
+            };
+            let delivered = match &addressed {
+                Some(session) => usize::from(send(session)),
+                // Every available device with a non-negative priority: RFC 6121
+                // §8.5.2.1.1 allows it, and it is what "every device gets every
+                // message" means while they are online.
+                None => server.router.with_sessions(bare, |sessions| {
+                    sessions
+                        .iter()
+                        .filter(|s| s.available() && s.priority >= 0)
+                        .filter(|s| send(s))
+                        .count()
+                }),
+            };
+            if delivered == 0
+                && seq.is_none()
+                && !server
+                    .store
+                    .user_exists(node(&recipient))
+                    .await
+                    .unwrap_or(true)
+            {
+                // §8.5.2.2.1: no such account.
+                bounce(server, &shared, StanzaError::service_unavailable()).await;
             }
         }
     }
 }
 
+/// Appends a message to the recipient's inbox log (stamping the XEP-0359 id that
+/// becomes its archive id) and a copy to a local sender's log. Returns the
+/// recipient's sequence number once the entry is durable.
+async fn log_message(
+    server: &Arc<Server>,
+    message: &mut Element,
+    recipient: &kith_proto::BareJid,
+) -> Result<i64, StanzaError> {
+    let sender = message.get_attr("from").unwrap_or_default().to_owned();
+    let sender_jid = Jid::new(&sender).ok();
+    let sender_bare = sender_jid
+        .as_ref()
+        .map(|j| j.to_bare().to_string())
+        .unwrap_or_default();
+    let body = message.child_text("body", ns::CLIENT);
+    let now = crate::now_micros();
+    let outgoing_xml = message.to_xml("");
+    let stanza_id = stamp_stanza_id(message, recipient.as_str());
+    let xml = message.to_xml("");
+    let entry = NewInboxEntry {
+        stanza_id: &stanza_id,
+        sender: &sender,
+        kind: "message",
+        xml: &xml,
+        at_micros: now,
+        peer: &sender_bare,
+        direction: "in",
+        body: body.as_deref(),
+    };
+    let seq = match server.store.inbox_append(node(recipient), &entry).await {
+        Ok(seq) => seq,
+        // RFC 6121 §8.5.2.2.1: no such account.
+        Err(kith_store::StoreError::NoSuchUser(_)) => {
+            return Err(StanzaError::service_unavailable());
+        }
+        Err(error) => {
+            tracing::error!(%error, "appending to the inbox log failed");
+            return Err(StanzaError::internal());
+        }
+    };
+    if let Some(sender_jid) =
+        sender_jid.filter(|j| server.is_local_user(j) && j.to_bare() != *recipient)
+    {
+        let own_id = crate::random_id(20);
+        let entry = NewInboxEntry {
+            stanza_id: &own_id,
+            sender: &sender,
+            kind: "message",
+            xml: &outgoing_xml,
+            at_micros: now,
+            peer: recipient.as_str(),
+            direction: "out",
+            body: body.as_deref(),
+        };
+        let owner = sender_jid.node().map_or("", |n| n.as_str());
+        if let Err(error) = server.store.inbox_append(owner, &entry).await {
+            tracing::warn!(%error, "archiving a sent message failed");
+        }
+    }
+    Ok(seq)
+}
+
 /// XEP-0359 §3: the recipient's server stamps a unique, stable id, and removes any
 /// `<stanza-id/>` claiming to be by the recipient that came from elsewhere (§5).
-fn stamp_stanza_id(message: &mut Element, recipient: &str) {
+/// Returns the id.
+fn stamp_stanza_id(message: &mut Element, recipient: &str) -> String {
     message.children.retain(|node| {
         !matches!(node, kith_proto::Node::Element(e)
             if e.is("stanza-id", ns::SID) && e.get_attr("by") == Some(recipient))
     });
+    let id = crate::random_id(20);
     message.push_child(
         Element::new(ns::SID, "stanza-id")
-            .attr("id", crate::random_id(20))
+            .attr("id", id.clone())
             .attr("by", recipient),
     );
+    id
 }
 
 /// Whether a message is worth keeping for later (XEP-0160 §3, XEP-0334 hints):
@@ -223,74 +315,51 @@ fn storable(message: &Element) -> bool {
             .any(|e| e.ns != CHATSTATES && e.ns != ns::SID && e.ns != HINTS && e.ns != ns::CLIENT)
 }
 
-async fn store_offline(server: &Arc<Server>, message: &Element, username: &str) {
-    if !storable(message) {
-        return;
-    }
-    let stanza_id = message
-        .get_child("stanza-id", ns::SID)
-        .and_then(|e| e.get_attr("id"))
-        .unwrap_or_default()
-        .to_owned();
-    let sender = message.get_attr("from").unwrap_or_default().to_owned();
-    let xml = message.to_xml("");
-    let entry = NewInboxEntry {
-        stanza_id: &stanza_id,
-        sender: &sender,
-        kind: "message",
-        xml: &xml,
-        at_micros: crate::now_micros(),
-    };
-    match server.store.inbox_append(username, &entry).await {
-        Ok(_) => tracing::debug!(recipient = username, "message stored for offline delivery"),
-        Err(kith_store::StoreError::NoSuchUser(_)) => {
-            // RFC 6121 §8.5.2.2.1: no such account.
-            bounce(server, message, StanzaError::service_unavailable()).await;
-        }
-        Err(error) => {
-            tracing::error!(%error, "storing an offline message failed");
-            bounce(server, message, StanzaError::internal()).await;
-        }
-    }
-}
+/// How many log entries one catch-up read takes.
+const BACKLOG_BATCH: i64 = 500;
 
-/// Queues the messages stored while the user was offline for a session that just
-/// became available, each with a XEP-0203 delay stamp. They are removed from the
-/// store only after they have been written to the connection (see `session.rs`).
-pub(crate) async fn deliver_offline(session: &mut Session) {
+/// Reads the next batch of log entries this device hasn't had and queues them for
+/// its client, each with a XEP-0203 delay stamp. Called repeatedly (interleaved with
+/// the session's other work) until the backlog is empty.
+pub(crate) async fn read_backlog(session: &mut Session) {
     let server = session.server.clone();
-    let mut after = 0;
-    loop {
-        let batch = match server
-            .store
-            .inbox_after(&session.username, after, 500)
-            .await
-        {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::error!(%error, "reading offline messages failed");
-                return;
-            }
-        };
-        if batch.is_empty() {
+    let batch = match server
+        .store
+        .inbox_after(&session.username, session.written_seq, BACKLOG_BATCH)
+        .await
+    {
+        Ok(batch) => batch,
+        Err(error) => {
+            tracing::error!(%error, "reading the inbox log failed");
+            session.backlog_pending = false;
             return;
         }
-        for stored in batch {
-            after = stored.seq;
-            session.written_through = Some(stored.seq);
-            let Ok(mut message) = parse_fragment(stored.xml.as_bytes(), Limits::default()) else {
-                tracing::warn!(seq = stored.seq, "skipping an unreadable stored message");
-                continue;
-            };
-            message.set_attr("to", session.jid.to_string());
-            message.push_child(
-                Element::new(ns::DELAY, "delay")
-                    .attr("from", server.domain.clone())
-                    .attr("stamp", crate::datetime::format_datetime(stored.at_micros))
-                    .text("Offline Storage"),
-            );
-            session.reply(message);
+    };
+    let complete = (batch.len() as i64) < BACKLOG_BATCH;
+    for stored in batch {
+        // The user's own sent messages are for their archive (and carbons), not
+        // for redelivery to themselves.
+        if stored.direction != "in" {
+            session.written_seq = session.written_seq.max(stored.seq);
+            continue;
         }
+        let Ok(mut message) = parse_fragment(stored.xml.as_bytes(), Limits::default()) else {
+            tracing::warn!(seq = stored.seq, "skipping an unreadable log entry");
+            session.written_seq = session.written_seq.max(stored.seq);
+            continue;
+        };
+        message.set_attr("to", session.jid.to_string());
+        message.push_child(
+            Element::new(ns::DELAY, "delay")
+                .attr("from", server.domain.clone())
+                .attr("stamp", crate::datetime::format_datetime(stored.at_micros))
+                .text("Offline Storage"),
+        );
+        session.reply_logged(message, stored.seq);
+    }
+    if complete {
+        session.backlog_pending = false;
+        session.caught_up = true;
     }
 }
 
@@ -321,12 +390,13 @@ mod tests {
                 .attr("by", "juliet@localhost")
                 .attr("id", "forged"),
         );
-        stamp_stanza_id(&mut message, "juliet@localhost");
+        let id = stamp_stanza_id(&mut message, "juliet@localhost");
         let ids: Vec<_> = message
             .elements()
             .filter(|e| e.is("stanza-id", ns::SID))
             .collect();
         assert_eq!(ids.len(), 1);
         assert_ne!(ids[0].get_attr("id"), Some("forged"));
+        assert_eq!(ids[0].get_attr("id"), Some(id.as_str()));
     }
 }

@@ -15,6 +15,7 @@ mod limiter;
 mod link;
 mod router;
 mod session;
+mod sm;
 pub mod tls;
 
 use std::net::SocketAddr;

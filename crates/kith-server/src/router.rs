@@ -24,6 +24,8 @@ const SHARDS: usize = 64;
 pub enum Outbound {
     /// A stanza to write to the client (its `to`/`from` already final).
     Stanza(Arc<Element>),
+    /// An entry of the user's inbox log, with its sequence number.
+    Logged(Arc<Element>, i64),
     /// Close the stream with this stream error.
     Close(StreamErrorCondition, &'static str),
 }
@@ -50,7 +52,17 @@ impl SessionEntry {
 
     /// Queues a stanza; a full queue closes the session (it is too slow).
     pub fn send(&self, stanza: Arc<Element>) -> bool {
-        match self.tx.try_send(Outbound::Stanza(stanza)) {
+        self.send_outbound(Outbound::Stanza(stanza))
+    }
+
+    /// Queues an inbox log entry. If the session is too slow it is closed, and the
+    /// entry stays in the log for the device's next login.
+    pub fn send_logged(&self, stanza: Arc<Element>, seq: i64) -> bool {
+        self.send_outbound(Outbound::Logged(stanza, seq))
+    }
+
+    fn send_outbound(&self, outbound: Outbound) -> bool {
+        match self.tx.try_send(outbound) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(jid = %self.jid, "session queue full; closing the slow session");

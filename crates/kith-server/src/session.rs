@@ -5,6 +5,12 @@
 //! from a client leaves this module carrying the session's full JID (RFC 6120
 //! §8.1.2.1); a client-supplied `from` that isn't the session's own JID closes the
 //! stream with `<invalid-from/>` (§4.9.3.9).
+//!
+//! Delivery from the inbox log: the session is also a *device* with a cursor into
+//! its user's log (DESIGN.md). Log entries reach it live through the router or, at
+//! its first available presence, as a catch-up read from the store. Its cursor
+//! advances when the client acknowledges them with XEP-0198 `<a h/>`, or, for a
+//! client without stream management, once they were written to the connection.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,7 +23,15 @@ use crate::Server;
 use crate::c2s::Bound;
 use crate::link::{LinkError, LinkRead, LinkWrite};
 use crate::router::Outbound;
+use crate::sm::StreamManagement;
 use crate::{deliver, features};
+
+/// XEP-0198 namespace.
+pub(crate) const SM: &str = "urn:xmpp:sm:3";
+/// Ask the client for an ack after this many unacknowledged stanzas.
+const SM_REQUEST_EVERY: usize = 5;
+/// Cursor updates are written at most this often (and always at the end).
+const CURSOR_WRITE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The state of one bound session, seen by the features that handle its stanzas.
 pub(crate) struct Session {
@@ -32,11 +46,23 @@ pub(crate) struct Session {
     /// Where the client sent directed presence, to send `unavailable` there at the end
     /// (RFC 6121 §4.6.3).
     pub directed: HashSet<String>,
-    /// Stanzas for this client produced while handling its own stanza.
-    pub replies: Vec<Element>,
-    /// Stored offline messages up to this sequence number are among `replies`; they
-    /// are removed from the store once written to the connection.
-    pub written_through: Option<i64>,
+    /// Stanzas for this client produced while handling its own stanza, with the
+    /// inbox sequence number of those that come from the log.
+    pub replies: Vec<(Element, Option<i64>)>,
+    /// This device's position in the inbox log: everything through it was
+    /// written to the connection (and, with stream management, acknowledged).
+    pub device_cursor: i64,
+    /// The highest log entry written to this connection.
+    pub written_seq: i64,
+    /// Whether the backlog since `device_cursor` has been read from the store; live
+    /// log entries are written only from then on.
+    pub caught_up: bool,
+    /// Whether a catch-up read is in progress (more batches to read).
+    pub backlog_pending: bool,
+    sm: Option<StreamManagement>,
+    /// A cursor position not yet saved, and when the last one was.
+    cursor_pending: Option<i64>,
+    cursor_saved_at: Instant,
 }
 
 type End = Option<(StreamErrorCondition, &'static str)>;
@@ -53,6 +79,23 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
         .node()
         .map(|n| n.as_str().to_owned())
         .unwrap_or_default();
+    let device_cursor = match server
+        .store
+        .device_attach(&username, jid.resource().as_str(), crate::now_micros())
+        .await
+    {
+        Ok(start) => start.cursor,
+        Err(error) => {
+            tracing::error!(%error, "registering the device");
+            server.router.unbind(&jid, id);
+            writer.element(
+                &StreamErrorCondition::InternalServerError.to_element(Some("storage failure")),
+            );
+            writer.close();
+            writer.shutdown().await;
+            return;
+        }
+    };
     let mut session = Session {
         server: server.clone(),
         jid,
@@ -62,7 +105,13 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
         available: false,
         directed: HashSet::new(),
         replies: Vec::new(),
-        written_through: None,
+        device_cursor,
+        written_seq: device_cursor,
+        caught_up: false,
+        backlog_pending: false,
+        sm: None,
+        cursor_pending: None,
+        cursor_saved_at: Instant::now(),
     };
     let idle = Duration::from_secs(server.config.limits.idle_timeout_secs.max(1));
     let mut deadline = Instant::now() + idle;
@@ -83,8 +132,12 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
                     Err(LinkError::Eof | LinkError::Io(_)) => break None,
                 }
             }
+            () = std::future::ready(()), if session.backlog_pending => {
+                deliver::read_backlog(&mut session).await;
+                Ok(())
+            }
             outbound = rx.recv() => match outbound {
-                Some(outbound) => write_outbound(&mut writer, outbound),
+                Some(outbound) => session.write_outbound(&mut writer, outbound),
                 None => Err(None),
             },
             () = tokio::time::sleep_until(deadline) => {
@@ -94,40 +147,37 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
                     // XEP-0199 §4.1 client-to-server ping: a silent client must answer.
                     pinged = true;
                     deadline = Instant::now() + idle.min(Duration::from_secs(60));
-                    session.replies.push(
-                        Element::new(ns::CLIENT, "iq")
-                            .attr("type", "get")
-                            .attr("id", "kith-idle-ping")
-                            .attr("from", server.domain.clone())
-                            .attr("to", session.jid.to_string())
-                            .child(Element::new(ns::PING, "ping")),
-                    );
+                    let ping = Element::new(ns::CLIENT, "iq")
+                        .attr("type", "get")
+                        .attr("id", "kith-idle-ping")
+                        .attr("from", server.domain.clone())
+                        .attr("to", session.jid.to_string())
+                        .child(Element::new(ns::PING, "ping"));
+                    session.reply(ping);
                     Ok(())
                 }
             }
         };
-        for reply in session.replies.drain(..) {
-            writer.element(&reply);
+        for (reply, seq) in std::mem::take(&mut session.replies) {
+            session.emit(&mut writer, &reply, seq);
         }
         let mut step = step;
         // Write everything already queued before paying for a flush.
         while step.is_ok() {
             match rx.try_recv() {
-                Ok(outbound) => step = write_outbound(&mut writer, outbound),
+                Ok(outbound) => step = session.write_outbound(&mut writer, outbound),
                 Err(_) => break,
             }
         }
+        session.request_ack_if_due(&mut writer);
         if writer.flush().await.is_err() {
             break None;
         }
-        if let Some(seq) = session.written_through.take()
-            && let Err(error) = server
-                .store
-                .inbox_remove_through(&session.username, seq)
-                .await
-        {
-            tracing::error!(%error, "removing delivered offline messages failed");
+        if session.sm.is_none() && session.written_seq > session.device_cursor {
+            // Without stream management, written is as good as it gets.
+            session.cursor_pending = Some(session.written_seq);
         }
+        session.save_cursor(false).await;
         if let Err(end) = step {
             break end;
         }
@@ -142,22 +192,93 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
     writer.shutdown().await;
 }
 
-fn write_outbound<W: LinkWrite>(writer: &mut W, outbound: Outbound) -> Result<(), End> {
-    match outbound {
-        Outbound::Stanza(stanza) => {
-            writer.element(&stanza);
-            Ok(())
-        }
-        Outbound::Close(condition, text) => Err(Some((condition, text))),
-    }
-}
-
 impl Session {
+    /// Writes one stanza to the client, counting it for stream management.
+    fn emit<W: LinkWrite>(&mut self, writer: &mut W, stanza: &Element, seq: Option<i64>) {
+        if let Some(seq) = seq {
+            // A log entry already written (a live copy racing the catch-up read, or
+            // the other way round) is not written twice.
+            if seq <= self.written_seq {
+                return;
+            }
+            self.written_seq = seq;
+        }
+        if let Some(sm) = &mut self.sm {
+            sm.sent(seq);
+        }
+        writer.element(stanza);
+    }
+
+    fn write_outbound<W: LinkWrite>(
+        &mut self,
+        writer: &mut W,
+        outbound: Outbound,
+    ) -> Result<(), End> {
+        match outbound {
+            Outbound::Stanza(stanza) => {
+                self.emit(writer, &stanza, None);
+                Ok(())
+            }
+            Outbound::Logged(stanza, seq) => {
+                // Entries past the cursor that the catch-up hasn't reached yet wait
+                // for it: it reads them in order, and then this copy is skipped.
+                if self.caught_up {
+                    self.emit(writer, &stanza, Some(seq));
+                }
+                Ok(())
+            }
+            Outbound::Close(condition, text) => Err(Some((condition, text))),
+        }
+    }
+
+    /// XEP-0198 §4: ask for an ack once a few stanzas are outstanding.
+    fn request_ack_if_due<W: LinkWrite>(&mut self, writer: &mut W) {
+        if let Some(sm) = &mut self.sm
+            && !sm.requested
+            && (sm.unacked() >= SM_REQUEST_EVERY
+                || (sm.unacked() > 0 && self.written_seq > self.device_cursor))
+        {
+            sm.requested = true;
+            writer.element(&Element::new(SM, "r"));
+        }
+    }
+
+    async fn save_cursor(&mut self, force: bool) {
+        let Some(seq) = self.cursor_pending else {
+            return;
+        };
+        if !force && self.cursor_saved_at.elapsed() < CURSOR_WRITE_INTERVAL {
+            return;
+        }
+        self.cursor_pending = None;
+        self.cursor_saved_at = Instant::now();
+        if seq <= self.device_cursor {
+            return;
+        }
+        match self
+            .server
+            .store
+            .device_ack(
+                &self.username,
+                self.jid.resource().as_str(),
+                seq,
+                crate::now_micros(),
+            )
+            .await
+        {
+            Ok(()) => self.device_cursor = seq,
+            Err(error) => tracing::warn!(%error, "saving the device cursor"),
+        }
+    }
+
     /// Handles one top-level element from the client.
     async fn handle(
         &mut self,
         mut stanza: Element,
     ) -> Result<(), (StreamErrorCondition, &'static str)> {
+        if stanza.ns == SM {
+            return self.handle_sm(&stanza);
+        }
         if stanza.ns != ns::CLIENT || !matches!(stanza.name.as_str(), "message" | "presence" | "iq")
         {
             return Err((
@@ -179,9 +300,9 @@ impl Session {
             Some(Ok(to)) => Some(to),
             Some(Err(_)) => {
                 if stanza.get_attr("type") != Some("error") {
-                    self.replies
-                        .push(StanzaError::jid_malformed().reply_to(&stanza));
+                    self.reply(StanzaError::jid_malformed().reply_to(&stanza));
                 }
+                self.count_handled();
                 return Ok(());
             }
         };
@@ -189,6 +310,70 @@ impl Session {
             "message" => deliver::message_from_client(self, stanza, to).await,
             "presence" => features::presence::from_client(self, stanza, to).await,
             _ => features::iq_from_client(self, stanza, to).await,
+        }
+        // Counted only now that it is handled (and, for messages, durably logged):
+        // an `<a h/>` covering it promises it is safe (XEP-0198 §5, DESIGN.md).
+        self.count_handled();
+        Ok(())
+    }
+
+    fn count_handled(&mut self) {
+        if let Some(sm) = &mut self.sm {
+            sm.inbound = sm.inbound.wrapping_add(1);
+        }
+    }
+
+    /// XEP-0198 nonzas: `<enable/>`, `<r/>`, `<a/>`.
+    fn handle_sm(&mut self, element: &Element) -> Result<(), (StreamErrorCondition, &'static str)> {
+        match element.name.as_str() {
+            "enable" => {
+                if self.sm.is_some() {
+                    // §3: enabling twice is an error.
+                    let failed = Element::new(SM, "failed")
+                        .child(Element::new(ns::STANZAS, "unexpected-request"));
+                    self.replies.push((failed, None));
+                    return Ok(());
+                }
+                self.sm = Some(StreamManagement::default());
+                // Stanzas written before <enabled/> are not counted (§4).
+                self.replies.push((Element::new(SM, "enabled"), None));
+            }
+            "r" => {
+                if let Some(sm) = &self.sm {
+                    let answer = Element::new(SM, "a").attr("h", sm.inbound.to_string());
+                    self.replies.push((answer, None));
+                }
+            }
+            "a" => {
+                let Some(sm) = &mut self.sm else {
+                    return Ok(());
+                };
+                let Some(h) = element.get_attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return Err((
+                        StreamErrorCondition::BadFormat,
+                        "the h attribute must be a 32-bit count",
+                    ));
+                };
+                match sm.ack(h) {
+                    Ok(Some(seq)) => {
+                        self.cursor_pending = Some(seq.max(self.cursor_pending.unwrap_or(0)))
+                    }
+                    Ok(None) => {}
+                    // §4: `<handled-count-too-high/>` with undefined-condition.
+                    Err(_) => {
+                        return Err((
+                            StreamErrorCondition::UndefinedCondition,
+                            "handled-count-too-high",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err((
+                    StreamErrorCondition::UnsupportedStanzaType,
+                    "unsupported stream management element",
+                ));
+            }
         }
         Ok(())
     }
@@ -203,16 +388,32 @@ impl Session {
         }
     }
 
-    /// Leaves the router and tells contacts this resource is gone.
+    /// Leaves the router, tells contacts this resource is gone, saves the cursor.
     async fn finish(&mut self) {
         let still_bound = self.server.router.unbind(&self.jid, self.id);
         if still_bound && self.available {
             features::presence::went_offline(self, None).await;
         }
+        self.save_cursor(true).await;
     }
 
     /// Queues a reply for this session's own client.
     pub fn reply(&mut self, stanza: Element) {
-        self.replies.push(stanza);
+        self.replies.push((stanza, None));
+    }
+
+    /// Starts delivering the log entries this device has missed (once, at the first
+    /// available presence with a non-negative priority).
+    pub async fn start_catch_up(&mut self) {
+        if self.caught_up || self.backlog_pending {
+            return;
+        }
+        self.backlog_pending = true;
+        deliver::read_backlog(self).await;
+    }
+
+    /// Queues a log entry for this session's own client.
+    pub fn reply_logged(&mut self, stanza: Element, seq: i64) {
+        self.replies.push((stanza, Some(seq)));
     }
 }

@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod devices;
 mod error;
 mod migrate;
 mod types;
@@ -67,8 +68,8 @@ use sqlx::{Any, AnyPool, ConnectOptions, Connection, Row, Transaction};
 
 pub use error::{Result, StoreError};
 pub use types::{
-    InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret, StoredCredentials,
-    Subscription,
+    DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
+    StoredCredentials, Subscription,
 };
 
 use types::{decode_groups, encode_groups};
@@ -279,6 +280,7 @@ impl Store {
         for sql in [
             "DELETE FROM roster_items WHERE owner = $1",
             "DELETE FROM inbox WHERE owner = $1",
+            "DELETE FROM devices WHERE owner = $1",
             "DELETE FROM vcards WHERE owner = $1",
             "DELETE FROM private_xml WHERE owner = $1",
             "DELETE FROM blocklist WHERE owner = $1",
@@ -433,8 +435,8 @@ impl Store {
         };
         let seq: i64 = row.try_get("inbox_seq")?;
         sqlx::query(
-            "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(owner)
         .bind(seq)
@@ -443,6 +445,9 @@ impl Store {
         .bind(entry.kind)
         .bind(entry.xml)
         .bind(entry.at_micros)
+        .bind(entry.peer)
+        .bind(entry.direction)
+        .bind(entry.body)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -460,7 +465,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
-            "SELECT seq, stanza_id, sender, kind, xml, at_micros FROM inbox
+            "SELECT seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body FROM inbox
              WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(owner)
@@ -477,6 +482,9 @@ impl Store {
                     kind: r.try_get("kind")?,
                     xml: r.try_get("xml")?,
                     at_micros: r.try_get("at_micros")?,
+                    peer: r.try_get("peer")?,
+                    direction: r.try_get("direction")?,
+                    body: r.try_get("body")?,
                 })
             })
             .collect()

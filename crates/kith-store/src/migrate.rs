@@ -41,11 +41,12 @@ impl Migration {
 const PG_LOCK_SQL: &str = "SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(1802073192)) AS l";
 
 /// Every migration, in order. Append only.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial schema",
-    sqlite: &[
-        "CREATE TABLE users (
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial schema",
+        sqlite: &[
+            "CREATE TABLE users (
             username TEXT NOT NULL PRIMARY KEY,
             sha1_salt BLOB NOT NULL,
             sha1_iterations INTEGER NOT NULL,
@@ -59,7 +60,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             inbox_seq INTEGER NOT NULL DEFAULT 0,
             created_at INTEGER NOT NULL
         )",
-        "CREATE TABLE roster_items (
+            "CREATE TABLE roster_items (
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             contact TEXT NOT NULL,
             name TEXT,
@@ -70,8 +71,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             group_names TEXT NOT NULL DEFAULT '',
             PRIMARY KEY (owner, contact)
         )",
-        "CREATE INDEX roster_items_contact ON roster_items (contact)",
-        "CREATE TABLE inbox (
+            "CREATE INDEX roster_items_contact ON roster_items (contact)",
+            "CREATE TABLE inbox (
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             seq INTEGER NOT NULL,
             stanza_id TEXT NOT NULL,
@@ -81,29 +82,29 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             at_micros INTEGER NOT NULL,
             PRIMARY KEY (owner, seq)
         )",
-        "CREATE TABLE vcards (
+            "CREATE TABLE vcards (
             owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
             xml TEXT NOT NULL
         )",
-        "CREATE TABLE private_xml (
+            "CREATE TABLE private_xml (
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             namespace TEXT NOT NULL,
             xml TEXT NOT NULL,
             PRIMARY KEY (owner, namespace)
         )",
-        "CREATE TABLE blocklist (
+            "CREATE TABLE blocklist (
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             jid TEXT NOT NULL,
             PRIMARY KEY (owner, jid)
         )",
-        "CREATE TABLE last_activity (
+            "CREATE TABLE last_activity (
             owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
             at_secs INTEGER NOT NULL,
             status TEXT NOT NULL
         )",
-    ],
-    postgres: &[
-        "CREATE TABLE users (
+        ],
+        postgres: &[
+            "CREATE TABLE users (
             username TEXT NOT NULL PRIMARY KEY,
             sha1_salt BYTEA NOT NULL,
             sha1_iterations BIGINT NOT NULL,
@@ -117,7 +118,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             inbox_seq BIGINT NOT NULL DEFAULT 0,
             created_at BIGINT NOT NULL
         )",
-        "CREATE TABLE roster_items (
+            "CREATE TABLE roster_items (
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             contact TEXT NOT NULL,
             name TEXT,
@@ -128,8 +129,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             group_names TEXT NOT NULL DEFAULT '',
             PRIMARY KEY (owner, contact)
         )",
-        "CREATE INDEX roster_items_contact ON roster_items (contact)",
-        "CREATE TABLE inbox (
+            "CREATE INDEX roster_items_contact ON roster_items (contact)",
+            "CREATE TABLE inbox (
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             seq BIGINT NOT NULL,
             stanza_id TEXT NOT NULL,
@@ -139,28 +140,65 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             at_micros BIGINT NOT NULL,
             PRIMARY KEY (owner, seq)
         )",
-        "CREATE TABLE vcards (
+            "CREATE TABLE vcards (
             owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
             xml TEXT NOT NULL
         )",
-        "CREATE TABLE private_xml (
+            "CREATE TABLE private_xml (
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             namespace TEXT NOT NULL,
             xml TEXT NOT NULL,
             PRIMARY KEY (owner, namespace)
         )",
-        "CREATE TABLE blocklist (
+            "CREATE TABLE blocklist (
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             jid TEXT NOT NULL,
             PRIMARY KEY (owner, jid)
         )",
-        "CREATE TABLE last_activity (
+            "CREATE TABLE last_activity (
             owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
             at_secs BIGINT NOT NULL,
             status TEXT NOT NULL
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "inbox log: peers, directions, bodies; devices with cursors",
+        sqlite: &[
+            "ALTER TABLE inbox ADD COLUMN peer TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE inbox ADD COLUMN direction TEXT NOT NULL DEFAULT 'in'",
+            "ALTER TABLE inbox ADD COLUMN body TEXT",
+            "CREATE INDEX inbox_owner_peer ON inbox (owner, peer, seq)",
+            "CREATE INDEX inbox_owner_time ON inbox (owner, at_micros)",
+            "CREATE INDEX inbox_owner_stanza_id ON inbox (owner, stanza_id)",
+            "ALTER TABLE users ADD COLUMN delivered_seq INTEGER NOT NULL DEFAULT 0",
+            "CREATE TABLE devices (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            resource TEXT NOT NULL,
+            cursor INTEGER NOT NULL,
+            last_seen_micros INTEGER NOT NULL,
+            PRIMARY KEY (owner, resource)
+        )",
+        ],
+        postgres: &[
+            "ALTER TABLE inbox ADD COLUMN peer TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE inbox ADD COLUMN direction TEXT NOT NULL DEFAULT 'in'",
+            "ALTER TABLE inbox ADD COLUMN body TEXT",
+            "CREATE INDEX inbox_owner_peer ON inbox (owner, peer, seq)",
+            "CREATE INDEX inbox_owner_time ON inbox (owner, at_micros)",
+            "CREATE INDEX inbox_owner_stanza_id ON inbox (owner, stanza_id)",
+            "ALTER TABLE users ADD COLUMN delivered_seq BIGINT NOT NULL DEFAULT 0",
+            "CREATE TABLE devices (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            resource TEXT NOT NULL,
+            cursor BIGINT NOT NULL,
+            last_seen_micros BIGINT NOT NULL,
+            PRIMARY KEY (owner, resource)
+        )",
+        ],
+    },
+];
 
 /// The highest schema version this build knows.
 pub(crate) fn latest_version() -> i64 {

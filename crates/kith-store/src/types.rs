@@ -115,6 +115,12 @@ pub struct NewInboxEntry<'a> {
     pub xml: &'a str,
     /// When it was received, unix microseconds.
     pub at_micros: i64,
+    /// Bare JID of the other party (the sender for `in`, the recipient for `out`).
+    pub peer: &'a str,
+    /// `"in"` (addressed to the owner) or `"out"` (sent by the owner).
+    pub direction: &'a str,
+    /// The message body, for search; `None` for receipts, markers and the like.
+    pub body: Option<&'a str>,
 }
 
 /// An entry read back from a user's inbox log.
@@ -132,6 +138,21 @@ pub struct InboxEntry {
     pub xml: String,
     /// See [`NewInboxEntry::at_micros`].
     pub at_micros: i64,
+    /// See [`NewInboxEntry::peer`].
+    pub peer: String,
+    /// See [`NewInboxEntry::direction`].
+    pub direction: String,
+    /// See [`NewInboxEntry::body`].
+    pub body: Option<String>,
+}
+
+/// Where a device starts reading its owner's inbox log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceStart {
+    /// Entries with a greater sequence number are for this device.
+    pub cursor: i64,
+    /// Whether the device was seen for the first time.
+    pub new: bool,
 }
 
 /// Encodes roster groups as one text value: every group is written with `\`

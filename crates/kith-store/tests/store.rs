@@ -160,6 +160,8 @@ both!(
     vcard_and_private_overwrite,
     last_activity,
     unicode_and_large_values,
+    inbox_entry_metadata_round_trip,
+    devices_start_at_the_delivered_mark,
 );
 
 // ----------------------------------------------------------------------
@@ -191,6 +193,9 @@ fn item(contact: &str) -> RosterItem {
 
 fn entry<'a>(id: &'a str, xml: &'a str, at: i64) -> NewInboxEntry<'a> {
     NewInboxEntry {
+        peer: "bob@example.org",
+        direction: "in",
+        body: None,
         stanza_id: id,
         sender: "bob@example.org/phone",
         kind: "chat",
@@ -655,6 +660,9 @@ async fn inbox_after_paging(db: TestDb) {
             .inbox_append(
                 "alice",
                 &NewInboxEntry {
+                    peer: "bob@example.org",
+                    direction: "in",
+                    body: None,
                     stanza_id: &id,
                     sender: "bob@localhost/x",
                     kind: if i % 2 == 0 { "chat" } else { "receipt" },
@@ -864,6 +872,9 @@ async fn unicode_and_large_values(db: TestDb) {
         .inbox_append(
             user,
             &NewInboxEntry {
+                peer: "bob@example.org",
+                direction: "in",
+                body: None,
                 stanza_id: "ид-1",
                 sender: "björn@exämple.org/📱",
                 kind: "chat",
@@ -940,4 +951,65 @@ async fn roster_concurrent_writes(db: TestDb) {
     let (v, items) = s.roster("alice").await.unwrap();
     assert_eq!(v, n as i64);
     assert!(items.len() <= 1);
+}
+
+async fn inbox_entry_metadata_round_trip(db: TestDb) {
+    let s = db.store;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let seq = s
+        .inbox_append(
+            "alice",
+            &NewInboxEntry {
+                peer: "bob@localhost",
+                direction: "out",
+                body: Some("héllo wörld"),
+                stanza_id: "s1",
+                sender: "alice@localhost/phone",
+                kind: "chat",
+                xml: "<message/>",
+                at_micros: 7,
+            },
+        )
+        .await
+        .unwrap();
+    let e = &s.inbox_after("alice", seq - 1, 1).await.unwrap()[0];
+    assert_eq!(e.peer, "bob@localhost");
+    assert_eq!(e.direction, "out");
+    assert_eq!(e.body.as_deref(), Some("héllo wörld"));
+    assert_eq!(s.inbox_head("alice").await.unwrap(), seq);
+    assert_eq!(s.inbox_head("nobody").await.unwrap(), 0);
+}
+
+async fn devices_start_at_the_delivered_mark(db: TestDb) {
+    let s = db.store;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    for i in 0..5 {
+        s.inbox_append("alice", &entry(&format!("m{i}"), "<message/>", i))
+            .await
+            .unwrap();
+    }
+    // The first device ever gets everything nobody has received.
+    let phone = s.device_attach("alice", "phone", 1).await.unwrap();
+    assert_eq!(phone.cursor, 0);
+    assert!(phone.new);
+    s.device_ack("alice", "phone", 5, 2).await.unwrap();
+    assert_eq!(s.device_cursor("alice", "phone").await.unwrap(), Some(5));
+    // Cursors never move backwards.
+    s.device_ack("alice", "phone", 3, 3).await.unwrap();
+    assert_eq!(s.device_cursor("alice", "phone").await.unwrap(), Some(5));
+    // A known device resumes from its own cursor.
+    let again = s.device_attach("alice", "phone", 4).await.unwrap();
+    assert_eq!((again.cursor, again.new), (5, false));
+    // A new device starts where delivery has reached, not at the start of history.
+    s.inbox_append("alice", &entry("m5", "<message/>", 5))
+        .await
+        .unwrap();
+    let laptop = s.device_attach("alice", "laptop", 5).await.unwrap();
+    assert_eq!((laptop.cursor, laptop.new), (5, true));
+    // Idle devices are forgotten; deleting the user removes its devices.
+    assert_eq!(s.forget_idle_devices(5).await.unwrap(), 1);
+    assert_eq!(s.device_cursor("alice", "phone").await.unwrap(), None);
+    assert!(s.device_attach("nobody", "x", 1).await.is_err());
+    s.delete_user("alice").await.unwrap();
+    assert_eq!(s.device_cursor("alice", "laptop").await.unwrap(), None);
 }

@@ -113,6 +113,10 @@ async fn broadcast_available(session: &mut Session, mut presence: Element) {
         }
     }
     if !initial {
+        if priority >= 0 {
+            // A resource that was negative becomes a delivery target now.
+            session.start_catch_up().await;
+        }
         return;
     }
     // RFC 6121 §4.2.2: probe the contacts we're subscribed to, answered at once from
@@ -146,8 +150,12 @@ async fn broadcast_available(session: &mut Session, mut presence: Element) {
             roster::subscription_presence(&item.contact, session.bare.as_str(), "subscribe");
         session.reply(request);
     }
-    // XEP-0160: offline messages follow initial presence.
-    crate::deliver::deliver_offline(session).await;
+
+    // XEP-0160: what the device missed follows initial presence (RFC 6121 §8.5.2.1.1:
+    // not to a resource with negative priority).
+    if priority >= 0 {
+        session.start_catch_up().await;
+    }
 }
 
 /// A copy of `presence` addressed to `to`.
