@@ -954,7 +954,7 @@ async fn roster_concurrent_writes(db: TestDb) {
 }
 
 async fn inbox_entry_metadata_round_trip(db: TestDb) {
-    let s = db.store;
+    let s = db.open().await;
     s.create_user("alice", &creds(1)).await.unwrap();
     let seq = s
         .inbox_append(
@@ -981,7 +981,7 @@ async fn inbox_entry_metadata_round_trip(db: TestDb) {
 }
 
 async fn devices_start_at_the_delivered_mark(db: TestDb) {
-    let s = db.store;
+    let s = db.open().await;
     s.create_user("alice", &creds(1)).await.unwrap();
     for i in 0..5 {
         s.inbox_append("alice", &entry(&format!("m{i}"), "<message/>", i))
