@@ -345,6 +345,7 @@ fn bind_resource(
         presence: None,
         priority: 0,
         interested: false,
+        carbons: false,
     };
     match server
         .router

@@ -25,7 +25,15 @@ pub(crate) async fn message_from_client(
     if to.is_none() {
         message.set_attr("to", session.bare.to_string());
     }
-    route(&session.server, message).await;
+    let server = session.server.clone();
+    crate::features::carbons::copy_to_other_devices(
+        &server,
+        session.bare.as_str(),
+        &session.jid,
+        "sent",
+        &message,
+    );
+    route(&server, message).await;
 }
 
 /// Routes a stanza whose `from` is final to its recipient on this server, or
@@ -194,7 +202,17 @@ async fn route_message(server: &Arc<Server>, mut message: Element, to: &Jid) {
                 None => session.send(shared.clone()),
             };
             let delivered = match &addressed {
-                Some(session) => usize::from(send(session)),
+                Some(session) => {
+                    // XEP-0280 §6: the user's other devices see it too.
+                    crate::features::carbons::copy_to_other_devices(
+                        server,
+                        bare,
+                        &session.jid,
+                        "received",
+                        &shared,
+                    );
+                    usize::from(send(session))
+                }
                 // Every available device with a non-negative priority: RFC 6121
                 // §8.5.2.1.1 allows it, and it is what "every device gets every
                 // message" means while they are online.

@@ -43,6 +43,8 @@ pub struct SessionEntry {
     pub priority: i8,
     /// Whether the client asked for the roster (it then gets roster pushes).
     pub interested: bool,
+    /// Whether the client enabled Message Carbons (XEP-0280).
+    pub carbons: bool,
 }
 
 impl SessionEntry {

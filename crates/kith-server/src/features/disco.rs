@@ -21,15 +21,17 @@ const MSGOFFLINE: &str = "msgoffline";
 const SERVER_FEATURES: &[&str] = &[
     ns::DISCO_INFO,
     ns::DISCO_ITEMS,
-    ns::PING,     // XEP-0199
-    ns::TIME,     // XEP-0202
-    ns::VERSION,  // XEP-0092
-    ns::LAST,     // XEP-0012
-    ns::VCARD,    // XEP-0054
-    ns::PRIVATE,  // XEP-0049
-    ns::BLOCKING, // XEP-0191
-    ns::ROSTER,   // RFC 6121 §2
-    ns::SID,      // XEP-0359: the server stamps <stanza-id/> on messages it delivers
+    ns::PING,                // XEP-0199
+    ns::TIME,                // XEP-0202
+    ns::VERSION,             // XEP-0092
+    ns::LAST,                // XEP-0012
+    ns::VCARD,               // XEP-0054
+    ns::PRIVATE,             // XEP-0049
+    ns::BLOCKING,            // XEP-0191
+    ns::ROSTER,              // RFC 6121 §2
+    ns::SID,                 // XEP-0359: the server stamps <stanza-id/> on messages it delivers
+    super::carbons::CARBONS, // XEP-0280
+    "urn:xmpp:sm:3",         // XEP-0198 (also a stream feature)
     MSGOFFLINE,
 ];
 

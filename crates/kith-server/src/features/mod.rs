@@ -5,6 +5,7 @@
 //! advertised, its feature in `disco.rs` — which lists only what works end to end.
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod last;
 pub mod ping;
@@ -60,6 +61,7 @@ async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
             blocking::handle(session, request).await
         }
         ("query", ns::REGISTER) => register::after_auth(session, request).await,
+        ("enable" | "disable", carbons::CARBONS) => carbons::handle(session, request),
         _ => Err(StanzaError::service_unavailable()),
     }
 }

@@ -1,0 +1,100 @@
+//! Message Carbons (XEP-0280): a user's other online devices get a copy of the
+//! messages the user sends and of those addressed to another of their resources.
+//!
+//! Messages to the bare JID already reach every available device (see
+//! `deliver.rs`), so only the copies XEP-0280 §6 adds beyond that are made here.
+
+use std::sync::Arc;
+
+use kith_proto::{Element, FullJid, StanzaError, ns};
+
+use super::{Request, Response, Target};
+use crate::Server;
+use crate::session::Session;
+
+pub(crate) const CARBONS: &str = "urn:xmpp:carbons:2";
+const FORWARD: &str = "urn:xmpp:forward:0";
+const HINTS: &str = "urn:xmpp:hints";
+
+/// `<enable/>` and `<disable/>` (XEP-0280 §4, §5).
+pub(crate) fn handle(session: &mut Session, request: &Request<'_>) -> Response {
+    if !request.set || !matches!(request.target, Target::OwnAccount | Target::Server) {
+        return Err(StanzaError::bad_request());
+    }
+    let enable = request.payload.name == "enable";
+    let server = session.server.clone();
+    server
+        .router
+        .update(&session.jid, session.id, |entry| entry.carbons = enable);
+    Ok(None)
+}
+
+/// XEP-0280 §6.1: which messages are copied — chat messages, and normal messages
+/// with a body — unless the sender opted out (§7: `<private/>`, or a no-copy hint).
+pub(crate) fn eligible(message: &Element) -> bool {
+    let kind = message.get_attr("type").unwrap_or("normal");
+    let wanted = kind == "chat" || (kind == "normal" && message.has_child("body", ns::CLIENT));
+    wanted
+        && !message.has_child("private", CARBONS)
+        && !message.has_child("no-copy", HINTS)
+        && !message.has_child("received", CARBONS)
+        && !message.has_child("sent", CARBONS)
+}
+
+/// Sends `<sent/>` or `<received/>` copies of `message` to every carbons-enabled,
+/// available resource of `owner` except `except`.
+pub(crate) fn copy_to_other_devices(
+    server: &Server,
+    owner: &str,
+    except: &FullJid,
+    direction: &str,
+    message: &Element,
+) {
+    if !eligible(message) {
+        return;
+    }
+    let mut original = message.clone();
+    // §7: the copy must not carry the opt-out marker around again.
+    original.remove_children("private", CARBONS);
+    server.router.with_sessions(owner, |sessions| {
+        for session in sessions
+            .iter()
+            .filter(|s| s.carbons && s.available() && s.jid != *except)
+        {
+            let copy = Element::new(ns::CLIENT, "message")
+                .attr("from", owner)
+                .attr("to", session.jid.to_string())
+                .attr("type", message.get_attr("type").unwrap_or("normal"))
+                .child(
+                    Element::new(CARBONS, direction)
+                        .child(Element::new(FORWARD, "forwarded").child(original.clone())),
+                );
+            session.send(Arc::new(copy));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_chat_and_normal_with_body_are_copied() {
+        let body = Element::new(ns::CLIENT, "body").text("hi");
+        let chat = Element::new(ns::CLIENT, "message").attr("type", "chat");
+        assert!(eligible(&chat));
+        assert!(!eligible(&Element::new(ns::CLIENT, "message")));
+        assert!(eligible(
+            &Element::new(ns::CLIENT, "message").child(body.clone())
+        ));
+        assert!(!eligible(
+            &Element::new(ns::CLIENT, "message")
+                .attr("type", "headline")
+                .child(body)
+        ));
+        assert!(!eligible(
+            &chat.clone().child(Element::new(CARBONS, "private"))
+        ));
+        assert!(!eligible(&chat.child(Element::new(HINTS, "no-copy"))));
+    }
+}
