@@ -114,3 +114,78 @@ async def test_acked_messages_survive_sigkill_exactly_once_in_order(server_facto
     finally:
         await pool.close_all()
         server_factory.stop(srv)
+
+
+async def _drop_and_reconnect(pool: ClientPool, c) -> asyncio.Future:
+    """Cut the TCP connection without a closing handshake, then reconnect; the
+    returned future completes on `session_resumed` (or `session_start`)."""
+    loop = asyncio.get_running_loop()
+    resumed, started = loop.create_future(), loop.create_future()
+    c.add_event_handler("session_resumed", lambda _e: resumed.done() or resumed.set_result(True))
+    c.add_event_handler("session_start", lambda _e: started.done() or started.set_result(True))
+    c.transport.abort()
+    await asyncio.sleep(0.5)
+    pool.start(c)
+    return resumed, started
+
+
+async def test_tcp_drop_then_resume_loses_nothing(xmpp):
+    alice, bob = await xmpp.account("rsa"), await xmpp.account("rsb")
+    b = await xmpp.connect(bob, resource="phone", plugins=SM_PLUGINS)
+    a = await xmpp.connect(alice)
+    await asyncio.sleep(0.5)
+    assert b.plugin["xep_0198"].sm_id, "server did not offer resumption"
+    a.send_message(mto=bob.jid, mbody="before the drop", mtype="chat")
+    await b.wait_message(lambda m: m["body"] == "before the drop")
+    resumed, started = await _drop_and_reconnect(xmpp, b)
+    for i in range(3):
+        a.send_message(mto=bob.jid, mbody=f"during the drop {i}", mtype="chat")
+    await asyncio.wait_for(resumed, 15)
+    assert not started.done(), "a new session was started instead of resuming"
+    for i in range(3):
+        await b.wait_message(lambda m, i=i: m["body"] == f"during the drop {i}")
+    await asyncio.sleep(1.0)
+    bodies = [s["body"] for s in b.matching(lambda s: getattr(s, "name", "") == "message" and s["body"])]
+    assert len(bodies) == len(set(bodies)), f"duplicates after resumption: {bodies}"
+
+
+async def test_resume_after_the_window_delivers_at_next_login(server_factory, backend):
+    srv = server_factory.start("window", backend, {"limits": {"resume_timeout_secs": 1}})
+    pool = ClientPool(srv)
+    try:
+        alice, bob = await pool.account("wna"), await pool.account("wnb")
+        b = await pool.connect(bob, resource="phone", plugins=SM_PLUGINS)
+        a = await pool.connect(alice)
+        await asyncio.sleep(0.3)
+        b.transport.abort()
+        a.send_message(mto=bob.jid, mbody="sent into the void", mtype="chat")
+        await asyncio.sleep(2.5)
+        # The window is over: resuming fails, and a fresh login gets the message.
+        b2 = await pool.connect(bob, resource="phone", plugins=SM_PLUGINS)
+        got = await b2.wait_message(lambda m: m["body"] == "sent into the void", timeout=10)
+        assert got.xml.find("{urn:xmpp:delay}delay") is not None
+    finally:
+        await pool.close_all()
+        server_factory.stop(srv)
+
+
+async def test_resume_with_an_unknown_id_fails_cleanly(xmpp):
+    bob = await xmpp.account("rub")
+    b = xmpp.make(bob, plugins=SM_PLUGINS)
+    sm = b.plugin["xep_0198"]
+    sm.sm_id = "no-such-stream"
+    failed = asyncio.get_running_loop().create_future()
+    b.add_event_handler("session_start", lambda _e: failed.done() or failed.set_result("bound"))
+    xmpp.start(b)
+    # After <failed/>, the client binds a new session on the same stream.
+    assert await asyncio.wait_for(failed, 15) == "bound"
+
+
+async def test_ack_for_more_than_was_sent_closes_the_stream(xmpp):
+    bob = await xmpp.account("hch")
+    b = await xmpp.connect(bob, plugins=SM_PLUGINS)
+    await asyncio.sleep(0.5)
+    assert b.plugin["xep_0198"].enabled_out
+    b.send_raw("<a xmlns='urn:xmpp:sm:3' h='4000000'/>")
+    assert await b.wait_closed(timeout=10), "the server kept a stream with an impossible ack"
+    assert [e["condition"] for e in b.stream_errors] == ["undefined-condition"]

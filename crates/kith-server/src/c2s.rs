@@ -231,8 +231,8 @@ pub(crate) async fn negotiate<L: Link>(
         authenticate_and_bind(server, &mut link, ip, secure, &mut opened),
     )
     .await;
-    let bound = match result {
-        Ok(Ok(bound)) => bound,
+    let negotiated = match result {
+        Ok(Ok(negotiated)) => negotiated,
         Ok(Err(ended)) => return close(server, &mut link, opened, ended).await,
         Err(_) => {
             let ended = Ended::Error(
@@ -243,7 +243,25 @@ pub(crate) async fn negotiate<L: Link>(
         }
     };
     let (reader, writer) = link.split();
-    session::run(server.clone(), bound, reader, writer).await;
+    match negotiated {
+        Negotiated::Bound(bound) => session::run(server.clone(), bound, reader, writer).await,
+        // The session task takes the link over and answers `<resumed/>` itself.
+        Negotiated::Resume { permit, h } => {
+            permit.send(session::Handoff {
+                link: Box::new((reader, writer)),
+                h,
+            });
+        }
+    }
+}
+
+/// How negotiation ended: a new session, or the takeover of a resumable one.
+pub(crate) enum Negotiated {
+    Bound(Bound),
+    Resume {
+        permit: tokio::sync::mpsc::OwnedPermit<session::Handoff>,
+        h: u32,
+    },
 }
 
 /// The result of negotiation: a bound resource, ready for a session.
@@ -259,7 +277,7 @@ async fn authenticate_and_bind<L: Link>(
     ip: IpAddr,
     secure: bool,
     opened: &mut bool,
-) -> Result<Bound, Ended> {
+) -> Result<Negotiated, Ended> {
     let username = sasl_phase(server, link, ip, secure, opened).await?;
     link.restart();
     open_stream(server, link, opened).await?;
@@ -285,6 +303,19 @@ async fn authenticate_and_bind<L: Link>(
                 ));
             }
         };
+        if element.is("resume", session::SM) {
+            match resumable_slot::<L>(server, &username, &element).await {
+                Ok(resume) => return Ok(resume),
+                Err(condition) => {
+                    // XEP-0198 §5: the client may go on and bind a new session.
+                    let failed = Element::new(session::SM, "failed")
+                        .child(Element::new(ns::STANZAS, condition));
+                    link.element(&failed);
+                    link.flush().await.map_err(|_| Ended::Gone)?;
+                    continue;
+                }
+            }
+        }
         let Some(bind) = element
             .get_child("bind", ns::BIND)
             .filter(|_| element.is("iq", ns::CLIENT))
@@ -309,7 +340,7 @@ async fn authenticate_and_bind<L: Link>(
                 link.element(&result);
                 link.flush().await.map_err(|_| Ended::Gone)?;
                 tracing::debug!(jid = %bound.jid, "resource bound");
-                return Ok(bound);
+                return Ok(Negotiated::Bound(bound));
             }
             Err(error) => {
                 link.element(&error.reply_to(&element));
@@ -317,6 +348,36 @@ async fn authenticate_and_bind<L: Link>(
             }
         }
     }
+}
+
+/// Finds the session a `<resume previd h/>` names, if this user may take it over
+/// on this kind of link; the error is the `<failed/>` condition.
+async fn resumable_slot<L: Link>(
+    server: &Server,
+    username: &str,
+    resume: &Element,
+) -> Result<Negotiated, &'static str> {
+    let h = resume
+        .get_attr("h")
+        .and_then(|h| h.parse::<u32>().ok())
+        .ok_or("bad-request")?;
+    let owner = kith_proto::BareJid::new(&format!("{username}@{}", server.domain))
+        .map_err(|_| "bad-request")?;
+    let previd = resume.get_attr("previd").unwrap_or_default();
+    // Unknown, expired and other users' ids all look the same (§5).
+    let slot = server
+        .resumable
+        .get(previd, &owner)
+        .ok_or("item-not-found")?;
+    if slot.link_type != std::any::TypeId::of::<(L::Reader, L::Writer)>() {
+        return Err("item-not-found");
+    }
+    let permit = slot
+        .tx
+        .reserve_owned()
+        .await
+        .map_err(|_| "item-not-found")?;
+    Ok(Negotiated::Resume { permit, h })
 }
 
 /// Binds a resource. RFC 6120 §7.7.2.2: a conflicting or missing resource gets a

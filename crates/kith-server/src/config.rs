@@ -85,6 +85,9 @@ pub struct LimitsSection {
     pub session_queue: usize,
     /// Simultaneous connections accepted from one IP address.
     pub max_connections_per_ip: usize,
+    /// Seconds a session with XEP-0198 stream management waits to be resumed after
+    /// its connection drops; 0 disables resumption.
+    pub resume_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -142,6 +145,7 @@ impl Default for LimitsSection {
             max_sessions_per_user: 32,
             session_queue: 1024,
             max_connections_per_ip: 10_000,
+            resume_timeout_secs: 300,
         }
     }
 }

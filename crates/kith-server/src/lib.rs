@@ -47,6 +47,8 @@ pub struct Server {
     registrations: RateLimiter,
     connections: limiter::ConnectionCounter,
     ports: std::sync::OnceLock<(Option<u16>, Option<u16>)>,
+    /// Sessions that can be resumed (XEP-0198), by stream id.
+    resumable: session::Resumable,
     /// Per-process secret that makes the SCRAM salts of unknown users stable.
     fake_salt_key: [u8; 32],
 }
@@ -107,6 +109,7 @@ impl Server {
             blocklists: features::blocking::Cache::default(),
             fake_salt_key: rand::random(),
             ports: std::sync::OnceLock::new(),
+            resumable: session::Resumable::default(),
         });
 
         let mut tasks = JoinSet::new();

@@ -12,11 +12,13 @@
 //! advances when the client acknowledges them with XEP-0198 `<a h/>`, or, for a
 //! client without stream management, once they were written to the connection.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kith_proto::{BareJid, Element, FullJid, Jid, StanzaError, StreamErrorCondition, ns};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::Server;
@@ -32,6 +34,54 @@ pub(crate) const SM: &str = "urn:xmpp:sm:3";
 const SM_REQUEST_EVERY: usize = 5;
 /// Cursor updates are written at most this often (and always at the end).
 const CURSOR_WRITE_INTERVAL: Duration = Duration::from_millis(250);
+/// A client that leaves this many stanzas unacknowledged is closed (XEP-0198
+/// keeps them for resending, so they must stay bounded).
+const MAX_UNACKED: usize = 10_000;
+
+/// A new connection taking over a session (XEP-0198 §5 resumption): its link
+/// halves, type-erased, and the client's `h`.
+pub(crate) struct Handoff {
+    pub link: Box<dyn Any + Send>,
+    pub h: u32,
+}
+
+/// A resumable session, as the registry knows it.
+#[derive(Clone)]
+pub(crate) struct ResumeSlot {
+    pub owner: BareJid,
+    /// The link halves type the session runs on: a TCP session can be resumed over
+    /// TCP (STARTTLS or direct TLS), a WebSocket one over WebSocket.
+    pub link_type: TypeId,
+    pub tx: mpsc::Sender<Handoff>,
+}
+
+/// Resumable sessions by stream id.
+#[derive(Default)]
+pub(crate) struct Resumable {
+    slots: Mutex<HashMap<String, ResumeSlot>>,
+}
+
+impl Resumable {
+    fn insert(&self, id: String, slot: ResumeSlot) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, slot);
+    }
+
+    fn remove(&self, id: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// The session `id` if `owner` may resume it.
+    pub fn get(&self, id: &str, owner: &BareJid) -> Option<ResumeSlot> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.get(id).filter(|slot| slot.owner == *owner).cloned()
+    }
+}
 
 /// The state of one bound session, seen by the features that handle its stanzas.
 pub(crate) struct Session {
@@ -59,7 +109,11 @@ pub(crate) struct Session {
     pub caught_up: bool,
     /// Whether a catch-up read is in progress (more batches to read).
     pub backlog_pending: bool,
-    sm: Option<StreamManagement>,
+    sm: Option<StreamManagement<Element>>,
+    /// The XEP-0198 stream id when resumption is enabled, and where takeovers arrive.
+    resume: Option<(String, mpsc::Receiver<Handoff>)>,
+    /// The `TypeId` of this session's link halves, for resumption.
+    link_type: TypeId,
     /// A cursor position not yet saved, and when the last one was.
     cursor_pending: Option<i64>,
     cursor_saved_at: Instant,
@@ -67,7 +121,7 @@ pub(crate) struct Session {
 
 type End = Option<(StreamErrorCondition, &'static str)>;
 
-pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
+pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
     server: Arc<Server>,
     bound: Bound,
     mut reader: R,
@@ -110,6 +164,8 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
         caught_up: false,
         backlog_pending: false,
         sm: None,
+        resume: None,
+        link_type: TypeId::of::<(R, W)>(),
         cursor_pending: None,
         cursor_saved_at: Instant::now(),
     };
@@ -117,9 +173,13 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
     let mut deadline = Instant::now() + idle;
     let mut pinged = false;
 
+    // While the link is down and the session waits to be resumed, nothing is read
+    // or written; the router keeps queueing (up to the queue's bound).
+    let mut attached = true;
+    let resume_window = Duration::from_secs(server.config.limits.resume_timeout_secs);
     let end: End = loop {
         let step: Result<(), End> = tokio::select! {
-            event = reader.next_event() => {
+            event = reader.next_event(), if attached => {
                 deadline = Instant::now() + idle;
                 pinged = false;
                 match event {
@@ -129,18 +189,46 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
                         Err(Some((StreamErrorCondition::NotWellFormed, "unexpected stream header")))
                     }
                     Err(LinkError::Xml(error)) => Err(Some((error.condition, "invalid XML"))),
-                    Err(LinkError::Eof | LinkError::Io(_)) => break None,
+                    Err(LinkError::Eof | LinkError::Io(_)) => {
+                        if session.resume.is_none() {
+                            break None;
+                        }
+                        // XEP-0198 §5: keep the session for the resumption window.
+                        tracing::debug!(jid = %session.jid, "link lost; waiting for resumption");
+                        attached = false;
+                        writer.shutdown().await;
+                        deadline = Instant::now() + resume_window;
+                        continue;
+                    }
                 }
+            }
+            handoff = next_handoff(&mut session.resume) => {
+                if let Some((new_reader, new_writer)) = session.take_over::<R, W>(handoff) {
+                    if attached {
+                        writer.shutdown().await;
+                    }
+                    reader = new_reader;
+                    writer = new_writer;
+                    attached = true;
+                    deadline = Instant::now() + idle;
+                    pinged = false;
+                    session.resend_unacked(&mut writer);
+                }
+                Ok(())
+            }
+            () = tokio::time::sleep_until(deadline), if !attached => {
+                tracing::debug!(jid = %session.jid, "resumption window over");
+                break None;
             }
             () = std::future::ready(()), if session.backlog_pending => {
                 deliver::read_backlog(&mut session).await;
                 Ok(())
             }
-            outbound = rx.recv() => match outbound {
+            outbound = rx.recv(), if attached => match outbound {
                 Some(outbound) => session.write_outbound(&mut writer, outbound),
                 None => Err(None),
             },
-            () = tokio::time::sleep_until(deadline) => {
+            () = tokio::time::sleep_until(deadline), if attached => {
                 if pinged {
                     Err(Some((StreamErrorCondition::ConnectionTimeout, "no answer to ping")))
                 } else {
@@ -169,8 +257,26 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
                 Err(_) => break,
             }
         }
+        if !attached {
+            continue;
+        }
         session.request_ack_if_due(&mut writer);
+        if session
+            .sm
+            .as_ref()
+            .is_some_and(|sm| sm.unacked() > MAX_UNACKED)
+        {
+            step = Err(Some((
+                StreamErrorCondition::PolicyViolation,
+                "too many unacknowledged stanzas",
+            )));
+        }
         if writer.flush().await.is_err() {
+            if session.resume.is_some() {
+                attached = false;
+                deadline = Instant::now() + resume_window;
+                continue;
+            }
             break None;
         }
         if session.sm.is_none() && session.written_seq > session.device_cursor {
@@ -184,6 +290,9 @@ pub(crate) async fn run<R: LinkRead, W: LinkWrite>(
     };
 
     session.finish().await;
+    if !attached {
+        return;
+    }
     if let Some((condition, text)) = end {
         tracing::debug!(jid = %session.jid, %condition, text, "closing session with a stream error");
         writer.element(&condition.to_element(Some(text)));
@@ -203,10 +312,69 @@ impl Session {
             }
             self.written_seq = seq;
         }
-        if let Some(sm) = &mut self.sm {
-            sm.sent(seq);
+        // Only stanzas count, not stream-management nonzas (XEP-0198 §4).
+        if let Some(sm) = &mut self.sm
+            && stanza.ns == ns::CLIENT
+        {
+            sm.sent(seq, stanza.clone());
         }
         writer.element(stanza);
+    }
+
+    /// Applies a takeover by a new connection; returns its link halves if this
+    /// session is resumed on them (XEP-0198 §5).
+    fn take_over<R: 'static, W: LinkWrite + 'static>(
+        &mut self,
+        handoff: Handoff,
+    ) -> Option<(R, W)> {
+        let Ok(link) = handoff.link.downcast::<(R, W)>() else {
+            // c2s checks the link type before handing over; nothing to answer on.
+            return None;
+        };
+        let (reader, mut writer) = *link;
+        let id = self
+            .resume
+            .as_ref()
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default();
+        let Some(sm) = &mut self.sm else {
+            return None;
+        };
+        let highest = match sm.ack(handoff.h) {
+            Ok(highest) => highest,
+            Err(error) => {
+                // §4: the client claims more than was sent: refuse, close that link.
+                tracing::debug!(%error, "resumption with a bad h");
+                let failed = Element::new(SM, "failed")
+                    .attr("h", sm.inbound.to_string())
+                    .child(Element::new(ns::STANZAS, "unexpected-request"));
+                writer.element(&failed);
+                writer.close();
+                tokio::spawn(async move { writer.shutdown().await });
+                return None;
+            }
+        };
+        let inbound = sm.inbound;
+        if let Some(seq) = highest {
+            self.cursor_pending = Some(seq.max(self.cursor_pending.unwrap_or(0)));
+        }
+        let resumed = Element::new(SM, "resumed")
+            .attr("previd", id)
+            .attr("h", inbound.to_string());
+        writer.element(&resumed);
+        tracing::debug!(jid = %self.jid, "session resumed");
+        Some((reader, writer))
+    }
+
+    /// §5: after `<resumed/>`, everything the client had not acknowledged again.
+    fn resend_unacked<W: LinkWrite>(&mut self, writer: &mut W) {
+        let Some(sm) = &mut self.sm else {
+            return;
+        };
+        for (seq, stanza) in sm.take_unacked() {
+            writer.element(&stanza);
+            sm.sent(seq, stanza);
+        }
     }
 
     fn write_outbound<W: LinkWrite>(
@@ -335,8 +503,28 @@ impl Session {
                     return Ok(());
                 }
                 self.sm = Some(StreamManagement::default());
+                let mut enabled = Element::new(SM, "enabled");
+                let wants_resume = matches!(element.get_attr("resume"), Some("true" | "1"));
+                let window = self.server.config.limits.resume_timeout_secs;
+                if wants_resume && window > 0 {
+                    let id = crate::random_id(24);
+                    let (tx, rx) = mpsc::channel(1);
+                    self.server.resumable.insert(
+                        id.clone(),
+                        ResumeSlot {
+                            owner: self.bare.clone(),
+                            link_type: self.link_type,
+                            tx,
+                        },
+                    );
+                    enabled = enabled
+                        .attr("id", id.clone())
+                        .attr("resume", "true")
+                        .attr("max", window.to_string());
+                    self.resume = Some((id, rx));
+                }
                 // Stanzas written before <enabled/> are not counted (§4).
-                self.replies.push((Element::new(SM, "enabled"), None));
+                self.replies.push((enabled, None));
             }
             "r" => {
                 if let Some(sm) = &self.sm {
@@ -390,6 +578,9 @@ impl Session {
 
     /// Leaves the router, tells contacts this resource is gone, saves the cursor.
     async fn finish(&mut self) {
+        if let Some((id, _)) = self.resume.take() {
+            self.server.resumable.remove(&id);
+        }
         let still_bound = self.server.router.unbind(&self.jid, self.id);
         if still_bound && self.available {
             features::presence::went_offline(self, None).await;
@@ -415,5 +606,16 @@ impl Session {
     /// Queues a log entry for this session's own client.
     pub fn reply_logged(&mut self, stanza: Element, seq: i64) {
         self.replies.push((stanza, Some(seq)));
+    }
+}
+
+/// The next takeover of a resumable session; pending forever when there is none.
+async fn next_handoff(resume: &mut Option<(String, mpsc::Receiver<Handoff>)>) -> Handoff {
+    match resume {
+        Some((_, rx)) => match rx.recv().await {
+            Some(handoff) => handoff,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }

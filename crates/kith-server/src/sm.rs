@@ -3,23 +3,36 @@
 //! `h` values are 32-bit and wrap (XEP-0198 §5: "the value of 'h' MUST be
 //! computed modulo 2^32"). Each stanza the server sends is remembered with the
 //! inbox-log sequence number it carried (if any), so an ack from the client turns
-//! into "this device has everything through log entry N".
+//! into "this device has everything through log entry N"; the stanza itself is
+//! kept too, to be sent again after a resumption (§5).
 
 use std::collections::VecDeque;
 
-/// Counters of one stream with management enabled.
-#[derive(Debug, Default)]
-pub struct StreamManagement {
+/// Counters of one stream with management enabled; `T` is the kept stanza.
+#[derive(Debug)]
+pub struct StreamManagement<T> {
     /// Stanzas received from the client and handled (what we answer in `<a h/>`).
     pub inbound: u32,
     /// Stanzas sent to the client since `<enabled/>`.
     sent: u32,
     /// The client's last acknowledged count.
     acked: u32,
-    /// For every sent and not yet acknowledged stanza, its inbox sequence number.
-    unacked: VecDeque<Option<i64>>,
+    /// Every sent and not yet acknowledged stanza with its inbox sequence number.
+    unacked: VecDeque<(Option<i64>, T)>,
     /// Whether we asked with `<r/>` and have no answer yet.
     pub requested: bool,
+}
+
+impl<T> Default for StreamManagement<T> {
+    fn default() -> Self {
+        StreamManagement {
+            inbound: 0,
+            sent: 0,
+            acked: 0,
+            unacked: VecDeque::new(),
+            requested: false,
+        }
+    }
 }
 
 /// The client acknowledged more than it was sent (XEP-0198 §4).
@@ -30,16 +43,23 @@ pub struct HandledCountTooHigh {
     pub sent: u32,
 }
 
-impl StreamManagement {
+impl<T> StreamManagement<T> {
     /// Records a stanza sent to the client.
-    pub fn sent(&mut self, seq: Option<i64>) {
+    pub fn sent(&mut self, seq: Option<i64>, stanza: T) {
         self.sent = self.sent.wrapping_add(1);
-        self.unacked.push_back(seq);
+        self.unacked.push_back((seq, stanza));
     }
 
     /// Stanzas sent and not yet acknowledged.
     pub fn unacked(&self) -> usize {
         self.unacked.len()
+    }
+
+    /// Forgets the unacknowledged stanzas and restarts the outbound count, as after
+    /// they were sent again on a resumed stream.
+    pub fn take_unacked(&mut self) -> Vec<(Option<i64>, T)> {
+        self.sent = self.acked;
+        self.unacked.drain(..).collect()
     }
 
     /// Applies the client's `<a h='…'/>`; returns the highest inbox sequence number
@@ -55,8 +75,10 @@ impl StreamManagement {
         self.acked = h;
         self.requested = false;
         let mut highest = None;
-        for seq in self.unacked.drain(..newly).flatten() {
-            highest = Some(highest.map_or(seq, |h: i64| h.max(seq)));
+        for (seq, _) in self.unacked.drain(..newly) {
+            if let Some(seq) = seq {
+                highest = Some(highest.map_or(seq, |h: i64| h.max(seq)));
+            }
         }
         Ok(highest)
     }
@@ -69,9 +91,9 @@ mod tests {
     #[test]
     fn acks_release_stanzas_and_report_log_progress() {
         let mut sm = StreamManagement::default();
-        sm.sent(Some(7));
-        sm.sent(None);
-        sm.sent(Some(8));
+        sm.sent(Some(7), "a");
+        sm.sent(None, "b");
+        sm.sent(Some(8), "c");
         assert_eq!(sm.ack(2), Ok(Some(7)));
         assert_eq!(sm.unacked(), 1);
         assert_eq!(sm.ack(2), Ok(None));
@@ -82,7 +104,7 @@ mod tests {
     #[test]
     fn too_high_counts_are_refused() {
         let mut sm = StreamManagement::default();
-        sm.sent(None);
+        sm.sent(None, ());
         assert_eq!(sm.ack(2), Err(HandledCountTooHigh { acked: 2, sent: 1 }));
         // A count behind the last ack is also out of range (it would wrap).
         assert_eq!(sm.ack(1), Ok(None));
@@ -96,8 +118,21 @@ mod tests {
             acked: u32::MAX,
             ..StreamManagement::default()
         };
-        sm.sent(Some(1));
-        sm.sent(Some(2));
+        sm.sent(Some(1), ());
+        sm.sent(Some(2), ());
         assert_eq!(sm.ack(1), Ok(Some(2)));
+    }
+
+    #[test]
+    fn resending_keeps_the_unacknowledged_in_order() {
+        let mut sm = StreamManagement::default();
+        sm.sent(Some(1), "one");
+        sm.sent(Some(2), "two");
+        assert_eq!(sm.ack(1), Ok(Some(1)));
+        let again: Vec<_> = sm.take_unacked().into_iter().map(|(_, s)| s).collect();
+        assert_eq!(again, ["two"]);
+        // Resent stanzas are counted again as they go out.
+        sm.sent(Some(2), "two");
+        assert_eq!(sm.ack(2), Ok(Some(2)));
     }
 }

@@ -53,6 +53,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod archive;
 mod devices;
 mod error;
 mod migrate;
@@ -66,6 +67,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Row, Transaction};
 
+pub use archive::{
+    ArchiveBounds, ArchiveDefault, ArchiveError, ArchiveMark, ArchivePage, ArchiveQuery, MamPrefs,
+    Paging,
+};
 pub use error::{Result, StoreError};
 pub use types::{
     DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,

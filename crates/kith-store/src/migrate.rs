@@ -198,6 +198,81 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 3,
+        name: "archive: full-text index over inbox bodies; MAM preferences",
+        // SQLite: a contentless FTS5 table holds the index of `inbox.body`. Its
+        // rowids come from `inbox_fts_rows`, whose INTEGER PRIMARY KEY is stable
+        // (the implicit rowid of `inbox` is not: VACUUM may renumber it). Triggers
+        // keep both in step with every insert, delete and body change of `inbox`;
+        // a contentless table forgets a row through its 'delete' command, which
+        // needs the indexed text, and the triggers have it in `old.body`.
+        // `remove_diacritics 0` matches PostgreSQL's 'simple' configuration, so
+        // both engines find the same words ("cafe" does not find "café").
+        sqlite: &[
+            "CREATE TABLE inbox_fts_rows (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            UNIQUE (owner, seq)
+        )",
+            "CREATE VIRTUAL TABLE inbox_fts USING fts5(
+            body, content='', tokenize='unicode61 remove_diacritics 0'
+        )",
+            "INSERT INTO inbox_fts_rows (owner, seq)
+            SELECT owner, seq FROM inbox WHERE body IS NOT NULL ORDER BY owner, seq",
+            "INSERT INTO inbox_fts (rowid, body)
+            SELECT r.id, i.body FROM inbox_fts_rows r
+            JOIN inbox i ON i.owner = r.owner AND i.seq = r.seq",
+            "CREATE TRIGGER inbox_fts_insert AFTER INSERT ON inbox
+            WHEN new.body IS NOT NULL
+        BEGIN
+            INSERT INTO inbox_fts_rows (owner, seq) VALUES (new.owner, new.seq);
+            INSERT INTO inbox_fts (rowid, body)
+                SELECT id, new.body FROM inbox_fts_rows
+                WHERE owner = new.owner AND seq = new.seq;
+        END",
+            "CREATE TRIGGER inbox_fts_delete AFTER DELETE ON inbox
+            WHEN old.body IS NOT NULL
+        BEGIN
+            INSERT INTO inbox_fts (inbox_fts, rowid, body)
+                SELECT 'delete', id, old.body FROM inbox_fts_rows
+                WHERE owner = old.owner AND seq = old.seq;
+            DELETE FROM inbox_fts_rows WHERE owner = old.owner AND seq = old.seq;
+        END",
+            "CREATE TRIGGER inbox_fts_update AFTER UPDATE OF owner, seq, body ON inbox
+        BEGIN
+            INSERT INTO inbox_fts (inbox_fts, rowid, body)
+                SELECT 'delete', id, old.body FROM inbox_fts_rows
+                WHERE owner = old.owner AND seq = old.seq AND old.body IS NOT NULL;
+            DELETE FROM inbox_fts_rows WHERE owner = old.owner AND seq = old.seq;
+            INSERT INTO inbox_fts_rows (owner, seq)
+                SELECT new.owner, new.seq WHERE new.body IS NOT NULL;
+            INSERT INTO inbox_fts (rowid, body)
+                SELECT id, new.body FROM inbox_fts_rows
+                WHERE owner = new.owner AND seq = new.seq AND new.body IS NOT NULL;
+        END",
+            "CREATE TABLE mam_prefs (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            default_mode TEXT NOT NULL,
+            always_jids TEXT NOT NULL DEFAULT '',
+            never_jids TEXT NOT NULL DEFAULT ''
+        )",
+        ],
+        // PostgreSQL: a partial GIN expression index; queries repeat the exact
+        // expression (and `body IS NOT NULL`) so the planner can use it.
+        postgres: &[
+            "CREATE INDEX inbox_body_fts ON inbox
+            USING GIN (to_tsvector('simple', coalesce(body, '')))
+            WHERE body IS NOT NULL",
+            "CREATE TABLE mam_prefs (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            default_mode TEXT NOT NULL,
+            always_jids TEXT NOT NULL DEFAULT '',
+            never_jids TEXT NOT NULL DEFAULT ''
+        )",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

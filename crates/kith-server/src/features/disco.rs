@@ -36,7 +36,16 @@ const SERVER_FEATURES: &[&str] = &[
 ];
 
 /// Features of an account's bare JID (§3.1): the server answers disco for it.
-const ACCOUNT_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS];
+/// The archive lives there too, so its features are advertised there (XEP-0313
+/// §7: "made to archiving JIDs (i.e. … users' bare JIDs)"), not on the server's
+/// own JID, which hosts no archive.
+const ACCOUNT_FEATURES: &[&str] = &[
+    ns::DISCO_INFO,
+    ns::DISCO_ITEMS,
+    super::mam::NS,          // XEP-0313
+    super::mam::NS_EXTENDED, // XEP-0313 §7: before-id/after-id/ids, flip-page, metadata
+    super::mam::NS_FULLTEXT, // XEP-0431
+];
 
 /// Every feature the server advertises, sorted (XEP-0115 §5.1 hashes them in this
 /// order, and a stable order keeps answers comparable).
@@ -228,7 +237,10 @@ mod tests {
             "<query xmlns='http://jabber.org/protocol/disco#info'>\
              <identity category='account' type='registered'/>\
              <feature var='http://jabber.org/protocol/disco#info'/>\
-             <feature var='http://jabber.org/protocol/disco#items'/></query>"
+             <feature var='http://jabber.org/protocol/disco#items'/>\
+             <feature var='urn:xmpp:mam:2'/>\
+             <feature var='urn:xmpp:mam:2#extended'/>\
+             <feature var='urn:xmpp:fulltext:0'/></query>"
         );
     }
 

@@ -8,6 +8,7 @@ pub mod blocking;
 pub mod carbons;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -61,6 +62,7 @@ async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
             blocking::handle(session, request).await
         }
         ("query", ns::REGISTER) => register::after_auth(session, request).await,
+        ("query" | "metadata" | "prefs", mam::NS) => mam::handle(session, request).await,
         ("enable" | "disable", carbons::CARBONS) => carbons::handle(session, request),
         _ => Err(StanzaError::service_unavailable()),
     }

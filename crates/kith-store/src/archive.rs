@@ -1,0 +1,548 @@
+//! The archive (XEP-0313 Message Archive Management) as a view of the inbox log
+//! (DESIGN.md, "the inbox log"): queries over one owner's log entries with
+//! filters, result-set paging (XEP-0059) and full-text search (XEP-0431), plus
+//! the owner's archiving preferences (XEP-0441).
+//!
+//! An entry's archive id is its `stanza_id` (the XEP-0359 id the server stamped
+//! for the owner); entries without one are not part of the archive. Results are
+//! always in log order (`seq` ascending), whichever way the caller pages.
+//!
+//! Full-text search uses each engine's own index (see migration 3): SQLite FTS5
+//! and PostgreSQL `tsvector` with the `simple` configuration (no stemming, no stop
+//! words, so every language is treated alike). User input never reaches either
+//! query language as syntax: it is split on whitespace, words without a letter or
+//! digit are dropped, and each remaining word becomes a phrase — a quoted FTS5
+//! string, or PostgreSQL's `phraseto_tsquery`, which has no operators. A body
+//! matches when it holds every phrase (a word such as `o'clock` is the phrase
+//! "o clock"); case is ignored, accents are not.
+
+use std::collections::HashSet;
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::types::{decode_groups, encode_groups};
+use crate::{Backend, InboxEntry, Result, Store, StoreError};
+
+/// What to look for in an owner's archive. `Default` is "everything, first
+/// page" with `max` 0, which only counts; set `max` to get items.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveQuery {
+    /// Only entries with this party: a bare JID matches the entry's `peer`; a
+    /// JID with a resource (containing `/`) matches the entry's `sender` exactly.
+    pub with: Option<String>,
+    /// Only entries at or after this time (unix microseconds).
+    pub start_micros: Option<i64>,
+    /// Only entries at or before this time (unix microseconds).
+    pub end_micros: Option<i64>,
+    /// Only entries after the one with this archive id (MAM `after-id`): a
+    /// filter, not a page position.
+    pub after_id: Option<String>,
+    /// Only entries before the one with this archive id (MAM `before-id`).
+    pub before_id: Option<String>,
+    /// Only entries with one of these archive ids (MAM `ids`); empty = no filter.
+    pub ids: Vec<String>,
+    /// Only entries whose body holds every word of this text. Text without any
+    /// searchable word matches nothing.
+    pub fulltext: Option<String>,
+    /// Which page of the matching entries (RSM `<after/>` / `<before/>`).
+    pub paging: Paging,
+    /// Page size: at most this many items (`0` only counts; negative counts as 0).
+    pub max: i64,
+}
+
+/// A page position in the result set (XEP-0059 §2.2–2.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Paging {
+    /// Forwards: the first page (`None`) or the page right after the entry with
+    /// this archive id.
+    After(Option<String>),
+    /// Backwards: the last page (`None`, an empty RSM `<before/>`) or the page
+    /// right before the entry with this archive id. Items still come oldest first.
+    Before(Option<String>),
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Paging::After(None)
+    }
+}
+
+/// One page of archive results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivePage {
+    /// The entries, oldest first.
+    pub items: Vec<InboxEntry>,
+    /// Whether this is the last page in the paging direction: no further
+    /// matching entries after it (forwards) or before it (backwards).
+    pub complete: bool,
+    /// Archive id of the first item.
+    pub first: Option<String>,
+    /// Archive id of the last item.
+    pub last: Option<String>,
+    /// How many entries match the filters in all (ignoring the page position).
+    pub count: Option<i64>,
+}
+
+/// The oldest and newest entry of an archive (XEP-0313 §5 metadata).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveBounds {
+    /// The oldest entry.
+    pub first: ArchiveMark,
+    /// The newest entry.
+    pub last: ArchiveMark,
+}
+
+/// An archive entry's id and time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveMark {
+    /// The archive id (`stanza_id`).
+    pub id: String,
+    /// When it was archived, unix microseconds.
+    pub at_micros: i64,
+}
+
+/// Why an archive query failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// An id named in the query (paging position, `after-id`, `before-id` or
+    /// `ids`) is not in the owner's archive (XEP-0313: `item-not-found`).
+    #[error("no archived entry with id {0:?}")]
+    UnknownId(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ArchiveError {
+    fn from(error: sqlx::Error) -> Self {
+        ArchiveError::Store(StoreError::Database(error))
+    }
+}
+
+/// The default archiving behaviour of XEP-0441 §2.1.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArchiveDefault {
+    /// Archive everything not listed under "never".
+    Always,
+    /// Archive nothing not listed under "always".
+    Never,
+    /// Archive messages with contacts in the owner's roster.
+    Roster,
+}
+
+impl ArchiveDefault {
+    /// The protocol spelling: `"always"`, `"never"` or `"roster"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveDefault::Always => "always",
+            ArchiveDefault::Never => "never",
+            ArchiveDefault::Roster => "roster",
+        }
+    }
+
+    /// Parses the protocol spelling; `None` for anything else.
+    pub fn parse(text: &str) -> Option<ArchiveDefault> {
+        match text {
+            "always" => Some(ArchiveDefault::Always),
+            "never" => Some(ArchiveDefault::Never),
+            "roster" => Some(ArchiveDefault::Roster),
+            _ => None,
+        }
+    }
+}
+
+/// A user's archiving preferences (XEP-0441 §2.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MamPrefs {
+    /// What happens with JIDs on neither list.
+    pub default: ArchiveDefault,
+    /// JIDs (bare or full) whose messages are always archived, in the order given.
+    pub always: Vec<String>,
+    /// JIDs (bare or full) whose messages are never archived, in the order given.
+    pub never: Vec<String>,
+}
+
+/// The columns of an [`InboxEntry`], for `SELECT`s over `inbox i`.
+const ENTRY_COLUMNS: &str =
+    "i.seq, i.stanza_id, i.sender, i.kind, i.xml, i.at_micros, i.peer, i.direction, i.body";
+
+impl Store {
+    /// Runs an archive query over the owner's log. An unknown owner has an
+    /// empty archive, so every id named in the query is unknown to it.
+    pub async fn archive_query(
+        &self,
+        owner: &str,
+        query: &ArchiveQuery,
+    ) -> std::result::Result<ArchivePage, ArchiveError> {
+        // One snapshot for id look-ups, count and page, so they agree
+        // (PostgreSQL's default READ COMMITTED is per statement).
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin().await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+        };
+
+        let mut filter = Sql::new(owner);
+        filter.push("i.owner = $1 AND i.stanza_id <> ''");
+        if let Some(with) = &query.with {
+            let column = if with.contains('/') {
+                "i.sender"
+            } else {
+                "i.peer"
+            };
+            let p = filter.text(with);
+            filter.push(&format!(" AND {column} = {p}"));
+        }
+        if let Some(start) = query.start_micros {
+            let p = filter.int(start);
+            filter.push(&format!(" AND i.at_micros >= {p}"));
+        }
+        if let Some(end) = query.end_micros {
+            let p = filter.int(end);
+            filter.push(&format!(" AND i.at_micros <= {p}"));
+        }
+        if let Some(id) = &query.after_id {
+            let seq = seq_of(&mut tx, owner, id).await?;
+            let p = filter.int(seq);
+            filter.push(&format!(" AND i.seq > {p}"));
+        }
+        if let Some(id) = &query.before_id {
+            let seq = seq_of(&mut tx, owner, id).await?;
+            let p = filter.int(seq);
+            filter.push(&format!(" AND i.seq < {p}"));
+        }
+        if !query.ids.is_empty() {
+            let wanted: Vec<&str> = {
+                let mut seen = HashSet::new();
+                query
+                    .ids
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|id| seen.insert(*id))
+                    .collect()
+            };
+            check_ids_exist(&mut tx, owner, &wanted).await?;
+            let list = wanted
+                .iter()
+                .map(|id| filter.text(id))
+                .collect::<Vec<_>>()
+                .join(", ");
+            filter.push(&format!(" AND i.stanza_id IN ({list})"));
+        }
+        if let Some(text) = &query.fulltext {
+            let terms = search_terms(text);
+            if terms.is_empty() {
+                filter.push(" AND 1 = 0");
+            } else {
+                match self.backend {
+                    Backend::Sqlite => {
+                        let p = filter.text(&fts5_query(&terms));
+                        filter.push(&format!(
+                            " AND i.seq IN (SELECT r.seq FROM inbox_fts_rows r
+                               WHERE r.owner = $1 AND r.id IN
+                               (SELECT rowid FROM inbox_fts WHERE inbox_fts MATCH {p}))"
+                        ));
+                    }
+                    Backend::Postgres => {
+                        let phrases = terms
+                            .iter()
+                            .map(|term| {
+                                format!("phraseto_tsquery('simple', {})", filter.text(term))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" && ");
+                        filter.push(&format!(
+                            " AND i.body IS NOT NULL
+                              AND to_tsvector('simple', coalesce(i.body, '')) @@ ({phrases})"
+                        ));
+                    }
+                }
+            }
+        }
+
+        let count = {
+            let sql = format!("SELECT COUNT(*) AS n FROM inbox i WHERE {}", filter.sql);
+            let row = filter.bind(&sql).fetch_one(&mut *tx).await?;
+            row.try_get::<i64, _>("n")?
+        };
+
+        let max = query.max.max(0);
+        let mut page = filter.clone();
+        let (cursor, backwards) = match &query.paging {
+            Paging::After(cursor) => (cursor, false),
+            Paging::Before(cursor) => (cursor, true),
+        };
+        if let Some(id) = cursor {
+            let seq = seq_of(&mut tx, owner, id).await?;
+            let p = page.int(seq);
+            let op = if backwards { "<" } else { ">" };
+            page.push(&format!(" AND i.seq {op} {p}"));
+        }
+        // One extra row tells whether more entries lie beyond the page.
+        let limit = page.int(max.saturating_add(1));
+        let order = if backwards { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {} ORDER BY i.seq {order} LIMIT {limit}",
+            page.sql
+        );
+        let rows = page.bind(&sql).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+
+        let complete = usize::try_from(max).is_ok_and(|max| rows.len() <= max);
+        let mut items = rows
+            .iter()
+            .take(usize::try_from(max).unwrap_or(usize::MAX))
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        if backwards {
+            items.reverse();
+        }
+        Ok(ArchivePage {
+            first: items.first().map(|e| e.stanza_id.clone()),
+            last: items.last().map(|e| e.stanza_id.clone()),
+            items,
+            complete,
+            count: Some(count),
+        })
+    }
+
+    /// The oldest and newest entry of the owner's archive; `None` when empty.
+    pub async fn archive_bounds(&self, owner: &str) -> Result<Option<ArchiveBounds>> {
+        let mut marks = Vec::with_capacity(2);
+        for sql in [
+            "SELECT stanza_id, at_micros FROM inbox
+             WHERE owner = $1 AND stanza_id <> '' ORDER BY seq ASC LIMIT 1",
+            "SELECT stanza_id, at_micros FROM inbox
+             WHERE owner = $1 AND stanza_id <> '' ORDER BY seq DESC LIMIT 1",
+        ] {
+            let row = sqlx::query(sql)
+                .bind(owner)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            marks.push(ArchiveMark {
+                id: row.try_get("stanza_id")?,
+                at_micros: row.try_get("at_micros")?,
+            });
+        }
+        let mut marks = marks.into_iter();
+        match (marks.next(), marks.next()) {
+            (Some(first), Some(last)) => Ok(Some(ArchiveBounds { first, last })),
+            _ => Ok(None),
+        }
+    }
+
+    /// The owner's archiving preferences; `None` if never set (or no such user).
+    pub async fn mam_prefs(&self, owner: &str) -> Result<Option<MamPrefs>> {
+        let row = sqlx::query(
+            "SELECT default_mode, always_jids, never_jids FROM mam_prefs WHERE owner = $1",
+        )
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mode: String = row.try_get("default_mode")?;
+        let default = ArchiveDefault::parse(&mode)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown archive default {mode:?}")))?;
+        let always: String = row.try_get("always_jids")?;
+        let never: String = row.try_get("never_jids")?;
+        Ok(Some(MamPrefs {
+            default,
+            always: decode_groups(&always)?,
+            never: decode_groups(&never)?,
+        }))
+    }
+
+    /// Stores (replaces) the owner's archiving preferences.
+    /// [`StoreError::NoSuchUser`] if the owner has no account.
+    pub async fn set_mam_prefs(&self, owner: &str, prefs: &MamPrefs) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO mam_prefs (owner, default_mode, always_jids, never_jids)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (owner) DO UPDATE SET
+                default_mode = excluded.default_mode,
+                always_jids = excluded.always_jids,
+                never_jids = excluded.never_jids",
+        )
+        .bind(owner)
+        .bind(prefs.default.as_str())
+        .bind(encode_groups(&prefs.always))
+        .bind(encode_groups(&prefs.never))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::owner_fk(e, owner))?;
+        Ok(())
+    }
+}
+
+/// The sequence number of the owner's entry with this archive id.
+async fn seq_of(
+    conn: &mut sqlx::AnyConnection,
+    owner: &str,
+    id: &str,
+) -> std::result::Result<i64, ArchiveError> {
+    let row = sqlx::query(
+        "SELECT seq FROM inbox WHERE owner = $1 AND stanza_id = $2 AND stanza_id <> ''
+         ORDER BY seq LIMIT 1",
+    )
+    .bind(owner)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => Ok(row.try_get("seq")?),
+        None => Err(ArchiveError::UnknownId(id.to_owned())),
+    }
+}
+
+/// Fails with the first of `ids` (distinct) that is not in the owner's archive.
+async fn check_ids_exist(
+    conn: &mut sqlx::AnyConnection,
+    owner: &str,
+    ids: &[&str],
+) -> std::result::Result<(), ArchiveError> {
+    let mut lookup = Sql::new(owner);
+    let list = ids
+        .iter()
+        .map(|id| lookup.text(id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql =
+        format!("SELECT DISTINCT stanza_id FROM inbox WHERE owner = $1 AND stanza_id IN ({list})");
+    let rows = lookup.bind(&sql).fetch_all(&mut *conn).await?;
+    let found = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("stanza_id"))
+        .collect::<std::result::Result<HashSet<_>, _>>()?;
+    match ids.iter().find(|id| id.is_empty() || !found.contains(**id)) {
+        Some(missing) => Err(ArchiveError::UnknownId((*missing).to_owned())),
+        None => Ok(()),
+    }
+}
+
+fn entry_from_row(row: &AnyRow) -> Result<InboxEntry> {
+    Ok(InboxEntry {
+        seq: row.try_get("seq")?,
+        stanza_id: row.try_get("stanza_id")?,
+        sender: row.try_get("sender")?,
+        kind: row.try_get("kind")?,
+        xml: row.try_get("xml")?,
+        at_micros: row.try_get("at_micros")?,
+        peer: row.try_get("peer")?,
+        direction: row.try_get("direction")?,
+        body: row.try_get("body")?,
+    })
+}
+
+/// The searchable words of user text: whitespace-separated, each holding at
+/// least one letter or digit (a word of punctuation alone would be an empty
+/// FTS5 phrase, which matches nothing).
+fn search_terms(text: &str) -> Vec<&str> {
+    text.split_whitespace()
+        .filter(|word| word.chars().any(char::is_alphanumeric))
+        .collect()
+}
+
+/// An FTS5 query requiring every term as a phrase: each is a string literal
+/// (inside double quotes nothing is syntax; a quote is written twice), joined
+/// with `AND`.
+fn fts5_query(terms: &[&str]) -> String {
+    terms
+        .iter()
+        .map(|term| format!("\"{}\"", term.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// A query under construction: SQL text made only of this module's fixed
+/// fragments and `$N` placeholders, and the values bound to them. Values never
+/// enter the text, which is what makes the `AssertSqlSafe` in [`Sql::bind`] true.
+#[derive(Clone)]
+struct Sql {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+#[derive(Clone)]
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+impl Sql {
+    /// Starts with the owner bound as `$1`.
+    fn new(owner: &str) -> Sql {
+        Sql {
+            sql: String::new(),
+            args: vec![Arg::Text(owner.to_owned())],
+        }
+    }
+
+    fn push(&mut self, fragment: &str) {
+        self.sql.push_str(fragment);
+    }
+
+    /// Adds a text value; returns its placeholder.
+    fn text(&mut self, value: &str) -> String {
+        self.args.push(Arg::Text(value.to_owned()));
+        format!("${}", self.args.len())
+    }
+
+    /// Adds an integer value; returns its placeholder.
+    fn int(&mut self, value: i64) -> String {
+        self.args.push(Arg::Int(value));
+        format!("${}", self.args.len())
+    }
+
+    /// `sql` (built from this query's text) with every value bound.
+    fn bind(&self, sql: &str) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        let mut query = sqlx::query(AssertSqlSafe(sql.to_owned()));
+        for arg in &self.args {
+            query = match arg {
+                Arg::Text(text) => query.bind(text.clone()),
+                Arg::Int(int) => query.bind(*int),
+            };
+        }
+        query
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_drop_words_without_letters_or_digits() {
+        assert_eq!(
+            search_terms("  hello\t\"*\" NEAR ' wörld 日本 -- x "),
+            vec!["hello", "NEAR", "wörld", "日本", "x"]
+        );
+        assert!(search_terms("\" * ' ( ) ^").is_empty());
+    }
+
+    #[test]
+    fn fts5_terms_are_quoted_strings() {
+        assert_eq!(fts5_query(&["hello"]), "\"hello\"");
+        assert_eq!(
+            fts5_query(&["a\"b", "NEAR(x", "col:y*"]),
+            "\"a\"\"b\" AND \"NEAR(x\" AND \"col:y*\""
+        );
+    }
+
+    #[test]
+    fn archive_default_strings() {
+        for mode in [
+            ArchiveDefault::Always,
+            ArchiveDefault::Never,
+            ArchiveDefault::Roster,
+        ] {
+            assert_eq!(ArchiveDefault::parse(mode.as_str()), Some(mode));
+        }
+        assert_eq!(ArchiveDefault::parse("Always"), None);
+    }
+}
