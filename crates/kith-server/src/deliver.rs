@@ -13,6 +13,7 @@ use kith_proto::{Element, Jid, StanzaError, ns};
 use kith_store::NewInboxEntry;
 
 use crate::Server;
+use crate::features::mam;
 use crate::session::Session;
 
 /// A message from the session's own client.
@@ -256,7 +257,14 @@ async fn log_message(
     let body = message.child_text("body", ns::CLIENT);
     let now = crate::now_micros();
     let outgoing_xml = message.to_xml("");
-    let stanza_id = stamp_stanza_id(message, recipient.as_str());
+    // XEP-0441: an entry the owner doesn't want archived is still logged for
+    // delivery, without an archive id (MAM skips entries without one).
+    let archived = mam::should_archive(server, node(recipient), &sender).await;
+    let stanza_id = if archived {
+        stamp_stanza_id(message, recipient.as_str())
+    } else {
+        String::new()
+    };
     let xml = message.to_xml("");
     let entry = NewInboxEntry {
         stanza_id: &stanza_id,
@@ -281,6 +289,12 @@ async fn log_message(
     };
     if let Some(sender_jid) =
         sender_jid.filter(|j| server.is_local_user(j) && j.to_bare() != *recipient)
+        && mam::should_archive(
+            server,
+            sender_jid.node().map_or("", |n| n.as_str()),
+            recipient.as_str(),
+        )
+        .await
     {
         let own_id = crate::random_id(20);
         let entry = NewInboxEntry {

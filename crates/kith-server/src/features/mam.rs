@@ -74,8 +74,6 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
 /// list is never archived, even if it is also on the "always" list; JIDs on
 /// neither follow the default (`roster`: only contacts in the owner's roster).
 /// Without stored preferences, or when they cannot be read, everything is kept.
-// Called by deliver.rs when it archives a message; remove this `allow` then.
-#[allow(dead_code)]
 pub(crate) async fn should_archive(server: &Server, owner: &str, peer: &str) -> bool {
     let prefs = match server.store.mam_prefs(owner).await {
         Ok(Some(prefs)) => prefs,
@@ -104,7 +102,6 @@ pub(crate) async fn should_archive(server: &Server, owner: &str, peer: &str) -> 
 /// XEP-0441 §2.3: the decision from the lists and the default, or `None` when it
 /// depends on the roster. A listed bare JID matches any resource of it; a listed
 /// full JID only itself.
-#[allow(dead_code)]
 fn archive_rule(prefs: &MamPrefs, full: &str, bare: &str) -> Option<bool> {
     let listed = |list: &[String]| {
         list.iter().any(|jid| {
