@@ -189,3 +189,31 @@ async def test_ack_for_more_than_was_sent_closes_the_stream(xmpp):
     b.send_raw("<a xmlns='urn:xmpp:sm:3' h='4000000'/>")
     assert await b.wait_closed(timeout=10), "the server kept a stream with an impossible ack"
     assert [e["condition"] for e in b.stream_errors] == ["undefined-condition"]
+
+
+async def test_receipts_and_read_markers_reach_a_sender_who_went_offline(xmpp):
+    alice, bob = await xmpp.account("tka"), await xmpp.account("tkb")
+    a = await xmpp.connect(alice, resource="phone")
+    a.send_raw(f"<message to='{bob.jid}' id='m1' type='chat'><body>did you get this?</body>"
+               "<request xmlns='urn:xmpp:receipts'/><markable xmlns='urn:xmpp:chat-markers:0'/></message>")
+    await a.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+    await a.close()
+
+    b = await xmpp.connect(bob, resource="laptop")
+    got = await b.wait_message(lambda m: m["body"] == "did you get this?")
+    b.send_raw(f"<message to='{got['from'].full}' type='chat' id='r1'><received xmlns='urn:xmpp:receipts' id='m1'/></message>")
+    b.send_raw(f"<message to='{got['from'].full}' type='chat' id='r2'><displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/></message>")
+    await b.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+
+    a2 = await xmpp.connect(alice, resource="phone")
+    tick = await a2.wait_for(lambda s: s.xml.find("{urn:xmpp:receipts}received") is not None, what="✓✓ receipt")
+    read = await a2.wait_for(lambda s: s.xml.find("{urn:xmpp:chat-markers:0}displayed") is not None, what="read marker")
+    assert tick.xml.find("{urn:xmpp:receipts}received").get("id") == "m1"
+    assert read.xml.find("{urn:xmpp:chat-markers:0}displayed").get("id") == "m1"
+    # Chat states are never stored: a typing notification to an offline user is gone.
+    await a2.close()
+    b.send_raw(f"<message to='{alice.jid}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    await b.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+    a3 = await xmpp.connect(alice, resource="phone")
+    await asyncio.sleep(1.0)
+    assert not a3.matching(lambda s: s.xml.find("{http://jabber.org/protocol/chatstates}composing") is not None)

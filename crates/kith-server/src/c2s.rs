@@ -287,6 +287,7 @@ async fn authenticate_and_bind<L: Link>(
         .child(Element::new(ns::ROSTER_VER, "ver"))
         .child(Element::new(ns::PRE_APPROVAL, "sub"))
         .child(Element::new(crate::session::SM, "sm"))
+        .child(Element::new(crate::csi::CSI, "csi"))
         .child(features::disco::caps_element(
             server.config.registration_enabled(),
         ));

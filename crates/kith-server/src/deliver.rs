@@ -194,7 +194,7 @@ async fn route_message(server: &Arc<Server>, mut message: Element, to: &Jid) {
                     }
                 }
             } else {
-                stamp_stanza_id(&mut message, bare);
+                // Not archived, so no archive id (XEP-0359 §3 ties it to storage).
                 None
             };
             let shared = Arc::new(message);

@@ -7,6 +7,7 @@
 pub mod accounts;
 mod c2s;
 pub mod config;
+mod csi;
 mod datetime;
 mod deliver;
 mod features;

@@ -114,6 +114,9 @@ pub(crate) struct Session {
     resume: Option<(String, mpsc::Receiver<Handoff>)>,
     /// The `TypeId` of this session's link halves, for resumption.
     link_type: TypeId,
+    /// XEP-0352: whether the client said it is inactive, and what waits meanwhile.
+    inactive: bool,
+    held: crate::csi::Held,
     /// A cursor position not yet saved, and when the last one was.
     cursor_pending: Option<i64>,
     cursor_saved_at: Instant,
@@ -166,6 +169,8 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         sm: None,
         resume: None,
         link_type: TypeId::of::<(R, W)>(),
+        inactive: false,
+        held: crate::csi::Held::default(),
         cursor_pending: None,
         cursor_saved_at: Instant::now(),
     };
@@ -321,6 +326,16 @@ impl Session {
         writer.element(stanza);
     }
 
+    /// Sends what XEP-0352 held back (before anything important, to keep order).
+    fn flush_held<W: LinkWrite>(&mut self, writer: &mut W) {
+        if self.held.is_empty() {
+            return;
+        }
+        for stanza in self.held.drain() {
+            self.emit(writer, &stanza, None);
+        }
+    }
+
     /// Applies a takeover by a new connection; returns its link halves if this
     /// session is resumed on them (XEP-0198 §5).
     fn take_over<R: 'static, W: LinkWrite + 'static>(
@@ -384,6 +399,10 @@ impl Session {
     ) -> Result<(), End> {
         match outbound {
             Outbound::Stanza(stanza) => {
+                if self.inactive && self.held.hold(&stanza) {
+                    return Ok(());
+                }
+                self.flush_held(writer);
                 self.emit(writer, &stanza, None);
                 Ok(())
             }
@@ -391,6 +410,7 @@ impl Session {
                 // Entries past the cursor that the catch-up hasn't reached yet wait
                 // for it: it reads them in order, and then this copy is skipped.
                 if self.caught_up {
+                    self.flush_held(writer);
                     self.emit(writer, &stanza, Some(seq));
                 }
                 Ok(())
@@ -446,6 +466,24 @@ impl Session {
     ) -> Result<(), (StreamErrorCondition, &'static str)> {
         if stanza.ns == SM {
             return self.handle_sm(&stanza);
+        }
+        if stanza.ns == crate::csi::CSI {
+            match stanza.name.as_str() {
+                "inactive" => self.inactive = true,
+                "active" => {
+                    self.inactive = false;
+                    for held in self.held.drain() {
+                        self.replies.push((Element::clone(&held), None));
+                    }
+                }
+                _ => {
+                    return Err((
+                        StreamErrorCondition::UnsupportedStanzaType,
+                        "unknown CSI element",
+                    ));
+                }
+            }
+            return Ok(());
         }
         if stanza.ns != ns::CLIENT || !matches!(stanza.name.as_str(), "message" | "presence" | "iq")
         {
