@@ -18,7 +18,44 @@ pub struct Config {
     pub storage: StorageSection,
     pub registration: RegistrationSection,
     pub limits: LimitsSection,
+    pub delivery: DeliverySection,
     pub log: LogSection,
+}
+
+/// The inbox log: how long devices and messages are kept.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    /// Days after which a device (a resource that logged in) unused since is
+    /// forgotten, so one-off resources don't hold the log forever.
+    pub forget_devices_after_days: u32,
+    /// How long messages stay in the log (and so in the archive).
+    pub retention: Retention,
+    /// For `retention = "days"`: how many.
+    pub retention_days: u32,
+}
+
+/// Archive retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Retention {
+    /// Keep every message.
+    Forever,
+    /// Keep messages for `retention_days`.
+    Days,
+    /// WhatsApp's privacy mode: delete a message once every device of its owner
+    /// has received it.
+    UntilDelivered,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            forget_devices_after_days: 30,
+            retention: Retention::Forever,
+            retention_days: 30,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -256,6 +293,12 @@ impl Config {
                 "must be at least 10000 bytes (RFC 6120 §13.12)".to_owned(),
             ));
         }
+        if self.delivery.retention == Retention::Days && self.delivery.retention_days == 0 {
+            return Err(invalid(
+                "delivery.retention_days",
+                "must be at least 1".to_owned(),
+            ));
+        }
         if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
             return Err(invalid(
                 "limits.session_queue",
@@ -331,6 +374,22 @@ mod tests {
         let error = Config::parse("[server]\ndomain = \"a@b\"\n", Path::new("k.toml"))
             .expect_err("refused");
         assert!(error.to_string().contains("server.domain"), "{error}");
+    }
+
+    #[test]
+    fn retention_modes_parse() {
+        let config = Config::parse(
+            "[delivery]\nretention = \"until-delivered\"\n",
+            Path::new("k.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.delivery.retention, Retention::UntilDelivered);
+        let error = Config::parse(
+            "[delivery]\nretention = \"sometimes\"\n",
+            Path::new("k.toml"),
+        )
+        .expect_err("refused");
+        assert!(error.to_string().starts_with("k.toml:2:"), "{error}");
     }
 
     #[test]

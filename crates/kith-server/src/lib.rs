@@ -14,6 +14,7 @@ mod features;
 mod http;
 mod limiter;
 mod link;
+mod maintenance;
 mod router;
 mod session;
 mod sm;
@@ -128,6 +129,7 @@ impl Server {
         let _ = server
             .ports
             .set((addrs.2.map(|a| a.port()), addrs.3.map(|a| a.port())));
+        tasks.spawn(maintenance::run(server.clone()));
         if let Some(listener) = c2s {
             tasks.spawn(c2s::accept_loop(server.clone(), listener, false));
         }

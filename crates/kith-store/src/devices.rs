@@ -126,3 +126,25 @@ impl Store {
         }
     }
 }
+
+impl Store {
+    /// Deletes log entries older than `before_micros` (time-based retention).
+    pub async fn inbox_delete_before(&self, before_micros: i64) -> Result<u64> {
+        let res = sqlx::query("DELETE FROM inbox WHERE at_micros < $1")
+            .bind(before_micros)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Deletes every log entry that all of its owner's devices have received (the
+    /// "until delivered" privacy mode). Owners without devices keep everything.
+    pub async fn inbox_delete_delivered(&self) -> Result<u64> {
+        let res = sqlx::query(
+            "DELETE FROM inbox WHERE seq <= (SELECT MIN(d.cursor) FROM devices d WHERE d.owner = inbox.owner)",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected())
+    }
+}

@@ -162,6 +162,7 @@ both!(
     unicode_and_large_values,
     inbox_entry_metadata_round_trip,
     devices_start_at_the_delivered_mark,
+    retention_deletes_old_and_delivered_entries,
 );
 
 // ----------------------------------------------------------------------
@@ -1012,4 +1013,35 @@ async fn devices_start_at_the_delivered_mark(db: TestDb) {
     assert!(s.device_attach("nobody", "x", 1).await.is_err());
     s.delete_user("alice").await.unwrap();
     assert_eq!(s.device_cursor("alice", "laptop").await.unwrap(), None);
+}
+
+async fn retention_deletes_old_and_delivered_entries(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    s.create_user("bob", &creds(2)).await.unwrap();
+    for i in 0..4 {
+        s.inbox_append("alice", &entry(&format!("a{i}"), "<message/>", 100 + i))
+            .await
+            .unwrap();
+        s.inbox_append("bob", &entry(&format!("b{i}"), "<message/>", 100 + i))
+            .await
+            .unwrap();
+    }
+    // Time-based: entries before 102 go.
+    assert_eq!(s.inbox_delete_before(102).await.unwrap(), 4);
+    // Until delivered: alice's two devices have 3 and 4; bob has no device.
+    s.device_attach("alice", "phone", 1).await.unwrap();
+    s.device_attach("alice", "laptop", 1).await.unwrap();
+    s.device_ack("alice", "phone", 4, 2).await.unwrap();
+    s.device_ack("alice", "laptop", 3, 2).await.unwrap();
+    assert_eq!(s.inbox_delete_delivered().await.unwrap(), 1);
+    let left: Vec<i64> = s
+        .inbox_after("alice", 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, vec![4]);
+    assert_eq!(s.inbox_count("bob").await.unwrap(), 2);
 }
