@@ -54,6 +54,10 @@ pub enum StoreError {
     /// Any other database error (connection, constraint, I/O, …).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+
+    /// The store's background writer is gone (the runtime is shutting down).
+    #[error("the store is closed")]
+    Closed,
 }
 
 impl StoreError {

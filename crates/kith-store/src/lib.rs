@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 
 mod archive;
+mod batch;
 mod devices;
 mod error;
 mod migrate;
@@ -112,6 +113,7 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    appender: batch::Appender,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,7 +160,12 @@ impl Store {
         };
         migrate::run(&pool, backend).await?;
         tracing::debug!(?backend, max_connections, "store opened");
-        Ok(Store { pool, backend })
+        let appender = batch::Appender::start(pool.clone(), backend);
+        Ok(Store {
+            pool,
+            backend,
+            appender,
+        })
     }
 
     /// The engine behind this store.
@@ -428,35 +435,8 @@ impl Store {
     /// (per owner, strictly increasing from 1, never reused).
     /// [`StoreError::NoSuchUser`] if the owner has no account.
     pub async fn inbox_append(&self, owner: &str, entry: &NewInboxEntry<'_>) -> Result<i64> {
-        let mut tx = self.begin_write().await?;
-        let row = sqlx::query(
-            "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE username = $1 RETURNING inbox_seq",
-        )
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Err(StoreError::NoSuchUser(owner.to_owned()));
-        };
-        let seq: i64 = row.try_get("inbox_seq")?;
-        sqlx::query(
-            "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(owner)
-        .bind(seq)
-        .bind(entry.stanza_id)
-        .bind(entry.sender)
-        .bind(entry.kind)
-        .bind(entry.xml)
-        .bind(entry.at_micros)
-        .bind(entry.peer)
-        .bind(entry.direction)
-        .bind(entry.body)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(seq)
+        // Through the group-commit writer (see `batch.rs`): durable on return.
+        self.appender.append(owner, entry).await
     }
 
     /// Up to `limit` entries with `seq > after_seq`, in sequence order.

@@ -163,6 +163,7 @@ both!(
     inbox_entry_metadata_round_trip,
     devices_start_at_the_delivered_mark,
     retention_deletes_old_and_delivered_entries,
+    group_commit_isolates_unknown_owners,
 );
 
 // ----------------------------------------------------------------------
@@ -1044,4 +1045,47 @@ async fn retention_deletes_old_and_delivered_entries(db: TestDb) {
         .collect();
     assert_eq!(left, vec![4]);
     assert_eq!(s.inbox_count("bob").await.unwrap(), 2);
+}
+
+async fn group_commit_isolates_unknown_owners(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    s.create_user("bob", &creds(2)).await.unwrap();
+    // Many appends at once share commits; an unknown owner fails alone.
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let s = s.clone();
+        let owner = match i % 3 {
+            0 => "alice",
+            1 => "bob",
+            _ => "nobody",
+        };
+        tasks.push(tokio::spawn(async move {
+            let id = format!("g{i}");
+            (
+                owner,
+                s.inbox_append(owner, &entry(&id, "<message/>", i)).await,
+            )
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let (owner, result) = task.await.unwrap();
+        match owner {
+            "nobody" => assert!(matches!(result, Err(StoreError::NoSuchUser(_)))),
+            _ => {
+                result.unwrap();
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 200);
+    let seqs: Vec<i64> = s
+        .inbox_after("alice", 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
 }
