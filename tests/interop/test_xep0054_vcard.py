@@ -69,16 +69,22 @@ async def test_vcard_persists_across_sessions(xmpp):
 
 
 async def test_vcard_of_user_without_one(xmpp):
-    """XEP-0054 §3.1: empty vCard or <item-not-found/>."""
+    """XEP-0054 §3.3: no vCard and no such user get the same error, which SHOULD
+    be <service-unavailable/> or <item-not-found/>, so accounts can't be harvested."""
     me, other = await xmpp.account("cq"), await xmpp.account("blank")
     a = await xmpp.connect(me)
-    try:
-        iq = await a.plugin["xep_0054"].get_vcard(other.jid, cached=False, timeout=10)
-    except IqError as e:
-        assert iq_error_condition(e) == "item-not-found", e
-    else:
-        v = iq.xml.find(f"{{{NS_VCARD}}}vCard")
-        assert v is not None and len(v) == 0, f"expected an empty vCard: {iq}"
+    conditions = []
+    for target in (other.jid, f"nobody-{other.name}@localhost"):
+        try:
+            iq = await a.plugin["xep_0054"].get_vcard(target, cached=False, timeout=10)
+        except IqError as e:
+            conditions.append(iq_error_condition(e))
+        else:
+            v = iq.xml.find(f"{{{NS_VCARD}}}vCard")
+            assert target == other.jid and v is not None and len(v) == 0, f"unexpected answer: {iq}"
+            conditions.append("empty")
+    assert conditions[1] in ("service-unavailable", "item-not-found"), conditions
+    assert conditions[0] == conditions[1], f"a missing vCard and a missing user must look alike: {conditions}"
 
 
 async def test_cannot_set_someone_elses_vcard(xmpp):

@@ -51,6 +51,8 @@ pub struct Server {
     ports: std::sync::OnceLock<(Option<u16>, Option<u16>)>,
     /// Sessions that can be resumed (XEP-0198), by stream id.
     resumable: session::Resumable,
+    /// XEP-0441 archiving preferences, cached.
+    mam_prefs: features::mam::PrefsCache,
     /// Per-process secret that makes the SCRAM salts of unknown users stable.
     fake_salt_key: [u8; 32],
 }
@@ -112,6 +114,7 @@ impl Server {
             fake_salt_key: rand::random(),
             ports: std::sync::OnceLock::new(),
             resumable: session::Resumable::default(),
+            mam_prefs: features::mam::PrefsCache::default(),
         });
 
         let mut tasks = JoinSet::new();

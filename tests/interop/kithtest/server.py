@@ -195,6 +195,7 @@ class KithServer:
         self._log = open(self.log_path, "ab")
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        env.setdefault("NO_COLOR", "1")  # plain log lines in server.log
         self.proc = subprocess.Popen(
             [str(self.bin), "serve", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL,
@@ -256,7 +257,7 @@ class KithServer:
         except OSError:
             return "(no server log)"
         text = data.decode("utf-8", "replace").splitlines()
-        return "\n".join(text[-lines:])
+        return "\n".join(ln if len(ln) <= 400 else ln[:400] + f"... [{len(ln)} chars]" for ln in text[-lines:])
 
     def rss_mb(self) -> float:
         assert self.proc is not None

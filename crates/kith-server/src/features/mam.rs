@@ -68,6 +68,51 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
     }
 }
 
+/// Each user's XEP-0441 preferences, cached: they are read for every message
+/// archived and change rarely. Only this node writes them through `set_prefs`.
+#[derive(Default)]
+pub(crate) struct PrefsCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Option<std::sync::Arc<MamPrefs>>>>,
+}
+
+/// Entries kept before the cache starts over.
+const PREFS_CACHE_LIMIT: usize = 100_000;
+
+impl PrefsCache {
+    async fn get(&self, server: &Server, owner: &str) -> Option<std::sync::Arc<MamPrefs>> {
+        if let Some(cached) = self.lock().get(owner) {
+            return cached.clone();
+        }
+        let prefs = match server.store.mam_prefs(owner).await {
+            Ok(prefs) => prefs.map(std::sync::Arc::new),
+            Err(error) => {
+                // Archive by default; don't cache a failure.
+                tracing::error!(%error, owner, "reading archiving preferences failed");
+                return None;
+            }
+        };
+        let mut entries = self.lock();
+        if entries.len() >= PREFS_CACHE_LIMIT {
+            entries.clear();
+        }
+        entries.insert(owner.to_owned(), prefs.clone());
+        prefs
+    }
+
+    fn forget(&self, owner: &str) {
+        self.lock().remove(owner);
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, Option<std::sync::Arc<MamPrefs>>>,
+    > {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Whether a message between `owner` (a username) and `peer` (the other party's
 /// JID: the `from` of an incoming message, the `to` of an outgoing one) belongs in
 /// the owner's archive under their XEP-0441 preferences. A JID on the "never"
@@ -75,13 +120,8 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
 /// neither follow the default (`roster`: only contacts in the owner's roster).
 /// Without stored preferences, or when they cannot be read, everything is kept.
 pub(crate) async fn should_archive(server: &Server, owner: &str, peer: &str) -> bool {
-    let prefs = match server.store.mam_prefs(owner).await {
-        Ok(Some(prefs)) => prefs,
-        Ok(None) => return true,
-        Err(error) => {
-            tracing::error!(%error, owner, "reading archiving preferences failed");
-            return true;
-        }
+    let Some(prefs) = server.mam_prefs.get(server, owner).await else {
+        return true;
     };
     let (full, bare) = match Jid::new(peer) {
         Ok(jid) => (jid.to_string(), jid.to_bare().to_string()),
@@ -477,6 +517,7 @@ async fn set_prefs(session: &mut Session, payload: &Element) -> Response {
         .set_mam_prefs(&session.username, &prefs)
         .await
         .map_err(internal)?;
+    session.server.mam_prefs.forget(&session.username);
     // §2.1: the answer carries the preferences as applied.
     Ok(Some(prefs_element(&prefs)))
 }

@@ -1,0 +1,88 @@
+"""The operator's CLI: `kith config check` and `kith user add|passwd|del|list`,
+checked through what a user then experiences when logging in."""
+
+from __future__ import annotations
+
+import subprocess
+
+from kithtest.server import kith_bin
+from kithtest.xmpp import ClientPool, LoginFailed, unique_name, unique_password
+
+
+async def can_login(pool: ClientPool, jid: str, password: str) -> bool:
+    try:
+        c = await pool.connect(jid, password, roster=False, presence=False)
+    except LoginFailed:
+        return False
+    await c.close()
+    return True
+
+
+def listed(server, name: str) -> bool:
+    out = server.cli("user", "list").stdout.split()
+    return name in out or f"{name}@{server.domain}" in out
+
+
+def test_config_check_accepts_the_test_config(server):
+    res = subprocess.run([str(kith_bin()), "config", "check", str(server.config_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+
+
+def test_config_check_accepts_minimal_config(tmp_path):
+    cfg = tmp_path / "min.toml"
+    cfg.write_text('[server]\ndomain = "localhost"\n')
+    res = subprocess.run([str(kith_bin()), "config", "check", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+
+
+def test_config_check_rejects_bad_configs(tmp_path):
+    bad = {
+        "syntax": "[server\ndomain = ",
+        "wrong-type": '[limits]\nmax_stanza_size = "huge"\n',
+        "bad-listen-address": '[listen]\nc2s = "not an address"\n',
+    }
+    for name, text in bad.items():
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(text)
+        res = subprocess.run([str(kith_bin()), "config", "check", str(cfg)],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode != 0, f"`kith config check` accepted a {name} config"
+        assert (res.stderr + res.stdout).strip(), f"no explanation printed for the {name} config"
+
+
+async def test_user_lifecycle_while_running(xmpp, server):
+    name, pw = unique_name("cli"), unique_password()
+    jid = await server.aadd_user(name, pw)
+    assert listed(server, name)
+    assert await can_login(xmpp, jid, pw)
+
+    new = unique_password()
+    server.cli("user", "passwd", name, "--password", new)
+    assert not await can_login(xmpp, jid, pw), "old password still works after `kith user passwd`"
+    assert await can_login(xmpp, jid, new)
+
+    server.cli("user", "del", name)
+    assert not listed(server, name)
+    assert not await can_login(xmpp, jid, new), "deleted user can still log in"
+
+
+def test_adding_an_existing_user_fails(server):
+    name = unique_name("dup")
+    server.add_user(name, "first-pw")
+    res = server.cli("user", "add", name, "--password", "second-pw", check=False)
+    assert res.returncode != 0, "`kith user add` silently accepted an existing user"
+
+
+async def test_user_added_while_server_stopped(server_factory, backend):
+    srv = server_factory.start("offlinecli", backend)
+    pool = ClientPool(srv)
+    try:
+        srv.stop()
+        name, pw = unique_name("stopped"), unique_password()
+        srv.add_user(name, pw)
+        srv.start()
+        assert await can_login(pool, f"{name}@{srv.domain}", pw)
+    finally:
+        await pool.close_all()
+        server_factory.stop(srv)
