@@ -13,7 +13,7 @@ use kith_proto::{Element, Jid, StanzaError, ns};
 use kith_store::NewInboxEntry;
 
 use crate::Server;
-use crate::features::mam;
+use crate::features::{mam, retract};
 use crate::session::Session;
 
 /// A message from the session's own client.
@@ -311,6 +311,10 @@ async fn log_message(
         if let Err(error) = server.store.inbox_append(owner, &entry).await {
             tracing::warn!(%error, "archiving a sent message failed");
         }
+    }
+    // XEP-0424: delete for everyone leaves tombstones in both archives.
+    if let (Some(id), Ok(sender_jid)) = (retract::retracted_id(message), Jid::new(&sender)) {
+        retract::apply(server, &sender_jid, recipient, &id).await;
     }
     Ok(seq)
 }

@@ -56,6 +56,7 @@
 mod archive;
 mod batch;
 mod devices;
+mod edit;
 mod error;
 mod migrate;
 mod types;

@@ -164,6 +164,7 @@ both!(
     devices_start_at_the_delivered_mark,
     retention_deletes_old_and_delivered_entries,
     group_commit_isolates_unknown_owners,
+    entries_can_be_rewritten_as_tombstones,
 );
 
 // ----------------------------------------------------------------------
@@ -1088,4 +1089,46 @@ async fn group_commit_isolates_unknown_owners(db: TestDb) {
         .map(|e| e.seq)
         .collect();
     assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+}
+
+async fn entries_can_be_rewritten_as_tombstones(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    for i in 0..3 {
+        s.inbox_append(
+            "alice",
+            &NewInboxEntry {
+                peer: if i == 1 {
+                    "carol@localhost"
+                } else {
+                    "bob@localhost"
+                },
+                direction: "in",
+                body: Some("secret words"),
+                stanza_id: &format!("t{i}"),
+                sender: "bob@localhost/x",
+                kind: "message",
+                xml: "<message/>",
+                at_micros: i,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let recent = s
+        .inbox_recent_with("alice", "bob@localhost", "in", 10)
+        .await
+        .unwrap();
+    assert_eq!(recent.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 1]);
+    assert!(
+        s.inbox_rewrite("alice", 3, "<message><retracted/></message>", None)
+            .await
+            .unwrap()
+    );
+    assert!(!s.inbox_rewrite("alice", 99, "<x/>", None).await.unwrap());
+    let e = &s.inbox_after("alice", 2, 1).await.unwrap()[0];
+    assert_eq!(
+        (e.xml.as_str(), e.body.as_deref()),
+        ("<message><retracted/></message>", None)
+    );
 }

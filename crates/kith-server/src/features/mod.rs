@@ -13,6 +13,7 @@ pub mod ping;
 pub mod presence;
 pub mod private;
 pub mod register;
+pub mod retract;
 pub mod roster;
 pub mod time;
 pub mod vcard;

@@ -1,0 +1,62 @@
+//! Rewriting log entries in place: what XEP-0424 retraction ("delete for
+//! everyone") needs, so the archive keeps a tombstone instead of the message.
+
+use sqlx::Row;
+
+use crate::{InboxEntry, Result, Store};
+
+impl Store {
+    /// The owner's newest `limit` entries exchanged with `peer` in `direction`,
+    /// newest first.
+    pub async fn inbox_recent_with(
+        &self,
+        owner: &str,
+        peer: &str,
+        direction: &str,
+        limit: i64,
+    ) -> Result<Vec<InboxEntry>> {
+        let rows = sqlx::query(
+            "SELECT seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body FROM inbox
+             WHERE owner = $1 AND peer = $2 AND direction = $3 ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(owner)
+        .bind(peer)
+        .bind(direction)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InboxEntry {
+                    seq: r.try_get("seq")?,
+                    stanza_id: r.try_get("stanza_id")?,
+                    sender: r.try_get("sender")?,
+                    kind: r.try_get("kind")?,
+                    xml: r.try_get("xml")?,
+                    at_micros: r.try_get("at_micros")?,
+                    peer: r.try_get("peer")?,
+                    direction: r.try_get("direction")?,
+                    body: r.try_get("body")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces an entry's stanza and body (the full-text index follows).
+    pub async fn inbox_rewrite(
+        &self,
+        owner: &str,
+        seq: i64,
+        xml: &str,
+        body: Option<&str>,
+    ) -> Result<bool> {
+        let res = sqlx::query("UPDATE inbox SET xml = $3, body = $4 WHERE owner = $1 AND seq = $2")
+            .bind(owner)
+            .bind(seq)
+            .bind(xml)
+            .bind(body)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+}
