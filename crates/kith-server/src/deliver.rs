@@ -185,6 +185,10 @@ async fn route_message(server: &Arc<Server>, mut message: Element, to: &Jid) {
             }
         }
         _ => {
+            // Entries reach a device in log order: appending and handing over happen
+            // under the recipient's ordering lock, or two senders could commit seq N
+            // and N+1 and deliver them the other way round.
+            let _in_order = server.log_order.lock(bare).await;
             let seq = if storable(&message) {
                 match log_message(server, &mut message, &recipient).await {
                     Ok(seq) => Some(seq),
@@ -237,6 +241,33 @@ async fn route_message(server: &Arc<Server>, mut message: Element, to: &Jid) {
                 bounce(server, &shared, StanzaError::service_unavailable()).await;
             }
         }
+    }
+}
+
+/// Per-recipient ordering of log appends and their live delivery (sharded, so
+/// different recipients rarely wait on each other).
+pub(crate) struct LogOrder {
+    shards: Vec<tokio::sync::Mutex<()>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for LogOrder {
+    fn default() -> Self {
+        LogOrder {
+            shards: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl LogOrder {
+    /// Held while a message to `recipient` is appended and handed to its sessions.
+    /// Nothing done under it takes the lock again (errors bounce as type `error`,
+    /// which is never logged), so it cannot deadlock.
+    pub(crate) async fn lock(&self, recipient: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let index = (self.hasher.hash_one(recipient) as usize) % self.shards.len();
+        self.shards[index].lock().await
     }
 }
 

@@ -18,7 +18,6 @@
 
 use std::collections::HashSet;
 
-use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::types::{decode_groups, encode_groups};
@@ -164,7 +163,8 @@ pub struct MamPrefs {
     pub never: Vec<String>,
 }
 
-/// The columns of an [`InboxEntry`], for `SELECT`s over `inbox i`.
+/// The columns of an [`InboxEntry`], for `SELECT`s over `inbox i` (qualified: the
+/// full-text tables joined in have columns of the same names).
 const ENTRY_COLUMNS: &str =
     "i.seq, i.stanza_id, i.sender, i.kind, i.xml, i.at_micros, i.peer, i.direction, i.body";
 
@@ -297,7 +297,7 @@ impl Store {
         let mut items = rows
             .iter()
             .take(usize::try_from(max).unwrap_or(usize::MAX))
-            .map(entry_from_row)
+            .map(crate::entry_from_row)
             .collect::<Result<Vec<_>>>()?;
         if backwards {
             items.reverse();
@@ -423,20 +423,6 @@ async fn check_ids_exist(
         Some(missing) => Err(ArchiveError::UnknownId((*missing).to_owned())),
         None => Ok(()),
     }
-}
-
-fn entry_from_row(row: &AnyRow) -> Result<InboxEntry> {
-    Ok(InboxEntry {
-        seq: row.try_get("seq")?,
-        stanza_id: row.try_get("stanza_id")?,
-        sender: row.try_get("sender")?,
-        kind: row.try_get("kind")?,
-        xml: row.try_get("xml")?,
-        at_micros: row.try_get("at_micros")?,
-        peer: row.try_get("peer")?,
-        direction: row.try_get("direction")?,
-        body: row.try_get("body")?,
-    })
 }
 
 /// The searchable words of user text: whitespace-separated, each holding at

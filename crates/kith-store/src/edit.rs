@@ -1,8 +1,6 @@
 //! Rewriting log entries in place: what XEP-0424 retraction ("delete for
 //! everyone") needs, so the archive keeps a tombstone instead of the message.
 
-use sqlx::Row;
-
 use crate::{InboxEntry, Result, Store};
 
 impl Store {
@@ -15,31 +13,18 @@ impl Store {
         direction: &str,
         limit: i64,
     ) -> Result<Vec<InboxEntry>> {
-        let rows = sqlx::query(
-            "SELECT seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body FROM inbox
-             WHERE owner = $1 AND peer = $2 AND direction = $3 ORDER BY seq DESC LIMIT $4",
-        )
+        // Only constant text is formatted into the SQL.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM inbox WHERE owner = $1 AND peer = $2 AND direction = $3 ORDER BY seq DESC LIMIT $4",
+            crate::INBOX_COLUMNS
+        )))
         .bind(owner)
         .bind(peer)
         .bind(direction)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(InboxEntry {
-                    seq: r.try_get("seq")?,
-                    stanza_id: r.try_get("stanza_id")?,
-                    sender: r.try_get("sender")?,
-                    kind: r.try_get("kind")?,
-                    xml: r.try_get("xml")?,
-                    at_micros: r.try_get("at_micros")?,
-                    peer: r.try_get("peer")?,
-                    direction: r.try_get("direction")?,
-                    body: r.try_get("body")?,
-                })
-            })
-            .collect()
+        rows.iter().map(crate::entry_from_row).collect()
     }
 
     /// Replaces an entry's stanza and body (the full-text index follows).

@@ -450,30 +450,16 @@ impl Store {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body FROM inbox
-             WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
+        // Only constant text is formatted into the SQL.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INBOX_COLUMNS} FROM inbox WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        )))
         .bind(owner)
         .bind(after_seq)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(InboxEntry {
-                    seq: r.try_get("seq")?,
-                    stanza_id: r.try_get("stanza_id")?,
-                    sender: r.try_get("sender")?,
-                    kind: r.try_get("kind")?,
-                    xml: r.try_get("xml")?,
-                    at_micros: r.try_get("at_micros")?,
-                    peer: r.try_get("peer")?,
-                    direction: r.try_get("direction")?,
-                    body: r.try_get("body")?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry_from_row).collect()
     }
 
     /// Deletes the owner's entries with `seq <= seq`; returns how many.
@@ -652,6 +638,25 @@ impl Store {
     async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         begin_write(&self.pool, self.backend).await
     }
+}
+
+/// The columns of an inbox log entry, in the order [`entry_from_row`] reads them.
+pub(crate) const INBOX_COLUMNS: &str =
+    "seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body";
+
+/// One inbox log entry from a row selected with [`INBOX_COLUMNS`].
+pub(crate) fn entry_from_row(row: &AnyRow) -> Result<InboxEntry> {
+    Ok(InboxEntry {
+        seq: row.try_get("seq")?,
+        stanza_id: row.try_get("stanza_id")?,
+        sender: row.try_get("sender")?,
+        kind: row.try_get("kind")?,
+        xml: row.try_get("xml")?,
+        at_micros: row.try_get("at_micros")?,
+        peer: row.try_get("peer")?,
+        direction: row.try_get("direction")?,
+        body: row.try_get("body")?,
+    })
 }
 
 /// Starts a transaction that will write. On SQLite it takes the write lock up

@@ -1,0 +1,160 @@
+# Shared by bench/setup-anchors.sh and bench/run.sh: where things live, and how to
+# start, find and stop each server. Source it; don't run it.
+#
+# Environment (all optional):
+#   BENCH_DIR   working directory for data, certificates and logs (/tmp/kith-bench)
+#   KITH_BIN    kith release binary   ($CARGO_TARGET_DIR/release/kith)
+#   BENCH_BIN   kith-bench binary     ($CARGO_TARGET_DIR/release/kith-bench)
+#   SERVER_CPU  core the server is pinned to (0); LOADGEN_CPU for kith-bench (1)
+#   KITH_PORT / EJABBERD_PORT / PROSODY_PORT  c2s ports (15222 / 25222 / 35222)
+
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_DIR="${BENCH_DIR:-/tmp/kith-bench}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+KITH_BIN="${KITH_BIN:-$TARGET_DIR/release/kith}"
+BENCH_BIN="${BENCH_BIN:-$TARGET_DIR/release/kith-bench}"
+SERVER_CPU="${SERVER_CPU:-0}"
+LOADGEN_CPU="${LOADGEN_CPU:-1}"
+KITH_PORT="${KITH_PORT:-15222}"
+EJABBERD_PORT="${EJABBERD_PORT:-25222}"
+PROSODY_PORT="${PROSODY_PORT:-35222}"
+EJABBERD_NODE="kithbench@localhost"
+BENCH_PASSWORD="${BENCH_PASSWORD:-bench-pass}"
+# The machine caps a process at 20,000 open files: servers and kith-bench get that.
+NOFILE="${NOFILE:-20000}"
+
+log() { echo "[bench] $*" >&2; }
+
+port_of() {
+  case "$1" in
+    kith) echo "$KITH_PORT" ;;
+    ejabberd) echo "$EJABBERD_PORT" ;;
+    prosody) echo "$PROSODY_PORT" ;;
+    *) echo "unknown server $1" >&2; return 1 ;;
+  esac
+}
+
+render() { # template output port
+  sed -e "s|@DIR@|$BENCH_DIR|g" -e "s|@PORT@|$3|g" "$1" >"$2"
+}
+
+wait_port() { # port seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "port $1 did not open within $2 s"
+  return 1
+}
+
+ejabberd_args() {
+  echo --config-dir "$BENCH_DIR/ejabberd" --config "$BENCH_DIR/ejabberd/ejabberd.yml" \
+    --ctl-config "$BENCH_DIR/ejabberd/ejabberdctl.cfg" \
+    --spool "$BENCH_DIR/ejabberd/spool" --logs "$BENCH_DIR/ejabberd/logs" --node "$EJABBERD_NODE"
+}
+# ejabberdctl run as root switches user with su, whose PAM session resets the
+# open-files soft limit to 1024: run it as the ejabberd user directly instead.
+ejabberdctl_() {
+  # shellcheck disable=SC2046 # BENCH_DIR has no spaces (checked in setup).
+  HOME=/var/lib/ejabberd setpriv --reuid=ejabberd --regid=ejabberd --init-groups \
+    ejabberdctl $(ejabberd_args) "$@"
+}
+
+# Starts SERVER pinned to SERVER_CPU; prints the PIDs to measure (space-separated).
+start_server() {
+  local server="$1" port
+  port="$(port_of "$server")"
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "port $port is already in use: stop whatever listens there first"
+    return 1
+  fi
+  case "$server" in
+    kith)
+      render "$REPO/bench/kith/kith.toml" "$BENCH_DIR/kith/kith.toml" "$port"
+      (ulimit -n "$NOFILE"; exec taskset -c "$SERVER_CPU" "$KITH_BIN" serve \
+        --config "$BENCH_DIR/kith/kith.toml" >>"$BENCH_DIR/kith/kith.log" 2>&1) &
+      echo $! >"$BENCH_DIR/kith/kith.pid"
+      wait_port "$port" 30
+      cat "$BENCH_DIR/kith/kith.pid"
+      ;;
+    ejabberd)
+      render "$REPO/bench/ejabberd/ejabberd.yml" "$BENCH_DIR/ejabberd/ejabberd.yml" "$port"
+      render "$REPO/bench/ejabberd/ejabberdctl.cfg" "$BENCH_DIR/ejabberd/ejabberdctl.cfg" "$port"
+      chown ejabberd:ejabberd "$BENCH_DIR/ejabberd/ejabberd.yml" "$BENCH_DIR/ejabberd/ejabberdctl.cfg"
+      # ejabberdctl starts beam.smp detached; the CPU affinity is inherited.
+      # shellcheck disable=SC2046
+      (ulimit -n "$NOFILE"; cd "$BENCH_DIR/ejabberd/spool"; HOME=/var/lib/ejabberd taskset -c "$SERVER_CPU" \
+        setpriv --reuid=ejabberd --regid=ejabberd --init-groups ejabberdctl $(ejabberd_args) start)
+      ejabberdctl_ started >/dev/null 2>&1 || true
+      wait_port "$port" 60
+      ejabberd_pids
+      ;;
+    prosody)
+      render "$REPO/bench/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.cfg.lua" "$port"
+      touch "$BENCH_DIR/prosody/prosody.log"
+      chown prosody:prosody "$BENCH_DIR/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.log"
+      # Prosody refuses to run as root: drop to its user with setpriv (which execs,
+      # so the PID is Prosody's own).
+      (ulimit -n "$NOFILE"; exec taskset -c "$SERVER_CPU" setpriv --reuid=prosody --regid=prosody \
+        --init-groups prosody --config "$BENCH_DIR/prosody/prosody.cfg.lua" -F \
+        >>"$BENCH_DIR/prosody/stdout.log" 2>&1) &
+      echo $! >"$BENCH_DIR/prosody/prosody.launch.pid"
+      wait_port "$port" 30
+      cat "$BENCH_DIR/prosody/prosody.launch.pid"
+      ;;
+  esac
+}
+
+# The ejabberd VM of our node and its helper children (erl_child_setup).
+ejabberd_pids() {
+  local beam
+  beam="$(pgrep -f "beam.smp.*-sname $EJABBERD_NODE|beam.smp.*-name $EJABBERD_NODE" | head -1 || true)"
+  if [[ -z "$beam" ]]; then
+    beam="$(pgrep -f "beam.smp.*${EJABBERD_NODE%@*}" | head -1 || true)"
+  fi
+  [[ -n "$beam" ]] || { log "ejabberd VM not found"; return 1; }
+  echo "$beam" $(pgrep -P "$beam" || true)
+}
+
+stop_server() {
+  local server="$1" pid
+  case "$server" in
+    kith)
+      pid="$(cat "$BENCH_DIR/kith/kith.pid" 2>/dev/null || true)"
+      if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -0 "$pid" 2>/dev/null && { log "kith $pid did not stop; killing it"; kill -KILL "$pid"; }
+      fi
+      rm -f "$BENCH_DIR/kith/kith.pid"
+      ;;
+    ejabberd)
+      ejabberdctl_ stop >/dev/null 2>&1 || true
+      ejabberdctl_ stopped >/dev/null 2>&1 || true
+      ;;
+    prosody)
+      pid="$(cat "$BENCH_DIR/prosody/prosody.launch.pid" 2>/dev/null || true)"
+      if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -0 "$pid" 2>/dev/null && { log "prosody $pid did not stop; killing it"; kill -KILL "$pid"; }
+      fi
+      rm -f "$BENCH_DIR/prosody/prosody.launch.pid"
+      ;;
+  esac
+}
+
+# Runs kith-bench against SERVER, pinned to LOADGEN_CPU.
+bench() { # server pids... -- args...
+  local server="$1"; shift
+  local pid_args=()
+  while [[ $# -gt 0 && "$1" != "--" ]]; do pid_args+=(--server-pid "$1"); shift; done
+  shift || true
+  local tls_args=(--ca "$BENCH_DIR/tls/ca.pem")
+  (ulimit -n "$NOFILE"; exec taskset -c "$LOADGEN_CPU" "$BENCH_BIN" --label "$server" \
+    --target "127.0.0.1:$(port_of "$server")" --domain localhost --password "$BENCH_PASSWORD" \
+    "${tls_args[@]}" "${pid_args[@]}" --scram-cache "$BENCH_DIR/scram-cache-$server" "$@")
+}

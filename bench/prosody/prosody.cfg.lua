@@ -1,0 +1,39 @@
+-- Prosody 0.12 configured for kith-bench: equivalent to bench/kith/kith.toml.
+-- @DIR@ and @PORT@ are filled in by bench/lib.sh.
+pidfile = "@DIR@/prosody/prosody.pid"
+data_path = "@DIR@/prosody/data"
+log = { warn = "@DIR@/prosody/prosody.log" }
+-- epoll (0.12's default backend), stated explicitly.
+network_backend = "epoll"
+-- Pending-connection queue like kith's (tokio) 1024; server_epoll's default is 128.
+network_settings = { tcp_backlog = 1024 }
+
+c2s_ports = { @PORT@ }
+c2s_interfaces = { "127.0.0.1" }
+c2s_require_encryption = true
+-- The same certificate and key as kith and ejabberd.
+certificates = "@DIR@/tls"
+ssl = {
+  certificate = "@DIR@/tls/cert.pem";
+  key = "@DIR@/tls/key.pem";
+}
+
+-- Salted SCRAM-SHA-1 secrets with 4096 iterations, like kith and ejabberd (Prosody's
+-- default is 10000).
+authentication = "internal_hashed"
+default_iteration_count = 4096
+storage = "internal"
+
+-- In-band registration provisions the bench accounts: no throttle.
+allow_registration = true
+
+-- No rate limits: mod_limits is not loaded. No MAM (archiving off), no MUC, no HTTP,
+-- no s2s. mod_offline, mod_presence, mod_message, mod_iq and mod_c2s load by default.
+modules_enabled = {
+  "roster"; "saslauth"; "tls"; "disco"; "register"; "ping"; "smacks";
+  "blocklist"; "private"; "vcard_legacy"; "time"; "version"; "lastactivity";
+}
+modules_disabled = { "s2s"; }
+c2s_stanza_size_limit = 262144
+
+VirtualHost "localhost"

@@ -1,0 +1,134 @@
+//! Reading the server's (and our own) resource use from /proc.
+
+use anyhow::{Context, Result, bail};
+
+/// The server processes whose memory and CPU are measured.
+#[derive(Clone, Debug, Default)]
+pub struct Procs {
+    pub pids: Vec<u32>,
+}
+
+impl Procs {
+    /// Explicit PIDs plus every process whose `comm` equals one of `names`.
+    pub fn resolve(pids: &[u32], names: &[String]) -> Result<Procs> {
+        let mut out: Vec<u32> = pids.to_vec();
+        if !names.is_empty() {
+            for entry in std::fs::read_dir("/proc")? {
+                let entry = entry?;
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    && names.iter().any(|n| n == comm.trim())
+                {
+                    out.push(pid);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        for pid in &out {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("server process {pid} does not exist");
+            }
+        }
+        Ok(Procs { pids: out })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+    }
+
+    /// Sum of VmRSS over the processes, in bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        let mut total = 0;
+        for pid in &self.pids {
+            total += rss_of(&format!("/proc/{pid}/status")).ok()?;
+        }
+        Some(total)
+    }
+
+    /// Sum of utime+stime over the processes, in microseconds.
+    pub fn cpu_us(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        let mut total = 0;
+        for pid in &self.pids {
+            total += cpu_of(&format!("/proc/{pid}/stat")).ok()?;
+        }
+        Some(total)
+    }
+}
+
+fn rss_of(path: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| path.to_owned())?;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmRSS:") {
+            let kb: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .context("VmRSS")?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("no VmRSS in {path}")
+}
+
+fn cpu_of(path: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| path.to_owned())?;
+    // The command name may contain spaces: fields start after the last ')'.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, utime 14, stime 15 → indices 11 and 12 here.
+    if fields.len() < 13 {
+        bail!("short {path}");
+    }
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks * 1_000_000 / clock_ticks())
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+/// Our own CPU time (the load generator's), in microseconds.
+pub fn self_cpu_us() -> u64 {
+    cpu_of("/proc/self/stat").unwrap_or(0)
+}
+
+/// Raises the soft open-files limit to the hard limit; returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+/// Number of CPUs this process may run on (its affinity mask).
+pub fn cpus_allowed() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
