@@ -408,6 +408,7 @@ fn bind_resource(
         priority: 0,
         interested: false,
         carbons: false,
+        detached: false,
     };
     match server
         .router

@@ -19,7 +19,110 @@ pub struct Config {
     pub registration: RegistrationSection,
     pub limits: LimitsSection,
     pub delivery: DeliverySection,
+    pub push: PushSection,
     pub log: LogSection,
+}
+
+/// Push notifications to devices that are offline (XEP-0357, Web Push, webhook).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSection {
+    /// Whether clients may enable push notifications at all.
+    pub enabled: bool,
+    /// Put the message text into notifications. Off by default: push services
+    /// and relays then learn only that a message arrived, and from whom.
+    pub include_body: bool,
+    /// A relay for mobile push (FCM/APNs) that receives a signed JSON POST for
+    /// each notification of a device registered with the server's own domain.
+    pub webhook_url: Option<String>,
+    /// The HMAC-SHA256 key signing webhook bodies (`X-Kith-Signature`).
+    pub webhook_secret: Option<String>,
+    /// The VAPID `sub` contact (RFC 8292 §2.1), `mailto:` or `https:`.
+    /// Default: `mailto:postmaster@<domain>`.
+    pub vapid_subject: Option<String>,
+    /// Accept `http://` Web Push endpoints on loopback addresses (for tests);
+    /// otherwise only `https://` endpoints on public hosts are accepted.
+    pub allow_loopback_endpoints: bool,
+    /// Push registrations one account may hold.
+    pub max_registrations_per_user: usize,
+    /// Notifications being sent at once (HTTP requests in flight).
+    pub concurrency: usize,
+    /// Notifications waiting to be sent; past this, new ones are dropped.
+    pub queue: usize,
+    /// Attempts per notification before giving up (1 = no retry).
+    pub attempts: u32,
+    /// Delay before the first retry, in milliseconds; it doubles each time.
+    pub retry_delay_ms: u64,
+    /// Seconds one HTTP request may take.
+    pub request_timeout_secs: u64,
+    /// Seconds a Web Push service keeps an undelivered notification (RFC 8030 TTL).
+    pub webpush_ttl_secs: u64,
+}
+
+impl Default for PushSection {
+    fn default() -> Self {
+        PushSection {
+            enabled: true,
+            include_body: false,
+            webhook_url: None,
+            webhook_secret: None,
+            vapid_subject: None,
+            allow_loopback_endpoints: false,
+            max_registrations_per_user: 20,
+            concurrency: 16,
+            queue: 10_000,
+            attempts: 4,
+            retry_delay_ms: 1000,
+            request_timeout_secs: 10,
+            webpush_ttl_secs: 86_400,
+        }
+    }
+}
+
+impl PushSection {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(url) = &self.webhook_url {
+            let parsed = url::Url::parse(url)
+                .map_err(|error| ("push.webhook_url", format!("not a URL: {error}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+                return Err(("push.webhook_url", "must be an http(s) URL".to_owned()));
+            }
+            if self.webhook_secret.as_deref().is_none_or(str::is_empty) {
+                return Err((
+                    "push.webhook_secret",
+                    "must be set when push.webhook_url is".to_owned(),
+                ));
+            }
+        }
+        if let Some(subject) = &self.vapid_subject
+            && !(subject.starts_with("mailto:") || subject.starts_with("https://"))
+        {
+            return Err((
+                "push.vapid_subject",
+                "must be a mailto: or https: URI (RFC 8292 §2.1)".to_owned(),
+            ));
+        }
+        if self.concurrency == 0 || self.queue == 0 {
+            return Err((
+                "push.concurrency",
+                "push.concurrency and push.queue must be positive".to_owned(),
+            ));
+        }
+        if !(1..=10).contains(&self.attempts) {
+            return Err(("push.attempts", "must be between 1 and 10".to_owned()));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(("push.request_timeout_secs", "must be positive".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The VAPID subject in force.
+    pub fn vapid_subject_for(&self, domain: &str) -> String {
+        self.vapid_subject
+            .clone()
+            .unwrap_or_else(|| format!("mailto:postmaster@{domain}"))
+    }
 }
 
 /// The inbox log: how long devices and messages are kept.
@@ -299,6 +402,9 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
+        self.push
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
             return Err(invalid(
                 "limits.session_queue",
@@ -390,6 +496,32 @@ mod tests {
         )
         .expect_err("refused");
         assert!(error.to_string().starts_with("k.toml:2:"), "{error}");
+    }
+
+    #[test]
+    fn push_webhook_needs_a_secret_and_a_url() {
+        let error = Config::parse(
+            "[push]\nwebhook_url = \"https://relay.example/hook\"\n",
+            Path::new("k.toml"),
+        )
+        .expect_err("refused");
+        assert!(error.to_string().contains("push.webhook_secret"), "{error}");
+        let error = Config::parse(
+            "[push]\nwebhook_url = \"relay\"\nwebhook_secret = \"s\"\n",
+            Path::new("k.toml"),
+        )
+        .expect_err("refused");
+        assert!(error.to_string().contains("push.webhook_url"), "{error}");
+        let config = Config::parse(
+            "[push]\nwebhook_url = \"https://relay.example/hook\"\nwebhook_secret = \"s\"\n",
+            Path::new("k.toml"),
+        )
+        .expect("valid");
+        assert!(!config.push.include_body);
+        assert_eq!(
+            config.push.vapid_subject_for("chat.example"),
+            "mailto:postmaster@chat.example"
+        );
     }
 
     #[test]

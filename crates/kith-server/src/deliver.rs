@@ -229,6 +229,9 @@ async fn route_message(server: &Arc<Server>, mut message: Element, to: &Jid) {
                         .count()
                 }),
             };
+            if let Some(seq) = seq {
+                crate::features::push::on_logged(server, node(&recipient), &shared, seq);
+            }
             if delivered == 0
                 && seq.is_none()
                 && !server

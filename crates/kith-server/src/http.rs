@@ -29,6 +29,7 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bo
         .route("/xmpp-websocket", get(websocket))
         .route("/.well-known/host-meta", get(host_meta_xml))
         .route("/.well-known/host-meta.json", get(host_meta_json))
+        .route("/api/v1/push/vapid", get(push_vapid))
         .with_state(AppState {
             server: server.clone(),
             secure,
@@ -138,6 +139,19 @@ async fn host_meta_json(State(state): State<AppState>, headers: HeaderMap) -> Re
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         serde_json::json!({ "links": links }).to_string(),
+    )
+        .into_response()
+}
+
+/// The VAPID public key a browser subscribes with (Web Push, RFC 8292), as
+/// `{"publicKey": "<base64url>", "enabled": bool}`.
+async fn push_vapid(State(state): State<AppState>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        crate::features::push::vapid_document(&state.server),
     )
         .into_response()
 }

@@ -57,6 +57,8 @@ pub struct Server {
     log_order: deliver::LogOrder,
     /// Per-process secret that makes the SCRAM salts of unknown users stable.
     fake_salt_key: [u8; 32],
+    /// Push notifications (XEP-0357, Web Push, webhook).
+    push: features::push::Push,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -96,6 +98,9 @@ impl Server {
         let store = Store::open_with(&config.storage_url(), config.storage.max_connections)
             .await
             .context("opening the store")?;
+        let push = features::push::Push::start(&config, &store)
+            .await
+            .context("preparing push notifications")?;
         let certificate = tls::ensure_certificate(&config)?;
         let starttls = tls::server_config(&certificate, &[])?;
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
@@ -114,6 +119,7 @@ impl Server {
             started: Instant::now(),
             blocklists: features::blocking::Cache::default(),
             fake_salt_key: rand::random(),
+            push,
             ports: std::sync::OnceLock::new(),
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),

@@ -45,6 +45,9 @@ pub struct SessionEntry {
     pub interested: bool,
     /// Whether the client enabled Message Carbons (XEP-0280).
     pub carbons: bool,
+    /// Whether the connection dropped and the session waits to be resumed
+    /// (XEP-0198 §5): still bound, but nothing reaches the device meanwhile.
+    pub detached: bool,
 }
 
 impl SessionEntry {

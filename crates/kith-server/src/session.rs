@@ -201,6 +201,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                         // XEP-0198 §5: keep the session for the resumption window.
                         tracing::debug!(jid = %session.jid, "link lost; waiting for resumption");
                         attached = false;
+                        session.set_detached(true);
                         writer.shutdown().await;
                         deadline = Instant::now() + resume_window;
                         continue;
@@ -215,6 +216,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                     reader = new_reader;
                     writer = new_writer;
                     attached = true;
+                    session.set_detached(false);
                     deadline = Instant::now() + idle;
                     pinged = false;
                     session.resend_unacked(&mut writer);
@@ -279,6 +281,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         if writer.flush().await.is_err() {
             if session.resume.is_some() {
                 attached = false;
+                session.set_detached(true);
                 deadline = Instant::now() + resume_window;
                 continue;
             }
@@ -624,6 +627,14 @@ impl Session {
             features::presence::went_offline(self, None).await;
         }
         self.save_cursor(true).await;
+    }
+
+    /// Marks the router entry detached (link down, waiting for resumption) or
+    /// attached again, so push notifications (XEP-0357) treat the device as offline.
+    fn set_detached(&self, detached: bool) {
+        self.server
+            .router
+            .update(&self.jid, self.id, |entry| entry.detached = detached);
     }
 
     /// Queues a reply for this session's own client.

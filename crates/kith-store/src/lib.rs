@@ -59,6 +59,7 @@ mod devices;
 mod edit;
 mod error;
 mod migrate;
+mod push;
 mod types;
 
 use std::path::Path;
@@ -74,6 +75,7 @@ pub use archive::{
     Paging,
 };
 pub use error::{Result, StoreError};
+pub use push::{PushEnabled, PushKind, PushRegistration};
 pub use types::{
     DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
     StoredCredentials, Subscription,

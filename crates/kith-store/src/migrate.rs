@@ -273,6 +273,52 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 4,
+        name: "push registrations (XEP-0357, Web Push, webhook); server secrets",
+        // One row per (account, app server JID, node), owned by the device that
+        // enabled it. `endpoint`, `p256dh` and `auth` are set for Web Push only.
+        sqlite: &[
+            "CREATE TABLE push_registrations (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            jid TEXT NOT NULL,
+            node TEXT NOT NULL,
+            resource TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            endpoint TEXT,
+            p256dh TEXT,
+            auth TEXT,
+            options TEXT,
+            created_micros INTEGER NOT NULL,
+            PRIMARY KEY (owner, jid, node)
+        )",
+            "CREATE TABLE server_secrets (
+            name TEXT NOT NULL PRIMARY KEY,
+            value BLOB NOT NULL,
+            created_micros INTEGER NOT NULL
+        )",
+        ],
+        postgres: &[
+            "CREATE TABLE push_registrations (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            jid TEXT NOT NULL,
+            node TEXT NOT NULL,
+            resource TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            endpoint TEXT,
+            p256dh TEXT,
+            auth TEXT,
+            options TEXT,
+            created_micros BIGINT NOT NULL,
+            PRIMARY KEY (owner, jid, node)
+        )",
+            "CREATE TABLE server_secrets (
+            name TEXT NOT NULL PRIMARY KEY,
+            value BYTEA NOT NULL,
+            created_micros BIGINT NOT NULL
+        )",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

@@ -47,6 +47,9 @@ const ACCOUNT_FEATURES: &[&str] = &[
     super::mam::NS_FULLTEXT, // XEP-0431
 ];
 
+/// XEP-0357 §4: push support is advertised on the account, when enabled.
+const ACCOUNT_PUSH_FEATURES: &[&str] = &[super::push::NS];
+
 /// Every feature the server advertises, sorted (XEP-0115 §5.1 hashes them in this
 /// order, and a stable order keeps answers comparable).
 pub(crate) fn server_features(registration_enabled: bool) -> Vec<&'static str> {
@@ -109,12 +112,12 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
         }
         Target::OwnAccount => {
             no_node(node)?;
-            Ok(Some(account_info()))
+            Ok(Some(account_info(server.config.push.enabled)))
         }
         Target::Account(other) => {
             account_access(&server, other, &session.bare).await?;
             no_node(node)?;
-            Ok(Some(account_info()))
+            Ok(Some(account_info(server.config.push.enabled)))
         }
     }
 }
@@ -163,8 +166,12 @@ fn no_node(node: Option<&str>) -> Result<(), StanzaError> {
 }
 
 /// §3.1: an account answered by its server is `account/registered`.
-fn account_info() -> Element {
-    info_element(identity("account", "registered"), ACCOUNT_FEATURES)
+fn account_info(push: bool) -> Element {
+    let mut features = ACCOUNT_FEATURES.to_vec();
+    if push {
+        features.extend_from_slice(ACCOUNT_PUSH_FEATURES);
+    }
+    info_element(identity("account", "registered"), &features)
 }
 
 fn identity(category: &str, kind: &str) -> Element {
@@ -233,7 +240,7 @@ mod tests {
     #[test]
     fn account_info_is_a_registered_account() {
         assert_eq!(
-            account_info().to_xml(ns::CLIENT),
+            account_info(false).to_xml(ns::CLIENT),
             "<query xmlns='http://jabber.org/protocol/disco#info'>\
              <identity category='account' type='registered'/>\
              <feature var='http://jabber.org/protocol/disco#info'/>\
@@ -242,6 +249,17 @@ mod tests {
              <feature var='urn:xmpp:mam:2#extended'/>\
              <feature var='urn:xmpp:fulltext:0'/></query>"
         );
+    }
+
+    #[test]
+    fn push_is_advertised_on_the_account_when_enabled() {
+        let push = |enabled| {
+            account_info(enabled)
+                .elements()
+                .any(|f| f.get_attr("var") == Some(super::super::push::NS))
+        };
+        assert!(push(true));
+        assert!(!push(false));
     }
 
     /// The worked example of XEP-0115 §5.2 checks the hashing itself.

@@ -12,6 +12,7 @@ pub mod mam;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod retract;
 pub mod roster;
@@ -65,6 +66,7 @@ async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
         ("query", ns::REGISTER) => register::after_auth(session, request).await,
         ("query" | "metadata" | "prefs", mam::NS) => mam::handle(session, request).await,
         ("enable" | "disable", carbons::CARBONS) => carbons::handle(session, request),
+        ("enable" | "disable", push::NS) => push::handle(session, request).await,
         _ => Err(StanzaError::service_unavailable()),
     }
 }
