@@ -3,133 +3,17 @@
 //! admin URL; every PostgreSQL test gets its own database, dropped afterwards
 //! (the harness of `tests/store.rs`).
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use kith_store::{
     NewInboxEntry, PushEnabled, PushKind, PushRegistration, ScramSecret, Store, StoreError,
     StoredCredentials,
 };
-use sqlx::Connection;
 
 // ----------------------------------------------------------------------
 // harness
 // ----------------------------------------------------------------------
 
-struct TestDb {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDb {
-    async fn open(&self) -> Store {
-        Store::open(&self.url).await.expect("open store")
-    }
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-async fn run_sqlite<F, Fut>(body: F)
-where
-    F: FnOnce(TestDb) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("kith.db").display());
-    body(TestDb {
-        url,
-        _dir: Some(dir),
-    })
-    .await;
-}
-
-fn with_database(admin_url: &str, db: &str) -> String {
-    let (base, query) = match admin_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (admin_url, None),
-    };
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[after_scheme..].find('/') {
-        Some(slash) => &base[..after_scheme + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
-async fn run_postgres<F, Fut>(body: F)
-where
-    F: FnOnce(TestDb) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let Ok(admin_url) = std::env::var("KITH_TEST_PG_URL") else {
-        eprintln!("KITH_TEST_PG_URL not set: skipping the PostgreSQL variant of this test");
-        return;
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let name = format!(
-        "kith_a_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    );
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("connect to KITH_TEST_PG_URL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("drop stale test database");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-
-    let db = TestDb {
-        url: with_database(&admin_url, &name),
-        _dir: None,
-    };
-    let outcome = tokio::spawn(body(db)).await;
-
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("drop test database");
-    let _ = admin.close().await;
-
-    if let Err(e) = outcome {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
-        panic!("test task failed: {e}");
-    }
-}
-
-/// Declares `<name>::sqlite` and `<name>::postgres` tests running the async
-/// fn `<name>(TestDb)`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::run_sqlite(super::$name).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::run_postgres(super::$name).await;
-            }
-        }
-    )*};
-}
+mod common;
+use common::{TestDb, run_postgres, run_sqlite};
 
 both!(
     registrations_round_trip,
