@@ -310,41 +310,53 @@ async fn log_message(
         direction: "in",
         body: body.as_deref(),
     };
-    let seq = match server.store.inbox_append(node(recipient), &entry).await {
-        Ok(seq) => seq,
-        // RFC 6121 §8.5.2.2.1: no such account.
-        Err(kith_store::StoreError::NoSuchUser(_)) => {
-            return Err(StanzaError::service_unavailable());
-        }
+    let mut entries = vec![(node(recipient), entry)];
+    // The sender's copy, for their archive, goes into the same commit.
+    let own_id = crate::random_id(20);
+    let sender_owner = sender_jid
+        .as_ref()
+        .filter(|j| server.is_local_user(j) && j.to_bare() != *recipient)
+        .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
+    let sender_owner = match sender_owner {
+        Some(owner) if mam::should_archive(server, &owner, recipient.as_str()).await => Some(owner),
+        _ => None,
+    };
+    if let Some(owner) = &sender_owner {
+        entries.push((
+            owner.as_str(),
+            NewInboxEntry {
+                stanza_id: &own_id,
+                sender: &sender,
+                kind: "message",
+                xml: &outgoing_xml,
+                at_micros: now,
+                peer: recipient.as_str(),
+                direction: "out",
+                body: body.as_deref(),
+            },
+        ));
+    }
+    let mut results = match server.store.inbox_append_all(&entries).await {
+        Ok(results) => results.into_iter(),
         Err(error) => {
             tracing::error!(%error, "appending to the inbox log failed");
             return Err(StanzaError::internal());
         }
     };
-    if let Some(sender_jid) =
-        sender_jid.filter(|j| server.is_local_user(j) && j.to_bare() != *recipient)
-        && mam::should_archive(
-            server,
-            sender_jid.node().map_or("", |n| n.as_str()),
-            recipient.as_str(),
-        )
-        .await
-    {
-        let own_id = crate::random_id(20);
-        let entry = NewInboxEntry {
-            stanza_id: &own_id,
-            sender: &sender,
-            kind: "message",
-            xml: &outgoing_xml,
-            at_micros: now,
-            peer: recipient.as_str(),
-            direction: "out",
-            body: body.as_deref(),
-        };
-        let owner = sender_jid.node().map_or("", |n| n.as_str());
-        if let Err(error) = server.store.inbox_append(owner, &entry).await {
-            tracing::warn!(%error, "archiving a sent message failed");
+    let seq = match results.next() {
+        Some(Ok(seq)) => seq,
+        // RFC 6121 §8.5.2.2.1: no such account.
+        Some(Err(kith_store::StoreError::NoSuchUser(_))) => {
+            return Err(StanzaError::service_unavailable());
         }
+        Some(Err(error)) => {
+            tracing::error!(%error, "appending to the inbox log failed");
+            return Err(StanzaError::internal());
+        }
+        None => return Err(StanzaError::internal()),
+    };
+    if let Some(Err(error)) = results.next() {
+        tracing::warn!(%error, "archiving a sent message failed");
     }
     // XEP-0424: delete for everyone leaves tombstones in both archives.
     if let (Some(id), Ok(sender_jid)) = (retract::retracted_id(message), Jid::new(&sender)) {

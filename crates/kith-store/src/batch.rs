@@ -1,25 +1,39 @@
 //! Group commit for the inbox log.
 //!
 //! Every message is appended to a log and committed before its sender is told it
-//! is safe (DESIGN.md). One transaction per message would make the commit the
-//! bottleneck, so appends are queued to one writer task that takes whatever has
-//! queued up — up to [`MAX_BATCH`] — and commits it in a single transaction. Under
-//! light load a batch is one append and costs what it did before; under heavy load
-//! hundreds of messages share one commit.
+//! is safe (DESIGN.md). One transaction per write would make the commit the
+//! bottleneck, so appends — and device cursor updates, which are as frequent —
+//! are queued to one writer task that takes whatever has queued up (up to
+//! [`MAX_BATCH`] jobs) and commits it in a single transaction. Under light load a
+//! batch is one job and costs what it did before; under heavy load hundreds of
+//! writes share one commit, and cursor updates for the same device coalesce.
+
+use std::collections::HashMap;
 
 use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Backend, NewInboxEntry, Result, StoreError, begin_write};
 
-/// Most appends committed together.
+/// Most jobs committed together.
 const MAX_BATCH: usize = 512;
 
-/// An append waiting for the writer.
-struct Request {
-    owner: String,
-    entry: OwnedEntry,
-    reply: oneshot::Sender<Result<i64>>,
+/// A write waiting for the writer.
+enum Job {
+    /// Entries appended together (e.g. a message to the recipient's log and the
+    /// copy to the sender's), answered with one sequence number each.
+    Append {
+        entries: Vec<(String, OwnedEntry)>,
+        reply: oneshot::Sender<Vec<Result<i64>>>,
+    },
+    /// A device has everything through `seq`.
+    Ack {
+        owner: String,
+        resource: String,
+        seq: i64,
+        now_micros: i64,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 struct OwnedEntry {
@@ -33,46 +47,74 @@ struct OwnedEntry {
     body: Option<String>,
 }
 
-/// Handle to the writer task.
-#[derive(Clone)]
-pub(crate) struct Appender {
-    tx: mpsc::Sender<Request>,
+impl OwnedEntry {
+    fn from(entry: &NewInboxEntry<'_>) -> Self {
+        OwnedEntry {
+            stanza_id: entry.stanza_id.to_owned(),
+            sender: entry.sender.to_owned(),
+            kind: entry.kind.to_owned(),
+            xml: entry.xml.to_owned(),
+            at_micros: entry.at_micros,
+            peer: entry.peer.to_owned(),
+            direction: entry.direction.to_owned(),
+            body: entry.body.map(str::to_owned),
+        }
+    }
 }
 
-impl Appender {
+/// Handle to the writer task.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
     /// Starts the writer task on the current tokio runtime.
-    pub(crate) fn start(pool: AnyPool, backend: Backend) -> Appender {
+    pub(crate) fn start(pool: AnyPool, backend: Backend) -> Writer {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(writer(pool, backend, rx));
-        Appender { tx }
+        tokio::spawn(run(pool, backend, rx));
+        Writer { tx }
     }
 
-    /// Appends and waits until the entry is committed; returns its sequence number.
-    pub(crate) async fn append(&self, owner: &str, entry: &NewInboxEntry<'_>) -> Result<i64> {
+    /// Appends entries in one transaction and waits until they are committed.
+    pub(crate) async fn append(
+        &self,
+        entries: &[(&str, NewInboxEntry<'_>)],
+    ) -> Result<Vec<Result<i64>>> {
         let (reply, answer) = oneshot::channel();
-        let request = Request {
-            owner: owner.to_owned(),
-            entry: OwnedEntry {
-                stanza_id: entry.stanza_id.to_owned(),
-                sender: entry.sender.to_owned(),
-                kind: entry.kind.to_owned(),
-                xml: entry.xml.to_owned(),
-                at_micros: entry.at_micros,
-                peer: entry.peer.to_owned(),
-                direction: entry.direction.to_owned(),
-                body: entry.body.map(str::to_owned),
-            },
-            reply,
-        };
+        let entries = entries
+            .iter()
+            .map(|(owner, entry)| ((*owner).to_owned(), OwnedEntry::from(entry)))
+            .collect();
         self.tx
-            .send(request)
+            .send(Job::Append { entries, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Moves a device cursor forward and waits until it is committed.
+    pub(crate) async fn ack(
+        &self,
+        owner: &str,
+        resource: &str,
+        seq: i64,
+        now_micros: i64,
+    ) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Ack {
+            owner: owner.to_owned(),
+            resource: resource.to_owned(),
+            seq,
+            now_micros,
+            reply,
+        };
+        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
-async fn writer(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Request>) {
+async fn run(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -82,71 +124,143 @@ async fn writer(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Request>
                 Err(_) => break,
             }
         }
-        write_batch(&pool, backend, &mut batch).await;
-    }
-}
-
-/// Commits a batch in one transaction; if that fails, each append gets its own
-/// transaction so one bad request can't fail the others.
-async fn write_batch(pool: &AnyPool, backend: Backend, batch: &mut Vec<Request>) {
-    match append_all(pool, backend, batch).await {
-        Ok(seqs) => {
-            for (request, seq) in batch.drain(..).zip(seqs) {
-                let _ = request.reply.send(seq);
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
-            for request in batch.drain(..) {
-                let result = append_all(pool, backend, std::slice::from_ref(&request))
-                    .await
-                    .and_then(|mut seqs| seqs.pop().unwrap_or(Err(StoreError::Closed)));
-                let _ = request.reply.send(result);
+        match write(&pool, backend, &batch).await {
+            Ok(results) => answer(batch.drain(..), results),
+            Err(error) => {
+                // One transaction per job, so one bad job can't fail the others.
+                tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
+                for job in batch.drain(..) {
+                    let job = vec![job];
+                    match write(&pool, backend, &job).await {
+                        Ok(results) => answer(job.into_iter(), results),
+                        Err(error) => fail(job.into_iter(), &error),
+                    }
+                }
             }
         }
     }
 }
 
-/// Appends every request in one transaction. The outer error is a database
-/// failure (nothing committed); an unknown owner only fails its own request.
-async fn append_all(
-    pool: &AnyPool,
-    backend: Backend,
-    batch: &[Request],
-) -> Result<Vec<Result<i64>>> {
+/// What one committed transaction produced, job by job.
+enum Done {
+    Appended(Vec<Result<i64>>),
+    Acked,
+}
+
+fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>) {
+    for (job, done) in jobs.zip(results) {
+        match (job, done) {
+            (Job::Append { reply, .. }, Done::Appended(seqs)) => {
+                let _ = reply.send(seqs);
+            }
+            (Job::Ack { reply, .. }, _) => {
+                let _ = reply.send(Ok(()));
+            }
+            (Job::Append { reply, entries }, Done::Acked) => {
+                let _ = reply.send(entries.iter().map(|_| Err(StoreError::Closed)).collect());
+            }
+        }
+    }
+}
+
+fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError) {
+    for job in jobs {
+        let failed = || StoreError::Corrupt(format!("write failed: {error}"));
+        match job {
+            Job::Append { entries, reply } => {
+                let _ = reply.send(entries.iter().map(|_| Err(failed())).collect());
+            }
+            Job::Ack { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+        }
+    }
+}
+
+/// Runs every job of the batch in one transaction. The error is a database
+/// failure (nothing committed); an unknown owner only fails its own entry.
+async fn write(pool: &AnyPool, backend: Backend, batch: &[Job]) -> Result<Vec<Done>> {
     let mut tx = begin_write(pool, backend).await?;
     let mut results = Vec::with_capacity(batch.len());
-    for request in batch {
-        let row = sqlx::query(
-            "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE username = $1 RETURNING inbox_seq",
-        )
-        .bind(&request.owner)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            results.push(Err(StoreError::NoSuchUser(request.owner.clone())));
-            continue;
-        };
-        let seq: i64 = row.try_get("inbox_seq")?;
-        let entry = &request.entry;
+    // Several acks of one device in a batch collapse into the furthest one.
+    let mut acks: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
+    for job in batch {
+        match job {
+            Job::Append { entries, .. } => {
+                let mut seqs = Vec::with_capacity(entries.len());
+                for (owner, entry) in entries {
+                    seqs.push(append_one(&mut tx, owner, entry).await?);
+                }
+                results.push(Done::Appended(seqs));
+            }
+            Job::Ack {
+                owner,
+                resource,
+                seq,
+                now_micros,
+                ..
+            } => {
+                let slot = acks.entry((owner, resource)).or_insert((*seq, *now_micros));
+                *slot = (slot.0.max(*seq), slot.1.max(*now_micros));
+                results.push(Done::Acked);
+            }
+        }
+    }
+    for ((owner, resource), (seq, now_micros)) in acks {
         sqlx::query(
-            "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "UPDATE devices SET cursor = $3, last_seen_micros = $4
+             WHERE owner = $1 AND resource = $2 AND cursor < $3",
         )
-        .bind(&request.owner)
+        .bind(owner)
+        .bind(resource)
         .bind(seq)
-        .bind(&entry.stanza_id)
-        .bind(&entry.sender)
-        .bind(&entry.kind)
-        .bind(&entry.xml)
-        .bind(entry.at_micros)
-        .bind(&entry.peer)
-        .bind(&entry.direction)
-        .bind(&entry.body)
+        .bind(now_micros)
         .execute(&mut *tx)
         .await?;
-        results.push(Ok(seq));
+        sqlx::query(
+            "UPDATE users SET delivered_seq = $2 WHERE username = $1 AND delivered_seq < $2",
+        )
+        .bind(owner)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// Appends one entry inside the batch's transaction; `Ok(Err(NoSuchUser))` for an
+/// unknown owner.
+async fn append_one(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    owner: &str,
+    entry: &OwnedEntry,
+) -> Result<Result<i64>> {
+    let row = sqlx::query(
+        "UPDATE users SET inbox_seq = inbox_seq + 1 WHERE username = $1 RETURNING inbox_seq",
+    )
+    .bind(owner)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Err(StoreError::NoSuchUser(owner.to_owned())));
+    };
+    let seq: i64 = row.try_get("inbox_seq")?;
+    sqlx::query(
+        "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(owner)
+    .bind(seq)
+    .bind(&entry.stanza_id)
+    .bind(&entry.sender)
+    .bind(&entry.kind)
+    .bind(&entry.xml)
+    .bind(entry.at_micros)
+    .bind(&entry.peer)
+    .bind(&entry.direction)
+    .bind(&entry.body)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Ok(seq))
 }

@@ -71,26 +71,8 @@ impl Store {
         seq: i64,
         now_micros: i64,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "UPDATE devices SET cursor = $3, last_seen_micros = $4
-             WHERE owner = $1 AND resource = $2 AND cursor < $3",
-        )
-        .bind(owner)
-        .bind(resource)
-        .bind(seq)
-        .bind(now_micros)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE users SET delivered_seq = $2 WHERE username = $1 AND delivered_seq < $2",
-        )
-        .bind(owner)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        // Through the group-commit writer: acks of many devices share commits.
+        self.writer.ack(owner, resource, seq, now_micros).await
     }
 
     /// The cursor of a known device.

@@ -116,7 +116,7 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    appender: batch::Appender,
+    writer: batch::Writer,
 }
 
 impl std::fmt::Debug for Store {
@@ -163,11 +163,11 @@ impl Store {
         };
         migrate::run(&pool, backend).await?;
         tracing::debug!(?backend, max_connections, "store opened");
-        let appender = batch::Appender::start(pool.clone(), backend);
+        let writer = batch::Writer::start(pool.clone(), backend);
         Ok(Store {
             pool,
             backend,
-            appender,
+            writer,
         })
     }
 
@@ -439,7 +439,17 @@ impl Store {
     /// [`StoreError::NoSuchUser`] if the owner has no account.
     pub async fn inbox_append(&self, owner: &str, entry: &NewInboxEntry<'_>) -> Result<i64> {
         // Through the group-commit writer (see `batch.rs`): durable on return.
-        self.appender.append(owner, entry).await
+        let mut results = self.writer.append(&[(owner, *entry)]).await?;
+        results.pop().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Appends several entries (to one or more owners' logs) in one transaction;
+    /// one result per entry, in order. Durable on return.
+    pub async fn inbox_append_all(
+        &self,
+        entries: &[(&str, NewInboxEntry<'_>)],
+    ) -> Result<Vec<Result<i64>>> {
+        self.writer.append(entries).await
     }
 
     /// Up to `limit` entries with `seq > after_seq`, in sequence order.
