@@ -244,7 +244,11 @@ pub(crate) async fn negotiate<L: Link>(
     };
     let (reader, writer) = link.split();
     match negotiated {
-        Negotiated::Bound(bound) => session::run(server.clone(), bound, reader, writer).await,
+        // Boxed so the negotiation's state and the session's don't share one
+        // allocation sized for the larger of both.
+        Negotiated::Bound(bound) => {
+            Box::pin(session::run(server.clone(), bound, reader, writer)).await
+        }
         // The session task takes the link over and answers `<resumed/>` itself.
         Negotiated::Resume { permit, h } => {
             permit.send(session::Handoff {

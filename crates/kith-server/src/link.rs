@@ -62,6 +62,20 @@ pub trait Link: LinkRead + LinkWrite + Sized {
 
 // ---------------------------------------------------------------- TCP and TLS
 
+/// Bytes read from the socket at a time. Small, because every idle session holds
+/// one; TLS records arrive in pieces anyway.
+const READ_BUFFER: usize = 4096;
+/// A write buffer that grew past this (a catch-up burst) is given back after use,
+/// so a session that once sent a lot doesn't keep that memory while idle.
+const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+
+fn release(out: &mut String) {
+    out.clear();
+    if out.capacity() > KEEP_WRITE_BUFFER {
+        out.shrink_to(KEEP_WRITE_BUFFER / 4);
+    }
+}
+
 /// XML stream over a byte transport.
 pub struct TcpLink<S> {
     reader: TcpReader<S>,
@@ -89,7 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpLink<S> {
                 parser: StreamParser::new(limits),
                 limits,
                 pending: VecDeque::new(),
-                buf: vec![0u8; 8192].into_boxed_slice(),
+                buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             },
             out: String::new(),
         }
@@ -160,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LinkWrite for TcpLink<S> {
     async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.reader.io.write_all(self.out.as_bytes()).await?;
-            self.out.clear();
+            release(&mut self.out);
         }
         self.reader.io.flush().await
     }
@@ -177,7 +191,7 @@ impl<S: AsyncWrite + Unpin + Send> LinkWrite for TcpWriter<S> {
     async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.io.write_all(self.out.as_bytes()).await?;
-            self.out.clear();
+            release(&mut self.out);
         }
         self.io.flush().await
     }

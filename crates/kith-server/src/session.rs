@@ -188,7 +188,11 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                 deadline = Instant::now() + idle;
                 pinged = false;
                 match event {
-                    Ok(kith_proto::StreamEvent::Stanza(stanza)) => session.handle(stanza).await.map_err(Some),
+                    // Boxed: an idle session's task then doesn't carry the (large)
+                    // state of handling a stanza, only while it handles one.
+                    Ok(kith_proto::StreamEvent::Stanza(stanza)) => {
+                        Box::pin(session.handle(stanza)).await.map_err(Some)
+                    }
                     Ok(kith_proto::StreamEvent::Close) => Err(None),
                     Ok(kith_proto::StreamEvent::Open(_)) => {
                         Err(Some((StreamErrorCondition::NotWellFormed, "unexpected stream header")))
@@ -228,7 +232,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                 break None;
             }
             () = std::future::ready(()), if session.backlog_pending => {
-                deliver::read_backlog(&mut session).await;
+                Box::pin(deliver::read_backlog(&mut session)).await;
                 Ok(())
             }
             outbound = rx.recv(), if attached => match outbound {
