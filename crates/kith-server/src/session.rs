@@ -33,7 +33,7 @@ pub(crate) const SM: &str = "urn:xmpp:sm:3";
 /// Ask the client for an ack after this many unacknowledged stanzas.
 const SM_REQUEST_EVERY: usize = 5;
 /// Cursor updates are written at most this often (and always at the end).
-const CURSOR_WRITE_INTERVAL: Duration = Duration::from_millis(250);
+const CURSOR_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// A client that leaves this many stanzas unacknowledged is closed (XEP-0198
 /// keeps them for resending, so they must stay bounded).
 const MAX_UNACKED: usize = 10_000;
