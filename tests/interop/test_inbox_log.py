@@ -68,6 +68,9 @@ async def test_carbons_copy_sent_and_received_messages(xmpp):
     await b.wait_message(lambda m: m["body"] == "sent from one")
     sent = await a2.wait_message(lambda m: m["carbon_sent"]["body"] == "sent from one", what="sent carbon")
     assert sent["from"].full == alice.jid, "a carbon must come from the user's bare JID"
+    # XEP-0313 §3.5: the copy carries the sender's archive id, to match MAM results.
+    sid = sent.xml.find("{urn:xmpp:carbons:2}sent/{urn:xmpp:forward:0}forwarded/{jabber:client}message/{urn:xmpp:sid:0}stanza-id")
+    assert sid is not None and sid.get("by") == alice.jid and sid.get("id"), "sent carbon without the sender's stanza-id"
     b.send_message(mto=a1.boundjid.full, mbody="reply to one", mtype="chat")
     await a1.wait_message(lambda m: m["body"] == "reply to one")
     got = await a2.wait_message(lambda m: m["carbon_received"]["body"] == "reply to one", what="received carbon")

@@ -27,13 +27,18 @@ pub(crate) async fn message_from_client(
         message.set_attr("to", session.bare.to_string());
     }
     let server = session.server.clone();
-    crate::features::carbons::copy_to_other_devices(
-        &server,
-        session.bare.as_str(),
-        &session.jid,
-        "sent",
-        &message,
-    );
+    // XEP-0280: the user's other devices see what this one sends. A message that
+    // goes into the log gets its copy once logged (`log_message`), carrying the
+    // sender's archive id; the rest (chat states) is copied here.
+    if !storable(&message) {
+        crate::features::carbons::copy_to_other_devices(
+            &server,
+            session.bare.as_str(),
+            &session.jid,
+            "sent",
+            &message,
+        );
+    }
     route(&server, message).await;
 }
 
@@ -290,7 +295,8 @@ async fn log_message(
         .unwrap_or_default();
     let body = message.child_text("body", ns::CLIENT);
     let now = crate::now_micros();
-    let outgoing_xml = message.to_xml("");
+    let outgoing = message.clone();
+    let outgoing_xml = outgoing.to_xml("");
     // XEP-0441: an entry the owner doesn't want archived is still logged for
     // delivery, without an archive id (MAM skips entries without one).
     let archived = mam::should_archive(server, node(recipient), &sender).await;
@@ -355,8 +361,36 @@ async fn log_message(
         }
         None => return Err(StanzaError::internal()),
     };
-    if let Some(Err(error)) = results.next() {
-        tracing::warn!(%error, "archiving a sent message failed");
+    let own_archived = match results.next() {
+        Some(Ok(_)) => true,
+        Some(Err(error)) => {
+            tracing::warn!(%error, "archiving a sent message failed");
+            false
+        }
+        None => false,
+    };
+    if let Some(sender_full) = sender_jid
+        .filter(|j| server.is_local_user(j))
+        .and_then(|j| j.try_into_full().ok())
+    {
+        // XEP-0280 sent carbon; with the sender's archive id, so the other
+        // devices can match it with what MAM returns later (XEP-0313 §3.5).
+        let mut copy = outgoing;
+        if own_archived {
+            copy.push_child(
+                Element::new(ns::SID, "stanza-id")
+                    .attr("id", own_id.clone())
+                    .attr("by", sender_full.to_bare().to_string()),
+            );
+        }
+        let owner = sender_full.to_bare();
+        crate::features::carbons::copy_to_other_devices(
+            server,
+            owner.as_str(),
+            &sender_full,
+            "sent",
+            &copy,
+        );
     }
     // XEP-0424: delete for everyone leaves tombstones in both archives.
     if let (Some(id), Ok(sender_jid)) = (retract::retracted_id(message), Jid::new(&sender)) {
