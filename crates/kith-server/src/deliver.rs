@@ -1,5 +1,7 @@
-//! Routing (RFC 6121 §8): where a stanza goes once its `from` is stamped, and
-//! offline storage for messages nobody is online to receive.
+//! Routing (RFC 6121 §8): where a stanza goes once its `from` is stamped. Messages
+//! worth keeping are appended to the recipient's inbox log (and the sender's, for
+//! their archive) before they are handed to online devices; devices that are
+//! offline read them from the log at their next login (`read_backlog`).
 //!
 //! Only local delivery exists today: stanzas for other domains bounce with
 //! `<remote-server-not-found/>` (no server-to-server yet). Blocking (XEP-0191) is

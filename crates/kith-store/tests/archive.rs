@@ -8,8 +8,7 @@
 //! passing on both means both engines return the same hits.
 
 use kith_store::{
-    ArchiveDefault, ArchiveError, ArchiveQuery, MamPrefs, NewInboxEntry, Paging, ScramSecret,
-    Store, StoreError, StoredCredentials,
+    ArchiveDefault, ArchiveError, ArchiveQuery, MamPrefs, NewInboxEntry, Paging, Store, StoreError,
 };
 
 // ----------------------------------------------------------------------
@@ -17,7 +16,7 @@ use kith_store::{
 // ----------------------------------------------------------------------
 
 mod common;
-use common::{TestDb, run_postgres, run_sqlite};
+use common::{TestDb, creds, run_postgres, run_sqlite};
 
 both!(
     paging_forwards,
@@ -37,19 +36,6 @@ both!(
 // ----------------------------------------------------------------------
 // helpers
 // ----------------------------------------------------------------------
-
-fn creds() -> StoredCredentials {
-    let secret = ScramSecret {
-        salt: vec![1; 16],
-        iterations: 4096,
-        stored_key: vec![2; 20],
-        server_key: vec![3; 20],
-    };
-    StoredCredentials {
-        sha1: secret.clone(),
-        sha256: secret,
-    }
-}
 
 /// One message for the helpers below.
 struct Msg<'a> {
@@ -141,7 +127,7 @@ async fn search(s: &Store, owner: &str, text: &str) -> Vec<String> {
 
 async fn paging_forwards(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     fill(&s, "alice", 25).await;
 
     let p1 = s.archive_query("alice", &query(10)).await.unwrap();
@@ -209,7 +195,7 @@ async fn paging_forwards(db: TestDb) {
     // An empty archive, and an owner without an account.
     for owner in ["nobody", "carol"] {
         if owner == "carol" {
-            s.create_user("carol", &creds()).await.unwrap();
+            s.create_user("carol", &creds(1)).await.unwrap();
         }
         let empty = s.archive_query(owner, &query(10)).await.unwrap();
         assert!(empty.items.is_empty());
@@ -220,7 +206,7 @@ async fn paging_forwards(db: TestDb) {
 
 async fn paging_backwards(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     fill(&s, "alice", 25).await;
 
     let back = |before: Option<String>| ArchiveQuery {
@@ -272,7 +258,7 @@ async fn paging_backwards(db: TestDb) {
 async fn unknown_ids_are_errors(db: TestDb) {
     let s = db.open().await;
     for user in ["alice", "bob"] {
-        s.create_user(user, &creds()).await.unwrap();
+        s.create_user(user, &creds(1)).await.unwrap();
     }
     fill(&s, "alice", 3).await;
     append(
@@ -378,7 +364,7 @@ async fn unknown_ids_are_errors(db: TestDb) {
 
 async fn filter_with(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     let msgs = [
         Msg {
             id: "a1",
@@ -505,7 +491,7 @@ async fn filter_with(db: TestDb) {
 
 async fn filter_time(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     fill(&s, "alice", 10).await;
     let window = |start: Option<i64>, end: Option<i64>| ArchiveQuery {
         start_micros: start,
@@ -563,7 +549,7 @@ async fn filter_time(db: TestDb) {
 
 async fn filter_ids_and_id_bounds(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     fill(&s, "alice", 20).await;
 
     // `ids`: exactly those, in log order, duplicates ignored.
@@ -634,7 +620,7 @@ async fn filter_ids_and_id_bounds(db: TestDb) {
 async fn fulltext_unicode(db: TestDb) {
     let s = db.open().await;
     for user in ["alice", "bob"] {
-        s.create_user(user, &creds()).await.unwrap();
+        s.create_user(user, &creds(1)).await.unwrap();
     }
     let bodies: [(&str, Option<&str>); 9] = [
         ("t1", Some("Hello world")),
@@ -737,7 +723,7 @@ async fn fulltext_unicode(db: TestDb) {
 
 async fn fulltext_hostile_input(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     let bodies = [
         ("h1", "she said \"hi\" and left"),
         ("h2", "wildcard * star"),
@@ -812,7 +798,7 @@ async fn fulltext_hostile_input(db: TestDb) {
 async fn fulltext_follows_deletes_and_updates(db: TestDb) {
     let s = db.open().await;
     for user in ["alice", "bob"] {
-        s.create_user(user, &creds()).await.unwrap();
+        s.create_user(user, &creds(1)).await.unwrap();
     }
     for (i, body) in ["apple one", "apple two", "banana three"]
         .iter()
@@ -882,7 +868,7 @@ async fn fulltext_follows_deletes_and_updates(db: TestDb) {
 
     // Deleting a user removes its entries from the index; others keep theirs.
     assert!(s.delete_user("alice").await.unwrap());
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     assert!(search(&s, "alice", "apple").await.is_empty());
     assert!(search(&s, "alice", "banana").await.is_empty());
     assert_eq!(search(&s, "bob", "apple").await, ["b0"]);
@@ -963,7 +949,7 @@ async fn corpus_search_matches_the_oracle(db: TestDb) {
     const MESSAGES: usize = 20_000;
     let s = db.open().await;
     for user in ["alice", "bob"] {
-        s.create_user(user, &creds()).await.unwrap();
+        s.create_user(user, &creds(1)).await.unwrap();
     }
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut corpus: Vec<(String, String, Option<String>)> = Vec::with_capacity(MESSAGES);
@@ -1091,7 +1077,7 @@ async fn corpus_search_matches_the_oracle(db: TestDb) {
 
 async fn archive_bounds(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     assert_eq!(s.archive_bounds("alice").await.unwrap(), None);
     assert_eq!(s.archive_bounds("nobody").await.unwrap(), None);
     fill(&s, "alice", 3).await;
@@ -1104,7 +1090,7 @@ async fn archive_bounds(db: TestDb) {
 
 async fn prefs_round_trip(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     assert_eq!(s.mam_prefs("alice").await.unwrap(), None);
 
     let prefs = MamPrefs {
@@ -1133,6 +1119,6 @@ async fn prefs_round_trip(db: TestDb) {
     assert_eq!(s.mam_prefs("nobody").await.unwrap(), None);
 
     assert!(s.delete_user("alice").await.unwrap());
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     assert_eq!(s.mam_prefs("alice").await.unwrap(), None);
 }

@@ -3,17 +3,14 @@
 //! admin URL; every PostgreSQL test gets its own database, dropped afterwards
 //! (the harness of `tests/store.rs`).
 
-use kith_store::{
-    NewInboxEntry, PushEnabled, PushKind, PushRegistration, ScramSecret, Store, StoreError,
-    StoredCredentials,
-};
+use kith_store::{NewInboxEntry, PushEnabled, PushKind, PushRegistration, Store, StoreError};
 
 // ----------------------------------------------------------------------
 // harness
 // ----------------------------------------------------------------------
 
 mod common;
-use common::{TestDb, run_postgres, run_sqlite};
+use common::{TestDb, creds, run_postgres, run_sqlite};
 
 both!(
     registrations_round_trip,
@@ -29,19 +26,6 @@ both!(
 // ----------------------------------------------------------------------
 // helpers
 // ----------------------------------------------------------------------
-
-fn creds() -> StoredCredentials {
-    let secret = ScramSecret {
-        salt: vec![1; 16],
-        iterations: 4096,
-        stored_key: vec![2; 20],
-        server_key: vec![3; 20],
-    };
-    StoredCredentials {
-        sha1: secret.clone(),
-        sha256: secret,
-    }
-}
 
 fn app_server(resource: &str, jid: &str, node: &str) -> PushRegistration {
     PushRegistration {
@@ -93,7 +77,7 @@ async fn message(s: &Store, owner: &str, body: Option<&str>, direction: &str) ->
 
 async fn registrations_round_trip(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     assert!(s.push_registrations("alice").await.unwrap().is_empty());
     let one = app_server("phone", "push.example.org", "n1");
     let two = web_push("browser", "w1", "https://push.example.net/a");
@@ -118,7 +102,7 @@ async fn registrations_round_trip(db: TestDb) {
 
 async fn enable_replaces_and_moves_between_devices(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     s.push_enable("alice", &app_server("phone", "push.example.org", "n1"), 10)
         .await
         .unwrap();
@@ -132,7 +116,7 @@ async fn enable_replaces_and_moves_between_devices(db: TestDb) {
 
 async fn limit_per_owner(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     for node in ["a", "b"] {
         assert_eq!(
             s.push_enable("alice", &app_server("r", "push.example.org", node), 2)
@@ -159,7 +143,7 @@ async fn limit_per_owner(db: TestDb) {
 
 async fn disable_one_node_or_all(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     for node in ["a", "b", "c"] {
         s.push_enable("alice", &app_server("r", "push.example.org", node), 10)
             .await
@@ -193,7 +177,7 @@ async fn disable_one_node_or_all(db: TestDb) {
 
 async fn webpush_removal_checks_the_endpoint(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     s.push_enable(
         "alice",
         &web_push("b", "w", "https://push.example.net/new"),
@@ -218,7 +202,7 @@ async fn webpush_removal_checks_the_endpoint(db: TestDb) {
 
 async fn pending_count_follows_the_device_cursor(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     s.device_attach("alice", "phone", 1).await.unwrap();
     message(&s, "alice", Some("one"), "in").await;
     let two = message(&s, "alice", Some("two"), "in").await;
@@ -250,12 +234,12 @@ async fn pending_count_follows_the_device_cursor(db: TestDb) {
 
 async fn registrations_go_with_the_account(db: TestDb) {
     let s = db.open().await;
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     s.push_enable("alice", &app_server("r", "push.example.org", "a"), 10)
         .await
         .unwrap();
     assert!(s.delete_user("alice").await.unwrap());
-    s.create_user("alice", &creds()).await.unwrap();
+    s.create_user("alice", &creds(1)).await.unwrap();
     assert!(s.push_registrations("alice").await.unwrap().is_empty());
 }
 

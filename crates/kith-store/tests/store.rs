@@ -19,7 +19,7 @@ use kith_store::{
 
 /// A fresh, empty database for one test.
 mod common;
-use common::{TestDb, run_postgres, run_sqlite};
+use common::{TestDb, creds, run_postgres, run_sqlite};
 
 both!(
     migrations_idempotent,
@@ -51,22 +51,6 @@ both!(
 // ----------------------------------------------------------------------
 // helpers
 // ----------------------------------------------------------------------
-
-fn secret(seed: u8, iterations: u32) -> ScramSecret {
-    ScramSecret {
-        salt: vec![seed; 16],
-        iterations,
-        stored_key: (0..20).map(|i| seed.wrapping_add(i)).collect(),
-        server_key: (0..32).map(|i| seed.wrapping_mul(i)).collect(),
-    }
-}
-
-fn creds(seed: u8) -> StoredCredentials {
-    StoredCredentials {
-        sha1: secret(seed, 4096),
-        sha256: secret(seed.wrapping_add(1), 5000),
-    }
-}
 
 fn item(contact: &str) -> RosterItem {
     RosterItem {

@@ -20,7 +20,7 @@ use kith_proto::{BareJid, Element, Jid, StanzaError, ns};
 use kith_store::{RosterItem, Subscription};
 
 use super::roster::internal;
-use super::{Request, Response, Target};
+use super::{Request, Response};
 use crate::Server;
 use crate::session::Session;
 
@@ -160,12 +160,8 @@ fn matches(list: &HashSet<String>, jid: &Jid) -> bool {
 
 /// Answers `<blocklist/>` gets and `<block/>` / `<unblock/>` sets.
 pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Response {
-    match request.target {
-        Target::OwnAccount => {}
-        // §3: blocking commands carry no 'to'; a user's blocklist is theirs alone.
-        Target::Account(_) => return Err(StanzaError::forbidden()),
-        Target::Server => return Err(StanzaError::service_unavailable()),
-    }
+    // XEP-0191 §3: a user's blocklist is theirs alone.
+    request.own_account_only()?;
     let payload = request.payload;
     match (payload.name.as_str(), request.set) {
         ("blocklist", false) => get(session).await,

@@ -17,7 +17,7 @@ use kith_proto::{Element, Jid, StanzaError, ns};
 use kith_store::{ArchiveDefault, ArchiveError, ArchivePage, ArchiveQuery, MamPrefs, Paging};
 
 use super::roster::internal;
-use super::{Request, Response, Target};
+use super::{Request, Response};
 use crate::Server;
 use crate::datetime::format_datetime;
 use crate::session::Session;
@@ -50,13 +50,8 @@ const MAX_PREF_JIDS: usize = 1000;
 
 /// Answers every request in the `urn:xmpp:mam:2` namespace.
 pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Response {
-    match request.target {
-        Target::OwnAccount => {}
-        // §8.1: no access to another user's archive.
-        Target::Account(_) => return Err(StanzaError::forbidden()),
-        // The server's own JID hosts no archive.
-        Target::Server => return Err(StanzaError::service_unavailable()),
-    }
+    // XEP-0313 §8.1: no access to another user's archive.
+    request.own_account_only()?;
     let payload = request.payload;
     match (payload.name.as_str(), request.set) {
         ("query", false) => Ok(Some(query_form())),

@@ -44,6 +44,19 @@ pub(crate) struct Request<'a> {
     pub target: Target,
 }
 
+impl Request<'_> {
+    /// For features that only exist on the user's own account (roster, archive,
+    /// blocklist): another account gets `<forbidden/>`, the server's own JID
+    /// `<service-unavailable/>` (it hosts no such thing).
+    pub fn own_account_only(&self) -> Result<(), StanzaError> {
+        match self.target {
+            Target::OwnAccount => Ok(()),
+            Target::Account(_) => Err(StanzaError::forbidden()),
+            Target::Server => Err(StanzaError::service_unavailable()),
+        }
+    }
+}
+
 /// What a handler answers: the result payload (if any) or a stanza error.
 pub(crate) type Response = Result<Option<Element>, StanzaError>;
 

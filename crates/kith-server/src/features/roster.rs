@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kith_proto::{BareJid, Element, Jid, StanzaError, ns};
 use kith_store::{RosterItem, Subscription};
 
-use super::{Request, Response, Target};
+use super::{Request, Response};
 use crate::Server;
 use crate::session::Session;
 
@@ -16,12 +16,8 @@ const MAX_NAME: usize = 1023;
 const MAX_GROUPS: usize = 64;
 
 pub(crate) async fn handle_iq(session: &mut Session, request: &Request<'_>) -> Response {
-    match request.target {
-        Target::OwnAccount => {}
-        // RFC 6121 §2.1.5: only the user may see or change their roster.
-        Target::Account(_) => return Err(StanzaError::forbidden()),
-        Target::Server => return Err(StanzaError::service_unavailable()),
-    }
+    // RFC 6121 §2.1.5: only the user may see or change their roster.
+    request.own_account_only()?;
     if request.set {
         set(session, request.payload).await
     } else {

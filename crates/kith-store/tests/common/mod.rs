@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use kith_store::Store;
+use kith_store::{ScramSecret, Store, StoredCredentials};
 use sqlx::Connection;
 
 pub struct TestDb {
@@ -133,4 +133,22 @@ macro_rules! both {
             }
         }
     )*};
+}
+
+/// A made-up SCRAM secret; different seeds give different secrets.
+pub fn secret(seed: u8, iterations: u32) -> ScramSecret {
+    ScramSecret {
+        salt: vec![seed; 16],
+        iterations,
+        stored_key: (0..20).map(|i| seed.wrapping_add(i)).collect(),
+        server_key: (0..32).map(|i| seed.wrapping_mul(i)).collect(),
+    }
+}
+
+/// Credentials for a test account.
+pub fn creds(seed: u8) -> StoredCredentials {
+    StoredCredentials {
+        sha1: secret(seed, 4096),
+        sha256: secret(seed.wrapping_add(1), 5000),
+    }
 }
