@@ -74,6 +74,12 @@ start_server() {
   case "$server" in
     kith)
       render "$REPO/bench/kith/kith.toml" "$BENCH_DIR/kith/kith.toml" "$port"
+      # Every run starts from the database as provisioned, so figures don't depend
+      # on how much earlier runs grew the inbox log.
+      if [[ -d "$BENCH_DIR/kith/data.provisioned" && "${KITH_FRESH_DATA:-1}" == 1 ]]; then
+        rm -rf "$BENCH_DIR/kith/data"
+        cp -a "$BENCH_DIR/kith/data.provisioned" "$BENCH_DIR/kith/data"
+      fi
       (ulimit -n "$NOFILE"; exec taskset -c "$SERVER_CPU" "$KITH_BIN" serve \
         --config "$BENCH_DIR/kith/kith.toml" >>"$BENCH_DIR/kith/kith.log" 2>&1) &
       echo $! >"$BENCH_DIR/kith/kith.pid"

@@ -220,3 +220,60 @@ async def test_receipts_and_read_markers_reach_a_sender_who_went_offline(xmpp):
     a3 = await xmpp.connect(alice, resource="phone")
     await asyncio.sleep(1.0)
     assert not a3.matching(lambda s: s.xml.find("{http://jabber.org/protocol/chatstates}composing") is not None)
+
+
+def _with_origin_id(client, to, body, origin):
+    from xml.etree import ElementTree as ET
+
+    msg = client.make_message(mto=to, mbody=body, mtype="chat")
+    msg.append(ET.fromstring(f"<origin-id xmlns='urn:xmpp:sid:0' id='{origin}'/>"))
+    return msg
+
+
+async def test_a_resent_message_with_the_same_origin_id_is_stored_once(xmpp):
+    """XEP-0359 §4 origin-id: a client that resends (e.g. after a reconnect it
+    wasn't sure about) must not make the recipient see the message twice."""
+    alice, bob = await xmpp.account("dua"), await xmpp.account("dub")
+    b = await xmpp.connect(bob, resource="phone")
+    a = await xmpp.connect(alice, resource="desk")
+    for _ in range(3):
+        _with_origin_id(a, bob.jid, "only once please", "dup-1").send()
+    _with_origin_id(a, bob.jid, "a different message", "dup-2").send()
+    await b.wait_message(lambda m: m["body"] == "a different message")
+    await asyncio.sleep(0.5)
+    once = b.matching(lambda s: getattr(s, "name", "") == "message" and s["body"] == "only once please")
+    assert len(once) == 1, f"the resent message arrived {len(once)} times"
+    # The recipient's device that was offline gets it once too, and the archive has one.
+    await b.close()
+    b2 = await xmpp.connect(bob, resource="phone", plugins=DEFAULT_PLUGINS + ("xep_0313",))
+    await asyncio.sleep(0.5)
+    assert not b2.matching(lambda s: getattr(s, "name", "") == "message" and s["body"] == "only once please")
+    iq = await b2.plugin["xep_0313"].retrieve(with_jid=alice.jid, timeout=10)
+    bodies = [m["mam_result"]["forwarded"]["stanza"]["body"] for m in iq["mam"]["results"]]
+    assert bodies.count("only once please") == 1, bodies
+
+
+async def test_a_burst_of_messages_is_acked_only_once_durable_and_arrives_in_order(xmpp):
+    """Messages are pipelined into the group commit, but `<a h/>` still counts only
+    what is stored, in order, and every message arrives once, in order."""
+    alice, bob = await xmpp.account("pba"), await xmpp.account("pbb")
+    b = await xmpp.connect(bob, resource="phone")
+    a = await xmpp.connect(alice, resource="desk", plugins=SM_PLUGINS)
+    sm = a.plugin["xep_0198"]
+    await asyncio.sleep(0.5)
+    assert sm.enabled_out
+    bodies = [f"burst #{i:03d}" for i in range(300)]
+    for body in bodies:
+        a.send_message(mto=bob.jid, mbody=body, mtype="chat")
+    # An IQ after the burst is answered after the messages are stored.
+    sm.request_ack()
+    await b.wait_message(lambda m: m["body"] == bodies[-1], timeout=20)
+    for _ in range(100):
+        if not [st for _seq, st in list(sm.unacked_queue) if st.name == "message"]:
+            break
+        sm.request_ack()
+        await asyncio.sleep(0.1)
+    assert not [st for _seq, st in list(sm.unacked_queue) if st.name == "message"], "not everything was acked"
+    await asyncio.sleep(0.3)
+    got = [s["body"] for s in b.matching(lambda s: getattr(s, "name", "") == "message" and s["body"].startswith("burst #"))]
+    assert got == bodies

@@ -18,12 +18,18 @@ use crate::Server;
 use crate::features::{mam, retract};
 use crate::session::Session;
 
-/// A message from the session's own client.
+/// Resolves once a message queued for the inbox log is committed (and handed to
+/// the recipient's online devices).
+pub(crate) type Committed = tokio::sync::oneshot::Receiver<()>;
+
+/// A message from the session's own client. Returns `Some` when the message went
+/// to the inbox log and is not committed yet: the session counts it as handled
+/// for XEP-0198 only once that resolves.
 pub(crate) async fn message_from_client(
     session: &mut Session,
     mut message: Element,
     to: Option<Jid>,
-) {
+) -> Option<Committed> {
     // RFC 6120 §10.3.1: no `to` means the account's own bare JID.
     if to.is_none() {
         message.set_attr("to", session.bare.to_string());
@@ -41,15 +47,14 @@ pub(crate) async fn message_from_client(
             &message,
         );
     }
-    route(&server, message).await;
+    route(&server, message).await
 }
 
 /// Routes a stanza whose `from` is final to its recipient on this server, or
-/// bounces it.
-pub(crate) async fn route(server: &Arc<Server>, stanza: Element) {
-    let Some(to) = stanza.get_attr("to").and_then(|to| Jid::new(to).ok()) else {
-        return;
-    };
+/// bounces it. A message that goes to the inbox log is delivered once committed;
+/// the returned [`Committed`] tells when.
+pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Committed> {
+    let to = stanza.get_attr("to").and_then(|to| Jid::new(to).ok())?;
     let from = stanza.get_attr("from").and_then(|from| Jid::new(from).ok());
     if to.domain().as_str() != server.domain {
         // RFC 6120 §10.4.3: no route to other domains (yet).
@@ -59,14 +64,14 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) {
             StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
         )
         .await;
-        return;
+        return None;
     }
     if to.node().is_none() {
         // Addressed to the server: nothing here takes messages or presence.
         if stanza.name == "message" {
             bounce(server, &stanza, StanzaError::service_unavailable()).await;
         }
-        return;
+        return None;
     }
     let recipient = to.to_bare();
     if let Some(from) = &from {
@@ -84,25 +89,26 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) {
                     .with_type(kith_proto::StanzaErrorType::Cancel)
                     .with_application(blocked);
                 bounce(server, &stanza, error).await;
-                return;
+                return None;
             }
             // XEP-0191 §3.5: the recipient blocked the sender; answer as if absent.
             if server.blocks(node(&recipient), from).await {
                 bounce(server, &stanza, StanzaError::service_unavailable()).await;
-                return;
+                return None;
             }
         }
     }
-    route_checked(server, stanza, &to).await;
+    route_checked(server, stanza, &to).await
 }
 
 /// Delivers to a local user, past the blocking checks.
-async fn route_checked(server: &Arc<Server>, stanza: Element, to: &Jid) {
+async fn route_checked(server: &Arc<Server>, stanza: Element, to: &Jid) -> Option<Committed> {
     match stanza.name.as_str() {
-        "message" => route_message(server, stanza, to).await,
+        "message" => return route_message(server, stanza, to).await,
         "presence" => crate::features::presence::inbound(server, stanza, to).await,
         _ => route_iq(server, stanza, to).await,
     }
+    None
 }
 
 fn node(jid: &kith_proto::BareJid) -> &str {
@@ -122,7 +128,7 @@ pub(crate) async fn bounce(server: &Arc<Server>, stanza: &Element, error: Stanza
         return;
     };
     if server.is_local_user(&to) {
-        Box::pin(route_checked(server, reply, &to)).await;
+        let _ = Box::pin(route_checked(server, reply, &to)).await;
     }
 }
 
@@ -151,144 +157,112 @@ async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
 /// RFC 6121 §8.5.2 / §8.5.3: message delivery by type and address.
 ///
 /// Chat and normal messages worth keeping go into the recipient's inbox log first
-/// (and a copy into the sender's, for their archive); only then are they handed to
-/// the recipient's online devices. Devices that are offline read them from the log
-/// when they next come online.
-async fn route_message(server: &Arc<Server>, mut message: Element, to: &Jid) {
+/// (and a copy into the sender's, for their archive); only once committed are they
+/// handed to the recipient's online devices. Devices that are offline read them
+/// from the log when they next come online.
+async fn route_message(server: &Arc<Server>, message: Element, to: &Jid) -> Option<Committed> {
     let kind = message.get_attr("type").unwrap_or("normal").to_owned();
     let recipient = to.to_bare();
     let bare = recipient.as_str();
-    // A full JID whose resource is online gets the message itself; otherwise the
-    // message is for the account (§8.5.3.2.1).
-    let addressed = to.resource().and_then(|resource| {
-        server.router.with_sessions(bare, |sessions| {
+    match kind.as_str() {
+        "error" | "groupchat" | "headline" => {
+            let addressed = addressed_session(server, to);
+            match kind.as_str() {
+                "groupchat" if addressed.is_none() => {
+                    bounce(server, &message, StanzaError::service_unavailable()).await
+                }
+                // §8.5.2.1.1: errors to a bare JID or a gone resource are dropped.
+                "error" | "groupchat" => {
+                    if let Some(session) = addressed {
+                        session.send(Arc::new(message));
+                    }
+                }
+                _ => {
+                    let shared = Arc::new(message);
+                    match addressed {
+                        Some(session) => {
+                            session.send(shared);
+                        }
+                        None => server.router.with_sessions(bare, |sessions| {
+                            for session in
+                                sessions.iter().filter(|s| s.available() && s.priority >= 0)
+                            {
+                                session.send(shared.clone());
+                            }
+                        }),
+                    }
+                }
+            }
+            None
+        }
+        _ if storable(&message) => log_message(server, message, to).await,
+        _ => {
+            // Not archived, so no archive id (XEP-0359 §3 ties it to storage).
+            let shared = Arc::new(message);
+            let delivered = hand_to_devices(server, to, &shared, None);
+            if delivered == 0 && !server.store.user_exists(bare).await.unwrap_or(true) {
+                // §8.5.2.2.1: no such account.
+                bounce(server, &shared, StanzaError::service_unavailable()).await;
+            }
+            None
+        }
+    }
+}
+
+/// The online session a full JID names, if any.
+fn addressed_session(server: &Server, to: &Jid) -> Option<crate::router::SessionEntry> {
+    let resource = to.resource()?;
+    server
+        .router
+        .with_sessions(to.to_bare().as_str(), |sessions| {
             sessions
                 .iter()
                 .find(|s| s.jid.resource().as_str() == resource.as_str())
                 .cloned()
         })
-    });
-    match kind.as_str() {
-        "groupchat" if addressed.is_none() => {
-            bounce(server, &message, StanzaError::service_unavailable()).await
+}
+
+/// Hands a chat/normal message to the recipient's online devices: the addressed
+/// resource if it is online (with carbons to the others, XEP-0280 §6), otherwise
+/// every available device with a non-negative priority (RFC 6121 §8.5.2.1.1 allows
+/// it, and it is what "every device gets every message" means while they are
+/// online). `seq` is the entry's place in the log. Returns how many got it.
+fn hand_to_devices(server: &Server, to: &Jid, shared: &Arc<Element>, seq: Option<i64>) -> usize {
+    let bare = to.to_bare();
+    let send = |session: &crate::router::SessionEntry| match seq {
+        Some(seq) => session.send_logged(shared.clone(), seq),
+        None => session.send(shared.clone()),
+    };
+    match addressed_session(server, to) {
+        Some(session) => {
+            crate::features::carbons::copy_to_other_devices(
+                server,
+                bare.as_str(),
+                &session.jid,
+                "received",
+                shared,
+            );
+            usize::from(send(&session))
         }
-        // §8.5.2.1.1: errors to a bare JID or a gone resource are dropped.
-        "error" | "groupchat" => {
-            if let Some(session) = addressed {
-                session.send(Arc::new(message));
-            }
-        }
-        "headline" => {
-            let shared = Arc::new(message);
-            match addressed {
-                Some(session) => {
-                    session.send(shared);
-                }
-                None => server.router.with_sessions(bare, |sessions| {
-                    for session in sessions.iter().filter(|s| s.available() && s.priority >= 0) {
-                        session.send(shared.clone());
-                    }
-                }),
-            }
-        }
-        _ => {
-            // Entries reach a device in log order: appending and handing over happen
-            // under the recipient's ordering lock, or two senders could commit seq N
-            // and N+1 and deliver them the other way round.
-            let _in_order = server.log_order.lock(bare).await;
-            let seq = if storable(&message) {
-                match log_message(server, &mut message, &recipient).await {
-                    Ok(seq) => Some(seq),
-                    Err(error) => {
-                        bounce(server, &message, error).await;
-                        return;
-                    }
-                }
-            } else {
-                // Not archived, so no archive id (XEP-0359 §3 ties it to storage).
-                None
-            };
-            let shared = Arc::new(message);
-            let send = |session: &crate::router::SessionEntry| match seq {
-                Some(seq) => session.send_logged(shared.clone(), seq),
-                None => session.send(shared.clone()),
-            };
-            let delivered = match &addressed {
-                Some(session) => {
-                    // XEP-0280 §6: the user's other devices see it too.
-                    crate::features::carbons::copy_to_other_devices(
-                        server,
-                        bare,
-                        &session.jid,
-                        "received",
-                        &shared,
-                    );
-                    usize::from(send(session))
-                }
-                // Every available device with a non-negative priority: RFC 6121
-                // §8.5.2.1.1 allows it, and it is what "every device gets every
-                // message" means while they are online.
-                None => server.router.with_sessions(bare, |sessions| {
-                    sessions
-                        .iter()
-                        .filter(|s| s.available() && s.priority >= 0)
-                        .filter(|s| send(s))
-                        .count()
-                }),
-            };
-            if let Some(seq) = seq {
-                crate::features::push::on_logged(server, node(&recipient), &shared, seq);
-            }
-            if delivered == 0
-                && seq.is_none()
-                && !server
-                    .store
-                    .user_exists(node(&recipient))
-                    .await
-                    .unwrap_or(true)
-            {
-                // §8.5.2.2.1: no such account.
-                bounce(server, &shared, StanzaError::service_unavailable()).await;
-            }
-        }
+        None => server.router.with_sessions(bare.as_str(), |sessions| {
+            sessions
+                .iter()
+                .filter(|s| s.available() && s.priority >= 0)
+                .filter(|s| send(s))
+                .count()
+        }),
     }
 }
 
-/// Per-recipient ordering of log appends and their live delivery (sharded, so
-/// different recipients rarely wait on each other).
-pub(crate) struct LogOrder {
-    shards: Vec<tokio::sync::Mutex<()>>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl Default for LogOrder {
-    fn default() -> Self {
-        LogOrder {
-            shards: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
-        }
-    }
-}
-
-impl LogOrder {
-    /// Held while a message to `recipient` is appended and handed to its sessions.
-    /// Nothing done under it takes the lock again (errors bounce as type `error`,
-    /// which is never logged), so it cannot deadlock.
-    pub(crate) async fn lock(&self, recipient: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::BuildHasher;
-        let index = (self.hasher.hash_one(recipient) as usize) % self.shards.len();
-        self.shards[index].lock().await
-    }
-}
-
-/// Appends a message to the recipient's inbox log (stamping the XEP-0359 id that
-/// becomes its archive id) and a copy to a local sender's log. Returns the
-/// recipient's sequence number once the entry is durable.
-async fn log_message(
-    server: &Arc<Server>,
-    message: &mut Element,
-    recipient: &kith_proto::BareJid,
-) -> Result<i64, StanzaError> {
+/// Queues a message for the recipient's inbox log (stamping the XEP-0359 id that
+/// becomes its archive id) with a copy for a local sender's archive, and returns
+/// without waiting for the commit. Once committed, on the store's writer task and
+/// so in log order, the message is handed to the recipient's online devices and
+/// carbon-copied to the sender's other devices; the returned [`Committed`] then
+/// resolves. A resend with the same XEP-0359 origin-id is stored and delivered
+/// once.
+async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Option<Committed> {
+    let recipient = to.to_bare();
     let sender = message.get_attr("from").unwrap_or_default().to_owned();
     let sender_jid = Jid::new(&sender).ok();
     let sender_bare = sender_jid
@@ -301,12 +275,18 @@ async fn log_message(
     let outgoing_xml = outgoing.to_xml("");
     // XEP-0441: an entry the owner doesn't want archived is still logged for
     // delivery, without an archive id (MAM skips entries without one).
-    let archived = mam::should_archive(server, node(recipient), &sender).await;
+    let archived = mam::should_archive(server, node(&recipient), &sender).await;
     let stanza_id = if archived {
-        stamp_stanza_id(message, recipient.as_str())
+        stamp_stanza_id(&mut message, recipient.as_str())
     } else {
         String::new()
     };
+    // XEP-0359 §4: the sender's origin-id identifies a resend of the same message.
+    let origin = message
+        .get_child("origin-id", ns::SID)
+        .and_then(|o| o.get_attr("id"))
+        .filter(|id| !id.is_empty())
+        .map(|id| format!("{sender_bare}\n{id}"));
     let xml = message.to_xml("");
     let entry = NewInboxEntry {
         stanza_id: &stanza_id,
@@ -317,13 +297,14 @@ async fn log_message(
         peer: &sender_bare,
         direction: "in",
         body: body.as_deref(),
+        origin: origin.as_deref(),
     };
-    let mut entries = vec![(node(recipient), entry)];
+    let mut entries = vec![(node(&recipient), entry)];
     // The sender's copy, for their archive, goes into the same commit.
     let own_id = crate::random_id(20);
     let sender_owner = sender_jid
         .as_ref()
-        .filter(|j| server.is_local_user(j) && j.to_bare() != *recipient)
+        .filter(|j| server.is_local_user(j) && j.to_bare() != recipient)
         .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
     let sender_owner = match sender_owner {
         Some(owner) if mam::should_archive(server, &owner, recipient.as_str()).await => Some(owner),
@@ -341,64 +322,131 @@ async fn log_message(
                 peer: recipient.as_str(),
                 direction: "out",
                 body: body.as_deref(),
+                origin: origin.as_deref(),
             },
         ));
     }
-    let mut results = match server.store.inbox_append_all(&entries).await {
-        Ok(results) => results.into_iter(),
-        Err(error) => {
-            tracing::error!(%error, "appending to the inbox log failed");
-            return Err(StanzaError::internal());
-        }
+    let (done, committed) = tokio::sync::oneshot::channel();
+    let after = AfterCommit {
+        server: server.clone(),
+        message,
+        outgoing,
+        to: to.clone(),
+        sender_jid,
+        own_id: own_id.clone(),
+        done,
     };
-    let seq = match results.next() {
-        Some(Ok(seq)) => seq,
-        // RFC 6121 §8.5.2.2.1: no such account.
-        Some(Err(kith_store::StoreError::NoSuchUser(_))) => {
-            return Err(StanzaError::service_unavailable());
-        }
-        Some(Err(error)) => {
-            tracing::error!(%error, "appending to the inbox log failed");
-            return Err(StanzaError::internal());
-        }
-        None => return Err(StanzaError::internal()),
-    };
-    let own_archived = match results.next() {
-        Some(Ok(_)) => true,
-        Some(Err(error)) => {
-            tracing::warn!(%error, "archiving a sent message failed");
-            false
-        }
-        None => false,
-    };
-    if let Some(sender_full) = sender_jid
-        .filter(|j| server.is_local_user(j))
-        .and_then(|j| j.try_into_full().ok())
+    match server
+        .store
+        .inbox_append_then(&entries, move |results| after.run(results))
+        .await
     {
-        // XEP-0280 sent carbon; with the sender's archive id, so the other
-        // devices can match it with what MAM returns later (XEP-0313 §3.5).
-        let mut copy = outgoing;
-        if own_archived {
-            copy.push_child(
-                Element::new(ns::SID, "stanza-id")
-                    .attr("id", own_id.clone())
-                    .attr("by", sender_full.to_bare().to_string()),
-            );
+        Ok(()) => Some(committed),
+        Err(error) => {
+            // The writer is gone (shutting down): nothing was queued.
+            tracing::error!(%error, "appending to the inbox log failed");
+            bounce(
+                server,
+                &outgoing_bounce(&entries, &sender),
+                StanzaError::internal(),
+            )
+            .await;
+            None
         }
-        let owner = sender_full.to_bare();
-        crate::features::carbons::copy_to_other_devices(
+    }
+}
+
+/// A minimal copy of a message to bounce when it could not even be queued.
+fn outgoing_bounce(entries: &[(&str, NewInboxEntry<'_>)], sender: &str) -> Element {
+    entries
+        .first()
+        .and_then(|(_, entry)| parse_fragment(entry.xml.as_bytes(), Limits::default()).ok())
+        .unwrap_or_else(|| Element::new(ns::CLIENT, "message").attr("from", sender))
+}
+
+/// What happens to a logged message once its append is committed. Runs on the
+/// store's writer task: quick, non-blocking work only (queueing to sessions);
+/// anything that waits is spawned.
+struct AfterCommit {
+    server: Arc<Server>,
+    /// As stored for the recipient (with its stanza id).
+    message: Element,
+    /// As the sender sent it (for the sent carbon).
+    outgoing: Element,
+    to: Jid,
+    sender_jid: Option<Jid>,
+    /// The sender's archive id for their copy.
+    own_id: String,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl AfterCommit {
+    fn run(self, results: Vec<kith_store::Result<i64>>) {
+        let AfterCommit {
             server,
-            owner.as_str(),
-            &sender_full,
-            "sent",
-            &copy,
-        );
+            message,
+            outgoing,
+            to,
+            sender_jid,
+            own_id,
+            done,
+        } = self;
+        let mut results = results.into_iter();
+        let recipient = to.to_bare();
+        match results.next() {
+            Some(Ok(seq)) => {
+                let shared = Arc::new(message);
+                hand_to_devices(&server, &to, &shared, Some(seq));
+                crate::features::push::on_logged(&server, node(&recipient), &shared, seq);
+                let own_archived = matches!(results.next(), Some(Ok(_)));
+                if let Some(sender_full) = sender_jid
+                    .as_ref()
+                    .filter(|j| server.is_local_user(j))
+                    .and_then(|j| j.clone().try_into_full().ok())
+                {
+                    // XEP-0280 sent carbon; with the sender's archive id, so the other
+                    // devices can match it with what MAM returns later (XEP-0313 §3.5).
+                    let mut copy = outgoing;
+                    if own_archived {
+                        copy.push_child(
+                            Element::new(ns::SID, "stanza-id")
+                                .attr("id", own_id)
+                                .attr("by", sender_full.to_bare().to_string()),
+                        );
+                    }
+                    crate::features::carbons::copy_to_other_devices(
+                        &server,
+                        sender_full.to_bare().as_str(),
+                        &sender_full,
+                        "sent",
+                        &copy,
+                    );
+                }
+                // XEP-0424: delete for everyone leaves tombstones in both archives.
+                if let (Some(id), Some(sender_jid)) = (retract::retracted_id(&shared), sender_jid) {
+                    tokio::spawn(async move {
+                        retract::apply(&server, &sender_jid, &recipient, &id).await;
+                    });
+                }
+            }
+            // A resend of a message already in the log: it was delivered then.
+            Some(Err(kith_store::StoreError::Duplicate(_))) => {}
+            failure => {
+                let error = match failure {
+                    // RFC 6121 §8.5.2.2.1: no such account.
+                    Some(Err(kith_store::StoreError::NoSuchUser(_))) => {
+                        StanzaError::service_unavailable()
+                    }
+                    other => {
+                        tracing::error!(error = ?other.map(|r| r.err()), "appending to the inbox log failed");
+                        StanzaError::internal()
+                    }
+                };
+                tokio::spawn(async move { bounce(&server, &outgoing, error).await });
+            }
+        }
+        let _ = done.send(());
     }
-    // XEP-0424: delete for everyone leaves tombstones in both archives.
-    if let (Some(id), Ok(sender_jid)) = (retract::retracted_id(message), Jid::new(&sender)) {
-        retract::apply(server, &sender_jid, recipient, &id).await;
-    }
-    Ok(seq)
 }
 
 /// XEP-0359 §3: the recipient's server stamps a unique, stable id, and removes any

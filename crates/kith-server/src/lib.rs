@@ -53,8 +53,6 @@ pub struct Server {
     resumable: session::Resumable,
     /// XEP-0441 archiving preferences, cached.
     mam_prefs: features::mam::PrefsCache,
-    /// Keeps each user's log appends and deliveries in sequence order.
-    log_order: deliver::LogOrder,
     /// Per-process secret that makes the SCRAM salts of unknown users stable.
     fake_salt_key: [u8; 32],
     /// Push notifications (XEP-0357, Web Push, webhook).
@@ -123,7 +121,6 @@ impl Server {
             ports: std::sync::OnceLock::new(),
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
-            log_order: deliver::LogOrder::default(),
         });
 
         let mut tasks = JoinSet::new();

@@ -13,7 +13,7 @@
 //! client without stream management, once they were written to the connection.
 
 use std::any::{Any, TypeId};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ const CURSOR_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// A client that leaves this many stanzas unacknowledged is closed (XEP-0198
 /// keeps them for resending, so they must stay bounded).
 const MAX_UNACKED: usize = 10_000;
+/// Most messages of one session queued for the inbox log and not yet committed;
+/// past it the session waits for the oldest commit before reading on.
+const MAX_UNCOMMITTED: usize = 512;
 
 /// A new connection taking over a session (XEP-0198 §5 resumption): its link
 /// halves, type-erased, and the client's `h`.
@@ -120,6 +123,12 @@ pub(crate) struct Session {
     /// A cursor position not yet saved, and when the last one was.
     cursor_pending: Option<i64>,
     cursor_saved_at: Instant,
+    /// Client stanzas handled but not yet counted for XEP-0198, oldest first:
+    /// messages waiting for their inbox-log commit (`Some`), and stanzas handled
+    /// after them (`None`), which are counted only once everything before them is.
+    /// Consecutive messages are thus pipelined into the group commit while `h`
+    /// still only covers what is durable.
+    uncommitted: VecDeque<Option<deliver::Committed>>,
 }
 
 type End = Option<(StreamErrorCondition, &'static str)>;
@@ -173,6 +182,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         held: crate::csi::Held::default(),
         cursor_pending: None,
         cursor_saved_at: Instant::now(),
+        uncommitted: VecDeque::new(),
     };
     let idle = Duration::from_secs(server.config.limits.idle_timeout_secs.max(1));
     let mut deadline = Instant::now() + idle;
@@ -212,7 +222,13 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                     }
                 }
             }
+            () = next_committed(&mut session.uncommitted), if !session.uncommitted.is_empty() => {
+                session.settle_committed();
+                Ok(())
+            }
             handoff = next_handoff(&mut session.resume) => {
+                // `<resumed h/>` must count every message that is durable by now.
+                session.drain_uncommitted().await;
                 if let Some((new_reader, new_writer)) = session.take_over::<R, W>(handoff) {
                     if attached {
                         writer.shutdown().await;
@@ -472,6 +488,10 @@ impl Session {
         mut stanza: Element,
     ) -> Result<(), (StreamErrorCondition, &'static str)> {
         if stanza.ns == SM {
+            if stanza.name == "r" {
+                // The answer counts the messages still being committed, so wait.
+                self.drain_uncommitted().await;
+            }
             return self.handle_sm(&stanza);
         }
         if stanza.ns == crate::csi::CSI {
@@ -519,8 +539,21 @@ impl Session {
                 return Ok(());
             }
         };
+        if stanza.name != "message" {
+            // What a client does after sending messages sees them stored (a MAM
+            // query, say): only runs of messages are pipelined.
+            self.drain_uncommitted().await;
+        }
         match stanza.name.as_str() {
-            "message" => deliver::message_from_client(self, stanza, to).await,
+            "message" => {
+                if let Some(committed) = deliver::message_from_client(self, stanza, to).await {
+                    self.uncommitted.push_back(Some(committed));
+                    if self.uncommitted.len() > MAX_UNCOMMITTED {
+                        self.wait_oldest_commit().await;
+                    }
+                    return Ok(());
+                }
+            }
             "presence" => features::presence::from_client(self, stanza, to).await,
             _ => features::iq_from_client(self, stanza, to).await,
         }
@@ -530,9 +563,49 @@ impl Session {
         Ok(())
     }
 
+    /// Counts a handled stanza for XEP-0198, after the messages still being
+    /// committed if there are any.
     fn count_handled(&mut self) {
+        if self.uncommitted.is_empty() {
+            self.count_one();
+        } else {
+            self.uncommitted.push_back(None);
+        }
+    }
+
+    fn count_one(&mut self) {
         if let Some(sm) = &mut self.sm {
             sm.inbound = sm.inbound.wrapping_add(1);
+        }
+    }
+
+    /// After the oldest uncommitted message resolved: counts it and whatever
+    /// follows it that is done too.
+    fn settle_committed(&mut self) {
+        while let Some(front) = self.uncommitted.front_mut() {
+            if let Some(committed) = front
+                && matches!(
+                    committed.try_recv(),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                )
+            {
+                break;
+            }
+            self.uncommitted.pop_front();
+            self.count_one();
+        }
+    }
+
+    /// Waits for the oldest uncommitted message and counts what is done.
+    async fn wait_oldest_commit(&mut self) {
+        next_committed(&mut self.uncommitted).await;
+        self.settle_committed();
+    }
+
+    /// Waits until every message this session sent is committed, counting them.
+    async fn drain_uncommitted(&mut self) {
+        while !self.uncommitted.is_empty() {
+            self.wait_oldest_commit().await;
         }
     }
 
@@ -659,6 +732,16 @@ impl Session {
     /// Queues a log entry for this session's own client.
     pub fn reply_logged(&mut self, stanza: Element, seq: i64) {
         self.replies.push((stanza, Some(seq)));
+    }
+}
+
+/// Resolves when the oldest uncommitted message is committed (or its append failed
+/// and was answered with an error); at once when the queue is empty.
+async fn next_committed(queue: &mut VecDeque<Option<deliver::Committed>>) {
+    if let Some(Some(committed)) = queue.front_mut() {
+        // An error means the commit's callback was dropped: the writer is gone,
+        // nothing more will come; count it so the session can end.
+        let _ = committed.await;
     }
 }
 

@@ -12,6 +12,11 @@ pub enum StoreError {
     #[error("no such user {0:?}")]
     NoSuchUser(String),
 
+    /// The owner's log already holds an entry with this entry's origin key
+    /// (a resent message): nothing was appended.
+    #[error("duplicate of an entry already in {0:?}'s log")]
+    Duplicate(String),
+
     /// A row held a value this code cannot interpret (e.g. an unknown
     /// subscription state or an out-of-range iteration count).
     #[error("corrupt data in store: {0}")]

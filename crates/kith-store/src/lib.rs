@@ -452,6 +452,22 @@ impl Store {
         self.writer.append(entries).await
     }
 
+    /// Queues entries for the next group commit and returns as soon as they are
+    /// queued (waiting only when the writer is saturated); `then` runs right after
+    /// the commit with one result per entry (as [`Store::inbox_append_all`]).
+    ///
+    /// `then` runs on the writer task, in commit order: callbacks of appends
+    /// queued one after the other run in that order, and their sequence numbers
+    /// increase in that order, so handing entries to readers from `then` keeps
+    /// log order without a lock. It must be quick and must not block or panic.
+    pub async fn inbox_append_then(
+        &self,
+        entries: &[(&str, NewInboxEntry<'_>)],
+        then: impl FnOnce(Vec<Result<i64>>) + Send + Sync + 'static,
+    ) -> Result<()> {
+        self.writer.append_then(entries, Box::new(then)).await
+    }
+
     /// Up to `limit` entries with `seq > after_seq`, in sequence order.
     pub async fn inbox_after(
         &self,

@@ -319,6 +319,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 5,
+        name: "inbox origin keys (XEP-0359 duplicate sends stored once)",
+        sqlite: &[
+            "ALTER TABLE inbox ADD COLUMN origin TEXT",
+            "CREATE UNIQUE INDEX inbox_origin ON inbox (owner, origin)",
+        ],
+        postgres: &[
+            "ALTER TABLE inbox ADD COLUMN origin TEXT",
+            "CREATE UNIQUE INDEX inbox_origin ON inbox (owner, origin)",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

@@ -121,6 +121,10 @@ pub struct NewInboxEntry<'a> {
     pub direction: &'a str,
     /// The message body, for search; `None` for receipts, markers and the like.
     pub body: Option<&'a str>,
+    /// A key that makes the entry unique in its owner's log (e.g. the sender and
+    /// the XEP-0359 origin-id): a second append with the same key is refused with
+    /// [`StoreError::Duplicate`](crate::StoreError::Duplicate). `None`: no check.
+    pub origin: Option<&'a str>,
 }
 
 /// An entry read back from a user's inbox log.

@@ -60,6 +60,7 @@ async fn append(s: &Store, owner: &str, m: &Msg<'_>) -> i64 {
             peer: m.peer,
             direction: m.direction,
             body: m.body,
+            origin: None,
         },
     )
     .await

@@ -65,6 +65,7 @@ async fn message(s: &Store, owner: &str, body: Option<&str>, direction: &str) ->
             peer: "bob@localhost",
             direction,
             body,
+            origin: None,
         },
     )
     .await

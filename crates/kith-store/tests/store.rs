@@ -46,6 +46,8 @@ both!(
     retention_deletes_old_and_delivered_entries,
     group_commit_isolates_unknown_owners,
     entries_can_be_rewritten_as_tombstones,
+    duplicate_origin_keys_are_stored_once,
+    append_then_runs_in_commit_order,
 );
 
 // ----------------------------------------------------------------------
@@ -64,6 +66,7 @@ fn entry<'a>(id: &'a str, xml: &'a str, at: i64) -> NewInboxEntry<'a> {
         peer: "bob@example.org",
         direction: "in",
         body: None,
+        origin: None,
         stanza_id: id,
         sender: "bob@example.org/phone",
         kind: "chat",
@@ -531,6 +534,7 @@ async fn inbox_after_paging(db: TestDb) {
                     peer: "bob@example.org",
                     direction: "in",
                     body: None,
+                    origin: None,
                     stanza_id: &id,
                     sender: "bob@localhost/x",
                     kind: if i % 2 == 0 { "chat" } else { "receipt" },
@@ -743,6 +747,7 @@ async fn unicode_and_large_values(db: TestDb) {
                 peer: "bob@example.org",
                 direction: "in",
                 body: None,
+                origin: None,
                 stanza_id: "ид-1",
                 sender: "björn@exämple.org/📱",
                 kind: "chat",
@@ -831,6 +836,7 @@ async fn inbox_entry_metadata_round_trip(db: TestDb) {
                 peer: "bob@localhost",
                 direction: "out",
                 body: Some("héllo wörld"),
+                origin: None,
                 stanza_id: "s1",
                 sender: "alice@localhost/phone",
                 kind: "chat",
@@ -970,6 +976,7 @@ async fn entries_can_be_rewritten_as_tombstones(db: TestDb) {
                 },
                 direction: "in",
                 body: Some("secret words"),
+                origin: None,
                 stanza_id: &format!("t{i}"),
                 sender: "bob@localhost/x",
                 kind: "message",
@@ -996,4 +1003,86 @@ async fn entries_can_be_rewritten_as_tombstones(db: TestDb) {
         (e.xml.as_str(), e.body.as_deref()),
         ("<message><retracted/></message>", None)
     );
+}
+
+async fn duplicate_origin_keys_are_stored_once(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    s.create_user("bob", &creds(2)).await.unwrap();
+    let with_origin = |id: &'static str, origin: &'static str| NewInboxEntry {
+        origin: Some(origin),
+        ..entry(id, "<message/>", 1)
+    };
+    let first = s
+        .inbox_append("alice", &with_origin("a", "bob\no1"))
+        .await
+        .unwrap();
+    // The same key again, alone and inside a batch with a new one.
+    assert!(matches!(
+        s.inbox_append("alice", &with_origin("b", "bob\no1")).await,
+        Err(StoreError::Duplicate(owner)) if owner == "alice"
+    ));
+    let results = s
+        .inbox_append_all(&[
+            ("alice", with_origin("c", "bob\no1")),
+            ("alice", with_origin("d", "bob\no2")),
+            // The same key in another owner's log is no duplicate.
+            ("bob", with_origin("e", "bob\no1")),
+            // Twice in one batch: the first wins.
+            ("alice", with_origin("f", "bob\no3")),
+            ("alice", with_origin("g", "bob\no3")),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Err(StoreError::Duplicate(_))));
+    let second = *results[1].as_ref().unwrap();
+    assert!(second > first);
+    assert!(results[2].is_ok());
+    assert!(results[3].is_ok());
+    assert!(matches!(results[4], Err(StoreError::Duplicate(_))));
+    // Entries without a key are never duplicates.
+    s.inbox_append("alice", &entry("h", "<message/>", 2))
+        .await
+        .unwrap();
+    s.inbox_append("alice", &entry("h", "<message/>", 2))
+        .await
+        .unwrap();
+    let ids: Vec<String> = s
+        .inbox_after("alice", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stanza_id)
+        .collect();
+    assert_eq!(ids, ["a", "d", "f", "h", "h"]);
+}
+
+async fn append_then_runs_in_commit_order(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..200 {
+        let seen = seen.clone();
+        let done = done_tx.clone();
+        let id = format!("m{i}");
+        s.inbox_append_then(&[("alice", entry(&id, "<message/>", i))], move |results| {
+            let seq = *results[0].as_ref().unwrap();
+            seen.lock().unwrap().push((i, seq));
+            let _ = done.send(());
+        })
+        .await
+        .unwrap();
+    }
+    for _ in 0..200 {
+        done_rx.recv().await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    // Called in the order queued, with increasing sequence numbers.
+    assert_eq!(
+        seen.iter().map(|(i, _)| *i).collect::<Vec<i64>>(),
+        (0..200).collect::<Vec<_>>()
+    );
+    assert!(seen.windows(2).all(|w| w[0].1 < w[1].1));
+    assert_eq!(s.inbox_count("alice").await.unwrap(), 200);
 }

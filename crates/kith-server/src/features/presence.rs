@@ -25,7 +25,9 @@ pub(crate) async fn from_client(session: &mut Session, mut presence: Element, to
     match (kind.as_str(), to) {
         // RFC 6121 §4.3: clients don't probe; the server does it for them.
         ("probe", _) => {}
-        ("error", Some(_)) => crate::deliver::route(&session.server, presence).await,
+        ("error", Some(_)) => {
+            crate::deliver::route(&session.server, presence).await;
+        }
         ("" | "unavailable", Some(to))
             if to.to_bare() != session.bare || to.resource().is_some() =>
         {
