@@ -234,7 +234,7 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Job]) -> Result<Vec<Do
     let mut next: HashMap<&str, i64> = HashMap::with_capacity(wanted.len());
     for chunk in chunks(&wanted) {
         // Built from numbers only: placeholders, no input.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(reserve_sql(chunk.len())));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(reserve_sql(backend, chunk.len())));
         for (owner, count) in chunk {
             query = query.bind(*owner).bind(*count);
         }
@@ -285,7 +285,7 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Job]) -> Result<Vec<Do
     // (`ON CONFLICT DO NOTHING`); what it returns is what was written.
     let mut written: HashSet<(String, i64)> = HashSet::with_capacity(rows.len());
     for chunk in chunks(&rows) {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(chunk.len())));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(backend, chunk.len())));
         for (owner, seq, entry) in chunk {
             query = query
                 .bind(*owner)
@@ -359,8 +359,8 @@ fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
 /// `UPDATE … FROM (VALUES …)` reserving `count` sequence numbers for each of `rows`
 /// owners; returns each existing owner's last reserved number. `column1`/`column2`
 /// name the VALUES columns on both SQLite and PostgreSQL.
-fn reserve_sql(rows: usize) -> String {
-    let values = placeholders(rows, 2);
+fn reserve_sql(backend: Backend, rows: usize) -> String {
+    let values = placeholders(backend, rows, 2);
     format!(
         "UPDATE users SET inbox_seq = users.inbox_seq + v.column2 FROM (VALUES {values}) AS v \
          WHERE users.username = v.column1 RETURNING users.username AS username, users.inbox_seq AS inbox_seq"
@@ -369,16 +369,18 @@ fn reserve_sql(rows: usize) -> String {
 
 /// Multi-row `INSERT INTO inbox` of `rows` entries, skipping duplicates of an
 /// origin key already in the log; returns the rows written.
-fn insert_sql(rows: usize) -> String {
-    let values = placeholders(rows, 11);
+fn insert_sql(backend: Backend, rows: usize) -> String {
+    let values = placeholders(backend, rows, 11);
     format!(
         "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin) \
          VALUES {values} ON CONFLICT DO NOTHING RETURNING owner, seq"
     )
 }
 
-/// `($1, $2), ($3, $4), …`: `rows` tuples of `columns` numbered placeholders.
-fn placeholders(rows: usize, columns: usize) -> String {
+/// `($1, $2), ($3, $4), …`: `rows` tuples of `columns` numbered placeholders; on
+/// SQLite anonymous `?` ones, because binding numbered ones costs sqlx a
+/// linear-time name lookup per parameter (quadratic in a long statement).
+fn placeholders(backend: Backend, rows: usize, columns: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -389,8 +391,13 @@ fn placeholders(rows: usize, columns: usize) -> String {
             if column > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(row * columns + column + 1).to_string());
+            match backend {
+                Backend::Sqlite => out.push('?'),
+                Backend::Postgres => {
+                    out.push('$');
+                    out.push_str(&(row * columns + column + 1).to_string());
+                }
+            }
         }
         out.push(')');
     }
@@ -414,7 +421,8 @@ mod tests {
 
     #[test]
     fn placeholders_number_rows_then_columns() {
-        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
-        assert_eq!(placeholders(1, 3), "($1, $2, $3)");
+        assert_eq!(placeholders(Backend::Postgres, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(placeholders(Backend::Postgres, 1, 3), "($1, $2, $3)");
+        assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 }
