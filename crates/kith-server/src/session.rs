@@ -90,6 +90,8 @@ pub(crate) struct Session {
     pub bare: BareJid,
     /// The account's username (the JID localpart).
     pub username: String,
+    /// Who this is in the inbox log: the device credential, or the resource.
+    pub device_key: String,
     pub id: u64,
     /// Whether the client has sent initial presence (RFC 6121 §4.2).
     pub available: bool,
@@ -130,7 +132,19 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
     mut reader: R,
     mut writer: W,
 ) {
-    let Bound { jid, id, mut rx } = bound;
+    let Bound {
+        jid,
+        id,
+        mut rx,
+        device,
+        revoked,
+    } = bound;
+    // A device credential is the device, whatever resource it binds; a password
+    // login is a device per resource (ARCHITECTURE.md, the inbox log).
+    let device_key = match &device {
+        Some(id) => crate::credentials::device_resource(id),
+        None => jid.resource().as_str().to_owned(),
+    };
     let bare = jid.to_bare();
     let username = bare
         .node()
@@ -138,7 +152,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         .unwrap_or_default();
     let device_cursor = match server
         .store
-        .device_attach(&username, jid.resource().as_str(), crate::now_micros())
+        .device_attach(&username, &device_key, crate::now_micros())
         .await
     {
         Ok(start) => start.cursor,
@@ -158,6 +172,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         jid,
         bare,
         username,
+        device_key,
         id,
         available: false,
         directed: HashSet::new(),
@@ -226,6 +241,13 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                     session.resend_unacked(&mut writer);
                 }
                 Ok(())
+            }
+            () = revoked.notified() => {
+                tracing::info!(jid = %session.jid, "device credential revoked; ending the session");
+                if !attached {
+                    break None;
+                }
+                Err(Some((StreamErrorCondition::NotAuthorized, "this device was signed out")))
             }
             () = tokio::time::sleep_until(deadline), if !attached => {
                 tracing::debug!(jid = %session.jid, "resumption window over");
@@ -453,12 +475,7 @@ impl Session {
         match self
             .server
             .store
-            .device_ack(
-                &self.username,
-                self.jid.resource().as_str(),
-                seq,
-                crate::now_micros(),
-            )
+            .device_ack(&self.username, &self.device_key, seq, crate::now_micros())
             .await
         {
             Ok(()) => self.device_cursor = seq,
