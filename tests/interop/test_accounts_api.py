@@ -406,3 +406,20 @@ async def test_openapi_is_served_and_covers_the_routes(api):
             reply = await api.call(method.upper(), path.replace("{id}", "x"),
                                    {} if method == "post" else None)
             assert reply.error != "no_such_endpoint", (method, path, reply)
+
+
+# ---------------------------------------------------------------------------
+# the operator's CLI
+# ---------------------------------------------------------------------------
+
+async def test_cli_lists_and_revokes_devices(api, gateway, clients, phone_server):
+    phone = us_number()
+    device = await sign_up(api, gateway, phone, "Old phone")
+    username = phone[1:]
+    out = phone_server.cli("device", "list", username).stdout
+    assert device["device_id"] in out and "Old phone" in out
+    phone_server.cli("device", "revoke", username, device["device_id"])
+    assert device["device_id"] not in phone_server.cli("device", "list", username).stdout
+    with pytest.raises(LoginFailed):
+        await clients.connect(device["jid"], device["credential"], mech="SCRAM-SHA-256")
+    assert phone_server.cli("device", "revoke", username, device["device_id"], check=False).returncode != 0

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub use config::Config;
+pub use credentials::device_resource;
 use limiter::RateLimiter;
 use router::Router;
 
