@@ -423,3 +423,32 @@ async def test_cli_lists_and_revokes_devices(api, gateway, clients, phone_server
     with pytest.raises(LoginFailed):
         await clients.connect(device["jid"], device["credential"], mech="SCRAM-SHA-256")
     assert phone_server.cli("device", "revoke", username, device["device_id"], check=False).returncode != 0
+
+
+async def test_only_the_same_device_resumes_its_session(api, gateway, clients):
+    phone = us_number()
+    one = await sign_up(api, gateway, phone, "One")
+    two = await sign_up(api, gateway, phone, "Two")
+    sm_plugins = DEFAULT_PLUGINS + ("xep_0198",)
+    c = await clients.connect(one["jid"], one["credential"], plugins=sm_plugins, label="one")
+    await wait_until(lambda: c.plugin["xep_0198"].sm_id, what="stream management enabled")
+    sm_id = c.plugin["xep_0198"].sm_id
+    c.transport.abort()
+    await asyncio.sleep(0.5)
+
+    # Device two, same account, presents device one's stream id: refused (XEP-0198
+    # <failed/>), and it binds a session of its own instead.
+    other = clients.make(two["jid"], two["credential"], plugins=sm_plugins, label="two")
+    other.plugin["xep_0198"].sm_id = sm_id
+    loop = asyncio.get_running_loop()
+    outcome = loop.create_future()
+    other.add_event_handler("session_resumed", lambda _e: outcome.done() or outcome.set_result("resumed"))
+    other.add_event_handler("session_start", lambda _e: outcome.done() or outcome.set_result("bound"))
+    clients.start(other)
+    assert await asyncio.wait_for(outcome, 15) == "bound"
+
+    # Device one itself resumes.
+    resumed = loop.create_future()
+    c.add_event_handler("session_resumed", lambda _e: resumed.done() or resumed.set_result(True))
+    clients.start(c)
+    await asyncio.wait_for(resumed, 15)

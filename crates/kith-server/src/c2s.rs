@@ -315,7 +315,7 @@ async fn authenticate_and_bind<L: Link>(
             }
         };
         if element.is("resume", session::SM) {
-            match resumable_slot::<L>(server, &username, &element).await {
+            match resumable_slot::<L>(server, &username, device.as_deref(), &element).await {
                 Ok(resume) => return Ok(resume),
                 Err(condition) => {
                     // XEP-0198 §5: the client may go on and bind a new session.
@@ -366,6 +366,7 @@ async fn authenticate_and_bind<L: Link>(
 async fn resumable_slot<L: Link>(
     server: &Server,
     username: &str,
+    device: Option<&str>,
     resume: &Element,
 ) -> Result<Negotiated, &'static str> {
     let h = resume
@@ -380,7 +381,11 @@ async fn resumable_slot<L: Link>(
         .resumable
         .get(previd, &owner)
         .ok_or("item-not-found")?;
-    if slot.link_type != std::any::TypeId::of::<(L::Reader, L::Writer)>() {
+    // A device-credential session is that device: another device (or the
+    // account password) can't take it over.
+    if slot.link_type != std::any::TypeId::of::<(L::Reader, L::Writer)>()
+        || slot.device.as_deref() != device
+    {
         return Err("item-not-found");
     }
     let permit = slot

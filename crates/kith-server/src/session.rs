@@ -52,6 +52,8 @@ pub(crate) struct ResumeSlot {
     /// The link halves type the session runs on: a TCP session can be resumed over
     /// TCP (STARTTLS or direct TLS), a WebSocket one over WebSocket.
     pub link_type: TypeId,
+    /// The device credential of the session: only that device may resume it.
+    pub device: Option<String>,
     pub tx: mpsc::Sender<Handoff>,
 }
 
@@ -92,6 +94,8 @@ pub(crate) struct Session {
     pub username: String,
     /// Who this is in the inbox log: the device credential, or the resource.
     pub device_key: String,
+    /// The device credential the session signed in with.
+    pub device: Option<String>,
     pub id: u64,
     /// Whether the client has sent initial presence (RFC 6121 §4.2).
     pub available: bool,
@@ -173,6 +177,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         bare,
         username,
         device_key,
+        device,
         id,
         available: false,
         directed: HashSet::new(),
@@ -576,6 +581,7 @@ impl Session {
                         ResumeSlot {
                             owner: self.bare.clone(),
                             link_type: self.link_type,
+                            device: self.device.clone(),
                             tx,
                         },
                     );
