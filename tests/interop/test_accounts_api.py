@@ -452,3 +452,27 @@ async def test_only_the_same_device_resumes_its_session(api, gateway, clients):
     c.add_event_handler("session_resumed", lambda _e: resumed.done() or resumed.set_result(True))
     clients.start(c)
     await asyncio.wait_for(resumed, 15)
+
+
+# ---------------------------------------------------------------------------
+# living with XEP-0077
+# ---------------------------------------------------------------------------
+
+async def test_password_change_keeps_device_credentials_working(api, gateway, clients):
+    one = await sign_up(api, gateway, us_number(), "One")
+    two = await sign_up(api, gateway, "+" + one["jid"].split("@")[0], "Two")
+    c = await clients.connect(one["jid"], one["credential"],
+                              plugins=DEFAULT_PLUGINS + ("xep_0077",))
+    password = "a new password"
+    await c.plugin["xep_0077"].change_password(password, timeout=10)
+    await c.close()
+    for secret in (one["credential"], two["credential"], password):
+        for mech in ("SCRAM-SHA-256", "SCRAM-SHA-1"):
+            login = await clients.connect(one["jid"], secret, mech=mech, roster=False, presence=False)
+            await login.close()
+
+
+async def test_in_band_registration_cannot_take_a_phone_name(phone_server):
+    from test_xep0077_register import raw_error_condition, raw_register
+    iq = await raw_register(phone_server, us_number()[1:], "pw-secret")
+    assert iq.get("type") == "error" and raw_error_condition(iq) == "not-acceptable"
