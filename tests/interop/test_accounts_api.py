@@ -476,3 +476,35 @@ async def test_in_band_registration_cannot_take_a_phone_name(phone_server):
     from test_xep0077_register import raw_error_condition, raw_register
     iq = await raw_register(phone_server, us_number()[1:], "pw-secret")
     assert iq.get("type") == "error" and raw_error_condition(iq) == "not-acceptable"
+
+
+async def test_console_sender_prints_the_code_in_the_server_log(server, xmpp):
+    """The zero-config server: the code shows in the log, as a developer sees it."""
+    import re
+    api = Api(server)
+    phone = us_number()
+    r = await api.call("POST", "/register/start", {"phone": phone})
+    assert r.status == 200
+    pattern = re.compile(rf"SMS code \(console sender\) phone={re.escape(phone)} code=(\d{{6}})")
+    match = await wait_until(lambda: pattern.search(server.log_path.read_text(errors="replace")),
+                             what="code in the server log")
+    r = await api.call("POST", "/register/verify",
+                       {"phone": phone, "code": match.group(1), "device_name": "dev"})
+    assert r.status == 200 and r.body["new_account"] is True
+    c = await xmpp.connect(r.body["jid"], r.body["credential"])
+    assert c.boundjid.bare == r.body["jid"]
+
+
+async def test_deleted_phone_account_starts_clean(api, gateway, clients):
+    phone = us_number()
+    old = await sign_up(api, gateway, phone, "Old")
+    c = await clients.connect(old["jid"], old["credential"], plugins=DEFAULT_PLUGINS + ("xep_0077",))
+    await c.plugin["xep_0077"].cancel_registration(timeout=10)
+    await c.wait_closed()
+    new = await sign_up(api, gateway, phone, "New")
+    assert new["new_account"] is True and new["jid"] == old["jid"]
+    assert (await api.call("GET", "/devices", token=old["credential"])).status == 401
+    listed = await api.call("GET", "/devices", token=new["credential"])
+    assert [d["name"] for d in listed.body["devices"]] == ["New"]
+    with pytest.raises(LoginFailed):
+        await clients.connect(old["jid"], old["credential"], mech="SCRAM-SHA-256")

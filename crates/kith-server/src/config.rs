@@ -592,6 +592,29 @@ mod tests {
     }
 
     #[test]
+    fn sms_senders_need_their_settings() {
+        for (text, key) in [
+            ("[sms]\nsender = \"webhook\"\n", "sms.webhook_url"),
+            (
+                "[sms]\nsender = \"webhook\"\nwebhook_url = \"http://x/\"\n",
+                "sms.webhook_secret",
+            ),
+            ("[sms]\nsender = \"twilio\"\n", "sms.twilio_account_sid"),
+            ("[sms]\nsender = \"carrier-pigeon\"\n", "k.toml:2:"),
+            ("[phone]\ndefault_region = \"XX\"\n", "phone.default_region"),
+        ] {
+            let error = Config::parse(text, Path::new("k.toml")).expect_err(text);
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+        let config = Config::parse(
+            "[sms]\nsender = \"twilio\"\ntwilio_account_sid = \"AC1\"\ntwilio_auth_token = \"t\"\ntwilio_from = \"+15005550006\"\n[phone]\ndefault_region = \"DE\"\n",
+            Path::new("k.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.sms.sender, SmsSender::Twilio);
+    }
+
+    #[test]
     fn unknown_key_reports_line() {
         let error = Config::parse(
             "[server]\ndomain = \"a.example\"\ndomian = \"x\"\n",
