@@ -240,6 +240,25 @@ impl ScramServer {
 
     /// Verifies the client-final-message; on success returns the server-final-message.
     pub fn client_final(&self, message: &[u8]) -> Result<Vec<u8>, SaslError> {
+        let keys = [(self.stored_key.as_slice(), self.server_key.as_slice())];
+        self.client_final_any(message, &keys)
+            .map(|(_, server_final)| server_final)
+    }
+
+    /// Verifies the client-final-message against several candidate secrets that
+    /// share the salt and iteration count sent in server-first (one per device
+    /// credential of an account). On success returns which candidate matched and
+    /// the server-final-message signed with that candidate's `ServerKey`.
+    ///
+    /// RFC 5802 §3: the server recovers `ClientKey = ClientProof XOR
+    /// HMAC(StoredKey, AuthMessage)` and accepts when `H(ClientKey) == StoredKey`;
+    /// that test is made for every candidate, in constant time each, without
+    /// stopping early.
+    pub fn client_final_any(
+        &self,
+        message: &[u8],
+        candidates: &[(&[u8], &[u8])],
+    ) -> Result<(usize, Vec<u8>), SaslError> {
         let message = std::str::from_utf8(message).map_err(|_| SaslError::MalformedRequest)?;
         let (without_proof, proof) = message
             .rsplit_once(",p=")
@@ -266,21 +285,29 @@ impl ScramServer {
             "{},{},{}",
             self.client_first_bare, self.server_first, without_proof
         );
-        let client_signature = hmac_for(self.hash, &self.stored_key, auth_message.as_bytes());
-        if proof.len() != client_signature.len() {
-            return Err(SaslError::NotAuthorized);
+        let mut matched = None;
+        for (index, (stored_key, _)) in candidates.iter().enumerate() {
+            let client_signature = hmac_for(self.hash, stored_key, auth_message.as_bytes());
+            if proof.len() != client_signature.len() {
+                continue;
+            }
+            let client_key: Vec<u8> = proof
+                .iter()
+                .zip(&client_signature)
+                .map(|(a, b)| a ^ b)
+                .collect();
+            let computed = digest(self.hash, &client_key);
+            if bool::from(computed.ct_eq(stored_key)) && matched.is_none() {
+                matched = Some(index);
+            }
         }
-        let client_key: Vec<u8> = proof
-            .iter()
-            .zip(&client_signature)
-            .map(|(a, b)| a ^ b)
-            .collect();
-        let computed = digest(self.hash, &client_key);
-        if !bool::from(computed.ct_eq(&self.stored_key)) {
-            return Err(SaslError::NotAuthorized);
-        }
-        let server_signature = hmac_for(self.hash, &self.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)).into_bytes())
+        let index = matched.ok_or(SaslError::NotAuthorized)?;
+        let server_key = candidates[index].1;
+        let server_signature = hmac_for(self.hash, server_key, auth_message.as_bytes());
+        Ok((
+            index,
+            format!("v={}", B64.encode(server_signature)).into_bytes(),
+        ))
     }
 }
 
@@ -425,6 +452,50 @@ mod tests {
         assert_eq!(
             result.as_deref(),
             Ok("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+        );
+    }
+
+    /// One salt, several device secrets: the RFC 7677 exchange succeeds against
+    /// the candidate derived from "pencil", wherever it sits in the list, and
+    /// the server signature is that candidate's.
+    #[test]
+    fn any_of_several_candidates_matches() {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").expect("test salt");
+        let other = derive_secret(ScramHash::Sha256, "other device", &salt, 4096);
+        let right = derive_secret(ScramHash::Sha256, "pencil", &salt, 4096);
+        let mut server = ScramServer::new(ScramHash::Sha256);
+        server
+            .client_first(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
+            .expect("client-first");
+        server.server_first(
+            SecretRef {
+                salt: &salt,
+                iterations: 4096,
+                stored_key: &other.stored_key,
+                server_key: &other.server_key,
+            },
+            "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+        );
+        let client_final = b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        assert_eq!(
+            server.client_final(client_final),
+            Err(SaslError::NotAuthorized)
+        );
+        let candidates = [
+            (other.stored_key.as_slice(), other.server_key.as_slice()),
+            (right.stored_key.as_slice(), right.server_key.as_slice()),
+        ];
+        let (index, server_final) = server
+            .client_final_any(client_final, &candidates)
+            .expect("second candidate matches");
+        assert_eq!(index, 1);
+        assert_eq!(
+            server_final,
+            b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec()
+        );
+        assert_eq!(
+            server.client_final_any(client_final, &candidates[..1]),
+            Err(SaslError::NotAuthorized)
         );
     }
 

@@ -48,20 +48,42 @@ pub fn check_password(password: &str) -> Result<(), AccountError> {
 /// Salted SCRAM-SHA-1 and SCRAM-SHA-256 secrets for a password, each with its own
 /// random salt. The password itself is never stored.
 pub fn credentials_for(password: &str) -> StoredCredentials {
-    let secret = |hash| {
+    let salt = || {
         let mut salt = vec![0u8; 16];
         rand::rng().fill_bytes(&mut salt);
-        let derived = derive_secret(hash, password, &salt, SCRAM_ITERATIONS);
+        (salt, SCRAM_ITERATIONS)
+    };
+    credentials_with(password, salt(), salt())
+}
+
+/// Secrets for a new password under the salts the account already has: a phone
+/// account's device credentials are derived under those salts (credentials.rs),
+/// so changing its password must not change them.
+fn credentials_keeping_salts(password: &str, existing: &StoredCredentials) -> StoredCredentials {
+    credentials_with(
+        password,
+        (existing.sha1.salt.clone(), existing.sha1.iterations),
+        (existing.sha256.salt.clone(), existing.sha256.iterations),
+    )
+}
+
+fn credentials_with(
+    password: &str,
+    sha1: (Vec<u8>, u32),
+    sha256: (Vec<u8>, u32),
+) -> StoredCredentials {
+    let secret = |hash, (salt, iterations): (Vec<u8>, u32)| {
+        let derived = derive_secret(hash, password, &salt, iterations);
         ScramSecret {
             salt,
-            iterations: SCRAM_ITERATIONS,
+            iterations,
             stored_key: derived.stored_key,
             server_key: derived.server_key,
         }
     };
     StoredCredentials {
-        sha1: secret(ScramHash::Sha1),
-        sha256: secret(ScramHash::Sha256),
+        sha1: secret(ScramHash::Sha1, sha1),
+        sha256: secret(ScramHash::Sha256, sha256),
     }
 }
 
@@ -83,10 +105,14 @@ pub async fn set_password(
     password: &str,
 ) -> Result<(), AccountError> {
     check_password(password)?;
-    if store
-        .set_credentials(username, &credentials_for(password))
-        .await?
-    {
+    let credentials = match store.phone_of(username).await? {
+        Some(_) => match store.credentials(username).await? {
+            Some(existing) => credentials_keeping_salts(password, &existing),
+            None => return Err(AccountError::NoSuchUser(username.to_owned())),
+        },
+        None => credentials_for(password),
+    };
+    if store.set_credentials(username, &credentials).await? {
         Ok(())
     } else {
         Err(AccountError::NoSuchUser(username.to_owned()))
@@ -131,5 +157,9 @@ mod tests {
             secret
         ));
         assert_ne!(creds.sha1.salt, creds.sha256.salt);
+        let changed = credentials_keeping_salts("other", &creds);
+        assert_eq!(changed.sha256.salt, creds.sha256.salt);
+        assert_eq!(changed.sha1.iterations, creds.sha1.iterations);
+        assert_ne!(changed.sha256.stored_key, creds.sha256.stored_key);
     }
 }

@@ -273,6 +273,10 @@ pub(crate) struct Bound {
     pub jid: FullJid,
     pub id: u64,
     pub rx: tokio::sync::mpsc::Receiver<crate::router::Outbound>,
+    /// The device credential the session signed in with, if any.
+    pub device: Option<String>,
+    /// Notified when that credential is revoked.
+    pub revoked: Arc<tokio::sync::Notify>,
 }
 
 async fn authenticate_and_bind<L: Link>(
@@ -282,7 +286,9 @@ async fn authenticate_and_bind<L: Link>(
     secure: bool,
     opened: &mut bool,
 ) -> Result<Negotiated, Ended> {
-    let username = sasl_phase(server, link, ip, secure, opened).await?;
+    let Authenticated {
+        username, device, ..
+    } = sasl_phase(server, link, ip, secure, opened).await?;
     link.restart();
     open_stream(server, link, opened).await?;
     let features = Element::new(ns::STREAM, "features")
@@ -309,7 +315,7 @@ async fn authenticate_and_bind<L: Link>(
             }
         };
         if element.is("resume", session::SM) {
-            match resumable_slot::<L>(server, &username, &element).await {
+            match resumable_slot::<L>(server, &username, device.as_deref(), &element).await {
                 Ok(resume) => return Ok(resume),
                 Err(condition) => {
                     // XEP-0198 §5: the client may go on and bind a new session.
@@ -333,7 +339,7 @@ async fn authenticate_and_bind<L: Link>(
         let requested = bind
             .child_text("resource", ns::BIND)
             .filter(|r| !r.trim().is_empty());
-        match bind_resource(server, &username, requested.as_deref()) {
+        match bind_resource(server, &username, device.as_deref(), requested.as_deref()) {
             Ok(bound) => {
                 let result = Element::new(ns::CLIENT, "iq")
                     .attr_opt("id", element.get_attr("id"))
@@ -360,6 +366,7 @@ async fn authenticate_and_bind<L: Link>(
 async fn resumable_slot<L: Link>(
     server: &Server,
     username: &str,
+    device: Option<&str>,
     resume: &Element,
 ) -> Result<Negotiated, &'static str> {
     let h = resume
@@ -374,7 +381,11 @@ async fn resumable_slot<L: Link>(
         .resumable
         .get(previd, &owner)
         .ok_or("item-not-found")?;
-    if slot.link_type != std::any::TypeId::of::<(L::Reader, L::Writer)>() {
+    // A device-credential session is that device: another device (or the
+    // account password) can't take it over.
+    if slot.link_type != std::any::TypeId::of::<(L::Reader, L::Writer)>()
+        || slot.device.as_deref() != device
+    {
         return Err("item-not-found");
     }
     let permit = slot
@@ -390,6 +401,7 @@ async fn resumable_slot<L: Link>(
 fn bind_resource(
     server: &Arc<Server>,
     username: &str,
+    device: Option<&str>,
     requested: Option<&str>,
 ) -> Result<Bound, kith_proto::StanzaError> {
     let bare = format!("{username}@{}", server.domain);
@@ -404,6 +416,7 @@ fn bind_resource(
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel(server.config.limits.session_queue);
     let id = server.next_id();
+    let revoked = Arc::new(tokio::sync::Notify::new());
     let entry = crate::router::SessionEntry {
         jid: jid.clone(),
         id,
@@ -413,6 +426,8 @@ fn bind_resource(
         interested: false,
         carbons: false,
         detached: false,
+        device: device.map(Arc::from),
+        revoked: revoked.clone(),
     };
     match server
         .router
@@ -423,18 +438,24 @@ fn bind_resource(
         )
         .with_type(kith_proto::StanzaErrorType::Cancel)
         .with_text("too many sessions for this account")),
-        _ => Ok(Bound { jid, id, rx }),
+        _ => Ok(Bound {
+            jid,
+            id,
+            rx,
+            device: device.map(str::to_owned),
+            revoked,
+        }),
     }
 }
 
-/// Runs SASL (RFC 6120 §6) until success; returns the authenticated username.
+/// Runs SASL (RFC 6120 §6) until success; returns who authenticated.
 async fn sasl_phase<L: Link>(
     server: &Arc<Server>,
     link: &mut L,
     ip: IpAddr,
     secure: bool,
     opened: &mut bool,
-) -> Result<String, Ended> {
+) -> Result<Authenticated, Ended> {
     open_stream(server, link, opened).await?;
     let mut mechanisms = Element::new(ns::SASL, "mechanisms");
     for mechanism in sasl::MECHANISMS {
@@ -465,11 +486,23 @@ async fn sasl_phase<L: Link>(
         };
         if element.is("auth", ns::SASL) {
             match authenticate(server, link, &element, secure).await? {
-                Ok(username) => {
-                    link.element(&success_element(&username.1));
+                Ok(authenticated) => {
+                    link.element(&success_element(&authenticated.additional));
                     link.flush().await.map_err(|_| Ended::Gone)?;
-                    tracing::debug!(user = %username.0, "authenticated");
-                    return Ok(username.0);
+                    tracing::debug!(
+                        user = %authenticated.username,
+                        device = ?authenticated.device,
+                        "authenticated"
+                    );
+                    if let Some(device) = &authenticated.device
+                        && let Err(error) = server
+                            .store
+                            .touch_device_credential(device, crate::now_micros())
+                            .await
+                    {
+                        tracing::warn!(%error, "recording device use");
+                    }
+                    return Ok(authenticated);
                 }
                 Err(error) => {
                     failures += 1;
@@ -523,13 +556,13 @@ fn success_element(additional: &[u8]) -> Element {
 }
 
 /// One SASL exchange. The outer `Result` is for the link, the inner for SASL:
-/// `Ok(Ok((username, additional success data)))` on success.
+/// `Ok(Ok(authenticated))` on success.
 async fn authenticate<L: Link>(
     server: &Arc<Server>,
     link: &mut L,
     auth: &Element,
     secure: bool,
-) -> Result<Result<(String, Vec<u8>), SaslError>, Ended> {
+) -> Result<Result<Authenticated, SaslError>, Ended> {
     let mechanism = auth.get_attr("mechanism").and_then(Mechanism::parse);
     let payload = match sasl::decode_payload(&auth.text_content()) {
         Ok(payload) => payload,
@@ -579,6 +612,21 @@ async fn authenticate<L: Link>(
             &fallback
         }
     };
+    // Device credentials of the account share its salt (credentials.rs): the
+    // proof is checked against the account's own key and every device's.
+    let devices = match (&username, stored.is_some()) {
+        (Some(username), true) => {
+            server
+                .store
+                .device_credentials(username)
+                .await
+                .map_err(|error| {
+                    tracing::error!(%error, "reading device credentials");
+                    Ended::Error(StreamErrorCondition::InternalServerError, "storage failure")
+                })?
+        }
+        _ => Vec::new(),
+    };
     let server_first = scram.server_first(
         SecretRef {
             salt: &secret.salt,
@@ -613,11 +661,40 @@ async fn authenticate<L: Link>(
         Ok(response) => response,
         Err(error) => return Ok(Err(error)),
     };
-    match (scram.client_final(&response), username, stored.is_some()) {
-        (Ok(server_final), Some(username), true) => Ok(Ok((username, server_final))),
+    let mut candidates = vec![(secret.stored_key.as_slice(), secret.server_key.as_slice())];
+    candidates.extend(
+        devices
+            .iter()
+            .map(|device| crate::credentials::scram_keys(device, hash)),
+    );
+    match (
+        scram.client_final_any(&response, &candidates),
+        username,
+        stored.is_some(),
+    ) {
+        (Ok((index, server_final)), Some(username), true) => {
+            // Index 0 is the account password; the others are devices in order.
+            let device = index
+                .checked_sub(1)
+                .and_then(|i| devices.get(i))
+                .map(|d| d.id.clone());
+            Ok(Ok(Authenticated {
+                username,
+                device,
+                additional: server_final,
+            }))
+        }
         (Err(error), _, _) => Ok(Err(error)),
         _ => Ok(Err(SaslError::NotAuthorized)),
     }
+}
+
+/// Who authenticated: the account, and the device credential used, if any.
+pub(crate) struct Authenticated {
+    pub username: String,
+    pub device: Option<String>,
+    /// SASL additional data with success (the SCRAM server-final-message).
+    pub additional: Vec<u8>,
 }
 
 /// RFC 6120 §6.3.8: we only let a user act as themselves.
@@ -626,7 +703,7 @@ fn authzid_matches(server: &Server, authzid: &str, username: &str) -> bool {
     authzid.eq_ignore_ascii_case(&expected) || authzid.eq_ignore_ascii_case(username)
 }
 
-async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<(String, Vec<u8>), SaslError> {
+async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<Authenticated, SaslError> {
     let credentials = sasl::parse_plain(payload)?;
     if credentials
         .authzid
@@ -637,6 +714,26 @@ async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<(String, Vec<u8>)
     }
     let username = crate::accounts::normalize_username(&credentials.username, &server.domain)
         .map_err(|_| SaslError::NotAuthorized)?;
+    if let Some(id) = crate::credentials::parse_id(&credentials.password) {
+        // A device credential: found by its id, compared by hash (credentials.rs).
+        let row = server.store.device_credential(id).await.map_err(|error| {
+            tracing::error!(%error, "reading device credentials");
+            SaslError::NotAuthorized
+        })?;
+        return match row {
+            Some(row)
+                if row.owner == username
+                    && crate::credentials::matches(&row, &credentials.password) =>
+            {
+                Ok(Authenticated {
+                    username,
+                    device: Some(row.id),
+                    additional: Vec::new(),
+                })
+            }
+            _ => Err(SaslError::NotAuthorized),
+        };
+    }
     let stored = server.store.credentials(&username).await.map_err(|error| {
         tracing::error!(%error, "reading credentials");
         SaslError::NotAuthorized
@@ -673,7 +770,11 @@ async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<(String, Vec<u8>)
     .await
     .unwrap_or(false);
     if ok {
-        Ok((username, Vec::new()))
+        Ok(Authenticated {
+            username,
+            device: None,
+            additional: Vec::new(),
+        })
     } else {
         Err(SaslError::NotAuthorized)
     }

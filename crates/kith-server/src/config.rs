@@ -20,6 +20,8 @@ pub struct Config {
     pub limits: LimitsSection,
     pub delivery: DeliverySection,
     pub push: PushSection,
+    pub phone: PhoneSection,
+    pub sms: SmsSection,
     pub log: LogSection,
 }
 
@@ -122,6 +124,128 @@ impl PushSection {
         self.vapid_subject
             .clone()
             .unwrap_or_else(|| format!("mailto:postmaster@{domain}"))
+    }
+}
+
+/// Phone-number sign-up, device credentials and contact discovery (the HTTP API
+/// under `/api/v1/`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PhoneSection {
+    /// Whether the phone-number API is served.
+    pub enabled: bool,
+    /// ISO 3166 region (e.g. "DE") for numbers given without a country code at
+    /// sign-up; unset: such numbers are refused. Discovery uses the caller's own
+    /// country instead.
+    pub default_region: Option<String>,
+    /// Seconds an SMS code stays valid.
+    pub code_ttl_secs: u64,
+    /// Wrong tries of one code before it is voided and the number cools down.
+    pub max_code_failures: u32,
+    /// Seconds a number is locked after too many wrong tries.
+    pub cooldown_secs: u64,
+    /// Codes sent to one number per hour.
+    pub codes_per_number_per_hour: u32,
+    /// Codes requested by one IP address per hour.
+    pub codes_per_ip_per_hour: u32,
+    /// Seconds a link-a-device code stays valid.
+    pub link_ttl_secs: u64,
+    /// Device credentials one account may hold.
+    pub max_devices_per_user: usize,
+    /// Numbers one discovery request may hold.
+    pub discover_max_per_request: usize,
+    /// Numbers one account may look up per day (UTC).
+    pub discover_max_per_day: i64,
+    /// Largest API request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for PhoneSection {
+    fn default() -> Self {
+        PhoneSection {
+            enabled: true,
+            default_region: None,
+            code_ttl_secs: 600,
+            max_code_failures: 5,
+            cooldown_secs: 900,
+            codes_per_number_per_hour: 3,
+            codes_per_ip_per_hour: 20,
+            link_ttl_secs: 300,
+            max_devices_per_user: 16,
+            discover_max_per_request: 1000,
+            discover_max_per_day: 5000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How SMS codes are sent.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsSender {
+    /// Log the code (development).
+    #[default]
+    Console,
+    /// HMAC-signed JSON POST to `webhook_url`.
+    Webhook,
+    /// Twilio's Messages REST API (or one that speaks it).
+    Twilio,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsSection {
+    pub sender: SmsSender,
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key for the `X-Kith-Signature` header of webhook posts.
+    pub webhook_secret: Option<String>,
+    pub twilio_account_sid: Option<String>,
+    pub twilio_auth_token: Option<String>,
+    /// The sending number (E.164) or messaging service.
+    pub twilio_from: Option<String>,
+    /// API base URL (a stand-in for tests).
+    pub twilio_base_url: String,
+    /// Seconds one send may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmsSection {
+    fn default() -> Self {
+        SmsSection {
+            sender: SmsSender::Console,
+            webhook_url: None,
+            webhook_secret: None,
+            twilio_account_sid: None,
+            twilio_auth_token: None,
+            twilio_from: None,
+            twilio_base_url: "https://api.twilio.com".to_owned(),
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl SmsSection {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let missing = |key: &'static str, value: &Option<String>| match value {
+            Some(v) if !v.is_empty() => Ok(()),
+            _ => Err((key, format!("must be set for sender = {:?}", self.sender))),
+        };
+        match self.sender {
+            SmsSender::Console => {}
+            SmsSender::Webhook => {
+                missing("sms.webhook_url", &self.webhook_url)?;
+                missing("sms.webhook_secret", &self.webhook_secret)?;
+            }
+            SmsSender::Twilio => {
+                missing("sms.twilio_account_sid", &self.twilio_account_sid)?;
+                missing("sms.twilio_auth_token", &self.twilio_auth_token)?;
+                missing("sms.twilio_from", &self.twilio_from)?;
+            }
+        }
+        if self.timeout_secs == 0 {
+            return Err(("sms.timeout_secs", "must be positive".to_owned()));
+        }
+        Ok(())
     }
 }
 
@@ -405,6 +529,23 @@ impl Config {
         self.push
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        self.sms
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        if let Some(region) = &self.phone.default_region
+            && region.parse::<phonenumber::country::Id>().is_err()
+        {
+            return Err(invalid(
+                "phone.default_region",
+                format!("{region:?} is not an ISO 3166 region code"),
+            ));
+        }
+        if self.phone.max_code_failures == 0 || self.phone.code_ttl_secs == 0 {
+            return Err(invalid(
+                "phone.max_code_failures",
+                "phone.max_code_failures and phone.code_ttl_secs must be positive".to_owned(),
+            ));
+        }
         if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
             return Err(invalid(
                 "limits.session_queue",
@@ -448,6 +589,29 @@ mod tests {
         assert_eq!(config.server.domain, "localhost");
         assert!(config.registration_enabled());
         assert_eq!(config.limits.max_stanza_size, 262_144);
+    }
+
+    #[test]
+    fn sms_senders_need_their_settings() {
+        for (text, key) in [
+            ("[sms]\nsender = \"webhook\"\n", "sms.webhook_url"),
+            (
+                "[sms]\nsender = \"webhook\"\nwebhook_url = \"http://x/\"\n",
+                "sms.webhook_secret",
+            ),
+            ("[sms]\nsender = \"twilio\"\n", "sms.twilio_account_sid"),
+            ("[sms]\nsender = \"carrier-pigeon\"\n", "k.toml:2:"),
+            ("[phone]\ndefault_region = \"XX\"\n", "phone.default_region"),
+        ] {
+            let error = Config::parse(text, Path::new("k.toml")).expect_err(text);
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+        let config = Config::parse(
+            "[sms]\nsender = \"twilio\"\ntwilio_account_sid = \"AC1\"\ntwilio_auth_token = \"t\"\ntwilio_from = \"+15005550006\"\n[phone]\ndefault_region = \"DE\"\n",
+            Path::new("k.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.sms.sender, SmsSender::Twilio);
     }
 
     #[test]

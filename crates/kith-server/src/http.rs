@@ -1,5 +1,6 @@
 //! The HTTP(S) listener: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` and
-//! connection discovery (XEP-0156) at `/.well-known/host-meta[.json]`.
+//! connection discovery (XEP-0156) at `/.well-known/host-meta[.json]`, and the
+//! JSON API under `/api/v1/` (`api/`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +34,8 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bo
         .with_state(AppState {
             server: server.clone(),
             secure,
-        });
+        })
+        .merge(crate::api::router(server.clone()));
     let service = app.into_make_service_with_connect_info::<PeerAddr>();
     let result = if secure {
         let tls = TlsListener::new(listener, server.clone());
@@ -158,7 +160,7 @@ async fn push_vapid(State(state): State<AppState>) -> Response {
 
 /// The client's address, on plain and TLS listeners alike.
 #[derive(Clone, Copy, Debug)]
-struct PeerAddr(SocketAddr);
+pub(crate) struct PeerAddr(pub SocketAddr);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>>
     for PeerAddr

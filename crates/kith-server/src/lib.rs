@@ -5,13 +5,15 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+mod api;
 mod c2s;
 pub mod config;
+mod credentials;
 mod csi;
 mod datetime;
 mod deliver;
 mod features;
-mod http;
+pub(crate) mod http;
 mod limiter;
 mod link;
 mod maintenance;
@@ -31,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub use config::Config;
+pub use credentials::device_resource;
 use limiter::RateLimiter;
 use router::Router;
 
@@ -57,6 +60,8 @@ pub struct Server {
     fake_salt_key: [u8; 32],
     /// Push notifications (XEP-0357, Web Push, webhook).
     push: features::push::Push,
+    /// The phone-account HTTP API's limiters and SMS client.
+    api: api::ApiState,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -99,6 +104,7 @@ impl Server {
         let push = features::push::Push::start(&config, &store)
             .await
             .context("preparing push notifications")?;
+        let api = api::ApiState::new(&config).context("preparing the HTTP API")?;
         let certificate = tls::ensure_certificate(&config)?;
         let starttls = tls::server_config(&certificate, &[])?;
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
@@ -121,6 +127,7 @@ impl Server {
             ports: std::sync::OnceLock::new(),
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
+            api,
         });
 
         let mut tasks = JoinSet::new();

@@ -5,14 +5,14 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// At most `limit` events per source IP in a sliding window.
-pub struct RateLimiter {
+/// At most `limit` events per key (a source IP, a phone number) in a sliding window.
+pub struct RateLimiter<K = IpAddr> {
     limit: u32,
     window: Duration,
-    events: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+    events: Mutex<HashMap<K, Vec<Instant>>>,
 }
 
-impl RateLimiter {
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
     pub fn new(limit: u32, window_secs: u64) -> Self {
         RateLimiter {
             limit,
@@ -21,8 +21,14 @@ impl RateLimiter {
         }
     }
 
-    /// Records an event for `ip` if it is within the limit; returns whether it was.
-    pub fn try_acquire(&self, ip: IpAddr) -> bool {
+    /// Records an event for `key` if it is within the limit; returns whether it was.
+    pub fn try_acquire(&self, key: K) -> bool {
+        self.acquire_or_wait(key).is_ok()
+    }
+
+    /// Records an event for `key` if it is within the limit; otherwise says how
+    /// long until the next one would be (for `Retry-After`).
+    pub fn acquire_or_wait(&self, key: K) -> Result<(), Duration> {
         let now = Instant::now();
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         // Forget idle addresses now and then so the map can't grow without bound.
@@ -33,13 +39,14 @@ impl RateLimiter {
                     .is_some_and(|t| now.duration_since(*t) < self.window)
             });
         }
-        let times = events.entry(ip).or_default();
+        let times = events.entry(key).or_default();
         times.retain(|t| now.duration_since(*t) < self.window);
         if times.len() as u32 >= self.limit {
-            return false;
+            let oldest = times.first().copied().unwrap_or(now);
+            return Err(self.window.saturating_sub(now.duration_since(oldest)));
         }
         times.push(now);
-        true
+        Ok(())
     }
 }
 

@@ -48,11 +48,23 @@ pub struct SessionEntry {
     /// Whether the connection dropped and the session waits to be resumed
     /// (XEP-0198 §5): still bound, but nothing reaches the device meanwhile.
     pub detached: bool,
+    /// The device credential the session signed in with (credentials.rs).
+    pub device: Option<Arc<str>>,
+    /// Ends the session at once, attached or waiting to be resumed.
+    pub revoked: Arc<tokio::sync::Notify>,
 }
 
 impl SessionEntry {
     pub fn available(&self) -> bool {
         self.presence.is_some()
+    }
+
+    /// Who the session is in the inbox log (`Session::device_key`).
+    pub fn device_key(&self) -> std::borrow::Cow<'_, str> {
+        match &self.device {
+            Some(id) => crate::credentials::device_resource(id).into(),
+            None => self.jid.resource().as_str().into(),
+        }
     }
 
     /// Queues a stanza; a full queue closes the session (it is too slow).
@@ -212,6 +224,22 @@ impl Router {
                 let _ = session.tx.send(Outbound::Close(condition, text)).await;
             });
         }
+    }
+
+    /// Ends every session of `bare` signed in with device credential `device`
+    /// (revoked), including one waiting to be resumed. Returns how many.
+    pub fn revoke_device(&self, bare: &str, device: &str) -> usize {
+        let mut count = 0;
+        self.with_sessions(bare, |sessions| {
+            for session in sessions {
+                if session.device.as_deref() == Some(device) {
+                    // notify_one keeps a permit if the session isn't waiting yet.
+                    session.revoked.notify_one();
+                    count += 1;
+                }
+            }
+        });
+        count
     }
 
     /// Tells every session on this node that the server is shutting down.

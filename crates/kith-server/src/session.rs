@@ -55,6 +55,8 @@ pub(crate) struct ResumeSlot {
     /// The link halves type the session runs on: a TCP session can be resumed over
     /// TCP (STARTTLS or direct TLS), a WebSocket one over WebSocket.
     pub link_type: TypeId,
+    /// The device credential of the session: only that device may resume it.
+    pub device: Option<String>,
     pub tx: mpsc::Sender<Handoff>,
 }
 
@@ -93,6 +95,10 @@ pub(crate) struct Session {
     pub bare: BareJid,
     /// The account's username (the JID localpart).
     pub username: String,
+    /// Who this is in the inbox log: the device credential, or the resource.
+    pub device_key: String,
+    /// The device credential the session signed in with.
+    pub device: Option<String>,
     pub id: u64,
     /// Whether the client has sent initial presence (RFC 6121 §4.2).
     pub available: bool,
@@ -139,7 +145,19 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
     mut reader: R,
     mut writer: W,
 ) {
-    let Bound { jid, id, mut rx } = bound;
+    let Bound {
+        jid,
+        id,
+        mut rx,
+        device,
+        revoked,
+    } = bound;
+    // A device credential is the device, whatever resource it binds; a password
+    // login is a device per resource (ARCHITECTURE.md, the inbox log).
+    let device_key = match &device {
+        Some(id) => crate::credentials::device_resource(id),
+        None => jid.resource().as_str().to_owned(),
+    };
     let bare = jid.to_bare();
     let username = bare
         .node()
@@ -147,7 +165,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         .unwrap_or_default();
     let device_cursor = match server
         .store
-        .device_attach(&username, jid.resource().as_str(), crate::now_micros())
+        .device_attach(&username, &device_key, crate::now_micros())
         .await
     {
         Ok(start) => start.cursor,
@@ -167,6 +185,8 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         jid,
         bare,
         username,
+        device_key,
+        device,
         id,
         available: false,
         directed: HashSet::new(),
@@ -242,6 +262,13 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                     session.resend_unacked(&mut writer);
                 }
                 Ok(())
+            }
+            () = revoked.notified() => {
+                tracing::info!(jid = %session.jid, "device credential revoked; ending the session");
+                if !attached {
+                    break None;
+                }
+                Err(Some((StreamErrorCondition::NotAuthorized, "this device was signed out")))
             }
             () = tokio::time::sleep_until(deadline), if !attached => {
                 tracing::debug!(jid = %session.jid, "resumption window over");
@@ -469,12 +496,7 @@ impl Session {
         match self
             .server
             .store
-            .device_ack(
-                &self.username,
-                self.jid.resource().as_str(),
-                seq,
-                crate::now_micros(),
-            )
+            .device_ack(&self.username, &self.device_key, seq, crate::now_micros())
             .await
         {
             Ok(()) => self.device_cursor = seq,
@@ -632,6 +654,7 @@ impl Session {
                         ResumeSlot {
                             owner: self.bare.clone(),
                             link_type: self.link_type,
+                            device: self.device.clone(),
                             tx,
                         },
                     );

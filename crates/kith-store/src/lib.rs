@@ -59,6 +59,7 @@ mod devices;
 mod edit;
 mod error;
 mod migrate;
+mod phone;
 mod push;
 mod types;
 
@@ -75,6 +76,7 @@ pub use archive::{
     Paging,
 };
 pub use error::{Result, StoreError};
+pub use phone::{DeviceCredential, LinkRequest, PhoneClaim, VerificationCode};
 pub use push::{PushEnabled, PushKind, PushRegistration};
 pub use types::{
     DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
@@ -296,6 +298,11 @@ impl Store {
             "DELETE FROM roster_items WHERE owner = $1",
             "DELETE FROM inbox WHERE owner = $1",
             "DELETE FROM devices WHERE owner = $1",
+            "DELETE FROM device_credentials WHERE owner = $1",
+            "DELETE FROM phone_numbers WHERE username = $1",
+            "DELETE FROM discovered_contacts WHERE owner = $1",
+            "DELETE FROM discovery_quota WHERE owner = $1",
+            "DELETE FROM link_requests WHERE approved_owner = $1",
             "DELETE FROM vcards WHERE owner = $1",
             "DELETE FROM private_xml WHERE owner = $1",
             "DELETE FROM blocklist WHERE owner = $1",

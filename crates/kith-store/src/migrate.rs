@@ -331,6 +331,106 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE UNIQUE INDEX inbox_origin ON inbox (owner, origin)",
         ],
     },
+    // Phone-number accounts (issue 4): the number of each phone account, device
+    // credentials (a hash for HTTP bearer use and per-device SCRAM keys under the
+    // user's salt), pending SMS codes (hashed), link-a-device requests, and contact
+    // discovery (who looked up which number; a per-day quota).
+    Migration {
+        version: 10,
+        name: "phone accounts and device credentials",
+        sqlite: &[
+            "CREATE TABLE phone_numbers (
+            phone TEXT NOT NULL PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE REFERENCES users(username) ON DELETE CASCADE,
+            created_micros INTEGER NOT NULL
+        )",
+            "CREATE TABLE device_credentials (
+            id TEXT NOT NULL PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            token_hash BLOB NOT NULL,
+            sha1_stored_key BLOB NOT NULL,
+            sha1_server_key BLOB NOT NULL,
+            sha256_stored_key BLOB NOT NULL,
+            sha256_server_key BLOB NOT NULL,
+            created_micros INTEGER NOT NULL,
+            last_used_micros INTEGER NOT NULL
+        )",
+            "CREATE INDEX device_credentials_owner ON device_credentials (owner)",
+            "CREATE TABLE verification_codes (
+            phone TEXT NOT NULL PRIMARY KEY,
+            code_hash BLOB NOT NULL,
+            expires_micros INTEGER NOT NULL,
+            failures INTEGER NOT NULL,
+            locked_until_micros INTEGER NOT NULL
+        )",
+            "CREATE TABLE link_requests (
+            id TEXT NOT NULL PRIMARY KEY,
+            code_hash BLOB NOT NULL UNIQUE,
+            poll_hash BLOB NOT NULL,
+            device_name TEXT NOT NULL,
+            expires_micros INTEGER NOT NULL,
+            approved_owner TEXT REFERENCES users(username) ON DELETE CASCADE
+        )",
+            "CREATE TABLE discovered_contacts (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            phone TEXT NOT NULL,
+            PRIMARY KEY (owner, phone)
+        )",
+            "CREATE TABLE discovery_quota (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            day INTEGER NOT NULL,
+            used INTEGER NOT NULL,
+            PRIMARY KEY (owner, day)
+        )",
+        ],
+        postgres: &[
+            "CREATE TABLE phone_numbers (
+            phone TEXT NOT NULL PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE REFERENCES users(username) ON DELETE CASCADE,
+            created_micros BIGINT NOT NULL
+        )",
+            "CREATE TABLE device_credentials (
+            id TEXT NOT NULL PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            token_hash BYTEA NOT NULL,
+            sha1_stored_key BYTEA NOT NULL,
+            sha1_server_key BYTEA NOT NULL,
+            sha256_stored_key BYTEA NOT NULL,
+            sha256_server_key BYTEA NOT NULL,
+            created_micros BIGINT NOT NULL,
+            last_used_micros BIGINT NOT NULL
+        )",
+            "CREATE INDEX device_credentials_owner ON device_credentials (owner)",
+            "CREATE TABLE verification_codes (
+            phone TEXT NOT NULL PRIMARY KEY,
+            code_hash BYTEA NOT NULL,
+            expires_micros BIGINT NOT NULL,
+            failures BIGINT NOT NULL,
+            locked_until_micros BIGINT NOT NULL
+        )",
+            "CREATE TABLE link_requests (
+            id TEXT NOT NULL PRIMARY KEY,
+            code_hash BYTEA NOT NULL UNIQUE,
+            poll_hash BYTEA NOT NULL,
+            device_name TEXT NOT NULL,
+            expires_micros BIGINT NOT NULL,
+            approved_owner TEXT REFERENCES users(username) ON DELETE CASCADE
+        )",
+            "CREATE TABLE discovered_contacts (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            phone TEXT NOT NULL,
+            PRIMARY KEY (owner, phone)
+        )",
+            "CREATE TABLE discovery_quota (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            day BIGINT NOT NULL,
+            used BIGINT NOT NULL,
+            PRIMARY KEY (owner, day)
+        )",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

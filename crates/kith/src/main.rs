@@ -32,6 +32,13 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// List or revoke the device credentials of phone accounts.
+    Device {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
     /// Check a configuration file.
     Config {
         #[command(subcommand)]
@@ -61,6 +68,16 @@ enum UserAction {
 }
 
 #[derive(Subcommand)]
+enum DeviceAction {
+    /// List an account's devices: id, name, last use.
+    List { username: String },
+    /// Revoke a device credential: it can no longer sign in. A session it has
+    /// open on a running server ends when revoked through the HTTP API
+    /// (`DELETE /api/v1/devices/{id}`); from here, at its next login.
+    Revoke { username: String, id: String },
+}
+
+#[derive(Subcommand)]
 enum ConfigAction {
     /// Validate FILE and report errors with their key and line.
     Check { file: PathBuf },
@@ -81,6 +98,11 @@ fn main() -> Result<()> {
             let config = load(config.as_deref())?;
             init_logging("warn");
             runtime.block_on(user(config, action))
+        }
+        Command::Device { config, action } => {
+            let config = load(config.as_deref())?;
+            init_logging("warn");
+            runtime.block_on(device(config, action))
         }
         Command::Config {
             action: ConfigAction::Check { file },
@@ -180,6 +202,38 @@ async fn user(config: Config, action: UserAction) -> Result<()> {
             for username in store.list_users().await? {
                 println!("{username}@{domain}");
             }
+        }
+    }
+    Ok(())
+}
+
+async fn device(config: Config, action: DeviceAction) -> Result<()> {
+    let store = kith_store::Store::open_with(&config.storage_url(), 2)
+        .await
+        .context("opening the store")?;
+    let domain = &config.server.domain;
+    match action {
+        DeviceAction::List { username } => {
+            let username = accounts::normalize_username(&username, domain)?;
+            for device in store.device_credentials(&username).await? {
+                println!(
+                    "{}\t{}\tlast used {}",
+                    device.id,
+                    device.name,
+                    device.last_used_micros / 1_000_000
+                );
+            }
+        }
+        DeviceAction::Revoke { username, id } => {
+            let username = accounts::normalize_username(&username, domain)?;
+            let resource = kith_server::device_resource(&id);
+            if !store
+                .revoke_device_credential(&username, &id, &resource)
+                .await?
+            {
+                bail!("{username}@{domain} has no device {id}");
+            }
+            println!("revoked device {id} of {username}@{domain}");
         }
     }
     Ok(())

@@ -368,7 +368,7 @@ fn kind_str(kind: SubscriptionKind) -> &'static str {
 }
 
 /// Sends the current presence of every available resource of `owner` to `to`.
-async fn send_current_presence(server: &Arc<Server>, owner: &BareJid, to: &str) {
+pub(crate) async fn send_current_presence(server: &Arc<Server>, owner: &BareJid, to: &str) {
     let Ok(target) = Jid::new(to) else {
         return;
     };

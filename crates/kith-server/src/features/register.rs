@@ -86,6 +86,12 @@ async fn register(server: &Server, ip: IpAddr, encrypted: bool, iq: &Element) ->
     };
     let username =
         accounts::normalize_username(&raw_username, &server.domain).map_err(account_error)?;
+    if server.config.phone.enabled && username.bytes().all(|b| b.is_ascii_digit()) {
+        // Phone accounts are named by their number's digits: nobody may take one here.
+        return Err(not_acceptable(
+            "names made only of digits are kept for phone-number accounts",
+        ));
+    }
     accounts::check_password(&password).map_err(account_error)?;
     // §3.1.1: the server decides how many registrations to allow. Every attempt that
     // reaches account creation counts, a taken username too, which also slows down

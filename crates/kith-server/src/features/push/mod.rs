@@ -166,7 +166,7 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
                 config.webhook_url.is_some(),
             )?;
             let registration = PushRegistration {
-                resource: session.jid.resource().as_str().to_owned(),
+                resource: session.device_key.clone(),
                 jid: parsed.jid,
                 node: parsed.node,
                 kind: parsed.kind,
@@ -439,12 +439,13 @@ fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
-/// Whether the device `resource` of `bare` has a session that is not detached.
+/// Whether the device `resource` (its inbox-log key) of `bare` has a session that
+/// is not detached.
 fn device_online(server: &Server, bare: &str, resource: &str) -> bool {
     server.router.with_sessions(bare, |sessions| {
         sessions
             .iter()
-            .any(|s| s.jid.resource().as_str() == resource && !s.detached)
+            .any(|s| s.device_key() == resource && !s.detached)
     })
 }
 
