@@ -59,6 +59,7 @@ mod devices;
 mod edit;
 mod error;
 mod migrate;
+mod pep;
 mod push;
 mod types;
 
@@ -75,6 +76,7 @@ pub use archive::{
     Paging,
 };
 pub use error::{Result, StoreError};
+pub use pep::{PepItem, PepNode, PepNodeConfig, PepWrite};
 pub use push::{PushEnabled, PushKind, PushRegistration};
 pub use types::{
     DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
@@ -298,6 +300,9 @@ impl Store {
             "DELETE FROM devices WHERE owner = $1",
             "DELETE FROM vcards WHERE owner = $1",
             "DELETE FROM private_xml WHERE owner = $1",
+            "DELETE FROM pep_items WHERE owner = $1",
+            "DELETE FROM pep_affiliations WHERE owner = $1",
+            "DELETE FROM pep_nodes WHERE owner = $1",
             "DELETE FROM blocklist WHERE owner = $1",
             "DELETE FROM last_activity WHERE owner = $1",
             "DELETE FROM users WHERE username = $1",
