@@ -20,7 +20,58 @@ pub struct Config {
     pub limits: LimitsSection,
     pub delivery: DeliverySection,
     pub push: PushSection,
+    pub pep: PepSection,
     pub log: LogSection,
+}
+
+/// Personal eventing (XEP-0163 PEP): each account's pubsub nodes, bounded.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepSection {
+    /// Nodes one account may have (OMEMO uses one per device bundle).
+    pub max_nodes_per_user: usize,
+    /// Largest item payload, serialised, in bytes (avatar data has its own limit).
+    pub max_item_bytes: usize,
+    /// Items one node keeps at most; `pubsub#max_items = max` means this many.
+    pub max_items_per_node: usize,
+    /// Largest avatar image (XEP-0084 `urn:xmpp:avatar:data`), decoded, in bytes.
+    pub max_avatar_bytes: usize,
+    /// XEP-0115 capability sets remembered (one per client version seen).
+    pub caps_cache_size: usize,
+}
+
+impl Default for PepSection {
+    fn default() -> Self {
+        PepSection {
+            max_nodes_per_user: 100,
+            max_item_bytes: 64 * 1024,
+            max_items_per_node: 100,
+            max_avatar_bytes: 128 * 1024,
+            caps_cache_size: 10_000,
+        }
+    }
+}
+
+impl PepSection {
+    fn validate(&self, max_stanza_size: usize) -> Result<(), (&'static str, String)> {
+        if self.max_nodes_per_user == 0 || self.max_items_per_node == 0 {
+            return Err((
+                "pep.max_nodes_per_user",
+                "pep.max_nodes_per_user and pep.max_items_per_node must be positive".to_owned(),
+            ));
+        }
+        // Base64 makes the avatar a third larger; it must still fit in a stanza.
+        if self.max_avatar_bytes / 3 * 4 >= max_stanza_size {
+            return Err((
+                "pep.max_avatar_bytes",
+                format!(
+                    "base64 of {} bytes does not fit in limits.max_stanza_size ({max_stanza_size})",
+                    self.max_avatar_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Push notifications to devices that are offline (XEP-0357, Web Push, webhook).
@@ -404,6 +455,9 @@ impl Config {
         }
         self.push
             .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        self.pep
+            .validate(self.limits.max_stanza_size)
             .map_err(|(key, message)| invalid(key, message))?;
         if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
             return Err(invalid(

@@ -59,6 +59,8 @@ pub struct Server {
     fake_salt_key: [u8; 32],
     /// Push notifications (XEP-0357, Web Push, webhook).
     push: features::push::Push,
+    /// Clients' XEP-0115 capabilities, for PEP notifications.
+    caps: features::pep::caps::Caps,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -105,6 +107,7 @@ impl Server {
         let starttls = tls::server_config(&certificate, &[])?;
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
         let https_tls = tls::server_config(&certificate, &[b"http/1.1"])?;
+        let config_caps = config.pep.caps_cache_size;
         let server = Arc::new(Server {
             domain: config.server.domain.clone(),
             registrations: RateLimiter::new(config.registration.max_per_ip_per_hour, 3600),
@@ -124,6 +127,7 @@ impl Server {
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
             log_order: deliver::LogOrder::default(),
+            caps: features::pep::caps::Caps::new(config_caps),
         });
 
         let mut tasks = JoinSet::new();
