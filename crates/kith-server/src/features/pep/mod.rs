@@ -109,6 +109,18 @@ pub(crate) mod errors {
         .with_text(format!("the item is larger than {limit} bytes"))
     }
 
+    /// The account's node limit (`pep.max_nodes_per_user`): `<not-allowed/>` with
+    /// the pubsub#errors `max-nodes-exceeded` condition (not RFC 6120's
+    /// `policy-violation`, which common client libraries cannot parse).
+    pub(crate) fn max_nodes_exceeded(limit: usize) -> StanzaError {
+        with(
+            StanzaErrorCondition::NotAllowed,
+            StanzaErrorType::Cancel,
+            "max-nodes-exceeded",
+        )
+        .with_text(format!("an account may have at most {limit} PEP nodes"))
+    }
+
     pub(crate) fn bad_request(name: &str) -> StanzaError {
         with(
             StanzaErrorCondition::BadRequest,
@@ -396,12 +408,7 @@ pub(crate) async fn publish(
         .await
         .map_err(internal)?;
     if written == PepWrite::NodeLimitReached {
-        return Err(
-            StanzaError::new(StanzaErrorCondition::PolicyViolation).with_text(format!(
-                "an account may have at most {} PEP nodes",
-                limits.max_nodes_per_user
-            )),
-        );
+        return Err(errors::max_nodes_exceeded(limits.max_nodes_per_user));
     }
     let event = Element::new(NS_EVENT, "items")
         .attr("node", node)
@@ -565,11 +572,7 @@ async fn create(
         PepWrite::Done { .. } => Ok(None),
         // §8.1.3: the node exists.
         PepWrite::Exists => Err(StanzaError::new(StanzaErrorCondition::Conflict)),
-        PepWrite::NodeLimitReached => Err(StanzaError::new(StanzaErrorCondition::PolicyViolation)
-            .with_text(format!(
-                "an account may have at most {} PEP nodes",
-                limits.max_nodes_per_user
-            ))),
+        PepWrite::NodeLimitReached => Err(errors::max_nodes_exceeded(limits.max_nodes_per_user)),
     }
 }
 
