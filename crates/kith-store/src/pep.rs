@@ -6,8 +6,8 @@
 //! publish order, and who may read a whitelist node. It does not interpret
 //! payloads or access models; `kith-server` does.
 
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::{Result, Store, StoreError};
 
@@ -80,6 +80,10 @@ pub enum PepWrite {
     Exists,
 }
 
+/// Owners per query of [`Store::pep_last_items`] (well under both engines'
+/// bind-parameter limits).
+const LAST_ITEMS_CHUNK: usize = 500;
+
 /// The columns [`node_from_row`] reads (a macro so queries stay `&'static str`).
 macro_rules! node_columns {
     () => {
@@ -124,32 +128,45 @@ impl Store {
         Ok(nodes)
     }
 
-    /// Every node of `owner` with its newest item, if any (for the
-    /// last-published-item rule), sorted by node name.
-    pub async fn pep_last_items(&self, owner: &str) -> Result<Vec<(PepNode, Option<PepItem>)>> {
-        let rows = sqlx::query(
-            "SELECT n.node, n.access_model, n.roster_groups, n.max_items, n.persist_items,
-                    n.send_last, n.notify_retract, n.title,
-                    i.item_id, i.payload, i.publisher, i.published_micros
-             FROM pep_nodes n
-             LEFT JOIN pep_items i ON i.owner = n.owner AND i.node = n.node
-                AND i.seq = (SELECT MAX(seq) FROM pep_items m
-                             WHERE m.owner = n.owner AND m.node = n.node)
-             WHERE n.owner = $1",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let node = node_from_row(row)?;
-            let item = match row.try_get::<Option<String>, _>("item_id")? {
-                Some(_) => Some(item_from_row(row)?),
-                None => None,
-            };
-            out.push((node, item));
+    /// Every node of each of `owners` with its newest item, if any (for the
+    /// last-published-item rule when a device comes online: one query for a
+    /// whole roster), sorted by owner then node name.
+    pub async fn pep_last_items(
+        &self,
+        owners: &[String],
+    ) -> Result<Vec<(String, PepNode, Option<PepItem>)>> {
+        let mut out = Vec::new();
+        for chunk in owners.chunks(LAST_ITEMS_CHUNK) {
+            // Only numbered placeholders are generated; the owners are bound, which
+            // is what makes the `AssertSqlSafe` true.
+            let placeholders = (1..=chunk.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT n.owner, n.node, n.access_model, n.roster_groups, n.max_items,
+                        n.persist_items, n.send_last, n.notify_retract, n.title,
+                        i.item_id, i.payload, i.publisher, i.published_micros
+                 FROM pep_nodes n
+                 LEFT JOIN pep_items i ON i.owner = n.owner AND i.node = n.node
+                    AND i.seq = (SELECT MAX(seq) FROM pep_items m
+                                 WHERE m.owner = n.owner AND m.node = n.node)
+                 WHERE n.owner IN ({placeholders})"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for owner in chunk {
+                query = query.bind(owner.as_str());
+            }
+            for row in &query.fetch_all(&self.pool).await? {
+                let node = node_from_row(row)?;
+                let item = match row.try_get::<Option<String>, _>("item_id")? {
+                    Some(_) => Some(item_from_row(row)?),
+                    None => None,
+                };
+                out.push((row.try_get("owner")?, node, item));
+            }
         }
-        out.sort_unstable_by(|a, b| a.0.node.cmp(&b.0.node));
+        out.sort_unstable_by(|a, b| (&a.0, &a.1.node).cmp(&(&b.0, &b.1.node)));
         Ok(out)
     }
 

@@ -323,16 +323,51 @@ async fn last_items_per_node(db: TestDb) {
     s.pep_create_node("alice", "empty", &config("open", 10), 10)
         .await
         .unwrap();
-    let last = s.pep_last_items("alice").await.unwrap();
-    let summary: Vec<(&str, Option<&str>)> = last
+    s.create_user("bob", &creds(2)).await.unwrap();
+    s.pep_publish(
+        "bob",
+        "x",
+        &config("open", 10),
+        &item("b1", "<x/>"),
+        CAP,
+        10,
+    )
+    .await
+    .unwrap();
+    let owners = ["bob".to_owned(), "alice".to_owned(), "carol".to_owned()];
+    let last = s.pep_last_items(&owners).await.unwrap();
+    let summary: Vec<(&str, &str, Option<&str>)> = last
         .iter()
-        .map(|(n, i)| (n.node.as_str(), i.as_ref().map(|i| i.id.as_str())))
+        .map(|(o, n, i)| {
+            (
+                o.as_str(),
+                n.node.as_str(),
+                i.as_ref().map(|i| i.id.as_str()),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
-        [("empty", None), ("x", Some("2")), ("y", Some("3"))]
+        [
+            ("alice", "empty", None),
+            ("alice", "x", Some("2")),
+            ("alice", "y", Some("3")),
+            ("bob", "x", Some("b1")),
+        ]
     );
-    assert!(s.pep_last_items("bob").await.unwrap().is_empty());
+    assert!(
+        s.pep_last_items(&["carol".to_owned()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.pep_last_items(&[]).await.unwrap().is_empty());
+    // More owners than fit one query.
+    let many: Vec<String> = (0..1200)
+        .map(|n| format!("u{n}"))
+        .chain(["alice".to_owned()])
+        .collect();
+    assert_eq!(s.pep_last_items(&many).await.unwrap().len(), 3);
 }
 
 async fn affiliations_round_trip(db: TestDb) {

@@ -805,39 +805,47 @@ async fn send_last_items(
     else {
         return;
     };
-    for owner in owners {
-        let nodes = match server.store.pep_last_items(username(owner)).await {
-            Ok(nodes) => nodes,
-            Err(error) => {
-                tracing::error!(%error, "reading last PEP items");
-                continue;
-            }
-        };
-        for (PepNode { node, config }, item) in nodes {
-            let Some(item) = item else { continue };
-            let when = match config.send_last.as_str() {
-                "on_sub_and_presence" => true,
-                "on_sub" => trigger == Trigger::Subscription,
-                _ => false,
-            };
-            if !when || !features.contains(&format!("{node}+notify")) {
-                continue;
-            }
-            match may_read(server, owner, &node, &config, &subscriber_bare).await {
-                Ok(Ok(())) => {}
-                _ => continue,
-            }
-            let event = Element::new(NS_EVENT, "items")
-                .attr("node", node.as_str())
-                .child(item_element(NS_EVENT, &item, None));
-            let message = event_message(
-                owner,
-                &subscriber.to_string(),
-                event,
-                Some(item.published_micros),
-            );
-            session.send(Arc::new(message));
+    // Most clients want a few nodes; none at all means nothing to read.
+    if !features.iter().any(|f| f.ends_with("+notify")) {
+        return;
+    }
+    let by_name: std::collections::HashMap<&str, &BareJid> =
+        owners.iter().map(|o| (username(o), o)).collect();
+    let usernames: Vec<String> = by_name.keys().map(|&name| name.to_owned()).collect();
+    let nodes = match server.store.pep_last_items(&usernames).await {
+        Ok(nodes) => nodes,
+        Err(error) => {
+            tracing::error!(%error, "reading last PEP items");
+            return;
         }
+    };
+    for (owner_name, PepNode { node, config }, item) in nodes {
+        let Some(&owner) = by_name.get(owner_name.as_str()) else {
+            continue;
+        };
+        let Some(item) = item else { continue };
+        let when = match config.send_last.as_str() {
+            "on_sub_and_presence" => true,
+            "on_sub" => trigger == Trigger::Subscription,
+            _ => false,
+        };
+        if !when || !features.contains(&format!("{node}+notify")) {
+            continue;
+        }
+        match may_read(server, owner, &node, &config, &subscriber_bare).await {
+            Ok(Ok(())) => {}
+            _ => continue,
+        }
+        let event = Element::new(NS_EVENT, "items")
+            .attr("node", node.as_str())
+            .child(item_element(NS_EVENT, &item, None));
+        let message = event_message(
+            owner,
+            &subscriber.to_string(),
+            event,
+            Some(item.published_micros),
+        );
+        session.send(Arc::new(message));
     }
 }
 
