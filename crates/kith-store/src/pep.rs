@@ -250,23 +250,15 @@ impl Store {
         cap: usize,
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
+        let update = sqlx::query(
             "UPDATE pep_nodes SET access_model = $3, roster_groups = $4, max_items = $5,
                 persist_items = $6, send_last = $7, notify_retract = $8, title = $9
              WHERE owner = $1 AND node = $2",
-        )
-        .bind(owner)
-        .bind(node)
-        .bind(config.access_model.as_str())
-        .bind(config.roster_groups.join("\n"))
-        .bind(config.max_items)
-        .bind(i64::from(config.persist_items))
-        .bind(config.send_last.as_str())
-        .bind(i64::from(config.notify_retract))
-        .bind(config.title.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        );
+        let updated = bind_config(update, owner, node, config)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
             > 0;
         if updated {
             trim(&mut tx, owner, node, config.items_kept(cap)).await?;
@@ -537,25 +529,39 @@ async fn create_in(
     if usize::try_from(count).unwrap_or(usize::MAX) >= max_nodes {
         return Ok(PepWrite::NodeLimitReached);
     }
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO pep_nodes (owner, node, access_model, roster_groups, max_items,
             persist_items, send_last, notify_retract, title, next_seq, created_micros)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10)",
-    )
-    .bind(owner)
-    .bind(node)
-    .bind(config.access_model.as_str())
-    .bind(config.roster_groups.join("\n"))
-    .bind(config.max_items)
-    .bind(i64::from(config.persist_items))
-    .bind(config.send_last.as_str())
-    .bind(i64::from(config.notify_retract))
-    .bind(config.title.as_str())
-    .bind(crate::now_micros())
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| StoreError::owner_fk(e, owner))?;
+    );
+    bind_config(insert, owner, node, config)
+        .bind(crate::now_micros())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| StoreError::owner_fk(e, owner))?;
     Ok(PepWrite::Done { node_created: true })
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds `$1` owner, `$2` node and `$3`..`$9` the configuration columns (access
+/// model, roster groups, max items, persist, send last, notify retract, title).
+fn bind_config<'q>(
+    query: AnyQuery<'q>,
+    owner: &'q str,
+    node: &'q str,
+    config: &'q PepNodeConfig,
+) -> AnyQuery<'q> {
+    query
+        .bind(owner)
+        .bind(node)
+        .bind(config.access_model.as_str())
+        .bind(config.roster_groups.join("\n"))
+        .bind(config.max_items)
+        .bind(i64::from(config.persist_items))
+        .bind(config.send_last.as_str())
+        .bind(i64::from(config.notify_retract))
+        .bind(config.title.as_str())
 }
 
 /// Keeps only the newest `keep` items of a node.
