@@ -397,3 +397,33 @@ async def test_node_limit_per_account(small_pep_server):
         await ps.publish(me.jid, "urn:example:n3", payload=payload("urn:example", "x"), timeout=10)
     finally:
         await pool.close_all()
+
+
+async def test_directed_presence_makes_a_visitor_of_an_open_node(xmpp):
+    """XEP-0163 §4 rule 1: a non-contact that shares presence with the owner
+    (directed presence, with +notify caps) gets notifications of open nodes only,
+    and the last item when it arrives; directed 'unavailable' ends it."""
+    owner_acct, visitor_acct = await xmpp.account("pepvisit"), await xmpp.account("pepvisitor")
+    owner = await xmpp.connect(owner_acct, plugins=PEP_PLUGINS)
+    ps = pubsub(owner)
+    devicelist = payload(NS_AXOLOTL, "list")
+    devicelist.append(payload(NS_AXOLOTL, "device", id="42"))
+    await ps.publish(owner_acct.jid, NODE_DEVICELIST, id="current", payload=devicelist,
+                     options=publish_options(access_model="open"), timeout=10)
+    visitor = await connect_pep(xmpp, visitor_acct, [NODE_DEVICELIST, NS_MOOD])
+    await asyncio.sleep(0.5)  # its caps are known to the server
+    visitor.send_presence(pto=owner_acct.jid)
+    last = await visitor.wait_message(lambda m: is_event(m, NODE_DEVICELIST, owner_acct.jid),
+                                      what="last device list on directed presence")
+    assert event_item_ids(last) == ["current"]
+
+    await ps.publish(owner_acct.jid, NODE_DEVICELIST, id="current", payload=devicelist, timeout=10)
+    await visitor.wait_message(lambda m: is_event(m, NODE_DEVICELIST, owner_acct.jid), what="device list update")
+    await ps.publish(owner_acct.jid, NS_MOOD, payload=mood("secret"), timeout=10)
+    assert await nothing_matching(visitor, lambda m: is_event(m, NS_MOOD))
+
+    visitor.send_presence(pto=owner_acct.jid, ptype="unavailable")
+    await asyncio.sleep(0.3)
+    visitor.forget()
+    await ps.publish(owner_acct.jid, NODE_DEVICELIST, id="current", payload=devicelist, timeout=10)
+    assert await nothing_matching(visitor, lambda m: is_event(m, NODE_DEVICELIST))

@@ -61,6 +61,8 @@ pub struct Server {
     push: features::push::Push,
     /// Clients' XEP-0115 capabilities, for PEP notifications.
     caps: features::pep::caps::Caps,
+    /// Resources that sent accounts directed presence (PEP visitors).
+    pep_visitors: features::pep::Visitors,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -128,6 +130,7 @@ impl Server {
             mam_prefs: features::mam::PrefsCache::default(),
             log_order: deliver::LogOrder::default(),
             caps: features::pep::caps::Caps::new(config_caps),
+            pep_visitors: features::pep::Visitors::default(),
         });
 
         let mut tasks = JoinSet::new();

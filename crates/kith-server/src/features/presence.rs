@@ -58,7 +58,9 @@ async fn directed(session: &mut Session, presence: Element, to: Jid, unavailable
     } else {
         session.directed.insert(target);
     }
-    crate::deliver::route(&session.server, presence).await;
+    let server = session.server.clone();
+    super::pep::directed_presence(&server, &session.jid, &to, &presence, unavailable).await;
+    crate::deliver::route(&server, presence).await;
 }
 
 fn priority(presence: &Element) -> Result<i8, StanzaError> {
@@ -208,6 +210,9 @@ pub(crate) async fn went_offline(session: &mut Session, presence: Option<Element
         }
     }
     for target in std::mem::take(&mut session.directed) {
+        if let Ok(to) = Jid::new(&target) {
+            super::pep::directed_presence(&server, &session.jid, &to, &presence, true).await;
+        }
         crate::deliver::route(&server, addressed(&presence, &target)).await;
     }
     let others_available = server

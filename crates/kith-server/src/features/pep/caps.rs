@@ -1,5 +1,5 @@
 //! XEP-0115 entity capabilities of *clients*, as PEP needs them: which
-//! `NODE+notify` features each connected resource has (XEP-0163 §4.3.2,
+//! `NODE+notify` features each connected resource has (XEP-0163 §4.2,
 //! "filtered notifications").
 //!
 //! A resource's available presence carries `<c hash node ver/>`. When `ver` is

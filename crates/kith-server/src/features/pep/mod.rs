@@ -1,26 +1,31 @@
 //! XEP-0163 Personal Eventing Protocol: every account's bare JID is a pubsub
 //! service (the XEP-0060 subset PEP needs), stored in the database.
 //!
-//! - Publish with auto-create (XEP-0163 §6.1, XEP-0060 §7.1), item ids generated
+//! - Publish with auto-create (XEP-0163 §3, XEP-0060 §7.1), item ids generated
 //!   when absent, XEP-0223 publish-options as preconditions (`config.rs`).
 //! - Retrieve all items, by id or `max_items` (XEP-0060 §6.5), retract (§7.2),
 //!   create (§8.1), configure (§8.2), default config (§8.3), delete (§8.4),
 //!   purge (§8.5), affiliations for the whitelist model (§8.9).
 //! - Access models `presence` (default), `open`, `roster`, `whitelist`
 //!   (XEP-0060 §4.5), enforced on retrieval and on every notification.
-//! - Notifications (XEP-0163 §4.3): `headline` messages with `<event/>` to the
-//!   owner's resources and to contacts with a presence subscription, only to
-//!   resources whose XEP-0115 caps include `NODE+notify` (`caps.rs`); the last
-//!   published item to a resource coming online (§4.3.3) and to a new subscriber.
+//! - Notifications (XEP-0163 §4): `headline` messages with `<event/>` to the
+//!   owner's resources, to contacts with a presence subscription, and to
+//!   *visitors* (resources that sent the owner directed presence: §4 rule 1's
+//!   implicit subscription, e.g. to an open OMEMO device list), each only if the
+//!   node's access model admits it, its priority is not negative (§4.3.2) and its
+//!   XEP-0115 caps include `NODE+notify` (§4.2, `caps.rs`); the last published
+//!   item to a resource coming online (§4.3.3), to a visitor, and to a new
+//!   subscriber (§4.3.4); nothing to blocked users (§4.3.3 rule 3).
 //!
 //! Notifications are transient: they never go through the inbox log. The items
 //! themselves are in the store, so a later fetch always works.
-//! Not implemented: explicit subscriptions (`<subscribe/>`; PEP's are implicit,
+//! Not implemented: explicit `<subscribe/>` (PEP's subscriptions are implicit,
 //! from presence and +notify), item expiry, collection nodes.
 
 pub(crate) mod caps;
 pub(crate) mod config;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use kith_proto::error::StanzaErrorCondition;
@@ -176,6 +181,50 @@ impl Denied {
         StanzaError::new(condition)
             .with_type(kind)
             .with_application(errors::app(name))
+    }
+}
+
+/// Resources that sent an account directed presence (XEP-0163 §4: they share
+/// presence with the owner without a subscription), with the caps they
+/// announced, by owner. In memory only; a directed `unavailable` (or the
+/// visitor's session ending) removes them.
+#[derive(Default)]
+pub(crate) struct Visitors {
+    by_owner: std::sync::Mutex<HashMap<String, HashMap<String, caps::Announced>>>,
+}
+
+/// Visitors remembered per owner at most (older ones are not evicted; new ones
+/// are ignored past this).
+const MAX_VISITORS_PER_OWNER: usize = 1000;
+
+impl Visitors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, caps::Announced>>> {
+        self.by_owner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, owner: &BareJid, visitor: &FullJid, announced: caps::Announced) {
+        let mut map = self.lock();
+        let visitors = map.entry(owner.to_string()).or_default();
+        if visitors.len() < MAX_VISITORS_PER_OWNER || visitors.contains_key(&visitor.to_string()) {
+            visitors.insert(visitor.to_string(), announced);
+        }
+    }
+
+    fn remove(&self, owner: &BareJid, visitor: &FullJid) {
+        let mut map = self.lock();
+        if let Some(visitors) = map.get_mut(owner.as_str()) {
+            visitors.remove(&visitor.to_string());
+            if visitors.is_empty() {
+                map.remove(owner.as_str());
+            }
+        }
+    }
+
+    fn of(&self, owner: &BareJid) -> Vec<(String, caps::Announced)> {
+        self.lock()
+            .get(owner.as_str())
+            .map(|v| v.iter().map(|(k, a)| (k.clone(), a.clone())).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -344,7 +393,7 @@ fn node_of(element: &Element) -> Result<&str, StanzaError> {
     }
 }
 
-/// Publishes one item to `owner`'s `node` and notifies (XEP-0163 §4.3.1). The
+/// Publishes one item to `owner`'s `node` and notifies (XEP-0163 §3, §4.3.3). The
 /// same path serves the IQ and the server's own profile setters (`profile.rs`).
 /// Returns the item id.
 pub(crate) async fn publish(
@@ -762,7 +811,7 @@ async fn notify(
         let allowed = access(config, Some(item), affiliation.as_deref()).is_ok();
         recipients.push((contact, allowed));
     }
-    for (recipient, allowed) in recipients {
+    for (recipient, allowed) in &recipients {
         if !allowed {
             continue;
         }
@@ -770,11 +819,81 @@ async fn notify(
             let Some(presence) = &session.presence else {
                 continue;
             };
-            if wants(server, &session.jid, presence, node) {
+            // §4.3.2 rule 3: available resources with non-negative priority.
+            if session.priority >= 0 && wants(server, &session.jid, presence, node) {
                 let message = event_message(owner, &session.jid.to_string(), event.clone(), None);
                 session.send(Arc::new(message));
             }
         }
+    }
+    // Visitors who are not contacts: as far as the access model admits strangers.
+    for (visitor, announced) in server.pep_visitors.of(owner) {
+        let Ok(full) = FullJid::new(&visitor) else {
+            continue;
+        };
+        let bare = full.to_bare();
+        if recipients.iter().any(|(r, _)| *r == bare) || server.blocked_between(owner, &bare).await
+        {
+            continue;
+        }
+        if !matches!(
+            may_read(server, owner, node, config, &bare).await,
+            Ok(Ok(()))
+        ) {
+            continue;
+        }
+        let interested = server
+            .caps
+            .features(&visitor, &announced)
+            .is_some_and(|f| f.contains(&format!("{node}+notify")));
+        if !interested {
+            continue;
+        }
+        if let Some(session) = server
+            .router
+            .with_sessions(bare.as_str(), |s| s.iter().find(|s| s.jid == full).cloned())
+        {
+            session.send(Arc::new(event_message(
+                owner,
+                &visitor,
+                event.clone(),
+                None,
+            )));
+        }
+    }
+}
+
+/// The session sent directed presence to `to` (RFC 6121 §4.6): a local account
+/// other than its own remembers it as a visitor (XEP-0163 §4) and sends it the
+/// last items it may read and wants; `unavailable` forgets it.
+pub(crate) async fn directed_presence(
+    server: &Arc<Server>,
+    from: &FullJid,
+    to: &Jid,
+    presence: &Element,
+    unavailable: bool,
+) {
+    let owner = to.to_bare();
+    if !server.is_local_user(to) || owner == from.to_bare() {
+        return;
+    }
+    if unavailable {
+        server.pep_visitors.remove(&owner, from);
+        return;
+    }
+    let Some(announced) = caps::Announced::of(presence) else {
+        return;
+    };
+    server.pep_visitors.insert(&owner, from, announced.clone());
+    if let Some(features) = server.caps.features(&from.to_string(), &announced) {
+        send_last_items(
+            server,
+            from,
+            &features,
+            std::slice::from_ref(&owner),
+            Trigger::Presence,
+        )
+        .await;
     }
 }
 
@@ -805,6 +924,10 @@ async fn send_last_items(
     else {
         return;
     };
+    // §4.3.3 rule 2: only resources with non-negative priority.
+    if session.priority < 0 {
+        return;
+    }
     // Most clients want a few nodes; none at all means nothing to read.
     if !features.iter().any(|f| f.ends_with("+notify")) {
         return;
