@@ -427,3 +427,30 @@ async def test_directed_presence_makes_a_visitor_of_an_open_node(xmpp):
     visitor.forget()
     await ps.publish(owner_acct.jid, NODE_DEVICELIST, id="current", payload=devicelist, timeout=10)
     assert await nothing_matching(visitor, lambda m: is_event(m, NODE_DEVICELIST))
+
+
+async def test_caps_are_asked_once_per_version(xmpp):
+    """XEP-0115 §6.2/§5.4: the server asks one resource for an unknown 'ver' and
+    reuses the verified answer for every other resource announcing it."""
+    acct = await xmpp.account("pepcaps")
+
+    def caps_queries(c):
+        return [iq.xml.find(f"{{{NS_DISCO_INFO}}}query").get("node")
+                for iq in c.matching(lambda st: st.xml.tag == "{jabber:client}iq"
+                                     and st["type"] == "get" and st["from"].full == "localhost"
+                                     and st.xml.find(f"{{{NS_DISCO_INFO}}}query") is not None)]
+
+    first = await connect_pep(xmpp, acct, [NS_MOOD], label="first")
+    await first.wait_iq(lambda iq: bool(caps_queries(first)), what="the server's caps query")
+    await asyncio.sleep(1.0)
+    second = await connect_pep(xmpp, acct, [NS_MOOD], label="second")
+    await asyncio.sleep(1.5)
+    asked = caps_queries(first) + caps_queries(second)
+    assert asked and all("#" in node for node in asked), asked
+    # The two clients announce the same caps: no 'ver' is asked twice.
+    # The second client announces the same caps as the first: it is not asked.
+    assert caps_queries(second) == [], asked
+    assert len(asked) == len(set(asked)), asked
+    # ... and the cached answer serves the second one: it gets the notification.
+    await pubsub(second).publish(acct.jid, NS_MOOD, payload=mood("cached"), timeout=10)
+    await second.wait_message(lambda m: is_event(m, NS_MOOD, acct.jid), what="event via cached caps")

@@ -33,6 +33,10 @@ async def connect_pep(xmpp, account, interests=(), *, plugins=PEP_PLUGINS, resou
     """Log in, announce `interests` as NODE+notify in XEP-0115 caps, then send
     initial presence (so the server sees the caps in it)."""
     c = await xmpp.connect(account, plugins=plugins, presence=False, resource=resource, label=label)
+    # XEP-0030 §3.1: every entity has an identity. (Without one, slixmpp's caps
+    # hash starts with an extra '<' and does not verify, so the server then
+    # believes the answer only for this one resource, XEP-0115 §5.4.)
+    c.plugin["xep_0030"].add_identity(category="client", itype="pc", name="kith interop", jid=c.boundjid)
     for node in interests:
         c.plugin["xep_0030"].add_feature(f"{node}+notify")
     await c.plugin["xep_0115"].update_caps(broadcast=False)

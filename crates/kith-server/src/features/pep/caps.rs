@@ -192,11 +192,11 @@ impl Caps {
                 .map(str::to_owned)
                 .collect(),
         );
-        let verified = announced
+        let computed = announced
             .hash
             .as_deref()
-            .and_then(|hash| verification_string(hash, query))
-            == Some(announced.ver.clone());
+            .and_then(|hash| verification_string(hash, query));
+        let verified = computed.as_deref() == Some(announced.ver.as_str());
         if inner.known.len() + inner.by_jid.len() >= self.capacity {
             inner.known.clear();
             inner.by_jid.clear();
@@ -208,7 +208,12 @@ impl Caps {
             }
             _ => {
                 if announced.hash.is_some() {
-                    tracing::debug!(jid = %full, "caps hash does not verify; used for this resource only");
+                    tracing::debug!(
+                        jid = %full,
+                        announced = %announced.ver,
+                        computed = ?computed,
+                        "caps hash does not verify; used for this resource only"
+                    );
                 }
                 inner
                     .by_jid

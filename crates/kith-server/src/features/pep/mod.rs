@@ -75,7 +75,6 @@ pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#publish-options",
     "http://jabber.org/protocol/pubsub#purge-nodes",
     "http://jabber.org/protocol/pubsub#retract-items",
-    "http://jabber.org/protocol/pubsub#retrieve-affiliations",
     "http://jabber.org/protocol/pubsub#retrieve-default",
     "http://jabber.org/protocol/pubsub#retrieve-items",
 ];
