@@ -440,10 +440,12 @@ async def test_caps_are_asked_once_per_version(xmpp):
                                      and st["type"] == "get" and st["from"].full == "localhost"
                                      and st.xml.find(f"{{{NS_DISCO_INFO}}}query") is not None)]
 
-    first = await connect_pep(xmpp, acct, [NS_MOOD], label="first")
+    # A feature of this test's own makes a 'ver' the server has not seen before.
+    interests = [NS_MOOD, f"urn:example:caps:{acct.name}"]
+    first = await connect_pep(xmpp, acct, interests, label="first")
     await first.wait_iq(lambda iq: bool(caps_queries(first)), what="the server's caps query")
     await asyncio.sleep(1.0)
-    second = await connect_pep(xmpp, acct, [NS_MOOD], label="second")
+    second = await connect_pep(xmpp, acct, interests, label="second")
     await asyncio.sleep(1.5)
     asked = caps_queries(first) + caps_queries(second)
     assert asked and all("#" in node for node in asked), asked

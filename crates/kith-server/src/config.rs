@@ -53,23 +53,18 @@ impl Default for PepSection {
 }
 
 impl PepSection {
-    fn validate(&self, max_stanza_size: usize) -> Result<(), (&'static str, String)> {
-        if self.max_nodes_per_user == 0 || self.max_items_per_node == 0 {
-            return Err((
-                "pep.max_nodes_per_user",
-                "pep.max_nodes_per_user and pep.max_items_per_node must be positive".to_owned(),
-            ));
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("pep.max_nodes_per_user", self.max_nodes_per_user),
+            ("pep.max_items_per_node", self.max_items_per_node),
+            ("pep.max_item_bytes", self.max_item_bytes),
+        ] {
+            if value == 0 {
+                return Err((key, "must be positive".to_owned()));
+            }
         }
-        // Base64 makes the avatar a third larger; it must still fit in a stanza.
-        if self.max_avatar_bytes / 3 * 4 >= max_stanza_size {
-            return Err((
-                "pep.max_avatar_bytes",
-                format!(
-                    "base64 of {} bytes does not fit in limits.max_stanza_size ({max_stanza_size})",
-                    self.max_avatar_bytes
-                ),
-            ));
-        }
+        // An avatar larger than a stanza can carry is refused by the stanza
+        // limit (limits.max_stanza_size) before it gets here; that is no error.
         Ok(())
     }
 }
@@ -457,7 +452,7 @@ impl Config {
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
         self.pep
-            .validate(self.limits.max_stanza_size)
+            .validate()
             .map_err(|(key, message)| invalid(key, message))?;
         if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
             return Err(invalid(
@@ -534,6 +529,24 @@ mod tests {
         let error = Config::parse("[server]\ndomain = \"a@b\"\n", Path::new("k.toml"))
             .expect_err("refused");
         assert!(error.to_string().contains("server.domain"), "{error}");
+    }
+
+    #[test]
+    fn pep_limits_parse_and_are_checked() {
+        // Small stanzas with the default avatar limit are fine (the stanza limit wins).
+        let config = Config::parse(
+            "[limits]\nmax_stanza_size = 65536\n[pep]\nmax_nodes_per_user = 3\n",
+            Path::new("k.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.pep.max_nodes_per_user, 3);
+        assert_eq!(config.pep.max_items_per_node, 100);
+        let error = Config::parse("[pep]\nmax_items_per_node = 0\n", Path::new("k.toml"))
+            .expect_err("refused");
+        assert!(
+            error.to_string().contains("pep.max_items_per_node"),
+            "{error}"
+        );
     }
 
     #[test]
