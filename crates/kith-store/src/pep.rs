@@ -333,12 +333,7 @@ impl Store {
     /// Removes every item of a node (XEP-0060 §8.5). `false` if there is no such node.
     pub async fn pep_purge(&self, owner: &str, node: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let exists = sqlx::query("SELECT 1 AS one FROM pep_nodes WHERE owner = $1 AND node = $2")
-            .bind(owner)
-            .bind(node)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
+        let exists = node_exists(&mut tx, owner, node).await?;
         sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2")
             .bind(owner)
             .bind(node)
@@ -418,12 +413,7 @@ impl Store {
         changes: &[(String, String)],
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let exists = sqlx::query("SELECT 1 AS one FROM pep_nodes WHERE owner = $1 AND node = $2")
-            .bind(owner)
-            .bind(node)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
+        let exists = node_exists(&mut tx, owner, node).await?;
         if !exists {
             return Ok(false);
         }
@@ -504,6 +494,22 @@ async fn lock_owner(tx: &mut sqlx::Transaction<'static, sqlx::Any>, owner: &str)
     }
 }
 
+/// Whether `owner` has `node`.
+async fn node_exists(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    owner: &str,
+    node: &str,
+) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 AS one FROM pep_nodes WHERE owner = $1 AND node = $2")
+            .bind(owner)
+            .bind(node)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some(),
+    )
+}
+
 /// Creates the node unless it exists, within the owner's lock.
 async fn create_in(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -512,13 +518,7 @@ async fn create_in(
     config: &PepNodeConfig,
     max_nodes: usize,
 ) -> Result<PepWrite> {
-    let exists = sqlx::query("SELECT 1 AS one FROM pep_nodes WHERE owner = $1 AND node = $2")
-        .bind(owner)
-        .bind(node)
-        .fetch_optional(&mut **tx)
-        .await?
-        .is_some();
-    if exists {
+    if node_exists(tx, owner, node).await? {
         return Ok(PepWrite::Exists);
     }
     let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM pep_nodes WHERE owner = $1")
