@@ -22,7 +22,53 @@ pub struct Config {
     pub push: PushSection,
     pub phone: PhoneSection,
     pub sms: SmsSection,
+    pub pep: PepSection,
     pub log: LogSection,
+}
+
+/// Personal eventing (XEP-0163 PEP): each account's pubsub nodes, bounded.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepSection {
+    /// Nodes one account may have (OMEMO uses one per device bundle).
+    pub max_nodes_per_user: usize,
+    /// Largest item payload, serialised, in bytes (avatar data has its own limit).
+    pub max_item_bytes: usize,
+    /// Items one node keeps at most; `pubsub#max_items = max` means this many.
+    pub max_items_per_node: usize,
+    /// Largest avatar image (XEP-0084 `urn:xmpp:avatar:data`), decoded, in bytes.
+    pub max_avatar_bytes: usize,
+    /// XEP-0115 capability sets remembered (one per client version seen).
+    pub caps_cache_size: usize,
+}
+
+impl Default for PepSection {
+    fn default() -> Self {
+        PepSection {
+            max_nodes_per_user: 100,
+            max_item_bytes: 64 * 1024,
+            max_items_per_node: 100,
+            max_avatar_bytes: 128 * 1024,
+            caps_cache_size: 10_000,
+        }
+    }
+}
+
+impl PepSection {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("pep.max_nodes_per_user", self.max_nodes_per_user),
+            ("pep.max_items_per_node", self.max_items_per_node),
+            ("pep.max_item_bytes", self.max_item_bytes),
+        ] {
+            if value == 0 {
+                return Err((key, "must be positive".to_owned()));
+            }
+        }
+        // An avatar larger than a stanza can carry is refused by the stanza
+        // limit (limits.max_stanza_size) before it gets here; that is no error.
+        Ok(())
+    }
 }
 
 /// Push notifications to devices that are offline (XEP-0357, Web Push, webhook).
@@ -546,6 +592,9 @@ impl Config {
                 "phone.max_code_failures and phone.code_ttl_secs must be positive".to_owned(),
             ));
         }
+        self.pep
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
             return Err(invalid(
                 "limits.session_queue",
@@ -644,6 +693,24 @@ mod tests {
         let error = Config::parse("[server]\ndomain = \"a@b\"\n", Path::new("k.toml"))
             .expect_err("refused");
         assert!(error.to_string().contains("server.domain"), "{error}");
+    }
+
+    #[test]
+    fn pep_limits_parse_and_are_checked() {
+        // Small stanzas with the default avatar limit are fine (the stanza limit wins).
+        let config = Config::parse(
+            "[limits]\nmax_stanza_size = 65536\n[pep]\nmax_nodes_per_user = 3\n",
+            Path::new("k.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.pep.max_nodes_per_user, 3);
+        assert_eq!(config.pep.max_items_per_node, 100);
+        let error = Config::parse("[pep]\nmax_items_per_node = 0\n", Path::new("k.toml"))
+            .expect_err("refused");
+        assert!(
+            error.to_string().contains("pep.max_items_per_node"),
+            "{error}"
+        );
     }
 
     #[test]

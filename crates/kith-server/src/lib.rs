@@ -62,6 +62,10 @@ pub struct Server {
     push: features::push::Push,
     /// The phone-account HTTP API's limiters and SMS client.
     api: api::ApiState,
+    /// Clients' XEP-0115 capabilities, for PEP notifications.
+    caps: features::pep::caps::Caps,
+    /// Resources that sent accounts directed presence (PEP visitors).
+    pep_visitors: features::pep::Visitors,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -109,6 +113,7 @@ impl Server {
         let starttls = tls::server_config(&certificate, &[])?;
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
         let https_tls = tls::server_config(&certificate, &[b"http/1.1"])?;
+        let config_caps = config.pep.caps_cache_size;
         let server = Arc::new(Server {
             domain: config.server.domain.clone(),
             registrations: RateLimiter::new(config.registration.max_per_ip_per_hour, 3600),
@@ -128,6 +133,8 @@ impl Server {
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
             api,
+            caps: features::pep::caps::Caps::new(config_caps),
+            pep_visitors: features::pep::Visitors::default(),
         });
 
         let mut tasks = JoinSet::new();

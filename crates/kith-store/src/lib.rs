@@ -59,6 +59,7 @@ mod devices;
 mod edit;
 mod error;
 mod migrate;
+mod pep;
 mod phone;
 mod push;
 mod types;
@@ -76,6 +77,7 @@ pub use archive::{
     Paging,
 };
 pub use error::{Result, StoreError};
+pub use pep::{PepItem, PepNode, PepNodeConfig, PepWrite};
 pub use phone::{DeviceCredential, LinkRequest, PhoneClaim, VerificationCode};
 pub use push::{PushEnabled, PushKind, PushRegistration};
 pub use types::{
@@ -305,6 +307,9 @@ impl Store {
             "DELETE FROM link_requests WHERE approved_owner = $1",
             "DELETE FROM vcards WHERE owner = $1",
             "DELETE FROM private_xml WHERE owner = $1",
+            "DELETE FROM pep_items WHERE owner = $1",
+            "DELETE FROM pep_affiliations WHERE owner = $1",
+            "DELETE FROM pep_nodes WHERE owner = $1",
             "DELETE FROM blocklist WHERE owner = $1",
             "DELETE FROM last_activity WHERE owner = $1",
             "DELETE FROM users WHERE username = $1",

@@ -431,6 +431,88 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 40,
+        name: "PEP nodes, items and affiliations (XEP-0163/0060); vCard photo hash (XEP-0153)",
+        // A node belongs to an account; its configuration is a few columns (the
+        // server reads them on every publish and notification). Items are ordered
+        // by `seq`, per node, increasing with each publish (a re-published id moves
+        // to the end). `max_items` -1 means "max" (the server's cap).
+        sqlite: &[
+            "CREATE TABLE pep_nodes (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            node TEXT NOT NULL,
+            access_model TEXT NOT NULL,
+            roster_groups TEXT NOT NULL DEFAULT '',
+            max_items INTEGER NOT NULL,
+            persist_items INTEGER NOT NULL,
+            send_last TEXT NOT NULL,
+            notify_retract INTEGER NOT NULL,
+            title TEXT NOT NULL DEFAULT '',
+            next_seq INTEGER NOT NULL DEFAULT 1,
+            created_micros INTEGER NOT NULL,
+            PRIMARY KEY (owner, node)
+        )",
+            "CREATE TABLE pep_items (
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            publisher TEXT NOT NULL,
+            published_micros INTEGER NOT NULL,
+            PRIMARY KEY (owner, node, item_id),
+            FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
+        )",
+            "CREATE INDEX pep_items_by_seq ON pep_items (owner, node, seq)",
+            "CREATE TABLE pep_affiliations (
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            PRIMARY KEY (owner, node, jid),
+            FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
+        )",
+            "ALTER TABLE vcards ADD COLUMN photo_hash TEXT",
+        ],
+        postgres: &[
+            "CREATE TABLE pep_nodes (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            node TEXT NOT NULL,
+            access_model TEXT NOT NULL,
+            roster_groups TEXT NOT NULL DEFAULT '',
+            max_items BIGINT NOT NULL,
+            persist_items BIGINT NOT NULL,
+            send_last TEXT NOT NULL,
+            notify_retract BIGINT NOT NULL,
+            title TEXT NOT NULL DEFAULT '',
+            next_seq BIGINT NOT NULL DEFAULT 1,
+            created_micros BIGINT NOT NULL,
+            PRIMARY KEY (owner, node)
+        )",
+            "CREATE TABLE pep_items (
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            payload TEXT NOT NULL,
+            publisher TEXT NOT NULL,
+            published_micros BIGINT NOT NULL,
+            PRIMARY KEY (owner, node, item_id),
+            FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
+        )",
+            "CREATE INDEX pep_items_by_seq ON pep_items (owner, node, seq)",
+            "CREATE TABLE pep_affiliations (
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            PRIMARY KEY (owner, node, jid),
+            FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
+        )",
+            "ALTER TABLE vcards ADD COLUMN photo_hash TEXT",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

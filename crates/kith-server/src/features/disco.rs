@@ -110,36 +110,57 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
             let info = info_element(identity, &server_features(registration));
             Ok(Some(info.attr_opt("node", node)))
         }
-        Target::OwnAccount => {
-            no_node(node)?;
-            Ok(Some(account_info(server.config.push.enabled)))
+        // XEP-0060 §5.3: a PEP node, for whoever may read it.
+        Target::OwnAccount | Target::Account(_) if node.is_some() => {
+            let owner = match &request.target {
+                Target::Account(other) => other.clone(),
+                _ => session.bare.clone(),
+            };
+            super::pep::node_info(&server, &owner, &session.bare, node.unwrap_or("")).await
         }
+        Target::OwnAccount => Ok(Some(account_info(server.config.push.enabled))),
         Target::Account(other) => {
             account_access(&server, other, &session.bare).await?;
-            no_node(node)?;
             Ok(Some(account_info(server.config.push.enabled)))
         }
     }
 }
 
-/// Answers `<query xmlns='http://jabber.org/protocol/disco#items'/>`: no items yet
-/// (no components, no PEP nodes).
-pub(crate) fn items(_session: &mut Session, request: &Request<'_>) -> Response {
+/// Answers `<query xmlns='http://jabber.org/protocol/disco#items'/>`: for an
+/// account, the PEP nodes the requester may read (XEP-0163 §… / XEP-0060 §5.2).
+pub(crate) async fn items(session: &mut Session, request: &Request<'_>) -> Response {
     if request.set {
         // §4.1: disco is IQ-get only.
         return Err(StanzaError::bad_request());
     }
     let node = request.payload.get_attr("node");
     let query = Element::new(ns::DISCO_ITEMS, "query");
-    match &request.target {
-        Target::Server | Target::OwnAccount => {
+    let owner = match &request.target {
+        Target::Server => {
             no_node(node)?;
-            Ok(Some(query))
+            return Ok(Some(query));
         }
-        // §8 rule 2: for another account the answer is an empty result, whether or
-        // not it exists and whatever the node, so nothing about it leaks.
-        Target::Account(_) => Ok(Some(query.attr_opt("node", node))),
+        // §8 rule 2: for another account the answer is an empty result for any
+        // node, whether or not it exists, so nothing about it leaks.
+        Target::Account(_) if node.is_some() => return Ok(Some(query.attr_opt("node", node))),
+        Target::OwnAccount => {
+            no_node(node)?;
+            session.bare.clone()
+        }
+        Target::Account(other) => other.clone(),
+    };
+    // A missing account has no nodes: the same empty answer.
+    let mut query = query;
+    for pep_node in super::pep::visible_nodes(&session.server, &owner, &session.bare).await? {
+        let mut item = Element::new(ns::DISCO_ITEMS, "item")
+            .attr("jid", owner.to_string())
+            .attr("node", pep_node.node);
+        if !pep_node.config.title.is_empty() {
+            item.set_attr("name", pep_node.config.title);
+        }
+        query.push_child(item);
     }
+    Ok(Some(query))
 }
 
 /// §8 rule 1: disco#info on another user's bare JID is answered only if the
@@ -165,13 +186,19 @@ fn no_node(node: Option<&str>) -> Result<(), StanzaError> {
     }
 }
 
-/// §3.1: an account answered by its server is `account/registered`.
+/// §3.1: an account answered by its server is `account/registered`, and a PEP
+/// service (XEP-0163 §5: `pubsub/pep`).
 fn account_info(push: bool) -> Element {
     let mut features = ACCOUNT_FEATURES.to_vec();
     if push {
         features.extend_from_slice(ACCOUNT_PUSH_FEATURES);
     }
-    info_element(identity("account", "registered"), &features)
+    features.extend_from_slice(super::pep::ACCOUNT_FEATURES);
+    let mut info = info_element(identity("account", "registered"), &features);
+    // The identities come first in the answer (§3.1 lists them before features).
+    info.children
+        .insert(1, kith_proto::Node::Element(identity("pubsub", "pep")));
+    info
 }
 
 fn identity(category: &str, kind: &str) -> Element {
@@ -238,17 +265,28 @@ mod tests {
     }
 
     #[test]
-    fn account_info_is_a_registered_account() {
-        assert_eq!(
-            account_info(false).to_xml(ns::CLIENT),
-            "<query xmlns='http://jabber.org/protocol/disco#info'>\
-             <identity category='account' type='registered'/>\
-             <feature var='http://jabber.org/protocol/disco#info'/>\
-             <feature var='http://jabber.org/protocol/disco#items'/>\
-             <feature var='urn:xmpp:mam:2'/>\
-             <feature var='urn:xmpp:mam:2#extended'/>\
-             <feature var='urn:xmpp:fulltext:0'/></query>"
+    fn account_info_is_a_registered_account_and_a_pep_service() {
+        let xml = account_info(false).to_xml(ns::CLIENT);
+        assert!(
+            xml.starts_with(
+                "<query xmlns='http://jabber.org/protocol/disco#info'>\
+                 <identity category='account' type='registered'/>\
+                 <identity category='pubsub' type='pep'/>\
+                 <feature var='http://jabber.org/protocol/disco#info'/>\
+                 <feature var='http://jabber.org/protocol/disco#items'/>\
+                 <feature var='urn:xmpp:mam:2'/>\
+                 <feature var='urn:xmpp:mam:2#extended'/>\
+                 <feature var='urn:xmpp:fulltext:0'/>"
+            ),
+            "{xml}"
         );
+        for feature in [
+            "http://jabber.org/protocol/pubsub#publish",
+            "http://jabber.org/protocol/pubsub#publish-options",
+            "http://jabber.org/protocol/pubsub#access-whitelist",
+        ] {
+            assert!(xml.contains(feature), "{feature} missing");
+        }
     }
 
     #[test]

@@ -9,9 +9,11 @@ pub mod carbons;
 pub mod disco;
 pub mod last;
 pub mod mam;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod profile;
 pub mod push;
 pub mod register;
 pub mod retract;
@@ -66,7 +68,7 @@ async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
     match (payload.name.as_str(), payload.ns.as_str()) {
         ("query", ns::ROSTER) => roster::handle_iq(session, request).await,
         ("query", ns::DISCO_INFO) => disco::info(session, request).await,
-        ("query", ns::DISCO_ITEMS) => disco::items(session, request),
+        ("query", ns::DISCO_ITEMS) => disco::items(session, request).await,
         ("ping", ns::PING) => ping::handle(session, request),
         ("time", ns::TIME) => time::handle(session, request),
         ("query", ns::VERSION) => version::handle(session, request),
@@ -80,6 +82,7 @@ async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
         ("query" | "metadata" | "prefs", mam::NS) => mam::handle(session, request).await,
         ("enable" | "disable", carbons::CARBONS) => carbons::handle(session, request),
         ("enable" | "disable", push::NS) => push::handle(session, request).await,
+        ("pubsub", pep::NS | pep::NS_OWNER) => pep::handle(session, request).await,
         _ => Err(StanzaError::service_unavailable()),
     }
 }
@@ -89,6 +92,13 @@ pub(crate) async fn iq_from_client(session: &mut Session, iq: Element, to: Optio
     let kind = iq.get_attr("type").unwrap_or("");
     let server = session.server.clone();
     if matches!(kind, "result" | "error") {
+        // XEP-0115: a client answering the server's caps query (to the domain).
+        let to_server = to
+            .as_ref()
+            .is_none_or(|t| t.node().is_none() && t.domain().as_str() == server.domain);
+        if to_server && pep::caps_answer(&server, &session.jid, &iq).await {
+            return;
+        }
         // Answers to the server's own requests (idle pings) end here; others travel on.
         if let Some(to) = to
             && to.resource().is_some()

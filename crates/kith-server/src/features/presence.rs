@@ -60,7 +60,9 @@ async fn directed(session: &mut Session, presence: Element, to: Jid, unavailable
     } else {
         session.directed.insert(target);
     }
-    crate::deliver::route(&session.server, presence).await;
+    let server = session.server.clone();
+    super::pep::directed_presence(&server, &session.jid, &to, &presence, unavailable).await;
+    crate::deliver::route(&server, presence).await;
 }
 
 fn priority(presence: &Element) -> Result<i8, StanzaError> {
@@ -83,8 +85,24 @@ async fn broadcast_available(session: &mut Session, mut presence: Element) {
     };
     presence.remove_attr("to");
     let server = session.server.clone();
+    // XEP-0153 / XEP-0398: the server's copy of the photo hash goes out.
+    super::profile::stamp_presence(&server, &session.username, &mut presence).await;
     let initial = !session.available;
     session.available = true;
+    let previous = server
+        .router
+        .with_sessions(session.bare.as_str(), |sessions| {
+            sessions
+                .iter()
+                .find(|s| s.id == session.id)
+                .and_then(|s| s.presence.clone())
+        });
+    // XEP-0163 §4.3.3: a resource coming online (or with new caps) gets the last
+    // published items it asks for with +notify.
+    let announce = initial
+        || previous.is_none_or(|p| {
+            super::pep::caps::Announced::of(&p) != super::pep::caps::Announced::of(&presence)
+        });
     let shared = Arc::new(presence.clone());
     server.router.update(&session.jid, session.id, |entry| {
         entry.presence = Some(shared.clone());
@@ -114,6 +132,7 @@ async fn broadcast_available(session: &mut Session, mut presence: Element) {
             other.send(Arc::new(copy));
         }
     }
+    super::pep::on_available(&server, &session.jid, &presence, announce).await;
     if !initial {
         if priority >= 0 {
             // A resource that was negative becomes a delivery target now.
@@ -193,6 +212,9 @@ pub(crate) async fn went_offline(session: &mut Session, presence: Option<Element
         }
     }
     for target in std::mem::take(&mut session.directed) {
+        if let Ok(to) = Jid::new(&target) {
+            super::pep::directed_presence(&server, &session.jid, &to, &presence, true).await;
+        }
         crate::deliver::route(&server, addressed(&presence, &target)).await;
     }
     let others_available = server
@@ -345,6 +367,7 @@ async fn inbound_subscription(
             (&sender, recipient)
         };
         send_current_presence(server, contact, subscriber.as_str()).await;
+        super::pep::subscription_approved(server, contact, subscriber).await;
     }
     if kind == SubscriptionKind::Unsubscribed && outcome.deliver {
         // §3.2.3: the contact's resources now appear unavailable to the recipient.
@@ -364,6 +387,44 @@ fn kind_str(kind: SubscriptionKind) -> &'static str {
         SubscriptionKind::Subscribed => "subscribed",
         SubscriptionKind::Unsubscribe => "unsubscribe",
         SubscriptionKind::Unsubscribed => "unsubscribed",
+    }
+}
+
+/// Sends `owner`'s available presence again, with the current XEP-0153 photo
+/// hash, to their subscribers and other resources (the vCard photo changed).
+pub(crate) async fn rebroadcast(server: &Arc<Server>, owner: &BareJid) {
+    let Some(username) = owner.node().map(|n| n.as_str().to_owned()) else {
+        return;
+    };
+    let roster = match server.store.roster(&username).await {
+        Ok((_, items)) => items,
+        Err(error) => {
+            tracing::error!(%error, "reading the roster for presence");
+            return;
+        }
+    };
+    let sessions = server.router.sessions(owner.as_str());
+    for session in &sessions {
+        let Some(current) = &session.presence else {
+            continue;
+        };
+        let mut presence = (**current).clone();
+        super::profile::stamp_presence(server, &username, &mut presence).await;
+        let shared = Arc::new(presence.clone());
+        server.router.update(&session.jid, session.id, |entry| {
+            entry.presence = Some(shared)
+        });
+        for item in roster
+            .iter()
+            .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
+        {
+            crate::deliver::route(server, addressed(&presence, &item.contact)).await;
+        }
+        for other in &sessions {
+            if other.id != session.id && other.available() {
+                other.send(Arc::new(addressed(&presence, &other.jid.to_string())));
+            }
+        }
     }
 }
 

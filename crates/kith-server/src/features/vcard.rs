@@ -5,7 +5,9 @@
 //! namespace declared, and parsed back on every read; the server never looks inside.
 
 use kith_proto::stream::{Limits, parse_fragment};
-use kith_proto::{Element, StanzaError, ns};
+use std::sync::Arc;
+
+use kith_proto::{BareJid, Element, StanzaError, ns};
 
 use super::roster::internal;
 use super::{Request, Response, Target};
@@ -35,7 +37,7 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
                 .map(Some)
                 .ok_or_else(StanzaError::service_unavailable)
         }
-        (Target::OwnAccount, true) => store(&server, &session.username, request.payload).await,
+        (Target::OwnAccount, true) => store(&server, &session.bare, request.payload).await,
         // §3.2: setting another user's vCard SHOULD get <forbidden/> or <not-allowed/>.
         (Target::Account(_), true) => Err(StanzaError::forbidden()),
         // The server has no vCard of its own (§3.3 notes it could).
@@ -59,14 +61,25 @@ async fn stored(server: &Server, username: &str) -> Result<Option<Element>, Stan
 }
 
 /// §3.2: replaces the user's vCard with `vcard` (the whole of it: there are no
-/// partial updates).
-async fn store(server: &Server, username: &str, vcard: &Element) -> Response {
+/// partial updates). A changed photo (XEP-0153) updates the PEP avatar and
+/// presence (`profile.rs`).
+async fn store(server: &Arc<Server>, user: &BareJid, vcard: &Element) -> Response {
+    let username = user.node().map_or("", |n| n.as_str());
     let xml = serialise(vcard)?;
-    server
+    let hash = super::profile::photo_hash(vcard);
+    let before = server
         .store
-        .set_vcard(username, &xml)
+        .vcard_photo_hash(username)
         .await
         .map_err(internal)?;
+    server
+        .store
+        .set_vcard_with_photo(username, &xml, hash.as_deref())
+        .await
+        .map_err(internal)?;
+    if before != hash {
+        super::profile::vcard_photo_changed(server, user, vcard).await;
+    }
     Ok(None)
 }
 
