@@ -1,5 +1,6 @@
 //! The HTTP(S) listener: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` and
-//! connection discovery (XEP-0156) at `/.well-known/host-meta[.json]`.
+//! connection discovery (XEP-0156) at `/.well-known/host-meta[.json]`, and the
+//! XEP-0363 upload routes (`upload::http`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +34,8 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bo
         .with_state(AppState {
             server: server.clone(),
             secure,
-        });
+        })
+        .merge(crate::upload::http::routes(server.clone()));
     let service = app.into_make_service_with_connect_info::<PeerAddr>();
     let result = if secure {
         let tls = TlsListener::new(listener, server.clone());

@@ -19,6 +19,7 @@ mod router;
 mod session;
 mod sm;
 pub mod tls;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct Server {
     fake_salt_key: [u8; 32],
     /// Push notifications (XEP-0357, Web Push, webhook).
     push: features::push::Push,
+    /// XEP-0363 HTTP File Upload, when enabled.
+    upload: Option<upload::Service>,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -101,6 +104,7 @@ impl Server {
         let push = features::push::Push::start(&config, &store)
             .await
             .context("preparing push notifications")?;
+        let upload = upload::Service::start(&config)?;
         let certificate = tls::ensure_certificate(&config)?;
         let starttls = tls::server_config(&certificate, &[])?;
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
@@ -120,6 +124,7 @@ impl Server {
             blocklists: features::blocking::Cache::default(),
             fake_salt_key: rand::random(),
             push,
+            upload,
             ports: std::sync::OnceLock::new(),
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
@@ -142,6 +147,7 @@ impl Server {
             .ports
             .set((addrs.2.map(|a| a.port()), addrs.3.map(|a| a.port())));
         tasks.spawn(maintenance::run(server.clone()));
+        tasks.spawn(upload::sweep_loop(server.clone()));
         if let Some(listener) = c2s {
             tasks.spawn(c2s::accept_loop(server.clone(), listener, false));
         }

@@ -61,6 +61,7 @@ mod error;
 mod migrate;
 mod push;
 mod types;
+mod uploads;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -80,6 +81,7 @@ pub use types::{
     DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
     StoredCredentials, Subscription,
 };
+pub use uploads::{NewUpload, Upload, UploadCreated, UploadState};
 
 use types::{decode_groups, encode_groups};
 

@@ -122,9 +122,9 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
     }
 }
 
-/// Answers `<query xmlns='http://jabber.org/protocol/disco#items'/>`: no items yet
-/// (no components, no PEP nodes).
-pub(crate) fn items(_session: &mut Session, request: &Request<'_>) -> Response {
+/// Answers `<query xmlns='http://jabber.org/protocol/disco#items'/>`: the server
+/// lists its components (the XEP-0363 upload service); accounts have no items.
+pub(crate) fn items(session: &mut Session, request: &Request<'_>) -> Response {
     if request.set {
         // §4.1: disco is IQ-get only.
         return Err(StanzaError::bad_request());
@@ -132,7 +132,16 @@ pub(crate) fn items(_session: &mut Session, request: &Request<'_>) -> Response {
     let node = request.payload.get_attr("node");
     let query = Element::new(ns::DISCO_ITEMS, "query");
     match &request.target {
-        Target::Server | Target::OwnAccount => {
+        Target::Server => {
+            no_node(node)?;
+            // XEP-0363 §3: the upload component is found among the server's items.
+            let mut query = query;
+            if let Some(item) = crate::upload::disco_item(&session.server) {
+                query.push_child(item);
+            }
+            Ok(Some(query))
+        }
+        Target::OwnAccount => {
             no_node(node)?;
             Ok(Some(query))
         }
