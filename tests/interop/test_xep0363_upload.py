@@ -27,6 +27,7 @@ from kithtest.media import (
     NS_UPLOAD, UPLOAD_PLUGINS_EXTRA, MotoS3, image_bytes, https, ogg_opus, pdf_bytes, put,
     request_slot, stored_objects, upload, upload_overrides, wait_meta,
 )
+from kithtest.rss import PeakRss, ZeroStream
 from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, iq_error_condition
 
 PLUGINS = DEFAULT_PLUGINS + UPLOAD_PLUGINS_EXTRA + ("xep_0077",)
@@ -346,6 +347,43 @@ async def test_expired_files_and_slots_are_swept(backend, blob, s3, server_facto
         assert web.get(slot.get_url, timeout=10).status_code == 404
         assert put(web, unused, b"hello", "text/plain").status_code == 404
         assert slot_id not in stored_objects(srv, s3), "the sweep deleted the blob"
+    finally:
+        await p.close_all()
+        server_factory.stop(srv)
+
+
+# ---- streaming: memory stays bounded -------------------------------------------------
+
+async def test_a_large_upload_and_download_use_bounded_memory(blob, backend, server_factory):
+    """200 MiB up and down through the fs backend: the server's RSS grows by far
+    less than the file (multipart parts of 8 MiB, two in flight; GET streams)."""
+    if blob != "fs":
+        pytest.skip("measured on the fs backend (moto_server holds S3 objects in memory)")
+    size = 200 * MiB
+    srv = server_factory.start(f"upload-rss-{backend}", backend,
+                               upload_overrides("fs", None, max_file_size=size))
+    p = ClientPool(srv)
+    try:
+        web = https(srv)
+        c = await p.connect(await p.account("rss"), plugins=PLUGINS)
+        slot = await request_slot(c, "big.bin", size, "application/octet-stream")
+        with PeakRss(srv.proc.pid) as up:
+            r = await asyncio.to_thread(put, web, slot, ZeroStream(size), "application/octet-stream")
+        assert r.status_code == 201, r.text
+
+        def download():
+            got = 0
+            with web.get(slot.get_url, stream=True, timeout=60) as resp:
+                assert resp.status_code == 200
+                for chunk in resp.iter_content(1 << 20):
+                    got += len(chunk)
+            return got
+
+        with PeakRss(srv.proc.pid) as down:
+            assert await asyncio.to_thread(download) == size
+        for name, m in (("upload", up), ("download", down)):
+            growth = m.peak - m.start_rss
+            assert growth < 80 * MiB, f"{name}: RSS grew by {growth / MiB:.0f} MiB"
     finally:
         await p.close_all()
         server_factory.stop(srv)
