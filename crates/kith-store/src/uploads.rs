@@ -123,8 +123,8 @@ fn upload_from_row(row: &AnyRow) -> Result<Upload> {
 }
 
 impl Store {
-    /// Creates a slot unless the owner's uploads (all states) plus `size` would
-    /// exceed `quota` bytes. The check and the insert are one transaction under
+    /// Creates a slot unless the owner's uploads (stored, being uploaded, and
+    /// slots still valid at `created_micros`) plus `size` would exceed `quota` bytes. The check and the insert are one transaction under
     /// the owner's user-row lock, so concurrent requests count each other.
     pub async fn upload_create(&self, upload: &NewUpload, quota: i64) -> Result<UploadCreated> {
         let mut tx = self.begin_write().await?;
@@ -132,10 +132,14 @@ impl Store {
             .bind(upload.owner.as_str())
             .execute(&mut *tx)
             .await?;
+        // Unused slots past their expiry no longer count, even before the sweep.
         let used: i64 = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS used FROM uploads WHERE owner = $1",
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS used FROM uploads
+             WHERE owner = $1 AND NOT (state = $2 AND slot_expires_micros <= $3)",
         )
         .bind(upload.owner.as_str())
+        .bind(UploadState::Slot.code())
+        .bind(upload.created_micros)
         .fetch_one(&mut *tx)
         .await?
         .try_get("used")?;

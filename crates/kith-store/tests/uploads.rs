@@ -84,6 +84,13 @@ async fn quota_counts_every_state(db: TestDb) {
         "quotas are per owner"
     );
     assert!(s.upload_get("a2").await.unwrap().is_none());
+    // once alice's slots (valid until 5000) expire, they stop counting
+    let mut later = slot("a4", "alice", 100, 9_000);
+    later.created_micros = 5_000;
+    assert_eq!(
+        s.upload_create(&later, 100).await.unwrap(),
+        UploadCreated::Created
+    );
 }
 
 async fn sweep_finds_expired_stale_and_orphaned(db: TestDb) {
