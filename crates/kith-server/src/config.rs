@@ -23,6 +23,7 @@ pub struct Config {
     pub phone: PhoneSection,
     pub sms: SmsSection,
     pub pep: PepSection,
+    pub upload: UploadSection,
     pub log: LogSection,
 }
 
@@ -290,6 +291,142 @@ impl SmsSection {
         }
         if self.timeout_secs == 0 {
             return Err(("sms.timeout_secs", "must be positive".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// XEP-0363 HTTP File Upload and the blob store behind it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadSection {
+    /// Whether the upload service exists at all.
+    pub enabled: bool,
+    /// The service's JID. Default: `upload.<domain>`.
+    pub domain: Option<String>,
+    /// Base of the PUT/GET URLs handed out, e.g. `https://media.example.org`.
+    /// Default: `https://<domain>:<bound HTTPS port>`.
+    pub public_url: Option<String>,
+    /// Where files live: `fs` (a local directory) or `s3` (S3-compatible).
+    pub backend: UploadBackend,
+    /// For `fs`: the directory. Default: `<data_dir>/uploads`.
+    pub dir: Option<PathBuf>,
+    /// For `s3`: the endpoint URL (unset: AWS for the region).
+    pub s3_endpoint: Option<String>,
+    pub s3_bucket: String,
+    pub s3_region: String,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`), needed by most non-AWS servers.
+    pub s3_path_style: bool,
+    /// Allow an `http://` endpoint (loopback test servers).
+    pub s3_allow_http: bool,
+    /// Largest file accepted, in bytes (at most 2 GiB).
+    pub max_file_size: u64,
+    /// Bytes one account may hold in uploads (slots not yet used count too).
+    pub quota_per_user: u64,
+    /// MIME types accepted, exact (`application/pdf`) or by family (`image/*`).
+    /// Empty: any type (non-media types are then served as attachments).
+    pub allowed_types: Vec<String>,
+    /// Seconds a slot may wait for its PUT.
+    pub slot_expiry_secs: u64,
+    /// Seconds a stored file is kept (default 30 days).
+    pub expire_after_secs: u64,
+    /// Seconds between sweeps removing expired slots and files.
+    pub sweep_interval_secs: u64,
+    /// Longest side of generated thumbnails, in pixels.
+    pub thumbnail_size: u32,
+    /// Images larger than this many pixels (or bytes) get no thumbnail
+    /// (decompression bombs are refused by the decoder's limits).
+    pub thumbnail_max_pixels: u64,
+    pub thumbnail_max_bytes: u64,
+}
+
+/// Where uploaded files are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadBackend {
+    Fs,
+    S3,
+}
+
+/// XEP-0363 leaves the limit to the operator; kith caps it at 2 GiB.
+pub const MAX_UPLOAD_FILE_SIZE: u64 = 2 * 1024 * 1024 * 1024;
+
+impl Default for UploadSection {
+    fn default() -> Self {
+        UploadSection {
+            enabled: true,
+            domain: None,
+            public_url: None,
+            backend: UploadBackend::Fs,
+            dir: None,
+            s3_endpoint: None,
+            s3_bucket: String::new(),
+            s3_region: "us-east-1".to_owned(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_path_style: false,
+            s3_allow_http: false,
+            max_file_size: 100 * 1024 * 1024,
+            quota_per_user: 1024 * 1024 * 1024,
+            allowed_types: Vec::new(),
+            slot_expiry_secs: 300,
+            expire_after_secs: 30 * 86_400,
+            sweep_interval_secs: 3600,
+            thumbnail_size: 320,
+            thumbnail_max_pixels: 50_000_000,
+            thumbnail_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl UploadSection {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.max_file_size == 0 || self.max_file_size > MAX_UPLOAD_FILE_SIZE {
+            return Err((
+                "upload.max_file_size",
+                format!("must be between 1 and {MAX_UPLOAD_FILE_SIZE} bytes"),
+            ));
+        }
+        if let Some(url) = &self.public_url {
+            let parsed = url::Url::parse(url)
+                .map_err(|error| ("upload.public_url", format!("not a URL: {error}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+                return Err(("upload.public_url", "must be an http(s) URL".to_owned()));
+            }
+        }
+        if let Some(domain) = &self.domain
+            && kith_proto::BareJid::new(domain).map_or(true, |jid| jid.node().is_some())
+        {
+            return Err(("upload.domain", format!("{domain:?} is not a valid domain")));
+        }
+        if self.backend == UploadBackend::S3 && self.s3_bucket.is_empty() {
+            return Err((
+                "upload.s3_bucket",
+                "must be set when upload.backend = \"s3\"".to_owned(),
+            ));
+        }
+        for kind in &self.allowed_types {
+            let valid = kind
+                .split_once('/')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && a != "*");
+            if !valid {
+                return Err((
+                    "upload.allowed_types",
+                    format!("{kind:?} is not a MIME type like image/png or image/*"),
+                ));
+            }
+        }
+        if self.slot_expiry_secs == 0
+            || self.expire_after_secs == 0
+            || self.sweep_interval_secs == 0
+            || self.thumbnail_size == 0
+        {
+            return Err((
+                "upload.expire_after_secs",
+                "upload times and sizes must be positive".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -595,6 +732,9 @@ impl Config {
         self.pep
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        self.upload
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
             return Err(invalid(
                 "limits.session_queue",
@@ -752,6 +892,34 @@ mod tests {
         assert_eq!(
             config.push.vapid_subject_for("chat.example"),
             "mailto:postmaster@chat.example"
+        );
+    }
+
+    #[test]
+    fn upload_limits_are_checked() {
+        let config = Config::parse("", Path::new("k.toml")).expect("valid");
+        assert_eq!(config.upload.max_file_size, 100 * 1024 * 1024);
+        assert_eq!(config.upload.backend, UploadBackend::Fs);
+        let error = Config::parse(
+            "[upload]\nmax_file_size = 3000000000\n",
+            Path::new("k.toml"),
+        )
+        .expect_err("over 2 GiB refused");
+        assert!(
+            error.to_string().contains("upload.max_file_size"),
+            "{error}"
+        );
+        let error = Config::parse("[upload]\nbackend = \"s3\"\n", Path::new("k.toml"))
+            .expect_err("bucket needed");
+        assert!(error.to_string().contains("upload.s3_bucket"), "{error}");
+        let error = Config::parse(
+            "[upload]\nallowed_types = [\"image\"]\n",
+            Path::new("k.toml"),
+        )
+        .expect_err("bad type refused");
+        assert!(
+            error.to_string().contains("upload.allowed_types"),
+            "{error}"
         );
     }
 

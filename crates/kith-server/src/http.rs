@@ -1,6 +1,7 @@
 //! The HTTP(S) listener: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` and
 //! connection discovery (XEP-0156) at `/.well-known/host-meta[.json]`, and the
 //! JSON API under `/api/v1/` (`api/`).
+//! XEP-0363 upload routes (`upload::http`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +36,8 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bo
             server: server.clone(),
             secure,
         })
-        .merge(crate::api::router(server.clone()));
+        .merge(crate::api::router(server.clone()))
+        .merge(crate::upload::http::routes(server.clone()));
     let service = app.into_make_service_with_connect_info::<PeerAddr>();
     let result = if secure {
         let tls = TlsListener::new(listener, server.clone());

@@ -21,6 +21,7 @@ mod router;
 mod session;
 mod sm;
 pub mod tls;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct Server {
     caps: features::pep::caps::Caps,
     /// Resources that sent accounts directed presence (PEP visitors).
     pep_visitors: features::pep::Visitors,
+    /// XEP-0363 HTTP File Upload, when enabled.
+    upload: Option<upload::Service>,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -109,6 +112,7 @@ impl Server {
             .await
             .context("preparing push notifications")?;
         let api = api::ApiState::new(&config).context("preparing the HTTP API")?;
+        let upload = upload::Service::start(&config)?;
         let certificate = tls::ensure_certificate(&config)?;
         let starttls = tls::server_config(&certificate, &[])?;
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
@@ -129,6 +133,7 @@ impl Server {
             blocklists: features::blocking::Cache::default(),
             fake_salt_key: rand::random(),
             push,
+            upload,
             ports: std::sync::OnceLock::new(),
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
@@ -153,6 +158,7 @@ impl Server {
             .ports
             .set((addrs.2.map(|a| a.port()), addrs.3.map(|a| a.port())));
         tasks.spawn(maintenance::run(server.clone()));
+        tasks.spawn(upload::sweep_loop(server.clone()));
         if let Some(listener) = c2s {
             tasks.spawn(c2s::accept_loop(server.clone(), listener, false));
         }

@@ -63,6 +63,7 @@ mod pep;
 mod phone;
 mod push;
 mod types;
+mod uploads;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -84,6 +85,7 @@ pub use types::{
     DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
     StoredCredentials, Subscription,
 };
+pub use uploads::{NewUpload, Upload, UploadCreated, UploadState};
 
 use types::{decode_groups, encode_groups};
 

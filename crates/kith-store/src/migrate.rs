@@ -432,6 +432,48 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
     },
     Migration {
+        version: 30,
+        name: "uploads (XEP-0363 slots and stored files)",
+        // One row per slot; the file's bytes live in the blob store under the
+        // same id. `state`: 0 slot handed out, 1 PUT in progress, 2 stored.
+        // No foreign key on `owner`: the blobs must be deleted before the rows,
+        // so account deletion purges uploads itself and upkeep sweeps orphans.
+        sqlite: &[
+            "CREATE TABLE uploads (
+            id TEXT NOT NULL PRIMARY KEY,
+            owner TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            token_hash TEXT NOT NULL,
+            state INTEGER NOT NULL,
+            created_micros INTEGER NOT NULL,
+            slot_expires_micros INTEGER NOT NULL,
+            expires_micros INTEGER,
+            meta TEXT
+        )",
+            "CREATE INDEX uploads_owner ON uploads (owner)",
+            "CREATE INDEX uploads_expires ON uploads (expires_micros)",
+        ],
+        postgres: &[
+            "CREATE TABLE uploads (
+            id TEXT NOT NULL PRIMARY KEY,
+            owner TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            token_hash TEXT NOT NULL,
+            state BIGINT NOT NULL,
+            created_micros BIGINT NOT NULL,
+            slot_expires_micros BIGINT NOT NULL,
+            expires_micros BIGINT,
+            meta TEXT
+        )",
+            "CREATE INDEX uploads_owner ON uploads (owner)",
+            "CREATE INDEX uploads_expires ON uploads (expires_micros)",
+        ],
+    },
+    Migration {
         version: 40,
         name: "PEP nodes, items and affiliations (XEP-0163/0060); vCard photo hash (XEP-0153)",
         // A node belongs to an account; its configuration is a few columns (the

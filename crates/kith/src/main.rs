@@ -193,6 +193,9 @@ async fn user(config: Config, action: UserAction) -> Result<()> {
         }
         UserAction::Del { username } => {
             let username = accounts::normalize_username(&username, domain)?;
+            kith_server::upload::purge_user_files(&config, &store, &username)
+                .await
+                .context("deleting the account's uploads")?;
             if !store.delete_user(&username).await? {
                 bail!("no such user {username}@{domain}");
             }

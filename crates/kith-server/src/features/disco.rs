@@ -127,7 +127,8 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
 }
 
 /// Answers `<query xmlns='http://jabber.org/protocol/disco#items'/>`: for an
-/// account, the PEP nodes the requester may read (XEP-0163 §… / XEP-0060 §5.2).
+/// account, the PEP nodes the requester may read; for the server, its components
+/// (the XEP-0363 upload service) (XEP-0163 §… / XEP-0060 §5.2).
 pub(crate) async fn items(session: &mut Session, request: &Request<'_>) -> Response {
     if request.set {
         // §4.1: disco is IQ-get only.
@@ -138,6 +139,11 @@ pub(crate) async fn items(session: &mut Session, request: &Request<'_>) -> Respo
     let owner = match &request.target {
         Target::Server => {
             no_node(node)?;
+            // XEP-0363 §3: the upload component is found among the server's items.
+            let mut query = query;
+            if let Some(item) = crate::upload::disco_item(&session.server) {
+                query.push_child(item);
+            }
             return Ok(Some(query));
         }
         // §8 rule 2: for another account the answer is an empty result for any

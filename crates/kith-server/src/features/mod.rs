@@ -112,6 +112,21 @@ pub(crate) async fn iq_from_client(session: &mut Session, iq: Element, to: Optio
         session.reply(StanzaError::bad_request().reply_to(&iq));
         return;
     }
+    if crate::upload::is_component(&server, to.as_ref()) {
+        // XEP-0363: the upload component lives in this process.
+        let mut payloads = iq.elements();
+        let reply = match (payloads.next(), payloads.next()) {
+            (Some(payload), None) => {
+                crate::upload::handle_iq(&server, &session.username, payload, kind == "set").await
+            }
+            _ => Err(StanzaError::bad_request()),
+        };
+        session.reply(match reply {
+            Ok(payload) => result_for(&iq, payload),
+            Err(error) => error.reply_to(&iq),
+        });
+        return;
+    }
     let target = match &to {
         None => Target::OwnAccount,
         Some(to)

@@ -173,6 +173,12 @@ async fn cancel(session: &mut Session) -> Response {
     let username = session.username.clone();
 
     remove_from_rosters(&server, &bare).await?;
+    if let Some(upload) = &server.upload
+        && let Err(error) = crate::upload::purge_with(&server.store, &upload.blobs, &username).await
+    {
+        // Whatever is left is swept as an orphan once the account is gone.
+        tracing::warn!(%error, user = %username, "deleting the account's uploads");
+    }
     let existed = server
         .store
         .delete_user(&username)
