@@ -19,6 +19,7 @@ mod router;
 mod session;
 mod sm;
 pub mod tls;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
