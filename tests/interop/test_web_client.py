@@ -126,6 +126,7 @@ async def test_sign_in_chat_both_ways_with_live_ticks_and_typing(peers, tabs):
     alice, bob, b = await friends(peers)
     tab = await tabs()
     page = tab.page
+    await tab.shot("sign-in")
     await tab.sign_in(alice.jid, alice.password)
     await expect(tab.chat_row(re.compile(bob.name))).to_be_visible()
     await tab.open_chat(bob.name)
@@ -162,6 +163,7 @@ async def test_sign_in_chat_both_ways_with_live_ticks_and_typing(peers, tabs):
     shown = await b.wait_for(message_with(NS_MARKERS, "displayed", alice.jid), what="displayed marker")
     assert child(shown, NS_MARKERS, "displayed").get("id") == "b1"
     assert len(b.matching(lambda m: getattr(m, "name", "") == "message" and m["body"] == "hello bob")) == 1
+    await tab.shot("conversation")
 
 
 @on_module_loop
@@ -216,6 +218,7 @@ async def test_reply_edit_reactions_and_delete_for_everyone_on_both_sides(peers,
     b.send_raw(f"<message to='{alice.jid}' type='chat' id='q3'><reactions xmlns='urn:xmpp:reactions:0' id='q1'>"
                "<reaction>❤️</reaction></reactions></message>")
     await expect(tab.bubble("lunch at one").get_by_label("Reactions")).to_contain_text("❤️")
+    await tab.shot("reply-edit-react")
     b.send_raw(f"<message to='{alice.jid}' type='chat' id='q4'><retract xmlns='urn:xmpp:message-retract:1' id='q1'/></message>")
     await expect(tab.bubble("This message was deleted")).to_be_visible()
     await expect(tab.bubble("lunch at one")).to_have_count(0)
@@ -317,13 +320,101 @@ async def test_a_phone_sized_viewport_shows_list_and_conversation_as_screens(pee
     await tab.sign_in(alice.jid, alice.password)
     conversation = page.get_by_role("region", name="Conversation")
     await expect(conversation).to_be_hidden()
+    await tab.shot("phone-chat-list")
     await tab.open_chat(bob.name)
     await expect(conversation).to_be_visible()
     await expect(page.get_by_role("list", name="Chat list")).to_be_hidden()
     await tab.send("from my phone")
     await b.wait_message(lambda m: m["body"] == "from my phone", what="phone message")
+    await tab.shot("phone-conversation")
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways ({width}px)"
     await page.get_by_role("button", name="Back to chats").click()
     await expect(page.get_by_role("list", name="Chat list")).to_be_visible()
     await expect(tab.chat_row(re.compile(bob.name))).to_contain_text("from my phone")
+
+
+@on_module_loop
+async def test_a_server_restart_mid_chat_loses_and_duplicates_nothing(backend, server_factory, browser):
+    """Resumption is impossible after a restart: the client binds a fresh session,
+    finds in the archive which queued messages the server already has, and sends
+    only the rest."""
+    srv = server_factory.start("webrestart", backend)
+    pool = ClientPool(srv)
+    tab = None
+    try:
+        alice, bob = await pool.account("wra"), await pool.account("wrb")
+        a = await pool.connect(alice, plugins=PLUGINS)
+        b = await pool.connect(bob, resource="phone", plugins=PLUGINS)
+        await make_friends(a, b)
+        await a.close()
+        tab = await Tab.open(browser, srv)
+        await tab.sign_in(alice.jid, alice.password)
+        await tab.open_chat(bob.name)
+        await tab.send("before the restart")
+        await b.wait_message(lambda m: m["body"] == "before the restart", what="first message")
+        await expect(tab.bubble("before the restart")).to_have_attribute("data-state", "sent")
+
+        await b.close()
+        srv.stop()
+        await expect(tab.page.get_by_role("status")).to_be_visible()
+        await tab.send("typed while the server was down")
+        await expect(tab.bubble("typed while the server was down")).to_have_attribute("data-state", "pending")
+        srv.start()
+        await expect(tab.bubble("typed while the server was down")).to_have_attribute("data-state", "sent", timeout=30000)
+
+        b2 = await pool.connect(bob, resource="phone", plugins=PLUGINS)
+        await b2.wait_message(lambda m: m["body"] == "typed while the server was down", what="queued message")
+        await asyncio.sleep(1)
+        bodies = [m["body"] for m in b2.received if getattr(m, "name", "") == "message" and m["body"]]
+        assert bodies.count("typed while the server was down") == 1, bodies
+        assert "before the restart" not in bodies, bodies  # already delivered before the restart
+        await expect(tab.bubble("typed while the server was down")).to_have_count(1)
+        assert not tab.errors, tab.errors
+    finally:
+        if tab is not None:
+            await tab.close()
+        await pool.close_all()
+        server_factory.stop(srv)
+
+
+@on_module_loop
+async def test_profile_name_reaches_contacts_and_the_theme_switches(peers, tabs):
+    alice, bob, b = await friends(peers)
+    tab = await tabs()
+    page = tab.page
+    await tab.sign_in(alice.jid, alice.password)
+    await page.get_by_role("button", name="Profile and settings").click()
+    dialog = page.get_by_role("dialog", name="Profile and settings")
+    await dialog.get_by_label("Your name").fill("Alice Liddell")
+    await dialog.get_by_label("Dark").check()
+    assert await page.evaluate("document.documentElement.dataset.theme") == "dark"
+    await tab.shot("settings-dark")
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog).to_be_hidden()
+    card = await b.plugin["xep_0054"].get_vcard(alice.jid, cached=False, timeout=10)
+    assert card.xml.findtext("{vcard-temp}vCard/{vcard-temp}FN") == "Alice Liddell"
+    await page.reload()
+    assert await page.evaluate("document.documentElement.dataset.theme") == "dark"
+
+
+@on_module_loop
+async def test_the_keyboard_alone_opens_a_chat_and_sends(peers, tabs):
+    alice, bob, b = await friends(peers)
+    tab = await tabs()
+    page = tab.page
+    await tab.sign_in(alice.jid, alice.password)
+    await expect(tab.chat_row(re.compile(bob.name))).to_be_visible()
+    await page.get_by_label("Search chats and messages").focus()
+    await page.keyboard.type(bob.name[:4])
+    for _ in range(6):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("document.activeElement.closest('#chat-list') !== null"):
+            break
+    outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none", "the focused chat row has no visible focus"
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#chat-name")).to_have_text(bob.name)
+    await page.keyboard.type("typed with keys only")
+    await page.keyboard.press("Enter")
+    await b.wait_message(lambda m: m["body"] == "typed with keys only", what="keyboard message")

@@ -67,6 +67,7 @@ export class App extends EventTarget {
     await this.flushOutbox(!resumed);
     this.onVisibility();
     this.changed();
+    if (!performance.getEntriesByName('kith:synced').length) performance.mark('kith:synced');
   }
 
   async loadRoster() {

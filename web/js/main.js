@@ -105,6 +105,7 @@ function showApp(app) {
 
   mountDialogs(app, openChat);
   list.render();
+  performance.mark('kith:chat-list'); // painted (from the snapshot after a reload)
   const target = decodeURIComponent(location.hash.slice(1));
   if (target.includes('@')) openChat(target);
   else $('search').focus();

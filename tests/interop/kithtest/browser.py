@@ -86,5 +86,13 @@ class Tab:
           return out;
         }""")
 
+    async def shot(self, name: str) -> None:
+        """Saves a screenshot when $KITH_WEB_SCREENSHOTS names a folder (the README's
+        pictures come from `KITH_WEB_SCREENSHOTS=docs/screenshots scripts/test -k web_client`)."""
+        folder = os.environ.get("KITH_WEB_SCREENSHOTS")
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            await self.page.screenshot(path=os.path.join(folder, f"{name}.png"))
+
     async def close(self) -> None:
         await self.context.close()

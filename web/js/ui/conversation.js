@@ -120,7 +120,7 @@ export function mountConversation(app, { onBack }) {
     }
     if (!m.retracted) {
       kids.push(h('button', { type: 'button', class: 'actions-button', 'aria-label': 'Message actions', 'aria-haspopup': 'menu',
-        onclick: (e) => showMenu(e.currentTarget, c, m) }, '⌄'));
+        onclick: (e) => showMenu(e.currentTarget, c, m) }, '▾'));
     }
     return h('div', {
       class: `msg ${m.outgoing ? 'out' : 'in'}${cont ? ' cont' : ''}`,
