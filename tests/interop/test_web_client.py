@@ -418,3 +418,42 @@ async def test_the_keyboard_alone_opens_a_chat_and_sends(peers, tabs):
     await page.keyboard.type("typed with keys only")
     await page.keyboard.press("Enter")
     await b.wait_message(lambda m: m["body"] == "typed with keys only", what="keyboard message")
+
+
+@on_module_loop
+async def test_a_wrong_password_gets_a_clear_message(peers, tabs):
+    alice = await peers.account("wpw")
+    tab = await tabs()
+    page = tab.page
+    await page.get_by_label("Address or user name").fill(alice.jid)
+    await page.get_by_label("Password").fill("not the password")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_have_text("Wrong user name or password")
+    await expect(page.get_by_role("button", name="Sign in")).to_be_enabled()
+    await tab.sign_in(alice.jid, alice.password)  # and the right one still works
+
+
+@on_module_loop
+async def test_unread_counts_and_the_new_messages_divider(peers, tabs):
+    alice, bob, b = await friends(peers)
+    carol = await peers.account("wc")
+    c = await peers.connect(carol, plugins=PLUGINS)
+    tab = await tabs()
+    page = tab.page
+    await tab.sign_in(alice.jid, alice.password)
+    await tab.open_chat(bob.name)
+    b.send_message(mto=alice.jid, mbody="read right away", mtype="chat")
+    await expect(tab.bubble("read right away")).to_be_visible()
+    c.send_raw(f"<message to='{alice.jid}' type='chat' id='c1'><body>first from carol</body></message>")
+    c.send_raw(f"<message to='{alice.jid}' type='chat' id='c2'><body>second from carol</body>"
+               f"<markable xmlns='{NS_MARKERS}'/></message>")
+    row = tab.chat_row(re.compile(f"{carol.name}, 2 unread"))
+    await expect(row).to_be_visible()
+    await expect(row).to_contain_text("second from carol")
+    rows = page.get_by_role("list", name="Chat list").get_by_role("listitem")
+    await expect(rows.first).to_contain_text(carol.name)  # most recent activity first
+    await row.click()
+    await expect(page.get_by_role("separator").filter(has_text="New messages")).to_be_visible()
+    await expect(tab.chat_row(re.compile(f"^{carol.name}$"))).to_be_visible()  # no longer unread
+    shown = await c.wait_for(message_with(NS_MARKERS, "displayed", alice.jid), what="displayed marker for carol")
+    assert child(shown, NS_MARKERS, "displayed").get("id") == "c2"

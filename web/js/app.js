@@ -186,7 +186,7 @@ export class App extends EventTarget {
     for (const effect of this.effects.get(m.id) || []) this.applyEffect(c, effect);
     this.effects.delete(m.id);
     if (!ev.outgoing && live && !carbon) {
-      if (ev.wantsReceipt) this.conn.send(chat.receipt(ev.from ? ev.peer : ev.peer, m.id, uid()));
+      if (ev.wantsReceipt) this.conn.send(chat.receipt(ev.peer, m.id, uid()));
       c.typing = false;
       if (ev.markable) m.markable = true;
       this.notify(c, m);
@@ -469,9 +469,11 @@ export class App extends EventTarget {
     const v = child(res, 'vCard', NS.VCARD);
     const photo = child(v, 'PHOTO');
     const type = childText(photo, 'TYPE') || 'image/jpeg';
+    // Only plain base64 goes into the data: URL (and from there into CSS url("")).
     const binval = childText(photo, 'BINVAL')?.replace(/\s+/g, '');
+    const safeBinval = binval && /^[A-Za-z0-9+/]+={0,2}$/.test(binval) ? binval : null;
     const safeType = /^image\/(png|jpeg|webp|gif)$/.test(type) ? type : 'image/jpeg';
-    return { name: childText(v, 'FN') || childText(v, 'NICKNAME') || '', avatar: binval ? `data:${safeType};base64,${binval}` : null };
+    return { name: childText(v, 'FN') || childText(v, 'NICKNAME') || '', avatar: safeBinval ? `data:${safeType};base64,${safeBinval}` : null };
   }
 
   async fetchVcard(jid) {

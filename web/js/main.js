@@ -52,6 +52,12 @@ function start(creds, fresh) {
   conn.addEventListener('status', (e) => {
     const { state, error } = e.detail;
     const bar = $('status');
+    if (state === 'failed' && error === 'conflict') {
+      // Another tab signed in as this same device and took the session over.
+      bar.textContent = 'kith is open in another window. Reload this page to use it here.';
+      bar.hidden = false;
+      return;
+    }
     if (state === 'failed') {
       $('signin-submit').disabled = false;
       $('signin-password').value = '';
@@ -90,12 +96,13 @@ function showApp(app) {
   app.notificationsOn = prefs.get('notify', false);
 
   function openChat(jid) {
-    app.open(jid);
     document.body.classList.toggle('in-chat', !!jid);
     if (jid) {
-      convo.open(jid);
+      convo.open(jid); // first: it notes the unread messages for the divider
+      app.open(jid);
       if (location.hash !== `#${jid}`) history.replaceState(null, '', `#${jid}`);
     } else {
+      app.open(null);
       convo.close();
       history.replaceState(null, '', location.pathname);
       document.querySelector(`#chat-list li[data-jid="${CSS.escape(convo.jid || '')}"] button`)?.focus();

@@ -16,6 +16,7 @@ export function mountConversation(app, { onBack }) {
   let jid = null;
   let context = null; // {kind: 'reply'|'edit', m}
   let dividerAt = 0; // read mark when the chat was opened
+  let unreadAtOpen = 0;
   let typingSent = null;
   let pausedTimer = null;
 
@@ -23,6 +24,7 @@ export function mountConversation(app, { onBack }) {
     jid = next;
     context = null;
     dividerAt = readMarks.get(jid);
+    unreadAtOpen = app.unread(app.chat(jid));
     $('composer-context').hidden = true;
     $('empty').hidden = true;
     $('chat').hidden = false;
@@ -75,8 +77,8 @@ export function mountConversation(app, { onBack }) {
         frag.append(h('p', { class: 'day', role: 'separator', text: dayLabel(m.time) }));
         prev = null;
       }
-      if (!dividerDone && !m.outgoing && m.time > dividerAt && dividerAt > 0) {
-        frag.append(h('p', { class: 'divider', role: 'separator', text: 'New messages' }));
+      if (!dividerDone && unreadAtOpen && !m.outgoing && m.time > dividerAt) {
+        frag.append(h('p', { class: 'divider', role: 'separator', text: `New messages (${unreadAtOpen})` }));
         dividerDone = true;
         prev = null;
       }
