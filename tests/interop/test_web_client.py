@@ -77,6 +77,14 @@ async def friends(peers):
     return alice, bob, b
 
 
+async def signed_in(peers, tabs, **options):
+    """alice signed in in a new browser context, bob online in slixmpp, friends."""
+    alice, bob, b = await friends(peers)
+    tab = await tabs(**options)
+    await tab.sign_in(alice.jid, alice.password)
+    return alice, bob, b, tab
+
+
 def child(st, ns, name):
     return st.xml.find(f"{{{ns}}}{name}")
 
@@ -168,10 +176,8 @@ async def test_sign_in_chat_both_ways_with_live_ticks_and_typing(peers, tabs):
 
 @on_module_loop
 async def test_reply_edit_reactions_and_delete_for_everyone_on_both_sides(peers, tabs):
-    alice, bob, b = await friends(peers)
-    tab = await tabs()
+    alice, bob, b, tab = await signed_in(peers, tabs)
     page = tab.page
-    await tab.sign_in(alice.jid, alice.password)
     b.send_raw(f"<message to='{alice.jid}' type='chat' id='q1'><body>lunch at noon?</body>"
                f"<origin-id xmlns='{NS_SID}' id='q1'/></message>")
     await tab.open_chat(bob.name)
@@ -264,10 +270,8 @@ async def test_search_finds_an_old_message_through_full_text(peers, tabs):
 
 @on_module_loop
 async def test_reload_keeps_the_session_and_a_blip_loses_nothing(peers, tabs):
-    alice, bob, b = await friends(peers)
-    tab = await tabs()
+    alice, bob, b, tab = await signed_in(peers, tabs)
     page = tab.page
-    await tab.sign_in(alice.jid, alice.password)
     await tab.open_chat(bob.name)
     await page.reload()
     await expect(page.get_by_role("list", name="Chat list")).to_be_visible()
@@ -297,9 +301,7 @@ async def test_reload_keeps_the_session_and_a_blip_loses_nothing(peers, tabs):
 
 @on_module_loop
 async def test_location_is_shared_and_shown_with_a_map_link(peers, tabs):
-    alice, bob, b = await friends(peers)
-    tab = await tabs(geolocation={"latitude": 52.52, "longitude": 13.405}, permissions=["geolocation"])
-    await tab.sign_in(alice.jid, alice.password)
+    alice, bob, b, tab = await signed_in(peers, tabs, geolocation={"latitude": 52.52, "longitude": 13.405}, permissions=["geolocation"])
     await tab.open_chat(bob.name)
     await tab.page.get_by_role("button", name="Share location").click()
     got = await b.wait_message(lambda m: (m["body"] or "").startswith("geo:"), what="location")
@@ -314,10 +316,8 @@ async def test_location_is_shared_and_shown_with_a_map_link(peers, tabs):
 
 @on_module_loop
 async def test_a_phone_sized_viewport_shows_list_and_conversation_as_screens(peers, tabs):
-    alice, bob, b = await friends(peers)
-    tab = await tabs(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    alice, bob, b, tab = await signed_in(peers, tabs, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = tab.page
-    await tab.sign_in(alice.jid, alice.password)
     conversation = page.get_by_role("region", name="Conversation")
     await expect(conversation).to_be_hidden()
     await tab.shot("phone-chat-list")
@@ -370,7 +370,9 @@ async def test_a_server_restart_mid_chat_loses_and_duplicates_nothing(backend, s
         assert bodies.count("typed while the server was down") == 1, bodies
         assert "before the restart" not in bodies, bodies  # already delivered before the restart
         await expect(tab.bubble("typed while the server was down")).to_have_count(1)
-        assert not tab.errors, tab.errors
+        # Chromium itself logs each refused reconnection while the server is down.
+        errors = [e for e in tab.errors if not re.search(r"WebSocket connection to .* failed", e)]
+        assert not errors, errors
     finally:
         if tab is not None:
             await tab.close()
@@ -380,10 +382,8 @@ async def test_a_server_restart_mid_chat_loses_and_duplicates_nothing(backend, s
 
 @on_module_loop
 async def test_profile_name_reaches_contacts_and_the_theme_switches(peers, tabs):
-    alice, bob, b = await friends(peers)
-    tab = await tabs()
+    alice, bob, b, tab = await signed_in(peers, tabs)
     page = tab.page
-    await tab.sign_in(alice.jid, alice.password)
     await page.get_by_role("button", name="Profile and settings").click()
     dialog = page.get_by_role("dialog", name="Profile and settings")
     await dialog.get_by_label("Your name").fill("Alice Liddell")
@@ -400,10 +400,8 @@ async def test_profile_name_reaches_contacts_and_the_theme_switches(peers, tabs)
 
 @on_module_loop
 async def test_the_keyboard_alone_opens_a_chat_and_sends(peers, tabs):
-    alice, bob, b = await friends(peers)
-    tab = await tabs()
+    alice, bob, b, tab = await signed_in(peers, tabs)
     page = tab.page
-    await tab.sign_in(alice.jid, alice.password)
     await expect(tab.chat_row(re.compile(bob.name))).to_be_visible()
     await page.get_by_label("Search chats and messages").focus()
     await page.keyboard.type(bob.name[:4])
@@ -457,3 +455,18 @@ async def test_unread_counts_and_the_new_messages_divider(peers, tabs):
     await expect(tab.chat_row(re.compile(f"^{carol.name}$"))).to_be_visible()  # no longer unread
     shown = await c.wait_for(message_with(NS_MARKERS, "displayed", alice.jid), what="displayed marker for carol")
     assert child(shown, NS_MARKERS, "displayed").get("id") == "c2"
+
+
+@on_module_loop
+async def test_a_shared_file_link_shows_as_a_document(peers, tabs, server):
+    """XEP-0066 out-of-band links, as Conversations and Gajim send uploads."""
+    alice, bob, b, tab = await signed_in(peers, tabs)
+    await tab.open_chat(bob.name)
+    url = f"http://{server.host}:{server.http_port}/files/abc/minutes%202026.pdf"
+    b.send_raw(f"<message to='{alice.jid}' type='chat' id='f1'><body>{url}</body>"
+               f"<x xmlns='jabber:x:oob'><url>{url}</url></x></message>")
+    link = tab.page.get_by_role("link", name="minutes 2026.pdf")
+    await expect(link).to_have_attribute("href", url)
+    await expect(tab.chat_row(re.compile(bob.name))).to_contain_text("minutes 2026.pdf")
+    # no upload service on this server yet: no attach button
+    await expect(tab.page.get_by_role("button", name="Attach a file")).to_be_hidden()

@@ -7,6 +7,7 @@
 import { NS, x, form, child, children, childText, bare, uid } from './xmpp/xml.js';
 import * as chat from './chat.js';
 import { outbox, readMarks, snapshot } from './store.js';
+import * as upload from './upload.js';
 
 const TICKS = { pending: 0, sent: 1, delivered: 2, read: 3 };
 const PAGE = 40;
@@ -61,6 +62,7 @@ export class App extends EventTarget {
         this.conn.iq(x('iq', { type: 'set' }, x('enable', { xmlns: NS.CARBONS }))),
         this.loadBlocklist(),
         this.loadProfile(),
+        upload.discover(this.conn).then((service) => { this.upload = service; }, () => { this.upload = null; }),
       ]);
       await this.loadRecent().catch((e) => console.warn('kith: history unavailable', e));
     }
@@ -174,7 +176,7 @@ export class App extends EventTarget {
     }
     const m = {
       id: ev.id || uid(), stanzaId: ev.stanzaId, from: ev.from, outgoing: ev.outgoing, body: ev.body,
-      time: ev.time, replyTo: ev.replyTo, geo: ev.geo, retracted: !!ev.retracted, edited: false,
+      time: ev.time, replyTo: ev.replyTo, geo: ev.geo, media: ev.media || null, retracted: !!ev.retracted, edited: false,
       reactions: {}, state: ev.outgoing ? 'sent' : null,
     };
     c.byId.set(m.id, m);
@@ -298,17 +300,17 @@ export class App extends EventTarget {
   }
 
   // ---- sending (the outbox) ------------------------------------------------------------------
-  send(jid, body, { replyTo, geo } = {}) {
+  send(jid, body, { replyTo, geo, media } = {}) {
     const id = uid();
     const c = this.chat(jid);
     const reply = replyTo ? { id: replyTo.id, from: replyTo.outgoing ? this.me : jid, body: replyTo.body } : null;
-    const stanza = chat.message({ id, to: jid, body, replyTo: reply, geo });
+    const stanza = chat.message({ id, to: jid, body, replyTo: reply, geo, media });
     const m = { id, from: this.me, outgoing: true, body, time: Date.now(), state: 'pending', reactions: {},
-      replyTo: reply ? { id: reply.id, quote: reply.body } : null, geo: geo || null, edited: false, retracted: false };
+      replyTo: reply ? { id: reply.id, quote: reply.body } : null, geo: geo || null, media: media || null, edited: false, retracted: false };
     c.byId.set(id, m);
     c.messages.push(m);
     c.activity = m.time;
-    outbox.add({ id, to: jid, xml: String(stanza), time: m.time, body, reply: m.replyTo, geo: m.geo });
+    outbox.add({ id, to: jid, xml: String(stanza), time: m.time, body, reply: m.replyTo, geo: m.geo, media: m.media });
     this.conn.send(stanza, id);
     this.changed(jid);
     return m;
@@ -326,7 +328,7 @@ export class App extends EventTarget {
       const c = this.chat(it.to);
       if (!c.byId.has(it.id)) {
         const m = { id: it.id, from: this.me, outgoing: true, body: it.body, time: it.time, state: 'pending', reactions: {},
-          replyTo: it.reply || null, geo: it.geo || null, edited: false, retracted: false };
+          replyTo: it.reply || null, geo: it.geo || null, media: it.media || null, edited: false, retracted: false };
         c.byId.set(it.id, m);
         c.messages.push(m);
         c.messages.sort((a, b) => a.time - b.time);
@@ -391,6 +393,13 @@ export class App extends EventTarget {
         resolve(this.send(jid, chat.geoUri(geo), { geo }));
       }, (err) => reject(new Error(err.message || 'Location unavailable')), { timeout: 15000 });
     });
+  }
+
+  /** Uploads a file (XEP-0363) and sends its link; the message joins the outbox once uploaded. */
+  async sendFile(jid, file) {
+    if (!this.upload) throw new Error('This server does not accept files.');
+    const url = await upload.upload(this.conn, this.upload, file);
+    return this.send(jid, url, { media: { url } });
   }
 
   // ---- read state --------------------------------------------------------------------------
@@ -525,5 +534,6 @@ export class App extends EventTarget {
 export function preview(m) {
   if (m.retracted) return 'This message was deleted';
   if (m.geo) return '📍 Location';
+  if (m.media) return { image: '📷 Photo', video: '🎥 Video', audio: '🎤 Audio' }[upload.kindOf(m.media.url)] || `📄 ${upload.fileName(m.media.url)}`;
   return m.body || '';
 }

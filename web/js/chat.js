@@ -2,11 +2,11 @@
 // arrives. Pure functions over stanzas, no UI and no connection.
 //   XEP-0359 origin-id/stanza-id, 0184 receipts, 0333 markers, 0085 chat states,
 //   0308 corrections, 0424 retraction, 0444 reactions, 0461 replies (+0428
-//   fallback), 0080 geolocation, 0334 hints.
+//   fallback), 0080 geolocation, 0334 hints, 0066 out-of-band links (media).
 import { NS, x, child, children, childText, bare } from './xmpp/xml.js';
 
 /** A chat message; the id is both the stanza id and the origin-id. */
-export function message({ id, to, body, replyTo, geo }) {
+export function message({ id, to, body, replyTo, geo, media }) {
   let text = body;
   const extra = [];
   if (replyTo) {
@@ -21,6 +21,7 @@ export function message({ id, to, body, replyTo, geo }) {
       x('lat', {}, String(geo.lat)), x('lon', {}, String(geo.lon)),
       geo.accuracy ? x('accuracy', {}, String(Math.round(geo.accuracy))) : null));
   }
+  if (media) extra.push(x('x', { xmlns: NS.OOB }, x('url', {}, media.url)));
   return x('message', { to, type: 'chat', id },
     x('body', {}, text),
     x('origin-id', { xmlns: NS.SID, id }),
@@ -129,9 +130,11 @@ export function read(el, own, { stamp, archiveId } = {}) {
         }
       }
     }
+    const oob = childText(child(el, 'x', NS.OOB), 'url')?.trim();
     events.push({
       ...base, kind: 'message', id, stanzaId, body, replyTo,
       geo: parseGeo(el, body),
+      media: oob && /^https?:\/\//i.test(oob) ? { url: oob } : null,
       wantsReceipt: !!child(el, 'request', NS.RECEIPTS),
       markable: !!child(el, 'markable', NS.MARKERS),
     });

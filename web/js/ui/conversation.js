@@ -3,6 +3,7 @@
 // copy, location, infinite scroll back through the archive, new-messages divider.
 import { $, h, clock, dayLabel, lastSeenText, paintAvatar } from './dom.js';
 import { readMarks } from '../store.js';
+import { kindOf, fileName } from '../upload.js';
 
 const EMOJIS = ['👍', '❤️', '😂', '😮', '😢', '🙏'];
 const TICK_TEXT = { pending: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓' };
@@ -64,6 +65,7 @@ export function mountConversation(app, { onBack }) {
     $('block').setAttribute('aria-label', blocked ? 'Unblock contact' : 'Block contact');
     $('blocked-note').hidden = !blocked;
     $('composer').hidden = blocked;
+    $('attach').hidden = !app.upload;
 
     const stick = forceEnd || atEnd();
     const focusedId = document.activeElement?.closest?.('.msg')?.dataset.id;
@@ -106,6 +108,9 @@ export function mountConversation(app, { onBack }) {
       const url = `https://www.openstreetmap.org/?mlat=${lat}&mlon=${lon}#map=16/${lat}/${lon}`;
       kids.push(h('span', { class: 'location' }, '📍 Location ', h('span', { class: 'coords', text: `${lat.toFixed(5)}, ${lon.toFixed(5)}` }), ' ',
         h('a', { href: url, target: '_blank', rel: 'noopener noreferrer', text: 'Open map' })));
+    } else if (m.media) {
+      kids.push(media(m));
+      if (m.body && m.body.trim() !== m.media.url) kids.push(h('span', { class: 'body', text: m.body }));
     } else {
       kids.push(h('span', { class: 'body', text: m.body }));
     }
@@ -128,6 +133,31 @@ export function mountConversation(app, { onBack }) {
       class: `msg ${m.outgoing ? 'out' : 'in'}${cont ? ' cont' : ''}`,
       dataset: { id: m.id, state: m.state || '' },
     }, kids);
+  }
+
+  function media(m) {
+    const { url } = m.media;
+    const name = fileName(url);
+    switch (kindOf(url)) {
+      case 'image':
+        return h('a', { class: 'media', href: url, target: '_blank', rel: 'noopener noreferrer' },
+          h('img', { src: url, alt: name, loading: 'lazy' }));
+      case 'video': return h('video', { class: 'media', src: url, controls: true, preload: 'metadata', 'aria-label': name });
+      case 'audio': return h('audio', { class: 'media', src: url, controls: true, preload: 'metadata', 'aria-label': name });
+      default:
+        return h('span', { class: 'file' }, '📄 ', h('a', { class: 'body', href: url, target: '_blank', rel: 'noopener noreferrer', download: name, text: name }));
+    }
+  }
+
+  async function sendFiles(files) {
+    for (const file of files) {
+      try {
+        await app.sendFile(jid, file);
+      } catch (err) {
+        app.dispatchEvent(new CustomEvent('notice', { detail: { text: err.message } }));
+      }
+    }
+    render(true);
   }
 
   function showMenu(anchor, c, m) {
@@ -208,6 +238,19 @@ export function mountConversation(app, { onBack }) {
   $('unblock').addEventListener('click', () => app.setBlocked(jid, false).catch(() => {}));
   $('share-location').addEventListener('click', () => {
     app.shareLocation(jid).then(() => render(true)).catch((err) => app.dispatchEvent(new CustomEvent('notice', { detail: { text: err.message } })));
+  });
+  // Files: the attach button, drag and drop onto the conversation, paste.
+  $('attach').addEventListener('click', () => $('attach-file').click());
+  $('attach-file').addEventListener('change', (e) => { sendFiles([...e.target.files]); e.target.value = ''; });
+  $('chat').addEventListener('dragover', (e) => { if (app.upload && e.dataTransfer?.types.includes('Files')) e.preventDefault(); });
+  $('chat').addEventListener('drop', (e) => {
+    if (!app.upload || !e.dataTransfer?.files.length) return;
+    e.preventDefault();
+    sendFiles([...e.dataTransfer.files]);
+  });
+  input.addEventListener('paste', (e) => {
+    const files = [...(e.clipboardData?.files || [])];
+    if (app.upload && files.length) { e.preventDefault(); sendFiles(files); }
   });
   box.addEventListener('scroll', () => {
     if (!jid || box.scrollTop > 80) return;

@@ -34,6 +34,7 @@ export const NS = {
   CSI: 'urn:xmpp:csi:0',
   PUSH: 'urn:xmpp:push:0',
   FULLTEXT: 'urn:xmpp:fulltext:0',
+  OOB: 'jabber:x:oob',
 };
 
 const ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' };
