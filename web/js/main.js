@@ -7,7 +7,8 @@ import { domainOf } from './xmpp/xml.js';
 import { App } from './app.js';
 import { session, prefs } from './store.js';
 import * as push from './push.js';
-import { $, paintAvatar } from './ui/dom.js';
+import * as accounts from './accounts.js';
+import { $, h, paintAvatar } from './ui/dom.js';
 import { mountChatList } from './ui/chatlist.js';
 import { mountConversation } from './ui/conversation.js';
 
@@ -19,13 +20,101 @@ function applyTheme(theme) {
 }
 applyTheme(prefs.get('theme', 'system'));
 
-/** Sign-in providers: username/password today; phone + code and device links plug in here. */
+/**
+ * Sign-in methods: phone number + SMS code and linking to a signed-in device
+ * (the accounts HTTP API), or address + password. Each ends in start().
+ */
 function showSignIn(message = '') {
   $('app').hidden = true;
   $('signin').hidden = false;
-  $('signin-error').textContent = message;
-  $('signin-user').focus();
+  selectMethod(prefs.get('signin-method', 'phone'));
+  for (const id of ['phone-error', 'link-error', 'signin-error']) $(id).textContent = '';
+  const panel = { phone: 'phone-error', link: 'link-error', password: 'signin-error' }[prefs.get('signin-method', 'phone')];
+  $(panel).textContent = message;
 }
+
+function selectMethod(method) {
+  for (const tab of document.querySelectorAll('[role=tab][data-method]')) {
+    const on = tab.dataset.method === method;
+    tab.setAttribute('aria-selected', String(on));
+    tab.tabIndex = on ? 0 : -1;
+    $(tab.getAttribute('aria-controls')).hidden = !on;
+  }
+  prefs.set('signin-method', method);
+}
+for (const tab of document.querySelectorAll('[role=tab][data-method]')) {
+  tab.addEventListener('click', () => { selectMethod(tab.dataset.method); tab.focus(); });
+  tab.addEventListener('keydown', (e) => {
+    if (e.key !== 'ArrowRight' && e.key !== 'ArrowLeft') return;
+    const tabs = [...document.querySelectorAll('[role=tab][data-method]')];
+    const next = tabs[(tabs.indexOf(tab) + (e.key === 'ArrowRight' ? 1 : tabs.length - 1)) % tabs.length];
+    selectMethod(next.dataset.method);
+    next.focus();
+  });
+}
+
+const newResource = () => `web-${crypto.randomUUID().slice(0, 8)}`;
+
+/** A device credential from the API: the XMPP password and the API token. */
+function startWithDevice(result) {
+  start({ jid: result.jid, resource: newResource(), secret: { password: result.credential },
+    token: result.credential, deviceId: result.device_id }, true);
+}
+
+let phoneE164 = null;
+$('phone-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const error = $('phone-error');
+  const button = $('phone-submit');
+  error.textContent = '';
+  button.disabled = true;
+  try {
+    if (!phoneE164) {
+      const phone = $('phone-number').value.trim();
+      if (!/^\+?[0-9 ().-]{6,20}$/.test(phone)) throw new Error('Enter your number with its country code, e.g. +44 20 7946 0958.');
+      const res = await accounts.startPhone(phone);
+      phoneE164 = res.phone || phone;
+      $('phone-code-row').hidden = false;
+      $('phone-number').readOnly = true;
+      button.textContent = 'Verify';
+      $('phone-code').focus();
+    } else {
+      const code = $('phone-code').value.trim();
+      if (!/^[0-9]{6}$/.test(code)) throw new Error('The code has 6 digits.');
+      startWithDevice(await accounts.verifyPhone(phoneE164, code));
+    }
+  } catch (err) {
+    error.textContent = err.message;
+  } finally {
+    button.disabled = false;
+  }
+});
+
+let linkTimer = null;
+$('link-start').addEventListener('click', async () => {
+  const error = $('link-error');
+  error.textContent = '';
+  clearTimeout(linkTimer);
+  try {
+    const link = await accounts.startLink();
+    $('link-code').textContent = link.code;
+    if (link.qr_svg) { $('link-qr').src = accounts.qrImage(link.qr_svg); $('link-qr').hidden = false; }
+    const until = Date.now() + (link.expires_in || 300) * 1000;
+    const poll = async () => {
+      if (Date.now() > until) { error.textContent = 'The code expired. Show a new one.'; $('link-code').textContent = ''; return; }
+      try {
+        const res = await accounts.pollLink(link.link_id, link.poll_token);
+        if (res.status === 'approved') { startWithDevice(res); return; }
+      } catch (err) {
+        if (err.status && err.status < 500) { error.textContent = err.message; return; }
+      }
+      linkTimer = setTimeout(poll, 2000);
+    };
+    linkTimer = setTimeout(poll, 2000);
+  } catch (err) {
+    error.textContent = err.message;
+  }
+});
 
 $('signin-form').addEventListener('submit', (e) => {
   e.preventDefault();
@@ -36,7 +125,7 @@ $('signin-form').addEventListener('submit', (e) => {
   if (!/^[^@\s/]+@[^@\s/]+$/.test(jid)) { $('signin-error').textContent = 'That address does not look right.'; return; }
   $('signin-submit').disabled = true;
   $('signin-error').textContent = '';
-  start({ jid, resource: `web-${crypto.randomUUID().slice(0, 8)}`, secret: { password } }, true);
+  start({ jid, resource: newResource(), secret: { password } }, true);
 });
 
 let current = null;
@@ -44,10 +133,12 @@ let current = null;
 function start(creds, fresh) {
   const conn = new Connection({ url: wsUrl(), jid: creds.jid, resource: creds.resource, secret: creds.secret });
   const app = new App(conn);
+  app.token = creds.token || null;
+  app.deviceId = creds.deviceId || null;
   current = { conn, app };
   let shown = false;
   conn.addEventListener('credentials', (e) => {
-    session.set({ jid: creds.jid, resource: creds.resource, keys: e.detail.keys });
+    session.set({ jid: creds.jid, resource: creds.resource, keys: e.detail.keys, token: creds.token, deviceId: creds.deviceId });
   });
   conn.addEventListener('status', (e) => {
     const { state, error } = e.detail;
@@ -64,7 +155,9 @@ function start(creds, fresh) {
       if (!fresh) session.clear();
       conn.close();
       current = null;
-      showSignIn(error === 'credentials-expired' ? 'Your session has expired. Please sign in again.' : error || 'Could not sign in.');
+      showSignIn(!fresh || error === 'credentials-expired'
+        ? 'This browser was signed out (its device was removed or the password changed). Please sign in again.'
+        : error || 'Could not sign in.');
       return;
     }
     if (state === 'online') {
@@ -149,7 +242,35 @@ function mountDialogs(app, openChat) {
     for (const r of document.querySelectorAll('input[name=theme]')) r.checked = r.value === prefs.get('theme', 'system');
     $('settings-notify').checked = prefs.get('notify', false);
     $('settings-error').textContent = '';
+    $('devices-section').hidden = !app.token;
+    if (app.token) renderDevices();
     sd.showModal();
+  });
+
+  async function renderDevices() {
+    const list = $('devices-list');
+    try {
+      const res = await accounts.devices(app.token);
+      list.replaceChildren(...(res.devices || []).map((d) => h('li', {},
+        h('span', { class: 'grow', text: `${d.name}${d.current ? ' (this browser)' : ''}` }),
+        d.current ? null : h('button', { type: 'button', 'aria-label': `Remove ${d.name}`, onclick: async () => {
+          try { await accounts.revoke(app.token, d.id); } catch (err) { $('settings-error').textContent = err.message; }
+          renderDevices();
+        } }, 'Remove'))));
+    } catch (err) {
+      $('settings-error').textContent = err.message;
+    }
+  }
+  $('link-approve').addEventListener('click', async () => {
+    const code = $('link-approve-code').value.trim().toUpperCase();
+    if (!code) return;
+    try {
+      await accounts.approveLink(app.token, code);
+      $('link-approve-code').value = '';
+      renderDevices();
+    } catch (err) {
+      $('settings-error').textContent = err.message;
+    }
   });
   for (const r of document.querySelectorAll('input[name=theme]')) {
     r.addEventListener('change', () => { prefs.set('theme', r.value); applyTheme(r.value); });
@@ -204,5 +325,7 @@ async function shrink(file, size) {
 }
 
 const saved = session.get();
-if (saved?.jid && saved.keys) start({ jid: saved.jid, resource: saved.resource, secret: { keys: saved.keys } }, false);
+if (saved?.jid && saved.keys) {
+  start({ jid: saved.jid, resource: saved.resource, secret: { keys: saved.keys }, token: saved.token, deviceId: saved.deviceId }, false);
+}
 else showSignIn();

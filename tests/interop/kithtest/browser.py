@@ -47,10 +47,15 @@ class Tab:
         await page.goto(base)
         return tab
 
+    async def use_password(self) -> None:
+        """Picks the address + password method on the sign-in screen."""
+        await self.page.get_by_role("tab", name="Password").click()
+
     async def sign_in(self, jid: str, password: str) -> None:
         page = self.page
+        await self.use_password()
         await page.get_by_label("Address or user name").fill(jid)
-        await page.get_by_label("Password").fill(password)
+        await page.get_by_role("textbox", name="Password").fill(password)
         await page.get_by_role("button", name="Sign in").click()
         await expect(page.get_by_role("list", name="Chat list")).to_be_visible(timeout=15000)
 
