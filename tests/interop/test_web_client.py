@@ -486,3 +486,24 @@ async def test_phone_sign_in_says_clearly_when_the_server_has_no_accounts_api(ta
     await expect(page.get_by_role("alert")).to_have_text("This server does not offer phone sign-in.")
     # the 404 of the API call itself is the one error the browser logs
     tab.errors = [e for e in tab.errors if "404" not in e]
+
+
+@on_module_loop
+async def test_online_then_last_seen_and_blocking(peers, tabs):
+    alice, bob, b, tab = await signed_in(peers, tabs)
+    page = tab.page
+    await tab.open_chat(bob.name)
+    status = page.locator("#chat-status")
+    await expect(status).to_have_text("online")
+    await b.close()
+    await expect(status).to_have_text(re.compile(r"^last seen today at "))
+
+    await page.get_by_role("button", name="Block contact").click()
+    await expect(page.get_by_text("You blocked this contact.")).to_be_visible()
+    await expect(page.get_by_label("Type a message")).to_be_hidden()
+    b2 = await peers.connect(bob, plugins=PLUGINS)
+    b2.send_raw(f"<message to='{alice.jid}' type='chat' id='x1'><body>can you hear me</body></message>")
+    await b2.wait_for(lambda s: getattr(s, "name", "") == "message" and s["type"] == "error", what="bounce")
+    await expect(tab.bubble("can you hear me")).to_have_count(0)
+    await page.get_by_role("button", name="Unblock").first.click()
+    await expect(page.get_by_label("Type a message")).to_be_visible()
