@@ -507,3 +507,20 @@ async def test_online_then_last_seen_and_blocking(peers, tabs):
     await expect(tab.bubble("can you hear me")).to_have_count(0)
     await page.get_by_role("button", name="Unblock").first.click()
     await expect(page.get_by_label("Type a message")).to_be_visible()
+
+
+@on_module_loop
+async def test_the_client_scram_matches_the_rfc_7677_example(tabs):
+    """The browser's own SCRAM-SHA-256 (WebCrypto) against RFC 7677 §3."""
+    tab = await tabs()
+    final = await tab.page.evaluate("""async () => {
+      const { Scram } = await import('/js/xmpp/scram.js');
+      const s = new Scram('user', { password: 'pencil' });
+      s.nonce = 'rOprNGfwEbeRWgbNEkqO';
+      s.firstBare = 'n=user,r=rOprNGfwEbeRWgbNEkqO';
+      const out = await s.challenge(btoa('r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096'));
+      await s.verify(btoa('v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4='));
+      return atob(out);
+    }""")
+    assert final == ("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+                     "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
