@@ -24,6 +24,7 @@ pub struct Config {
     pub sms: SmsSection,
     pub pep: PepSection,
     pub upload: UploadSection,
+    pub web: WebSection,
     pub log: LogSection,
 }
 
@@ -535,6 +536,20 @@ pub struct LimitsSection {
     /// Seconds a session with XEP-0198 stream management waits to be resumed after
     /// its connection drops; 0 disables resumption.
     pub resume_timeout_secs: u64,
+}
+
+/// The web client (`web/`, embedded in the binary) served at `/` on HTTP(S).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    /// Serve the web client; when off, `/` answers 404 (WebSocket and API stay).
+    pub enabled: bool,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection { enabled: true }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,7 +1,7 @@
 //! The HTTP(S) listener: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` and
-//! connection discovery (XEP-0156) at `/.well-known/host-meta[.json]`, and the
-//! JSON API under `/api/v1/` (`api/`).
-//! XEP-0363 upload routes (`upload::http`).
+//! connection discovery (XEP-0156) at `/.well-known/host-meta[.json]`, the JSON
+//! API under `/api/v1/` (`api/`), the XEP-0363 upload routes (`upload::http`),
+//! and the web client's files (`web.rs`) at `/`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,9 +21,9 @@ use crate::Server;
 use crate::link::WsLink;
 
 #[derive(Clone)]
-struct AppState {
-    server: Arc<Server>,
-    secure: bool,
+pub(crate) struct AppState {
+    pub(crate) server: Arc<Server>,
+    pub(crate) secure: bool,
 }
 
 pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bool) {
@@ -32,6 +32,8 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bo
         .route("/.well-known/host-meta", get(host_meta_xml))
         .route("/.well-known/host-meta.json", get(host_meta_json))
         .route("/api/v1/push/vapid", get(push_vapid))
+        .route("/", get(crate::web::index))
+        .fallback(crate::web::asset)
         .with_state(AppState {
             server: server.clone(),
             secure,

@@ -22,6 +22,7 @@ mod session;
 mod sm;
 pub mod tls;
 pub mod upload;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -68,7 +68,9 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
             .route("/api/v1/link/poll", post(devices::link_poll))
             .route("/api/v1/contacts/discover", post(discover::discover));
     }
-    api.fallback(not_found)
+    // Unknown API paths get a JSON 404; everything else outside the API falls
+    // through to the web client (`http.rs` sets the one fallback).
+    api.route("/api/v1/{*rest}", axum::routing::any(not_found))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(server)
 }

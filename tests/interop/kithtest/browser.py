@@ -1,0 +1,103 @@
+"""Helpers for driving the web client in Debian's Chromium with Playwright.
+
+Playwright (PyPI) drives the system browser (`/usr/bin/chromium`, or
+$KITH_CHROMIUM); nothing is downloaded. Every page records console errors and
+uncaught exceptions so tests can assert the client ran cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from playwright.async_api import Browser, BrowserContext, Page, expect
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("KITH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+async def launch(playwright) -> Browser:
+    return await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+
+
+class Tab:
+    """One browser context + page with its console errors collected."""
+
+    def __init__(self, context: BrowserContext, page: Page, base_url: str):
+        self.context = context
+        self.page = page
+        self.base_url = base_url
+        self.errors: list[str] = []
+        page.on("console", lambda msg: self.errors.append(f"console.{msg.type}: {msg.text}")
+                if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    @classmethod
+    async def open(cls, browser: Browser, server, **context_options) -> "Tab":
+        base = f"http://{server.host}:{server.http_port}/"
+        context = await browser.new_context(**context_options)
+        page = await context.new_page()
+        tab = cls(context, page, base)
+        await page.goto(base)
+        return tab
+
+    async def use_password(self) -> None:
+        """Picks the address + password method on the sign-in screen."""
+        await self.page.get_by_role("tab", name="Password").click()
+
+    async def sign_in(self, jid: str, password: str) -> None:
+        page = self.page
+        await self.use_password()
+        await page.get_by_label("Address or user name").fill(jid)
+        await page.get_by_role("textbox", name="Password").fill(password)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("list", name="Chat list")).to_be_visible(timeout=15000)
+
+    def chat_row(self, name: str):
+        return self.page.get_by_role("list", name="Chat list").get_by_role("button", name=name)
+
+    async def open_chat(self, name: str) -> None:
+        await self.chat_row(name).click()
+        await expect(self.page.locator("#chat-name")).to_have_text(name)
+
+    async def send(self, text: str) -> None:
+        box = self.page.get_by_label("Type a message")
+        await box.fill(text)
+        await box.press("Enter")
+
+    def bubble(self, text: str):
+        """The message bubble whose own text (not a quote of another) contains `text`."""
+        own = self.page.locator(":scope > .body, :scope > .deleted, :scope > .location", has_text=text)
+        return self.page.locator(".msg").filter(has=own)
+
+    async def unnamed_controls(self) -> list[str]:
+        """Buttons and form fields without an accessible name (a basic a11y check)."""
+        return await self.page.evaluate("""() => {
+          const out = [];
+          for (const el of document.querySelectorAll('button, input, textarea, select, [role=button], a[href]')) {
+            if (el.type === 'hidden') continue;
+            const labelled = (el.getAttribute('aria-labelledby') || '').split(/\\s+/).filter(Boolean)
+              .map((id) => document.getElementById(id)?.textContent || '').join(' ');
+            const name = (el.getAttribute('aria-label') || labelled || [...(el.labels || [])].map((l) => l.textContent).join(' ')
+              || el.getAttribute('title') || (el.matches('input,textarea,select') ? '' : el.textContent) || '').trim();
+            if (!name) out.push(el.outerHTML.slice(0, 120));
+          }
+          return out;
+        }""")
+
+    async def shot(self, name: str) -> None:
+        """Saves a screenshot when $KITH_WEB_SCREENSHOTS names a folder (the README's
+        pictures come from `KITH_WEB_SCREENSHOTS=docs/screenshots scripts/test -k web_client`)."""
+        folder = os.environ.get("KITH_WEB_SCREENSHOTS")
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            await self.page.screenshot(path=os.path.join(folder, f"{name}.png"))
+
+    async def close(self) -> None:
+        await self.context.close()

@@ -1,0 +1,539 @@
+// The client's model and protocol logic: chats, messages and their ticks,
+// contacts and presence, history (MAM), the outbox. The UI (ui/*.js) renders
+// from it and calls its methods; it emits 'change' {jid?} when something moved.
+// Future modules (phone sign-in, linked devices, groups on MUC, media via
+// HTTP upload, PEP profile) plug in beside it and speak their own protocols
+// through the same Connection.
+import { NS, x, form, child, children, childText, bare, uid } from './xmpp/xml.js';
+import * as chat from './chat.js';
+import { outbox, readMarks, snapshot } from './store.js';
+import * as upload from './upload.js';
+
+const TICKS = { pending: 0, sent: 1, delivered: 2, read: 3 };
+const PAGE = 40;
+
+export class App extends EventTarget {
+  constructor(conn) {
+    super();
+    this.conn = conn;
+    this.me = conn.jid;
+    this.chats = new Map();
+    this.roster = new Map();
+    this.blocked = new Set();
+    this.effects = new Map(); // target id -> events that arrived before their message
+    this.mamQueries = new Map();
+    this.profile = { name: '', avatar: null };
+    this.openJid = null;
+    for (const c of snapshot.get() || []) {
+      const entry = this.chat(c.jid);
+      Object.assign(entry, { name: c.name, preview: c.preview, activity: c.activity, snapshotUnread: c.unread });
+    }
+    conn.addEventListener('session', (e) => this.onSession(e.detail.resumed));
+    conn.addEventListener('stanza', (e) => this.onStanza(e.detail.el));
+    conn.addEventListener('acked', (e) => this.onAcked(e.detail.ids));
+    conn.addEventListener('status', () => this.changed());
+    document.addEventListener('visibilitychange', () => this.onVisibility());
+  }
+
+  changed(jid) { this.dispatchEvent(new CustomEvent('change', { detail: { jid } })); }
+
+  chat(jid) {
+    jid = bare(jid);
+    let c = this.chats.get(jid);
+    if (!c) {
+      c = { jid, name: null, messages: [], byId: new Map(), complete: false, loadedHistory: false, activity: 0,
+        typing: false, online: false, lastSeen: null, vcard: null, avatar: null };
+      this.chats.set(jid, c);
+    }
+    return c;
+  }
+
+  displayName(jid) {
+    const c = this.chats.get(jid);
+    return this.roster.get(jid)?.name || c?.vcardName || c?.name || jid.split('@')[0];
+  }
+
+  // ---- session -------------------------------------------------------------------------
+  async onSession(resumed) {
+    if (!resumed) {
+      this.conn.send(x('presence'));
+      await Promise.allSettled([
+        this.loadRoster(),
+        this.conn.iq(x('iq', { type: 'set' }, x('enable', { xmlns: NS.CARBONS }))),
+        this.loadBlocklist(),
+        this.loadProfile(),
+        upload.discover(this.conn).then((service) => { this.upload = service; }, () => { this.upload = null; }),
+      ]);
+      await this.loadRecent().catch((e) => console.warn('kith: history unavailable', e));
+    }
+    await this.flushOutbox(!resumed);
+    this.onVisibility();
+    this.changed();
+    if (!performance.getEntriesByName('kith:synced').length) performance.mark('kith:synced');
+  }
+
+  async loadRoster() {
+    const res = await this.conn.iq(x('iq', { type: 'get' }, x('query', { xmlns: NS.ROSTER })));
+    for (const item of children(child(res, 'query', NS.ROSTER), 'item')) this.rosterItem(item);
+  }
+
+  rosterItem(item) {
+    const jid = bare(item.getAttribute('jid'));
+    if (item.getAttribute('subscription') === 'remove') { this.roster.delete(jid); return; }
+    this.roster.set(jid, { name: item.getAttribute('name'), subscription: item.getAttribute('subscription') });
+    const c = this.chat(jid);
+    if (!c.vcard) this.fetchVcard(jid);
+  }
+
+  async loadBlocklist() {
+    const res = await this.conn.iq(x('iq', { type: 'get' }, x('blocklist', { xmlns: NS.BLOCKING })));
+    this.blocked = new Set(children(child(res, 'blocklist', NS.BLOCKING), 'item').map((i) => i.getAttribute('jid')));
+  }
+
+  // ---- incoming ------------------------------------------------------------------------
+  onStanza(el) {
+    if (el.localName === 'iq') {
+      const q = child(el, 'query', NS.ROSTER);
+      if (q) for (const item of children(q, 'item')) this.rosterItem(item);
+      this.changed();
+      return;
+    }
+    if (el.localName === 'presence') return this.onPresence(el);
+    if (el.localName !== 'message') return;
+    const result = child(el, 'result', NS.MAM);
+    if (result) {
+      const q = this.mamQueries.get(result.getAttribute('queryid'));
+      const fwd = child(result, 'forwarded', NS.FORWARD);
+      const inner = fwd && child(fwd, 'message');
+      if (q && inner) q.push({ el: inner, stamp: child(fwd, 'delay', NS.DELAY)?.getAttribute('stamp'), archiveId: result.getAttribute('id') });
+      return;
+    }
+    // XEP-0280 §9: only our own account may send carbons.
+    const from = el.getAttribute('from');
+    for (const kind of ['received', 'sent']) {
+      const carbon = child(el, kind, NS.CARBONS);
+      if (carbon) {
+        if (from && bare(from) !== this.me) return;
+        const inner = child(child(carbon, 'forwarded', NS.FORWARD), 'message');
+        if (inner) this.apply(chat.read(inner, this.me), { live: true, carbon: true });
+        return;
+      }
+    }
+    this.apply(chat.read(el, this.me), { live: true });
+  }
+
+  onPresence(el) {
+    const from = bare(el.getAttribute('from'));
+    const type = el.getAttribute('type');
+    if (!from || from === this.me) return;
+    if (type === 'subscribe') {
+      // WhatsApp-like: people you chat with see when you are online.
+      this.conn.send(x('presence', { to: from, type: 'subscribed' }));
+      if (!['both', 'to'].includes(this.roster.get(from)?.subscription)) this.conn.send(x('presence', { to: from, type: 'subscribe' }));
+      return;
+    }
+    if (type && type !== 'unavailable') return;
+    const c = this.chat(from);
+    c.online = !type;
+    if (type === 'unavailable') { c.lastSeen = Date.now(); c.typing = false; }
+    this.changed(from);
+  }
+
+  /** Applies events read from stanzas to the model. */
+  apply(events, { live = false, carbon = false } = {}) {
+    const touched = new Set();
+    for (const ev of events) {
+      if (!ev.peer || ev.peer === this.me && !ev.outgoing) continue;
+      const c = this.chat(ev.peer);
+      touched.add(c.jid);
+      switch (ev.kind) {
+        case 'message': this.addMessage(c, ev, { live, carbon }); break;
+        case 'state':
+          if (!ev.outgoing && live) {
+            c.typing = ev.state === 'composing';
+            clearTimeout(c.typingTimer);
+            if (c.typing) c.typingTimer = setTimeout(() => { c.typing = false; this.changed(c.jid); }, 30000);
+          }
+          break;
+        case 'error': {
+          const m = c.byId.get(ev.id);
+          if (m && m.outgoing) m.error = ev.condition;
+          break;
+        }
+        default: this.applyEffect(c, ev);
+      }
+    }
+    for (const jid of touched) this.changed(jid);
+  }
+
+  addMessage(c, ev, { live, carbon }) {
+    const existing = ev.id && c.byId.get(ev.id);
+    if (existing) {
+      if (ev.stanzaId) existing.stanzaId = ev.stanzaId;
+      if (existing.state === 'pending' && ev.outgoing && !live) existing.state = 'sent';
+      if (ev.retracted) { existing.retracted = true; existing.body = ''; }
+      return;
+    }
+    const m = {
+      id: ev.id || uid(), stanzaId: ev.stanzaId, from: ev.from, outgoing: ev.outgoing, body: ev.body,
+      time: ev.time, replyTo: ev.replyTo, geo: ev.geo, media: ev.media || null, retracted: !!ev.retracted, edited: false,
+      reactions: {}, state: ev.outgoing ? 'sent' : null,
+    };
+    c.byId.set(m.id, m);
+    // keep time order; most arrivals go at the end
+    let i = c.messages.length;
+    while (i > 0 && c.messages[i - 1].time > m.time) i--;
+    c.messages.splice(i, 0, m);
+    if (m.time > c.activity) { c.activity = m.time; c.snapshotUnread = 0; c.preview = null; }
+    for (const effect of this.effects.get(m.id) || []) this.applyEffect(c, effect);
+    this.effects.delete(m.id);
+    if (!ev.outgoing && live && !carbon) {
+      if (ev.wantsReceipt) this.conn.send(chat.receipt(ev.peer, m.id, uid()));
+      c.typing = false;
+      if (ev.markable) m.markable = true;
+      this.notify(c, m);
+    } else if (!ev.outgoing && ev.markable) {
+      m.markable = true;
+    }
+    if (this.openJid === c.jid) this.markRead(c.jid);
+  }
+
+  applyEffect(c, ev) {
+    const target = c.byId.get(ev.target);
+    if (!target) {
+      const list = this.effects.get(ev.target) || [];
+      list.push(ev);
+      this.effects.set(ev.target, list);
+      return;
+    }
+    switch (ev.kind) {
+      case 'receipt':
+        if (target.outgoing && !ev.outgoing) {
+          // XEP-0333 §3: a marker for a message covers the ones before it.
+          for (const m of c.messages) {
+            if (m.outgoing && m.time <= target.time && TICKS[m.state] < TICKS[ev.level]) m.state = ev.level;
+          }
+        } else if (!target.outgoing && ev.outgoing && ev.level === 'read') {
+          readMarks.set(c.jid, target.time); // read on another of our devices
+        }
+        break;
+      case 'edit':
+        // XEP-0308 §5: only the original sender may correct a message.
+        if (ev.from === target.from && !target.retracted) { target.body = ev.body; target.edited = true; }
+        break;
+      case 'retract':
+        if (ev.from === target.from) { target.retracted = true; target.body = ''; target.geo = null; }
+        break;
+      case 'reactions':
+        if (ev.emojis.length) target.reactions[ev.from] = ev.emojis;
+        else delete target.reactions[ev.from];
+        break;
+      default:
+    }
+  }
+
+  onAcked(ids) {
+    outbox.remove(ids);
+    for (const c of this.chats.values()) {
+      let hit = false;
+      for (const id of ids) {
+        const m = c.byId.get(id);
+        if (m && m.state === 'pending') { m.state = 'sent'; hit = true; }
+      }
+      if (hit) this.changed(c.jid);
+    }
+  }
+
+  // ---- history (XEP-0313) ------------------------------------------------------------------
+  async mam({ with: peer, before = '', max = PAGE, fulltext } = {}) {
+    const queryid = uid();
+    const items = [];
+    this.mamQueries.set(queryid, items);
+    try {
+      const fields = { with: peer };
+      if (fulltext) fields['{urn:xmpp:fulltext:0}fulltext'] = fulltext;
+      const res = await this.conn.iq(x('iq', { type: 'set' },
+        x('query', { xmlns: NS.MAM, queryid }, form(NS.MAM, fields),
+          x('set', { xmlns: NS.RSM }, x('max', {}, String(max)), x('before', {}, before)))));
+      const fin = child(res, 'fin', NS.MAM);
+      const set = child(fin, 'set', NS.RSM);
+      return { items, complete: fin?.getAttribute('complete') === 'true', first: childText(set, 'first') };
+    } finally {
+      this.mamQueries.delete(queryid);
+    }
+  }
+
+  applyArchived(items) {
+    for (const it of items) this.apply(chat.read(it.el, this.me, { stamp: it.stamp, archiveId: it.archiveId }));
+  }
+
+  async loadRecent() {
+    const page = await this.mam({ max: 100 });
+    this.applyArchived(page.items);
+    this.saveSnapshot();
+  }
+
+  async loadOlder(jid) {
+    const c = this.chat(jid);
+    if (c.complete || c.loading) return false;
+    c.loading = true;
+    try {
+      await this.conn.whenReady();
+      const oldest = c.loadedHistory ? c.messages.find((m) => m.stanzaId)?.stanzaId || '' : '';
+      const page = await this.mam({ with: jid, before: oldest });
+      this.applyArchived(page.items);
+      c.loadedHistory = true;
+      c.complete = page.complete || page.items.length === 0;
+      return page.items.length > 0;
+    } catch (e) {
+      return false; // offline or refused: the next scroll tries again
+    } finally {
+      c.loading = false;
+      this.changed(jid);
+    }
+  }
+
+  async search(text) {
+    const page = await this.mam({ fulltext: text, max: 20 });
+    return page.items.map((it) => chat.read(it.el, this.me, { stamp: it.stamp, archiveId: it.archiveId }))
+      .flat().filter((e) => e.kind === 'message' && e.body);
+  }
+
+  // ---- sending (the outbox) ------------------------------------------------------------------
+  send(jid, body, { replyTo, geo, media } = {}) {
+    const id = uid();
+    const c = this.chat(jid);
+    const reply = replyTo ? { id: replyTo.id, from: replyTo.outgoing ? this.me : jid, body: replyTo.body } : null;
+    const stanza = chat.message({ id, to: jid, body, replyTo: reply, geo, media });
+    const m = { id, from: this.me, outgoing: true, body, time: Date.now(), state: 'pending', reactions: {},
+      replyTo: reply ? { id: reply.id, quote: reply.body } : null, geo: geo || null, media: media || null, edited: false, retracted: false };
+    c.byId.set(id, m);
+    c.messages.push(m);
+    c.activity = m.time;
+    outbox.add({ id, to: jid, xml: String(stanza), time: m.time, body, reply: m.replyTo, geo: m.geo, media: m.media });
+    this.conn.send(stanza, id);
+    this.changed(jid);
+    return m;
+  }
+
+  /**
+   * Sends what the outbox holds. After a fresh session (not a resumption) the
+   * server may have stored a message whose ack we never got: the archive is
+   * asked first, and a message already there (same origin-id) is not sent again.
+   */
+  async flushOutbox(fresh) {
+    let items = outbox.all();
+    if (!items.length) return;
+    for (const it of items) {
+      const c = this.chat(it.to);
+      if (!c.byId.has(it.id)) {
+        const m = { id: it.id, from: this.me, outgoing: true, body: it.body, time: it.time, state: 'pending', reactions: {},
+          replyTo: it.reply || null, geo: it.geo || null, media: it.media || null, edited: false, retracted: false };
+        c.byId.set(it.id, m);
+        c.messages.push(m);
+        c.messages.sort((a, b) => a.time - b.time);
+        c.activity = Math.max(c.activity, it.time);
+      }
+    }
+    if (fresh) {
+      const stored = new Set();
+      for (const peer of new Set(items.map((i) => i.to))) {
+        try {
+          const page = await this.mam({ with: peer, max: 50 });
+          for (const r of page.items) {
+            const ev = chat.read(r.el, this.me, { stamp: r.stamp, archiveId: r.archiveId })[0];
+            if (ev?.outgoing && ev.id) stored.add(ev.id);
+          }
+          this.applyArchived(page.items);
+        } catch (e) {
+          return; // no archive answer: try again on the next session
+        }
+      }
+      outbox.remove([...stored]);
+      this.onAcked([...stored]);
+      items = outbox.all();
+    }
+    for (const it of items) {
+      if (!this.conn.pending(it.id)) this.conn.send(it.xml, it.id);
+    }
+  }
+
+  edit(jid, m, body) {
+    m.body = body;
+    m.edited = true;
+    this.conn.send(chat.correction(jid, m.id, uid(), body));
+    this.changed(jid);
+  }
+
+  retract(jid, m) {
+    m.retracted = true;
+    m.body = '';
+    m.geo = null;
+    this.conn.send(chat.retraction(jid, m.id, uid()));
+    this.changed(jid);
+  }
+
+  react(jid, m, emoji) {
+    const mine = new Set(m.reactions[this.me] || []);
+    if (mine.has(emoji)) mine.delete(emoji); else mine.add(emoji);
+    if (mine.size) m.reactions[this.me] = [...mine]; else delete m.reactions[this.me];
+    this.conn.send(chat.reactions(jid, m.id, uid(), [...mine]));
+    this.changed(jid);
+  }
+
+  typing(jid, state) {
+    if (this.conn.ready) this.conn.send(chat.chatState(jid, state));
+  }
+
+  shareLocation(jid) {
+    return new Promise((resolve, reject) => {
+      if (!navigator.geolocation) { reject(new Error('This browser cannot tell its location.')); return; }
+      navigator.geolocation.getCurrentPosition((pos) => {
+        const geo = { lat: pos.coords.latitude, lon: pos.coords.longitude, accuracy: pos.coords.accuracy };
+        resolve(this.send(jid, chat.geoUri(geo), { geo }));
+      }, (err) => reject(new Error(err.message || 'Location unavailable')), { timeout: 15000 });
+    });
+  }
+
+  /** Uploads a file (XEP-0363) and sends its link; the message joins the outbox once uploaded. */
+  async sendFile(jid, file) {
+    if (!this.upload) throw new Error('This server does not accept files.');
+    const url = await upload.upload(this.conn, this.upload, file);
+    return this.send(jid, url, { media: { url } });
+  }
+
+  // ---- read state --------------------------------------------------------------------------
+  open(jid) {
+    this.openJid = jid;
+    if (jid) this.markRead(jid);
+  }
+
+  unread(c) {
+    if (!c.messages.length) return c.snapshotUnread || 0;
+    const mark = readMarks.get(c.jid);
+    return c.messages.filter((m) => !m.outgoing && m.time > mark && !m.retracted).length;
+  }
+
+  /** Sends a displayed marker (XEP-0333) for the newest message the user sees. */
+  markRead(jid) {
+    if (document.visibilityState !== 'visible' || this.openJid !== jid) return;
+    const c = this.chat(jid);
+    const last = [...c.messages].reverse().find((m) => !m.outgoing && !m.retracted);
+    if (!last) return;
+    const before = readMarks.get(jid);
+    readMarks.set(jid, last.time);
+    if (last.markable && !last.markedRead && this.conn.ready) {
+      last.markedRead = true;
+      this.conn.send(chat.marker(jid, last.id, uid()));
+    }
+    if (before < last.time) this.changed(jid);
+  }
+
+  onVisibility() {
+    const visible = document.visibilityState === 'visible';
+    this.conn.setActive(visible);
+    if (visible && this.openJid) this.markRead(this.openJid);
+  }
+
+  notify(c, m) {
+    if (document.visibilityState === 'visible' && this.openJid === c.jid) return;
+    if (typeof Notification === 'undefined' || Notification.permission !== 'granted') return;
+    if (!this.notificationsOn) return;
+    try { new Notification(this.displayName(c.jid), { body: m.body.slice(0, 120), tag: c.jid }); } catch { /* needs the SW on mobile */ }
+  }
+
+  // ---- contacts ----------------------------------------------------------------------------
+  async lastSeen(jid) {
+    const c = this.chat(jid);
+    if (c.online) return;
+    try {
+      await this.conn.whenReady();
+      const res = await this.conn.iq(x('iq', { type: 'get', to: jid }, x('query', { xmlns: NS.LAST })));
+      const secs = +child(res, 'query', NS.LAST)?.getAttribute('seconds');
+      if (Number.isFinite(secs)) { c.lastSeen = Date.now() - secs * 1000; this.changed(jid); }
+    } catch { /* hidden by privacy or not subscribed */ }
+  }
+
+  startChat(jid) {
+    jid = bare(jid.trim()).toLowerCase();
+    if (!/^[^@\s/]+@[^@\s/]+$/.test(jid)) throw new Error('Enter an address like alice@example.org');
+    const c = this.chat(jid);
+    if (!this.roster.has(jid)) {
+      this.conn.iq(x('iq', { type: 'set' }, x('query', { xmlns: NS.ROSTER }, x('item', { jid })))).catch(() => {});
+      this.conn.send(x('presence', { to: jid, type: 'subscribe' }));
+    }
+    if (!c.vcard) this.fetchVcard(jid);
+    this.changed(jid);
+    return c;
+  }
+
+  async setBlocked(jid, block) {
+    await this.conn.iq(x('iq', { type: 'set' }, x(block ? 'block' : 'unblock', { xmlns: NS.BLOCKING }, x('item', { jid }))));
+    if (block) this.blocked.add(jid); else this.blocked.delete(jid);
+    this.changed(jid);
+  }
+
+  // ---- profile (vCard-temp, XEP-0054) -----------------------------------------------------------
+  parseVcard(res) {
+    const v = child(res, 'vCard', NS.VCARD);
+    const photo = child(v, 'PHOTO');
+    const type = childText(photo, 'TYPE') || 'image/jpeg';
+    // Only plain base64 goes into the data: URL (and from there into CSS url("")).
+    const binval = childText(photo, 'BINVAL')?.replace(/\s+/g, '');
+    const safeBinval = binval && /^[A-Za-z0-9+/]+={0,2}$/.test(binval) ? binval : null;
+    const safeType = /^image\/(png|jpeg|webp|gif)$/.test(type) ? type : 'image/jpeg';
+    return { name: childText(v, 'FN') || childText(v, 'NICKNAME') || '', avatar: safeBinval ? `data:${safeType};base64,${safeBinval}` : null };
+  }
+
+  async fetchVcard(jid) {
+    const c = this.chat(jid);
+    c.vcard = 'loading';
+    try {
+      const card = this.parseVcard(await this.conn.iq(x('iq', { type: 'get', to: jid }, x('vCard', { xmlns: NS.VCARD }))));
+      c.vcard = card;
+      c.vcardName = card.name || null;
+      c.avatar = card.avatar;
+      this.changed(jid);
+    } catch {
+      c.vcard = { name: '', avatar: null };
+    }
+  }
+
+  async loadProfile() {
+    try {
+      this.profile = this.parseVcard(await this.conn.iq(x('iq', { type: 'get' }, x('vCard', { xmlns: NS.VCARD }))));
+    } catch { /* no vCard yet */ }
+  }
+
+  async saveProfile({ name, avatar }) {
+    const m = avatar && /^data:(image\/[a-z]+);base64,(.*)$/.exec(avatar);
+    await this.conn.iq(x('iq', { type: 'set' }, x('vCard', { xmlns: NS.VCARD },
+      x('FN', {}, name), x('NICKNAME', {}, name),
+      m ? x('PHOTO', {}, x('TYPE', {}, m[1]), x('BINVAL', {}, m[2])) : null)));
+    this.profile = { name, avatar };
+    this.changed();
+  }
+
+  /** A few chat-list rows for the next page load to paint before connecting. */
+  saveSnapshot() {
+    const rows = this.sortedChats().slice(0, 50).map((c) => {
+      const last = c.messages[c.messages.length - 1];
+      return { jid: c.jid, name: this.displayName(c.jid), activity: c.activity, unread: this.unread(c),
+        preview: last ? preview(last) : c.preview || '' };
+    });
+    snapshot.set(rows);
+  }
+
+  sortedChats() {
+    return [...this.chats.values()]
+      .filter((c) => c.messages.length || this.roster.has(c.jid) || c.preview || c.jid === this.openJid)
+      .sort((a, b) => b.activity - a.activity || this.displayName(a.jid).localeCompare(this.displayName(b.jid)));
+  }
+}
+
+export function preview(m) {
+  if (m.retracted) return 'This message was deleted';
+  if (m.geo) return '📍 Location';
+  if (m.media) return { image: '📷 Photo', video: '🎥 Video', audio: '🎤 Audio' }[upload.kindOf(m.media.url)] || `📄 ${upload.fileName(m.media.url)}`;
+  return m.body || '';
+}

@@ -1,0 +1,63 @@
+// What the client keeps in the browser (localStorage, one origin):
+//  - the session: JID, resource (so this browser stays the same XMPP device and
+//    its inbox-log cursor catches up after a reload) and SCRAM keys, never the
+//    password (see xmpp/scram.js);
+//  - the outbox: messages typed but not yet acknowledged by the server, with
+//    their origin-id, so they survive a reload or a dropped connection;
+//  - small UI state: read marks per chat, theme, a chat-list snapshot for a fast
+//    first paint.
+const KEY = 'kith.';
+
+function load(name, fallback) {
+  try {
+    const raw = localStorage.getItem(KEY + name);
+    return raw === null ? fallback : JSON.parse(raw);
+  } catch {
+    return fallback;
+  }
+}
+function save(name, value) {
+  try {
+    if (value === undefined || value === null) localStorage.removeItem(KEY + name);
+    else localStorage.setItem(KEY + name, JSON.stringify(value));
+  } catch (e) {
+    console.warn('kith: storage is full or unavailable', e);
+  }
+}
+
+export const session = {
+  get: () => load('session', null),
+  set: (s) => save('session', s),
+  clear: () => { for (const k of Object.keys(localStorage)) if (k.startsWith(KEY) && k !== KEY + 'theme') localStorage.removeItem(k); },
+};
+
+/** Messages not yet acknowledged by the server: [{id, to, xml, body, time, ...}]. */
+export const outbox = {
+  all: () => load('outbox', []),
+  add(item) { save('outbox', [...outbox.all().filter((o) => o.id !== item.id), item]); },
+  remove(ids) {
+    const set = new Set(ids);
+    save('outbox', outbox.all().filter((o) => !set.has(o.id)));
+  },
+};
+
+export const prefs = {
+  get: (name, fallback) => load('pref.' + name, fallback),
+  set: (name, value) => save('pref.' + name, value),
+};
+
+/** The time of the last message the user has seen, per chat. */
+export const readMarks = {
+  get: (jid) => load('read', {})[jid] || 0,
+  set(jid, time) {
+    const all = load('read', {});
+    if ((all[jid] || 0) >= time) return;
+    all[jid] = time;
+    save('read', all);
+  },
+};
+
+export const snapshot = {
+  get: () => load('chats', null),
+  set: (chats) => save('chats', chats),
+};
