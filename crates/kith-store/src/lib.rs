@@ -59,6 +59,7 @@ mod devices;
 mod edit;
 mod error;
 mod migrate;
+mod muc;
 mod push;
 mod types;
 
@@ -75,6 +76,7 @@ pub use archive::{
     Paging,
 };
 pub use error::{Result, StoreError};
+pub use muc::{RoomAffiliation, RoomInvite, StoredRoom};
 pub use push::{PushEnabled, PushKind, PushRegistration};
 pub use types::{
     DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
@@ -270,11 +272,14 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// All usernames, sorted byte-wise.
+    /// All usernames (accounts, not rooms), sorted byte-wise.
     pub async fn list_users(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT username FROM users")
-            .fetch_all(&self.pool)
-            .await?;
+        // Rooms own logs (their archives) but are not accounts.
+        let rows = sqlx::query(
+            "SELECT username FROM users WHERE username NOT IN (SELECT jid FROM muc_rooms)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         sorted_strings(&rows, "username")
     }
 
