@@ -51,6 +51,10 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) {
         return;
     };
     let from = stanza.get_attr("from").and_then(|from| Jid::new(from).ok());
+    if server.muc.serves(server, to.domain().as_str()) {
+        Box::pin(crate::features::muc::route(server, stanza, &to)).await;
+        return;
+    }
     if to.domain().as_str() != server.domain {
         // RFC 6120 §10.4.3: no route to other domains (yet).
         bounce(
@@ -275,9 +279,29 @@ impl LogOrder {
     /// Nothing done under it takes the lock again (errors bounce as type `error`,
     /// which is never logged), so it cannot deadlock.
     pub(crate) async fn lock(&self, recipient: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shards[self.index(recipient)].lock().await
+    }
+
+    /// Held while a group message is appended to many recipients' logs and
+    /// handed to their sessions. Shards are taken in ascending order, and nobody
+    /// holding one shard waits for another, so this cannot deadlock either.
+    pub(crate) async fn lock_many(
+        &self,
+        recipients: &[&str],
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut indexes: Vec<usize> = recipients.iter().map(|r| self.index(r)).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let mut guards = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            guards.push(self.shards[index].lock().await);
+        }
+        guards
+    }
+
+    fn index(&self, recipient: &str) -> usize {
         use std::hash::BuildHasher;
-        let index = (self.hasher.hash_one(recipient) as usize) % self.shards.len();
-        self.shards[index].lock().await
+        (self.hasher.hash_one(recipient) as usize) % self.shards.len()
     }
 }
 
@@ -420,7 +444,7 @@ fn stamp_stanza_id(message: &mut Element, recipient: &str) -> String {
 
 /// Whether a message is worth keeping for later (XEP-0160 §3, XEP-0334 hints):
 /// chat states and no-store hints alone are not.
-fn storable(message: &Element) -> bool {
+pub(crate) fn storable(message: &Element) -> bool {
     const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
     const HINTS: &str = "urn:xmpp:hints";
     if message.has_child("no-store", HINTS) || message.has_child("no-permanent-store", HINTS) {

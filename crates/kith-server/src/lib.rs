@@ -59,6 +59,8 @@ pub struct Server {
     fake_salt_key: [u8; 32],
     /// Push notifications (XEP-0357, Web Push, webhook).
     push: features::push::Push,
+    /// Group chats (XEP-0045).
+    muc: features::muc::Muc,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -105,6 +107,7 @@ impl Server {
         let starttls = tls::server_config(&certificate, &[])?;
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
         let https_tls = tls::server_config(&certificate, &[b"http/1.1"])?;
+        let muc = features::muc::Muc::new(&config);
         let server = Arc::new(Server {
             domain: config.server.domain.clone(),
             registrations: RateLimiter::new(config.registration.max_per_ip_per_hour, 3600),
@@ -124,6 +127,7 @@ impl Server {
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
             log_order: deliver::LogOrder::default(),
+            muc,
         });
 
         let mut tasks = JoinSet::new();

@@ -105,6 +105,17 @@ impl Store {
         Ok(true)
     }
 
+    /// How many rooms `jid` owns.
+    pub async fn muc_rooms_owned_by(&self, jid: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM muc_affiliations WHERE jid = $1 AND affiliation = 'owner'",
+        )
+        .bind(jid)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// One room, `None` if there is no such room.
     pub async fn muc_room(&self, jid: &str) -> Result<Option<StoredRoom>> {
         let row = sqlx::query(

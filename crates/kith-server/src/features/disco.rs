@@ -124,7 +124,7 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
 
 /// Answers `<query xmlns='http://jabber.org/protocol/disco#items'/>`: no items yet
 /// (no components, no PEP nodes).
-pub(crate) fn items(_session: &mut Session, request: &Request<'_>) -> Response {
+pub(crate) fn items(session: &mut Session, request: &Request<'_>) -> Response {
     if request.set {
         // §4.1: disco is IQ-get only.
         return Err(StanzaError::bad_request());
@@ -132,7 +132,20 @@ pub(crate) fn items(_session: &mut Session, request: &Request<'_>) -> Response {
     let node = request.payload.get_attr("node");
     let query = Element::new(ns::DISCO_ITEMS, "query");
     match &request.target {
-        Target::Server | Target::OwnAccount => {
+        Target::Server => {
+            no_node(node)?;
+            // The group chat service is found by disco#items on the server (XEP-0045 §6.1).
+            let server = &session.server;
+            Ok(Some(match server.muc.domain(server) {
+                Some(muc) => query.child(
+                    Element::new(ns::DISCO_ITEMS, "item")
+                        .attr("jid", muc)
+                        .attr("name", "Groups"),
+                ),
+                None => query,
+            }))
+        }
+        Target::OwnAccount => {
             no_node(node)?;
             Ok(Some(query))
         }
