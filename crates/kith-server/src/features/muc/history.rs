@@ -128,8 +128,9 @@ pub(super) async fn fan_out(
         },
     ));
     for (_, node) in &members {
-        // Members' copies are for delivery; the archive is the room's (no id here,
-        // so the members' own MAM doesn't list group messages twice).
+        // Members' copies are for delivery; the archive is the room's (no id and
+        // no indexed body here, so the members' own MAM doesn't list group
+        // messages twice and the fan-out doesn't index the text 1,024 times).
         entries.push((
             node,
             NewInboxEntry {
@@ -140,7 +141,7 @@ pub(super) async fn fan_out(
                 at_micros: now,
                 peer: &room.jid,
                 direction: "in",
-                body: body.as_deref(),
+                body: None,
             },
         ));
     }
