@@ -262,3 +262,21 @@ async def test_the_member_limit_is_enforced(server_factory, backend):
         await pool.close_all()
         server_factory.stop(srv)
 
+
+
+async def test_mediated_invitations_add_members_only_when_allowed(xmpp):
+    room, (alice, bob, carol), (a, b, c) = await group_of_three(xmpp, "ginv")
+    ivy, jon = await xmpp.account("givy"), await xmpp.account("gjon")
+    # Bob is a member; the group lets only admins add members: a forged invitation
+    # is refused and changes nothing.
+    b.send_raw(f"<message to='{room}' id='inv1'><x xmlns='{NS_USER}'><invite to='{ivy.jid}'/></x></message>")
+    err = await b.wait_message(lambda m: m["type"] == "error" and m["id"] == "inv1")
+    assert error_condition(err) == "forbidden"
+    members = await a.plugin["xep_0045"].get_affiliation_list(room, "member", timeout=10)
+    assert ivy.jid not in [str(m) for m in members]
+    # The admin's invitation makes Jon a member (§7.8.2), who then gets the invite.
+    a.plugin["xep_0045"].invite(room, jon.jid, reason="join us")
+    j = await xmpp.connect(jon, plugins=PLUGINS)
+    invite = await j.wait_message(lambda m: m.xml.find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite") is not None)
+    assert invite["from"].bare == room
+    await join(j, room, "jon")

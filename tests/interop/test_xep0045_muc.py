@@ -194,3 +194,47 @@ async def test_raw_join_without_nick_is_refused(xmpp):
     with pytest.raises(IqError) as bad:
         await iq.send(timeout=10)
     assert iq_error_condition(bad.value) == "bad-request"
+
+
+async def test_nick_change(xmpp):
+    alice, bob = await xmpp.account("mnca"), await xmpp.account("mncb")
+    a = await xmpp.connect(alice, plugins=PLUGINS)
+    b = await xmpp.connect(bob, plugins=PLUGINS)
+    room = new_room()
+    await join(a, room, "alice")
+    await add_members(a, room, bob.jid)
+    await join(b, room, "bob")
+    b.send_raw(f"<presence to='{room}/robert'/>")
+    # §7.6: unavailable with 303 and the new nick, then available under it.
+    changed = await a.wait_presence(lambda p: p["type"] == "unavailable" and "303" in status_codes(p))
+    assert muc_item(changed)["nick"] == "robert"
+    await a.wait_presence(lambda p: p["from"].resource == "robert" and p["type"] == "available")
+    # The new nick is taken now.
+    a.send_raw(f"<presence to='{room}/robert' id='nc'/>")
+    err = await a.wait_presence(lambda p: p["type"] == "error" and p["id"] == "nc")
+    assert err["error"]["condition"] == "conflict"
+
+
+async def test_room_vcard_avatar(xmpp):
+    alice, bob = await xmpp.account("mva"), await xmpp.account("mvb")
+    a = await xmpp.connect(alice, plugins=PLUGINS)
+    b = await xmpp.connect(bob, plugins=PLUGINS)
+    room = new_room()
+    await join(a, room, "alice")
+    await add_members(a, room, bob.jid)
+    iq = a.Iq()
+    iq["type"] = "set"
+    iq["to"] = room
+    iq.append(ET.fromstring("<vCard xmlns='vcard-temp'><FN>Trip</FN><PHOTO><TYPE>image/png</TYPE>"
+                            "<BINVAL>iVBORw0KGgo=</BINVAL></PHOTO></vCard>"))
+    await iq.send(timeout=10)
+    got = await b.plugin["xep_0054"].get_vcard(jid=room, timeout=10)
+    assert got["vcard_temp"]["FN"] == "Trip"
+    # A member of a group whose info only admins edit can't change it.
+    iq = b.Iq()
+    iq["type"] = "set"
+    iq["to"] = room
+    iq.append(ET.fromstring("<vCard xmlns='vcard-temp'><FN>Mine</FN></vCard>"))
+    with pytest.raises(IqError) as refused:
+        await iq.send(timeout=10)
+    assert iq_error_condition(refused.value) == "forbidden"

@@ -22,10 +22,7 @@ pub(super) async fn admin(
 ) -> super::super::Response {
     let requester = super::bare_of(from);
     let actor = room.affiliation(&requester);
-    let actor_role = room
-        .nick_of(from)
-        .and_then(|n| room.occupants.get(n))
-        .map_or(Role::None, |o| o.role);
+    let actor_role = room.role_of(from);
     let items: Vec<&Element> = payload
         .elements()
         .filter(|e| e.is("item", NS_ADMIN))

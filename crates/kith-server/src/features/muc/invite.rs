@@ -35,11 +35,7 @@ pub(super) async fn mediated(
     from: &str,
     room_jid: &str,
 ) -> Result<(), StanzaError> {
-    let room = server
-        .muc
-        .room(server, room_jid)
-        .await?
-        .ok_or_else(StanzaError::item_not_found)?;
+    let room = server.muc.existing(server, room_jid).await?;
     let mut room = room.lock().await;
     let inviter = super::bare_of(from);
     let affiliation = room.affiliation(&inviter);
@@ -199,7 +195,10 @@ pub(super) async fn links(
             }
             Ok(None)
         }
-        ("redeem", true) => join_by_token(server, room, payload, requester).await,
+        ("redeem", true) => {
+            let invite = find_invite(server, payload, Some(&room.jid)).await?;
+            join_by_invite(server, room, &invite, requester).await
+        }
         _ => Err(StanzaError::bad_request()),
     }
 }
@@ -221,40 +220,36 @@ pub(super) async fn redeem(
     payload: &Element,
     from: &str,
 ) -> super::super::Response {
-    let token = payload
-        .get_attr("token")
-        .ok_or_else(StanzaError::bad_request)?;
-    let invite = server
-        .store
-        .muc_invite(token)
-        .await
-        .map_err(internal)?
-        .ok_or_else(StanzaError::item_not_found)?;
-    let room = server
-        .muc
-        .room(server, &invite.room)
-        .await?
-        .ok_or_else(StanzaError::item_not_found)?;
+    let invite = find_invite(server, payload, None).await?;
+    let room = server.muc.existing(server, &invite.room).await?;
     let mut room = room.lock().await;
-    join_by_token(server, &mut room, payload, &super::bare_of(from)).await
+    join_by_invite(server, &mut room, &invite, &super::bare_of(from)).await
 }
 
-async fn join_by_token(
-    server: &Arc<Server>,
-    room: &mut Room,
+/// The invite link a request's `token` names (for `room`, if given).
+async fn find_invite(
+    server: &Server,
     payload: &Element,
-    requester: &str,
-) -> super::super::Response {
+    room: Option<&str>,
+) -> Result<RoomInvite, StanzaError> {
     let token = payload
         .get_attr("token")
         .ok_or_else(StanzaError::bad_request)?;
-    let invite = server
+    server
         .store
         .muc_invite(token)
         .await
         .map_err(internal)?
-        .filter(|invite| invite.room == room.jid)
-        .ok_or_else(StanzaError::item_not_found)?;
+        .filter(|invite| room.is_none_or(|room| invite.room == room))
+        .ok_or_else(StanzaError::item_not_found)
+}
+
+async fn join_by_invite(
+    server: &Arc<Server>,
+    room: &mut Room,
+    invite: &RoomInvite,
+    requester: &str,
+) -> super::super::Response {
     if invite.revoked {
         return Err(StanzaError::forbidden().with_text("this invite link was revoked"));
     }

@@ -124,6 +124,17 @@ impl Muc {
         ))
     }
 
+    /// The room, which must exist (`item-not-found` otherwise).
+    async fn existing(
+        &self,
+        server: &Server,
+        jid: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<Room>>, StanzaError> {
+        self.room(server, jid)
+            .await?
+            .ok_or_else(StanzaError::item_not_found)
+    }
+
     fn forget(&self, jid: &str) {
         self.lock().remove(jid);
     }
@@ -572,11 +583,7 @@ async fn groupchat(
     from: &str,
     room_jid: &str,
 ) -> Result<(), StanzaError> {
-    let room = server
-        .muc
-        .room(server, room_jid)
-        .await?
-        .ok_or_else(StanzaError::item_not_found)?;
+    let room = server.muc.existing(server, room_jid).await?;
     let mut room = room.lock().await;
     // §7.4: only occupants may send to the room.
     let Some(nick) = room.nick_of(from).map(str::to_owned) else {
@@ -626,11 +633,7 @@ async fn private_message(
     room_jid: &str,
     to_nick: &str,
 ) -> Result<(), StanzaError> {
-    let room = server
-        .muc
-        .room(server, room_jid)
-        .await?
-        .ok_or_else(StanzaError::item_not_found)?;
+    let room = server.muc.existing(server, room_jid).await?;
     let room = room.lock().await;
     let Some(nick) = room.nick_of(from) else {
         return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable));
@@ -764,11 +767,7 @@ async fn room_iq(
     from: &str,
     room_jid: &str,
 ) -> super::Response {
-    let room = server
-        .muc
-        .room(server, room_jid)
-        .await?
-        .ok_or_else(StanzaError::item_not_found)?;
+    let room = server.muc.existing(server, room_jid).await?;
     let mut room = room.lock().await;
     let requester = bare_of(from);
     match (payload.name.as_str(), payload.ns.as_str(), set) {
@@ -793,10 +792,7 @@ async fn room_iq(
         }
         ("vCard", ns::VCARD, true) => {
             // Room avatars: whoever may edit the group info may set them.
-            let role = room
-                .nick_of(from)
-                .and_then(|n| room.occupants.get(n))
-                .map_or(Role::None, |o| o.role);
+            let role = room.role_of(from);
             let affiliation = room.affiliation(&requester);
             if affiliation < Affiliation::Admin && !room.may_change_subject(role) {
                 return Err(StanzaError::forbidden());

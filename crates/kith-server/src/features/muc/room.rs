@@ -203,6 +203,13 @@ impl Room {
             .map(|(nick, _)| nick.as_str())
     }
 
+    /// The role of the occupant this session is (`None` if it is not in the room).
+    pub(crate) fn role_of(&self, full: &str) -> Role {
+        self.nick_of(full)
+            .and_then(|nick| self.occupants.get(nick))
+            .map_or(Role::None, |occupant| occupant.role)
+    }
+
     /// The default role of a user with this affiliation (§5.1.2), or `None` if
     /// they may not enter.
     pub(crate) fn default_role(&self, affiliation: Affiliation) -> Role {
