@@ -241,3 +241,39 @@ async fn destroying_a_room_removes_everything(db: TestDb) {
             .unwrap()
     );
 }
+
+both!(large_fan_out_gives_each_owner_the_next_number);
+
+/// The bulk path (many distinct owners in one append) numbers every owner's log
+/// like single appends do, and reports unknown owners one by one.
+async fn large_fan_out_gives_each_owner_the_next_number(db: TestDb) {
+    let names: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let store = store_with_users(&db, &refs).await;
+    let xml = "<message xmlns='jabber:client'/>";
+    // m00 already has two entries.
+    for _ in 0..2 {
+        store
+            .inbox_append("m00", &entry(xml, "", "x"))
+            .await
+            .unwrap();
+    }
+    let mut entries: Vec<(&str, NewInboxEntry)> = refs
+        .iter()
+        .map(|name| (*name, entry(xml, "", "x")))
+        .collect();
+    entries.insert(5, ("nobody", entry(xml, "", "x")));
+    let results = store.inbox_append_all(&entries).await.unwrap();
+    assert_eq!(results.len(), 41);
+    assert_eq!(*results[0].as_ref().unwrap(), 3);
+    assert!(matches!(
+        results[5],
+        Err(kith_store::StoreError::NoSuchUser(_))
+    ));
+    for (i, result) in results.iter().enumerate().skip(1).filter(|(i, _)| *i != 5) {
+        assert_eq!(*result.as_ref().unwrap(), 1, "entry {i}");
+    }
+    let got = store.inbox_after("m39", 0, 10).await.unwrap();
+    assert_eq!((got.len(), got[0].seq), (1, 1));
+    assert_eq!(store.inbox_after("m00", 0, 10).await.unwrap().len(), 3);
+}
