@@ -280,3 +280,52 @@ async def test_mediated_invitations_add_members_only_when_allowed(xmpp):
     invite = await j.wait_message(lambda m: m.xml.find(f"{{{NS_USER}}}x/{{{NS_USER}}}invite") is not None)
     assert invite["from"].bare == room
     await join(j, room, "jon")
+
+
+async def test_a_member_who_leaves_the_group_gets_nothing_more(xmpp):
+    room, (_alice, bob, _carol), (a, b, c) = await group_of_three(xmpp, "glv")
+    # Bob exits the group: he drops his own membership.
+    await b.plugin["xep_0045"].set_affiliation(room, "none", jid=bob.jid, timeout=10)
+    a.send_raw(f"<message to='{room}' type='groupchat'><body>after bob left</body></message>")
+    await c.wait_message(is_groupchat("after bob left"))
+    await asyncio.sleep(0.5)
+    assert not b.matching(is_groupchat("after bob left"))
+    with pytest.raises(IqError) as archive:
+        await room_archive(b, room)
+    assert iq_error_condition(archive.value) == "forbidden"
+
+
+async def test_chat_states_reach_occupants_only_and_are_not_stored(xmpp):
+    room, (_alice, _bob, carol), (a, b, c) = await group_of_three(xmpp, "gcs")
+    # Carol leaves the room (stays a member) and goes offline.
+    await c.close()
+    a.send_raw(f"<message to='{room}' type='groupchat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    typing = await b.wait_message(lambda m: m.xml.find("{http://jabber.org/protocol/chatstates}composing") is not None)
+    assert typing["from"] == f"{room}/alice"
+    a.send_raw(f"<message to='{room}' type='groupchat'><body>done typing</body></message>")
+    c2 = await xmpp.connect(carol, plugins=PLUGINS)
+    await c2.wait_message(is_groupchat("done typing"))
+    assert not c2.matching(lambda m: m.xml.find("{http://jabber.org/protocol/chatstates}composing") is not None)
+
+
+async def test_voice_request_in_an_announcement_group(xmpp):
+    room, _, (a, b, c) = await group_of_three(xmpp, "gvr")
+    form = await a.plugin["xep_0045"].get_room_config(room, timeout=10)
+    form["type"] = "submit"
+    form.field["muc#roomconfig_moderatedroom"]["value"] = True
+    await a.plugin["xep_0045"].set_room_config(room, form, timeout=10)
+    await b.wait_presence(lambda p: p["from"].resource == "bob" and p.xml.find(
+        f"{{{NS_USER}}}x/{{{NS_USER}}}item").get("role") == "visitor")
+    b.plugin["xep_0045"].request_voice(room, "participant")
+    request = await a.wait_message(lambda m: m.xml.find("{jabber:x:data}x") is not None, what="voice request")
+    fields = {f.get("var"): f.findtext("{jabber:x:data}value") for f in request.xml.iter("{jabber:x:data}field")}
+    assert fields["muc#roomnick"] == "bob"
+    a.send_raw(f"<message to='{room}'><x xmlns='jabber:x:data' type='submit'>"
+               "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+               "<field var='muc#role'><value>participant</value></field>"
+               "<field var='muc#roomnick'><value>bob</value></field>"
+               "<field var='muc#request_allow'><value>true</value></field></x></message>")
+    await b.wait_presence(lambda p: p["from"].resource == "bob" and p.xml.find(
+        f"{{{NS_USER}}}x/{{{NS_USER}}}item").get("role") == "participant")
+    b.send_raw(f"<message to='{room}' type='groupchat'><body>thanks for the voice</body></message>")
+    await c.wait_message(is_groupchat("thanks for the voice"))

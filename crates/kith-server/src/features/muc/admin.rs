@@ -74,7 +74,10 @@ pub(super) async fn admin(
         .count();
     for (jid, new) in &changes {
         let current = room.affiliation(jid);
-        if !room.may_set_affiliation(actor, current, *new) {
+        // Leaving the group: anyone may drop their own affiliation (the last
+        // owner excepted, below).
+        let leaving = *jid == requester && *new == Affiliation::None && current.is_member();
+        if !leaving && !room.may_set_affiliation(actor, current, *new) {
             // §9.1.4 / §10.3: not privileged enough.
             return Err(if actor >= Affiliation::Admin {
                 StanzaError::not_allowed()
@@ -352,4 +355,88 @@ pub(super) async fn owner(
         }
     }
     Ok(None)
+}
+
+const REQUEST: &str = "http://jabber.org/protocol/muc#request";
+
+/// Whether a message to the room is a §7.13 voice request (or its approval).
+pub(super) fn is_voice_form(message: &Element) -> bool {
+    message
+        .get_child("x", kith_proto::ns::DATA_FORMS)
+        .is_some_and(|form| form_value(form, "FORM_TYPE").as_deref() == Some(REQUEST))
+}
+
+fn form_value(form: &Element, var: &str) -> Option<String> {
+    form.elements()
+        .find(|f| f.is("field", kith_proto::ns::DATA_FORMS) && f.get_attr("var") == Some(var))
+        .and_then(|f| f.child_text("value", kith_proto::ns::DATA_FORMS))
+}
+
+/// §7.13: a visitor asks for voice; the room forwards the request to its
+/// moderators as a form (§8.6), and a moderator's submitted form with
+/// `muc#request_allow` true makes the requester a participant.
+pub(super) async fn voice_request(
+    server: &Arc<Server>,
+    message: &Element,
+    from: &str,
+    room_jid: &str,
+) -> Result<(), StanzaError> {
+    let room = server.muc.existing(server, room_jid).await?;
+    let mut room = room.lock().await;
+    let Some(nick) = room.nick_of(from).map(str::to_owned) else {
+        return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable));
+    };
+    let Some(form) = message.get_child("x", kith_proto::ns::DATA_FORMS) else {
+        return Err(StanzaError::bad_request());
+    };
+    if let Some(allow) = form_value(form, "muc#request_allow") {
+        // §8.6: a moderator's answer.
+        if room.role_of(from) != Role::Moderator {
+            return Err(StanzaError::forbidden());
+        }
+        let target = form_value(form, "muc#roomnick").unwrap_or_default();
+        if matches!(allow.as_str(), "1" | "true")
+            && room
+                .occupants
+                .get(&target)
+                .is_some_and(|o| o.role == Role::Visitor)
+        {
+            set_role(server, &mut room, &target, Role::Participant);
+        }
+        return Ok(());
+    }
+    let field = |kind: &str, var: &str, value: &str| {
+        Element::new(kith_proto::ns::DATA_FORMS, "field")
+            .attr("type", kind)
+            .attr("var", var)
+            .child(Element::new(kith_proto::ns::DATA_FORMS, "value").text(value))
+    };
+    let jid = room
+        .occupants
+        .get(&nick)
+        .map(|o| o.bare.clone())
+        .unwrap_or_default();
+    let approval = Element::new(kith_proto::ns::CLIENT, "message")
+        .attr("from", room.jid.clone())
+        .attr("id", crate::random_id(16))
+        .child(
+            Element::new(kith_proto::ns::DATA_FORMS, "x")
+                .attr("type", "form")
+                .child(Element::new(kith_proto::ns::DATA_FORMS, "title").text("Voice request"))
+                .child(field("hidden", "FORM_TYPE", REQUEST))
+                .child(field("list-single", "muc#role", "participant"))
+                .child(field("jid-single", "muc#jid", &jid))
+                .child(field("text-single", "muc#roomnick", &nick))
+                .child(field("boolean", "muc#request_allow", "false")),
+        );
+    for occupant in room
+        .occupants
+        .values()
+        .filter(|o| o.role == Role::Moderator)
+    {
+        for session in &occupant.sessions {
+            super::send_to(server, session, approval.clone());
+        }
+    }
+    Ok(())
 }

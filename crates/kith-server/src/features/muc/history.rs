@@ -39,6 +39,8 @@ pub(super) async fn from_occupant(
         .get(nick)
         .map(|o| o.occupant_id.clone())
         .unwrap_or_default();
+    // Decided on what the client sent (the occupant id added below would count).
+    let storable = crate::deliver::storable(message);
     let mut reflected = message.clone();
     reflected.set_attr("from", occupant_jid.clone());
     reflected.remove_attr("to");
@@ -49,7 +51,7 @@ pub(super) async fn from_occupant(
                 || (e.is("stanza-id", ns::SID) && e.get_attr("by") == Some(room.jid.as_str())))
     });
     reflected.push_child(Element::new(NS_OCCUPANT_ID, "occupant-id").attr("id", occupant_id));
-    if !crate::deliver::storable(&reflected) {
+    if !storable {
         // Chat states go to the occupants in the room, never stored (XEP-0085 §5.5).
         for occupant in room.occupants.values() {
             for session in &occupant.sessions {

@@ -569,6 +569,9 @@ async fn message(server: &Arc<Server>, message: Element, from: &str, to: &Jid) {
         {
             invite::mediated(server, &message, from, &room_jid).await
         }
+        (_, None) if admin::is_voice_form(&message) => {
+            admin::voice_request(server, &message, from, &room_jid).await
+        }
         // Declines and anything else addressed to the room itself.
         (_, None) => Ok(()),
     };
