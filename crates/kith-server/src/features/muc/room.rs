@@ -210,8 +210,8 @@ impl Room {
             .map_or(Role::None, |occupant| occupant.role)
     }
 
-    /// The default role of a user with this affiliation (§5.1.2), or `None` if
-    /// they may not enter.
+    /// The default role of a user with this affiliation (§5.1.2; `None` for
+    /// outcasts, who may not enter).
     pub(crate) fn default_role(&self, affiliation: Affiliation) -> Role {
         match affiliation {
             Affiliation::Owner | Affiliation::Admin => Role::Moderator,
