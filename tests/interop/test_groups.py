@@ -11,7 +11,7 @@ import pytest
 from slixmpp.exceptions import IqError, PresenceError
 
 from kithtest.muc import (NS_INVITE, NS_MODERATE, NS_RETRACT, NS_USER, PLUGINS,
-                          add_members, invite_iq, is_groupchat, join, new_room,
+                          add_members, configure, invite_iq, is_groupchat, join, new_room,
                           room_archive, room_stanza_id)
 from kithtest.xmpp import iq_error_condition, error_condition
 
@@ -162,10 +162,7 @@ async def test_invite_link_flow(xmpp):
 
 async def test_an_announcement_group_refuses_a_members_message(xmpp):
     room, _, (a, b, c) = await group_of_three(xmpp, "gan")
-    form = await a.plugin["xep_0045"].get_room_config(room, timeout=10)
-    form["type"] = "submit"
-    form.field["muc#roomconfig_moderatedroom"]["value"] = True
-    await a.plugin["xep_0045"].set_room_config(room, form, timeout=10)
+    await configure(a, room, moderatedroom=True)
     # Bob loses his voice (XEP-0045 §7.4: a visitor in a moderated room).
     await b.wait_presence(lambda p: p["from"].resource == "bob" and p.xml.find(
         f"{{{NS_USER}}}x/{{{NS_USER}}}item").get("role") == "visitor")
@@ -310,10 +307,7 @@ async def test_chat_states_reach_occupants_only_and_are_not_stored(xmpp):
 
 async def test_voice_request_in_an_announcement_group(xmpp):
     room, _, (a, b, c) = await group_of_three(xmpp, "gvr")
-    form = await a.plugin["xep_0045"].get_room_config(room, timeout=10)
-    form["type"] = "submit"
-    form.field["muc#roomconfig_moderatedroom"]["value"] = True
-    await a.plugin["xep_0045"].set_room_config(room, form, timeout=10)
+    await configure(a, room, moderatedroom=True)
     await b.wait_presence(lambda p: p["from"].resource == "bob" and p.xml.find(
         f"{{{NS_USER}}}x/{{{NS_USER}}}item").get("role") == "visitor")
     b.plugin["xep_0045"].request_voice(room, "participant")

@@ -67,6 +67,16 @@ async def add_members(client, room: str, *jids: str, affiliation: str = "member"
         await client.plugin["xep_0045"].set_affiliation(room, affiliation, jid=jid, timeout=10)
 
 
+async def configure(client, room: str, **fields) -> None:
+    """Submits the room's configuration form with these fields changed
+    (`membersonly=False` sets `muc#roomconfig_membersonly`)."""
+    form = await client.plugin["xep_0045"].get_room_config(room, timeout=10)
+    form["type"] = "submit"
+    for name, value in fields.items():
+        form.field[f"muc#roomconfig_{name}"]["value"] = value
+    await client.plugin["xep_0045"].set_room_config(room, form, timeout=10)
+
+
 @dataclass
 class RoomPage:
     ids: list[str]

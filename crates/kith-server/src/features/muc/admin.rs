@@ -383,9 +383,7 @@ pub(super) async fn voice_request(
 ) -> Result<(), StanzaError> {
     let room = server.muc.existing(server, room_jid).await?;
     let mut room = room.lock().await;
-    let Some(nick) = room.nick_of(from).map(str::to_owned) else {
-        return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable));
-    };
+    let nick = room.occupant_nick(from)?;
     let Some(form) = message.get_child("x", kith_proto::ns::DATA_FORMS) else {
         return Err(StanzaError::bad_request());
     };

@@ -589,10 +589,7 @@ async fn groupchat(
     let room = server.muc.existing(server, room_jid).await?;
     let mut room = room.lock().await;
     // §7.4: only occupants may send to the room.
-    let Some(nick) = room.nick_of(from).map(str::to_owned) else {
-        return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
-            .with_text("join the room before sending to it"));
-    };
+    let nick = room.occupant_nick(from)?;
     let role = room.occupants.get(&nick).map_or(Role::None, |o| o.role);
     if message.has_child("subject", ns::CLIENT) && !message.has_child("body", ns::CLIENT) {
         // §8.1: changing the subject.
@@ -638,9 +635,7 @@ async fn private_message(
 ) -> Result<(), StanzaError> {
     let room = server.muc.existing(server, room_jid).await?;
     let room = room.lock().await;
-    let Some(nick) = room.nick_of(from) else {
-        return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable));
-    };
+    let nick = room.occupant_nick(from)?;
     let Some(target) = room.occupants.get(to_nick) else {
         return Err(StanzaError::item_not_found());
     };

@@ -203,6 +203,14 @@ impl Room {
             .map(|(nick, _)| nick.as_str())
     }
 
+    /// The nick of this session, which must be in the room: §7.4 / §7.5 answer
+    /// anyone else `<not-acceptable/>`.
+    pub(crate) fn occupant_nick(&self, full: &str) -> Result<String, StanzaError> {
+        self.nick_of(full).map(str::to_owned).ok_or_else(|| {
+            StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text("join the room first")
+        })
+    }
+
     /// The role of the occupant this session is (`None` if it is not in the room).
     pub(crate) fn role_of(&self, full: &str) -> Role {
         self.nick_of(full)
