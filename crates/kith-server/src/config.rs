@@ -25,6 +25,7 @@ pub struct Config {
     pub pep: PepSection,
     pub upload: UploadSection,
     pub web: WebSection,
+    pub muc: MucSection,
     pub log: LogSection,
 }
 
@@ -433,6 +434,63 @@ impl UploadSection {
     }
 }
 
+/// Group chats (XEP-0045 rooms; WhatsApp groups are persistent members-only rooms).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucSection {
+    /// Whether the group chat service runs.
+    pub enabled: bool,
+    /// The service lives at `<subdomain>.<domain>`.
+    pub subdomain: String,
+    /// Members (member, admin, owner) one group may have.
+    pub max_members: usize,
+    /// Occupants in one room at once.
+    pub max_occupants: usize,
+    /// Messages of history a client gets when it joins (XEP-0045 §7.2.15), unless
+    /// it asks for fewer.
+    pub history_on_join: usize,
+    /// Server default for new rooms: a new member sees history from their joining
+    /// only (rooms may change it in their configuration).
+    pub history_from_join: bool,
+    /// Rooms one user may create.
+    pub max_rooms_per_user: usize,
+    /// Invite links are `<invite_base_url><token>`; default `https://<domain>/join/`.
+    pub invite_base_url: Option<String>,
+    /// Invite links one room may hold (revoked ones included).
+    pub max_invites_per_room: usize,
+}
+
+impl Default for MucSection {
+    fn default() -> Self {
+        MucSection {
+            enabled: true,
+            subdomain: "conference".to_owned(),
+            max_members: 1024,
+            max_occupants: 2048,
+            history_on_join: 20,
+            history_from_join: true,
+            max_rooms_per_user: 100,
+            invite_base_url: None,
+            max_invites_per_room: 50,
+        }
+    }
+}
+
+impl MucSection {
+    /// The service's domain for the server domain `domain`.
+    pub fn service_domain(&self, domain: &str) -> String {
+        format!("{}.{domain}", self.subdomain)
+    }
+
+    /// The URL of an invite link.
+    pub fn invite_url(&self, domain: &str, token: &str) -> String {
+        match &self.invite_base_url {
+            Some(base) => format!("{base}{token}"),
+            None => format!("https://{domain}/join/{token}"),
+        }
+    }
+}
+
 /// The inbox log: how long devices and messages are kept.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -722,6 +780,20 @@ impl Config {
             return Err(invalid(
                 "delivery.retention_days",
                 "must be at least 1".to_owned(),
+            ));
+        }
+        if self.muc.subdomain.is_empty()
+            || kith_proto::BareJid::new(&self.muc.service_domain(&self.server.domain)).is_err()
+        {
+            return Err(invalid(
+                "muc.subdomain",
+                "must make a valid domain name".to_owned(),
+            ));
+        }
+        if self.muc.max_members == 0 || self.muc.max_occupants == 0 {
+            return Err(invalid(
+                "muc.max_members",
+                "muc.max_members and muc.max_occupants must be positive".to_owned(),
             ));
         }
         self.push

@@ -56,6 +56,10 @@ pub(crate) async fn message_from_client(
 pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Committed> {
     let to = stanza.get_attr("to").and_then(|to| Jid::new(to).ok())?;
     let from = stanza.get_attr("from").and_then(|from| Jid::new(from).ok());
+    if server.muc.serves(server, to.domain().as_str()) {
+        Box::pin(crate::features::muc::route(server, stanza, &to)).await;
+        return None;
+    }
     if to.domain().as_str() != server.domain {
         // RFC 6120 §10.4.3: no route to other domains (yet).
         bounce(
@@ -468,7 +472,7 @@ fn stamp_stanza_id(message: &mut Element, recipient: &str) -> String {
 
 /// Whether a message is worth keeping for later (XEP-0160 §3, XEP-0334 hints):
 /// chat states and no-store hints alone are not.
-fn storable(message: &Element) -> bool {
+pub(crate) fn storable(message: &Element) -> bool {
     const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
     const HINTS: &str = "urn:xmpp:hints";
     if message.has_child("no-store", HINTS) || message.has_child("no-permanent-store", HINTS) {

@@ -70,6 +70,8 @@ pub struct Server {
     pep_visitors: features::pep::Visitors,
     /// XEP-0363 HTTP File Upload, when enabled.
     upload: Option<upload::Service>,
+    /// Group chats (XEP-0045).
+    muc: features::muc::Muc,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -119,6 +121,7 @@ impl Server {
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
         let https_tls = tls::server_config(&certificate, &[b"http/1.1"])?;
         let config_caps = config.pep.caps_cache_size;
+        let muc = features::muc::Muc::new(&config);
         let server = Arc::new(Server {
             domain: config.server.domain.clone(),
             registrations: RateLimiter::new(config.registration.max_per_ip_per_hour, 3600),
@@ -141,6 +144,7 @@ impl Server {
             api,
             caps: features::pep::caps::Caps::new(config_caps),
             pep_visitors: features::pep::Visitors::default(),
+            muc,
         });
 
         let mut tasks = JoinSet::new();

@@ -59,6 +59,7 @@ mod devices;
 mod edit;
 mod error;
 mod migrate;
+mod muc;
 mod pep;
 mod phone;
 mod push;
@@ -78,6 +79,7 @@ pub use archive::{
     Paging,
 };
 pub use error::{Result, StoreError};
+pub use muc::{RoomAffiliation, RoomInvite, StoredRoom};
 pub use pep::{PepItem, PepNode, PepNodeConfig, PepWrite};
 pub use phone::{DeviceCredential, LinkRequest, PhoneClaim, VerificationCode};
 pub use push::{PushEnabled, PushKind, PushRegistration};
@@ -276,11 +278,14 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// All usernames, sorted byte-wise.
+    /// All usernames (accounts, not rooms), sorted byte-wise.
     pub async fn list_users(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT username FROM users")
-            .fetch_all(&self.pool)
-            .await?;
+        // Rooms own logs (their archives) but are not accounts.
+        let rows = sqlx::query(
+            "SELECT username FROM users WHERE username NOT IN (SELECT jid FROM muc_rooms)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         sorted_strings(&rows, "username")
     }
 

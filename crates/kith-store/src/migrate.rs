@@ -432,6 +432,63 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
     },
     Migration {
+        version: 20,
+        name: "group chat rooms (XEP-0045): rooms, affiliations, invite links",
+        // A room's archive is an inbox log owned by the room's bare JID: each room
+        // gets a `users` row without usable credentials (a name with '@' can never
+        // sign in), so MAM, retraction tombstones and fan-out reuse the log.
+        sqlite: &[
+            "CREATE TABLE muc_rooms (
+            jid TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            config TEXT NOT NULL,
+            subject TEXT NOT NULL DEFAULT '',
+            subject_by TEXT NOT NULL DEFAULT '',
+            created_micros INTEGER NOT NULL
+        )",
+            "CREATE TABLE muc_affiliations (
+            room TEXT NOT NULL REFERENCES muc_rooms(jid) ON DELETE CASCADE,
+            jid TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            since_micros INTEGER NOT NULL,
+            PRIMARY KEY (room, jid)
+        )",
+            "CREATE INDEX muc_affiliations_jid ON muc_affiliations (jid)",
+            "CREATE TABLE muc_invites (
+            token TEXT NOT NULL PRIMARY KEY,
+            room TEXT NOT NULL REFERENCES muc_rooms(jid) ON DELETE CASCADE,
+            created_by TEXT NOT NULL,
+            created_micros INTEGER NOT NULL,
+            revoked INTEGER NOT NULL DEFAULT 0
+        )",
+            "CREATE INDEX muc_invites_room ON muc_invites (room)",
+        ],
+        postgres: &[
+            "CREATE TABLE muc_rooms (
+            jid TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            config TEXT NOT NULL,
+            subject TEXT NOT NULL DEFAULT '',
+            subject_by TEXT NOT NULL DEFAULT '',
+            created_micros BIGINT NOT NULL
+        )",
+            "CREATE TABLE muc_affiliations (
+            room TEXT NOT NULL REFERENCES muc_rooms(jid) ON DELETE CASCADE,
+            jid TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            since_micros BIGINT NOT NULL,
+            PRIMARY KEY (room, jid)
+        )",
+            "CREATE INDEX muc_affiliations_jid ON muc_affiliations (jid)",
+            "CREATE TABLE muc_invites (
+            token TEXT NOT NULL PRIMARY KEY,
+            room TEXT NOT NULL REFERENCES muc_rooms(jid) ON DELETE CASCADE,
+            created_by TEXT NOT NULL,
+            created_micros BIGINT NOT NULL,
+            revoked BIGINT NOT NULL DEFAULT 0
+        )",
+            "CREATE INDEX muc_invites_room ON muc_invites (room)",
+        ],
+    },
+    Migration {
         version: 30,
         name: "uploads (XEP-0363 slots and stored files)",
         // One row per slot; the file's bytes live in the blob store under the

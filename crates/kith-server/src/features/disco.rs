@@ -128,7 +128,7 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
 
 /// Answers `<query xmlns='http://jabber.org/protocol/disco#items'/>`: for an
 /// account, the PEP nodes the requester may read; for the server, its components
-/// (the XEP-0363 upload service) (XEP-0163 §… / XEP-0060 §5.2).
+/// (the XEP-0363 upload service, the XEP-0045 group service) (XEP-0163 §… / XEP-0060 §5.2).
 pub(crate) async fn items(session: &mut Session, request: &Request<'_>) -> Response {
     if request.set {
         // §4.1: disco is IQ-get only.
@@ -139,10 +139,19 @@ pub(crate) async fn items(session: &mut Session, request: &Request<'_>) -> Respo
     let owner = match &request.target {
         Target::Server => {
             no_node(node)?;
-            // XEP-0363 §3: the upload component is found among the server's items.
+            // XEP-0363 §3: the upload component is found among the server's items,
+            // and so is the group chat service (XEP-0045 §6.1).
             let mut query = query;
             if let Some(item) = crate::upload::disco_item(&session.server) {
                 query.push_child(item);
+            }
+            let server = &session.server;
+            if let Some(muc) = server.muc.domain(server) {
+                query.push_child(
+                    Element::new(ns::DISCO_ITEMS, "item")
+                        .attr("jid", muc)
+                        .attr("name", "Groups"),
+                );
             }
             return Ok(Some(query));
         }

@@ -166,8 +166,8 @@ fn archive_rule(prefs: &MamPrefs, full: &str, bare: &str) -> Option<bool> {
 
 /// A query as the client asked it, checked.
 #[derive(Debug, PartialEq)]
-struct ParsedQuery {
-    query: ArchiveQuery,
+pub(crate) struct ParsedQuery {
+    pub(crate) query: ArchiveQuery,
     queryid: Option<String>,
     /// §4.3.4: send the page newest first.
     flip: bool,
@@ -177,11 +177,26 @@ struct ParsedQuery {
 async fn query(session: &mut Session, payload: &Element) -> Response {
     let parsed = parse_query(payload)?;
     let server = session.server.clone();
-    let page = match server
-        .store
-        .archive_query(&session.username, &parsed.query)
-        .await
-    {
+    let to = session.jid.to_string();
+    let from = session.bare.to_string();
+    let (results, fin) = run_query(&server, &session.username, &parsed, &to, &from).await?;
+    for result in results {
+        session.reply(result);
+    }
+    Ok(Some(fin))
+}
+
+/// Runs a parsed query on `owner`'s log (a user, or a room's archive): the result
+/// messages (addressed `to` the requester, `from` the archive's JID) in the order
+/// to send them, and the `<fin/>`.
+pub(crate) async fn run_query(
+    server: &Server,
+    owner: &str,
+    parsed: &ParsedQuery,
+    to: &str,
+    from: &str,
+) -> Result<(Vec<Element>, Element), StanzaError> {
+    let page = match server.store.archive_query(owner, &parsed.query).await {
         Ok(page) => page,
         // §4.1.3 / §4.3.2: an id not in the archive.
         Err(ArchiveError::UnknownId(_)) => return Err(StanzaError::item_not_found()),
@@ -191,25 +206,20 @@ async fn query(session: &mut Session, payload: &Element) -> Response {
             return Err(StanzaError::internal());
         }
     };
-    let to = session.jid.to_string();
-    let from = session.bare.to_string();
     let queryid = parsed.queryid.as_deref();
     let mut results: Vec<Element> = page
         .items
         .iter()
-        .map(|entry| result_message(&to, &from, queryid, entry))
+        .map(|entry| result_message(to, from, queryid, entry))
         .collect();
     if parsed.flip {
         results.reverse();
     }
-    for result in results {
-        session.reply(result);
-    }
-    Ok(Some(fin(&page)))
+    Ok((results, fin(&page)))
 }
 
 /// Reads the `<query/>` of an archive query: the data form, RSM and flags.
-fn parse_query(payload: &Element) -> Result<ParsedQuery, StanzaError> {
+pub(crate) fn parse_query(payload: &Element) -> Result<ParsedQuery, StanzaError> {
     if payload.get_attr("node").is_some() {
         // XEP-0442 pubsub archives: a user archive has no nodes.
         return Err(StanzaError::item_not_found());
@@ -434,7 +444,7 @@ fn fin(page: &ArchivePage) -> Element {
 }
 
 /// §4.1.5: the fields a query may use.
-fn query_form() -> Element {
+pub(crate) fn query_form() -> Element {
     let field = |kind: &str, var: &str| {
         Element::new(ns::DATA_FORMS, "field")
             .attr("type", kind)

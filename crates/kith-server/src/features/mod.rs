@@ -9,6 +9,7 @@ pub mod carbons;
 pub mod disco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod pep;
 pub mod ping;
 pub mod presence;

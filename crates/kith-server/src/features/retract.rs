@@ -74,7 +74,7 @@ fn refers_to(message: &Element, id: &str) -> bool {
 }
 
 /// §6: what the archive keeps — the envelope and ids, no content.
-fn tombstone(original: &Element) -> Element {
+pub(crate) fn tombstone(original: &Element) -> Element {
     let mut kept = Element::new(&original.ns, &original.name);
     kept.attrs = original.attrs.clone();
     for child in original.elements() {
