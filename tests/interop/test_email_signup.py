@@ -194,3 +194,20 @@ async def test_password_sign_up_disabled_is_not_advertised_and_refused(backend, 
     finally:
         await pool.close_all()
         server_factory.stop(srv)
+
+
+async def test_smtp_failures_are_a_502_and_starttls_is_not_downgraded(backend, server_factory,
+                                                                     smtp):
+    """A relay without STARTTLS when `starttls = true` gets no mail (no plain-text
+    fallback); the client is told the code could not be sent."""
+    srv = server_factory.start("smtptls", backend, {
+        "registration": {"methods": ["email", "password"]},
+        "smtp": {**smtp.config(), "starttls": True, "timeout_secs": 5},
+    })
+    try:
+        mail = address("tls")
+        reply = await Api(srv).call("POST", "/register/email/start", {"email": mail})
+        assert reply.status == 502 and reply.error == "email_failed", reply
+        assert smtp.mails_to(mail.lower()) == []
+    finally:
+        server_factory.stop(srv)
