@@ -22,6 +22,7 @@ pub struct Config {
     pub push: PushSection,
     pub phone: PhoneSection,
     pub sms: SmsSection,
+    pub smtp: SmtpSection,
     pub pep: PepSection,
     pub upload: UploadSection,
     pub web: WebSection,
@@ -564,11 +565,67 @@ pub struct StorageSection {
     pub max_connections: u32,
 }
 
+/// A way to create an account.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SignupMethod {
+    /// Phone number + SMS code (`POST /api/v1/register/*`).
+    Phone,
+    /// Username + password: XEP-0077 in-band registration.
+    Password,
+    /// Email address + emailed code (`POST /api/v1/register/email/*`).
+    Email,
+}
+
+impl SignupMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignupMethod::Phone => "phone",
+            SignupMethod::Password => "password",
+            SignupMethod::Email => "email",
+        }
+    }
+}
+
+/// The SMTP relay that sends email sign-up codes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSection {
+    pub host: String,
+    pub port: u16,
+    /// The sender address; default `kith@<domain>`.
+    pub from: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Require STARTTLS (rustls, verified against the system's roots). Off only
+    /// for a relay on loopback.
+    pub starttls: bool,
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            host: "localhost".to_owned(),
+            port: 587,
+            from: None,
+            username: None,
+            password: None,
+            starttls: true,
+            timeout_secs: 10,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationSection {
     /// XEP-0077 in-band registration. Defaults to on only for the `localhost` domain.
+    /// The older switch for the `password` method; `methods` supersedes it.
     pub enabled: Option<bool>,
+    /// The sign-up methods allowed. Unset: `phone` (when `[phone] enabled`) and
+    /// `password` (per `enabled`, so on for `localhost` only); `email` only when listed.
+    pub methods: Option<Vec<SignupMethod>>,
     /// Accounts one source IP may create per hour.
     pub max_per_ip_per_hour: u32,
 }
@@ -650,6 +707,7 @@ impl Default for RegistrationSection {
     fn default() -> Self {
         RegistrationSection {
             enabled: None,
+            methods: None,
             max_per_ip_per_hour: 10,
         }
     }
@@ -822,6 +880,36 @@ impl Config {
         self.upload
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        if self
+            .smtp_from(&self.server.domain)
+            .parse::<lettre::message::Mailbox>()
+            .is_err()
+        {
+            return Err(invalid(
+                "smtp.from",
+                "not an email address (e.g. \"kith <kith@example.org>\")".to_owned(),
+            ));
+        }
+        if let (Some(methods), Some(enabled)) =
+            (&self.registration.methods, self.registration.enabled)
+            && methods.contains(&SignupMethod::Password) != enabled
+        {
+            return Err(invalid(
+                "registration.methods",
+                "registration.enabled contradicts \"password\" in registration.methods \
+                 (set only methods)"
+                    .to_owned(),
+            ));
+        }
+        if self.registration.methods.is_some()
+            && self.signup_allowed(SignupMethod::Phone)
+            && !self.phone.enabled
+        {
+            return Err(invalid(
+                "registration.methods",
+                "\"phone\" sign-up needs [phone] enabled = true".to_owned(),
+            ));
+        }
         if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
             return Err(invalid(
                 "limits.session_queue",
@@ -831,10 +919,44 @@ impl Config {
         Ok(())
     }
 
+    /// XEP-0077 in-band registration (the `password` sign-up method).
     pub fn registration_enabled(&self) -> bool {
-        self.registration
-            .enabled
-            .unwrap_or(self.server.domain == "localhost")
+        self.signup_allowed(SignupMethod::Password)
+    }
+
+    /// The sender of sign-up mail.
+    pub fn smtp_from(&self, domain: &str) -> String {
+        self.smtp
+            .from
+            .clone()
+            .unwrap_or_else(|| format!("kith@{domain}"))
+    }
+
+    /// Whether new accounts may be created with `method`.
+    pub fn signup_allowed(&self, method: SignupMethod) -> bool {
+        match &self.registration.methods {
+            Some(methods) => methods.contains(&method),
+            None => match method {
+                SignupMethod::Phone => self.phone.enabled,
+                SignupMethod::Password => self
+                    .registration
+                    .enabled
+                    .unwrap_or(self.server.domain == "localhost"),
+                SignupMethod::Email => false,
+            },
+        }
+    }
+
+    /// The allowed sign-up methods, in a stable order (for `GET /register/methods`).
+    pub fn signup_methods(&self) -> Vec<SignupMethod> {
+        [
+            SignupMethod::Phone,
+            SignupMethod::Password,
+            SignupMethod::Email,
+        ]
+        .into_iter()
+        .filter(|method| self.signup_allowed(*method))
+        .collect()
     }
 
     pub fn storage_url(&self) -> String {
@@ -865,6 +987,42 @@ mod tests {
         assert_eq!(config.server.domain, "localhost");
         assert!(config.registration_enabled());
         assert_eq!(config.limits.max_stanza_size, 262_144);
+    }
+
+    #[test]
+    fn signup_methods_switch() {
+        let config = Config::parse("", Path::new("k.toml")).expect("valid");
+        assert_eq!(
+            config.signup_methods(),
+            [SignupMethod::Phone, SignupMethod::Password]
+        );
+        let config = Config::parse("[server]\ndomain = \"example.org\"\n", Path::new("k.toml"))
+            .expect("valid");
+        assert_eq!(config.signup_methods(), [SignupMethod::Phone]);
+        let config = Config::parse(
+            "[registration]\nmethods = [\"email\", \"password\"]\n",
+            Path::new("k.toml"),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.signup_methods(),
+            [SignupMethod::Password, SignupMethod::Email]
+        );
+        assert!(!config.signup_allowed(SignupMethod::Phone));
+        for (text, key) in [
+            (
+                "[registration]\nmethods = []\nenabled = true\n",
+                "registration.methods",
+            ),
+            (
+                "[registration]\nmethods = [\"phone\"]\n[phone]\nenabled = false\n",
+                "registration.methods",
+            ),
+            ("[registration]\nmethods = [\"fax\"]\n", "k.toml:2:"),
+        ] {
+            let error = Config::parse(text, Path::new("k.toml")).expect_err(text);
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -135,7 +135,7 @@ fn content_type(path: &str) -> &'static str {
 /// CSP Level 3 (§6.7.2.9, "ws"/"wss" match "http"/"https"); the explicit `ws:`/
 /// `wss:` source for this host is for browsers that predate that rule. A Host
 /// header with anything but host-name characters is left out, not echoed.
-fn content_security_policy(headers: &HeaderMap) -> String {
+pub(crate) fn content_security_policy(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

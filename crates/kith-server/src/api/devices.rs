@@ -285,8 +285,8 @@ fn sha256(text: &str) -> Vec<u8> {
     Sha256::digest(text.as_bytes()).to_vec()
 }
 
-/// The link code as an SVG QR code.
-fn qr_svg(text: &str) -> Result<String, ApiError> {
+/// `text` (a link code, an invite URL) as an SVG QR code.
+pub(crate) fn qr_svg(text: &str) -> Result<String, ApiError> {
     let code = qrcode::QrCode::new(text.as_bytes()).map_err(ApiError::internal)?;
     Ok(code
         .render::<qrcode::render::svg::Color<'_>>()

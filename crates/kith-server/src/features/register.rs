@@ -55,8 +55,14 @@ async fn register(server: &Server, ip: IpAddr, encrypted: bool, iq: &Element) ->
         return Err(StanzaError::service_unavailable());
     }
     if !server.config.registration_enabled() {
-        // §3.1: a host without in-band registration MUST return <service-unavailable/>.
-        return Err(StanzaError::service_unavailable());
+        // §3.1: a host without in-band registration MUST answer the get with
+        // <service-unavailable/>; a set anyway is refused as <not-allowed/>
+        // (password sign-up is switched off by `[registration] methods`).
+        return Err(if kind == "get" {
+            StanzaError::service_unavailable()
+        } else {
+            StanzaError::not_allowed().with_text("password sign-up is not enabled on this server")
+        });
     }
     if !encrypted {
         return Err(StanzaError::new(StanzaErrorCondition::PolicyViolation)

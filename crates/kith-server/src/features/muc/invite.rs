@@ -132,33 +132,7 @@ pub(super) async fn links(
     let is_admin = affiliation >= Affiliation::Admin;
     match (payload.name.as_str(), set) {
         ("create", true) => {
-            if !(is_admin || (room.config.allow_invites && affiliation.is_member())) {
-                return Err(
-                    StanzaError::forbidden().with_text("only admins can create invite links")
-                );
-            }
-            let existing = server
-                .store
-                .muc_invites(&room.jid)
-                .await
-                .map_err(internal)?;
-            if existing.len() >= server.config.muc.max_invites_per_room {
-                return Err(
-                    StanzaError::not_allowed().with_text("this group has too many invite links")
-                );
-            }
-            let invite = RoomInvite {
-                token: crate::random_id(24),
-                room: room.jid.clone(),
-                created_by: requester.to_owned(),
-                created_micros: crate::now_micros(),
-                revoked: false,
-            };
-            server
-                .store
-                .muc_create_invite(&invite)
-                .await
-                .map_err(internal)?;
+            let invite = create_invite(server, room, requester).await?;
             Ok(Some(invite_element(server, &invite)))
         }
         ("list", false) => {
@@ -177,22 +151,10 @@ pub(super) async fn links(
             Ok(Some(list))
         }
         ("revoke", true) => {
-            if !is_admin {
-                return Err(
-                    StanzaError::forbidden().with_text("only admins can revoke invite links")
-                );
-            }
             let token = payload
                 .get_attr("token")
                 .ok_or_else(StanzaError::bad_request)?;
-            if !server
-                .store
-                .muc_revoke_invite(&room.jid, token)
-                .await
-                .map_err(internal)?
-            {
-                return Err(StanzaError::item_not_found());
-            }
+            revoke_invite(server, room, token, requester).await?;
             Ok(None)
         }
         ("redeem", true) => {
@@ -201,6 +163,130 @@ pub(super) async fn links(
         }
         _ => Err(StanzaError::bad_request()),
     }
+}
+
+/// Creates an invite link to `room` for `requester`: admins and owners, and
+/// members when the group lets members add members. Shared by the IQ and
+/// `POST /api/v1/groups/{jid}/invite-links`.
+async fn create_invite(
+    server: &Server,
+    room: &Room,
+    requester: &str,
+) -> Result<RoomInvite, StanzaError> {
+    let affiliation = room.affiliation(requester);
+    if !(affiliation >= Affiliation::Admin
+        || (room.config.allow_invites && affiliation.is_member()))
+    {
+        return Err(StanzaError::forbidden().with_text("only admins can create invite links"));
+    }
+    let existing = server
+        .store
+        .muc_invites(&room.jid)
+        .await
+        .map_err(internal)?;
+    if existing.len() >= server.config.muc.max_invites_per_room {
+        return Err(StanzaError::not_allowed().with_text("this group has too many invite links"));
+    }
+    let invite = RoomInvite {
+        token: crate::random_id(24),
+        room: room.jid.clone(),
+        created_by: requester.to_owned(),
+        created_micros: crate::now_micros(),
+        revoked: false,
+    };
+    server
+        .store
+        .muc_create_invite(&invite)
+        .await
+        .map_err(internal)?;
+    Ok(invite)
+}
+
+/// Revokes one of `room`'s invite links (admins and owners).
+async fn revoke_invite(
+    server: &Server,
+    room: &Room,
+    token: &str,
+    requester: &str,
+) -> Result<(), StanzaError> {
+    if room.affiliation(requester) < Affiliation::Admin {
+        return Err(StanzaError::forbidden().with_text("only admins can revoke invite links"));
+    }
+    if !server
+        .store
+        .muc_revoke_invite(&room.jid, token)
+        .await
+        .map_err(internal)?
+    {
+        return Err(StanzaError::item_not_found());
+    }
+    Ok(())
+}
+
+/// For the HTTP API: a new invite link to the group `room_jid` by `requester`
+/// (a local bare JID); returns it with its URL.
+pub(crate) async fn create_link(
+    server: &Arc<Server>,
+    room_jid: &str,
+    requester: &str,
+) -> Result<(RoomInvite, String), StanzaError> {
+    let room = server.muc.existing(server, room_jid).await?;
+    let room = room.lock().await;
+    let invite = create_invite(server, &room, requester).await?;
+    let url = server.config.muc.invite_url(&server.domain, &invite.token);
+    Ok((invite, url))
+}
+
+/// For the HTTP API: revokes an invite link of the group `room_jid`.
+pub(crate) async fn revoke_link(
+    server: &Arc<Server>,
+    room_jid: &str,
+    token: &str,
+    requester: &str,
+) -> Result<(), StanzaError> {
+    let room = server.muc.existing(server, room_jid).await?;
+    let room = room.lock().await;
+    revoke_invite(server, &room, token, requester).await
+}
+
+/// For the HTTP API: what an invite link shows before joining — the invite and
+/// the group's name. `None` for unknown tokens.
+pub(crate) async fn link_preview(
+    server: &Arc<Server>,
+    token: &str,
+) -> Result<Option<(RoomInvite, String)>, StanzaError> {
+    let Some(invite) = server.store.muc_invite(token).await.map_err(internal)? else {
+        return Ok(None);
+    };
+    let room = server.muc.existing(server, &invite.room).await?;
+    let name = room.lock().await.config.name.clone();
+    Ok(Some((invite, name)))
+}
+
+/// For the HTTP API: `requester` joins through the link `token`, exactly as the
+/// `<redeem/>` IQ does. Returns the room's JID.
+pub(crate) async fn redeem_link(
+    server: &Arc<Server>,
+    token: &str,
+    requester: &str,
+) -> Result<String, StanzaError> {
+    let invite = server
+        .store
+        .muc_invite(token)
+        .await
+        .map_err(internal)?
+        .ok_or_else(StanzaError::item_not_found)?;
+    if invite.revoked {
+        // Over HTTP a revoked link is gone (410), like a deleted page.
+        return Err(
+            StanzaError::new(kith_proto::error::StanzaErrorCondition::Gone)
+                .with_text("this invite link was revoked"),
+        );
+    }
+    let room = server.muc.existing(server, &invite.room).await?;
+    let mut room = room.lock().await;
+    join_by_invite(server, &mut room, &invite, requester).await?;
+    Ok(room.jid.clone())
 }
 
 fn invite_element(server: &Server, invite: &RoomInvite) -> Element {
@@ -270,16 +356,14 @@ async fn join_by_invite(
 }
 
 /// Creates a group owned by `owner` (a local bare JID) with a name and members
-/// (bare JIDs), for `POST /api/v1/groups`. Returns the room's JID.
-///
-/// TODO(lead): the HTTP route waits for the API's authentication; it should
-/// call this with the authenticated user as `owner`.
-#[allow(dead_code)]
+/// (bare JIDs), for `POST /api/v1/groups`; an announcement group lets only
+/// admins and owners speak (moderated, §7.4). Returns the room's JID.
 pub(crate) async fn create_group(
     server: &Arc<Server>,
     owner: &str,
     name: &str,
     members: &[String],
+    announcement: bool,
 ) -> Result<String, StanzaError> {
     if members.len() + 1 > server.config.muc.max_members {
         return Err(super::history::group_full());
@@ -294,6 +378,7 @@ pub(crate) async fn create_group(
     let mut room = room.lock().await;
     let mut config = room.config.clone();
     config.name = name.chars().take(1024).collect();
+    config.moderated = announcement;
     let text = serde_json::to_string(&config).map_err(internal)?;
     server
         .store

@@ -22,7 +22,7 @@
 mod admin;
 mod form;
 mod history;
-mod invite;
+pub(crate) mod invite;
 mod room;
 
 use std::collections::{BTreeMap, HashMap};
