@@ -118,7 +118,7 @@ async def test_a_group_made_in_the_browser_is_a_room_members_talk_in(peers, tab)
 
     # Invite link: create, redeem by a non-member, revoke, refused afterwards.
     await page.get_by_role("button", name="Create link").click()
-    link = page.get_by_label("Invite link")
+    link = page.get_by_role("textbox", name="Invite link")
     await expect(link).to_have_value(re.compile(r"/join/"))
     token = (await link.input_value()).rsplit("/", 1)[-1]
     joined = await invite_iq(c, SERVICE, "redeem", token=token)

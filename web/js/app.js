@@ -105,7 +105,7 @@ export class App extends EventTarget {
     if (el.localName === 'presence') return this.onPresence(el);
     if (el.localName !== 'message') return;
     const invited = el.getAttribute('type') !== 'error' && groups.invitedTo(el);
-    if (invited && domainOf(invited) === this.service) this.onAddedToGroup(invited, childText(el, 'body'));
+    if (invited && domainOf(invited) === this.service) return this.onAddedToGroup(invited, childText(el, 'body'));
     const result = child(el, 'result', NS.MAM);
     if (result) {
       const q = this.mamQueries.get(result.getAttribute('queryid'));
