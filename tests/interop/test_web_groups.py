@@ -178,5 +178,6 @@ async def test_profile_name_and_about_are_published_in_pep(peers, tab):
     assert nick.xml.find(".//{http://jabber.org/protocol/nick}nick").text == "Alice Liddell"
     # and the settings screen shows it again after a reload
     await page.reload()
+    await page.wait_for_function("() => performance.getEntriesByName('kith:synced').length > 0")  # profile loaded
     await page.get_by_role("button", name="Profile and settings").click()
     await expect(page.get_by_label("About")).to_have_value("Down the rabbit hole")

@@ -709,7 +709,7 @@ export class App extends EventTarget {
 
   /** "About": the NOTE of the XEP-0292 vCard4 in PEP (features/profile.rs). */
   async fetchAbout(jid) {
-    const res = await this.conn.iq(x('iq', { type: 'get', to: jid === this.me ? undefined : jid },
+    const res = await this.conn.iq(x('iq', { type: 'get', to: jid },
       x('pubsub', { xmlns: NS.PUBSUB }, x('items', { node: NS.VCARD4_NODE, max_items: '1' }))));
     const item = child(child(child(res, 'pubsub', NS.PUBSUB), 'items', NS.PUBSUB), 'item', NS.PUBSUB);
     return childText(child(child(item, 'vcard', NS.VCARD4), 'note', NS.VCARD4), 'text', NS.VCARD4) || '';
