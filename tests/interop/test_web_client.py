@@ -471,21 +471,8 @@ async def test_a_shared_file_link_shows_as_a_document(peers, tabs, server):
     link = tab.page.get_by_role("link", name="minutes 2026.pdf")
     await expect(link).to_have_attribute("href", url)
     await expect(tab.chat_row(re.compile(bob.name))).to_contain_text("minutes 2026.pdf")
-    # no upload service on this server yet: no attach button
-    await expect(tab.page.get_by_role("button", name="Attach a file")).to_be_hidden()
-
-
-@on_module_loop
-async def test_phone_sign_in_says_clearly_when_the_server_has_no_accounts_api(tabs):
-    """Phone sign-in speaks the accounts HTTP API; without it the page says so."""
-    tab = await tabs()
-    page = tab.page
-    await page.get_by_role("tab", name="Phone number").click()
-    await page.get_by_role("textbox", name="Phone number").fill("+44 20 7946 0958")
-    await page.get_by_role("button", name="Send code").click()
-    await expect(page.get_by_role("alert")).to_have_text("This server does not offer phone sign-in.")
-    # the 404 of the API call itself is the one error the browser logs
-    tab.errors = [e for e in tab.errors if "404" not in e]
+    # the server has an upload service (XEP-0363): files can be attached
+    await expect(tab.page.get_by_role("button", name="Attach a file")).to_be_visible()
 
 
 @on_module_loop

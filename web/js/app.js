@@ -4,9 +4,10 @@
 // Future modules (phone sign-in, linked devices, groups on MUC, media via
 // HTTP upload, PEP profile) plug in beside it and speak their own protocols
 // through the same Connection.
-import { NS, x, form, child, children, childText, bare, uid } from './xmpp/xml.js';
+import { NS, x, form, child, children, childText, bare, uid, domainOf } from './xmpp/xml.js';
+import * as groups from './groups.js';
 import * as chat from './chat.js';
-import { outbox, readMarks, snapshot } from './store.js';
+import { outbox, readMarks, snapshot, groupList } from './store.js';
 import * as upload from './upload.js';
 
 const TICKS = { pending: 0, sent: 1, delivered: 2, read: 3 };
@@ -24,6 +25,8 @@ export class App extends EventTarget {
     this.mamQueries = new Map();
     this.profile = { name: '', avatar: null };
     this.openJid = null;
+    this.service = groups.serviceOf(domainOf(this.me));
+    for (const [room, g] of Object.entries(groupList.get())) this.chat(room).group = { ...g, joined: false, role: 'none', affiliation: 'member' };
     for (const c of snapshot.get() || []) {
       const entry = this.chat(c.jid);
       Object.assign(entry, { name: c.name, preview: c.preview, activity: c.activity, snapshotUnread: c.unread });
@@ -65,6 +68,7 @@ export class App extends EventTarget {
         upload.discover(this.conn).then((service) => { this.upload = service; }, () => { this.upload = null; }),
       ]);
       await this.loadRecent().catch((e) => console.warn('kith: history unavailable', e));
+      for (const c of this.chats.values()) if (c.group) this.joinGroup(c.jid);
     }
     await this.flushOutbox(!resumed);
     this.onVisibility();
@@ -100,6 +104,8 @@ export class App extends EventTarget {
     }
     if (el.localName === 'presence') return this.onPresence(el);
     if (el.localName !== 'message') return;
+    const invited = el.getAttribute('type') !== 'error' && groups.invitedTo(el);
+    if (invited && domainOf(invited) === this.service) return this.onAddedToGroup(invited, childText(el, 'body'));
     const result = child(el, 'result', NS.MAM);
     if (result) {
       const q = this.mamQueries.get(result.getAttribute('queryid'));
@@ -115,15 +121,17 @@ export class App extends EventTarget {
       if (carbon) {
         if (from && bare(from) !== this.me) return;
         const inner = child(child(carbon, 'forwarded', NS.FORWARD), 'message');
-        if (inner) this.apply(chat.read(inner, this.me), { live: true, carbon: true });
+        if (inner) this.apply(chat.read(inner, this.me, { mine: this.mine }), { live: true, carbon: true });
         return;
       }
     }
-    this.apply(chat.read(el, this.me), { live: true });
+    if (el.getAttribute('type') === 'groupchat') return this.onGroupMessage(el);
+    this.apply(chat.read(el, this.me, { mine: this.mine }), { live: true });
   }
 
   onPresence(el) {
     const from = bare(el.getAttribute('from'));
+    if (domainOf(from) === this.service) return this.onGroupPresence(el);
     const type = el.getAttribute('type');
     if (!from || from === this.me) return;
     if (type === 'subscribe') {
@@ -176,7 +184,7 @@ export class App extends EventTarget {
     }
     const m = {
       id: ev.id || uid(), stanzaId: ev.stanzaId, from: ev.from, outgoing: ev.outgoing, body: ev.body,
-      time: ev.time, replyTo: ev.replyTo, geo: ev.geo, media: ev.media || null, retracted: !!ev.retracted, edited: false,
+      time: ev.time, nick: ev.outgoing ? null : ev.nick, replyTo: ev.replyTo, geo: ev.geo, media: ev.media || null, retracted: !!ev.retracted, edited: false,
       reactions: {}, state: ev.outgoing ? 'sent' : null,
     };
     c.byId.set(m.id, m);
@@ -188,7 +196,7 @@ export class App extends EventTarget {
     for (const effect of this.effects.get(m.id) || []) this.applyEffect(c, effect);
     this.effects.delete(m.id);
     if (!ev.outgoing && live && !carbon) {
-      if (ev.wantsReceipt) this.conn.send(chat.receipt(ev.peer, m.id, uid()));
+      if (ev.wantsReceipt && !ev.group) this.conn.send(chat.receipt(ev.peer, m.id, uid()));
       c.typing = false;
       if (ev.markable) m.markable = true;
       this.notify(c, m);
@@ -245,14 +253,15 @@ export class App extends EventTarget {
   }
 
   // ---- history (XEP-0313) ------------------------------------------------------------------
-  async mam({ with: peer, before = '', max = PAGE, fulltext } = {}) {
+  async mam({ with: peer, room, before = '', max = PAGE, fulltext } = {}) {
     const queryid = uid();
     const items = [];
     this.mamQueries.set(queryid, items);
     try {
-      const fields = { with: peer };
+      // A group's history is the room's own archive (XEP-0313 §6, to the room).
+      const fields = { with: room ? undefined : peer };
       if (fulltext) fields['{urn:xmpp:fulltext:0}fulltext'] = fulltext;
-      const res = await this.conn.iq(x('iq', { type: 'set' },
+      const res = await this.conn.iq(x('iq', { type: 'set', to: room },
         x('query', { xmlns: NS.MAM, queryid }, form(NS.MAM, fields),
           x('set', { xmlns: NS.RSM }, x('max', {}, String(max)), x('before', {}, before)))));
       const fin = child(res, 'fin', NS.MAM);
@@ -264,7 +273,7 @@ export class App extends EventTarget {
   }
 
   applyArchived(items) {
-    for (const it of items) this.apply(chat.read(it.el, this.me, { stamp: it.stamp, archiveId: it.archiveId }));
+    for (const it of items) this.apply(chat.read(it.el, this.me, { stamp: it.stamp, archiveId: it.archiveId, mine: this.mine }));
   }
 
   async loadRecent() {
@@ -280,7 +289,7 @@ export class App extends EventTarget {
     try {
       await this.conn.whenReady();
       const oldest = c.loadedHistory ? c.messages.find((m) => m.stanzaId)?.stanzaId || '' : '';
-      const page = await this.mam({ with: jid, before: oldest });
+      const page = await this.mam(c.group ? { room: jid, before: oldest } : { with: jid, before: oldest });
       this.applyArchived(page.items);
       c.loadedHistory = true;
       c.complete = page.complete || page.items.length === 0;
@@ -295,7 +304,7 @@ export class App extends EventTarget {
 
   async search(text) {
     const page = await this.mam({ fulltext: text, max: 20 });
-    return page.items.map((it) => chat.read(it.el, this.me, { stamp: it.stamp, archiveId: it.archiveId }))
+    return page.items.map((it) => chat.read(it.el, this.me, { stamp: it.stamp, archiveId: it.archiveId, mine: this.mine }))
       .flat().filter((e) => e.kind === 'message' && e.body);
   }
 
@@ -303,15 +312,18 @@ export class App extends EventTarget {
   send(jid, body, { replyTo, geo, media } = {}) {
     const id = uid();
     const c = this.chat(jid);
-    const reply = replyTo ? { id: replyTo.id, from: replyTo.outgoing ? this.me : jid, body: replyTo.body } : null;
-    const stanza = chat.message({ id, to: jid, body, replyTo: reply, geo, media });
+    const reply = replyTo ? { id: replyTo.id, from: replyTo.outgoing ? this.me : c.group ? replyTo.from : jid, body: replyTo.body } : null;
+    const stanza = this.typed(jid, chat.message({ id, to: jid, body, replyTo: reply, geo, media }));
     const m = { id, from: this.me, outgoing: true, body, time: Date.now(), state: 'pending', reactions: {},
       replyTo: reply ? { id: reply.id, quote: reply.body } : null, geo: geo || null, media: media || null, edited: false, retracted: false };
     c.byId.set(id, m);
     c.messages.push(m);
     c.activity = m.time;
     outbox.add({ id, to: jid, xml: String(stanza), time: m.time, body, reply: m.replyTo, geo: m.geo, media: m.media });
-    this.conn.send(stanza, id);
+    const g = c.group;
+    // Only occupants may write to a room (§7.4): a group message waits for the join.
+    if (g && !g.joined) this.joinGroup(jid).then(() => { if (!this.conn.pending(id)) this.conn.send(stanza, id); }, () => {});
+    else this.conn.send(stanza, id);
     this.changed(jid);
     return m;
   }
@@ -339,9 +351,10 @@ export class App extends EventTarget {
       const stored = new Set();
       for (const peer of new Set(items.map((i) => i.to))) {
         try {
-          const page = await this.mam({ with: peer, max: 50 });
+          if (this.chat(peer).group) await this.joinGroup(peer);
+          const page = await this.mam(this.chat(peer).group ? { room: peer, max: 50 } : { with: peer, max: 50 });
           for (const r of page.items) {
-            const ev = chat.read(r.el, this.me, { stamp: r.stamp, archiveId: r.archiveId })[0];
+            const ev = chat.read(r.el, this.me, { stamp: r.stamp, archiveId: r.archiveId, mine: this.mine })[0];
             if (ev?.outgoing && ev.id) stored.add(ev.id);
           }
           this.applyArchived(page.items);
@@ -361,7 +374,7 @@ export class App extends EventTarget {
   edit(jid, m, body) {
     m.body = body;
     m.edited = true;
-    this.conn.send(chat.correction(jid, m.id, uid(), body));
+    this.conn.send(this.typed(jid, chat.correction(jid, m.id, uid(), body)));
     this.changed(jid);
   }
 
@@ -369,7 +382,7 @@ export class App extends EventTarget {
     m.retracted = true;
     m.body = '';
     m.geo = null;
-    this.conn.send(chat.retraction(jid, m.id, uid()));
+    this.conn.send(this.typed(jid, chat.retraction(jid, m.id, uid())));
     this.changed(jid);
   }
 
@@ -377,12 +390,12 @@ export class App extends EventTarget {
     const mine = new Set(m.reactions[this.me] || []);
     if (mine.has(emoji)) mine.delete(emoji); else mine.add(emoji);
     if (mine.size) m.reactions[this.me] = [...mine]; else delete m.reactions[this.me];
-    this.conn.send(chat.reactions(jid, m.id, uid(), [...mine]));
+    this.conn.send(this.typed(jid, chat.reactions(jid, m.id, uid(), [...mine])));
     this.changed(jid);
   }
 
   typing(jid, state) {
-    if (this.conn.ready) this.conn.send(chat.chatState(jid, state));
+    if (this.conn.ready && !this.chat(jid).group) this.conn.send(chat.chatState(jid, state));
   }
 
   shareLocation(jid) {
@@ -396,10 +409,198 @@ export class App extends EventTarget {
   }
 
   /** Uploads a file (XEP-0363) and sends its link; the message joins the outbox once uploaded. */
-  async sendFile(jid, file) {
+  async sendFile(jid, file, caption = '') {
     if (!this.upload) throw new Error('This server does not accept files.');
     const url = await upload.upload(this.conn, this.upload, file);
-    return this.send(jid, url, { media: { url } });
+    const m = this.send(jid, url, { media: { url, name: file.name, size: file.size, type: file.type } });
+    if (caption) this.send(jid, caption); // a caption goes as the next message, as body-is-URL clients expect
+    return m;
+  }
+
+  // ---- groups (XEP-0045 rooms, groups.js) ----------------------------------------------------
+  /** Messages to a group are of type groupchat and go to the room (§7.4). */
+  typed(jid, stanza) {
+    if (this.chat(jid).group) stanza.attrs.type = 'groupchat';
+    return stanza;
+  }
+
+  /** Whether a room/nick (with its XEP-0421 occupant id) is this account. */
+  mine = (room, nick, occupantId) => {
+    const g = this.chats.get(room)?.group;
+    if (!g) return false;
+    return g.occupantId && occupantId ? g.occupantId === occupantId : nick === g.nick;
+  };
+
+  saveGroups() {
+    const all = {};
+    for (const c of this.chats.values()) {
+      if (c.group) all[c.jid] = { name: c.name || '', nick: c.group.nick, occupantId: c.group.occupantId || null };
+    }
+    groupList.set(all);
+  }
+
+  myNick() {
+    return (this.profile.name || this.me.split('@')[0]).slice(0, 40);
+  }
+
+  /** Enters the room; resolves once our own presence (status 110) arrives. */
+  joinGroup(room) {
+    const c = this.chat(room);
+    if (!c.group) c.group = { nick: this.myNick(), joined: false, role: 'none', affiliation: 'member' };
+    const g = c.group;
+    if (!g.nick) g.nick = this.myNick();
+    if (g.joined) return Promise.resolve(g);
+    if (!g.joining) {
+      g.joining = new Promise((resolve, reject) => {
+        g.settle = { resolve, reject };
+        setTimeout(() => reject(new Error('The group did not answer.')), 15000);
+      });
+      g.joining.catch(() => {}).finally(() => { g.joining = null; });
+      this.conn.send(groups.join(room, g.nick));
+      this.refreshGroupInfo(room);
+    }
+    return g.joining;
+  }
+
+  onGroupPresence(el) {
+    const room = bare(el.getAttribute('from'));
+    const c = this.chats.get(room);
+    if (!c?.group) return;
+    const g = c.group;
+    const full = el.getAttribute('from') || '';
+    const nick = full.slice(full.indexOf('/') + 1);
+    if (el.getAttribute('type') === 'error') {
+      const condition = child(el, 'error') ? [...child(el, 'error').children][0]?.localName : 'error';
+      if (condition === 'conflict' && !g.retried) {
+        // §7.2.9: the nick is in use by someone else: try again with a suffix.
+        g.retried = true;
+        g.nick = `${this.myNick()} ${this.me.split('@')[0].slice(-4)}`;
+        this.conn.send(groups.join(room, g.nick));
+        return;
+      }
+      g.settle?.reject(new Error(condition === 'registration-required' || condition === 'forbidden'
+        ? 'You are not a member of this group.' : `Could not open the group (${condition}).`));
+      if (condition === 'registration-required' || condition === 'forbidden') this.leftGroup(room);
+      return;
+    }
+    const self = groups.readSelfPresence(el);
+    if (!self || !(self.self || nick === g.nick)) return;
+    if (el.getAttribute('type') === 'unavailable') {
+      g.joined = false;
+      // §9.4 / §9.7: removed from the group (321 / 301) or the group was destroyed.
+      if (self.codes.has('321') || self.codes.has('301') || child(child(el, 'x', groups.MUC_USER), 'destroy')) this.leftGroup(room);
+      this.changed(room);
+      return;
+    }
+    Object.assign(g, { joined: true, nick, role: self.role, affiliation: self.affiliation });
+    if (self.occupantId) g.occupantId = self.occupantId;
+    g.settle?.resolve(g);
+    this.saveGroups();
+    this.changed(room);
+  }
+
+  leftGroup(room) {
+    const c = this.chat(room);
+    if (!c.group) return;
+    c.group.removed = true;
+    c.group.joined = false;
+    c.group.role = 'none';
+    c.group.affiliation = 'none';
+    this.changed(room);
+  }
+
+  async refreshGroupInfo(room) {
+    try {
+      const info = groups.readInfo(await this.conn.iq(groups.infoQuery(room)));
+      const c = this.chat(room);
+      // An unnamed room is shown by its local part: keep the name we know then.
+      if (info.name && info.name !== room.split('@')[0]) c.name = info.name;
+      c.group.announcement = info.announcement;
+      this.saveGroups();
+      this.changed(room);
+    } catch { /* not a member (any more) */ }
+  }
+
+  onGroupMessage(el) {
+    const room = bare(el.getAttribute('from'));
+    const c = this.chat(room);
+    if (!c.group) {
+      // A message from a group this browser did not know yet: we are a member.
+      c.group = { nick: this.myNick(), joined: false, role: 'none', affiliation: 'member' };
+      this.saveGroups();
+      this.joinGroup(room).catch(() => {});
+    }
+    const subject = childText(el, 'subject');
+    if (subject !== null && childText(el, 'body') === null) return;
+    this.apply(chat.read(el, this.me, { mine: this.mine }), { live: true });
+  }
+
+  onAddedToGroup(room, text) {
+    const c = this.chat(room);
+    const fresh = !c.group || c.group.removed;
+    if (fresh) c.group = { nick: this.myNick(), joined: false, role: 'none', affiliation: 'member' };
+    if (text && !c.messages.some((m) => m.system && m.body === text)) {
+      const m = { id: uid(), from: room, outgoing: false, body: text, time: Date.now(), system: true, reactions: {} };
+      c.byId.set(m.id, m);
+      c.messages.push(m);
+      c.activity = m.time;
+    }
+    this.saveGroups();
+    this.joinGroup(room).catch(() => {});
+    this.changed(room);
+  }
+
+  /** Creates a group named `name` with these members (WhatsApp-like: members-only, persistent). */
+  async createGroup(name, members) {
+    const room = groups.newRoomJid(domainOf(this.me));
+    const c = this.chat(room);
+    c.name = name;
+    c.group = { nick: this.myNick(), joined: false, role: 'none', affiliation: 'owner' };
+    await this.joinGroup(room);
+    await this.conn.iq(groups.configure(room, { roomname: name }));
+    c.name = name;
+    for (const jid of members) await this.conn.iq(groups.setAffiliation(room, jid, 'member'));
+    c.activity = Date.now();
+    this.saveGroups();
+    this.changed(room);
+    return c;
+  }
+
+  async groupMembers(room) {
+    const lists = await Promise.all(['owner', 'admin', 'member'].map((a) =>
+      this.conn.iq(groups.affiliationList(room, a)).then(groups.readAffiliations, () => [])));
+    return lists.flat();
+  }
+
+  async setAffiliation(room, jid, affiliation) {
+    await this.conn.iq(groups.setAffiliation(room, jid, affiliation));
+  }
+
+  async setAnnouncement(room, on) {
+    await this.conn.iq(groups.configure(room, { moderatedroom: on ? 1 : 0 }));
+    await this.refreshGroupInfo(room);
+  }
+
+  async renameGroup(room, name) {
+    await this.conn.iq(groups.configure(room, { roomname: name }));
+    this.chat(room).name = name;
+    this.saveGroups();
+    this.changed(room);
+  }
+
+  async inviteLinks(room) { return groups.readLinks(await this.conn.iq(groups.linkList(room))); }
+  async createInviteLink(room) {
+    const res = await this.conn.iq(groups.linkCreate(room));
+    return groups.readLink(child(res, 'invite', groups.INVITE));
+  }
+  async revokeInviteLink(room, token) { await this.conn.iq(groups.linkRevoke(room, token)); }
+
+  /** Whether this account may write in the group (announcement groups: admins only). */
+  maySend(room) {
+    const g = this.chats.get(room)?.group;
+    if (!g) return true;
+    if (g.removed) return false;
+    return !(g.joined && g.role === 'visitor');
   }
 
   // ---- read state --------------------------------------------------------------------------
@@ -422,7 +623,7 @@ export class App extends EventTarget {
     if (!last) return;
     const before = readMarks.get(jid);
     readMarks.set(jid, last.time);
-    if (last.markable && !last.markedRead && this.conn.ready) {
+    if (last.markable && !last.markedRead && this.conn.ready && !c.group) {
       last.markedRead = true;
       this.conn.send(chat.marker(jid, last.id, uid()));
     }
@@ -503,14 +704,33 @@ export class App extends EventTarget {
     try {
       this.profile = this.parseVcard(await this.conn.iq(x('iq', { type: 'get' }, x('vCard', { xmlns: NS.VCARD }))));
     } catch { /* no vCard yet */ }
+    this.profile.about = await this.fetchAbout(this.me).catch(() => '');
   }
 
-  async saveProfile({ name, avatar }) {
+  /** "About": the NOTE of the XEP-0292 vCard4 in PEP (features/profile.rs). */
+  async fetchAbout(jid) {
+    const res = await this.conn.iq(x('iq', { type: 'get', to: jid },
+      x('pubsub', { xmlns: NS.PUBSUB }, x('items', { node: NS.VCARD4_NODE, max_items: '1' }))));
+    const item = child(child(child(res, 'pubsub', NS.PUBSUB), 'items', NS.PUBSUB), 'item', NS.PUBSUB);
+    return childText(child(child(item, 'vcard', NS.VCARD4), 'note', NS.VCARD4), 'text', NS.VCARD4) || '';
+  }
+
+  /**
+   * Name and photo in vCard-temp (the server mirrors the photo into the PEP
+   * avatar, XEP-0398), the name also as the PEP nick (XEP-0172), the about
+   * text as the vCard4 NOTE (XEP-0292).
+   */
+  async saveProfile({ name, avatar, about = '' }) {
     const m = avatar && /^data:(image\/[a-z]+);base64,(.*)$/.exec(avatar);
     await this.conn.iq(x('iq', { type: 'set' }, x('vCard', { xmlns: NS.VCARD },
       x('FN', {}, name), x('NICKNAME', {}, name),
       m ? x('PHOTO', {}, x('TYPE', {}, m[1]), x('BINVAL', {}, m[2])) : null)));
-    this.profile = { name, avatar };
+    const publish = (node, payload) => this.conn.iq(x('iq', { type: 'set' },
+      x('pubsub', { xmlns: NS.PUBSUB }, x('publish', { node }, x('item', { id: 'current' }, payload)))));
+    if (name) await publish(NS.NICK, x('nick', { xmlns: NS.NICK }, name));
+    await publish(NS.VCARD4_NODE, x('vcard', { xmlns: NS.VCARD4 }, x('fn', {}, x('text', {}, name)),
+      about ? x('note', {}, x('text', {}, about)) : null));
+    this.profile = { name, avatar, about };
     this.changed();
   }
 
@@ -526,7 +746,7 @@ export class App extends EventTarget {
 
   sortedChats() {
     return [...this.chats.values()]
-      .filter((c) => c.messages.length || this.roster.has(c.jid) || c.preview || c.jid === this.openJid)
+      .filter((c) => c.messages.length || c.group || this.roster.has(c.jid) || c.preview || c.jid === this.openJid)
       .sort((a, b) => b.activity - a.activity || this.displayName(a.jid).localeCompare(this.displayName(b.jid)));
   }
 }

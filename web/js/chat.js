@@ -22,6 +22,15 @@ export function message({ id, to, body, replyTo, geo, media }) {
       geo.accuracy ? x('accuracy', {}, String(Math.round(geo.accuracy))) : null));
   }
   if (media) extra.push(x('x', { xmlns: NS.OOB }, x('url', {}, media.url)));
+  if (media?.name) {
+    // XEP-0447 §3 stateless file sharing, with XEP-0446 metadata, the URL as its source.
+    extra.push(x('file-sharing', { xmlns: 'urn:xmpp:sfs:0', disposition: 'inline' },
+      x('file', { xmlns: 'urn:xmpp:file:metadata:0' },
+        media.type ? x('media-type', {}, media.type) : null,
+        x('name', {}, media.name),
+        Number.isFinite(media.size) ? x('size', {}, String(media.size)) : null),
+      x('sources', {}, x('url-data', { xmlns: 'http://jabber.org/protocol/url-data', target: media.url }))));
+  }
   return x('message', { to, type: 'chat', id },
     x('body', {}, text),
     x('origin-id', { xmlns: NS.SID, id }),
@@ -72,16 +81,26 @@ export function parseGeo(el, body) {
  * {kind: 'message'|'receipt'|'marker'|'state'|'edit'|'retract'|'reactions', ...}.
  * `own` is our bare JID, `stamp` a delay/archive time if known.
  */
-export function read(el, own, { stamp, archiveId } = {}) {
-  const from = bare(el.getAttribute('from')) || own;
+export function read(el, own, { stamp, archiveId, mine } = {}) {
+  let from = bare(el.getAttribute('from')) || own;
   const to = bare(el.getAttribute('to')) || own;
-  const outgoing = from === own;
-  const peer = outgoing ? to : from;
+  let outgoing = from === own;
+  let peer = outgoing ? to : from;
+  let nick = null;
+  const full = el.getAttribute('from') || '';
+  if (el.getAttribute('type') === 'groupchat' && full.includes('/')) {
+    // A group message (XEP-0045 §7.4) comes from room/nick: the chat is the room;
+    // ours when the occupant id (XEP-0421) or nick is ours, else the occupant's.
+    peer = bare(full);
+    nick = full.slice(full.indexOf('/') + 1);
+    outgoing = !!mine?.(peer, nick, child(el, 'occupant-id', 'urn:xmpp:occupant-id:0')?.getAttribute('id'));
+    from = outgoing ? own : full;
+  }
   const delay = child(el, 'delay', NS.DELAY)?.getAttribute('stamp');
   const time = Date.parse(stamp || delay || '') || Date.now();
-  const stanzaId = archiveId || children(el, 'stanza-id', NS.SID).find((s) => s.getAttribute('by') === own)?.getAttribute('id') || null;
+  const stanzaId = archiveId || children(el, 'stanza-id', NS.SID).find((s) => s.getAttribute('by') === (nick !== null ? peer : own))?.getAttribute('id') || null;
   const id = child(el, 'origin-id', NS.SID)?.getAttribute('id') || el.getAttribute('id') || stanzaId;
-  const base = { peer, outgoing, time, from };
+  const base = { peer, outgoing, time, from, nick, group: nick !== null };
   const events = [];
   if (el.getAttribute('type') === 'error') return [{ ...base, kind: 'error', id, condition: child(el, 'error') ? [...child(el, 'error').children][0]?.localName : 'undefined-condition' }];
   const received = child(el, 'received', NS.RECEIPTS);

@@ -11,6 +11,7 @@ import * as accounts from './accounts.js';
 import { $, h, paintAvatar } from './ui/dom.js';
 import { mountChatList } from './ui/chatlist.js';
 import { mountConversation } from './ui/conversation.js';
+import { mountGroupDialogs } from './ui/group.js';
 
 const wsUrl = () => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/xmpp-websocket`;
 
@@ -129,6 +130,7 @@ $('signin-form').addEventListener('submit', (e) => {
 });
 
 let current = null;
+const SIGNED_OUT = 'This browser was signed out (its device was removed or the password changed). Please sign in again.';
 
 function start(creds, fresh) {
   const conn = new Connection({ url: wsUrl(), jid: creds.jid, resource: creds.resource, secret: creds.secret });
@@ -152,11 +154,21 @@ function start(creds, fresh) {
     if (state === 'failed') {
       $('signin-submit').disabled = false;
       $('signin-password').value = '';
-      if (!fresh) session.clear();
+      // A stored session, or one that was online in this page, was signed out
+      // (its device revoked, the password changed): forget it and say so.
+      const signedOut = !fresh || shown;
+      if (signedOut) session.clear();
       conn.close();
       current = null;
-      showSignIn(!fresh || error === 'credentials-expired'
-        ? 'This browser was signed out (its device was removed or the password changed). Please sign in again.'
+      if (signedOut && shown) {
+        // A clean page for the sign-in screen; the note survives the reload.
+        sessionStorage.setItem('kith.signed-out', '1');
+        location.hash = '';
+        location.reload();
+        return;
+      }
+      showSignIn(signedOut || error === 'credentials-expired'
+        ? SIGNED_OUT
         : error || 'Could not sign in.');
       return;
     }
@@ -204,6 +216,7 @@ function showApp(app) {
   }
 
   mountDialogs(app, openChat);
+  mountGroupDialogs(app, { openChat, getJid: () => convo.jid });
   list.render();
   performance.mark('kith:chat-list'); // painted (from the snapshot after a reload)
   const target = decodeURIComponent(location.hash.slice(1));
@@ -238,6 +251,7 @@ function mountDialogs(app, openChat) {
     avatar = app.profile.avatar;
     $('settings-jid').textContent = app.me;
     $('settings-name').value = app.profile.name || '';
+    $('settings-about').value = app.profile.about || '';
     paintAvatar($('settings-avatar'), app.profile.name || app.me, avatar);
     for (const r of document.querySelectorAll('input[name=theme]')) r.checked = r.value === prefs.get('theme', 'system');
     $('settings-notify').checked = prefs.get('notify', false);
@@ -253,8 +267,15 @@ function mountDialogs(app, openChat) {
       const res = await accounts.devices(app.token);
       list.replaceChildren(...(res.devices || []).map((d) => h('li', {},
         h('span', { class: 'grow', text: `${d.name}${d.current ? ' (this browser)' : ''}` }),
-        d.current ? null : h('button', { type: 'button', 'aria-label': `Remove ${d.name}`, onclick: async () => {
-          try { await accounts.revoke(app.token, d.id); } catch (err) { $('settings-error').textContent = err.message; }
+        h('button', { type: 'button', 'aria-label': `Remove ${d.name}${d.current ? ' (this browser)' : ''}`, onclick: async () => {
+          try {
+            await accounts.revoke(app.token, d.id);
+          } catch (err) {
+            $('settings-error').textContent = err.message;
+            return;
+          }
+          // Removing this browser's own device signs it out (the server ends the session).
+          if (d.current) { await signOut(); return; }
           renderDevices();
         } }, 'Remove'))));
     } catch (err) {
@@ -299,19 +320,20 @@ function mountDialogs(app, openChat) {
   $('settings-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     try {
-      await app.saveProfile({ name: $('settings-name').value.trim(), avatar });
+      await app.saveProfile({ name: $('settings-name').value.trim(), avatar, about: $('settings-about').value.trim() });
       sd.close();
     } catch (err) {
       $('settings-error').textContent = `Could not save: ${err.condition || err.message}`;
     }
   });
-  $('sign-out').addEventListener('click', async () => {
+  async function signOut() {
     await push.disable(app.conn).catch(() => {});
     await app.conn.close();
     session.clear();
     location.hash = '';
     location.reload();
-  });
+  }
+  $('sign-out').addEventListener('click', signOut);
 }
 
 /** An image file scaled down to a square JPEG data: URL for the vCard photo. */
@@ -328,4 +350,8 @@ const saved = session.get();
 if (saved?.jid && saved.keys) {
   start({ jid: saved.jid, resource: saved.resource, secret: { keys: saved.keys }, token: saved.token, deviceId: saved.deviceId }, false);
 }
-else showSignIn();
+else {
+  const note = sessionStorage.getItem('kith.signed-out');
+  sessionStorage.removeItem('kith.signed-out');
+  showSignIn(note ? SIGNED_OUT : '');
+}

@@ -61,3 +61,9 @@ export const snapshot = {
   get: () => load('chats', null),
   set: (chats) => save('chats', chats),
 };
+
+/** The groups this account is in, as far as this browser knows: {room: {name, nick, occupantId}}. */
+export const groupList = {
+  get: () => load('groups', {}),
+  set: (groups) => save('groups', groups),
+};

@@ -74,7 +74,7 @@ export function kindOf(url) {
   const path = (() => { try { return new URL(url).pathname.toLowerCase(); } catch { return ''; } })();
   if (/\.(jpe?g|png|gif|webp|avif)$/.test(path)) return 'image';
   if (/\.(mp4|webm|mov|m4v)$/.test(path)) return 'video';
-  if (/\.(mp3|m4a|ogg|oga|opus|wav|aac)$/.test(path)) return 'audio';
+  if (/\.(mp3|m4a|ogg|oga|opus|wav|aac|weba)$/.test(path)) return 'audio';
   return 'file';
 }
 

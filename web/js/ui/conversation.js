@@ -4,6 +4,7 @@
 import { $, h, clock, dayLabel, lastSeenText, paintAvatar } from './dom.js';
 import { readMarks } from '../store.js';
 import { kindOf, fileName } from '../upload.js';
+import { imageBubble, fileBubble, preview, trustHost, VoiceRecorder } from './media.js';
 
 const EMOJIS = ['👍', '❤️', '😂', '😮', '😢', '🙏'];
 const TICK_TEXT = { pending: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓' };
@@ -44,6 +45,7 @@ export function mountConversation(app, { onBack }) {
   }
 
   function status(c) {
+    if (c.group) return c.group.removed ? 'You are no longer a member' : c.group.announcement ? 'Only admins can send messages' : 'Group';
     if (c.typing) return 'typing…';
     if (c.online) return 'online';
     return c.lastSeen ? lastSeenText(c.lastSeen) : '';
@@ -61,11 +63,17 @@ export function mountConversation(app, { onBack }) {
     const st = $('chat-status');
     st.textContent = status(c);
     st.className = c.typing ? 'muted typing' : 'muted';
-    const blocked = app.blocked.has(jid);
+    const blocked = !c.group && app.blocked.has(jid);
+    $('block').hidden = !!c.group;
+    $('group-info').hidden = !c.group;
     $('block').setAttribute('aria-label', blocked ? 'Unblock contact' : 'Block contact');
     $('blocked-note').hidden = !blocked;
-    $('composer').hidden = blocked;
+    const maySend = app.maySend(jid);
+    $('group-note').hidden = maySend;
+    $('group-note').textContent = c.group?.removed ? 'You can no longer send messages to this group.' : 'Only admins can send messages to this group.';
+    $('composer').hidden = blocked || !maySend;
     $('attach').hidden = !app.upload;
+    $('record').hidden = !app.upload;
 
     const stick = forceEnd || atEnd();
     const focusedId = document.activeElement?.closest?.('.msg')?.dataset.id;
@@ -84,7 +92,12 @@ export function mountConversation(app, { onBack }) {
         dividerDone = true;
         prev = null;
       }
-      const cont = prev && prev.outgoing === m.outgoing && m.time - prev.time < GROUP_MS;
+      if (m.system) {
+        frag.append(h('p', { class: 'day system', text: m.body }));
+        prev = null;
+        continue;
+      }
+      const cont = prev && prev.outgoing === m.outgoing && prev.nick === m.nick && m.time - prev.time < GROUP_MS;
       frag.append(bubble(c, m, cont));
       prev = m;
     }
@@ -95,9 +108,11 @@ export function mountConversation(app, { onBack }) {
 
   function bubble(c, m, cont) {
     const kids = [];
+    // Groups: the sender's name on the first bubble of a run (their nick in the room).
+    if (c.group && !m.outgoing && m.nick && !cont) kids.push(h('span', { class: 'sender', text: m.nick }));
     if (m.replyTo) {
       const orig = c.byId.get(m.replyTo.id);
-      const who = orig ? (orig.outgoing ? 'You' : app.displayName(jid)) : '';
+      const who = orig ? (orig.outgoing ? 'You' : orig.nick || app.displayName(jid)) : '';
       kids.push(h('div', { class: 'quote' }, who ? h('strong', { text: who + ' ' }) : null,
         h('span', { text: orig ? (orig.retracted ? 'Deleted message' : orig.body) : m.replyTo.quote || '' })));
     }
@@ -139,20 +154,25 @@ export function mountConversation(app, { onBack }) {
     const { url } = m.media;
     const name = fileName(url);
     switch (kindOf(url)) {
-      case 'image':
-        return h('a', { class: 'media', href: url, target: '_blank', rel: 'noopener noreferrer' },
-          h('img', { src: url, alt: name, loading: 'lazy' }));
+      case 'image': return imageBubble(url);
       case 'video': return h('video', { class: 'media', src: url, controls: true, preload: 'metadata', 'aria-label': name });
-      case 'audio': return h('audio', { class: 'media', src: url, controls: true, preload: 'metadata', 'aria-label': name });
-      default:
-        return h('span', { class: 'file' }, '📄 ', h('a', { class: 'body', href: url, target: '_blank', rel: 'noopener noreferrer', download: name, text: name }));
+      case 'audio': return h('audio', { class: 'media', src: url, controls: true, preload: 'metadata', 'aria-label': /^voice-/.test(name) ? 'Voice note' : name });
+      default: return fileBubble(url);
     }
   }
 
   async function sendFiles(files) {
+    const images = files.filter((f) => /^image\//.test(f.type));
+    let caption = '';
+    if (images.length) {
+      // Images are shown before they go (WhatsApp-like), with an optional caption.
+      const answer = await preview(images);
+      if (!answer.send) files = files.filter((f) => !images.includes(f));
+      caption = answer.caption;
+    }
     for (const file of files) {
       try {
-        await app.sendFile(jid, file);
+        await app.sendFile(jid, file, images.includes(file) ? caption : '');
       } catch (err) {
         app.dispatchEvent(new CustomEvent('notice', { detail: { text: err.message } }));
       }
@@ -251,6 +271,25 @@ export function mountConversation(app, { onBack }) {
   input.addEventListener('paste', (e) => {
     const files = [...(e.clipboardData?.files || [])];
     if (app.upload && files.length) { e.preventDefault(); sendFiles(files); }
+  });
+  trustHost(app.me.split('@').pop());
+  const recorder = new VoiceRecorder();
+  $('record').addEventListener('click', async () => {
+    const button = $('record');
+    try {
+      if (!recorder.recording) {
+        await recorder.start();
+        button.setAttribute('aria-label', 'Stop and send the voice note');
+        button.classList.add('recording');
+        return;
+      }
+      button.setAttribute('aria-label', 'Record a voice note');
+      button.classList.remove('recording');
+      const file = await recorder.stop();
+      if (file) await sendFiles([file]);
+    } catch (err) {
+      app.dispatchEvent(new CustomEvent('notice', { detail: { text: err.message } }));
+    }
   });
   box.addEventListener('scroll', () => {
     if (!jid || box.scrollTop > 80) return;

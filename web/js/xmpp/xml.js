@@ -35,6 +35,10 @@ export const NS = {
   PUSH: 'urn:xmpp:push:0',
   FULLTEXT: 'urn:xmpp:fulltext:0',
   OOB: 'jabber:x:oob',
+  PUBSUB: 'http://jabber.org/protocol/pubsub',
+  NICK: 'http://jabber.org/protocol/nick',
+  VCARD4: 'urn:ietf:params:xml:ns:vcard-4.0',
+  VCARD4_NODE: 'urn:xmpp:vcard4',
 };
 
 const ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' };

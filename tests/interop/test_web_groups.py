@@ -1,0 +1,183 @@
+"""The web client's groups (issue 7) in Debian's Chromium: a group made in the
+browser is a XEP-0045 room that slixmpp members join and talk in; members,
+admins, announcement mode and invite links (`urn:kith:group-invite:0`) from the
+group info screen; group messages sent while the browser was away appear after
+reload (they come from the inbox log). Same fixtures as test_web_client.py:
+no console errors, every control labelled.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import async_playwright, expect
+from slixmpp.exceptions import IqError
+
+from kithtest.browser import Tab, chromium_path, launch
+from kithtest.muc import NS_USER, PLUGINS, SERVICE, invite_iq, is_groupchat, join, muc_item
+from kithtest.xmpp import ClientPool
+
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [
+    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser():
+    async with async_playwright() as p:
+        b = await launch(p)
+        yield b
+        await b.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def peers(server):
+    pool = ClientPool(server)
+    yield pool
+    await pool.close_all()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def tab(browser, server):
+    t = await Tab.open(browser, server)
+    yield t
+    unnamed = await t.unnamed_controls()
+    errors = list(t.errors)
+    await t.close()
+    assert not errors, f"console errors in the page: {errors}"
+    assert not unnamed, f"controls without an accessible name: {unnamed}"
+
+
+def is_invitation(m) -> bool:
+    x = m.xml.find(f"{{{NS_USER}}}x")
+    return getattr(m, "name", "") == "message" and x is not None and x.find(f"{{{NS_USER}}}invite") is not None
+
+
+async def create_group(tab: Tab, name: str, *members: str) -> None:
+    page = tab.page
+    await page.get_by_role("button", name="New group").click()
+    dialog = page.get_by_role("dialog", name="New group")
+    await dialog.get_by_label("Group name").fill(name)
+    await dialog.get_by_role("textbox", name=re.compile("^Members")).fill("\n".join(members))
+    await dialog.get_by_role("button", name="Create group").click()
+    await expect(page.locator("#chat-name")).to_have_text(name)
+
+
+@on_module_loop
+async def test_a_group_made_in_the_browser_is_a_room_members_talk_in(peers, tab):
+    alice, bob, carol = await peers.account("ga"), await peers.account("gb"), await peers.account("gc")
+    b = await peers.connect(bob, plugins=PLUGINS)
+    c = await peers.connect(carol, plugins=PLUGINS)
+    page = tab.page
+    await tab.sign_in(alice.jid, alice.password)
+    await create_group(tab, "Book club", bob.jid, carol.name)  # a bare name gets the domain
+    await expect(tab.chat_row(re.compile("Book club"))).to_be_visible()
+
+    # Both members are told (a mediated invitation from the room, XEP-0045 §7.8.2).
+    invited = await b.wait_message(is_invitation, what="invitation to bob")
+    room = invited["from"].bare
+    assert room.endswith("@" + SERVICE)
+    await c.wait_message(is_invitation, what="invitation to carol")
+
+    await join(b, room, "Bob")
+    b.send_message(mto=room, mbody="hello from bob", mtype="groupchat")
+    bubble = tab.bubble("hello from bob")
+    await expect(bubble).to_be_visible()
+    await expect(bubble.locator(".sender")).to_have_text("Bob")  # sender names in bubbles
+
+    await tab.send("hi all")
+    got = await b.wait_message(is_groupchat("hi all"), what="alice's group message at bob")
+    assert got["from"].resource  # from the room as alice's occupant nick
+    # carol never entered the room: the message still reaches her (her inbox log)
+    await c.wait_message(is_groupchat("hi all"), what="alice's group message at carol")
+    await expect(tab.bubble("hi all").locator(".tick")).to_have_attribute("aria-label", re.compile("Sent|Delivered|Read"))
+    await tab.shot("group-chat")
+
+    # Group info: members, make admin, remove, announcement mode.
+    await page.get_by_role("button", name="Group info").click()
+    page = page.get_by_role("dialog", name="Group info")  # the rest happens in this dialog
+    members = page.get_by_role("list", name="Members")
+    await expect(members.get_by_role("listitem")).to_have_count(3)
+    await expect(members).to_contain_text("Group owner")
+    await page.get_by_role("button", name=re.compile(f"^Make {bob.name} admin")).click()
+    admin = await b.wait_presence(lambda p: muc_item(p).get("affiliation") == "admin", what="bob made admin")
+    assert admin["from"].bare == room
+    await expect(members.get_by_role("listitem").filter(has_text=bob.name)).to_contain_text("Group admin")
+    await page.get_by_role("button", name=f"Remove {carol.name}").click()
+    await expect(members.get_by_role("listitem")).to_have_count(2)
+    listed = await b.plugin["xep_0045"].get_affiliation_list(room, "member", timeout=10)
+    assert carol.jid not in listed
+
+    await page.get_by_label("Only admins can send messages").check()
+    await expect(tab.page.locator("#chat-status")).to_have_text("Only admins can send messages")
+    info = await b.plugin["xep_0030"].get_info(jid=room, timeout=10)
+    assert "muc_moderated" in info["disco_info"]["features"]
+
+    # Invite link: create, redeem by a non-member, revoke, refused afterwards.
+    await page.get_by_role("button", name="Create link").click()
+    link = page.get_by_role("textbox", name="Invite link")
+    await expect(link).to_have_value(re.compile(r"/join/"))
+    token = (await link.input_value()).rsplit("/", 1)[-1]
+    joined = await invite_iq(c, SERVICE, "redeem", token=token)
+    assert joined.get("room") == room
+    await tab.shot("group-info")
+    await page.get_by_role("button", name="Revoke link").click()
+    await expect(link).to_have_value("")
+    dave = await peers.connect(await peers.account("gd"), plugins=PLUGINS)
+    with pytest.raises(IqError) as refused:
+        await invite_iq(dave, SERVICE, "redeem", token=token)
+    assert refused.value.iq["error"]["condition"] == "forbidden"
+    await page.get_by_role("button", name="Close").click()
+
+
+@on_module_loop
+async def test_group_messages_sent_while_the_browser_was_away_appear_after_reload(peers, tab):
+    alice, bob = await peers.account("go"), await peers.account("gp")
+    b = await peers.connect(bob, plugins=PLUGINS)
+    page = tab.page
+    await tab.sign_in(alice.jid, alice.password)
+    await create_group(tab, "Weekend", bob.jid)
+    room = (await b.wait_message(is_invitation, what="invitation"))["from"].bare
+    await join(b, room, "Bob")
+
+    await page.goto("about:blank")  # the browser goes away
+    b.send_message(mto=room, mbody="sent while you were away", mtype="groupchat")
+    await b.wait_message(is_groupchat("sent while you were away"), what="bob's own echo")
+    await page.goto(tab.base_url)
+    await expect(tab.chat_row(re.compile("Weekend"))).to_be_visible(timeout=15000)
+    await tab.chat_row(re.compile("Weekend")).click()
+    bubble = tab.bubble("sent while you were away")
+    await expect(bubble).to_be_visible()
+    await expect(bubble.locator(".sender")).to_have_text("Bob")
+    # and the browser is back in the room: its message reaches bob
+    await tab.send("back again")
+    await b.wait_message(is_groupchat("back again"), what="alice's message after reload")
+
+
+@on_module_loop
+async def test_profile_name_and_about_are_published_in_pep(peers, tab):
+    """Settings: the name goes out as the PEP nick (XEP-0172), the about text as
+    the vCard4 NOTE (XEP-0292), both read back here by another client of the account."""
+    alice = await peers.account("gq")
+    page = tab.page
+    await tab.sign_in(alice.jid, alice.password)
+    await page.get_by_role("button", name="Profile and settings").click()
+    await page.get_by_label("Your name").fill("Alice Liddell")
+    await page.get_by_label("About").fill("Down the rabbit hole")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.get_by_role("dialog", name="Profile and settings")).to_be_hidden()
+    other = await peers.connect(alice, plugins=PLUGINS + ("xep_0060",))
+    vcard = await other.plugin["xep_0060"].get_items(alice.jid, "urn:xmpp:vcard4", timeout=10)
+    text = "{urn:ietf:params:xml:ns:vcard-4.0}"
+    note = vcard.xml.find(f".//{text}note/{text}text")
+    assert note is not None and note.text == "Down the rabbit hole"
+    nick = await other.plugin["xep_0060"].get_items(alice.jid, "http://jabber.org/protocol/nick", timeout=10)
+    assert nick.xml.find(".//{http://jabber.org/protocol/nick}nick").text == "Alice Liddell"
+    # and the settings screen shows it again after a reload
+    await page.reload()
+    await page.wait_for_function("() => performance.getEntriesByName('kith:synced').length > 0")  # profile loaded
+    await page.get_by_role("button", name="Profile and settings").click()
+    await expect(page.get_by_label("About")).to_have_value("Down the rabbit hole")

@@ -1,0 +1,150 @@
+"""Phone sign-in and linked devices in the web client (issue 7), in Debian's
+Chromium against the zero-config server (console SMS sender: the test reads the
+code from the server log, as a developer would). The "phone" is a device made
+through the HTTP API with plain urllib; it approves the browser's link code.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import async_playwright, expect
+
+from kithtest.api import Api, us_number, wait_until
+from kithtest.browser import Tab, chromium_path, launch
+
+on_module_loop = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [
+    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
+]
+SIGNED_OUT = "This browser was signed out"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser():
+    async with async_playwright() as p:
+        b = await launch(p)
+        yield b
+        await b.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def tabs(browser, server):
+    opened: list[Tab] = []
+
+    async def open_tab() -> Tab:
+        t = await Tab.open(browser, server)
+        opened.append(t)
+        return t
+
+    yield open_tab
+    for t in opened:
+        unnamed = await t.unnamed_controls()
+        # A revoked device's own API calls answer 401: the one error the browser logs.
+        errors = [e for e in t.errors if "401" not in e]
+        await t.close()
+        assert not errors, f"console errors in the page: {errors}"
+        assert not unnamed, f"controls without an accessible name: {unnamed}"
+
+
+async def sms_code(server, phone: str, seen: int = 0) -> str:
+    """The code the console sender printed for `phone` (the `seen`-th one, from 0)."""
+    pattern = re.compile(rf"SMS code \(console sender\) phone={re.escape(phone)} code=(\d{{6}})")
+    found = await wait_until(lambda: len(pattern.findall(server.log_path.read_text(errors="replace"))) > seen,
+                             what="SMS code in the server log")
+    assert found
+    return pattern.findall(server.log_path.read_text(errors="replace"))[seen]
+
+
+async def phone_device(server, phone: str) -> dict:
+    """Signs `phone` up through the HTTP API (the user's phone): jid, device_id, credential."""
+    api = Api(server)
+    r = await api.call("POST", "/register/start", {"phone": phone})
+    assert r.status == 200, r
+    r = await api.call("POST", "/register/verify",
+                       {"phone": phone, "code": await sms_code(server, phone), "device_name": "Phone"})
+    assert r.status == 200, r
+    return r.body
+
+
+@on_module_loop
+async def test_phone_sign_in_with_the_sms_code_and_a_wrong_code_first(server, tabs):
+    tab = await tabs()
+    page = tab.page
+    phone = us_number()
+    await page.get_by_role("tab", name="Phone number").click()
+    await page.get_by_role("textbox", name="Phone number").fill(phone)
+    await page.get_by_role("button", name="Send code").click()
+    code = await sms_code(server, phone)
+    box = page.get_by_label("Code from the SMS")
+    await box.fill("000000" if code != "000000" else "111111")
+    await page.get_by_role("button", name="Verify").click()
+    await expect(page.get_by_role("alert").filter(has_text=re.compile(r"\w"))).to_be_visible()
+    await expect(page.get_by_role("list", name="Chat list")).to_be_hidden()
+    await box.fill(code)
+    await page.get_by_role("button", name="Verify").click()
+    await expect(page.get_by_role("list", name="Chat list")).to_be_visible(timeout=15000)
+    # the session persists across a reload
+    await page.reload()
+    await expect(page.get_by_role("list", name="Chat list")).to_be_visible(timeout=15000)
+    await page.get_by_role("button", name="Profile and settings").click()
+    await expect(page.locator("#settings-jid")).to_have_text(phone[1:] + "@localhost")
+    await expect(page.get_by_role("list").filter(has_text="(this browser)")).to_be_visible()
+    # a failed wrong-code request logs its 4xx in the console: expected here
+    tab.errors = [e for e in tab.errors if "status of 4" not in e]
+
+
+@on_module_loop
+async def test_linking_this_browser_by_code_then_revoking_it_signs_it_out(server, tabs):
+    phone = us_number()
+    owner = await phone_device(server, phone)
+    api = Api(server)
+    tab = await tabs()
+    page = tab.page
+    await page.get_by_role("tab", name="Link device").click()
+    await page.get_by_role("button", name="Show a link code").click()
+    await expect(page.get_by_alt_text("QR code of the link code")).to_be_visible()
+    code = (await page.locator("#link-code").text_content() or "").strip()
+    assert len(code) >= 6, code
+    r = await api.call("POST", "/link/approve", {"code": code}, token=owner["credential"])
+    assert r.status == 200, r
+    await expect(page.get_by_role("list", name="Chat list")).to_be_visible(timeout=15000)
+
+    # The browser's list shows the phone and itself; the phone sees the browser.
+    await page.get_by_role("button", name="Profile and settings").click()
+    devices = page.locator("#devices-list")
+    await expect(devices.get_by_role("listitem")).to_have_count(2)
+    await expect(devices).to_contain_text("Phone")
+    listed = await api.call("GET", "/devices", token=owner["credential"])
+    browser_device = next(d for d in listed.body["devices"] if not d["current"])
+    await tab.shot("linked-devices")
+    await page.get_by_role("button", name="Close").click()
+
+    # The phone revokes the browser: the page says so and shows sign-in.
+    r = await api.call("DELETE", f"/devices/{browser_device['id']}", token=owner["credential"])
+    assert r.status == 204
+    await expect(page.get_by_role("alert").filter(has_text=SIGNED_OUT)).to_be_visible(timeout=15000)
+    await expect(page.get_by_role("list", name="Chat list")).to_be_hidden()
+    await page.reload()  # and the stored session is gone
+    await expect(page.get_by_role("tab", name="Phone number")).to_be_visible()
+
+
+@on_module_loop
+async def test_removing_this_browser_in_its_own_device_list_signs_it_out(server, tabs):
+    phone = us_number()
+    owner = await phone_device(server, phone)
+    tab = await tabs()
+    page = tab.page
+    await page.get_by_role("tab", name="Phone number").click()
+    await page.get_by_role("textbox", name="Phone number").fill(phone)
+    await page.get_by_role("button", name="Send code").click()
+    await page.get_by_label("Code from the SMS").fill(await sms_code(server, phone, seen=1))
+    await page.get_by_role("button", name="Verify").click()
+    await expect(page.get_by_role("list", name="Chat list")).to_be_visible(timeout=15000)
+    await page.get_by_role("button", name="Profile and settings").click()
+    await page.get_by_role("button", name=re.compile(r"^Remove .*\(this browser\)$")).click()
+    await expect(page.get_by_role("tab", name="Phone number")).to_be_visible(timeout=15000)
+    listed = await Api(server).call("GET", "/devices", token=owner["credential"])
+    assert [d["name"] for d in listed.body["devices"]] == ["Phone"]
