@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::Server;
 use crate::features;
+use crate::limiter::ConnectionGuard;
 use crate::link::{Header, Link, LinkError, LinkRead, LinkWrite, TcpLink};
 use crate::session;
 
@@ -33,11 +34,11 @@ pub(crate) async fn accept_loop(server: Arc<Server>, listener: TcpListener, dire
         let _ = tcp.set_nodelay(true);
         let server = server.clone();
         tokio::spawn(async move {
-            let Some(_slot) = server.connections.try_open(peer.ip()) else {
+            let Some(slot) = server.connections.try_open(peer.ip()) else {
                 tracing::debug!(%peer, "too many connections from this address");
                 return;
             };
-            serve_tcp(&server, tcp, peer, direct_tls).await;
+            serve_tcp(&server, tcp, peer, direct_tls, slot).await;
         });
     }
 }
@@ -71,7 +72,13 @@ fn xml_error_text(condition: StreamErrorCondition) -> &'static str {
     }
 }
 
-async fn serve_tcp(server: &Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+async fn serve_tcp(
+    server: &Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+    slot: ConnectionGuard,
+) {
     let limits = limits(server);
     let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
     if direct_tls {
@@ -79,7 +86,7 @@ async fn serve_tcp(server: &Arc<Server>, tcp: TcpStream, peer: SocketAddr, direc
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 let link = TcpLink::new(tls, limits);
-                negotiate(server, link, peer.ip(), true, false).await;
+                negotiate(server, link, peer.ip(), true, false, slot).await;
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -95,7 +102,8 @@ async fn serve_tcp(server: &Arc<Server>, tcp: TcpStream, peer: SocketAddr, direc
             let acceptor = tokio_rustls::TlsAcceptor::from(server.starttls.clone());
             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    negotiate(server, TcpLink::new(tls, limits), peer.ip(), true, false).await
+                    let link = TcpLink::new(tls, limits);
+                    negotiate(server, link, peer.ip(), true, false, slot).await
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "STARTTLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "STARTTLS handshake timed out"),
@@ -216,13 +224,18 @@ async fn close<L: LinkWrite>(server: &Server, link: &mut L, opened: bool, ended:
     link.shutdown().await;
 }
 
-/// Negotiates SASL and resource binding on a link, then runs the session.
+/// Negotiates SASL and resource binding on a link, then starts the session.
+///
+/// The session runs in a task of its own, holding the connection's `slot`: the
+/// negotiation's task (sized for the TLS handshake, SASL and binding) ends here,
+/// so an idle session keeps only its own, smaller, state.
 pub(crate) async fn negotiate<L: Link>(
     server: &Arc<Server>,
     mut link: L,
     ip: IpAddr,
     secure: bool,
     _websocket: bool,
+    slot: ConnectionGuard,
 ) {
     let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
     let mut opened = false;
@@ -244,10 +257,12 @@ pub(crate) async fn negotiate<L: Link>(
     };
     let (reader, writer) = link.split();
     match negotiated {
-        // Boxed so the negotiation's state and the session's don't share one
-        // allocation sized for the larger of both.
         Negotiated::Bound(bound) => {
-            Box::pin(session::run(server.clone(), bound, reader, writer)).await
+            let server = server.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                session::run(server, bound, reader, writer).await
+            });
         }
         // The session task takes the link over and answers `<resumed/>` itself.
         Negotiated::Resume { permit, h } => {

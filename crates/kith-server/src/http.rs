@@ -76,11 +76,11 @@ async fn websocket(
         .max_message_size(limits.max_stanza_size)
         .max_frame_size(limits.max_stanza_size)
         .on_upgrade(move |socket| async move {
-            let Some(_slot) = server.connections.try_open(peer.ip()) else {
+            let Some(slot) = server.connections.try_open(peer.ip()) else {
                 return;
             };
             let link = WsLink::new(socket, limits);
-            crate::c2s::negotiate(&server, link, peer.ip(), state.secure, true).await;
+            crate::c2s::negotiate(&server, link, peer.ip(), state.secure, true, slot).await;
         })
 }
 

@@ -52,7 +52,7 @@ pub struct Server {
     started: Instant,
     blocklists: features::blocking::Cache,
     registrations: RateLimiter,
-    connections: limiter::ConnectionCounter,
+    connections: Arc<limiter::ConnectionCounter>,
     ports: std::sync::OnceLock<(Option<u16>, Option<u16>)>,
     /// Sessions that can be resumed (XEP-0198), by stream id.
     resumable: session::Resumable,
@@ -125,7 +125,9 @@ impl Server {
         let server = Arc::new(Server {
             domain: config.server.domain.clone(),
             registrations: RateLimiter::new(config.registration.max_per_ip_per_hour, 3600),
-            connections: limiter::ConnectionCounter::new(config.limits.max_connections_per_ip),
+            connections: Arc::new(limiter::ConnectionCounter::new(
+                config.limits.max_connections_per_ip,
+            )),
             config,
             store,
             router: Router::default(),

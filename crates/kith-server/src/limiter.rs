@@ -56,8 +56,9 @@ pub struct ConnectionCounter {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-pub struct ConnectionGuard<'a> {
-    counter: &'a ConnectionCounter,
+/// Owned (not borrowed) so it can move into the task that outlives negotiation.
+pub struct ConnectionGuard {
+    counter: std::sync::Arc<ConnectionCounter>,
     ip: IpAddr,
 }
 
@@ -69,18 +70,21 @@ impl ConnectionCounter {
         }
     }
 
-    pub fn try_open(&self, ip: IpAddr) -> Option<ConnectionGuard<'_>> {
+    pub fn try_open(self: &std::sync::Arc<Self>, ip: IpAddr) -> Option<ConnectionGuard> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(ip).or_default();
         if *count >= self.limit {
             return None;
         }
         *count += 1;
-        Some(ConnectionGuard { counter: self, ip })
+        Some(ConnectionGuard {
+            counter: self.clone(),
+            ip,
+        })
     }
 }
 
-impl Drop for ConnectionGuard<'_> {
+impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let mut open = self.counter.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = open.get_mut(&self.ip) {
@@ -109,7 +113,7 @@ mod tests {
 
     #[test]
     fn connection_slots_are_released() {
-        let counter = ConnectionCounter::new(1);
+        let counter = std::sync::Arc::new(ConnectionCounter::new(1));
         let ip: IpAddr = [127, 0, 0, 1].into();
         let guard = counter.try_open(ip);
         assert!(guard.is_some());
