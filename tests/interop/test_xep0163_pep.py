@@ -361,10 +361,10 @@ async def test_bad_requests_get_pubsub_errors(xmpp):
     with pytest.raises(IqError) as e:
         await ps.get_items(me.jid, "urn:example:none", timeout=10)
     assert pubsub_error(e.value)[0] == "item-not-found"
-    # explicit subscriptions are not offered (PEP's are implicit)
+    # subscribing to a node that does not exist (XEP-0060 §6.1.3.12)
     with pytest.raises(IqError) as e:
         await ps.subscribe(me.jid, NS_MOOD, timeout=10)
-    assert pubsub_error(e.value)[0] == "feature-not-implemented"
+    assert pubsub_error(e.value)[0] == "item-not-found"
     # the server's own JID hosts no pubsub service
     with pytest.raises(IqError) as e:
         await ps.get_items("localhost", NS_MOOD, timeout=10)

@@ -44,6 +44,9 @@ pub struct PepSection {
     pub max_avatar_bytes: usize,
     /// XEP-0115 capability sets remembered (one per client version seen).
     pub caps_cache_size: usize,
+    /// Seconds between sweeps retracting expired items (`pubsub#item_expire`,
+    /// e.g. a live location's end time). Reads never return an expired item.
+    pub expiry_check_secs: u64,
 }
 
 impl Default for PepSection {
@@ -54,6 +57,7 @@ impl Default for PepSection {
             max_items_per_node: 100,
             max_avatar_bytes: 128 * 1024,
             caps_cache_size: 10_000,
+            expiry_check_secs: 5,
         }
     }
 }
@@ -68,6 +72,9 @@ impl PepSection {
             if value == 0 {
                 return Err((key, "must be positive".to_owned()));
             }
+        }
+        if self.expiry_check_secs == 0 {
+            return Err(("pep.expiry_check_secs", "must be positive".to_owned()));
         }
         // An avatar larger than a stanza can carry is refused by the stanza
         // limit (limits.max_stanza_size) before it gets here; that is no error.

@@ -166,6 +166,7 @@ impl Server {
             .set((addrs.2.map(|a| a.port()), addrs.3.map(|a| a.port())));
         tasks.spawn(maintenance::run(server.clone()));
         tasks.spawn(upload::sweep_loop(server.clone()));
+        tasks.spawn(features::pep::expiry_loop(server.clone()));
         if let Some(listener) = c2s {
             tasks.spawn(c2s::accept_loop(server.clone(), listener, false));
         }

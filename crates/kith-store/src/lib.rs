@@ -80,7 +80,7 @@ pub use archive::{
 };
 pub use error::{Result, StoreError};
 pub use muc::{RoomAffiliation, RoomInvite, StoredRoom};
-pub use pep::{PepItem, PepNode, PepNodeConfig, PepWrite};
+pub use pep::{PepExpired, PepItem, PepNode, PepNodeConfig, PepWrite};
 pub use phone::{DeviceCredential, LinkRequest, PhoneClaim, VerificationCode};
 pub use push::{PushEnabled, PushKind, PushRegistration};
 pub use types::{
@@ -316,6 +316,7 @@ impl Store {
             "DELETE FROM private_xml WHERE owner = $1",
             "DELETE FROM pep_items WHERE owner = $1",
             "DELETE FROM pep_affiliations WHERE owner = $1",
+            "DELETE FROM pep_subscriptions WHERE owner = $1",
             "DELETE FROM pep_nodes WHERE owner = $1",
             "DELETE FROM blocklist WHERE owner = $1",
             "DELETE FROM last_activity WHERE owner = $1",

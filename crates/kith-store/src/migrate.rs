@@ -612,6 +612,43 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "ALTER TABLE vcards ADD COLUMN photo_hash TEXT",
         ],
     },
+    Migration {
+        version: 41,
+        name: "PEP item expiry (pubsub#item_expire) and explicit subscriptions (XEP-0060 §6.1)",
+        // `item_expire` is the node's setting in seconds (0: never); an item's
+        // `expires_micros` is fixed when it is published (NULL: never), indexed for
+        // the sweep. Subscriptions are by bare JID, one per (node, subscriber).
+        sqlite: &[
+            "ALTER TABLE pep_nodes ADD COLUMN item_expire INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE pep_items ADD COLUMN expires_micros INTEGER",
+            "CREATE INDEX pep_items_expiry ON pep_items (expires_micros)",
+            "CREATE TABLE pep_subscriptions (
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            subid TEXT NOT NULL,
+            created_micros INTEGER NOT NULL,
+            PRIMARY KEY (owner, node, jid),
+            FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
+        )",
+            "CREATE INDEX pep_subscriptions_by_jid ON pep_subscriptions (jid)",
+        ],
+        postgres: &[
+            "ALTER TABLE pep_nodes ADD COLUMN item_expire BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE pep_items ADD COLUMN expires_micros BIGINT",
+            "CREATE INDEX pep_items_expiry ON pep_items (expires_micros)",
+            "CREATE TABLE pep_subscriptions (
+            owner TEXT NOT NULL,
+            node TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            subid TEXT NOT NULL,
+            created_micros BIGINT NOT NULL,
+            PRIMARY KEY (owner, node, jid),
+            FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
+        )",
+            "CREATE INDEX pep_subscriptions_by_jid ON pep_subscriptions (jid)",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

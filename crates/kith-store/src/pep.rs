@@ -29,9 +29,18 @@ pub struct PepNodeConfig {
     pub notify_retract: bool,
     /// `pubsub#title`.
     pub title: String,
+    /// `pubsub#item_expire`: seconds after publication when an item goes; 0 never.
+    pub item_expire: i64,
 }
 
 impl PepNodeConfig {
+    /// When an item published at `published_micros` expires (`item_expire`),
+    /// or `None` for never.
+    pub fn expires_micros(&self, published_micros: i64) -> Option<i64> {
+        (self.item_expire > 0)
+            .then(|| published_micros.saturating_add(self.item_expire.saturating_mul(1_000_000)))
+    }
+
     /// How many items the node keeps, given the server's cap: a transient node
     /// (`persist_items` off) still keeps its last item, so a later fetch and the
     /// last-published-item rule work; never fewer than one.
@@ -66,6 +75,17 @@ pub struct PepItem {
     pub published_micros: i64,
 }
 
+/// An item past its expiry time (`pubsub#item_expire`), found by the sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PepExpired {
+    /// The node's owner (username).
+    pub owner: String,
+    /// The node.
+    pub node: String,
+    /// The item id.
+    pub item_id: String,
+}
+
 /// Outcome of [`Store::pep_publish`] and [`Store::pep_create_node`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PepWrite {
@@ -87,7 +107,7 @@ const LAST_ITEMS_CHUNK: usize = 500;
 /// The columns [`node_from_row`] reads (a macro so queries stay `&'static str`).
 macro_rules! node_columns {
     () => {
-        "node, access_model, roster_groups, max_items, persist_items, send_last, notify_retract, title"
+        "node, access_model, roster_groups, max_items, persist_items, send_last, notify_retract, title, item_expire"
     };
 }
 
@@ -139,21 +159,22 @@ impl Store {
         for chunk in owners.chunks(LAST_ITEMS_CHUNK) {
             // Only numbered placeholders are generated; the owners are bound, which
             // is what makes the `AssertSqlSafe` true.
-            let placeholders = (1..=chunk.len())
+            let placeholders = (2..=chunk.len() + 1)
                 .map(|n| format!("${n}"))
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
                 "SELECT n.owner, n.node, n.access_model, n.roster_groups, n.max_items,
-                        n.persist_items, n.send_last, n.notify_retract, n.title,
+                        n.persist_items, n.send_last, n.notify_retract, n.title, n.item_expire,
                         i.item_id, i.payload, i.publisher, i.published_micros
                  FROM pep_nodes n
                  LEFT JOIN pep_items i ON i.owner = n.owner AND i.node = n.node
                     AND i.seq = (SELECT MAX(seq) FROM pep_items m
-                                 WHERE m.owner = n.owner AND m.node = n.node)
+                                 WHERE m.owner = n.owner AND m.node = n.node
+                                   AND (m.expires_micros IS NULL OR m.expires_micros > $1))
                  WHERE n.owner IN ({placeholders})"
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(crate::now_micros());
             for owner in chunk {
                 query = query.bind(owner.as_str());
             }
@@ -217,14 +238,17 @@ impl Store {
         .await?;
         let seq: i64 = row.try_get("next_seq")?;
         let config = node_from_row(&row)?.config;
+        let expires = config.expires_micros(item.published_micros);
         sqlx::query(
-            "INSERT INTO pep_items (owner, node, item_id, seq, payload, publisher, published_micros)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO pep_items (owner, node, item_id, seq, payload, publisher, published_micros,
+                expires_micros)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (owner, node, item_id) DO UPDATE SET
                 seq = excluded.seq,
                 payload = excluded.payload,
                 publisher = excluded.publisher,
-                published_micros = excluded.published_micros",
+                published_micros = excluded.published_micros,
+                expires_micros = excluded.expires_micros",
         )
         .bind(owner)
         .bind(node)
@@ -233,6 +257,7 @@ impl Store {
         .bind(item.payload.as_str())
         .bind(item.publisher.as_str())
         .bind(item.published_micros)
+        .bind(expires)
         .execute(&mut *tx)
         .await?;
         trim(&mut tx, owner, node, config.items_kept(cap)).await?;
@@ -252,7 +277,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let update = sqlx::query(
             "UPDATE pep_nodes SET access_model = $3, roster_groups = $4, max_items = $5,
-                persist_items = $6, send_last = $7, notify_retract = $8, title = $9
+                persist_items = $6, send_last = $7, notify_retract = $8, title = $9,
+                item_expire = $10
              WHERE owner = $1 AND node = $2",
         );
         let updated = bind_config(update, owner, node, config)
@@ -279,11 +305,13 @@ impl Store {
             "SELECT ",
             item_columns!(),
             " FROM pep_items WHERE owner = $1 AND node = $2
+                AND (expires_micros IS NULL OR expires_micros > $4)
              ORDER BY seq DESC LIMIT $3"
         ))
         .bind(owner)
         .bind(node)
         .bind(limit)
+        .bind(crate::now_micros())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(item_from_row).collect()
@@ -302,11 +330,13 @@ impl Store {
                 "SELECT ",
                 item_columns!(),
                 ", seq FROM pep_items
-                 WHERE owner = $1 AND node = $2 AND item_id = $3"
+                 WHERE owner = $1 AND node = $2 AND item_id = $3
+                    AND (expires_micros IS NULL OR expires_micros > $4)"
             ))
             .bind(owner)
             .bind(node)
             .bind(id.as_str())
+            .bind(crate::now_micros())
             .fetch_optional(&self.pool)
             .await?;
             if let Some(row) = row {
@@ -350,6 +380,7 @@ impl Store {
         for sql in [
             "DELETE FROM pep_items WHERE owner = $1 AND node = $2",
             "DELETE FROM pep_affiliations WHERE owner = $1 AND node = $2",
+            "DELETE FROM pep_subscriptions WHERE owner = $1 AND node = $2",
         ] {
             sqlx::query(sql)
                 .bind(owner)
@@ -445,6 +476,135 @@ impl Store {
         Ok(true)
     }
 
+    /// Items whose expiry time is at or before `now_micros`, oldest expiry first;
+    /// at most `limit`.
+    pub async fn pep_expired(&self, now_micros: i64, limit: usize) -> Result<Vec<PepExpired>> {
+        let rows = sqlx::query(
+            "SELECT owner, node, item_id FROM pep_items
+             WHERE expires_micros IS NOT NULL AND expires_micros <= $1
+             ORDER BY expires_micros LIMIT $2",
+        )
+        .bind(now_micros)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PepExpired {
+                    owner: r.try_get("owner")?,
+                    node: r.try_get("node")?,
+                    item_id: r.try_get("item_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes one item if it has expired by `now_micros` (an item re-published
+    /// since the sweep found it stays). `true` if it was removed.
+    pub async fn pep_remove_expired(
+        &self,
+        owner: &str,
+        node: &str,
+        item_id: &str,
+        now_micros: i64,
+    ) -> Result<bool> {
+        let result = sqlx::query(
+            "DELETE FROM pep_items WHERE owner = $1 AND node = $2 AND item_id = $3
+                AND expires_micros IS NOT NULL AND expires_micros <= $4",
+        )
+        .bind(owner)
+        .bind(node)
+        .bind(item_id)
+        .bind(now_micros)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Subscribes the bare JID `jid` to a node (XEP-0060 §6.1), keeping an
+    /// existing subscription (and its subid). The subscription's id, or `None` if
+    /// there is no such node.
+    pub async fn pep_subscribe(
+        &self,
+        owner: &str,
+        node: &str,
+        jid: &str,
+        subid: &str,
+    ) -> Result<Option<String>> {
+        let mut tx = self.begin_write().await?;
+        if !node_exists(&mut tx, owner, node).await? {
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO pep_subscriptions (owner, node, jid, subid, created_micros)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (owner, node, jid) DO NOTHING",
+        )
+        .bind(owner)
+        .bind(node)
+        .bind(jid)
+        .bind(subid)
+        .bind(crate::now_micros())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT subid FROM pep_subscriptions WHERE owner = $1 AND node = $2 AND jid = $3",
+        )
+        .bind(owner)
+        .bind(node)
+        .bind(jid)
+        .fetch_one(&mut *tx)
+        .await?;
+        let subid: String = row.try_get("subid")?;
+        tx.commit().await?;
+        Ok(Some(subid))
+    }
+
+    /// Ends `jid`'s subscription to a node (XEP-0060 §6.2). `false` if it had none.
+    pub async fn pep_unsubscribe(&self, owner: &str, node: &str, jid: &str) -> Result<bool> {
+        let result = sqlx::query(
+            "DELETE FROM pep_subscriptions WHERE owner = $1 AND node = $2 AND jid = $3",
+        )
+        .bind(owner)
+        .bind(node)
+        .bind(jid)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// `jid`'s subscriptions to `owner`'s nodes as (node, subid), sorted by node
+    /// (XEP-0060 §5.6).
+    pub async fn pep_subscriptions(&self, owner: &str, jid: &str) -> Result<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT node, subid FROM pep_subscriptions WHERE owner = $1 AND jid = $2")
+                .bind(owner)
+                .bind(jid)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| Ok((r.try_get("node")?, r.try_get("subid")?)))
+            .collect::<Result<Vec<(String, String)>>>()?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The bare JIDs subscribed to a node, sorted.
+    pub async fn pep_subscribers(&self, owner: &str, node: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT jid FROM pep_subscriptions WHERE owner = $1 AND node = $2")
+            .bind(owner)
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| r.try_get("jid").map_err(StoreError::from))
+            .collect::<Result<Vec<String>>>()?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// The XEP-0153 hash of the owner's vCard photo, if the vCard has one.
     pub async fn vcard_photo_hash(&self, owner: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT photo_hash FROM vcards WHERE owner = $1")
@@ -531,8 +691,8 @@ async fn create_in(
     }
     let insert = sqlx::query(
         "INSERT INTO pep_nodes (owner, node, access_model, roster_groups, max_items,
-            persist_items, send_last, notify_retract, title, next_seq, created_micros)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10)",
+            persist_items, send_last, notify_retract, title, item_expire, next_seq, created_micros)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11)",
     );
     bind_config(insert, owner, node, config)
         .bind(crate::now_micros())
@@ -544,8 +704,9 @@ async fn create_in(
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// Binds `$1` owner, `$2` node and `$3`..`$9` the configuration columns (access
-/// model, roster groups, max items, persist, send last, notify retract, title).
+/// Binds `$1` owner, `$2` node and `$3`..`$10` the configuration columns (access
+/// model, roster groups, max items, persist, send last, notify retract, title,
+/// item expire).
 fn bind_config<'q>(
     query: AnyQuery<'q>,
     owner: &'q str,
@@ -562,6 +723,7 @@ fn bind_config<'q>(
         .bind(config.send_last.as_str())
         .bind(i64::from(config.notify_retract))
         .bind(config.title.as_str())
+        .bind(config.item_expire)
 }
 
 /// Keeps only the newest `keep` items of a node.
@@ -602,6 +764,7 @@ fn node_from_row(row: &AnyRow) -> Result<PepNode> {
             send_last: row.try_get("send_last")?,
             notify_retract: row.try_get::<i64, _>("notify_retract")? != 0,
             title: row.try_get("title")?,
+            item_expire: row.try_get("item_expire")?,
         },
     })
 }

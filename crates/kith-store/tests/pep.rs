@@ -19,6 +19,8 @@ both!(
     affiliations_round_trip,
     nodes_go_with_the_account,
     vcard_photo_hash_round_trip,
+    expired_items_are_hidden_then_swept,
+    subscriptions_round_trip,
 );
 
 fn config(access: &str, max_items: i64) -> PepNodeConfig {
@@ -30,6 +32,7 @@ fn config(access: &str, max_items: i64) -> PepNodeConfig {
         send_last: "on_sub_and_presence".to_owned(),
         notify_retract: true,
         title: String::new(),
+        item_expire: 0,
     }
 }
 
@@ -466,4 +469,151 @@ async fn vcard_photo_hash_round_trip(db: TestDb) {
             .await,
         Err(StoreError::NoSuchUser(_))
     ));
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+async fn expired_items_are_hidden_then_swept(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let expiring = PepNodeConfig {
+        item_expire: 60,
+        ..config("whitelist", 10)
+    };
+    let at = |id: &str, published_micros: i64| PepItem {
+        published_micros,
+        ..item(id, "<geoloc xmlns='http://jabber.org/protocol/geoloc'/>")
+    };
+    // "old" expired a minute ago; "new" has a minute to go.
+    for (node, id, when) in [
+        ("geo", "old", now() - 120_000_000),
+        ("geo", "new", now()),
+        ("gone", "only", now() - 120_000_000),
+    ] {
+        s.pep_publish("alice", node, &expiring, &at(id, when), CAP, 10)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.pep_node("alice", "geo").await.unwrap(), Some(expiring));
+    assert_eq!(
+        ids(&s.pep_items("alice", "geo", None).await.unwrap()),
+        ["new"]
+    );
+    let by_id = s
+        .pep_items_by_id("alice", "geo", &["old".into(), "new".into()])
+        .await
+        .unwrap();
+    assert_eq!(ids(&by_id), ["new"]);
+    let last = s.pep_last_items(&["alice".into()]).await.unwrap();
+    let last: Vec<(&str, Option<&str>)> = last
+        .iter()
+        .map(|(_, n, i)| (n.node.as_str(), i.as_ref().map(|i| i.id.as_str())))
+        .collect();
+    assert_eq!(last, [("geo", Some("new")), ("gone", None)]);
+
+    let mut expired = s.pep_expired(now(), 10).await.unwrap();
+    expired.sort_unstable_by(|a, b| a.node.cmp(&b.node));
+    let found: Vec<(&str, &str)> = expired
+        .iter()
+        .map(|e| (e.node.as_str(), e.item_id.as_str()))
+        .collect();
+    assert_eq!(found, [("geo", "old"), ("gone", "only")]);
+    assert!(
+        !s.pep_remove_expired("alice", "geo", "new", now())
+            .await
+            .unwrap()
+    );
+    for e in &expired {
+        assert!(
+            s.pep_remove_expired(&e.owner, &e.node, &e.item_id, now())
+                .await
+                .unwrap()
+        );
+    }
+    assert!(s.pep_expired(now(), 10).await.unwrap().is_empty());
+    // A node without item_expire never expires anything.
+    s.pep_publish("alice", "keep", &config("open", 1), &at("k", 1), CAP, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&s.pep_items("alice", "keep", None).await.unwrap()),
+        ["k"]
+    );
+    assert!(s.pep_expired(now(), 10).await.unwrap().is_empty());
+    // Reconfiguring stores the new setting.
+    let longer = PepNodeConfig {
+        item_expire: 3600,
+        ..config("open", 1)
+    };
+    assert!(
+        s.pep_configure("alice", "keep", &longer, CAP)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.pep_node("alice", "keep").await.unwrap(), Some(longer));
+}
+
+async fn subscriptions_round_trip(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let bob = "bob@localhost";
+    assert_eq!(
+        s.pep_subscribe("alice", "geo", bob, "s1").await.unwrap(),
+        None
+    );
+    s.pep_publish(
+        "alice",
+        "geo",
+        &config("whitelist", 1),
+        &item("a", "<x/>"),
+        CAP,
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.pep_subscribe("alice", "geo", bob, "s1").await.unwrap(),
+        Some("s1".to_owned())
+    );
+    // Subscribing again keeps the first subscription.
+    assert_eq!(
+        s.pep_subscribe("alice", "geo", bob, "s2").await.unwrap(),
+        Some("s1".to_owned())
+    );
+    assert_eq!(s.pep_subscribers("alice", "geo").await.unwrap(), [bob]);
+    assert_eq!(
+        s.pep_subscriptions("alice", bob).await.unwrap(),
+        [("geo".to_owned(), "s1".to_owned())]
+    );
+    assert!(
+        s.pep_subscriptions("alice", "carol@localhost")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.pep_unsubscribe("alice", "geo", bob).await.unwrap());
+    assert!(!s.pep_unsubscribe("alice", "geo", bob).await.unwrap());
+    assert!(s.pep_subscribers("alice", "geo").await.unwrap().is_empty());
+    // Deleting the node, or the account, ends its subscriptions.
+    s.pep_subscribe("alice", "geo", bob, "s3").await.unwrap();
+    assert!(s.pep_delete_node("alice", "geo").await.unwrap());
+    assert!(s.pep_subscriptions("alice", bob).await.unwrap().is_empty());
+    s.pep_publish(
+        "alice",
+        "geo",
+        &config("open", 1),
+        &item("a", "<x/>"),
+        CAP,
+        10,
+    )
+    .await
+    .unwrap();
+    s.pep_subscribe("alice", "geo", bob, "s4").await.unwrap();
+    assert!(s.delete_user("alice").await.unwrap());
+    assert!(s.pep_subscriptions("alice", bob).await.unwrap().is_empty());
 }

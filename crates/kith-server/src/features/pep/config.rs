@@ -4,7 +4,8 @@
 //! Fields kith implements: `pubsub#title`, `pubsub#access_model` (`open`,
 //! `presence`, `roster`, `whitelist`), `pubsub#roster_groups_allowed`,
 //! `pubsub#max_items` (a number or `max`), `pubsub#persist_items`,
-//! `pubsub#send_last_published_item`, `pubsub#notify_retract`. Fields whose
+//! `pubsub#send_last_published_item`, `pubsub#notify_retract`,
+//! `pubsub#item_expire` (seconds; 0 or empty: never). Fields whose
 //! behaviour is fixed (`pubsub#deliver_payloads`, `pubsub#deliver_notifications`,
 //! `pubsub#publish_model`, `pubsub#notification_type`) are shown and accepted
 //! only with their fixed value; other fields are ignored.
@@ -31,6 +32,7 @@ pub(crate) fn default_config() -> PepNodeConfig {
         send_last: "on_sub_and_presence".to_owned(),
         notify_retract: true,
         title: String::new(),
+        item_expire: 0,
     }
 }
 
@@ -87,6 +89,19 @@ fn parse_max_items(value: &str) -> Option<i64> {
     value.parse::<i64>().ok().filter(|n| *n >= 1)
 }
 
+/// `pubsub#item_expire` (XEP-0060 §16.4.4): whole seconds, 0 (or empty) for
+/// never; at most a year.
+fn parse_item_expire(value: &str) -> Option<i64> {
+    const MAX_SECS: i64 = 366 * 86_400;
+    if value.is_empty() {
+        return Some(0);
+    }
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (0..=MAX_SECS).contains(n))
+}
+
 /// One field applied to `config`. `Ok(false)` for a field kith ignores.
 fn apply(config: &mut PepNodeConfig, var: &str, values: &[String]) -> Result<bool, StanzaError> {
     match var {
@@ -114,6 +129,10 @@ fn apply(config: &mut PepNodeConfig, var: &str, values: &[String]) -> Result<boo
         "pubsub#notify_retract" => {
             config.notify_retract =
                 parse_bool(&single(var, values)?).ok_or_else(|| bad_value(var))?;
+        }
+        "pubsub#item_expire" => {
+            config.item_expire =
+                parse_item_expire(&single(var, values)?).ok_or_else(|| bad_value(var))?;
         }
         "pubsub#send_last_published_item" => {
             let value = single(var, values)?;
@@ -268,6 +287,12 @@ pub(crate) fn to_form(config: &PepNodeConfig) -> Element {
             &[bool_str(config.notify_retract)],
         ))
         .child(field(
+            "pubsub#item_expire",
+            "text-single",
+            "Seconds after which items expire (0: never)",
+            &[&config.item_expire.to_string()],
+        ))
+        .child(field(
             "pubsub#deliver_payloads",
             "boolean",
             "Deliver payloads with notifications",
@@ -320,6 +345,7 @@ mod tests {
         config.roster_groups = vec!["Friends".into()];
         config.max_items = -1;
         config.notify_retract = false;
+        config.item_expire = 900;
         let mut shown = to_form(&config);
         shown.set_attr("type", "submit");
         assert_eq!(from_form(&default_config(), &shown), Ok(config));
@@ -356,6 +382,9 @@ mod tests {
             ("pubsub#max_items", "many"),
             ("pubsub#persist_items", "maybe"),
             ("pubsub#deliver_payloads", "0"),
+            ("pubsub#item_expire", "-1"),
+            ("pubsub#item_expire", "soon"),
+            ("pubsub#item_expire", "99999999999"),
         ] {
             let x = form("submit", FORM_NODE_CONFIG, &[(var, value)]);
             assert!(from_form(&default_config(), &x).is_err(), "{var}={value}");

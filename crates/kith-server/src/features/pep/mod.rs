@@ -17,10 +17,19 @@
 //!   item to a resource coming online (§4.3.3), to a visitor, and to a new
 //!   subscriber (§4.3.4); nothing to blocked users (§4.3.3 rule 3).
 //!
+//! - Explicit subscriptions (XEP-0060 §6.1 subscribe, §6.2 unsubscribe, §5.6
+//!   retrieve subscriptions) by bare JID, for whoever the access model admits:
+//!   a whitelisted non-contact (a live location's chosen viewer) subscribes and
+//!   gets notifications without a presence subscription or `+notify` caps.
+//! - Item expiry (`pubsub#item_expire`, §16.4.4): an item's end time is fixed at
+//!   publication; reads never return an expired item, and [`expiry_loop`]
+//!   retracts it, notifying `<retract/>` per `notify_retract` (a live location's
+//!   viewers stop showing it).
+//!
 //! Notifications are transient: they never go through the inbox log. The items
 //! themselves are in the store, so a later fetch always works.
-//! Not implemented: explicit `<subscribe/>` (PEP's subscriptions are implicit,
-//! from presence and +notify), item expiry, collection nodes.
+//! Not implemented: subscription options (§6.3), subscription management by
+//! the owner (§8.8), collection nodes.
 
 pub(crate) mod caps;
 pub(crate) mod config;
@@ -77,6 +86,8 @@ pub(crate) const ACCOUNT_FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retract-items",
     "http://jabber.org/protocol/pubsub#retrieve-default",
     "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+    "http://jabber.org/protocol/pubsub#subscribe",
 ];
 
 /// XEP-0060 §7 error conditions with their `pubsub#errors` application element.
@@ -373,8 +384,10 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
                 .and_then(|c| c.get_child("x", ns::DATA_FORMS));
             create(&server, &owner, first, form).await
         }
-        ("subscribe" | "unsubscribe" | "options", _) => Err(errors::unsupported("subscribe")),
-        ("subscriptions", _) => Err(errors::unsupported("retrieve-subscriptions")),
+        ("subscribe", true) => subscribe(&server, &owner, &session.jid, first).await,
+        ("unsubscribe", true) => unsubscribe(&server, &owner, &session.jid, first).await,
+        ("subscriptions", false) => subscriptions(&server, &owner, &session.bare, first).await,
+        ("options", _) => Err(errors::unsupported("subscription-options")),
         ("affiliations", _) => Err(errors::unsupported("retrieve-affiliations")),
         _ => Err(StanzaError::bad_request()),
     }
@@ -492,6 +505,226 @@ fn parse_payload(xml: &str) -> Option<Element> {
             None
         }
     }
+}
+
+/// The `jid` of a subscribe/unsubscribe request, which must be the requester's
+/// bare JID (or its full JID: PEP subscriptions are by bare JID).
+fn subscriber_of(request: &Element, requester: &FullJid) -> Option<BareJid> {
+    let jid = Jid::new(request.get_attr("jid")?).ok()?.to_bare();
+    (jid == requester.to_bare()).then_some(jid)
+}
+
+fn subscription_element(node: &str, jid: &BareJid, subid: Option<&str>, state: &str) -> Element {
+    let mut element = Element::new(NS, "subscription")
+        .attr("node", node)
+        .attr("jid", jid.to_string())
+        .attr("subscription", state);
+    if let Some(subid) = subid {
+        element.set_attr("subid", subid);
+    }
+    element
+}
+
+/// §6.1: subscribes the requester (by bare JID) to a node its access model
+/// lets it read; the last item follows (§6.1.7, XEP-0163 §4.3.4).
+async fn subscribe(
+    server: &Arc<Server>,
+    owner: &BareJid,
+    requester: &FullJid,
+    request: &Element,
+) -> Response {
+    let node = node_of(request)?;
+    // §6.1.3.1: the JID must be the requester's own.
+    let Some(subscriber) = subscriber_of(request, requester) else {
+        return Err(errors::bad_request("invalid-jid"));
+    };
+    let Some(config) = server
+        .store
+        .pep_node(username(owner), node)
+        .await
+        .map_err(internal)?
+    else {
+        // §6.1.3.12.
+        return Err(StanzaError::item_not_found());
+    };
+    if server.blocked_between(owner, &subscriber).await {
+        return Err(StanzaError::item_not_found());
+    }
+    // §6.1.3.2-4: presence-subscription-required, not-in-roster-group, closed-node.
+    may_read(server, owner, node, &config, &subscriber)
+        .await?
+        .map_err(Denied::error)?;
+    let Some(subid) = server
+        .store
+        .pep_subscribe(
+            username(owner),
+            node,
+            subscriber.as_str(),
+            &crate::random_id(16),
+        )
+        .await
+        .map_err(internal)?
+    else {
+        return Err(StanzaError::item_not_found());
+    };
+    if config.send_last != "never" {
+        // After the IQ result (§6.1.7): the session writes the result when this
+        // handler returns; the task reads the store first.
+        let server = server.clone();
+        let owner = owner.clone();
+        let node = node.to_owned();
+        let requester = requester.clone();
+        tokio::spawn(async move { send_last_item(&server, &owner, &node, &requester).await });
+    }
+    Ok(Some(Element::new(NS, "pubsub").child(
+        subscription_element(node, &subscriber, Some(&subid), "subscribed"),
+    )))
+}
+
+/// The newest item of `owner`'s `node` to one resource, with its delay.
+async fn send_last_item(server: &Arc<Server>, owner: &BareJid, node: &str, to: &FullJid) {
+    let items = match server.store.pep_items(username(owner), node, Some(1)).await {
+        Ok(items) => items,
+        Err(error) => {
+            tracing::error!(%error, "reading the last PEP item");
+            return;
+        }
+    };
+    let Some(item) = items.first() else { return };
+    let bare = to.to_bare();
+    let Some(session) = server
+        .router
+        .with_sessions(bare.as_str(), |s| s.iter().find(|s| s.jid == *to).cloned())
+    else {
+        return;
+    };
+    let event = Element::new(NS_EVENT, "items")
+        .attr("node", node)
+        .child(item_element(NS_EVENT, item, None));
+    session.send(Arc::new(event_message(
+        owner,
+        &to.to_string(),
+        event,
+        Some(item.published_micros),
+    )));
+}
+
+/// §6.2: ends the requester's subscription.
+async fn unsubscribe(
+    server: &Arc<Server>,
+    owner: &BareJid,
+    requester: &FullJid,
+    request: &Element,
+) -> Response {
+    let node = node_of(request)?;
+    let Some(subscriber) = subscriber_of(request, requester) else {
+        // §6.2.3.3: only the subscriber may unsubscribe itself.
+        return Err(StanzaError::forbidden());
+    };
+    if server
+        .store
+        .pep_node(username(owner), node)
+        .await
+        .map_err(internal)?
+        .is_none()
+    {
+        // §6.2.3.4.
+        return Err(StanzaError::item_not_found());
+    }
+    if !server
+        .store
+        .pep_unsubscribe(username(owner), node, subscriber.as_str())
+        .await
+        .map_err(internal)?
+    {
+        // §6.2.3.2.
+        return Err(StanzaError::new(StanzaErrorCondition::UnexpectedRequest)
+            .with_type(StanzaErrorType::Cancel)
+            .with_application(errors::app("not-subscribed")));
+    }
+    Ok(None)
+}
+
+/// §5.6: the requester's subscriptions to `owner`'s nodes (optionally one).
+async fn subscriptions(
+    server: &Arc<Server>,
+    owner: &BareJid,
+    requester: &BareJid,
+    request: &Element,
+) -> Response {
+    let only = request.get_attr("node").filter(|n| !n.is_empty());
+    let mut list = Element::new(NS, "subscriptions");
+    if let Some(node) = only {
+        list.set_attr("node", node);
+    }
+    for (node, subid) in server
+        .store
+        .pep_subscriptions(username(owner), requester.as_str())
+        .await
+        .map_err(internal)?
+    {
+        if only.is_none_or(|n| n == node) {
+            list.push_child(subscription_element(
+                &node,
+                requester,
+                Some(&subid),
+                "subscribed",
+            ));
+        }
+    }
+    Ok(Some(Element::new(NS, "pubsub").child(list)))
+}
+
+/// Items retracted by the expiry sweep per round.
+const EXPIRED_PER_ROUND: usize = 500;
+
+/// Retracts expired items (`pubsub#item_expire`) every
+/// `pep.expiry_check_secs`, notifying per `notify_retract` (XEP-0060 §7.2.2.1).
+pub(crate) async fn expiry_loop(server: Arc<Server>) {
+    let interval = std::time::Duration::from_secs(server.config.pep.expiry_check_secs.max(1));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        while let Ok(n) = expire_once(&server).await {
+            if n < EXPIRED_PER_ROUND {
+                break;
+            }
+        }
+    }
+}
+
+/// One round of the sweep: how many expired items it found.
+pub(crate) async fn expire_once(server: &Arc<Server>) -> Result<usize, kith_store::StoreError> {
+    let now = crate::now_micros();
+    let expired = server
+        .store
+        .pep_expired(now, EXPIRED_PER_ROUND)
+        .await
+        .inspect_err(|error| tracing::warn!(%error, "finding expired PEP items"))?;
+    for item in &expired {
+        // Only what is still expired now (not re-published meanwhile) goes.
+        if !server
+            .store
+            .pep_remove_expired(&item.owner, &item.node, &item.item_id, now)
+            .await?
+        {
+            continue;
+        }
+        let Ok(owner) = BareJid::new(&format!("{}@{}", item.owner, server.domain)) else {
+            continue;
+        };
+        let Ok(Some(config)) = server.store.pep_node(&item.owner, &item.node).await else {
+            continue;
+        };
+        if config.notify_retract {
+            let event = Element::new(NS_EVENT, "items")
+                .attr("node", item.node.as_str())
+                .child(Element::new(NS_EVENT, "retract").attr("id", item.item_id.as_str()));
+            notify(server, &owner, &item.node, &config, event).await;
+        }
+    }
+    Ok(expired.len())
 }
 
 /// §6.5: items of a node, all, the newest `max_items`, or by id.
@@ -810,16 +1043,49 @@ async fn notify(
         let allowed = access(config, Some(item), affiliation.as_deref()).is_ok();
         recipients.push((contact, allowed));
     }
+    // Explicit subscribers (§6.1) get notifications without +notify caps, as
+    // far as the access model admits them now (a removed whitelist entry ends it).
+    let subscribers = match server.store.pep_subscribers(username(owner), node).await {
+        Ok(subscribers) => subscribers,
+        Err(error) => {
+            tracing::error!(%error, "reading PEP subscribers");
+            Vec::new()
+        }
+    };
+    let mut explicit = Vec::new();
+    for subscriber in &subscribers {
+        let Ok(jid) = BareJid::new(subscriber) else {
+            continue;
+        };
+        if let Some((_, allowed)) = recipients.iter().find(|(r, _)| *r == jid) {
+            if *allowed {
+                explicit.push(jid);
+            }
+            continue;
+        }
+        if server.blocked_between(owner, &jid).await
+            || !matches!(
+                may_read(server, owner, node, config, &jid).await,
+                Ok(Ok(()))
+            )
+        {
+            continue;
+        }
+        explicit.push(jid.clone());
+        recipients.push((jid, true));
+    }
     for (recipient, allowed) in &recipients {
         if !allowed {
             continue;
         }
+        let subscribed = explicit.contains(recipient);
         for session in server.router.sessions(recipient.as_str()) {
             let Some(presence) = &session.presence else {
                 continue;
             };
             // §4.3.2 rule 3: available resources with non-negative priority.
-            if session.priority >= 0 && wants(server, &session.jid, presence, node) {
+            if session.priority >= 0 && (subscribed || wants(server, &session.jid, presence, node))
+            {
                 let message = event_message(owner, &session.jid.to_string(), event.clone(), None);
                 session.send(Arc::new(message));
             }
