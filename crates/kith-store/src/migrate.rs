@@ -331,6 +331,27 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE UNIQUE INDEX inbox_origin ON inbox (owner, origin)",
         ],
     },
+    // Privacy settings (issue 4, WhatsApp's): who sees last seen, profile photo and
+    // about (`everyone` | `contacts` | `nobody`), and whether read receipts flow.
+    // No row means the defaults; the server, not the store, knows what they are.
+    Migration {
+        version: 11,
+        name: "privacy settings",
+        sqlite: &["CREATE TABLE privacy_settings (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            last_seen TEXT NOT NULL,
+            profile_photo TEXT NOT NULL,
+            about TEXT NOT NULL,
+            read_receipts INTEGER NOT NULL
+        )"],
+        postgres: &["CREATE TABLE privacy_settings (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            last_seen TEXT NOT NULL,
+            profile_photo TEXT NOT NULL,
+            about TEXT NOT NULL,
+            read_receipts BIGINT NOT NULL
+        )"],
+    },
     // Phone-number accounts (issue 4): the number of each phone account, device
     // credentials (a hash for HTTP bearer use and per-device SCRAM keys under the
     // user's salt), pending SMS codes (hashed), link-a-device requests, and contact
