@@ -42,6 +42,10 @@ pub struct PepSection {
     pub max_items_per_node: usize,
     /// Largest avatar image (XEP-0084 `urn:xmpp:avatar:data`), decoded, in bytes.
     pub max_avatar_bytes: usize,
+    /// Longest display name set through the HTTP profile API, in characters.
+    pub max_nick_chars: usize,
+    /// Longest about text set through the HTTP profile API, in characters.
+    pub max_about_chars: usize,
     /// XEP-0115 capability sets remembered (one per client version seen).
     pub caps_cache_size: usize,
     /// Seconds between sweeps retracting expired items (`pubsub#item_expire`,
@@ -56,6 +60,8 @@ impl Default for PepSection {
             max_item_bytes: 64 * 1024,
             max_items_per_node: 100,
             max_avatar_bytes: 128 * 1024,
+            max_nick_chars: 64,
+            max_about_chars: 700,
             caps_cache_size: 10_000,
             expiry_check_secs: 5,
         }

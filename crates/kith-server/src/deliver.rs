@@ -108,11 +108,42 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Commi
 /// Delivers to a local user, past the blocking checks.
 async fn route_checked(server: &Arc<Server>, stanza: Element, to: &Jid) -> Option<Committed> {
     match stanza.name.as_str() {
-        "message" => return route_message(server, stanza, to).await,
+        "message" => {
+            let stanza = without_held_back_marker(server, stanza, to).await?;
+            return route_message(server, stanza, to).await;
+        }
         "presence" => crate::features::presence::inbound(server, stanza, to).await,
         _ => route_iq(server, stanza, to).await,
     }
     None
+}
+
+/// XEP-0333 `<displayed/>` (the blue ticks) flows only when sender and recipient
+/// both have read receipts on (`features::privacy`). A held-back marker is removed;
+/// a message that carried nothing else (no body) is dropped silently, as if the
+/// message had not been read yet.
+async fn without_held_back_marker(
+    server: &Arc<Server>,
+    mut message: Element,
+    to: &Jid,
+) -> Option<Element> {
+    const NS_MARKERS: &str = "urn:xmpp:chat-markers:0";
+    if !message.has_child("displayed", NS_MARKERS) {
+        return Some(message);
+    }
+    let from = message
+        .get_attr("from")
+        .and_then(|from| Jid::new(from).ok())?
+        .to_bare();
+    if crate::features::privacy::read_marker_allowed(server, &from, &to.to_bare()).await {
+        return Some(message);
+    }
+    if !message.has_child("body", ns::CLIENT) {
+        tracing::debug!("read marker held back by privacy settings");
+        return None;
+    }
+    message.remove_children("displayed", NS_MARKERS);
+    Some(message)
 }
 
 fn node(jid: &kith_proto::BareJid) -> &str {

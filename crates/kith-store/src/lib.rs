@@ -62,6 +62,7 @@ mod migrate;
 mod muc;
 mod pep;
 mod phone;
+mod privacy;
 mod push;
 mod types;
 mod uploads;
@@ -82,6 +83,7 @@ pub use error::{Result, StoreError};
 pub use muc::{RoomAffiliation, RoomInvite, StoredRoom};
 pub use pep::{PepExpired, PepItem, PepNode, PepNodeConfig, PepWrite};
 pub use phone::{DeviceCredential, LinkRequest, PhoneClaim, VerificationCode};
+pub use privacy::PrivacySettings;
 pub use push::{PushEnabled, PushKind, PushRegistration};
 pub use types::{
     DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
@@ -320,6 +322,7 @@ impl Store {
             "DELETE FROM pep_nodes WHERE owner = $1",
             "DELETE FROM blocklist WHERE owner = $1",
             "DELETE FROM last_activity WHERE owner = $1",
+            "DELETE FROM privacy_settings WHERE owner = $1",
             "DELETE FROM users WHERE username = $1",
         ] {
             sqlx::query(sql).bind(username).execute(&mut *tx).await?;

@@ -431,6 +431,27 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    // Privacy settings (issue 4, WhatsApp's): who sees last seen, profile photo and
+    // about (`everyone` | `contacts` | `nobody`), and whether read receipts flow.
+    // No row means the defaults; the server, not the store, knows what they are.
+    Migration {
+        version: 11,
+        name: "privacy settings",
+        sqlite: &["CREATE TABLE privacy_settings (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            last_seen TEXT NOT NULL,
+            profile_photo TEXT NOT NULL,
+            about TEXT NOT NULL,
+            read_receipts INTEGER NOT NULL
+        )"],
+        postgres: &["CREATE TABLE privacy_settings (
+            owner TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            last_seen TEXT NOT NULL,
+            profile_photo TEXT NOT NULL,
+            about TEXT NOT NULL,
+            read_receipts BIGINT NOT NULL
+        )"],
+    },
     Migration {
         version: 20,
         name: "group chat rooms (XEP-0045): rooms, affiliations, invite links",

@@ -40,11 +40,11 @@ class Api:
         self.base = f"http://{server.host}:{server.http_port}/api/v1"
 
     def call_sync(self, method: str, path: str, body=None, *, token: str | None = None,
-                  raw: bytes | None = None) -> Reply:
+                  raw: bytes | None = None, content_type: str = "application/json") -> Reply:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         request = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type)
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:

@@ -13,6 +13,7 @@ mod discover;
 mod email;
 mod groups;
 pub(crate) mod phone;
+mod profile;
 mod register;
 pub(crate) mod sms;
 
@@ -26,7 +27,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use serde::de::DeserializeOwned;
 
 use crate::Server;
@@ -66,6 +67,8 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
     api = api
         .route("/api/v1/register/email/start", post(email::start))
         .route("/api/v1/register/email/verify", post(email::verify));
+    // An avatar may be larger than other bodies; its own check answers 413.
+    let avatar_limit = DefaultBodyLimit::max(server.config.pep.max_avatar_bytes.saturating_add(1));
     if server.config.phone.enabled {
         api = api
             .route("/api/v1/register/start", post(register::start))
@@ -75,7 +78,25 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
             .route("/api/v1/link/start", post(devices::link_start))
             .route("/api/v1/link/approve", post(devices::link_approve))
             .route("/api/v1/link/poll", post(devices::link_poll))
-            .route("/api/v1/contacts/discover", post(discover::discover));
+            .route("/api/v1/contacts/discover", post(discover::discover))
+            .route(
+                "/api/v1/privacy",
+                get(profile::get_privacy).put(profile::put_privacy),
+            )
+            .route(
+                "/api/v1/profile",
+                get(profile::get_profile).put(profile::put_profile),
+            )
+            .route(
+                "/api/v1/profile/avatar",
+                put(profile::put_avatar).layer(avatar_limit),
+            )
+            .route(
+                "/api/v1/users/{jid}/profile",
+                get(profile::get_user_profile),
+            )
+            .route("/api/v1/users/{jid}/avatar", get(profile::get_user_avatar))
+            .route("/api/v1/account", delete(profile::delete_account));
     }
     if server.config.muc.enabled {
         api = api

@@ -32,7 +32,12 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
 async fn account_last(server: &Server, owner: &BareJid, requester: &BareJid) -> Response {
     // §3: only someone allowed to see the user's presence may learn this; everyone
     // else gets <forbidden/>, whether or not the account exists.
-    if !may_see_presence(server, owner, requester).await? {
+    // The user's `last_seen` privacy setting and blocking (either way) narrow
+    // this further, with the same answer.
+    if !may_see_presence(server, owner, requester).await?
+        || !super::privacy::may_see(server, owner, requester, super::privacy::Field::LastSeen)
+            .await?
+    {
         return Err(StanzaError::forbidden());
     }
     // §3: with a resource online the answer is "0 seconds ago". Only *available*

@@ -13,6 +13,7 @@ pub mod muc;
 pub mod pep;
 pub mod ping;
 pub mod presence;
+pub mod privacy;
 pub mod private;
 pub mod profile;
 pub mod push;
@@ -76,6 +77,7 @@ async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
         ("query", ns::LAST) => last::handle(session, request).await,
         ("vCard", ns::VCARD) => vcard::handle(session, request).await,
         ("query", ns::PRIVATE) => private::handle(session, request).await,
+        ("privacy", privacy::NS) => privacy::handle(session, request).await,
         ("blocklist" | "block" | "unblock", ns::BLOCKING) => {
             blocking::handle(session, request).await
         }

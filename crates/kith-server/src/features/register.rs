@@ -175,10 +175,32 @@ async fn change_password(session: &mut Session, query: &Element) -> Response {
 /// client reads the result, then the stream error.
 async fn cancel(session: &mut Session) -> Response {
     let server = session.server.clone();
-    let bare = session.bare.clone();
-    let username = session.username.clone();
+    let existed = delete_account(&server, &session.bare).await?;
+    if !existed {
+        // Deleted concurrently (another session, the admin CLI): the outcome the
+        // client asked for, so still a result.
+        tracing::debug!(user = %session.username, "account already gone when cancelling");
+    }
+    tracing::info!(user = %session.username, "account cancelled in-band");
+    Ok(None)
+}
 
-    remove_from_rosters(&server, &bare).await?;
+/// Deletes an account and everything it owns, for XEP-0077 `<remove/>` and
+/// `DELETE /api/v1/account` alike: it leaves other users' rosters (with
+/// unavailable presence and roster pushes) and its groups, its uploads are
+/// purged, its store rows go (roster, inbox log and archive, devices and
+/// credentials, phone number, vCard, PEP, privacy settings, blocklist; push
+/// registrations cascade), and every session ends with `<not-authorized/>`.
+/// `false` if the account was already gone. A re-registration starts clean.
+pub(crate) async fn delete_account(
+    server: &Arc<Server>,
+    bare: &BareJid,
+) -> Result<bool, StanzaError> {
+    let username = bare.node().map_or("", |n| n.as_str()).to_owned();
+    remove_from_rosters(server, bare).await?;
+    if let Err(error) = super::muc::account_deleted(server, bare.as_str()).await {
+        tracing::warn!(?error, user = %username, "leaving the account's groups");
+    }
     if let Some(upload) = &server.upload
         && let Err(error) = crate::upload::purge_with(&server.store, &upload.blobs, &username).await
     {
@@ -191,18 +213,12 @@ async fn cancel(session: &mut Session) -> Response {
         .await
         .map_err(internal)?;
     server.blocklists.invalidate(&username);
-    if !existed {
-        // Deleted concurrently (another session, the admin CLI): the outcome the
-        // client asked for, so still a result.
-        tracing::debug!(user = %username, "account already gone when cancelling");
-    }
-    tracing::info!(user = %username, "account cancelled in-band");
     server.router.close_user(
         bare.as_str(),
         StreamErrorCondition::NotAuthorized,
         "account removed",
     );
-    Ok(None)
+    Ok(existed)
 }
 
 /// §3.2: "cancel all existing presence subscriptions related to that entity". All

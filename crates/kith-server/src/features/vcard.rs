@@ -31,11 +31,21 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
         // §3.3: no vCard and no such user MUST get the same error,
         // <service-unavailable/>, so that accounts cannot be harvested.
         (Target::Account(other), false) => {
+            // A block (either way) looks like no vCard at all.
+            if server.blocked_between(other, &session.bare).await {
+                return Err(StanzaError::service_unavailable());
+            }
             let username = other.node().map_or("", |n| n.as_str());
-            stored(&server, username)
+            let mut vcard = stored(&server, username)
                 .await?
-                .map(Some)
-                .ok_or_else(StanzaError::service_unavailable)
+                .ok_or_else(StanzaError::service_unavailable)?;
+            // The `profile_photo` privacy setting governs the PHOTO (and so the
+            // XEP-0153 hash a client would compute from it).
+            let photo = super::privacy::Field::ProfilePhoto;
+            if !super::privacy::may_see(&server, other, &session.bare, photo).await? {
+                vcard.remove_children("PHOTO", ns::VCARD);
+            }
+            Ok(Some(vcard))
         }
         (Target::OwnAccount, true) => store(&server, &session.bare, request.payload).await,
         // §3.2: setting another user's vCard SHOULD get <forbidden/> or <not-allowed/>.

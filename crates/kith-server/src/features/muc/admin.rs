@@ -12,6 +12,48 @@ use super::room::{Affiliation, Role, Room};
 use super::{NS_ADMIN, NS_OWNER, NS_USER, internal};
 use crate::Server;
 
+/// An account is being deleted: it leaves every group it belongs to, as if it
+/// had left on WhatsApp. A group whose last owner it was gets a new owner, the
+/// longest-standing admin, else the longest-standing member (WhatsApp hands a
+/// departed creator's group on the same way); with nobody left it is destroyed.
+pub(crate) async fn account_deleted(server: &Arc<Server>, bare: &str) -> Result<(), StanzaError> {
+    let rooms = server
+        .store
+        .muc_rooms_of_member(bare)
+        .await
+        .map_err(internal)?;
+    for jid in rooms {
+        let Some(room) = server.muc.room(server, &jid).await? else {
+            continue;
+        };
+        let mut room = room.lock().await;
+        let mut changes = vec![(bare.to_owned(), Affiliation::None)];
+        let owners_left = room
+            .affiliations
+            .iter()
+            .any(|(j, (a, _))| j != bare && *a == Affiliation::Owner);
+        if room.affiliation(bare) == Affiliation::Owner && !owners_left {
+            let successor = room
+                .affiliations
+                .iter()
+                .filter(|(j, (a, _))| {
+                    *j != bare && matches!(a, Affiliation::Admin | Affiliation::Member)
+                })
+                .min_by_key(|(j, (a, since))| (*a != Affiliation::Admin, *since, (*j).clone()))
+                .map(|(j, _)| j.clone());
+            match successor {
+                Some(successor) => changes.push((successor, Affiliation::Owner)),
+                None => {
+                    super::destroy(server, &mut room, None).await;
+                    continue;
+                }
+            }
+        }
+        apply_affiliations(server, &mut room, &changes, bare).await?;
+    }
+    Ok(())
+}
+
 /// `muc#admin` get (§9.5, §8.5 lists) and set (changes, all or nothing).
 pub(super) async fn admin(
     server: &Arc<Server>,

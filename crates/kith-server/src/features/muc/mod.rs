@@ -34,6 +34,7 @@ use kith_proto::{Element, Jid, StanzaError, ns};
 use crate::Server;
 use room::{Affiliation, Occupant, Role, Room, RoomConfig};
 
+pub(crate) use admin::account_deleted;
 #[allow(unused_imports)]
 pub(crate) use invite::create_group;
 

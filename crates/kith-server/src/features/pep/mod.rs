@@ -167,6 +167,8 @@ pub(crate) enum Denied {
     Presence,
     Roster,
     Whitelist,
+    /// The owner's privacy settings (or a block) hide this node from the requester.
+    Privacy,
 }
 
 impl Denied {
@@ -187,6 +189,12 @@ impl Denied {
                 StanzaErrorType::Cancel,
                 "closed-node",
             ),
+            // Not a XEP-0060 case: a plain <forbidden/>, naming no subscription
+            // that would help.
+            Denied::Privacy => {
+                return StanzaError::new(StanzaErrorCondition::Forbidden)
+                    .with_type(StanzaErrorType::Auth);
+            }
         };
         StanzaError::new(condition)
             .with_type(kind)
@@ -290,7 +298,15 @@ async fn may_read(
     config: &PepNodeConfig,
     requester: &BareJid,
 ) -> Result<Result<(), Denied>, StanzaError> {
-    if owner == requester || config.access_model == "open" {
+    if owner == requester {
+        return Ok(Ok(()));
+    }
+    if let Some(field) = super::privacy::node_field(node)
+        && !super::privacy::may_see(server, owner, requester, field).await?
+    {
+        return Ok(Err(Denied::Privacy));
+    }
+    if config.access_model == "open" {
         return Ok(Ok(()));
     }
     let contact = server
@@ -1009,6 +1025,15 @@ async fn notify(
     event: Element,
 ) {
     let mut recipients: Vec<(BareJid, bool)> = vec![(owner.clone(), true)];
+    // Contacts below are all subscribed to the owner's presence; the privacy
+    // setting governing this node (if any) may still exclude them.
+    let privacy = match super::privacy::node_field(node) {
+        Some(field) => match super::privacy::Settings::load(server, username(owner)).await {
+            Ok(settings) => Some((field, settings)),
+            Err(_) => return,
+        },
+        None => None,
+    };
     let roster = match server.store.roster(username(owner)).await {
         Ok((_, items)) => items,
         Err(error) => {
@@ -1040,7 +1065,8 @@ async fn notify(
         } else {
             None
         };
-        let allowed = access(config, Some(item), affiliation.as_deref()).is_ok();
+        let allowed = access(config, Some(item), affiliation.as_deref()).is_ok()
+            && privacy.is_none_or(|(field, settings)| settings.admits(field, true));
         recipients.push((contact, allowed));
     }
     // Explicit subscribers (§6.1) get notifications without +notify caps, as
