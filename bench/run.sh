@@ -22,9 +22,7 @@ case "$SCENARIO" in
   chat) defaults=(--users 200 --step-secs 10 --drain-secs 3) ;;
   offline) defaults=(--messages 5000 --first 2101) ;;
   durable) defaults=(--pairs 10 --secs 10 --first 2201) ;;
-  group)
-    echo "group: not run. kith has no MUC (XEP-0045) yet; the scenario comes with it."
-    exit 0 ;;
+  group) defaults=(--members 200 --senders 10 --rates 10,20,50,100,200,400 --step-secs 10 --drain-secs 3 --keep-going) ;;
   *) log "unknown scenario $SCENARIO"; exit 1 ;;
 esac
 # Extra arguments replace the defaults entirely when given.
@@ -78,6 +76,13 @@ def metric(r):
     if scenario == "durable":
         if not r.get("sm_offered"): return [("acked msg/s", None, True)]
         return [("acked msg/s", r.get("acked_per_s"), True)]
+    if scenario == "group":
+        return [("delivered stanzas/s at highest held step", r.get("delivered_per_s_at_highest_held"), True),
+                ("server CPU µs/delivered stanza at highest held step",
+                 r.get("server_cpu_us_per_delivered_at_highest_held"), False),
+                ("delivered stanzas/s at highest lossless step (any p99)", r.get("delivered_per_s_at_highest_lossless"), True),
+                ("server CPU µs/delivered stanza at highest lossless step",
+                 r.get("server_cpu_us_per_delivered_at_highest_lossless"), False)]
     return []
 
 rows = {s: dict((m[0], m) for m in metric(load(s))) for s in ("kith", "ejabberd", "prosody")}

@@ -27,8 +27,8 @@ storage = "internal"
 -- In-band registration provisions the bench accounts: no throttle.
 allow_registration = true
 
--- No rate limits: mod_limits is not loaded. No MAM (archiving off), no MUC, no HTTP,
--- no s2s. mod_offline, mod_presence, mod_message, mod_iq and mod_c2s load by default.
+-- No rate limits: mod_limits is not loaded. No MAM for 1:1 chats (archiving off),
+-- no HTTP, no s2s. Groups: the MUC component at the end. mod_offline, mod_presence, mod_message, mod_iq and mod_c2s load by default.
 modules_enabled = {
   "roster"; "saslauth"; "tls"; "disco"; "register"; "ping"; "smacks";
   "blocklist"; "private"; "vcard_legacy"; "time"; "version"; "lastactivity";
@@ -37,3 +37,15 @@ modules_disabled = { "s2s"; }
 c2s_stanza_size_limit = 262144
 
 VirtualHost "localhost"
+
+-- Groups for the `group` scenario, like kith's: rooms are persistent, members-only
+-- and archived (mod_muc_mam on every room, as kith archives every group message);
+-- no history replay on join (the bench joins with maxstanzas='0'). No mod_muc_limits.
+Component "conference.localhost" "muc"
+  modules_enabled = { "muc_mam" }
+  muc_log_by_default = true
+  muc_log_all_rooms = true
+  muc_room_default_persistent = true
+  muc_room_default_members_only = true
+  muc_room_default_history_length = 0
+  max_archive_query_results = 50

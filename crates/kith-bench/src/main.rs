@@ -6,6 +6,7 @@
 //! errors, disconnects and lost messages instead of hiding them.
 
 mod client;
+mod group;
 mod report;
 mod scenarios;
 mod scram;
@@ -181,8 +182,46 @@ pub enum Scenario {
         #[arg(long, default_value_t = 64)]
         body_bytes: usize,
     },
-    /// Group fan-out: not available until kith has MUC (XEP-0045).
-    Group,
+    /// Group fan-out (XEP-0045 only): G members, N of them online in the room, S
+    /// senders at stepped aggregate rates; every online member measures latency.
+    Group {
+        /// Members of the group (owner PREFIX{first} and PREFIX{first+1}..).
+        #[arg(long, default_value_t = 200)]
+        members: usize,
+        /// Members logged in and joined (default: all of them).
+        #[arg(long)]
+        online: Option<usize>,
+        /// Online members that send (the first S).
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        #[arg(long, default_value_t = 1)]
+        first: usize,
+        /// Aggregate offered group messages/s, one step each.
+        #[arg(long, value_delimiter = ',', default_value = "10,20,50,100")]
+        rates: Vec<u32>,
+        #[arg(long, default_value_t = 10)]
+        step_secs: u64,
+        /// Pause after each step for late messages before judging it.
+        #[arg(long, default_value_t = 3)]
+        drain_secs: u64,
+        /// A step is held when p99 is under this and nothing is lost.
+        #[arg(long, default_value_t = 100)]
+        p99_ms: u64,
+        #[arg(long, default_value_t = 64)]
+        body_bytes: usize,
+        /// Run the remaining steps after a failed one (default: stop after 2 failed steps).
+        #[arg(long)]
+        keep_going: bool,
+        /// Logins and joins in flight at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Affiliation changes (one muc#admin IQ each) in flight at once.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// The MUC service (default conference.DOMAIN).
+        #[arg(long)]
+        muc_domain: Option<String>,
+    },
 }
 
 pub struct Ctx {
@@ -193,13 +232,6 @@ pub struct Ctx {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.scenario, Scenario::Group) {
-        eprintln!(
-            "group: not run. kith has no MUC (XEP-0045) yet; the group scenario will be \
-             added with it (see issue 8)."
-        );
-        std::process::exit(2);
-    }
     if !cli.target.ip().is_loopback() && !cli.allow_remote {
         bail!(
             "refusing non-loopback target {} without --allow-remote",

@@ -20,29 +20,29 @@ use crate::{Ctx, Scenario};
 type Writer = WriteHalf<Box<dyn Io>>;
 
 /// Microseconds since a process-wide epoch: the send time carried in message bodies.
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
-fn new_hist() -> Histogram<u64> {
+pub(crate) fn new_hist() -> Histogram<u64> {
     // 1 µs to 10 min, 3 significant digits; these bounds are valid.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-fn pad(n: usize) -> String {
+pub(crate) fn pad(n: usize) -> String {
     "x".repeat(n)
 }
 
 /// Samples the server's and our own CPU time over an interval.
-struct CpuMeter {
+pub(crate) struct CpuMeter {
     server: Option<u64>,
     client: u64,
     wall: Instant,
 }
 
 impl CpuMeter {
-    fn start(ctx: &Ctx) -> Self {
+    pub(crate) fn start(ctx: &Ctx) -> Self {
         CpuMeter {
             server: ctx.procs.cpu_us(),
             client: crate::sys::self_cpu_us(),
@@ -50,7 +50,7 @@ impl CpuMeter {
         }
     }
     /// (server CPU µs, client CPU µs, wall µs).
-    fn stop(&self, ctx: &Ctx) -> (Option<u64>, u64, u64) {
+    pub(crate) fn stop(&self, ctx: &Ctx) -> (Option<u64>, u64, u64) {
         let server = match (self.server, ctx.procs.cpu_us()) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
@@ -63,7 +63,7 @@ impl CpuMeter {
     }
 }
 
-fn saturation_note(client_cpu: u64, wall: u64) -> Option<String> {
+pub(crate) fn saturation_note(client_cpu: u64, wall: u64) -> Option<String> {
     let share = client_cpu as f64 / wall.max(1) as f64;
     (share > 0.9 * crate::sys::cpus_allowed() as f64).then(|| {
         format!(
@@ -73,7 +73,7 @@ fn saturation_note(client_cpu: u64, wall: u64) -> Option<String> {
     })
 }
 
-fn header(ctx: &Ctx, scenario: &str) -> serde_json::Value {
+pub(crate) fn header(ctx: &Ctx, scenario: &str) -> serde_json::Value {
     json!({
         "tool": "kith-bench",
         "version": env!("CARGO_PKG_VERSION"),
@@ -89,7 +89,7 @@ fn header(ctx: &Ctx, scenario: &str) -> serde_json::Value {
     })
 }
 
-fn user(ctx: &Ctx, n: usize) -> String {
+pub(crate) fn user(ctx: &Ctx, n: usize) -> String {
     format!("{}{n}", ctx.cli.prefix)
 }
 
@@ -150,13 +150,44 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
             ack_every,
             body_bytes,
         } => durable(ctx, pairs, first, secs, window, ack_every, body_bytes).await,
-        Scenario::Group => bail!("group: kith has no MUC yet"),
+        Scenario::Group {
+            members,
+            online,
+            senders,
+            first,
+            rates,
+            step_secs,
+            drain_secs,
+            p99_ms,
+            body_bytes,
+            keep_going,
+            concurrency,
+            batch,
+            muc_domain,
+        } => {
+            let opts = crate::group::GroupOpts {
+                members,
+                online: online.unwrap_or(members),
+                senders,
+                first,
+                rates,
+                step_secs,
+                drain_secs,
+                p99_ms,
+                body_bytes,
+                keep_going,
+                concurrency,
+                batch,
+                muc_domain: muc_domain.unwrap_or_else(|| format!("conference.{}", ctx.cli.domain)),
+            };
+            crate::group::group(ctx, opts).await
+        }
     }
 }
 
 /// Runs `f(i)` for `i` in `range` with at most `concurrency` in flight; returns the
 /// successes in completion order.
-async fn bounded<T, F, Fut>(
+pub(crate) async fn bounded<T, F, Fut>(
     range: std::ops::Range<usize>,
     concurrency: usize,
     errors: &Errors,
@@ -472,7 +503,7 @@ fn parse_body(body: &str, tag: &str) -> Option<(u32, usize, u64)> {
     Some((run, step, t))
 }
 
-fn message_body(el: &Element) -> Option<String> {
+pub(crate) fn message_body(el: &Element) -> Option<String> {
     el.child_text("body", client::NS_CLIENT)
 }
 
@@ -818,7 +849,7 @@ async fn drain(conn: &mut client::Conn, quiet: Duration, max: Duration) -> usize
 
 /// Closes the stream and waits for the server to close its side (so that it
 /// considers the user offline before anything else happens).
-async fn close(mut conn: client::Conn) {
+pub(crate) async fn close(mut conn: client::Conn) {
     let _ = conn
         .send("<presence type='unavailable'/></stream:stream>")
         .await;
