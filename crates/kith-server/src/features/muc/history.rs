@@ -6,8 +6,8 @@
 //! The fan-out serialises the reflected message once; the same text is the
 //! log entry of the room (with its archive id) and of every member, all
 //! appended in one transaction by the group-commit writer. Only then is it
-//! handed to members' online devices, under their log-order locks (so log order
-//! is delivery order), and to occupants who are not members. The work per
+//! handed to members' online devices, from the commit callback on the writer
+//! task (so log order is delivery order), and to occupants who are not members. The work per
 //! message is bounded by `[muc] max_members`.
 
 use std::sync::Arc;
