@@ -176,6 +176,11 @@ impl Store {
         owner: &str,
         query: &ArchiveQuery,
     ) -> std::result::Result<ArchivePage, ArchiveError> {
+        if query.fulltext.is_some() {
+            // The SQLite writer indexes off the commit path: catch up first so
+            // the search sees everything committed before it.
+            self.writer.index_now().await?;
+        }
         // One snapshot for id look-ups, count and page, so they agree
         // (PostgreSQL's default READ COMMITTED is per statement).
         let mut tx = match self.backend {

@@ -60,6 +60,11 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 
+    /// An error from the SQLite connection the inbox-log writer drives itself
+    /// (see `batch::sqlite`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+
     /// The store's background writer is gone (the runtime is shutting down).
     #[error("the store is closed")]
     Closed,

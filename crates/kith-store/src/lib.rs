@@ -6,7 +6,8 @@
 //!   `sqlite:path`). The file and its parent directory are created if missing;
 //!   the database runs in WAL mode with `synchronous=NORMAL`,
 //!   `foreign_keys=ON` and a 5 s busy timeout. `sqlite::memory:` gives a
-//!   private in-memory database (one connection; for tests).
+//!   private throwaway database (a temporary file, removed when the last clone
+//!   of the store is dropped; for tests).
 //! * **PostgreSQL**: `postgres://…` or `postgresql://…` (any URL sqlx accepts,
 //!   e.g. with `?options=-c search_path%3Dkith` to pick a schema).
 //!
@@ -67,8 +68,9 @@ mod push;
 mod types;
 mod uploads;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -98,7 +100,7 @@ pub const DEFAULT_SQLITE_MAX_CONNECTIONS: u32 = 4;
 /// Default pool size for PostgreSQL.
 pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 10;
 /// SQLite busy timeout: how long a writer waits for the write lock.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which engine a [`Store`] runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,6 +129,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     writer: batch::Writer,
+    /// The temporary file behind `sqlite::memory:`, removed with the last clone.
+    _temp: Option<Arc<TempDb>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -154,8 +158,11 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         let max_connections = max_connections.max(1);
-        let pool = match backend {
-            Backend::Sqlite => open_sqlite(url, max_connections).await?,
+        let (pool, file, temp) = match backend {
+            Backend::Sqlite => {
+                let (pool, file, temp) = open_sqlite(url, max_connections).await?;
+                (pool, Some(file), temp)
+            }
             Backend::Postgres => {
                 let opts = AnyConnectOptions::from_str(url)?;
                 // One direct connection first: the pool retries failed
@@ -165,19 +172,24 @@ impl Store {
                     .await?
                     .close()
                     .await?;
-                AnyPoolOptions::new()
+                let pool = AnyPoolOptions::new()
                     .max_connections(max_connections)
                     .connect_with(opts)
-                    .await?
+                    .await?;
+                (pool, None, None)
             }
         };
         migrate::run(&pool, backend).await?;
         tracing::debug!(?backend, max_connections, "store opened");
-        let writer = batch::Writer::start(pool.clone(), backend);
+        let writer = match &file {
+            Some(file) => batch::Writer::start_sqlite(file)?,
+            None => batch::Writer::start_postgres(pool.clone()),
+        };
         Ok(Store {
             pool,
             backend,
             writer,
+            _temp: temp,
         })
     }
 
@@ -731,49 +743,62 @@ pub(crate) fn now_micros() -> i64 {
 }
 
 /// Builds the SQLite pool: prepares the file (directory, WAL) once, then
-/// sets the per-connection pragmas on every pooled connection.
-async fn open_sqlite(url: &str, max_connections: u32) -> Result<AnyPool> {
-    let opts = SqliteConnectOptions::from_str(url)?
+/// sets the per-connection pragmas on every pooled connection. Returns the
+/// pool, the database file's absolute path and, for `sqlite::memory:`, the
+/// temporary file standing in for it.
+async fn open_sqlite(
+    url: &str,
+    max_connections: u32,
+) -> Result<(AnyPool, PathBuf, Option<Arc<TempDb>>)> {
+    let mut opts = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
-    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-
-    let any_opts = if in_memory {
-        // Each connection opened from this URL is a new, private database.
-        AnyConnectOptions::from_str("sqlite::memory:")?
+    // The inbox-log writer has a connection of its own (`batch::sqlite`), and
+    // a private in-memory database cannot be shared between connections: a
+    // throwaway file stands in for it.
+    let temp = if url.contains(":memory:") || url.contains("mode=memory") {
+        let temp = TempDb::create()?;
+        opts = SqliteConnectOptions::new()
+            .filename(temp.0.join("kith.db"))
+            .create_if_missing(true)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            .foreign_keys(true);
+        Some(Arc::new(temp))
     } else {
-        // Make the path absolute and free of `..`: the Any driver only takes a
-        // URL, and URL parsing would normalise `a/../b` differently.
-        let filename = opts.get_filename().to_path_buf();
-        let dir = match filename.parent().filter(|d| !d.as_os_str().is_empty()) {
-            Some(dir) => dir.to_path_buf(),
-            None => std::path::PathBuf::from("."),
-        };
-        create_dir(&dir)?;
-        let dir = std::fs::canonicalize(&dir).map_err(|source| StoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let Some(name) = filename.file_name() else {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
-        };
-        let opts = opts.filename(dir.join(name));
-        // journal_mode=WAL is persistent in the file; set it once, on a
-        // connection of its own, before the pool exists (changing it needs an
-        // exclusive lock that busy_timeout does not wait for).
-        let conn = opts
-            .clone()
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .connect()
-            .await?;
-        conn.close().await?;
-        // The Any driver only takes a URL, which cannot carry pragmas: build
-        // the URL from the parsed options and set pragmas in `after_connect`.
-        AnyConnectOptions::from_url(&opts.to_url_lossy())?
+        None
     };
-    let mut pool_opts = AnyPoolOptions::new()
+    // Make the path absolute and free of `..`: the Any driver only takes a
+    // URL, and URL parsing would normalise `a/../b` differently.
+    let filename = opts.get_filename().to_path_buf();
+    let dir = match filename.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    create_dir(&dir)?;
+    let dir = std::fs::canonicalize(&dir).map_err(|source| StoreError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let Some(name) = filename.file_name() else {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    };
+    let file = dir.join(name);
+    let opts = opts.filename(&file);
+    // journal_mode=WAL is persistent in the file; set it once, on a
+    // connection of its own, before the pool exists (changing it needs an
+    // exclusive lock that busy_timeout does not wait for).
+    let conn = opts
+        .clone()
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .connect()
+        .await?;
+    conn.close().await?;
+    // The Any driver only takes a URL, which cannot carry pragmas: build
+    // the URL from the parsed options and set pragmas in `after_connect`.
+    let any_opts = AnyConnectOptions::from_url(&opts.to_url_lossy())?;
+    let pool_opts = AnyPoolOptions::new()
         .max_connections(max_connections)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
@@ -787,16 +812,34 @@ async fn open_sqlite(url: &str, max_connections: u32) -> Result<AnyPool> {
                 Ok(())
             })
         });
-    if in_memory {
-        // A private in-memory database lives as long as its connections:
-        // keep exactly one, forever.
-        pool_opts = pool_opts
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None);
+    Ok((pool_opts.connect_with(any_opts).await?, file, temp))
+}
+
+/// A directory of its own under the system's temporary directory, removed
+/// (with the database files in it) when dropped.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn create() -> Result<TempDb> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "kith-memory-{}-{n}-{}",
+            std::process::id(),
+            now_micros()
+        ));
+        std::fs::create_dir(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(TempDb(path))
     }
-    Ok(pool_opts.connect_with(any_opts).await?)
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn create_dir(dir: &Path) -> Result<()> {

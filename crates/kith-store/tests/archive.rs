@@ -28,6 +28,7 @@ both!(
     fulltext_unicode,
     fulltext_hostile_input,
     fulltext_follows_deletes_and_updates,
+    fulltext_index_catches_up,
     corpus_search_matches_the_oracle,
     archive_bounds,
     prefs_round_trip,
@@ -794,6 +795,57 @@ async fn fulltext_hostile_input(db: TestDb) {
             .len(),
         6
     );
+}
+
+/// SQLite indexes new entries after their commit (`batch::sqlite`): whatever
+/// happens between commit and indexing — an edit, the newest row deleted and its
+/// rowid handed out again, a restart — search finds what the log holds.
+async fn fulltext_index_catches_up(db: TestDb) {
+    let msg = |id: &'static str, body: &'static str| Msg {
+        id,
+        peer: "bob@example.org",
+        sender: "bob@example.org/phone",
+        direction: "in",
+        body: Some(body),
+        at: 1,
+    };
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    append(&s, "alice", &msg("d0", "kiwi one")).await;
+    assert_eq!(search(&s, "alice", "kiwi").await, ["d0"]);
+
+    // Edited right after its commit, before or after its indexing pass.
+    append(&s, "alice", &msg("d1", "kiwi two")).await;
+    let raw = db.raw().await;
+    sqlx::query("UPDATE inbox SET body = $1 WHERE owner = $2 AND stanza_id = $3")
+        .bind("mango")
+        .bind("alice")
+        .bind("d1")
+        .execute(&raw)
+        .await
+        .unwrap();
+    assert_eq!(search(&s, "alice", "kiwi").await, ["d0"]);
+    assert_eq!(search(&s, "alice", "mango").await, ["d1"]);
+
+    // The newest row goes; SQLite may give its rowid to the next one.
+    sqlx::query("DELETE FROM inbox WHERE owner = $1 AND stanza_id = $2")
+        .bind("alice")
+        .bind("d1")
+        .execute(&raw)
+        .await
+        .unwrap();
+    append(&s, "alice", &msg("d2", "papaya")).await;
+    assert!(search(&s, "alice", "mango").await.is_empty());
+    assert_eq!(search(&s, "alice", "papaya").await, ["d2"]);
+
+    // Committed, then the store closes at once; the next one finds it.
+    append(&s, "alice", &msg("d3", "guava")).await;
+    s.close().await;
+    drop(s);
+    raw.close().await;
+    let s = db.open().await;
+    assert_eq!(search(&s, "alice", "guava").await, ["d3"]);
+    assert_eq!(search(&s, "alice", "kiwi").await, ["d0"]);
 }
 
 async fn fulltext_follows_deletes_and_updates(db: TestDb) {

@@ -6,18 +6,25 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kith_store::{ScramSecret, Store, StoredCredentials};
 use sqlx::Connection;
 
 pub struct TestDb {
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    /// Every store opened, closed before the SQLite file is removed.
+    opened: Arc<Mutex<Vec<Store>>>,
 }
 
 impl TestDb {
     pub async fn open(&self) -> Store {
-        Store::open(&self.url).await.expect("open store")
+        let store = Store::open(&self.url).await.expect("open store");
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store.clone());
+        store
     }
 
     /// A raw pool on the same database, for what the store API cannot do.
@@ -38,11 +45,21 @@ where
     // A nested, not-yet-existing directory: open must create it.
     let path = dir.path().join("data").join("kith.db");
     let url = format!("sqlite://{}", path.display());
+    let opened = Arc::new(Mutex::new(Vec::new()));
     body(TestDb {
         url,
-        _dir: Some(dir),
+        opened: opened.clone(),
     })
     .await;
+    // Close every connection (and the writer thread, with the last clone)
+    // before the files go: SQLite keeps per-file state for the process, and a
+    // new test's file on the reused inode of a still-open deleted one shares it.
+    let stores = std::mem::take(&mut *opened.lock().unwrap_or_else(|e| e.into_inner()));
+    for store in &stores {
+        store.close().await;
+    }
+    drop(stores);
+    drop(dir);
 }
 
 /// Replaces the database name (the URL path) of `admin_url`.
@@ -97,7 +114,7 @@ where
 
     let db = TestDb {
         url: with_database(&admin_url, &name),
-        _dir: None,
+        opened: Arc::new(Mutex::new(Vec::new())),
     };
     let outcome = tokio::spawn(body(db)).await;
 

@@ -1,0 +1,197 @@
+//! The PostgreSQL engine of the group commit: a tokio task runs each batch
+//! through the sqlx pool. Every statement is a network round trip, so the batch
+//! uses few whatever its size: one multi-row `UPDATE` per chunk of owners
+//! reserves a range of sequence numbers per owner, one multi-row `INSERT` per
+//! chunk of entries writes them. The full-text index is an expression index
+//! (`inbox_body_fts`) kept by PostgreSQL itself.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{AnyPool, Row};
+use tokio::sync::mpsc;
+
+use super::{Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
+use crate::{Backend, Result, begin_write};
+
+pub(super) async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        fill(&mut batch, first, &mut rx);
+        let started = std::time::Instant::now();
+        match write(&pool, &batch).await {
+            Ok(results) => {
+                tracing::debug!(
+                    jobs = batch.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "group commit"
+                );
+                answer(batch.drain(..), results)
+            }
+            Err(error) => {
+                // One transaction per job, so one bad job can't fail the others.
+                tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
+                for job in batch.drain(..) {
+                    let job = vec![job];
+                    match write(&pool, &job).await {
+                        Ok(results) => answer(job.into_iter(), results),
+                        Err(error) => fail(job.into_iter(), &error),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs every job of the batch in one transaction. The error is a database
+/// failure (nothing committed); an unknown owner only fails its own entry.
+async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
+    let mut tx = begin_write(pool, Backend::Postgres).await?;
+
+    // Reserve sequence numbers: per owner, as many as it has entries here.
+    let wanted = wanted(batch);
+    // Next free sequence number per owner; absent = no such user.
+    let mut next: HashMap<&str, i64> = HashMap::with_capacity(wanted.len());
+    for chunk in chunks(&wanted) {
+        // Built from numbers only: placeholders, no input.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(reserve_sql(chunk.len())));
+        for (owner, count) in chunk {
+            query = query.bind(*owner).bind(*count);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            let owner: String = row.try_get("username")?;
+            let last: i64 = row.try_get("inbox_seq")?;
+            if let Some((name, count)) = chunk.iter().find(|(name, _)| *name == owner) {
+                next.insert(name, last - count + 1);
+            }
+        }
+    }
+    let mut plan = plan(batch, next);
+
+    // Entries whose origin key is already in the log are skipped by the insert
+    // (`ON CONFLICT DO NOTHING`); what it returns is what was written.
+    let mut written_rows: Vec<(String, i64)> = Vec::with_capacity(plan.rows.len());
+    for chunk in chunks(&plan.rows) {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(chunk.len())));
+        for (owner, seq, entry) in chunk {
+            query = query
+                .bind(*owner)
+                .bind(*seq)
+                .bind(&entry.stanza_id)
+                .bind(&entry.sender)
+                .bind(&entry.kind)
+                .bind(&entry.xml)
+                .bind(entry.at_micros)
+                .bind(&entry.peer)
+                .bind(&entry.direction)
+                .bind(&entry.body)
+                .bind(&entry.origin);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            written_rows.push((row.try_get("owner")?, row.try_get("seq")?));
+        }
+    }
+    let written: HashSet<(&str, i64)> = written_rows
+        .iter()
+        .map(|(owner, seq)| (owner.as_str(), *seq))
+        .collect();
+    plan.mark_duplicates(batch, &written);
+
+    for ((owner, resource), (seq, now_micros)) in &plan.acks {
+        sqlx::query(
+            "UPDATE devices SET cursor = $3, last_seen_micros = $4
+             WHERE owner = $1 AND resource = $2 AND cursor < $3",
+        )
+        .bind(*owner)
+        .bind(*resource)
+        .bind(*seq)
+        .bind(*now_micros)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE users SET delivered_seq = $2 WHERE username = $1 AND delivered_seq < $2",
+        )
+        .bind(*owner)
+        .bind(*seq)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(plan.results)
+}
+
+/// Chunk sizes for multi-row statements: few distinct statement texts (each is
+/// prepared once and cached per connection), few round trips.
+const CHUNK_SIZES: [usize; 4] = [64, 16, 4, 1];
+
+/// Splits `items` into chunks of the sizes in [`CHUNK_SIZES`], largest first.
+fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let size = CHUNK_SIZES.into_iter().find(|size| *size <= rest.len())?;
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// `UPDATE … FROM (VALUES …)` reserving `count` sequence numbers for each of `rows`
+/// owners; returns each existing owner's last reserved number.
+fn reserve_sql(rows: usize) -> String {
+    let values = placeholders(rows, 2);
+    format!(
+        "UPDATE users SET inbox_seq = users.inbox_seq + v.column2 FROM (VALUES {values}) AS v \
+         WHERE users.username = v.column1 RETURNING users.username AS username, users.inbox_seq AS inbox_seq"
+    )
+}
+
+/// Multi-row `INSERT INTO inbox` of `rows` entries, skipping duplicates of an
+/// origin key already in the log; returns the rows written.
+fn insert_sql(rows: usize) -> String {
+    let values = placeholders(rows, 11);
+    format!(
+        "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin) \
+         VALUES {values} ON CONFLICT DO NOTHING RETURNING owner, seq"
+    )
+}
+
+/// `($1, $2), ($3, $4), …`: `rows` tuples of `columns` numbered placeholders.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(row * columns + column + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_everything_in_order_with_few_sizes() {
+        for len in 0..300 {
+            let items: Vec<usize> = (0..len).collect();
+            let pieces: Vec<&[usize]> = chunks(&items).collect();
+            assert!(pieces.iter().all(|p| CHUNK_SIZES.contains(&p.len())));
+            let joined: Vec<usize> = pieces.concat();
+            assert_eq!(joined, items);
+        }
+    }
+
+    #[test]
+    fn placeholders_number_rows_then_columns() {
+        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(placeholders(1, 3), "($1, $2, $3)");
+    }
+}

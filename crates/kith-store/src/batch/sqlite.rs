@@ -1,0 +1,341 @@
+//! The SQLite engine of the group commit: one thread owns one connection and
+//! runs each batch as one `BEGIN IMMEDIATE` transaction of cached prepared
+//! statements. Through sqlx every statement was a round trip to its worker
+//! thread (a context switch each way, and the conversions of the `Any` driver);
+//! here a whole batch costs one hand-over.
+//!
+//! The same thread keeps the full-text index (`inbox_fts`, migration 6) off the
+//! commit path: entries are indexed in passes of up to [`INDEX_CHUNK`] rows when
+//! the queue is idle, when [`INDEX_BEHIND_ROWS`] entries wait, or when the oldest
+//! waiting entry is [`INDEX_BEHIND`] old; a search first asks for a pass
+//! ([`super::Writer::index_now`]), so it sees everything committed before it.
+//! `fts_state.next_rowid` (durable) is the lowest `inbox` rowid that may not be
+//! indexed yet; a pass indexes the rows from there and moves it on. SQLite can
+//! hand a deleted row's rowid to a new row, so a commit that inserts below it
+//! lowers it in the same transaction.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::oneshot;
+
+use super::{Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
+use crate::{Result, SQLITE_BUSY_TIMEOUT, StoreError};
+
+/// Page cache of the writer's connection, KiB (SQLite's default is 2,000 KiB:
+/// too small for the inbox's indexes, which then come back through `pread`).
+const CACHE_KIB: i64 = 8 * 1024;
+/// Most rows one full-text pass indexes (one transaction).
+const INDEX_CHUNK: i64 = 4096;
+/// A pass runs even while busy once this many entries wait.
+const INDEX_BEHIND_ROWS: usize = 2048;
+/// … or once the oldest waiting entry is this old.
+const INDEX_BEHIND: Duration = Duration::from_millis(500);
+
+/// Opens the writer's connection and starts its thread, which ends (closing
+/// the connection) once every sender of `rx` is gone.
+pub(super) fn start(path: &Path, rx: mpsc::Receiver<Job>) -> Result<std::thread::JoinHandle<()>> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    let next_rowid: i64 =
+        conn.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
+    let writer = SqliteWriter {
+        conn,
+        fts: Fts {
+            next_rowid,
+            // Unknown after a restart: check once.
+            waiting: 1,
+            oldest: Some(Instant::now()),
+        },
+    };
+    // Callbacks may spawn tasks: run them inside the runtime that opened the store.
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let thread = std::thread::Builder::new()
+        .name("kith-sqlite-writer".to_owned())
+        .spawn(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            writer.run(rx);
+        })
+        .map_err(|source| StoreError::Io {
+            path: PathBuf::from(path),
+            source,
+        })?;
+    Ok(thread)
+}
+
+struct SqliteWriter {
+    conn: Connection,
+    fts: Fts,
+}
+
+/// Where the full-text index stands.
+struct Fts {
+    /// `fts_state.next_rowid` as committed.
+    next_rowid: i64,
+    /// Entries with a body committed but maybe not indexed (an estimate that is
+    /// never 0 while some are).
+    waiting: usize,
+    /// When the oldest of them was committed.
+    oldest: Option<Instant>,
+}
+
+impl Fts {
+    fn due(&self) -> bool {
+        self.waiting >= INDEX_BEHIND_ROWS
+            || self.oldest.is_some_and(|t| t.elapsed() >= INDEX_BEHIND)
+    }
+}
+
+impl SqliteWriter {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = match rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if self.fts.waiting > 0 => {
+                    // Idle: catch the index up a chunk at a time, then look again.
+                    self.index_pass();
+                    continue;
+                }
+                Err(TryRecvError::Empty) => match rx.blocking_recv() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            fill(&mut batch, first, &mut rx);
+            self.commit(&mut batch);
+            if self.fts.due() {
+                self.index_pass();
+            }
+        }
+        // Closing: what is not indexed yet is indexed after the next start
+        // (`fts_state` says from where).
+    }
+
+    /// Commits one batch and answers its jobs.
+    fn commit(&mut self, batch: &mut Vec<Job>) {
+        // Index requests are answered after the commit and a full pass.
+        let mut index_requests: Vec<oneshot::Sender<Result<()>>> = Vec::new();
+        let jobs = std::mem::take(batch);
+        for job in jobs {
+            match job {
+                Job::Index { reply } => index_requests.push(reply),
+                job => batch.push(job),
+            }
+        }
+        if !batch.is_empty() {
+            let started = Instant::now();
+            match self.write(batch) {
+                Ok(results) => {
+                    tracing::debug!(
+                        jobs = batch.len(),
+                        micros = started.elapsed().as_micros() as u64,
+                        "group commit"
+                    );
+                    answer(batch.drain(..), results);
+                }
+                Err(error) => {
+                    // One transaction per job, so one bad job can't fail the others.
+                    tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
+                    for job in batch.drain(..) {
+                        let job = vec![job];
+                        match self.write(&job) {
+                            Ok(results) => answer(job.into_iter(), results),
+                            Err(error) => fail(job.into_iter(), &error),
+                        }
+                    }
+                }
+            }
+        }
+        if !index_requests.is_empty() {
+            // Not trusting `waiting`: rows written by other connections (a
+            // restore, a test) are indexed too.
+            let mut outcome = Ok(());
+            loop {
+                match self.try_index_pass() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(error) => {
+                        outcome = Err(error);
+                        break;
+                    }
+                }
+            }
+            for reply in index_requests {
+                let _ = reply.send(match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(error) => Err(StoreError::Corrupt(format!("indexing failed: {error}"))),
+                });
+            }
+        }
+    }
+
+    /// Runs every job of the batch in one transaction. The error is a database
+    /// failure (nothing committed); an unknown owner only fails its own entry.
+    fn write(&mut self, batch: &[Job]) -> Result<Vec<Done>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+
+        // Reserve sequence numbers: per owner, as many as it has entries here.
+        let wanted = wanted(batch);
+        let mut next: HashMap<&str, i64> = HashMap::with_capacity(wanted.len());
+        {
+            let mut reserve = tx.prepare_cached(
+                "UPDATE users SET inbox_seq = inbox_seq + ?1 WHERE username = ?2 RETURNING inbox_seq",
+            )?;
+            for (owner, count) in wanted {
+                // RETURNING: every change happens in the first step.
+                let last: Option<i64> = reserve
+                    .query_row(params![count, owner], |row| row.get(0))
+                    .optional()?;
+                if let Some(last) = last {
+                    next.insert(owner, last - count + 1);
+                }
+            }
+        }
+        let mut plan = plan(batch, next);
+
+        // Entries whose origin key is already in the log are skipped
+        // (`ON CONFLICT DO NOTHING`): no row changes.
+        let mut written: HashSet<(&str, i64)> = HashSet::with_capacity(plan.rows.len());
+        let mut with_body = 0;
+        let mut lowest_rowid = i64::MAX;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
+            )?;
+            for (owner, seq, entry) in &plan.rows {
+                let changed = insert.execute(params![
+                    owner,
+                    seq,
+                    entry.stanza_id,
+                    entry.sender,
+                    entry.kind,
+                    entry.xml,
+                    entry.at_micros,
+                    entry.peer,
+                    entry.direction,
+                    entry.body,
+                    entry.origin,
+                ])?;
+                if changed == 1 {
+                    written.insert((owner, *seq));
+                    if entry.body.is_some() {
+                        with_body += 1;
+                        lowest_rowid = lowest_rowid.min(tx.last_insert_rowid());
+                    }
+                }
+            }
+        }
+        plan.mark_duplicates(batch, &written);
+        // A reused rowid below the index's mark must not be skipped by it.
+        let lowered = lowest_rowid < self.fts.next_rowid;
+        if lowered {
+            tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
+                .execute(params![lowest_rowid])?;
+        }
+
+        for ((owner, resource), (seq, now_micros)) in &plan.acks {
+            tx.prepare_cached(
+                "UPDATE devices SET cursor = ?3, last_seen_micros = ?4
+                 WHERE owner = ?1 AND resource = ?2 AND cursor < ?3",
+            )?
+            .execute(params![owner, resource, seq, now_micros])?;
+            tx.prepare_cached(
+                "UPDATE users SET delivered_seq = ?2 WHERE username = ?1 AND delivered_seq < ?2",
+            )?
+            .execute(params![owner, seq])?;
+        }
+        tx.commit()?;
+
+        if lowered {
+            self.fts.next_rowid = lowest_rowid;
+        }
+        if with_body > 0 {
+            self.fts.waiting += with_body;
+            self.fts.oldest.get_or_insert_with(Instant::now);
+        }
+        Ok(plan.results)
+    }
+
+    /// One full-text pass, logging a failure (the entries stay waiting and the
+    /// next pass retries them). Returns whether more may be waiting.
+    fn index_pass(&mut self) -> bool {
+        match self.try_index_pass() {
+            Ok(more) => more,
+            Err(error) => {
+                tracing::warn!(%error, "full-text indexing failed; will retry");
+                // Don't spin on a failing database: wait for the next commit.
+                self.fts.oldest = Some(Instant::now());
+                false
+            }
+        }
+    }
+
+    /// Indexes up to [`INDEX_CHUNK`] rows from `fts_state.next_rowid` in one
+    /// transaction. Returns whether more may be waiting.
+    fn try_index_pass(&mut self) -> Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let from: i64 = tx.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
+        let last: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
+            row.get(0)
+        })?;
+        if last < from {
+            tx.commit()?;
+            self.fts = Fts {
+                next_rowid: from,
+                waiting: 0,
+                oldest: None,
+            };
+            return Ok(false);
+        }
+        let to = last.min(from + INDEX_CHUNK - 1);
+        // Rows new in `inbox_fts_rows` are numbered above every existing one.
+        let before: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM inbox_fts_rows",
+            [],
+            |row| row.get(0),
+        )?;
+        // A row whose body was edited before this pass was indexed by the
+        // update trigger already: `OR IGNORE` keeps its mapping, and the
+        // second statement only takes mappings made here.
+        let indexed = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO inbox_fts_rows (owner, seq)
+                 SELECT owner, seq FROM inbox
+                 WHERE rowid BETWEEN ?1 AND ?2 AND body IS NOT NULL ORDER BY rowid",
+            )?
+            .execute(params![from, to])?;
+        tx.prepare_cached(
+            "INSERT INTO inbox_fts (rowid, body)
+             SELECT r.id, i.body FROM inbox_fts_rows r
+             JOIN inbox i ON i.owner = r.owner AND i.seq = r.seq
+             WHERE r.id > ?1",
+        )?
+        .execute(params![before])?;
+        tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
+            .execute(params![to + 1])?;
+        tx.commit()?;
+
+        self.fts.next_rowid = to + 1;
+        let more = to < last;
+        if more {
+            self.fts.waiting = self.fts.waiting.saturating_sub(indexed).max(1);
+        } else {
+            self.fts.waiting = 0;
+            self.fts.oldest = None;
+        }
+        Ok(more)
+    }
+}
