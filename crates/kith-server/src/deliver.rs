@@ -336,7 +336,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
     };
     let mut entries = vec![(node(&recipient), entry)];
     // The sender's copy, for their archive, goes into the same commit.
-    let own_id = crate::random_id(20);
+    let own_id = crate::archive_id();
     let sender_owner = sender_jid
         .as_ref()
         .filter(|j| server.is_local_user(j) && j.to_bare() != recipient)
@@ -492,7 +492,7 @@ fn stamp_stanza_id(message: &mut Element, recipient: &str) -> String {
         !matches!(node, kith_proto::Node::Element(e)
             if e.is("stanza-id", ns::SID) && e.get_attr("by") == Some(recipient))
     });
-    let id = crate::random_id(20);
+    let id = crate::archive_id();
     message.push_child(
         Element::new(ns::SID, "stanza-id")
             .attr("id", id.clone())

@@ -806,6 +806,8 @@ async fn open_sqlite(
                     "PRAGMA foreign_keys = ON",
                     "PRAGMA busy_timeout = 5000",
                     "PRAGMA synchronous = NORMAL",
+                    // The inbox-log writer's checkpointer does them (batch::sqlite).
+                    "PRAGMA wal_autocheckpoint = 0",
                 ] {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }

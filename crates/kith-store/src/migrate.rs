@@ -349,6 +349,21 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
         postgres: &[],
     },
+    // Most entries carry no origin key (chat states, receipts, clients without
+    // XEP-0359): a partial index skips them instead of writing `(owner, NULL)`
+    // for each. `ON CONFLICT DO NOTHING` (no target) still honours it.
+    Migration {
+        version: 7,
+        name: "inbox origin index only where there is an origin",
+        sqlite: &[
+            "DROP INDEX inbox_origin",
+            "CREATE UNIQUE INDEX inbox_origin ON inbox (owner, origin) WHERE origin IS NOT NULL",
+        ],
+        postgres: &[
+            "DROP INDEX inbox_origin",
+            "CREATE UNIQUE INDEX inbox_origin ON inbox (owner, origin) WHERE origin IS NOT NULL",
+        ],
+    },
     // Phone-number accounts (issue 4): the number of each phone account, device
     // credentials (a hash for HTTP bearer use and per-device SCRAM keys under the
     // user's salt), pending SMS codes (hashed), link-a-device requests, and contact

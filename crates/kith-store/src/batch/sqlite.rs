@@ -27,7 +27,9 @@ use crate::{Result, SQLITE_BUSY_TIMEOUT, StoreError};
 
 /// Page cache of the writer's connection, KiB (SQLite's default is 2,000 KiB:
 /// too small for the inbox's indexes, which then come back through `pread`).
-const CACHE_KIB: i64 = 8 * 1024;
+const CACHE_KIB: i64 = 32 * 1024;
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Most rows one full-text pass indexes (one transaction).
 const INDEX_CHUNK: i64 = 4096;
 /// A pass runs even while busy once this many entries wait.
@@ -43,10 +45,14 @@ pub(super) fn start(path: &Path, rx: mpsc::Receiver<Job>) -> Result<std::thread:
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    // Checkpoints are the checkpointer's (below): none in the commit path.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     let next_rowid: i64 =
         conn.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
+    let checkpointer = Checkpointer::start(path)?;
     let writer = SqliteWriter {
         conn,
+        _checkpointer: checkpointer,
         fts: Fts {
             next_rowid,
             // Unknown after a restart: check once.
@@ -72,6 +78,66 @@ pub(super) fn start(path: &Path, rx: mpsc::Receiver<Job>) -> Result<std::thread:
 struct SqliteWriter {
     conn: Connection,
     fts: Fts,
+    /// Stopped (and waited for) when the writer ends.
+    _checkpointer: Checkpointer,
+}
+
+/// A thread with a connection of its own that checkpoints the WAL every
+/// [`CHECKPOINT_EVERY`] (`PASSIVE`: it never blocks the writer or readers).
+/// With SQLite's automatic checkpoints the commit that crosses 1,000 WAL pages
+/// copies them back and `fsync`s the database, and every message queued behind
+/// that commit waits for the disk; every connection of the store has them off.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("kith-sqlite-checkpoint".to_owned())
+            .spawn(move || {
+                let checkpoint = || {
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                    });
+                    match done {
+                        Ok((wal_pages, copied)) => {
+                            tracing::trace!(wal_pages, copied, "checkpoint");
+                        }
+                        Err(error) => tracing::warn!(%error, "WAL checkpoint failed"),
+                    }
+                };
+                loop {
+                    match stopped.recv_timeout(CHECKPOINT_EVERY) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => checkpoint(),
+                        _ => break,
+                    }
+                }
+                checkpoint();
+            })
+            .map_err(|source| StoreError::Io {
+                path: PathBuf::from(path),
+                source,
+            })?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Where the full-text index stands.

@@ -97,7 +97,7 @@ pub(super) async fn fan_out(
     mut reflected: Element,
     sender_bare: &str,
 ) -> Result<(), StanzaError> {
-    let archive_id = crate::random_id(20);
+    let archive_id = crate::archive_id();
     reflected.push_child(
         Element::new(ns::SID, "stanza-id")
             .attr("id", archive_id.clone())
