@@ -8,10 +8,21 @@ import { App } from './app.js';
 import { session, prefs } from './store.js';
 import * as push from './push.js';
 import * as accounts from './accounts.js';
-import { $, h, paintAvatar } from './ui/dom.js';
+import { $, h, paintAvatar, shrink } from './ui/dom.js';
 import { mountChatList } from './ui/chatlist.js';
 import { mountConversation } from './ui/conversation.js';
 import { mountGroupDialogs } from './ui/group.js';
+
+// An invite link (`/join/<token>` links to `/#join=<token>`): kept for this tab
+// until the user is signed in, then offered in the join dialog.
+const JOIN = 'kith.join';
+function takeJoinHash() {
+  const m = /^#join=([A-Za-z0-9_-]{1,200})$/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem(JOIN, m[1]);
+  history.replaceState(null, '', location.pathname);
+}
+takeJoinHash();
 
 const wsUrl = () => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/xmpp-websocket`;
 
@@ -217,15 +228,76 @@ function showApp(app) {
 
   mountDialogs(app, openChat);
   mountGroupDialogs(app, { openChat, getJid: () => convo.jid });
+  const offerJoin = mountJoinDialog(app, openChat);
   list.render();
   performance.mark('kith:chat-list'); // painted (from the snapshot after a reload)
   const target = decodeURIComponent(location.hash.slice(1));
   if (target.includes('@')) openChat(target);
   else $('search').focus();
+  offerJoin();
   addEventListener('hashchange', () => {
+    takeJoinHash();
+    offerJoin();
     const j = decodeURIComponent(location.hash.slice(1));
     if (j.includes('@') && j !== convo.jid) openChat(j);
   });
+}
+
+/** The join dialog for an invite link: the group's name first, joining on "Join group". */
+function mountJoinDialog(app, openChat) {
+  const dialog = $('join-dialog');
+  const error = $('join-error');
+  let token = null;
+  let name = '';
+  $('join-cancel').addEventListener('click', () => dialog.close());
+  dialog.addEventListener('close', () => { token = null; });
+  $('join-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    if (!token) return;
+    error.textContent = '';
+    $('join-submit').disabled = true;
+    try {
+      await app.conn.whenReady();
+      const c = await app.joinByLink(token, name);
+      dialog.close();
+      openChat(c.jid);
+    } catch (err) {
+      error.textContent = err.message;
+    } finally {
+      $('join-submit').disabled = false;
+    }
+  });
+  return async function offerJoin() {
+    const next = sessionStorage.getItem(JOIN);
+    if (!next) return;
+    sessionStorage.removeItem(JOIN);
+    token = next;
+    name = '';
+    error.textContent = '';
+    $('join-name').textContent = 'Invite link';
+    $('join-text').textContent = 'Checking the link…';
+    paintAvatar($('join-avatar'), '?', null);
+    $('join-submit').hidden = false;
+    $('join-submit').disabled = true;
+    if (!dialog.open) dialog.showModal();
+    try {
+      const preview = await app.invitePreview(next);
+      if (token !== next) return;
+      name = preview.name || '';
+      $('join-name').textContent = name;
+      paintAvatar($('join-avatar'), name, null);
+      const known = app.chats.get(preview.jid)?.group;
+      $('join-text').textContent = known && !known.removed ? 'You are already in this group.' : 'You were invited to join this group.';
+      $('join-submit').textContent = known && !known.removed ? 'Open group' : 'Join group';
+      $('join-submit').disabled = false;
+    } catch (err) {
+      if (token !== next) return;
+      $('join-name').textContent = 'Invite link';
+      $('join-text').textContent = '';
+      error.textContent = err.message;
+      $('join-submit').hidden = true;
+    }
+  };
 }
 
 function mountDialogs(app, openChat) {
@@ -256,10 +328,33 @@ function mountDialogs(app, openChat) {
     for (const r of document.querySelectorAll('input[name=theme]')) r.checked = r.value === prefs.get('theme', 'system');
     $('settings-notify').checked = prefs.get('notify', false);
     $('settings-error').textContent = '';
+    showPrivacy();
     $('devices-section').hidden = !app.token;
     if (app.token) renderDevices();
     sd.showModal();
   });
+
+  // Privacy: each change is saved at once (urn:kith:privacy:0), as WhatsApp does.
+  const privacyControls = [...document.querySelectorAll('#privacy-section select[data-setting]')];
+  function showPrivacy() {
+    for (const sel of privacyControls) sel.value = app.privacy[sel.dataset.setting];
+    $('privacy-read-receipts').checked = app.privacy['read-receipts'];
+    $('privacy-note').textContent = '';
+  }
+  async function changePrivacy(changes) {
+    $('settings-error').textContent = '';
+    $('privacy-note').textContent = '';
+    try {
+      await app.conn.whenReady();
+      await app.savePrivacy(changes);
+      $('privacy-note').textContent = 'Privacy settings saved.';
+    } catch (err) {
+      $('settings-error').textContent = `Could not save the privacy settings: ${err.text || err.condition || err.message}`;
+      showPrivacy(); // back to what the server has
+    }
+  }
+  for (const sel of privacyControls) sel.addEventListener('change', () => changePrivacy({ [sel.dataset.setting]: sel.value }));
+  $('privacy-read-receipts').addEventListener('change', (e) => changePrivacy({ 'read-receipts': e.target.checked }));
 
   async function renderDevices() {
     const list = $('devices-list');
@@ -334,16 +429,6 @@ function mountDialogs(app, openChat) {
     location.reload();
   }
   $('sign-out').addEventListener('click', signOut);
-}
-
-/** An image file scaled down to a square JPEG data: URL for the vCard photo. */
-async function shrink(file, size) {
-  const bitmap = await createImageBitmap(file);
-  const canvas = document.createElement('canvas');
-  canvas.width = canvas.height = size;
-  const side = Math.min(bitmap.width, bitmap.height);
-  canvas.getContext('2d').drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2, side, side, 0, 0, size, size);
-  return canvas.toDataURL('image/jpeg', 0.85);
 }
 
 const saved = session.get();
