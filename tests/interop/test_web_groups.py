@@ -13,14 +13,13 @@ import re
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 from slixmpp.exceptions import IqError
 
-from kithtest.browser import Tab, chromium_path, launch
+from kithtest.browser import Tab, browser, chromium_path, peers, tabs  # noqa: F401 (fixtures)
 from kithtest.media import image_bytes
 from kithtest.muc import (NS_USER, PLUGINS, SERVICE, configure, invite_iq, is_groupchat, join, muc_item, new_room,
                           room_stanza_id)
-from kithtest.xmpp import ClientPool
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = [
@@ -28,41 +27,8 @@ pytestmark = [
 ]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser():
-    async with async_playwright() as p:
-        b = await launch(p)
-        yield b
-        await b.close()
-
-
 @pytest_asyncio.fixture(loop_scope="module")
-async def peers(server):
-    pool = ClientPool(server)
-    yield pool
-    await pool.close_all()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def tabs(browser, server):
-    opened: list[Tab] = []
-
-    async def open_tab() -> Tab:
-        t = await Tab.open(browser, server)
-        opened.append(t)
-        return t
-
-    yield open_tab
-    for t in opened:
-        unnamed = await t.unnamed_controls()
-        errors = list(t.errors)
-        await t.close()
-        assert not errors, f"console errors in the page: {errors}"
-        assert not unnamed, f"controls without an accessible name: {unnamed}"
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def tab(tabs):
+async def tab(tabs):  # noqa: F811
     return await tabs()
 
 

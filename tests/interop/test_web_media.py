@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import async_playwright, expect
 
-from kithtest.browser import CHROMIUM_ARGS, Tab, chromium_path
+from kithtest.browser import CHROMIUM_ARGS, Tab, chromium_path, peers  # noqa: F401 (fixture)
 from kithtest.media import https, image_bytes, pdf_bytes, upload, wait_meta
 from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, make_friends
 
@@ -39,14 +39,7 @@ async def browser():
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def peers(server):
-    pool = ClientPool(server)
-    yield pool
-    await pool.close_all()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def chat(browser, server, peers):
+async def chat(browser, server, peers):  # noqa: F811
     """alice in the browser (uploads go to the HTTPS port, with the test CA), bob in slixmpp, friends."""
     alice, bob = await peers.account("ma"), await peers.account("mb")
     a = await peers.connect(alice, plugins=PLUGINS)
@@ -57,11 +50,7 @@ async def chat(browser, server, peers):
     await tab.sign_in(alice.jid, alice.password)
     await tab.open_chat(bob.name)
     yield tab, alice, bob, b
-    unnamed = await tab.unnamed_controls()
-    errors = list(tab.errors)
-    await tab.close()
-    assert not errors, f"console errors in the page: {errors}"
-    assert not unnamed, f"controls without an accessible name: {unnamed}"
+    await tab.close_clean()
 
 
 def shared_url(m) -> str | None:

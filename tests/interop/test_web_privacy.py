@@ -15,11 +15,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 from slixmpp.exceptions import IqError
 
-from kithtest.browser import Tab, chromium_path, launch
-from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, iq_error_condition, make_friends
+from kithtest.browser import browser, chromium_path, peers, tabs  # noqa: F401 (fixtures)
+from kithtest.xmpp import DEFAULT_PLUGINS, iq_error_condition, make_friends
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = [
@@ -31,30 +31,9 @@ NS_MARKERS = "urn:xmpp:chat-markers:0"
 NS_SID = "urn:xmpp:sid:0"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser():
-    async with async_playwright() as p:
-        b = await launch(p)
-        yield b
-        await b.close()
-
-
 @pytest_asyncio.fixture(loop_scope="module")
-async def peers(server):
-    pool = ClientPool(server)
-    yield pool
-    await pool.close_all()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def tab(browser, server):
-    t = await Tab.open(browser, server)
-    yield t
-    unnamed = await t.unnamed_controls()
-    errors = list(t.errors)
-    await t.close()
-    assert not errors, f"console errors in the page: {errors}"
-    assert not unnamed, f"controls without an accessible name: {unnamed}"
+async def tab(tabs):  # noqa: F811
+    return await tabs()
 
 
 async def friends(peers, prefix: str):
@@ -89,6 +68,7 @@ async def test_privacy_settings_are_saved_enforced_and_shown_after_reload(peers,
     await dialog.get_by_label("Profile photo").select_option("contacts")
     await dialog.get_by_label("Read receipts").uncheck()
     await expect(dialog.get_by_text("Privacy settings saved.")).to_be_visible()
+    await dialog.get_by_role("heading", name="Privacy").scroll_into_view_if_needed()
     await tab.shot("privacy-settings")
     await dialog.get_by_role("button", name="Close").click()
 

@@ -225,7 +225,11 @@ export class App extends EventTarget {
       if (ev.wantsReceipt && !ev.group) this.conn.send(chat.receipt(ev.peer, m.id, uid()));
       // A group message is confirmed to its sender with a XEP-0333 received
       // marker for the room's stanza id, which the room passes back to them.
-      if (ev.group && ev.markable && m.stanzaId) this.conn.send(this.typed(c.jid, chat.marker(c.jid, m.stanzaId, uid(), 'received')));
+      // Only occupants may write to the room (§7.4): after a catch-up it waits for the join.
+      if (ev.group && ev.markable && m.stanzaId) {
+        const send = () => this.conn.send(this.typed(c.jid, chat.marker(c.jid, m.stanzaId, uid(), 'received')));
+        if (c.group?.joined) send(); else this.joinGroup(c.jid).then(send, () => {});
+      }
       this.setTyping(c, ev.group ? ev.nick : null, false);
       if (ev.markable) m.markable = true;
       this.notify(c, m);
@@ -553,6 +557,7 @@ export class App extends EventTarget {
     if (self.occupantId) g.occupantId = self.occupantId;
     g.settle?.resolve(g);
     this.saveGroups();
+    if (this.openJid === room) this.markRead(room); // a displayed marker waits for the join
     this.changed(room);
   }
 
@@ -753,10 +758,9 @@ export class App extends EventTarget {
     if (last.markable && !last.markedRead && this.conn.ready && !c.group) {
       last.markedRead = true;
       this.conn.send(chat.marker(jid, last.id, uid()));
-    } else if (last.markable && !last.markedRead && this.conn.ready && c.group?.joined && last.stanzaId
-      && this.privacy['read-receipts']) {
-      // In a group the server does not apply the read-receipts setting, so the
-      // page does: with receipts off it sends no displayed markers.
+    } else if (last.markable && !last.markedRead && this.conn.ready && c.group?.joined && last.stanzaId) {
+      // In a group the marker names the room's stanza id; the room passes it to
+      // the sender only, and holds it back when either has read receipts off.
       last.markedRead = true;
       this.conn.send(this.typed(jid, chat.marker(jid, last.stanzaId, uid())));
     }
