@@ -116,13 +116,30 @@ async def test_linking_this_browser_by_code_then_revoking_it_signs_it_out(server
     assert privacy.body["profile_photo"] == "nobody", privacy
     await page.get_by_role("button", name="Close").click()
 
-    # The phone revokes the browser: the page says so and shows sign-in.
+    # Something typed and not sent yet when the phone revokes the browser ...
+    await page.get_by_role("button", name="New chat").click()
+    await page.get_by_role("dialog", name="New chat").get_by_label("Address").fill("friend")
+    await page.get_by_role("button", name="Start chat").click()
+    await page.get_by_label("Type a message").fill("half-written thought")
     r = await api.call("DELETE", f"/devices/{browser_device['id']}", token=owner["credential"])
     assert r.status == 204
-    await expect(page.get_by_role("alert").filter(has_text=SIGNED_OUT)).to_be_visible(timeout=15000)
+    # ... the page says it was signed out and that the text is kept ...
+    alert = page.get_by_role("alert").filter(has_text=SIGNED_OUT)
+    await expect(alert).to_be_visible(timeout=15000)
+    await expect(alert).to_contain_text("What you typed and had not sent is kept")
     await expect(page.get_by_role("list", name="Chat list")).to_be_hidden()
     await page.reload()  # and the stored session is gone
     await expect(page.get_by_role("tab", name="Phone number")).to_be_visible()
+
+    # ... and it is back when the account signs in on this browser again.
+    await page.get_by_role("tab", name="Link device").click()
+    await page.get_by_role("button", name="Show a link code").click()
+    await expect(page.locator("#link-code")).to_have_text(re.compile(r"\w{4}"))
+    code = (await page.locator("#link-code").text_content() or "").strip()
+    r = await api.call("POST", "/link/approve", {"code": code}, token=owner["credential"])
+    assert r.status == 200, r
+    await tab.chat_row("friend").click()
+    await expect(page.get_by_label("Type a message")).to_have_value("half-written thought")
 
 
 @on_module_loop

@@ -5,7 +5,7 @@
 import { Connection } from './xmpp/connection.js';
 import { domainOf } from './xmpp/xml.js';
 import { App } from './app.js';
-import { session, prefs } from './store.js';
+import { session, prefs, outbox, unsent } from './store.js';
 import * as push from './push.js';
 import * as accounts from './accounts.js';
 import { $, h, paintAvatar, shrink } from './ui/dom.js';
@@ -142,10 +142,31 @@ $('signin-form').addEventListener('submit', (e) => {
 
 let current = null;
 const SIGNED_OUT = 'This browser was signed out (its device was removed or the password changed). Please sign in again.';
+const KEPT = ' What you typed and had not sent is kept for when you sign in again with this account.';
+
+/** Before a signed-out session is forgotten: what was typed and not sent, for the same account's next sign-in. */
+function keepUnsent(jid, app) {
+  const drafts = Object.fromEntries(Object.entries(app.drafts || {}).filter(([, text]) => text && text.trim()));
+  const items = outbox.all();
+  if (!items.length && !Object.keys(drafts).length) return false;
+  unsent.set({ jid, outbox: items, drafts });
+  return true;
+}
+
+/** On signing in: the account's unsent messages and drafts come back; another account's are dropped. */
+function restoreUnsent(jid, app) {
+  const kept = unsent.get();
+  if (!kept) return;
+  unsent.clear();
+  if (kept.jid !== jid) return;
+  for (const item of kept.outbox || []) outbox.add(item);
+  app.drafts = { ...(kept.drafts || {}), ...(app.drafts || {}) };
+}
 
 function start(creds, fresh) {
   const conn = new Connection({ url: wsUrl(), jid: creds.jid, resource: creds.resource, secret: creds.secret });
   const app = new App(conn);
+  if (fresh) restoreUnsent(creds.jid, app);
   app.token = creds.token || null;
   app.deviceId = creds.deviceId || null;
   current = { conn, app };
@@ -168,18 +189,19 @@ function start(creds, fresh) {
       // A stored session, or one that was online in this page, was signed out
       // (its device revoked, the password changed): forget it and say so.
       const signedOut = !fresh || shown;
+      const kept = signedOut && keepUnsent(creds.jid, app);
       if (signedOut) session.clear();
       conn.close();
       current = null;
       if (signedOut && shown) {
         // A clean page for the sign-in screen; the note survives the reload.
-        sessionStorage.setItem('kith.signed-out', '1');
+        sessionStorage.setItem('kith.signed-out', kept ? 'kept' : '1');
         location.hash = '';
         location.reload();
         return;
       }
       showSignIn(signedOut || error === 'credentials-expired'
-        ? SIGNED_OUT
+        ? SIGNED_OUT + (kept ? KEPT : '')
         : error || 'Could not sign in.');
       return;
     }
@@ -438,5 +460,5 @@ if (saved?.jid && saved.keys) {
 else {
   const note = sessionStorage.getItem('kith.signed-out');
   sessionStorage.removeItem('kith.signed-out');
-  showSignIn(note ? SIGNED_OUT : '');
+  showSignIn(note ? SIGNED_OUT + (note === 'kept' ? KEPT : '') : '');
 }
