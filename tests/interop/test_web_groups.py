@@ -305,6 +305,10 @@ async def test_typing_and_ticks_in_a_group(peers, tab):
     marker(c, "displayed")
     await expect(bubble).to_have_attribute("data-state", "read")
     await expect(bubble.get_by_role("img", name="Read")).to_be_visible()
+    # Markers are not in the room's archive: the page keeps them across a reload.
+    await page.reload()
+    await tab.chat_row(re.compile("Trio")).click()
+    await expect(tab.bubble("tick me")).to_have_attribute("data-state", "read", timeout=15000)
 
     # bob's markable message, seen in the open chat: the page's markers reach bob.
     b.send_raw(f"<message to='{room}' type='groupchat' id='gm1'><body>read me</body>"

@@ -109,6 +109,9 @@ async def test_privacy_settings_are_saved_enforced_and_shown_after_reload(peers,
     await expect(dialog.get_by_label("Profile photo")).to_have_value("contacts")
     await expect(dialog.get_by_role("combobox", name="About")).to_have_value("everyone")
     await expect(dialog.get_by_label("Read receipts")).not_to_be_checked()
+    # The screen fits a phone (no sideways scrolling in the dialog).
+    await page.set_viewport_size({"width": 390, "height": 844})
+    assert await dialog.evaluate("(el) => el.scrollWidth <= el.clientWidth")
     # Turning receipts back on works from the same screen.
     await dialog.get_by_label("Read receipts").check()
     await expect(dialog.get_by_text("Privacy settings saved.")).to_be_visible()

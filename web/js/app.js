@@ -7,7 +7,7 @@
 import { NS, x, form, child, children, childText, bare, uid, domainOf } from './xmpp/xml.js';
 import * as groups from './groups.js';
 import * as chat from './chat.js';
-import { outbox, readMarks, snapshot, groupList } from './store.js';
+import { outbox, readMarks, snapshot, groupList, groupTicks } from './store.js';
 import * as upload from './upload.js';
 
 const TICKS = { pending: 0, sent: 1, delivered: 2, read: 3 };
@@ -204,6 +204,7 @@ export class App extends EventTarget {
     const existing = ev.id && c.byId.get(ev.id);
     if (existing) {
       if (ev.stanzaId) existing.stanzaId = ev.stanzaId;
+      this.restoreGroupTicks(c, existing);
       if (existing.state === 'pending' && ev.outgoing && !live) existing.state = 'sent';
       if (ev.retracted) { existing.retracted = true; existing.body = ''; }
       return;
@@ -218,6 +219,7 @@ export class App extends EventTarget {
     let i = c.messages.length;
     while (i > 0 && c.messages[i - 1].time > m.time) i--;
     c.messages.splice(i, 0, m);
+    this.restoreGroupTicks(c, m);
     if (m.time > c.activity) { c.activity = m.time; c.snapshotUnread = 0; c.preview = null; }
     for (const effect of this.effects.get(m.id) || []) this.applyEffect(c, effect);
     this.effects.delete(m.id);
@@ -284,18 +286,39 @@ export class App extends EventTarget {
    */
   groupReceipt(c, target, ev) {
     const who = ev.from;
-    // Without the member list nothing can be claimed beyond ✓.
-    const others = c.group.members?.length > 1 ? c.group.members.length - 1 : Infinity;
+    const seen = {};
     for (const m of c.messages) {
       if (!m.outgoing || m.time > target.time || !m.stanzaId) continue;
       m.deliveredTo = m.deliveredTo || new Set();
       m.readBy = m.readBy || new Set();
       m.deliveredTo.add(who);
       if (ev.level === 'read') m.readBy.add(who);
+      seen[m.stanzaId] = { d: [...m.deliveredTo], r: [...m.readBy] };
+    }
+    // Markers are not in the room's archive: the page remembers them for reloads.
+    groupTicks.update(c.jid, seen);
+    this.groupTickStates(c);
+  }
+
+  /** Each of our group messages' tick from who confirmed it and the member count. */
+  groupTickStates(c) {
+    // Without the member list nothing can be claimed beyond ✓.
+    const others = c.group?.members?.length > 1 ? c.group.members.length - 1 : Infinity;
+    for (const m of c.messages) {
+      if (!m.outgoing || !m.readBy) continue;
       const level = m.readBy.size >= others ? 'read' : m.deliveredTo.size >= others ? 'delivered' : null;
       if (level && TICKS[m.state] < TICKS[level]) m.state = level;
       m.readCount = m.readBy.size;
     }
+  }
+
+  /** Who had confirmed this group message before a reload (groupTicks). */
+  restoreGroupTicks(c, m) {
+    const kept = c.group && m.outgoing && m.stanzaId && !m.readBy && groupTicks.get(c.jid)[m.stanzaId];
+    if (!kept) return;
+    m.deliveredTo = new Set(kept.d);
+    m.readBy = new Set(kept.r);
+    this.groupTickStates(c);
   }
 
   onAcked(ids) {
@@ -608,7 +631,11 @@ export class App extends EventTarget {
     const c = this.chat(room);
     try {
       const members = await this.groupMembers(room);
-      if (c.group && members.length) c.group.members = members.map((m) => m.jid);
+      if (c.group && members.length) {
+        c.group.members = members.map((m) => m.jid);
+        this.groupTickStates(c);
+        this.changed(room);
+      }
     } catch { /* not a member (any more) */ }
   }
 

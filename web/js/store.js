@@ -67,6 +67,24 @@ export const snapshot = {
   set: (chats) => save('chats', chats),
 };
 
+/**
+ * Who confirmed our group messages (XEP-0333 markers are not in the room's
+ * archive): {room: {stanzaId: {d: [occupant…], r: [occupant…]}}}, the newest
+ * 200 messages per group.
+ */
+export const groupTicks = {
+  get: (room) => load('gticks', {})[room] || {},
+  update(room, entries) {
+    if (!Object.keys(entries).length) return;
+    const all = load('gticks', {});
+    const kept = Object.assign(all[room] || {}, entries);
+    const ids = Object.keys(kept);
+    for (const id of ids.slice(0, Math.max(0, ids.length - 200))) delete kept[id];
+    all[room] = kept;
+    save('gticks', all);
+  },
+};
+
 /** {jid, outbox, drafts} left when a session was signed out, for that account's next sign-in. */
 export const unsent = {
   get: () => load('unsent', null),
