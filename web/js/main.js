@@ -271,8 +271,9 @@ function mountJoinDialog(app, openChat) {
   const error = $('join-error');
   let token = null;
   let name = '';
-  $('join-cancel').addEventListener('click', () => dialog.close());
-  dialog.addEventListener('close', () => { token = null; });
+  // (Not on the dialog's `close` event: it comes a task later, maybe after the next link.)
+  $('join-cancel').addEventListener('click', () => { token = null; dialog.close(); });
+  dialog.addEventListener('cancel', () => { token = null; }); // Escape
   $('join-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     if (!token) return;
