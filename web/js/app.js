@@ -581,6 +581,8 @@ export class App extends EventTarget {
     g.settle?.resolve(g);
     this.saveGroups();
     if (this.openJid === room) this.markRead(room); // a displayed marker waits for the join
+    // The photo as it is now; later changes come with status 104 while we are in.
+    this.fetchGroupAvatar(room);
     this.changed(room);
   }
 
@@ -604,7 +606,6 @@ export class App extends EventTarget {
       this.saveGroups();
       this.changed(room);
     } catch { /* not a member (any more) */ }
-    this.fetchGroupAvatar(room);
   }
 
   /** The group's photo: the PHOTO of the room's vCard (XEP-0054 on the room, as XEP-0486 uses it). */
@@ -688,7 +689,11 @@ export class App extends EventTarget {
     if (subject !== null && childText(el, 'body') === null) return;
     // §10.2.1 status 104: the group's name, settings or photo changed.
     const status = children(child(el, 'x', groups.MUC_USER), 'status').map((st) => st.getAttribute('code'));
-    if (status.includes('104') && childText(el, 'body') === null) { this.refreshGroupInfo(room); return; }
+    if (status.includes('104') && childText(el, 'body') === null) {
+      this.refreshGroupInfo(room);
+      this.fetchGroupAvatar(room);
+      return;
+    }
     this.apply(chat.read(el, this.me, { mine: this.mine }), { live: true });
   }
 
