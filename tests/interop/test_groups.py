@@ -239,6 +239,44 @@ async def test_receipts_and_markers_reach_the_sender(xmpp):
     assert marker["from"] == f"{room}/bob"
 
 
+async def test_read_markers_in_a_group_follow_the_read_receipts_setting(xmpp):
+    """As in 1:1 chats: whoever turned read receipts off neither sends nor gets
+    `<displayed/>` through the room; `<received/>` (✓✓) still flows."""
+    room, _, (a, b, c) = await group_of_three(xmpp, "gmr")
+    markers = "urn:xmpp:chat-markers:0"
+
+    def privacy(client, **attrs):
+        iq = client.Iq()
+        iq["type"] = "set"
+        ET.SubElement(iq.xml, "{urn:kith:privacy:0}privacy", **attrs)
+        return iq.send(timeout=10)
+
+    def marker_from(nick, kind, sid):
+        return lambda m: m["from"] == f"{room}/{nick}" and (found := m.xml.find(f"{{{markers}}}{kind}")) is not None \
+            and found.get("id") == sid
+
+    await privacy(b, **{"read-receipts": "false"})
+    a.send_raw(f"<message to='{room}' type='groupchat' id='mr1'><body>did you read it</body>"
+               f"<markable xmlns='{markers}'/></message>")
+    sid = room_stanza_id(await b.wait_message(is_groupchat("did you read it")), room)
+    for client, nick in ((b, "bob"), (c, "carol")):
+        client.send_raw(f"<message to='{room}' type='groupchat'><received xmlns='{markers}' id='{sid}'/></message>")
+        client.send_raw(f"<message to='{room}' type='groupchat'><displayed xmlns='{markers}' id='{sid}'/></message>")
+    await a.wait_message(marker_from("carol", "displayed", sid), what="carol's read marker")
+    await a.wait_message(marker_from("bob", "received", sid), what="bob's received marker")
+    await asyncio.sleep(0.5)
+    assert not a.matching(marker_from("bob", "displayed", sid)), "bob's read marker is held back"
+
+    # Bob doesn't get others' read markers either.
+    b.send_raw(f"<message to='{room}' type='groupchat' id='mr2'><body>mine</body></message>")
+    sid2 = room_stanza_id(await c.wait_message(is_groupchat("mine")), room)
+    c.send_raw(f"<message to='{room}' type='groupchat'><received xmlns='{markers}' id='{sid2}'/></message>")
+    c.send_raw(f"<message to='{room}' type='groupchat'><displayed xmlns='{markers}' id='{sid2}'/></message>")
+    await b.wait_message(marker_from("carol", "received", sid2), what="carol's received marker at bob")
+    await asyncio.sleep(0.5)
+    assert not b.matching(marker_from("carol", "displayed", sid2))
+
+
 async def test_the_member_limit_is_enforced(server_factory, backend):
     from kithtest.xmpp import ClientPool
     srv = server_factory.start("groups-small", backend, {"muc": {"max_members": 3}})

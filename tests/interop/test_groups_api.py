@@ -95,6 +95,10 @@ async def test_group_made_over_http_carries_messages_and_invite_links_work(api, 
     assert qr.status == 200 and qr.headers["content-type"] == "image/svg+xml"
     assert qr.text.lstrip().startswith("<?xml") or "<svg" in qr.text
 
+    # What the link opens, before joining (no credential: the token is the secret).
+    preview = await api.call("GET", f"/join/{token}")
+    assert preview.status == 200 and preview.body == {"jid": room, "name": "Hiking <club>"}, preview
+
     # Dave opens the link and joins; he gets the group's messages.
     dave, d = await user(api, gateway, clients, "dave")
     joined = await api.call("POST", f"/join/{token}", token=dave["credential"])
@@ -112,6 +116,8 @@ async def test_group_made_over_http_carries_messages_and_invite_links_work(api, 
     late = await api.call("POST", f"/join/{token}", token=erin["credential"])
     assert late.status == 410 and late.error == "gone", late
     assert get_page(f"{base}/join/{token}").status == 410
+    gone = await api.call("GET", f"/join/{token}")
+    assert gone.status == 410 and gone.error == "gone", gone
     assert get_page(f"{base}/api/v1/groups/{room}/invite-links/{token}/qr").status == 404
     members = await a.plugin["xep_0045"].get_affiliation_list(room, "member", timeout=10)
     assert erin["jid"] not in [str(m) for m in members]
@@ -158,5 +164,7 @@ async def test_groups_api_bad_input(api, gateway, clients, groups_server):
     nope = await api.call("POST", "/join/nosuchtoken", token=token)
     assert nope.status == 404 and nope.error == "not_found", nope
     assert (await api.call("POST", "/join/nosuchtoken")).status == 401
+    unknown_link = await api.call("GET", "/join/nosuchtoken")
+    assert unknown_link.status == 404 and unknown_link.error == "not_found", unknown_link
     base = f"http://{groups_server.host}:{groups_server.http_port}"
     assert get_page(f"{base}/join/nosuchtoken").status == 404

@@ -14,10 +14,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
-from kithtest.browser import Tab, chromium_path, launch
+from kithtest.browser import Tab, browser, chromium_path, peers, tabs  # noqa: F401 (fixtures)
 from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, make_friends
 
 # The browser and the slixmpp peers share the module's event loop.
@@ -31,40 +30,6 @@ NS_RECEIPTS = "urn:xmpp:receipts"
 NS_MARKERS = "urn:xmpp:chat-markers:0"
 NS_STATES = "http://jabber.org/protocol/chatstates"
 NS_SID = "urn:xmpp:sid:0"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser():
-    async with async_playwright() as p:
-        b = await launch(p)
-        yield b
-        await b.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def peers(server):
-    """slixmpp clients on the module's event loop (the browser's loop)."""
-    pool = ClientPool(server)
-    yield pool
-    await pool.close_all()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def tabs(browser, server):
-    opened: list[Tab] = []
-
-    async def open_tab(**options) -> Tab:
-        tab = await Tab.open(browser, server, **options)
-        opened.append(tab)
-        return tab
-
-    yield open_tab
-    for tab in opened:
-        unnamed = await tab.unnamed_controls()
-        errors = list(tab.errors)
-        await tab.close()
-        assert not errors, f"console errors in the page: {errors}"
-        assert not unnamed, f"controls without an accessible name: {unnamed}"
 
 
 async def friends(peers):

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import async_playwright, expect
 
-from kithtest.browser import CHROMIUM_ARGS, Tab, chromium_path
+from kithtest.browser import CHROMIUM_ARGS, Tab, chromium_path, peers  # noqa: F401 (fixture)
 from kithtest.media import https, image_bytes, pdf_bytes, upload, wait_meta
 from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, make_friends
 
@@ -39,14 +39,7 @@ async def browser():
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def peers(server):
-    pool = ClientPool(server)
-    yield pool
-    await pool.close_all()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def chat(browser, server, peers):
+async def chat(browser, server, peers):  # noqa: F811
     """alice in the browser (uploads go to the HTTPS port, with the test CA), bob in slixmpp, friends."""
     alice, bob = await peers.account("ma"), await peers.account("mb")
     a = await peers.connect(alice, plugins=PLUGINS)
@@ -57,11 +50,7 @@ async def chat(browser, server, peers):
     await tab.sign_in(alice.jid, alice.password)
     await tab.open_chat(bob.name)
     yield tab, alice, bob, b
-    unnamed = await tab.unnamed_controls()
-    errors = list(tab.errors)
-    await tab.close()
-    assert not errors, f"console errors in the page: {errors}"
-    assert not unnamed, f"controls without an accessible name: {unnamed}"
+    await tab.close_clean()
 
 
 def shared_url(m) -> str | None:
@@ -157,3 +146,38 @@ async def test_a_document_shows_its_name_and_size_and_downloads(chat, server):
     await expect(link).to_have_attribute("download", "minutes.pdf")
     fetched = await asyncio.to_thread(https(server).get, shared_url(got), timeout=20)
     assert fetched.status_code == 200 and fetched.content == data
+
+
+@on_module_loop
+async def test_an_over_size_file_gets_a_clear_message_and_nothing_typed_is_lost(backend, server_factory, browser):
+    """The limit comes from the upload service's disco#info (XEP-0363 §3
+    max-file-size); a bigger file is refused in the page, before any upload."""
+    srv = server_factory.start("webbigfile", backend, {"upload": {"max_file_size": 2048}})
+    pool = ClientPool(srv)
+    tab = None
+    try:
+        alice, bob = await pool.account("mo"), await pool.account("mp")
+        a = await pool.connect(alice, plugins=PLUGINS)
+        b = await pool.connect(bob, plugins=PLUGINS)
+        await make_friends(a, b)
+        await a.close()
+        tab = await Tab.open(browser, srv, ignore_https_errors=True)
+        await tab.sign_in(alice.jid, alice.password)
+        await tab.open_chat(bob.name)
+        page = tab.page
+        await page.get_by_label("Type a message").fill("half-typed reply")
+        await page.get_by_label("Files to send").set_input_files(
+            files=[{"name": "big.pdf", "mimeType": "application/pdf", "buffer": pdf_bytes() + b"\0" * 4096}])
+        await expect(page.get_by_role("status")).to_contain_text("big.pdf is too large")
+        await expect(page.get_by_role("status")).to_contain_text("at most 2.0 KB")
+        await expect(page.get_by_label("Type a message")).to_have_value("half-typed reply")
+        await asyncio.sleep(0.5)
+        assert not b.matching(has_oob), "nothing is shared"
+        await expect(page.locator(".msg")).to_have_count(0)
+        assert not tab.errors, tab.errors
+        assert not await tab.unnamed_controls()
+    finally:
+        if tab is not None:
+            await tab.close()
+        await pool.close_all()
+        server_factory.stop(srv)

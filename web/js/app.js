@@ -7,10 +7,14 @@
 import { NS, x, form, child, children, childText, bare, uid, domainOf } from './xmpp/xml.js';
 import * as groups from './groups.js';
 import * as chat from './chat.js';
-import { outbox, readMarks, snapshot, groupList } from './store.js';
+import { outbox, readMarks, snapshot, groupList, groupTicks } from './store.js';
 import * as upload from './upload.js';
 
 const TICKS = { pending: 0, sent: 1, delivered: 2, read: 3 };
+// kith's privacy settings on the user's own account (features/privacy.rs): an
+// IQ works for every kind of sign-in (the HTTP API needs a device credential).
+const PRIVACY = 'urn:kith:privacy:0';
+export const PRIVACY_DEFAULTS = { 'last-seen': 'everyone', 'profile-photo': 'everyone', about: 'everyone', 'read-receipts': true };
 const PAGE = 40;
 
 export class App extends EventTarget {
@@ -24,6 +28,7 @@ export class App extends EventTarget {
     this.effects = new Map(); // target id -> events that arrived before their message
     this.mamQueries = new Map();
     this.profile = { name: '', avatar: null };
+    this.privacy = { ...PRIVACY_DEFAULTS };
     this.openJid = null;
     this.service = groups.serviceOf(domainOf(this.me));
     for (const [room, g] of Object.entries(groupList.get())) this.chat(room).group = { ...g, joined: false, role: 'none', affiliation: 'member' };
@@ -65,6 +70,7 @@ export class App extends EventTarget {
         this.conn.iq(x('iq', { type: 'set' }, x('enable', { xmlns: NS.CARBONS }))),
         this.loadBlocklist(),
         this.loadProfile(),
+        this.loadPrivacy(),
         upload.discover(this.conn).then((service) => { this.upload = service; }, () => { this.upload = null; }),
       ]);
       await this.loadRecent().catch((e) => console.warn('kith: history unavailable', e));
@@ -143,7 +149,13 @@ export class App extends EventTarget {
     if (type && type !== 'unavailable') return;
     const c = this.chat(from);
     c.online = !type;
-    if (type === 'unavailable') { c.lastSeen = Date.now(); c.typing = false; }
+    if (type === 'unavailable') {
+      // Last seen is what the server tells (XEP-0012, filtered by the contact's
+      // privacy setting), never guessed from the presence alone.
+      c.lastSeen = null;
+      this.setTyping(c, null, false);
+      this.lastSeen(from, Date.now());
+    }
     this.changed(from);
   }
 
@@ -157,11 +169,7 @@ export class App extends EventTarget {
       switch (ev.kind) {
         case 'message': this.addMessage(c, ev, { live, carbon }); break;
         case 'state':
-          if (!ev.outgoing && live) {
-            c.typing = ev.state === 'composing';
-            clearTimeout(c.typingTimer);
-            if (c.typing) c.typingTimer = setTimeout(() => { c.typing = false; this.changed(c.jid); }, 30000);
-          }
+          if (!ev.outgoing && live) this.setTyping(c, ev.group ? ev.nick : null, ev.state === 'composing');
           break;
         case 'error': {
           const m = c.byId.get(ev.id);
@@ -174,10 +182,29 @@ export class App extends EventTarget {
     for (const jid of touched) this.changed(jid);
   }
 
+  /** Who is typing in a chat (XEP-0085): '' in a 1:1 chat, the nick in a group. */
+  setTyping(c, who, on) {
+    c.typers = c.typers || new Map();
+    const key = who || '';
+    clearTimeout(c.typers.get(key));
+    c.typers.delete(key);
+    if (on) c.typers.set(key, setTimeout(() => { this.setTyping(c, who, false); this.changed(c.jid); }, 30000));
+    c.typing = c.typers.size > 0;
+  }
+
+  /** "typing…", or in a group "Alice is typing…". */
+  typingText(c) {
+    if (!c.typing) return '';
+    const names = [...(c.typers?.keys() || [])].filter(Boolean);
+    if (!c.group || !names.length) return 'typing…';
+    return names.length === 1 ? `${names[0]} is typing…` : `${names.length} people are typing…`;
+  }
+
   addMessage(c, ev, { live, carbon }) {
     const existing = ev.id && c.byId.get(ev.id);
     if (existing) {
       if (ev.stanzaId) existing.stanzaId = ev.stanzaId;
+      this.restoreGroupTicks(c, existing);
       if (existing.state === 'pending' && ev.outgoing && !live) existing.state = 'sent';
       if (ev.retracted) { existing.retracted = true; existing.body = ''; }
       return;
@@ -192,12 +219,20 @@ export class App extends EventTarget {
     let i = c.messages.length;
     while (i > 0 && c.messages[i - 1].time > m.time) i--;
     c.messages.splice(i, 0, m);
+    this.restoreGroupTicks(c, m);
     if (m.time > c.activity) { c.activity = m.time; c.snapshotUnread = 0; c.preview = null; }
     for (const effect of this.effects.get(m.id) || []) this.applyEffect(c, effect);
     this.effects.delete(m.id);
     if (!ev.outgoing && live && !carbon) {
       if (ev.wantsReceipt && !ev.group) this.conn.send(chat.receipt(ev.peer, m.id, uid()));
-      c.typing = false;
+      // A group message is confirmed to its sender with a XEP-0333 received
+      // marker for the room's stanza id, which the room passes back to them.
+      // Only occupants may write to the room (§7.4): after a catch-up it waits for the join.
+      if (ev.group && ev.markable && m.stanzaId) {
+        const send = () => this.conn.send(this.typed(c.jid, chat.marker(c.jid, m.stanzaId, uid(), 'received')));
+        if (c.group?.joined) send(); else this.joinGroup(c.jid).then(send, () => {});
+      }
+      this.setTyping(c, ev.group ? ev.nick : null, false);
       if (ev.markable) m.markable = true;
       this.notify(c, m);
     } else if (!ev.outgoing && ev.markable) {
@@ -207,7 +242,8 @@ export class App extends EventTarget {
   }
 
   applyEffect(c, ev) {
-    const target = c.byId.get(ev.target);
+    // Markers in a group name the room's stanza id (XEP-0333 §… / XEP-0359).
+    const target = c.byId.get(ev.target) || (c.group ? c.messages.find((m) => m.stanzaId === ev.target) : null);
     if (!target) {
       const list = this.effects.get(ev.target) || [];
       list.push(ev);
@@ -216,7 +252,9 @@ export class App extends EventTarget {
     }
     switch (ev.kind) {
       case 'receipt':
-        if (target.outgoing && !ev.outgoing) {
+        if (c.group && target.outgoing && !ev.outgoing) {
+          this.groupReceipt(c, target, ev);
+        } else if (target.outgoing && !ev.outgoing) {
           // XEP-0333 §3: a marker for a message covers the ones before it.
           for (const m of c.messages) {
             if (m.outgoing && m.time <= target.time && TICKS[m.state] < TICKS[ev.level]) m.state = ev.level;
@@ -238,6 +276,49 @@ export class App extends EventTarget {
         break;
       default:
     }
+  }
+
+  /**
+   * A member's received/displayed marker for our group message: it covers our
+   * earlier messages too. A message is ✓✓ once every other member has it and
+   * read once every other member displayed it (WhatsApp's rule); until then it
+   * stays ✓ and its label says how many have read it.
+   */
+  groupReceipt(c, target, ev) {
+    const who = ev.from;
+    const seen = {};
+    for (const m of c.messages) {
+      if (!m.outgoing || m.time > target.time || !m.stanzaId) continue;
+      m.deliveredTo = m.deliveredTo || new Set();
+      m.readBy = m.readBy || new Set();
+      m.deliveredTo.add(who);
+      if (ev.level === 'read') m.readBy.add(who);
+      seen[m.stanzaId] = { d: [...m.deliveredTo], r: [...m.readBy] };
+    }
+    // Markers are not in the room's archive: the page remembers them for reloads.
+    groupTicks.update(c.jid, seen);
+    this.groupTickStates(c);
+  }
+
+  /** Each of our group messages' tick from who confirmed it and the member count. */
+  groupTickStates(c) {
+    // Without the member list nothing can be claimed beyond ✓.
+    const others = c.group?.members?.length > 1 ? c.group.members.length - 1 : Infinity;
+    for (const m of c.messages) {
+      if (!m.outgoing || !m.readBy) continue;
+      const level = m.readBy.size >= others ? 'read' : m.deliveredTo.size >= others ? 'delivered' : null;
+      if (level && TICKS[m.state] < TICKS[level]) m.state = level;
+      m.readCount = m.readBy.size;
+    }
+  }
+
+  /** Who had confirmed this group message before a reload (groupTicks). */
+  restoreGroupTicks(c, m) {
+    const kept = c.group && m.outgoing && m.stanzaId && !m.readBy && groupTicks.get(c.jid)[m.stanzaId];
+    if (!kept) return;
+    m.deliveredTo = new Set(kept.d);
+    m.readBy = new Set(kept.r);
+    this.groupTickStates(c);
   }
 
   onAcked(ids) {
@@ -394,8 +475,10 @@ export class App extends EventTarget {
     this.changed(jid);
   }
 
+  /** XEP-0085: to the contact, or to the room for a group (§5.5, never stored). */
   typing(jid, state) {
-    if (this.conn.ready && !this.chat(jid).group) this.conn.send(chat.chatState(jid, state));
+    const g = this.chat(jid).group;
+    if (this.conn.ready && (!g || g.joined)) this.conn.send(this.typed(jid, chat.chatState(jid, state)));
   }
 
   shareLocation(jid) {
@@ -458,6 +541,7 @@ export class App extends EventTarget {
       g.joining.catch(() => {}).finally(() => { g.joining = null; });
       this.conn.send(groups.join(room, g.nick));
       this.refreshGroupInfo(room);
+      this.loadGroupMembers(room);
     }
     return g.joining;
   }
@@ -496,6 +580,9 @@ export class App extends EventTarget {
     if (self.occupantId) g.occupantId = self.occupantId;
     g.settle?.resolve(g);
     this.saveGroups();
+    if (this.openJid === room) this.markRead(room); // a displayed marker waits for the join
+    // The photo as it is now; later changes come with status 104 while we are in.
+    this.fetchGroupAvatar(room);
     this.changed(room);
   }
 
@@ -521,6 +608,74 @@ export class App extends EventTarget {
     } catch { /* not a member (any more) */ }
   }
 
+  /** The group's photo: the PHOTO of the room's vCard (XEP-0054 on the room, as XEP-0486 uses it). */
+  async fetchGroupAvatar(room) {
+    try {
+      const card = this.parseVcard(await this.conn.iq(x('iq', { type: 'get', to: room }, x('vCard', { xmlns: NS.VCARD }))));
+      const c = this.chat(room);
+      if (c.avatar !== card.avatar) { c.avatar = card.avatar; this.changed(room); }
+    } catch { /* no photo, or not a member */ }
+  }
+
+  /** Sets the group's photo (admins; the room tells occupants with status 104). */
+  async setGroupAvatar(room, dataUrl) {
+    const m = /^data:(image\/[a-z]+);base64,(.*)$/.exec(dataUrl || '');
+    if (!m) throw new Error('That file is not an image this browser can read.');
+    await this.conn.iq(x('iq', { type: 'set', to: room }, x('vCard', { xmlns: NS.VCARD },
+      x('PHOTO', {}, x('TYPE', {}, m[1]), x('BINVAL', {}, m[2])))));
+    this.chat(room).avatar = dataUrl;
+    this.changed(room);
+  }
+
+  /** Who is in the group (for the group's ticks); refreshed on joining and on changes. */
+  async loadGroupMembers(room) {
+    const c = this.chat(room);
+    try {
+      const members = await this.groupMembers(room);
+      if (c.group && members.length) {
+        c.group.members = members.map((m) => m.jid);
+        this.groupTickStates(c);
+        this.changed(room);
+      }
+    } catch { /* not a member (any more) */ }
+  }
+
+  /** What an invite link opens (GET /api/v1/join/{token}): {jid, name}. */
+  async invitePreview(token) {
+    let res;
+    try {
+      res = await fetch(`/api/v1/join/${encodeURIComponent(token)}`, { headers: { Accept: 'application/json' } });
+    } catch {
+      throw new Error('The server cannot be reached.');
+    }
+    if (res.status === 404) throw new Error('This invite link does not exist (any more).');
+    if (res.status === 410) throw new Error('This invite link was revoked. Ask a group admin for a new one.');
+    if (!res.ok) throw new Error(`The invite link cannot be opened (HTTP ${res.status}).`);
+    return res.json();
+  }
+
+  /** Joins a group through an invite link (`<redeem/>`, urn:kith:group-invite:0), then enters it. */
+  async joinByLink(token, name) {
+    let res;
+    try {
+      res = await this.conn.iq(x('iq', { type: 'set', to: this.service }, x('redeem', { xmlns: groups.INVITE, token })));
+    } catch (e) {
+      throw new Error({ forbidden: 'You cannot join this group (the link was revoked, or an admin removed you).',
+        'item-not-found': 'This invite link does not exist (any more).', 'not-allowed': 'This group is full.' }[e.condition]
+        || `Could not join the group (${e.condition || e.message}).`);
+    }
+    const room = bare(child(res, 'joined', groups.INVITE)?.getAttribute('room') || '');
+    if (!room.includes('@')) throw new Error('The server did not say which group was joined.');
+    const c = this.chat(room);
+    if (!c.group || c.group.removed) c.group = { nick: this.myNick(), joined: false, role: 'none', affiliation: 'member' };
+    if (name && !c.name) c.name = name;
+    c.activity = Math.max(c.activity, Date.now());
+    this.saveGroups();
+    await this.joinGroup(room);
+    this.changed(room);
+    return c;
+  }
+
   onGroupMessage(el) {
     const room = bare(el.getAttribute('from'));
     const c = this.chat(room);
@@ -532,6 +687,13 @@ export class App extends EventTarget {
     }
     const subject = childText(el, 'subject');
     if (subject !== null && childText(el, 'body') === null) return;
+    // §10.2.1 status 104: the group's name, settings or photo changed.
+    const status = children(child(el, 'x', groups.MUC_USER), 'status').map((st) => st.getAttribute('code'));
+    if (status.includes('104') && childText(el, 'body') === null) {
+      this.refreshGroupInfo(room);
+      this.fetchGroupAvatar(room);
+      return;
+    }
     this.apply(chat.read(el, this.me, { mine: this.mine }), { live: true });
   }
 
@@ -560,6 +722,7 @@ export class App extends EventTarget {
     await this.conn.iq(groups.configure(room, { roomname: name }));
     c.name = name;
     for (const jid of members) await this.conn.iq(groups.setAffiliation(room, jid, 'member'));
+    c.group.members = [this.me, ...members];
     c.activity = Date.now();
     this.saveGroups();
     this.changed(room);
@@ -574,6 +737,7 @@ export class App extends EventTarget {
 
   async setAffiliation(room, jid, affiliation) {
     await this.conn.iq(groups.setAffiliation(room, jid, affiliation));
+    this.loadGroupMembers(room);
   }
 
   async setAnnouncement(room, on) {
@@ -626,6 +790,11 @@ export class App extends EventTarget {
     if (last.markable && !last.markedRead && this.conn.ready && !c.group) {
       last.markedRead = true;
       this.conn.send(chat.marker(jid, last.id, uid()));
+    } else if (last.markable && !last.markedRead && this.conn.ready && c.group?.joined && last.stanzaId) {
+      // In a group the marker names the room's stanza id; the room passes it to
+      // the sender only, and holds it back when either has read receipts off.
+      last.markedRead = true;
+      this.conn.send(this.typed(jid, chat.marker(jid, last.stanzaId, uid())));
     }
     if (before < last.time) this.changed(jid);
   }
@@ -644,15 +813,25 @@ export class App extends EventTarget {
   }
 
   // ---- contacts ----------------------------------------------------------------------------
-  async lastSeen(jid) {
+  /**
+   * Last seen (XEP-0012 to the bare JID): the server answers per the contact's
+   * privacy setting and refuses (forbidden) when it is not for us. `atLeast`:
+   * when an unavailable presence just arrived, they were online until then
+   * (the server records the logout just after telling contacts).
+   */
+  async lastSeen(jid, atLeast = 0) {
     const c = this.chat(jid);
-    if (c.online) return;
+    if (c.online || c.group) return;
     try {
       await this.conn.whenReady();
       const res = await this.conn.iq(x('iq', { type: 'get', to: jid }, x('query', { xmlns: NS.LAST })));
       const secs = +child(res, 'query', NS.LAST)?.getAttribute('seconds');
-      if (Number.isFinite(secs)) { c.lastSeen = Date.now() - secs * 1000; this.changed(jid); }
-    } catch { /* hidden by privacy or not subscribed */ }
+      if (Number.isFinite(secs) && !c.online) c.lastSeen = Math.max(Date.now() - secs * 1000, atLeast);
+    } catch (e) {
+      // Hidden by privacy or not subscribed: show nothing.
+      c.lastSeen = e.condition === 'item-not-found' && atLeast ? atLeast : null;
+    }
+    if (!c.online) this.changed(jid);
   }
 
   startChat(jid) {
@@ -707,6 +886,20 @@ export class App extends EventTarget {
     this.profile.about = await this.fetchAbout(this.me).catch(() => '');
   }
 
+  /** The privacy settings (urn:kith:privacy:0 on our own account). */
+  async loadPrivacy() {
+    const res = await this.conn.iq(x('iq', { type: 'get' }, x('privacy', { xmlns: PRIVACY })));
+    this.privacy = readPrivacy(child(res, 'privacy', PRIVACY));
+  }
+
+  /** Changes some settings ({'last-seen': 'nobody'}, {'read-receipts': false}); the server keeps the rest. */
+  async savePrivacy(changes) {
+    const attrs = { xmlns: PRIVACY };
+    for (const [k, v] of Object.entries(changes)) attrs[k] = String(v);
+    await this.conn.iq(x('iq', { type: 'set' }, x('privacy', attrs)));
+    this.privacy = { ...this.privacy, ...changes };
+  }
+
   /** "About": the NOTE of the XEP-0292 vCard4 in PEP (features/profile.rs). */
   async fetchAbout(jid) {
     const res = await this.conn.iq(x('iq', { type: 'get', to: jid },
@@ -749,6 +942,17 @@ export class App extends EventTarget {
       .filter((c) => c.messages.length || c.group || this.roster.has(c.jid) || c.preview || c.jid === this.openJid)
       .sort((a, b) => b.activity - a.activity || this.displayName(a.jid).localeCompare(this.displayName(b.jid)));
   }
+}
+
+function readPrivacy(el) {
+  const out = { ...PRIVACY_DEFAULTS };
+  if (!el) return out;
+  for (const k of ['last-seen', 'profile-photo', 'about']) {
+    const v = el.getAttribute(k);
+    if (['everyone', 'contacts', 'nobody'].includes(v)) out[k] = v;
+  }
+  out['read-receipts'] = el.getAttribute('read-receipts') !== 'false';
+  return out;
 }
 
 export function preview(m) {

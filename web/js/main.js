@@ -5,13 +5,24 @@
 import { Connection } from './xmpp/connection.js';
 import { domainOf } from './xmpp/xml.js';
 import { App } from './app.js';
-import { session, prefs } from './store.js';
+import { session, prefs, outbox, unsent } from './store.js';
 import * as push from './push.js';
 import * as accounts from './accounts.js';
-import { $, h, paintAvatar } from './ui/dom.js';
+import { $, h, paintAvatar, shrink } from './ui/dom.js';
 import { mountChatList } from './ui/chatlist.js';
 import { mountConversation } from './ui/conversation.js';
 import { mountGroupDialogs } from './ui/group.js';
+
+// An invite link (`/join/<token>` links to `/#join=<token>`): kept for this tab
+// until the user is signed in, then offered in the join dialog.
+const JOIN = 'kith.join';
+function takeJoinHash() {
+  const m = /^#join=([A-Za-z0-9_-]{1,200})$/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem(JOIN, m[1]);
+  history.replaceState(null, '', location.pathname);
+}
+takeJoinHash();
 
 const wsUrl = () => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/xmpp-websocket`;
 
@@ -131,10 +142,31 @@ $('signin-form').addEventListener('submit', (e) => {
 
 let current = null;
 const SIGNED_OUT = 'This browser was signed out (its device was removed or the password changed). Please sign in again.';
+const KEPT = ' What you typed and had not sent is kept for when you sign in again with this account.';
+
+/** Before a signed-out session is forgotten: what was typed and not sent, for the same account's next sign-in. */
+function keepUnsent(jid, app) {
+  const drafts = Object.fromEntries(Object.entries(app.drafts || {}).filter(([, text]) => text && text.trim()));
+  const items = outbox.all();
+  if (!items.length && !Object.keys(drafts).length) return false;
+  unsent.set({ jid, outbox: items, drafts });
+  return true;
+}
+
+/** On signing in: the account's unsent messages and drafts come back; another account's are dropped. */
+function restoreUnsent(jid, app) {
+  const kept = unsent.get();
+  if (!kept) return;
+  unsent.clear();
+  if (kept.jid !== jid) return;
+  for (const item of kept.outbox || []) outbox.add(item);
+  app.drafts = { ...(kept.drafts || {}), ...(app.drafts || {}) };
+}
 
 function start(creds, fresh) {
   const conn = new Connection({ url: wsUrl(), jid: creds.jid, resource: creds.resource, secret: creds.secret });
   const app = new App(conn);
+  if (fresh) restoreUnsent(creds.jid, app);
   app.token = creds.token || null;
   app.deviceId = creds.deviceId || null;
   current = { conn, app };
@@ -157,18 +189,19 @@ function start(creds, fresh) {
       // A stored session, or one that was online in this page, was signed out
       // (its device revoked, the password changed): forget it and say so.
       const signedOut = !fresh || shown;
+      const kept = signedOut && keepUnsent(creds.jid, app);
       if (signedOut) session.clear();
       conn.close();
       current = null;
       if (signedOut && shown) {
         // A clean page for the sign-in screen; the note survives the reload.
-        sessionStorage.setItem('kith.signed-out', '1');
+        sessionStorage.setItem('kith.signed-out', kept ? 'kept' : '1');
         location.hash = '';
         location.reload();
         return;
       }
       showSignIn(signedOut || error === 'credentials-expired'
-        ? SIGNED_OUT
+        ? SIGNED_OUT + (kept ? KEPT : '')
         : error || 'Could not sign in.');
       return;
     }
@@ -217,15 +250,77 @@ function showApp(app) {
 
   mountDialogs(app, openChat);
   mountGroupDialogs(app, { openChat, getJid: () => convo.jid });
+  const offerJoin = mountJoinDialog(app, openChat);
   list.render();
   performance.mark('kith:chat-list'); // painted (from the snapshot after a reload)
   const target = decodeURIComponent(location.hash.slice(1));
   if (target.includes('@')) openChat(target);
   else $('search').focus();
+  offerJoin();
   addEventListener('hashchange', () => {
+    takeJoinHash();
+    offerJoin();
     const j = decodeURIComponent(location.hash.slice(1));
     if (j.includes('@') && j !== convo.jid) openChat(j);
   });
+}
+
+/** The join dialog for an invite link: the group's name first, joining on "Join group". */
+function mountJoinDialog(app, openChat) {
+  const dialog = $('join-dialog');
+  const error = $('join-error');
+  let token = null;
+  let name = '';
+  // (Not on the dialog's `close` event: it comes a task later, maybe after the next link.)
+  $('join-cancel').addEventListener('click', () => { token = null; dialog.close(); });
+  dialog.addEventListener('cancel', () => { token = null; }); // Escape
+  $('join-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    if (!token) return;
+    error.textContent = '';
+    $('join-submit').disabled = true;
+    try {
+      await app.conn.whenReady();
+      const c = await app.joinByLink(token, name);
+      dialog.close();
+      openChat(c.jid);
+    } catch (err) {
+      error.textContent = err.message;
+    } finally {
+      $('join-submit').disabled = false;
+    }
+  });
+  return async function offerJoin() {
+    const next = sessionStorage.getItem(JOIN);
+    if (!next) return;
+    sessionStorage.removeItem(JOIN);
+    token = next;
+    name = '';
+    error.textContent = '';
+    $('join-name').textContent = 'Invite link';
+    $('join-text').textContent = 'Checking the link…';
+    paintAvatar($('join-avatar'), '?', null);
+    $('join-submit').hidden = false;
+    $('join-submit').disabled = true;
+    if (!dialog.open) dialog.showModal();
+    try {
+      const preview = await app.invitePreview(next);
+      if (token !== next) return;
+      name = preview.name || '';
+      $('join-name').textContent = name;
+      paintAvatar($('join-avatar'), name, null);
+      const known = app.chats.get(preview.jid)?.group;
+      $('join-text').textContent = known && !known.removed ? 'You are already in this group.' : 'You were invited to join this group.';
+      $('join-submit').textContent = known && !known.removed ? 'Open group' : 'Join group';
+      $('join-submit').disabled = false;
+    } catch (err) {
+      if (token !== next) return;
+      $('join-name').textContent = 'Invite link';
+      $('join-text').textContent = '';
+      error.textContent = err.message;
+      $('join-submit').hidden = true;
+    }
+  };
 }
 
 function mountDialogs(app, openChat) {
@@ -256,10 +351,33 @@ function mountDialogs(app, openChat) {
     for (const r of document.querySelectorAll('input[name=theme]')) r.checked = r.value === prefs.get('theme', 'system');
     $('settings-notify').checked = prefs.get('notify', false);
     $('settings-error').textContent = '';
+    showPrivacy();
     $('devices-section').hidden = !app.token;
     if (app.token) renderDevices();
     sd.showModal();
   });
+
+  // Privacy: each change is saved at once (urn:kith:privacy:0), as WhatsApp does.
+  const privacyControls = [...document.querySelectorAll('#privacy-section select[data-setting]')];
+  function showPrivacy() {
+    for (const sel of privacyControls) sel.value = app.privacy[sel.dataset.setting];
+    $('privacy-read-receipts').checked = app.privacy['read-receipts'];
+    $('privacy-note').textContent = '';
+  }
+  async function changePrivacy(changes) {
+    $('settings-error').textContent = '';
+    $('privacy-note').textContent = '';
+    try {
+      await app.conn.whenReady();
+      await app.savePrivacy(changes);
+      $('privacy-note').textContent = 'Privacy settings saved.';
+    } catch (err) {
+      $('settings-error').textContent = `Could not save the privacy settings: ${err.text || err.condition || err.message}`;
+      showPrivacy(); // back to what the server has
+    }
+  }
+  for (const sel of privacyControls) sel.addEventListener('change', () => changePrivacy({ [sel.dataset.setting]: sel.value }));
+  $('privacy-read-receipts').addEventListener('change', (e) => changePrivacy({ 'read-receipts': e.target.checked }));
 
   async function renderDevices() {
     const list = $('devices-list');
@@ -336,16 +454,6 @@ function mountDialogs(app, openChat) {
   $('sign-out').addEventListener('click', signOut);
 }
 
-/** An image file scaled down to a square JPEG data: URL for the vCard photo. */
-async function shrink(file, size) {
-  const bitmap = await createImageBitmap(file);
-  const canvas = document.createElement('canvas');
-  canvas.width = canvas.height = size;
-  const side = Math.min(bitmap.width, bitmap.height);
-  canvas.getContext('2d').drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2, side, side, 0, 0, size, size);
-  return canvas.toDataURL('image/jpeg', 0.85);
-}
-
 const saved = session.get();
 if (saved?.jid && saved.keys) {
   start({ jid: saved.jid, resource: saved.resource, secret: { keys: saved.keys }, token: saved.token, deviceId: saved.deviceId }, false);
@@ -353,5 +461,5 @@ if (saved?.jid && saved.keys) {
 else {
   const note = sessionStorage.getItem('kith.signed-out');
   sessionStorage.removeItem('kith.signed-out');
-  showSignIn(note ? SIGNED_OUT : '');
+  showSignIn(note ? SIGNED_OUT + (note === 'kept' ? KEPT : '') : '');
 }

@@ -5,7 +5,9 @@
 //  - the outbox: messages typed but not yet acknowledged by the server, with
 //    their origin-id, so they survive a reload or a dropped connection;
 //  - small UI state: read marks per chat, theme, a chat-list snapshot for a fast
-//    first paint.
+//    first paint;
+//  - what was typed but not sent when this browser was signed out (its device
+//    revoked): kept for the same account's next sign-in, dropped for another.
 const KEY = 'kith.';
 
 function load(name, fallback) {
@@ -28,7 +30,10 @@ function save(name, value) {
 export const session = {
   get: () => load('session', null),
   set: (s) => save('session', s),
-  clear: () => { for (const k of Object.keys(localStorage)) if (k.startsWith(KEY) && k !== KEY + 'theme') localStorage.removeItem(k); },
+  clear: () => {
+    const keep = new Set([KEY + 'theme', KEY + 'unsent']);
+    for (const k of Object.keys(localStorage)) if (k.startsWith(KEY) && !keep.has(k)) localStorage.removeItem(k);
+  },
 };
 
 /** Messages not yet acknowledged by the server: [{id, to, xml, body, time, ...}]. */
@@ -60,6 +65,31 @@ export const readMarks = {
 export const snapshot = {
   get: () => load('chats', null),
   set: (chats) => save('chats', chats),
+};
+
+/**
+ * Who confirmed our group messages (XEP-0333 markers are not in the room's
+ * archive): {room: {stanzaId: {d: [occupant…], r: [occupant…]}}}, the newest
+ * 200 messages per group.
+ */
+export const groupTicks = {
+  get: (room) => load('gticks', {})[room] || {},
+  update(room, entries) {
+    if (!Object.keys(entries).length) return;
+    const all = load('gticks', {});
+    const kept = Object.assign(all[room] || {}, entries);
+    const ids = Object.keys(kept);
+    for (const id of ids.slice(0, Math.max(0, ids.length - 200))) delete kept[id];
+    all[room] = kept;
+    save('gticks', all);
+  },
+};
+
+/** {jid, outbox, drafts} left when a session was signed out, for that account's next sign-in. */
+export const unsent = {
+  get: () => load('unsent', null),
+  set: (value) => save('unsent', value),
+  clear: () => save('unsent', null),
 };
 
 /** The groups this account is in, as far as this browser knows: {room: {name, nick, occupantId}}. */

@@ -3,14 +3,23 @@
 Playwright (PyPI) drives the system browser (`/usr/bin/chromium`, or
 $KITH_CHROMIUM); nothing is downloaded. Every page records console errors and
 uncaught exceptions so tests can assert the client ran cleanly.
+
+The fixtures `browser` (one per module), `peers` (slixmpp clients on the
+module's loop) and `tabs` (opens browser contexts, and on teardown asserts each
+logged no console errors and labelled every control) are shared by the
+`test_web_*` modules, which import them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
-from playwright.async_api import Browser, BrowserContext, Page, expect
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+
+from kithtest.xmpp import ClientPool
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -101,3 +110,43 @@ class Tab:
 
     async def close(self) -> None:
         await self.context.close()
+
+    async def close_clean(self, ignore: str | None = None) -> None:
+        """Closes the tab; asserts it logged no console errors (but those
+        matching the regex `ignore`) and that every control has a name."""
+        unnamed = await self.unnamed_controls()
+        errors = [e for e in self.errors if not (ignore and re.search(ignore, e))]
+        await self.close()
+        assert not errors, f"console errors in the page: {errors}"
+        assert not unnamed, f"controls without an accessible name: {unnamed}"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser():
+    async with async_playwright() as p:
+        b = await launch(p)
+        yield b
+        await b.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def peers(server):
+    """slixmpp clients on the module's event loop (the browser's loop)."""
+    pool = ClientPool(server)
+    yield pool
+    await pool.close_all()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def tabs(browser, server):
+    """`await tabs(**context_options)` opens a tab; each is checked clean at teardown."""
+    opened: list[Tab] = []
+
+    async def open_tab(**options) -> Tab:
+        tab = await Tab.open(browser, server, **options)
+        opened.append(tab)
+        return tab
+
+    yield open_tab
+    for tab in opened:
+        await tab.close_clean()

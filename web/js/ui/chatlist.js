@@ -21,7 +21,7 @@ export function mountChatList(app, { onOpen }) {
       const unread = app.openJid === c.jid ? 0 : app.unread(c);
       const avatar = h('span', { class: 'avatar', 'aria-hidden': 'true' });
       paintAvatar(avatar, name, c.avatar);
-      const text = c.typing ? 'typing…' : last ? (last.outgoing ? (last.state === 'pending' ? '🕓 ' : '✓ ') : '') + preview(last) : c.preview || '';
+      const text = c.typing ? app.typingText(c) : last ? (last.outgoing ? (last.state === 'pending' ? '🕓 ' : '✓ ') : '') + preview(last) : c.preview || '';
       const li = h('li', { dataset: { jid: c.jid } },
         h('button', {
           type: 'button', 'aria-current': app.openJid === c.jid ? 'true' : 'false',

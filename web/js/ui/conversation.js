@@ -45,8 +45,9 @@ export function mountConversation(app, { onBack }) {
   }
 
   function status(c) {
-    if (c.group) return c.group.removed ? 'You are no longer a member' : c.group.announcement ? 'Only admins can send messages' : 'Group';
-    if (c.typing) return 'typing…';
+    if (c.group?.removed) return 'You are no longer a member';
+    if (c.typing) return app.typingText(c);
+    if (c.group) return c.group.announcement ? 'Only admins can send messages' : 'Group';
     if (c.online) return 'online';
     return c.lastSeen ? lastSeenText(c.lastSeen) : '';
   }
@@ -130,7 +131,7 @@ export function mountConversation(app, { onBack }) {
       kids.push(h('span', { class: 'body', text: m.body }));
     }
     const meta = h('span', { class: 'meta' }, m.edited && !m.retracted ? 'edited ' : '', clock(m.time),
-      m.outgoing ? h('span', { class: 'tick', role: 'img', 'aria-label': TICK_LABEL[m.state] || 'Sent', text: TICK_TEXT[m.state] || '✓' }) : null);
+      m.outgoing ? h('span', { class: 'tick', role: 'img', 'aria-label': tickLabel(c, m), text: TICK_TEXT[m.state] || '✓' }) : null);
     kids.push(meta);
     if (m.error) kids.push(h('div', { class: 'error-text', text: `Not delivered (${m.error})` }));
     const reactions = Object.values(m.reactions || {}).flat();
@@ -148,6 +149,13 @@ export function mountConversation(app, { onBack }) {
       class: `msg ${m.outgoing ? 'out' : 'in'}${cont ? ' cont' : ''}`,
       dataset: { id: m.id, state: m.state || '' },
     }, kids);
+  }
+
+  /** The tick's label; in a group, how many have read it so far (as WhatsApp's message info). */
+  function tickLabel(c, m) {
+    const label = TICK_LABEL[m.state] || 'Sent';
+    if (!c.group || m.state === 'read' || !m.readCount) return label;
+    return `${label}, read by ${m.readCount}`;
   }
 
   function media(m) {

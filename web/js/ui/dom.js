@@ -43,3 +43,13 @@ export function paintAvatar(el, name, url) {
   el.textContent = url ? '' : (name || '?').trim().charAt(0);
   el.style.backgroundImage = url ? `url("${url.replace(/"/g, '')}")` : '';
 }
+
+/** An image file scaled down to a square JPEG data: URL (profile and group photos). */
+export async function shrink(file, size) {
+  const bitmap = await createImageBitmap(file);
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = size;
+  const side = Math.min(bitmap.width, bitmap.height);
+  canvas.getContext('2d').drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2, side, side, 0, 0, size, size);
+  return canvas.toDataURL('image/jpeg', 0.85);
+}

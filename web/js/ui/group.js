@@ -1,6 +1,6 @@
 // Group dialogs: "New group" (name + members) and "Group info" (rename,
 // announcement mode, members with make admin / remove, invite link).
-import { $, h } from './dom.js';
+import { $, h, paintAvatar, shrink } from './dom.js';
 import { domainOf } from '../xmpp/xml.js';
 
 const RANK = { owner: 3, admin: 2, member: 1, none: 0 };
@@ -52,6 +52,8 @@ export function mountGroupDialogs(app, { openChat, getJid }) {
     const mine = c.group?.affiliation || 'none';
     const admin = RANK[mine] >= RANK.admin;
     $('group-name').value = app.displayName(room);
+    paintAvatar($('group-avatar'), app.displayName(room), c.avatar);
+    $('group-avatar-label').hidden = !admin;
     $('group-name').readOnly = !admin;
     $('group-rename').hidden = !admin;
     $('group-announce').checked = !!c.group?.announcement;
@@ -101,6 +103,18 @@ export function mountGroupDialogs(app, { openChat, getJid }) {
     render().catch(fail);
   });
   $('group-close').addEventListener('click', () => gd.close());
+  $('group-avatar-file').addEventListener('change', async (e) => {
+    const file = e.target.files?.[0];
+    e.target.value = '';
+    if (!file || !room) return;
+    error.textContent = '';
+    let photo;
+    try { photo = await shrink(file, 192); } catch { error.textContent = 'That file is not an image this browser can read.'; return; }
+    try {
+      await app.setGroupAvatar(room, photo);
+      paintAvatar($('group-avatar'), app.displayName(room), photo);
+    } catch (err) { fail(err); }
+  });
   $('group-rename').addEventListener('click', async () => {
     const name = $('group-name').value.trim();
     if (!name) { error.textContent = 'Give the group a name.'; return; }

@@ -1,7 +1,8 @@
 //! Groups over HTTP (issue 5): `POST /groups` creates a group (a XEP-0045
 //! members-only room, `features::muc::create_group`), invite links are created,
 //! revoked and shown as a QR code, `POST /join/{token}` makes the caller a
-//! member (the same path as the `<redeem/>` IQ), and `GET /join/<token>` (outside
+//! member (the same path as the `<redeem/>` IQ), `GET /join/{token}` tells the
+//! group's name before joining (for the web client), and `GET /join/<token>` (outside
 //! `/api/v1`) is the page a shared link opens.
 //!
 //! Authorisation is the group's own: the caller acts as their bare JID, so
@@ -120,6 +121,35 @@ pub(crate) async fn link_qr(
         svg,
     )
         .into_response())
+}
+
+/// `GET /join/{token}`: what the link opens, before joining — the group's JID
+/// and name (as the public join page shows them; the token is the secret, so no
+/// credential is needed). Unknown: 404; revoked: 410.
+pub(crate) async fn join_preview(
+    State(server): State<Arc<Server>>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let (link, name) = invite::link_preview(&server, &token)
+        .await
+        .map_err(from_stanza)?
+        .ok_or_else(|| ApiError::not_found("not_found", "no such invite link"))?;
+    if link.revoked {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "gone",
+            "this invite link was revoked",
+        ));
+    }
+    let name = if name.is_empty() {
+        link.room.split('@').next().unwrap_or_default().to_owned()
+    } else {
+        name
+    };
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "jid": link.room, "name": name }),
+    ))
 }
 
 pub(crate) async fn join(

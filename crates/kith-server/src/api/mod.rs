@@ -113,7 +113,10 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
                 "/api/v1/groups/{jid}/invite-links/{token}/qr",
                 get(groups::link_qr),
             )
-            .route("/api/v1/join/{token}", post(groups::join))
+            .route(
+                "/api/v1/join/{token}",
+                get(groups::join_preview).post(groups::join),
+            )
             .merge(groups::page_router());
     }
     // Unknown API paths get a JSON 404; everything else outside the API falls

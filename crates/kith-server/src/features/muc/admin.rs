@@ -383,7 +383,13 @@ pub(super) async fn owner(
             broadcast(server, room, &nick);
         }
     }
-    // §10.2.1: status 104 tells occupants the configuration changed.
+    config_changed(server, room);
+    Ok(None)
+}
+
+/// §10.2.1: status 104 tells occupants the configuration changed (also sent
+/// when the room's avatar changes, as XEP-0486 asks, so clients fetch it again).
+pub(super) fn config_changed(server: &Server, room: &Room) {
     let notice = Element::new(kith_proto::ns::CLIENT, "message")
         .attr("type", "groupchat")
         .attr("from", room.jid.clone())
@@ -396,7 +402,6 @@ pub(super) async fn owner(
             super::send_to(server, session, notice.clone());
         }
     }
-    Ok(None)
 }
 
 const REQUEST: &str = "http://jabber.org/protocol/muc#request";

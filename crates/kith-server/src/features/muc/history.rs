@@ -14,13 +14,13 @@ use std::sync::Arc;
 
 use kith_proto::error::StanzaErrorCondition;
 use kith_proto::stream::{Limits, parse_fragment};
-use kith_proto::{Element, StanzaError, ns};
+use kith_proto::{BareJid, Element, StanzaError, ns};
 use kith_store::{ArchiveQuery, NewInboxEntry, Paging};
 
 use super::room::{Affiliation, Room};
 use super::{NS_MODERATE, NS_OCCUPANT_ID, internal, send_to};
 use crate::Server;
-use crate::features::{mam, retract};
+use crate::features::{mam, privacy, retract};
 
 const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 const NS_MARKERS: &str = "urn:xmpp:chat-markers:0";
@@ -63,7 +63,7 @@ pub(super) async fn from_occupant(
     if let Some(id) = marker_target(&reflected) {
         // Receipts and markers reach the original sender, stored like messages so
         // an offline sender still gets them.
-        return to_original_sender(server, room, reflected, &id).await;
+        return to_original_sender(server, room, reflected, &id, &super::bare_of(from)).await;
     }
     let sender_bare = super::bare_of(from);
     // XEP-0424 in a group: a sender retracting their own message.
@@ -225,11 +225,14 @@ pub(super) async fn fan_out(
 }
 
 /// A receipt or marker for the message with archive id `id`: to its sender.
+/// A `<displayed/>` marker (read) flows only when the reader and the sender both
+/// have read receipts on, as in 1:1 chats (`features::privacy`).
 async fn to_original_sender(
     server: &Arc<Server>,
     room: &Room,
     mut marker: Element,
     id: &str,
+    reader: &str,
 ) -> Result<(), StanzaError> {
     let Some(entry) = find(server, room, id).await? else {
         // Nothing to tell anyone; markers are best effort.
@@ -238,6 +241,21 @@ async fn to_original_sender(
     let original_sender = entry.peer;
     if !room.affiliation(&original_sender).is_member() {
         return Ok(());
+    }
+    if marker.has_child("displayed", NS_MARKERS) {
+        let allowed = match (BareJid::new(reader), BareJid::new(&original_sender)) {
+            (Ok(reader), Ok(sender)) => {
+                privacy::read_marker_allowed(server, &reader, &sender).await
+            }
+            _ => false,
+        };
+        if !allowed {
+            tracing::debug!(
+                room = room.jid,
+                "group read marker held back by privacy settings"
+            );
+            return Ok(());
+        }
     }
     marker.set_attr("to", original_sender.clone());
     marker.set_attr("type", "groupchat");

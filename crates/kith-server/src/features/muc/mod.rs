@@ -805,6 +805,7 @@ async fn room_iq(
                 .set_vcard(room_jid, &payload.to_xml(""))
                 .await
                 .map_err(internal)?;
+            admin::config_changed(server, &room);
             Ok(None)
         }
         ("ping", ns::PING, false) => Ok(None),
