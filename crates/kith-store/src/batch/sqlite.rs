@@ -112,11 +112,10 @@ impl Checkpointer {
                         Err(error) => tracing::warn!(%error, "WAL checkpoint failed"),
                     }
                 };
-                loop {
-                    match stopped.recv_timeout(CHECKPOINT_EVERY) {
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => checkpoint(),
-                        _ => break,
-                    }
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    checkpoint();
                 }
                 checkpoint();
             })
