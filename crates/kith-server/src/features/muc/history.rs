@@ -26,13 +26,18 @@ const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 const NS_MARKERS: &str = "urn:xmpp:chat-markers:0";
 
 /// A groupchat message from an occupant with voice.
+///
+/// A message for the log is only queued here; the returned [`Queued`] resolves
+/// once it is committed and handed out. Await it after releasing the room, so
+/// the room's next message joins the same group commit instead of waiting for
+/// this one (the commit callbacks keep the room's order).
 pub(super) async fn from_occupant(
     server: &Arc<Server>,
     room: &mut Room,
     message: &Element,
     from: &str,
     nick: &str,
-) -> Result<(), StanzaError> {
+) -> Result<Option<Queued>, StanzaError> {
     let occupant_jid = format!("{}/{nick}", room.jid);
     let occupant_id = room
         .occupants
@@ -58,19 +63,36 @@ pub(super) async fn from_occupant(
                 send_to(server, session, reflected.clone());
             }
         }
-        return Ok(());
+        return Ok(None);
     }
     if let Some(id) = marker_target(&reflected) {
         // Receipts and markers reach the original sender, stored like messages so
         // an offline sender still gets them.
-        return to_original_sender(server, room, reflected, &id, &super::bare_of(from)).await;
+        to_original_sender(server, room, reflected, &id, &super::bare_of(from)).await?;
+        return Ok(None);
     }
     let sender_bare = super::bare_of(from);
     // XEP-0424 in a group: a sender retracting their own message.
     if let Some(id) = retract::retracted_id(&reflected) {
         tombstone(server, room, &id, Some(&sender_bare), None).await;
     }
-    fan_out(server, room, reflected, &sender_bare).await
+    fan_out(server, room, reflected, &sender_bare)
+        .await
+        .map(Some)
+}
+
+/// A group message queued for the group commit: resolves once it is committed
+/// and handed to members' devices (and non-member occupants).
+pub(super) struct Queued(tokio::sync::oneshot::Receiver<Result<(), String>>);
+
+impl Queued {
+    /// Waits for the commit; a failed one is the sender's `internal-server-error`.
+    pub(super) async fn committed(self) -> Result<(), StanzaError> {
+        self.0
+            .await
+            .map_err(|_| StanzaError::internal())?
+            .map_err(internal)
+    }
 }
 
 /// The message a receipt or marker refers to, if it is one and nothing else.
@@ -89,14 +111,15 @@ fn marker_target(message: &Element) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Appends `reflected` to the room's log and every member's in one commit, then
-/// hands it to members' devices and to non-member occupants.
+/// Queues `reflected` for the room's log and every member's, in one commit; once
+/// committed (on the store's writer, in commit order) it is handed to members'
+/// devices and to non-member occupants.
 pub(super) async fn fan_out(
     server: &Arc<Server>,
     room: &Room,
     mut reflected: Element,
     sender_bare: &str,
-) -> Result<(), StanzaError> {
+) -> Result<Queued, StanzaError> {
     let archive_id = crate::archive_id();
     reflected.push_child(
         Element::new(ns::SID, "stanza-id")
@@ -155,6 +178,15 @@ pub(super) async fn fan_out(
         .iter()
         .map(|(bare, node)| ((*bare).to_owned(), (*node).to_owned()))
         .collect();
+    // Occupants who are not members (open rooms) see it in the room only.
+    let visitors: Vec<String> = room
+        .occupants
+        .values()
+        .filter(|occupant| !room.affiliation(&occupant.bare).is_member())
+        .flat_map(|occupant| occupant.sessions.iter().cloned())
+        .collect();
+    let room_jid = room.jid.clone();
+    let members_count = members.len();
     let (done, committed) = tokio::sync::oneshot::channel();
     let after = {
         let server = server.clone();
@@ -194,7 +226,16 @@ pub(super) async fn fan_out(
                     crate::features::push::on_logged(&server, node, &shared, seq);
                 }
             }
-            let _ = done.send(Ok(delivered));
+            for session in &visitors {
+                send_to(&server, session, reflected.clone());
+            }
+            tracing::debug!(
+                room = room_jid,
+                members = members_count,
+                delivered,
+                "group message fanned out"
+            );
+            let _ = done.send(Ok(()));
         }
     };
     server
@@ -202,26 +243,7 @@ pub(super) async fn fan_out(
         .inbox_append_then(&entries, after)
         .await
         .map_err(internal)?;
-    let delivered = committed
-        .await
-        .map_err(|_| StanzaError::internal())?
-        .map_err(internal)?;
-    // Occupants who are not members (open rooms) see it in the room only.
-    for occupant in room.occupants.values() {
-        if room.affiliation(&occupant.bare).is_member() {
-            continue;
-        }
-        for session in &occupant.sessions {
-            send_to(server, session, reflected.clone());
-        }
-    }
-    tracing::debug!(
-        room = room.jid,
-        members = members.len(),
-        delivered,
-        "group message fanned out"
-    );
-    Ok(())
+    Ok(Queued(committed))
 }
 
 /// A receipt or marker for the message with archive id `id`: to its sender.
@@ -405,7 +427,10 @@ pub(super) async fn moderate(
         .attr("id", crate::random_id(16))
         .child(retract)
         .child(Element::new("urn:xmpp:hints", "store"));
-    fan_out(server, room, announcement, &requester).await?;
+    fan_out(server, room, announcement, &requester)
+        .await?
+        .committed()
+        .await?;
     Ok(None)
 }
 

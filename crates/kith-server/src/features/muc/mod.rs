@@ -623,7 +623,13 @@ async fn groupchat(
             .with_type(kith_proto::StanzaErrorType::Auth)
             .with_text("only admins can send messages to this group"));
     }
-    history::from_occupant(server, &mut room, message, from, &nick).await
+    let queued = history::from_occupant(server, &mut room, message, from, &nick).await?;
+    // The room is free for its next message while this one is committed.
+    drop(room);
+    match queued {
+        Some(queued) => queued.committed().await,
+        None => Ok(()),
+    }
 }
 
 /// §7.5: a private message to one occupant, from an occupant.
