@@ -473,7 +473,7 @@ impl Store {
     /// (per owner, strictly increasing from 1, never reused).
     /// [`StoreError::NoSuchUser`] if the owner has no account.
     pub async fn inbox_append(&self, owner: &str, entry: &NewInboxEntry<'_>) -> Result<i64> {
-        // Through the group-commit writer (see `batch.rs`): durable on return.
+        // Through the group-commit writer (see `batch/`): durable on return.
         let mut results = self.writer.append(&[(owner, *entry)]).await?;
         results.pop().unwrap_or(Err(StoreError::Closed))
     }
@@ -491,7 +491,8 @@ impl Store {
     /// queued (waiting only when the writer is saturated); `then` runs right after
     /// the commit with one result per entry (as [`Store::inbox_append_all`]).
     ///
-    /// `then` runs on the writer task, in commit order: callbacks of appends
+    /// `then` runs on the writer (a thread of its own on SQLite, inside the
+    /// runtime), in commit order: callbacks of appends
     /// queued one after the other run in that order, and their sequence numbers
     /// increase in that order, so handing entries to readers from `then` keeps
     /// log order without a lock. It must be quick and must not block or panic.

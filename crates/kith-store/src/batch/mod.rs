@@ -315,14 +315,26 @@ fn fill(batch: &mut Vec<Job>, first: Job, rx: &mut mpsc::Receiver<Job>) {
 fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>) {
     for (job, done) in jobs.zip(results) {
         match (job, done) {
-            (Job::Append { then, .. }, Done::Appended(seqs)) => then(seqs),
+            (Job::Append { then, .. }, Done::Appended(seqs)) => run_then(then, seqs),
             (Job::Ack { reply, .. }, _) | (Job::Index { reply }, _) => {
                 let _ = reply.send(Ok(()));
             }
             (Job::Append { then, entries }, _) => {
-                then(entries.iter().map(|_| Err(StoreError::Closed)).collect());
+                run_then(
+                    then,
+                    entries.iter().map(|_| Err(StoreError::Closed)).collect(),
+                );
             }
         }
+    }
+}
+
+/// Runs a commit callback. A panicking one (a bug) is logged and must not take
+/// the writer, and with it every later append, down.
+fn run_then(then: Then, results: Vec<Result<i64>>) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(results)));
+    if outcome.is_err() {
+        tracing::error!("an inbox-log commit callback panicked");
     }
 }
 
@@ -332,7 +344,7 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError) {
         let failed = || StoreError::Corrupt(format!("write failed: {error}"));
         match job {
             Job::Append { entries, then } => {
-                then(entries.iter().map(|_| Err(failed())).collect());
+                run_then(then, entries.iter().map(|_| Err(failed())).collect());
             }
             Job::Ack { reply, .. } | Job::Index { reply } => {
                 let _ = reply.send(Err(failed()));
