@@ -287,7 +287,7 @@ pub(crate) enum Negotiated {
 pub(crate) struct Bound {
     pub jid: FullJid,
     pub id: u64,
-    pub rx: tokio::sync::mpsc::Receiver<crate::router::Outbound>,
+    pub rx: crate::queue::Receiver<crate::router::Outbound>,
     /// The device credential the session signed in with, if any.
     pub device: Option<String>,
     /// Notified when that credential is revoked.
@@ -429,7 +429,7 @@ fn bind_resource(
         kith_proto::StanzaError::bad_request()
             .with_text("the resource is not a valid JID resourcepart")
     })?;
-    let (tx, rx) = tokio::sync::mpsc::channel(server.config.limits.session_queue);
+    let (tx, rx) = crate::queue::channel(server.config.limits.session_queue);
     let id = server.next_id();
     let revoked = Arc::new(tokio::sync::Notify::new());
     let entry = crate::router::SessionEntry {
