@@ -204,7 +204,8 @@ async fn open_stream<L: LinkRead + LinkWrite>(
 }
 
 /// Sends a stream error (after a header, which RFC 6120 §4.9.1.1 requires) and closes.
-async fn close<L: LinkWrite>(server: &Server, link: &mut L, opened: bool, ended: Ended) {
+async fn close<L: LinkRead + LinkWrite>(server: &Server, link: &mut L, opened: bool, ended: Ended) {
+    let error = matches!(ended, Ended::Error(..));
     if matches!(ended, Ended::Closed) {
         link.close();
     }
@@ -222,6 +223,9 @@ async fn close<L: LinkWrite>(server: &Server, link: &mut L, opened: bool, ended:
         link.close();
     }
     link.shutdown().await;
+    if error {
+        link.linger().await;
+    }
 }
 
 /// Negotiates SASL and resource binding on a link, then starts the session.

@@ -12,6 +12,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
@@ -40,7 +41,17 @@ pub struct Header<'a> {
 
 pub trait LinkRead: Send {
     fn next_event(&mut self) -> impl Future<Output = Result<StreamEvent, LinkError>> + Send;
+    /// After our side closed the stream with an error: reads and drops what the peer
+    /// still sends until it closes, for at most [`LINGER`] and [`LINGER_BYTES`].
+    /// Closing a socket with unread input resets the connection, which can destroy
+    /// the stream error still on its way (a "lingering close", as HTTP servers do).
+    fn linger(&mut self) -> impl Future<Output = ()> + Send;
 }
+
+/// How long a closed stream's input is still drained (see [`LinkRead::linger`]).
+pub const LINGER: Duration = Duration::from_secs(2);
+/// How much of it at most.
+pub const LINGER_BYTES: usize = 1 << 20;
 
 pub trait LinkWrite: Send {
     /// Queues the stream header (or the RFC 7395 `<open/>`).
@@ -131,6 +142,10 @@ impl<S: AsyncRead + Unpin + Send> LinkRead for TcpReader<S> {
             }
         }
     }
+
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(LINGER, self.drain()).await;
+    }
 }
 
 impl<S: AsyncRead + Unpin> TcpReader<S> {
@@ -156,11 +171,33 @@ impl<S: AsyncRead + Unpin> TcpReader<S> {
             }
         }
     }
+
+    async fn drain(&mut self) {
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let read = poll_fn(|cx| {
+                let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut read = ReadBuf::uninit(&mut buf);
+                Pin::new(&mut self.io)
+                    .poll_read(cx, &mut read)
+                    .map_ok(|()| read.filled().len())
+            })
+            .await;
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> LinkRead for TcpLink<S> {
     async fn next_event(&mut self) -> Result<StreamEvent, LinkError> {
         self.reader.next_event().await
+    }
+
+    async fn linger(&mut self) {
+        self.reader.linger().await
     }
 }
 
@@ -323,6 +360,9 @@ impl LinkRead for WsReader {
             }
         }
     }
+
+    /// WebSocket messages are whole and the close is a handshake of its own.
+    async fn linger(&mut self) {}
 }
 
 impl LinkRead for WsLink {
@@ -333,6 +373,8 @@ impl LinkRead for WsLink {
             }
         }
     }
+
+    async fn linger(&mut self) {}
 }
 
 fn ws_open(header: &Header<'_>) -> String {

@@ -354,12 +354,16 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
     if !attached {
         return;
     }
+    let error = end.is_some();
     if let Some((condition, text)) = end {
         tracing::debug!(jid = %session.jid, %condition, text, "closing session with a stream error");
         writer.element(&condition.to_element(Some(text)));
     }
     writer.close();
     writer.shutdown().await;
+    if error {
+        Box::pin(reader.linger()).await;
+    }
 }
 
 impl Session {
