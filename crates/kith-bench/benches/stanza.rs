@@ -36,6 +36,13 @@ fn stream_bytes() -> (Vec<u8>, Vec<u8>) {
     (header, body.into_bytes())
 }
 
+/// A parser that has read the stream header.
+fn opened_parser(header: &[u8]) -> StreamParser {
+    let mut parser = StreamParser::new(Limits::default());
+    parser.feed(header, &mut Vec::new()).expect("header parses");
+    parser
+}
+
 /// Parses STANZAS messages fed in 4 KiB reads, as a socket would deliver them.
 #[divan::bench]
 fn parse_stream_1000_messages(bencher: divan::Bencher) {
@@ -43,12 +50,7 @@ fn parse_stream_1000_messages(bencher: divan::Bencher) {
     bencher
         .counter(ItemsCount::new(STANZAS))
         .counter(BytesCount::new(body.len()))
-        .with_inputs(|| {
-            let mut parser = StreamParser::new(Limits::default());
-            let mut events = Vec::new();
-            parser.feed(&header, &mut events).expect("header parses");
-            parser
-        })
+        .with_inputs(|| opened_parser(&header))
         .bench_local_values(|mut parser| {
             let mut events = Vec::with_capacity(64);
             let mut n = 0;
@@ -61,6 +63,32 @@ fn parse_stream_1000_messages(bencher: divan::Bencher) {
             }
             assert_eq!(n, STANZAS);
             n
+        });
+}
+
+/// Parses STANZAS messages that arrive one per read, with or without releasing the
+/// parser after each read (what the server does when the socket then has nothing
+/// more, so an idle session holds no parser): the cost of rebuilding it from the
+/// stream header, per stanza, in the worst case.
+#[divan::bench(args = [false, true])]
+fn parse_1000_messages_one_per_read(bencher: divan::Bencher, release: bool) {
+    let (header, _) = stream_bytes();
+    let messages: Vec<String> = (0..STANZAS).map(one_message).collect();
+    bencher
+        .counter(ItemsCount::new(STANZAS))
+        .with_inputs(|| opened_parser(&header))
+        .bench_local_values(|mut parser| {
+            let mut events = Vec::with_capacity(4);
+            for message in &messages {
+                parser
+                    .feed(message.as_bytes(), &mut events)
+                    .expect("stream parses");
+                if release {
+                    parser.release();
+                }
+            }
+            assert_eq!(events.len(), STANZAS);
+            events.len()
         });
 }
 

@@ -11,6 +11,11 @@
 //! - the maximum nesting depth of a stanza;
 //! - that nothing but whitespace appears between stanzas.
 //!
+//! Between stanzas the parser can be [released](StreamParser::release): an idle
+//! stream then holds no parser at all, only the bytes of its stream header, which
+//! are replayed into a fresh parser when the next bytes arrive (so the stream's
+//! namespace declarations still apply).
+//!
 //! [`parse_fragment`] parses one complete element, as RFC 7395 frames it on a
 //! WebSocket.
 
@@ -65,27 +70,74 @@ impl StreamParserError {
 /// Turns a byte stream into [`StreamEvent`]s. Create a new one at every stream
 /// restart (after STARTTLS and after SASL success, RFC 6120 §5.4.3.3, §6.4.6).
 pub struct StreamParser {
-    parser: Parser,
+    /// The rxml parser; `None` once released between stanzas (boxed, so a released
+    /// parser costs a pointer).
+    parser: Option<Box<Parser>>,
+    header: Header,
     limits: Limits,
     /// Elements open inside the current stanza; empty between stanzas.
     stack: Vec<Element>,
     /// Bytes consumed since the last stanza boundary: the stanza being parsed,
     /// including any partial token rxml holds in its buffer.
     stanza_bytes: usize,
+    /// Whether everything consumed since the last stanza boundary (the header's or
+    /// a stanza's closing `>`) is whitespace: a fresh parser primed with the header
+    /// is then in the same state as this one.
+    at_boundary: bool,
     opened: bool,
     closed: bool,
 }
 
+/// The stream header's bytes, kept to prime a fresh parser after a release.
+enum Header {
+    /// Before the header is complete: what was consumed so far.
+    Reading(Vec<u8>),
+    /// From the start of the stream through the header's closing `>`.
+    Kept(Box<[u8]>),
+    /// Longer than [`MAX_KEPT_HEADER`]: the parser is kept instead.
+    TooLong,
+}
+
+/// A stream header longer than this (typically ≈200 bytes) is not kept, and the
+/// stream keeps its parser while idle.
+const MAX_KEPT_HEADER: usize = 2048;
+
+/// rxml's cap on one token: a name, an attribute value, or a piece of text (text
+/// longer than this arrives in several pieces, which [`push_text`] joins). rxml
+/// reserves this much per parser, so it is not the stanza limit; JIDs, the longest
+/// attribute values XMPP defines, are at most 3,071 bytes (RFC 7622 §3.1).
+const MAX_TOKEN_LENGTH: usize = 8 * 1024;
+
 impl StreamParser {
     pub fn new(limits: Limits) -> Self {
         StreamParser {
-            parser: new_parser(limits),
+            parser: Some(Box::new(new_parser(limits))),
+            header: Header::Reading(Vec::new()),
             limits,
             stack: Vec::new(),
             stanza_bytes: 0,
+            at_boundary: false,
             opened: false,
             closed: false,
         }
+    }
+
+    /// Drops the rxml parser (and its buffers) if the stream is between stanzas;
+    /// the next [`feed`](Self::feed) builds a new one from the kept header. Call it
+    /// when the transport has nothing more to read for now.
+    pub fn release(&mut self) {
+        let between_stanzas = self.at_boundary && self.stack.is_empty();
+        if (between_stanzas && matches!(self.header, Header::Kept(_))) || self.closed {
+            self.parser = None;
+            self.stack = Vec::new();
+            // Whitespace the old parser held is dropped with it.
+            self.stanza_bytes = 0;
+        }
+    }
+
+    /// Whether the rxml parser is currently released.
+    pub fn is_released(&self) -> bool {
+        self.parser.is_none()
     }
 
     /// Feeds bytes; appends the events they complete to `events`.
@@ -93,7 +145,7 @@ impl StreamParser {
     /// After an error the stream must be closed with that error's condition.
     pub fn feed(
         &mut self,
-        mut data: &[u8],
+        data: &[u8],
         events: &mut Vec<StreamEvent>,
     ) -> Result<(), StreamParserError> {
         if self.closed {
@@ -106,39 +158,130 @@ impl StreamParser {
                 ))
             };
         }
+        let mut parser = match self.parser.take() {
+            Some(parser) => parser,
+            None => self.rebuild()?,
+        };
+        let result = self.feed_parser(&mut parser, data, events);
+        self.parser = Some(parser);
+        result
+    }
+
+    fn feed_parser(
+        &mut self,
+        parser: &mut Parser,
+        mut data: &[u8],
+        events: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamParserError> {
         loop {
-            let before = data.len();
-            let result = self.parser.parse(&mut data, false);
-            self.stanza_bytes += before - data.len();
+            let before = data;
+            let result = parser.parse(&mut data, false);
+            let consumed = &before[..before.len() - data.len()];
+            self.stanza_bytes += consumed.len();
             self.check_partial_size()?;
-            match result {
-                Ok(Some(event)) => {
-                    if let Some(out) = self.on_event(event)? {
-                        let close = out == StreamEvent::Close;
-                        events.push(out);
-                        if close {
-                            self.closed = true;
-                            return Ok(());
-                        }
-                    }
+            if let Header::Reading(bytes) = &mut self.header {
+                if bytes.len() + consumed.len() > MAX_KEPT_HEADER {
+                    self.header = Header::TooLong;
+                } else {
+                    bytes.extend_from_slice(consumed);
                 }
+            }
+            let event = match result {
+                Ok(Some(event)) => event,
                 Ok(None) => {
                     self.closed = true;
                     events.push(StreamEvent::Close);
                     return Ok(());
                 }
                 Err(rxml::error::EndOrError::NeedMoreData) => {
+                    self.note_consumed(consumed);
                     if data.is_empty() {
                         return Ok(());
                     }
+                    continue;
                 }
                 Err(rxml::error::EndOrError::Error(error)) => return Err(map_xml_error(&error)),
+            };
+            let Some(out) = self.on_event(event)? else {
+                self.note_consumed(consumed);
+                continue;
+            };
+            match out {
+                StreamEvent::Open(_) => self.header_complete(consumed),
+                StreamEvent::Stanza(_) => self.boundary(consumed),
+                StreamEvent::Close => {
+                    self.closed = true;
+                    events.push(out);
+                    return Ok(());
+                }
             }
+            events.push(out);
         }
     }
 
+    /// A stanza or the header ended within `consumed`, at its last `>`: what
+    /// follows must be whitespace for the parser to be at a boundary.
+    fn boundary(&mut self, consumed: &[u8]) {
+        let tail = consumed
+            .iter()
+            .rposition(|&b| b == b'>')
+            .map_or(consumed, |end| &consumed[end + 1..]);
+        self.at_boundary = tail.iter().all(u8::is_ascii_whitespace);
+    }
+
+    /// Bytes consumed without completing a stanza: anything but whitespace starts one.
+    fn note_consumed(&mut self, consumed: &[u8]) {
+        if !consumed.iter().all(u8::is_ascii_whitespace) {
+            self.at_boundary = false;
+        }
+    }
+
+    fn header_complete(&mut self, consumed: &[u8]) {
+        self.boundary(consumed);
+        let Header::Reading(bytes) = &mut self.header else {
+            return;
+        };
+        // The header ends at the last `>` consumed (rxml stops right after it).
+        let tail = consumed
+            .iter()
+            .rev()
+            .position(|&b| b == b'>')
+            .unwrap_or(consumed.len());
+        bytes.truncate(bytes.len() - tail);
+        self.header = if bytes.len() <= MAX_KEPT_HEADER {
+            Header::Kept(std::mem::take(bytes).into_boxed_slice())
+        } else {
+            Header::TooLong
+        };
+    }
+
+    /// A fresh parser that has read the kept stream header.
+    fn rebuild(&self) -> Result<Box<Parser>, StreamParserError> {
+        let Header::Kept(header) = &self.header else {
+            // `release` keeps the parser unless the header is kept.
+            return Err(StreamParserError::new(
+                StreamErrorCondition::InternalServerError,
+                "stream parser lost",
+            ));
+        };
+        let mut parser = Box::new(new_parser(self.limits));
+        let mut data: &[u8] = header;
+        loop {
+            match parser.parse(&mut data, false) {
+                Ok(Some(Event::StartElement(..))) => return Ok(parser),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(rxml::error::EndOrError::NeedMoreData) => break,
+                Err(rxml::error::EndOrError::Error(error)) => return Err(map_xml_error(&error)),
+            }
+        }
+        Err(StreamParserError::new(
+            StreamErrorCondition::InternalServerError,
+            "stream header could not be replayed",
+        ))
+    }
+
     /// Counting consumed bytes (not emitted events) matters: rxml buffers a partial
-    /// token of up to 8 KiB before it emits anything.
+    /// token of up to [`MAX_TOKEN_LENGTH`] before it emits anything.
     fn check_partial_size(&self) -> Result<(), StreamParserError> {
         if self.stanza_bytes > self.limits.max_stanza_size {
             return Err(StreamParserError::new(
@@ -264,12 +407,11 @@ pub fn parse_fragment(data: &[u8], limits: Limits) -> Result<Element, StreamPars
     done.ok_or_else(|| StreamParserError::new(StreamErrorCondition::NotWellFormed, "no element"))
 }
 
-/// rxml caps one token (name, attribute value) at 8 KiB by default; a token that long
-/// is legal XML, and the stanza size limit already bounds memory, so the token cap
-/// follows the stanza limit and an over-size stanza gets `policy-violation`.
+/// An rxml parser whose token cap is [`MAX_TOKEN_LENGTH`], or the stanza limit if
+/// that is lower (a token can't be longer than its stanza).
 fn new_parser(limits: Limits) -> Parser {
     Parser::with_options(rxml::Options {
-        max_token_length: limits.max_stanza_size.max(1024),
+        max_token_length: limits.max_stanza_size.clamp(1024, MAX_TOKEN_LENGTH),
         ..rxml::Options::default()
     })
 }
@@ -300,6 +442,11 @@ fn convert_attrs(attrs: rxml::AttrMap) -> Vec<(String, String)> {
 
 fn map_xml_error(error: &rxml::Error) -> StreamParserError {
     let condition = match error {
+        // A name or attribute value over the token cap: a size limit, like the
+        // stanza's (rxml says "long name or reference").
+        rxml::Error::RestrictedXml(detail) if detail.contains("long") => {
+            StreamErrorCondition::PolicyViolation
+        }
         rxml::Error::RestrictedXml(_) => StreamErrorCondition::RestrictedXml,
         // rxml reports `<!DOCTYPE`/`<!ENTITY` as a malformed `<!` section: these are
         // the markup declarations RFC 6120 §11.1 forbids, so say restricted-xml.
@@ -432,5 +579,125 @@ mod tests {
         assert!(element.is("open", ns::FRAMING));
         assert!(parse_fragment(b"<a><b></a>", Limits::default()).is_err());
         assert!(parse_fragment(b"<a/><b/>", Limits::default()).is_err());
+    }
+    /// Feeds `chunks`, releasing the parser after each one as an idle link does.
+    fn parse_releasing(
+        chunks: &[&[u8]],
+        limits: Limits,
+    ) -> Result<(Vec<StreamEvent>, usize), StreamParserError> {
+        let mut parser = StreamParser::new(limits);
+        let mut events = Vec::new();
+        let mut releases = 0;
+        for chunk in chunks {
+            parser.feed(chunk, &mut events)?;
+            parser.release();
+            releases += usize::from(parser.is_released());
+        }
+        Ok((events, releases))
+    }
+
+    #[test]
+    fn releasing_between_stanzas_changes_nothing() {
+        // A prefix for the stream namespace and a second declared prefix: both must
+        // still be bound after the parser is rebuilt from the kept header.
+        let header = "<?xml version='1.0'?>\n<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' xmlns:x='urn:example:x' to='localhost' version='1.0' xml:lang='en'>";
+        let doc = format!(
+            "{header}\n<message to='a@b'><body>one &amp; two</body></message> <presence/>\n\t<x:y x:a='1'><z/></x:y><iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq></s:stream>"
+        );
+        let whole = parse_all(&[doc.as_bytes()], Limits::default()).expect("valid stream");
+        assert_eq!(whole.len(), 6);
+        for size in [1, 2, 3, 7, 64] {
+            let chunks: Vec<&[u8]> = doc.as_bytes().chunks(size).collect();
+            let (events, releases) =
+                parse_releasing(&chunks, Limits::default()).expect("valid stream");
+            assert_eq!(events, whole, "chunks of {size}");
+            // Released wherever a chunk ended between stanzas: after every stanza
+            // when fed byte by byte.
+            let expected = if size == 1 { 4 } else { 1 };
+            assert!(
+                releases >= expected,
+                "chunks of {size}: released {releases} times"
+            );
+        }
+        let StreamEvent::Stanza(custom) = &whole[3] else {
+            panic!("expected a stanza");
+        };
+        assert!(custom.is("y", "urn:example:x"));
+        assert_eq!(custom.get_attr("{urn:example:x}a"), Some("1"));
+    }
+
+    #[test]
+    fn release_keeps_a_parser_inside_a_stanza() {
+        let mut parser = StreamParser::new(Limits::default());
+        let mut events = Vec::new();
+        parser.release();
+        assert!(!parser.is_released(), "no header yet");
+        parser
+            .feed(format!("{HEADER}<message><bo").as_bytes(), &mut events)
+            .expect("header");
+        parser.release();
+        assert!(!parser.is_released(), "inside a stanza");
+        parser
+            .feed(b"dy>hi</body></message>", &mut events)
+            .expect("stanza");
+        parser.release();
+        assert!(parser.is_released(), "between stanzas");
+        // A stanza that ended with the start of the next one in the same read.
+        parser.feed(b"<presence/><mess", &mut events).expect("more");
+        parser.release();
+        assert!(!parser.is_released(), "the next stanza has begun");
+        parser.feed(b"age/>", &mut events).expect("rest");
+        let stanzas = events
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::Stanza(_)))
+            .count();
+        assert_eq!(stanzas, 3);
+    }
+
+    #[test]
+    fn a_long_header_keeps_its_parser() {
+        let long = "x".repeat(MAX_KEPT_HEADER);
+        let doc = format!(
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='{long}'><presence/><presence/>"
+        );
+        let (events, releases) =
+            parse_releasing(&[doc.as_bytes(), b"<presence/>"], Limits::default())
+                .expect("valid stream");
+        assert_eq!(events.len(), 4);
+        assert_eq!(releases, 0);
+    }
+
+    #[test]
+    fn long_text_is_joined_into_one_node() {
+        // Text longer than the token cap arrives from rxml in pieces.
+        let body = "é".repeat(3 * MAX_TOKEN_LENGTH);
+        let doc = format!("{HEADER}<message><body>{body}</body></message>");
+        let chunks: Vec<&[u8]> = doc.as_bytes().chunks(1000).collect();
+        let (events, _) = parse_releasing(&chunks, Limits::default()).expect("valid stream");
+        let StreamEvent::Stanza(message) = &events[1] else {
+            panic!("expected a stanza");
+        };
+        assert_eq!(message.child_text("body", ns::CLIENT), Some(body));
+    }
+
+    #[test]
+    fn an_attribute_over_the_token_cap_is_policy_violation() {
+        // Below the stanza limit, above the token cap: a clean stream error.
+        let value = "a".repeat(MAX_TOKEN_LENGTH + 1);
+        let doc = format!("{HEADER}<message id='{value}'/>");
+        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("refused");
+        assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
+        // A JID-sized value (RFC 7622 allows 3,071 bytes) is fine.
+        let value = "a".repeat(3071);
+        let doc = format!("{HEADER}<message to='{value}'/>");
+        let events = parse_all(&[doc.as_bytes()], Limits::default()).expect("accepted");
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn a_long_name_is_policy_violation() {
+        let doc = format!("{HEADER}<{}/>", "n".repeat(MAX_TOKEN_LENGTH + 1));
+        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("refused");
+        assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
     }
 }

@@ -204,7 +204,8 @@ async fn open_stream<L: LinkRead + LinkWrite>(
 }
 
 /// Sends a stream error (after a header, which RFC 6120 §4.9.1.1 requires) and closes.
-async fn close<L: LinkWrite>(server: &Server, link: &mut L, opened: bool, ended: Ended) {
+async fn close<L: LinkRead + LinkWrite>(server: &Server, link: &mut L, opened: bool, ended: Ended) {
+    let error = matches!(ended, Ended::Error(..));
     if matches!(ended, Ended::Closed) {
         link.close();
     }
@@ -222,6 +223,9 @@ async fn close<L: LinkWrite>(server: &Server, link: &mut L, opened: bool, ended:
         link.close();
     }
     link.shutdown().await;
+    if error {
+        link.linger().await;
+    }
 }
 
 /// Negotiates SASL and resource binding on a link, then starts the session.
@@ -287,7 +291,7 @@ pub(crate) enum Negotiated {
 pub(crate) struct Bound {
     pub jid: FullJid,
     pub id: u64,
-    pub rx: tokio::sync::mpsc::Receiver<crate::router::Outbound>,
+    pub rx: crate::queue::Receiver<crate::router::Outbound>,
     /// The device credential the session signed in with, if any.
     pub device: Option<String>,
     /// Notified when that credential is revoked.
@@ -429,7 +433,7 @@ fn bind_resource(
         kith_proto::StanzaError::bad_request()
             .with_text("the resource is not a valid JID resourcepart")
     })?;
-    let (tx, rx) = tokio::sync::mpsc::channel(server.config.limits.session_queue);
+    let (tx, rx) = crate::queue::channel(server.config.limits.session_queue);
     let id = server.next_id();
     let revoked = Arc::new(tokio::sync::Notify::new());
     let entry = crate::router::SessionEntry {

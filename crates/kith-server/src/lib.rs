@@ -17,6 +17,7 @@ pub(crate) mod http;
 mod limiter;
 mod link;
 mod maintenance;
+mod queue;
 mod router;
 mod session;
 mod sm;

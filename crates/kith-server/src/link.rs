@@ -7,14 +7,19 @@
 //! of stanzas leaves in few TLS records.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use kith_proto::stream::{Limits, parse_fragment};
 use kith_proto::{Element, StreamEvent, StreamParser, StreamParserError, ns};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
 /// Why a link stopped delivering events.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +41,17 @@ pub struct Header<'a> {
 
 pub trait LinkRead: Send {
     fn next_event(&mut self) -> impl Future<Output = Result<StreamEvent, LinkError>> + Send;
+    /// After our side closed the stream with an error: reads and drops what the peer
+    /// still sends until it closes, for at most [`LINGER`] and [`LINGER_BYTES`].
+    /// Closing a socket with unread input resets the connection, which can destroy
+    /// the stream error still on its way (a "lingering close", as HTTP servers do).
+    fn linger(&mut self) -> impl Future<Output = ()> + Send;
 }
+
+/// How long a closed stream's input is still drained (see [`LinkRead::linger`]).
+pub const LINGER: Duration = Duration::from_secs(2);
+/// How much of it at most.
+pub const LINGER_BYTES: usize = 1 << 20;
 
 pub trait LinkWrite: Send {
     /// Queues the stream header (or the RFC 7395 `<open/>`).
@@ -62,18 +77,15 @@ pub trait Link: LinkRead + LinkWrite + Sized {
 
 // ---------------------------------------------------------------- TCP and TLS
 
-/// Bytes read from the socket at a time. Small, because every idle session holds
-/// one; TLS records arrive in pieces anyway.
-const READ_BUFFER: usize = 4096;
-/// A write buffer that grew past this (a catch-up burst) is given back after use,
-/// so a session that once sent a lot doesn't keep that memory while idle.
-const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+/// Bytes read from the transport at a time: a TLS record's plaintext. The buffer
+/// lives on the stack only while a read is polled, so an idle connection holds
+/// none (ARCHITECTURE.md, "Idle sessions").
+const READ_CHUNK: usize = 16 * 1024;
 
+/// Gives the write buffer back once written: most sessions are idle most of the
+/// time, and an empty `String` costs nothing while they are.
 fn release(out: &mut String) {
-    out.clear();
-    if out.capacity() > KEEP_WRITE_BUFFER {
-        out.shrink_to(KEEP_WRITE_BUFFER / 4);
-    }
+    *out = String::new();
 }
 
 /// XML stream over a byte transport.
@@ -86,8 +98,8 @@ pub struct TcpReader<S> {
     io: S,
     parser: StreamParser,
     limits: Limits,
+    /// Events parsed but not yet returned (a read can complete several).
     pending: VecDeque<StreamEvent>,
-    buf: Box<[u8]>,
 }
 
 pub struct TcpWriter<S> {
@@ -103,7 +115,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpLink<S> {
                 parser: StreamParser::new(limits),
                 limits,
                 pending: VecDeque::new(),
-                buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             },
             out: String::new(),
         }
@@ -122,15 +133,60 @@ impl<S: AsyncRead + Unpin + Send> LinkRead for TcpReader<S> {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
-            // `read` is cancel-safe and is the only await: the session may select on
-            // this future and drop it without losing bytes.
-            let n = self.io.read(&mut self.buf).await?;
-            if n == 0 {
-                return Err(LinkError::Eof);
+            // Cancel-safe: bytes are read and parsed within one poll, so the session
+            // may select on this future and drop it without losing any.
+            let mut events = poll_fn(|cx| self.poll_events(cx)).await?.into_iter();
+            if let Some(first) = events.next() {
+                self.pending.extend(events);
+                return Ok(first);
             }
-            let mut events = Vec::new();
-            self.parser.feed(&self.buf[..n], &mut events)?;
-            self.pending.extend(events);
+        }
+    }
+
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(LINGER, self.drain()).await;
+    }
+}
+
+impl<S: AsyncRead + Unpin> TcpReader<S> {
+    /// Reads what the transport has and parses it; the events may be none (a
+    /// partial stanza).
+    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<StreamEvent>, LinkError>> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut buf);
+        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+            Poll::Pending => {
+                // Nothing more to read for now: between stanzas, the parser and
+                // its buffers go until the next bytes arrive.
+                self.parser.release();
+                self.pending = VecDeque::new();
+                Poll::Pending
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Err(LinkError::Eof)),
+            Poll::Ready(Ok(())) => {
+                let mut events = Vec::new();
+                self.parser.feed(read.filled(), &mut events)?;
+                Poll::Ready(Ok(events))
+            }
+        }
+    }
+
+    async fn drain(&mut self) {
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let read = poll_fn(|cx| {
+                let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut read = ReadBuf::uninit(&mut buf);
+                Pin::new(&mut self.io)
+                    .poll_read(cx, &mut read)
+                    .map_ok(|()| read.filled().len())
+            })
+            .await;
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
         }
     }
 }
@@ -138,6 +194,10 @@ impl<S: AsyncRead + Unpin + Send> LinkRead for TcpReader<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> LinkRead for TcpLink<S> {
     async fn next_event(&mut self) -> Result<StreamEvent, LinkError> {
         self.reader.next_event().await
+    }
+
+    async fn linger(&mut self) {
+        self.reader.linger().await
     }
 }
 
@@ -219,7 +279,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link for TcpLink<S> {
                 parser: self.reader.parser,
                 limits: self.reader.limits,
                 pending: self.reader.pending,
-                buf: self.reader.buf,
             },
             TcpWriter {
                 io: write,
@@ -301,6 +360,9 @@ impl LinkRead for WsReader {
             }
         }
     }
+
+    /// WebSocket messages are whole and the close is a handshake of its own.
+    async fn linger(&mut self) {}
 }
 
 impl LinkRead for WsLink {
@@ -311,6 +373,8 @@ impl LinkRead for WsLink {
             }
         }
     }
+
+    async fn linger(&mut self) {}
 }
 
 fn ws_open(header: &Header<'_>) -> String {

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 
+use crate::queue;
 use kith_proto::{Element, FullJid, StreamErrorCondition};
-use tokio::sync::mpsc;
 
 const SHARDS: usize = 64;
 
@@ -37,7 +37,7 @@ pub struct SessionEntry {
     /// Unique for the process lifetime, so a stale handle never removes a newer
     /// session that reused the resource.
     pub id: u64,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: queue::Sender<Outbound>,
     /// The last available presence broadcast, if the resource is available.
     pub presence: Option<Arc<Element>>,
     pub priority: i8,
@@ -81,7 +81,7 @@ impl SessionEntry {
     fn send_outbound(&self, outbound: Outbound) -> bool {
         match self.tx.try_send(outbound) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(queue::TrySendError::Full(_)) => {
                 tracing::warn!(jid = %self.jid, "session queue full; closing the slow session");
                 // The queue is full: this one can't get through either, so the writer
                 // notices the closed receiver after draining. Dropping is safe because
@@ -97,7 +97,7 @@ impl SessionEntry {
                 });
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(queue::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -161,7 +161,11 @@ impl Router {
             .shard(bare.as_str())
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let sessions = shard.users.entry(bare.as_str().to_owned()).or_default();
+        // Most users have one session: room for one, not the four `push` would make.
+        let sessions = shard
+            .users
+            .entry(bare.as_str().to_owned())
+            .or_insert_with(|| Vec::with_capacity(1));
         if let Some(index) = sessions
             .iter()
             .position(|s| s.jid.resource() == entry.jid.resource())

@@ -163,10 +163,14 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         .node()
         .map(|n| n.as_str().to_owned())
         .unwrap_or_default();
-    let device_cursor = match server
-        .store
-        .device_attach(&username, &device_key, crate::now_micros())
-        .await
+    // Every await in this function that a session does not idle in is boxed: the
+    // task's size is that of its largest await, and idle sessions are most of them.
+    let device_cursor = match Box::pin(server.store.device_attach(
+        &username,
+        &device_key,
+        crate::now_micros(),
+    ))
+    .await
     {
         Ok(start) => start.cursor,
         Err(error) => {
@@ -248,7 +252,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
             }
             handoff = next_handoff(&mut session.resume) => {
                 // `<resumed h/>` must count every message that is durable by now.
-                session.drain_uncommitted().await;
+                Box::pin(session.drain_uncommitted()).await;
                 if let Some((new_reader, new_writer)) = session.take_over::<R, W>(handoff) {
                     if attached {
                         writer.shutdown().await;
@@ -338,22 +342,28 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
             // Without stream management, written is as good as it gets.
             session.cursor_pending = Some(session.written_seq);
         }
-        session.save_cursor(false).await;
+        if session.cursor_pending.is_some() {
+            Box::pin(session.save_cursor(false)).await;
+        }
         if let Err(end) = step {
             break end;
         }
     };
 
-    session.finish().await;
+    Box::pin(session.finish()).await;
     if !attached {
         return;
     }
+    let error = end.is_some();
     if let Some((condition, text)) = end {
         tracing::debug!(jid = %session.jid, %condition, text, "closing session with a stream error");
         writer.element(&condition.to_element(Some(text)));
     }
     writer.close();
     writer.shutdown().await;
+    if error {
+        Box::pin(reader.linger()).await;
+    }
 }
 
 impl Session {
@@ -615,6 +625,10 @@ impl Session {
             }
             self.uncommitted.pop_front();
             self.count_one();
+        }
+        if self.uncommitted.is_empty() {
+            // An idle session keeps no queue.
+            self.uncommitted = VecDeque::new();
         }
     }
 

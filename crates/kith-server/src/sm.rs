@@ -80,6 +80,10 @@ impl<T> StreamManagement<T> {
                 highest = Some(highest.map_or(seq, |h: i64| h.max(seq)));
             }
         }
+        if self.unacked.is_empty() {
+            // Everything acknowledged: an idle session keeps no queue.
+            self.unacked = VecDeque::new();
+        }
         Ok(highest)
     }
 }
