@@ -34,8 +34,13 @@ trap cleanup EXIT INT TERM
 
 for server in $SERVERS; do
   log "$SCENARIO on $server"
+  # A server that did not start (e.g. its port is taken by another run) is skipped:
+  # stopping it would kill whatever process the shared pid file names.
+  if ! pids="$(start_server "$server")"; then
+    log "$server did not start; skipping it"
+    continue
+  fi
   current="$server"
-  pids="$(start_server "$server")"
   sleep 2 # let the server finish starting before the baseline is read
   log "$server pids: $pids"
   # shellcheck disable=SC2086
