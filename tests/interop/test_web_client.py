@@ -16,13 +16,13 @@ import urllib.request
 import pytest
 from playwright.async_api import expect
 
-from kithtest.browser import Tab, browser, chromium_path, peers, tabs  # noqa: F401 (fixtures)
+from kithtest.browser import Tab, browser, peers, requires_chromium, tabs  # noqa: F401 (fixtures)
 from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, make_friends
 
 # The browser and the slixmpp peers share the module's event loop.
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = [
-    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
+    requires_chromium,
 ]
 
 PLUGINS = DEFAULT_PLUGINS + ("xep_0313",)

@@ -16,14 +16,14 @@ import pytest_asyncio
 from playwright.async_api import expect
 from slixmpp.exceptions import IqError
 
-from kithtest.browser import Tab, browser, chromium_path, peers, tabs  # noqa: F401 (fixtures)
+from kithtest.browser import Tab, browser, peers, requires_chromium, tabs  # noqa: F401 (fixtures)
 from kithtest.media import image_bytes
 from kithtest.muc import (NS_USER, PLUGINS, SERVICE, configure, invite_iq, is_groupchat, join, muc_item, new_room,
                           room_stanza_id)
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = [
-    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
+    requires_chromium,
 ]
 
 

@@ -14,13 +14,13 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import async_playwright, expect
 
-from kithtest.browser import CHROMIUM_ARGS, Tab, chromium_path, peers  # noqa: F401 (fixture)
+from kithtest.browser import CHROMIUM_ARGS, Tab, chromium_path, peers, requires_chromium  # noqa: F401 (fixture)
 from kithtest.media import https, image_bytes, pdf_bytes, upload, wait_meta
 from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, make_friends
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = [
-    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
+    requires_chromium,
 ]
 PLUGINS = DEFAULT_PLUGINS + ("xep_0363",)
 NS_OOB = "jabber:x:oob"

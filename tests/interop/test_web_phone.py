@@ -13,11 +13,11 @@ import pytest_asyncio
 from playwright.async_api import expect
 
 from kithtest.api import Api, us_number, wait_until
-from kithtest.browser import Tab, browser, chromium_path  # noqa: F401 (fixture)
+from kithtest.browser import Tab, browser, requires_chromium  # noqa: F401 (fixture)
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = [
-    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
+    requires_chromium,
 ]
 SIGNED_OUT = "This browser was signed out"
 

@@ -18,12 +18,12 @@ import pytest_asyncio
 from playwright.async_api import expect
 from slixmpp.exceptions import IqError
 
-from kithtest.browser import browser, chromium_path, peers, tabs  # noqa: F401 (fixtures)
+from kithtest.browser import browser, peers, requires_chromium, tabs  # noqa: F401 (fixtures)
 from kithtest.xmpp import DEFAULT_PLUGINS, iq_error_condition, make_friends
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = [
-    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
+    requires_chromium,
 ]
 NS_PRIVACY = "urn:kith:privacy:0"
 NS_RECEIPTS = "urn:xmpp:receipts"

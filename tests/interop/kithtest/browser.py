@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 
+import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
@@ -29,6 +30,15 @@ CHROMIUM_ARGS = [
 
 def chromium_path() -> str | None:
     return os.environ.get("KITH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# Marks a browser test module. A developer without Debian's chromium gets the
+# browser tests skipped; `.ci/run` installs it and sets KITH_REQUIRE_CHROMIUM=1, so
+# in CI a missing browser fails the tests instead of skipping them.
+requires_chromium = pytest.mark.skipif(
+    chromium_path() is None and os.environ.get("KITH_REQUIRE_CHROMIUM") != "1",
+    reason="chromium is not installed (apt-get install chromium)",
+)
 
 
 async def launch(playwright) -> Browser:
