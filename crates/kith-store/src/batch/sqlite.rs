@@ -341,8 +341,12 @@ impl SqliteWriter {
             Ok(more) => more,
             Err(error) => {
                 tracing::warn!(%error, "full-text indexing failed; will retry");
-                // Don't spin on a failing database: wait for the next commit.
-                self.fts.oldest = Some(Instant::now());
+                // Don't spin on a failing database (the idle loop indexes while
+                // anything waits): the next pass comes once commits make it due
+                // again, or with a search. The rows stay behind `fts_state`'s
+                // mark, so that pass finds them.
+                self.fts.waiting = 0;
+                self.fts.oldest = None;
                 false
             }
         }
