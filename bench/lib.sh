@@ -36,8 +36,20 @@ port_of() {
   esac
 }
 
+# ARCHIVE=on turns on the anchors' message archives for 1:1 chats (ejabberd's
+# mod_mam `default: always`, Prosody's mod_mam with `default_archive_policy`);
+# off (the default) leaves 1:1 messages unarchived there. kith always appends
+# every message to both parties' logs: its log is also how it delivers.
+ARCHIVE="${ARCHIVE:-off}"
 render() { # template output port
-  sed -e "s|@DIR@|$BENCH_DIR|g" -e "s|@PORT@|$3|g" "$1" >"$2"
+  local mam_default=never mam_module="" mam_policy=false
+  case "$ARCHIVE" in
+    on) mam_default=always mam_module='"mam";' mam_policy=true ;;
+    off) ;;
+    *) log "ARCHIVE must be on or off, not $ARCHIVE"; return 1 ;;
+  esac
+  sed -e "s|@DIR@|$BENCH_DIR|g" -e "s|@PORT@|$3|g" -e "s|@MAM_DEFAULT@|$mam_default|g" \
+    -e "s|@MAM_MODULE@|$mam_module|g" -e "s|@MAM_POLICY@|$mam_policy|g" "$1" >"$2"
 }
 
 wait_port() { # port seconds

@@ -7,7 +7,8 @@
 #   SCENARIO: login | idle | chat | offline | durable | group
 #
 # Run bench/setup-anchors.sh first. Environment: see bench/lib.sh; SERVERS picks
-# the servers ("kith ejabberd prosody"); RESULTS the output directory.
+# the servers ("kith ejabberd prosody"); RESULTS the output directory; ARCHIVE=on
+# archives the anchors' 1:1 messages (off by default; kith always does).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCENARIO="${1:?usage: bench/run.sh login|idle|chat|offline|durable|group [args]}"
@@ -32,6 +33,7 @@ current=""
 cleanup() { [[ -n "$current" ]] && stop_server "$current"; }
 trap cleanup EXIT INT TERM
 
+log "1:1 archiving on the anchors: ARCHIVE=$ARCHIVE (kith always logs every message)"
 for server in $SERVERS; do
   log "$SCENARIO on $server"
   # A server that did not start (e.g. its port is taken by another run) is skipped:

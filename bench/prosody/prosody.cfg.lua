@@ -27,12 +27,18 @@ storage = "internal"
 -- In-band registration provisions the bench accounts: no throttle.
 allow_registration = true
 
--- No rate limits: mod_limits is not loaded. No MAM for 1:1 chats (archiving off),
--- no HTTP, no s2s. Groups: the MUC component at the end. mod_offline, mod_presence, mod_message, mod_iq and mod_c2s load by default.
+-- No rate limits: mod_limits is not loaded. 1:1 archiving follows ARCHIVE
+-- (bench/lib.sh): on loads mod_mam archiving every message by default (in the
+-- "internal" file storage, Prosody's default), off leaves it out. No HTTP, no
+-- s2s. Groups: the MUC component at the end. mod_offline, mod_presence,
+-- mod_message, mod_iq and mod_c2s load by default.
 modules_enabled = {
   "roster"; "saslauth"; "tls"; "disco"; "register"; "ping"; "smacks";
   "blocklist"; "private"; "vcard_legacy"; "time"; "version"; "lastactivity";
+  @MAM_MODULE@
 }
+default_archive_policy = @MAM_POLICY@
+archive_expires_after = "never"
 modules_disabled = { "s2s"; }
 c2s_stanza_size_limit = 262144
 

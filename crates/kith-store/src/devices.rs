@@ -8,7 +8,7 @@
 
 use sqlx::Row;
 
-use crate::{DeviceStart, Result, Store, StoreError};
+use crate::{Backend, DeviceStart, Result, Store, StoreError};
 
 impl Store {
     /// Registers a login of `resource`, returning where its delivery starts.
@@ -18,48 +18,42 @@ impl Store {
         resource: &str,
         now_micros: i64,
     ) -> Result<DeviceStart> {
-        let mut tx = self.begin_write().await?;
-        let existing = sqlx::query("SELECT cursor FROM devices WHERE owner = $1 AND resource = $2")
-            .bind(owner)
-            .bind(resource)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let start = match existing {
-            Some(row) => {
-                sqlx::query(
-                    "UPDATE devices SET last_seen_micros = $3 WHERE owner = $1 AND resource = $2",
-                )
-                .bind(owner)
-                .bind(resource)
-                .bind(now_micros)
-                .execute(&mut *tx)
-                .await?;
-                DeviceStart {
-                    cursor: row.try_get("cursor")?,
-                    new: false,
-                }
-            }
-            None => {
-                let mark = sqlx::query("SELECT delivered_seq FROM users WHERE username = $1")
-                    .bind(owner)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or_else(|| StoreError::NoSuchUser(owner.to_owned()))?;
-                let cursor: i64 = mark.try_get("delivered_seq")?;
-                sqlx::query(
-                    "INSERT INTO devices (owner, resource, cursor, last_seen_micros) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(owner)
-                .bind(resource)
-                .bind(cursor)
-                .bind(now_micros)
-                .execute(&mut *tx)
-                .await?;
-                DeviceStart { cursor, new: true }
-            }
-        };
-        tx.commit().await?;
-        Ok(start)
+        // One statement each (no transaction): a login costs one round trip
+        // to the database, not five. The common case is a device seen before.
+        let seen = sqlx::query(
+            "UPDATE devices SET last_seen_micros = $3 WHERE owner = $1 AND resource = $2
+             RETURNING cursor",
+        )
+        .bind(owner)
+        .bind(resource)
+        .bind(now_micros)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = seen {
+            return Ok(DeviceStart {
+                cursor: row.try_get("cursor")?,
+                new: false,
+            });
+        }
+        // A new device starts at the owner's delivered mark. Two first logins
+        // of one resource racing: the loser updates the winner's row and reads
+        // its cursor.
+        let row = sqlx::query(
+            "INSERT INTO devices (owner, resource, cursor, last_seen_micros)
+             SELECT username, $2, delivered_seq, $3 FROM users WHERE username = $1
+             ON CONFLICT (owner, resource) DO UPDATE SET last_seen_micros = $3
+             RETURNING cursor",
+        )
+        .bind(owner)
+        .bind(resource)
+        .bind(now_micros)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchUser(owner.to_owned()))?;
+        Ok(DeviceStart {
+            cursor: row.try_get("cursor")?,
+            new: true,
+        })
     }
 
     /// Records that `resource` has received every entry through `seq`. Cursors
@@ -98,12 +92,22 @@ impl Store {
 
     /// The sequence number of the owner's newest log entry (0 when empty).
     pub async fn inbox_head(&self, owner: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT inbox_seq FROM users WHERE username = $1")
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?;
+        // On SQLite `users.inbox_seq` lags (the writer keeps heads in memory);
+        // the newest entry is the head unless newer ones were deleted, and
+        // then `keep_seq_marks` brought `inbox_seq` up to date.
+        let row = sqlx::query(
+            "SELECT inbox_seq, (SELECT MAX(seq) FROM inbox WHERE owner = $1) AS newest
+             FROM users WHERE username = $1",
+        )
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
-            Some(row) => Ok(row.try_get("inbox_seq")?),
+            Some(row) => {
+                let mark: i64 = row.try_get("inbox_seq")?;
+                let newest: Option<i64> = row.try_get("newest")?;
+                Ok(mark.max(newest.unwrap_or(0)))
+            }
             None => Ok(0),
         }
     }
@@ -112,21 +116,57 @@ impl Store {
 impl Store {
     /// Deletes log entries older than `before_micros` (time-based retention).
     pub async fn inbox_delete_before(&self, before_micros: i64) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        keep_seq_marks(&mut tx, self.backend, None).await?;
         let res = sqlx::query("DELETE FROM inbox WHERE at_micros < $1")
             .bind(before_micros)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(res.rows_affected())
     }
 
     /// Deletes every log entry that all of its owner's devices have received (the
     /// "until delivered" privacy mode). Owners without devices keep everything.
     pub async fn inbox_delete_delivered(&self) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        keep_seq_marks(&mut tx, self.backend, None).await?;
         let res = sqlx::query(
             "DELETE FROM inbox WHERE seq <= (SELECT MIN(d.cursor) FROM devices d WHERE d.owner = inbox.owner)",
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(res.rows_affected())
     }
+}
+
+/// Before entries are deleted: records each owner's newest sequence number in
+/// `users.inbox_seq` (of `owner`, or of everyone), so that deleting the newest
+/// entries can't make the SQLite writer hand a number out again after a
+/// restart (it loads an owner's head as the greater of the two). PostgreSQL's
+/// writer keeps `inbox_seq` current at every commit.
+pub(crate) async fn keep_seq_marks(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    owner: Option<&str>,
+) -> Result<()> {
+    if backend != Backend::Sqlite {
+        return Ok(());
+    }
+    let newest = "(SELECT MAX(seq) FROM inbox WHERE owner = users.username)";
+    let sql = format!(
+        "UPDATE users SET inbox_seq = {newest} WHERE inbox_seq < {newest}{}",
+        if owner.is_some() {
+            " AND username = $1"
+        } else {
+            ""
+        }
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    match owner {
+        Some(owner) => query.bind(owner).execute(&mut *conn).await?,
+        None => query.execute(&mut *conn).await?,
+    };
+    Ok(())
 }

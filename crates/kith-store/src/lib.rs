@@ -34,7 +34,9 @@
 //! handed out). Writes bump the counter with `UPDATE … RETURNING` in the same
 //! transaction as the data change, so the row lock serialises writers per user
 //! on PostgreSQL, and numbers are strictly increasing and never reused even
-//! after entries are removed. On SQLite every write transaction starts with
+//! after entries are removed. (SQLite's inbox writer, the only appender there,
+//! keeps each owner's head in memory instead and `inbox_seq` is brought up to
+//! date before entries are deleted: `batch::sqlite`, `devices::keep_seq_marks`.) On SQLite every write transaction starts with
 //! `BEGIN IMMEDIATE`, so writers queue on the busy timeout instead of failing
 //! when upgrading a read lock.
 //!
@@ -340,6 +342,9 @@ impl Store {
             sqlx::query(sql).bind(username).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        if existed {
+            self.writer.forget(username).await?;
+        }
         Ok(existed)
     }
 
@@ -350,28 +355,25 @@ impl Store {
     /// The owner's roster version and items, sorted by contact.
     /// `(0, [])` for an unknown owner.
     pub async fn roster(&self, owner: &str) -> Result<(i64, Vec<RosterItem>)> {
-        // Read version and items from one snapshot so they are consistent
-        // (SQLite transactions are snapshots already; PostgreSQL's default
-        // READ COMMITTED is per statement).
-        let mut tx = match self.backend {
-            Backend::Sqlite => self.pool.begin().await?,
-            Backend::Postgres => {
-                self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?
-            }
-        };
-        let version = roster_version_in(&mut tx, owner).await?;
+        // Version and items in one statement, so they come from one snapshot
+        // on both engines (and a login pays one round trip, not four). An
+        // owner without items yields one row with NULL item columns.
         let rows = sqlx::query(
-            "SELECT contact, name, subscription, ask, pending_in, approved, group_names
-             FROM roster_items WHERE owner = $1",
+            "SELECT u.roster_version, r.contact, r.name, r.subscription, r.ask, r.pending_in,
+                    r.approved, r.group_names
+             FROM users u LEFT JOIN roster_items r ON r.owner = u.username
+             WHERE u.username = $1",
         )
         .bind(owner)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
+        let Some(first) = rows.first() else {
+            return Ok((0, Vec::new()));
+        };
+        let version: i64 = first.try_get("roster_version")?;
         let mut items = rows
             .iter()
+            .filter(|row| matches!(row.try_get::<Option<String>, _>("contact"), Ok(Some(_))))
             .map(roster_item_from_row)
             .collect::<Result<Vec<_>>>()?;
         items.sort_unstable_by(|a, b| a.contact.cmp(&b.contact));
@@ -528,11 +530,14 @@ impl Store {
 
     /// Deletes the owner's entries with `seq <= seq`; returns how many.
     pub async fn inbox_remove_through(&self, owner: &str, seq: i64) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        devices::keep_seq_marks(&mut tx, self.backend, Some(owner)).await?;
         let res = sqlx::query("DELETE FROM inbox WHERE owner = $1 AND seq <= $2")
             .bind(owner)
             .bind(seq)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(res.rows_affected())
     }
 

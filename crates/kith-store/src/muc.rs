@@ -177,6 +177,9 @@ impl Store {
             }
         }
         tx.commit().await?;
+        if found {
+            self.writer.forget(jid).await?;
+        }
         Ok(found)
     }
 

@@ -44,6 +44,7 @@ both!(
     inbox_entry_metadata_round_trip,
     devices_start_at_the_delivered_mark,
     retention_deletes_old_and_delivered_entries,
+    retention_never_lets_numbers_be_reused,
     group_commit_isolates_unknown_owners,
     entries_can_be_rewritten_as_tombstones,
     duplicate_origin_keys_are_stored_once,
@@ -92,9 +93,9 @@ async fn migrations_idempotent(db: TestDb) {
     assert_eq!(s2.list_users().await.unwrap(), vec!["alice".to_string()]);
 
     // Two stores open concurrently on the same database.
-    let (a, b) = tokio::join!(Store::open(&db.url), Store::open(&db.url));
-    a.unwrap();
-    b.unwrap();
+    let (a, b) = tokio::join!(db.open(), db.open());
+    assert_eq!(a.schema_version().await.unwrap(), v);
+    assert_eq!(b.schema_version().await.unwrap(), v);
 }
 
 async fn backend_reported(db: TestDb) {
@@ -105,7 +106,7 @@ async fn backend_reported(db: TestDb) {
         Backend::Postgres
     };
     assert_eq!(s.backend(), expected);
-    let s2 = Store::open_with(&db.url, 2).await.unwrap();
+    let s2 = db.open_with(2).await;
     assert_eq!(s2.backend(), expected);
 }
 
@@ -886,6 +887,57 @@ async fn devices_start_at_the_delivered_mark(db: TestDb) {
     assert!(s.device_attach("nobody", "x", 1).await.is_err());
     s.delete_user("alice").await.unwrap();
     assert_eq!(s.device_cursor("alice", "laptop").await.unwrap(), None);
+}
+
+/// Retention may delete an owner's newest entries; the numbers they had are
+/// still never handed out again, also after a restart (the SQLite writer keeps
+/// log heads in memory and loads them from the database).
+async fn retention_never_lets_numbers_be_reused(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    s.create_user("bob", &creds(2)).await.unwrap();
+    for i in 0..3 {
+        s.inbox_append("alice", &entry(&format!("a{i}"), "<message/>", 100 + i))
+            .await
+            .unwrap();
+    }
+    s.inbox_append("bob", &entry("b0", "<message/>", 100))
+        .await
+        .unwrap();
+    s.device_attach("bob", "phone", 1).await.unwrap();
+    s.device_ack("bob", "phone", 1, 2).await.unwrap();
+    // Everything of alice's is old; bob's one entry is delivered.
+    assert_eq!(s.inbox_delete_before(1_000).await.unwrap(), 4);
+    assert_eq!(s.inbox_head("alice").await.unwrap(), 3);
+    assert_eq!(s.inbox_head("bob").await.unwrap(), 1);
+    s.close().await;
+    let s = db.open().await;
+    assert_eq!(s.inbox_head("alice").await.unwrap(), 3);
+    assert_eq!(
+        s.inbox_append("alice", &entry("a3", "<message/>", 2_000))
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        s.inbox_append("bob", &entry("b1", "<message/>", 2_000))
+            .await
+            .unwrap(),
+        2
+    );
+    // Delivered-only retention, then a restart: bob's phone has seq 2 now.
+    s.device_ack("bob", "phone", 2, 3).await.unwrap();
+    assert_eq!(s.inbox_delete_delivered().await.unwrap(), 1);
+    s.close().await;
+    let s = db.open().await;
+    assert_eq!(
+        s.inbox_append("bob", &entry("b2", "<message/>", 3_000))
+            .await
+            .unwrap(),
+        3
+    );
+    let owed = s.inbox_after("bob", 2, 10).await.unwrap();
+    assert_eq!(owed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
 }
 
 async fn retention_deletes_old_and_delivered_entries(db: TestDb) {

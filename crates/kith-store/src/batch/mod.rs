@@ -56,6 +56,12 @@ enum Job {
     /// Bring the full-text index up to date with everything committed so far
     /// (answered once it is; a no-op where the index is kept by the database).
     Index { reply: oneshot::Sender<Result<()>> },
+    /// The owner's account is gone: forget what the writer knows of its log
+    /// (an account created later under the name starts a log of its own).
+    Forget {
+        owner: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 struct OwnedEntry {
@@ -185,6 +191,18 @@ impl Writer {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Tells the writer that `owner`'s account was deleted (after the deleting
+    /// transaction committed).
+    pub(crate) async fn forget(&self, owner: &str) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Forget {
+            owner: owner.to_owned(),
+            reply,
+        };
+        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Waits until every entry committed before this call is in the full-text
     /// index, so a search sees what was just written.
     pub(crate) async fn index_now(&self) -> Result<()> {
@@ -201,7 +219,8 @@ impl Writer {
 enum Done {
     Appended(Vec<Result<i64>>),
     Acked,
-    Indexed,
+    /// Nothing to report (an index request, a forgotten owner).
+    Nothing,
 }
 
 /// A batch numbered and ready to write: the rows to insert, the furthest cursor
@@ -269,7 +288,7 @@ fn plan<'a>(batch: &'a [Job], mut next: HashMap<&'a str, i64>) -> Plan<'a> {
                 *slot = (slot.0.max(*seq), slot.1.max(*now_micros));
                 results.push(Done::Acked);
             }
-            Job::Index { .. } => results.push(Done::Indexed),
+            Job::Index { .. } | Job::Forget { .. } => results.push(Done::Nothing),
         }
     }
     Plan {
@@ -316,7 +335,7 @@ fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>) {
     for (job, done) in jobs.zip(results) {
         match (job, done) {
             (Job::Append { then, .. }, Done::Appended(seqs)) => run_then(then, seqs),
-            (Job::Ack { reply, .. }, _) | (Job::Index { reply }, _) => {
+            (Job::Ack { reply, .. } | Job::Index { reply } | Job::Forget { reply, .. }, _) => {
                 let _ = reply.send(Ok(()));
             }
             (Job::Append { then, entries }, _) => {
@@ -346,7 +365,7 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError) {
             Job::Append { entries, then } => {
                 run_then(then, entries.iter().map(|_| Err(failed())).collect());
             }
-            Job::Ack { reply, .. } | Job::Index { reply } => {
+            Job::Ack { reply, .. } | Job::Index { reply } | Job::Forget { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
         }

@@ -30,6 +30,9 @@ use crate::{Result, SQLITE_BUSY_TIMEOUT, StoreError};
 /// cache at the end of a write transaction, and at 32 MiB that walk was 6 % of
 /// the server's CPU in the chat benchmark.
 const CACHE_KIB: i64 = 8 * 1024;
+/// Most owners whose log head the writer keeps (about 60 bytes each); past
+/// it the map starts again empty.
+const MAX_HEADS: usize = 1_000_000;
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Most rows one full-text pass indexes (one transaction).
@@ -54,6 +57,7 @@ pub(super) fn start(path: &Path, rx: mpsc::Receiver<Job>) -> Result<std::thread:
     let checkpointer = Checkpointer::start(path)?;
     let writer = SqliteWriter {
         conn,
+        heads: HashMap::new(),
         _checkpointer: checkpointer,
         fts: Fts {
             next_rowid,
@@ -79,6 +83,12 @@ pub(super) fn start(path: &Path, rx: mpsc::Receiver<Job>) -> Result<std::thread:
 
 struct SqliteWriter {
     conn: Connection,
+    /// The last sequence number handed out per owner (the head of its log).
+    /// Loaded on first use from the greater of `users.inbox_seq` and the
+    /// newest entry; `users.inbox_seq` is brought up to date before anything
+    /// deletes an owner's newest entries (`Store::keep_seq_marks`), so a
+    /// number is never handed out twice, even across restarts.
+    heads: HashMap<String, i64>,
     fts: Fts,
     /// Stopped (and waited for) when the writer ends.
     _checkpointer: Checkpointer,
@@ -197,6 +207,11 @@ impl SqliteWriter {
                 job => batch.push(job),
             }
         }
+        for job in batch.iter() {
+            if let Job::Forget { owner, .. } = job {
+                self.heads.remove(owner);
+            }
+        }
         if !batch.is_empty() {
             let started = Instant::now();
             match self.write(batch) {
@@ -210,6 +225,9 @@ impl SqliteWriter {
                 }
                 Err(error) => {
                     // One transaction per job, so one bad job can't fail the others.
+                    // An owner deleted since it was cached fails on its foreign
+                    // key: reloading finds it gone (`NoSuchUser`).
+                    self.heads.clear();
                     tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
                     for job in batch.drain(..) {
                         let job = vec![job];
@@ -253,18 +271,25 @@ impl SqliteWriter {
 
         // Reserve sequence numbers: per owner, as many as it has entries here.
         let wanted = wanted(batch);
+        // From `heads` (this thread is the only appender), loading an owner
+        // not seen since start: no `users` row to update per owner and commit.
         let mut next: HashMap<&str, i64> = HashMap::with_capacity(wanted.len());
+        let mut reserved: Vec<(&str, i64)> = Vec::with_capacity(wanted.len());
         {
-            let mut reserve = tx.prepare_cached(
-                "UPDATE users SET inbox_seq = inbox_seq + ?1 WHERE username = ?2 RETURNING inbox_seq",
+            let mut load = tx.prepare_cached(
+                "SELECT MAX(inbox_seq, COALESCE((SELECT MAX(seq) FROM inbox WHERE owner = ?1), 0))
+                 FROM users WHERE username = ?1",
             )?;
             for (owner, count) in wanted {
-                // RETURNING: every change happens in the first step.
-                let last: Option<i64> = reserve
-                    .query_row(params![count, owner], |row| row.get(0))
-                    .optional()?;
+                let last = match self.heads.get(owner) {
+                    Some(&last) => Some(last),
+                    None => load
+                        .query_row(params![owner], |row| row.get(0))
+                        .optional()?,
+                };
                 if let Some(last) = last {
-                    next.insert(owner, last - count + 1);
+                    next.insert(owner, last + 1);
+                    reserved.push((owner, last + count));
                 }
             }
         }
@@ -324,6 +349,12 @@ impl SqliteWriter {
         }
         tx.commit()?;
 
+        if self.heads.len() + reserved.len() > MAX_HEADS {
+            self.heads.clear();
+        }
+        for (owner, last) in reserved {
+            self.heads.insert(owner.to_owned(), last);
+        }
         if lowered {
             self.fts.next_rowid = lowest_rowid;
         }

@@ -13,24 +13,47 @@ use sqlx::Connection;
 
 pub struct TestDb {
     pub url: String,
-    /// Every store opened, closed before the SQLite file is removed.
-    opened: Arc<Mutex<Vec<Store>>>,
+    /// Every store and raw pool opened, closed before the SQLite file is
+    /// removed.
+    opened: Arc<Mutex<Vec<Opened>>>,
+}
+
+enum Opened {
+    Store(Store),
+    Raw(sqlx::AnyPool),
 }
 
 impl TestDb {
     pub async fn open(&self) -> Store {
-        let store = Store::open(&self.url).await.expect("open store");
+        self.track(Store::open(&self.url).await.expect("open store"))
+    }
+
+    /// A store with a pool of `max_connections`.
+    pub async fn open_with(&self, max_connections: u32) -> Store {
+        self.track(
+            Store::open_with(&self.url, max_connections)
+                .await
+                .expect("open store"),
+        )
+    }
+
+    fn track(&self, store: Store) -> Store {
         self.opened
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(store.clone());
+            .push(Opened::Store(store.clone()));
         store
     }
 
     /// A raw pool on the same database, for what the store API cannot do.
     pub async fn raw(&self) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();
-        sqlx::AnyPool::connect(&self.url).await.expect("raw pool")
+        let pool = sqlx::AnyPool::connect(&self.url).await.expect("raw pool");
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Opened::Raw(pool.clone()));
+        pool
     }
 }
 
@@ -55,8 +78,11 @@ where
     // before the files go: SQLite keeps per-file state for the process, and a
     // new test's file on the reused inode of a still-open deleted one shares it.
     let stores = std::mem::take(&mut *opened.lock().unwrap_or_else(|e| e.into_inner()));
-    for store in &stores {
-        store.close().await;
+    for opened in &stores {
+        match opened {
+            Opened::Store(store) => store.close().await,
+            Opened::Raw(pool) => pool.close().await,
+        }
     }
     drop(stores);
     drop(dir);
