@@ -19,6 +19,7 @@ use crate::features;
 use crate::limiter::ConnectionGuard;
 use crate::link::{Header, Link, LinkError, LinkRead, LinkWrite, TcpLink};
 use crate::session;
+use crate::tls_stream;
 
 pub(crate) async fn accept_loop(server: Arc<Server>, listener: TcpListener, direct_tls: bool) {
     loop {
@@ -82,8 +83,8 @@ async fn serve_tcp(
     let limits = limits(server);
     let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
     if direct_tls {
-        let acceptor = tokio_rustls::TlsAcceptor::from(server.direct_tls.clone());
-        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        let handshake = tls_stream::accept(server.direct_tls.clone(), tcp);
+        match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(tls)) => {
                 let link = TcpLink::new(tls, limits);
                 negotiate(server, link, peer.ip(), true, false, slot).await;
@@ -99,8 +100,8 @@ async fn serve_tcp(
     match result {
         Ok(Ok(())) => {
             let tcp = link.into_inner();
-            let acceptor = tokio_rustls::TlsAcceptor::from(server.starttls.clone());
-            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            let handshake = tls_stream::accept(server.starttls.clone(), tcp);
+            match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(tls)) => {
                     let link = TcpLink::new(tls, limits);
                     negotiate(server, link, peer.ip(), true, false, slot).await

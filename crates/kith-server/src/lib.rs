@@ -22,6 +22,7 @@ mod router;
 mod session;
 mod sm;
 pub mod tls;
+mod tls_stream;
 pub mod upload;
 mod web;
 

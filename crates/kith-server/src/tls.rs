@@ -52,7 +52,7 @@ pub fn ensure_certificate(config: &Config) -> Result<CertificatePaths> {
     Ok(paths)
 }
 
-fn generate(domain: &str, paths: &CertificatePaths) -> Result<()> {
+pub(crate) fn generate(domain: &str, paths: &CertificatePaths) -> Result<()> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
