@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sqlx::AnyPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{NewInboxEntry, Result, StoreError};
 
@@ -95,7 +95,7 @@ impl OwnedEntry {
 /// Handle to the writer.
 #[derive(Clone)]
 pub(crate) struct Writer {
-    tx: mpsc::Sender<Job>,
+    tx: flume::Sender<Job>,
     /// The SQLite writer's thread, joined when the last handle goes (after
     /// `tx`, the last sender, so the thread has ended its loop).
     _thread: Option<Arc<Joiner>>,
@@ -123,7 +123,7 @@ impl Writer {
     /// Starts the SQLite writer thread on the database file at `path` (already
     /// migrated). Callbacks run on that thread inside the current tokio runtime.
     pub(crate) fn start_sqlite(path: &Path) -> Result<Writer> {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let (tx, rx) = flume::bounded(MAX_BATCH * 4);
         let thread = sqlite::start(path, rx)?;
         Ok(Writer {
             tx,
@@ -133,7 +133,7 @@ impl Writer {
 
     /// Starts the PostgreSQL writer task on the current tokio runtime.
     pub(crate) fn start_postgres(pool: AnyPool) -> Writer {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let (tx, rx) = flume::bounded(MAX_BATCH * 4);
         tokio::spawn(postgres::run(pool, rx));
         Writer { tx, _thread: None }
     }
@@ -166,7 +166,7 @@ impl Writer {
             .map(|(owner, entry)| ((*owner).to_owned(), OwnedEntry::from(entry)))
             .collect();
         self.tx
-            .send(Job::Append { entries, then })
+            .send_async(Job::Append { entries, then })
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -187,7 +187,10 @@ impl Writer {
             now_micros,
             reply,
         };
-        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send_async(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -199,7 +202,10 @@ impl Writer {
             owner: owner.to_owned(),
             reply,
         };
-        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send_async(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -208,7 +214,7 @@ impl Writer {
     pub(crate) async fn index_now(&self) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Job::Index { reply })
+            .send_async(Job::Index { reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -320,7 +326,7 @@ impl Plan<'_> {
 }
 
 /// Takes the first job and whatever else is already queued (up to [`MAX_BATCH`]).
-fn fill(batch: &mut Vec<Job>, first: Job, rx: &mut mpsc::Receiver<Job>) {
+fn fill(batch: &mut Vec<Job>, first: Job, rx: &flume::Receiver<Job>) {
     batch.push(first);
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {

@@ -8,15 +8,14 @@
 use std::collections::{HashMap, HashSet};
 
 use sqlx::{AnyPool, Row};
-use tokio::sync::mpsc;
 
 use super::{Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
 use crate::{Backend, Result, begin_write};
 
-pub(super) async fn run(pool: AnyPool, mut rx: mpsc::Receiver<Job>) {
+pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        fill(&mut batch, first, &mut rx);
+    while let Ok(first) = rx.recv_async().await {
+        fill(&mut batch, first, &rx);
         let started = std::time::Instant::now();
         match write(&pool, &batch).await {
             Ok(results) => {

@@ -6,7 +6,7 @@
 //!
 //! The same thread keeps the full-text index (`inbox_fts`, migration 6) off the
 //! commit path: entries are indexed in passes of up to [`INDEX_CHUNK`] rows when
-//! the queue is idle, when [`INDEX_BEHIND_ROWS`] entries wait, or when the oldest
+//! the queue has been idle for [`INDEX_IDLE`], when [`INDEX_BEHIND_ROWS`] entries wait, or when the oldest
 //! waiting entry is [`INDEX_BEHIND`] old; a search first asks for a pass
 //! ([`super::Writer::index_now`]), so it sees everything committed before it.
 //! `fts_state.next_rowid` (durable) is the lowest `inbox` rowid that may not be
@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use flume::{RecvTimeoutError, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::sync::oneshot;
 
 use super::{Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
@@ -37,6 +37,8 @@ const MAX_HEADS: usize = 1_000_000;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Most rows one full-text pass indexes (one transaction).
 const INDEX_CHUNK: i64 = 4096;
+/// How long the queue must have been empty before an idle pass.
+const INDEX_IDLE: Duration = Duration::from_millis(50);
 /// A pass runs even while busy once this many entries wait.
 const INDEX_BEHIND_ROWS: usize = 2048;
 /// … or once the oldest waiting entry is this old.
@@ -44,7 +46,7 @@ const INDEX_BEHIND: Duration = Duration::from_millis(500);
 
 /// Opens the writer's connection and starts its thread, which ends (closing
 /// the connection) once every sender of `rx` is gone.
-pub(super) fn start(path: &Path, rx: mpsc::Receiver<Job>) -> Result<std::thread::JoinHandle<()>> {
+pub(super) fn start(path: &Path, rx: flume::Receiver<Job>) -> Result<std::thread::JoinHandle<()>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", true)?;
@@ -170,23 +172,32 @@ impl Fts {
 }
 
 impl SqliteWriter {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    fn run(mut self, rx: flume::Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let first = match rx.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
+                // Idle: once nothing has come for INDEX_IDLE, catch the index up
+                // a chunk at a time, then look again. Not at once: background
+                // work must not take the core from deliveries in a short lull
+                // (an offline device catching up acknowledges every few ms).
                 Err(TryRecvError::Empty) if self.fts.waiting > 0 => {
-                    // Idle: catch the index up a chunk at a time, then look again.
-                    self.index_pass();
-                    continue;
+                    match rx.recv_timeout(INDEX_IDLE) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.index_pass();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
-                Err(TryRecvError::Empty) => match rx.blocking_recv() {
-                    Some(job) => job,
-                    None => break,
+                Err(TryRecvError::Empty) => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
                 },
             };
-            fill(&mut batch, first, &mut rx);
+            fill(&mut batch, first, &rx);
             self.commit(&mut batch);
             if self.fts.due() {
                 self.index_pass();
