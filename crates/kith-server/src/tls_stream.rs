@@ -138,19 +138,14 @@ impl TlsStream {
             buf: None,
             overflow: &mut self.plaintext,
         };
-        let processed = drive(
+        drive_kept(
             &mut self.conn,
             &mut self.incoming,
             &mut sink,
             &mut self.outgoing,
             &mut self.read_closed,
             goal,
-        )?;
-        self.incoming.drain(..processed);
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
-        Ok(())
+        )
     }
 
     /// Takes ciphertext just read: decrypts what completes records into `buf` (the
@@ -173,7 +168,7 @@ impl TlsStream {
             self.incoming.extend_from_slice(&bytes[processed..]);
         } else {
             self.incoming.extend_from_slice(bytes);
-            let processed = drive(
+            drive_kept(
                 &mut self.conn,
                 &mut self.incoming,
                 &mut sink,
@@ -181,10 +176,6 @@ impl TlsStream {
                 &mut self.read_closed,
                 Goal::Read,
             )?;
-            self.incoming.drain(..processed);
-            if self.incoming.is_empty() {
-                self.incoming = Vec::new();
-            }
         }
         if self.incoming.len() > MAX_PENDING {
             return Err(TlsError::TooLarge);
@@ -463,6 +454,24 @@ fn drive(
             return Ok(processed);
         }
     }
+}
+
+/// [`drive`] over the kept ciphertext `incoming`, which then loses what was
+/// processed (and its allocation, once empty).
+fn drive_kept(
+    conn: &mut UnbufferedServerConnection,
+    incoming: &mut Vec<u8>,
+    sink: &mut Sink<'_, '_>,
+    outgoing: &mut Vec<u8>,
+    read_closed: &mut bool,
+    goal: Goal<'_>,
+) -> Result<(), TlsError> {
+    let processed = drive(conn, incoming, sink, outgoing, read_closed, goal)?;
+    incoming.drain(..processed);
+    if incoming.is_empty() {
+        *incoming = Vec::new();
+    }
+    Ok(())
 }
 
 fn encrypt_size(error: &EncryptError) -> Option<usize> {
