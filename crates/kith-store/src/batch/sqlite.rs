@@ -6,8 +6,9 @@
 //!
 //! The same thread keeps the full-text index (`inbox_fts`, migration 6) off the
 //! commit path: entries are indexed in passes of up to [`INDEX_CHUNK`] rows when
-//! the queue has been idle for [`INDEX_IDLE`], when [`INDEX_BEHIND_ROWS`] entries wait, or when the oldest
-//! waiting entry is [`INDEX_BEHIND`] old; a search first asks for a pass
+//! the queue has been empty for [`INDEX_IDLE`], when [`INDEX_BEHIND_ROWS`]
+//! entries wait, or when the oldest waiting entry is [`INDEX_BEHIND`] old; a
+//! search first asks for a pass
 //! ([`super::Writer::index_now`]), so it sees everything committed before it.
 //! `fts_state.next_rowid` (durable) is the lowest `inbox` rowid that may not be
 //! indexed yet; a pass indexes the rows from there and moves it on. SQLite can
@@ -88,7 +89,7 @@ struct SqliteWriter {
     /// The last sequence number handed out per owner (the head of its log).
     /// Loaded on first use from the greater of `users.inbox_seq` and the
     /// newest entry; `users.inbox_seq` is brought up to date before anything
-    /// deletes an owner's newest entries (`Store::keep_seq_marks`), so a
+    /// deletes an owner's newest entries (`devices::keep_seq_marks`), so a
     /// number is never handed out twice, even across restarts.
     heads: HashMap<String, i64>,
     fts: Fts,
