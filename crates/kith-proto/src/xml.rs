@@ -218,6 +218,71 @@ impl Element {
     }
 }
 
+/// Sets attribute `name` of the root element to `value` and appends `child` as its
+/// last child, on text that [`Element::to_xml`] produced, without parsing it
+/// again: a stored stanza goes out with its new address and `<delay/>` for the
+/// cost of two copies. Returns `None` when `xml` is not in that serialiser's form
+/// (the caller then parses it).
+///
+/// The serialiser's form is what makes text search safe here: attribute values
+/// are quoted with `'` and escape `'`, `<` and `>`, so the first `>` ends the
+/// start tag and ` name='` inside it can only begin that attribute; the root
+/// declares its namespace right after its name.
+pub fn amend_serialized(xml: &str, name: &str, value: &str, child: &Element) -> Option<String> {
+    let rest = xml.strip_prefix('<')?;
+    let name_end = rest.find([' ', '/', '>'])?;
+    let root = &rest[..name_end];
+    if root.is_empty() || root.contains(':') {
+        return None;
+    }
+    let tag_end = xml.find('>')?;
+    let self_closing = xml[..tag_end].ends_with('/');
+    let start_tag = &xml[..tag_end - usize::from(self_closing)];
+    let body_end = if self_closing {
+        if tag_end + 1 != xml.len() {
+            return None;
+        }
+        tag_end + 1
+    } else {
+        let close = format!("</{root}>");
+        if !xml.ends_with(&close) {
+            return None;
+        }
+        xml.len() - close.len()
+    };
+    let root_ns = {
+        let after_name = &start_tag[1 + name_end..];
+        let declared = after_name.strip_prefix(" xmlns='")?;
+        &declared[..declared.find('\'')?]
+    };
+    let mut out = String::with_capacity(xml.len() + value.len() + 160);
+    let marker = format!(" {name}='");
+    match start_tag.find(&marker) {
+        Some(at) => {
+            let value_start = at + marker.len();
+            let value_end = value_start + start_tag[value_start..].find('\'')?;
+            out.push_str(&start_tag[..value_start]);
+            escape_into(&mut out, value, true);
+            out.push_str(&start_tag[value_end..]);
+        }
+        None => {
+            out.push_str(start_tag);
+            out.push_str(&marker);
+            escape_into(&mut out, value, true);
+            out.push('\'');
+        }
+    }
+    out.push('>');
+    if !self_closing {
+        out.push_str(&xml[tag_end + 1..body_end]);
+    }
+    child.write_xml(&mut out, root_ns, Prefixes::default());
+    out.push_str("</");
+    out.push_str(root);
+    out.push('>');
+    Some(out)
+}
+
 #[derive(Clone, Copy, Default)]
 struct Prefixes {
     stream_declared: bool,
@@ -277,6 +342,76 @@ mod tests {
             error.to_xml(""),
             "<stream:error xmlns:stream='http://etherx.jabber.org/streams'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
         );
+    }
+
+    /// What the parse-and-serialise path would produce.
+    fn amended_by_parsing(xml: &str, name: &str, value: &str, child: &Element) -> Element {
+        let mut element = crate::stream::parse_fragment(xml.as_bytes(), Default::default())
+            .expect("test input parses");
+        element.set_attr(name, value);
+        element.push_child(child.clone());
+        element
+    }
+
+    #[test]
+    fn amending_serialized_text_matches_parsing_it() {
+        let delay = Element::new("urn:xmpp:delay", "delay")
+            .attr("from", "example.org")
+            .attr("stamp", "2026-11-28T11:00:00Z")
+            .text("Offline Storage");
+        let messages = [
+            Element::new(ns::CLIENT, "message")
+                .attr("from", "a@example.org/x")
+                .attr("to", "b@example.org")
+                .attr("type", "chat")
+                .child(Element::new(ns::CLIENT, "body").text("hi <to='x'> & 'quoted' to='b'")),
+            // No `to` yet, an attribute value that mentions one, and nothing inside.
+            Element::new(ns::CLIENT, "message").attr("id", " to='evil'"),
+            // A namespaced attribute whose local name is `to`.
+            Element::new(ns::CLIENT, "message")
+                .attr("{urn:example}to", "x")
+                .child(Element::new(ns::CLIENT, "body").text("ok")),
+            // A message whose root is in another default namespace.
+            Element::new("jabber:server", "message").child(Element::new("jabber:server", "body")),
+        ];
+        for message in messages {
+            let xml = message.to_xml("");
+            let spliced = amend_serialized(&xml, "to", "b@example.org/phone", &delay)
+                .expect("serialiser output is amendable");
+            let reparsed = crate::stream::parse_fragment(spliced.as_bytes(), Default::default())
+                .expect("amended text is well-formed");
+            // Attribute order carries no meaning (XML 1.0 §3.1).
+            let sorted = |mut e: Element| {
+                e.attrs.sort();
+                e
+            };
+            assert_eq!(
+                sorted(reparsed),
+                sorted(amended_by_parsing(
+                    &xml,
+                    "to",
+                    "b@example.org/phone",
+                    &delay
+                )),
+                "{xml}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_in_another_form_is_not_amended() {
+        let delay = Element::new("urn:xmpp:delay", "delay");
+        for xml in [
+            "",
+            "message",
+            "<message>no namespace declared</message>",
+            "<message xmlns='jabber:client'>unclosed",
+            "<message xmlns='jabber:client'/>trailing",
+            "<x:message xmlns:x='jabber:client'/>",
+            "<message xmlns=\"jabber:client\"/>",
+        ] {
+            assert_eq!(amend_serialized(xml, "to", "b", &delay), None, "{xml}");
+        }
     }
 
     #[test]

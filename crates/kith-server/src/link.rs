@@ -58,6 +58,11 @@ pub trait LinkWrite: Send {
     fn open(&mut self, header: &Header<'_>);
     /// Queues one top-level element.
     fn element(&mut self, element: &Element);
+    /// A top-level element as [`LinkWrite::element`] would write it.
+    fn serialize(element: &Element) -> String;
+    /// Queues one top-level element already serialised (by [`LinkWrite::serialize`],
+    /// or declaring its own namespace, which is right on every link).
+    fn raw(&mut self, xml: &str);
     /// Queues the stream close (or `<close/>`).
     fn close(&mut self);
     /// Writes everything queued.
@@ -220,7 +225,13 @@ macro_rules! tcp_writer_methods {
             tcp_open(&mut self.out, header);
         }
         fn element(&mut self, element: &Element) {
-            self.out.push_str(&element.to_stream_xml(ns::CLIENT));
+            self.out.push_str(&Self::serialize(element));
+        }
+        fn serialize(element: &Element) -> String {
+            element.to_stream_xml(ns::CLIENT)
+        }
+        fn raw(&mut self, xml: &str) {
+            self.out.push_str(xml);
         }
         fn close(&mut self) {
             self.out.push_str("</stream:stream>");
@@ -393,8 +404,14 @@ macro_rules! ws_writer_methods {
             self.out.push(ws_open(header));
         }
         fn element(&mut self, element: &Element) {
+            self.out.push(Self::serialize(element));
+        }
+        fn serialize(element: &Element) -> String {
             // RFC 7395 §3.3.3: every top-level element carries its namespace.
-            self.out.push(element.to_xml(""));
+            element.to_xml("")
+        }
+        fn raw(&mut self, xml: &str) {
+            self.out.push(xml.to_owned());
         }
         fn close(&mut self) {
             self.out.push(Element::new(ns::FRAMING, "close").to_xml(""));

@@ -107,7 +107,7 @@ pub(crate) struct Session {
     pub directed: HashSet<String>,
     /// Stanzas for this client produced while handling its own stanza, with the
     /// inbox sequence number of those that come from the log.
-    pub replies: Vec<(Element, Option<i64>)>,
+    pub replies: Vec<(Reply, Option<i64>)>,
     /// This device's position in the inbox log: everything through it was
     /// written to the connection (and, with stream management, acknowledged).
     pub device_cursor: i64,
@@ -118,7 +118,8 @@ pub(crate) struct Session {
     pub caught_up: bool,
     /// Whether a catch-up read is in progress (more batches to read).
     pub backlog_pending: bool,
-    sm: Option<StreamManagement<Element>>,
+    /// Stream management; unacknowledged stanzas are kept as the text written.
+    sm: Option<StreamManagement<String>>,
     /// The XEP-0198 stream id when resumption is enabled, and where takeovers arrive.
     resume: Option<(String, mpsc::Receiver<Handoff>)>,
     /// The `TypeId` of this session's link halves, for resumption.
@@ -304,9 +305,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                 }
             }
         };
-        for (reply, seq) in std::mem::take(&mut session.replies) {
-            session.emit(&mut writer, &reply, seq);
-        }
+        session.emit_replies(&mut writer);
         let mut step = step;
         // Write everything already queued before paying for a flush.
         while step.is_ok() {
@@ -366,24 +365,65 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
     }
 }
 
+/// A stanza queued for the session's own client.
+#[derive(Debug)]
+pub enum Reply {
+    Stanza(Element),
+    /// A whole stanza already serialised as a top-level element that declares
+    /// its namespace (a log entry amended in place, [`deliver::read_backlog`]).
+    Serialized(String),
+}
+
 impl Session {
     /// Writes one stanza to the client, counting it for stream management.
     fn emit<W: LinkWrite>(&mut self, writer: &mut W, stanza: &Element, seq: Option<i64>) {
-        if let Some(seq) = seq {
-            // A log entry already written (a live copy racing the catch-up read, or
-            // the other way round) is not written twice.
-            if seq <= self.written_seq {
-                return;
-            }
-            self.written_seq = seq;
+        if !self.first_write_of(seq) {
+            return;
         }
         // Only stanzas count, not stream-management nonzas (XEP-0198 §4).
         if let Some(sm) = &mut self.sm
             && stanza.ns == ns::CLIENT
         {
-            sm.sent(seq, stanza.clone());
+            let xml = W::serialize(stanza);
+            writer.raw(&xml);
+            sm.sent(seq, xml);
+        } else {
+            writer.element(stanza);
         }
-        writer.element(stanza);
+    }
+
+    /// Like [`Session::emit`], for a stanza already serialised.
+    fn emit_serialized<W: LinkWrite>(&mut self, writer: &mut W, xml: String, seq: Option<i64>) {
+        if !self.first_write_of(seq) {
+            return;
+        }
+        writer.raw(&xml);
+        if let Some(sm) = &mut self.sm {
+            sm.sent(seq, xml);
+        }
+    }
+
+    /// Whether the log entry `seq` (if any) is new to this connection; records it.
+    /// An entry already written (a live copy racing the catch-up read, or the other
+    /// way round) is not written twice.
+    fn first_write_of(&mut self, seq: Option<i64>) -> bool {
+        if let Some(seq) = seq {
+            if seq <= self.written_seq {
+                return false;
+            }
+            self.written_seq = seq;
+        }
+        true
+    }
+
+    /// Writes the queued replies.
+    fn emit_replies<W: LinkWrite>(&mut self, writer: &mut W) {
+        for (reply, seq) in std::mem::take(&mut self.replies) {
+            match reply {
+                Reply::Stanza(stanza) => self.emit(writer, &stanza, seq),
+                Reply::Serialized(xml) => self.emit_serialized(writer, xml, seq),
+            }
+        }
     }
 
     /// Sends what XEP-0352 held back (before anything important, to keep order).
@@ -447,7 +487,7 @@ impl Session {
             return;
         };
         for (seq, stanza) in sm.take_unacked() {
-            writer.element(&stanza);
+            writer.raw(&stanza);
             sm.sent(seq, stanza);
         }
     }
@@ -532,7 +572,8 @@ impl Session {
                 "active" => {
                     self.inactive = false;
                     for held in self.held.drain() {
-                        self.replies.push((Element::clone(&held), None));
+                        self.replies
+                            .push((Reply::Stanza(Element::clone(&held)), None));
                     }
                 }
                 _ => {
@@ -653,7 +694,7 @@ impl Session {
                     // §3: enabling twice is an error.
                     let failed = Element::new(SM, "failed")
                         .child(Element::new(ns::STANZAS, "unexpected-request"));
-                    self.replies.push((failed, None));
+                    self.replies.push((Reply::Stanza(failed), None));
                     return Ok(());
                 }
                 self.sm = Some(StreamManagement::default());
@@ -679,12 +720,12 @@ impl Session {
                     self.resume = Some((id, rx));
                 }
                 // Stanzas written before <enabled/> are not counted (§4).
-                self.replies.push((enabled, None));
+                self.replies.push((Reply::Stanza(enabled), None));
             }
             "r" => {
                 if let Some(sm) = &self.sm {
                     let answer = Element::new(SM, "a").attr("h", sm.inbound.to_string());
-                    self.replies.push((answer, None));
+                    self.replies.push((Reply::Stanza(answer), None));
                 }
             }
             "a" => {
@@ -753,7 +794,7 @@ impl Session {
 
     /// Queues a reply for this session's own client.
     pub fn reply(&mut self, stanza: Element) {
-        self.replies.push((stanza, None));
+        self.replies.push((Reply::Stanza(stanza), None));
     }
 
     /// Starts delivering the log entries this device has missed (once, at the first
@@ -768,7 +809,12 @@ impl Session {
 
     /// Queues a log entry for this session's own client.
     pub fn reply_logged(&mut self, stanza: Element, seq: i64) {
-        self.replies.push((stanza, Some(seq)));
+        self.replies.push((Reply::Stanza(stanza), Some(seq)));
+    }
+
+    /// Queues a log entry, already serialised, for this session's own client.
+    pub fn reply_logged_serialized(&mut self, xml: String, seq: i64) {
+        self.replies.push((Reply::Serialized(xml), Some(seq)));
     }
 }
 
