@@ -290,19 +290,26 @@ struct Prefixes {
 
 /// Escapes text or an attribute value (quoted with `'`) into `out`.
 pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' if attribute => out.push_str("&apos;"),
-            '"' if attribute => out.push_str("&quot;"),
-            '\r' => out.push_str("&#xD;"),
-            '\t' if attribute => out.push_str("&#x9;"),
-            '\n' if attribute => out.push_str("&#xA;"),
-            c => out.push(c),
-        }
+    // Runs without a special character are copied whole (every special
+    // character is ASCII, so a byte index is always a char boundary).
+    let mut plain = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let entity = match byte {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'\'' if attribute => "&apos;",
+            b'"' if attribute => "&quot;",
+            b'\r' => "&#xD;",
+            b'\t' if attribute => "&#x9;",
+            b'\n' if attribute => "&#xA;",
+            _ => continue,
+        };
+        out.push_str(&text[plain..at]);
+        out.push_str(entity);
+        plain = at + 1;
     }
+    out.push_str(&text[plain..]);
 }
 
 pub fn escape(text: &str) -> String {
@@ -412,6 +419,16 @@ mod tests {
         ] {
             assert_eq!(amend_serialized(xml, "to", "b", &delay), None, "{xml}");
         }
+    }
+
+    #[test]
+    fn escapes_every_special_character_and_keeps_the_rest() {
+        let mut attr = String::new();
+        escape_into(&mut attr, "é&<>'\"\r\t\nü", true);
+        assert_eq!(attr, "é&amp;&lt;&gt;&apos;&quot;&#xD;&#x9;&#xA;ü");
+        let mut text = String::new();
+        escape_into(&mut text, "'\"\t\n\r€", false);
+        assert_eq!(text, "'\"\t\n&#xD;€");
     }
 
     #[test]
