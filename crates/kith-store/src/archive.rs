@@ -391,18 +391,22 @@ async fn seq_of(
     owner: &str,
     id: &str,
 ) -> std::result::Result<i64, ArchiveError> {
-    let row = sqlx::query(
-        "SELECT seq FROM inbox WHERE owner = $1 AND stanza_id = $2 AND stanza_id <> ''
-         ORDER BY seq LIMIT 1",
+    // No `ORDER BY seq LIMIT 1` (nor `MIN(seq)`): SQLite would then walk the
+    // owner's whole log in `seq` order instead of looking the id up in
+    // `inbox_owner_stanza_id`. Ids are unique in practice; the lowest wins.
+    let rows = sqlx::query(
+        "SELECT seq FROM inbox WHERE owner = $1 AND stanza_id = $2 AND stanza_id <> ''",
     )
     .bind(owner)
     .bind(id)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    match row {
-        Some(row) => Ok(row.try_get("seq")?),
-        None => Err(ArchiveError::UnknownId(id.to_owned())),
+    let mut lowest = None;
+    for row in &rows {
+        let seq: i64 = row.try_get("seq")?;
+        lowest = Some(lowest.map_or(seq, |l: i64| l.min(seq)));
     }
+    lowest.ok_or_else(|| ArchiveError::UnknownId(id.to_owned()))
 }
 
 /// Fails with the first of `ids` (distinct) that is not in the owner's archive.
@@ -417,8 +421,9 @@ async fn check_ids_exist(
         .map(|id| lookup.text(id))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql =
-        format!("SELECT DISTINCT stanza_id FROM inbox WHERE owner = $1 AND stanza_id IN ({list})");
+    let sql = format!(
+        "SELECT DISTINCT stanza_id FROM inbox WHERE owner = $1 AND stanza_id <> '' AND stanza_id IN ({list})"
+    );
     let rows = lookup.bind(&sql).fetch_all(&mut *conn).await?;
     let found = rows
         .iter()

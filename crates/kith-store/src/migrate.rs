@@ -703,6 +703,28 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX pep_subscriptions_by_jid ON pep_subscriptions (jid)",
         ],
     },
+    // The archive's two indexes cover archived entries only (those with an id):
+    // a group message's member copies (one per member, for delivery only) and
+    // entries the owner's XEP-0441 preferences keep out of the archive were
+    // written to both, with `stanza_id = ''`, and never looked up there. Every
+    // query that can use them says `stanza_id <> ''` (SQLite uses a partial
+    // index only for a query whose WHERE implies the index's).
+    Migration {
+        version: 42,
+        name: "archive indexes only for archived inbox entries",
+        sqlite: &[
+            "DROP INDEX inbox_owner_time",
+            "CREATE INDEX inbox_owner_time ON inbox (owner, at_micros) WHERE stanza_id <> ''",
+            "DROP INDEX inbox_owner_stanza_id",
+            "CREATE INDEX inbox_owner_stanza_id ON inbox (owner, stanza_id) WHERE stanza_id <> ''",
+        ],
+        postgres: &[
+            "DROP INDEX inbox_owner_time",
+            "CREATE INDEX inbox_owner_time ON inbox (owner, at_micros) WHERE stanza_id <> ''",
+            "DROP INDEX inbox_owner_stanza_id",
+            "CREATE INDEX inbox_owner_stanza_id ON inbox (owner, stanza_id) WHERE stanza_id <> ''",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.
