@@ -36,20 +36,23 @@ port_of() {
   esac
 }
 
-# ARCHIVE=on turns on the anchors' message archives for 1:1 chats (ejabberd's
-# mod_mam `default: always`, Prosody's mod_mam with `default_archive_policy`);
-# off (the default) leaves 1:1 messages unarchived there. kith always appends
-# every message to both parties' logs: its log is also how it delivers.
+# ARCHIVE=on turns on every server's message archive for 1:1 chats (ejabberd's
+# mod_mam `default: always`, Prosody's mod_mam with `default_archive_policy`,
+# kith's `[archive] enabled`); off (the default) leaves 1:1 messages unarchived.
+# kith still appends every message to the recipient's log without an archive:
+# its log is also how it delivers (ejabberd and Prosody store a message only
+# when its recipient is offline).
 ARCHIVE="${ARCHIVE:-off}"
 render() { # template output port
-  local mam_default=never mam_module="" mam_policy=false
+  local mam_default=never mam_module="" mam_policy=false kith_archive=false
   case "$ARCHIVE" in
-    on) mam_default=always mam_module='"mam";' mam_policy=true ;;
+    on) mam_default=always mam_module='"mam";' mam_policy=true kith_archive=true ;;
     off) ;;
     *) log "ARCHIVE must be on or off, not $ARCHIVE"; return 1 ;;
   esac
   sed -e "s|@DIR@|$BENCH_DIR|g" -e "s|@PORT@|$3|g" -e "s|@MAM_DEFAULT@|$mam_default|g" \
-    -e "s|@MAM_MODULE@|$mam_module|g" -e "s|@MAM_POLICY@|$mam_policy|g" "$1" >"$2"
+    -e "s|@MAM_MODULE@|$mam_module|g" -e "s|@MAM_POLICY@|$mam_policy|g" \
+    -e "s|@KITH_ARCHIVE@|$kith_archive|g" "$1" >"$2"
 }
 
 wait_port() { # port seconds

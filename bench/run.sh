@@ -8,7 +8,7 @@
 #
 # Run bench/setup-anchors.sh first. Environment: see bench/lib.sh; SERVERS picks
 # the servers ("kith ejabberd prosody"); RESULTS the output directory; ARCHIVE=on
-# archives the anchors' 1:1 messages (off by default; kith always does).
+# archives 1:1 messages on every server (off by default).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCENARIO="${1:?usage: bench/run.sh login|idle|chat|offline|durable|group [args]}"
@@ -33,7 +33,7 @@ current=""
 cleanup() { [[ -n "$current" ]] && stop_server "$current"; }
 trap cleanup EXIT INT TERM
 
-log "1:1 archiving on the anchors: ARCHIVE=$ARCHIVE (kith always logs every message)"
+log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (kith logs every message for delivery either way)"
 for server in $SERVERS; do
   log "$SCENARIO on $server"
   # A server that did not start (e.g. its port is taken by another run) is skipped:

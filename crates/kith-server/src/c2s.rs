@@ -318,9 +318,9 @@ async fn authenticate_and_bind<L: Link>(
         .child(Element::new(ns::PRE_APPROVAL, "sub"))
         .child(Element::new(crate::session::SM, "sm"))
         .child(Element::new(crate::csi::CSI, "csi"))
-        .child(features::disco::caps_element(
-            server.config.registration_enabled(),
-        ));
+        .child(features::disco::caps_element(features::disco::Offered::of(
+            &server.config,
+        )));
     link.element(&features);
     link.flush().await.map_err(|_| Ended::Gone)?;
     loop {

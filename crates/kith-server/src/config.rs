@@ -19,6 +19,7 @@ pub struct Config {
     pub registration: RegistrationSection,
     pub limits: LimitsSection,
     pub delivery: DeliverySection,
+    pub archive: ArchiveSection,
     pub push: PushSection,
     pub phone: PhoneSection,
     pub sms: SmsSection,
@@ -518,6 +519,23 @@ pub struct DeliverySection {
     pub retention_days: u32,
 }
 
+/// The message archive (XEP-0313) of 1:1 chats.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSection {
+    /// Off: the inbox log only delivers. No archive (no MAM, no full-text
+    /// search, no XEP-0359 stanza ids), no copy of what a user sends, and
+    /// messages leave the log once every device of the recipient has them (as
+    /// `retention = "until-delivered"`). Groups keep their room history.
+    pub enabled: bool,
+}
+
+impl Default for ArchiveSection {
+    fn default() -> Self {
+        ArchiveSection { enabled: true }
+    }
+}
+
 /// Archive retention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -937,6 +955,15 @@ impl Config {
         self.signup_allowed(SignupMethod::Password)
     }
 
+    /// How long messages stay in the log: without an archive, until delivered.
+    pub fn retention(&self) -> Retention {
+        if self.archive.enabled {
+            self.delivery.retention
+        } else {
+            Retention::UntilDelivered
+        }
+    }
+
     /// The sender of sign-up mail.
     pub fn smtp_from(&self, domain: &str) -> String {
         self.smtp
@@ -1109,6 +1136,17 @@ mod tests {
             error.to_string().contains("pep.max_items_per_node"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn without_an_archive_messages_stay_until_delivered() {
+        let config: Config =
+            toml::from_str("[delivery]\nretention = \"forever\"\n[archive]\nenabled = false\n")
+                .expect("parses");
+        assert!(!config.archive.enabled);
+        assert_eq!(config.retention(), Retention::UntilDelivered);
+        assert!(Config::default().archive.enabled);
+        assert_eq!(Config::default().retention(), Retention::Forever);
     }
 
     #[test]

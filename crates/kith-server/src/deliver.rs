@@ -310,8 +310,10 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
     let outgoing = message.clone();
     let outgoing_xml = outgoing.to_xml("");
     // XEP-0441: an entry the owner doesn't want archived is still logged for
-    // delivery, without an archive id (MAM skips entries without one).
-    let archived = mam::should_archive(server, node(&recipient), &sender).await;
+    // delivery, without an archive id (MAM skips entries without one) and
+    // without its text for search. Without an archive nothing is archived.
+    let archiving = server.config.archive.enabled;
+    let archived = archiving && mam::should_archive(server, node(&recipient), &sender).await;
     let stanza_id = if archived {
         stamp_stanza_id(&mut message, recipient.as_str())
     } else {
@@ -332,7 +334,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
         at_micros: now,
         peer: &sender_bare,
         direction: "in",
-        body: body.as_deref(),
+        body: body.as_deref().filter(|_| archived),
         origin: origin.as_deref(),
     };
     let mut entries = vec![(node(&recipient), entry)];
@@ -340,7 +342,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
     let own_id = crate::archive_id();
     let sender_owner = sender_jid
         .as_ref()
-        .filter(|j| server.is_local_user(j) && j.to_bare() != recipient)
+        .filter(|j| archiving && server.is_local_user(j) && j.to_bare() != recipient)
         .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
     let sender_owner = match sender_owner {
         Some(owner) if mam::should_archive(server, &owner, recipient.as_str()).await => Some(owner),

@@ -31,7 +31,7 @@ pub(crate) async fn once(server: &Server) {
         Ok(n) => tracing::info!(devices = n, "forgot idle devices"),
         Err(error) => tracing::warn!(%error, "forgetting idle devices"),
     }
-    let deleted = match delivery.retention {
+    let deleted = match server.config.retention() {
         Retention::Forever => Ok(0),
         Retention::Days => {
             let before = now - i64::from(delivery.retention_days) * MICROS_PER_DAY;

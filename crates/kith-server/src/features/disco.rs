@@ -16,6 +16,27 @@ use crate::session::Session;
 /// XEP-0160 / XEP-0013: messages to offline users are stored and delivered later.
 const MSGOFFLINE: &str = "msgoffline";
 
+/// What the advertised features depend on in the configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Offered {
+    /// In-band registration (`jabber:iq:register`).
+    pub registration: bool,
+    /// The 1:1 archive (`[archive] enabled`): MAM on accounts, XEP-0359 ids.
+    pub archive: bool,
+    /// XEP-0357 push on accounts.
+    pub push: bool,
+}
+
+impl Offered {
+    pub(crate) fn of(config: &crate::config::Config) -> Offered {
+        Offered {
+            registration: config.registration_enabled(),
+            archive: config.archive.enabled,
+            push: config.push.enabled,
+        }
+    }
+}
+
 /// Features of the server that are always on. `jabber:iq:register` depends on the
 /// configuration and is added by [`server_features`].
 const SERVER_FEATURES: &[&str] = &[
@@ -29,7 +50,6 @@ const SERVER_FEATURES: &[&str] = &[
     ns::PRIVATE,             // XEP-0049
     ns::BLOCKING,            // XEP-0191
     ns::ROSTER,              // RFC 6121 §2
-    ns::SID,                 // XEP-0359: the server stamps <stanza-id/> on messages it delivers
     super::carbons::CARBONS, // XEP-0280
     "urn:xmpp:sm:3",         // XEP-0198 (also a stream feature)
     MSGOFFLINE,
@@ -39,9 +59,10 @@ const SERVER_FEATURES: &[&str] = &[
 /// The archive lives there too, so its features are advertised there (XEP-0313
 /// §7: "made to archiving JIDs (i.e. … users' bare JIDs)"), not on the server's
 /// own JID, which hosts no archive.
-const ACCOUNT_FEATURES: &[&str] = &[
-    ns::DISCO_INFO,
-    ns::DISCO_ITEMS,
+const ACCOUNT_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS];
+
+/// The archive's features on an account, when there is one.
+const ACCOUNT_ARCHIVE_FEATURES: &[&str] = &[
     super::mam::NS,          // XEP-0313
     super::mam::NS_EXTENDED, // XEP-0313 §7: before-id/after-id/ids, flip-page, metadata
     super::mam::NS_FULLTEXT, // XEP-0431
@@ -52,11 +73,15 @@ const ACCOUNT_PUSH_FEATURES: &[&str] = &[super::push::NS];
 
 /// Every feature the server advertises, sorted (XEP-0115 §5.1 hashes them in this
 /// order, and a stable order keeps answers comparable).
-pub(crate) fn server_features(registration_enabled: bool) -> Vec<&'static str> {
+pub(crate) fn server_features(offered: Offered) -> Vec<&'static str> {
     let mut features = SERVER_FEATURES.to_vec();
-    if registration_enabled {
+    if offered.registration {
         // XEP-0077 §10 (Determining Support).
         features.push(ns::REGISTER);
+    }
+    if offered.archive {
+        // XEP-0359 §6: the server stamps <stanza-id/> on messages it archives.
+        features.push(ns::SID);
     }
     features.sort_unstable();
     features
@@ -69,12 +94,12 @@ pub(crate) const CAPS_NODE: &str = "https://kith.chat/caps";
 const SERVER_IDENTITY: (&str, &str, &str) = ("server", "im", "kith");
 
 /// XEP-0115 §5.1 verification string of the server's disco#info, base64 SHA-1.
-pub(crate) fn caps_ver(registration_enabled: bool) -> String {
+pub(crate) fn caps_ver(offered: Offered) -> String {
     use base64::Engine as _;
     use sha1::{Digest, Sha1};
     let (category, kind, name) = SERVER_IDENTITY;
     let mut input = format!("{category}/{kind}//{name}<");
-    for feature in server_features(registration_enabled) {
+    for feature in server_features(offered) {
         input.push_str(feature);
         input.push('<');
     }
@@ -82,11 +107,11 @@ pub(crate) fn caps_ver(registration_enabled: bool) -> String {
 }
 
 /// The `<c/>` stream feature announcing the server's capabilities (XEP-0115 §6.3).
-pub(crate) fn caps_element(registration_enabled: bool) -> Element {
+pub(crate) fn caps_element(offered: Offered) -> Element {
     Element::new(ns::CAPS, "c")
         .attr("hash", "sha-1")
         .attr("node", CAPS_NODE)
-        .attr("ver", caps_ver(registration_enabled))
+        .attr("ver", caps_ver(offered))
 }
 
 /// Answers `<query xmlns='http://jabber.org/protocol/disco#info'/>`.
@@ -99,15 +124,15 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
     let server = session.server.clone();
     match &request.target {
         Target::Server => {
-            let registration = server.config.registration_enabled();
+            let offered = Offered::of(&server.config);
             // XEP-0115 §6.2: the caps node answers like the plain query, echoing it.
-            let caps_node = format!("{CAPS_NODE}#{}", caps_ver(registration));
+            let caps_node = format!("{CAPS_NODE}#{}", caps_ver(offered));
             if node.is_some_and(|n| n != caps_node) {
                 return Err(StanzaError::item_not_found());
             }
             let (category, kind, name) = SERVER_IDENTITY;
             let identity = identity(category, kind).attr("name", name);
-            let info = info_element(identity, &server_features(registration));
+            let info = info_element(identity, &server_features(offered));
             Ok(Some(info.attr_opt("node", node)))
         }
         // XEP-0060 §5.3: a PEP node, for whoever may read it.
@@ -118,10 +143,10 @@ pub(crate) async fn info(session: &mut Session, request: &Request<'_>) -> Respon
             };
             super::pep::node_info(&server, &owner, &session.bare, node.unwrap_or("")).await
         }
-        Target::OwnAccount => Ok(Some(account_info(server.config.push.enabled))),
+        Target::OwnAccount => Ok(Some(account_info(Offered::of(&server.config)))),
         Target::Account(other) => {
             account_access(&server, other, &session.bare).await?;
-            Ok(Some(account_info(server.config.push.enabled)))
+            Ok(Some(account_info(Offered::of(&server.config))))
         }
     }
 }
@@ -203,9 +228,12 @@ fn no_node(node: Option<&str>) -> Result<(), StanzaError> {
 
 /// §3.1: an account answered by its server is `account/registered`, and a PEP
 /// service (XEP-0163 §5: `pubsub/pep`).
-fn account_info(push: bool) -> Element {
+fn account_info(offered: Offered) -> Element {
     let mut features = ACCOUNT_FEATURES.to_vec();
-    if push {
+    if offered.archive {
+        features.extend_from_slice(ACCOUNT_ARCHIVE_FEATURES);
+    }
+    if offered.push {
         features.extend_from_slice(ACCOUNT_PUSH_FEATURES);
     }
     features.extend_from_slice(super::pep::ACCOUNT_FEATURES);
@@ -238,8 +266,13 @@ mod tests {
 
     #[test]
     fn server_features_are_sorted_and_unique() {
-        for registration in [false, true] {
-            let features = server_features(registration);
+        for (registration, archive) in [(false, false), (true, false), (false, true), (true, true)]
+        {
+            let features = server_features(Offered {
+                registration,
+                archive,
+                push: false,
+            });
             let mut sorted = features.clone();
             sorted.sort_unstable();
             assert_eq!(features, sorted);
@@ -252,13 +285,38 @@ mod tests {
 
     #[test]
     fn registration_is_advertised_only_when_enabled() {
-        assert!(server_features(true).contains(&ns::REGISTER));
-        assert!(!server_features(false).contains(&ns::REGISTER));
+        let registration = |registration| Offered {
+            registration,
+            ..Offered::default()
+        };
+        assert!(server_features(registration(true)).contains(&ns::REGISTER));
+        assert!(!server_features(registration(false)).contains(&ns::REGISTER));
+    }
+
+    #[test]
+    fn the_archive_is_advertised_only_when_enabled() {
+        let archive = |archive| Offered {
+            archive,
+            ..Offered::default()
+        };
+        assert!(server_features(archive(true)).contains(&ns::SID));
+        assert!(!server_features(archive(false)).contains(&ns::SID));
+        let on_account = |offered| {
+            account_info(offered)
+                .elements()
+                .any(|f| f.get_attr("var") == Some(super::super::mam::NS))
+        };
+        assert!(on_account(archive(true)));
+        assert!(!on_account(archive(false)));
+        assert_ne!(caps_ver(archive(true)), caps_ver(archive(false)));
     }
 
     #[test]
     fn server_advertises_what_the_dispatch_table_handles() {
-        let features = server_features(false);
+        let features = server_features(Offered {
+            archive: true,
+            ..Offered::default()
+        });
         for feature in [
             ns::DISCO_INFO,
             ns::DISCO_ITEMS,
@@ -281,7 +339,11 @@ mod tests {
 
     #[test]
     fn account_info_is_a_registered_account_and_a_pep_service() {
-        let xml = account_info(false).to_xml(ns::CLIENT);
+        let xml = account_info(Offered {
+            archive: true,
+            ..Offered::default()
+        })
+        .to_xml(ns::CLIENT);
         assert!(
             xml.starts_with(
                 "<query xmlns='http://jabber.org/protocol/disco#info'>\
@@ -307,9 +369,12 @@ mod tests {
     #[test]
     fn push_is_advertised_on_the_account_when_enabled() {
         let push = |enabled| {
-            account_info(enabled)
-                .elements()
-                .any(|f| f.get_attr("var") == Some(super::super::push::NS))
+            account_info(Offered {
+                push: enabled,
+                ..Offered::default()
+            })
+            .elements()
+            .any(|f| f.get_attr("var") == Some(super::super::push::NS))
         };
         assert!(push(true));
         assert!(!push(false));
@@ -323,8 +388,12 @@ mod tests {
         let input = "client/pc//Exodus 0.9.1<http://jabber.org/protocol/caps<http://jabber.org/protocol/disco#info<http://jabber.org/protocol/disco#items<http://jabber.org/protocol/muc<";
         let ver = base64::engine::general_purpose::STANDARD.encode(Sha1::digest(input.as_bytes()));
         assert_eq!(ver, "QgayPKawpkPSDYmwT/WM94uAlu0=");
-        assert_eq!(caps_ver(true).len(), 28);
-        assert_ne!(caps_ver(true), caps_ver(false));
+        let registration = |registration| Offered {
+            registration,
+            ..Offered::default()
+        };
+        assert_eq!(caps_ver(registration(true)).len(), 28);
+        assert_ne!(caps_ver(registration(true)), caps_ver(registration(false)));
     }
 
     #[test]

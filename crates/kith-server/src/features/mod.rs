@@ -82,7 +82,10 @@ async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
             blocking::handle(session, request).await
         }
         ("query", ns::REGISTER) => register::after_auth(session, request).await,
-        ("query" | "metadata" | "prefs", mam::NS) => mam::handle(session, request).await,
+        // Without an archive the namespace is unsupported (RFC 6120 §8.3.3.19).
+        ("query" | "metadata" | "prefs", mam::NS) if session.server.config.archive.enabled => {
+            mam::handle(session, request).await
+        }
         ("enable" | "disable", carbons::CARBONS) => carbons::handle(session, request),
         ("enable" | "disable", push::NS) => push::handle(session, request).await,
         ("pubsub", pep::NS | pep::NS_OWNER) => pep::handle(session, request).await,
