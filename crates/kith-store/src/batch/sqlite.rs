@@ -46,6 +46,8 @@ const RESTART_APPROACH_PASSES: usize = 4;
 const RESTART_APPROACH_PAGES: i64 = 256;
 /// Size the WAL file is cut back to once the log starts over, bytes.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
+/// Commits between two looks at the WAL file's size (a `stat`).
+const WAL_LOOK_EVERY: u32 = 32;
 /// Most rows one full-text pass indexes (one transaction).
 const INDEX_CHUNK: i64 = 4096;
 /// How long the queue must have been empty before an idle pass.
@@ -74,6 +76,12 @@ pub(super) fn start(path: &Path, rx: flume::Receiver<Job>) -> Result<std::thread
         conn,
         heads: HashMap::new(),
         checkpointer,
+        wal_path: {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            PathBuf::from(wal)
+        },
+        commits_since_look: 0,
         fts: Fts {
             next_rowid,
             // Unknown after a restart: check once.
@@ -107,6 +115,9 @@ struct SqliteWriter {
     fts: Fts,
     /// Stopped (and waited for) when the writer ends.
     checkpointer: Checkpointer,
+    /// The WAL file, and commits since its size was last looked at.
+    wal_path: PathBuf,
+    commits_since_look: u32,
 }
 
 /// A thread with a connection of its own that checkpoints the WAL every
@@ -123,7 +134,9 @@ struct SqliteWriter {
 /// pages and raises `restart_due`; the writer, between two commits, copies
 /// those (its own checkpoint reaches the end: nothing else appends) and its next
 /// commit starts the log from the beginning of the file, which
-/// `journal_size_limit` keeps at most [`WAL_SIZE_LIMIT`]. The writer does that
+/// `journal_size_limit` keeps at most [`WAL_SIZE_LIMIT`]. (Should this thread
+/// fall behind, the writer checkpoints on its own once the file reaches twice
+/// that: `SqliteWriter::wal_overgrown`.) The writer does that
 /// part, not a `RESTART` checkpoint here, so that it never sleeps in SQLite's
 /// busy handler (1, 2, 5 … ms) behind a checkpoint holding commits back.
 struct Checkpointer {
@@ -252,7 +265,8 @@ impl SqliteWriter {
             };
             fill(&mut batch, first, &rx);
             self.commit(&mut batch);
-            if self.checkpointer.restart_due.swap(false, Ordering::Relaxed) {
+            if self.checkpointer.restart_due.swap(false, Ordering::Relaxed) || self.wal_overgrown()
+            {
                 // See `Checkpointer`: the next commit starts the log over.
                 passive_checkpoint(&self.conn);
             }
@@ -262,6 +276,18 @@ impl SqliteWriter {
         }
         // Closing: what is not indexed yet is indexed after the next start
         // (`fts_state` says from where).
+    }
+
+    /// The backstop when the checkpointer falls behind (a busy core): whether
+    /// the WAL file, cut back to [`WAL_SIZE_LIMIT`] whenever the log starts
+    /// over, has grown to twice that. Looked at every [`WAL_LOOK_EVERY`] commits.
+    fn wal_overgrown(&mut self) -> bool {
+        self.commits_since_look += 1;
+        if self.commits_since_look < WAL_LOOK_EVERY {
+            return false;
+        }
+        self.commits_since_look = 0;
+        std::fs::metadata(&self.wal_path).is_ok_and(|m| m.len() > 2 * WAL_SIZE_LIMIT as u64)
     }
 
     /// Commits one batch and answers its jobs.
