@@ -412,7 +412,8 @@ export class App extends EventTarget {
   /**
    * Sends what the outbox holds. After a fresh session (not a resumption) the
    * server may have stored a message whose ack we never got: the archive is
-   * asked first, and a message already there (same origin-id) is not sent again.
+   * asked first, and a message already there (same origin-id) is not sent again;
+   * a server without an archive gets the outbox as it is.
    */
   async flushOutbox(fresh) {
     let items = outbox.all();
@@ -440,6 +441,9 @@ export class App extends EventTarget {
           }
           this.applyArchived(page.items);
         } catch (e) {
+          // A server without a 1:1 archive ([archive] enabled = false) says so:
+          // send anyway (it still drops a resend whose origin-id is in the log).
+          if (e.condition === 'service-unavailable') break;
           return; // no archive answer: try again on the next session
         }
       }
