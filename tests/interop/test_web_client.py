@@ -302,11 +302,13 @@ async def test_a_phone_sized_viewport_shows_list_and_conversation_as_screens(pee
 
 
 @on_module_loop
-async def test_a_server_restart_mid_chat_loses_and_duplicates_nothing(backend, server_factory, browser):
+@pytest.mark.parametrize("archive", [True, False], ids=["archive", "no-archive"])
+async def test_a_server_restart_mid_chat_loses_and_duplicates_nothing(backend, server_factory, browser, archive):
     """Resumption is impossible after a restart: the client binds a fresh session,
     finds in the archive which queued messages the server already has, and sends
-    only the rest."""
-    srv = server_factory.start("webrestart", backend)
+    only the rest. A server without an archive refuses the question: the client
+    sends what it holds (the server drops a resend it still has)."""
+    srv = server_factory.start("webrestart", backend, {"archive": {"enabled": archive}})
     pool = ClientPool(srv)
     tab = None
     try:

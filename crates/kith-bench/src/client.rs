@@ -250,14 +250,18 @@ async fn secure(target: &Target, index: usize) -> Result<(Conn, Element, Option<
         .context("TLS handshake")?;
     let (_, state) = tls_stream.get_ref();
     let version = format!(
-        "{:?} {:?}",
+        "{:?} {:?} {:?}",
         state
             .protocol_version()
             .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
         state
             .negotiated_cipher_suite()
             .map(|s| s.suite())
-            .unwrap_or(rustls::CipherSuite::Unknown(0))
+            .unwrap_or(rustls::CipherSuite::Unknown(0)),
+        state
+            .negotiated_key_exchange_group()
+            .map(|g| g.name())
+            .unwrap_or(rustls::NamedGroup::Unknown(0))
     );
     let mut conn = Conn::new(Box::new(tls_stream));
     conn.buf = buf;
@@ -505,11 +509,20 @@ pub async fn write(wr: &mut WriteHalf<Box<dyn Io>>, xml: &str) -> Result<()> {
 
 /// A rustls client configuration trusting `ca` (PEM), or anything with `insecure`.
 /// Session resumption is off so that every login costs the server a full handshake
-/// on every server alike.
+/// on every server alike, and the one key exchange offered is X25519, which every
+/// server here supports (ejabberd's and Prosody's OpenSSL 3.0 have no ML-KEM; with
+/// rustls's default, kith would do the X25519+ML-KEM-768 hybrid and pay for it).
 pub fn tls_config(ca: Option<&std::path::Path>, insecure: bool) -> Result<Arc<ClientConfig>> {
     use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
     let mut config = if insecure {
-        ClientConfig::builder()
+        builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(insecure::AcceptAny::new()))
             .with_no_client_auth()
@@ -521,9 +534,7 @@ pub fn tls_config(ca: Option<&std::path::Path>, insecure: bool) -> Result<Arc<Cl
         {
             roots.add(cert.context("PEM certificate")?)?;
         }
-        ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth()
+        builder.with_root_certificates(roots).with_no_client_auth()
     };
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
