@@ -4,8 +4,9 @@
 use crate::{InboxEntry, Result, Store};
 
 impl Store {
-    /// The owner's newest `limit` entries exchanged with `peer` in `direction`,
-    /// newest first.
+    /// The owner's newest `limit` archived entries exchanged with `peer` in
+    /// `direction`, newest first (entries kept for delivery only have no
+    /// archive id and are not indexed by conversation).
     pub async fn inbox_recent_with(
         &self,
         owner: &str,
@@ -15,7 +16,8 @@ impl Store {
     ) -> Result<Vec<InboxEntry>> {
         // Only constant text is formatted into the SQL.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM inbox WHERE owner = $1 AND peer = $2 AND direction = $3 ORDER BY seq DESC LIMIT $4",
+            "SELECT {} FROM inbox WHERE owner = $1 AND peer = $2 AND direction = $3 AND stanza_id <> '' \
+             ORDER BY seq DESC LIMIT $4",
             crate::INBOX_COLUMNS
         )))
         .bind(owner)

@@ -725,6 +725,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX inbox_owner_stanza_id ON inbox (owner, stanza_id) WHERE stanza_id <> ''",
         ],
     },
+    // The conversation index (MAM's `with`, XEP-0424's lookup of the message a
+    // retraction names) also covers archived entries only: every group message
+    // put one entry per member into it, and without an archive every 1:1
+    // message did, on pages of its own per owner — a third of the pages a
+    // fan-out commit wrote. Unarchived entries are delivered and never looked
+    // up by conversation (a retraction tombstones what an archive keeps).
+    Migration {
+        version: 43,
+        name: "conversation index only for archived inbox entries",
+        sqlite: &[
+            "DROP INDEX inbox_owner_peer",
+            "CREATE INDEX inbox_owner_peer ON inbox (owner, peer, seq) WHERE stanza_id <> ''",
+        ],
+        postgres: &[
+            "DROP INDEX inbox_owner_peer",
+            "CREATE INDEX inbox_owner_peer ON inbox (owner, peer, seq) WHERE stanza_id <> ''",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

@@ -1039,6 +1039,23 @@ async fn entries_can_be_rewritten_as_tombstones(db: TestDb) {
         .await
         .unwrap();
     }
+    // An entry kept for delivery only (no archive id) is not the archive's.
+    s.inbox_append(
+        "alice",
+        &NewInboxEntry {
+            peer: "bob@localhost",
+            direction: "in",
+            body: None,
+            origin: None,
+            stanza_id: "",
+            sender: "bob@localhost/x",
+            kind: "message",
+            xml: "<message/>",
+            at_micros: 9,
+        },
+    )
+    .await
+    .unwrap();
     let recent = s
         .inbox_recent_with("alice", "bob@localhost", "in", 10)
         .await
