@@ -16,7 +16,7 @@ use kith_proto::{Element, Jid, StanzaError, ns};
 use kith_store::NewInboxEntry;
 
 use crate::Server;
-use crate::features::{mam, retract};
+use crate::features::{carbons, mam, retract};
 use crate::session::Session;
 
 /// Resolves once a message queued for the inbox log is committed (and handed to
@@ -40,7 +40,7 @@ pub(crate) async fn message_from_client(
     // goes into the log gets its copy once logged (`log_message`), carrying the
     // sender's archive id; the rest (chat states) is copied here.
     if !storable(&message) {
-        crate::features::carbons::copy_to_other_devices(
+        carbons::copy_to_other_devices(
             &server,
             session.bare.as_str(),
             &session.jid,
@@ -271,13 +271,7 @@ fn hand_to_devices(server: &Server, to: &Jid, shared: &Arc<Element>, seq: Option
     };
     match addressed_session(server, to) {
         Some(session) => {
-            crate::features::carbons::copy_to_other_devices(
-                server,
-                bare.as_str(),
-                &session.jid,
-                "received",
-                shared,
-            );
+            carbons::copy_to_other_devices(server, bare.as_str(), &session.jid, "received", shared);
             usize::from(send(&session))
         }
         None => server.router.with_sessions(bare.as_str(), |sessions| {
@@ -307,13 +301,31 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
         .unwrap_or_default();
     let body = message.child_text("body", ns::CLIENT);
     let now = crate::now_micros();
-    let outgoing = message.clone();
-    let outgoing_xml = outgoing.to_xml("");
     // XEP-0441: an entry the owner doesn't want archived is still logged for
     // delivery, without an archive id (MAM skips entries without one) and
     // without its text for search. Without an archive nothing is archived.
     let archiving = server.config.archive.enabled;
     let archived = archiving && mam::should_archive(server, node(&recipient), &sender).await;
+    // The sender's copy, for their archive, goes into the same commit.
+    let sender_owner = sender_jid
+        .as_ref()
+        .filter(|j| archiving && server.is_local_user(j) && j.to_bare() != recipient)
+        .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
+    let sender_owner = match sender_owner {
+        Some(owner) if mam::should_archive(server, &owner, recipient.as_str()).await => Some(owner),
+        _ => None,
+    };
+    // Both are the message as sent (before the recipient's id is stamped), and
+    // made only when needed: most messages have neither.
+    let outgoing_xml = sender_owner.as_ref().map(|_| message.to_xml(""));
+    let outgoing = sender_jid
+        .as_ref()
+        .filter(|j| server.is_local_user(j))
+        .and_then(|j| j.clone().try_into_full().ok())
+        .filter(|full| {
+            carbons::eligible(&message) && carbons::wanted(server, full.to_bare().as_str(), full)
+        })
+        .map(|_| message.clone());
     let stanza_id = if archived {
         stamp_stanza_id(&mut message, recipient.as_str())
     } else {
@@ -338,24 +350,16 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
         origin: origin.as_deref(),
     };
     let mut entries = vec![(node(&recipient), entry)];
-    // The sender's copy, for their archive, goes into the same commit.
-    let own_id = crate::archive_id();
-    let sender_owner = sender_jid
-        .as_ref()
-        .filter(|j| archiving && server.is_local_user(j) && j.to_bare() != recipient)
-        .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
-    let sender_owner = match sender_owner {
-        Some(owner) if mam::should_archive(server, &owner, recipient.as_str()).await => Some(owner),
-        _ => None,
-    };
-    if let Some(owner) = &sender_owner {
+    let own_id = sender_owner.as_ref().map(|_| crate::archive_id());
+    if let (Some(owner), Some(own_id), Some(outgoing_xml)) = (&sender_owner, &own_id, &outgoing_xml)
+    {
         entries.push((
             owner.as_str(),
             NewInboxEntry {
-                stanza_id: &own_id,
+                stanza_id: own_id,
                 sender: &sender,
                 kind: "message",
-                xml: &outgoing_xml,
+                xml: outgoing_xml,
                 at_micros: now,
                 peer: recipient.as_str(),
                 direction: "out",
@@ -409,12 +413,12 @@ struct AfterCommit {
     server: Arc<Server>,
     /// As stored for the recipient (with its stanza id).
     message: Element,
-    /// As the sender sent it (for the sent carbon).
-    outgoing: Element,
+    /// As the sender sent it, if one of their other devices wants a sent carbon.
+    outgoing: Option<Element>,
     to: Jid,
     sender_jid: Option<Jid>,
-    /// The sender's archive id for their copy.
-    own_id: String,
+    /// The sender's archive id for their copy, if they have one.
+    own_id: Option<String>,
     done: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -436,23 +440,23 @@ impl AfterCommit {
                 let shared = Arc::new(message);
                 hand_to_devices(&server, &to, &shared, Some(seq));
                 crate::features::push::on_logged(&server, node(&recipient), &shared, seq);
-                let own_archived = matches!(results.next(), Some(Ok(_)));
-                if let Some(sender_full) = sender_jid
-                    .as_ref()
-                    .filter(|j| server.is_local_user(j))
-                    .and_then(|j| j.clone().try_into_full().ok())
-                {
+                let own_id = own_id.filter(|_| matches!(results.next(), Some(Ok(_))));
+                if let (Some(sender_full), Some(mut copy)) = (
+                    sender_jid
+                        .as_ref()
+                        .and_then(|j| j.clone().try_into_full().ok()),
+                    outgoing,
+                ) {
                     // XEP-0280 sent carbon; with the sender's archive id, so the other
                     // devices can match it with what MAM returns later (XEP-0313 §3.5).
-                    let mut copy = outgoing;
-                    if own_archived {
+                    if let Some(own_id) = own_id {
                         copy.push_child(
                             Element::new(ns::SID, "stanza-id")
                                 .attr("id", own_id)
                                 .attr("by", sender_full.to_bare().to_string()),
                         );
                     }
-                    crate::features::carbons::copy_to_other_devices(
+                    carbons::copy_to_other_devices(
                         &server,
                         sender_full.to_bare().as_str(),
                         &sender_full,
@@ -480,21 +484,29 @@ impl AfterCommit {
                         StanzaError::internal()
                     }
                 };
-                tokio::spawn(async move { bounce(&server, &outgoing, error).await });
+                // The message as sent, without the id stamped for the recipient.
+                let mut sent = outgoing.unwrap_or(message);
+                remove_stanza_ids_by(&mut sent, recipient.as_str());
+                tokio::spawn(async move { bounce(&server, &sent, error).await });
             }
         }
         let _ = done.send(());
     }
 }
 
+/// Removes every XEP-0359 `<stanza-id/>` that says it is by `by`.
+fn remove_stanza_ids_by(message: &mut Element, by: &str) {
+    message.children.retain(|node| {
+        !matches!(node, kith_proto::Node::Element(e)
+            if e.is("stanza-id", ns::SID) && e.get_attr("by") == Some(by))
+    });
+}
+
 /// XEP-0359 §3: the recipient's server stamps a unique, stable id, and removes any
 /// `<stanza-id/>` claiming to be by the recipient that came from elsewhere (§5).
 /// Returns the id.
 fn stamp_stanza_id(message: &mut Element, recipient: &str) -> String {
-    message.children.retain(|node| {
-        !matches!(node, kith_proto::Node::Element(e)
-            if e.is("stanza-id", ns::SID) && e.get_attr("by") == Some(recipient))
-    });
+    remove_stanza_ids_by(message, recipient);
     let id = crate::archive_id();
     message.push_child(
         Element::new(ns::SID, "stanza-id")

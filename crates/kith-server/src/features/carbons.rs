@@ -41,6 +41,17 @@ pub(crate) fn eligible(message: &Element) -> bool {
         && !message.has_child("sent", CARBONS)
 }
 
+/// Whether `owner` has a resource other than `except` that would get copies.
+pub(crate) fn wanted(server: &Server, owner: &str, except: &FullJid) -> bool {
+    server.router.with_sessions(owner, |sessions| {
+        sessions.iter().any(|s| wants_copies(s, except))
+    })
+}
+
+fn wants_copies(session: &crate::router::SessionEntry, except: &FullJid) -> bool {
+    session.carbons && session.available() && session.jid != *except
+}
+
 /// Sends `<sent/>` or `<received/>` copies of `message` to every carbons-enabled,
 /// available resource of `owner` except `except`.
 pub(crate) fn copy_to_other_devices(
@@ -53,14 +64,16 @@ pub(crate) fn copy_to_other_devices(
     if !eligible(message) {
         return;
     }
-    let mut original = message.clone();
-    // §7: the copy must not carry the opt-out marker around again.
-    original.remove_children("private", CARBONS);
+    // Most messages have nobody to copy them to: the copy is made for the first.
+    let mut original: Option<Element> = None;
     server.router.with_sessions(owner, |sessions| {
-        for session in sessions
-            .iter()
-            .filter(|s| s.carbons && s.available() && s.jid != *except)
-        {
+        for session in sessions.iter().filter(|s| wants_copies(s, except)) {
+            let original = original.get_or_insert_with(|| {
+                let mut original = message.clone();
+                // §7: the copy must not carry the opt-out marker around again.
+                original.remove_children("private", CARBONS);
+                original
+            });
             let copy = Element::new(ns::CLIENT, "message")
                 .attr("from", owner)
                 .attr("to", session.jid.to_string())
