@@ -268,7 +268,12 @@ impl SqliteWriter {
             if self.checkpointer.restart_due.swap(false, Ordering::Relaxed) || self.wal_overgrown()
             {
                 // See `Checkpointer`: the next commit starts the log over.
+                let started = Instant::now();
                 passive_checkpoint(&self.conn);
+                tracing::debug!(
+                    micros = started.elapsed().as_micros() as u64,
+                    "writer's checkpoint before the log starts over"
+                );
             }
             if self.fts.due() {
                 self.index_pass();
