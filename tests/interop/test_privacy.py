@@ -18,7 +18,7 @@ import pytest_asyncio
 from slixmpp.exceptions import IqError
 
 from kithtest.api import Api, SmsGateway, sign_up, us_number
-from kithtest.pep import PEP_PLUGINS, nothing_matching
+from kithtest.pep import PEP_PLUGINS, nothing_matching, photo_hash
 from kithtest.xmpp import DEFAULT_PLUGINS, LoginFailed, iq_error_condition, server_roster
 
 SECRET = "privacy-sms-secret"
@@ -104,6 +104,11 @@ async def test_profile_seen_per_privacy_settings(api, gateway, clients):
     assert seen.body["avatar"] is None and seen.body["about"] is None
     image = await api.call("GET", f"/users/{a['jid']}/avatar", token=stranger["credential"])
     assert image.status == 404 and image.error == "no_avatar"
+    # The contact gets the XEP-0153 photo hash in presence (XEP-0398: the avatar
+    # is the vCard photo too).
+    await clients.connect(a["jid"], a["credential"])
+    await cb.wait_presence(lambda p: p["from"].bare == a["jid"] and photo_hash(p) == PNG_HASH,
+                           what="presence with the photo hash")
 
     # Nobody: the contact loses the photo over XMPP too (vCard PHOTO, PEP avatar).
     r = await api.call("PUT", "/privacy", {"profile_photo": "nobody"}, token=a["credential"])
@@ -113,6 +118,10 @@ async def test_profile_seen_per_privacy_settings(api, gateway, clients):
     with pytest.raises(IqError) as denied:
         await cb.plugin["xep_0060"].get_items(a["jid"], "urn:xmpp:avatar:metadata", timeout=10)
     assert iq_error_condition(denied.value) == "forbidden"
+    # Presence goes out again without the hash, which would tell every contact
+    # when the hidden photo changes.
+    await cb.wait_presence(lambda p: p["from"].bare == a["jid"] and p["type"] == "available"
+                           and photo_hash(p) is None, what="presence without the photo hash")
     # The owner always sees their own.
     own = await api.call("GET", "/profile", token=a["credential"])
     assert own.body["avatar"]["hash"] == PNG_HASH

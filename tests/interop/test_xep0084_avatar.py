@@ -12,27 +12,19 @@ import hashlib
 import pytest
 from slixmpp.exceptions import IqError
 
-from kithtest.pep import PEP_PLUGINS, connect_pep, event_item_ids, is_event, pubsub_error, result_items
+from kithtest.pep import PEP_PLUGINS, connect_pep, event_item_ids, is_event, photo_hash, pubsub_error, result_items
 from kithtest.xmpp import make_friends
 
 NS_NICK = "http://jabber.org/protocol/nick"
 NS_AVATAR_DATA = "urn:xmpp:avatar:data"
 NS_AVATAR_META = "urn:xmpp:avatar:metadata"
 NS_VCARD = "vcard-temp"
-NS_VCARD_UPDATE = "vcard-temp:x:update"
 
 # A real 1x1 PNG.
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
 PNG_HASH = hashlib.sha1(PNG).hexdigest()
-
-
-def photo_hash(presence) -> str | None:
-    x = presence.xml.find(f"{{{NS_VCARD_UPDATE}}}x")
-    if x is None:
-        return None
-    return x.findtext(f"{{{NS_VCARD_UPDATE}}}photo")
 
 
 async def friends(xmpp, prefix: str):

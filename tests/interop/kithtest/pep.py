@@ -88,6 +88,17 @@ def event_retract_ids(msg) -> list[str]:
     return [i.get("id") for i in ev.iter(f"{{{NS_EVENT}}}retract")]
 
 
+NS_VCARD_UPDATE = "vcard-temp:x:update"
+
+
+def photo_hash(presence) -> str | None:
+    """The XEP-0153 photo hash a presence carries, if any."""
+    x = presence.xml.find(f"{{{NS_VCARD_UPDATE}}}x")
+    if x is None:
+        return None
+    return x.findtext(f"{{{NS_VCARD_UPDATE}}}photo")
+
+
 def result_items(iq) -> list[ET.Element]:
     """The <item/>s of a pubsub items result."""
     return iq.xml.findall(f"{{{NS_PUBSUB}}}pubsub/{{{NS_PUBSUB}}}items/{{{NS_PUBSUB}}}item")

@@ -82,6 +82,7 @@ pub(crate) async fn put_privacy(
     let mut settings = Settings::load(&server, &device.owner)
         .await
         .map_err(from_stanza)?;
+    let before = settings;
     for (name, value) in &body {
         let text = match (name.as_str(), value) {
             ("read_receipts", serde_json::Value::Bool(on)) => on.to_string(),
@@ -104,7 +105,7 @@ pub(crate) async fn put_privacy(
             .map_err(|message| ApiError::bad_request("invalid_value", message))?;
     }
     settings
-        .save(&server, &device.owner)
+        .save(&server, &device.owner, &before)
         .await
         .map_err(from_stanza)?;
     Ok(json(StatusCode::OK, settings_json(&settings)))

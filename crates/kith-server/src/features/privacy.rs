@@ -14,6 +14,8 @@
 //! or `both` for the viewer (the viewer sees the user's presence). Blocking
 //! (XEP-0191), either way, hides all three whatever the settings say.
 
+use std::sync::Arc;
+
 use kith_proto::{BareJid, Element, StanzaError};
 use kith_store::PrivacySettings;
 
@@ -107,7 +109,15 @@ impl Settings {
         }))
     }
 
-    pub(crate) async fn save(&self, server: &Server, username: &str) -> Result<(), StanzaError> {
+    /// Stores the settings, which replace `before` (as loaded). When who sees
+    /// the photo changed, the user's presence goes out again: its XEP-0153
+    /// hash follows the setting (`profile::stamp_presence`).
+    pub(crate) async fn save(
+        &self,
+        server: &Arc<Server>,
+        username: &str,
+        before: &Settings,
+    ) -> Result<(), StanzaError> {
         let stored = PrivacySettings {
             last_seen: self.last_seen.as_str().to_owned(),
             profile_photo: self.profile_photo.as_str().to_owned(),
@@ -118,7 +128,13 @@ impl Settings {
             .store
             .set_privacy_settings(username, &stored)
             .await
-            .map_err(internal)
+            .map_err(internal)?;
+        if self.profile_photo != before.profile_photo
+            && let Ok(user) = BareJid::new(&format!("{username}@{}", server.domain))
+        {
+            super::presence::rebroadcast(server, &user).await;
+        }
+        Ok(())
     }
 
     /// Whether a viewer (a contact or not; not blocked) may see `field`.
@@ -227,12 +243,13 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
     if !request.set {
         return Ok(Some(settings.to_element()));
     }
+    let before = settings;
     for (name, value) in &request.payload.attrs {
         settings
             .apply(name, value)
             .map_err(|text| StanzaError::bad_request().with_text(text))?;
     }
-    settings.save(&server, &session.username).await?;
+    settings.save(&server, &session.username, &before).await?;
     Ok(None)
 }
 

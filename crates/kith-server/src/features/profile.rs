@@ -206,8 +206,18 @@ pub(crate) fn photo_hash(vcard: &Element) -> Option<String> {
 
 /// XEP-0153 §4.1 / XEP-0398 §3: the server puts the user's current photo hash
 /// into their available presence, replacing whatever the client put there.
-/// With no photo known, the client's own `<x/>` (if any) is left alone.
+/// With no photo known, the client's own `<x/>` (if any) is left alone. A user
+/// who shows their photo to nobody sends no hash at all (it would tell every
+/// contact when the hidden photo changes); "my contacts" is who gets the
+/// broadcast anyway.
 pub(crate) async fn stamp_presence(server: &Server, username: &str, presence: &mut Element) {
+    let hidden = super::privacy::Settings::load(server, username)
+        .await
+        .is_ok_and(|settings| settings.profile_photo == super::privacy::Audience::Nobody);
+    if hidden {
+        presence.remove_children("x", NS_VCARD_UPDATE);
+        return;
+    }
     let hash = match server.store.vcard_photo_hash(username).await {
         Ok(hash) => hash,
         Err(error) => {
