@@ -12,7 +12,7 @@ use std::sync::Arc;
 use kith_proto::error::StanzaErrorCondition;
 use kith_proto::stream::{Limits, parse_fragment};
 use kith_proto::xml::amend_serialized;
-use kith_proto::{Element, Jid, StanzaError, ns};
+use kith_proto::{Element, FullJid, Jid, StanzaError, ns};
 use kith_store::NewInboxEntry;
 
 use crate::Server;
@@ -325,7 +325,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
         .filter(|full| {
             carbons::eligible(&message) && carbons::wanted(server, full.to_bare().as_str(), full)
         })
-        .map(|_| message.clone());
+        .map(|full| (full, message.clone()));
     let stanza_id = if archived {
         stamp_stanza_id(&mut message, recipient.as_str())
     } else {
@@ -413,8 +413,9 @@ struct AfterCommit {
     server: Arc<Server>,
     /// As stored for the recipient (with its stanza id).
     message: Element,
-    /// As the sender sent it, if one of their other devices wants a sent carbon.
-    outgoing: Option<Element>,
+    /// The sending device and the message as it sent it, if one of the sender's
+    /// other devices wants a sent carbon.
+    outgoing: Option<(FullJid, Element)>,
     to: Jid,
     sender_jid: Option<Jid>,
     /// The sender's archive id for their copy, if they have one.
@@ -441,12 +442,7 @@ impl AfterCommit {
                 hand_to_devices(&server, &to, &shared, Some(seq));
                 crate::features::push::on_logged(&server, node(&recipient), &shared, seq);
                 let own_id = own_id.filter(|_| matches!(results.next(), Some(Ok(_))));
-                if let (Some(sender_full), Some(mut copy)) = (
-                    sender_jid
-                        .as_ref()
-                        .and_then(|j| j.clone().try_into_full().ok()),
-                    outgoing,
-                ) {
+                if let Some((sender_full, mut copy)) = outgoing {
                     // XEP-0280 sent carbon; with the sender's archive id, so the other
                     // devices can match it with what MAM returns later (XEP-0313 §3.5).
                     if let Some(own_id) = own_id {
@@ -485,7 +481,7 @@ impl AfterCommit {
                     }
                 };
                 // The message as sent, without the id stamped for the recipient.
-                let mut sent = outgoing.unwrap_or(message);
+                let mut sent = outgoing.map_or(message, |(_, sent)| sent);
                 remove_stanza_ids_by(&mut sent, recipient.as_str());
                 tokio::spawn(async move { bounce(&server, &sent, error).await });
             }

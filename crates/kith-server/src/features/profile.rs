@@ -211,21 +211,25 @@ pub(crate) fn photo_hash(vcard: &Element) -> Option<String> {
 /// contact when the hidden photo changes); "my contacts" is who gets the
 /// broadcast anyway.
 pub(crate) async fn stamp_presence(server: &Server, username: &str, presence: &mut Element) {
+    let hash = server
+        .store
+        .vcard_photo_hash(username)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "reading the vCard photo hash");
+            None
+        });
+    // Nothing in this presence tells of a photo: no need to read the setting
+    // (most presences, and every login of a user without a photo).
+    if hash.is_none() && !presence.has_child("x", NS_VCARD_UPDATE) {
+        return;
+    }
     let hidden = super::privacy::Settings::load(server, username)
         .await
         .is_ok_and(|settings| settings.profile_photo == super::privacy::Audience::Nobody);
     if hidden {
         presence.remove_children("x", NS_VCARD_UPDATE);
-        return;
-    }
-    let hash = match server.store.vcard_photo_hash(username).await {
-        Ok(hash) => hash,
-        Err(error) => {
-            tracing::warn!(%error, "reading the vCard photo hash");
-            return;
-        }
-    };
-    if let Some(hash) = hash {
+    } else if let Some(hash) = hash {
         presence.remove_children("x", NS_VCARD_UPDATE);
         presence.push_child(
             Element::new(NS_VCARD_UPDATE, "x")
