@@ -34,7 +34,38 @@ def kith_bin() -> Path:
     return target_dir() / "debug" / "kith"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
+    """A loopback TCP port nobody listens on, for a server started later.
+
+    Picked below the kernel's ephemeral range: a port from `bind(0)` lies inside it,
+    and any outgoing connection made before the server starts (the tests make many)
+    may take it, after which the server fails with "address in use". Ports handed out
+    are not handed out again by this process.
+    """
+    lo, _ = _ephemeral_range()
+    first = 10000 if lo > 12000 else 1024
+    for _ in range(200):
+        port = secrets.randbelow(lo - first) + first
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
