@@ -228,6 +228,9 @@ class KithServer:
         self._log = open(self.log_path, "ab")
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
+        # Panics keep their backtrace; a startup error (anyhow) stays one readable line
+        # at the end of the log instead of being pushed out of the tail by a backtrace.
+        env.setdefault("RUST_LIB_BACKTRACE", "0")
         env.setdefault("NO_COLOR", "1")  # plain log lines in server.log
         self.proc = subprocess.Popen(
             [str(self.bin), "serve", "--config", str(self.config_path)],
