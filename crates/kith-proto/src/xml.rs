@@ -218,17 +218,23 @@ impl Element {
     }
 }
 
-/// Sets attribute `name` of the root element to `value` and appends `child` as its
-/// last child, on text that [`Element::to_xml`] produced, without parsing it
-/// again: a stored stanza goes out with its new address and `<delay/>` for the
-/// cost of two copies. Returns `None` when `xml` is not in that serialiser's form
-/// (the caller then parses it).
+/// Sets attribute `name` of the root element to `value` and appends `child` (if
+/// any) as its last child, on text that [`Element::to_xml`] produced, without
+/// parsing it again: a stored stanza goes out with its new address and `<delay/>`,
+/// and a stanza serialised once for many recipients goes out to each, for the
+/// cost of a copy. Returns `None` when `xml` is not in that serialiser's form (the
+/// caller then parses it).
 ///
 /// The serialiser's form is what makes text search safe here: attribute values
 /// are quoted with `'` and escape `'`, `<` and `>`, so the first `>` ends the
 /// start tag and ` name='` inside it can only begin that attribute; the root
 /// declares its namespace right after its name.
-pub fn amend_serialized(xml: &str, name: &str, value: &str, child: &Element) -> Option<String> {
+pub fn amend_serialized(
+    xml: &str,
+    name: &str,
+    value: &str,
+    child: Option<&Element>,
+) -> Option<String> {
     let rest = xml.strip_prefix('<')?;
     let name_end = rest.find([' ', '/', '>'])?;
     let root = &rest[..name_end];
@@ -272,6 +278,10 @@ pub fn amend_serialized(xml: &str, name: &str, value: &str, child: &Element) -> 
             out.push('\'');
         }
     }
+    let Some(child) = child else {
+        out.push_str(&xml[tag_end - usize::from(self_closing)..]);
+        return Some(out);
+    };
     out.push('>');
     if !self_closing {
         out.push_str(&xml[tag_end + 1..body_end]);
@@ -352,11 +362,13 @@ mod tests {
     }
 
     /// What the parse-and-serialise path would produce.
-    fn amended_by_parsing(xml: &str, name: &str, value: &str, child: &Element) -> Element {
+    fn amended_by_parsing(xml: &str, name: &str, value: &str, child: Option<&Element>) -> Element {
         let mut element = crate::stream::parse_fragment(xml.as_bytes(), Default::default())
             .expect("test input parses");
         element.set_attr(name, value);
-        element.push_child(child.clone());
+        if let Some(child) = child {
+            element.push_child(child.clone());
+        }
         element
     }
 
@@ -383,25 +395,25 @@ mod tests {
         ];
         for message in messages {
             let xml = message.to_xml("");
-            let spliced = amend_serialized(&xml, "to", "b@example.org/phone", &delay)
-                .expect("serialiser output is amendable");
-            let reparsed = crate::stream::parse_fragment(spliced.as_bytes(), Default::default())
-                .expect("amended text is well-formed");
-            // Attribute order carries no meaning (XML 1.0 §3.1).
-            let sorted = |mut e: Element| {
-                e.attrs.sort();
-                e
-            };
-            assert_eq!(
-                sorted(reparsed),
-                sorted(amended_by_parsing(
-                    &xml,
-                    "to",
-                    "b@example.org/phone",
-                    &delay
-                )),
-                "{xml}"
-            );
+            // With a child appended (a stored stanza's delay) and without (a stanza
+            // serialised once for many recipients).
+            for child in [Some(&delay), None] {
+                let spliced = amend_serialized(&xml, "to", "b@example.org/phone", child)
+                    .expect("serialiser output is amendable");
+                let reparsed =
+                    crate::stream::parse_fragment(spliced.as_bytes(), Default::default())
+                        .expect("amended text is well-formed");
+                // Attribute order carries no meaning (XML 1.0 §3.1).
+                let sorted = |mut e: Element| {
+                    e.attrs.sort();
+                    e
+                };
+                assert_eq!(
+                    sorted(reparsed),
+                    sorted(amended_by_parsing(&xml, "to", "b@example.org/phone", child)),
+                    "{xml}"
+                );
+            }
         }
     }
 
@@ -417,7 +429,12 @@ mod tests {
             "<x:message xmlns:x='jabber:client'/>",
             "<message xmlns=\"jabber:client\"/>",
         ] {
-            assert_eq!(amend_serialized(xml, "to", "b", &delay), None, "{xml}");
+            assert_eq!(
+                amend_serialized(xml, "to", "b", Some(&delay)),
+                None,
+                "{xml}"
+            );
+            assert_eq!(amend_serialized(xml, "to", "b", None), None, "{xml}");
         }
     }
 

@@ -17,7 +17,7 @@ use kith_store::NewInboxEntry;
 
 use crate::Server;
 use crate::features::{carbons, mam, retract};
-use crate::session::Session;
+use crate::session::{Reply, Session};
 
 /// Resolves once a message queued for the inbox log is committed (and handed to
 /// the recipient's online devices).
@@ -533,6 +533,23 @@ const BACKLOG_BATCH: i64 = 500;
 /// Reads the next batch of log entries this device hasn't had and queues them for
 /// its client, each with a XEP-0203 delay stamp. Called repeatedly (interleaved with
 /// the session's other work) until the backlog is empty.
+/// A stanza serialised by [`Element::to_xml`] (a log entry, or one serialised once
+/// for many recipients) addressed `to` one of them, with `child` appended: the
+/// serialiser's text is amended in place instead of parsed (most of a catch-up's
+/// CPU, and of a group fan-out's); text in another form is parsed. `None`: the
+/// text is not XML.
+pub(crate) fn addressed(xml: &str, to: &str, child: Option<&Element>) -> Option<Reply> {
+    if let Some(text) = amend_serialized(xml, "to", to, child) {
+        return Some(Reply::Serialized(text));
+    }
+    let mut stanza = parse_fragment(xml.as_bytes(), Limits::default()).ok()?;
+    stanza.set_attr("to", to);
+    if let Some(child) = child {
+        stanza.push_child(child.clone());
+    }
+    Some(Reply::Stanza(stanza))
+}
+
 pub(crate) async fn read_backlog(session: &mut Session) {
     let server = session.server.clone();
     let batch = match server
@@ -561,20 +578,13 @@ pub(crate) async fn read_backlog(session: &mut Session) {
             .attr("from", server.domain.clone())
             .attr("stamp", crate::datetime::format_datetime(stored.at_micros))
             .text("Offline Storage");
-        // The stored text is the serialiser's own: amend it in place instead of
-        // parsing it (most of a catch-up's CPU); parse only what isn't.
-        if let Some(xml) = amend_serialized(&stored.xml, "to", &to, &delay) {
-            session.reply_logged_serialized(xml, stored.seq);
-            continue;
+        match addressed(&stored.xml, &to, Some(&delay)) {
+            Some(reply) => session.reply_logged(reply, stored.seq),
+            None => {
+                tracing::warn!(seq = stored.seq, "skipping an unreadable log entry");
+                session.written_seq = session.written_seq.max(stored.seq);
+            }
         }
-        let Ok(mut message) = parse_fragment(stored.xml.as_bytes(), Limits::default()) else {
-            tracing::warn!(seq = stored.seq, "skipping an unreadable log entry");
-            session.written_seq = session.written_seq.max(stored.seq);
-            continue;
-        };
-        message.set_attr("to", to.clone());
-        message.push_child(delay);
-        session.reply_logged(message, stored.seq);
     }
     if complete {
         session.backlog_pending = false;

@@ -26,6 +26,14 @@ pub enum Outbound {
     Stanza(Arc<Element>),
     /// An entry of the user's inbox log, with its sequence number.
     Logged(Arc<Element>, i64),
+    /// An entry of the user's inbox log serialised once (by `Element::to_xml`) for
+    /// all its recipients, written addressed `to` this one (DESIGN.md: fan-out
+    /// serialises once and shares the bytes).
+    LoggedShared {
+        xml: Arc<str>,
+        to: Arc<str>,
+        seq: i64,
+    },
     /// Close the stream with this stream error.
     Close(StreamErrorCondition, &'static str),
 }
@@ -76,6 +84,15 @@ impl SessionEntry {
     /// entry stays in the log for the device's next login.
     pub fn send_logged(&self, stanza: Arc<Element>, seq: i64) -> bool {
         self.send_outbound(Outbound::Logged(stanza, seq))
+    }
+
+    /// Queues an inbox log entry serialised once for many recipients.
+    pub fn send_logged_shared(&self, xml: &Arc<str>, to: &Arc<str>, seq: i64) -> bool {
+        self.send_outbound(Outbound::LoggedShared {
+            xml: xml.clone(),
+            to: to.clone(),
+            seq,
+        })
     }
 
     fn send_outbound(&self, outbound: Outbound) -> bool {

@@ -515,6 +515,19 @@ impl Session {
                 }
                 Ok(())
             }
+            Outbound::LoggedShared { xml, to, seq } => {
+                if self.caught_up && seq > self.written_seq {
+                    self.flush_held(writer);
+                    match deliver::addressed(&xml, &to, None) {
+                        Some(Reply::Stanza(stanza)) => self.emit(writer, &stanza, Some(seq)),
+                        Some(Reply::Serialized(xml)) => {
+                            self.emit_serialized(writer, xml, Some(seq))
+                        }
+                        None => tracing::warn!(seq, "skipping an unreadable shared stanza"),
+                    }
+                }
+                Ok(())
+            }
             Outbound::Close(condition, text) => Err(Some((condition, text))),
         }
     }
@@ -808,13 +821,8 @@ impl Session {
     }
 
     /// Queues a log entry for this session's own client.
-    pub fn reply_logged(&mut self, stanza: Element, seq: i64) {
-        self.replies.push((Reply::Stanza(stanza), Some(seq)));
-    }
-
-    /// Queues a log entry, already serialised, for this session's own client.
-    pub fn reply_logged_serialized(&mut self, xml: String, seq: i64) {
-        self.replies.push((Reply::Serialized(xml), Some(seq)));
+    pub fn reply_logged(&mut self, reply: Reply, seq: i64) {
+        self.replies.push((reply, Some(seq)));
     }
 }
 

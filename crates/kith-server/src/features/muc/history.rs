@@ -126,7 +126,8 @@ pub(super) async fn fan_out(
             .attr("id", archive_id.clone())
             .attr("by", room.jid.clone()),
     );
-    let xml = reflected.to_xml("");
+    // Serialised once: the log entries and every member's devices share the text.
+    let xml: Arc<str> = Arc::from(reflected.to_xml(""));
     let body = reflected.child_text("body", ns::CLIENT);
     let sender = reflected.get_attr("from").unwrap_or_default().to_owned();
     let now = crate::now_micros();
@@ -145,7 +146,7 @@ pub(super) async fn fan_out(
             stanza_id: &archive_id,
             sender: &sender,
             kind: "groupchat",
-            xml: &xml,
+            xml: &xml[..],
             at_micros: now,
             peer: sender_bare,
             direction: "in",
@@ -163,7 +164,7 @@ pub(super) async fn fan_out(
                 stanza_id: "",
                 sender: &sender,
                 kind: "groupchat",
-                xml: &xml,
+                xml: &xml[..],
                 at_micros: now,
                 peer: &room.jid,
                 direction: "in",
@@ -174,9 +175,9 @@ pub(super) async fn fan_out(
     }
     // Handed to members' devices right after the commit, on the store's writer
     // task: in log order with every other append (see `Store::inbox_append_then`).
-    let owned: Vec<(String, String)> = members
+    let owned: Vec<(Arc<str>, String)> = members
         .iter()
-        .map(|(bare, node)| ((*bare).to_owned(), (*node).to_owned()))
+        .map(|(bare, node)| (Arc::from(*bare), (*node).to_owned()))
         .collect();
     // Occupants who are not members (open rooms) see it in the room only.
     let visitors: Vec<String> = room
@@ -190,7 +191,8 @@ pub(super) async fn fan_out(
     let (done, committed) = tokio::sync::oneshot::channel();
     let after = {
         let server = server.clone();
-        let reflected = reflected.clone();
+        let reflected = Arc::new(reflected);
+        let xml = xml.clone();
         let sender_bare = sender_bare.to_owned();
         move |results: Vec<kith_store::Result<i64>>| {
             let mut results = results.into_iter();
@@ -212,22 +214,19 @@ pub(super) async fn fan_out(
                     // A member whose account is gone: nothing to deliver.
                     Err(_) => continue,
                 };
-                let mut copy = reflected.clone();
-                copy.set_attr("to", bare.as_str());
-                let shared = Arc::new(copy);
                 delivered += server.router.with_sessions(bare, |sessions| {
                     sessions
                         .iter()
                         .filter(|s| s.available() && s.priority >= 0)
-                        .filter(|s| s.send_logged(shared.clone(), seq))
+                        .filter(|s| s.send_logged_shared(&xml, bare, seq))
                         .count()
                 });
-                if *bare != sender_bare {
-                    crate::features::push::on_logged(&server, node, &shared, seq);
+                if **bare != *sender_bare {
+                    crate::features::push::on_logged(&server, node, &reflected, seq);
                 }
             }
             for session in &visitors {
-                send_to(&server, session, reflected.clone());
+                send_to(&server, session, Element::clone(&reflected));
             }
             tracing::debug!(
                 room = room_jid,
