@@ -286,8 +286,8 @@ fn hand_to_devices(server: &Server, to: &Jid, shared: &Arc<Element>, seq: Option
 
 /// Queues a message for the recipient's inbox log (stamping the XEP-0359 id that
 /// becomes its archive id) with a copy for a local sender's archive, and returns
-/// without waiting for the commit. Once committed, on the store's writer and
-/// so in log order, the message is handed to the recipient's online devices and
+/// without waiting for the commit. Once committed, from the store's commit
+/// callback and so in log order, the message is handed to the recipient's online devices and
 /// carbon-copied to the sender's other devices; the returned [`Committed`] then
 /// resolves. A resend with the same XEP-0359 origin-id is stored and delivered
 /// once.

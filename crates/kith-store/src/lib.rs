@@ -493,8 +493,8 @@ impl Store {
     /// queued (waiting only when the writer is saturated); `then` runs right after
     /// the commit with one result per entry (as [`Store::inbox_append_all`]).
     ///
-    /// `then` runs on the writer (a thread of its own on SQLite, inside the
-    /// runtime), in commit order: callbacks of appends
+    /// `then` runs in commit order (on one task of the runtime that opened the
+    /// store: `batch::Callbacks`): callbacks of appends
     /// queued one after the other run in that order, and their sequence numbers
     /// increase in that order, so handing entries to readers from `then` keeps
     /// log order without a lock. It must be quick and must not block or panic.

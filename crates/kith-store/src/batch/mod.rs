@@ -33,8 +33,8 @@ use crate::{NewInboxEntry, Result, StoreError};
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;
 
-/// What to do once an append is committed (or failed): called on the writer,
-/// in commit order, with one result per entry.
+/// What to do once an append is committed (or failed): called in commit order,
+/// with one result per entry (see [`Callbacks`] for where).
 pub(crate) type Then = Box<dyn FnOnce(Vec<Result<i64>>) + Send + Sync>;
 
 /// A write waiting for the writer.
@@ -155,7 +155,7 @@ impl Writer {
     }
 
     /// Queues entries for the next group commit and returns once they are queued;
-    /// `then` runs on the writer right after the commit, in commit order.
+    /// `then` runs right after the commit, in commit order ([`Callbacks`]).
     pub(crate) async fn append_then(
         &self,
         entries: &[(&str, NewInboxEntry<'_>)],
@@ -336,22 +336,76 @@ fn fill(batch: &mut Vec<Job>, first: Job, rx: &flume::Receiver<Job>) {
     }
 }
 
+/// A batch's commit callbacks with their results, in commit order.
+type Calls = Vec<(Then, Vec<Result<i64>>)>;
+
+/// Where commit callbacks run.
+///
+/// On the SQLite writer's thread, running them there would make every wake-up
+/// of a recipient's session a wake-up of the runtime from outside it (a
+/// syscall, and the writer preempted by the woken worker, once per recipient
+/// on a one-core server): instead each batch's callbacks go, in one piece, to
+/// one task of the runtime that opened the store, which runs them in commit
+/// order (one consumer of a FIFO channel) and wakes sessions from inside the
+/// runtime. The PostgreSQL writer is such a task already and runs them itself.
+pub(crate) enum Callbacks {
+    Inline,
+    Task(tokio::sync::mpsc::UnboundedSender<Calls>),
+}
+
+impl Callbacks {
+    /// A task on `runtime` that runs the callbacks; without a runtime, inline.
+    fn on(runtime: Option<&tokio::runtime::Handle>) -> Callbacks {
+        let Some(runtime) = runtime else {
+            return Callbacks::Inline;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Calls>();
+        runtime.spawn(async move {
+            while let Some(calls) = rx.recv().await {
+                run_all(calls);
+            }
+        });
+        Callbacks::Task(tx)
+    }
+
+    fn run(&self, calls: Calls) {
+        if calls.is_empty() {
+            return;
+        }
+        match self {
+            Callbacks::Inline => run_all(calls),
+            Callbacks::Task(tx) => {
+                // The runtime is shutting down: answer here rather than never.
+                if let Err(tokio::sync::mpsc::error::SendError(calls)) = tx.send(calls) {
+                    run_all(calls);
+                }
+            }
+        }
+    }
+}
+
+fn run_all(calls: Calls) {
+    for (then, results) in calls {
+        run_then(then, results);
+    }
+}
+
 /// Answers every job of a committed batch.
-fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>) {
+fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callbacks) {
+    let mut calls = Vec::new();
     for (job, done) in jobs.zip(results) {
         match (job, done) {
-            (Job::Append { then, .. }, Done::Appended(seqs)) => run_then(then, seqs),
+            (Job::Append { then, .. }, Done::Appended(seqs)) => calls.push((then, seqs)),
             (Job::Ack { reply, .. } | Job::Index { reply } | Job::Forget { reply, .. }, _) => {
                 let _ = reply.send(Ok(()));
             }
             (Job::Append { then, entries }, _) => {
-                run_then(
-                    then,
-                    entries.iter().map(|_| Err(StoreError::Closed)).collect(),
-                );
+                let closed = entries.iter().map(|_| Err(StoreError::Closed)).collect();
+                calls.push((then, closed));
             }
         }
     }
+    callbacks.run(calls);
 }
 
 /// Runs a commit callback. A panicking one (a bug) is logged and must not take
@@ -364,16 +418,18 @@ fn run_then(then: Then, results: Vec<Result<i64>>) {
 }
 
 /// Fails every job of a batch that could not be committed.
-fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError) {
+fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError, callbacks: &Callbacks) {
+    let mut calls = Vec::new();
     for job in jobs {
         let failed = || StoreError::Corrupt(format!("write failed: {error}"));
         match job {
             Job::Append { entries, then } => {
-                run_then(then, entries.iter().map(|_| Err(failed())).collect());
+                calls.push((then, entries.iter().map(|_| Err(failed())).collect()));
             }
             Job::Ack { reply, .. } | Job::Index { reply } | Job::Forget { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
         }
     }
+    callbacks.run(calls);
 }

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{AnyPool, Row};
 
-use super::{Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
+use super::{Callbacks, Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
 use crate::{Backend, Result, begin_write};
 
 pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
@@ -24,7 +24,7 @@ pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
                     micros = started.elapsed().as_micros() as u64,
                     "group commit"
                 );
-                answer(batch.drain(..), results)
+                answer(batch.drain(..), results, &Callbacks::Inline)
             }
             Err(error) => {
                 // One transaction per job, so one bad job can't fail the others.
@@ -32,8 +32,8 @@ pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
                 for job in batch.drain(..) {
                     let job = vec![job];
                     match write(&pool, &job).await {
-                        Ok(results) => answer(job.into_iter(), results),
-                        Err(error) => fail(job.into_iter(), &error),
+                        Ok(results) => answer(job.into_iter(), results, &Callbacks::Inline),
+                        Err(error) => fail(job.into_iter(), &error, &Callbacks::Inline),
                     }
                 }
             }

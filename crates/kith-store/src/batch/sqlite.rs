@@ -25,7 +25,7 @@ use flume::{RecvTimeoutError, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
+use super::{Callbacks, Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
 use crate::{Result, SQLITE_BUSY_TIMEOUT, StoreError};
 
 /// Page cache of the writer's connection, KiB (SQLite's default is 2,000 KiB).
@@ -72,6 +72,10 @@ pub(super) fn start(path: &Path, rx: flume::Receiver<Job>) -> Result<std::thread
     let next_rowid: i64 =
         conn.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
     let checkpointer = Checkpointer::start(path)?;
+    // Callbacks run on a task of the runtime that opened the store; the writer
+    // enters it too, for whatever it runs itself (e.g. a callback when the
+    // runtime is going away).
+    let runtime = tokio::runtime::Handle::try_current().ok();
     let writer = SqliteWriter {
         conn,
         heads: HashMap::new(),
@@ -82,6 +86,7 @@ pub(super) fn start(path: &Path, rx: flume::Receiver<Job>) -> Result<std::thread
             PathBuf::from(wal)
         },
         commits_since_look: 0,
+        callbacks: Callbacks::on(runtime.as_ref()),
         fts: Fts {
             next_rowid,
             // Unknown after a restart: check once.
@@ -89,8 +94,6 @@ pub(super) fn start(path: &Path, rx: flume::Receiver<Job>) -> Result<std::thread
             oldest: Some(Instant::now()),
         },
     };
-    // Callbacks may spawn tasks: run them inside the runtime that opened the store.
-    let runtime = tokio::runtime::Handle::try_current().ok();
     let thread = std::thread::Builder::new()
         .name("kith-sqlite-writer".to_owned())
         .spawn(move || {
@@ -118,6 +121,7 @@ struct SqliteWriter {
     /// The WAL file, and commits since its size was last looked at.
     wal_path: PathBuf,
     commits_since_look: u32,
+    callbacks: Callbacks,
 }
 
 /// A thread with a connection of its own that checkpoints the WAL every
@@ -320,7 +324,7 @@ impl SqliteWriter {
                         micros = started.elapsed().as_micros() as u64,
                         "group commit"
                     );
-                    answer(batch.drain(..), results);
+                    answer(batch.drain(..), results, &self.callbacks);
                 }
                 Err(error) => {
                     // One transaction per job, so one bad job can't fail the others.
@@ -331,8 +335,8 @@ impl SqliteWriter {
                     for job in batch.drain(..) {
                         let job = vec![job];
                         match self.write(&job) {
-                            Ok(results) => answer(job.into_iter(), results),
-                            Err(error) => fail(job.into_iter(), &error),
+                            Ok(results) => answer(job.into_iter(), results, &self.callbacks),
+                            Err(error) => fail(job.into_iter(), &error, &self.callbacks),
                         }
                     }
                 }

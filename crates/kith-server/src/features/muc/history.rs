@@ -6,9 +6,10 @@
 //! The fan-out serialises the reflected message once; the same text is the
 //! log entry of the room (with its archive id) and of every member, all
 //! appended in one transaction by the group-commit writer. Only then is it
-//! handed to members' online devices, from the commit callback on the writer
-//! task (so log order is delivery order), and to occupants who are not members. The work per
-//! message is bounded by `[muc] max_members`.
+//! handed to members' online devices (each addressed in place, no copy of the
+//! tree), from the store's commit callback (so log order is delivery order), and
+//! to occupants who are not members. The work per message is bounded by
+//! `[muc] max_members`.
 
 use std::sync::Arc;
 
@@ -112,7 +113,7 @@ fn marker_target(message: &Element) -> Option<String> {
 }
 
 /// Queues `reflected` for the room's log and every member's, in one commit; once
-/// committed (on the store's writer, in commit order) it is handed to members'
+/// committed (from the store's commit callback, in commit order) it is handed to members'
 /// devices and to non-member occupants.
 pub(super) async fn fan_out(
     server: &Arc<Server>,
@@ -173,8 +174,8 @@ pub(super) async fn fan_out(
             },
         ));
     }
-    // Handed to members' devices right after the commit, on the store's writer
-    // task: in log order with every other append (see `Store::inbox_append_then`).
+    // Handed to members' devices right after the commit, from the store's commit
+    // callback: in log order with every other append (see `Store::inbox_append_then`).
     let owned: Vec<(Arc<str>, String)> = members
         .iter()
         .map(|(bare, node)| (Arc::from(*bare), (*node).to_owned()))
