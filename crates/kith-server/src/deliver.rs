@@ -287,8 +287,8 @@ fn hand_to_devices(server: &Server, to: &Jid, shared: &Arc<Element>, seq: Option
 /// Queues a message for the recipient's inbox log (stamping the XEP-0359 id that
 /// becomes its archive id) with a copy for a local sender's archive, and returns
 /// without waiting for the commit. Once committed, from the store's commit
-/// callback and so in log order, the message is handed to the recipient's online devices and
-/// carbon-copied to the sender's other devices; the returned [`Committed`] then
+/// callback and so in log order, the message is handed to the recipient's online
+/// devices and carbon-copied to the sender's other devices; the returned [`Committed`] then
 /// resolves. A resend with the same XEP-0359 origin-id is stored and delivered
 /// once.
 async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Option<Committed> {
@@ -530,9 +530,6 @@ pub(crate) fn storable(message: &Element) -> bool {
 /// How many log entries one catch-up read takes.
 const BACKLOG_BATCH: i64 = 500;
 
-/// Reads the next batch of log entries this device hasn't had and queues them for
-/// its client, each with a XEP-0203 delay stamp. Called repeatedly (interleaved with
-/// the session's other work) until the backlog is empty.
 /// A stanza serialised by [`Element::to_xml`] (a log entry, or one serialised once
 /// for many recipients) addressed `to` one of them, with `child` appended: the
 /// serialiser's text is amended in place instead of parsed (most of a catch-up's
@@ -550,6 +547,9 @@ pub(crate) fn addressed(xml: &str, to: &str, child: Option<&Element>) -> Option<
     Some(Reply::Stanza(stanza))
 }
 
+/// Reads the next batch of log entries this device hasn't had and queues them for
+/// its client, each with a XEP-0203 delay stamp. Called repeatedly (interleaved with
+/// the session's other work) until the backlog is empty.
 pub(crate) async fn read_backlog(session: &mut Session) {
     let server = session.server.clone();
     let batch = match server

@@ -419,10 +419,14 @@ impl Session {
     /// Writes the queued replies.
     fn emit_replies<W: LinkWrite>(&mut self, writer: &mut W) {
         for (reply, seq) in std::mem::take(&mut self.replies) {
-            match reply {
-                Reply::Stanza(stanza) => self.emit(writer, &stanza, seq),
-                Reply::Serialized(xml) => self.emit_serialized(writer, xml, seq),
-            }
+            self.emit_reply(writer, reply, seq);
+        }
+    }
+
+    fn emit_reply<W: LinkWrite>(&mut self, writer: &mut W, reply: Reply, seq: Option<i64>) {
+        match reply {
+            Reply::Stanza(stanza) => self.emit(writer, &stanza, seq),
+            Reply::Serialized(xml) => self.emit_serialized(writer, xml, seq),
         }
     }
 
@@ -519,10 +523,7 @@ impl Session {
                 if self.caught_up && seq > self.written_seq {
                     self.flush_held(writer);
                     match deliver::addressed(&xml, &to, None) {
-                        Some(Reply::Stanza(stanza)) => self.emit(writer, &stanza, Some(seq)),
-                        Some(Reply::Serialized(xml)) => {
-                            self.emit_serialized(writer, xml, Some(seq))
-                        }
+                        Some(reply) => self.emit_reply(writer, reply, Some(seq)),
                         None => tracing::warn!(seq, "skipping an unreadable shared stanza"),
                     }
                 }

@@ -111,7 +111,9 @@ impl Drop for Joiner {
     fn drop(&mut self) {
         let handle = self.0.get_mut().ok().and_then(Option::take);
         if let Some(handle) = handle
-            // The last handle may go on the writer thread itself (a callback).
+            // The last handle may go on the writer thread itself (a callback run
+            // inline). Elsewhere (the callbacks' task included) joining is brief:
+            // the writer ends once the queue closes, `tx` having gone first.
             && handle.thread().id() != std::thread::current().id()
         {
             let _ = handle.join();
