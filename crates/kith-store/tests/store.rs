@@ -45,6 +45,7 @@ both!(
     devices_start_at_the_delivered_mark,
     retention_deletes_old_and_delivered_entries,
     retention_never_lets_numbers_be_reused,
+    retention_sweeps_long_logs_in_chunks,
     group_commit_isolates_unknown_owners,
     entries_can_be_rewritten_as_tombstones,
     duplicate_origin_keys_are_stored_once,
@@ -969,6 +970,64 @@ async fn retention_deletes_old_and_delivered_entries(db: TestDb) {
         .collect();
     assert_eq!(left, vec![4]);
     assert_eq!(s.inbox_count("bob").await.unwrap(), 2);
+}
+
+/// The sweep deletes in chunks (a few thousand rows per transaction): a log of
+/// 5,000 entries is cut at exactly the right entry either way.
+async fn retention_sweeps_long_logs_in_chunks(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    s.create_user("bob", &creds(2)).await.unwrap();
+    // In order (1,000 + i at number i + 1), a hundred per append.
+    let ids: Vec<String> = (0..5000).map(|i| format!("a{i}")).collect();
+    for chunk in ids.chunks(100).enumerate() {
+        let (c, chunk) = chunk;
+        let entries: Vec<(&str, NewInboxEntry<'_>)> = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                (
+                    "alice",
+                    entry(id, "<message/>", 1_000 + (c * 100 + k) as i64),
+                )
+            })
+            .collect();
+        for result in s.inbox_append_all(&entries).await.unwrap() {
+            result.unwrap();
+        }
+    }
+    s.inbox_append("bob", &entry("b0", "<message/>", 9_000))
+        .await
+        .unwrap();
+    // Time-based: the 4,500 entries before 5,500 go, in several chunks; bob's
+    // newer entry stays.
+    assert_eq!(s.inbox_delete_before(5_500).await.unwrap(), 4_500);
+    assert_eq!(s.inbox_count("alice").await.unwrap(), 500);
+    assert_eq!(s.inbox_count("bob").await.unwrap(), 1);
+    let first = s.inbox_after("alice", 0, 1).await.unwrap();
+    assert_eq!(
+        first.first().map(|e| (e.seq, e.at_micros)),
+        Some((4_501, 5_500))
+    );
+    // Until delivered: alice's only device has 4,750 of 5,000.
+    s.device_attach("alice", "phone", 1).await.unwrap();
+    s.device_ack("alice", "phone", 4_750, 2).await.unwrap();
+    assert_eq!(s.inbox_delete_delivered().await.unwrap(), 250);
+    let left: Vec<i64> = s
+        .inbox_after("alice", 0, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, (4_751..=5_000).collect::<Vec<_>>());
+    // Nothing is numbered twice afterwards.
+    assert_eq!(
+        s.inbox_append("alice", &entry("a-new", "<message/>", 9_500))
+            .await
+            .unwrap(),
+        5_001
+    );
 }
 
 async fn group_commit_isolates_unknown_owners(db: TestDb) {

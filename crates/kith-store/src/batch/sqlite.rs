@@ -70,7 +70,7 @@ const INDEX_BEHIND: Duration = Duration::from_millis(500);
 /// the connection) once every sender of `rx` is gone.
 pub(super) fn start(path: &Path, rx: flume::Receiver<Job>) -> Result<std::thread::JoinHandle<()>> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+    conn.busy_handler(Some(writer_busy))?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
@@ -213,6 +213,23 @@ fn let_more_gather(job: Job, last_commit: Instant) -> Job {
         std::thread::sleep(COMMIT_DELAY);
     }
     job
+}
+
+/// How long the writer waits between two tries of a lock another connection
+/// holds (e.g. a retention chunk on the pool), and for how many tries in all.
+const BUSY_STEP: Duration = Duration::from_micros(100);
+const BUSY_TRIES: i32 = (SQLITE_BUSY_TIMEOUT.as_micros() / BUSY_STEP.as_micros()) as i32;
+
+/// The writer's busy handler: SQLite's own sleeps 1, 2, 5, 10 … 100 ms between
+/// tries, so a lock held for 3 ms cost the writer, and every message queued
+/// behind it, 8 ms; this one tries again every [`BUSY_STEP`], for as long in all
+/// as the other connections' busy timeout.
+fn writer_busy(tries: i32) -> bool {
+    if tries >= BUSY_TRIES {
+        return false;
+    }
+    std::thread::sleep(BUSY_STEP);
+    true
 }
 
 /// `PRAGMA wal_checkpoint(PASSIVE)`: the pages in the log and how many of them
