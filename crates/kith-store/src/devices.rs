@@ -150,7 +150,7 @@ impl Sweep {
 /// behind it; chunked by owner on SQLite it dirtied a page per entry (an owner's
 /// entries are spread over the table) and made the log start over every
 /// 100–300 ms while it ran.
-const SWEEP_ROWIDS: i64 = 4096;
+const SWEEP_ROWIDS: i64 = 1024;
 const SWEEP_SEQS: i64 = 1024;
 /// The pause after each chunk that deleted something, at least (and at least
 /// four times as long as the chunk took): the sweep is background work.

@@ -972,7 +972,7 @@ async fn retention_deletes_old_and_delivered_entries(db: TestDb) {
     assert_eq!(s.inbox_count("bob").await.unwrap(), 2);
 }
 
-/// The sweep deletes in chunks (a few thousand rows per transaction): a log of
+/// The sweep deletes in chunks (about a thousand rows per transaction): a log of
 /// 5,000 entries is cut at exactly the right entry either way.
 async fn retention_sweeps_long_logs_in_chunks(db: TestDb) {
     let s = db.open().await;
