@@ -23,7 +23,7 @@ for s in ${STAGES:-login chat chat-archive offline durable durable-archive group
   case $s in
     login) stage login login ;;
     chat) stage chat chat --users 200 --step-secs 8 --drain-secs 3 \
-            --rates 1000,2000,4000,6000,8000,10000,12000,14000,16000 ;;
+            --rates 1000,2000,4000,6000,8000,10000,12000,14000,16000,20000,24000 ;;
     chat-archive) ARCHIVE=on stage chat-archive chat --users 200 --step-secs 8 --drain-secs 3 \
             --rates 250,500,1000,2000,4000,6000 ;;
     offline) stage offline offline ;;
