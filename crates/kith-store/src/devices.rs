@@ -192,17 +192,8 @@ impl Store {
                     let to = hi.min(from.saturating_add(SWEEP_ROWIDS - 1));
                     let started = Instant::now();
                     let mut tx = self.begin_write().await?;
-                    // The newest entries of the owners in this chunk may go:
-                    // their numbers must not be handed out again after a restart.
-                    sqlx::query(
-                        "UPDATE users SET inbox_seq = (SELECT MAX(seq) FROM inbox WHERE owner = users.username)
-                         WHERE username IN (SELECT owner FROM inbox WHERE rowid >= $1 AND rowid <= $2)
-                           AND inbox_seq < (SELECT MAX(seq) FROM inbox WHERE owner = users.username)",
-                    )
-                    .bind(from)
-                    .bind(to)
-                    .execute(&mut *tx)
-                    .await?;
+                    // The newest entries of the owners in this chunk may go.
+                    keep_seq_marks(&mut tx, self.backend, Owners::Rows(from, to)).await?;
                     let res = sqlx::query(sqlx::AssertSqlSafe(delete.as_str()))
                         .bind(from)
                         .bind(to)
@@ -260,32 +251,40 @@ async fn pause_if(deleted: bool, started: Instant) {
     }
 }
 
-/// Before entries are deleted: records each owner's newest sequence number in
-/// `users.inbox_seq` (of `owner`, or of everyone), so that deleting the newest
-/// entries can't make the SQLite writer hand a number out again after a
-/// restart (it loads an owner's head as the greater of the two). PostgreSQL's
-/// writer keeps `inbox_seq` current at every commit.
+/// Whose newest sequence numbers [`keep_seq_marks`] records.
+pub(crate) enum Owners<'a> {
+    /// One owner's.
+    One(&'a str),
+    /// Those of the owners of the rows with these rowids, inclusive (SQLite).
+    Rows(i64, i64),
+}
+
+/// Before entries are deleted: records the newest sequence number of each of
+/// `owners` in `users.inbox_seq`, so that deleting the newest entries can't
+/// make the SQLite writer hand a number out again after a restart (it loads an
+/// owner's head as the greater of the two). PostgreSQL's writer keeps
+/// `inbox_seq` current at every commit.
 pub(crate) async fn keep_seq_marks(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
-    owner: Option<&str>,
+    owners: Owners<'_>,
 ) -> Result<()> {
     if backend != Backend::Sqlite {
         return Ok(());
     }
     let newest = "(SELECT MAX(seq) FROM inbox WHERE owner = users.username)";
-    let sql = format!(
-        "UPDATE users SET inbox_seq = {newest} WHERE inbox_seq < {newest}{}",
-        if owner.is_some() {
-            " AND username = $1"
-        } else {
-            ""
+    let which = match owners {
+        Owners::One(_) => "username = $1",
+        Owners::Rows(..) => {
+            "username IN (SELECT owner FROM inbox WHERE rowid >= $1 AND rowid <= $2)"
         }
-    );
+    };
+    let sql =
+        format!("UPDATE users SET inbox_seq = {newest} WHERE inbox_seq < {newest} AND {which}");
     let query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    match owner {
-        Some(owner) => query.bind(owner).execute(&mut *conn).await?,
-        None => query.execute(&mut *conn).await?,
+    match owners {
+        Owners::One(owner) => query.bind(owner).execute(&mut *conn).await?,
+        Owners::Rows(from, to) => query.bind(from).bind(to).execute(&mut *conn).await?,
     };
     Ok(())
 }

@@ -531,7 +531,7 @@ impl Store {
     /// Deletes the owner's entries with `seq <= seq`; returns how many.
     pub async fn inbox_remove_through(&self, owner: &str, seq: i64) -> Result<u64> {
         let mut tx = self.begin_write().await?;
-        devices::keep_seq_marks(&mut tx, self.backend, Some(owner)).await?;
+        devices::keep_seq_marks(&mut tx, self.backend, devices::Owners::One(owner)).await?;
         let res = sqlx::query("DELETE FROM inbox WHERE owner = $1 AND seq <= $2")
             .bind(owner)
             .bind(seq)

@@ -980,8 +980,7 @@ async fn retention_sweeps_long_logs_in_chunks(db: TestDb) {
     s.create_user("bob", &creds(2)).await.unwrap();
     // In order (1,000 + i at number i + 1), a hundred per append.
     let ids: Vec<String> = (0..5000).map(|i| format!("a{i}")).collect();
-    for chunk in ids.chunks(100).enumerate() {
-        let (c, chunk) = chunk;
+    for (c, chunk) in ids.chunks(100).enumerate() {
         let entries: Vec<(&str, NewInboxEntry<'_>)> = chunk
             .iter()
             .enumerate()
