@@ -13,7 +13,7 @@ from slixmpp.exceptions import IqError, PresenceError
 from kithtest.muc import (NS_INVITE, NS_MODERATE, NS_RETRACT, NS_USER, PLUGINS,
                           add_members, configure, invite_iq, is_groupchat, join, new_room,
                           room_archive, room_stanza_id)
-from kithtest.xmpp import iq_error_condition, error_condition
+from kithtest.xmpp import ClientPool, iq_error_condition, error_condition
 
 
 async def group_of_three(xmpp, prefix: str):
@@ -363,3 +363,59 @@ async def test_voice_request_in_an_announcement_group(xmpp):
         f"{{{NS_USER}}}x/{{{NS_USER}}}item").get("role") == "participant")
     b.send_raw(f"<message to='{room}' type='groupchat'><body>thanks for the voice</body></message>")
     await c.wait_message(is_groupchat("thanks for the voice"))
+
+
+async def test_offline_members_are_owed_messages_across_restart_removal_and_destruction(
+        server_factory, backend):
+    """A group message is stored once, in the room's log, and copied into an
+    offline member's log only when they connect (the room cursor). What each
+    member is owed survives a restart, a member removed while offline still
+    gets what came while they were one (and nothing after), and a destroyed
+    room's messages still reach the members who were offline."""
+    srv = server_factory.start("owed", backend)
+    pool = ClientPool(srv)
+
+    def group_bodies(client):
+        return [m["body"] for m in client.received
+                if getattr(m, "name", "") == "message" and m["type"] == "groupchat"
+                and m["body"].startswith(("before", "after", "last"))]
+
+    async def say(client, text):
+        client.send_raw(f"<message to='{room}' type='groupchat'><body>{text}</body></message>")
+        await client.wait_message(is_groupchat(text), what=text)
+
+    try:
+        alice, bob, carol = [await pool.account("gow" + n) for n in "abc"]
+        a = await pool.connect(alice, plugins=PLUGINS)
+        room = new_room()
+        await join(a, room, "alice")
+        await add_members(a, room, bob.jid, carol.jid)
+        for i in range(3):
+            await say(a, f"before restart {i}")
+        await pool.close_all()
+        await asyncio.to_thread(srv.restart)
+
+        a = await pool.connect(alice, plugins=PLUGINS)
+        await join(a, room, "alice")
+        for i in range(3):
+            await say(a, f"after restart {i}")
+        await add_members(a, room, carol.jid, affiliation="none")
+        await say(a, "after carol left")
+
+        c = await pool.connect(carol, plugins=PLUGINS)
+        await c.wait_message(is_groupchat("after restart 2"), what="carol's last owed message")
+        await asyncio.sleep(0.5)
+        expected = [f"before restart {i}" for i in range(3)] + [f"after restart {i}" for i in range(3)]
+        assert group_bodies(c) == expected
+
+        await say(a, "last words")
+        await a.plugin["xep_0045"].destroy(room, timeout=10)
+        b = await pool.connect(bob, plugins=PLUGINS)
+        await b.wait_message(is_groupchat("last words"), what="bob's last owed message")
+        await asyncio.sleep(0.5)
+        assert group_bodies(b) == expected + ["after carol left", "last words"]
+        assert all(m.xml.find("{urn:xmpp:delay}delay") is not None
+                   for m in b.matching(is_groupchat("last words")))
+    finally:
+        await pool.close_all()
+        server_factory.stop(srv)

@@ -440,7 +440,7 @@ impl AfterCommit {
             Some(Ok(seq)) => {
                 let shared = Arc::new(message);
                 hand_to_devices(&server, &to, &shared, Some(seq));
-                crate::features::push::on_logged(&server, node(&recipient), &shared, seq);
+                crate::features::push::on_logged(&server, node(&recipient), &shared);
                 let own_id = own_id.filter(|_| matches!(results.next(), Some(Ok(_))));
                 if let Some((sender_full, mut copy)) = outgoing {
                     // XEP-0280 sent carbon; with the sender's archive id, so the other

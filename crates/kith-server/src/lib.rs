@@ -169,6 +169,7 @@ impl Server {
         tasks.spawn(maintenance::run(server.clone()));
         tasks.spawn(upload::sweep_loop(server.clone()));
         tasks.spawn(features::pep::expiry_loop(server.clone()));
+        tasks.spawn(features::push::run(server.clone()));
         if let Some(listener) = c2s {
             tasks.spawn(c2s::accept_loop(server.clone(), listener, false));
         }

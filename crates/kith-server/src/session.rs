@@ -113,6 +113,9 @@ pub(crate) struct Session {
     pub device_cursor: i64,
     /// The highest log entry written to this connection.
     pub written_seq: i64,
+    /// Whether the user was a member of a room at login: its catch-up first
+    /// has the rooms copy what they owe it (`Store::room_catch_up`).
+    in_rooms: bool,
     /// Whether the backlog since `device_cursor` has been read from the store; live
     /// log entries are written only from then on.
     pub caught_up: bool,
@@ -166,14 +169,14 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         .unwrap_or_default();
     // Every await in this function that a session does not idle in is boxed: the
     // task's size is that of its largest await, and idle sessions are most of them.
-    let device_cursor = match Box::pin(server.store.device_attach(
+    let device_start = match Box::pin(server.store.device_attach(
         &username,
         &device_key,
         crate::now_micros(),
     ))
     .await
     {
-        Ok(start) => start.cursor,
+        Ok(start) => start,
         Err(error) => {
             tracing::error!(%error, "registering the device");
             server.router.unbind(&jid, id);
@@ -196,8 +199,9 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         available: false,
         directed: HashSet::new(),
         replies: Vec::new(),
-        device_cursor,
-        written_seq: device_cursor,
+        device_cursor: device_start.cursor,
+        written_seq: device_start.cursor,
+        in_rooms: device_start.in_rooms,
         caught_up: false,
         backlog_pending: false,
         sm: None,
@@ -818,6 +822,14 @@ impl Session {
             return;
         }
         self.backlog_pending = true;
+        if self.in_rooms {
+            // Group messages that came while the user had no session are in
+            // their rooms' logs: copied into this user's log first. (The session
+            // is in the router already, so nothing later is missed.)
+            if let Err(error) = Box::pin(self.server.store.room_catch_up(&self.username)).await {
+                tracing::error!(%error, "copying group messages owed to the user");
+            }
+        }
         deliver::read_backlog(self).await;
     }
 

@@ -24,7 +24,7 @@ impl Store {
         // to the database, not five. The common case is a device seen before.
         let seen = sqlx::query(
             "UPDATE devices SET last_seen_micros = $3 WHERE owner = $1 AND resource = $2
-             RETURNING cursor",
+             RETURNING cursor, (SELECT COUNT(*) FROM room_fill WHERE owner = $1) AS rooms",
         )
         .bind(owner)
         .bind(resource)
@@ -35,6 +35,7 @@ impl Store {
             return Ok(DeviceStart {
                 cursor: row.try_get("cursor")?,
                 new: false,
+                in_rooms: row.try_get::<i64, _>("rooms")? > 0,
             });
         }
         // A new device starts at the owner's delivered mark. Two first logins
@@ -44,7 +45,7 @@ impl Store {
             "INSERT INTO devices (owner, resource, cursor, last_seen_micros)
              SELECT username, $2, delivered_seq, $3 FROM users WHERE username = $1
              ON CONFLICT (owner, resource) DO UPDATE SET last_seen_micros = $3
-             RETURNING cursor",
+             RETURNING cursor, (SELECT COUNT(*) FROM room_fill WHERE owner = $1) AS rooms",
         )
         .bind(owner)
         .bind(resource)
@@ -55,6 +56,7 @@ impl Store {
         Ok(DeviceStart {
             cursor: row.try_get("cursor")?,
             new: true,
+            in_rooms: row.try_get::<i64, _>("rooms")? > 0,
         })
     }
 

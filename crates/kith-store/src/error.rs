@@ -68,6 +68,12 @@ pub enum StoreError {
     /// The store's background writer is gone (the runtime is shutting down).
     #[error("the store is closed")]
     Closed,
+
+    /// A group message was not copied into this member's log now: the member
+    /// had no session, and is owed it (copied when it next reads its log,
+    /// `Store::room_catch_up`). Not a failure.
+    #[error("owed to {0:?}, not copied yet")]
+    Owed(String),
 }
 
 impl StoreError {

@@ -84,7 +84,7 @@ pub use archive::{
     Paging,
 };
 pub use error::{Result, StoreError};
-pub use muc::{RoomAffiliation, RoomInvite, StoredRoom};
+pub use muc::{Live, RoomAffiliation, RoomInvite, RoomMember, StoredRoom};
 pub use pep::{PepExpired, PepItem, PepNode, PepNodeConfig, PepWrite};
 pub use phone::{DeviceCredential, LinkRequest, PhoneClaim, VerificationCode};
 pub use privacy::PrivacySettings;

@@ -743,6 +743,33 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX inbox_owner_peer ON inbox (owner, peer, seq) WHERE stanza_id <> ''",
         ],
     },
+    // Group messages are appended once, to the room's log; a member without a
+    // session is owed them (`batch::rooms`). `seq`: through which entry of the
+    // room's log the member's log holds copies. Rows are made when a room is
+    // loaded or a member joins (so members from before this start at the
+    // room's head: their copies are already in their logs).
+    Migration {
+        version: 44,
+        name: "room cursors: members' copies of group messages made when they connect",
+        sqlite: &[
+            "CREATE TABLE room_fill (
+            room TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (room, owner)
+        )",
+            "CREATE INDEX room_fill_owner ON room_fill (owner)",
+        ],
+        postgres: &[
+            "CREATE TABLE room_fill (
+            room TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            seq BIGINT NOT NULL,
+            PRIMARY KEY (room, owner)
+        )",
+            "CREATE INDEX room_fill_owner ON room_fill (owner)",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

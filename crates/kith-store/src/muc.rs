@@ -5,14 +5,21 @@
 //! A room's archive is an inbox log owned by the room's bare JID: creating a room
 //! also creates a `users` row for it with no usable credentials (a name holding
 //! '@' is never a valid localpart, so nobody signs in as a room). The archive
-//! queries, tombstones and the group-commit writer then work on rooms unchanged,
-//! and a group message is one [`Store::inbox_append_all`] for the room and all of
-//! its members. [`Store::list_users`] leaves rooms out.
+//! queries, tombstones and the group-commit writer then work on rooms unchanged.
+//! [`Store::list_users`] leaves rooms out.
+//!
+//! A group message is appended once, to the room's log, with a copy in the
+//! logs of the members that have a session; the others are owed it until they
+//! next read their log (the room cursor, `batch::rooms`):
+//! [`Store::room_append_then`], [`Store::room_join`], [`Store::room_leave`],
+//! [`Store::room_catch_up`].
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Result, Store};
+use crate::batch::rooms::RoomOp;
+pub use crate::batch::rooms::{Live, RoomMember};
+use crate::{NewInboxEntry, Result, Store};
 
 /// A room's stored state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +63,57 @@ pub struct RoomInvite {
 }
 
 impl Store {
+    /// Queues a group message for the next group commit: appended to `room`'s
+    /// log, and copied into the log of each of `members` that `live` says has
+    /// a session (asked by the writer in queue order, so a member whose session
+    /// comes later and then calls [`Store::room_catch_up`] misses nothing).
+    /// `then` runs after the commit (as for [`Store::inbox_append_then`]) with
+    /// the room's sequence number, then per member its copy's or
+    /// [`StoreError::Owed`](crate::StoreError::Owed).
+    pub async fn room_append_then(
+        &self,
+        room: &str,
+        entry: &NewInboxEntry<'_>,
+        members: Vec<RoomMember>,
+        live: Live,
+        then: impl FnOnce(Vec<Result<i64>>) + Send + Sync + 'static,
+    ) -> Result<()> {
+        self.writer
+            .fan_then(room, entry, members, live, Box::new(then))
+            .await
+    }
+
+    /// `owners` (local members of `room`, by username) are owed the room's
+    /// messages from now on; no change for those that already are. In queue
+    /// order with the room's messages: what was queued before is not owed.
+    pub async fn room_join(&self, room: &str, owners: Vec<String>) -> Result<()> {
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let room = room.to_owned();
+        self.writer.rooms(RoomOp::Join { room, owners }).await
+    }
+
+    /// `owners` stop being members of `room`: what they are owed is copied
+    /// into their logs, and nothing more will be.
+    pub async fn room_leave(&self, room: &str, owners: Vec<String>) -> Result<()> {
+        if owners.is_empty() {
+            return Ok(());
+        }
+        let room = room.to_owned();
+        self.writer.rooms(RoomOp::Leave { room, owners }).await
+    }
+
+    /// Copies what `owner` is owed by its rooms into its log. A session calls
+    /// it once it is in the router and before it first reads the log.
+    pub async fn room_catch_up(&self, owner: &str) -> Result<()> {
+        self.writer
+            .rooms(RoomOp::CatchUp {
+                owner: owner.to_owned(),
+            })
+            .await
+    }
+
     /// Creates a room (and the log that holds its archive) with `owner` as its
     /// first owner, in one transaction. `false` (and no change) if a room or an
     /// account with that name exists.

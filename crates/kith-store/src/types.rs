@@ -157,6 +157,9 @@ pub struct DeviceStart {
     pub cursor: i64,
     /// Whether the device was seen for the first time.
     pub new: bool,
+    /// Whether the owner is a member of a room (and may be owed group
+    /// messages: `Store::room_catch_up`).
+    pub in_rooms: bool,
 }
 
 /// Encodes roster groups as one text value: every group is written with `\`

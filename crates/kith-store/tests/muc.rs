@@ -1,7 +1,13 @@
 //! Group chat rooms (XEP-0045): rooms, affiliations, invite links and the room's
 //! archive log, on SQLite always and on PostgreSQL when `KITH_TEST_PG_URL` is set.
 
-use kith_store::{ArchiveQuery, NewInboxEntry, RoomAffiliation, RoomInvite, Store};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use kith_store::{
+    ArchiveQuery, Live, NewInboxEntry, Result, RoomAffiliation, RoomInvite, RoomMember, Store,
+    StoreError,
+};
 
 mod common;
 use common::{TestDb, creds, run_postgres, run_sqlite};
@@ -142,25 +148,107 @@ async fn affiliations_change_in_one_transaction(db: TestDb) {
     );
 }
 
+/// Who has a session, as the writer asks it.
+#[derive(Clone, Default)]
+struct Sessions(Arc<Mutex<HashSet<String>>>);
+
+impl Sessions {
+    fn set(&self, users: &[&str]) {
+        let mut live = self.0.lock().unwrap();
+        live.clear();
+        live.extend(users.iter().map(|u| format!("{u}@localhost")));
+    }
+
+    fn live(&self) -> Live {
+        let sessions = self.0.clone();
+        Arc::new(move |bare: &str| sessions.lock().unwrap().contains(bare))
+    }
+}
+
+fn members(names: &[&str]) -> Vec<RoomMember> {
+    names
+        .iter()
+        .map(|name| RoomMember {
+            owner: (*name).to_owned(),
+            bare: format!("{name}@localhost"),
+        })
+        .collect()
+}
+
+/// Sends one group message to `to` and waits for its commit; the room's result,
+/// then each member's.
+async fn say(store: &Store, text: &str, to: &[&str], sessions: &Sessions) -> Vec<Result<i64>> {
+    let xml =
+        format!("<message xmlns='jabber:client' type='groupchat'><body>{text}</body></message>");
+    let id = format!("id-{text}");
+    let (done, results) = tokio::sync::oneshot::channel();
+    store
+        .room_append_then(
+            ROOM,
+            &entry(&xml, &id, text),
+            members(to),
+            sessions.live(),
+            move |results| {
+                let _ = done.send(results);
+            },
+        )
+        .await
+        .unwrap();
+    results.await.unwrap()
+}
+
+/// The bodies in `owner`'s log, in log order.
+async fn bodies(store: &Store, owner: &str) -> Vec<String> {
+    store
+        .inbox_after(owner, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let start = e.xml.find("<body>").unwrap() + 6;
+            let end = e.xml.find("</body>").unwrap();
+            e.xml[start..end].to_owned()
+        })
+        .collect()
+}
+
+fn owed(result: &Result<i64>) -> bool {
+    matches!(result, Err(StoreError::Owed(_)))
+}
+
 async fn group_message_fans_out_in_one_commit(db: TestDb) {
     let store = store_with_users(&db, &["alice", "bob", "carol"]).await;
     store
         .muc_create_room(ROOM, "", "alice@localhost", 1)
         .await
         .unwrap();
-    let xml = "<message xmlns='jabber:client' type='groupchat'><body>hello team</body></message>";
-    let entries: Vec<(&str, NewInboxEntry)> = vec![
-        (ROOM, entry(xml, "room-id-1", "hello team")),
-        ("alice", entry(xml, "", "hello team")),
-        ("bob", entry(xml, "", "hello team")),
-        ("carol", entry(xml, "", "hello team")),
-    ];
-    let results = store.inbox_append_all(&entries).await.unwrap();
-    assert!(results.iter().all(|r| r.is_ok()));
-    for owner in ["bob", "carol"] {
+    let all = ["alice", "bob", "carol"];
+    store
+        .room_join(ROOM, all.iter().map(|s| s.to_string()).collect())
+        .await
+        .unwrap();
+    let sessions = Sessions::default();
+    sessions.set(&all);
+    let results = say(&store, "hello team", &all, &sessions).await;
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| *r.as_ref().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 1, 1, 1]
+    );
+    for owner in all {
         let got = store.inbox_after(owner, 0, 10).await.unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].xml, xml);
+        // A member's copy: no archive id, the room as the peer, no text for search.
+        assert_eq!(
+            (
+                got[0].stanza_id.as_str(),
+                got[0].peer.as_str(),
+                got[0].body.as_deref()
+            ),
+            ("", ROOM, None)
+        );
     }
     // The room's archive is a log like any other, searchable by its ids.
     let page = store
@@ -174,7 +262,114 @@ async fn group_message_fans_out_in_one_commit(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(page.items.len(), 1);
-    assert_eq!(page.items[0].stanza_id, "room-id-1");
+    assert_eq!(page.items[0].stanza_id, "id-hello team");
+}
+
+both!(members_without_a_session_are_owed_group_messages_and_get_each_once);
+
+/// The room cursor: a member without a session gets no copy; it is owed the
+/// messages, in order, once, when it catches up, connects mid-stream, or leaves;
+/// a member who joins later is owed nothing from before; it all survives a restart.
+async fn members_without_a_session_are_owed_group_messages_and_get_each_once(db: TestDb) {
+    let users = ["alice", "bob", "carol", "dave"];
+    let store = store_with_users(&db, &users).await;
+    store
+        .muc_create_room(ROOM, "", "alice@localhost", 1)
+        .await
+        .unwrap();
+    let three = ["alice", "bob", "carol"];
+    store
+        .room_join(ROOM, three.iter().map(|s| s.to_string()).collect())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .device_attach("bob", "phone", 1)
+            .await
+            .unwrap()
+            .in_rooms
+    );
+    assert!(
+        !store
+            .device_attach("dave", "phone", 1)
+            .await
+            .unwrap()
+            .in_rooms
+    );
+    let sessions = Sessions::default();
+    sessions.set(&["alice"]);
+
+    let results = say(&store, "m1", &three, &sessions).await;
+    assert_eq!(*results[0].as_ref().unwrap(), 1);
+    assert_eq!(*results[1].as_ref().unwrap(), 1);
+    assert!(owed(&results[2]) && owed(&results[3]), "{results:?}");
+    say(&store, "m2", &three, &sessions).await;
+    assert!(bodies(&store, "bob").await.is_empty());
+    assert_eq!(store.inbox_count(ROOM).await.unwrap(), 2);
+
+    // Bob connects: his next group message brings what he was owed first.
+    sessions.set(&["alice", "bob"]);
+    let results = say(&store, "m3", &three, &sessions).await;
+    assert_eq!(*results[2].as_ref().unwrap(), 3);
+    assert_eq!(bodies(&store, "bob").await, ["m1", "m2", "m3"]);
+
+    // Carol catches up: everything, once.
+    store.room_catch_up("carol").await.unwrap();
+    store.room_catch_up("carol").await.unwrap();
+    assert_eq!(bodies(&store, "carol").await, ["m1", "m2", "m3"]);
+
+    // Carol leaves while owed m4: she gets it, and nothing after.
+    say(&store, "m4", &three, &sessions).await;
+    store.room_leave(ROOM, vec!["carol".into()]).await.unwrap();
+    assert!(
+        !store
+            .device_attach("carol", "phone", 2)
+            .await
+            .unwrap()
+            .in_rooms
+    );
+    let two = ["alice", "bob"];
+    say(&store, "m5", &two, &sessions).await;
+    store.room_catch_up("carol").await.unwrap();
+    assert_eq!(bodies(&store, "carol").await, ["m1", "m2", "m3", "m4"]);
+
+    // Dave joins now: owed nothing from before.
+    store.room_join(ROOM, vec!["dave".into()]).await.unwrap();
+    let four = ["alice", "bob", "dave"];
+    say(&store, "m6", &four, &sessions).await;
+    // A join of a member changes nothing (a room loaded again).
+    store
+        .room_join(ROOM, four.iter().map(|s| s.to_string()).collect())
+        .await
+        .unwrap();
+
+    // Where everyone stands survives a restart.
+    drop(store);
+    let store = db.open().await;
+    sessions.set(&[]);
+    say(&store, "m7", &four, &sessions).await;
+    for owner in ["alice", "bob", "dave"] {
+        store.room_catch_up(owner).await.unwrap();
+    }
+    assert_eq!(
+        bodies(&store, "alice").await,
+        ["m1", "m2", "m3", "m4", "m5", "m6", "m7"]
+    );
+    assert_eq!(
+        bodies(&store, "bob").await,
+        ["m1", "m2", "m3", "m4", "m5", "m6", "m7"]
+    );
+    assert_eq!(bodies(&store, "dave").await, ["m6", "m7"]);
+    // Numbers in each log are 1, 2, 3 …: copies were numbered like any entry.
+    let seqs: Vec<i64> = store
+        .inbox_after("bob", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(store.inbox_count(ROOM).await.unwrap(), 7);
 }
 
 async fn invites_can_be_revoked(db: TestDb) {

@@ -19,6 +19,7 @@
 //! is answered — is decided here, once, for both ([`plan`], [`answer`]).
 
 mod postgres;
+pub(crate) mod rooms;
 mod sqlite;
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,7 @@ use sqlx::AnyPool;
 use tokio::sync::oneshot;
 
 use crate::{NewInboxEntry, Result, StoreError};
+use rooms::{Live, RoomMember, RoomOp, RoomState};
 
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;
@@ -44,6 +46,16 @@ enum Job {
     Append {
         entries: Vec<(String, OwnedEntry)>,
         then: Then,
+    },
+    /// A group message: the room's entry, and copies for the members with a
+    /// session now (the others are owed it: [`rooms`]). Answered with the
+    /// room's sequence number, then per member its copy's or
+    /// [`StoreError::Owed`].
+    Fan { fan: Box<Fan>, then: Then },
+    /// A change to what members' logs hold of a room's ([`rooms`]).
+    Rooms {
+        op: RoomOp,
+        reply: oneshot::Sender<Result<()>>,
     },
     /// A device has everything through `seq`.
     Ack {
@@ -62,6 +74,16 @@ enum Job {
         owner: String,
         reply: oneshot::Sender<Result<()>>,
     },
+}
+
+/// A group message (see [`Job::Fan`]).
+struct Fan {
+    room: String,
+    entry: OwnedEntry,
+    /// The entry as a member's copy.
+    copy: OwnedEntry,
+    members: Vec<RoomMember>,
+    live: Live,
 }
 
 struct OwnedEntry {
@@ -173,6 +195,42 @@ impl Writer {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Queues a group message for the next group commit (see [`Job::Fan`]);
+    /// returns once it is queued.
+    pub(crate) async fn fan_then(
+        &self,
+        room: &str,
+        entry: &NewInboxEntry<'_>,
+        members: Vec<RoomMember>,
+        live: Live,
+        then: Then,
+    ) -> Result<()> {
+        let entry = OwnedEntry::from(entry);
+        let copy = rooms::member_copy(room, &entry);
+        let fan = Box::new(Fan {
+            room: room.to_owned(),
+            entry,
+            copy,
+            members,
+            live,
+        });
+        let job = Job::Fan { fan, then };
+        self.tx
+            .send_async(job)
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Applies a room change and waits until it is committed.
+    pub(crate) async fn rooms(&self, op: RoomOp) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send_async(Job::Rooms { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Moves a device cursor forward and waits until it is committed.
     pub(crate) async fn ack(
         &self,
@@ -227,61 +285,129 @@ impl Writer {
 enum Done {
     Appended(Vec<Result<i64>>),
     Acked,
-    /// Nothing to report (an index request, a forgotten owner).
+    /// Nothing to report (an index request, a forgotten owner, a room change).
     Nothing,
 }
 
-/// A batch numbered and ready to write: the rows to insert, the furthest cursor
-/// per device, and (before the insert) what each job will be answered.
+/// Where one answer of an append comes from.
+enum Slot {
+    /// The plan's row with this index.
+    Row(usize),
+    /// Not written now: the member is owed it ([`rooms`]).
+    Owed(String),
+}
+
+enum Answer {
+    Appended(Vec<Slot>),
+    Acked,
+    Nothing,
+}
+
+/// A batch planned: the rows to insert (numbered per owner from 0: the engine
+/// reserves the numbers, [`Plan::number`]), the furthest cursor per device,
+/// where members' copies of rooms stand afterwards, and what each job is answered.
 struct Plan<'a> {
-    /// `(owner, seq, entry)` in batch order.
+    /// `(owner, n, entry)` in batch order: the owner's `n`th row of the batch.
     rows: Vec<(&'a str, i64, &'a OwnedEntry)>,
+    /// Rows per owner, owners in first-seen order: the numbers to reserve.
+    counts: Vec<(&'a str, i64)>,
     /// Per device `(owner, resource)`: the furthest acked `seq` and its time.
     /// Several acks of one device in a batch collapse into the furthest one.
     acks: HashMap<(&'a str, &'a str), (i64, i64)>,
-    results: Vec<Done>,
+    /// `room_fill` rows after the batch: `Some(seq)` set, `None` deleted.
+    fills: HashMap<(&'a str, &'a str), Option<i64>>,
+    answers: Vec<Answer>,
 }
 
-/// Per owner, how many sequence numbers the batch needs, owners in first-seen
-/// order.
-fn wanted(batch: &[Job]) -> Vec<(&str, i64)> {
-    let mut wanted: Vec<(&str, i64)> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for job in batch {
-        if let Job::Append { entries, .. } = job {
-            for (owner, _) in entries {
-                let slot = *index.entry(owner.as_str()).or_insert_with(|| {
-                    wanted.push((owner.as_str(), 0));
-                    wanted.len() - 1
-                });
-                wanted[slot].1 += 1;
-            }
-        }
-    }
-    wanted
-}
-
-/// Numbers the entries in batch order from `next` (per owner, the first of the
-/// numbers reserved for it; an owner absent from `next` has no account).
-fn plan<'a>(batch: &'a [Job], mut next: HashMap<&'a str, i64>) -> Plan<'a> {
-    let mut rows = Vec::new();
+/// Plans a batch, given what the engine read about its rooms (nothing when it
+/// has no room work) and which members have a session.
+fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Plan<'a> {
+    let mut planner = Planner {
+        state,
+        rows: Vec::new(),
+        counts: HashMap::new(),
+        order: Vec::new(),
+        fills: HashMap::new(),
+        fresh: HashMap::new(),
+    };
     let mut acks: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
-    let mut results = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
         match job {
             Job::Append { entries, .. } => {
-                let mut seqs = Vec::with_capacity(entries.len());
-                for (owner, entry) in entries {
-                    match next.get_mut(owner.as_str()) {
-                        Some(seq) => {
-                            rows.push((owner.as_str(), *seq, entry));
-                            seqs.push(Ok(*seq));
-                            *seq += 1;
+                let slots = entries
+                    .iter()
+                    .map(|(owner, entry)| Slot::Row(planner.push(owner, entry)))
+                    .collect();
+                answers.push(Answer::Appended(slots));
+            }
+            Job::Fan { fan, .. } => {
+                let Fan {
+                    room,
+                    entry,
+                    copy,
+                    members,
+                    ..
+                } = &**fan;
+                let mut slots = Vec::with_capacity(members.len() + 1);
+                let seq = planner.head(room).map(|head| head + 1);
+                slots.push(Slot::Row(planner.push(room, entry)));
+                if let Some(seq) = seq {
+                    planner.fresh.entry(room).or_default().push((seq, copy));
+                }
+                for member in members {
+                    let copied = match seq {
+                        Some(seq) if live.contains(member.owner.as_str()) => {
+                            planner.fill_through(room, &member.owner, seq, true)
                         }
-                        None => seqs.push(Err(StoreError::NoSuchUser(owner.clone()))),
+                        _ => None,
+                    };
+                    slots.push(match copied {
+                        Some(row) => Slot::Row(row),
+                        None => Slot::Owed(member.owner.clone()),
+                    });
+                }
+                answers.push(Answer::Appended(slots));
+            }
+            Job::Rooms { op, .. } => {
+                match op {
+                    RoomOp::Join { room, owners } => {
+                        for owner in owners {
+                            if planner.filled(room, owner).is_none()
+                                && let Some(head) = planner.head(room)
+                            {
+                                planner.fills.insert((room, owner), Some(head));
+                            }
+                        }
+                    }
+                    RoomOp::Leave { room, owners } => {
+                        for owner in owners {
+                            if let Some(head) = planner.head(room) {
+                                planner.fill_through(room, owner, head, false);
+                            }
+                            planner.fills.insert((room, owner), None);
+                        }
+                    }
+                    RoomOp::CatchUp { owner } => {
+                        let mut rooms: Vec<&str> = state
+                            .rooms_of
+                            .get(owner.as_str())
+                            .map(|rooms| rooms.iter().map(String::as_str).collect())
+                            .unwrap_or_default();
+                        // Joined earlier in this batch.
+                        rooms.extend(planner.fills.iter().filter_map(|((room, member), fill)| {
+                            (*member == owner.as_str() && fill.is_some()).then_some(*room)
+                        }));
+                        rooms.sort_unstable();
+                        rooms.dedup();
+                        for room in rooms {
+                            if let Some(head) = planner.head(room) {
+                                planner.fill_through(room, owner, head, false);
+                            }
+                        }
                     }
                 }
-                results.push(Done::Appended(seqs));
+                answers.push(Answer::Nothing);
             }
             Job::Ack {
                 owner,
@@ -294,36 +420,161 @@ fn plan<'a>(batch: &'a [Job], mut next: HashMap<&'a str, i64>) -> Plan<'a> {
                     .entry((owner.as_str(), resource.as_str()))
                     .or_insert((*seq, *now_micros));
                 *slot = (slot.0.max(*seq), slot.1.max(*now_micros));
-                results.push(Done::Acked);
+                answers.push(Answer::Acked);
             }
-            Job::Index { .. } | Job::Forget { .. } => results.push(Done::Nothing),
+            Job::Index { .. } | Job::Forget { .. } => answers.push(Answer::Nothing),
         }
     }
+    let counts = planner
+        .order
+        .iter()
+        .map(|owner| (*owner, planner.counts[owner]))
+        .collect();
     Plan {
-        rows,
+        rows: planner.rows,
+        counts,
         acks,
-        results,
+        fills: planner.fills,
+        answers,
     }
 }
 
-impl Plan<'_> {
-    /// Entries the insert skipped (their origin key was already in the log,
-    /// `ON CONFLICT DO NOTHING`) are answered [`StoreError::Duplicate`].
-    fn mark_duplicates(&mut self, batch: &[Job], written: &HashSet<(&str, i64)>) {
-        if written.len() == self.rows.len() {
-            return;
-        }
-        for (job, done) in batch.iter().zip(self.results.iter_mut()) {
-            if let (Job::Append { entries, .. }, Done::Appended(seqs)) = (job, done) {
-                for ((owner, _), seq) in entries.iter().zip(seqs.iter_mut()) {
-                    if let Ok(n) = seq
-                        && !written.contains(&(owner.as_str(), *n))
-                    {
-                        *seq = Err(StoreError::Duplicate(owner.clone()));
-                    }
-                }
+/// The state of [`plan`] while it walks a batch.
+struct Planner<'a> {
+    state: &'a RoomState,
+    rows: Vec<(&'a str, i64, &'a OwnedEntry)>,
+    counts: HashMap<&'a str, i64>,
+    order: Vec<&'a str>,
+    fills: HashMap<(&'a str, &'a str), Option<i64>>,
+    /// Per room, this batch's entries so far: `(seq, member's copy)`.
+    fresh: HashMap<&'a str, Vec<(i64, &'a OwnedEntry)>>,
+}
+
+impl<'a> Planner<'a> {
+    /// Adds a row for `owner`; returns its index.
+    fn push(&mut self, owner: &'a str, entry: &'a OwnedEntry) -> usize {
+        let count = match self.counts.get_mut(owner) {
+            Some(count) => count,
+            None => {
+                self.order.push(owner);
+                self.counts.entry(owner).or_insert(0)
             }
+        };
+        self.rows.push((owner, *count, entry));
+        *count += 1;
+        self.rows.len() - 1
+    }
+
+    /// A room's head at this point of the batch (`None`: no such room).
+    fn head(&self, room: &str) -> Option<i64> {
+        let before = *self.state.heads.get(room)?;
+        Some(before + self.counts.get(room).copied().unwrap_or(0))
+    }
+
+    /// Through which room entry `owner`'s log holds copies at this point.
+    fn filled(&self, room: &str, owner: &str) -> Option<i64> {
+        match self.fills.get(&(room, owner)) {
+            Some(fill) => *fill,
+            None => self.state.filled.get(room)?.get(owner).copied(),
         }
+    }
+
+    /// Copies what `owner` is owed of `room` through entry `through`, in order,
+    /// and records it; returns the last copy's row. A live member without a
+    /// fill row (`fresh_member`: one added before rows were kept) starts at
+    /// this entry.
+    fn fill_through(
+        &mut self,
+        room: &'a str,
+        owner: &'a str,
+        through: i64,
+        fresh_member: bool,
+    ) -> Option<usize> {
+        let from = match self.filled(room, owner) {
+            Some(from) => from,
+            None if fresh_member => through - 1,
+            None => return None,
+        };
+        if through <= from {
+            return None;
+        }
+        let before = self.state.heads.get(room).copied().unwrap_or(0);
+        let owed: Vec<&'a OwnedEntry> = self
+            .state
+            .owed
+            .get(room)
+            .into_iter()
+            .flatten()
+            .filter(|(seq, _)| from < *seq && *seq <= through.min(before))
+            .map(|(_, entry)| entry)
+            .chain(
+                self.fresh
+                    .get(room)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(seq, _)| from.max(before) < *seq && *seq <= through)
+                    .map(|(_, entry)| *entry),
+            )
+            .collect();
+        let mut last = None;
+        for entry in owed {
+            last = Some(self.push(owner, entry));
+        }
+        self.fills.insert((room, owner), Some(through));
+        last
+    }
+}
+
+/// A plan with sequence numbers: `rows[i]` is `None` when its owner has no
+/// account (nothing to insert).
+struct Numbered<'a> {
+    rows: Vec<Option<(&'a str, i64, &'a OwnedEntry)>>,
+    /// The last number handed out per owner (for the SQLite writer's heads).
+    reserved: Vec<(&'a str, i64)>,
+}
+
+impl<'a> Plan<'a> {
+    /// Numbers the rows from `bases` (per owner, the first number reserved
+    /// for it; an owner absent has no account).
+    fn number(&self, bases: &HashMap<&str, i64>) -> Numbered<'a> {
+        let rows = self
+            .rows
+            .iter()
+            .map(|(owner, n, entry)| bases.get(owner).map(|base| (*owner, base + n, *entry)))
+            .collect();
+        let reserved = self
+            .counts
+            .iter()
+            .filter_map(|(owner, count)| bases.get(owner).map(|base| (*owner, base + count - 1)))
+            .collect();
+        Numbered { rows, reserved }
+    }
+
+    /// What each job is answered, given which rows were written (`false`: the
+    /// owner has no account, or the insert skipped a duplicate origin key).
+    fn answers(self, numbered: &Numbered<'_>, written: &[bool]) -> Vec<Done> {
+        self.answers
+            .into_iter()
+            .map(|answer| match answer {
+                Answer::Appended(slots) => Done::Appended(
+                    slots
+                        .into_iter()
+                        .map(|slot| match slot {
+                            Slot::Owed(owner) => Err(StoreError::Owed(owner)),
+                            Slot::Row(i) => match numbered.rows[i] {
+                                None => Err(StoreError::NoSuchUser(self.rows[i].0.to_owned())),
+                                Some((owner, _, _)) if !written[i] => {
+                                    Err(StoreError::Duplicate(owner.to_owned()))
+                                }
+                                Some((_, seq, _)) => Ok(seq),
+                            },
+                        })
+                        .collect(),
+                ),
+                Answer::Acked => Done::Acked,
+                Answer::Nothing => Done::Nothing,
+            })
+            .collect()
     }
 }
 
@@ -397,12 +648,26 @@ fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callb
     let mut calls = Vec::new();
     for (job, done) in jobs.zip(results) {
         match (job, done) {
-            (Job::Append { then, .. }, Done::Appended(seqs)) => calls.push((then, seqs)),
-            (Job::Ack { reply, .. } | Job::Index { reply } | Job::Forget { reply, .. }, _) => {
+            (Job::Append { then, .. } | Job::Fan { then, .. }, Done::Appended(seqs)) => {
+                calls.push((then, seqs));
+            }
+            (
+                Job::Ack { reply, .. }
+                | Job::Index { reply }
+                | Job::Forget { reply, .. }
+                | Job::Rooms { reply, .. },
+                _,
+            ) => {
                 let _ = reply.send(Ok(()));
             }
             (Job::Append { then, entries }, _) => {
                 let closed = entries.iter().map(|_| Err(StoreError::Closed)).collect();
+                calls.push((then, closed));
+            }
+            (Job::Fan { then, fan }, _) => {
+                let closed = (0..=fan.members.len())
+                    .map(|_| Err(StoreError::Closed))
+                    .collect();
                 calls.push((then, closed));
             }
         }
@@ -428,7 +693,16 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError, callbacks: &Callbac
             Job::Append { entries, then } => {
                 calls.push((then, entries.iter().map(|_| Err(failed())).collect()));
             }
-            Job::Ack { reply, .. } | Job::Index { reply } | Job::Forget { reply, .. } => {
+            Job::Fan { fan, then } => {
+                calls.push((
+                    then,
+                    (0..=fan.members.len()).map(|_| Err(failed())).collect(),
+                ));
+            }
+            Job::Ack { reply, .. }
+            | Job::Index { reply }
+            | Job::Forget { reply, .. }
+            | Job::Rooms { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
         }

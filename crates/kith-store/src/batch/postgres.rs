@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{AnyPool, Row};
 
-use super::{Callbacks, Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
+use super::rooms::{self, RoomReads, RoomState};
+use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
 use crate::{Backend, Result, begin_write};
 
 pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
@@ -46,11 +47,19 @@ pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
 async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
     let mut tx = begin_write(pool, Backend::Postgres).await?;
 
-    // Reserve sequence numbers: per owner, as many as it has entries here.
-    let wanted = wanted(batch);
-    // Next free sequence number per owner; absent = no such user.
-    let mut next: HashMap<&str, i64> = HashMap::with_capacity(wanted.len());
-    for chunk in chunks(&wanted) {
+    // What the batch's group messages and room changes need to know.
+    let needs = rooms::needs(batch);
+    let state = match &needs {
+        Some(needs) => rooms::read(needs, &mut PgReads { tx: &mut tx }).await?,
+        None => RoomState::default(),
+    };
+    let no_one = HashSet::new();
+    let plan = plan(batch, &state, needs.as_ref().map_or(&no_one, |n| &n.live));
+
+    // Reserve sequence numbers: per owner, as many as it has rows here.
+    // First free number per owner; absent = no such user.
+    let mut bases: HashMap<&str, i64> = HashMap::with_capacity(plan.counts.len());
+    for chunk in chunks(&plan.counts) {
         // Built from numbers only: placeholders, no input.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(reserve_sql(chunk.len())));
         for (owner, count) in chunk {
@@ -60,18 +69,24 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
             let owner: String = row.try_get("username")?;
             let last: i64 = row.try_get("inbox_seq")?;
             if let Some((name, count)) = chunk.iter().find(|(name, _)| *name == owner) {
-                next.insert(name, last - count + 1);
+                bases.insert(name, last - count + 1);
             }
         }
     }
-    let mut plan = plan(batch, next);
+    let numbered = plan.number(&bases);
 
     // Entries whose origin key is already in the log are skipped by the insert
     // (`ON CONFLICT DO NOTHING`); what it returns is what was written.
-    let mut written_rows: Vec<(String, i64)> = Vec::with_capacity(plan.rows.len());
-    for chunk in chunks(&plan.rows) {
+    let rows: Vec<(usize, (&str, i64, &OwnedEntry))> = numbered
+        .rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, row)| row.map(|row| (i, row)))
+        .collect();
+    let mut written_rows: HashSet<(String, i64)> = HashSet::with_capacity(rows.len());
+    for chunk in chunks(&rows) {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(chunk.len())));
-        for (owner, seq, entry) in chunk {
+        for (_, (owner, seq, entry)) in chunk {
             query = query
                 .bind(*owner)
                 .bind(*seq)
@@ -86,14 +101,31 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
                 .bind(&entry.origin);
         }
         for row in query.fetch_all(&mut *tx).await? {
-            written_rows.push((row.try_get("owner")?, row.try_get("seq")?));
+            written_rows.insert((row.try_get("owner")?, row.try_get("seq")?));
         }
     }
-    let written: HashSet<(&str, i64)> = written_rows
-        .iter()
-        .map(|(owner, seq)| (owner.as_str(), *seq))
-        .collect();
-    plan.mark_duplicates(batch, &written);
+    let mut written = vec![false; numbered.rows.len()];
+    for (i, (owner, seq, _)) in &rows {
+        written[*i] = written_rows.contains(&((*owner).to_owned(), *seq));
+    }
+
+    for ((room, owner), fill) in &plan.fills {
+        let query = match fill {
+            // Not for an account that is gone (`owner` has no `users` row).
+            Some(seq) => sqlx::query(
+                "INSERT INTO room_fill (room, owner, seq)
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE username = $2)
+                 ON CONFLICT (room, owner) DO UPDATE SET seq = excluded.seq",
+            )
+            .bind(*room)
+            .bind(*owner)
+            .bind(*seq),
+            None => sqlx::query("DELETE FROM room_fill WHERE room = $1 AND owner = $2")
+                .bind(*room)
+                .bind(*owner),
+        };
+        query.execute(&mut *tx).await?;
+    }
 
     for ((owner, resource), (seq, now_micros)) in &plan.acks {
         sqlx::query(
@@ -115,7 +147,74 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
         .await?;
     }
     tx.commit().await?;
-    Ok(plan.results)
+    Ok(plan.answers(&numbered, &written))
+}
+
+/// The room reads of a batch, in its transaction.
+struct PgReads<'t, 'c> {
+    tx: &'t mut sqlx::Transaction<'c, sqlx::Any>,
+}
+
+impl RoomReads for PgReads<'_, '_> {
+    async fn fills_of(&mut self, owner: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT room, seq FROM room_fill WHERE owner = $1")
+            .bind(owner)
+            .fetch_all(&mut **self.tx)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("room")?, row.try_get("seq")?)))
+            .collect()
+    }
+
+    async fn fill(&mut self, room: &str, owner: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT seq FROM room_fill WHERE room = $1 AND owner = $2")
+            .bind(room)
+            .bind(owner)
+            .fetch_optional(&mut **self.tx)
+            .await?;
+        Ok(row.map(|row| row.try_get("seq")).transpose()?)
+    }
+
+    async fn head(&mut self, room: &str) -> Result<Option<i64>> {
+        // Locked until the batch commits: no other writer numbers this room's
+        // entries meanwhile, so the plan's numbering is the reservation's.
+        let row = sqlx::query("SELECT inbox_seq FROM users WHERE username = $1 FOR UPDATE")
+            .bind(room)
+            .fetch_optional(&mut **self.tx)
+            .await?;
+        Ok(row.map(|row| row.try_get("inbox_seq")).transpose()?)
+    }
+
+    async fn entries(
+        &mut self,
+        room: &str,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<(i64, OwnedEntry)>> {
+        let rows = sqlx::query(
+            "SELECT seq, sender, kind, xml, at_micros FROM inbox
+             WHERE owner = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+        )
+        .bind(room)
+        .bind(after)
+        .bind(through)
+        .fetch_all(&mut **self.tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("seq")?,
+                    rooms::owed_copy(
+                        room,
+                        row.try_get("sender")?,
+                        row.try_get("kind")?,
+                        row.try_get("xml")?,
+                        row.try_get("at_micros")?,
+                    ),
+                ))
+            })
+            .collect()
+    }
 }
 
 /// Chunk sizes for multi-row statements: few distinct statement texts (each is

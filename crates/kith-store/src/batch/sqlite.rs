@@ -25,7 +25,8 @@ use flume::{RecvTimeoutError, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Callbacks, Done, Job, MAX_BATCH, answer, fail, fill, plan, wanted};
+use super::rooms::{self, RoomReads, RoomState};
+use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
 use crate::{Result, SQLITE_BUSY_TIMEOUT, StoreError};
 
 /// Page cache of the writer's connection, KiB (SQLite's default is 2,000 KiB).
@@ -411,35 +412,36 @@ impl SqliteWriter {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
 
-        // Reserve sequence numbers: per owner, as many as it has entries here.
-        let wanted = wanted(batch);
+        // What the batch's group messages and room changes need to know.
+        let needs = rooms::needs(batch);
+        let state = match &needs {
+            Some(needs) => {
+                let mut reads = SqliteReads {
+                    tx: &tx,
+                    heads: &self.heads,
+                };
+                rooms::at_once(rooms::read(needs, &mut reads))
+                    .ok_or_else(|| StoreError::Corrupt("a room read waited".to_owned()))??
+            }
+            None => RoomState::default(),
+        };
+        let no_one = HashSet::new();
+        let plan = plan(batch, &state, needs.as_ref().map_or(&no_one, |n| &n.live));
+
+        // Reserve sequence numbers: per owner, as many as it has rows here.
         // From `heads` (this thread is the only appender), loading an owner
         // not seen since start: no `users` row to update per owner and commit.
-        let mut next: HashMap<&str, i64> = HashMap::with_capacity(wanted.len());
-        let mut reserved: Vec<(&str, i64)> = Vec::with_capacity(wanted.len());
-        {
-            let mut load = tx.prepare_cached(
-                "SELECT MAX(inbox_seq, COALESCE((SELECT MAX(seq) FROM inbox WHERE owner = ?1), 0))
-                 FROM users WHERE username = ?1",
-            )?;
-            for (owner, count) in wanted {
-                let last = match self.heads.get(owner) {
-                    Some(&last) => Some(last),
-                    None => load
-                        .query_row(params![owner], |row| row.get(0))
-                        .optional()?,
-                };
-                if let Some(last) = last {
-                    next.insert(owner, last + 1);
-                    reserved.push((owner, last + count));
-                }
+        let mut bases: HashMap<&str, i64> = HashMap::with_capacity(plan.counts.len());
+        for (owner, _) in &plan.counts {
+            if let Some(last) = last_seq(&tx, &self.heads, owner)? {
+                bases.insert(owner, last + 1);
             }
         }
-        let mut plan = plan(batch, next);
+        let numbered = plan.number(&bases);
 
         // Entries whose origin key is already in the log are skipped
         // (`ON CONFLICT DO NOTHING`): no row changes.
-        let mut written: HashSet<(&str, i64)> = HashSet::with_capacity(plan.rows.len());
+        let mut written = vec![false; numbered.rows.len()];
         let mut with_body = 0;
         let mut lowest_rowid = i64::MAX;
         {
@@ -447,7 +449,12 @@ impl SqliteWriter {
                 "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
             )?;
-            for (owner, seq, entry) in &plan.rows {
+            for (i, (owner, seq, entry)) in numbered
+                .rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, row)| row.map(|row| (i, row)))
+            {
                 let changed = insert.execute(params![
                     owner,
                     seq,
@@ -462,7 +469,7 @@ impl SqliteWriter {
                     entry.origin,
                 ])?;
                 if changed == 1 {
-                    written.insert((owner, *seq));
+                    written[i] = true;
                     if entry.body.is_some() {
                         with_body += 1;
                         lowest_rowid = lowest_rowid.min(tx.last_insert_rowid());
@@ -470,12 +477,27 @@ impl SqliteWriter {
                 }
             }
         }
-        plan.mark_duplicates(batch, &written);
         // A reused rowid below the index's mark must not be skipped by it.
         let lowered = lowest_rowid < self.fts.next_rowid;
         if lowered {
             tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
                 .execute(params![lowest_rowid])?;
+        }
+
+        for ((room, owner), fill) in &plan.fills {
+            match fill {
+                // Not for an account that is gone (`owner` has no `users` row).
+                Some(seq) => tx
+                    .prepare_cached(
+                        "INSERT INTO room_fill (room, owner, seq)
+                         SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?2)
+                         ON CONFLICT (room, owner) DO UPDATE SET seq = excluded.seq",
+                    )?
+                    .execute(params![room, owner, seq])?,
+                None => tx
+                    .prepare_cached("DELETE FROM room_fill WHERE room = ?1 AND owner = ?2")?
+                    .execute(params![room, owner])?,
+            };
         }
 
         for ((owner, resource), (seq, now_micros)) in &plan.acks {
@@ -491,11 +513,11 @@ impl SqliteWriter {
         }
         tx.commit()?;
 
-        if self.heads.len() + reserved.len() > MAX_HEADS {
+        if self.heads.len() + numbered.reserved.len() > MAX_HEADS {
             self.heads.clear();
         }
-        for (owner, last) in reserved {
-            self.heads.insert(owner.to_owned(), last);
+        for (owner, last) in &numbered.reserved {
+            self.heads.insert((*owner).to_owned(), *last);
         }
         if lowered {
             self.fts.next_rowid = lowest_rowid;
@@ -504,7 +526,7 @@ impl SqliteWriter {
             self.fts.waiting += with_body;
             self.fts.oldest.get_or_insert_with(Instant::now);
         }
-        Ok(plan.results)
+        Ok(plan.answers(&numbered, &written))
     }
 
     /// One full-text pass, logging a failure (the entries stay waiting and the
@@ -581,5 +603,71 @@ impl SqliteWriter {
             self.fts.oldest = None;
         }
         Ok(more)
+    }
+}
+
+/// The last sequence number handed out in `owner`'s log: from `heads`, or
+/// loaded (the greater of `users.inbox_seq` and the newest entry); `None`: no
+/// such user.
+fn last_seq(
+    conn: &Connection,
+    heads: &HashMap<String, i64>,
+    owner: &str,
+) -> rusqlite::Result<Option<i64>> {
+    if let Some(&last) = heads.get(owner) {
+        return Ok(Some(last));
+    }
+    conn.prepare_cached(
+        "SELECT MAX(inbox_seq, COALESCE((SELECT MAX(seq) FROM inbox WHERE owner = ?1), 0))
+         FROM users WHERE username = ?1",
+    )?
+    .query_row(params![owner], |row| row.get(0))
+    .optional()
+}
+
+/// The room reads of a batch, on the writer's transaction (nothing waits).
+struct SqliteReads<'t> {
+    tx: &'t Connection,
+    heads: &'t HashMap<String, i64>,
+}
+
+impl RoomReads for SqliteReads<'_> {
+    async fn fills_of(&mut self, owner: &str) -> Result<Vec<(String, i64)>> {
+        let mut select = self
+            .tx
+            .prepare_cached("SELECT room, seq FROM room_fill WHERE owner = ?1")?;
+        let rows = select.query_map(params![owner], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn fill(&mut self, room: &str, owner: &str) -> Result<Option<i64>> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT seq FROM room_fill WHERE room = ?1 AND owner = ?2")?
+            .query_row(params![room, owner], |row| row.get(0))
+            .optional()?)
+    }
+
+    async fn head(&mut self, room: &str) -> Result<Option<i64>> {
+        Ok(last_seq(self.tx, self.heads, room)?)
+    }
+
+    async fn entries(
+        &mut self,
+        room: &str,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<(i64, OwnedEntry)>> {
+        let mut select = self.tx.prepare_cached(
+            "SELECT seq, sender, kind, xml, at_micros FROM inbox
+             WHERE owner = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
+        )?;
+        let rows = select.query_map(params![room, after, through], |row| {
+            Ok((
+                row.get(0)?,
+                rooms::owed_copy(room, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?),
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

@@ -253,6 +253,16 @@ pub(super) async fn apply_affiliations(
         .map_err(internal)?;
     for (jid, new) in changes {
         let was_member = room.affiliation(jid).is_member();
+        // Where the member's log stands against the room's (`Store::room_join`).
+        if let Some(owner) = super::local_user(server, jid) {
+            let owners = vec![owner.to_owned()];
+            let tracked = match (was_member, new.is_member()) {
+                (false, true) => server.store.room_join(&room.jid, owners).await,
+                (true, false) => server.store.room_leave(&room.jid, owners).await,
+                _ => Ok(()),
+            };
+            tracked.map_err(internal)?;
+        }
         match stored.iter().find(|s| &s.jid == jid) {
             Some(row) => {
                 room.affiliations

@@ -4,12 +4,14 @@
 //! and moderation (XEP-0425).
 //!
 //! The fan-out serialises the reflected message once; the same text is the
-//! log entry of the room (with its archive id) and of every member, all
-//! appended in one transaction by the group-commit writer. Only then is it
-//! handed to members' online devices (each addressed in place, no copy of the
-//! tree), from the store's commit callback (so log order is delivery order), and
-//! to occupants who are not members. The work per message is bounded by
-//! `[muc] max_members`.
+//! log entry of the room (with its archive id) and the copy in the log of
+//! every member with a session, appended in one transaction by the
+//! group-commit writer; members without one are owed it and get it when they
+//! next connect (`Store::room_append_then`: a message costs a row per member
+//! online, not per member). Only then is it handed to members' online devices
+//! (each addressed in place, no copy of the tree), from the store's commit
+//! callback (so log order is delivery order), and to occupants who are not
+//! members. The work per message is bounded by `[muc] max_members`.
 
 use std::sync::Arc;
 
@@ -112,7 +114,8 @@ fn marker_target(message: &Element) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Queues `reflected` for the room's log and every member's, in one commit; once
+/// Queues `reflected` for the room's log and its members' (see the module's
+/// documentation), in one commit; once
 /// committed (from the store's commit callback, in commit order) it is handed to members'
 /// devices and to non-member occupants.
 pub(super) async fn fan_out(
@@ -132,53 +135,35 @@ pub(super) async fn fan_out(
     let body = reflected.child_text("body", ns::CLIENT);
     let sender = reflected.get_attr("from").unwrap_or_default().to_owned();
     let now = crate::now_micros();
-    let members: Vec<(&str, &str)> = room
+    // Local members: the room's log gets the message, and each member's log a
+    // copy now if it has a session, later if not (`Store::room_append_then`).
+    let members: Vec<kith_store::RoomMember> = room
         .members()
         .into_iter()
         .filter_map(|bare| {
-            let (node, domain) = bare.split_once('@')?;
-            (domain == server.domain).then_some((bare, node))
+            let owner = super::local_user(server, bare)?;
+            Some(kith_store::RoomMember {
+                owner: owner.to_owned(),
+                bare: bare.to_owned(),
+            })
         })
         .collect();
-    let mut entries = Vec::with_capacity(members.len() + 1);
-    entries.push((
-        room.jid.as_str(),
-        NewInboxEntry {
-            stanza_id: &archive_id,
-            sender: &sender,
-            kind: "groupchat",
-            xml: &xml[..],
-            at_micros: now,
-            peer: sender_bare,
-            direction: "in",
-            body: body.as_deref(),
-            origin: None,
-        },
-    ));
-    for (_, node) in &members {
-        // Members' copies are for delivery; the archive is the room's (no id and
-        // no indexed body here, so the members' own MAM doesn't list group
-        // messages twice and the fan-out doesn't index the text 1,024 times).
-        entries.push((
-            node,
-            NewInboxEntry {
-                stanza_id: "",
-                sender: &sender,
-                kind: "groupchat",
-                xml: &xml[..],
-                at_micros: now,
-                peer: &room.jid,
-                direction: "in",
-                body: None,
-                origin: None,
-            },
-        ));
-    }
+    let entry = NewInboxEntry {
+        stanza_id: &archive_id,
+        sender: &sender,
+        kind: "groupchat",
+        xml: &xml[..],
+        at_micros: now,
+        peer: sender_bare,
+        direction: "in",
+        body: body.as_deref(),
+        origin: None,
+    };
     // Handed to members' devices right after the commit, from the store's commit
     // callback: in log order with every other append (see `Store::inbox_append_then`).
     let owned: Vec<(Arc<str>, String)> = members
         .iter()
-        .map(|(bare, node)| (Arc::from(*bare), (*node).to_owned()))
+        .map(|member| (Arc::from(member.bare.as_str()), member.owner.clone()))
         .collect();
     // Occupants who are not members (open rooms) see it in the room only.
     let visitors: Vec<String> = room
@@ -210,20 +195,24 @@ pub(super) async fn fan_out(
             }
             let mut delivered = 0usize;
             for ((bare, node), result) in owned.iter().zip(results) {
-                let seq = match result {
-                    Ok(seq) => seq,
+                match result {
+                    Ok(seq) => {
+                        delivered += server.router.with_sessions(bare, |sessions| {
+                            sessions
+                                .iter()
+                                .filter(|s| s.available() && s.priority >= 0)
+                                .filter(|s| s.send_logged_shared(&xml, bare, seq))
+                                .count()
+                        });
+                    }
+                    // No session: copied into the member's log when one comes;
+                    // its phone may be woken meanwhile.
+                    Err(kith_store::StoreError::Owed(_)) => {}
                     // A member whose account is gone: nothing to deliver.
                     Err(_) => continue,
-                };
-                delivered += server.router.with_sessions(bare, |sessions| {
-                    sessions
-                        .iter()
-                        .filter(|s| s.available() && s.priority >= 0)
-                        .filter(|s| s.send_logged_shared(&xml, bare, seq))
-                        .count()
-                });
+                }
                 if **bare != *sender_bare {
-                    crate::features::push::on_logged(&server, node, &reflected, seq);
+                    crate::features::push::on_logged(&server, node, &reflected);
                 }
             }
             for session in &visitors {
@@ -238,9 +227,13 @@ pub(super) async fn fan_out(
             let _ = done.send(Ok(()));
         }
     };
+    let live: kith_store::Live = {
+        let server = server.clone();
+        Arc::new(move |bare: &str| server.router.with_sessions(bare, |s| !s.is_empty()))
+    };
     server
         .store
-        .inbox_append_then(&entries, after)
+        .room_append_then(&room.jid, &entry, members, live, after)
         .await
         .map_err(internal)?;
     Ok(Queued(committed))

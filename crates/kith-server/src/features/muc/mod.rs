@@ -115,6 +115,14 @@ impl Muc {
                 .collect(),
             occupants: BTreeMap::new(),
         };
+        // Members from before rooms kept where each member's log stands start
+        // at the room's head (their copies are in their logs already); for the
+        // rest this changes nothing.
+        server
+            .store
+            .room_join(jid, local_members(server, &room))
+            .await
+            .map_err(internal)?;
         // Another task may have loaded it meanwhile: keep the first.
         let mut rooms = self.lock();
         Ok(Some(
@@ -184,6 +192,21 @@ pub(crate) fn send_to(server: &Server, full: &str, mut stanza: Element) {
 
 fn bare_of(full: &str) -> String {
     Jid::new(full).map_or_else(|_| full.to_owned(), |j| j.to_bare().to_string())
+}
+
+/// The username of a user of this server (`None` for another server's users):
+/// the owner of their inbox log.
+fn local_user<'a>(server: &Server, bare: &'a str) -> Option<&'a str> {
+    let (node, domain) = bare.split_once('@')?;
+    (domain == server.domain).then_some(node)
+}
+
+/// The usernames of the room's local members.
+fn local_members(server: &Server, room: &Room) -> Vec<String> {
+    room.members()
+        .into_iter()
+        .filter_map(|bare| local_user(server, bare).map(str::to_owned))
+        .collect()
 }
 
 // ----------------------------------------------------------------------
@@ -511,6 +534,15 @@ async fn destroy(server: &Arc<Server>, room: &mut Room, reason: Option<Element>)
         for session in &occupant.sessions {
             send_to(server, session, presence.clone());
         }
+    }
+    // Members are owed nothing by a room that is gone: what they were owed
+    // goes into their logs first.
+    if let Err(error) = server
+        .store
+        .room_leave(&room.jid, local_members(server, room))
+        .await
+    {
+        tracing::error!(room = room.jid, %error, "copying what members are owed failed");
     }
     if let Err(error) = server.store.muc_destroy_room(&room.jid).await {
         tracing::error!(room = room.jid, %error, "destroying a room failed");

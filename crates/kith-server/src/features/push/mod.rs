@@ -20,8 +20,11 @@
 //!   a relay to FCM/APNs: a JSON POST signed with HMAC-SHA256.
 //!
 //! [`on_logged`] is called by `deliver.rs` once a message is durable in a user's
-//! inbox log. It never blocks delivery: it looks at the message, and if it may
-//! wake someone, spawns the work. A device counts as offline when no session has
+//! inbox log (and by a group's fan-out for each member). It never blocks
+//! delivery: it looks at the message, and if it may wake someone, hands it to one
+//! task ([`run`]) that looks up registrations one user at a time (a 1,024-member
+//! group's message must not become 1,024 concurrent queries: they took the
+//! pool's connections from everything else for seconds). A device counts as offline when no session has
 //! its resource, or its session is detached (the connection dropped and it waits
 //! for XEP-0198 resumption). Sends are bounded (`[push] concurrency`, `queue`),
 //! retried with exponential backoff on 429/5xx/network errors, and a Web Push
@@ -65,6 +68,9 @@ const MAX_OPTIONS_LEN: usize = 4096;
 const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Users whose registrations are cached at most (the cache is emptied past this).
 const CACHE_MAX: usize = 100_000;
+/// Logged messages waiting for the registration lookup at most (past it, a
+/// message wakes nobody: push is best effort, delivery is not).
+const LOOKUPS_QUEUED: usize = 65_536;
 
 /// The shared push state: VAPID key, HTTP client, limits and caches.
 pub(crate) struct Push {
@@ -76,6 +82,9 @@ pub(crate) struct Push {
     /// Registrations with a notification waiting to be sent (owner, jid, node).
     waiting: Mutex<HashSet<(String, String, String)>>,
     cache: Mutex<HashMap<String, Cached>>,
+    /// Logged messages for [`run`], which takes the receiver.
+    lookups: tokio::sync::mpsc::Sender<Trigger>,
+    lookups_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Trigger>>>,
 }
 
 /// A user's registrations and when they were read.
@@ -92,6 +101,7 @@ impl Push {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("kith/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let (lookups, lookups_rx) = tokio::sync::mpsc::channel(LOOKUPS_QUEUED);
         Ok(Push {
             vapid,
             http,
@@ -99,6 +109,8 @@ impl Push {
             queued: AtomicUsize::new(0),
             waiting: Mutex::new(HashSet::new()),
             cache: Mutex::new(HashMap::new()),
+            lookups,
+            lookups_rx: Mutex::new(Some(lookups_rx)),
         })
     }
 
@@ -383,9 +395,10 @@ struct Trigger {
     body: Option<String>,
 }
 
-/// Called once a message is durable in `owner`'s inbox log at `seq`: wakes the
-/// owner's registered devices that are offline. Never waits: the work is spawned.
-pub(crate) fn on_logged(server: &Arc<Server>, owner: &str, message: &Arc<Element>, seq: i64) {
+/// Called once a message for `owner` is durable (in its inbox log, or in a
+/// room's that owes it to the owner): wakes the owner's registered devices that
+/// are offline. Never waits: the work is [`run`]'s.
+pub(crate) fn on_logged(server: &Arc<Server>, owner: &str, message: &Arc<Element>) {
     let config = &server.config.push;
     if !config.enabled || owner.is_empty() || !wakes_device(message) {
         return;
@@ -412,9 +425,30 @@ pub(crate) fn on_logged(server: &Arc<Server>, owner: &str, message: &Arc<Element
         sender,
         body,
     };
-    tracing::trace!(owner, seq, "message logged; checking push registrations");
-    let server = server.clone();
-    tokio::spawn(async move { notify_offline_devices(server, trigger).await });
+    tracing::trace!(owner, "message logged; checking push registrations");
+    if server.push.lookups.try_send(trigger).is_err() {
+        tracing::debug!(
+            owner,
+            "push lookups queue full; not waking the user's devices"
+        );
+    }
+}
+
+/// The task that wakes devices for logged messages, one user at a time (the
+/// lookups share the store's pool with everything else).
+pub(crate) async fn run(server: Arc<Server>) {
+    let taken = server
+        .push
+        .lookups_rx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let Some(mut lookups) = taken else {
+        return;
+    };
+    while let Some(trigger) = lookups.recv().await {
+        notify_offline_devices(&server, trigger).await;
+    }
 }
 
 /// Whether a message is worth waking a phone for: it has text, or is end-to-end
@@ -449,7 +483,7 @@ fn device_online(server: &Server, bare: &str, resource: &str) -> bool {
     })
 }
 
-async fn notify_offline_devices(server: Arc<Server>, trigger: Trigger) {
+async fn notify_offline_devices(server: &Arc<Server>, trigger: Trigger) {
     let Some(registrations) = server
         .push
         .registrations(&server.store, &trigger.owner)
@@ -459,10 +493,10 @@ async fn notify_offline_devices(server: Arc<Server>, trigger: Trigger) {
     };
     let bare = format!("{}@{}", trigger.owner, server.domain);
     for registration in registrations.iter() {
-        if device_online(&server, &bare, &registration.resource) {
+        if device_online(server, &bare, &registration.resource) {
             continue;
         }
-        enqueue(&server, &trigger, registration);
+        enqueue(server, &trigger, registration);
     }
 }
 

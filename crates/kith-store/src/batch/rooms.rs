@@ -1,0 +1,248 @@
+//! Group messages without a copy per member (the room cursor).
+//!
+//! A group message is appended once, to the room's log. A member with a session
+//! (asked by the writer as it plans the batch, so in queue order with everything
+//! else) gets a copy in its own log in the same transaction, as before; the
+//! others are *owed* it. `room_fill (room, owner, seq)` says how far each
+//! member's log holds copies of the room's log; what lies between that and the
+//! room's head is owed, and copied in one piece (one owner's log: a few B-tree
+//! pages, not one page per member) when the member next reads its log
+//! ([`RoomOp::CatchUp`], queued by a session before its first read, after it is
+//! in the router) or stops being a member ([`RoomOp::Leave`]). So a 1,024-member
+//! group that mostly lives offline costs one row per message, not 1,024.
+//!
+//! Why no copy is ever lost or made twice: a member's copies are always those
+//! of one unbroken run of the room's log, `(joined, filled]`. Every copy is made
+//! by [`Planner::fill_through`], which copies what is owed up to a point in
+//! order and moves `filled` there; a live member owed older entries (it has
+//! just connected, and its catch-up is still queued) gets them before the new
+//! one. Liveness is asked once per member per batch, so within a batch a member
+//! either gets every message of the batch or is owed every one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{Job, OwnedEntry};
+use crate::Result;
+
+/// Whether a user (bare JID) has a session on this server now.
+pub type Live = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A local member of a room: its log's owner and its bare JID (for [`Live`]).
+#[derive(Clone, Debug)]
+pub struct RoomMember {
+    /// The member's username: its log's owner.
+    pub owner: String,
+    /// Its bare JID, as [`Live`] is asked.
+    pub bare: String,
+}
+
+/// A change to what a member's log holds of a room's.
+#[derive(Clone, Debug)]
+pub enum RoomOp {
+    /// `owners` are members of `room`: owed what the room says from now on
+    /// (no change for those that already are).
+    Join { room: String, owners: Vec<String> },
+    /// `owners` are no longer members: copy what they are owed, then forget them.
+    Leave { room: String, owners: Vec<String> },
+    /// `owner`'s device is about to read its log: copy what it is owed by every room.
+    CatchUp { owner: String },
+}
+
+/// What the engine reads before a batch with group messages or room changes is
+/// planned (see [`needs`]).
+#[derive(Default)]
+pub(super) struct RoomState {
+    /// room → owner → through which room entry the owner's log holds copies;
+    /// absent: no row (not a member).
+    pub filled: HashMap<String, HashMap<String, i64>>,
+    /// owner → its rooms, for the owners catching up.
+    pub rooms_of: HashMap<String, Vec<String>>,
+    /// Each room's head before the batch.
+    pub heads: HashMap<String, i64>,
+    /// Per room, its entries from before the batch that somebody here is owed,
+    /// ascending, already in the form of a member's copy.
+    pub owed: HashMap<String, Vec<(i64, OwnedEntry)>>,
+}
+
+/// What a batch needs read: members with a session now, owners catching up,
+/// and the `(room, owner)` pairs whose state matters.
+pub(super) struct Needs<'a> {
+    pub live: HashSet<&'a str>,
+    pub owners: Vec<&'a str>,
+    pub pairs: Vec<(&'a str, &'a str)>,
+    pub rooms: Vec<&'a str>,
+}
+
+/// Asks [`Live`] once per member of every group message in the batch and
+/// collects what must be read. `None`: the batch has no room work.
+pub(super) fn needs(batch: &[Job]) -> Option<Needs<'_>> {
+    let mut needs = Needs {
+        live: HashSet::new(),
+        owners: Vec::new(),
+        pairs: Vec::new(),
+        rooms: Vec::new(),
+    };
+    let mut asked: HashSet<&str> = HashSet::new();
+    let mut any = false;
+    for job in batch {
+        match job {
+            Job::Fan { fan, .. } => {
+                let super::Fan {
+                    room,
+                    members,
+                    live,
+                    ..
+                } = &**fan;
+                any = true;
+                needs.rooms.push(room);
+                for member in members {
+                    if asked.insert(&member.owner) && live(&member.bare) {
+                        needs.live.insert(&member.owner);
+                    }
+                    if needs.live.contains(member.owner.as_str()) {
+                        needs.pairs.push((room, &member.owner));
+                    }
+                }
+            }
+            Job::Rooms { op, .. } => {
+                any = true;
+                match op {
+                    RoomOp::Join { room, owners } | RoomOp::Leave { room, owners } => {
+                        needs.rooms.push(room);
+                        needs
+                            .pairs
+                            .extend(owners.iter().map(|owner| (room.as_str(), owner.as_str())));
+                    }
+                    RoomOp::CatchUp { owner } => needs.owners.push(owner),
+                }
+            }
+            _ => {}
+        }
+    }
+    any.then_some(needs)
+}
+
+/// The reads an engine provides (SQLite: on its writer's connection, never
+/// pending; PostgreSQL: in the batch's transaction).
+pub(super) trait RoomReads {
+    /// Every `(room, seq)` fill row of `owner`.
+    async fn fills_of(&mut self, owner: &str) -> Result<Vec<(String, i64)>>;
+    /// The fill row of one member.
+    async fn fill(&mut self, room: &str, owner: &str) -> Result<Option<i64>>;
+    /// The room log's head (`None`: no such room), which stays put until the
+    /// batch commits (the engine makes sure).
+    async fn head(&mut self, room: &str) -> Result<Option<i64>>;
+    /// The room's entries with `after < seq <= through`, ascending, as members'
+    /// copies.
+    async fn entries(
+        &mut self,
+        room: &str,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<(i64, OwnedEntry)>>;
+}
+
+/// Reads what [`needs`] says, through `reads`.
+pub(super) async fn read(needs: &Needs<'_>, reads: &mut impl RoomReads) -> Result<RoomState> {
+    let mut state = RoomState::default();
+    for owner in &needs.owners {
+        let mut rooms = Vec::new();
+        for (room, seq) in reads.fills_of(owner).await? {
+            state
+                .filled
+                .entry(room.clone())
+                .or_default()
+                .insert((*owner).to_owned(), seq);
+            rooms.push(room);
+        }
+        state.rooms_of.insert((*owner).to_owned(), rooms);
+    }
+    for (room, owner) in &needs.pairs {
+        if state
+            .filled
+            .get(*room)
+            .is_some_and(|members| members.contains_key(*owner))
+        {
+            continue;
+        }
+        if let Some(seq) = reads.fill(room, owner).await? {
+            state
+                .filled
+                .entry((*room).to_owned())
+                .or_default()
+                .insert((*owner).to_owned(), seq);
+        }
+    }
+    let rooms: HashSet<&str> = needs
+        .rooms
+        .iter()
+        .copied()
+        .chain(state.filled.keys().map(String::as_str))
+        .collect();
+    for room in rooms {
+        if let Some(head) = reads.head(room).await? {
+            state.heads.insert(room.to_owned(), head);
+        }
+    }
+    // Per room, from the least filled member that is behind.
+    let mut from: HashMap<&str, i64> = HashMap::new();
+    for (room, members) in &state.filled {
+        let (Some(&head), Some(&least)) = (state.heads.get(room), members.values().min()) else {
+            continue;
+        };
+        if least < head {
+            from.insert(room.as_str(), least);
+        }
+    }
+    let mut owed = HashMap::with_capacity(from.len());
+    for (room, after) in from {
+        let through = state.heads[room];
+        owed.insert(room.to_owned(), reads.entries(room, after, through).await?);
+    }
+    state.owed = owed;
+    Ok(state)
+}
+
+/// Runs a future that never waits (the SQLite engine's reads) to its end.
+pub(super) fn at_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// A member's copy of a room's entry: no archive id, no indexed body (the
+/// archive is the room's), the room as the peer.
+pub(super) fn member_copy(room: &str, entry: &OwnedEntry) -> OwnedEntry {
+    owed_copy(
+        room,
+        entry.sender.clone(),
+        entry.kind.clone(),
+        entry.xml.clone(),
+        entry.at_micros,
+    )
+}
+
+/// [`member_copy`] of an entry read back from the room's log.
+pub(super) fn owed_copy(
+    room: &str,
+    sender: String,
+    kind: String,
+    xml: String,
+    at_micros: i64,
+) -> OwnedEntry {
+    OwnedEntry {
+        stanza_id: String::new(),
+        sender,
+        kind,
+        xml,
+        at_micros,
+        peer: room.to_owned(),
+        direction: "in".to_owned(),
+        body: None,
+        origin: None,
+    }
+}
