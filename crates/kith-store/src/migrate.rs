@@ -744,10 +744,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
     },
     // Group messages are appended once, to the room's log; a member without a
-    // session is owed them (`batch::rooms`). `seq`: through which entry of the
-    // room's log the member's log holds copies. Rows are made when a room is
-    // loaded or a member joins (so members from before this start at the
-    // room's head: their copies are already in their logs).
+    // session is owed them (`batch::rooms`). `room_fill.seq`: through which
+    // entry of the room's log the member's log holds copies; NULL: through the
+    // room's `room_marks.seq` (members that get every message cost no write
+    // per message). Rows are made when a room is loaded or a member joins (so
+    // members from before this start at the room's head: their copies are
+    // already in their logs).
     Migration {
         version: 44,
         name: "room cursors: members' copies of group messages made when they connect",
@@ -755,19 +757,27 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE TABLE room_fill (
             room TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
-            seq INTEGER NOT NULL,
+            seq INTEGER,
             PRIMARY KEY (room, owner)
         )",
             "CREATE INDEX room_fill_owner ON room_fill (owner)",
+            "CREATE TABLE room_marks (
+            room TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            seq INTEGER NOT NULL
+        )",
         ],
         postgres: &[
             "CREATE TABLE room_fill (
             room TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
             owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
-            seq BIGINT NOT NULL,
+            seq BIGINT,
             PRIMARY KEY (room, owner)
         )",
             "CREATE INDEX room_fill_owner ON room_fill (owner)",
+            "CREATE TABLE room_marks (
+            room TEXT NOT NULL PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+            seq BIGINT NOT NULL
+        )",
         ],
     },
 ];

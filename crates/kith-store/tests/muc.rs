@@ -343,6 +343,30 @@ async fn members_without_a_session_are_owed_group_messages_and_get_each_once(db:
         .await
         .unwrap();
 
+    // Members that got every message stand at the room's mark: no row written
+    // per message for them; the others have their own number.
+    let raw = db.raw().await;
+    let rows: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT owner, seq FROM room_fill WHERE room = $1 ORDER BY owner")
+            .bind(ROOM)
+            .fetch_all(&raw)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("alice".to_owned(), None),
+            ("bob".to_owned(), None),
+            ("dave".to_owned(), Some(5)),
+        ]
+    );
+    let (mark,): (i64,) = sqlx::query_as("SELECT seq FROM room_marks WHERE room = $1")
+        .bind(ROOM)
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(mark, 6);
+
     // Where everyone stands survives a restart.
     drop(store);
     let store = db.open().await;

@@ -30,7 +30,7 @@ use sqlx::AnyPool;
 use tokio::sync::oneshot;
 
 use crate::{NewInboxEntry, Result, StoreError};
-use rooms::{Live, RoomMember, RoomOp, RoomState};
+use rooms::{Fill, Live, RoomMember, RoomOp, RoomState, RoomWrite};
 
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;
@@ -314,8 +314,8 @@ struct Plan<'a> {
     /// Per device `(owner, resource)`: the furthest acked `seq` and its time.
     /// Several acks of one device in a batch collapse into the furthest one.
     acks: HashMap<(&'a str, &'a str), (i64, i64)>,
-    /// `room_fill` rows after the batch: `Some(seq)` set, `None` deleted.
-    fills: HashMap<(&'a str, &'a str), Option<i64>>,
+    /// What changes in `room_fill` and `room_marks`.
+    room_writes: Vec<RoomWrite>,
     answers: Vec<Answer>,
 }
 
@@ -389,7 +389,7 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
                         }
                     }
                     RoomOp::CatchUp { owner } => {
-                        let mut rooms: Vec<&str> = state
+                        let mut rooms: Vec<&'a str> = state
                             .rooms_of
                             .get(owner.as_str())
                             .map(|rooms| rooms.iter().map(String::as_str).collect())
@@ -430,11 +430,12 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         .iter()
         .map(|owner| (*owner, planner.counts[owner]))
         .collect();
+    let room_writes = planner.room_writes();
     Plan {
         rows: planner.rows,
         counts,
         acks,
-        fills: planner.fills,
+        room_writes,
         answers,
     }
 }
@@ -475,8 +476,59 @@ impl<'a> Planner<'a> {
     fn filled(&self, room: &str, owner: &str) -> Option<i64> {
         match self.fills.get(&(room, owner)) {
             Some(fill) => *fill,
-            None => self.state.filled.get(room)?.get(owner).copied(),
+            None => self.state.filled(room, owner),
         }
+    }
+
+    /// What the batch changes in the rooms' rows. Each room's mark moves to
+    /// its head; a member whose copies reach it is [`Fill::AtMark`] (no write
+    /// while it stays so, however many messages it gets), any other gets its
+    /// own number, written only when that changes.
+    fn room_writes(&self) -> Vec<RoomWrite> {
+        let mut writes = Vec::new();
+        let state: &'a RoomState = self.state;
+        for (room, rows) in &state.rows {
+            let room = room.as_str();
+            let Some(head) = self.head(room) else {
+                continue;
+            };
+            if head != rows.mark {
+                writes.push(RoomWrite::Mark {
+                    room: room.to_owned(),
+                    seq: head,
+                });
+            }
+            let members = rows
+                .members
+                .iter()
+                .map(|(owner, fill)| (owner.as_str(), Some(*fill)));
+            let joined = self.fills.keys().filter_map(|(r, owner)| {
+                (*r == room && !rows.members.contains_key(*owner)).then_some((*owner, None))
+            });
+            for (owner, before) in members.chain(joined) {
+                let fill = match self.filled(room, owner) {
+                    None => {
+                        if before.is_some() {
+                            writes.push(RoomWrite::Gone {
+                                room: room.to_owned(),
+                                owner: owner.to_owned(),
+                            });
+                        }
+                        continue;
+                    }
+                    Some(seq) if seq == head => Fill::AtMark,
+                    Some(seq) => Fill::Through(seq),
+                };
+                if before != Some(fill) {
+                    writes.push(RoomWrite::Fill {
+                        room: room.to_owned(),
+                        owner: owner.to_owned(),
+                        fill,
+                    });
+                }
+            }
+        }
+        writes
     }
 
     /// Copies what `owner` is owed of `room` through entry `through`, in order,

@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{AnyPool, Row};
 
-use super::rooms::{self, RoomReads, RoomState};
+use std::sync::Arc;
+
+use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
 use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
 use crate::{Backend, Result, begin_write};
 
@@ -109,20 +111,31 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
         written[*i] = written_rows.contains(&((*owner).to_owned(), *seq));
     }
 
-    for ((room, owner), fill) in &plan.fills {
-        let query = match fill {
+    for write in &plan.room_writes {
+        let query = match write {
             // Not for an account that is gone (`owner` has no `users` row).
-            Some(seq) => sqlx::query(
+            RoomWrite::Fill { room, owner, fill } => sqlx::query(
                 "INSERT INTO room_fill (room, owner, seq)
                  SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE username = $2)
                  ON CONFLICT (room, owner) DO UPDATE SET seq = excluded.seq",
             )
-            .bind(*room)
-            .bind(*owner)
+            .bind(room.as_str())
+            .bind(owner.as_str())
+            .bind(match fill {
+                Fill::Through(seq) => Some(*seq),
+                Fill::AtMark => None,
+            }),
+            RoomWrite::Gone { room, owner } => {
+                sqlx::query("DELETE FROM room_fill WHERE room = $1 AND owner = $2")
+                    .bind(room.as_str())
+                    .bind(owner.as_str())
+            }
+            RoomWrite::Mark { room, seq } => sqlx::query(
+                "INSERT INTO room_marks (room, seq) VALUES ($1, $2)
+                 ON CONFLICT (room) DO UPDATE SET seq = excluded.seq",
+            )
+            .bind(room.as_str())
             .bind(*seq),
-            None => sqlx::query("DELETE FROM room_fill WHERE room = $1 AND owner = $2")
-                .bind(*room)
-                .bind(*owner),
         };
         query.execute(&mut *tx).await?;
     }
@@ -156,23 +169,39 @@ struct PgReads<'t, 'c> {
 }
 
 impl RoomReads for PgReads<'_, '_> {
-    async fn fills_of(&mut self, owner: &str) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT room, seq FROM room_fill WHERE owner = $1")
+    async fn rooms_of(&mut self, owner: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT room FROM room_fill WHERE owner = $1")
             .bind(owner)
             .fetch_all(&mut **self.tx)
             .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("room")?, row.try_get("seq")?)))
-            .collect()
+        rows.iter().map(|row| Ok(row.try_get("room")?)).collect()
     }
 
-    async fn fill(&mut self, room: &str, owner: &str) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT seq FROM room_fill WHERE room = $1 AND owner = $2")
+    async fn rows(&mut self, room: &str) -> Result<Arc<RoomRows>> {
+        let mark = sqlx::query("SELECT seq FROM room_marks WHERE room = $1")
             .bind(room)
-            .bind(owner)
             .fetch_optional(&mut **self.tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>("seq"))
+            .transpose()?;
+        let rows = sqlx::query("SELECT owner, seq FROM room_fill WHERE room = $1")
+            .bind(room)
+            .fetch_all(&mut **self.tx)
             .await?;
-        Ok(row.map(|row| row.try_get("seq")).transpose()?)
+        let members = rows
+            .iter()
+            .map(|row| {
+                let seq: Option<i64> = row.try_get("seq")?;
+                Ok((
+                    row.try_get("owner")?,
+                    seq.map_or(Fill::AtMark, Fill::Through),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Arc::new(RoomRows {
+            mark: mark.unwrap_or(0),
+            members,
+        }))
     }
 
     async fn head(&mut self, room: &str) -> Result<Option<i64>> {

@@ -49,29 +49,60 @@ pub enum RoomOp {
     CatchUp { owner: String },
 }
 
+/// Where one member's log stands against a room's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fill {
+    /// Copies through this room entry.
+    Through(i64),
+    /// Copies through the room's mark (`room_fill.seq` NULL): the member has
+    /// had every message since it was last written, and costs no write per
+    /// batch while that stays so.
+    AtMark,
+}
+
+/// A room's `room_fill` rows and mark, as committed (the SQLite writer keeps
+/// them between batches: it is their only writer).
+#[derive(Clone, Debug, Default)]
+pub(super) struct RoomRows {
+    /// `room_marks.seq`: through which entry the [`Fill::AtMark`] members have
+    /// copies (any value when none has).
+    pub mark: i64,
+    pub members: HashMap<String, Fill>,
+}
+
 /// What the engine reads before a batch with group messages or room changes is
 /// planned (see [`needs`]).
 #[derive(Default)]
 pub(super) struct RoomState {
-    /// room → owner → through which room entry the owner's log holds copies;
-    /// absent: no row (not a member).
-    pub filled: HashMap<String, HashMap<String, i64>>,
+    /// Each room's head before the batch (rooms that exist).
+    pub heads: HashMap<String, i64>,
+    /// Each room's rows.
+    pub rows: HashMap<String, Arc<RoomRows>>,
     /// owner → its rooms, for the owners catching up.
     pub rooms_of: HashMap<String, Vec<String>>,
-    /// Each room's head before the batch.
-    pub heads: HashMap<String, i64>,
     /// Per room, its entries from before the batch that somebody here is owed,
     /// ascending, already in the form of a member's copy.
     pub owed: HashMap<String, Vec<(i64, OwnedEntry)>>,
 }
 
+impl RoomState {
+    /// Through which entry of `room` `owner`'s log holds copies (`None`: no row).
+    pub fn filled(&self, room: &str, owner: &str) -> Option<i64> {
+        let rows = self.rows.get(room)?;
+        Some(match rows.members.get(owner)? {
+            Fill::Through(seq) => *seq,
+            Fill::AtMark => rows.mark,
+        })
+    }
+}
+
 /// What a batch needs read: members with a session now, owners catching up,
-/// and the `(room, owner)` pairs whose state matters.
+/// and the `(room, owner)` pairs that may be copied to.
 pub(super) struct Needs<'a> {
     pub live: HashSet<&'a str>,
     pub owners: Vec<&'a str>,
-    pub pairs: Vec<(&'a str, &'a str)>,
-    pub rooms: Vec<&'a str>,
+    pub pairs: HashSet<(&'a str, &'a str)>,
+    pub rooms: HashSet<&'a str>,
 }
 
 /// Asks [`Live`] once per member of every group message in the batch and
@@ -80,8 +111,8 @@ pub(super) fn needs(batch: &[Job]) -> Option<Needs<'_>> {
     let mut needs = Needs {
         live: HashSet::new(),
         owners: Vec::new(),
-        pairs: Vec::new(),
-        rooms: Vec::new(),
+        pairs: HashSet::new(),
+        rooms: HashSet::new(),
     };
     let mut asked: HashSet<&str> = HashSet::new();
     let mut any = false;
@@ -95,13 +126,13 @@ pub(super) fn needs(batch: &[Job]) -> Option<Needs<'_>> {
                     ..
                 } = &**fan;
                 any = true;
-                needs.rooms.push(room);
+                needs.rooms.insert(room);
                 for member in members {
                     if asked.insert(&member.owner) && live(&member.bare) {
                         needs.live.insert(&member.owner);
                     }
                     if needs.live.contains(member.owner.as_str()) {
-                        needs.pairs.push((room, &member.owner));
+                        needs.pairs.insert((room, &member.owner));
                     }
                 }
             }
@@ -109,7 +140,7 @@ pub(super) fn needs(batch: &[Job]) -> Option<Needs<'_>> {
                 any = true;
                 match op {
                     RoomOp::Join { room, owners } | RoomOp::Leave { room, owners } => {
-                        needs.rooms.push(room);
+                        needs.rooms.insert(room);
                         needs
                             .pairs
                             .extend(owners.iter().map(|owner| (room.as_str(), owner.as_str())));
@@ -126,13 +157,13 @@ pub(super) fn needs(batch: &[Job]) -> Option<Needs<'_>> {
 /// The reads an engine provides (SQLite: on its writer's connection, never
 /// pending; PostgreSQL: in the batch's transaction).
 pub(super) trait RoomReads {
-    /// Every `(room, seq)` fill row of `owner`.
-    async fn fills_of(&mut self, owner: &str) -> Result<Vec<(String, i64)>>;
-    /// The fill row of one member.
-    async fn fill(&mut self, room: &str, owner: &str) -> Result<Option<i64>>;
+    /// The rooms `owner` has a fill row in.
+    async fn rooms_of(&mut self, owner: &str) -> Result<Vec<String>>;
     /// The room log's head (`None`: no such room), which stays put until the
     /// batch commits (the engine makes sure).
     async fn head(&mut self, room: &str) -> Result<Option<i64>>;
+    /// The room's fill rows and mark.
+    async fn rows(&mut self, room: &str) -> Result<Arc<RoomRows>>;
     /// The room's entries with `after < seq <= through`, ascending, as members'
     /// copies.
     async fn entries(
@@ -146,53 +177,39 @@ pub(super) trait RoomReads {
 /// Reads what [`needs`] says, through `reads`.
 pub(super) async fn read(needs: &Needs<'_>, reads: &mut impl RoomReads) -> Result<RoomState> {
     let mut state = RoomState::default();
-    for owner in &needs.owners {
-        let mut rooms = Vec::new();
-        for (room, seq) in reads.fills_of(owner).await? {
-            state
-                .filled
-                .entry(room.clone())
-                .or_default()
-                .insert((*owner).to_owned(), seq);
-            rooms.push(room);
-        }
-        state.rooms_of.insert((*owner).to_owned(), rooms);
-    }
-    for (room, owner) in &needs.pairs {
-        if state
-            .filled
-            .get(*room)
-            .is_some_and(|members| members.contains_key(*owner))
-        {
-            continue;
-        }
-        if let Some(seq) = reads.fill(room, owner).await? {
-            state
-                .filled
-                .entry((*room).to_owned())
-                .or_default()
-                .insert((*owner).to_owned(), seq);
-        }
-    }
-    let rooms: HashSet<&str> = needs
-        .rooms
+    let mut rooms: HashSet<String> = needs.rooms.iter().map(|room| (*room).to_owned()).collect();
+    // Who may be copied to: the pairs, and the catching-up owners in each of
+    // their rooms.
+    let mut pairs: Vec<(String, &str)> = needs
+        .pairs
         .iter()
-        .copied()
-        .chain(state.filled.keys().map(String::as_str))
+        .map(|(room, owner)| ((*room).to_owned(), *owner))
         .collect();
+    for owner in &needs.owners {
+        let of = reads.rooms_of(owner).await?;
+        for room in &of {
+            rooms.insert(room.clone());
+            pairs.push((room.clone(), owner));
+        }
+        state.rooms_of.insert((*owner).to_owned(), of);
+    }
     for room in rooms {
-        if let Some(head) = reads.head(room).await? {
-            state.heads.insert(room.to_owned(), head);
+        if let Some(head) = reads.head(&room).await? {
+            let rows = reads.rows(&room).await?;
+            state.heads.insert(room.clone(), head);
+            state.rows.insert(room, rows);
         }
     }
-    // Per room, from the least filled member that is behind.
+    // Per room, from the least filled of those that may be copied to and are
+    // behind.
     let mut from: HashMap<&str, i64> = HashMap::new();
-    for (room, members) in &state.filled {
-        let (Some(&head), Some(&least)) = (state.heads.get(room), members.values().min()) else {
+    for (room, owner) in &pairs {
+        let (Some(&head), Some(filled)) = (state.heads.get(room), state.filled(room, owner)) else {
             continue;
         };
-        if least < head {
-            from.insert(room.as_str(), least);
+        if filled < head {
+            let slot = from.entry(room.as_str()).or_insert(filled);
+            *slot = (*slot).min(filled);
         }
     }
     let mut owed = HashMap::with_capacity(from.len());
@@ -202,6 +219,58 @@ pub(super) async fn read(needs: &Needs<'_>, reads: &mut impl RoomReads) -> Resul
     }
     state.owed = owed;
     Ok(state)
+}
+
+/// A change to `room_fill` / `room_marks` a batch makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum RoomWrite {
+    /// Set a member's row.
+    Fill {
+        room: String,
+        owner: String,
+        fill: Fill,
+    },
+    /// Delete a member's row.
+    Gone { room: String, owner: String },
+    /// Set the room's mark.
+    Mark { room: String, seq: i64 },
+}
+
+/// Most member rows the SQLite writer keeps between batches (about 80 bytes
+/// each); past it it starts again empty.
+pub(super) const MAX_KEPT_ROWS: usize = 1_000_000;
+
+/// Keeps the rows a committed batch read, with its writes applied.
+pub(super) fn keep(
+    kept: &mut HashMap<String, Arc<RoomRows>>,
+    read: HashMap<String, Arc<RoomRows>>,
+    writes: &[RoomWrite],
+) {
+    let held: usize = kept.values().map(|rows| rows.members.len()).sum();
+    if held > MAX_KEPT_ROWS {
+        kept.clear();
+    }
+    kept.extend(read);
+    for write in writes {
+        let room = match write {
+            RoomWrite::Fill { room, .. }
+            | RoomWrite::Gone { room, .. }
+            | RoomWrite::Mark { room, .. } => room,
+        };
+        let Some(rows) = kept.get_mut(room) else {
+            continue;
+        };
+        let rows = Arc::make_mut(rows);
+        match write {
+            RoomWrite::Fill { owner, fill, .. } => {
+                rows.members.insert(owner.clone(), *fill);
+            }
+            RoomWrite::Gone { owner, .. } => {
+                rows.members.remove(owner);
+            }
+            RoomWrite::Mark { seq, .. } => rows.mark = *seq,
+        }
+    }
 }
 
 /// Runs a future that never waits (the SQLite engine's reads) to its end.

@@ -25,7 +25,7 @@ use flume::{RecvTimeoutError, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::rooms::{self, RoomReads, RoomState};
+use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
 use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
 use crate::{Result, SQLITE_BUSY_TIMEOUT, StoreError};
 
@@ -90,6 +90,7 @@ pub(super) fn start(path: &Path, rx: flume::Receiver<Job>) -> Result<std::thread
     let writer = SqliteWriter {
         conn,
         heads: HashMap::new(),
+        rooms: HashMap::new(),
         checkpointer,
         wal_path: {
             let mut wal = path.as_os_str().to_owned();
@@ -126,6 +127,9 @@ struct SqliteWriter {
     /// deletes an owner's newest entries (`devices::keep_seq_marks`), so a
     /// number is never handed out twice, even across restarts.
     heads: HashMap<String, i64>,
+    /// Rooms' fill rows and marks as committed (this thread is their only
+    /// writer), loaded on first use.
+    rooms: HashMap<String, Arc<RoomRows>>,
     fts: Fts,
     /// Stopped (and waited for) when the writer ends.
     checkpointer: Checkpointer,
@@ -371,6 +375,7 @@ impl SqliteWriter {
                     // An owner deleted since it was cached fails on its foreign
                     // key: reloading finds it gone (`NoSuchUser`).
                     self.heads.clear();
+                    self.rooms.clear();
                     tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
                     for job in batch.drain(..) {
                         let job = vec![job];
@@ -419,6 +424,7 @@ impl SqliteWriter {
                 let mut reads = SqliteReads {
                     tx: &tx,
                     heads: &self.heads,
+                    rooms: &self.rooms,
                 };
                 rooms::at_once(rooms::read(needs, &mut reads))
                     .ok_or_else(|| StoreError::Corrupt("a room read waited".to_owned()))??
@@ -426,7 +432,7 @@ impl SqliteWriter {
             None => RoomState::default(),
         };
         let no_one = HashSet::new();
-        let plan = plan(batch, &state, needs.as_ref().map_or(&no_one, |n| &n.live));
+        let mut plan = plan(batch, &state, needs.as_ref().map_or(&no_one, |n| &n.live));
 
         // Reserve sequence numbers: per owner, as many as it has rows here.
         // From `heads` (this thread is the only appender), loading an owner
@@ -484,19 +490,25 @@ impl SqliteWriter {
                 .execute(params![lowest_rowid])?;
         }
 
-        for ((room, owner), fill) in &plan.fills {
-            match fill {
+        for write in &plan.room_writes {
+            match write {
                 // Not for an account that is gone (`owner` has no `users` row).
-                Some(seq) => tx
+                RoomWrite::Fill { room, owner, fill } => tx
                     .prepare_cached(
                         "INSERT INTO room_fill (room, owner, seq)
                          SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?2)
                          ON CONFLICT (room, owner) DO UPDATE SET seq = excluded.seq",
                     )?
-                    .execute(params![room, owner, seq])?,
-                None => tx
+                    .execute(params![room, owner, fill_seq(*fill)])?,
+                RoomWrite::Gone { room, owner } => tx
                     .prepare_cached("DELETE FROM room_fill WHERE room = ?1 AND owner = ?2")?
                     .execute(params![room, owner])?,
+                RoomWrite::Mark { room, seq } => tx
+                    .prepare_cached(
+                        "INSERT INTO room_marks (room, seq) VALUES (?1, ?2)
+                         ON CONFLICT (room) DO UPDATE SET seq = excluded.seq",
+                    )?
+                    .execute(params![room, seq])?,
             };
         }
 
@@ -526,7 +538,10 @@ impl SqliteWriter {
             self.fts.waiting += with_body;
             self.fts.oldest.get_or_insert_with(Instant::now);
         }
-        Ok(plan.answers(&numbered, &written))
+        let room_writes = std::mem::take(&mut plan.room_writes);
+        let answers = plan.answers(&numbered, &written);
+        rooms::keep(&mut self.rooms, state.rows, &room_writes);
+        Ok(answers)
     }
 
     /// One full-text pass, logging a failure (the entries stay waiting and the
@@ -625,31 +640,54 @@ fn last_seq(
     .optional()
 }
 
+/// `room_fill.seq` for a fill: NULL for "through the room's mark".
+fn fill_seq(fill: Fill) -> Option<i64> {
+    match fill {
+        Fill::Through(seq) => Some(seq),
+        Fill::AtMark => None,
+    }
+}
+
 /// The room reads of a batch, on the writer's transaction (nothing waits).
 struct SqliteReads<'t> {
     tx: &'t Connection,
     heads: &'t HashMap<String, i64>,
+    rooms: &'t HashMap<String, Arc<RoomRows>>,
 }
 
 impl RoomReads for SqliteReads<'_> {
-    async fn fills_of(&mut self, owner: &str) -> Result<Vec<(String, i64)>> {
+    async fn rooms_of(&mut self, owner: &str) -> Result<Vec<String>> {
         let mut select = self
             .tx
-            .prepare_cached("SELECT room, seq FROM room_fill WHERE owner = ?1")?;
-        let rows = select.query_map(params![owner], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            .prepare_cached("SELECT room FROM room_fill WHERE owner = ?1")?;
+        let rows = select.query_map(params![owner], |row| row.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    async fn fill(&mut self, room: &str, owner: &str) -> Result<Option<i64>> {
-        Ok(self
-            .tx
-            .prepare_cached("SELECT seq FROM room_fill WHERE room = ?1 AND owner = ?2")?
-            .query_row(params![room, owner], |row| row.get(0))
-            .optional()?)
     }
 
     async fn head(&mut self, room: &str) -> Result<Option<i64>> {
         Ok(last_seq(self.tx, self.heads, room)?)
+    }
+
+    async fn rows(&mut self, room: &str) -> Result<Arc<RoomRows>> {
+        if let Some(rows) = self.rooms.get(room) {
+            return Ok(rows.clone());
+        }
+        let mark: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT seq FROM room_marks WHERE room = ?1")?
+            .query_row(params![room], |row| row.get(0))
+            .optional()?;
+        let mut select = self
+            .tx
+            .prepare_cached("SELECT owner, seq FROM room_fill WHERE room = ?1")?;
+        let members = select.query_map(params![room], |row| {
+            let seq: Option<i64> = row.get(1)?;
+            Ok((row.get(0)?, seq.map_or(Fill::AtMark, Fill::Through)))
+        })?;
+        Ok(Arc::new(RoomRows {
+            mark: mark.unwrap_or(0),
+            members: members.collect::<rusqlite::Result<_>>()?,
+        }))
     }
 
     async fn entries(
