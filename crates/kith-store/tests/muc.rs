@@ -447,19 +447,28 @@ async fn destroying_a_room_removes_everything(db: TestDb) {
         })
         .await
         .unwrap();
+    store.room_join(ROOM, vec!["alice".into()]).await.unwrap();
+    let sessions = Sessions::default();
+    sessions.set(&["alice"]);
+    say(&store, "old room", &["alice"], &sessions).await;
     assert!(store.muc_destroy_room(ROOM).await.unwrap());
     assert!(store.muc_room(ROOM).await.unwrap().is_none());
     assert!(store.muc_invite("t").await.unwrap().is_none());
     assert!(store.muc_affiliations(ROOM).await.unwrap().is_empty());
     assert_eq!(store.inbox_count(ROOM).await.unwrap(), 0);
     assert!(!store.muc_destroy_room(ROOM).await.unwrap());
-    // The name is free again.
+    // The name is free again, and a new room under it starts afresh.
     assert!(
         store
             .muc_create_room(ROOM, "", "alice@localhost", 2)
             .await
             .unwrap()
     );
+    store.room_join(ROOM, vec!["alice".into()]).await.unwrap();
+    sessions.set(&[]);
+    say(&store, "new room", &["alice"], &sessions).await;
+    store.room_catch_up("alice").await.unwrap();
+    assert_eq!(bodies(&store, "alice").await, ["old room", "new room"]);
 }
 
 both!(large_fan_out_gives_each_owner_the_next_number);

@@ -357,6 +357,14 @@ impl SqliteWriter {
         for job in batch.iter() {
             if let Job::Forget { owner, .. } = job {
                 self.heads.remove(owner);
+                // A room that is gone, or a member whose account is: its rows
+                // went with it (`ON DELETE CASCADE`).
+                self.rooms.remove(owner);
+                for rows in self.rooms.values_mut() {
+                    if rows.members.contains_key(owner) {
+                        Arc::make_mut(rows).members.remove(owner);
+                    }
+                }
             }
         }
         if !batch.is_empty() {
