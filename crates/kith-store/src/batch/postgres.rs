@@ -113,29 +113,16 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
 
     for write in &plan.room_writes {
         let query = match write {
-            // Not for an account that is gone (`owner` has no `users` row).
-            RoomWrite::Fill { room, owner, fill } => sqlx::query(
-                "INSERT INTO room_fill (room, owner, seq)
-                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE username = $2)
-                 ON CONFLICT (room, owner) DO UPDATE SET seq = excluded.seq",
-            )
-            .bind(room.as_str())
-            .bind(owner.as_str())
-            .bind(match fill {
-                Fill::Through(seq) => Some(*seq),
-                Fill::AtMark => None,
-            }),
-            RoomWrite::Gone { room, owner } => {
-                sqlx::query("DELETE FROM room_fill WHERE room = $1 AND owner = $2")
-                    .bind(room.as_str())
-                    .bind(owner.as_str())
-            }
-            RoomWrite::Mark { room, seq } => sqlx::query(
-                "INSERT INTO room_marks (room, seq) VALUES ($1, $2)
-                 ON CONFLICT (room) DO UPDATE SET seq = excluded.seq",
-            )
-            .bind(room.as_str())
-            .bind(*seq),
+            RoomWrite::Fill { room, owner, fill } => sqlx::query(rooms::sql::SET_FILL)
+                .bind(room.as_str())
+                .bind(owner.as_str())
+                .bind(rooms::fill_seq(*fill)),
+            RoomWrite::Gone { room, owner } => sqlx::query(rooms::sql::DROP_FILL)
+                .bind(room.as_str())
+                .bind(owner.as_str()),
+            RoomWrite::Mark { room, seq } => sqlx::query(rooms::sql::SET_MARK)
+                .bind(room.as_str())
+                .bind(*seq),
         };
         query.execute(&mut *tx).await?;
     }
@@ -170,7 +157,7 @@ struct PgReads<'t, 'c> {
 
 impl RoomReads for PgReads<'_, '_> {
     async fn rooms_of(&mut self, owner: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT room FROM room_fill WHERE owner = $1")
+        let rows = sqlx::query(rooms::sql::ROOMS_OF)
             .bind(owner)
             .fetch_all(&mut **self.tx)
             .await?;
@@ -178,13 +165,13 @@ impl RoomReads for PgReads<'_, '_> {
     }
 
     async fn rows(&mut self, room: &str) -> Result<Arc<RoomRows>> {
-        let mark = sqlx::query("SELECT seq FROM room_marks WHERE room = $1")
+        let mark = sqlx::query(rooms::sql::MARK)
             .bind(room)
             .fetch_optional(&mut **self.tx)
             .await?
             .map(|row| row.try_get::<i64, _>("seq"))
             .transpose()?;
-        let rows = sqlx::query("SELECT owner, seq FROM room_fill WHERE room = $1")
+        let rows = sqlx::query(rooms::sql::MEMBERS)
             .bind(room)
             .fetch_all(&mut **self.tx)
             .await?;
@@ -220,15 +207,12 @@ impl RoomReads for PgReads<'_, '_> {
         after: i64,
         through: i64,
     ) -> Result<Vec<(i64, OwnedEntry)>> {
-        let rows = sqlx::query(
-            "SELECT seq, sender, kind, xml, at_micros FROM inbox
-             WHERE owner = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
-        )
-        .bind(room)
-        .bind(after)
-        .bind(through)
-        .fetch_all(&mut **self.tx)
-        .await?;
+        let rows = sqlx::query(rooms::sql::ENTRIES)
+            .bind(room)
+            .bind(after)
+            .bind(through)
+            .fetch_all(&mut **self.tx)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok((

@@ -174,6 +174,37 @@ pub(super) trait RoomReads {
     ) -> Result<Vec<(i64, OwnedEntry)>>;
 }
 
+/// The statements both engines run (`$n` placeholders: SQLite numbers them in
+/// order of first appearance, as `?n`).
+pub(super) mod sql {
+    /// The rooms an owner has a fill row in.
+    pub const ROOMS_OF: &str = "SELECT room FROM room_fill WHERE owner = $1";
+    /// A room's mark.
+    pub const MARK: &str = "SELECT seq FROM room_marks WHERE room = $1";
+    /// A room's fill rows.
+    pub const MEMBERS: &str = "SELECT owner, seq FROM room_fill WHERE room = $1";
+    /// A room's entries in a range, as [`super::owed_copy`] takes them.
+    pub const ENTRIES: &str = "SELECT seq, sender, kind, xml, at_micros FROM inbox
+         WHERE owner = $1 AND seq > $2 AND seq <= $3 ORDER BY seq";
+    /// Sets a member's row (not for an account that is gone: no `users` row).
+    pub const SET_FILL: &str = "INSERT INTO room_fill (room, owner, seq)
+         SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE username = $2)
+         ON CONFLICT (room, owner) DO UPDATE SET seq = excluded.seq";
+    /// Deletes a member's row.
+    pub const DROP_FILL: &str = "DELETE FROM room_fill WHERE room = $1 AND owner = $2";
+    /// Sets a room's mark.
+    pub const SET_MARK: &str = "INSERT INTO room_marks (room, seq) VALUES ($1, $2)
+         ON CONFLICT (room) DO UPDATE SET seq = excluded.seq";
+}
+
+/// `room_fill.seq` for a fill: NULL for "through the room's mark".
+pub(super) fn fill_seq(fill: Fill) -> Option<i64> {
+    match fill {
+        Fill::Through(seq) => Some(seq),
+        Fill::AtMark => None,
+    }
+}
+
 /// Reads what [`needs`] says, through `reads`.
 pub(super) async fn read(needs: &Needs<'_>, reads: &mut impl RoomReads) -> Result<RoomState> {
     let mut state = RoomState::default();

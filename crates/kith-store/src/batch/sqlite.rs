@@ -500,22 +500,18 @@ impl SqliteWriter {
 
         for write in &plan.room_writes {
             match write {
-                // Not for an account that is gone (`owner` has no `users` row).
-                RoomWrite::Fill { room, owner, fill } => tx
-                    .prepare_cached(
-                        "INSERT INTO room_fill (room, owner, seq)
-                         SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?2)
-                         ON CONFLICT (room, owner) DO UPDATE SET seq = excluded.seq",
-                    )?
-                    .execute(params![room, owner, fill_seq(*fill)])?,
+                RoomWrite::Fill { room, owner, fill } => {
+                    tx.prepare_cached(rooms::sql::SET_FILL)?.execute(params![
+                        room,
+                        owner,
+                        rooms::fill_seq(*fill)
+                    ])?
+                }
                 RoomWrite::Gone { room, owner } => tx
-                    .prepare_cached("DELETE FROM room_fill WHERE room = ?1 AND owner = ?2")?
+                    .prepare_cached(rooms::sql::DROP_FILL)?
                     .execute(params![room, owner])?,
                 RoomWrite::Mark { room, seq } => tx
-                    .prepare_cached(
-                        "INSERT INTO room_marks (room, seq) VALUES (?1, ?2)
-                         ON CONFLICT (room) DO UPDATE SET seq = excluded.seq",
-                    )?
+                    .prepare_cached(rooms::sql::SET_MARK)?
                     .execute(params![room, seq])?,
             };
         }
@@ -648,14 +644,6 @@ fn last_seq(
     .optional()
 }
 
-/// `room_fill.seq` for a fill: NULL for "through the room's mark".
-fn fill_seq(fill: Fill) -> Option<i64> {
-    match fill {
-        Fill::Through(seq) => Some(seq),
-        Fill::AtMark => None,
-    }
-}
-
 /// The room reads of a batch, on the writer's transaction (nothing waits).
 struct SqliteReads<'t> {
     tx: &'t Connection,
@@ -665,9 +653,7 @@ struct SqliteReads<'t> {
 
 impl RoomReads for SqliteReads<'_> {
     async fn rooms_of(&mut self, owner: &str) -> Result<Vec<String>> {
-        let mut select = self
-            .tx
-            .prepare_cached("SELECT room FROM room_fill WHERE owner = ?1")?;
+        let mut select = self.tx.prepare_cached(rooms::sql::ROOMS_OF)?;
         let rows = select.query_map(params![owner], |row| row.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -682,12 +668,10 @@ impl RoomReads for SqliteReads<'_> {
         }
         let mark: Option<i64> = self
             .tx
-            .prepare_cached("SELECT seq FROM room_marks WHERE room = ?1")?
+            .prepare_cached(rooms::sql::MARK)?
             .query_row(params![room], |row| row.get(0))
             .optional()?;
-        let mut select = self
-            .tx
-            .prepare_cached("SELECT owner, seq FROM room_fill WHERE room = ?1")?;
+        let mut select = self.tx.prepare_cached(rooms::sql::MEMBERS)?;
         let members = select.query_map(params![room], |row| {
             let seq: Option<i64> = row.get(1)?;
             Ok((row.get(0)?, seq.map_or(Fill::AtMark, Fill::Through)))
@@ -704,10 +688,7 @@ impl RoomReads for SqliteReads<'_> {
         after: i64,
         through: i64,
     ) -> Result<Vec<(i64, OwnedEntry)>> {
-        let mut select = self.tx.prepare_cached(
-            "SELECT seq, sender, kind, xml, at_micros FROM inbox
-             WHERE owner = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
-        )?;
+        let mut select = self.tx.prepare_cached(rooms::sql::ENTRIES)?;
         let rows = select.query_map(params![room, after, through], |row| {
             Ok((
                 row.get(0)?,
