@@ -194,6 +194,9 @@ fn bare_of(full: &str) -> String {
     Jid::new(full).map_or_else(|_| full.to_owned(), |j| j.to_bare().to_string())
 }
 
+/// Members whose owed messages one commit copies when a room is destroyed.
+const LEAVE_CHUNK: usize = 8;
+
 /// The username of a user of this server (`None` for another server's users):
 /// the owner of their inbox log.
 fn local_user<'a>(server: &Server, bare: &'a str) -> Option<&'a str> {
@@ -536,13 +539,13 @@ async fn destroy(server: &Arc<Server>, room: &mut Room, reason: Option<Element>)
         }
     }
     // Members are owed nothing by a room that is gone: what they were owed
-    // goes into their logs first.
-    if let Err(error) = server
-        .store
-        .room_leave(&room.jid, local_members(server, room))
-        .await
-    {
-        tracing::error!(room = room.jid, %error, "copying what members are owed failed");
+    // goes into their logs first, a few members per commit (all 1,023 of a
+    // benchmark's group in one transaction, 740,000 copies, held the writer,
+    // and every other message, for 2.8 s).
+    for members in local_members(server, room).chunks(LEAVE_CHUNK) {
+        if let Err(error) = server.store.room_leave(&room.jid, members.to_vec()).await {
+            tracing::error!(room = room.jid, %error, "copying what members are owed failed");
+        }
     }
     if let Err(error) = server.store.muc_destroy_room(&room.jid).await {
         tracing::error!(room = room.jid, %error, "destroying a room failed");
