@@ -194,6 +194,7 @@ pub(super) async fn fan_out(
                 }
             }
             let mut delivered = 0usize;
+            let mut wake = Vec::with_capacity(owned.len());
             for ((bare, node), result) in owned.iter().zip(results) {
                 match result {
                     Ok(seq) => {
@@ -212,9 +213,11 @@ pub(super) async fn fan_out(
                     Err(_) => continue,
                 }
                 if **bare != *sender_bare {
-                    crate::features::push::on_logged(&server, node, &reflected);
+                    wake.push(node.as_str());
                 }
             }
+            // Members' phones, whether their copy was made now or is owed.
+            crate::features::push::on_logged_for(&server, wake, &reflected);
             for session in &visitors {
                 send_to(&server, session, Element::clone(&reflected));
             }
