@@ -106,9 +106,13 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
             written_rows.insert((row.try_get("owner")?, row.try_get("seq")?));
         }
     }
+    let written_rows: HashSet<(&str, i64)> = written_rows
+        .iter()
+        .map(|(owner, seq)| (owner.as_str(), *seq))
+        .collect();
     let mut written = vec![false; numbered.rows.len()];
     for (i, (owner, seq, _)) in &rows {
-        written[*i] = written_rows.contains(&((*owner).to_owned(), *seq));
+        written[*i] = written_rows.contains(&(*owner, *seq));
     }
 
     for write in &plan.room_writes {

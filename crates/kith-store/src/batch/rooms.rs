@@ -97,7 +97,8 @@ impl RoomState {
 }
 
 /// What a batch needs read: members with a session now, owners catching up,
-/// and the `(room, owner)` pairs that may be copied to.
+/// the `(room, owner)` pairs that may be copied to (owed entries are read for
+/// them), and the rooms whose rows and head are needed.
 pub(super) struct Needs<'a> {
     pub live: HashSet<&'a str>,
     pub owners: Vec<&'a str>,
@@ -139,7 +140,12 @@ pub(super) fn needs(batch: &[Job]) -> Option<Needs<'_>> {
             Job::Rooms { op, .. } => {
                 any = true;
                 match op {
-                    RoomOp::Join { room, owners } | RoomOp::Leave { room, owners } => {
+                    // A join copies nothing (the room's rows are read whole):
+                    // its members are no reason to read owed entries.
+                    RoomOp::Join { room, .. } => {
+                        needs.rooms.insert(room);
+                    }
+                    RoomOp::Leave { room, owners } => {
                         needs.rooms.insert(room);
                         needs
                             .pairs
@@ -277,9 +283,12 @@ pub(super) fn keep(
     read: HashMap<String, Arc<RoomRows>>,
     writes: &[RoomWrite],
 ) {
-    let held: usize = kept.values().map(|rows| rows.members.len()).sum();
-    if held > MAX_KEPT_ROWS {
-        kept.clear();
+    // Counted only when a room is new to `kept` (not on every batch).
+    if read.keys().any(|room| !kept.contains_key(room)) {
+        let held: usize = kept.values().map(|rows| rows.members.len()).sum();
+        if held > MAX_KEPT_ROWS {
+            kept.clear();
+        }
     }
     kept.extend(read);
     for write in writes {

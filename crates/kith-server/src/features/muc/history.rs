@@ -137,17 +137,7 @@ pub(super) async fn fan_out(
     let now = crate::now_micros();
     // Local members: the room's log gets the message, and each member's log a
     // copy now if it has a session, later if not (`Store::room_append_then`).
-    let members: Vec<kith_store::RoomMember> = room
-        .members()
-        .into_iter()
-        .filter_map(|bare| {
-            let owner = super::local_user(server, bare)?;
-            Some(kith_store::RoomMember {
-                owner: owner.to_owned(),
-                bare: bare.to_owned(),
-            })
-        })
-        .collect();
+    let members = super::local_members(server, room);
     let entry = NewInboxEntry {
         stanza_id: &archive_id,
         sender: &sender,

@@ -120,7 +120,7 @@ impl Muc {
         // rest this changes nothing.
         server
             .store
-            .room_join(jid, local_members(server, &room))
+            .room_join(jid, local_owners(server, &room))
             .await
             .map_err(internal)?;
         // Another task may have loaded it meanwhile: keep the first.
@@ -204,11 +204,25 @@ fn local_user<'a>(server: &Server, bare: &'a str) -> Option<&'a str> {
     (domain == server.domain).then_some(node)
 }
 
-/// The usernames of the room's local members.
-fn local_members(server: &Server, room: &Room) -> Vec<String> {
+/// The room's local members: their logs' owners and bare JIDs.
+fn local_members(server: &Server, room: &Room) -> Vec<kith_store::RoomMember> {
     room.members()
         .into_iter()
-        .filter_map(|bare| local_user(server, bare).map(str::to_owned))
+        .filter_map(|bare| {
+            let owner = local_user(server, bare)?;
+            Some(kith_store::RoomMember {
+                owner: owner.to_owned(),
+                bare: bare.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The usernames of the room's local members.
+fn local_owners(server: &Server, room: &Room) -> Vec<String> {
+    local_members(server, room)
+        .into_iter()
+        .map(|member| member.owner)
         .collect()
 }
 
@@ -542,7 +556,7 @@ async fn destroy(server: &Arc<Server>, room: &mut Room, reason: Option<Element>)
     // goes into their logs first, a few members per commit (all 1,023 of a
     // benchmark's group in one transaction, 740,000 copies, held the writer,
     // and every other message, for 2.8 s).
-    for members in local_members(server, room).chunks(LEAVE_CHUNK) {
+    for members in local_owners(server, room).chunks(LEAVE_CHUNK) {
         if let Err(error) = server.store.room_leave(&room.jid, members.to_vec()).await {
             tracing::error!(room = room.jid, %error, "copying what members are owed failed");
         }
