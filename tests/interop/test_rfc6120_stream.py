@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from kithtest.raw import NS_BIND, NS_SASL, NS_TLS, RawStream, local, sasl_condition, tls_context
-from kithtest.xmpp import LoginFailed, iq_error_condition
+from kithtest.raw import NS_BIND, NS_CLIENT, NS_SASL, NS_TLS, RawStream, local, sasl_condition, tls_context
+from kithtest.xmpp import ClientPool, LoginFailed, iq_error_condition
 
 MECHS = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
 TRANSPORTS = ["starttls", "direct-tls"]
@@ -260,3 +261,34 @@ async def test_stream_features_after_auth_offer_bind(server, xmpp):
         assert features.find(f"{{{NS_SASL}}}mechanisms") is None, "SASL offered again after success"
     finally:
         s.close()
+
+
+# ---- liveness (XEP-0199 §4.1 client-to-server ping) -----------------------------
+
+
+async def test_a_silent_client_is_pinged_then_timed_out_and_one_that_answers_stays(server_factory, backend):
+    srv = server_factory.start("idle", backend, {"limits": {"idle_timeout_secs": 1}})
+    pool = ClientPool(srv)
+    raw = None
+    try:
+        answering, silent = await pool.account("ida"), await pool.account("idb")
+        a = await pool.connect(answering)  # slixmpp answers pings
+        raw = await RawStream.connect(srv)
+        await raw.login(silent.name, silent.password)
+        started = time.monotonic()
+        ping = await raw.next(timeout=5)
+        while ping.tag != f"{{{NS_CLIENT}}}iq":  # its own presence comes back first
+            ping = await raw.next(timeout=5)
+        assert ping.get("type") == "get" and ping.find("{urn:xmpp:ping}ping") is not None, ET.tostring(ping)
+        # Not answered: the stream ends after the wait for an answer.
+        assert await raw.stream_error(timeout=5) == ["connection-timeout"]
+        assert 1.0 <= time.monotonic() - started <= 4.5
+        # The client that answers is still served after several idle periods.
+        await asyncio.sleep(3.5)
+        await a.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+        assert a.connected_now
+    finally:
+        if raw is not None:
+            raw.close()
+        await pool.close_all()
+        server_factory.stop(srv)

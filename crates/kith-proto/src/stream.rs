@@ -124,15 +124,22 @@ impl StreamParser {
 
     /// Drops the rxml parser (and its buffers) if the stream is between stanzas;
     /// the next [`feed`](Self::feed) builds a new one from the kept header. Call it
-    /// when the transport has nothing more to read for now.
+    /// once the client has been quiet for a while: building one costs about as
+    /// much as parsing a small stanza.
     pub fn release(&mut self) {
-        let between_stanzas = self.at_boundary && self.stack.is_empty();
-        if (between_stanzas && matches!(self.header, Header::Kept(_))) || self.closed {
+        if self.releasable() {
             self.parser = None;
             self.stack = Vec::new();
             // Whitespace the old parser held is dropped with it.
             self.stanza_bytes = 0;
         }
+    }
+
+    /// Whether [`release`](Self::release) would drop the parser now.
+    pub fn releasable(&self) -> bool {
+        let between_stanzas = self.at_boundary && self.stack.is_empty();
+        self.parser.is_some()
+            && ((between_stanzas && matches!(self.header, Header::Kept(_))) || self.closed)
     }
 
     /// Whether the rxml parser is currently released.

@@ -152,11 +152,16 @@ impl Element {
     /// Like [`Element::to_xml`], for a stream root that declares the `stream:` prefix.
     pub fn to_stream_xml(&self, parent_ns: &str) -> String {
         let mut out = String::with_capacity(128);
+        self.write_stream_xml(&mut out, parent_ns);
+        out
+    }
+
+    /// [`Element::to_stream_xml`], appended to `out`.
+    pub fn write_stream_xml(&self, out: &mut String, parent_ns: &str) {
         let prefixes = Prefixes {
             stream_declared: true,
         };
-        self.write_xml(&mut out, parent_ns, prefixes);
-        out
+        self.write_xml(out, parent_ns, prefixes);
     }
 
     fn write_xml(&self, out: &mut String, parent_ns: &str, mut prefixes: Prefixes) {

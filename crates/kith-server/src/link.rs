@@ -46,7 +46,19 @@ pub trait LinkRead: Send {
     /// Closing a socket with unread input resets the connection, which can destroy
     /// the stream error still on its way (a "lingering close", as HTTP servers do).
     fn linger(&mut self) -> impl Future<Output = ()> + Send;
+    /// Whether the reader holds buffers kept for the next bytes (its XML parser).
+    fn holds_buffers(&self) -> bool {
+        false
+    }
+    /// Gives those buffers back if the stream is between stanzas. The session calls
+    /// it once its client has been quiet for a while ([`KEEP_BUFFERS`]): a chatty
+    /// client keeps its parser instead of building a new one per stanza.
+    fn release_buffers(&mut self) {}
 }
+
+/// How long a quiet link keeps its parser and write buffer (see
+/// [`LinkRead::release_buffers`]).
+pub const KEEP_BUFFERS: Duration = Duration::from_secs(1);
 
 /// How long a closed stream's input is still drained (see [`LinkRead::linger`]).
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -69,6 +81,12 @@ pub trait LinkWrite: Send {
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Closes the underlying transport after a final flush.
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+    /// Whether the writer holds a buffer kept for the next write.
+    fn holds_buffers(&self) -> bool {
+        false
+    }
+    /// Gives that buffer back (see [`LinkRead::release_buffers`]).
+    fn release_buffers(&mut self) {}
 }
 
 /// A link used whole during negotiation.
@@ -87,8 +105,8 @@ pub trait Link: LinkRead + LinkWrite + Sized {
 /// none (ARCHITECTURE.md, "Idle sessions").
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Gives the write buffer back once written: most sessions are idle most of the
-/// time, and an empty `String` costs nothing while they are.
+/// Gives the write buffer back: most sessions are idle most of the time, and an
+/// empty `String` costs nothing while they are.
 fn release(out: &mut String) {
     *out = String::new();
 }
@@ -105,6 +123,45 @@ pub struct TcpReader<S> {
     limits: Limits,
     /// Events parsed but not yet returned (a read can complete several).
     pending: VecDeque<StreamEvent>,
+    /// When the socket runs dry between stanzas the parser goes, unless the client
+    /// is streaming (see [`Streaming`]).
+    streaming: Streaming,
+}
+
+/// Whether a client sends steadily enough to keep its parser between reads.
+/// Building a parser costs about as much as parsing a small stanza, so a client
+/// that sends many stanzas a second, one per read, would pay it for each; an idle
+/// session must hold none (ARCHITECTURE.md, "Idle sessions"). More than
+/// [`STREAMING_RELEASES`] releases within [`KEEP_BUFFERS`] make a client
+/// streaming: its parser then stays until the session finds it quiet for
+/// [`KEEP_BUFFERS`] ([`LinkRead::release_buffers`]). Login takes fewer round trips,
+/// so a client that logs in and idles never keeps one.
+#[derive(Default)]
+struct Streaming {
+    keep: bool,
+    releases: u32,
+    since: Option<std::time::Instant>,
+}
+
+const STREAMING_RELEASES: u32 = 8;
+
+impl Streaming {
+    /// The socket ran dry between stanzas: whether to release the parser now.
+    fn release_now(&mut self) -> bool {
+        if self.keep {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        match self.since {
+            Some(since) if now.duration_since(since) < KEEP_BUFFERS => self.releases += 1,
+            _ => {
+                self.since = Some(now);
+                self.releases = 1;
+            }
+        }
+        self.keep = self.releases > STREAMING_RELEASES;
+        !self.keep
+    }
 }
 
 pub struct TcpWriter<S> {
@@ -120,6 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpLink<S> {
                 parser: StreamParser::new(limits),
                 limits,
                 pending: VecDeque::new(),
+                streaming: Streaming::default(),
             },
             out: String::new(),
         }
@@ -140,40 +198,54 @@ impl<S: AsyncRead + Unpin + Send> LinkRead for TcpReader<S> {
             }
             // Cancel-safe: bytes are read and parsed within one poll, so the session
             // may select on this future and drop it without losing any.
-            let mut events = poll_fn(|cx| self.poll_events(cx)).await?.into_iter();
-            if let Some(first) = events.next() {
-                self.pending.extend(events);
-                return Ok(first);
-            }
+            poll_fn(|cx| self.poll_events(cx)).await?;
         }
     }
 
     async fn linger(&mut self) {
         let _ = tokio::time::timeout(LINGER, self.drain()).await;
     }
+
+    fn holds_buffers(&self) -> bool {
+        self.streaming.keep && self.parser.releasable()
+    }
+
+    fn release_buffers(&mut self) {
+        self.streaming = Streaming::default();
+        self.release();
+    }
 }
 
 impl<S: AsyncRead + Unpin> TcpReader<S> {
-    /// Reads what the transport has and parses it; the events may be none (a
-    /// partial stanza).
-    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<StreamEvent>, LinkError>> {
+    /// Reads what the transport has and parses it into `pending`; the events may
+    /// be none (a partial stanza).
+    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LinkError>> {
         let mut buf = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut read = ReadBuf::uninit(&mut buf);
-        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
-            Poll::Pending => {
-                // Nothing more to read for now: between stanzas, the parser and
-                // its buffers go until the next bytes arrive.
-                self.parser.release();
-                self.pending = VecDeque::new();
-                Poll::Pending
+        let Poll::Ready(result) = Pin::new(&mut self.io).poll_read(cx, &mut read) else {
+            if self.parser.releasable() && self.streaming.release_now() {
+                self.release();
             }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
-            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Err(LinkError::Eof)),
-            Poll::Ready(Ok(())) => {
-                let mut events = Vec::new();
-                self.parser.feed(read.filled(), &mut events)?;
-                Poll::Ready(Ok(events))
+            return Poll::Pending;
+        };
+        match result {
+            Err(error) => Poll::Ready(Err(error.into())),
+            Ok(()) if read.filled().is_empty() => Poll::Ready(Err(LinkError::Eof)),
+            Ok(()) => {
+                let mut events = Vec::from(std::mem::take(&mut self.pending));
+                let fed = self.parser.feed(read.filled(), &mut events);
+                self.pending = VecDeque::from(events);
+                fed?;
+                Poll::Ready(Ok(()))
             }
+        }
+    }
+
+    /// Drops the parser (between stanzas) and the event queue's storage.
+    fn release(&mut self) {
+        self.parser.release();
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
         }
     }
 
@@ -225,7 +297,7 @@ macro_rules! tcp_writer_methods {
             tcp_open(&mut self.out, header);
         }
         fn element(&mut self, element: &Element) {
-            self.out.push_str(&Self::serialize(element));
+            element.write_stream_xml(&mut self.out, ns::CLIENT);
         }
         fn serialize(element: &Element) -> String {
             element.to_stream_xml(ns::CLIENT)
@@ -290,6 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link for TcpLink<S> {
                 parser: self.reader.parser,
                 limits: self.reader.limits,
                 pending: self.reader.pending,
+                streaming: self.reader.streaming,
             },
             TcpWriter {
                 io: write,
@@ -476,5 +549,82 @@ impl Link for WsLink {
                 out: self.out,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncWriteExt, DuplexStream, duplex};
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+    async fn reader() -> (TcpReader<DuplexStream>, DuplexStream) {
+        let (ours, mut client) = duplex(64 * 1024);
+        let TcpLink { mut reader, .. } = TcpLink::new(ours, Limits::default());
+        client.write_all(HEADER.as_bytes()).await.unwrap();
+        assert!(matches!(
+            reader.next_event().await.unwrap(),
+            StreamEvent::Open(_)
+        ));
+        (reader, client)
+    }
+
+    /// One stanza, read alone; then the socket has nothing more for now.
+    async fn one_stanza(reader: &mut TcpReader<DuplexStream>, client: &mut DuplexStream, n: u32) {
+        let stanza = format!("<message to='a@localhost' id='m{n}'><body>hi</body></message>");
+        client.write_all(stanza.as_bytes()).await.unwrap();
+        match reader.next_event().await.unwrap() {
+            StreamEvent::Stanza(element) => {
+                assert_eq!(element.get_attr("id"), Some(&*format!("m{n}")))
+            }
+            other => panic!("expected a stanza, got {other:?}"),
+        }
+        // A poll that finds the socket dry.
+        let dry = poll_fn(|cx| Poll::Ready(reader.poll_events(cx).is_pending())).await;
+        assert!(dry);
+    }
+
+    #[tokio::test]
+    async fn a_few_stanzas_then_quiet_keep_no_parser() {
+        let (mut reader, mut client) = reader().await;
+        for n in 0..STREAMING_RELEASES {
+            one_stanza(&mut reader, &mut client, n).await;
+            assert!(
+                reader.parser.is_released(),
+                "stanza {n}: a login-like exchange"
+            );
+            assert!(!reader.holds_buffers());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streaming_client_keeps_its_parser_until_quiet() {
+        let (mut reader, mut client) = reader().await;
+        for n in 0..STREAMING_RELEASES * 3 {
+            one_stanza(&mut reader, &mut client, n).await;
+        }
+        assert!(!reader.parser.is_released(), "kept while streaming");
+        assert!(
+            reader.holds_buffers(),
+            "the session is told to release it later"
+        );
+        reader.release_buffers();
+        assert!(reader.parser.is_released());
+        assert!(!reader.holds_buffers());
+        // After the quiet spell it starts over: released at once again.
+        one_stanza(&mut reader, &mut client, 100).await;
+        assert!(reader.parser.is_released());
+        // And a stanza split across reads is still parsed whole.
+        client.write_all(b"<message id='split'><bo").await.unwrap();
+        let dry = poll_fn(|cx| Poll::Ready(reader.poll_events(cx).is_pending())).await;
+        assert!(!dry, "the partial stanza was read");
+        reader.release_buffers();
+        client.write_all(b"dy>x</body></message>").await.unwrap();
+        match reader.next_event().await.unwrap() {
+            StreamEvent::Stanza(element) => assert_eq!(element.get_attr("id"), Some("split")),
+            other => panic!("expected a stanza, got {other:?}"),
+        }
     }
 }

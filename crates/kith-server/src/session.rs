@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::Server;
 use crate::c2s::Bound;
-use crate::link::{LinkError, LinkRead, LinkWrite};
+use crate::link::{KEEP_BUFFERS, LinkError, LinkRead, LinkWrite};
 use crate::router::Outbound;
 use crate::sm::StreamManagement;
 use crate::{deliver, features};
@@ -143,6 +143,108 @@ pub(crate) struct Session {
 
 type End = Option<(StreamErrorCondition, &'static str)>;
 
+/// The session's deadlines behind its one timer: the idle ping (XEP-0199) and its
+/// answer, giving a quiet link's buffers back ([`KEEP_BUFFERS`]), and the end of
+/// the XEP-0198 resumption window while detached. Activity only records an
+/// instant; the timer is set again when it fires or when a deadline comes nearer,
+/// not at every stanza (setting a tokio timer takes the timer wheel's lock).
+struct Clock {
+    idle: Duration,
+    /// When the client last sent something.
+    heard: Instant,
+    /// When the link last read or wrote.
+    active: Instant,
+    /// When the idle ping went out, unanswered so far.
+    pinged: Option<Instant>,
+    /// Detached: when the resumption window ends.
+    resume_until: Option<Instant>,
+}
+
+/// What a firing of the session's timer calls for.
+enum Due {
+    Nothing,
+    Quiet,
+    Ping,
+    PingUnanswered,
+    ResumptionOver,
+}
+
+impl Clock {
+    fn new(idle: Duration) -> Self {
+        let now = Instant::now();
+        Clock {
+            idle,
+            heard: now,
+            active: now,
+            pinged: None,
+            resume_until: None,
+        }
+    }
+
+    /// How long a pinged client has to answer.
+    fn ping_wait(&self) -> Duration {
+        self.idle.min(Duration::from_secs(60))
+    }
+
+    /// The nearest deadline; `holding`: the link keeps buffers a quiet spell frees.
+    fn due(&self, holding: bool) -> Instant {
+        if let Some(until) = self.resume_until {
+            return until;
+        }
+        let next = match self.pinged {
+            Some(at) => at + self.ping_wait(),
+            None => self.heard + self.idle,
+        };
+        if holding {
+            next.min(self.active + KEEP_BUFFERS)
+        } else {
+            next
+        }
+    }
+
+    fn heard(&mut self) {
+        self.heard = Instant::now();
+        self.active = self.heard;
+        self.pinged = None;
+    }
+
+    fn wrote(&mut self) {
+        self.active = Instant::now();
+    }
+
+    fn detached(&mut self, window: Duration) {
+        self.resume_until = Some(Instant::now() + window);
+    }
+
+    fn attached(&mut self) {
+        self.resume_until = None;
+        self.heard();
+    }
+
+    fn fired(&mut self, attached: bool) -> Due {
+        let now = Instant::now();
+        if !attached {
+            return match self.resume_until {
+                Some(until) if now >= until => Due::ResumptionOver,
+                _ => Due::Nothing,
+            };
+        }
+        match self.pinged {
+            Some(at) if now >= at + self.ping_wait() => return Due::PingUnanswered,
+            None if now >= self.heard + self.idle => {
+                self.pinged = Some(now);
+                return Due::Ping;
+            }
+            _ => {}
+        }
+        if now >= self.active + KEEP_BUFFERS {
+            Due::Quiet
+        } else {
+            Due::Nothing
+        }
+    }
+}
+
 pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
     server: Arc<Server>,
     bound: Bound,
@@ -213,19 +315,25 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         cursor_saved_at: Instant::now(),
         uncommitted: VecDeque::new(),
     };
-    let idle = Duration::from_secs(server.config.limits.idle_timeout_secs.max(1));
-    let mut deadline = Instant::now() + idle;
-    let mut pinged = false;
+    let mut clock = Clock::new(Duration::from_secs(
+        server.config.limits.idle_timeout_secs.max(1),
+    ));
+    let timer = tokio::time::sleep_until(clock.due(false));
+    tokio::pin!(timer);
 
     // While the link is down and the session waits to be resumed, nothing is read
     // or written; the router keeps queueing (up to the queue's bound).
     let mut attached = true;
     let resume_window = Duration::from_secs(server.config.limits.resume_timeout_secs);
     let end: End = loop {
+        // The timer moves only when it fired or a deadline came nearer (see `Clock`).
+        let due = clock.due(attached && (reader.holds_buffers() || writer.holds_buffers()));
+        if timer.is_elapsed() || due < timer.deadline() {
+            timer.as_mut().reset(due);
+        }
         let step: Result<(), End> = tokio::select! {
             event = reader.next_event(), if attached => {
-                deadline = Instant::now() + idle;
-                pinged = false;
+                clock.heard();
                 match event {
                     // Boxed: an idle session's task then doesn't carry the (large)
                     // state of handling a stanza, only while it handles one.
@@ -246,7 +354,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                         attached = false;
                         session.set_detached(true);
                         writer.shutdown().await;
-                        deadline = Instant::now() + resume_window;
+                        clock.detached(resume_window);
                         continue;
                     }
                 }
@@ -266,8 +374,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                     writer = new_writer;
                     attached = true;
                     session.set_detached(false);
-                    deadline = Instant::now() + idle;
-                    pinged = false;
+                    clock.attached();
                     session.resend_unacked(&mut writer);
                 }
                 Ok(())
@@ -279,25 +386,33 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                 }
                 Err(Some((StreamErrorCondition::NotAuthorized, "this device was signed out")))
             }
-            () = tokio::time::sleep_until(deadline), if !attached => {
-                tracing::debug!(jid = %session.jid, "resumption window over");
-                break None;
-            }
             () = std::future::ready(()), if session.backlog_pending => {
                 Box::pin(deliver::read_backlog(&mut session)).await;
                 Ok(())
             }
             outbound = rx.recv(), if attached => match outbound {
-                Some(outbound) => session.write_outbound(&mut writer, outbound),
+                Some(outbound) => {
+                    clock.wrote();
+                    session.write_outbound(&mut writer, outbound)
+                }
                 None => Err(None),
             },
-            () = tokio::time::sleep_until(deadline), if attached => {
-                if pinged {
+            () = &mut timer => match clock.fired(attached) {
+                Due::Nothing => Ok(()),
+                Due::ResumptionOver => {
+                    tracing::debug!(jid = %session.jid, "resumption window over");
+                    break None;
+                }
+                Due::Quiet => {
+                    reader.release_buffers();
+                    writer.release_buffers();
+                    Ok(())
+                }
+                Due::PingUnanswered => {
                     Err(Some((StreamErrorCondition::ConnectionTimeout, "no answer to ping")))
-                } else {
+                }
+                Due::Ping => {
                     // XEP-0199 §4.1 client-to-server ping: a silent client must answer.
-                    pinged = true;
-                    deadline = Instant::now() + idle.min(Duration::from_secs(60));
                     let ping = Element::new(ns::CLIENT, "iq")
                         .attr("type", "get")
                         .attr("id", "kith-idle-ping")
@@ -336,7 +451,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
             if session.resume.is_some() {
                 attached = false;
                 session.set_detached(true);
-                deadline = Instant::now() + resume_window;
+                clock.detached(resume_window);
                 continue;
             }
             break None;
