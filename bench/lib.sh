@@ -43,6 +43,13 @@ port_of() {
 # its log is also how it delivers (ejabberd and Prosody store a message only
 # when its recipient is offline).
 ARCHIVE="${ARCHIVE:-off}"
+# TLS=off runs the scenarios without TLS: kith-bench skips STARTTLS, ejabberd and
+# Prosody stop requiring it on their c2s port (they still offer it), and kith-bench
+# talks to kith's loopback-only `listen.c2s_plain` port (KITH_PLAIN_PORT), which
+# offers no TLS; every server still does SCRAM-SHA-1. On (the default): STARTTLS
+# required everywhere.
+TLS="${TLS:-on}"
+KITH_PLAIN_PORT="${KITH_PLAIN_PORT:-15224}"
 render() { # template output port
   local mam_default=never mam_module="" mam_policy=false kith_archive=false
   case "$ARCHIVE" in
@@ -50,9 +57,16 @@ render() { # template output port
     off) ;;
     *) log "ARCHIVE must be on or off, not $ARCHIVE"; return 1 ;;
   esac
+  local tls_required=true kith_plain=""
+  case "$TLS" in
+    on) ;;
+    off) tls_required=false kith_plain="127.0.0.1:$KITH_PLAIN_PORT" ;;
+    *) log "TLS must be on or off, not $TLS"; return 1 ;;
+  esac
   sed -e "s|@DIR@|$BENCH_DIR|g" -e "s|@PORT@|$3|g" -e "s|@MAM_DEFAULT@|$mam_default|g" \
     -e "s|@MAM_MODULE@|$mam_module|g" -e "s|@MAM_POLICY@|$mam_policy|g" \
-    -e "s|@KITH_ARCHIVE@|$kith_archive|g" "$1" >"$2"
+    -e "s|@KITH_ARCHIVE@|$kith_archive|g" -e "s|@TLS_REQUIRED@|$tls_required|g" \
+    -e "s|@KITH_PLAIN@|$kith_plain|g" "$1" >"$2"
 }
 
 wait_port() { # port seconds
@@ -174,8 +188,13 @@ bench() { # server pids... -- args...
   local pid_args=()
   while [[ $# -gt 0 && "$1" != "--" ]]; do pid_args+=(--server-pid "$1"); shift; done
   shift || true
-  local tls_args=(--ca "$BENCH_DIR/tls/ca.pem")
+  local tls_args=(--ca "$BENCH_DIR/tls/ca.pem") port
+  port="$(port_of "$server")"
+  if [[ "$TLS" == off ]]; then
+    tls_args=(--no-tls)
+    [[ "$server" == kith ]] && port="$KITH_PLAIN_PORT"
+  fi
   (ulimit -n "$NOFILE"; exec taskset -c "$LOADGEN_CPU" "$BENCH_BIN" --label "$server" \
-    --target "127.0.0.1:$(port_of "$server")" --domain localhost --password "$BENCH_PASSWORD" \
+    --target "127.0.0.1:$port" --domain localhost --password "$BENCH_PASSWORD" \
     "${tls_args[@]}" "${pid_args[@]}" --scram-cache "$BENCH_DIR/scram-cache-$server" "$@")
 }

@@ -8,7 +8,8 @@
 #
 # Run bench/setup-anchors.sh first. Environment: see bench/lib.sh; SERVERS picks
 # the servers ("kith ejabberd prosody"); RESULTS the output directory; ARCHIVE=on
-# archives 1:1 messages on every server (off by default).
+# archives 1:1 messages on every server (off by default); TLS=off runs without TLS
+# on every server (on by default; see bench/lib.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCENARIO="${1:?usage: bench/run.sh login|idle|chat|offline|durable|group [args]}"
@@ -33,7 +34,7 @@ current=""
 cleanup() { [[ -n "$current" ]] && stop_server "$current"; }
 trap cleanup EXIT INT TERM
 
-log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (kith logs every message for delivery either way)"
+log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (kith logs every message for delivery either way); TLS=$TLS"
 for server in $SERVERS; do
   log "$SCENARIO on $server"
   # A server that did not start (e.g. its port is taken by another run) is skipped:

@@ -10,7 +10,7 @@ network_settings = { tcp_backlog = 1024 }
 
 c2s_ports = { @PORT@ }
 c2s_interfaces = { "127.0.0.1" }
-c2s_require_encryption = true
+c2s_require_encryption = @TLS_REQUIRED@
 -- The same certificate and key as kith and ejabberd.
 certificates = "@DIR@/tls"
 ssl = {

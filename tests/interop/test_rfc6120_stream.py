@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from kithtest.raw import NS_BIND, NS_CLIENT, NS_SASL, NS_TLS, RawStream, local, sasl_condition, tls_context
+from kithtest.server import free_port
 from kithtest.xmpp import ClientPool, LoginFailed, iq_error_condition
 
 MECHS = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
@@ -287,6 +288,43 @@ async def test_a_silent_client_is_pinged_then_timed_out_and_one_that_answers_sta
         await asyncio.sleep(3.5)
         await a.plugin["xep_0199"].ping(jid="localhost", timeout=10)
         assert a.connected_now
+    finally:
+        if raw is not None:
+            raw.close()
+        await pool.close_all()
+        server_factory.stop(srv)
+
+
+# ---- c2s without TLS (listen.c2s_plain) -------------------------------------------
+
+
+async def test_the_plain_listener_serves_without_tls_and_never_offers_plain(server_factory, backend):
+    port = free_port()
+    srv = server_factory.start("plain", backend, {"listen": {"c2s_plain": f"127.0.0.1:{port}"}})
+    pool = ClientPool(srv)
+    raw = None
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        raw = RawStream(srv, reader, writer, False)
+        features = await raw.open()
+        # RFC 6120 §13.8: no PLAIN without TLS; and this port has no TLS to offer.
+        assert features.find(f"{{{NS_TLS}}}starttls") is None
+        assert sorted(mechanisms_of(features)) == ["SCRAM-SHA-1", "SCRAM-SHA-256"]
+        await raw.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>AGEAYg==</auth>")
+        failure = await raw.next()
+        assert local(failure.tag) == "failure", ET.tostring(failure)
+
+        alice, bob = await pool.account("pla"), await pool.account("plb")
+        b = await pool.connect(bob)  # over STARTTLS
+        a = pool.make(alice)
+        a.enable_starttls, a.enable_direct_tls, a.enable_plaintext = False, False, True
+        a["feature_mechanisms"].unencrypted_scram = True  # slixmpp's default is TLS or nothing
+        a.connect(srv.host, port)
+        await a.wait_session(10)
+        a.send_presence()
+        a.send_message(mto=bob.jid, mbody="no tls on this hop", mtype="chat")
+        got = await b.wait_message(lambda m: m["body"] == "no tls on this hop", timeout=10)
+        assert got["from"].bare == alice.jid
     finally:
         if raw is not None:
             raw.close()

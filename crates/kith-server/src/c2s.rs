@@ -21,7 +21,19 @@ use crate::link::{Header, Link, LinkError, LinkRead, LinkWrite, TcpLink};
 use crate::session;
 use crate::tls_stream;
 
-pub(crate) async fn accept_loop(server: Arc<Server>, listener: TcpListener, direct_tls: bool) {
+/// How a c2s listener's streams are secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// STARTTLS required before anything else (RFC 6120 §5).
+    Starttls,
+    /// TLS from the first byte (XEP-0368).
+    DirectTls,
+    /// No TLS at all (`listen.c2s_plain`, loopback only): SASL PLAIN is not
+    /// offered, as on any stream without TLS (RFC 6120 §13.8).
+    Plain,
+}
+
+pub(crate) async fn accept_loop(server: Arc<Server>, listener: TcpListener, transport: Transport) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -39,7 +51,7 @@ pub(crate) async fn accept_loop(server: Arc<Server>, listener: TcpListener, dire
                 tracing::debug!(%peer, "too many connections from this address");
                 return;
             };
-            serve_tcp(&server, tcp, peer, direct_tls, slot).await;
+            serve_tcp(&server, tcp, peer, transport, slot).await;
         });
     }
 }
@@ -77,12 +89,16 @@ async fn serve_tcp(
     server: &Arc<Server>,
     tcp: TcpStream,
     peer: SocketAddr,
-    direct_tls: bool,
+    transport: Transport,
     slot: ConnectionGuard,
 ) {
     let limits = limits(server);
     let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
-    if direct_tls {
+    if transport == Transport::Plain {
+        let link = TcpLink::new(tcp, limits);
+        return negotiate(server, link, peer.ip(), false, false, slot).await;
+    }
+    if transport == Transport::DirectTls {
         let handshake = tls_stream::accept(server.direct_tls.clone(), tcp);
         match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(tls)) => {
@@ -555,7 +571,11 @@ async fn sasl_phase<L: Link>(
         } else if element.is("starttls", ns::TLS) {
             return Err(Ended::Error(
                 StreamErrorCondition::PolicyViolation,
-                "TLS is already in place",
+                if secure {
+                    "TLS is already in place"
+                } else {
+                    "STARTTLS is not offered on this port"
+                },
             ));
         } else {
             return Err(Ended::Error(

@@ -574,6 +574,10 @@ pub struct ServerSection {
 pub struct ListenSection {
     pub c2s: String,
     pub c2s_tls: String,
+    /// c2s without TLS (no STARTTLS offered, SCRAM only): for a TLS-terminating
+    /// proxy on the same host, or a benchmark. Loopback addresses only; off (empty)
+    /// by default.
+    pub c2s_plain: String,
     pub http: String,
     pub https: String,
 }
@@ -719,6 +723,7 @@ impl Default for ListenSection {
         ListenSection {
             c2s: "0.0.0.0:5222".to_owned(),
             c2s_tls: "0.0.0.0:5223".to_owned(),
+            c2s_plain: String::new(),
             http: "0.0.0.0:5280".to_owned(),
             https: "0.0.0.0:5443".to_owned(),
         }
@@ -833,6 +838,7 @@ impl Config {
         for (key, value) in [
             ("listen.c2s", &self.listen.c2s),
             ("listen.c2s_tls", &self.listen.c2s_tls),
+            ("listen.c2s_plain", &self.listen.c2s_plain),
             ("listen.http", &self.listen.http),
             ("listen.https", &self.listen.https),
         ] {
@@ -842,6 +848,17 @@ impl Config {
                     format!("{value:?} is not an address like 0.0.0.0:5222"),
                 ));
             }
+        }
+        // Streams without TLS never leave the host.
+        if let Ok(addr) = self.listen.c2s_plain.parse::<SocketAddr>()
+            && !addr.ip().is_loopback()
+        {
+            return Err(invalid(
+                "listen.c2s_plain",
+                format!(
+                    "{addr} is not a loopback address: c2s without TLS only listens on this host"
+                ),
+            ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid(
@@ -1086,6 +1103,25 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(config.sms.sender, SmsSender::Twilio);
+    }
+
+    #[test]
+    fn c2s_without_tls_listens_on_loopback_only() {
+        for addr in ["0.0.0.0:5224", "192.0.2.1:5224", "[::]:5224"] {
+            let text = format!("[listen]\nc2s_plain = \"{addr}\"\n");
+            let error = Config::parse(&text, Path::new("k.toml")).expect_err(&text);
+            assert!(
+                error.to_string().contains("listen.c2s_plain"),
+                "{text}: {error}"
+            );
+        }
+        for addr in ["127.0.0.1:5224", "[::1]:5224"] {
+            let text = format!("[listen]\nc2s_plain = \"{addr}\"\n");
+            let config = Config::parse(&text, Path::new("k.toml")).expect(&text);
+            assert_eq!(config.listen.c2s_plain, addr);
+        }
+        let config = Config::parse("", Path::new("k.toml")).expect("defaults");
+        assert_eq!(config.listen.c2s_plain, "", "off by default");
     }
 
     #[test]

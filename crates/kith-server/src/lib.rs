@@ -81,6 +81,7 @@ pub struct Running {
     pub server: Arc<Server>,
     pub c2s: Option<SocketAddr>,
     pub c2s_tls: Option<SocketAddr>,
+    pub c2s_plain: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     tasks: JoinSet<()>,
@@ -155,6 +156,8 @@ impl Server {
         let listen = server.config.listen.clone();
         let c2s = bind(&listen.c2s).await?;
         let c2s_tls = bind(&listen.c2s_tls).await?;
+        let c2s_plain = bind(&listen.c2s_plain).await?;
+        let c2s_plain_addr = local_addr(&c2s_plain);
         let http = bind(&listen.http).await?;
         let https = bind(&listen.https).await?;
         let addrs = (
@@ -170,11 +173,14 @@ impl Server {
         tasks.spawn(upload::sweep_loop(server.clone()));
         tasks.spawn(features::pep::expiry_loop(server.clone()));
         tasks.spawn(features::push::run(server.clone()));
-        if let Some(listener) = c2s {
-            tasks.spawn(c2s::accept_loop(server.clone(), listener, false));
-        }
-        if let Some(listener) = c2s_tls {
-            tasks.spawn(c2s::accept_loop(server.clone(), listener, true));
+        for (listener, transport) in [
+            (c2s, c2s::Transport::Starttls),
+            (c2s_tls, c2s::Transport::DirectTls),
+            (c2s_plain, c2s::Transport::Plain),
+        ] {
+            if let Some(listener) = listener {
+                tasks.spawn(c2s::accept_loop(server.clone(), listener, transport));
+            }
         }
         if let Some(listener) = http {
             tasks.spawn(http::serve(server.clone(), listener, false));
@@ -186,6 +192,7 @@ impl Server {
             domain = %server.domain,
             c2s = ?addrs.0,
             c2s_tls = ?addrs.1,
+            c2s_plain = ?c2s_plain_addr,
             http = ?addrs.2,
             https = ?addrs.3,
             "kith is serving"
@@ -194,6 +201,7 @@ impl Server {
             server,
             c2s: addrs.0,
             c2s_tls: addrs.1,
+            c2s_plain: c2s_plain_addr,
             http: addrs.2,
             https: addrs.3,
             tasks,
