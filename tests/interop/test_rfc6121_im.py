@@ -304,6 +304,26 @@ async def test_message_to_bare_jid_with_only_negative_priority_is_stored_offline
     assert got.xml.find(f"{{{NS_DELAY}}}delay") is not None
 
 
+async def test_a_typing_notification_to_an_offline_user_is_dropped_but_to_no_one_bounces(xmpp):
+    """RFC 6121 §8.5.2.2: a message worth nothing offline (a chat state alone) to an
+    account with no available resource is dropped silently; to an account that does
+    not exist it comes back as <service-unavailable/> (§8.5.2.2.1 / §8.1)."""
+    a_acct, b_acct = await xmpp.account("tyo"), await xmpp.account("tyr")
+    a = await xmpp.connect(a_acct)
+    for to, tag in [(b_acct.jid, "offline"), (f"nobody-{uuid.uuid4().hex[:8]}@localhost", "missing")]:
+        msg = a.make_message(mto=to, mtype="chat")
+        msg["id"] = f"typing-{tag}"
+        msg.xml.append(ET.Element("{http://jabber.org/protocol/chatstates}composing"))
+        msg.send()
+    await a.wait_message(lambda m: m["id"] == "typing-missing" and m["type"] == "error", what="the bounce")
+    await asyncio.sleep(0.5)
+    assert not a.matching(lambda m: m["id"] == "typing-offline"), "an existing account's chat state was bounced"
+    # Nothing was stored for later either.
+    b = await xmpp.connect(b_acct)
+    await asyncio.sleep(1.0)
+    assert not b.matching(lambda m: m["id"] == "typing-offline")
+
+
 async def test_offline_messages_delivered_in_order_with_delay(xmpp):
     a_acct, b_acct = await xmpp.account("offs"), await xmpp.account("offr")
     a = await xmpp.connect(a_acct, resource="desk")

@@ -78,29 +78,24 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Commi
         }
         return None;
     }
-    let recipient = to.to_bare();
-    if let Some(from) = &from {
-        // XEP-0191 applies between users, not to errors the server generates.
-        let sender = from.to_bare();
-        if sender != recipient {
-            // XEP-0191 §3.4: the sender blocked the recipient.
-            if server.is_local_user(from)
-                && server
-                    .blocks(node(&sender), &Jid::from(recipient.clone()))
-                    .await
-            {
-                let blocked = Element::new(ns::BLOCKING_ERRORS, "blocked");
-                let error = StanzaError::new(StanzaErrorCondition::NotAcceptable)
-                    .with_type(kith_proto::StanzaErrorType::Cancel)
-                    .with_application(blocked);
-                bounce(server, &stanza, error).await;
-                return None;
-            }
-            // XEP-0191 §3.5: the recipient blocked the sender; answer as if absent.
-            if server.blocks(node(&recipient), from).await {
-                bounce(server, &stanza, StanzaError::service_unavailable()).await;
-                return None;
-            }
+    // XEP-0191 applies between users, not to errors the server generates, nor
+    // within one account (compared by parts: no bare JIDs built per message).
+    if let Some(from) = &from
+        && (from.node() != to.node() || from.domain() != to.domain())
+    {
+        // XEP-0191 §3.4: the sender blocked the recipient.
+        if server.is_local_user(from) && server.blocks(node(from), &Jid::from(to.to_bare())).await {
+            let blocked = Element::new(ns::BLOCKING_ERRORS, "blocked");
+            let error = StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                .with_type(kith_proto::StanzaErrorType::Cancel)
+                .with_application(blocked);
+            bounce(server, &stanza, error).await;
+            return None;
+        }
+        // XEP-0191 §3.5: the recipient blocked the sender; answer as if absent.
+        if server.blocks(node(&to), from).await {
+            bounce(server, &stanza, StanzaError::service_unavailable()).await;
+            return None;
         }
     }
     route_checked(server, stanza, &to).await
@@ -147,7 +142,7 @@ async fn without_held_back_marker(
     Some(message)
 }
 
-fn node(jid: &kith_proto::BareJid) -> &str {
+fn node(jid: &Jid) -> &str {
     jid.node().map_or("", |n| n.as_str())
 }
 
@@ -198,11 +193,11 @@ async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
 /// from the log when they next come online.
 async fn route_message(server: &Arc<Server>, message: Element, to: &Jid) -> Option<Committed> {
     let kind = message.get_attr("type").unwrap_or("normal").to_owned();
-    let recipient = to.to_bare();
-    let bare = recipient.as_str();
     match kind.as_str() {
         "error" | "groupchat" | "headline" => {
-            let addressed = addressed_session(server, to);
+            let recipient = to.to_bare();
+            let bare = recipient.as_str();
+            let addressed = addressed_session(server, bare, to);
             match kind.as_str() {
                 "groupchat" if addressed.is_none() => {
                     bounce(server, &message, StanzaError::service_unavailable()).await
@@ -236,7 +231,7 @@ async fn route_message(server: &Arc<Server>, message: Element, to: &Jid) -> Opti
             // Not archived, so no archive id (XEP-0359 §3 ties it to storage).
             let shared = Arc::new(message);
             let delivered = hand_to_devices(server, to, &shared, None);
-            if delivered == 0 && !server.store.user_exists(bare).await.unwrap_or(true) {
+            if delivered == 0 && !server.store.user_exists(node(to)).await.unwrap_or(true) {
                 // §8.5.2.2.1: no such account.
                 bounce(server, &shared, StanzaError::service_unavailable()).await;
             }
@@ -246,16 +241,14 @@ async fn route_message(server: &Arc<Server>, message: Element, to: &Jid) -> Opti
 }
 
 /// The online session a full JID names, if any.
-fn addressed_session(server: &Server, to: &Jid) -> Option<crate::router::SessionEntry> {
+fn addressed_session(server: &Server, bare: &str, to: &Jid) -> Option<crate::router::SessionEntry> {
     let resource = to.resource()?;
-    server
-        .router
-        .with_sessions(to.to_bare().as_str(), |sessions| {
-            sessions
-                .iter()
-                .find(|s| s.jid.resource().as_str() == resource.as_str())
-                .cloned()
-        })
+    server.router.with_sessions(bare, |sessions| {
+        sessions
+            .iter()
+            .find(|s| s.jid.resource().as_str() == resource.as_str())
+            .cloned()
+    })
 }
 
 /// Hands a chat/normal message to the recipient's online devices: the addressed
@@ -269,7 +262,7 @@ fn hand_to_devices(server: &Server, to: &Jid, shared: &Arc<Element>, seq: Option
         Some(seq) => session.send_logged(shared.clone(), seq),
         None => session.send(shared.clone()),
     };
-    match addressed_session(server, to) {
+    match addressed_session(server, bare.as_str(), to) {
         Some(session) => {
             carbons::copy_to_other_devices(server, bare.as_str(), &session.jid, "received", shared);
             usize::from(send(&session))
@@ -297,7 +290,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
     let sender_jid = Jid::new(&sender).ok();
     let sender_bare = sender_jid
         .as_ref()
-        .map(|j| j.to_bare().to_string())
+        .map(|j| j.to_bare().into_inner())
         .unwrap_or_default();
     let body = message.child_text("body", ns::CLIENT);
     let now = crate::now_micros();
@@ -320,11 +313,9 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
     let outgoing_xml = sender_owner.as_ref().map(|_| message.to_xml(""));
     let outgoing = sender_jid
         .as_ref()
-        .filter(|j| server.is_local_user(j))
+        .filter(|j| server.is_local_user(j) && carbons::eligible(&message))
         .and_then(|j| j.clone().try_into_full().ok())
-        .filter(|full| {
-            carbons::eligible(&message) && carbons::wanted(server, full.to_bare().as_str(), full)
-        })
+        .filter(|full| carbons::wanted(server, &sender_bare, full))
         .map(|full| (full, message.clone()));
     let stanza_id = if archived {
         stamp_stanza_id(&mut message, recipient.as_str())
@@ -435,12 +426,11 @@ impl AfterCommit {
             done,
         } = self;
         let mut results = results.into_iter();
-        let recipient = to.to_bare();
         match results.next() {
             Some(Ok(seq)) => {
                 let shared = Arc::new(message);
                 hand_to_devices(&server, &to, &shared, Some(seq));
-                crate::features::push::on_logged(&server, node(&recipient), &shared);
+                crate::features::push::on_logged(&server, node(&to), &shared);
                 let own_id = own_id.filter(|_| matches!(results.next(), Some(Ok(_))));
                 if let Some((sender_full, mut copy)) = outgoing {
                     // XEP-0280 sent carbon; with the sender's archive id, so the other
@@ -462,6 +452,7 @@ impl AfterCommit {
                 }
                 // XEP-0424: delete for everyone leaves tombstones in both archives.
                 if let (Some(id), Some(sender_jid)) = (retract::retracted_id(&shared), sender_jid) {
+                    let recipient = to.to_bare();
                     tokio::spawn(async move {
                         retract::apply(&server, &sender_jid, &recipient, &id).await;
                     });
@@ -482,7 +473,7 @@ impl AfterCommit {
                 };
                 // The message as sent, without the id stamped for the recipient.
                 let mut sent = outgoing.map_or(message, |(_, sent)| sent);
-                remove_stanza_ids_by(&mut sent, recipient.as_str());
+                remove_stanza_ids_by(&mut sent, to.to_bare().as_str());
                 tokio::spawn(async move { bounce(&server, &sent, error).await });
             }
         }
