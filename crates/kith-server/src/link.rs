@@ -56,7 +56,7 @@ pub trait LinkRead: Send {
     fn release_buffers(&mut self) {}
 }
 
-/// How long a quiet link keeps its parser and write buffer (see
+/// How long a quiet streaming client keeps its parser (see
 /// [`LinkRead::release_buffers`]).
 pub const KEEP_BUFFERS: Duration = Duration::from_secs(1);
 
@@ -81,12 +81,6 @@ pub trait LinkWrite: Send {
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Closes the underlying transport after a final flush.
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
-    /// Whether the writer holds a buffer kept for the next write.
-    fn holds_buffers(&self) -> bool {
-        false
-    }
-    /// Gives that buffer back (see [`LinkRead::release_buffers`]).
-    fn release_buffers(&mut self) {}
 }
 
 /// A link used whole during negotiation.
@@ -232,6 +226,7 @@ impl<S: AsyncRead + Unpin> TcpReader<S> {
             Err(error) => Poll::Ready(Err(error.into())),
             Ok(()) if read.filled().is_empty() => Poll::Ready(Err(LinkError::Eof)),
             Ok(()) => {
+                // `pending` is empty here; both conversions keep its allocation.
                 let mut events = Vec::from(std::mem::take(&mut self.pending));
                 let fed = self.parser.feed(read.filled(), &mut events);
                 self.pending = VecDeque::from(events);

@@ -144,16 +144,15 @@ pub(crate) struct Session {
 type End = Option<(StreamErrorCondition, &'static str)>;
 
 /// The session's deadlines behind its one timer: the idle ping (XEP-0199) and its
-/// answer, giving a quiet link's buffers back ([`KEEP_BUFFERS`]), and the end of
-/// the XEP-0198 resumption window while detached. Activity only records an
-/// instant; the timer is set again when it fires or when a deadline comes nearer,
-/// not at every stanza (setting a tokio timer takes the timer wheel's lock).
+/// answer, giving a quiet client's parser back ([`KEEP_BUFFERS`]), and the end of
+/// the XEP-0198 resumption window while detached. What the client sends only
+/// records an instant; the timer is set again when it fires or when a deadline
+/// comes nearer, not at every stanza (setting a tokio timer takes the timer
+/// wheel's lock).
 struct Clock {
     idle: Duration,
     /// When the client last sent something.
     heard: Instant,
-    /// When the link last read or wrote.
-    active: Instant,
     /// When the idle ping went out, unanswered so far.
     pinged: Option<Instant>,
     /// Detached: when the resumption window ends.
@@ -171,11 +170,9 @@ enum Due {
 
 impl Clock {
     fn new(idle: Duration) -> Self {
-        let now = Instant::now();
         Clock {
             idle,
-            heard: now,
-            active: now,
+            heard: Instant::now(),
             pinged: None,
             resume_until: None,
         }
@@ -186,7 +183,7 @@ impl Clock {
         self.idle.min(Duration::from_secs(60))
     }
 
-    /// The nearest deadline; `holding`: the link keeps buffers a quiet spell frees.
+    /// The nearest deadline; `holding`: the reader keeps a parser a quiet spell frees.
     fn due(&self, holding: bool) -> Instant {
         if let Some(until) = self.resume_until {
             return until;
@@ -196,7 +193,7 @@ impl Clock {
             None => self.heard + self.idle,
         };
         if holding {
-            next.min(self.active + KEEP_BUFFERS)
+            next.min(self.heard + KEEP_BUFFERS)
         } else {
             next
         }
@@ -204,12 +201,7 @@ impl Clock {
 
     fn heard(&mut self) {
         self.heard = Instant::now();
-        self.active = self.heard;
         self.pinged = None;
-    }
-
-    fn wrote(&mut self) {
-        self.active = Instant::now();
     }
 
     fn detached(&mut self, window: Duration) {
@@ -237,7 +229,7 @@ impl Clock {
             }
             _ => {}
         }
-        if now >= self.active + KEEP_BUFFERS {
+        if now >= self.heard + KEEP_BUFFERS {
             Due::Quiet
         } else {
             Due::Nothing
@@ -327,7 +319,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
     let resume_window = Duration::from_secs(server.config.limits.resume_timeout_secs);
     let end: End = loop {
         // The timer moves only when it fired or a deadline came nearer (see `Clock`).
-        let due = clock.due(attached && (reader.holds_buffers() || writer.holds_buffers()));
+        let due = clock.due(attached && reader.holds_buffers());
         if timer.is_elapsed() || due < timer.deadline() {
             timer.as_mut().reset(due);
         }
@@ -391,10 +383,7 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                 Ok(())
             }
             outbound = rx.recv(), if attached => match outbound {
-                Some(outbound) => {
-                    clock.wrote();
-                    session.write_outbound(&mut writer, outbound)
-                }
+                Some(outbound) => session.write_outbound(&mut writer, outbound),
                 None => Err(None),
             },
             () = &mut timer => match clock.fired(attached) {
@@ -405,7 +394,6 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                 }
                 Due::Quiet => {
                     reader.release_buffers();
-                    writer.release_buffers();
                     Ok(())
                 }
                 Due::PingUnanswered => {

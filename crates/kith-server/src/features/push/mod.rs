@@ -122,10 +122,7 @@ impl Push {
 
     fn cached(&self, owner: &str) -> Option<Arc<[PushRegistration]>> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .get(owner)
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-            .map(|(_, registrations)| registrations.clone())
+        fresh(&cache, owner, Instant::now()).cloned()
     }
 
     fn invalidate(&self, owner: &str) {
@@ -402,6 +399,19 @@ pub(crate) fn on_logged(server: &Arc<Server>, owner: &str, message: &Arc<Element
     on_logged_for(server, [owner], message);
 }
 
+/// `owner`'s registrations in `cache`, if looked up less than [`CACHE_TTL`]
+/// before `now`.
+fn fresh<'c>(
+    cache: &'c HashMap<String, Cached>,
+    owner: &str,
+    now: Instant,
+) -> Option<&'c Arc<[PushRegistration]>> {
+    cache
+        .get(owner)
+        .filter(|(at, _)| now.saturating_duration_since(*at) < CACHE_TTL)
+        .map(|(_, registrations)| registrations)
+}
+
 /// [`on_logged`] for the members a group message is for: the cache is looked
 /// at once for all of them (per member, its lock and a clock read were a tenth
 /// of a 1,024-member group's fan-out).
@@ -420,12 +430,8 @@ pub(crate) fn on_logged_for<'a>(
         owners
             .into_iter()
             .filter(|owner| !owner.is_empty())
-            .filter(|owner| {
-                // Known to have no registrations: nothing to wake.
-                !cache.get(*owner).is_some_and(|(at, registrations)| {
-                    now.saturating_duration_since(*at) < CACHE_TTL && registrations.is_empty()
-                })
-            })
+            // Known to have no registrations: nothing to wake.
+            .filter(|owner| !fresh(&cache, owner, now).is_some_and(|r| r.is_empty()))
             .collect()
     };
     if wanted.is_empty() {
