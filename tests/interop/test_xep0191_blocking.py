@@ -81,6 +81,26 @@ async def test_blocker_cannot_message_blocked_contact(xmpp):
     assert not p.matching(lambda s: s.xml.tag == "{jabber:client}message" and s["body"] == "you shouldn't get this")
 
 
+async def test_a_blocked_full_jid_stops_messages_to_that_resource_only(xmpp):
+    # XEP-0191 §3.4 with the matching rules of XEP-0016 §2.1: a blocked
+    # user@domain/resource is that one resource, not the whole account.
+    me, other = await xmpp.account("blkres"), await xmpp.account("blkres2")
+    a = await xmpp.connect(me)
+    phone = await xmpp.connect(other, resource="phone")
+    laptop = await xmpp.connect(other, resource="laptop")
+    blocked = f"{other.jid}/phone"
+    await a.plugin["xep_0191"].block(blocked, timeout=10)
+
+    a.send_message(mto=blocked, mbody="not to the phone", mtype="chat")
+    err = await a.wait_message(lambda m: m["type"] == "error", what="error for messaging a blocked resource")
+    assert error_condition(err) == "not-acceptable", err
+
+    a.send_message(mto=f"{other.jid}/laptop", mbody="to the laptop", mtype="chat")
+    await laptop.wait_message(msg_with_body("to the laptop"), what="message to the resource not blocked")
+    await asyncio.sleep(0.5)
+    assert not phone.matching(lambda s: s.xml.tag == "{jabber:client}message" and s["body"] == "not to the phone")
+
+
 async def test_block_hides_presence_and_unblock_restores_it(xmpp):
     me, friend = await xmpp.account("hider"), await xmpp.account("friend")
     a = await xmpp.connect(me, resource="a")

@@ -19,3 +19,31 @@ pub use error::{StanzaError, StanzaErrorType, StreamErrorCondition};
 pub use jid::{BareJid, FullJid, Jid};
 pub use stream::{StreamEvent, StreamParser, StreamParserError};
 pub use xml::{Element, Node};
+
+/// The bare part of `jid` (`node@domain`, or `domain`) as a slice of its
+/// normalised form: what [`Jid::to_bare`] would spell, without formatting and
+/// allocating a new JID (which it does on every call).
+pub fn bare_str(jid: &Jid) -> &str {
+    let full = jid.as_str();
+    // RFC 7622 §3.1: the first `/` starts the resource; node and domain have none.
+    full.split_once('/').map_or(full, |(bare, _)| bare)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_str_is_what_to_bare_spells() {
+        for jid in [
+            "Juliet@Example.COM/Balcony/with/slashes",
+            "juliet@example.com",
+            "example.com/resource",
+            "example.com",
+            "ju liet@example.com/r",
+        ] {
+            let Ok(parsed) = Jid::new(jid) else { continue };
+            assert_eq!(bare_str(&parsed), parsed.to_bare().as_str(), "{jid}");
+        }
+    }
+}

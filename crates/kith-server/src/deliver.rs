@@ -12,7 +12,7 @@ use std::sync::Arc;
 use kith_proto::error::StanzaErrorCondition;
 use kith_proto::stream::{Limits, parse_fragment};
 use kith_proto::xml::amend_serialized;
-use kith_proto::{Element, FullJid, Jid, StanzaError, ns};
+use kith_proto::{Element, FullJid, Jid, StanzaError, bare_str, ns};
 use kith_store::NewInboxEntry;
 
 use crate::Server;
@@ -32,9 +32,13 @@ pub(crate) async fn message_from_client(
     to: Option<Jid>,
 ) -> Option<Committed> {
     // RFC 6120 §10.3.1: no `to` means the account's own bare JID.
-    if to.is_none() {
-        message.set_attr("to", session.bare.to_string());
-    }
+    let to = match to {
+        Some(to) => to,
+        None => {
+            message.set_attr("to", session.bare.as_str());
+            Jid::from(session.bare.clone())
+        }
+    };
     let server = session.server.clone();
     // XEP-0280: the user's other devices see what this one sends. A message that
     // goes into the log gets its copy once logged (`log_message`), carrying the
@@ -48,7 +52,8 @@ pub(crate) async fn message_from_client(
             &message,
         );
     }
-    route(&server, message).await
+    // Both addresses as parsed already (`from` is the session's, stamped).
+    route_parsed(&server, message, to, Some(Jid::from(session.jid.clone()))).await
 }
 
 /// Routes a stanza whose `from` is final to its recipient on this server, or
@@ -57,6 +62,16 @@ pub(crate) async fn message_from_client(
 pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Committed> {
     let to = stanza.get_attr("to").and_then(|to| Jid::new(to).ok())?;
     let from = stanza.get_attr("from").and_then(|from| Jid::new(from).ok());
+    route_parsed(server, stanza, to, from).await
+}
+
+/// [`route`] with the stanza's `to` and `from` parsed already.
+async fn route_parsed(
+    server: &Arc<Server>,
+    stanza: Element,
+    to: Jid,
+    from: Option<Jid>,
+) -> Option<Committed> {
     if server.muc.serves(server, to.domain().as_str()) {
         Box::pin(crate::features::muc::route(server, stanza, &to)).await;
         return None;
@@ -83,8 +98,9 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Commi
     if let Some(from) = &from
         && (from.node() != to.node() || from.domain() != to.domain())
     {
-        // XEP-0191 §3.4: the sender blocked the recipient.
-        if server.is_local_user(from) && server.blocks(node(from), &Jid::from(to.to_bare())).await {
+        // XEP-0191 §3.4: the sender blocked the recipient, matched as addressed
+        // (XEP-0016 §2.1: a blocked full JID covers that resource only).
+        if server.is_local_user(from) && server.blocks(node(from), &to).await {
             let blocked = Element::new(ns::BLOCKING_ERRORS, "blocked");
             let error = StanzaError::new(StanzaErrorCondition::NotAcceptable)
                 .with_type(kith_proto::StanzaErrorType::Cancel)
@@ -98,15 +114,21 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Commi
             return None;
         }
     }
-    route_checked(server, stanza, &to).await
+    route_checked(server, stanza, &to, from.as_ref()).await
 }
 
-/// Delivers to a local user, past the blocking checks.
-async fn route_checked(server: &Arc<Server>, stanza: Element, to: &Jid) -> Option<Committed> {
+/// Delivers to a local user, past the blocking checks. `from` is the stanza's
+/// `from`, parsed.
+async fn route_checked(
+    server: &Arc<Server>,
+    stanza: Element,
+    to: &Jid,
+    from: Option<&Jid>,
+) -> Option<Committed> {
     match stanza.name.as_str() {
         "message" => {
-            let stanza = without_held_back_marker(server, stanza, to).await?;
-            return route_message(server, stanza, to).await;
+            let stanza = without_held_back_marker(server, stanza, to, from).await?;
+            return route_message(server, stanza, to, from).await;
         }
         "presence" => crate::features::presence::inbound(server, stanza, to).await,
         _ => route_iq(server, stanza, to).await,
@@ -122,15 +144,13 @@ async fn without_held_back_marker(
     server: &Arc<Server>,
     mut message: Element,
     to: &Jid,
+    from: Option<&Jid>,
 ) -> Option<Element> {
     const NS_MARKERS: &str = "urn:xmpp:chat-markers:0";
     if !message.has_child("displayed", NS_MARKERS) {
         return Some(message);
     }
-    let from = message
-        .get_attr("from")
-        .and_then(|from| Jid::new(from).ok())?
-        .to_bare();
+    let from = from?.to_bare();
     if crate::features::privacy::read_marker_allowed(server, &from, &to.to_bare()).await {
         return Some(message);
     }
@@ -159,21 +179,20 @@ pub(crate) async fn bounce(server: &Arc<Server>, stanza: &Element, error: Stanza
         return;
     };
     if server.is_local_user(&to) {
-        let _ = Box::pin(route_checked(server, reply, &to)).await;
+        let from = reply.get_attr("from").and_then(|from| Jid::new(from).ok());
+        let _ = Box::pin(route_checked(server, reply, &to, from.as_ref())).await;
     }
 }
 
 async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
     let kind = iq.get_attr("type").unwrap_or("");
     if let Some(resource) = to.resource()
-        && let Some(session) = server
-            .router
-            .with_sessions(to.to_bare().as_str(), |sessions| {
-                sessions
-                    .iter()
-                    .find(|s| s.jid.resource().as_str() == resource.as_str())
-                    .cloned()
-            })
+        && let Some(session) = server.router.with_sessions(bare_str(to), |sessions| {
+            sessions
+                .iter()
+                .find(|s| s.jid.resource().as_str() == resource.as_str())
+                .cloned()
+        })
     {
         session.send(Arc::new(iq));
         return;
@@ -191,12 +210,16 @@ async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
 /// (and a copy into the sender's, for their archive); only once committed are they
 /// handed to the recipient's online devices. Devices that are offline read them
 /// from the log when they next come online.
-async fn route_message(server: &Arc<Server>, message: Element, to: &Jid) -> Option<Committed> {
+async fn route_message(
+    server: &Arc<Server>,
+    message: Element,
+    to: &Jid,
+    from: Option<&Jid>,
+) -> Option<Committed> {
     let kind = message.get_attr("type").unwrap_or("normal").to_owned();
     match kind.as_str() {
         "error" | "groupchat" | "headline" => {
-            let recipient = to.to_bare();
-            let bare = recipient.as_str();
+            let bare = bare_str(to);
             let addressed = addressed_session(server, bare, to);
             match kind.as_str() {
                 "groupchat" if addressed.is_none() => {
@@ -226,7 +249,7 @@ async fn route_message(server: &Arc<Server>, message: Element, to: &Jid) -> Opti
             }
             None
         }
-        _ if storable(&message) => log_message(server, message, to).await,
+        _ if storable(&message) => log_message(server, message, to, from).await,
         _ => {
             // Not archived, so no archive id (XEP-0359 §3 ties it to storage).
             let shared = Arc::new(message);
@@ -255,19 +278,25 @@ fn addressed_session(server: &Server, bare: &str, to: &Jid) -> Option<crate::rou
 /// resource if it is online (with carbons to the others, XEP-0280 §6), otherwise
 /// every available device with a non-negative priority (RFC 6121 §8.5.2.1.1 allows
 /// it, and it is what "every device gets every message" means while they are
-/// online). `seq` is the entry's place in the log. Returns how many got it.
-fn hand_to_devices(server: &Server, to: &Jid, shared: &Arc<Element>, seq: Option<i64>) -> usize {
-    let bare = to.to_bare();
-    let send = |session: &crate::router::SessionEntry| match seq {
-        Some(seq) => session.send_logged(shared.clone(), seq),
+/// online). `logged`: the entry as stored and its place in the log, written to
+/// the devices as it is. Returns how many got it.
+fn hand_to_devices(
+    server: &Server,
+    to: &Jid,
+    shared: &Arc<Element>,
+    logged: Option<(&Arc<str>, i64)>,
+) -> usize {
+    let bare = bare_str(to);
+    let send = |session: &crate::router::SessionEntry| match logged {
+        Some((xml, seq)) => session.send_logged_xml(xml.clone(), seq),
         None => session.send(shared.clone()),
     };
-    match addressed_session(server, bare.as_str(), to) {
+    match addressed_session(server, bare, to) {
         Some(session) => {
-            carbons::copy_to_other_devices(server, bare.as_str(), &session.jid, "received", shared);
+            carbons::copy_to_other_devices(server, bare, &session.jid, "received", shared);
             usize::from(send(&session))
         }
-        None => server.router.with_sessions(bare.as_str(), |sessions| {
+        None => server.router.with_sessions(bare, |sessions| {
             sessions
                 .iter()
                 .filter(|s| s.available() && s.priority >= 0)
@@ -284,28 +313,30 @@ fn hand_to_devices(server: &Server, to: &Jid, shared: &Arc<Element>, seq: Option
 /// devices and carbon-copied to the sender's other devices; the returned [`Committed`] then
 /// resolves. A resend with the same XEP-0359 origin-id is stored and delivered
 /// once.
-async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Option<Committed> {
-    let recipient = to.to_bare();
+async fn log_message(
+    server: &Arc<Server>,
+    mut message: Element,
+    to: &Jid,
+    from: Option<&Jid>,
+) -> Option<Committed> {
+    let recipient = bare_str(to);
     let sender = message.get_attr("from").unwrap_or_default().to_owned();
-    let sender_jid = Jid::new(&sender).ok();
-    let sender_bare = sender_jid
-        .as_ref()
-        .map(|j| j.to_bare().into_inner())
-        .unwrap_or_default();
+    let sender_jid = from.cloned();
+    let sender_bare = from.map(|j| bare_str(j).to_owned()).unwrap_or_default();
     let body = message.child_text("body", ns::CLIENT);
     let now = crate::now_micros();
     // XEP-0441: an entry the owner doesn't want archived is still logged for
     // delivery, without an archive id (MAM skips entries without one) and
     // without its text for search. Without an archive nothing is archived.
     let archiving = server.config.archive.enabled;
-    let archived = archiving && mam::should_archive(server, node(&recipient), &sender).await;
+    let archived = archiving && mam::should_archive(server, node(to), &sender).await;
     // The sender's copy, for their archive, goes into the same commit.
     let sender_owner = sender_jid
         .as_ref()
-        .filter(|j| archiving && server.is_local_user(j) && j.to_bare() != recipient)
+        .filter(|j| archiving && server.is_local_user(j) && bare_str(j) != recipient)
         .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
     let sender_owner = match sender_owner {
-        Some(owner) if mam::should_archive(server, &owner, recipient.as_str()).await => Some(owner),
+        Some(owner) if mam::should_archive(server, &owner, recipient).await => Some(owner),
         _ => None,
     };
     // Both are the message as sent (before the recipient's id is stamped), and
@@ -318,7 +349,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
         .filter(|full| carbons::wanted(server, &sender_bare, full))
         .map(|full| (full, message.clone()));
     let stanza_id = if archived {
-        stamp_stanza_id(&mut message, recipient.as_str())
+        stamp_stanza_id(&mut message, recipient)
     } else {
         String::new()
     };
@@ -328,7 +359,8 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
         .and_then(|o| o.get_attr("id"))
         .filter(|id| !id.is_empty())
         .map(|id| format!("{sender_bare}\n{id}"));
-    let xml = message.to_xml("");
+    // Stored, and written to the recipient's devices as it is.
+    let xml: Arc<str> = message.to_xml("").into();
     let entry = NewInboxEntry {
         stanza_id: &stanza_id,
         sender: &sender,
@@ -340,7 +372,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
         body: body.as_deref().filter(|_| archived),
         origin: origin.as_deref(),
     };
-    let mut entries = vec![(node(&recipient), entry)];
+    let mut entries = vec![(node(to), entry)];
     let own_id = sender_owner.as_ref().map(|_| crate::archive_id());
     if let (Some(owner), Some(own_id), Some(outgoing_xml)) = (&sender_owner, &own_id, &outgoing_xml)
     {
@@ -352,7 +384,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
                 kind: "message",
                 xml: outgoing_xml,
                 at_micros: now,
-                peer: recipient.as_str(),
+                peer: recipient,
                 direction: "out",
                 body: body.as_deref(),
                 origin: origin.as_deref(),
@@ -365,6 +397,7 @@ async fn log_message(server: &Arc<Server>, mut message: Element, to: &Jid) -> Op
         message,
         outgoing,
         to: to.clone(),
+        xml: xml.clone(),
         sender_jid,
         own_id: own_id.clone(),
         done,
@@ -404,6 +437,8 @@ struct AfterCommit {
     server: Arc<Server>,
     /// As stored for the recipient (with its stanza id).
     message: Element,
+    /// The same, serialised as stored.
+    xml: Arc<str>,
     /// The sending device and the message as it sent it, if one of the sender's
     /// other devices wants a sent carbon.
     outgoing: Option<(FullJid, Element)>,
@@ -421,6 +456,7 @@ impl AfterCommit {
             message,
             outgoing,
             to,
+            xml,
             sender_jid,
             own_id,
             done,
@@ -429,7 +465,7 @@ impl AfterCommit {
         match results.next() {
             Some(Ok(seq)) => {
                 let shared = Arc::new(message);
-                hand_to_devices(&server, &to, &shared, Some(seq));
+                hand_to_devices(&server, &to, &shared, Some((&xml, seq)));
                 crate::features::push::on_logged(&server, node(&to), &shared);
                 let own_id = own_id.filter(|_| matches!(results.next(), Some(Ok(_))));
                 if let Some((sender_full, mut copy)) = outgoing {

@@ -26,6 +26,10 @@ pub enum Outbound {
     Stanza(Arc<Element>),
     /// An entry of the user's inbox log, with its sequence number.
     Logged(Arc<Element>, i64),
+    /// An entry of the user's inbox log as stored (serialised by
+    /// `Element::to_xml`, which declares its namespace: right on every link),
+    /// written as it is.
+    LoggedXml(Arc<str>, i64),
     /// An entry of the user's inbox log serialised once (by `Element::to_xml`) for
     /// all its recipients, written addressed `to` this one (DESIGN.md: fan-out
     /// serialises once and shares the bytes).
@@ -84,6 +88,11 @@ impl SessionEntry {
     /// entry stays in the log for the device's next login.
     pub fn send_logged(&self, stanza: Arc<Element>, seq: i64) -> bool {
         self.send_outbound(Outbound::Logged(stanza, seq))
+    }
+
+    /// Queues an inbox log entry already serialised for this recipient.
+    pub fn send_logged_xml(&self, xml: Arc<str>, seq: i64) -> bool {
+        self.send_outbound(Outbound::LoggedXml(xml, seq))
     }
 
     /// Queues an inbox log entry serialised once for many recipients.

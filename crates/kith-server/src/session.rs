@@ -626,6 +626,18 @@ impl Session {
                 }
                 Ok(())
             }
+            Outbound::LoggedXml(xml, seq) => {
+                if self.caught_up {
+                    self.flush_held(writer);
+                    if self.first_write_of(Some(seq)) {
+                        writer.raw(&xml);
+                        if let Some(sm) = &mut self.sm {
+                            sm.sent(Some(seq), xml.to_string());
+                        }
+                    }
+                }
+                Ok(())
+            }
             Outbound::LoggedShared { xml, to, seq } => {
                 if self.caught_up && seq > self.written_seq {
                     self.flush_held(writer);
@@ -721,7 +733,7 @@ impl Session {
                 "the from address is not yours",
             ));
         }
-        stanza.set_attr("from", self.jid.to_string());
+        stanza.set_attr("from", self.jid.as_str());
         let to = match stanza.get_attr("to").map(Jid::new) {
             None => None,
             Some(Ok(to)) => Some(to),
@@ -884,6 +896,10 @@ impl Session {
     }
 
     fn is_own_address(&self, from: &str) -> bool {
+        // As bound (normalised): the usual case, without parsing.
+        if from == self.jid.as_str() || from == self.bare.as_str() {
+            return true;
+        }
         match Jid::new(from) {
             Ok(jid) => match jid.try_as_full() {
                 Ok(full) => *full == self.jid,

@@ -154,7 +154,7 @@ fn matches(list: &HashSet<String>, jid: &Jid) -> bool {
         // `domain/resource`: its only other forms are itself and the domain.
         return false;
     }
-    list.contains(jid.to_bare().as_str())
+    list.contains(kith_proto::bare_str(jid))
         || list.contains(&format!("{domain}/{}", resource.as_str()))
 }
 
