@@ -13,6 +13,7 @@
 //! client without stream management, once they were written to the connection.
 
 use std::any::{Any, TypeId};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -500,13 +501,13 @@ impl Session {
     }
 
     /// Like [`Session::emit`], for a stanza already serialised.
-    fn emit_serialized<W: LinkWrite>(&mut self, writer: &mut W, xml: String, seq: Option<i64>) {
+    fn emit_serialized<W: LinkWrite>(&mut self, writer: &mut W, xml: Cow<str>, seq: Option<i64>) {
         if !self.first_write_of(seq) {
             return;
         }
         writer.raw(&xml);
         if let Some(sm) = &mut self.sm {
-            sm.sent(seq, xml);
+            sm.sent(seq, xml.into_owned());
         }
     }
 
@@ -533,7 +534,7 @@ impl Session {
     fn emit_reply<W: LinkWrite>(&mut self, writer: &mut W, reply: Reply, seq: Option<i64>) {
         match reply {
             Reply::Stanza(stanza) => self.emit(writer, &stanza, seq),
-            Reply::Serialized(xml) => self.emit_serialized(writer, xml, seq),
+            Reply::Serialized(xml) => self.emit_serialized(writer, Cow::Owned(xml), seq),
         }
     }
 
@@ -627,14 +628,10 @@ impl Session {
                 Ok(())
             }
             Outbound::LoggedXml(xml, seq) => {
+                // As `Logged`.
                 if self.caught_up {
                     self.flush_held(writer);
-                    if self.first_write_of(Some(seq)) {
-                        writer.raw(&xml);
-                        if let Some(sm) = &mut self.sm {
-                            sm.sent(Some(seq), xml.to_string());
-                        }
-                    }
+                    self.emit_serialized(writer, Cow::Borrowed(&xml), Some(seq));
                 }
                 Ok(())
             }
