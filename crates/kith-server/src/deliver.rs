@@ -186,14 +186,7 @@ pub(crate) async fn bounce(server: &Arc<Server>, stanza: &Element, error: Stanza
 
 async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
     let kind = iq.get_attr("type").unwrap_or("");
-    if let Some(resource) = to.resource()
-        && let Some(session) = server.router.with_sessions(bare_str(to), |sessions| {
-            sessions
-                .iter()
-                .find(|s| s.jid.resource().as_str() == resource.as_str())
-                .cloned()
-        })
-    {
+    if let Some(session) = addressed_session(server, to) {
         session.send(Arc::new(iq));
         return;
     }
@@ -220,7 +213,7 @@ async fn route_message(
     match kind.as_str() {
         "error" | "groupchat" | "headline" => {
             let bare = bare_str(to);
-            let addressed = addressed_session(server, bare, to);
+            let addressed = addressed_session(server, to);
             match kind.as_str() {
                 "groupchat" if addressed.is_none() => {
                     bounce(server, &message, StanzaError::service_unavailable()).await
@@ -264,9 +257,9 @@ async fn route_message(
 }
 
 /// The online session a full JID names, if any.
-fn addressed_session(server: &Server, bare: &str, to: &Jid) -> Option<crate::router::SessionEntry> {
+fn addressed_session(server: &Server, to: &Jid) -> Option<crate::router::SessionEntry> {
     let resource = to.resource()?;
-    server.router.with_sessions(bare, |sessions| {
+    server.router.with_sessions(bare_str(to), |sessions| {
         sessions
             .iter()
             .find(|s| s.jid.resource().as_str() == resource.as_str())
@@ -291,7 +284,7 @@ fn hand_to_devices(
         Some((xml, seq)) => session.send_logged_xml(xml.clone(), seq),
         None => session.send(shared.clone()),
     };
-    match addressed_session(server, bare, to) {
+    match addressed_session(server, to) {
         Some(session) => {
             carbons::copy_to_other_devices(server, bare, &session.jid, "received", shared);
             usize::from(send(&session))

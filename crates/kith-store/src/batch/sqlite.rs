@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flume::{RecvTimeoutError, TryRecvError};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
@@ -571,9 +571,7 @@ impl SqliteWriter {
     /// Indexes up to [`INDEX_CHUNK`] rows from `fts_state.next_rowid` in one
     /// transaction. Returns whether more may be waiting.
     fn try_index_pass(&mut self) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = Immediate::begin(&self.conn)?;
         let from: i64 = tx.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
         let last: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
             row.get(0)
@@ -627,10 +625,11 @@ impl SqliteWriter {
     }
 }
 
-/// A `BEGIN IMMEDIATE` transaction from cached statements, rolled back when
-/// dropped uncommitted. rusqlite's `Transaction` prepares `BEGIN` and `COMMIT`
-/// anew each time (`execute_batch`): with a commit per message at low rates
-/// that was 6–8 % of the server's instructions (callgrind).
+/// The writer's transactions (commits and full-text passes): `BEGIN IMMEDIATE`
+/// from cached statements, rolled back when dropped uncommitted. rusqlite's
+/// `Transaction` prepares `BEGIN` and `COMMIT` anew each time (`execute_batch`):
+/// with a commit per message at low rates that was 6–8 % of the server's
+/// instructions (callgrind).
 struct Immediate<'c> {
     conn: &'c Connection,
 }
