@@ -302,7 +302,7 @@ impl Store {
         let mut items = rows
             .iter()
             .take(usize::try_from(max).unwrap_or(usize::MAX))
-            .map(crate::entry_from_row)
+            .map(|row| crate::entry_from_row(row))
             .collect::<Result<Vec<_>>>()?;
         if backwards {
             items.reverse();

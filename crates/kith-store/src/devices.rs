@@ -10,7 +10,25 @@ use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
+use crate::read::Columns;
 use crate::{Backend, DeviceStart, Result, Store, StoreError};
+
+/// Registers a login (`$1` owner, `$2` resource, `$3` now): a device seen before
+/// keeps its cursor; a new one starts at the owner's delivered mark. Two first
+/// logins of one resource racing: the loser updates the winner's row and reads
+/// its cursor. No row: the owner has no account. Decoded by [`start_from_row`].
+pub(crate) const ATTACH: &str = "INSERT INTO devices (owner, resource, cursor, last_seen_micros)
+     SELECT username, $2, delivered_seq, $3 FROM users WHERE username = $1
+     ON CONFLICT (owner, resource) DO UPDATE SET last_seen_micros = $3
+     RETURNING cursor, (SELECT COUNT(*) FROM room_fill WHERE owner = $1) AS rooms";
+
+/// Where a device starts, from the row [`ATTACH`] returns.
+pub(crate) fn start_from_row(row: &dyn Columns) -> Result<DeviceStart> {
+    Ok(DeviceStart {
+        cursor: row.int("cursor")?,
+        in_rooms: row.int("rooms")? > 0,
+    })
+}
 
 impl Store {
     /// Registers a login of `resource`, returning where its delivery starts.
@@ -20,44 +38,8 @@ impl Store {
         resource: &str,
         now_micros: i64,
     ) -> Result<DeviceStart> {
-        // One statement each (no transaction): a login costs one round trip
-        // to the database, not five. The common case is a device seen before.
-        let seen = sqlx::query(
-            "UPDATE devices SET last_seen_micros = $3 WHERE owner = $1 AND resource = $2
-             RETURNING cursor, (SELECT COUNT(*) FROM room_fill WHERE owner = $1) AS rooms",
-        )
-        .bind(owner)
-        .bind(resource)
-        .bind(now_micros)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = seen {
-            return Ok(DeviceStart {
-                cursor: row.try_get("cursor")?,
-                new: false,
-                in_rooms: row.try_get::<i64, _>("rooms")? > 0,
-            });
-        }
-        // A new device starts at the owner's delivered mark. Two first logins
-        // of one resource racing: the loser updates the winner's row and reads
-        // its cursor.
-        let row = sqlx::query(
-            "INSERT INTO devices (owner, resource, cursor, last_seen_micros)
-             SELECT username, $2, delivered_seq, $3 FROM users WHERE username = $1
-             ON CONFLICT (owner, resource) DO UPDATE SET last_seen_micros = $3
-             RETURNING cursor, (SELECT COUNT(*) FROM room_fill WHERE owner = $1) AS rooms",
-        )
-        .bind(owner)
-        .bind(resource)
-        .bind(now_micros)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::NoSuchUser(owner.to_owned()))?;
-        Ok(DeviceStart {
-            cursor: row.try_get("cursor")?,
-            new: true,
-            in_rooms: row.try_get::<i64, _>("rooms")? > 0,
-        })
+        // Through the group-commit writer: the logins of a storm share commits.
+        self.writer.attach(owner, resource, now_micros).await
     }
 
     /// Records that `resource` has received every entry through `seq`. Cursors

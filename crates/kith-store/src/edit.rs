@@ -1,6 +1,7 @@
 //! Rewriting log entries in place: what XEP-0424 retraction ("delete for
 //! everyone") needs, so the archive keeps a tombstone instead of the message.
 
+use crate::read::Arg;
 use crate::{InboxEntry, Result, Store};
 
 impl Store {
@@ -14,19 +15,22 @@ impl Store {
         direction: &str,
         limit: i64,
     ) -> Result<Vec<InboxEntry>> {
-        // Only constant text is formatted into the SQL.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM inbox WHERE owner = $1 AND peer = $2 AND direction = $3 AND stanza_id <> '' \
-             ORDER BY seq DESC LIMIT $4",
-            crate::INBOX_COLUMNS
-        )))
-        .bind(owner)
-        .bind(peer)
-        .bind(direction)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(crate::entry_from_row).collect()
+        self.rows(
+            concat!(
+                "SELECT ",
+                inbox_columns!(),
+                " FROM inbox WHERE owner = $1 AND peer = $2 AND direction = $3 \
+                 AND stanza_id <> '' ORDER BY seq DESC LIMIT $4"
+            ),
+            &[
+                Arg::Text(owner),
+                Arg::Text(peer),
+                Arg::Text(direction),
+                Arg::Int(limit),
+            ],
+            crate::entry_from_row,
+        )
+        .await
     }
 
     /// Replaces an entry's stanza and body (the full-text index follows).

@@ -56,6 +56,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The columns of an inbox log entry, as a literal for `concat!`.
+macro_rules! inbox_columns {
+    () => {
+        "seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body"
+    };
+}
 mod archive;
 mod batch;
 mod devices;
@@ -67,6 +73,7 @@ mod pep;
 mod phone;
 mod privacy;
 mod push;
+mod read;
 mod types;
 mod uploads;
 
@@ -95,6 +102,7 @@ pub use types::{
 };
 pub use uploads::{NewUpload, Upload, UploadCreated, UploadState};
 
+use read::{Arg, Columns};
 use types::{decode_groups, encode_groups};
 
 /// Default pool size for SQLite: one writer at a time anyway, a few readers.
@@ -131,6 +139,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     writer: batch::Writer,
+    /// SQLite only: connections for short reads on the caller's thread (`read`).
+    readers: Option<Arc<read::Readers>>,
     /// The temporary file behind `sqlite::memory:`, removed with the last clone.
     _temp: Option<Arc<TempDb>>,
 }
@@ -187,10 +197,12 @@ impl Store {
             Some(file) => batch::Writer::start_sqlite(file)?,
             None => batch::Writer::start_postgres(pool.clone()),
         };
+        let readers = file.map(|file| Arc::new(read::Readers::new(file)));
         Ok(Store {
             pool,
             backend,
             writer,
+            readers,
             _temp: temp,
         })
     }
@@ -270,19 +282,19 @@ impl Store {
 
     /// An account's SCRAM secrets, `None` if there is no such user.
     pub async fn credentials(&self, username: &str) -> Result<Option<StoredCredentials>> {
-        let row = sqlx::query(
+        self.row(
             "SELECT sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
                     sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key
              FROM users WHERE username = $1",
+            &[Arg::Text(username)],
+            |row| {
+                Ok(StoredCredentials {
+                    sha1: scram_from_row(row, "sha1")?,
+                    sha256: scram_from_row(row, "sha256")?,
+                })
+            },
         )
-        .bind(username)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(StoredCredentials {
-            sha1: scram_from_row(&row, "sha1")?,
-            sha256: scram_from_row(&row, "sha256")?,
-        }))
+        .await
     }
 
     /// Whether the account exists.
@@ -358,24 +370,28 @@ impl Store {
         // Version and items in one statement, so they come from one snapshot
         // on both engines (and a login pays one round trip, not four). An
         // owner without items yields one row with NULL item columns.
-        let rows = sqlx::query(
-            "SELECT u.roster_version, r.contact, r.name, r.subscription, r.ask, r.pending_in,
-                    r.approved, r.group_names
-             FROM users u LEFT JOIN roster_items r ON r.owner = u.username
-             WHERE u.username = $1",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        let Some(first) = rows.first() else {
+        let rows = self
+            .rows(
+                "SELECT u.roster_version, r.contact, r.name, r.subscription, r.ask,
+                        r.pending_in, r.approved, r.group_names
+                 FROM users u LEFT JOIN roster_items r ON r.owner = u.username
+                 WHERE u.username = $1",
+                &[Arg::Text(owner)],
+                |row| {
+                    let version = row.int("roster_version")?;
+                    let item = match row.opt_text("contact")? {
+                        Some(_) => Some(roster_item_from_row(row)?),
+                        None => None,
+                    };
+                    Ok((version, item))
+                },
+            )
+            .await?;
+        let Some((version, _)) = rows.first() else {
             return Ok((0, Vec::new()));
         };
-        let version: i64 = first.try_get("roster_version")?;
-        let mut items = rows
-            .iter()
-            .filter(|row| matches!(row.try_get::<Option<String>, _>("contact"), Ok(Some(_))))
-            .map(roster_item_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let version = *version;
+        let mut items: Vec<RosterItem> = rows.into_iter().filter_map(|(_, item)| item).collect();
         items.sort_unstable_by(|a, b| a.contact.cmp(&b.contact));
         Ok((version, items))
     }
@@ -389,15 +405,13 @@ impl Store {
 
     /// One roster item.
     pub async fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
-        let row = sqlx::query(
+        self.row(
             "SELECT contact, name, subscription, ask, pending_in, approved, group_names
              FROM roster_items WHERE owner = $1 AND contact = $2",
+            &[Arg::Text(owner), Arg::Text(contact)],
+            roster_item_from_row,
         )
-        .bind(owner)
-        .bind(contact)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(roster_item_from_row).transpose()
+        .await
     }
 
     /// Inserts or replaces the item for `item.contact`; returns the new roster
@@ -516,16 +530,16 @@ impl Store {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        // Only constant text is formatted into the SQL.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {INBOX_COLUMNS} FROM inbox WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-        )))
-        .bind(owner)
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(entry_from_row).collect()
+        self.rows(
+            concat!(
+                "SELECT ",
+                inbox_columns!(),
+                " FROM inbox WHERE owner = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ),
+            &[Arg::Text(owner), Arg::Int(after_seq), Arg::Int(limit)],
+            entry_from_row,
+        )
+        .await
     }
 
     /// Deletes the owner's entries with `seq <= seq`; returns how many.
@@ -710,21 +724,18 @@ impl Store {
 }
 
 /// The columns of an inbox log entry, in the order [`entry_from_row`] reads them.
-pub(crate) const INBOX_COLUMNS: &str =
-    "seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body";
-
-/// One inbox log entry from a row selected with [`INBOX_COLUMNS`].
-pub(crate) fn entry_from_row(row: &AnyRow) -> Result<InboxEntry> {
+/// One inbox log entry from a row selected with `inbox_columns!()`.
+pub(crate) fn entry_from_row(row: &dyn Columns) -> Result<InboxEntry> {
     Ok(InboxEntry {
-        seq: row.try_get("seq")?,
-        stanza_id: row.try_get("stanza_id")?,
-        sender: row.try_get("sender")?,
-        kind: row.try_get("kind")?,
-        xml: row.try_get("xml")?,
-        at_micros: row.try_get("at_micros")?,
-        peer: row.try_get("peer")?,
-        direction: row.try_get("direction")?,
-        body: row.try_get("body")?,
+        seq: row.int("seq")?,
+        stanza_id: row.text("stanza_id")?,
+        sender: row.text("sender")?,
+        kind: row.text("kind")?,
+        xml: row.text("xml")?,
+        at_micros: row.int("at_micros")?,
+        peer: row.text("peer")?,
+        direction: row.text("direction")?,
+        body: row.opt_text("body")?,
     })
 }
 
@@ -898,40 +909,33 @@ impl<'a> CredCols<'a> {
     }
 }
 
-fn scram_from_row(row: &AnyRow, prefix: &str) -> Result<ScramSecret> {
+fn scram_from_row(row: &dyn Columns, prefix: &str) -> Result<ScramSecret> {
     let col = |name: &str| format!("{prefix}_{name}");
-    let iterations: i64 = row.try_get(col("iterations").as_str())?;
+    let iterations = row.int(&col("iterations"))?;
     Ok(ScramSecret {
-        salt: blob(row, &col("salt"))?,
+        salt: row.blob(&col("salt"))?,
         iterations: u32::try_from(iterations).map_err(|_| {
             StoreError::Corrupt(format!(
                 "{prefix} iteration count {iterations} out of range"
             ))
         })?,
-        stored_key: blob(row, &col("stored_key"))?,
-        server_key: blob(row, &col("server_key"))?,
+        stored_key: row.blob(&col("stored_key"))?,
+        server_key: row.blob(&col("server_key"))?,
     })
 }
 
-/// Reads a byte-string column. An empty SQLite blob may come back as NULL
-/// through the `Any` driver; treat that as empty.
-fn blob(row: &AnyRow, name: &str) -> Result<Vec<u8>> {
-    Ok(row.try_get::<Option<Vec<u8>>, _>(name)?.unwrap_or_default())
-}
-
-fn roster_item_from_row(row: &AnyRow) -> Result<RosterItem> {
-    let sub: String = row.try_get("subscription")?;
+fn roster_item_from_row(row: &dyn Columns) -> Result<RosterItem> {
+    let sub = row.text("subscription")?;
     let subscription = Subscription::parse(&sub)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown subscription state {sub:?}")))?;
-    let groups: String = row.try_get("group_names")?;
     Ok(RosterItem {
-        contact: row.try_get("contact")?,
-        name: row.try_get("name")?,
+        contact: row.text("contact")?,
+        name: row.opt_text("name")?,
         subscription,
-        ask: row.try_get::<i64, _>("ask")? != 0,
-        pending_in: row.try_get::<i64, _>("pending_in")? != 0,
-        approved: row.try_get::<i64, _>("approved")? != 0,
-        groups: decode_groups(&groups)?,
+        ask: row.int("ask")? != 0,
+        pending_in: row.int("pending_in")? != 0,
+        approved: row.int("approved")? != 0,
+        groups: decode_groups(&row.text("group_names")?)?,
     })
 }
 

@@ -9,6 +9,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::read::Arg;
 use crate::{Result, Store, StoreError};
 
 /// A node's configuration, as stored. The server maps it to and from the
@@ -607,14 +608,14 @@ impl Store {
 
     /// The XEP-0153 hash of the owner's vCard photo, if the vCard has one.
     pub async fn vcard_photo_hash(&self, owner: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT photo_hash FROM vcards WHERE owner = $1")
-            .bind(owner)
-            .fetch_optional(&self.pool)
+        let hash = self
+            .row(
+                "SELECT photo_hash FROM vcards WHERE owner = $1",
+                &[Arg::Text(owner)],
+                |row| row.opt_text("photo_hash"),
+            )
             .await?;
-        Ok(match row {
-            Some(row) => row.try_get::<Option<String>, _>("photo_hash")?,
-            None => None,
-        })
+        Ok(hash.flatten())
     }
 
     /// Stores (replaces) the owner's vCard XML with the hash of its photo

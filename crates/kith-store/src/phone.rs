@@ -6,8 +6,8 @@
 //! checks them. Numbers are E.164 strings (`+15551234567`), already normalised.
 
 use sqlx::Row;
-use sqlx::any::AnyRow;
 
+use crate::read::{Arg, Columns};
 use crate::{Result, Store, StoreError, now_micros};
 
 /// One device credential: what a linked device signs in with.
@@ -179,29 +179,25 @@ impl Store {
 
     /// One device credential by id.
     pub async fn device_credential(&self, id: &str) -> Result<Option<DeviceCredential>> {
-        let row = sqlx::query(
+        self.row(
             "SELECT id, owner, name, token_hash, sha1_stored_key, sha1_server_key, sha256_stored_key, sha256_server_key, created_micros, last_used_micros
              FROM device_credentials WHERE id = $1",
+            &[Arg::Text(id)],
+            credential_from_row,
         )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(credential_from_row).transpose()
+        .await
     }
 
     /// An account's device credentials, oldest first.
     pub async fn device_credentials(&self, owner: &str) -> Result<Vec<DeviceCredential>> {
-        let rows = sqlx::query(
-            "SELECT id, owner, name, token_hash, sha1_stored_key, sha1_server_key, sha256_stored_key, sha256_server_key, created_micros, last_used_micros
-             FROM device_credentials WHERE owner = $1",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut credentials = rows
-            .iter()
-            .map(credential_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let mut credentials = self
+            .rows(
+                "SELECT id, owner, name, token_hash, sha1_stored_key, sha1_server_key, sha256_stored_key, sha256_server_key, created_micros, last_used_micros
+                 FROM device_credentials WHERE owner = $1",
+                &[Arg::Text(owner)],
+                credential_from_row,
+            )
+            .await?;
         credentials.sort_by(|a, b| (a.created_micros, &a.id).cmp(&(b.created_micros, &b.id)));
         Ok(credentials)
     }
@@ -493,17 +489,17 @@ impl Store {
     }
 }
 
-fn credential_from_row(row: &AnyRow) -> Result<DeviceCredential> {
+fn credential_from_row(row: &dyn Columns) -> Result<DeviceCredential> {
     Ok(DeviceCredential {
-        id: row.try_get("id")?,
-        owner: row.try_get("owner")?,
-        name: row.try_get("name")?,
-        token_hash: row.try_get("token_hash")?,
-        sha1_stored_key: row.try_get("sha1_stored_key")?,
-        sha1_server_key: row.try_get("sha1_server_key")?,
-        sha256_stored_key: row.try_get("sha256_stored_key")?,
-        sha256_server_key: row.try_get("sha256_server_key")?,
-        created_micros: row.try_get("created_micros")?,
-        last_used_micros: row.try_get("last_used_micros")?,
+        id: row.text("id")?,
+        owner: row.text("owner")?,
+        name: row.text("name")?,
+        token_hash: row.blob("token_hash")?,
+        sha1_stored_key: row.blob("sha1_stored_key")?,
+        sha1_server_key: row.blob("sha1_server_key")?,
+        sha256_stored_key: row.blob("sha256_stored_key")?,
+        sha256_server_key: row.blob("sha256_server_key")?,
+        created_micros: row.int("created_micros")?,
+        last_used_micros: row.int("last_used_micros")?,
     })
 }

@@ -155,8 +155,6 @@ pub struct InboxEntry {
 pub struct DeviceStart {
     /// Entries with a greater sequence number are for this device.
     pub cursor: i64,
-    /// Whether the device was seen for the first time.
-    pub new: bool,
     /// Whether the owner is a member of a room (and may be owed group
     /// messages: `Store::room_catch_up`).
     pub in_rooms: bool,

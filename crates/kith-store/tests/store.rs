@@ -50,6 +50,7 @@ both!(
     entries_can_be_rewritten_as_tombstones,
     duplicate_origin_keys_are_stored_once,
     append_then_runs_in_commit_order,
+    logins_in_a_storm_read_their_writes,
 );
 
 // ----------------------------------------------------------------------
@@ -867,7 +868,6 @@ async fn devices_start_at_the_delivered_mark(db: TestDb) {
     // The first device ever gets everything nobody has received.
     let phone = s.device_attach("alice", "phone", 1).await.unwrap();
     assert_eq!(phone.cursor, 0);
-    assert!(phone.new);
     s.device_ack("alice", "phone", 5, 2).await.unwrap();
     assert_eq!(s.device_cursor("alice", "phone").await.unwrap(), Some(5));
     // Cursors never move backwards.
@@ -875,13 +875,13 @@ async fn devices_start_at_the_delivered_mark(db: TestDb) {
     assert_eq!(s.device_cursor("alice", "phone").await.unwrap(), Some(5));
     // A known device resumes from its own cursor.
     let again = s.device_attach("alice", "phone", 4).await.unwrap();
-    assert_eq!((again.cursor, again.new), (5, false));
+    assert_eq!(again.cursor, 5);
     // A new device starts where delivery has reached, not at the start of history.
     s.inbox_append("alice", &entry("m5", "<message/>", 5))
         .await
         .unwrap();
     let laptop = s.device_attach("alice", "laptop", 5).await.unwrap();
-    assert_eq!((laptop.cursor, laptop.new), (5, true));
+    assert_eq!(laptop.cursor, 5);
     // Idle devices are forgotten; deleting the user removes its devices.
     assert_eq!(s.forget_idle_devices(5).await.unwrap(), 1);
     assert_eq!(s.device_cursor("alice", "phone").await.unwrap(), None);
@@ -1252,4 +1252,64 @@ async fn sqlite_wal_stays_bounded_under_steady_commits() {
         assert_eq!(s.inbox_head("alice").await.unwrap(), ENTRIES);
     })
     .await;
+}
+
+/// A login storm: device registrations queued together share the writer's
+/// commits, an unknown owner among them fails alone, and every login's reads
+/// (on SQLite, on the caller's thread) see what was committed before them.
+async fn logins_in_a_storm_read_their_writes(db: TestDb) {
+    let s = db.open().await;
+    for i in 0..24u8 {
+        s.create_user(&format!("u{i}"), &creds(i)).await.unwrap();
+        s.inbox_append(&format!("u{i}"), &entry(&format!("m{i}"), "<message/>", 1))
+            .await
+            .unwrap();
+    }
+    let mut tasks = vec![];
+    for i in 0..24u8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = format!("u{i}");
+            let start = s.device_attach(&user, "phone", 10).await.unwrap();
+            // Nobody had anything delivered: the whole log is owed.
+            assert_eq!(start.cursor, 0);
+            assert!(!start.in_rooms);
+            let backlog = s.inbox_after(&user, start.cursor, 500).await.unwrap();
+            assert_eq!(backlog.len(), 1);
+            assert_eq!(backlog[0].stanza_id, format!("m{i}"));
+            s.device_ack(&user, "phone", backlog[0].seq, 11)
+                .await
+                .unwrap();
+            let version = s
+                .put_roster_item(&user, &item("friend@x.org"))
+                .await
+                .unwrap();
+            let (read_version, items) = s.roster(&user).await.unwrap();
+            assert_eq!(read_version, version);
+            assert_eq!(items.len(), 1);
+            assert_eq!(s.credentials(&user).await.unwrap(), Some(creds(i)));
+            // Logging in again resumes after what was acknowledged.
+            let again = s.device_attach(&user, "phone", 12).await.unwrap();
+            assert_eq!(again.cursor, backlog[0].seq);
+            assert!(
+                s.inbox_after(&user, again.cursor, 500)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }));
+    }
+    let nobody = {
+        let s = s.clone();
+        tokio::spawn(async move { s.device_attach("nobody", "phone", 10).await })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(matches!(
+        nobody.await.unwrap(),
+        Err(StoreError::NoSuchUser(owner)) if owner == "nobody"
+    ));
+    assert_eq!(s.credentials("nobody").await.unwrap(), None);
+    assert_eq!(s.roster("nobody").await.unwrap(), (0, vec![]));
 }

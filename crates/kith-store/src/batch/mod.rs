@@ -29,7 +29,7 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use tokio::sync::oneshot;
 
-use crate::{NewInboxEntry, Result, StoreError};
+use crate::{DeviceStart, NewInboxEntry, Result, StoreError};
 use rooms::{Fill, Live, RoomMember, RoomOp, RoomState, RoomWrite};
 
 /// Most jobs committed together.
@@ -64,6 +64,15 @@ enum Job {
         seq: i64,
         now_micros: i64,
         reply: oneshot::Sender<Result<()>>,
+    },
+    /// A login of `resource`: registers the device (a new one starts at the
+    /// owner's delivered mark) and answers where its delivery starts
+    /// (`Store::device_attach`). Logins in a storm share commits.
+    Attach {
+        owner: String,
+        resource: String,
+        now_micros: i64,
+        reply: oneshot::Sender<Result<DeviceStart>>,
     },
     /// Bring the full-text index up to date with everything committed so far
     /// (answered once it is; a no-op where the index is kept by the database).
@@ -254,6 +263,27 @@ impl Writer {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Registers a login of `resource` and waits until it is committed.
+    pub(crate) async fn attach(
+        &self,
+        owner: &str,
+        resource: &str,
+        now_micros: i64,
+    ) -> Result<DeviceStart> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Attach {
+            owner: owner.to_owned(),
+            resource: resource.to_owned(),
+            now_micros,
+            reply,
+        };
+        self.tx
+            .send_async(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Tells the writer that `owner`'s account was deleted (after the deleting
     /// transaction committed).
     pub(crate) async fn forget(&self, owner: &str) -> Result<()> {
@@ -285,6 +315,8 @@ impl Writer {
 enum Done {
     Appended(Vec<Result<i64>>),
     Acked,
+    /// Where the device starts; `None`: the owner has no account.
+    Attached(Option<DeviceStart>),
     /// Nothing to report (an index request, a forgotten owner, a room change).
     Nothing,
 }
@@ -300,6 +332,8 @@ enum Slot {
 enum Answer {
     Appended(Vec<Slot>),
     Acked,
+    /// The attach with this index in [`Plan::attaches`].
+    Attached(usize),
     Nothing,
 }
 
@@ -314,6 +348,9 @@ struct Plan<'a> {
     /// Per device `(owner, resource)`: the furthest acked `seq` and its time.
     /// Several acks of one device in a batch collapse into the furthest one.
     acks: HashMap<(&'a str, &'a str), (i64, i64)>,
+    /// Logins `(owner, resource, now_micros)` in batch order, run after the
+    /// acks and room changes (so a device's start reflects them).
+    attaches: Vec<(&'a str, &'a str, i64)>,
     /// What changes in `room_fill` and `room_marks`.
     room_writes: Vec<RoomWrite>,
     answers: Vec<Answer>,
@@ -331,6 +368,7 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         fresh: HashMap::new(),
     };
     let mut acks: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
+    let mut attaches = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
         match job {
@@ -422,6 +460,15 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
                 *slot = (slot.0.max(*seq), slot.1.max(*now_micros));
                 answers.push(Answer::Acked);
             }
+            Job::Attach {
+                owner,
+                resource,
+                now_micros,
+                ..
+            } => {
+                answers.push(Answer::Attached(attaches.len()));
+                attaches.push((owner.as_str(), resource.as_str(), *now_micros));
+            }
             Job::Index { .. } | Job::Forget { .. } => answers.push(Answer::Nothing),
         }
     }
@@ -435,6 +482,7 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         rows: planner.rows,
         counts,
         acks,
+        attaches,
         room_writes,
         answers,
     }
@@ -603,8 +651,14 @@ impl<'a> Plan<'a> {
     }
 
     /// What each job is answered, given which rows were written (`false`: the
-    /// owner has no account, or the insert skipped a duplicate origin key).
-    fn answers(self, numbered: &Numbered<'_>, written: &[bool]) -> Vec<Done> {
+    /// owner has no account, or the insert skipped a duplicate origin key) and
+    /// where each attached device starts.
+    fn answers(
+        self,
+        numbered: &Numbered<'_>,
+        written: &[bool],
+        attached: &[Option<DeviceStart>],
+    ) -> Vec<Done> {
         self.answers
             .into_iter()
             .map(|answer| match answer {
@@ -624,6 +678,7 @@ impl<'a> Plan<'a> {
                         .collect(),
                 ),
                 Answer::Acked => Done::Acked,
+                Answer::Attached(i) => Done::Attached(attached.get(i).copied().flatten()),
                 Answer::Nothing => Done::Nothing,
             })
             .collect()
@@ -712,6 +767,12 @@ fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callb
             ) => {
                 let _ = reply.send(Ok(()));
             }
+            (Job::Attach { owner, reply, .. }, done) => {
+                let _ = reply.send(match done {
+                    Done::Attached(Some(start)) => Ok(start),
+                    _ => Err(StoreError::NoSuchUser(owner)),
+                });
+            }
             (Job::Append { then, entries }, _) => {
                 let closed = entries.iter().map(|_| Err(StoreError::Closed)).collect();
                 calls.push((then, closed));
@@ -755,6 +816,9 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError, callbacks: &Callbac
             | Job::Index { reply }
             | Job::Forget { reply, .. }
             | Job::Rooms { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Attach { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
         }

@@ -150,8 +150,21 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
         .execute(&mut *tx)
         .await?;
     }
+    let mut attached = Vec::with_capacity(plan.attaches.len());
+    for (owner, resource, now_micros) in &plan.attaches {
+        let row = sqlx::query(crate::devices::ATTACH)
+            .bind(*owner)
+            .bind(*resource)
+            .bind(*now_micros)
+            .fetch_optional(&mut *tx)
+            .await?;
+        attached.push(match &row {
+            Some(row) => Some(crate::devices::start_from_row(row)?),
+            None => None,
+        });
+    }
     tx.commit().await?;
-    Ok(plan.answers(&numbered, &written))
+    Ok(plan.answers(&numbered, &written, &attached))
 }
 
 /// The room reads of a batch, in its transaction.

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 
 use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
 use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
+use crate::read::Arg;
 use crate::{Result, SQLITE_BUSY_TIMEOUT, StoreError};
 
 /// Page cache of the writer's connection, KiB (SQLite's default is 2,000 KiB).
@@ -529,6 +530,19 @@ impl SqliteWriter {
             )?
             .execute(params![owner, seq])?;
         }
+        let mut attached = Vec::with_capacity(plan.attaches.len());
+        for (owner, resource, now_micros) in &plan.attaches {
+            let mut attach = tx.prepare_cached(crate::devices::ATTACH)?;
+            crate::read::bind(
+                &mut attach,
+                &[Arg::Text(owner), Arg::Text(resource), Arg::Int(*now_micros)],
+            )?;
+            let mut rows = attach.raw_query();
+            attached.push(match rows.next()? {
+                Some(row) => Some(crate::devices::start_from_row(row)?),
+                None => None,
+            });
+        }
         tx.commit()?;
 
         if self.heads.len() + numbered.reserved.len() > MAX_HEADS {
@@ -545,7 +559,7 @@ impl SqliteWriter {
             self.fts.oldest.get_or_insert_with(Instant::now);
         }
         let room_writes = std::mem::take(&mut plan.room_writes);
-        let answers = plan.answers(&numbered, &written);
+        let answers = plan.answers(&numbered, &written, &attached);
         rooms::keep(&mut self.rooms, state.rows, &room_writes);
         Ok(answers)
     }

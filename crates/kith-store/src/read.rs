@@ -1,0 +1,206 @@
+//! Short reads without a thread hand-over on SQLite.
+//!
+//! sqlx runs each SQLite connection on a thread of its own: every statement is
+//! sent there and its rows sent back, two thread hand-overs (a futex wake and a
+//! context switch each). For the small indexed reads a login makes (credentials,
+//! roster, vCard photo hash, the log's backlog) the hand-overs cost several times
+//! the statement: they were half of a login's CPU. [`Store::rows`] runs such a
+//! statement on the calling thread instead, on a connection from a small pool of
+//! `query_only` connections (in WAL mode a reader never waits for the writer). On
+//! PostgreSQL the same statement goes through the sqlx pool.
+//!
+//! Only short reads belong here — an indexed lookup of a few rows, or a bounded
+//! page: the caller's runtime thread runs the statement to the end. Decoders are
+//! written once against [`Columns`], which both engines' rows implement.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Result, SQLITE_BUSY_TIMEOUT, Store, StoreError};
+
+/// A statement argument (bound to `$1`, `$2`, … in order).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
+    /// Text.
+    Text(&'a str),
+    /// An integer.
+    Int(i64),
+}
+
+/// One result row, from either engine, read by column name.
+pub(crate) trait Columns {
+    /// An integer column (an error if NULL).
+    fn int(&self, name: &str) -> Result<i64>;
+    /// A text column (an error if NULL).
+    fn text(&self, name: &str) -> Result<String>;
+    /// A text column that may be NULL.
+    fn opt_text(&self, name: &str) -> Result<Option<String>>;
+    /// A byte-string column; NULL reads as empty (an empty SQLite blob may come
+    /// back as NULL through sqlx's `Any` driver).
+    fn blob(&self, name: &str) -> Result<Vec<u8>>;
+}
+
+impl Columns for AnyRow {
+    fn int(&self, name: &str) -> Result<i64> {
+        Ok(self.try_get(name)?)
+    }
+    fn text(&self, name: &str) -> Result<String> {
+        Ok(self.try_get(name)?)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.try_get(name)?)
+    }
+    fn blob(&self, name: &str) -> Result<Vec<u8>> {
+        Ok(self
+            .try_get::<Option<Vec<u8>>, _>(name)?
+            .unwrap_or_default())
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn int(&self, name: &str) -> Result<i64> {
+        Ok(self.get(name)?)
+    }
+    fn text(&self, name: &str) -> Result<String> {
+        Ok(self.get(name)?)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.get(name)?)
+    }
+    fn blob(&self, name: &str) -> Result<Vec<u8>> {
+        Ok(self.get::<_, Option<Vec<u8>>>(name)?.unwrap_or_default())
+    }
+}
+
+/// Names of the positional parameters, as SQLite sees `$1`, `$2`, …
+const PARAMETERS: [&str; 8] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8"];
+
+/// Most idle reader connections kept; more are opened when more threads read at
+/// once (each holds its own page cache), and closed when handed back.
+const MAX_IDLE: usize = 8;
+
+/// Prepared statements each reader connection keeps.
+const STATEMENT_CACHE: usize = 32;
+
+/// The SQLite read connections, opened on first use.
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(crate) fn new(path: PathBuf) -> Readers {
+        Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn open(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+
+    /// Runs `sql` with `args` on an idle connection, decoding every row.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        decode: fn(&dyn Columns) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let idle = self.idle.lock().map(|mut idle| idle.pop());
+        let conn = match idle {
+            Ok(Some(conn)) => conn,
+            _ => self.open()?,
+        };
+        let out = run(&conn, sql, args, decode);
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+fn run<T>(
+    conn: &Connection,
+    sql: &str,
+    args: &[Arg<'_>],
+    decode: fn(&dyn Columns) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, args)?;
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode(row)?);
+    }
+    Ok(out)
+}
+
+/// Binds `args` to a rusqlite statement's `$1`, `$2`, … by name: SQLite numbers
+/// `$N` parameters in order of first appearance, not by `N`.
+pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, args: &[Arg<'_>]) -> Result<()> {
+    if args.len() > PARAMETERS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "a statement with {} arguments (at most {})",
+            args.len(),
+            PARAMETERS.len()
+        )));
+    }
+    for (arg, name) in args.iter().zip(PARAMETERS) {
+        // A parameter the statement doesn't use has no index.
+        let Some(index) = stmt.parameter_index(name)? else {
+            continue;
+        };
+        match *arg {
+            Arg::Text(text) => stmt.raw_bind_parameter(index, text)?,
+            Arg::Int(n) => stmt.raw_bind_parameter(index, n)?,
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Every row of a short read (see the module documentation), decoded.
+    pub(crate) async fn rows<T>(
+        &self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        decode: fn(&dyn Columns) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        if let Some(readers) = &self.readers {
+            return readers.rows(sql, args, decode);
+        }
+        let mut query = sqlx::query(sql);
+        for arg in args {
+            query = match *arg {
+                Arg::Text(text) => query.bind(text),
+                Arg::Int(n) => query.bind(n),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|row| decode(row)).collect()
+    }
+
+    /// The first row of a short read, if any.
+    pub(crate) async fn row<T>(
+        &self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        decode: fn(&dyn Columns) -> Result<T>,
+    ) -> Result<Option<T>> {
+        Ok(self.rows(sql, args, decode).await?.into_iter().next())
+    }
+}
