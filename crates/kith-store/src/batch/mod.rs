@@ -232,12 +232,7 @@ impl Writer {
 
     /// Applies a room change and waits until it is committed.
     pub(crate) async fn rooms(&self, op: RoomOp) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send_async(Job::Rooms { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| Job::Rooms { op, reply }).await
     }
 
     /// Moves a device cursor forward and waits until it is committed.
@@ -248,19 +243,14 @@ impl Writer {
         seq: i64,
         now_micros: i64,
     ) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Ack {
+        self.ask(|reply| Job::Ack {
             owner: owner.to_owned(),
             resource: resource.to_owned(),
             seq,
             now_micros,
             reply,
-        };
-        self.tx
-            .send_async(job)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        })
+        .await
     }
 
     /// Registers a login of `resource` and waits until it is committed.
@@ -270,41 +260,36 @@ impl Writer {
         resource: &str,
         now_micros: i64,
     ) -> Result<DeviceStart> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Attach {
+        self.ask(|reply| Job::Attach {
             owner: owner.to_owned(),
             resource: resource.to_owned(),
             now_micros,
             reply,
-        };
-        self.tx
-            .send_async(job)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        })
+        .await
     }
 
     /// Tells the writer that `owner`'s account was deleted (after the deleting
     /// transaction committed).
     pub(crate) async fn forget(&self, owner: &str) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Forget {
+        self.ask(|reply| Job::Forget {
             owner: owner.to_owned(),
             reply,
-        };
-        self.tx
-            .send_async(job)
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        })
+        .await
     }
 
     /// Waits until every entry committed before this call is in the full-text
     /// index, so a search sees what was just written.
     pub(crate) async fn index_now(&self) -> Result<()> {
+        self.ask(|reply| Job::Index { reply }).await
+    }
+
+    /// Queues the job `job` makes with its reply channel and waits for the answer.
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send_async(Job::Index { reply })
+            .send_async(job(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
