@@ -15,12 +15,13 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Result, SQLITE_BUSY_TIMEOUT, Store, StoreError};
+use crate::{Result, Store, StoreError};
 
 /// A statement argument (bound to `$1`, `$2`, … in order).
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +87,12 @@ const MAX_IDLE: usize = 8;
 /// Prepared statements each reader connection keeps.
 const STATEMENT_CACHE: usize = 32;
 
+/// How long a read waits on a lock before it fails. A WAL reader meets one only
+/// in rare moments (recovery after a crash, another process holding the file
+/// exclusively), and it waits on a runtime thread: one read failing beats every
+/// session on that thread standing still for the store's 5 s busy timeout.
+const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The SQLite read connections, opened on first use.
 pub(crate) struct Readers {
     path: PathBuf,
@@ -105,7 +112,7 @@ impl Readers {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+        conn.busy_timeout(READ_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "query_only", true)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
@@ -202,5 +209,60 @@ impl Store {
         decode: fn(&dyn Columns) -> Result<T>,
     ) -> Result<Option<T>> {
         Ok(self.rows(sql, args, decode).await?.into_iter().next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(row: &dyn Columns) -> Result<String> {
+        row.text("t")
+    }
+
+    #[test]
+    fn parameters_bind_by_number_whatever_their_order_in_the_text() {
+        let conn = Connection::open_in_memory().unwrap();
+        // SQLite numbers `$N` parameters by first appearance: `$2` here is its
+        // parameter 1. Bound by name, `$2` still gets the second argument.
+        let rows = run(
+            &conn,
+            "SELECT $2 || '-' || $1 || '-' || $2 AS t",
+            &[Arg::Text("one"), Arg::Text("two")],
+            text,
+        )
+        .unwrap();
+        assert_eq!(rows, ["two-one-two"]);
+        // An argument the statement doesn't use is no error.
+        let rows = run(
+            &conn,
+            "SELECT $1 AS t",
+            &[Arg::Text("x"), Arg::Int(7)],
+            text,
+        )
+        .unwrap();
+        assert_eq!(rows, ["x"]);
+    }
+
+    #[test]
+    fn too_many_arguments_are_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        let args = [Arg::Int(1); 9];
+        assert!(matches!(
+            run(&conn, "SELECT $1 AS t", &args, text),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn null_blobs_read_as_empty_and_null_text_as_none() {
+        let conn = Connection::open_in_memory().unwrap();
+        let rows = run(&conn, "SELECT NULL AS b, NULL AS t, 5 AS n", &[], |row| {
+            Ok((row.blob("b")?, row.opt_text("t")?, row.int("n")?))
+        })
+        .unwrap();
+        assert_eq!(rows, [(Vec::new(), None, 5)]);
+        // A NULL where a value is required is an error, not a default.
+        assert!(run(&conn, "SELECT NULL AS t", &[], text).is_err());
     }
 }
