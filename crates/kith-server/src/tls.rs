@@ -126,5 +126,13 @@ pub fn server_config(paths: &CertificatePaths, alpn: &[&[u8]]) -> Result<Arc<Ser
         .with_single_cert(certs, key)
         .context("certificate and key do not match")?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // AWS-LC seeds its random generator from CPU timing jitter the first time
+    // anything asks it for randomness (≈ 65 ms of CPU, once per process): done
+    // here, at start, rather than inside the first client's handshake.
+    config
+        .crypto_provider()
+        .secure_random
+        .fill(&mut [0u8; 16])
+        .map_err(|_| anyhow::anyhow!("the TLS random generator failed"))?;
     Ok(Arc::new(config))
 }

@@ -38,8 +38,25 @@ impl Store {
         resource: &str,
         now_micros: i64,
     ) -> Result<DeviceStart> {
-        // Through the group-commit writer: the logins of a storm share commits.
-        self.writer.attach(owner, resource, now_micros).await
+        match self.backend {
+            // Through the group-commit writer: the logins of a storm share commits.
+            Backend::Sqlite => self.writer.attach(owner, resource, now_micros).await,
+            // Through the pool: logins register in parallel (in the writer's
+            // batch each upsert would be a network round trip in turn, with the
+            // batch's appends waiting behind them).
+            Backend::Postgres => {
+                let row = sqlx::query(ATTACH)
+                    .bind(owner)
+                    .bind(resource)
+                    .bind(now_micros)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match &row {
+                    Some(row) => start_from_row(row),
+                    None => Err(StoreError::NoSuchUser(owner.to_owned())),
+                }
+            }
+        }
     }
 
     /// Records that `resource` has received every entry through `seq`. Cursors

@@ -1,7 +1,6 @@
 //! Rewriting log entries in place: what XEP-0424 retraction ("delete for
 //! everyone") needs, so the archive keeps a tombstone instead of the message.
 
-use crate::read::Arg;
 use crate::{InboxEntry, Result, Store};
 
 impl Store {
@@ -15,22 +14,21 @@ impl Store {
         direction: &str,
         limit: i64,
     ) -> Result<Vec<InboxEntry>> {
-        self.rows(
-            concat!(
-                "SELECT ",
-                inbox_columns!(),
-                " FROM inbox WHERE owner = $1 AND peer = $2 AND direction = $3 \
-                 AND stanza_id <> '' ORDER BY seq DESC LIMIT $4"
-            ),
-            &[
-                Arg::Text(owner),
-                Arg::Text(peer),
-                Arg::Text(direction),
-                Arg::Int(limit),
-            ],
-            crate::entry_from_row,
-        )
-        .await
+        // Up to `limit` whole stanzas, from a scan of the conversation: not a
+        // short read (`read.rs`), so through the pool.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            inbox_columns!(),
+            " FROM inbox WHERE owner = $1 AND peer = $2 AND direction = $3 \
+             AND stanza_id <> '' ORDER BY seq DESC LIMIT $4"
+        ))
+        .bind(owner)
+        .bind(peer)
+        .bind(direction)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| crate::entry_from_row(row)).collect()
     }
 
     /// Replaces an entry's stanza and body (the full-text index follows).

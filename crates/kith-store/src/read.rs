@@ -14,7 +14,8 @@
 //! written once against [`Columns`], which both engines' rows implement.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -80,9 +81,11 @@ impl Columns for rusqlite::Row<'_> {
 /// Names of the positional parameters, as SQLite sees `$1`, `$2`, …
 const PARAMETERS: [&str; 8] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8"];
 
-/// Most idle reader connections kept; more are opened when more threads read at
-/// once (each holds its own page cache), and closed when handed back.
-const MAX_IDLE: usize = 8;
+/// Fewest idle reader connections kept; a machine with more cores keeps one per
+/// core (each runtime thread reads on one at a time; each connection holds its
+/// own page cache). More are opened when more threads read at once, and closed
+/// when handed back.
+const MIN_IDLE: usize = 8;
 
 /// Prepared statements each reader connection keeps.
 const STATEMENT_CACHE: usize = 32;
@@ -97,14 +100,32 @@ const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 pub(crate) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+    /// Set by [`Store::close`]: reads fail from then on, like the pool's.
+    closed: AtomicBool,
 }
 
 impl Readers {
     pub(crate) fn new(path: PathBuf) -> Readers {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Readers {
             path,
             idle: Mutex::new(Vec::new()),
+            max_idle: cores.max(MIN_IDLE),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Closes the idle connections and fails every later read.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.idle().clear();
+    }
+
+    /// The idle connections (a panic elsewhere while they were locked leaves
+    /// them as they were: a pop or a push, nothing half done).
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn open(&self) -> Result<Connection> {
@@ -125,15 +146,17 @@ impl Readers {
         args: &[Arg<'_>],
         decode: fn(&dyn Columns) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let idle = self.idle.lock().map(|mut idle| idle.pop());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let idle = self.idle().pop();
         let conn = match idle {
-            Ok(Some(conn)) => conn,
-            _ => self.open()?,
+            Some(conn) => conn,
+            None => self.open()?,
         };
         let out = run(&conn, sql, args, decode);
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
-        {
+        let mut idle = self.idle();
+        if idle.len() < self.max_idle && !self.closed.load(Ordering::Acquire) {
             idle.push(conn);
         }
         out
@@ -157,7 +180,8 @@ fn run<T>(
 }
 
 /// Binds `args` to a rusqlite statement's `$1`, `$2`, … by name: SQLite numbers
-/// `$N` parameters in order of first appearance, not by `N`.
+/// `$N` parameters in order of first appearance, not by `N`. The statement must
+/// use every argument and no other parameter (PostgreSQL refuses a mismatch too).
 pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, args: &[Arg<'_>]) -> Result<()> {
     if args.len() > PARAMETERS.len() {
         return Err(StoreError::Corrupt(format!(
@@ -166,10 +190,16 @@ pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, args: &[Arg<'_>]) -> Resu
             PARAMETERS.len()
         )));
     }
+    if stmt.parameter_count() != args.len() {
+        return Err(StoreError::Corrupt(format!(
+            "a statement with {} parameters given {} arguments",
+            stmt.parameter_count(),
+            args.len()
+        )));
+    }
     for (arg, name) in args.iter().zip(PARAMETERS) {
-        // A parameter the statement doesn't use has no index.
         let Some(index) = stmt.parameter_index(name)? else {
-            continue;
+            return Err(StoreError::Corrupt(format!("a statement without {name}")));
         };
         match *arg {
             Arg::Text(text) => stmt.raw_bind_parameter(index, text)?,
@@ -233,15 +263,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rows, ["two-one-two"]);
-        // An argument the statement doesn't use is no error.
-        let rows = run(
-            &conn,
-            "SELECT $1 AS t",
-            &[Arg::Text("x"), Arg::Int(7)],
-            text,
-        )
-        .unwrap();
-        assert_eq!(rows, ["x"]);
+        // An argument the statement doesn't use is a mistake, as on PostgreSQL.
+        assert!(
+            run(
+                &conn,
+                "SELECT $1 AS t",
+                &[Arg::Text("x"), Arg::Int(7)],
+                text
+            )
+            .is_err()
+        );
+        assert!(
+            run(
+                &conn,
+                "SELECT $1 || $3 AS t",
+                &[Arg::Text("x"), Arg::Int(7)],
+                text
+            )
+            .is_err()
+        );
     }
 
     #[test]

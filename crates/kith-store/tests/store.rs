@@ -51,6 +51,7 @@ both!(
     duplicate_origin_keys_are_stored_once,
     append_then_runs_in_commit_order,
     logins_in_a_storm_read_their_writes,
+    a_closed_store_refuses_reads,
 );
 
 // ----------------------------------------------------------------------
@@ -1312,4 +1313,16 @@ async fn logins_in_a_storm_read_their_writes(db: TestDb) {
     ));
     assert_eq!(s.credentials("nobody").await.unwrap(), None);
     assert_eq!(s.roster("nobody").await.unwrap(), (0, vec![]));
+}
+
+/// After `close`, every clone fails reads, the short ones included.
+async fn a_closed_store_refuses_reads(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let other = s.clone();
+    assert!(other.credentials("alice").await.unwrap().is_some());
+    s.close().await;
+    assert!(other.credentials("alice").await.is_err());
+    assert!(other.roster("alice").await.is_err());
+    assert!(other.inbox_after("alice", 0, 10).await.is_err());
 }

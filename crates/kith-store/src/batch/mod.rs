@@ -67,7 +67,9 @@ enum Job {
     },
     /// A login of `resource`: registers the device (a new one starts at the
     /// owner's delivered mark) and answers where its delivery starts
-    /// (`Store::device_attach`). Logins in a storm share commits.
+    /// (`Store::device_attach`). Logins in a storm share commits. Sent on
+    /// SQLite only (PostgreSQL registers through the pool, in parallel); both
+    /// engines run it alike.
     Attach {
         owner: String,
         resource: String,
@@ -755,7 +757,8 @@ fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callb
             (Job::Attach { owner, reply, .. }, done) => {
                 let _ = reply.send(match done {
                     Done::Attached(Some(start)) => Ok(start),
-                    _ => Err(StoreError::NoSuchUser(owner)),
+                    Done::Attached(None) => Err(StoreError::NoSuchUser(owner)),
+                    _ => Err(StoreError::Closed),
                 });
             }
             (Job::Append { then, entries }, _) => {
