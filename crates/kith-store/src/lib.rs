@@ -62,6 +62,7 @@ macro_rules! inbox_columns {
         "seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body"
     };
 }
+
 mod archive;
 mod batch;
 mod devices;
@@ -390,10 +391,9 @@ impl Store {
                 },
             )
             .await?;
-        let Some((version, _)) = rows.first() else {
+        let Some(&(version, _)) = rows.first() else {
             return Ok((0, Vec::new()));
         };
-        let version = *version;
         let mut items: Vec<RosterItem> = rows.into_iter().filter_map(|(_, item)| item).collect();
         items.sort_unstable_by(|a, b| a.contact.cmp(&b.contact));
         Ok((version, items))

@@ -67,9 +67,9 @@ enum Job {
     },
     /// A login of `resource`: registers the device (a new one starts at the
     /// owner's delivered mark) and answers where its delivery starts
-    /// (`Store::device_attach`). Logins in a storm share commits. Sent on
-    /// SQLite only (PostgreSQL registers through the pool, in parallel); both
-    /// engines run it alike.
+    /// (`Store::device_attach`). Logins in a storm share commits. SQLite only:
+    /// PostgreSQL registers through the pool, in parallel (its engine refuses
+    /// the job).
     Attach {
         owner: String,
         resource: String,

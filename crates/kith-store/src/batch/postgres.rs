@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
 use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
-use crate::{Backend, Result, begin_write};
+use crate::{Backend, Result, StoreError, begin_write};
 
 pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -150,21 +150,16 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
         .execute(&mut *tx)
         .await?;
     }
-    let mut attached = Vec::with_capacity(plan.attaches.len());
-    for (owner, resource, now_micros) in &plan.attaches {
-        let row = sqlx::query(crate::devices::ATTACH)
-            .bind(*owner)
-            .bind(*resource)
-            .bind(*now_micros)
-            .fetch_optional(&mut *tx)
-            .await?;
-        attached.push(match &row {
-            Some(row) => Some(crate::devices::start_from_row(row)?),
-            None => None,
-        });
+    if !plan.attaches.is_empty() {
+        // `Store::device_attach` registers through the pool here (logins in
+        // parallel); an attach job is a mistake, refused loudly (the batch's
+        // other jobs are retried one by one and go through).
+        return Err(StoreError::Corrupt(
+            "device registrations go through the pool on PostgreSQL".to_owned(),
+        ));
     }
     tx.commit().await?;
-    Ok(plan.answers(&numbered, &written, &attached))
+    Ok(plan.answers(&numbered, &written, &[]))
 }
 
 /// The room reads of a batch, in its transaction.
