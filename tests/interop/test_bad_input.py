@@ -1,7 +1,7 @@
 """Hostile and broken input (RFC 6120 §4.9 stream errors, §11 restricted XML).
 
 Runs against its own server with small limits (max_stanza_size = 65536,
-auth_timeout_secs = 5, max_auth_failures = 5). Throughout every test of this
+auth_timeout_secs = 5, max_auth_failures = 5, max_roster_items = 3). Throughout every test of this
 module a pair of logged-in slixmpp clients (the "canary") keeps exchanging
 messages; after each test the canary must still get through, the server
 process must be alive and its RSS below RSS_LIMIT_MB. A bad stream closes
@@ -17,6 +17,7 @@ import time
 
 import pytest
 import pytest_asyncio
+from slixmpp.exceptions import IqError
 
 from kithtest.raw import NS_SASL, RawStream, StreamClosed, local
 from kithtest.xmpp import ClientPool, server_roster, unique_name, unique_password
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 MAX_STANZA = 65536
 AUTH_TIMEOUT = 5
 MAX_AUTH_FAILURES = 5
+MAX_ROSTER = 3
 RSS_LIMIT_MB = 200
 CLOSE_WAIT = 10  # seconds a server may take to close a stream after a stream error
 
@@ -39,6 +41,7 @@ def bad_server(backend, server_factory):
             "max_stanza_size": MAX_STANZA,
             "auth_timeout_secs": AUTH_TIMEOUT,
             "max_auth_failures": MAX_AUTH_FAILURES,
+            "max_roster_items": MAX_ROSTER,
         },
     })
     yield srv
@@ -302,7 +305,7 @@ async def test_oversize_stanza_is_policy_violation(bad_server, attacker, rcpt, r
                 await s.send(ch)
         except StreamClosed:
             pass  # the server may cut us off mid-send
-        await expect_stream_error(s, {"policy-violation"}, f"oversize stanza ({case})")
+        await expect_stream_error(s, {"not-allowed"}, f"oversize stanza ({case})")
     finally:
         s.close()
     await asyncio.sleep(0.5)
@@ -319,7 +322,7 @@ async def test_oversize_before_authentication(bad_server):
                 await s.send(base64.b64encode(b"\0" * 6144).decode())
         except StreamClosed:
             pass
-        await expect_stream_error(s, {"policy-violation"}, "oversize <auth/> before authentication")
+        await expect_stream_error(s, {"not-allowed"}, "oversize <auth/> before authentication")
     finally:
         s.close()
 
@@ -598,7 +601,7 @@ async def test_rapid_failed_logins(bad_server, attacker, pool):
     elapsed = time.monotonic() - t0
     assert "success" not in outcomes and "extra-success" not in outcomes, "a wrong password was accepted"
     assert outcomes.count("failure") == total_attempts, f"{outcomes.count('failure')} failures of {total_attempts}"
-    bad_closures = [c for c in closures if c not in ("policy-violation", "not-authorized")]
+    bad_closures = [c for c in closures if c not in ("not-allowed", "not-authorized")]
     assert len(closures) == n_streams and not bad_closures, \
         f"after {MAX_AUTH_FAILURES} failures each stream must end with policy-violation/not-authorized: {closures}"
     # the server still answers, and the real owner of the account can still log in
@@ -689,6 +692,55 @@ async def test_authenticated_idle_session_is_not_timed_out(bad_server, attacker)
         assert el.get("type") == "result"
     finally:
         s.close()
+
+
+# ---- roster size ----------------------------------------------------------------------
+
+async def test_strangers_cannot_grow_a_roster_without_end(pool):
+    """Each stranger's subscription request is a row the server keeps; past
+    [limits] max_roster_items the request bounces and the owner's own additions
+    are refused, while changes to the items already there still work."""
+    victim = await pool.account("popular")
+    strangers = [await pool.account(f"fan{i}") for i in range(MAX_ROSTER + 1)]
+    fans = [await pool.connect(acct) for acct in strangers]
+    # The victim is offline: each request is stored (RFC 6121 §3.1.3). A
+    # session handles its stanzas in order, so the ping's answer means the
+    # request before it has been handled.
+    for fan in fans[:MAX_ROSTER]:
+        fan.send_presence(pto=victim.jid, ptype="subscribe")
+        await fan.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+    last = fans[MAX_ROSTER]
+    last.send_presence(pto=victim.jid, ptype="subscribe")
+    bounce = await last.wait_presence(lambda p: p["type"] == "error", what="bounced subscription request")
+    assert bounce["from"].bare == victim.jid
+    assert bounce["error"]["condition"] == "not-allowed", str(bounce)
+
+    v = await pool.connect(victim)
+    requests = set()
+    while len(requests) < MAX_ROSTER:
+        req = await v.wait_presence(lambda p: p["type"] == "subscribe" and p["from"].bare not in requests,
+                                    what="stored subscription requests")
+        requests.add(req["from"].bare)
+    assert requests == {acct.jid for acct in strangers[:MAX_ROSTER]}
+    assert not v.matching(lambda p: p.xml.tag == "{jabber:client}presence"
+                          and p["from"].bare == strangers[MAX_ROSTER].jid)
+
+    # A new contact of the owner's own is refused, with the reason.
+    with pytest.raises(IqError) as refused:
+        await v.update_roster(strangers[MAX_ROSTER].jid, name="one too many", timeout=10)
+    assert refused.value.iq["error"]["condition"] == "not-allowed"
+    assert "full" in refused.value.iq["error"]["text"]
+    # Approving a stored request changes an item already there: allowed.
+    v.send_presence(pto=strangers[0].jid, ptype="subscribed")
+    await fans[0].wait_presence(lambda p: p["type"] == "subscribed", what="approval of a stored request")
+    # Removing one makes room for a new one.
+    await v.del_roster_item(strangers[1].jid)
+    await v.update_roster(strangers[MAX_ROSTER].jid, name="now there is room", timeout=10)
+    items = await server_roster(v)
+    # fan2's unanswered request is held too, but is no roster item to show
+    # (RFC 6121 §3.1.3).
+    assert set(items) == {strangers[0].jid, strangers[MAX_ROSTER].jid}, items
+    assert items[strangers[0].jid]["subscription"] == "from"
 
 
 # ---- final check ----------------------------------------------------------------------

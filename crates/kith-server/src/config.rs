@@ -679,6 +679,9 @@ pub struct LimitsSection {
     pub max_auth_failures: u32,
     /// Resources (sessions) one account may bind at once.
     pub max_sessions_per_user: usize,
+    /// Items one roster may hold, pending inbound subscription requests
+    /// included (each is a row a stranger could otherwise add without end).
+    pub max_roster_items: usize,
     /// Stanzas queued for one session before it is considered too slow and closed.
     pub session_queue: usize,
     /// Simultaneous connections accepted from one IP address.
@@ -757,6 +760,7 @@ impl Default for LimitsSection {
             idle_timeout_secs: 300,
             max_auth_failures: 5,
             max_sessions_per_user: 32,
+            max_roster_items: 5_000,
             session_queue: 1024,
             max_connections_per_ip: 10_000,
             resume_timeout_secs: 300,
@@ -958,7 +962,10 @@ impl Config {
                 "\"phone\" sign-up needs [phone] enabled = true".to_owned(),
             ));
         }
-        if self.limits.session_queue == 0 || self.limits.max_sessions_per_user == 0 {
+        if self.limits.session_queue == 0
+            || self.limits.max_sessions_per_user == 0
+            || self.limits.max_roster_items == 0
+        {
             return Err(invalid(
                 "limits.session_queue",
                 "limits must be positive".to_owned(),

@@ -12,6 +12,16 @@ pub enum StoreError {
     #[error("no such user {0:?}")]
     NoSuchUser(String),
 
+    /// A new roster item was refused: the owner's roster already holds `max`
+    /// items. Nothing was written.
+    #[error("{owner:?}'s roster is full ({max} items)")]
+    RosterFull {
+        /// Whose roster.
+        owner: String,
+        /// The limit it is at.
+        max: usize,
+    },
+
     /// The owner's log already holds an entry with this entry's origin key
     /// (a resent message): nothing was appended.
     #[error("duplicate of an entry already in {0:?}'s log")]

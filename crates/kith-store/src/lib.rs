@@ -418,10 +418,37 @@ impl Store {
     }
 
     /// Inserts or replaces the item for `item.contact`; returns the new roster
-    /// version. [`StoreError::NoSuchUser`] if the owner has no account.
-    pub async fn put_roster_item(&self, owner: &str, item: &RosterItem) -> Result<i64> {
+    /// version. [`StoreError::NoSuchUser`] if the owner has no account,
+    /// [`StoreError::RosterFull`] (nothing written) if the item is new and the
+    /// roster already holds `max_items` rows (pending inbound requests count).
+    pub async fn put_roster_item(
+        &self,
+        owner: &str,
+        item: &RosterItem,
+        max_items: usize,
+    ) -> Result<i64> {
         let mut tx = self.begin_write().await?;
+        // The bump locks the owner's row first (PostgreSQL), so two writers
+        // cannot both count the roster one short of full and both add.
         let version = bump_roster_version(&mut tx, owner).await?;
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM roster_items WHERE owner = $1) AS held,
+                    (SELECT COUNT(*) FROM roster_items WHERE owner = $1 AND contact = $2)
+                        AS present",
+        )
+        .bind(owner)
+        .bind(item.contact.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let held: i64 = row.try_get("held")?;
+        let present: i64 = row.try_get("present")?;
+        if present == 0 && usize::try_from(held).unwrap_or(usize::MAX) >= max_items {
+            tx.rollback().await?;
+            return Err(StoreError::RosterFull {
+                owner: owner.to_owned(),
+                max: max_items,
+            });
+        }
         sqlx::query(
             "INSERT INTO roster_items
                 (owner, contact, name, subscription, ask, pending_in, approved, group_names)

@@ -21,6 +21,9 @@ use kith_store::{
 mod common;
 use common::{TestDb, creds, run_postgres, run_sqlite};
 
+/// A roster cap no test here reaches unless it means to.
+const ROSTER_MAX: usize = 10_000;
+
 both!(
     migrations_idempotent,
     backend_reported,
@@ -32,6 +35,7 @@ both!(
     roster_upsert_remove,
     roster_groups_round_trip,
     roster_owners_of,
+    a_full_roster_refuses_new_items_only,
     unknown_owner_writes_fail,
     inbox_seq_strictly_increasing,
     inbox_after_paging,
@@ -189,7 +193,7 @@ async fn delete_user_removes_all_data(db: TestDb) {
     let s = db.open().await;
     for u in ["alice", "bob"] {
         assert!(s.create_user(u, &creds(1)).await.unwrap());
-        s.put_roster_item(u, &item("carol@example.org"))
+        s.put_roster_item(u, &item("carol@example.org"), ROSTER_MAX)
             .await
             .unwrap();
         s.inbox_append(u, &entry("m1", "<message/>", 1))
@@ -202,7 +206,7 @@ async fn delete_user_removes_all_data(db: TestDb) {
         s.block(u, &["spam@example.net".to_string()]).await.unwrap();
         s.set_last_activity(u, 1_700_000_000, "gone").await.unwrap();
     }
-    s.put_roster_item("bob", &item("alice@localhost"))
+    s.put_roster_item("bob", &item("alice@localhost"), ROSTER_MAX)
         .await
         .unwrap();
 
@@ -263,18 +267,18 @@ async fn roster_versions_increase(db: TestDb) {
     assert_eq!(s.roster("alice").await.unwrap(), (0, vec![]));
 
     let v1 = s
-        .put_roster_item("alice", &item("bob@localhost"))
+        .put_roster_item("alice", &item("bob@localhost"), ROSTER_MAX)
         .await
         .unwrap();
     assert!(v1 > 0);
     let v2 = s
-        .put_roster_item("alice", &item("carol@localhost"))
+        .put_roster_item("alice", &item("carol@localhost"), ROSTER_MAX)
         .await
         .unwrap();
     assert!(v2 > v1);
     // Re-putting the same item is still a change.
     let v3 = s
-        .put_roster_item("alice", &item("bob@localhost"))
+        .put_roster_item("alice", &item("bob@localhost"), ROSTER_MAX)
         .await
         .unwrap();
     assert!(v3 > v2);
@@ -319,11 +323,11 @@ async fn roster_upsert_remove(db: TestDb) {
         approved: false,
         groups: vec!["Friends".into()],
     };
-    s.put_roster_item("alice", &bob).await.unwrap();
-    s.put_roster_item("alice", &item("zed@remote.example"))
+    s.put_roster_item("alice", &bob, ROSTER_MAX).await.unwrap();
+    s.put_roster_item("alice", &item("zed@remote.example"), ROSTER_MAX)
         .await
         .unwrap();
-    s.put_roster_item("alice", &item("amy@remote.example"))
+    s.put_roster_item("alice", &item("amy@remote.example"), ROSTER_MAX)
         .await
         .unwrap();
     assert_eq!(
@@ -338,7 +342,7 @@ async fn roster_upsert_remove(db: TestDb) {
     bob.pending_in = true;
     bob.approved = true;
     bob.groups = vec![];
-    s.put_roster_item("alice", &bob).await.unwrap();
+    s.put_roster_item("alice", &bob, ROSTER_MAX).await.unwrap();
     assert_eq!(
         s.roster_item("alice", "bob@localhost").await.unwrap(),
         Some(bob.clone())
@@ -354,7 +358,7 @@ async fn roster_upsert_remove(db: TestDb) {
             subscription: sub,
             ..item("sub@remote.example")
         };
-        s.put_roster_item("alice", &it).await.unwrap();
+        s.put_roster_item("alice", &it, ROSTER_MAX).await.unwrap();
         assert_eq!(
             s.roster_item("alice", "sub@remote.example")
                 .await
@@ -409,7 +413,7 @@ async fn roster_groups_round_trip(db: TestDb) {
             groups: groups.clone(),
             ..item(&contact)
         };
-        s.put_roster_item("alice", &it).await.unwrap();
+        s.put_roster_item("alice", &it, ROSTER_MAX).await.unwrap();
         let back = s.roster_item("alice", &contact).await.unwrap().unwrap();
         assert_eq!(back.groups, groups);
     }
@@ -420,13 +424,13 @@ async fn roster_owners_of(db: TestDb) {
     for u in ["carol", "alice", "bob"] {
         s.create_user(u, &creds(1)).await.unwrap();
     }
-    s.put_roster_item("carol", &item("dave@localhost"))
+    s.put_roster_item("carol", &item("dave@localhost"), ROSTER_MAX)
         .await
         .unwrap();
-    s.put_roster_item("alice", &item("dave@localhost"))
+    s.put_roster_item("alice", &item("dave@localhost"), ROSTER_MAX)
         .await
         .unwrap();
-    s.put_roster_item("bob", &item("erin@localhost"))
+    s.put_roster_item("bob", &item("erin@localhost"), ROSTER_MAX)
         .await
         .unwrap();
     assert_eq!(
@@ -445,13 +449,63 @@ async fn roster_owners_of(db: TestDb) {
     );
 }
 
+async fn a_full_roster_refuses_new_items_only(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    for contact in ["a@x.org", "b@x.org", "c@x.org"] {
+        s.put_roster_item("alice", &item(contact), 3).await.unwrap();
+    }
+    let version = s.roster("alice").await.unwrap().0;
+    match s.put_roster_item("alice", &item("d@x.org"), 3).await {
+        Err(StoreError::RosterFull { owner, max }) => {
+            assert_eq!((owner.as_str(), max), ("alice", 3))
+        }
+        other => panic!("expected RosterFull, got {other:?}"),
+    }
+    // Nothing written, the version unchanged.
+    let (after, items) = s.roster("alice").await.unwrap();
+    assert_eq!(after, version);
+    assert_eq!(items.len(), 3);
+    // An existing item can still change, and a removal makes room.
+    let mut renamed = item("b@x.org");
+    renamed.name = Some("Bee".into());
+    s.put_roster_item("alice", &renamed, 3).await.unwrap();
+    assert_eq!(
+        s.roster_item("alice", "b@x.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .name
+            .as_deref(),
+        Some("Bee")
+    );
+    s.remove_roster_item("alice", "a@x.org")
+        .await
+        .unwrap()
+        .unwrap();
+    s.put_roster_item("alice", &item("d@x.org"), 3)
+        .await
+        .unwrap();
+    let contacts: Vec<String> = s
+        .roster("alice")
+        .await
+        .unwrap()
+        .1
+        .into_iter()
+        .map(|i| i.contact)
+        .collect();
+    assert_eq!(contacts, ["b@x.org", "c@x.org", "d@x.org"]);
+}
+
 async fn unknown_owner_writes_fail(db: TestDb) {
     let s = db.open().await;
     let no = |r: Result<(), StoreError>| match r {
         Err(StoreError::NoSuchUser(u)) => assert_eq!(u, "ghost"),
         other => panic!("expected NoSuchUser, got {other:?}"),
     };
-    no(s.put_roster_item("ghost", &item("a@b")).await.map(drop));
+    no(s.put_roster_item("ghost", &item("a@b"), ROSTER_MAX)
+        .await
+        .map(drop));
     no(s.inbox_append("ghost", &entry("1", "<m/>", 1))
         .await
         .map(drop));
@@ -773,7 +827,7 @@ async fn unicode_and_large_values(db: TestDb) {
         groups: vec!["Família".into()],
         ..RosterItem::default()
     };
-    s.put_roster_item(user, &it).await.unwrap();
+    s.put_roster_item(user, &it, ROSTER_MAX).await.unwrap();
     assert_eq!(s.roster_item(user, &it.contact).await.unwrap(), Some(it));
     s.block(user, &["spæm@例え.jp".to_string()]).await.unwrap();
     assert!(s.is_blocked(user, "spæm@例え.jp").await.unwrap());
@@ -796,12 +850,16 @@ async fn roster_concurrent_writes(db: TestDb) {
             for i in 0..15 {
                 // Everyone fights over the same item, plus one of their own.
                 versions.push(
-                    s.put_roster_item("alice", &item("shared@x.org"))
+                    s.put_roster_item("alice", &item("shared@x.org"), ROSTER_MAX)
                         .await
                         .unwrap(),
                 );
                 let own = format!("t{t}-{i}@x.org");
-                versions.push(s.put_roster_item("alice", &item(&own)).await.unwrap());
+                versions.push(
+                    s.put_roster_item("alice", &item(&own), ROSTER_MAX)
+                        .await
+                        .unwrap(),
+                );
                 if let Some(v) = s.remove_roster_item("alice", "shared@x.org").await.unwrap() {
                     versions.push(v);
                 }
@@ -1282,7 +1340,7 @@ async fn logins_in_a_storm_read_their_writes(db: TestDb) {
                 .await
                 .unwrap();
             let version = s
-                .put_roster_item(&user, &item("friend@x.org"))
+                .put_roster_item(&user, &item("friend@x.org"), ROSTER_MAX)
                 .await
                 .unwrap();
             let (read_version, items) = s.roster(&user).await.unwrap();

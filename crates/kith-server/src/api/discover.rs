@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use kith_proto::BareJid;
+use kith_proto::error::StanzaErrorCondition;
 use kith_store::{RosterItem, Subscription};
 use serde::Deserialize;
 
@@ -138,9 +139,17 @@ async fn befriend(server: &Arc<Server>, a: &str, b: &str) -> Result<(), ApiError
             approved: false,
             ..existing.unwrap_or_default()
         };
-        crate::features::roster::save_and_push(server, owner_jid, owner, &item)
-            .await
-            .map_err(|_| ApiError::internal("saving a roster item"))?;
+        match crate::features::roster::save_and_push(server, owner_jid, owner, &item).await {
+            Ok(()) => {}
+            // A full roster: this side is not added and the lookup goes on
+            // (if it is the second side, the first keeps its new item, as
+            // after a one-sided roster add).
+            Err(error) if error.condition == StanzaErrorCondition::NotAllowed => {
+                tracing::debug!(%owner, "roster full; contact not added");
+                return Ok(());
+            }
+            Err(_) => return Err(ApiError::internal("saving a roster item")),
+        }
         changed = true;
     }
     if changed {

@@ -333,10 +333,11 @@ async fn inbound_subscription(
     }
     let outcome = roster::inbound(current.as_ref(), sender.as_str(), kind);
     if let Some(item) = &outcome.item
-        && roster::save_and_push(server, recipient, &username, item)
-            .await
-            .is_err()
+        && let Err(error) = roster::save_and_push(server, recipient, &username, item).await
     {
+        // Not recorded (e.g. the contact's roster is full): the sender hears so
+        // rather than wait on a request nobody will see.
+        Box::pin(crate::deliver::route(server, error.reply_to(&presence))).await;
         return;
     }
     if outcome.deliver {

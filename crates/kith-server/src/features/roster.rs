@@ -172,18 +172,22 @@ pub(crate) fn subscription_presence(from: &str, to: &str, kind: &str) -> Element
         .attr("type", kind)
 }
 
-/// Stores an item and pushes it to the owner's interested resources.
+/// Stores an item and pushes it to the owner's interested resources. A new
+/// item past `[limits] max_roster_items` is refused with `<not-allowed/>`
+/// (RFC 6120 §8.3.3.10: no entity may; RFC 3920's condition, so older clients
+/// know it too, where §8.3.3.12 `<policy-violation/>` is RFC 6120's only).
 pub(crate) async fn save_and_push(
     server: &Arc<Server>,
     owner: &BareJid,
     username: &str,
     item: &RosterItem,
 ) -> Result<(), StanzaError> {
-    let version = server
-        .store
-        .put_roster_item(username, item)
-        .await
-        .map_err(internal)?;
+    let max = server.config.limits.max_roster_items;
+    let version = match server.store.put_roster_item(username, item, max).await {
+        Ok(version) => version,
+        Err(kith_store::StoreError::RosterFull { max, .. }) => return Err(roster_full(max)),
+        Err(error) => return Err(internal(error)),
+    };
     if visible(item) {
         push(server, owner, item_element(item), version);
     }
@@ -223,6 +227,11 @@ pub(crate) fn item_element(item: &RosterItem) -> Element {
         element.push_child(Element::new(ns::ROSTER, "group").text(group.clone()));
     }
     element
+}
+
+/// The error for a new item on a roster that holds `max` already.
+fn roster_full(max: usize) -> StanzaError {
+    StanzaError::not_allowed().with_text(format!("the roster is full ({max} contacts)"))
 }
 
 pub(crate) fn internal(error: kith_store::StoreError) -> StanzaError {
