@@ -420,7 +420,13 @@ async def test_cli_lists_and_revokes_devices(api, gateway, clients, phone_server
     username = phone[1:]
     out = phone_server.cli("device", "list", username).stdout
     assert device["device_id"] in out and "Old phone" in out
-    phone_server.cli("device", "revoke", username, device["device_id"])
+    # Revoked from the CLI while the device is connected: the running server
+    # ends its session at once (through its admin socket).
+    online = await clients.connect(device["jid"], device["credential"], label="revoked by the CLI")
+    out = phone_server.cli("device", "revoke", username, device["device_id"]).stdout
+    assert "ended 1 session" in out, out
+    await wait_until(lambda: not online.connected_now, what="session of a device revoked from the CLI closed")
+    assert any(e["condition"] == "not-authorized" for e in online.stream_errors), online.events
     assert device["device_id"] not in phone_server.cli("device", "list", username).stdout
     with pytest.raises(LoginFailed):
         await clients.connect(device["jid"], device["credential"], mech="SCRAM-SHA-256")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 
 from kithtest.server import kith_bin
-from kithtest.xmpp import ClientPool, LoginFailed, unique_name, unique_password
+from kithtest.xmpp import NS_ROSTER, ClientPool, LoginFailed, make_friends, server_roster, unique_name, unique_password
 
 
 async def can_login(pool: ClientPool, jid: str, password: str) -> bool:
@@ -65,6 +65,33 @@ async def test_user_lifecycle_while_running(xmpp, server):
     server.cli("user", "del", name)
     assert not listed(server, name)
     assert not await can_login(xmpp, jid, new), "deleted user can still log in"
+
+
+async def test_user_deleted_while_online_is_cut_off_and_leaves_rosters(xmpp, server):
+    """`kith user del` on a running server does what deleting one's own account
+    does: the sessions end, contacts see the account go offline and leave their
+    roster (RFC 6121 §2.5, XEP-0077 §3.2)."""
+    name, pw = unique_name("gone"), unique_password()
+    jid = await server.aadd_user(name, pw)
+    friend_acct = await xmpp.account("stays")
+    doomed = await xmpp.connect(jid, pw, resource="phone")
+    friend = await xmpp.connect(friend_acct)
+    await make_friends(doomed, friend)
+
+    out = server.cli("user", "del", name).stdout
+    assert "ended 1 session" in out, out
+    await doomed.wait_closed(timeout=10)
+    assert not doomed.connected_now, "the deleted user's session is still open"
+    assert any(e["condition"] == "not-authorized" for e in doomed.stream_errors), doomed.events
+    await friend.wait_presence(lambda p: p["from"].bare == jid and p["type"] == "unavailable",
+                               what="unavailable presence of the deleted contact")
+    await friend.wait_iq(lambda iq: iq["type"] == "set" and any(
+        it.get("jid") == jid and it.get("subscription") == "remove"
+        for it in iq.xml.iter(f"{{{NS_ROSTER}}}item")), what="roster push removing the deleted contact")
+    assert jid not in await server_roster(friend)
+    assert not await can_login(xmpp, jid, pw)
+    # Deleting it again says so.
+    assert server.cli("user", "del", name, check=False).returncode != 0
 
 
 def test_adding_an_existing_user_fails(server):

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod admin;
 mod api;
 mod c2s;
 pub mod config;
@@ -169,6 +170,9 @@ impl Server {
         let _ = server
             .ports
             .set((addrs.2.map(|a| a.port()), addrs.3.map(|a| a.port())));
+        if let Some(listener) = admin::bind(&server.config).await {
+            tasks.spawn(admin::serve(server.clone(), listener));
+        }
         tasks.spawn(maintenance::run(server.clone()));
         tasks.spawn(upload::sweep_loop(server.clone()));
         tasks.spawn(features::pep::expiry_loop(server.clone()));

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use kith_server::{Config, Server, accounts};
+use kith_server::{Config, Server, accounts, admin};
 
 #[derive(Parser)]
 #[command(
@@ -61,7 +61,9 @@ enum UserAction {
         #[arg(long)]
         password: Option<String>,
     },
-    /// Delete an account and all its data.
+    /// Delete an account and all its data; on a running server (reached
+    /// through `<data_dir>/admin.sock`) it also leaves contacts' rosters and
+    /// its groups, and its sessions end.
     Del { username: String },
     /// List accounts.
     List,
@@ -71,9 +73,8 @@ enum UserAction {
 enum DeviceAction {
     /// List an account's devices: id, name, last use.
     List { username: String },
-    /// Revoke a device credential: it can no longer sign in. A session it has
-    /// open on a running server ends when revoked through the HTTP API
-    /// (`DELETE /api/v1/devices/{id}`); from here, at its next login.
+    /// Revoke a device credential: it can no longer sign in, and its sessions
+    /// on the running server (reached through `<data_dir>/admin.sock`) end.
     Revoke { username: String, id: String },
 }
 
@@ -193,6 +194,21 @@ async fn user(config: Config, action: UserAction) -> Result<()> {
         }
         UserAction::Del { username } => {
             let username = accounts::normalize_username(&username, domain)?;
+            // A running server deletes it as if the user had: contacts'
+            // rosters and groups are left, sessions end.
+            let request = admin::Request::UserDel {
+                username: username.clone(),
+            };
+            if let Some(answer) = admin::ask(&config, &request).await? {
+                if !answer.existed {
+                    bail!("no such user {username}@{domain}");
+                }
+                println!(
+                    "deleted {username}@{domain} and all its data (the running server ended {} session(s))",
+                    answer.sessions
+                );
+                return Ok(());
+            }
             kith_server::upload::purge_user_files(&config, &store, &username)
                 .await
                 .context("deleting the account's uploads")?;
@@ -229,6 +245,20 @@ async fn device(config: Config, action: DeviceAction) -> Result<()> {
         }
         DeviceAction::Revoke { username, id } => {
             let username = accounts::normalize_username(&username, domain)?;
+            let request = admin::Request::DeviceRevoke {
+                username: username.clone(),
+                id: id.clone(),
+            };
+            if let Some(answer) = admin::ask(&config, &request).await? {
+                if !answer.existed {
+                    bail!("{username}@{domain} has no device {id}");
+                }
+                println!(
+                    "revoked device {id} of {username}@{domain} (the running server ended {} session(s))",
+                    answer.sessions
+                );
+                return Ok(());
+            }
             let resource = kith_server::device_resource(&id);
             if !store
                 .revoke_device_credential(&username, &id, &resource)

@@ -1,0 +1,210 @@
+//! The operator's way into a running server: a Unix socket in the data
+//! directory (`<data_dir>/admin.sock`, mode 0600, so only the account running
+//! kith can use it) that `kith user del` and `kith device revoke` talk to.
+//!
+//! Through it a change takes effect the way the same change made by a user
+//! does: a deleted account leaves its contacts' rosters (with roster pushes and
+//! unavailable presence) and its groups, and its sessions end; a revoked
+//! device's sessions end at once. With no server answering, the CLI changes the
+//! store itself (see `kith`'s `main.rs`), and those effects wait for nothing:
+//! there is nobody connected to tell.
+//!
+//! The protocol is one JSON request line and one JSON answer line per
+//! connection ([`Request`], [`Answer`]). Each scale-out node has a socket of its
+//! own; a request reaches the node whose data directory the CLI's configuration
+//! names.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kith_proto::BareJid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::Server;
+use crate::config::Config;
+
+/// The socket's file name in the data directory.
+const SOCKET: &str = "admin.sock";
+/// Longest request line read (a username and a device id fit many times over).
+const MAX_REQUEST: u64 = 4096;
+/// How long the CLI waits for an answer (deleting an account with many groups
+/// and contacts takes a while; nothing is half-done when it gives up).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the CLI asks of a running server.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Delete an account and everything it owns (`kith user del`).
+    UserDel { username: String },
+    /// Revoke a device credential and end its sessions (`kith device revoke`).
+    DeviceRevoke { username: String, id: String },
+}
+
+/// The server's answer.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Answer {
+    /// Whether the account (or device) existed: `false` changed nothing.
+    pub existed: bool,
+    /// Sessions the change ended on this server.
+    pub sessions: usize,
+    /// Set when the request failed (and `existed` says nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where the socket of a server with this configuration lives.
+pub fn socket_path(config: &Config) -> PathBuf {
+    config.server.data_dir.join(SOCKET)
+}
+
+/// Asks the server that runs with `config`'s data directory. `Ok(None)`: no
+/// server is listening there (nothing was done).
+pub async fn ask(config: &Config, request: &Request) -> anyhow::Result<Option<Answer>> {
+    let path = socket_path(config);
+    let Ok(mut stream) = UnixStream::connect(&path).await else {
+        return Ok(None);
+    };
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        BufReader::new(stream).read_line(&mut answer),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the server did not answer within {ANSWER_TIMEOUT:?}"))??;
+    if answer.is_empty() {
+        anyhow::bail!("the server closed the admin connection without answering");
+    }
+    let answer: Answer = serde_json::from_str(&answer)?;
+    if let Some(error) = &answer.error {
+        anyhow::bail!("the server refused: {error}");
+    }
+    Ok(Some(answer))
+}
+
+/// Binds the socket, or returns `None` (with a warning) if another server
+/// answers on it or it cannot be bound (e.g. a path past the system's limit).
+pub(crate) async fn bind(config: &Config) -> Option<UnixListener> {
+    let path = socket_path(config);
+    if UnixStream::connect(&path).await.is_ok() {
+        tracing::warn!(path = %path.display(), "another kith answers on this admin socket; not taking it over");
+        return None;
+    }
+    // A file left by a server that stopped: nobody answers on it.
+    let _ = std::fs::remove_file(&path);
+    match UnixListener::bind(&path).and_then(|listener| restrict(&path).map(|()| listener)) {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "no admin socket: `kith user del` and `kith device revoke` will not reach this server");
+            None
+        }
+    }
+}
+
+/// Only the owner may connect.
+fn restrict(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+pub(crate) async fn serve(server: Arc<Server>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(server.clone(), stream));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "admin socket accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(server: Arc<Server>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let read = BufReader::new(read.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await;
+    let answer = match read {
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => run(&server, request).await,
+            Err(error) => refused(format!("bad request: {error}")),
+        },
+        Err(error) => refused(format!("reading the request: {error}")),
+    };
+    let Ok(mut out) = serde_json::to_vec(&answer) else {
+        return;
+    };
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
+}
+
+fn refused(error: String) -> Answer {
+    Answer {
+        existed: false,
+        sessions: 0,
+        error: Some(error),
+    }
+}
+
+async fn run(server: &Arc<Server>, request: Request) -> Answer {
+    let jid = |username: &str| BareJid::new(&format!("{username}@{}", server.domain));
+    match request {
+        Request::UserDel { username } => {
+            let Ok(bare) = jid(&username) else {
+                return refused(format!("{username:?} is no username"));
+            };
+            let sessions = server.router.sessions(bare.as_str()).len();
+            match crate::features::register::delete_account(server, &bare).await {
+                Ok(existed) => {
+                    tracing::info!(user = %username, sessions, "account deleted by the operator");
+                    Answer {
+                        existed,
+                        sessions: if existed { sessions } else { 0 },
+                        error: None,
+                    }
+                }
+                Err(error) => refused(
+                    error
+                        .text
+                        .unwrap_or_else(|| error.condition.as_str().to_owned()),
+                ),
+            }
+        }
+        Request::DeviceRevoke { username, id } => {
+            let Ok(bare) = jid(&username) else {
+                return refused(format!("{username:?} is no username"));
+            };
+            let resource = crate::credentials::device_resource(&id);
+            match server
+                .store
+                .revoke_device_credential(&username, &id, &resource)
+                .await
+            {
+                Ok(false) => Answer {
+                    existed: false,
+                    sessions: 0,
+                    error: None,
+                },
+                Ok(true) => {
+                    let sessions = server.router.revoke_device(bare.as_str(), &id);
+                    tracing::info!(user = %username, device = %id, sessions, "device revoked by the operator");
+                    Answer {
+                        existed: true,
+                        sessions,
+                        error: None,
+                    }
+                }
+                Err(error) => refused(error.to_string()),
+            }
+        }
+    }
+}
