@@ -434,7 +434,7 @@ async fn resumable_slot<L: Link>(
 
 /// Binds a resource. RFC 6120 §7.7.2.2: a conflicting or missing resource gets a
 /// server-generated one, so an existing session is never cut off by a newcomer.
-fn bind_resource(
+pub(crate) fn bind_resource(
     server: &Arc<Server>,
     username: &str,
     device: Option<&str>,

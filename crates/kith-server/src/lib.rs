@@ -7,6 +7,8 @@
 pub mod accounts;
 pub mod admin;
 mod api;
+#[doc(hidden)]
+pub mod bench;
 mod c2s;
 pub mod config;
 mod credentials;

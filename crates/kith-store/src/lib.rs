@@ -113,6 +113,12 @@ pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 10;
 /// SQLite busy timeout: how long a writer waits for the write lock.
 pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Records when an owner's last session ended; writes nothing (and changes no
+/// row) for an owner without an account, so a batch never fails on it.
+pub(crate) const SET_LAST_ACTIVITY: &str = "INSERT INTO last_activity (owner, at_secs, status)
+     SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE username = $1)
+     ON CONFLICT (owner) DO UPDATE SET at_secs = excluded.at_secs, status = excluded.status";
+
 /// Which engine a [`Store`] runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -733,24 +739,32 @@ impl Store {
     // last activity
     // ------------------------------------------------------------------
 
-    /// Records when the owner's last session ended (unix seconds) and its status text.
+    /// Records when the owner's last session ended (unix seconds) and its status
+    /// text. [`StoreError::NoSuchUser`] if the owner has no account.
     pub async fn set_last_activity(
         &self,
         owner: &str,
         at_unix_secs: i64,
         status: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO last_activity (owner, at_secs, status) VALUES ($1, $2, $3)
-             ON CONFLICT (owner) DO UPDATE SET at_secs = excluded.at_secs, status = excluded.status",
-        )
-        .bind(owner)
-        .bind(at_unix_secs)
-        .bind(status)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| StoreError::owner_fk(e, owner))?;
-        Ok(())
+        match self.backend {
+            // Through the group-commit writer: a logout storm's writes share
+            // commits rather than each take the write lock from the pool.
+            Backend::Sqlite => self.writer.seen(owner, at_unix_secs, status).await,
+            Backend::Postgres => {
+                let written = sqlx::query(SET_LAST_ACTIVITY)
+                    .bind(owner)
+                    .bind(at_unix_secs)
+                    .bind(status)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if written == 0 {
+                    return Err(StoreError::NoSuchUser(owner.to_owned()));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// When the owner's last session ended (unix seconds) and its status text.

@@ -1356,11 +1356,26 @@ async fn logins_in_a_storm_read_their_writes(db: TestDb) {
                     .unwrap()
                     .is_empty()
             );
+            // And the logout's last activity, twice: the later one stays.
+            s.set_last_activity(&user, 100 + i64::from(i), "bye")
+                .await
+                .unwrap();
+            s.set_last_activity(&user, 200 + i64::from(i), &format!("gone {i}"))
+                .await
+                .unwrap();
+            assert_eq!(
+                s.last_activity(&user).await.unwrap(),
+                Some((200 + i64::from(i), format!("gone {i}")))
+            );
         }));
     }
     let nobody = {
         let s = s.clone();
         tokio::spawn(async move { s.device_attach("nobody", "phone", 10).await })
+    };
+    let nobody_seen = {
+        let s = s.clone();
+        tokio::spawn(async move { s.set_last_activity("nobody", 1, "").await })
     };
     for t in tasks {
         t.await.unwrap();
@@ -1369,6 +1384,11 @@ async fn logins_in_a_storm_read_their_writes(db: TestDb) {
         nobody.await.unwrap(),
         Err(StoreError::NoSuchUser(owner)) if owner == "nobody"
     ));
+    assert!(matches!(
+        nobody_seen.await.unwrap(),
+        Err(StoreError::NoSuchUser(owner)) if owner == "nobody"
+    ));
+    assert_eq!(s.last_activity("nobody").await.unwrap(), None);
     assert_eq!(s.credentials("nobody").await.unwrap(), None);
     assert_eq!(s.roster("nobody").await.unwrap(), (0, vec![]));
 }

@@ -76,6 +76,16 @@ enum Job {
         now_micros: i64,
         reply: oneshot::Sender<Result<DeviceStart>>,
     },
+    /// `owner`'s last session ended at `at_secs` with this status text
+    /// (XEP-0012, `Store::set_last_activity`). SQLite only, like
+    /// [`Job::Attach`]: a logout storm's writes share commits instead of each
+    /// taking the write lock from a pool connection.
+    Seen {
+        owner: String,
+        at_secs: i64,
+        status: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Bring the full-text index up to date with everything committed so far
     /// (answered once it is; a no-op where the index is kept by the database).
     Index { reply: oneshot::Sender<Result<()>> },
@@ -271,6 +281,17 @@ impl Writer {
         .await
     }
 
+    /// Records when `owner`'s last session ended and waits until it is committed.
+    pub(crate) async fn seen(&self, owner: &str, at_secs: i64, status: &str) -> Result<()> {
+        self.ask(|reply| Job::Seen {
+            owner: owner.to_owned(),
+            at_secs,
+            status: status.to_owned(),
+            reply,
+        })
+        .await
+    }
+
     /// Tells the writer that `owner`'s account was deleted (after the deleting
     /// transaction committed).
     pub(crate) async fn forget(&self, owner: &str) -> Result<()> {
@@ -304,6 +325,8 @@ enum Done {
     Acked,
     /// Where the device starts; `None`: the owner has no account.
     Attached(Option<DeviceStart>),
+    /// Whether the last-activity row was written (`false`: no such account).
+    Seen(bool),
     /// Nothing to report (an index request, a forgotten owner, a room change).
     Nothing,
 }
@@ -321,6 +344,8 @@ enum Answer {
     Acked,
     /// The attach with this index in [`Plan::attaches`].
     Attached(usize),
+    /// The write with this index in [`Plan::seen`].
+    Seen(usize),
     Nothing,
 }
 
@@ -338,6 +363,8 @@ struct Plan<'a> {
     /// Logins `(owner, resource, now_micros)` in batch order, run after the
     /// acks and room changes (so a device's start reflects them).
     attaches: Vec<(&'a str, &'a str, i64)>,
+    /// Last activities `(owner, at_secs, status)` in batch order.
+    seen: Vec<(&'a str, i64, &'a str)>,
     /// What changes in `room_fill` and `room_marks`.
     room_writes: Vec<RoomWrite>,
     answers: Vec<Answer>,
@@ -356,6 +383,7 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
     };
     let mut acks: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
     let mut attaches = Vec::new();
+    let mut seen = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
         match job {
@@ -456,6 +484,15 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
                 answers.push(Answer::Attached(attaches.len()));
                 attaches.push((owner.as_str(), resource.as_str(), *now_micros));
             }
+            Job::Seen {
+                owner,
+                at_secs,
+                status,
+                ..
+            } => {
+                answers.push(Answer::Seen(seen.len()));
+                seen.push((owner.as_str(), *at_secs, status.as_str()));
+            }
             Job::Index { .. } | Job::Forget { .. } => answers.push(Answer::Nothing),
         }
     }
@@ -470,6 +507,7 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         counts,
         acks,
         attaches,
+        seen,
         room_writes,
         answers,
     }
@@ -639,12 +677,13 @@ impl<'a> Plan<'a> {
 
     /// What each job is answered, given which rows were written (`false`: the
     /// owner has no account, or the insert skipped a duplicate origin key) and
-    /// where each attached device starts.
+    /// where each attached device starts, and which last activities were written.
     fn answers(
         self,
         numbered: &Numbered<'_>,
         written: &[bool],
         attached: &[Option<DeviceStart>],
+        seen: &[bool],
     ) -> Vec<Done> {
         self.answers
             .into_iter()
@@ -666,6 +705,7 @@ impl<'a> Plan<'a> {
                 ),
                 Answer::Acked => Done::Acked,
                 Answer::Attached(i) => Done::Attached(attached.get(i).copied().flatten()),
+                Answer::Seen(i) => Done::Seen(seen.get(i).copied().unwrap_or(false)),
                 Answer::Nothing => Done::Nothing,
             })
             .collect()
@@ -761,6 +801,13 @@ fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callb
                     _ => Err(StoreError::Closed),
                 });
             }
+            (Job::Seen { owner, reply, .. }, done) => {
+                let _ = reply.send(match done {
+                    Done::Seen(true) => Ok(()),
+                    Done::Seen(false) => Err(StoreError::NoSuchUser(owner)),
+                    _ => Err(StoreError::Closed),
+                });
+            }
             (Job::Append { then, entries }, _) => {
                 let closed = entries.iter().map(|_| Err(StoreError::Closed)).collect();
                 calls.push((then, closed));
@@ -807,6 +854,9 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError, callbacks: &Callbac
                 let _ = reply.send(Err(failed()));
             }
             Job::Attach { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Seen { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
         }

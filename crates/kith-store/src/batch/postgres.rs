@@ -150,16 +150,16 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
         .execute(&mut *tx)
         .await?;
     }
-    if !plan.attaches.is_empty() {
+    if !plan.attaches.is_empty() || !plan.seen.is_empty() {
         // `Store::device_attach` registers through the pool here (logins in
         // parallel); an attach job is a mistake, refused loudly (the batch's
         // other jobs are retried one by one and go through).
         return Err(StoreError::Corrupt(
-            "device registrations go through the pool on PostgreSQL".to_owned(),
+            "device registrations and last activities go through the pool on PostgreSQL".to_owned(),
         ));
     }
     tx.commit().await?;
-    Ok(plan.answers(&numbered, &written, &[]))
+    Ok(plan.answers(&numbered, &written, &[], &[]))
 }
 
 /// The room reads of a batch, in its transaction.

@@ -543,6 +543,15 @@ impl SqliteWriter {
                 None => None,
             });
         }
+        let mut seen = Vec::with_capacity(plan.seen.len());
+        for (owner, at_secs, status) in &plan.seen {
+            let mut upsert = tx.prepare_cached(crate::SET_LAST_ACTIVITY)?;
+            crate::read::bind(
+                &mut upsert,
+                &[Arg::Text(owner), Arg::Int(*at_secs), Arg::Text(status)],
+            )?;
+            seen.push(upsert.raw_execute()? == 1);
+        }
         tx.commit()?;
 
         if self.heads.len() + numbered.reserved.len() > MAX_HEADS {
@@ -559,7 +568,7 @@ impl SqliteWriter {
             self.fts.oldest.get_or_insert_with(Instant::now);
         }
         let room_writes = std::mem::take(&mut plan.room_writes);
-        let answers = plan.answers(&numbered, &written, &attached);
+        let answers = plan.answers(&numbered, &written, &attached, &seen);
         rooms::keep(&mut self.rooms, state.rows, &room_writes);
         Ok(answers)
     }
