@@ -117,3 +117,35 @@ fn available(
     });
     Ok((bound.jid, bound.rx))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_routed_message_reaches_the_other_session_once_committed() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut pair = RoutePair::start(dir.path(), true).await.expect("starts");
+        let one = pair.route(1).await.expect("one message");
+        let hundred = pair.route(100).await.expect("a hundred messages");
+        assert!(one > 100, "{one} bytes");
+        assert!(
+            hundred >= 100 * one,
+            "{hundred} bytes for 100, {one} for one"
+        );
+        // Each is in the recipient's log: a device logging in now is owed them.
+        let owed = pair
+            .running
+            .server
+            .store
+            .inbox_after("recipient", 0, 500)
+            .await
+            .expect("the log reads");
+        assert_eq!(owed.len(), 101);
+        assert!(
+            owed.iter()
+                .all(|entry| entry.xml.contains("of a benchmark"))
+        );
+        pair.stop().await;
+    }
+}
