@@ -305,7 +305,7 @@ async def test_oversize_stanza_is_policy_violation(bad_server, attacker, rcpt, r
                 await s.send(ch)
         except StreamClosed:
             pass  # the server may cut us off mid-send
-        await expect_stream_error(s, {"not-allowed"}, f"oversize stanza ({case})")
+        await expect_stream_error(s, {"policy-violation"}, f"oversize stanza ({case})")
     finally:
         s.close()
     await asyncio.sleep(0.5)
@@ -322,7 +322,7 @@ async def test_oversize_before_authentication(bad_server):
                 await s.send(base64.b64encode(b"\0" * 6144).decode())
         except StreamClosed:
             pass
-        await expect_stream_error(s, {"not-allowed"}, "oversize <auth/> before authentication")
+        await expect_stream_error(s, {"policy-violation"}, "oversize <auth/> before authentication")
     finally:
         s.close()
 
@@ -601,7 +601,7 @@ async def test_rapid_failed_logins(bad_server, attacker, pool):
     elapsed = time.monotonic() - t0
     assert "success" not in outcomes and "extra-success" not in outcomes, "a wrong password was accepted"
     assert outcomes.count("failure") == total_attempts, f"{outcomes.count('failure')} failures of {total_attempts}"
-    bad_closures = [c for c in closures if c not in ("not-allowed", "not-authorized")]
+    bad_closures = [c for c in closures if c not in ("policy-violation", "not-authorized")]
     assert len(closures) == n_streams and not bad_closures, \
         f"after {MAX_AUTH_FAILURES} failures each stream must end with policy-violation/not-authorized: {closures}"
     # the server still answers, and the real owner of the account can still log in
