@@ -1,7 +1,8 @@
 """Hostile and broken input (RFC 6120 §4.9 stream errors, §11 restricted XML).
 
 Runs against its own server with small limits (max_stanza_size = 65536,
-auth_timeout_secs = 5, max_auth_failures = 5, max_roster_items = 3). Throughout every test of this
+auth_timeout_secs = 5, max_auth_failures = 5, max_roster_items = 3,
+max_roster_requests = 2). Throughout every test of this
 module a pair of logged-in slixmpp clients (the "canary") keeps exchanging
 messages; after each test the canary must still get through, the server
 process must be alive and its RSS below RSS_LIMIT_MB. A bad stream closes
@@ -28,6 +29,7 @@ MAX_STANZA = 65536
 AUTH_TIMEOUT = 5
 MAX_AUTH_FAILURES = 5
 MAX_ROSTER = 3
+MAX_REQUESTS = 2
 RSS_LIMIT_MB = 200
 CLOSE_WAIT = 10  # seconds a server may take to close a stream after a stream error
 
@@ -42,6 +44,7 @@ def bad_server(backend, server_factory):
             "auth_timeout_secs": AUTH_TIMEOUT,
             "max_auth_failures": MAX_AUTH_FAILURES,
             "max_roster_items": MAX_ROSTER,
+            "max_roster_requests": MAX_REQUESTS,
         },
     })
     yield srv
@@ -697,49 +700,56 @@ async def test_authenticated_idle_session_is_not_timed_out(bad_server, attacker)
 # ---- roster size ----------------------------------------------------------------------
 
 async def test_strangers_cannot_grow_a_roster_without_end(pool):
-    """Each stranger's subscription request is a row the server keeps; past
-    [limits] max_roster_items the request bounces and the owner's own additions
-    are refused, while changes to the items already there still work."""
+    """Each stranger's subscription request is a row the server keeps: past
+    [limits] max_roster_requests a request is declined (an error and
+    `unsubscribed`, which clears the stranger's pending ask). They are counted
+    apart from the owner's contacts, which max_roster_items bounds: changes to
+    items already there always work."""
     victim = await pool.account("popular")
-    strangers = [await pool.account(f"fan{i}") for i in range(MAX_ROSTER + 1)]
+    strangers = [await pool.account(f"fan{i}") for i in range(MAX_REQUESTS + 1)]
     fans = [await pool.connect(acct) for acct in strangers]
     # The victim is offline: each request is stored (RFC 6121 §3.1.3). A
     # session handles its stanzas in order, so the ping's answer means the
     # request before it has been handled.
-    for fan in fans[:MAX_ROSTER]:
+    for fan in fans[:MAX_REQUESTS]:
         fan.send_presence(pto=victim.jid, ptype="subscribe")
         await fan.plugin["xep_0199"].ping(jid="localhost", timeout=10)
-    last = fans[MAX_ROSTER]
+    last = fans[MAX_REQUESTS]
     last.send_presence(pto=victim.jid, ptype="subscribe")
     bounce = await last.wait_presence(lambda p: p["type"] == "error", what="bounced subscription request")
     assert bounce["from"].bare == victim.jid
     assert bounce["error"]["condition"] == "not-allowed", str(bounce)
+    await last.wait_presence(lambda p: p["type"] == "unsubscribed" and p["from"].bare == victim.jid,
+                             what="the declined request's unsubscribed")
+    await last.wait_iq(lambda iq: iq["type"] == "set" and any(
+        it.get("jid") == victim.jid and it.get("ask") is None
+        for it in iq.xml.iter("{jabber:iq:roster}item")), what="roster push clearing the pending ask")
 
     v = await pool.connect(victim)
     requests = set()
-    while len(requests) < MAX_ROSTER:
+    while len(requests) < MAX_REQUESTS:
         req = await v.wait_presence(lambda p: p["type"] == "subscribe" and p["from"].bare not in requests,
                                     what="stored subscription requests")
         requests.add(req["from"].bare)
-    assert requests == {acct.jid for acct in strangers[:MAX_ROSTER]}
-    assert not v.matching(lambda p: p.xml.tag == "{jabber:client}presence"
-                          and p["from"].bare == strangers[MAX_ROSTER].jid)
+    assert requests == {acct.jid for acct in strangers[:MAX_REQUESTS]}
 
-    # A new contact of the owner's own is refused, with the reason.
+    # The requests leave the owner's own contacts their room, up to the cap.
+    friends = [await pool.account(f"friend{i}") for i in range(MAX_ROSTER + 1)]
+    for friend in friends[:MAX_ROSTER]:
+        await v.update_roster(friend.jid, name="friend", timeout=10)
     with pytest.raises(IqError) as refused:
-        await v.update_roster(strangers[MAX_ROSTER].jid, name="one too many", timeout=10)
+        await v.update_roster(friends[MAX_ROSTER].jid, name="one too many", timeout=10)
     assert refused.value.iq["error"]["condition"] == "not-allowed"
     assert "full" in refused.value.iq["error"]["text"]
-    # Approving a stored request changes an item already there: allowed.
+    # Removing one makes room for another.
+    await v.del_roster_item(friends[0].jid)
+    await v.update_roster(friends[MAX_ROSTER].jid, name="now there is room", timeout=10)
+    # Approving a stored request changes a row already there: allowed.
     v.send_presence(pto=strangers[0].jid, ptype="subscribed")
     await fans[0].wait_presence(lambda p: p["type"] == "subscribed", what="approval of a stored request")
-    # Removing one makes room for a new one.
-    await v.del_roster_item(strangers[1].jid)
-    await v.update_roster(strangers[MAX_ROSTER].jid, name="now there is room", timeout=10)
     items = await server_roster(v)
-    # fan2's unanswered request is held too, but is no roster item to show
-    # (RFC 6121 §3.1.3).
-    assert set(items) == {strangers[0].jid, strangers[MAX_ROSTER].jid}, items
+    # fan1's unanswered request is held too, but is no roster item to show.
+    assert set(items) == {friends[1].jid, friends[2].jid, friends[MAX_ROSTER].jid, strangers[0].jid}, items
     assert items[strangers[0].jid]["subscription"] == "from"
 
 

@@ -31,8 +31,10 @@ const SOCKET: &str = "admin.sock";
 /// Longest request line read (a username and a device id fit many times over).
 const MAX_REQUEST: u64 = 4096;
 /// How long the CLI waits for an answer (deleting an account with many groups
-/// and contacts takes a while; nothing is half-done when it gives up).
+/// and contacts takes a while; the server finishes what it started anyway).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the server waits for a request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the CLI asks of a running server.
 #[derive(Debug, Deserialize, Serialize)]
@@ -62,11 +64,18 @@ pub fn socket_path(config: &Config) -> PathBuf {
 }
 
 /// Asks the server that runs with `config`'s data directory. `Ok(None)`: no
-/// server is listening there (nothing was done).
+/// server is listening there (no socket, or nobody behind it): nothing was
+/// done. Any other failure to connect (e.g. no permission: a server run by
+/// another account) is an error, not a reason to go around the server.
 pub async fn ask(config: &Config, request: &Request) -> anyhow::Result<Option<Answer>> {
     let path = socket_path(config);
-    let Ok(mut stream) = UnixStream::connect(&path).await else {
-        return Ok(None);
+    let mut stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        Err(error) if nobody_there(&error) => return Ok(None),
+        Err(error) => {
+            return Err(anyhow::Error::new(error)
+                .context(format!("connecting to the server's {}", path.display())));
+        }
     };
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
@@ -77,7 +86,11 @@ pub async fn ask(config: &Config, request: &Request) -> anyhow::Result<Option<An
         BufReader::new(stream).read_line(&mut answer),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("the server did not answer within {ANSWER_TIMEOUT:?}"))??;
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the server did not answer within {ANSWER_TIMEOUT:?} (it may still finish the change)"
+        )
+    })??;
     if answer.is_empty() {
         anyhow::bail!("the server closed the admin connection without answering");
     }
@@ -88,16 +101,40 @@ pub async fn ask(config: &Config, request: &Request) -> anyhow::Result<Option<An
     Ok(Some(answer))
 }
 
+/// Whether a failed connect means no server listens there.
+fn nobody_there(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
 /// Binds the socket, or returns `None` (with a warning) if another server
-/// answers on it or it cannot be bound (e.g. a path past the system's limit).
+/// answers on it, the path holds something else, or it cannot be bound (e.g.
+/// a path past the system's limit).
 pub(crate) async fn bind(config: &Config) -> Option<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
     let path = socket_path(config);
-    if UnixStream::connect(&path).await.is_ok() {
-        tracing::warn!(path = %path.display(), "another kith answers on this admin socket; not taking it over");
-        return None;
+    let skip = |why: &str| {
+        tracing::warn!(path = %path.display(), why, "no admin socket: `kith user del` and `kith device revoke` will not reach this server");
+        None
+    };
+    match UnixStream::connect(&path).await {
+        Ok(_) => return skip("another kith answers on it"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        // A socket left by a server that stopped: nobody answers on it.
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            let is_socket =
+                std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_socket());
+            if !is_socket {
+                return skip("the path is not a socket");
+            }
+            if std::fs::remove_file(&path).is_err() {
+                return skip("a stale socket could not be removed");
+            }
+        }
+        Err(_) => return skip("the path cannot be used"),
     }
-    // A file left by a server that stopped: nobody answers on it.
-    let _ = std::fs::remove_file(&path);
     match UnixListener::bind(&path).and_then(|listener| restrict(&path).map(|()| listener)) {
         Ok(listener) => Some(listener),
         Err(error) => {
@@ -128,17 +165,31 @@ pub(crate) async fn serve(server: Arc<Server>, listener: UnixListener) {
 }
 
 async fn handle(server: Arc<Server>, stream: UnixStream) {
+    // The socket's mode admits only its owner, but it is set just after the
+    // bind: the peer is checked too (the socket's owner, or root).
+    let owner = std::fs::metadata(socket_path(&server.config)).map(|meta| {
+        use std::os::unix::fs::MetadataExt;
+        meta.uid()
+    });
+    let peer = stream.peer_cred().map(|cred| cred.uid());
+    if !matches!((owner, peer), (Ok(owner), Ok(peer)) if peer == owner || peer == 0) {
+        tracing::warn!("admin socket: a connection from another account refused");
+        return;
+    }
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let read = BufReader::new(read.take(MAX_REQUEST))
-        .read_line(&mut line)
-        .await;
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line),
+    )
+    .await;
     let answer = match read {
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => run(&server, request).await,
             Err(error) => refused(format!("bad request: {error}")),
         },
-        Err(error) => refused(format!("reading the request: {error}")),
+        Ok(Err(error)) => refused(format!("reading the request: {error}")),
+        Err(_) => refused(format!("no request within {REQUEST_TIMEOUT:?}")),
     };
     let Ok(mut out) = serde_json::to_vec(&answer) else {
         return;

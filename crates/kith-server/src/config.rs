@@ -679,9 +679,12 @@ pub struct LimitsSection {
     pub max_auth_failures: u32,
     /// Resources (sessions) one account may bind at once.
     pub max_sessions_per_user: usize,
-    /// Items one roster may hold, pending inbound subscription requests
-    /// included (each is a row a stranger could otherwise add without end).
+    /// Contacts one roster may hold (its items other than unanswered requests).
     pub max_roster_items: usize,
+    /// Unanswered inbound subscription requests one account keeps (each is a
+    /// row a stranger makes; bounded apart, so strangers cannot use up the
+    /// room for contacts).
+    pub max_roster_requests: usize,
     /// Stanzas queued for one session before it is considered too slow and closed.
     pub session_queue: usize,
     /// Simultaneous connections accepted from one IP address.
@@ -761,6 +764,7 @@ impl Default for LimitsSection {
             max_auth_failures: 5,
             max_sessions_per_user: 32,
             max_roster_items: 5_000,
+            max_roster_requests: 500,
             session_queue: 1024,
             max_connections_per_ip: 10_000,
             resume_timeout_secs: 300,
@@ -965,6 +969,7 @@ impl Config {
         if self.limits.session_queue == 0
             || self.limits.max_sessions_per_user == 0
             || self.limits.max_roster_items == 0
+            || self.limits.max_roster_requests == 0
         {
             return Err(invalid(
                 "limits.session_queue",

@@ -12,9 +12,9 @@ pub enum StoreError {
     #[error("no such user {0:?}")]
     NoSuchUser(String),
 
-    /// A new roster item was refused: the owner's roster already holds `max`
-    /// items. Nothing was written.
-    #[error("{owner:?}'s roster is full ({max} items)")]
+    /// A new roster row was refused: the owner's roster already holds `max`
+    /// of its kind (contacts, or unanswered requests). Nothing was written.
+    #[error("{owner:?}'s roster is full ({max} of this kind)")]
     RosterFull {
         /// Whose roster.
         owner: String,

@@ -98,8 +98,8 @@ pub use phone::{DeviceCredential, LinkRequest, PhoneClaim, VerificationCode};
 pub use privacy::PrivacySettings;
 pub use push::{PushEnabled, PushKind, PushRegistration};
 pub use types::{
-    DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterItem, ScramSecret,
-    StoredCredentials, Subscription,
+    DeviceStart, InboxEntry, NewInboxEntry, ParseSubscriptionError, RosterCap, RosterItem,
+    ScramSecret, StoredCredentials, Subscription,
 };
 pub use uploads::{NewUpload, Upload, UploadCreated, UploadState};
 
@@ -425,20 +425,26 @@ impl Store {
 
     /// Inserts or replaces the item for `item.contact`; returns the new roster
     /// version. [`StoreError::NoSuchUser`] if the owner has no account,
-    /// [`StoreError::RosterFull`] (nothing written) if the item is new and the
-    /// roster already holds `max_items` rows (pending inbound requests count).
+    /// [`StoreError::RosterFull`] (nothing written) if the item is new and its
+    /// kind of row is at `cap` ([`RosterCap`]: unanswered requests and contacts
+    /// are counted apart).
     pub async fn put_roster_item(
         &self,
         owner: &str,
         item: &RosterItem,
-        max_items: usize,
+        cap: RosterCap,
     ) -> Result<i64> {
         let mut tx = self.begin_write().await?;
-        // The bump locks the owner's row first (PostgreSQL), so two writers
-        // cannot both count the roster one short of full and both add.
+        // The bump locks the owner's row first (PostgreSQL; SQLite's write
+        // transaction holds the lock already), so two writers cannot both
+        // count the roster one short of full and both add.
         let version = bump_roster_version(&mut tx, owner).await?;
+        // `requests`: the rows `RosterItem::is_request_only` says are requests.
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM roster_items WHERE owner = $1) AS held,
+                    (SELECT COUNT(*) FROM roster_items WHERE owner = $1
+                        AND subscription = 'none' AND ask = 0 AND pending_in = 1
+                        AND name IS NULL AND group_names = '') AS requests,
                     (SELECT COUNT(*) FROM roster_items WHERE owner = $1 AND contact = $2)
                         AS present",
         )
@@ -446,13 +452,20 @@ impl Store {
         .bind(item.contact.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        let held: i64 = row.try_get("held")?;
-        let present: i64 = row.try_get("present")?;
-        if present == 0 && usize::try_from(held).unwrap_or(usize::MAX) >= max_items {
+        let count = |column: &str| -> Result<usize> {
+            Ok(usize::try_from(row.try_get::<i64, _>(column)?).unwrap_or(usize::MAX))
+        };
+        let (held, requests, present) = (count("held")?, count("requests")?, count("present")?);
+        let full = if item.is_request_only() {
+            (requests >= cap.requests).then_some(cap.requests)
+        } else {
+            (held.saturating_sub(requests) >= cap.items).then_some(cap.items)
+        };
+        if let (0, Some(max)) = (present, full) {
             tx.rollback().await?;
             return Err(StoreError::RosterFull {
                 owner: owner.to_owned(),
-                max: max_items,
+                max,
             });
         }
         sqlx::query(
@@ -757,7 +770,9 @@ impl Store {
                     .bind(at_unix_secs)
                     .bind(status)
                     .execute(&self.pool)
-                    .await?
+                    .await
+                    // Deleted between the check and the write.
+                    .map_err(|e| StoreError::owner_fk(e, owner))?
                     .rows_affected();
                 if written == 0 {
                     return Err(StoreError::NoSuchUser(owner.to_owned()));

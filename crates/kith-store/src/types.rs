@@ -102,6 +102,31 @@ pub struct RosterItem {
     pub groups: Vec<String>,
 }
 
+impl RosterItem {
+    /// Whether the row only records an unanswered inbound subscription request
+    /// (RFC 6121 §3.1.3: such a request is not a roster item; it is not shown,
+    /// and [`RosterCap::requests`] bounds these rows on their own).
+    pub fn is_request_only(&self) -> bool {
+        self.subscription == Subscription::None
+            && !self.ask
+            && self.pending_in
+            && self.name.is_none()
+            && self.groups.is_empty()
+    }
+}
+
+/// What one roster may hold: past either bound a new row is refused
+/// ([`crate::StoreError::RosterFull`]); changes to rows already there never are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RosterCap {
+    /// Rows other than unanswered requests: the owner's contacts.
+    pub items: usize,
+    /// Unanswered inbound requests ([`RosterItem::is_request_only`]): what
+    /// strangers can make the server keep, bounded apart so that they cannot
+    /// use up the owner's room for contacts.
+    pub requests: usize,
+}
+
 /// An entry to append to a user's inbox log.
 #[derive(Clone, Copy, Debug)]
 pub struct NewInboxEntry<'a> {

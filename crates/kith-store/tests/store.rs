@@ -9,8 +9,8 @@
 //! after the clean-up.
 
 use kith_store::{
-    Backend, NewInboxEntry, RosterItem, ScramSecret, Store, StoreError, StoredCredentials,
-    Subscription,
+    Backend, NewInboxEntry, RosterCap, RosterItem, ScramSecret, Store, StoreError,
+    StoredCredentials, Subscription,
 };
 
 // ----------------------------------------------------------------------
@@ -22,7 +22,10 @@ mod common;
 use common::{TestDb, creds, run_postgres, run_sqlite};
 
 /// A roster cap no test here reaches unless it means to.
-const ROSTER_MAX: usize = 10_000;
+const ROSTER_MAX: RosterCap = RosterCap {
+    items: 10_000,
+    requests: 10_000,
+};
 
 both!(
     migrations_idempotent,
@@ -452,24 +455,48 @@ async fn roster_owners_of(db: TestDb) {
 async fn a_full_roster_refuses_new_items_only(db: TestDb) {
     let s = db.open().await;
     s.create_user("alice", &creds(1)).await.unwrap();
-    for contact in ["a@x.org", "b@x.org", "c@x.org"] {
-        s.put_roster_item("alice", &item(contact), 3).await.unwrap();
-    }
-    let version = s.roster("alice").await.unwrap().0;
-    match s.put_roster_item("alice", &item("d@x.org"), 3).await {
+    let cap = RosterCap {
+        items: 3,
+        requests: 2,
+    };
+    let full = |result: Result<i64, StoreError>, expected: usize| match result {
         Err(StoreError::RosterFull { owner, max }) => {
-            assert_eq!((owner.as_str(), max), ("alice", 3))
+            assert_eq!((owner.as_str(), max), ("alice", expected))
         }
         other => panic!("expected RosterFull, got {other:?}"),
+    };
+    let request = |contact: &str| RosterItem {
+        pending_in: true,
+        ..item(contact)
+    };
+    for contact in ["a@x.org", "b@x.org", "c@x.org"] {
+        s.put_roster_item("alice", &item(contact), cap)
+            .await
+            .unwrap();
     }
+    let version = s.roster("alice").await.unwrap().0;
+    full(s.put_roster_item("alice", &item("d@x.org"), cap).await, 3);
     // Nothing written, the version unchanged.
     let (after, items) = s.roster("alice").await.unwrap();
     assert_eq!(after, version);
     assert_eq!(items.len(), 3);
-    // An existing item can still change, and a removal makes room.
+    // Unanswered requests are counted apart: the contacts leave them room,
+    // and they leave the contacts theirs.
+    s.put_roster_item("alice", &request("r1@x.org"), cap)
+        .await
+        .unwrap();
+    s.put_roster_item("alice", &request("r2@x.org"), cap)
+        .await
+        .unwrap();
+    full(
+        s.put_roster_item("alice", &request("r3@x.org"), cap).await,
+        2,
+    );
+    // An existing item can still change (a request answered included), and a
+    // removal makes room.
     let mut renamed = item("b@x.org");
     renamed.name = Some("Bee".into());
-    s.put_roster_item("alice", &renamed, 3).await.unwrap();
+    s.put_roster_item("alice", &renamed, cap).await.unwrap();
     assert_eq!(
         s.roster_item("alice", "b@x.org")
             .await
@@ -479,11 +506,23 @@ async fn a_full_roster_refuses_new_items_only(db: TestDb) {
             .as_deref(),
         Some("Bee")
     );
+    let answered = RosterItem {
+        subscription: Subscription::From,
+        ..item("r1@x.org")
+    };
+    s.put_roster_item("alice", &answered, cap).await.unwrap();
+    s.put_roster_item("alice", &request("r3@x.org"), cap)
+        .await
+        .unwrap();
     s.remove_roster_item("alice", "a@x.org")
         .await
         .unwrap()
         .unwrap();
-    s.put_roster_item("alice", &item("d@x.org"), 3)
+    s.remove_roster_item("alice", "b@x.org")
+        .await
+        .unwrap()
+        .unwrap();
+    s.put_roster_item("alice", &item("d@x.org"), cap)
         .await
         .unwrap();
     let contacts: Vec<String> = s
@@ -494,7 +533,10 @@ async fn a_full_roster_refuses_new_items_only(db: TestDb) {
         .into_iter()
         .map(|i| i.contact)
         .collect();
-    assert_eq!(contacts, ["b@x.org", "c@x.org", "d@x.org"]);
+    assert_eq!(
+        contacts,
+        ["c@x.org", "d@x.org", "r1@x.org", "r2@x.org", "r3@x.org"]
+    );
 }
 
 async fn unknown_owner_writes_fail(db: TestDb) {

@@ -107,6 +107,36 @@ pub(crate) async fn discover(
     ))
 }
 
+/// Puts back what `owner` held for `contact` before [`befriend`] changed it.
+async fn undo(
+    server: &Arc<Server>,
+    owner: &str,
+    owner_jid: &BareJid,
+    contact: &BareJid,
+    before: Option<RosterItem>,
+) -> Result<(), ApiError> {
+    let failed = |_| ApiError::internal("restoring a roster item");
+    match before {
+        // A change to a row that is there: never refused for room.
+        Some(item) => crate::features::roster::save_and_push(server, owner_jid, owner, &item)
+            .await
+            .map_err(failed),
+        None => {
+            if let Some(version) = server
+                .store
+                .remove_roster_item(owner, contact.as_str())
+                .await?
+            {
+                let removed = kith_proto::Element::new(kith_proto::ns::ROSTER, "item")
+                    .attr("jid", contact.to_string())
+                    .attr("subscription", "remove");
+                crate::features::roster::push(server, owner_jid, removed, version);
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Puts `a` and `b` on each other's roster with subscription `both` (unless they
 /// already are), pushes the change and exchanges current presence.
 async fn befriend(server: &Arc<Server>, a: &str, b: &str) -> Result<(), ApiError> {
@@ -120,6 +150,9 @@ async fn befriend(server: &Arc<Server>, a: &str, b: &str) -> Result<(), ApiError
         return Ok(());
     }
     let mut changed = false;
+    // What the first side held before, to put back if the second side's
+    // roster has no room: the pair is made whole or not at all.
+    let mut first: Option<(&str, &BareJid, &BareJid, Option<RosterItem>)> = None;
     for (owner, owner_jid, contact_jid) in [(a, &a_jid, &b_jid), (b, &b_jid, &a_jid)] {
         let existing = server
             .store
@@ -137,19 +170,21 @@ async fn befriend(server: &Arc<Server>, a: &str, b: &str) -> Result<(), ApiError
             ask: false,
             pending_in: false,
             approved: false,
-            ..existing.unwrap_or_default()
+            ..existing.clone().unwrap_or_default()
         };
         match crate::features::roster::save_and_push(server, owner_jid, owner, &item).await {
             Ok(()) => {}
-            // A full roster: this side is not added and the lookup goes on
-            // (if it is the second side, the first keeps its new item, as
-            // after a one-sided roster add).
+            // A full roster: they stay as they were, and the lookup goes on.
             Err(error) if error.condition == StanzaErrorCondition::NotAllowed => {
-                tracing::debug!(%owner, "roster full; contact not added");
+                tracing::debug!(%owner, "roster full; contacts not added");
+                if let Some((owner, owner_jid, contact_jid, before)) = first {
+                    undo(server, owner, owner_jid, contact_jid, before).await?;
+                }
                 return Ok(());
             }
             Err(_) => return Err(ApiError::internal("saving a roster item")),
         }
+        first = Some((owner, owner_jid, contact_jid, existing));
         changed = true;
     }
     if changed {

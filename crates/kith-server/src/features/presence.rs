@@ -335,9 +335,20 @@ async fn inbound_subscription(
     if let Some(item) = &outcome.item
         && let Err(error) = roster::save_and_push(server, recipient, &username, item).await
     {
-        // Not recorded (e.g. the contact's roster is full): the sender hears so
-        // rather than wait on a request nobody will see.
+        // Not recorded: the sender hears why rather than wait on a request
+        // nobody will see. A request refused for room is declined outright
+        // (RFC 6121 §3.2: `unsubscribed` clears the sender's pending `ask`).
+        let declined = kind == SubscriptionKind::Subscribe
+            && error.condition == kith_proto::error::StanzaErrorCondition::NotAllowed;
         Box::pin(crate::deliver::route(server, error.reply_to(&presence))).await;
+        if declined {
+            let unsubscribed = roster::subscription_presence(
+                recipient.as_str(),
+                sender.as_str(),
+                kind_str(SubscriptionKind::Unsubscribed),
+            );
+            Box::pin(crate::deliver::route(server, unsubscribed)).await;
+        }
         return;
     }
     if outcome.deliver {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kith_proto::{BareJid, Element, Jid, StanzaError, ns};
-use kith_store::{RosterItem, Subscription};
+use kith_store::{RosterCap, RosterItem, Subscription};
 
 use super::{Request, Response};
 use crate::Server;
@@ -50,11 +50,7 @@ async fn get(session: &mut Session, query: &Element) -> Response {
 /// A roster row that only records an unanswered inbound request is not shown as a
 /// roster item (RFC 6121 §3.1.3: the request is not a roster entry).
 pub(crate) fn visible(item: &RosterItem) -> bool {
-    !(item.subscription == Subscription::None
-        && !item.ask
-        && item.pending_in
-        && item.name.is_none()
-        && item.groups.is_empty())
+    !item.is_request_only()
 }
 
 async fn set(session: &mut Session, query: &Element) -> Response {
@@ -173,7 +169,8 @@ pub(crate) fn subscription_presence(from: &str, to: &str, kind: &str) -> Element
 }
 
 /// Stores an item and pushes it to the owner's interested resources. A new
-/// item past `[limits] max_roster_items` is refused with `<not-allowed/>`
+/// contact past `[limits] max_roster_items`, or a new unanswered request past
+/// `max_roster_requests`, is refused with `<not-allowed/>`
 /// (RFC 6120 §8.3.3.10: no entity may; RFC 3920's condition, so older clients
 /// know it too, where §8.3.3.12 `<policy-violation/>` is RFC 6120's only).
 pub(crate) async fn save_and_push(
@@ -182,8 +179,11 @@ pub(crate) async fn save_and_push(
     username: &str,
     item: &RosterItem,
 ) -> Result<(), StanzaError> {
-    let max = server.config.limits.max_roster_items;
-    let version = match server.store.put_roster_item(username, item, max).await {
+    let cap = RosterCap {
+        items: server.config.limits.max_roster_items,
+        requests: server.config.limits.max_roster_requests,
+    };
+    let version = match server.store.put_roster_item(username, item, cap).await {
         Ok(version) => version,
         Err(kith_store::StoreError::RosterFull { max, .. }) => return Err(roster_full(max)),
         Err(error) => return Err(internal(error)),
