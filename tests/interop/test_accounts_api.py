@@ -373,6 +373,39 @@ async def test_discovery_finds_contacts_and_mutual_ones_become_friends(api, gate
     await ca.wait_presence(lambda p: p["from"].bare == b["jid"] and p["type"] == "available")
 
 
+async def test_discovery_adds_a_pair_whole_or_not_at_all(backend, server_factory, gateway):
+    """When one side's roster is full, neither keeps the other: no one-sided
+    'both' that would never see presence."""
+    config = phone_config(gateway)
+    config["limits"] = {"max_roster_items": 1}
+    srv = server_factory.start("phonecap", backend, config)
+    from kithtest.xmpp import ClientPool
+    pool = ClientPool(srv)
+    try:
+        api = Api(srv)
+        a_phone, b_phone = us_number(), us_number()
+        a = await sign_up(api, gateway, a_phone)
+        b = await sign_up(api, gateway, b_phone)
+        c = await sign_up(api, gateway, us_number())
+        ca = await pool.connect(a["jid"], a["credential"], label="a")
+        cb = await pool.connect(b["jid"], b["credential"], label="b")
+        await cb.update_roster(c["jid"], name="the only one", timeout=10)  # b is full now
+        r = await api.call("POST", "/contacts/discover", {"phones": [a_phone]}, token=b["credential"])
+        assert r.status == 200, r
+        r = await api.call("POST", "/contacts/discover", {"phones": [b_phone]}, token=a["credential"])
+        assert r.status == 200, r
+        assert r.body["contacts"][0]["jid"] == b["jid"], r
+        # a's side was written first, then taken back when b's had no room.
+        await ca.wait_iq(lambda iq: iq["type"] == "set" and any(
+            item.get("jid") == b["jid"] and item.get("subscription") == "remove"
+            for item in iq.xml.iter("{jabber:iq:roster}item")), what="the half-made pair taken back")
+        assert b["jid"] not in await server_roster(ca)
+        assert set(await server_roster(cb)) == {c["jid"]}
+    finally:
+        await pool.close_all()
+        server_factory.stop(srv)
+
+
 async def test_discovery_limits(api, gateway):
     me = await sign_up(api, gateway, us_number())
     r = await api.call("POST", "/contacts/discover", {"phones": [us_number() for _ in range(21)]},
