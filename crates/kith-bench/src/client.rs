@@ -507,6 +507,101 @@ pub async fn write(wr: &mut WriteHalf<Box<dyn Io>>, xml: &str) -> Result<()> {
     Ok(())
 }
 
+/// A load generator's read side: hands each `<message/>` but an error to
+/// `on_message`, counts the errors in `stanza_errors`, queues what needs an
+/// answer (pings) on `replies`, and at the end counts a disconnect unless the
+/// run is `stopping`.
+pub async fn read_loop(
+    mut rd: Reader,
+    replies: tokio::sync::mpsc::Sender<String>,
+    stanza_errors: &std::sync::atomic::AtomicU64,
+    disconnects: &std::sync::atomic::AtomicU64,
+    stopping: &std::sync::atomic::AtomicBool,
+    mut on_message: impl FnMut(&Element),
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        match rd.next().await {
+            Ok(Some(el)) if el.name == "message" => {
+                if el.get_attr("type") == Some("error") {
+                    stanza_errors.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    on_message(&el);
+                }
+            }
+            Ok(Some(el)) => {
+                if let Some(reply) = auto_reply(&el) {
+                    let _ = replies.try_send(reply);
+                }
+            }
+            _ => {
+                if !stopping.load(Ordering::Relaxed) {
+                    disconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Why [`paced`] stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Paced {
+    /// The run is over (the control channel closed).
+    Done,
+    /// A write failed (the connection is gone).
+    Failed,
+}
+
+/// A load generator's write side for stepped rates. `control` says the step
+/// and its aggregate rate (`None`: between steps); while a step runs and
+/// `active`, this connection writes its `1 / share` of the rate, evenly
+/// spaced from a random phase, each stanza made by `make(step)` (`None`:
+/// nothing this tick) and counted with `sent(step)`. Always, the answers the
+/// reader queues on `replies` (pongs, acks) go out between.
+pub async fn paced(
+    wr: &mut WriteHalf<Box<dyn Io>>,
+    active: bool,
+    share: usize,
+    control: &mut tokio::sync::watch::Receiver<Option<(usize, u32)>>,
+    replies: &mut tokio::sync::mpsc::Receiver<String>,
+    mut make: impl FnMut(usize) -> Option<String>,
+    sent: impl Fn(usize),
+) -> Paced {
+    loop {
+        let current = *control.borrow_and_update();
+        let Some((step, rate)) = current.filter(|_| active) else {
+            tokio::select! {
+                r = control.changed() => if r.is_err() { return Paced::Done },
+                Some(reply) = replies.recv() => if write(wr, &reply).await.is_err() { return Paced::Failed },
+            }
+            continue;
+        };
+        let period = Duration::from_secs_f64(share as f64 / f64::from(rate.max(1)));
+        let phase = period.mul_f64(rand::random::<f64>());
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let Some(xml) = make(step) else { continue };
+                    if write(wr, &xml).await.is_err() {
+                        return Paced::Failed;
+                    }
+                    sent(step);
+                }
+                r = control.changed() => {
+                    if r.is_err() { return Paced::Done; }
+                    break;
+                }
+                Some(reply) = replies.recv() => {
+                    if write(wr, &reply).await.is_err() { return Paced::Failed; }
+                }
+            }
+        }
+    }
+}
+
 /// A rustls client configuration trusting `ca` (PEM), or anything with `insecure`.
 /// Session resumption is off so that every login costs the server a full handshake
 /// on every server alike, and the one key exchange offered is X25519, which every

@@ -159,52 +159,43 @@ async fn iqs(conn: &mut Conn, iqs: &[(String, String)], timeout: Duration) -> Re
 
 /// Reads one member's stream: counts each group message of this run once per
 /// member, duplicates apart, and records its latency.
-async fn reader(mut rd: client::Reader, replies: mpsc::Sender<String>, shared: Arc<Shared>) {
+async fn reader(rd: client::Reader, replies: mpsc::Sender<String>, shared: Arc<Shared>) {
     let mut seen: Vec<u64> = Vec::new();
-    loop {
-        match rd.next().await {
-            Ok(Some(el)) => {
-                if el.name == "message" {
-                    if el.get_attr("type") == Some("error") {
-                        shared.stanza_errors.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let Some((run, step, t, n)) = message_body(&el).as_deref().and_then(parse)
-                    else {
-                        continue;
-                    };
-                    if run != shared.run || step >= shared.received.len() || n >= MAX_MESSAGES {
-                        continue;
-                    }
-                    let (word, bit) = ((n / 64) as usize, 1u64 << (n % 64));
-                    if seen.len() <= word {
-                        seen.resize(word + 1, 0);
-                    }
-                    if seen[word] & bit != 0 {
-                        shared.duplicates[step].fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    seen[word] |= bit;
-                    shared.received[step].fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut h) = shared.hist[step].lock() {
-                        let _ = h.record(now_us().saturating_sub(t).max(1));
-                    }
-                } else if let Some(reply) = client::auto_reply(&el) {
-                    let _ = replies.try_send(reply);
-                }
-            }
-            _ => {
-                if !shared.stopping.load(Ordering::Relaxed) {
-                    shared.disconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                return;
-            }
+    let on_message = |el: &kith_proto::Element| {
+        let Some((run, step, t, n)) = message_body(el).as_deref().and_then(parse) else {
+            return;
+        };
+        if run != shared.run || step >= shared.received.len() || n >= MAX_MESSAGES {
+            return;
         }
-    }
+        let (word, bit) = ((n / 64) as usize, 1u64 << (n % 64));
+        if seen.len() <= word {
+            seen.resize(word + 1, 0);
+        }
+        if seen[word] & bit != 0 {
+            shared.duplicates[step].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        seen[word] |= bit;
+        shared.received[step].fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = shared.hist[step].lock() {
+            let _ = h.record(now_us().saturating_sub(t).max(1));
+        }
+    };
+    client::read_loop(
+        rd,
+        replies,
+        &shared.stanza_errors,
+        &shared.disconnects,
+        &shared.stopping,
+        on_message,
+    )
+    .await;
 }
 
 /// One member's write side: answers pings; a sender also sends its share of the
-/// step's rate (`senders / rate` seconds apart, random phase).
+/// step's rate (`senders / rate` seconds apart, random phase). Gives the write
+/// half back when the run is over (`None`: the connection failed).
 #[allow(clippy::too_many_arguments)]
 async fn writer(
     mut wr: tokio::io::WriteHalf<Box<dyn client::Io>>,
@@ -216,44 +207,32 @@ async fn writer(
     shared: Arc<Shared>,
     padding: Arc<String>,
 ) -> Option<tokio::io::WriteHalf<Box<dyn client::Io>>> {
-    loop {
-        let current = *control.borrow_and_update();
-        let Some((step, rate)) = current.filter(|_| sender) else {
-            tokio::select! {
-                r = control.changed() => if r.is_err() { return Some(wr) },
-                Some(reply) = replies.recv() => if client::write(&mut wr, &reply).await.is_err() { return None },
-            }
-            continue;
-        };
-        let period = Duration::from_secs_f64(senders as f64 / rate.max(1) as f64);
-        let phase = period.mul_f64(rand::random::<f64>());
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let n = shared.next.fetch_add(1, Ordering::Relaxed);
-                    if n >= MAX_MESSAGES {
-                        continue;
-                    }
-                    let xml = format!(
-                        "<message to='{room}' type='groupchat' id='g{n}'><body>kg {} {step} {} {n} {padding}</body></message>",
-                        shared.run, now_us()
-                    );
-                    if client::write(&mut wr, &xml).await.is_err() {
-                        return None;
-                    }
-                    shared.sent[step].fetch_add(1, Ordering::Relaxed);
-                }
-                r = control.changed() => {
-                    if r.is_err() { return Some(wr); }
-                    break;
-                }
-                Some(reply) = replies.recv() => {
-                    if client::write(&mut wr, &reply).await.is_err() { return None; }
-                }
-            }
-        }
+    let make = |step: usize| {
+        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+        (n < MAX_MESSAGES).then(|| {
+            format!(
+                "<message to='{room}' type='groupchat' id='g{n}'><body>kg {} {step} {} {n} {padding}</body></message>",
+                shared.run,
+                now_us()
+            )
+        })
+    };
+    let sent = |step: usize| {
+        shared.sent[step].fetch_add(1, Ordering::Relaxed);
+    };
+    match client::paced(
+        &mut wr,
+        sender,
+        senders,
+        &mut control,
+        &mut replies,
+        make,
+        sent,
+    )
+    .await
+    {
+        client::Paced::Done => Some(wr),
+        client::Paced::Failed => None,
     }
 }
 

@@ -507,46 +507,35 @@ pub(crate) fn message_body(el: &Element) -> Option<String> {
     el.child_text("body", client::NS_CLIENT)
 }
 
-async fn chat_reader(
-    mut rd: client::Reader,
-    replies: mpsc::Sender<String>,
-    shared: Arc<ChatShared>,
-) {
-    loop {
-        match rd.next().await {
-            Ok(Some(el)) => {
-                if el.name == "message" {
-                    if el.get_attr("type") == Some("error") {
-                        shared.stanza_errors.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let Some(body) = message_body(&el) else {
-                        continue;
-                    };
-                    if let Some((run, step, t)) = parse_body(&body, "kb")
-                        && run == shared.run
-                        && step < shared.received.len()
-                    {
-                        let lat = now_us().saturating_sub(t).max(1);
-                        shared.received[step].fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut h) = shared.hist[step].lock() {
-                            let _ = h.record(lat);
-                        }
-                    }
-                } else if let Some(reply) = client::auto_reply(&el) {
-                    let _ = replies.try_send(reply);
-                }
-            }
-            _ => {
-                if !shared.stopping.load(Ordering::Relaxed) {
-                    shared.disconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                return;
+async fn chat_reader(rd: client::Reader, replies: mpsc::Sender<String>, shared: Arc<ChatShared>) {
+    let on_message = |el: &Element| {
+        let Some(body) = message_body(el) else {
+            return;
+        };
+        if let Some((run, step, t)) = parse_body(&body, "kb")
+            && run == shared.run
+            && step < shared.received.len()
+        {
+            let lat = now_us().saturating_sub(t).max(1);
+            shared.received[step].fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut h) = shared.hist[step].lock() {
+                let _ = h.record(lat);
             }
         }
-    }
+    };
+    client::read_loop(
+        rd,
+        replies,
+        &shared.stanza_errors,
+        &shared.disconnects,
+        &shared.stopping,
+        on_message,
+    )
+    .await;
 }
 
+/// A chat user's write side: its share of the step's rate, each message to a
+/// random other user; answers pings between.
 #[allow(clippy::too_many_arguments)]
 async fn chat_sender(
     mut wr: Writer,
@@ -560,47 +549,27 @@ async fn chat_sender(
 ) {
     let users = peers.len();
     let mut seq: u64 = 0;
-    loop {
-        let current = *control.borrow_and_update();
-        let Some((step, rate)) = current else {
-            tokio::select! {
-                r = control.changed() => if r.is_err() { break },
-                Some(reply) = replies.recv() => if client::write(&mut wr, &reply).await.is_err() { break },
-            }
-            continue;
-        };
-        let period = Duration::from_secs_f64(users as f64 / rate.max(1) as f64);
-        let phase = period.mul_f64(rand::random::<f64>());
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let mut peer = rand::random_range(0..users);
-                    if peer == me && users > 1 {
-                        peer = (peer + 1) % users;
-                    }
-                    seq += 1;
-                    let xml = format!(
-                        "<message to='{}@{domain}' type='chat' id='m{seq}'><body>kb {} {step} {} {padding}</body></message>",
-                        peers[peer], shared.run, now_us()
-                    );
-                    if client::write(&mut wr, &xml).await.is_err() {
-                        return;
-                    }
-                    shared.sent[step].fetch_add(1, Ordering::Relaxed);
-                }
-                r = control.changed() => {
-                    if r.is_err() { return; }
-                    break;
-                }
-                Some(reply) = replies.recv() => {
-                    if client::write(&mut wr, &reply).await.is_err() { return; }
-                }
-            }
+    let make = |step: usize| {
+        let mut peer = rand::random_range(0..users);
+        if peer == me && users > 1 {
+            peer = (peer + 1) % users;
         }
+        seq += 1;
+        Some(format!(
+            "<message to='{}@{domain}' type='chat' id='m{seq}'><body>kb {} {step} {} {padding}</body></message>",
+            peers[peer],
+            shared.run,
+            now_us()
+        ))
+    };
+    let sent = |step: usize| {
+        shared.sent[step].fetch_add(1, Ordering::Relaxed);
+    };
+    if client::paced(&mut wr, true, users, &mut control, &mut replies, make, sent).await
+        == client::Paced::Done
+    {
+        let _ = client::write(&mut wr, "</stream:stream>").await;
     }
-    let _ = client::write(&mut wr, "</stream:stream>").await;
 }
 
 async fn chat(ctx: &Ctx, o: ChatOpts) -> Result<Report> {
