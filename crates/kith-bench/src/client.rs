@@ -507,16 +507,24 @@ pub async fn write(wr: &mut WriteHalf<Box<dyn Io>>, xml: &str) -> Result<()> {
     Ok(())
 }
 
+/// What a scenario's connections report besides their own counts.
+#[derive(Default)]
+pub struct LinkCounters {
+    /// `<message type='error'/>`s received.
+    pub stanza_errors: std::sync::atomic::AtomicU64,
+    /// Connections that ended while the run was not stopping.
+    pub disconnects: std::sync::atomic::AtomicU64,
+    /// Set when the scenario closes its connections itself.
+    pub stopping: std::sync::atomic::AtomicBool,
+}
+
 /// A load generator's read side: hands each `<message/>` but an error to
-/// `on_message`, counts the errors in `stanza_errors`, queues what needs an
-/// answer (pings) on `replies`, and at the end counts a disconnect unless the
-/// run is `stopping`.
+/// `on_message`, counts the errors, queues what needs an answer (pings) on
+/// `replies`, and at the end counts a disconnect unless the run is stopping.
 pub async fn read_loop(
     mut rd: Reader,
     replies: tokio::sync::mpsc::Sender<String>,
-    stanza_errors: &std::sync::atomic::AtomicU64,
-    disconnects: &std::sync::atomic::AtomicU64,
-    stopping: &std::sync::atomic::AtomicBool,
+    counters: &LinkCounters,
     mut on_message: impl FnMut(&Element),
 ) {
     use std::sync::atomic::Ordering;
@@ -524,7 +532,7 @@ pub async fn read_loop(
         match rd.next().await {
             Ok(Some(el)) if el.name == "message" => {
                 if el.get_attr("type") == Some("error") {
-                    stanza_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.stanza_errors.fetch_add(1, Ordering::Relaxed);
                 } else {
                     on_message(&el);
                 }
@@ -535,8 +543,8 @@ pub async fn read_loop(
                 }
             }
             _ => {
-                if !stopping.load(Ordering::Relaxed) {
-                    disconnects.fetch_add(1, Ordering::Relaxed);
+                if !counters.stopping.load(Ordering::Relaxed) {
+                    counters.disconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 return;
             }

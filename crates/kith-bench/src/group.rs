@@ -10,7 +10,7 @@
 //! the self-presence with status 110), send `groupchat` (§7.4), destroy (§10.9).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -61,9 +61,7 @@ struct Shared {
     /// Further copies of a message a member already had.
     duplicates: Vec<AtomicU64>,
     hist: Vec<std::sync::Mutex<Histogram<u64>>>,
-    stanza_errors: AtomicU64,
-    disconnects: AtomicU64,
-    stopping: AtomicBool,
+    links: client::LinkCounters,
 }
 
 /// `kg RUN STEP T_US N padding`.
@@ -182,15 +180,7 @@ async fn reader(rd: client::Reader, replies: mpsc::Sender<String>, shared: Arc<S
             let _ = h.record(now_us().saturating_sub(t).max(1));
         }
     };
-    client::read_loop(
-        rd,
-        replies,
-        &shared.stanza_errors,
-        &shared.disconnects,
-        &shared.stopping,
-        on_message,
-    )
-    .await;
+    client::read_loop(rd, replies, &shared.links, on_message).await;
 }
 
 /// One member's write side: answers pings; a sender also sends its share of the
@@ -319,9 +309,7 @@ pub async fn group(ctx: &Ctx, o: GroupOpts) -> Result<Report> {
             .iter()
             .map(|_| std::sync::Mutex::new(new_hist()))
             .collect(),
-        stanza_errors: AtomicU64::new(0),
-        disconnects: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
+        links: client::LinkCounters::default(),
     });
     let join_start = Instant::now();
     let mut readers = JoinSet::new();
@@ -391,8 +379,8 @@ pub async fn group(ctx: &Ctx, o: GroupOpts) -> Result<Report> {
     let mut judged: Vec<(u64, u64)> = Vec::new();
     let secs = o.step_secs as f64;
     for (step, &rate) in o.rates.iter().enumerate() {
-        let errors_before = shared.stanza_errors.load(Ordering::Relaxed);
-        let disc_before = shared.disconnects.load(Ordering::Relaxed);
+        let errors_before = shared.links.stanza_errors.load(Ordering::Relaxed);
+        let disc_before = shared.links.disconnects.load(Ordering::Relaxed);
         let cpu = CpuMeter::start(ctx);
         let _ = control_tx.send(Some((step, rate)));
         tokio::time::sleep(Duration::from_secs(o.step_secs)).await;
@@ -409,8 +397,8 @@ pub async fn group(ctx: &Ctx, o: GroupOpts) -> Result<Report> {
             .lock()
             .map(|h| h.clone())
             .unwrap_or_else(|_| new_hist());
-        let stanza_errors = shared.stanza_errors.load(Ordering::Relaxed) - errors_before;
-        let disconnects = shared.disconnects.load(Ordering::Relaxed) - disc_before;
+        let stanza_errors = shared.links.stanza_errors.load(Ordering::Relaxed) - errors_before;
+        let disconnects = shared.links.disconnects.load(Ordering::Relaxed) - disc_before;
         let p99 = h.value_at_quantile(0.99);
         let ok = received > 0
             && lost == 0
@@ -479,7 +467,7 @@ pub async fn group(ctx: &Ctx, o: GroupOpts) -> Result<Report> {
                 break;
             }
         }
-        if shared.disconnects.load(Ordering::Relaxed) as usize >= online {
+        if shared.links.disconnects.load(Ordering::Relaxed) as usize >= online {
             warnings.push("every member disconnected; stopping".into());
             break;
         }
@@ -507,7 +495,7 @@ pub async fn group(ctx: &Ctx, o: GroupOpts) -> Result<Report> {
     }
 
     // 5. Close: the owner destroys the room (§10.9) so the anchors don't keep it.
-    shared.stopping.store(true, Ordering::Relaxed);
+    shared.links.stopping.store(true, Ordering::Relaxed);
     drop(control_tx);
     let mut owner_wr = None;
     let mut others = Vec::new();

@@ -486,9 +486,7 @@ struct ChatShared {
     sent: Vec<AtomicU64>,
     received: Vec<AtomicU64>,
     hist: Vec<std::sync::Mutex<Histogram<u64>>>,
-    stanza_errors: AtomicU64,
-    disconnects: AtomicU64,
-    stopping: std::sync::atomic::AtomicBool,
+    links: client::LinkCounters,
 }
 
 /// The send time and step carried in a body: `kb RUN STEP T_US padding`.
@@ -523,15 +521,7 @@ async fn chat_reader(rd: client::Reader, replies: mpsc::Sender<String>, shared: 
             }
         }
     };
-    client::read_loop(
-        rd,
-        replies,
-        &shared.stanza_errors,
-        &shared.disconnects,
-        &shared.stopping,
-        on_message,
-    )
-    .await;
+    client::read_loop(rd, replies, &shared.links, on_message).await;
 }
 
 /// A chat user's write side: its share of the step's rate, each message to a
@@ -612,9 +602,7 @@ async fn chat(ctx: &Ctx, o: ChatOpts) -> Result<Report> {
             .iter()
             .map(|_| std::sync::Mutex::new(new_hist()))
             .collect(),
-        stanza_errors: AtomicU64::new(0),
-        disconnects: AtomicU64::new(0),
-        stopping: Default::default(),
+        links: client::LinkCounters::default(),
     });
     let (control_tx, control_rx) = watch::channel::<Option<(usize, u32)>>(None);
     let padding = Arc::new(pad(o.body_bytes));
@@ -644,8 +632,8 @@ async fn chat(ctx: &Ctx, o: ChatOpts) -> Result<Report> {
     // Messages received per step when it was judged, to tell late from lost.
     let mut judged: Vec<u64> = Vec::new();
     for (step, &rate) in o.rates.iter().enumerate() {
-        let errors_before = shared.stanza_errors.load(Ordering::Relaxed);
-        let disc_before = shared.disconnects.load(Ordering::Relaxed);
+        let errors_before = shared.links.stanza_errors.load(Ordering::Relaxed);
+        let disc_before = shared.links.disconnects.load(Ordering::Relaxed);
         let cpu = CpuMeter::start(ctx);
         let _ = control_tx.send(Some((step, rate)));
         tokio::time::sleep(Duration::from_secs(o.step_secs)).await;
@@ -660,8 +648,8 @@ async fn chat(ctx: &Ctx, o: ChatOpts) -> Result<Report> {
             .lock()
             .map(|h| h.clone())
             .unwrap_or_else(|_| new_hist());
-        let stanza_errors = shared.stanza_errors.load(Ordering::Relaxed) - errors_before;
-        let disconnects = shared.disconnects.load(Ordering::Relaxed) - disc_before;
+        let stanza_errors = shared.links.stanza_errors.load(Ordering::Relaxed) - errors_before;
+        let disconnects = shared.links.disconnects.load(Ordering::Relaxed) - disc_before;
         let p99 = h.value_at_quantile(0.99);
         let ok = received > 0
             && lost == 0
@@ -717,7 +705,9 @@ async fn chat(ctx: &Ctx, o: ChatOpts) -> Result<Report> {
                 break;
             }
         }
-        if disconnects > 0 && shared.disconnects.load(Ordering::Relaxed) as usize >= peers.len() {
+        if disconnects > 0
+            && shared.links.disconnects.load(Ordering::Relaxed) as usize >= peers.len()
+        {
             warnings.push("every session disconnected; stopping".into());
             break;
         }
@@ -739,7 +729,7 @@ async fn chat(ctx: &Ctx, o: ChatOpts) -> Result<Report> {
             ));
         }
     }
-    shared.stopping.store(true, Ordering::Relaxed);
+    shared.links.stopping.store(true, Ordering::Relaxed);
     drop(control_tx);
     let closing = async { while tasks.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(10), closing).await;
