@@ -350,6 +350,41 @@ async def test_a_server_restart_mid_chat_loses_and_duplicates_nothing(backend, s
 
 
 @on_module_loop
+async def test_without_an_archive_the_client_says_why_history_and_search_are_missing(
+        backend, server_factory, browser):
+    """`[archive] enabled = false`: the server refuses MAM; the conversation says
+    that only what reached this browser is shown (no endless history requests),
+    and a search says it needs an archive instead of "No messages found"."""
+    srv = server_factory.start("webnoarchive", backend, {"archive": {"enabled": False}})
+    pool = ClientPool(srv)
+    tab = None
+    try:
+        alice, bob = await pool.account("wna"), await pool.account("wnb")
+        a = await pool.connect(alice, plugins=PLUGINS)
+        b = await pool.connect(bob, resource="phone", plugins=PLUGINS)
+        await make_friends(a, b)
+        await a.close()
+        tab = await Tab.open(browser, srv)
+        await tab.sign_in(alice.jid, alice.password)
+        b.send_message(mto=alice.jid, mbody="live while the tab is open", mtype="chat")
+        await tab.open_chat(bob.name)
+        await expect(tab.bubble("live while the tab is open")).to_be_visible()
+        log = tab.page.get_by_role("log", name="Messages")
+        await expect(log).to_contain_text("This server keeps no message history")
+        await expect(log).not_to_contain_text("Beginning of the conversation")
+        await tab.page.get_by_label("Search chats and messages").fill("while the tab")
+        results = tab.page.get_by_role("region", name="Messages found")
+        await expect(results).to_contain_text("needs a message archive")
+        errors = [e for e in tab.errors if "service-unavailable" not in e]
+        assert not errors, errors
+    finally:
+        if tab is not None:
+            await tab.close()
+        await pool.close_all()
+        server_factory.stop(srv)
+
+
+@on_module_loop
 async def test_profile_name_reaches_contacts_and_the_theme_switches(peers, tabs):
     alice, bob, b, tab = await signed_in(peers, tabs)
     page = tab.page

@@ -27,6 +27,9 @@ export class App extends EventTarget {
     this.blocked = new Set();
     this.effects = new Map(); // target id -> events that arrived before their message
     this.mamQueries = new Map();
+    // Whether the server keeps an archive of 1:1 messages (XEP-0313): assumed
+    // until it refuses the question. Groups keep theirs either way.
+    this.archived = true;
     this.profile = { name: '', avatar: null };
     this.privacy = { ...PRIVACY_DEFAULTS };
     this.openJid = null;
@@ -348,6 +351,11 @@ export class App extends EventTarget {
       const fin = child(res, 'fin', NS.MAM);
       const set = child(fin, 'set', NS.RSM);
       return { items, complete: fin?.getAttribute('complete') === 'true', first: childText(set, 'first') };
+    } catch (e) {
+      // No archive on this server (`[archive] enabled = false`): nothing
+      // before this browser's own messages can be fetched or searched.
+      if (!room && e.condition === 'service-unavailable') this.archived = false;
+      throw e;
     } finally {
       this.mamQueries.delete(queryid);
     }
@@ -366,6 +374,11 @@ export class App extends EventTarget {
   async loadOlder(jid) {
     const c = this.chat(jid);
     if (c.complete || c.loading) return false;
+    if (!c.group && !this.archived) {
+      c.complete = true; // nothing to ask for: see `archived`
+      this.changed(jid);
+      return false;
+    }
     c.loading = true;
     try {
       await this.conn.whenReady();
@@ -384,6 +397,7 @@ export class App extends EventTarget {
   }
 
   async search(text) {
+    if (!this.archived) throw Object.assign(new Error('no archive'), { condition: 'service-unavailable' });
     const page = await this.mam({ fulltext: text, max: 20 });
     return page.items.map((it) => chat.read(it.el, this.me, { stamp: it.stamp, archiveId: it.archiveId, mine: this.mine }))
       .flat().filter((e) => e.kind === 'message' && e.body);

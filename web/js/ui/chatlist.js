@@ -45,7 +45,9 @@ export function mountChatList(app, { onOpen }) {
     let found = [];
     try { found = await app.search(text); } catch { found = []; }
     if (seq !== searchSeq) return;
-    results.replaceChildren(h('h3', { text: found.length ? 'Messages' : 'No messages found' }),
+    const heading = found.length ? 'Messages'
+      : app.archived ? 'No messages found' : 'Searching messages needs a message archive, which this server does not keep';
+    results.replaceChildren(h('h3', { text: heading }),
       ...found.map((ev) => h('button', { type: 'button', onclick: () => onOpen(ev.peer) },
         h('strong', { text: app.displayName(ev.peer) }), h('p', { class: 'muted', text: ev.body }))));
     results.hidden = false;

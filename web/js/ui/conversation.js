@@ -80,7 +80,9 @@ export function mountConversation(app, { onBack }) {
     const focusedId = document.activeElement?.closest?.('.msg')?.dataset.id;
     const frag = document.createDocumentFragment();
     if (c.loading) frag.append(h('p', { class: 'day', text: 'Loading…' }));
-    else if (c.complete && c.messages.length) frag.append(h('p', { class: 'day', text: 'Beginning of the conversation' }));
+    else if (!c.group && !app.archived) {
+      frag.append(h('p', { class: 'day system', text: 'This server keeps no message history: you see the messages that reached this browser.' }));
+    } else if (c.complete && c.messages.length) frag.append(h('p', { class: 'day', text: 'Beginning of the conversation' }));
     let prev = null;
     let dividerDone = false;
     for (const m of c.messages) {
