@@ -9,6 +9,7 @@ that every control has an accessible name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import urllib.error
 import urllib.request
@@ -48,6 +49,30 @@ async def signed_in(peers, tabs, **options):
     tab = await tabs(**options)
     await tab.sign_in(alice.jid, alice.password)
     return alice, bob, b, tab
+
+
+@contextlib.asynccontextmanager
+async def own_server(server_factory, backend, browser, name, config):
+    """A server of its own (`config`), alice signed in to it in a new tab, bob
+    online in slixmpp as `phone`, friends; yields (server, pool, tab, alice,
+    bob, bob's client) and stops it all afterwards."""
+    srv = server_factory.start(name, backend, config)
+    pool = ClientPool(srv)
+    tab = None
+    try:
+        alice, bob = await pool.account(f"{name}a"), await pool.account(f"{name}b")
+        a = await pool.connect(alice, plugins=PLUGINS)
+        b = await pool.connect(bob, resource="phone", plugins=PLUGINS)
+        await make_friends(a, b)
+        await a.close()
+        tab = await Tab.open(browser, srv)
+        await tab.sign_in(alice.jid, alice.password)
+        yield srv, pool, tab, alice, bob, b
+    finally:
+        if tab is not None:
+            await tab.close()
+        await pool.close_all()
+        server_factory.stop(srv)
 
 
 def child(st, ns, name):
@@ -308,17 +333,8 @@ async def test_a_server_restart_mid_chat_loses_and_duplicates_nothing(backend, s
     finds in the archive which queued messages the server already has, and sends
     only the rest. A server without an archive refuses the question: the client
     sends what it holds (the server drops a resend it still has)."""
-    srv = server_factory.start("webrestart", backend, {"archive": {"enabled": archive}})
-    pool = ClientPool(srv)
-    tab = None
-    try:
-        alice, bob = await pool.account("wra"), await pool.account("wrb")
-        a = await pool.connect(alice, plugins=PLUGINS)
-        b = await pool.connect(bob, resource="phone", plugins=PLUGINS)
-        await make_friends(a, b)
-        await a.close()
-        tab = await Tab.open(browser, srv)
-        await tab.sign_in(alice.jid, alice.password)
+    async with own_server(server_factory, backend, browser, "webrestart",
+                          {"archive": {"enabled": archive}}) as (srv, pool, tab, alice, bob, b):
         await tab.open_chat(bob.name)
         await tab.send("before the restart")
         await b.wait_message(lambda m: m["body"] == "before the restart", what="first message")
@@ -342,11 +358,6 @@ async def test_a_server_restart_mid_chat_loses_and_duplicates_nothing(backend, s
         # Chromium itself logs each refused reconnection while the server is down.
         errors = [e for e in tab.errors if not re.search(r"WebSocket connection to .* failed", e)]
         assert not errors, errors
-    finally:
-        if tab is not None:
-            await tab.close()
-        await pool.close_all()
-        server_factory.stop(srv)
 
 
 @on_module_loop
@@ -355,17 +366,8 @@ async def test_without_an_archive_the_client_says_why_history_and_search_are_mis
     """`[archive] enabled = false`: the server refuses MAM; the conversation says
     that only what reached this browser is shown (no endless history requests),
     and a search says it needs an archive instead of "No messages found"."""
-    srv = server_factory.start("webnoarchive", backend, {"archive": {"enabled": False}})
-    pool = ClientPool(srv)
-    tab = None
-    try:
-        alice, bob = await pool.account("wna"), await pool.account("wnb")
-        a = await pool.connect(alice, plugins=PLUGINS)
-        b = await pool.connect(bob, resource="phone", plugins=PLUGINS)
-        await make_friends(a, b)
-        await a.close()
-        tab = await Tab.open(browser, srv)
-        await tab.sign_in(alice.jid, alice.password)
+    async with own_server(server_factory, backend, browser, "webnoarchive",
+                          {"archive": {"enabled": False}}) as (_, _, tab, alice, bob, b):
         b.send_message(mto=alice.jid, mbody="live while the tab is open", mtype="chat")
         await tab.open_chat(bob.name)
         await expect(tab.bubble("live while the tab is open")).to_be_visible()
@@ -377,11 +379,6 @@ async def test_without_an_archive_the_client_says_why_history_and_search_are_mis
         await expect(results).to_contain_text("needs a message archive")
         errors = [e for e in tab.errors if "service-unavailable" not in e]
         assert not errors, errors
-    finally:
-        if tab is not None:
-            await tab.close()
-        await pool.close_all()
-        server_factory.stop(srv)
 
 
 @on_module_loop

@@ -207,10 +207,9 @@ fn refused(error: String) -> Answer {
 }
 
 async fn run(server: &Arc<Server>, request: Request) -> Answer {
-    let jid = |username: &str| BareJid::new(&format!("{username}@{}", server.domain));
     match request {
         Request::UserDel { username } => {
-            let Ok(bare) = jid(&username) else {
+            let Ok(bare) = BareJid::new(&crate::api::jid_of(server, &username)) else {
                 return refused(format!("{username:?} is no username"));
             };
             let sessions = server.router.sessions(bare.as_str()).len();
@@ -231,29 +230,12 @@ async fn run(server: &Arc<Server>, request: Request) -> Answer {
             }
         }
         Request::DeviceRevoke { username, id } => {
-            let Ok(bare) = jid(&username) else {
-                return refused(format!("{username:?} is no username"));
-            };
-            let resource = crate::credentials::device_resource(&id);
-            match server
-                .store
-                .revoke_device_credential(&username, &id, &resource)
-                .await
-            {
-                Ok(false) => Answer {
-                    existed: false,
-                    sessions: 0,
+            match crate::api::devices::revoke_device(server, &username, &id).await {
+                Ok(found) => Answer {
+                    existed: found.is_some(),
+                    sessions: found.unwrap_or(0),
                     error: None,
                 },
-                Ok(true) => {
-                    let sessions = server.router.revoke_device(bare.as_str(), &id);
-                    tracing::info!(user = %username, device = %id, sessions, "device revoked by the operator");
-                    Answer {
-                        existed: true,
-                        sessions,
-                        error: None,
-                    }
-                }
                 Err(error) => refused(error.to_string()),
             }
         }

@@ -966,15 +966,21 @@ impl Config {
                 "\"phone\" sign-up needs [phone] enabled = true".to_owned(),
             ));
         }
-        if self.limits.session_queue == 0
-            || self.limits.max_sessions_per_user == 0
-            || self.limits.max_roster_items == 0
-            || self.limits.max_roster_requests == 0
-        {
-            return Err(invalid(
-                "limits.session_queue",
-                "limits must be positive".to_owned(),
-            ));
+        for (key, value) in [
+            ("limits.session_queue", self.limits.session_queue),
+            (
+                "limits.max_sessions_per_user",
+                self.limits.max_sessions_per_user,
+            ),
+            ("limits.max_roster_items", self.limits.max_roster_items),
+            (
+                "limits.max_roster_requests",
+                self.limits.max_roster_requests,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be positive".to_owned()));
+            }
         }
         Ok(())
     }
@@ -1156,6 +1162,18 @@ mod tests {
         )
         .expect_err("type refused");
         assert!(error.to_string().starts_with("k.toml:3:"), "{error}");
+    }
+
+    #[test]
+    fn a_zero_limit_names_its_own_key() {
+        for key in ["max_roster_items", "max_roster_requests", "session_queue"] {
+            let error = Config::parse(&format!("[limits]\n{key} = 0\n"), Path::new("k.toml"))
+                .expect_err("refused");
+            assert!(
+                error.to_string().contains(&format!("limits.{key}")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

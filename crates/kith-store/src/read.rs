@@ -4,10 +4,11 @@
 //! sent there and its rows sent back, two thread hand-overs (a futex wake and a
 //! context switch each). For the small indexed reads a login makes (credentials,
 //! roster, vCard photo hash, whether the log holds anything past a cursor) the
-//! hand-overs cost several times the statement: they were half of a login's CPU. [`Store::rows`] runs such a
-//! statement on the calling thread instead, on a connection from a small pool of
-//! `query_only` connections (in WAL mode a reader never waits for the writer). On
-//! PostgreSQL the same statement goes through the sqlx pool.
+//! hand-overs cost several times the statement: they were half of a login's
+//! CPU. [`Store::rows`] runs such a statement on the calling thread instead, on
+//! a connection from a small pool of `query_only` connections (in WAL mode a
+//! reader never waits for the writer). On PostgreSQL the same statement goes
+//! through the sqlx pool.
 //!
 //! Only short reads belong here — an indexed lookup of one owner's rows, never a
 //! page of stanzas: the caller's runtime thread runs the statement to the end.

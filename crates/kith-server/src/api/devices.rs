@@ -122,21 +122,36 @@ pub(crate) async fn revoke(
     device: Device,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let removed = server
-        .store
-        .revoke_device_credential(&device.owner, &id, &credentials::device_resource(&id))
-        .await?;
-    if !removed {
+    if revoke_device(&server, &device.owner, &id).await?.is_none() {
         return Err(ApiError::not_found(
             "device_not_found",
             "this account has no such device",
         ));
     }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Revokes `owner`'s device credential `id` (it can no longer sign in) and
+/// ends its sessions on this server, attached or waiting to resume; how many
+/// ended, or `None` if the account has no such device. For the HTTP API and
+/// the operator's socket (`admin.rs`) alike.
+pub(crate) async fn revoke_device(
+    server: &Server,
+    owner: &str,
+    id: &str,
+) -> Result<Option<usize>, kith_store::StoreError> {
+    let removed = server
+        .store
+        .revoke_device_credential(owner, id, &credentials::device_resource(id))
+        .await?;
+    if !removed {
+        return Ok(None);
+    }
     let sessions = server
         .router
-        .revoke_device(&super::jid_of(&server, &device.owner), &id);
-    tracing::info!(user = %device.owner, device = %id, sessions, "device revoked");
-    Ok(StatusCode::NO_CONTENT.into_response())
+        .revoke_device(&super::jid_of(server, owner), id);
+    tracing::info!(user = %owner, device = %id, sessions, "device revoked");
+    Ok(Some(sessions))
 }
 
 #[derive(Deserialize)]

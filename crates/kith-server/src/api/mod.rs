@@ -8,7 +8,7 @@
 //! Authenticated routes take `Authorization: Bearer <device credential>`.
 
 mod codes;
-mod devices;
+pub(crate) mod devices;
 mod discover;
 mod email;
 mod groups;

@@ -185,7 +185,9 @@ pub(crate) async fn save_and_push(
     };
     let version = match server.store.put_roster_item(username, item, cap).await {
         Ok(version) => version,
-        Err(kith_store::StoreError::RosterFull { max, .. }) => return Err(roster_full(max)),
+        Err(kith_store::StoreError::RosterFull { max, .. }) => {
+            return Err(roster_full(item, max));
+        }
         Err(error) => return Err(internal(error)),
     };
     if visible(item) {
@@ -229,9 +231,13 @@ pub(crate) fn item_element(item: &RosterItem) -> Element {
     element
 }
 
-/// The error for a new item on a roster that holds `max` already.
-fn roster_full(max: usize) -> StanzaError {
-    StanzaError::not_allowed().with_text(format!("the roster is full ({max} contacts)"))
+/// The error for a new row of `item`'s kind on a roster that holds `max` already.
+fn roster_full(item: &RosterItem, max: usize) -> StanzaError {
+    StanzaError::not_allowed().with_text(if item.is_request_only() {
+        format!("no more subscription requests are kept for this account ({max} waiting)")
+    } else {
+        format!("the roster is full ({max} contacts)")
+    })
 }
 
 pub(crate) fn internal(error: kith_store::StoreError) -> StanzaError {

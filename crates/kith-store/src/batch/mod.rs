@@ -850,13 +850,11 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError, callbacks: &Callbac
             Job::Ack { reply, .. }
             | Job::Index { reply }
             | Job::Forget { reply, .. }
-            | Job::Rooms { reply, .. } => {
+            | Job::Rooms { reply, .. }
+            | Job::Seen { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
             Job::Attach { reply, .. } => {
-                let _ = reply.send(Err(failed()));
-            }
-            Job::Seen { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
         }

@@ -151,9 +151,10 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
         .await?;
     }
     if !plan.attaches.is_empty() || !plan.seen.is_empty() {
-        // `Store::device_attach` registers through the pool here (logins in
-        // parallel); an attach job is a mistake, refused loudly (the batch's
-        // other jobs are retried one by one and go through).
+        // `Store::device_attach` and `Store::set_last_activity` write through
+        // the pool here (logins and logouts in parallel); such a job is a
+        // mistake, refused loudly (the batch's other jobs are retried one by
+        // one and go through).
         return Err(StoreError::Corrupt(
             "device registrations and last activities go through the pool on PostgreSQL".to_owned(),
         ));
