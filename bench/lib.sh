@@ -7,6 +7,8 @@
 #   BENCH_BIN   kith-bench binary     ($CARGO_TARGET_DIR/release/kith-bench)
 #   SERVER_CPU  core the server is pinned to (0); LOADGEN_CPU for kith-bench (1)
 #   KITH_PORT / EJABBERD_PORT / PROSODY_PORT  c2s ports (15222 / 25222 / 35222)
+#   KITH_WS_PORT / EJABBERD_WS_PORT / PROSODY_WS_PORT  XMPP-over-WebSocket ports
+#               (15280 / 25280 / 35280; HTTPS with TLS=on, HTTP with TLS=off)
 
 set -euo pipefail
 
@@ -20,6 +22,9 @@ LOADGEN_CPU="${LOADGEN_CPU:-1}"
 KITH_PORT="${KITH_PORT:-15222}"
 EJABBERD_PORT="${EJABBERD_PORT:-25222}"
 PROSODY_PORT="${PROSODY_PORT:-35222}"
+KITH_WS_PORT="${KITH_WS_PORT:-15280}"
+EJABBERD_WS_PORT="${EJABBERD_WS_PORT:-25280}"
+PROSODY_WS_PORT="${PROSODY_WS_PORT:-35280}"
 EJABBERD_NODE="kithbench@localhost"
 BENCH_PASSWORD="${BENCH_PASSWORD:-bench-pass}"
 # The machine caps a process at 20,000 open files: servers and kith-bench get that.
@@ -50,23 +55,44 @@ ARCHIVE="${ARCHIVE:-off}"
 # required everywhere.
 TLS="${TLS:-on}"
 KITH_PLAIN_PORT="${KITH_PLAIN_PORT:-15224}"
-render() { # template output port
+# TRANSPORT=websocket runs the scenarios over XMPP over WebSocket (RFC 7395) at
+# each server's /xmpp-websocket on its WS port (wss:// with TLS=on, ws:// with
+# TLS=off); tcp (the default) uses the c2s ports. Every server listens on both
+# either way, so the configurations stay the same.
+TRANSPORT="${TRANSPORT:-tcp}"
+ws_port_of() {
+  case "$1" in
+    kith) echo "$KITH_WS_PORT" ;;
+    ejabberd) echo "$EJABBERD_WS_PORT" ;;
+    prosody) echo "$PROSODY_WS_PORT" ;;
+    *) echo "unknown server $1" >&2; return 1 ;;
+  esac
+}
+render() { # template output port ws-port
   local mam_default=never mam_module="" mam_policy=false kith_archive=false
   case "$ARCHIVE" in
     on) mam_default=always mam_module='"mam";' mam_policy=true kith_archive=true ;;
     off) ;;
     *) log "ARCHIVE must be on or off, not $ARCHIVE"; return 1 ;;
   esac
-  local tls_required=true kith_plain=""
+  local tls_required=true kith_plain="" kith_http="" kith_https="127.0.0.1:$4"
+  local prosody_http="" prosody_https="$4"
   case "$TLS" in
     on) ;;
-    off) tls_required=false kith_plain="127.0.0.1:$KITH_PLAIN_PORT" ;;
+    off) tls_required=false kith_plain="127.0.0.1:$KITH_PLAIN_PORT" kith_http="127.0.0.1:$4"
+      kith_https="" prosody_http="$4" prosody_https="" ;;
     *) log "TLS must be on or off, not $TLS"; return 1 ;;
+  esac
+  case "$TRANSPORT" in
+    tcp | websocket) ;;
+    *) log "TRANSPORT must be tcp or websocket, not $TRANSPORT"; return 1 ;;
   esac
   sed -e "s|@DIR@|$BENCH_DIR|g" -e "s|@PORT@|$3|g" -e "s|@MAM_DEFAULT@|$mam_default|g" \
     -e "s|@MAM_MODULE@|$mam_module|g" -e "s|@MAM_POLICY@|$mam_policy|g" \
     -e "s|@KITH_ARCHIVE@|$kith_archive|g" -e "s|@TLS_REQUIRED@|$tls_required|g" \
-    -e "s|@KITH_PLAIN@|$kith_plain|g" "$1" >"$2"
+    -e "s|@KITH_PLAIN@|$kith_plain|g" -e "s|@WS_PORT@|$4|g" -e "s|@KITH_HTTP@|$kith_http|g" \
+    -e "s|@KITH_HTTPS@|$kith_https|g" -e "s|@PROSODY_HTTP@|$prosody_http|g" \
+    -e "s|@PROSODY_HTTPS@|$prosody_https|g" "$1" >"$2"
 }
 
 wait_port() { # port seconds
@@ -102,7 +128,7 @@ start_server() {
   fi
   case "$server" in
     kith)
-      render "$REPO/bench/kith/kith.toml" "$BENCH_DIR/kith/kith.toml" "$port"
+      render "$REPO/bench/kith/kith.toml" "$BENCH_DIR/kith/kith.toml" "$port" "$KITH_WS_PORT"
       # Every run starts from the database as provisioned, so figures don't depend
       # on how much earlier runs grew the inbox log.
       if [[ -d "$BENCH_DIR/kith/data.provisioned" && "${KITH_FRESH_DATA:-1}" == 1 ]]; then
@@ -116,8 +142,8 @@ start_server() {
       cat "$BENCH_DIR/kith/kith.pid"
       ;;
     ejabberd)
-      render "$REPO/bench/ejabberd/ejabberd.yml" "$BENCH_DIR/ejabberd/ejabberd.yml" "$port"
-      render "$REPO/bench/ejabberd/ejabberdctl.cfg" "$BENCH_DIR/ejabberd/ejabberdctl.cfg" "$port"
+      render "$REPO/bench/ejabberd/ejabberd.yml" "$BENCH_DIR/ejabberd/ejabberd.yml" "$port" "$EJABBERD_WS_PORT"
+      render "$REPO/bench/ejabberd/ejabberdctl.cfg" "$BENCH_DIR/ejabberd/ejabberdctl.cfg" "$port" "$EJABBERD_WS_PORT"
       chown ejabberd:ejabberd "$BENCH_DIR/ejabberd/ejabberd.yml" "$BENCH_DIR/ejabberd/ejabberdctl.cfg"
       # ejabberdctl starts beam.smp detached; the CPU affinity is inherited.
       # shellcheck disable=SC2046
@@ -128,7 +154,7 @@ start_server() {
       ejabberd_pids
       ;;
     prosody)
-      render "$REPO/bench/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.cfg.lua" "$port"
+      render "$REPO/bench/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.cfg.lua" "$port" "$PROSODY_WS_PORT"
       touch "$BENCH_DIR/prosody/prosody.log"
       chown prosody:prosody "$BENCH_DIR/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.log"
       # Prosody refuses to run as root: drop to its user with setpriv (which execs,
@@ -193,6 +219,11 @@ bench() { # server pids... -- args...
   if [[ "$TLS" == off ]]; then
     tls_args=(--no-tls)
     [[ "$server" == kith ]] && port="$KITH_PLAIN_PORT"
+  fi
+  if [[ "$TRANSPORT" == websocket ]]; then
+    local scheme=wss
+    [[ "$TLS" == off ]] && scheme=ws
+    tls_args+=(--websocket "$scheme://127.0.0.1:$(ws_port_of "$server")/xmpp-websocket")
   fi
   (ulimit -n "$NOFILE"; exec taskset -c "$LOADGEN_CPU" "$BENCH_BIN" --label "$server" \
     --target "127.0.0.1:$port" --domain localhost --password "$BENCH_PASSWORD" \

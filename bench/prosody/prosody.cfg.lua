@@ -29,13 +29,24 @@ allow_registration = true
 
 -- No rate limits: mod_limits is not loaded. 1:1 archiving follows ARCHIVE
 -- (bench/lib.sh): on loads mod_mam archiving every message by default (in the
--- "internal" file storage, Prosody's default), off leaves it out. No HTTP, no
--- s2s. Groups: the MUC component at the end. mod_offline, mod_presence,
+-- "internal" file storage, Prosody's default), off leaves it out. HTTP only for
+-- WebSocket, no s2s. Groups: the MUC component at the end. mod_offline, mod_presence,
 -- mod_message, mod_iq and mod_c2s load by default.
 modules_enabled = {
   "roster"; "saslauth"; "tls"; "disco"; "register"; "ping"; "smacks";
   "blocklist"; "private"; "vcard_legacy"; "time"; "version"; "lastactivity";
   @MAM_MODULE@
+  "websocket";
+}
+-- XMPP over WebSocket (RFC 7395) for TRANSPORT=websocket at /xmpp-websocket:
+-- HTTPS, or HTTP with TLS=off.
+http_ports = { @PROSODY_HTTP@ }
+http_interfaces = { "127.0.0.1" }
+https_ports = { @PROSODY_HTTPS@ }
+https_interfaces = { "127.0.0.1" }
+https_ssl = {
+  certificate = "@DIR@/tls/cert.pem";
+  key = "@DIR@/tls/key.pem";
 }
 default_archive_policy = @MAM_POLICY@
 archive_expires_after = "never"

@@ -188,7 +188,7 @@ async fn reader(rd: client::Reader, replies: mpsc::Sender<String>, shared: Arc<S
 /// half back when the run is over (`None`: the connection failed).
 #[allow(clippy::too_many_arguments)]
 async fn writer(
-    mut wr: tokio::io::WriteHalf<Box<dyn client::Io>>,
+    mut wr: client::Writer,
     sender: bool,
     senders: usize,
     room: Arc<String>,
@@ -196,7 +196,7 @@ async fn writer(
     mut replies: mpsc::Receiver<String>,
     shared: Arc<Shared>,
     padding: Arc<String>,
-) -> Option<tokio::io::WriteHalf<Box<dyn client::Io>>> {
+) -> Option<client::Writer> {
     let make = |step: usize| {
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
         (n < MAX_MESSAGES).then(|| {

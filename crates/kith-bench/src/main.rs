@@ -49,6 +49,10 @@ pub struct Cli {
     /// Skip STARTTLS (only for servers that allow plaintext c2s).
     #[arg(long, global = true)]
     no_tls: bool,
+    /// Connect over WebSocket (RFC 7395) to this URL instead of TCP to --target,
+    /// e.g. ws://127.0.0.1:5280/xmpp-websocket (wss://… for TLS, trusting --ca).
+    #[arg(long, global = true)]
+    websocket: Option<String>,
     /// SASL mechanism.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     mech: Mech,
@@ -232,18 +236,24 @@ pub struct Ctx {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if !cli.target.ip().is_loopback() && !cli.allow_remote {
-        bail!(
-            "refusing non-loopback target {} without --allow-remote",
-            cli.target
-        );
+    let addr = match &cli.websocket {
+        Some(url) => client::websocket_addr(url)?,
+        None => cli.target,
+    };
+    if !addr.ip().is_loopback() && !cli.allow_remote {
+        bail!("refusing non-loopback target {addr} without --allow-remote");
     }
-    let tls = if cli.no_tls {
+    let tls = if cli.no_tls
+        || cli
+            .websocket
+            .as_ref()
+            .is_some_and(|u| u.starts_with("ws://"))
+    {
         None
     } else {
         Some(client::tls_config(cli.ca.as_deref(), cli.insecure)?)
     };
-    let sources = if cli.target.ip().is_loopback() && cli.target.is_ipv4() && cli.sources > 0 {
+    let sources = if addr.ip().is_loopback() && addr.is_ipv4() && cli.sources > 0 {
         (1..=cli.sources)
             .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
             .collect()
@@ -251,13 +261,14 @@ fn main() -> Result<()> {
         Vec::new()
     };
     let target = Target {
-        addr: cli.target,
+        addr,
         domain: cli.domain.clone(),
         tls,
         mech: cli.mech,
         password: cli.password.clone(),
         sources,
         timeout: Duration::from_secs(cli.timeout_secs),
+        websocket: cli.websocket.clone(),
     };
     let procs = sys::Procs::resolve(&cli.server_pids, &cli.server_names)?;
     let nofile = sys::raise_nofile();
@@ -268,11 +279,14 @@ fn main() -> Result<()> {
     eprintln!(
         "kith-bench: {} → {} ({}), open-files limit {nofile}, {} CPU(s) for the load generator, server pids {:?}",
         cli.label,
-        cli.target,
-        if target.tls.is_some() {
-            "STARTTLS"
-        } else {
-            "no TLS"
+        cli.websocket
+            .clone()
+            .unwrap_or_else(|| cli.target.to_string()),
+        match (&target.tls, &target.websocket) {
+            (Some(_), None) => "STARTTLS",
+            (Some(_), Some(_)) => "WebSocket over TLS",
+            (None, None) => "no TLS",
+            (None, Some(_)) => "WebSocket, no TLS",
         },
         sys::cpus_allowed(),
         procs.pids

@@ -9,15 +9,12 @@ use anyhow::{Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use kith_proto::Element;
 use serde_json::json;
-use tokio::io::WriteHalf;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{self, Io, LoginSteps, NS_SM, Registered, Session};
+use crate::client::{self, LoginSteps, NS_SM, Registered, Session, Writer};
 use crate::report::{Errors, Report, ms, table};
 use crate::{Ctx, Scenario};
-
-type Writer = WriteHalf<Box<dyn Io>>;
 
 /// Microseconds since a process-wide epoch: the send time carried in message bodies.
 pub(crate) fn now_us() -> u64 {
@@ -80,7 +77,8 @@ pub(crate) fn header(ctx: &Ctx, scenario: &str) -> serde_json::Value {
         "label": ctx.cli.label,
         "scenario": scenario,
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "target": ctx.cli.target.to_string(),
+        "target": ctx.target.websocket.clone().unwrap_or_else(|| ctx.cli.target.to_string()),
+        "transport": if ctx.target.websocket.is_some() { "websocket" } else { "tcp" },
         "domain": ctx.cli.domain,
         "tls": ctx.target.tls.is_some(),
         "mech": ctx.cli.mech,

@@ -130,8 +130,9 @@ async fn route_checked(
             let stanza = without_held_back_marker(server, stanza, to, from).await?;
             return route_message(server, stanza, to, from).await;
         }
-        "presence" => crate::features::presence::inbound(server, stanza, to).await,
-        _ => route_iq(server, stanza, to).await,
+        // Boxed: only a message's route is carried by every message's handling.
+        "presence" => Box::pin(crate::features::presence::inbound(server, stanza, to)).await,
+        _ => Box::pin(route_iq(server, stanza, to)).await,
     }
     None
 }
@@ -151,7 +152,13 @@ async fn without_held_back_marker(
         return Some(message);
     }
     let from = from?.to_bare();
-    if crate::features::privacy::read_marker_allowed(server, &from, &to.to_bare()).await {
+    if Box::pin(crate::features::privacy::read_marker_allowed(
+        server,
+        &from,
+        &to.to_bare(),
+    ))
+    .await
+    {
         return Some(message);
     }
     if !message.has_child("body", ns::CLIENT) {
@@ -247,7 +254,11 @@ async fn route_message(
             // Not archived, so no archive id (XEP-0359 §3 ties it to storage).
             let shared = Arc::new(message);
             let delivered = hand_to_devices(server, to, &shared, None);
-            if delivered == 0 && !server.store.user_exists(node(to)).await.unwrap_or(true) {
+            if delivered == 0
+                && !Box::pin(server.store.user_exists(node(to)))
+                    .await
+                    .unwrap_or(true)
+            {
                 // §8.5.2.2.1: no such account.
                 bounce(server, &shared, StanzaError::service_unavailable()).await;
             }
@@ -322,14 +333,18 @@ async fn log_message(
     // delivery, without an archive id (MAM skips entries without one) and
     // without its text for search. Without an archive nothing is archived.
     let archiving = server.config.archive.enabled;
-    let archived = archiving && mam::should_archive(server, node(to), &sender).await;
+    // Boxed (here and below): what archiving reads is not carried by every
+    // message's handling when it is off.
+    let archived = archiving && Box::pin(mam::should_archive(server, node(to), &sender)).await;
     // The sender's copy, for their archive, goes into the same commit.
     let sender_owner = sender_jid
         .as_ref()
         .filter(|j| archiving && server.is_local_user(j) && bare_str(j) != recipient)
         .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
     let sender_owner = match sender_owner {
-        Some(owner) if mam::should_archive(server, &owner, recipient).await => Some(owner),
+        Some(owner) if Box::pin(mam::should_archive(server, &owner, recipient)).await => {
+            Some(owner)
+        }
         _ => None,
     };
     // Both are the message as sent (before the recipient's id is stamped), and

@@ -45,7 +45,7 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bo
         let tls = TlsListener::new(listener, server.clone());
         axum::serve(tls, service).await
     } else {
-        axum::serve(listener, service).await
+        axum::serve(NoDelay(listener), service).await
     };
     if let Err(error) = result {
         tracing::error!(%error, "HTTP listener stopped");
@@ -166,11 +166,29 @@ async fn push_vapid(State(state): State<AppState>) -> Response {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PeerAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelay>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelay>) -> Self {
         PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// The plain listener, with Nagle's algorithm off on every connection as on
+/// c2s: a WebSocket stanza is a small write that must not wait for the ACK of
+/// the one before (up to 40 ms a stanza with delayed ACKs).
+struct NoDelay(TcpListener);
+
+impl axum::serve::Listener for NoDelay {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, peer) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = tcp.set_nodelay(true);
+        (tcp, peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }
 
@@ -207,6 +225,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // As `NoDelay`: no Nagle delay for WebSocket stanzas.
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

@@ -757,8 +757,10 @@ impl Session {
                     return Ok(());
                 }
             }
-            "presence" => features::presence::from_client(self, stanza, to).await,
-            _ => features::iq_from_client(self, stanza, to).await,
+            // Boxed: the message path's state alone is what every stanza's
+            // handling allocates (see `run`).
+            "presence" => Box::pin(features::presence::from_client(self, stanza, to)).await,
+            _ => Box::pin(features::iq_from_client(self, stanza, to)).await,
         }
         // Counted only now that it is handled (and, for messages, durably logged):
         // an `<a h/>` covering it promises it is safe (XEP-0198 §5, DESIGN.md).

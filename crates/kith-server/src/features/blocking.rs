@@ -127,8 +127,14 @@ impl Server {
             Lookup::Cached(list) => return Ok(list),
             Lookup::Missing(epoch) => epoch,
         };
-        let list: Arc<HashSet<String>> =
-            Arc::new(self.store.blocklist(owner).await?.into_iter().collect());
+        // Boxed: a cache miss is rare, and every message's handling would
+        // otherwise carry the store read's state (`session::run`).
+        let list: Arc<HashSet<String>> = Arc::new(
+            Box::pin(self.store.blocklist(owner))
+                .await?
+                .into_iter()
+                .collect(),
+        );
         self.blocklists.fill(owner, epoch, list.clone());
         Ok(list)
     }

@@ -1,0 +1,106 @@
+//! kith-bench against a real kith server (started in-process, SQLite in a
+//! temporary directory) over both of XMPP's client transports: TCP and
+//! WebSocket (RFC 7395). Each run provisions accounts by in-band registration
+//! and then runs a short chat step; what the tool reports must add up.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+
+/// Runs kith-bench with `args` and returns the JSON it wrote.
+fn kith_bench(dir: &Path, transport: &[String], args: &[&str]) -> Result<Value> {
+    let json = dir.join("out.json");
+    let _ = std::fs::remove_file(&json);
+    let output = Command::new(env!("CARGO_BIN_EXE_kith-bench"))
+        .args(transport)
+        .args(["--no-tls", "--sources", "1", "--max-secs", "60", "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .context("running kith-bench")?;
+    ensure!(
+        output.status.success(),
+        "kith-bench {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&std::fs::read(&json)?)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_over_tcp_and_websocket_delivers_everything() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = kith_server::Config::default();
+    config.server.data_dir = dir.path().join("data");
+    config.listen.c2s = String::new();
+    config.listen.c2s_tls = String::new();
+    config.listen.https = String::new();
+    config.listen.c2s_plain = "127.0.0.1:0".to_owned();
+    config.listen.http = "127.0.0.1:0".to_owned();
+    config.registration.enabled = Some(true);
+    let running = kith_server::Server::start(config).await?;
+    let plain = running.c2s_plain.context("no plain c2s listener")?;
+    let http = running.http.context("no HTTP listener")?;
+    let transports = [
+        ("tcp", vec!["--target".to_owned(), plain.to_string()]),
+        (
+            "websocket",
+            vec![
+                "--websocket".to_owned(),
+                format!("ws://{http}/xmpp-websocket"),
+            ],
+        ),
+    ];
+    for (first, (name, transport)) in [(1, &transports[0]), (11, &transports[1])] {
+        let dir = dir.path().to_owned();
+        let transport = transport.clone();
+        let first = first.to_string();
+        let (registered, chat) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let registered = kith_bench(
+                &dir,
+                &transport,
+                &["register", "--users", "4", "--first", &first],
+            )?;
+            let chat = kith_bench(
+                &dir,
+                &transport,
+                &[
+                    "chat",
+                    "--users",
+                    "4",
+                    "--first",
+                    &first,
+                    "--rates",
+                    "40",
+                    "--step-secs",
+                    "2",
+                    "--drain-secs",
+                    "1",
+                ],
+            )?;
+            Ok((registered, chat))
+        })
+        .await??;
+        assert_eq!(registered["transport"], *name, "{registered}");
+        assert_eq!(
+            registered["results"]["created"], 4,
+            "{name}: every account is new: {registered}"
+        );
+        assert_eq!(chat["transport"], *name);
+        let step = &chat["results"]["steps"][0];
+        let sent = step["sent"].as_u64().context("sent")?;
+        assert!(
+            sent >= 60,
+            "{name}: 40 msg/s for 2 s sends about 80: {step}"
+        );
+        assert_eq!(step["received"], sent, "{name}: everything arrives: {step}");
+        assert_eq!(step["lost"], 0, "{name}: {step}");
+        assert_eq!(step["stanza_errors"], 0, "{name}: {step}");
+        assert_eq!(step["disconnects"], 0, "{name}: {step}");
+        assert_eq!(chat["errors"], serde_json::json!({}), "{name}: {chat}");
+    }
+    running.shutdown().await;
+    Ok(())
+}
