@@ -1,0 +1,81 @@
+//! What an idle XMPP-over-WebSocket session costs a real kith server in memory,
+//! measured by kith-bench's `idle` scenario. A process of its own (its own test
+//! binary): the server runs in it, so the RSS is the server's.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_session_holds_no_large_buffers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = kith_server::Config::default();
+    config.server.data_dir = dir.path().join("data");
+    config.listen.c2s = String::new();
+    config.listen.c2s_tls = String::new();
+    config.listen.https = String::new();
+    config.listen.http = "127.0.0.1:0".to_owned();
+    config.registration.enabled = Some(true);
+    config.registration.max_per_ip_per_hour = 1_000_000;
+    config.limits.max_connections_per_ip = 10_000;
+    let running = kith_server::Server::start(config).await?;
+    let url = format!(
+        "ws://{}/xmpp-websocket",
+        running.http.context("no HTTP listener")?
+    );
+    let json = dir.path().join("idle.json");
+    let pid = std::process::id().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        let bench = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_kith-bench"))
+                .args(["--websocket", &url, "--no-tls", "--sources", "1"])
+                .args(["--max-secs", "120", "--server-pid", &pid, "--json"])
+                .arg(&json)
+                .args(args)
+                .output()
+        };
+        let registered = bench(&["register", "--users", "600", "--concurrency", "32"])?;
+        if !registered.status.success() {
+            return Ok((registered, json));
+        }
+        bench(&[
+            "idle",
+            "--checkpoints",
+            "100,600",
+            "--concurrency",
+            "32",
+            "--settle-secs",
+            "1",
+            "--hold-secs",
+            "1",
+        ])
+        .map(|output| (output, json))
+    })
+    .await?;
+    let (output, json) = output?;
+    ensure!(
+        output.status.success(),
+        "kith-bench idle failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let points = report["results"]["checkpoints"]
+        .as_array()
+        .context("no RSS points")?;
+    let last = points.last().context("no RSS points")?;
+    assert_eq!(last["sessions"], 600, "{report}");
+    // Between the two checkpoints: what each of 500 more sessions added. The
+    // transport's buffers were 128 KiB a session before they were sized for
+    // stanzas; everything a session holds now is a small fraction of that.
+    let marginal = last["marginal_bytes_per_session"]
+        .as_f64()
+        .context("no marginal figure")?;
+    assert!(
+        marginal < 48.0 * 1024.0,
+        "an idle WebSocket session adds {:.1} KiB: {report}",
+        marginal / 1024.0
+    );
+    running.shutdown().await;
+    Ok(())
+}
