@@ -706,7 +706,7 @@ async fn wait_iq(conn: &mut Conn, id: &str) -> Result<Element> {
 
 pub fn error_condition(el: &Element) -> String {
     el.get_child("error", NS_CLIENT)
-        .and_then(|e| e.elements().next().map(|c| c.name.clone()))
+        .and_then(|e| e.elements().next().map(|c| c.name.to_string()))
         .unwrap_or_else(|| "unknown".into())
 }
 

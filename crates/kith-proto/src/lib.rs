@@ -18,7 +18,7 @@ pub mod xml;
 pub use error::{StanzaError, StanzaErrorType, StreamErrorCondition};
 pub use jid::{BareJid, FullJid, Jid};
 pub use stream::{StreamEvent, StreamParser, StreamParserError};
-pub use xml::{Element, Node};
+pub use xml::{Element, Name, Node};
 
 /// The bare part of `jid` (`node@domain`, or `domain`) as a slice of its
 /// normalised form: what [`Jid::to_bare`] would spell, without formatting and

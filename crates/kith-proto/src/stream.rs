@@ -23,7 +23,7 @@ use rxml::{Event, Parse, Parser, WithOptions};
 
 use crate::error::StreamErrorCondition;
 use crate::ns;
-use crate::xml::{Element, Node};
+use crate::xml::{Element, Name, Node};
 
 /// Limits applied while parsing.
 #[derive(Clone, Copy, Debug)]
@@ -432,15 +432,15 @@ fn push_text(parent: &mut Element, text: String) {
     }
 }
 
-fn convert_attrs(attrs: rxml::AttrMap) -> Vec<(String, String)> {
+fn convert_attrs(attrs: rxml::AttrMap) -> Vec<(Name, String)> {
     let mut out = Vec::with_capacity(attrs.len());
     for ((attr_ns, name), value) in attrs.into_iter() {
         let key = if attr_ns.is_none() {
-            name.as_str().to_owned()
+            Name::new(name.as_str())
         } else if attr_ns.as_str() == ns::XML {
-            format!("xml:{}", name.as_str())
+            compact_str::format_compact!("xml:{}", name.as_str())
         } else {
-            format!("{{{}}}{}", attr_ns.as_str(), name.as_str())
+            compact_str::format_compact!("{{{}}}{}", attr_ns.as_str(), name.as_str())
         };
         out.push((key, value));
     }

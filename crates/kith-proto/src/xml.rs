@@ -15,11 +15,17 @@ use crate::ns;
 /// `xml:lang`; any other namespaced attribute is keyed `{namespace}local`.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Element {
-    pub ns: String,
-    pub name: String,
-    pub attrs: Vec<(String, String)>,
+    pub ns: Name,
+    pub name: Name,
+    pub attrs: Vec<(Name, String)>,
     pub children: Vec<Node>,
 }
+
+/// An element's name or namespace, or an attribute's key: kept inline up to 24
+/// bytes (every name XMPP defines, `jabber:client` and most namespaces), so a
+/// parsed or built element allocates only for its values, its text and its
+/// lists. Compares with `&str` and derefs to `str`.
+pub type Name = compact_str::CompactString;
 
 /// A child of an element.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +37,8 @@ pub enum Node {
 impl Element {
     pub fn new(ns: &str, name: &str) -> Self {
         Element {
-            ns: ns.to_owned(),
-            name: name.to_owned(),
+            ns: Name::new(ns),
+            name: Name::new(name),
             attrs: Vec::new(),
             children: Vec::new(),
         }
@@ -79,7 +85,7 @@ impl Element {
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| k == key) {
             Some(slot) => slot.1 = value,
-            None => self.attrs.push((key.to_owned(), value)),
+            None => self.attrs.push((Name::new(key), value)),
         }
     }
 
