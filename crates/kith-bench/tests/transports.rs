@@ -3,6 +3,8 @@
 //! WebSocket (RFC 7395). Each run provisions accounts by in-band registration
 //! and then runs a short chat step; what the tool reports must add up.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -32,15 +34,7 @@ fn kith_bench(dir: &Path, transport: &[String], args: &[&str]) -> Result<Value> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_over_tcp_and_websocket_delivers_everything() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut config = kith_server::Config::default();
-    config.server.data_dir = dir.path().join("data");
-    config.listen.c2s = String::new();
-    config.listen.c2s_tls = String::new();
-    config.listen.https = String::new();
-    config.listen.c2s_plain = "127.0.0.1:0".to_owned();
-    config.listen.http = "127.0.0.1:0".to_owned();
-    config.registration.enabled = Some(true);
-    let running = kith_server::Server::start(config).await?;
+    let running = common::kith(dir.path()).await?;
     let plain = running.c2s_plain.context("no plain c2s listener")?;
     let http = running.http.context("no HTTP listener")?;
     let transports = [

@@ -2,6 +2,8 @@
 //! measured by kith-bench's `idle` scenario. A process of its own (its own test
 //! binary): the server runs in it, so the RSS is the server's.
 
+mod common;
+
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
@@ -9,16 +11,7 @@ use anyhow::{Context, Result, ensure};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_websocket_session_holds_no_large_buffers() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut config = kith_server::Config::default();
-    config.server.data_dir = dir.path().join("data");
-    config.listen.c2s = String::new();
-    config.listen.c2s_tls = String::new();
-    config.listen.https = String::new();
-    config.listen.http = "127.0.0.1:0".to_owned();
-    config.registration.enabled = Some(true);
-    config.registration.max_per_ip_per_hour = 1_000_000;
-    config.limits.max_connections_per_ip = 10_000;
-    let running = kith_server::Server::start(config).await?;
+    let running = common::kith(dir.path()).await?;
     let url = format!(
         "ws://{}/xmpp-websocket",
         running.http.context("no HTTP listener")?

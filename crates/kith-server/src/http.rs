@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls_stream::TlsStream;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
@@ -15,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 
 use crate::Server;
 use crate::link::WsLink;
@@ -211,7 +211,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
 /// Accepts TLS connections for axum. Handshakes run in their own tasks so a slow
 /// or silent client cannot hold up the accept loop.
 struct TlsListener {
-    incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    incoming: mpsc::Receiver<(TlsStream, SocketAddr)>,
     local: SocketAddr,
 }
 
@@ -222,7 +222,9 @@ impl TlsListener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, incoming) = mpsc::channel(256);
         tokio::spawn(async move {
-            let acceptor = tokio_rustls::TlsAcceptor::from(server.https_tls.clone());
+            // kith's own TLS stream, as on c2s: it holds no buffer while idle, and
+            // a WebSocket session lives as long as the browser tab.
+            let config = server.https_tls.clone();
             let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -235,10 +237,11 @@ impl TlsListener {
                 };
                 // As `NoDelay`: no Nagle delay for WebSocket stanzas.
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                let config = config.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                    let handshake = crate::tls_stream::accept(config, tcp);
+                    if let Ok(Ok(tls)) = tokio::time::timeout(timeout, handshake).await {
                         let _ = tx.send((tls, peer)).await;
                     }
                 });
@@ -249,7 +252,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -10,8 +10,8 @@
 //! Outgoing records are encrypted into a `Vec` that is freed once written.
 //!
 //! [`TlsStream`] is an `AsyncRead + AsyncWrite` like tokio-rustls's, so the link
-//! layer (`link.rs`) is the same for TCP and TLS. HTTPS stays on tokio-rustls
-//! (`http.rs`): hyper's connections are few and short-lived.
+//! layer (`link.rs`) is the same for TCP and TLS. HTTPS uses it too (`http.rs`):
+//! a WebSocket session there lives as long as the browser tab that opened it.
 
 use std::future::poll_fn;
 use std::io;
