@@ -285,11 +285,14 @@ impl Reader {
 }
 
 /// One WebSocket message as a stream event (`None`: nothing XMPP, e.g. a ping).
+/// The end of the connection is an error, as a TCP stream's end is in
+/// [`Conn::next`]: whoever reads past the server's close stops there.
 fn ws_event(
     message: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
 ) -> Result<Option<StreamEvent>> {
     let text = match message {
-        None | Some(Ok(WsMessage::Close(_))) => return Ok(Some(StreamEvent::Close)),
+        None => bail!("connection closed by server"),
+        Some(Ok(WsMessage::Close(_))) => return Ok(Some(StreamEvent::Close)),
         Some(Err(error)) => bail!("WebSocket: {error}"),
         Some(Ok(WsMessage::Text(text))) => text,
         Some(Ok(WsMessage::Binary(_))) => bail!("binary WebSocket message from server"),

@@ -1,33 +1,34 @@
 //! kith-bench against a real kith server (started in-process, SQLite in a
 //! temporary directory) over both of XMPP's client transports: TCP and
-//! WebSocket (RFC 7395). Each run provisions accounts by in-band registration
-//! and then runs a short chat step; what the tool reports must add up.
+//! WebSocket (RFC 7395). Each run provisions accounts by in-band registration,
+//! runs a short chat step and the offline scenario; what the tool reports must
+//! add up.
 
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 /// Runs kith-bench with `args` and returns the JSON it wrote.
 fn kith_bench(dir: &Path, transport: &[String], args: &[&str]) -> Result<Value> {
     let json = dir.join("out.json");
     let _ = std::fs::remove_file(&json);
-    let output = Command::new(env!("CARGO_BIN_EXE_kith-bench"))
-        .args(transport)
-        .args(["--no-tls", "--sources", "1", "--max-secs", "60", "--json"])
-        .arg(&json)
-        .args(args)
-        .output()
-        .context("running kith-bench")?;
-    ensure!(
-        output.status.success(),
-        "kith-bench {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let json_arg = json.to_string_lossy().into_owned();
+    let mut all: Vec<&str> = transport.iter().map(String::as_str).collect();
+    all.extend([
+        "--no-tls",
+        "--sources",
+        "1",
+        "--max-secs",
+        "60",
+        "--json",
+        &json_arg,
+    ]);
+    all.extend(args);
+    common::kith_bench(dir, &all, Duration::from_secs(90))?;
     Ok(serde_json::from_slice(&std::fs::read(&json)?)?)
 }
 
@@ -51,7 +52,7 @@ async fn chat_over_tcp_and_websocket_delivers_everything() -> Result<()> {
         let dir = dir.path().to_owned();
         let transport = transport.clone();
         let first = first.to_string();
-        let (registered, chat) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (registered, chat, offline) = tokio::task::spawn_blocking(move || -> Result<_> {
             let registered = kith_bench(
                 &dir,
                 &transport,
@@ -74,7 +75,21 @@ async fn chat_over_tcp_and_websocket_delivers_everything() -> Result<()> {
                     "1",
                 ],
             )?;
-            Ok((registered, chat))
+            // Closes its connections and waits for the server's side to close.
+            let offline = kith_bench(
+                &dir,
+                &transport,
+                &[
+                    "offline",
+                    "--messages",
+                    "300",
+                    "--first",
+                    &first,
+                    "--wait-secs",
+                    "20",
+                ],
+            )?;
+            Ok((registered, chat, offline))
         })
         .await??;
         assert_eq!(registered["transport"], *name, "{registered}");
@@ -94,6 +109,16 @@ async fn chat_over_tcp_and_websocket_delivers_everything() -> Result<()> {
         assert_eq!(step["stanza_errors"], 0, "{name}: {step}");
         assert_eq!(step["disconnects"], 0, "{name}: {step}");
         assert_eq!(chat["errors"], serde_json::json!({}), "{name}: {chat}");
+        assert_eq!(offline["transport"], *name);
+        assert_eq!(
+            offline["results"]["delivered"], 300,
+            "{name}: a user offline gets every message at login: {offline}"
+        );
+        assert_eq!(
+            offline["errors"],
+            serde_json::json!({}),
+            "{name}: {offline}"
+        );
     }
     running.shutdown().await;
     Ok(())

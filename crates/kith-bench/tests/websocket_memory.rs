@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_websocket_session_holds_no_large_buffers() -> Result<()> {
@@ -18,19 +18,23 @@ async fn an_idle_websocket_session_holds_no_large_buffers() -> Result<()> {
     );
     let json = dir.path().join("idle.json");
     let pid = std::process::id().to_string();
-    let output = tokio::task::spawn_blocking(move || {
+    let work = dir.path().to_owned();
+    let json_arg = json.to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || {
         let bench = |args: &[&str]| {
-            Command::new(env!("CARGO_BIN_EXE_kith-bench"))
-                .args(["--websocket", &url, "--no-tls", "--sources", "1"])
-                .args(["--max-secs", "120", "--server-pid", &pid, "--json"])
-                .arg(&json)
-                .args(args)
-                .output()
+            let mut all = vec!["--websocket", &url, "--no-tls", "--sources", "1"];
+            all.extend([
+                "--max-secs",
+                "120",
+                "--server-pid",
+                &pid,
+                "--json",
+                &json_arg,
+            ]);
+            all.extend(args);
+            common::kith_bench(&work, &all, Duration::from_secs(180))
         };
-        let registered = bench(&["register", "--users", "600", "--concurrency", "32"])?;
-        if !registered.status.success() {
-            return Ok((registered, json));
-        }
+        bench(&["register", "--users", "600", "--concurrency", "32"])?;
         bench(&[
             "idle",
             "--checkpoints",
@@ -42,16 +46,8 @@ async fn an_idle_websocket_session_holds_no_large_buffers() -> Result<()> {
             "--hold-secs",
             "1",
         ])
-        .map(|output| (output, json))
     })
-    .await?;
-    let (output, json) = output?;
-    ensure!(
-        output.status.success(),
-        "kith-bench idle failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    .await??;
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
     let points = report["results"]["checkpoints"]
         .as_array()
