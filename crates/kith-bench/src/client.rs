@@ -505,7 +505,12 @@ async fn websocket(
         "Sec-WebSocket-Protocol",
         tokio_tungstenite::tungstenite::http::HeaderValue::from_static("xmpp"),
     );
-    let (ws, response) = tokio_tungstenite::client_async(request, io)
+    // tungstenite zero-fills its read buffer before every read and keeps it per
+    // connection: its 128 KiB default made the load generator the bottleneck
+    // (and cost 128 KiB a connection); a stanza is much smaller.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUF);
+    let (ws, response) = tokio_tungstenite::client_async_with_config(request, io, Some(config))
         .await
         .context("WebSocket handshake")?;
     if response
