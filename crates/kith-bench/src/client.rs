@@ -153,10 +153,7 @@ impl Conn {
                     if n == 0 {
                         bail!("connection closed by server");
                     }
-                    parser
-                        .feed(&buf[..n], &mut self.scratch)
-                        .map_err(|e| anyhow!("XML from server: {e}"))?;
-                    self.events.extend(self.scratch.drain(..));
+                    feed(parser, &buf[..n], &mut self.scratch, &mut self.events)?;
                 }
                 Link::Ws(ws) => {
                     if let Some(event) = ws_event(ws.next().await)? {
@@ -266,10 +263,7 @@ impl Reader {
                     if n == 0 {
                         return Ok(None);
                     }
-                    parser
-                        .feed(&buf[..n], &mut self.scratch)
-                        .map_err(|e| anyhow!("XML from server: {e}"))?;
-                    self.events.extend(self.scratch.drain(..));
+                    feed(parser, &buf[..n], &mut self.scratch, &mut self.events)?;
                 }
                 ReadLink::Ws(rd) => match rd.next().await {
                     None => return Ok(None),
@@ -282,6 +276,20 @@ impl Reader {
             }
         }
     }
+}
+
+/// Parses bytes read from a TCP stream and queues the events they complete.
+fn feed(
+    parser: &mut StreamParser,
+    bytes: &[u8],
+    scratch: &mut Vec<StreamEvent>,
+    events: &mut std::collections::VecDeque<StreamEvent>,
+) -> Result<()> {
+    parser
+        .feed(bytes, scratch)
+        .map_err(|e| anyhow!("XML from server: {e}"))?;
+    events.extend(scratch.drain(..));
+    Ok(())
 }
 
 /// One WebSocket message as a stream event (`None`: nothing XMPP, e.g. a ping).
@@ -442,17 +450,12 @@ async fn secure(target: &Target, index: usize) -> Result<(Conn, Element, Option<
     if answer.name != "proceed" {
         bail!("STARTTLS refused: <{}>", answer.name);
     }
-    let name = ServerName::try_from(target.domain.clone()).context("TLS server name")?;
     // Nothing else may arrive before the handshake, so the parser's state is moot.
     let Link::Stream { io, buf, .. } = conn.link else {
         bail!("STARTTLS on a WebSocket");
     };
-    let tls_stream = tokio_rustls::TlsConnector::from(tls.clone())
-        .connect(name, io)
-        .await
-        .context("TLS handshake")?;
-    let version = tls_parameters(tls_stream.get_ref().1);
-    let mut conn = Conn::new(Box::new(tls_stream));
+    let (tls_stream, version) = tls_connect(target, tls, io).await?;
+    let mut conn = Conn::new(tls_stream);
     if let Link::Stream { buf: fresh, .. } = &mut conn.link {
         *fresh = buf;
     }
@@ -481,24 +484,34 @@ pub fn websocket_addr(url: &str) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// The TLS handshake as the client, returning the stream and its parameters.
+async fn tls_connect<S: Io + 'static>(
+    target: &Target,
+    tls: &Arc<ClientConfig>,
+    io: S,
+) -> Result<(Box<dyn Io>, String)> {
+    let name = ServerName::try_from(target.domain.clone()).context("TLS server name")?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, io)
+        .await
+        .context("TLS handshake")?;
+    let version = tls_parameters(stream.get_ref().1);
+    Ok((Box::new(stream), version))
+}
+
 /// RFC 7395 §3.1: the WebSocket handshake asks for the `xmpp` subprotocol; TLS
-/// first for a `wss://` URL.
+/// first when the target has it (a `wss://` URL: `main` gives a `ws://` URL none).
 async fn websocket(
     target: &Target,
     url: &str,
     tcp: TcpStream,
 ) -> Result<(Conn, Element, Option<String>)> {
     let (io, version): (Box<dyn Io>, _) = match &target.tls {
-        Some(tls) if url.starts_with("wss://") => {
-            let name = ServerName::try_from(target.domain.clone()).context("TLS server name")?;
-            let stream = tokio_rustls::TlsConnector::from(tls.clone())
-                .connect(name, tcp)
-                .await
-                .context("TLS handshake")?;
-            let version = tls_parameters(stream.get_ref().1);
-            (Box::new(stream), Some(version))
+        Some(tls) => {
+            let (stream, version) = tls_connect(target, tls, tcp).await?;
+            (stream, Some(version))
         }
-        _ => (Box::new(tcp), None),
+        None => (Box::new(tcp), None),
     };
     let mut request = url.into_client_request().context("WebSocket URL")?;
     request.headers_mut().insert(

@@ -243,12 +243,12 @@ fn main() -> Result<()> {
     if !addr.ip().is_loopback() && !cli.allow_remote {
         bail!("refusing non-loopback target {addr} without --allow-remote");
     }
-    let tls = if cli.no_tls
-        || cli
-            .websocket
-            .as_ref()
-            .is_some_and(|u| u.starts_with("ws://"))
-    {
+    // A WebSocket URL says whether TLS is on: `wss://` needs it, `ws://` has none.
+    let websocket_tls = cli.websocket.as_ref().map(|url| url.starts_with("wss://"));
+    if websocket_tls == Some(true) && cli.no_tls {
+        bail!("a wss:// URL needs TLS: drop --no-tls, or use ws://");
+    }
+    let tls = if cli.no_tls || websocket_tls == Some(false) {
         None
     } else {
         Some(client::tls_config(cli.ca.as_deref(), cli.insecure)?)

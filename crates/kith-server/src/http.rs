@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::tls_stream::TlsStream;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
@@ -19,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::Server;
 use crate::link::WsLink;
+use crate::tls_stream::TlsStream;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
