@@ -10,6 +10,7 @@ Clients are slixmpp (its xep_0030 and xep_0313 plugins), as elsewhere in the sui
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 import pytest_asyncio
@@ -85,3 +86,66 @@ async def test_messages_are_still_delivered_live_and_later(xmpp):
     # Delivered once: the live message is not sent again at login.
     await asyncio.sleep(0.3)
     assert not bob.matching(lambda m: getattr(m, "name", "") == "message" and m["body"] == "live one")
+
+
+async def test_a_device_away_gets_what_another_was_sent_across_a_crash(server_factory, backend):
+    """Without an archive, a message for a user with a session waits in the
+    log's tail (SQLite) until every device has it: a second device that was away
+    still gets it — soon after, and after the server was killed and restarted."""
+    srv = server_factory.start("noarchcrash", backend, {"archive": {"enabled": False}})
+    pool = ClientPool(srv)
+    try:
+        alice_acct, bob_acct = await pool.account("tla"), await pool.account("tlb")
+        # bob's laptop is a known device, away; his phone is online throughout.
+        laptop = await pool.connect(bob_acct, resource="laptop")
+        await laptop.close()
+        phone = await pool.connect(bob_acct, resource="phone")
+        alice = await pool.connect(alice_acct, resource="desk", plugins=DEFAULT_PLUGINS + ("xep_0198",))
+        sm = alice.plugin["xep_0198"]
+        await asyncio.sleep(0.5)
+        assert sm.enabled_out, "stream management was not enabled"
+
+        async def send_acked(bodies: list[str]) -> None:
+            for body in bodies:
+                alice.send_message(mto=bob_acct.jid, mbody=body, mtype="chat")
+            for _ in range(50):
+                sm.request_ack()
+                await asyncio.sleep(0.1)
+                if not any(st.name == "message" for _seq, st in list(sm.unacked_queue)):
+                    return
+            raise AssertionError("alice's messages were not acknowledged")
+
+        def bodies_of(client, prefix: str) -> list[str]:
+            return [
+                s["body"]
+                for s in client.matching(lambda s: getattr(s, "name", "") == "message" and s["body"].startswith(prefix))
+            ]
+
+        first = [f"first #{i:02d}" for i in range(30)]
+        await send_acked(first)
+        await phone.wait_message(lambda m: m["body"] == first[-1])
+        # The laptop comes back at once: the messages are still in the tail.
+        laptop = await pool.connect(bob_acct, resource="laptop")
+        await laptop.wait_message(lambda m: m["body"] == first[-1])
+        await asyncio.sleep(0.3)
+        assert bodies_of(laptop, "first #") == first, "the away device missed or repeated some"
+        await laptop.close()
+
+        second = [f"second #{i:02d}" for i in range(30)]
+        await send_acked(second)
+        await phone.wait_message(lambda m: m["body"] == second[-1])
+        # Killed while they wait in the tail (well within its 3 s).
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait(timeout=10)
+        await pool.close_all()
+        srv.proc = None
+        await asyncio.to_thread(srv.start)
+
+        laptop = await pool.connect(bob_acct, resource="laptop")
+        await laptop.wait_message(lambda m: m["body"] == second[-1], timeout=15)
+        await asyncio.sleep(0.5)
+        assert bodies_of(laptop, "second #") == second, "lost or repeated across the crash"
+        assert not bodies_of(laptop, "first #"), "what the laptop had came again"
+    finally:
+        await pool.close_all()
+        server_factory.stop(srv)

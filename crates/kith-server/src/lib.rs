@@ -154,6 +154,21 @@ impl Server {
             pep_visitors: features::pep::Visitors::default(),
             muc,
         });
+        if server.config.retention() == config::Retention::UntilDelivered {
+            // Entries of users with a session wait in the log's tail (SQLite).
+            // Weak: the store must not keep the server alive.
+            let weak = Arc::downgrade(&server);
+            server
+                .store
+                .set_until_delivered(Some(Arc::new(move |owner: &str| {
+                    weak.upgrade().is_some_and(|server| {
+                        let bare = format!("{owner}@{}", server.domain);
+                        server
+                            .router
+                            .with_sessions(&bare, |sessions| !sessions.is_empty())
+                    })
+                })));
+        }
 
         let mut tasks = JoinSet::new();
         let listen = server.config.listen.clone();

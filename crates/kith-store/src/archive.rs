@@ -176,6 +176,7 @@ impl Store {
         owner: &str,
         query: &ArchiveQuery,
     ) -> std::result::Result<ArchivePage, ArchiveError> {
+        self.writer.settle(owner).await?;
         if query.fulltext.is_some() {
             // The SQLite writer indexes off the commit path: catch up first so
             // the search sees everything committed before it.
@@ -318,6 +319,7 @@ impl Store {
 
     /// The oldest and newest entry of the owner's archive; `None` when empty.
     pub async fn archive_bounds(&self, owner: &str) -> Result<Option<ArchiveBounds>> {
+        self.writer.settle(owner).await?;
         let mut marks = Vec::with_capacity(2);
         for sql in [
             "SELECT stanza_id, at_micros FROM inbox

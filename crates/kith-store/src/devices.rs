@@ -95,6 +95,7 @@ impl Store {
 
     /// The sequence number of the owner's newest log entry (0 when empty).
     pub async fn inbox_head(&self, owner: &str) -> Result<i64> {
+        self.writer.settle(owner).await?;
         // On SQLite `users.inbox_seq` lags (the writer keeps heads in memory);
         // the newest entry is the head unless newer ones were deleted, and
         // then `keep_seq_marks` brought `inbox_seq` up to date.
@@ -172,6 +173,8 @@ impl Store {
     /// Deletes what `sweep` says, in short transactions with pauses between
     /// them ([`SWEEP_ROWIDS`], [`SWEEP_SEQS`], [`SWEEP_PAUSE`]). Returns how many.
     async fn sweep(&self, sweep: Sweep) -> Result<u64> {
+        // What waits in the log's tail is swept like the rest.
+        self.writer.settle_all().await?;
         let mut deleted = 0;
         match self.backend {
             Backend::Sqlite => {

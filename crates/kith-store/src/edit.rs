@@ -14,6 +14,7 @@ impl Store {
         direction: &str,
         limit: i64,
     ) -> Result<Vec<InboxEntry>> {
+        self.writer.settle(owner).await?;
         // Up to `limit` whole stanzas, from a scan of the conversation: not a
         // short read (`read.rs`), so through the pool.
         let rows = sqlx::query(concat!(
@@ -39,6 +40,7 @@ impl Store {
         xml: &str,
         body: Option<&str>,
     ) -> Result<bool> {
+        self.writer.settle(owner).await?;
         let res = sqlx::query("UPDATE inbox SET xml = $3, body = $4 WHERE owner = $1 AND seq = $2")
             .bind(owner)
             .bind(seq)

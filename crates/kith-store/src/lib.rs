@@ -214,6 +214,16 @@ impl Store {
         })
     }
 
+    /// Says whether log entries leave the log once every device of their
+    /// owner has them (retention "until delivered"; the server says so at
+    /// start), with `online` telling whether an owner (a username) has a
+    /// session now. On SQLite, 1:1 entries of owners with a session then wait
+    /// in the log's tail, and most never cost an index entry (`batch::tail`).
+    /// `None` (the default): every entry goes to the log at once.
+    pub fn set_until_delivered(&self, online: Option<Live>) {
+        self.writer.set_until_delivered(online);
+    }
+
     /// The engine behind this store.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -579,6 +589,7 @@ impl Store {
         if limit <= 0 {
             return Ok(Vec::new());
         }
+        self.writer.settle(owner).await?;
         // A page can hold hundreds of stanzas of up to the stanza size limit:
         // not a short read (`read.rs`). On SQLite, whether there is anything
         // at all is one: the common case at a login, nothing owed, costs no
@@ -610,6 +621,7 @@ impl Store {
 
     /// Deletes the owner's entries with `seq <= seq`; returns how many.
     pub async fn inbox_remove_through(&self, owner: &str, seq: i64) -> Result<u64> {
+        self.writer.settle(owner).await?;
         let mut tx = self.begin_write().await?;
         devices::keep_seq_marks(&mut tx, self.backend, devices::Owners::One(owner)).await?;
         let res = sqlx::query("DELETE FROM inbox WHERE owner = $1 AND seq <= $2")
@@ -623,6 +635,7 @@ impl Store {
 
     /// How many entries the owner's inbox holds.
     pub async fn inbox_count(&self, owner: &str) -> Result<i64> {
+        self.writer.settle(owner).await?;
         let row = sqlx::query("SELECT COUNT(*) AS n FROM inbox WHERE owner = $1")
             .bind(owner)
             .fetch_one(&self.pool)

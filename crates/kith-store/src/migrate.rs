@@ -780,6 +780,76 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    // SQLite with retention "until delivered": new 1:1 entries of users with a
+    // session wait here, in rowid order only (appending dirties a table's last
+    // page, not a page of the `(owner, seq)` index per entry), until
+    // `batch::tail` drops what every device of the owner has received or moves
+    // the rest into `inbox`. Four generations, used in turn, so that each is
+    // emptied whole. They hold exactly the entries still waiting: a start
+    // moves them all.
+    Migration {
+        version: 45,
+        name: "inbox tail: entries waiting to be delivered or indexed (SQLite)",
+        sqlite: &[
+            "CREATE TABLE inbox_tail_0 (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            stanza_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            at_micros INTEGER NOT NULL,
+            peer TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            body TEXT,
+            origin TEXT
+        )",
+            "CREATE TABLE inbox_tail_1 (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            stanza_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            at_micros INTEGER NOT NULL,
+            peer TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            body TEXT,
+            origin TEXT
+        )",
+            "CREATE TABLE inbox_tail_2 (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            stanza_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            at_micros INTEGER NOT NULL,
+            peer TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            body TEXT,
+            origin TEXT
+        )",
+            "CREATE TABLE inbox_tail_3 (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            stanza_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            xml TEXT NOT NULL,
+            at_micros INTEGER NOT NULL,
+            peer TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            body TEXT,
+            origin TEXT
+        )",
+        ],
+        postgres: &[],
+    },
 ];
 
 /// The highest schema version this build knows.

@@ -218,6 +218,7 @@ impl Store {
     /// `cap`. A device the store doesn't know starts at the owner's delivered mark,
     /// as it would at its next login.
     pub async fn push_pending_count(&self, owner: &str, resource: &str, cap: i64) -> Result<i64> {
+        self.writer.settle(owner).await?;
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM (
                 SELECT 1 AS one FROM inbox

@@ -19,7 +19,7 @@ use kith_store::{
 
 /// A fresh, empty database for one test.
 mod common;
-use common::{TestDb, creds, run_postgres, run_sqlite};
+use common::{TestDb, creds, run_postgres, run_sqlite, run_sqlite_tail};
 
 /// A roster cap no test here reaches unless it means to.
 const ROSTER_MAX: RosterCap = RosterCap {
@@ -33,32 +33,36 @@ both!(
     schema_too_new_is_refused,
     users_crud,
     credentials_round_trip,
-    delete_user_removes_all_data,
     roster_versions_increase,
     roster_upsert_remove,
     roster_groups_round_trip,
     roster_owners_of,
     a_full_roster_refuses_new_items_only,
-    unknown_owner_writes_fail,
-    inbox_seq_strictly_increasing,
-    inbox_after_paging,
-    inbox_concurrent_appends,
     roster_concurrent_writes,
     blocklist,
     vcard_and_private_overwrite,
     last_activity,
+    retention_sweeps_long_logs_in_chunks,
+    logins_in_a_storm_read_their_writes,
+    a_closed_store_refuses_reads,
+);
+
+// The same with the log's tail on (SQLite; retention "until delivered").
+all_three!(
+    delete_user_removes_all_data,
+    unknown_owner_writes_fail,
+    inbox_seq_strictly_increasing,
+    inbox_after_paging,
+    inbox_concurrent_appends,
     unicode_and_large_values,
     inbox_entry_metadata_round_trip,
     devices_start_at_the_delivered_mark,
-    retention_deletes_old_and_delivered_entries,
     retention_never_lets_numbers_be_reused,
-    retention_sweeps_long_logs_in_chunks,
+    retention_deletes_old_and_delivered_entries,
     group_commit_isolates_unknown_owners,
     entries_can_be_rewritten_as_tombstones,
     duplicate_origin_keys_are_stored_once,
     append_then_runs_in_commit_order,
-    logins_in_a_storm_read_their_writes,
-    a_closed_store_refuses_reads,
 );
 
 // ----------------------------------------------------------------------
@@ -1445,4 +1449,267 @@ async fn a_closed_store_refuses_reads(db: TestDb) {
     assert!(other.credentials("alice").await.is_err());
     assert!(other.roster("alice").await.is_err());
     assert!(other.inbox_after("alice", 0, 10).await.is_err());
+}
+
+// ----------------------------------------------------------------------
+// the log's tail (SQLite, retention "until delivered")
+// ----------------------------------------------------------------------
+
+/// Entries waiting in the log's tail, counted on a raw connection.
+async fn in_tail(raw: &sqlx::AnyPool) -> i64 {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM inbox_tail_0) + (SELECT COUNT(*) FROM inbox_tail_1)
+              + (SELECT COUNT(*) FROM inbox_tail_2) + (SELECT COUNT(*) FROM inbox_tail_3) AS n",
+    )
+    .fetch_one(raw)
+    .await
+    .unwrap()
+    .try_get("n")
+    .unwrap()
+}
+
+/// Waits (up to 15 s) until the writer has compacted the whole tail.
+async fn tail_compacted(raw: &sqlx::AnyPool) {
+    for _ in 0..150 {
+        if in_tail(raw).await == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the log's tail was not compacted within 15 s");
+}
+
+/// The `(owner, seq)` pairs in `inbox` proper, in order.
+async fn in_log(raw: &sqlx::AnyPool) -> Vec<(String, i64)> {
+    use sqlx::Row;
+    sqlx::query("SELECT owner, seq FROM inbox ORDER BY owner, seq")
+        .fetch_all(raw)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.try_get("owner").unwrap(), row.try_get("seq").unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_drops_what_every_device_has_and_moves_the_rest() {
+    run_sqlite_tail(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
+            s.create_user(user, &creds(i as u8)).await.unwrap();
+        }
+        s.device_attach("alice", "phone", 1).await.unwrap();
+        s.device_attach("carol", "phone", 1).await.unwrap();
+        s.device_attach("carol", "laptop", 1).await.unwrap();
+        for i in 0..3 {
+            for user in ["alice", "bob", "carol"] {
+                s.inbox_append(user, &entry(&format!("{user}{i}"), "<message/>", 100 + i))
+                    .await
+                    .unwrap();
+            }
+        }
+        // Appended to the tail, not to the indexed log.
+        assert_eq!(in_tail(&raw).await, 9);
+        assert!(in_log(&raw).await.is_empty());
+        // alice's only device has everything; carol's laptop has only the
+        // first entry; bob has no device at all.
+        s.device_ack("alice", "phone", 3, 2).await.unwrap();
+        s.device_ack("carol", "phone", 3, 2).await.unwrap();
+        s.device_ack("carol", "laptop", 1, 2).await.unwrap();
+        tail_compacted(&raw).await;
+        let kept = |owner: &str, seqs: &[i64]| -> Vec<(String, i64)> {
+            seqs.iter().map(|seq| (owner.to_owned(), *seq)).collect()
+        };
+        let mut expected = kept("bob", &[1, 2, 3]);
+        expected.extend(kept("carol", &[2, 3]));
+        assert_eq!(in_log(&raw).await, expected);
+        // What is owed is still read as before.
+        let owed: Vec<i64> = s
+            .inbox_after("carol", 1, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(owed, [2, 3]);
+        // alice's numbers are never handed out again, also after a restart
+        // (her log is empty now).
+        s.close().await;
+        let s = db.open().await;
+        assert_eq!(s.inbox_head("alice").await.unwrap(), 3);
+        assert_eq!(
+            s.inbox_append("alice", &entry("alice3", "<message/>", 200))
+                .await
+                .unwrap(),
+            4
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_waiting_in_the_tail_survive_a_restart() {
+    run_sqlite_tail(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        for i in 0..3 {
+            s.inbox_append("alice", &entry(&format!("a{i}"), "<message/>", 100 + i))
+                .await
+                .unwrap();
+        }
+        assert_eq!(in_tail(&raw).await, 3);
+        // Gone before any compaction: the next start moves them into the log.
+        s.close().await;
+        let s = db.open().await;
+        assert_eq!(in_tail(&raw).await, 0);
+        assert_eq!(in_log(&raw).await.len(), 3);
+        let seqs: Vec<i64> = s
+            .inbox_after("alice", 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(
+            s.inbox_append("alice", &entry("a3", "<message/>", 200))
+                .await
+                .unwrap(),
+            4
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_origin_is_refused_after_its_entry_left_the_tail() {
+    run_sqlite_tail(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        s.device_attach("alice", "phone", 1).await.unwrap();
+        let with_origin = |id: &'static str, origin: &'static str| NewInboxEntry {
+            origin: Some(origin),
+            ..entry(id, "<message/>", 1)
+        };
+        assert_eq!(
+            s.inbox_append("alice", &with_origin("a", "bob\no1"))
+                .await
+                .unwrap(),
+            1
+        );
+        s.device_ack("alice", "phone", 1, 2).await.unwrap();
+        tail_compacted(&raw).await;
+        assert!(in_log(&raw).await.is_empty(), "delivered: dropped");
+        assert!(matches!(
+            s.inbox_append("alice", &with_origin("b", "bob\no1")).await,
+            Err(StoreError::Duplicate(_))
+        ));
+        assert!(
+            s.inbox_append("alice", &with_origin("c", "bob\no2"))
+                .await
+                .is_ok()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_account_leaves_nothing_in_the_tail() {
+    run_sqlite_tail(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        s.inbox_append("alice", &entry("a0", "<message/>", 100))
+            .await
+            .unwrap();
+        assert!(s.delete_user("alice").await.unwrap());
+        assert_eq!(in_tail(&raw).await, 0);
+        // A new account under the name starts empty, and stays so.
+        s.create_user("alice", &creds(2)).await.unwrap();
+        assert!(s.inbox_after("alice", 0, 10).await.unwrap().is_empty());
+        s.inbox_append("alice", &entry("b0", "<message/>", 200))
+            .await
+            .unwrap();
+        tail_compacted(&raw).await;
+        let ids: Vec<String> = s
+            .inbox_after("alice", 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.stanza_id)
+            .collect();
+        assert_eq!(ids, ["b0"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
+    run_sqlite(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        s.create_user("bob", &creds(2)).await.unwrap();
+        s.set_until_delivered(Some(std::sync::Arc::new(|owner: &str| owner == "alice")));
+        s.inbox_append_all(&[
+            ("alice", entry("a0", "<message/>", 100)),
+            ("bob", entry("b0", "<message/>", 100)),
+        ])
+        .await
+        .unwrap();
+        // bob has no session: his entry won't be delivered soon, so it goes
+        // to the log at once.
+        assert_eq!(in_tail(&raw).await, 1);
+        assert_eq!(in_log(&raw).await, [("bob".to_owned(), 1)]);
+        // Switched off: everything goes to the log at once.
+        s.set_until_delivered(None);
+        s.inbox_append("alice", &entry("a1", "<message/>", 101))
+            .await
+            .unwrap();
+        assert_eq!(in_tail(&raw).await, 1);
+        let seqs: Vec<i64> = s
+            .inbox_after("alice", 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(in_tail(&raw).await, 0, "a read settles the owner's tail");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_its_owner_went_offline_is_still_a_duplicate() {
+    run_sqlite(|db: TestDb| async move {
+        let s = db.open().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        let with_origin = |id: &'static str| NewInboxEntry {
+            origin: Some("bob\no1"),
+            ..entry(id, "<message/>", 1)
+        };
+        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| true)));
+        s.inbox_append("alice", &with_origin("a")).await.unwrap();
+        // alice's sessions are gone: the resend would go to the log at once,
+        // where the first copy is not (yet).
+        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| false)));
+        assert!(matches!(
+            s.inbox_append("alice", &with_origin("b")).await,
+            Err(StoreError::Duplicate(_))
+        ));
+        let ids: Vec<String> = s
+            .inbox_after("alice", 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.stanza_id)
+            .collect();
+        assert_eq!(ids, ["a"]);
+    })
+    .await;
 }

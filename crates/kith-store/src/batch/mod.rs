@@ -21,6 +21,7 @@
 mod postgres;
 pub(crate) mod rooms;
 mod sqlite;
+mod tail;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -31,6 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::{DeviceStart, NewInboxEntry, Result, StoreError};
 use rooms::{Fill, Live, RoomMember, RoomOp, RoomState, RoomWrite};
+pub(crate) use tail::TailShared;
 
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;
@@ -89,6 +91,13 @@ enum Job {
     /// Bring the full-text index up to date with everything committed so far
     /// (answered once it is; a no-op where the index is kept by the database).
     Index { reply: oneshot::Sender<Result<()>> },
+    /// Move `owner`'s entries waiting in the log's tail (everyone's: `None`)
+    /// into `inbox` before a read of its log ([`tail`]; answered once
+    /// committed).
+    Settle {
+        owner: Option<String>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// The owner's account is gone: forget what the writer knows of its log
     /// (an account created later under the name starts a log of its own).
     Forget {
@@ -139,6 +148,8 @@ impl OwnedEntry {
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: flume::Sender<Job>,
+    /// SQLite: which owners have entries in the log's tail ([`tail`]).
+    tail: Option<Arc<TailShared>>,
     /// The SQLite writer's thread, joined when the last handle goes (after
     /// `tx`, the last sender, so the thread has ended its loop).
     _thread: Option<Arc<Joiner>>,
@@ -169,9 +180,11 @@ impl Writer {
     /// migrated). Callbacks run on that thread inside the current tokio runtime.
     pub(crate) fn start_sqlite(path: &Path) -> Result<Writer> {
         let (tx, rx) = flume::bounded(MAX_BATCH * 4);
-        let thread = sqlite::start(path, rx)?;
+        let tail = Arc::new(TailShared::default());
+        let thread = sqlite::start(path, rx, tail.clone())?;
         Ok(Writer {
             tx,
+            tail: Some(tail),
             _thread: Some(Arc::new(Joiner(std::sync::Mutex::new(Some(thread))))),
         })
     }
@@ -180,7 +193,11 @@ impl Writer {
     pub(crate) fn start_postgres(pool: AnyPool) -> Writer {
         let (tx, rx) = flume::bounded(MAX_BATCH * 4);
         tokio::spawn(postgres::run(pool, rx));
-        Writer { tx, _thread: None }
+        Writer {
+            tx,
+            tail: None,
+            _thread: None,
+        }
     }
 
     /// Appends entries in one transaction and waits until they are committed.
@@ -302,6 +319,42 @@ impl Writer {
         .await
     }
 
+    /// Says whether entries may leave the log once every device of their
+    /// owner has them (retention "until delivered"; `online` says whether an
+    /// owner has a session): on SQLite, 1:1 entries of owners with a session
+    /// then wait in the log's tail first ([`tail`]).
+    pub(crate) fn set_until_delivered(&self, online: Option<Live>) {
+        if let Some(tail) = &self.tail {
+            tail.set_online(online);
+        }
+    }
+
+    /// Before a read of `owner`'s log: moves its entries waiting in the tail,
+    /// if it has any, into `inbox` (committed when this returns).
+    pub(crate) async fn settle(&self, owner: &str) -> Result<()> {
+        match &self.tail {
+            Some(tail) if tail.holds(owner) => {
+                self.ask(|reply| Job::Settle {
+                    owner: Some(owner.to_owned()),
+                    reply,
+                })
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Before a sweep of the whole log: moves every entry waiting in the tail
+    /// into `inbox`.
+    pub(crate) async fn settle_all(&self) -> Result<()> {
+        match &self.tail {
+            Some(tail) if tail.holds_any() => {
+                self.ask(|reply| Job::Settle { owner: None, reply }).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Waits until every entry committed before this call is in the full-text
     /// index, so a search sees what was just written.
     pub(crate) async fn index_now(&self) -> Result<()> {
@@ -355,6 +408,13 @@ enum Answer {
 struct Plan<'a> {
     /// `(owner, n, entry)` in batch order: the owner's `n`th row of the batch.
     rows: Vec<(&'a str, i64, &'a OwnedEntry)>,
+    /// Per row: whether it is a 1:1 entry (an `Append` job's; the others are
+    /// rooms' entries and members' copies), which may wait in the log's tail.
+    one_to_one: Vec<bool>,
+    /// Owners whose entries waiting in the tail move into `inbox` first.
+    settles: Vec<&'a str>,
+    /// … or everyone's.
+    settle_all: bool,
     /// Rows per owner, owners in first-seen order: the numbers to reserve.
     counts: Vec<(&'a str, i64)>,
     /// Per device `(owner, resource)`: the furthest acked `seq` and its time.
@@ -380,17 +440,24 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         order: Vec::new(),
         fills: HashMap::new(),
         fresh: HashMap::new(),
+        one_to_one: Vec::new(),
     };
     let mut acks: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
     let mut attaches = Vec::new();
     let mut seen = Vec::new();
+    let mut settles = Vec::new();
+    let mut settle_all = false;
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
         match job {
             Job::Append { entries, .. } => {
                 let slots = entries
                     .iter()
-                    .map(|(owner, entry)| Slot::Row(planner.push(owner, entry)))
+                    .map(|(owner, entry)| {
+                        let row = planner.push(owner, entry);
+                        planner.one_to_one.push(row);
+                        Slot::Row(row)
+                    })
                     .collect();
                 answers.push(Answer::Appended(slots));
             }
@@ -493,6 +560,13 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
                 answers.push(Answer::Seen(seen.len()));
                 seen.push((owner.as_str(), *at_secs, status.as_str()));
             }
+            Job::Settle { owner, .. } => {
+                match owner {
+                    Some(owner) => settles.push(owner.as_str()),
+                    None => settle_all = true,
+                }
+                answers.push(Answer::Nothing);
+            }
             Job::Index { .. } | Job::Forget { .. } => answers.push(Answer::Nothing),
         }
     }
@@ -502,8 +576,15 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         .map(|owner| (*owner, planner.counts[owner]))
         .collect();
     let room_writes = planner.room_writes();
+    let mut one_to_one = vec![false; planner.rows.len()];
+    for row in planner.one_to_one {
+        one_to_one[row] = true;
+    }
     Plan {
         rows: planner.rows,
+        one_to_one,
+        settles,
+        settle_all,
         counts,
         acks,
         attaches,
@@ -522,6 +603,8 @@ struct Planner<'a> {
     fills: HashMap<(&'a str, &'a str), Option<i64>>,
     /// Per room, this batch's entries so far: `(seq, member's copy)`.
     fresh: HashMap<&'a str, Vec<(i64, &'a OwnedEntry)>>,
+    /// The rows of `Append` jobs.
+    one_to_one: Vec<usize>,
 }
 
 impl<'a> Planner<'a> {
@@ -788,6 +871,7 @@ fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callb
             (
                 Job::Ack { reply, .. }
                 | Job::Index { reply }
+                | Job::Settle { reply, .. }
                 | Job::Forget { reply, .. }
                 | Job::Rooms { reply, .. },
                 _,
@@ -849,6 +933,7 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError, callbacks: &Callbac
             }
             Job::Ack { reply, .. }
             | Job::Index { reply }
+            | Job::Settle { reply, .. }
             | Job::Forget { reply, .. }
             | Job::Rooms { reply, .. }
             | Job::Seen { reply, .. } => {

@@ -13,6 +13,10 @@ use sqlx::Connection;
 
 pub struct TestDb {
     pub url: String,
+    /// Stores opened say their entries go once delivered
+    /// (`Store::set_until_delivered`): on SQLite, 1:1 entries then wait in
+    /// the log's tail first.
+    pub until_delivered: bool,
     /// Every store and raw pool opened, closed before the SQLite file is
     /// removed.
     opened: Arc<Mutex<Vec<Opened>>>,
@@ -38,6 +42,10 @@ impl TestDb {
     }
 
     fn track(&self, store: Store) -> Store {
+        if self.until_delivered {
+            // Every owner counts as having a session.
+            store.set_until_delivered(Some(Arc::new(|_: &str| true)));
+        }
         self.opened
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -64,6 +72,23 @@ where
     F: FnOnce(TestDb) -> Fut,
     Fut: Future<Output = ()>,
 {
+    sqlite_with(false, body).await;
+}
+
+/// As [`run_sqlite`], with retention "until delivered" (the log's tail on).
+pub async fn run_sqlite_tail<F, Fut>(body: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    sqlite_with(true, body).await;
+}
+
+async fn sqlite_with<F, Fut>(until_delivered: bool, body: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let dir = tempfile::tempdir().expect("tempdir");
     // A nested, not-yet-existing directory: open must create it.
     let path = dir.path().join("data").join("kith.db");
@@ -71,6 +96,7 @@ where
     let opened = Arc::new(Mutex::new(Vec::new()));
     body(TestDb {
         url,
+        until_delivered,
         opened: opened.clone(),
     })
     .await;
@@ -140,6 +166,7 @@ where
 
     let db = TestDb {
         url: with_database(&admin_url, &name),
+        until_delivered: false,
         opened: Arc::new(Mutex::new(Vec::new())),
     };
     let outcome = tokio::spawn(body(db)).await;
@@ -169,6 +196,28 @@ macro_rules! both {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 super::run_sqlite(super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::run_postgres(super::$name).await;
+            }
+        }
+    )*};
+}
+
+/// Declares, besides `both!`'s two, `<name>::sqlite_tail`: the test on SQLite
+/// with the log's tail on (retention "until delivered").
+#[macro_export]
+macro_rules! all_three {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::run_sqlite(super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_tail() {
+                super::run_sqlite_tail(super::$name).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {

@@ -1,0 +1,498 @@
+//! The log's tail (SQLite, retention "until delivered").
+//!
+//! An entry appended to `inbox` costs a page of the `(owner, seq)` index — one
+//! per entry, since consecutive entries belong to different owners — written to
+//! the WAL at its commit and again by the checkpoint: at 12,000 1:1 messages a
+//! second, 1.4 WAL pages per message and a third of the server's CPU. When
+//! entries leave the log once every device of their owner has them, most of
+//! them are gone within a second or two, so a 1:1 entry of an owner with a
+//! session is first appended to the tail instead: [`GENERATIONS`] tables
+//! `inbox_tail_N` (migration 45) in rowid order only, so a commit dirties a
+//! table's last page or two. Entries go to one generation for [`ROTATE_EVERY`],
+//! then to the next; before a generation is used again it is compacted, its
+//! entries being at least `(GENERATIONS - 1) × ROTATE_EVERY` old by then: what
+//! every device of the owner has received (the sweep's rule,
+//! `devices::Sweep::Delivered`) is dropped — after `users.inbox_seq` records
+//! the owner's newest number, as the sweep's `keep_seq_marks` does, so no
+//! number is handed out twice —, the rest moves into `inbox`, and the table is
+//! emptied at once (a whole-table `DELETE` frees its pages without visiting
+//! rows: per-row deletes cost 1 µs per entry and a 15 ms stall a second).
+//! Entries of owners without a session, and group messages (the room logic
+//! reads them in `inbox`), go to `inbox` directly.
+//!
+//! Readers never look at the tail: before any read of an owner's log, the
+//! store asks the writer to move that owner's waiting entries into `inbox`
+//! ([`super::Writer::settle`]) if [`TailShared::holds`] says it has any, which
+//! is true from before its first entry's append is answered until after the
+//! commit that moved or dropped its last. The tables hold exactly the entries
+//! still waiting; a start moves them all into `inbox` ([`recover`]).
+//!
+//! A duplicate origin key (XEP-0359) is refused as `inbox`'s unique index
+//! refuses it: looked up in `inbox`, and among the [`ORIGINS_KEPT`] newest
+//! keys of tail entries (those waiting, or dropped recently).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::rooms::Live;
+use crate::Result;
+
+/// Tables of the tail (`inbox_tail_0` …), used in turn.
+pub(super) const GENERATIONS: usize = 4;
+/// How long entries go to one generation. An entry waits at least
+/// `(GENERATIONS - 1) × ROTATE_EVERY` (3 s) before it is dropped or moved:
+/// longer than sessions take to record what their device has
+/// (`CURSOR_WRITE_INTERVAL` in the server, 1 s).
+const ROTATE_EVERY: Duration = Duration::from_secs(1);
+/// A generation is closed early once it holds this many entries (memory and
+/// the reads' settle work stay bounded under any load).
+const MAX_GENERATION: usize = 50_000;
+/// Origin keys of tail entries remembered for duplicate detection.
+const ORIGINS_KEPT: usize = 100_000;
+
+/// The columns an entry has in `inbox` and the tail alike.
+pub(super) const COLUMNS: &str =
+    "owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin";
+
+/// The name of generation `g`'s table.
+pub(super) fn table(g: usize) -> &'static str {
+    [
+        "inbox_tail_0",
+        "inbox_tail_1",
+        "inbox_tail_2",
+        "inbox_tail_3",
+    ][g % GENERATIONS]
+}
+
+/// What readers and the writer share.
+#[derive(Default)]
+pub(crate) struct TailShared {
+    /// Set (retention "until delivered"): whether an owner has a session now;
+    /// its new 1:1 entries then go to the tail (the others go to `inbox`: they
+    /// won't be delivered soon).
+    online: Mutex<Option<Live>>,
+    /// Owners with entries in the tail.
+    owners: Mutex<HashSet<String>>,
+}
+
+impl TailShared {
+    pub(crate) fn set_online(&self, online: Option<Live>) {
+        *self.online.lock().unwrap_or_else(PoisonError::into_inner) = online;
+    }
+
+    fn online(&self) -> Option<Live> {
+        self.online
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `owner` has entries waiting in the tail.
+    pub(crate) fn holds(&self, owner: &str) -> bool {
+        self.owners().contains(owner)
+    }
+
+    /// Whether anything waits in the tail.
+    pub(crate) fn holds_any(&self) -> bool {
+        !self.owners().is_empty()
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.owners.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An entry waiting in the tail.
+struct Waiting {
+    id: i64,
+    seq: i64,
+    generation: usize,
+}
+
+/// An entry appended to the tail by a transaction not yet committed.
+pub(super) struct Added {
+    pub owner: String,
+    pub id: i64,
+    pub seq: i64,
+    pub origin_key: Option<String>,
+}
+
+/// What moving entries into `inbox` did, for the full-text index's mark.
+pub(super) struct Moved {
+    /// Entries moved (an estimate of those with a body).
+    pub with_body: usize,
+    /// No moved entry's `inbox` rowid is below this (`i64::MAX`: none moved).
+    pub lowest_rowid: i64,
+}
+
+impl Moved {
+    pub(super) fn none() -> Moved {
+        Moved {
+            with_body: 0,
+            lowest_rowid: i64::MAX,
+        }
+    }
+
+    fn add(&mut self, other: Moved) {
+        self.with_body += other.with_body;
+        self.lowest_rowid = self.lowest_rowid.min(other.lowest_rowid);
+    }
+}
+
+/// The writer's side of the tail.
+pub(super) struct Tail {
+    shared: Arc<TailShared>,
+    /// Per owner, its waiting entries, oldest first.
+    waiting: HashMap<String, VecDeque<Waiting>>,
+    /// Entries per generation.
+    counts: [usize; GENERATIONS],
+    /// The generation new entries go to, and since when.
+    current: usize,
+    since: Instant,
+    /// After a failed compaction, no new try before this.
+    retry_at: Instant,
+    /// The id the next entry gets (the tables are empty at start: [`recover`]).
+    next_id: i64,
+    origins: HashSet<String>,
+    origins_order: VecDeque<String>,
+}
+
+impl Tail {
+    pub(super) fn new(shared: Arc<TailShared>) -> Tail {
+        Tail {
+            shared,
+            waiting: HashMap::new(),
+            counts: [0; GENERATIONS],
+            current: 0,
+            since: Instant::now(),
+            retry_at: Instant::now(),
+            next_id: 1,
+            origins: HashSet::new(),
+            origins_order: VecDeque::new(),
+        }
+    }
+
+    /// Set when entries may wait here: whether an owner has a session.
+    pub(super) fn online(&self) -> Option<Live> {
+        self.shared.online()
+    }
+
+    /// The table new entries go to.
+    pub(super) fn current_table(&self) -> &'static str {
+        table(self.current)
+    }
+
+    /// The newest number among `owner`'s waiting entries.
+    pub(super) fn newest(&self, owner: &str) -> Option<i64> {
+        self.waiting
+            .get(owner)
+            .and_then(|q| q.back())
+            .map(|w| w.seq)
+    }
+
+    /// Whether an entry of `owner` with origin key `origin` is in the tail or
+    /// was dropped from it recently.
+    pub(super) fn remembers(&self, owner: &str, origin: &str) -> bool {
+        !self.origins.is_empty() && self.origins.contains(&origin_key(owner, origin))
+    }
+
+    /// [`Tail::remembers`], or the entry is in `inbox`.
+    pub(super) fn has_origin(&self, conn: &Connection, owner: &str, origin: &str) -> Result<bool> {
+        if self.remembers(owner, origin) {
+            return Ok(true);
+        }
+        Ok(conn
+            .prepare_cached("SELECT 1 FROM inbox WHERE owner = ?1 AND origin = ?2")?
+            .query_row(params![owner, origin], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Takes an id for an entry about to be appended.
+    pub(super) fn take_id(&mut self) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// After the commit that appended `added` to the current generation.
+    pub(super) fn committed(&mut self, added: Vec<Added>) {
+        if added.is_empty() {
+            return;
+        }
+        {
+            let mut owners = self.shared.owners();
+            for a in &added {
+                if !owners.contains(&a.owner) {
+                    owners.insert(a.owner.clone());
+                }
+            }
+        }
+        self.counts[self.current] += added.len();
+        for a in added {
+            if let Some(key) = a.origin_key {
+                self.remember_origin(key);
+            }
+            self.waiting.entry(a.owner).or_default().push_back(Waiting {
+                id: a.id,
+                seq: a.seq,
+                generation: self.current,
+            });
+        }
+    }
+
+    fn remember_origin(&mut self, key: String) {
+        if self.origins.insert(key.clone()) {
+            self.origins_order.push_back(key);
+            if self.origins_order.len() > ORIGINS_KEPT
+                && let Some(old) = self.origins_order.pop_front()
+            {
+                self.origins.remove(&old);
+            }
+        }
+    }
+
+    /// The owners with entries waiting.
+    pub(super) fn owners(&self) -> Vec<String> {
+        self.waiting.keys().cloned().collect()
+    }
+
+    /// Moves all of `owner`'s waiting entries into `inbox` (in the caller's
+    /// transaction); [`Tail::settled`] after it commits.
+    pub(super) fn settle(&self, conn: &Connection, owner: &str) -> Result<Moved> {
+        let mut moved = Moved::none();
+        let Some(q) = self.waiting.get(owner) else {
+            return Ok(moved);
+        };
+        for g in 0..GENERATIONS {
+            let ids: Vec<i64> = q
+                .iter()
+                .filter(|w| w.generation == g)
+                .map(|w| w.id)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            // One statement each way, the ids as a JSON array (a login after
+            // 5,000 messages: 12 ms, where a statement per entry took 60).
+            let ids = json_ids(&ids);
+            let which = "id IN (SELECT value FROM json_each(?1))";
+            moved.add(move_entries(conn, g, which, &ids)?);
+            conn.prepare_cached(&format!("DELETE FROM {} WHERE {which}", table(g)))?
+                .execute(params![ids])?;
+        }
+        Ok(moved)
+    }
+
+    /// After the commit of [`Tail::settle`]s of `owners`.
+    pub(super) fn settled(&mut self, owners: &[&str]) {
+        let mut shared = self.shared.owners();
+        for owner in owners {
+            if let Some(q) = self.waiting.remove(*owner) {
+                for w in q {
+                    self.counts[w.generation] -= 1;
+                }
+            }
+            shared.remove(*owner);
+        }
+    }
+
+    /// The account of `owner` is gone (its rows went with it).
+    pub(super) fn forget(&mut self, owner: &str) {
+        self.settled(&[owner]);
+    }
+
+    /// How long until the current generation is due to be closed (`None`:
+    /// nothing waits anywhere).
+    pub(super) fn due_in(&self) -> Option<Duration> {
+        if self.counts.iter().all(|n| *n == 0) {
+            return None;
+        }
+        let now = Instant::now();
+        let retry = self.retry_at.saturating_duration_since(now);
+        if self.counts[self.current] >= MAX_GENERATION {
+            return Some(retry);
+        }
+        Some(retry.max((self.since + ROTATE_EVERY).saturating_duration_since(now)))
+    }
+
+    /// If due, closes the current generation: the next one, compacted first
+    /// (see the module's documentation), takes new entries from now on.
+    /// Returns what moved into `inbox`; the full-text index's mark
+    /// (`fts_next_rowid`) is lowered in the same transaction should a moved
+    /// entry's rowid be below it.
+    pub(super) fn rotate_if_due(
+        &mut self,
+        conn: &Connection,
+        heads: &HashMap<String, i64>,
+        fts_next_rowid: i64,
+    ) -> Result<Moved> {
+        if self.due_in() != Some(Duration::ZERO) {
+            return Ok(Moved::none());
+        }
+        let next = (self.current + 1) % GENERATIONS;
+        let moved = if self.counts[next] > 0 {
+            match self.compact(conn, next, heads, fts_next_rowid) {
+                Ok(moved) => moved,
+                Err(error) => {
+                    // Entries keep going to the current generation meanwhile.
+                    self.retry_at = Instant::now() + ROTATE_EVERY;
+                    return Err(error);
+                }
+            }
+        } else {
+            Moved::none()
+        };
+        self.current = next;
+        self.since = Instant::now();
+        Ok(moved)
+    }
+
+    /// Drops or moves every entry of generation `g` and empties its table.
+    fn compact(
+        &mut self,
+        conn: &Connection,
+        g: usize,
+        heads: &HashMap<String, i64>,
+        fts_next_rowid: i64,
+    ) -> Result<Moved> {
+        let tx = super::sqlite::Immediate::begin(conn)?;
+        let mut owed = Vec::new();
+        for (owner, q) in &self.waiting {
+            // A generation's entries are the oldest waiting: a prefix.
+            let due = q.iter().take_while(|w| w.generation == g);
+            let Some(newest) = due.clone().last().map(|w| w.seq) else {
+                continue;
+            };
+            // What every device has (NULL without devices: everything stays).
+            let delivered: Option<i64> = tx
+                .prepare_cached("SELECT MIN(cursor) FROM devices WHERE owner = ?1")?
+                .query_row(params![owner], |row| row.get(0))?;
+            let mut dropped = false;
+            for w in due {
+                if delivered.is_some_and(|through| w.seq <= through) {
+                    dropped = true;
+                } else {
+                    owed.push(w.id);
+                }
+            }
+            if dropped {
+                let head = heads.get(owner).map_or(newest, |h| (*h).max(newest));
+                tx.prepare_cached(
+                    "UPDATE users SET inbox_seq = ?2 WHERE username = ?1 AND inbox_seq < ?2",
+                )?
+                .execute(params![owner, head])?;
+            }
+        }
+        let moved = if owed.is_empty() {
+            Moved::none()
+        } else {
+            move_entries(
+                &tx,
+                g,
+                "id IN (SELECT value FROM json_each(?1))",
+                &json_ids(&owed),
+            )?
+        };
+        // No `WHERE`: SQLite frees the table's pages without visiting rows.
+        tx.prepare_cached(&format!("DELETE FROM {}", table(g)))?
+            .execute([])?;
+        if moved.lowest_rowid < fts_next_rowid {
+            tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
+                .execute(params![moved.lowest_rowid])?;
+        }
+        tx.commit()?;
+
+        let mut emptied = Vec::new();
+        for (owner, q) in &mut self.waiting {
+            while q.front().is_some_and(|w| w.generation == g) {
+                q.pop_front();
+            }
+            if q.is_empty() {
+                emptied.push(owner.clone());
+            }
+        }
+        self.counts[g] = 0;
+        let mut shared = self.shared.owners();
+        for owner in emptied {
+            self.waiting.remove(&owner);
+            shared.remove(&owner);
+        }
+        Ok(moved)
+    }
+}
+
+/// `[1,2,3]`: ids for `json_each`.
+fn json_ids(ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("[{}]", list.join(","))
+}
+
+/// Copies generation `g`'s entries `which` (a condition with one parameter,
+/// `arg`) into `inbox`, in order. New rows are numbered above every existing
+/// one, so the full-text index's mark need go no lower than that.
+fn move_entries(
+    conn: &Connection,
+    g: usize,
+    which: &str,
+    arg: &dyn rusqlite::ToSql,
+) -> Result<Moved> {
+    let before: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(rowid), 0) FROM inbox")?
+        .query_row([], |row| row.get(0))?;
+    let changed = conn
+        .prepare_cached(&format!(
+            "INSERT INTO inbox ({COLUMNS}) SELECT {COLUMNS} FROM {} WHERE {which} \
+             ORDER BY id ON CONFLICT DO NOTHING",
+            table(g)
+        ))?
+        .execute([arg])?;
+    Ok(if changed > 0 {
+        Moved {
+            with_body: changed,
+            lowest_rowid: before + 1,
+        }
+    } else {
+        Moved::none()
+    })
+}
+
+/// The key of an origin in [`Tail`]'s memory.
+pub(super) fn origin_key(owner: &str, origin: &str) -> String {
+    format!("{owner}\n{origin}")
+}
+
+/// At start: moves every entry left in the tail into `inbox` (the full-text
+/// index's mark lowered to cover them). Returns how many there were.
+pub(super) fn recover(conn: &Connection) -> Result<usize> {
+    let tx = super::sqlite::Immediate::begin(conn)?;
+    let before: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
+        row.get(0)
+    })?;
+    // In log order across the generations.
+    let all = (0..GENERATIONS)
+        .map(|g| format!("SELECT id, {COLUMNS} FROM {}", table(g)))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let waiting = tx.execute(
+        &format!(
+            "INSERT INTO inbox ({COLUMNS}) SELECT {COLUMNS} FROM ({all}) ORDER BY id \
+             ON CONFLICT DO NOTHING"
+        ),
+        [],
+    )?;
+    for g in 0..GENERATIONS {
+        tx.execute(&format!("DELETE FROM {}", table(g)), [])?;
+    }
+    if waiting > 0 {
+        tx.execute(
+            "UPDATE fts_state SET next_rowid = MIN(next_rowid, ?1)",
+            params![before + 1],
+        )?;
+    }
+    tx.commit()?;
+    Ok(waiting)
+}
