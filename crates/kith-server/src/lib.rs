@@ -154,22 +154,6 @@ impl Server {
             pep_visitors: features::pep::Visitors::default(),
             muc,
         });
-        if server.config.retention() == config::Retention::UntilDelivered {
-            // Entries of users with a session wait in the log's tail (SQLite).
-            // Weak: the store must not keep the server alive.
-            let weak = Arc::downgrade(&server);
-            server
-                .store
-                .set_until_delivered(Some(Arc::new(move |owner: &str| {
-                    weak.upgrade().is_some_and(|server| {
-                        let bare = format!("{owner}@{}", server.domain);
-                        server
-                            .router
-                            .with_sessions(&bare, |sessions| !sessions.is_empty())
-                    })
-                })));
-        }
-
         let mut tasks = JoinSet::new();
         let listen = server.config.listen.clone();
         let c2s = bind(&listen.c2s).await?;
@@ -178,6 +162,27 @@ impl Server {
         let c2s_plain_addr = local_addr(&c2s_plain);
         let http = bind(&listen.http).await?;
         let https = bind(&listen.https).await?;
+        // Listening: this process is the server (not a second one that failed
+        // to bind, nor the CLI), so the log's tail is its to recover. Entries of
+        // users with a session wait there when messages go once delivered
+        // (SQLite). Weak: the store must not keep the server alive.
+        let online: Option<kith_store::Live> =
+            (server.config.retention() == config::Retention::UntilDelivered).then(|| {
+                let weak = Arc::downgrade(&server);
+                Arc::new(move |owner: &str| {
+                    weak.upgrade().is_some_and(|server| {
+                        let bare = format!("{owner}@{}", server.domain);
+                        server
+                            .router
+                            .with_sessions(&bare, |sessions| !sessions.is_empty())
+                    })
+                }) as kith_store::Live
+            });
+        server
+            .store
+            .set_until_delivered(online)
+            .await
+            .context("recovering the inbox log's tail")?;
         let addrs = (
             local_addr(&c2s),
             local_addr(&c2s_tls),

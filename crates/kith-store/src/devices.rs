@@ -173,9 +173,13 @@ impl Store {
     /// Deletes what `sweep` says, in short transactions with pauses between
     /// them ([`SWEEP_ROWIDS`], [`SWEEP_SEQS`], [`SWEEP_PAUSE`]). Returns how many.
     async fn sweep(&self, sweep: Sweep) -> Result<u64> {
-        // What waits in the log's tail is swept like the rest.
+        // What still waits in the log's tail is swept like the rest.
         self.writer.settle_all().await?;
-        let mut deleted = 0;
+        let mut deleted = match sweep {
+            // The tail's compaction applies the same rule to what waits there.
+            Sweep::Delivered => self.writer.compact_tail().await?,
+            Sweep::Before(_) => 0,
+        };
         match self.backend {
             Backend::Sqlite => {
                 let row = sqlx::query("SELECT MIN(rowid) AS lo, MAX(rowid) AS hi FROM inbox")

@@ -220,8 +220,12 @@ impl Store {
     /// session now. On SQLite, 1:1 entries of owners with a session then wait
     /// in the log's tail, and most never cost an index entry (`batch::tail`).
     /// `None` (the default): every entry goes to the log at once.
-    pub fn set_until_delivered(&self, online: Option<Live>) {
-        self.writer.set_until_delivered(online);
+    ///
+    /// The server calls this once at start, either way: what a previous run
+    /// left waiting in the tail moves into the log first (other processes
+    /// opening the database, such as the CLI, leave the tail alone).
+    pub async fn set_until_delivered(&self, online: Option<Live>) -> Result<()> {
+        self.writer.set_until_delivered(online).await
     }
 
     /// The engine behind this store.

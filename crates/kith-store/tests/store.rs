@@ -1654,7 +1654,9 @@ async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
         let raw = db.raw().await;
         s.create_user("alice", &creds(1)).await.unwrap();
         s.create_user("bob", &creds(2)).await.unwrap();
-        s.set_until_delivered(Some(std::sync::Arc::new(|owner: &str| owner == "alice")));
+        s.set_until_delivered(Some(std::sync::Arc::new(|owner: &str| owner == "alice")))
+            .await
+            .unwrap();
         s.inbox_append_all(&[
             ("alice", entry("a0", "<message/>", 100)),
             ("bob", entry("b0", "<message/>", 100)),
@@ -1666,7 +1668,7 @@ async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
         assert_eq!(in_tail(&raw).await, 1);
         assert_eq!(in_log(&raw).await, [("bob".to_owned(), 1)]);
         // Switched off: everything goes to the log at once.
-        s.set_until_delivered(None);
+        s.set_until_delivered(None).await.unwrap();
         s.inbox_append("alice", &entry("a1", "<message/>", 101))
             .await
             .unwrap();
@@ -1693,11 +1695,15 @@ async fn a_resend_after_its_owner_went_offline_is_still_a_duplicate() {
             origin: Some("bob\no1"),
             ..entry(id, "<message/>", 1)
         };
-        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| true)));
+        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| true)))
+            .await
+            .unwrap();
         s.inbox_append("alice", &with_origin("a")).await.unwrap();
         // alice's sessions are gone: the resend would go to the log at once,
         // where the first copy is not (yet).
-        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| false)));
+        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| false)))
+            .await
+            .unwrap();
         assert!(matches!(
             s.inbox_append("alice", &with_origin("b")).await,
             Err(StoreError::Duplicate(_))
@@ -1710,6 +1716,54 @@ async fn a_resend_after_its_owner_went_offline_is_still_a_duplicate() {
             .map(|e| e.stanza_id)
             .collect();
         assert_eq!(ids, ["a"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_with_a_lagging_device_skips_the_tail_for_a_while() {
+    run_sqlite_tail(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        s.create_user("bob", &creds(2)).await.unwrap();
+        // The phone keeps up; the laptop never does.
+        s.device_attach("bob", "phone", 1).await.unwrap();
+        s.device_attach("bob", "laptop", 1).await.unwrap();
+        s.inbox_append("bob", &entry("b0", "<message/>", 100))
+            .await
+            .unwrap();
+        s.device_ack("bob", "phone", 1, 2).await.unwrap();
+        assert_eq!(in_tail(&raw).await, 1);
+        tail_compacted(&raw).await;
+        assert_eq!(
+            in_log(&raw).await,
+            [("bob".to_owned(), 1)],
+            "owed to the laptop"
+        );
+        // Written twice is what the tail costs such an owner: now straight to
+        // the log.
+        s.inbox_append("bob", &entry("b1", "<message/>", 101))
+            .await
+            .unwrap();
+        assert_eq!(in_tail(&raw).await, 0);
+        assert_eq!(in_log(&raw).await.len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_account_under_a_deleted_name_may_reuse_origin_ids() {
+    run_sqlite_tail(|db: TestDb| async move {
+        let s = db.open().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        let with_origin = |id: &'static str| NewInboxEntry {
+            origin: Some("bob\no1"),
+            ..entry(id, "<message/>", 1)
+        };
+        s.inbox_append("alice", &with_origin("a")).await.unwrap();
+        assert!(s.delete_user("alice").await.unwrap());
+        s.create_user("alice", &creds(2)).await.unwrap();
+        assert_eq!(s.inbox_append("alice", &with_origin("b")).await.unwrap(), 1);
     })
     .await;
 }

@@ -88,6 +88,12 @@ enum Job {
         status: String,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Move whatever a previous run left in the log's tail into `inbox`
+    /// (SQLite; answered once committed).
+    Recover { reply: oneshot::Sender<Result<()>> },
+    /// Compact the whole tail before the "until delivered" sweep: answered
+    /// with how many entries it dropped as delivered.
+    Compact { reply: oneshot::Sender<Result<u64>> },
     /// Bring the full-text index up to date with everything committed so far
     /// (answered once it is; a no-op where the index is kept by the database).
     Index { reply: oneshot::Sender<Result<()>> },
@@ -322,11 +328,14 @@ impl Writer {
     /// Says whether entries may leave the log once every device of their
     /// owner has them (retention "until delivered"; `online` says whether an
     /// owner has a session): on SQLite, 1:1 entries of owners with a session
-    /// then wait in the log's tail first ([`tail`]).
-    pub(crate) fn set_until_delivered(&self, online: Option<Live>) {
+    /// then wait in the log's tail first ([`tail`]). Moves what a previous run
+    /// left in the tail into `inbox` first.
+    pub(crate) async fn set_until_delivered(&self, online: Option<Live>) -> Result<()> {
         if let Some(tail) = &self.tail {
+            self.ask(|reply| Job::Recover { reply }).await?;
             tail.set_online(online);
         }
+        Ok(())
     }
 
     /// Before a read of `owner`'s log: moves its entries waiting in the tail,
@@ -352,6 +361,16 @@ impl Writer {
                 self.ask(|reply| Job::Settle { owner: None, reply }).await
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Before the "until delivered" sweep: compacts the whole tail (what every
+    /// device has goes, the rest moves into `inbox`); returns how many entries
+    /// went.
+    pub(crate) async fn compact_tail(&self) -> Result<u64> {
+        match &self.tail {
+            Some(tail) if tail.holds_any() => self.ask(|reply| Job::Compact { reply }).await,
+            _ => Ok(0),
         }
     }
 
@@ -567,7 +586,9 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
                 }
                 answers.push(Answer::Nothing);
             }
-            Job::Index { .. } | Job::Forget { .. } => answers.push(Answer::Nothing),
+            Job::Index { .. } | Job::Recover { .. } | Job::Compact { .. } | Job::Forget { .. } => {
+                answers.push(Answer::Nothing)
+            }
         }
     }
     let counts = planner
@@ -872,11 +893,15 @@ fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callb
                 Job::Ack { reply, .. }
                 | Job::Index { reply }
                 | Job::Settle { reply, .. }
+                | Job::Recover { reply }
                 | Job::Forget { reply, .. }
                 | Job::Rooms { reply, .. },
                 _,
             ) => {
                 let _ = reply.send(Ok(()));
+            }
+            (Job::Compact { reply }, _) => {
+                let _ = reply.send(Ok(0));
             }
             (Job::Attach { owner, reply, .. }, done) => {
                 let _ = reply.send(match done {
@@ -934,12 +959,16 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError, callbacks: &Callbac
             Job::Ack { reply, .. }
             | Job::Index { reply }
             | Job::Settle { reply, .. }
+            | Job::Recover { reply }
             | Job::Forget { reply, .. }
             | Job::Rooms { reply, .. }
             | Job::Seen { reply, .. } => {
                 let _ = reply.send(Err(failed()));
             }
             Job::Attach { reply, .. } => {
+                let _ = reply.send(Err(failed()));
+            }
+            Job::Compact { reply } => {
                 let _ = reply.send(Err(failed()));
             }
         }

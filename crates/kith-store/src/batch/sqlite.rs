@@ -94,13 +94,6 @@ pub(super) fn start(
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // The commit that starts the log over cuts the file back to this.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-    let recovered = tail::recover(&conn)?;
-    if recovered > 0 {
-        tracing::info!(
-            entries = recovered,
-            "moved entries left in the log's tail into the log"
-        );
-    }
     let next_rowid: i64 =
         conn.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
     let checkpointer = Checkpointer::start(path)?;
@@ -113,6 +106,7 @@ pub(super) fn start(
         heads: HashMap::new(),
         rooms: HashMap::new(),
         tail: Tail::new(tail),
+        recovered: false,
         checkpointer,
         wal_path: {
             let mut wal = path.as_os_str().to_owned();
@@ -154,6 +148,8 @@ struct SqliteWriter {
     rooms: HashMap<String, Arc<RoomRows>>,
     /// 1:1 entries waiting to be delivered or moved into `inbox` ([`tail`]).
     tail: Tail,
+    /// Whether what a previous run left in the tail was moved.
+    recovered: bool,
     fts: Fts,
     /// Stopped (and waited for) when the writer ends.
     checkpointer: Checkpointer,
@@ -388,6 +384,19 @@ impl SqliteWriter {
         for job in jobs {
             match job {
                 Job::Index { reply } => index_requests.push(reply),
+                // Whole-tail work runs in transactions of its own, first.
+                Job::Recover { reply } => {
+                    let _ = reply.send(self.recover());
+                }
+                Job::Compact { reply } => {
+                    let compacted =
+                        self.tail
+                            .compact_all(&self.conn, &self.heads, self.fts.next_rowid);
+                    let _ = reply.send(compacted.map(|(moved, dropped)| {
+                        self.note_moved(moved);
+                        dropped
+                    }));
+                }
                 job => batch.push(job),
             }
         }
@@ -525,7 +534,9 @@ impl SqliteWriter {
                 if let Some((owner, _, _)) = row
                     && plan.one_to_one[i]
                 {
-                    to_tail[i] = *asked.entry(owner).or_insert_with(|| online(owner));
+                    to_tail[i] = *asked
+                        .entry(owner)
+                        .or_insert_with(|| online(owner) && !self.tail.lagging(owner));
                 }
             }
         }
@@ -707,14 +718,36 @@ impl SqliteWriter {
             .tail
             .rotate_if_due(&self.conn, &self.heads, self.fts.next_rowid)
         {
-            Ok(moved) => {
-                self.fts.next_rowid = self.fts.next_rowid.min(moved.lowest_rowid);
-                if moved.with_body > 0 {
-                    self.fts.waiting += moved.with_body;
-                    self.fts.oldest.get_or_insert_with(Instant::now);
-                }
-            }
+            Ok(moved) => self.note_moved(moved),
             Err(error) => tracing::warn!(%error, "compacting the log's tail failed; will retry"),
+        }
+    }
+
+    /// Moves what a previous run left in the log's tail into `inbox` (once:
+    /// later, what is there is this run's).
+    fn recover(&mut self) -> Result<()> {
+        if self.recovered {
+            return Ok(());
+        }
+        let moved = tail::recover(&self.conn)?;
+        self.recovered = true;
+        if moved.with_body > 0 {
+            tracing::info!(
+                entries = moved.with_body,
+                "moved entries left in the log's tail into the log"
+            );
+        }
+        self.note_moved(moved);
+        Ok(())
+    }
+
+    /// The full-text index's bookkeeping after entries moved into `inbox`
+    /// (its durable mark was lowered in the moving transaction).
+    fn note_moved(&mut self, moved: Moved) {
+        self.fts.next_rowid = self.fts.next_rowid.min(moved.lowest_rowid);
+        if moved.with_body > 0 {
+            self.fts.waiting += moved.with_body;
+            self.fts.oldest.get_or_insert_with(Instant::now);
         }
     }
 

@@ -17,15 +17,20 @@
 //! number is handed out twice —, the rest moves into `inbox`, and the table is
 //! emptied at once (a whole-table `DELETE` frees its pages without visiting
 //! rows: per-row deletes cost 1 µs per entry and a 15 ms stall a second).
-//! Entries of owners without a session, and group messages (the room logic
-//! reads them in `inbox`), go to `inbox` directly.
+//! Entries of owners without a session, of owners some of whose entries had
+//! to move at the last compaction (a device that lags: in the tail they would
+//! be written twice; for [`LAGGING_FOR`]), and group messages (the room logic
+//! reads them in `inbox`) go to `inbox` directly. Before a sweep of the whole
+//! log, every generation is compacted.
 //!
 //! Readers never look at the tail: before any read of an owner's log, the
 //! store asks the writer to move that owner's waiting entries into `inbox`
 //! ([`super::Writer::settle`]) if [`TailShared::holds`] says it has any, which
 //! is true from before its first entry's append is answered until after the
 //! commit that moved or dropped its last. The tables hold exactly the entries
-//! still waiting; a start moves them all into `inbox` ([`recover`]).
+//! still waiting; the server's start moves them all into `inbox` ([`recover`],
+//! from `Store::set_until_delivered`, which only the server calls: the CLI
+//! opening the same database leaves them alone).
 //!
 //! A duplicate origin key (XEP-0359) is refused as `inbox`'s unique index
 //! refuses it: looked up in `inbox`, and among the [`ORIGINS_KEPT`] newest
@@ -49,9 +54,14 @@ pub(super) const GENERATIONS: usize = 4;
 const ROTATE_EVERY: Duration = Duration::from_secs(1);
 /// A generation is closed early once it holds this many entries (memory and
 /// the reads' settle work stay bounded under any load).
-const MAX_GENERATION: usize = 50_000;
-/// Origin keys of tail entries remembered for duplicate detection.
-const ORIGINS_KEPT: usize = 100_000;
+const MAX_GENERATION: usize = 25_000;
+/// Origin keys of tail entries remembered for duplicate detection: more than
+/// can wait at once, so a waiting entry's key is never forgotten.
+const ORIGINS_KEPT: usize = GENERATIONS * MAX_GENERATION + 50_000;
+/// An owner some of whose entries had to move into `inbox` (a device that
+/// lags, e.g. an idle phone beside an open desktop client) has its entries go
+/// to `inbox` directly for this long: in the tail they would be written twice.
+const LAGGING_FOR: Duration = Duration::from_secs(60);
 
 /// The columns an entry has in `inbox` and the tail alike.
 pub(super) const COLUMNS: &str =
@@ -154,6 +164,8 @@ pub(super) struct Tail {
     since: Instant,
     /// After a failed compaction, no new try before this.
     retry_at: Instant,
+    /// Owners whose entries go to `inbox` directly until then ([`LAGGING_FOR`]).
+    lagging: HashMap<String, Instant>,
     /// The id the next entry gets (the tables are empty at start: [`recover`]).
     next_id: i64,
     origins: HashSet<String>,
@@ -169,6 +181,7 @@ impl Tail {
             current: 0,
             since: Instant::now(),
             retry_at: Instant::now(),
+            lagging: HashMap::new(),
             next_id: 1,
             origins: HashSet::new(),
             origins_order: VecDeque::new(),
@@ -178,6 +191,15 @@ impl Tail {
     /// Set when entries may wait here: whether an owner has a session.
     pub(super) fn online(&self) -> Option<Live> {
         self.shared.online()
+    }
+
+    /// Whether `owner`'s entries skip the tail for now ([`LAGGING_FOR`]).
+    pub(super) fn lagging(&self, owner: &str) -> bool {
+        !self.lagging.is_empty()
+            && self
+                .lagging
+                .get(owner)
+                .is_some_and(|until| *until > Instant::now())
     }
 
     /// The table new entries go to.
@@ -255,11 +277,6 @@ impl Tail {
         }
     }
 
-    /// The owners with entries waiting.
-    pub(super) fn owners(&self) -> Vec<String> {
-        self.waiting.keys().cloned().collect()
-    }
-
     /// Moves all of `owner`'s waiting entries into `inbox` (in the caller's
     /// transaction); [`Tail::settled`] after it commits.
     pub(super) fn settle(&self, conn: &Connection, owner: &str) -> Result<Moved> {
@@ -267,7 +284,8 @@ impl Tail {
         let Some(q) = self.waiting.get(owner) else {
             return Ok(moved);
         };
-        for g in 0..GENERATIONS {
+        // Oldest generation first: `inbox` gets them in log order.
+        for g in (1..=GENERATIONS).map(|k| (self.current + k) % GENERATIONS) {
             let ids: Vec<i64> = q
                 .iter()
                 .filter(|w| w.generation == g)
@@ -287,6 +305,11 @@ impl Tail {
         Ok(moved)
     }
 
+    /// The owners with entries waiting.
+    pub(super) fn owners(&self) -> Vec<String> {
+        self.waiting.keys().cloned().collect()
+    }
+
     /// After the commit of [`Tail::settle`]s of `owners`.
     pub(super) fn settled(&mut self, owners: &[&str]) {
         let mut shared = self.shared.owners();
@@ -300,9 +323,17 @@ impl Tail {
         }
     }
 
-    /// The account of `owner` is gone (its rows went with it).
+    /// The account of `owner` is gone (its rows went with it), and with it
+    /// what the tail remembers of it: a new account under the name starts
+    /// afresh.
     pub(super) fn forget(&mut self, owner: &str) {
         self.settled(&[owner]);
+        self.lagging.remove(owner);
+        let prefix = origin_key(owner, "");
+        if self.origins.iter().any(|key| key.starts_with(&prefix)) {
+            self.origins.retain(|key| !key.starts_with(&prefix));
+            self.origins_order.retain(|key| !key.starts_with(&prefix));
+        }
     }
 
     /// How long until the current generation is due to be closed (`None`:
@@ -335,6 +366,9 @@ impl Tail {
         }
         let next = (self.current + 1) % GENERATIONS;
         let moved = if self.counts[next] > 0 {
+            // Within `ROTATE_EVERY` of each other: no clock reads per owner.
+            let now = Instant::now();
+            self.lagging.retain(|_, until| *until > now);
             match self.compact(conn, next, heads, fts_next_rowid) {
                 Ok(moved) => moved,
                 Err(error) => {
@@ -351,6 +385,30 @@ impl Tail {
         Ok(moved)
     }
 
+    /// Compacts every generation, oldest first (before the "until delivered"
+    /// sweep of the whole log: what every device has goes, the rest moves into
+    /// `inbox`). Returns what moved, and how many entries were dropped.
+    pub(super) fn compact_all(
+        &mut self,
+        conn: &Connection,
+        heads: &HashMap<String, i64>,
+        fts_next_rowid: i64,
+    ) -> Result<(Moved, u64)> {
+        let mut moved = Moved::none();
+        let mut dropped = 0;
+        let current = self.current;
+        for g in (1..=GENERATIONS).map(|k| (current + k) % GENERATIONS) {
+            if self.counts[g] > 0 {
+                let before = self.counts[g];
+                let fts_next_rowid = fts_next_rowid.min(moved.lowest_rowid);
+                let this = self.compact(conn, g, heads, fts_next_rowid)?;
+                dropped += before.saturating_sub(this.with_body) as u64;
+                moved.add(this);
+            }
+        }
+        Ok((moved, dropped))
+    }
+
     /// Drops or moves every entry of generation `g` and empties its table.
     fn compact(
         &mut self,
@@ -361,6 +419,7 @@ impl Tail {
     ) -> Result<Moved> {
         let tx = super::sqlite::Immediate::begin(conn)?;
         let mut owed = Vec::new();
+        let mut lagging = Vec::new();
         for (owner, q) in &self.waiting {
             // A generation's entries are the oldest waiting: a prefix.
             let due = q.iter().take_while(|w| w.generation == g);
@@ -372,12 +431,17 @@ impl Tail {
                 .prepare_cached("SELECT MIN(cursor) FROM devices WHERE owner = ?1")?
                 .query_row(params![owner], |row| row.get(0))?;
             let mut dropped = false;
+            let mut kept = false;
             for w in due {
                 if delivered.is_some_and(|through| w.seq <= through) {
                     dropped = true;
                 } else {
                     owed.push(w.id);
+                    kept = true;
                 }
+            }
+            if kept {
+                lagging.push(owner.clone());
             }
             if dropped {
                 let head = heads.get(owner).map_or(newest, |h| (*h).max(newest));
@@ -416,6 +480,10 @@ impl Tail {
             }
         }
         self.counts[g] = 0;
+        let until = Instant::now() + LAGGING_FOR;
+        for owner in lagging {
+            self.lagging.insert(owner, until);
+        }
         let mut shared = self.shared.owners();
         for owner in emptied {
             self.waiting.remove(&owner);
@@ -465,9 +533,10 @@ pub(super) fn origin_key(owner: &str, origin: &str) -> String {
     format!("{owner}\n{origin}")
 }
 
-/// At start: moves every entry left in the tail into `inbox` (the full-text
-/// index's mark lowered to cover them). Returns how many there were.
-pub(super) fn recover(conn: &Connection) -> Result<usize> {
+/// At start (of the server, not of every process that opens the database):
+/// moves every entry left in the tail into `inbox` (the full-text index's mark
+/// lowered to cover them). Must run before entries go to the tail.
+pub(super) fn recover(conn: &Connection) -> Result<Moved> {
     let tx = super::sqlite::Immediate::begin(conn)?;
     let before: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
         row.get(0)
@@ -494,5 +563,12 @@ pub(super) fn recover(conn: &Connection) -> Result<usize> {
         )?;
     }
     tx.commit()?;
-    Ok(waiting)
+    Ok(if waiting > 0 {
+        Moved {
+            with_body: waiting,
+            lowest_rowid: before + 1,
+        }
+    } else {
+        Moved::none()
+    })
 }

@@ -30,6 +30,7 @@ enum Opened {
 impl TestDb {
     pub async fn open(&self) -> Store {
         self.track(Store::open(&self.url).await.expect("open store"))
+            .await
     }
 
     /// A store with a pool of `max_connections`.
@@ -39,12 +40,16 @@ impl TestDb {
                 .await
                 .expect("open store"),
         )
+        .await
     }
 
-    fn track(&self, store: Store) -> Store {
+    async fn track(&self, store: Store) -> Store {
         if self.until_delivered {
             // Every owner counts as having a session.
-            store.set_until_delivered(Some(Arc::new(|_: &str| true)));
+            store
+                .set_until_delivered(Some(Arc::new(|_: &str| true)))
+                .await
+                .expect("the log's tail on");
         }
         self.opened
             .lock()
