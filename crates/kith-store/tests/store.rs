@@ -1241,10 +1241,6 @@ async fn duplicate_origin_keys_are_stored_once(db: TestDb) {
     let s = db.open().await;
     s.create_user("alice", &creds(1)).await.unwrap();
     s.create_user("bob", &creds(2)).await.unwrap();
-    let with_origin = |id: &'static str, origin: &'static str| NewInboxEntry {
-        origin: Some(origin),
-        ..entry(id, "<message/>", 1)
-    };
     let first = s
         .inbox_append("alice", &with_origin("a", "bob\no1"))
         .await
@@ -1492,6 +1488,34 @@ async fn in_log(raw: &sqlx::AnyPool) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// An entry with XEP-0359 origin key `origin`.
+fn with_origin(id: &'static str, origin: &'static str) -> NewInboxEntry<'static> {
+    NewInboxEntry {
+        origin: Some(origin),
+        ..entry(id, "<message/>", 1)
+    }
+}
+
+/// The sequence numbers of `owner`'s entries past `after`.
+async fn seqs_after(s: &Store, owner: &str, after: i64) -> Vec<i64> {
+    s.inbox_after(owner, after, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+/// The archive ids (here: test labels) of `owner`'s entries.
+async fn ids_of(s: &Store, owner: &str) -> Vec<String> {
+    s.inbox_after(owner, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stanza_id)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tail_drops_what_every_device_has_and_moves_the_rest() {
     run_sqlite_tail(|db: TestDb| async move {
@@ -1526,13 +1550,7 @@ async fn the_tail_drops_what_every_device_has_and_moves_the_rest() {
         expected.extend(kept("carol", &[2, 3]));
         assert_eq!(in_log(&raw).await, expected);
         // What is owed is still read as before.
-        let owed: Vec<i64> = s
-            .inbox_after("carol", 1, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let owed = seqs_after(&s, "carol", 1).await;
         assert_eq!(owed, [2, 3]);
         // alice's numbers are never handed out again, also after a restart
         // (her log is empty now).
@@ -1566,13 +1584,7 @@ async fn entries_waiting_in_the_tail_survive_a_restart() {
         let s = db.open().await;
         assert_eq!(in_tail(&raw).await, 0);
         assert_eq!(in_log(&raw).await.len(), 3);
-        let seqs: Vec<i64> = s
-            .inbox_after("alice", 0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let seqs = seqs_after(&s, "alice", 0).await;
         assert_eq!(seqs, [1, 2, 3]);
         assert_eq!(
             s.inbox_append("alice", &entry("a3", "<message/>", 200))
@@ -1591,10 +1603,6 @@ async fn a_resent_origin_is_refused_after_its_entry_left_the_tail() {
         let raw = db.raw().await;
         s.create_user("alice", &creds(1)).await.unwrap();
         s.device_attach("alice", "phone", 1).await.unwrap();
-        let with_origin = |id: &'static str, origin: &'static str| NewInboxEntry {
-            origin: Some(origin),
-            ..entry(id, "<message/>", 1)
-        };
         assert_eq!(
             s.inbox_append("alice", &with_origin("a", "bob\no1"))
                 .await
@@ -1635,13 +1643,7 @@ async fn a_deleted_account_leaves_nothing_in_the_tail() {
             .await
             .unwrap();
         tail_compacted(&raw).await;
-        let ids: Vec<String> = s
-            .inbox_after("alice", 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.stanza_id)
-            .collect();
+        let ids = ids_of(&s, "alice").await;
         assert_eq!(ids, ["b0"]);
     })
     .await;
@@ -1673,13 +1675,7 @@ async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
             .await
             .unwrap();
         assert_eq!(in_tail(&raw).await, 1);
-        let seqs: Vec<i64> = s
-            .inbox_after("alice", 0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let seqs = seqs_after(&s, "alice", 0).await;
         assert_eq!(seqs, [1, 2]);
         assert_eq!(in_tail(&raw).await, 0, "a read settles the owner's tail");
     })
@@ -1691,30 +1687,22 @@ async fn a_resend_after_its_owner_went_offline_is_still_a_duplicate() {
     run_sqlite(|db: TestDb| async move {
         let s = db.open().await;
         s.create_user("alice", &creds(1)).await.unwrap();
-        let with_origin = |id: &'static str| NewInboxEntry {
-            origin: Some("bob\no1"),
-            ..entry(id, "<message/>", 1)
-        };
         s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| true)))
             .await
             .unwrap();
-        s.inbox_append("alice", &with_origin("a")).await.unwrap();
+        s.inbox_append("alice", &with_origin("a", "bob\no1"))
+            .await
+            .unwrap();
         // alice's sessions are gone: the resend would go to the log at once,
         // where the first copy is not (yet).
         s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| false)))
             .await
             .unwrap();
         assert!(matches!(
-            s.inbox_append("alice", &with_origin("b")).await,
+            s.inbox_append("alice", &with_origin("b", "bob\no1")).await,
             Err(StoreError::Duplicate(_))
         ));
-        let ids: Vec<String> = s
-            .inbox_after("alice", 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.stanza_id)
-            .collect();
+        let ids = ids_of(&s, "alice").await;
         assert_eq!(ids, ["a"]);
     })
     .await;
@@ -1756,14 +1744,17 @@ async fn a_new_account_under_a_deleted_name_may_reuse_origin_ids() {
     run_sqlite_tail(|db: TestDb| async move {
         let s = db.open().await;
         s.create_user("alice", &creds(1)).await.unwrap();
-        let with_origin = |id: &'static str| NewInboxEntry {
-            origin: Some("bob\no1"),
-            ..entry(id, "<message/>", 1)
-        };
-        s.inbox_append("alice", &with_origin("a")).await.unwrap();
+        s.inbox_append("alice", &with_origin("a", "bob\no1"))
+            .await
+            .unwrap();
         assert!(s.delete_user("alice").await.unwrap());
         s.create_user("alice", &creds(2)).await.unwrap();
-        assert_eq!(s.inbox_append("alice", &with_origin("b")).await.unwrap(), 1);
+        assert_eq!(
+            s.inbox_append("alice", &with_origin("b", "bob\no1"))
+                .await
+                .unwrap(),
+            1
+        );
     })
     .await;
 }

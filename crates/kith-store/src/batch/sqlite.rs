@@ -544,7 +544,7 @@ impl SqliteWriter {
             // Origin keys appended to the tail by this batch.
             let mut origins: HashSet<String> = HashSet::new();
             let mut append = tx.prepare_cached(&format!(
-                "INSERT INTO {} (id, {}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO {} ({}, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 self.tail.current_table(),
                 tail::COLUMNS
             ))?;
@@ -567,20 +567,10 @@ impl SqliteWriter {
                     None => None,
                 };
                 let id = self.tail.take_id();
-                append.execute(params![
-                    id,
-                    owner,
-                    seq,
-                    entry.stanza_id,
-                    entry.sender,
-                    entry.kind,
-                    entry.xml,
-                    entry.at_micros,
-                    entry.peer,
-                    entry.direction,
-                    entry.body,
-                    entry.origin,
-                ])?;
+                let row = entry_params(&owner, &seq, entry);
+                append.execute(rusqlite::params_from_iter(
+                    row.iter().copied().chain([&id as &dyn rusqlite::ToSql]),
+                ))?;
                 written[i] = true;
                 added.push(Added {
                     owner: (*owner).to_owned(),
@@ -591,10 +581,11 @@ impl SqliteWriter {
             }
         }
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
-            )?;
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT INTO inbox ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT DO NOTHING",
+                tail::COLUMNS
+            ))?;
             for (i, (owner, seq, entry)) in numbered
                 .rows
                 .iter()
@@ -608,19 +599,7 @@ impl SqliteWriter {
                 {
                     continue;
                 }
-                let changed = insert.execute(params![
-                    owner,
-                    seq,
-                    entry.stanza_id,
-                    entry.sender,
-                    entry.kind,
-                    entry.xml,
-                    entry.at_micros,
-                    entry.peer,
-                    entry.direction,
-                    entry.body,
-                    entry.origin,
-                ])?;
+                let changed = insert.execute(entry_params(&owner, &seq, entry))?;
                 if changed == 1 {
                     written[i] = true;
                     if entry.body.is_some() {
@@ -869,6 +848,27 @@ impl Drop for Immediate<'_> {
             tracing::warn!(%error, "rolling back the writer's transaction failed");
         }
     }
+}
+
+/// An entry's values in the order of `tail::COLUMNS`.
+fn entry_params<'e>(
+    owner: &'e &str,
+    seq: &'e i64,
+    entry: &'e OwnedEntry,
+) -> [&'e dyn rusqlite::ToSql; 11] {
+    [
+        owner,
+        seq,
+        &entry.stanza_id,
+        &entry.sender,
+        &entry.kind,
+        &entry.xml,
+        &entry.at_micros,
+        &entry.peer,
+        &entry.direction,
+        &entry.body,
+        &entry.origin,
+    ]
 }
 
 /// The last sequence number handed out in `owner`'s log: from `heads`, or
