@@ -154,6 +154,7 @@ impl Server {
             pep_visitors: features::pep::Visitors::default(),
             muc,
         });
+
         let mut tasks = JoinSet::new();
         let listen = server.config.listen.clone();
         let c2s = bind(&listen.c2s).await?;

@@ -173,12 +173,15 @@ impl Store {
     /// Deletes what `sweep` says, in short transactions with pauses between
     /// them ([`SWEEP_ROWIDS`], [`SWEEP_SEQS`], [`SWEEP_PAUSE`]). Returns how many.
     async fn sweep(&self, sweep: Sweep) -> Result<u64> {
-        // What still waits in the log's tail is swept like the rest.
-        self.writer.settle_all().await?;
+        // What waits in the log's tail: the tail's compaction applies the
+        // "delivered" rule to it (and moves the rest); for the time-based
+        // sweep it moves into `inbox` and is swept like the rest.
         let mut deleted = match sweep {
-            // The tail's compaction applies the same rule to what waits there.
             Sweep::Delivered => self.writer.compact_tail().await?,
-            Sweep::Before(_) => 0,
+            Sweep::Before(_) => {
+                self.writer.settle_all().await?;
+                0
+            }
         };
         match self.backend {
             Backend::Sqlite => {

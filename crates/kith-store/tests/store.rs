@@ -1758,3 +1758,25 @@ async fn a_new_account_under_a_deleted_name_may_reuse_origin_ids() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivered_sweep_compacts_what_waits_in_the_tail() {
+    run_sqlite_tail(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        s.device_attach("alice", "phone", 1).await.unwrap();
+        for i in 0..3 {
+            s.inbox_append("alice", &entry(&format!("a{i}"), "<message/>", 100 + i))
+                .await
+                .unwrap();
+        }
+        s.device_ack("alice", "phone", 2, 2).await.unwrap();
+        assert_eq!(in_tail(&raw).await, 3);
+        // Long before the tail's own compaction: the sweep does it.
+        assert_eq!(s.inbox_delete_delivered().await.unwrap(), 2);
+        assert_eq!(in_tail(&raw).await, 0);
+        assert_eq!(in_log(&raw).await, [("alice".to_owned(), 3)]);
+    })
+    .await;
+}

@@ -515,15 +515,13 @@ impl SqliteWriter {
             .chain(everyone.iter().map(String::as_str))
             .collect();
         for owner in &settles {
-            let settled = self.tail.settle(&tx, owner)?;
-            moved.with_body += settled.with_body;
-            moved.lowest_rowid = moved.lowest_rowid.min(settled.lowest_rowid);
+            moved.add(self.tail.settle(&tx, owner)?);
         }
 
         // Entries whose origin key is already in the log are skipped
         // (`ON CONFLICT DO NOTHING`): no row changes.
         let mut written = vec![false; numbered.rows.len()];
-        let mut with_body = moved.with_body;
+        let mut with_body = moved.entries;
         let mut lowest_rowid = moved.lowest_rowid;
         let mut added: Vec<Added> = Vec::new();
         // Which 1:1 rows wait in the tail: those of owners with a session.
@@ -710,9 +708,9 @@ impl SqliteWriter {
         }
         let moved = tail::recover(&self.conn)?;
         self.recovered = true;
-        if moved.with_body > 0 {
+        if moved.entries > 0 {
             tracing::info!(
-                entries = moved.with_body,
+                entries = moved.entries,
                 "moved entries left in the log's tail into the log"
             );
         }
@@ -724,8 +722,8 @@ impl SqliteWriter {
     /// (its durable mark was lowered in the moving transaction).
     fn note_moved(&mut self, moved: Moved) {
         self.fts.next_rowid = self.fts.next_rowid.min(moved.lowest_rowid);
-        if moved.with_body > 0 {
-            self.fts.waiting += moved.with_body;
+        if moved.entries > 0 {
+            self.fts.waiting += moved.entries;
             self.fts.oldest.get_or_insert_with(Instant::now);
         }
     }

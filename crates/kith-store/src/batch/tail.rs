@@ -20,8 +20,8 @@
 //! Entries of owners without a session, of owners some of whose entries had
 //! to move at the last compaction (a device that lags: in the tail they would
 //! be written twice; for [`LAGGING_FOR`]), and group messages (the room logic
-//! reads them in `inbox`) go to `inbox` directly. Before a sweep of the whole
-//! log, every generation is compacted.
+//! reads them in `inbox`) go to `inbox` directly. Before the "until delivered"
+//! sweep every generation is compacted; before the time-based one, moved.
 //!
 //! Readers never look at the tail: before any read of an owner's log, the
 //! store asks the writer to move that owner's waiting entries into `inbox`
@@ -132,8 +132,9 @@ pub(super) struct Added {
 
 /// What moving entries into `inbox` did, for the full-text index's mark.
 pub(super) struct Moved {
-    /// Entries moved (an estimate of those with a body).
-    pub with_body: usize,
+    /// Entries moved (the full-text index counts them all as waiting: an
+    /// estimate, as its count is).
+    pub entries: usize,
     /// No moved entry's `inbox` rowid is below this (`i64::MAX`: none moved).
     pub lowest_rowid: i64,
 }
@@ -141,13 +142,13 @@ pub(super) struct Moved {
 impl Moved {
     pub(super) fn none() -> Moved {
         Moved {
-            with_body: 0,
+            entries: 0,
             lowest_rowid: i64::MAX,
         }
     }
 
-    fn add(&mut self, other: Moved) {
-        self.with_body += other.with_body;
+    pub(super) fn add(&mut self, other: Moved) {
+        self.entries += other.entries;
         self.lowest_rowid = self.lowest_rowid.min(other.lowest_rowid);
     }
 }
@@ -402,7 +403,7 @@ impl Tail {
                 let before = self.counts[g];
                 let fts_next_rowid = fts_next_rowid.min(moved.lowest_rowid);
                 let this = self.compact(conn, g, heads, fts_next_rowid)?;
-                dropped += before.saturating_sub(this.with_body) as u64;
+                dropped += before.saturating_sub(this.entries) as u64;
                 moved.add(this);
             }
         }
@@ -520,7 +521,7 @@ fn move_entries(
         .execute([arg])?;
     Ok(if changed > 0 {
         Moved {
-            with_body: changed,
+            entries: changed,
             lowest_rowid: before + 1,
         }
     } else {
@@ -565,7 +566,7 @@ pub(super) fn recover(conn: &Connection) -> Result<Moved> {
     tx.commit()?;
     Ok(if waiting > 0 {
         Moved {
-            with_body: waiting,
+            entries: waiting,
             lowest_rowid: before + 1,
         }
     } else {

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Server CPU per 1:1 message by thread (kith only, TLS off unless TLS=on): a
+# fresh server serves one chat step of 17 s at RATE msg/s; each thread's CPU
+# time (`/proc/<pid>/task/*/stat`, user + system) is read 5 s and 15 s into it,
+# and the difference is divided by the messages of those 10 s.
+#
+#   bench/threads.sh RATE OUT     e.g. bench/threads.sh 12000 /tmp/th
+#
+# Writes OUT.txt (kith-bench) and prints µs per message per thread name (the
+# runtime worker, the inbox-log writer, the checkpointer…) and in all. Steadier
+# than a profile for comparing builds thread by thread; interleave runs of the
+# builds compared (KITH_BIN=…): CPU time moves ±10 % between runs on a shared VM.
+TLS="${TLS:-off}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+RATE="${1:?usage: bench/threads.sh RATE OUT}"
+OUT="${2:?output prefix}"
+pids="$(start_server kith)"
+trap 'stop_server kith' EXIT
+sleep 2
+snap() {
+  for t in /proc/"$pids"/task/*; do
+    echo "$(tr ' ' '_' <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+  done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
+}
+( sleep 5; snap >"$OUT.a"; sleep 10; snap >"$OUT.b" ) &
+bench kith $pids -- chat --users "${USERS:-200}" --rates "$RATE" --step-secs 17 \
+  --drain-secs 2 >"$OUT.txt" 2>&1 || log "kith-bench failed (see $OUT.txt)"
+wait
+grep -E "^ +$RATE " "$OUT.txt" || true
+# Clock ticks (USER_HZ, 100/s) → µs, over 10 s of RATE messages a second.
+join "$OUT.a" "$OUT.b" | awk -v rate="$RATE" -v hz="$(getconf CLK_TCK)" '
+  { d = ($3 - $2) * 1e6 / hz / (rate * 10); total += d; printf "%-18s %6.1f µs/msg\n", $1, d }
+  END { printf "%-18s %6.1f µs/msg\n", "all", total }'
