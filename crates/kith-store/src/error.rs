@@ -56,10 +56,11 @@ pub enum StoreError {
         source: sqlx::Error,
     },
 
-    /// Preparing the SQLite file's directory failed.
-    #[error("cannot prepare database directory {path}: {source}")]
+    /// A file-system operation on the SQLite database's files failed
+    /// (creating its directory, replacing a file of the log's tail).
+    #[error("database file {path}: {source}")]
     Io {
-        /// The directory that could not be created.
+        /// The directory or file.
         path: std::path::PathBuf,
         /// The underlying I/O error.
         #[source]

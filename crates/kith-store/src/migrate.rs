@@ -850,6 +850,27 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
         postgres: &[],
     },
+    // The log's tail moved to files of its own (`batch::tail::file`): the
+    // entries a crash left in migration 45's tables move into `inbox` (as a
+    // start would have moved them), and the tables go.
+    Migration {
+        version: 46,
+        name: "inbox tail: its generations in files of their own (SQLite)",
+        sqlite: &[
+            "UPDATE fts_state SET next_rowid = MIN(next_rowid,
+                (SELECT COALESCE(MAX(rowid), 0) + 1 FROM inbox))
+             WHERE EXISTS (SELECT 1 FROM inbox_tail_0) OR EXISTS (SELECT 1 FROM inbox_tail_1) OR EXISTS (SELECT 1 FROM inbox_tail_2) OR EXISTS (SELECT 1 FROM inbox_tail_3)",
+            "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin)
+             SELECT owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin FROM (SELECT id, owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin FROM inbox_tail_0 UNION ALL SELECT id, owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin FROM inbox_tail_1 UNION ALL SELECT id, owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin FROM inbox_tail_2 UNION ALL SELECT id, owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin FROM inbox_tail_3)
+             WHERE owner IN (SELECT username FROM users) ORDER BY id
+             ON CONFLICT DO NOTHING",
+            "DROP TABLE inbox_tail_0",
+            "DROP TABLE inbox_tail_1",
+            "DROP TABLE inbox_tail_2",
+            "DROP TABLE inbox_tail_3",
+        ],
+        postgres: &[],
+    },
 ];
 
 /// The highest schema version this build knows.
@@ -961,5 +982,70 @@ mod tests {
             prev = m.version;
         }
         assert_eq!(latest_version(), prev);
+    }
+
+    /// Migration 46 moves what a crash left in migration 45's tail tables
+    /// into `inbox`, as a start would have, in log order, skipping entries
+    /// already there and those of deleted accounts.
+    #[test]
+    fn the_tail_tables_left_by_a_crash_move_into_the_log() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let run = |m: &Migration| {
+            for sql in m.sqlite {
+                conn.execute_batch(sql).unwrap();
+            }
+        };
+        MIGRATIONS.iter().filter(|m| m.version <= 45).for_each(run);
+        let entry = |table: &str, id: i64, owner: &str, seq: i64| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {table} (id, owner, seq, stanza_id, sender, kind, xml, \
+                     at_micros, peer, direction) VALUES (?1, ?2, ?3, '', 'bob', 'chat', \
+                     '<message/>', 0, 'bob', 'in')"
+                ),
+                rusqlite::params![id, owner, seq],
+            )
+            .unwrap();
+        };
+        conn.execute_batch(
+            "INSERT INTO users (username, sha1_salt, sha1_iterations, sha1_stored_key,
+                sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key,
+                sha256_server_key, created_at) VALUES ('alice', x'', 1, x'', x'', x'', 1, x'', x'', 0);
+             INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer,
+                direction) VALUES ('alice', 1, '', 'bob', 'chat', '<message/>', 0, 'bob', 'in');
+             UPDATE fts_state SET next_rowid = 5;",
+        )
+        .unwrap();
+        // Entries up to rowid 4 were indexed, those past 1 deleted since: the
+        // moved ones get rowids from 2. In the tail: an entry already moved
+        // before the crash, entries waiting in two generations, and one of an
+        // account deleted since (foreign keys off, as if it went after).
+        entry("inbox_tail_0", 1, "alice", 1);
+        entry("inbox_tail_0", 3, "alice", 3);
+        entry("inbox_tail_1", 2, "alice", 2);
+        conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        entry("inbox_tail_1", 4, "ghost", 1);
+        MIGRATIONS.iter().filter(|m| m.version == 46).for_each(run);
+        let log: Vec<(i64, String, i64)> = conn
+            .prepare("SELECT rowid, owner, seq FROM inbox ORDER BY rowid")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let alice = |rowid: i64, seq: i64| (rowid, "alice".to_owned(), seq);
+        assert_eq!(log, [alice(1, 1), alice(2, 2), alice(3, 3)]);
+        let mark: i64 = conn
+            .query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mark, 2, "the moved entries are indexed");
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'inbox_tail_%'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
     }
 }

@@ -92,6 +92,12 @@ pub(super) fn start(
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     // Checkpoints are the checkpointer's (below): none in the commit path.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // Nor when a file closes: the log's tail detaches its generations' files
+    // to delete them, WAL and all (`tail`).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     // The commit that starts the log over cuts the file back to this.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     let next_rowid: i64 =
@@ -105,7 +111,7 @@ pub(super) fn start(
         conn,
         heads: HashMap::new(),
         rooms: HashMap::new(),
-        tail: Tail::new(tail),
+        tail: Tail::new(tail, path.to_path_buf()),
         recovered: false,
         checkpointer,
         wal_path: {
@@ -403,7 +409,9 @@ impl SqliteWriter {
         for job in batch.iter() {
             if let Job::Forget { owner, .. } = job {
                 self.heads.remove(owner);
-                self.tail.forget(owner);
+                if let Err(error) = self.tail.forget(&self.conn, owner) {
+                    tracing::warn!(%error, "deleting an account's entries from the log's tail failed");
+                }
                 // A room that is gone, or a member whose account is: its rows
                 // went with it (`ON DELETE CASCADE`).
                 self.rooms.remove(owner);
@@ -526,7 +534,7 @@ impl SqliteWriter {
         let mut added: Vec<Added> = Vec::new();
         // Which 1:1 rows wait in the tail: those of owners with a session.
         let mut to_tail = vec![false; numbered.rows.len()];
-        if let Some(online) = self.tail.online() {
+        if let Some(online) = self.tail.online().filter(|_| self.tail.ready()) {
             let mut asked: HashMap<&str, bool> = HashMap::new();
             for (i, row) in numbered.rows.iter().enumerate() {
                 if let Some((owner, _, _)) = row
@@ -691,11 +699,18 @@ impl SqliteWriter {
     /// Moves the log's tail on to its next generation if due ([`tail`]),
     /// logging a failure (the entries keep waiting; the next try retries).
     fn compact(&mut self) {
+        let started = Instant::now();
         match self
             .tail
             .rotate_if_due(&self.conn, &self.heads, self.fts.next_rowid)
         {
-            Ok(moved) => self.note_moved(moved),
+            Ok(moved) => {
+                let micros = started.elapsed().as_micros() as u64;
+                if micros >= 1_000 {
+                    tracing::debug!(micros, moved = moved.entries, "log's tail compacted");
+                }
+                self.note_moved(moved)
+            }
             Err(error) => tracing::warn!(%error, "compacting the log's tail failed; will retry"),
         }
     }
@@ -706,7 +721,7 @@ impl SqliteWriter {
         if self.recovered {
             return Ok(());
         }
-        let moved = tail::recover(&self.conn)?;
+        let moved = self.tail.recover(&self.conn)?;
         self.recovered = true;
         if moved.entries > 0 {
             tracing::info!(

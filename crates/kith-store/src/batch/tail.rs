@@ -6,17 +6,33 @@
 //! second, 1.4 WAL pages per message and a third of the server's CPU. When
 //! entries leave the log once every device of their owner has them, most of
 //! them are gone within a second or two, so a 1:1 entry of an owner with a
-//! session is first appended to the tail instead: [`GENERATIONS`] tables
-//! `inbox_tail_N` (migration 45) in rowid order only, so a commit dirties a
-//! table's last page or two. Entries go to one generation for [`ROTATE_EVERY`],
+//! session is first appended to the tail instead: [`GENERATIONS`] tables in
+//! rowid order only, so a commit dirties a table's last page or two, each in a
+//! file of its own (`<database>-tail/<g>.db`, [`file`]), attached to the
+//! writer's connection only. Entries go to one generation for [`ROTATE_EVERY`],
 //! then to the next; before a generation is used again it is compacted, its
 //! entries being at least `(GENERATIONS - 1) × ROTATE_EVERY` old by then: what
 //! every device of the owner has received (the sweep's rule,
 //! `devices::Sweep::Delivered`) is dropped — after `users.inbox_seq` records
 //! the owner's newest number, as the sweep's `keep_seq_marks` does, so no
-//! number is handed out twice —, the rest moves into `inbox`, and the table is
-//! emptied at once (a whole-table `DELETE` frees its pages without visiting
-//! rows: per-row deletes cost 1 µs per entry and a 15 ms stall a second).
+//! number is handed out twice —, the rest moves into `inbox`, and the file is
+//! replaced by an empty one ([`Tail::reset`]). Emptying a table in the main
+//! file cost 1 µs per entry with per-row deletes, and with a whole-table
+//! `DELETE` (which reads every page back to free it) a 45 ms stall a second at
+//! 28,000 msg/s; a file of its own also keeps the tail out of the main WAL and
+//! its checkpoints (each generation is written once, to its own WAL, and
+//! deleted).
+//!
+//! The files are only ever written by the writer's connection, which never
+//! checkpoints them (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, no autocheckpoint):
+//! a generation's rows are written once, to its WAL, and the files deleted.
+//! A transaction spanning them and the main file is atomic per
+//! file, not across them (SQLite commits WAL files one by one, the main file
+//! first): nothing is answered before the whole commit returns, entries moved
+//! into `inbox` are moved with `ON CONFLICT DO NOTHING`, so a crash between
+//! two files' commits leaves at worst an entry both in `inbox` and the tail
+//! (skipped when recovered), or a delivered entry that recovery puts back into
+//! `inbox` (below every device's cursor: never sent again; the sweep drops it).
 //! Entries of owners without a session, of owners some of whose entries had
 //! to move at the last compaction (a device that lags: in the tail they would
 //! be written twice; for [`LAGGING_FOR`]), and group messages (the room logic
@@ -40,12 +56,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use std::path::{Path, PathBuf};
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rooms::Live;
-use crate::Result;
+use crate::{Result, StoreError};
 
-/// Tables of the tail (`inbox_tail_0` …), used in turn.
+/// Generations of the tail (`tail0.entries` …), used in turn.
 pub(super) const GENERATIONS: usize = 4;
 /// How long entries go to one generation. An entry waits at least
 /// `(GENERATIONS - 1) × ROTATE_EVERY` (3 s) before it is dropped or moved:
@@ -70,11 +88,90 @@ pub(super) const COLUMNS: &str =
 /// The name of generation `g`'s table.
 pub(super) fn table(g: usize) -> &'static str {
     [
-        "inbox_tail_0",
-        "inbox_tail_1",
-        "inbox_tail_2",
-        "inbox_tail_3",
+        "tail0.entries",
+        "tail1.entries",
+        "tail2.entries",
+        "tail3.entries",
     ][g % GENERATIONS]
+}
+
+/// The schema name generation `g`'s file is attached as.
+fn schema(g: usize) -> &'static str {
+    ["tail0", "tail1", "tail2", "tail3"][g % GENERATIONS]
+}
+
+/// The directory of the tail's files: `<database>-tail` (`kith.db-tail`).
+fn dir(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-tail");
+    PathBuf::from(name)
+}
+
+/// Generation `g`'s file, `<database>-tail/<g>.db` (SQLite's `-wal` and
+/// `-shm` beside it).
+fn file(database: &Path, g: usize) -> PathBuf {
+    dir(database).join(format!("{g}.db"))
+}
+
+/// Generation `g`'s files (the database, SQLite's WAL, shared-memory index
+/// and journal), each with the name it gets once replaced
+/// ([`Tail::reset`]).
+fn files(database: &Path, g: usize) -> Vec<(PathBuf, PathBuf)> {
+    let path = file(database, g);
+    ["", "-wal", "-shm", "-journal"]
+        .into_iter()
+        .map(|suffix| {
+            let mut name = path.clone().into_os_string();
+            name.push(suffix);
+            let mut trash = name.clone();
+            trash.push(".gone");
+            (name.into(), trash.into())
+        })
+        .collect()
+}
+
+/// A generation's table. Not a foreign key to `users` (that can't cross
+/// files): an account's entries are deleted with it ([`Tail::forget`]), and
+/// entries are only moved for accounts that exist.
+const CREATE: &str = "CREATE TABLE IF NOT EXISTS {schema}.entries (
+    id INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stanza_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    xml TEXT NOT NULL,
+    at_micros INTEGER NOT NULL,
+    peer TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    body TEXT,
+    origin TEXT
+)";
+
+/// Attaches generation `g`'s file to the writer's connection (created empty
+/// if missing).
+fn attach(conn: &Connection, database: &Path, g: usize) -> Result<()> {
+    let path = file(database, g);
+    let Some(name) = path.to_str() else {
+        return Err(StoreError::Io {
+            path,
+            source: std::io::Error::other("the database path is not UTF-8"),
+        });
+    };
+    let schema = schema(g);
+    conn.execute(&format!("ATTACH DATABASE ?1 AS {schema}"), [name])?;
+    // No `fsync` while the file is set up (turning WAL on and creating the
+    // table): a crash meanwhile leaves a file that recovery reads as empty or
+    // replaces.
+    conn.execute_batch(&format!("PRAGMA {schema}.synchronous = OFF"))?;
+    let _: String = conn.query_row(&format!("PRAGMA {schema}.journal_mode = WAL"), [], |row| {
+        row.get(0)
+    })?;
+    conn.execute_batch(&format!(
+        "{}; PRAGMA {schema}.synchronous = NORMAL",
+        CREATE.replace("{schema}", schema)
+    ))?;
+    Ok(())
 }
 
 /// What readers and the writer share.
@@ -167,14 +264,21 @@ pub(super) struct Tail {
     retry_at: Instant,
     /// Owners whose entries go to `inbox` directly until then ([`LAGGING_FOR`]).
     lagging: HashMap<String, Instant>,
-    /// The id the next entry gets (the tables are empty at start: [`recover`]).
+    /// The id the next entry gets (the tables are empty at start: [`Tail::recover`]).
     next_id: i64,
+    /// The database file, beside which the generations' files are.
+    database: PathBuf,
+    /// Which generations' files are attached ([`Tail::recover`] attaches them).
+    attached: [bool; GENERATIONS],
+    /// Generations whose file may hold rows (or freed pages): replaced by an
+    /// empty one before the generation is used again.
+    dirty: [bool; GENERATIONS],
     origins: HashSet<String>,
     origins_order: VecDeque<String>,
 }
 
 impl Tail {
-    pub(super) fn new(shared: Arc<TailShared>) -> Tail {
+    pub(super) fn new(shared: Arc<TailShared>, database: PathBuf) -> Tail {
         Tail {
             shared,
             waiting: HashMap::new(),
@@ -184,6 +288,9 @@ impl Tail {
             retry_at: Instant::now(),
             lagging: HashMap::new(),
             next_id: 1,
+            database,
+            attached: [false; GENERATIONS],
+            dirty: [false; GENERATIONS],
             origins: HashSet::new(),
             origins_order: VecDeque::new(),
         }
@@ -201,6 +308,12 @@ impl Tail {
                 .lagging
                 .get(owner)
                 .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Whether entries can go to the tail now: its current generation's
+    /// file is attached (always, but after a failed reset).
+    pub(super) fn ready(&self) -> bool {
+        self.attached[self.current]
     }
 
     /// The table new entries go to.
@@ -255,6 +368,7 @@ impl Tail {
             }
         }
         self.counts[self.current] += added.len();
+        self.dirty[self.current] = true;
         for a in added {
             if let Some(key) = a.origin_key {
                 self.remember_origin(key);
@@ -287,21 +401,12 @@ impl Tail {
         };
         // Oldest generation first: `inbox` gets them in log order.
         for g in (1..=GENERATIONS).map(|k| (self.current + k) % GENERATIONS) {
-            let ids: Vec<i64> = q
-                .iter()
-                .filter(|w| w.generation == g)
-                .map(|w| w.id)
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
             // One statement each way, the ids as a JSON array (a login after
             // 5,000 messages: 12 ms, where a statement per entry took 60).
-            let ids = json_ids(&ids);
-            let which = "id IN (SELECT value FROM json_each(?1))";
-            moved.add(move_entries(conn, g, which, &ids)?);
-            conn.prepare_cached(&format!("DELETE FROM {} WHERE {which}", table(g)))?
-                .execute(params![ids])?;
+            if let Some(ids) = ids_in(q, g) {
+                moved.add(move_entries(conn, g, BY_IDS, &ids)?);
+                delete_entries(conn, g, &ids)?;
+            }
         }
         Ok(moved)
     }
@@ -324,10 +429,12 @@ impl Tail {
         }
     }
 
-    /// The account of `owner` is gone (its rows went with it), and with it
-    /// what the tail remembers of it: a new account under the name starts
+    /// The account of `owner` is gone, and with it its entries in the tail
+    /// and what the tail remembers of it: a new account under the name starts
     /// afresh.
-    pub(super) fn forget(&mut self, owner: &str) {
+    pub(super) fn forget(&mut self, conn: &Connection, owner: &str) -> Result<()> {
+        // What the tail remembers goes either way.
+        let deleted = self.delete_all(conn, owner);
         self.settled(&[owner]);
         self.lagging.remove(owner);
         let prefix = origin_key(owner, "");
@@ -335,6 +442,22 @@ impl Tail {
             self.origins.retain(|key| !key.starts_with(&prefix));
             self.origins_order.retain(|key| !key.starts_with(&prefix));
         }
+        deleted
+    }
+
+    /// Deletes `owner`'s waiting entries from the tail's files.
+    fn delete_all(&self, conn: &Connection, owner: &str) -> Result<()> {
+        let Some(q) = self.waiting.get(owner) else {
+            return Ok(());
+        };
+        let tx = super::sqlite::Immediate::begin(conn)?;
+        for g in 0..GENERATIONS {
+            if let Some(ids) = ids_in(q, g) {
+                delete_entries(&tx, g, &ids)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// How long until the current generation is due to be closed (`None`:
@@ -362,6 +485,14 @@ impl Tail {
         heads: &HashMap<String, i64>,
         fts_next_rowid: i64,
     ) -> Result<Moved> {
+        if !self.ready() && self.attached.iter().any(|a| *a) && Instant::now() >= self.retry_at {
+            // A reset of the current generation failed (the sweep's): try
+            // again; its entries go to `inbox` meanwhile.
+            if let Err(error) = self.reset(conn, self.current) {
+                self.retry_at = Instant::now() + ROTATE_EVERY;
+                return Err(error);
+            }
+        }
         if self.due_in() != Some(Duration::ZERO) {
             return Ok(Moved::none());
         }
@@ -370,16 +501,17 @@ impl Tail {
             // Within `ROTATE_EVERY` of each other: no clock reads per owner.
             let now = Instant::now();
             self.lagging.retain(|_, until| *until > now);
-            match self.compact(conn, next, heads, fts_next_rowid) {
-                Ok(moved) => moved,
-                Err(error) => {
-                    // Entries keep going to the current generation meanwhile.
-                    self.retry_at = Instant::now() + ROTATE_EVERY;
-                    return Err(error);
-                }
-            }
+            self.compact(conn, next, heads, fts_next_rowid)
         } else {
-            Moved::none()
+            Ok(Moved::none())
+        };
+        let moved = match moved.and_then(|moved| self.reset(conn, next).map(|()| moved)) {
+            Ok(moved) => moved,
+            Err(error) => {
+                // Entries keep going to the current generation meanwhile.
+                self.retry_at = Instant::now() + ROTATE_EVERY;
+                return Err(error);
+            }
         };
         self.current = next;
         self.since = Instant::now();
@@ -406,11 +538,13 @@ impl Tail {
                 dropped += before.saturating_sub(this.entries) as u64;
                 moved.add(this);
             }
+            self.reset(conn, g)?;
         }
         Ok((moved, dropped))
     }
 
-    /// Drops or moves every entry of generation `g` and empties its table.
+    /// Drops or moves every entry of generation `g` (its file is
+    /// [reset](Tail::reset) next).
     fn compact(
         &mut self,
         conn: &Connection,
@@ -455,16 +589,8 @@ impl Tail {
         let moved = if owed.is_empty() {
             Moved::none()
         } else {
-            move_entries(
-                &tx,
-                g,
-                "id IN (SELECT value FROM json_each(?1))",
-                &json_ids(&owed),
-            )?
+            move_entries(&tx, g, BY_IDS, &json_ids(&owed))?
         };
-        // No `WHERE`: SQLite frees the table's pages without visiting rows.
-        tx.prepare_cached(&format!("DELETE FROM {}", table(g)))?
-            .execute([])?;
         if moved.lowest_rowid < fts_next_rowid {
             tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
                 .execute(params![moved.lowest_rowid])?;
@@ -494,15 +620,138 @@ impl Tail {
     }
 }
 
+impl Tail {
+    /// Replaces generation `g`'s file by an empty one if it may hold
+    /// anything. No transaction may be open; the cached statements are
+    /// finalized first (the attached databases change under them). Fails
+    /// with the generation detached only if its file can't be removed or
+    /// created: the next try attaches it again.
+    fn reset(&mut self, conn: &Connection, g: usize) -> Result<()> {
+        if !self.dirty[g] && self.attached[g] {
+            return Ok(());
+        }
+        if self.attached[g] {
+            conn.flush_prepared_statement_cache();
+            conn.execute_batch(&format!("DETACH DATABASE {}", schema(g)))?;
+            self.attached[g] = false;
+        }
+        // Renamed, then deleted by a thread of its own: freeing a second's
+        // worth of pages took the writer 4–5 ms at 28,000 msg/s.
+        let mut gone = Vec::new();
+        for (name, trash) in files(&self.database, g) {
+            match std::fs::rename(&name, &trash) {
+                Ok(()) => gone.push(trash),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { path: name, source }),
+            }
+        }
+        if !gone.is_empty() {
+            let delete = move || {
+                for trash in &gone {
+                    let _ = std::fs::remove_file(trash);
+                }
+            };
+            let spawned = std::thread::Builder::new()
+                .name("kith-tail-delete".to_owned())
+                .spawn(delete.clone());
+            if spawned.is_err() {
+                delete();
+            }
+        }
+        attach(conn, &self.database, g)?;
+        self.attached[g] = true;
+        self.dirty[g] = false;
+        Ok(())
+    }
+
+    /// At the server's start (not of every process that opens the database):
+    /// attaches the generations' files, moves every entry a previous run left
+    /// in them into `inbox` (the full-text index's mark lowered to cover
+    /// them), and empties them. Once per writer: later, what is there is this
+    /// run's. Must run before entries go to the tail.
+    pub(super) fn recover(&mut self, conn: &Connection) -> Result<Moved> {
+        let dir = dir(&self.database);
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
+        for g in 0..GENERATIONS {
+            // Files a reset renamed and a crash left.
+            for (_, trash) in files(&self.database, g) {
+                let _ = std::fs::remove_file(trash);
+            }
+            if !self.attached[g] {
+                attach(conn, &self.database, g)?;
+                self.attached[g] = true;
+            }
+        }
+        let tx = super::sqlite::Immediate::begin(conn)?;
+        let before: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
+            row.get(0)
+        })?;
+        // In log order across the generations; accounts deleted meanwhile
+        // are skipped (their entries went with them).
+        let all = (0..GENERATIONS)
+            .map(|g| format!("SELECT id, {COLUMNS} FROM {}", table(g)))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let waiting = tx.execute(
+            &format!(
+                "INSERT INTO inbox ({COLUMNS}) SELECT {COLUMNS} FROM ({all}) \
+                 WHERE owner IN (SELECT username FROM users) ORDER BY id \
+                 ON CONFLICT DO NOTHING"
+            ),
+            [],
+        )?;
+        if waiting > 0 {
+            tx.execute(
+                "UPDATE fts_state SET next_rowid = MIN(next_rowid, ?1)",
+                params![before + 1],
+            )?;
+        }
+        tx.commit()?;
+        for g in 0..GENERATIONS {
+            self.dirty[g] = true;
+            self.reset(conn, g)?;
+        }
+        Ok(if waiting > 0 {
+            Moved {
+                entries: waiting,
+                lowest_rowid: before + 1,
+            }
+        } else {
+            Moved::none()
+        })
+    }
+}
+
 /// `[1,2,3]`: ids for `json_each`.
 fn json_ids(ids: &[i64]) -> String {
     let list: Vec<String> = ids.iter().map(i64::to_string).collect();
     format!("[{}]", list.join(","))
 }
 
+/// Entries whose id is in the JSON array `?1` ([`json_ids`]).
+const BY_IDS: &str = "id IN (SELECT value FROM json_each(?1))";
+
+/// The ids of `q`'s entries in generation `g` ([`json_ids`]), if any.
+fn ids_in(q: &VecDeque<Waiting>, g: usize) -> Option<String> {
+    let ids: Vec<i64> = q
+        .iter()
+        .filter(|w| w.generation == g)
+        .map(|w| w.id)
+        .collect();
+    (!ids.is_empty()).then(|| json_ids(&ids))
+}
+
+/// Deletes generation `g`'s entries whose ids are `ids` ([`json_ids`]).
+fn delete_entries(conn: &Connection, g: usize, ids: &str) -> Result<()> {
+    conn.prepare_cached(&format!("DELETE FROM {} WHERE {BY_IDS}", table(g)))?
+        .execute(params![ids])?;
+    Ok(())
+}
+
 /// Copies generation `g`'s entries `which` (a condition with one parameter,
-/// `arg`) into `inbox`, in order. New rows are numbered above every existing
-/// one, so the full-text index's mark need go no lower than that.
+/// `arg`) into `inbox`, in order (those of accounts that still exist). New
+/// rows are numbered above every existing one, so the full-text index's mark
+/// need go no lower than that.
 fn move_entries(
     conn: &Connection,
     g: usize,
@@ -515,7 +764,7 @@ fn move_entries(
     let changed = conn
         .prepare_cached(&format!(
             "INSERT INTO inbox ({COLUMNS}) SELECT {COLUMNS} FROM {} WHERE {which} \
-             ORDER BY id ON CONFLICT DO NOTHING",
+             AND owner IN (SELECT username FROM users) ORDER BY id ON CONFLICT DO NOTHING",
             table(g)
         ))?
         .execute([arg])?;
@@ -532,44 +781,4 @@ fn move_entries(
 /// The key of an origin in [`Tail`]'s memory.
 pub(super) fn origin_key(owner: &str, origin: &str) -> String {
     format!("{owner}\n{origin}")
-}
-
-/// At start (of the server, not of every process that opens the database):
-/// moves every entry left in the tail into `inbox` (the full-text index's mark
-/// lowered to cover them). Must run before entries go to the tail.
-pub(super) fn recover(conn: &Connection) -> Result<Moved> {
-    let tx = super::sqlite::Immediate::begin(conn)?;
-    let before: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
-        row.get(0)
-    })?;
-    // In log order across the generations.
-    let all = (0..GENERATIONS)
-        .map(|g| format!("SELECT id, {COLUMNS} FROM {}", table(g)))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    let waiting = tx.execute(
-        &format!(
-            "INSERT INTO inbox ({COLUMNS}) SELECT {COLUMNS} FROM ({all}) ORDER BY id \
-             ON CONFLICT DO NOTHING"
-        ),
-        [],
-    )?;
-    for g in 0..GENERATIONS {
-        tx.execute(&format!("DELETE FROM {}", table(g)), [])?;
-    }
-    if waiting > 0 {
-        tx.execute(
-            "UPDATE fts_state SET next_rowid = MIN(next_rowid, ?1)",
-            params![before + 1],
-        )?;
-    }
-    tx.commit()?;
-    Ok(if waiting > 0 {
-        Moved {
-            entries: waiting,
-            lowest_rowid: before + 1,
-        }
-    } else {
-        Moved::none()
-    })
 }
