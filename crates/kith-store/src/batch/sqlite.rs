@@ -818,19 +818,29 @@ impl SqliteWriter {
     }
 }
 
-/// The writer's transactions (commits and full-text passes): `BEGIN IMMEDIATE`
-/// from cached statements, rolled back when dropped uncommitted. rusqlite's
-/// `Transaction` prepares `BEGIN` and `COMMIT` anew each time (`execute_batch`):
-/// with a commit per message at low rates that was 6–8 % of the server's
+/// The writer's transactions (commits and full-text passes), from cached
+/// statements, rolled back when dropped uncommitted. rusqlite's `Transaction`
+/// prepares `BEGIN` and `COMMIT` anew each time (`execute_batch`): with a
+/// commit per message at low rates that was 6–8 % of the server's
 /// instructions (callgrind).
 pub(super) struct Immediate<'c> {
     conn: &'c Connection,
 }
 
 impl<'c> Immediate<'c> {
+    /// Takes the main file's write lock at once, as `BEGIN IMMEDIATE` would;
+    /// but that takes every attached file's too, and the log's tail attaches
+    /// four ([`tail`]): a commit per message then cost the writer 10,000 more
+    /// instructions (callgrind). A deferred transaction whose first statement
+    /// is a write that changes nothing locks only the main file (retried by
+    /// the busy handler as `BEGIN IMMEDIATE` is); a tail file is locked when
+    /// written, and only the writer writes them.
     pub(super) fn begin(conn: &'c Connection) -> rusqlite::Result<Immediate<'c>> {
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        Ok(Immediate { conn })
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        let tx = Immediate { conn };
+        tx.prepare_cached("UPDATE fts_state SET next_rowid = next_rowid WHERE 0")?
+            .execute([])?;
+        Ok(tx)
     }
 
     pub(super) fn commit(self) -> rusqlite::Result<()> {
