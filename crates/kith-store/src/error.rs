@@ -80,6 +80,12 @@ pub enum StoreError {
     #[error("the store is closed")]
     Closed,
 
+    /// A commit spanning the inbox log's files failed after some of them had
+    /// committed (SQLite commits WAL files one by one): what it wrote may be
+    /// stored, in part, and is not retried.
+    #[error("the commit failed part-way: {0}")]
+    PartialCommit(String),
+
     /// A group message was not copied into this member's log now: the member
     /// had no session, and is owed it (copied when it next reads its log,
     /// `Store::room_catch_up`). Not a failure.

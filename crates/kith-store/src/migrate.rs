@@ -850,7 +850,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ],
         postgres: &[],
     },
-    // The log's tail moved to files of its own (`batch::tail::file`): the
+    // The log's tail moved to files of its own (`<database>-tail/`, see
+    // `batch::tail`): the
     // entries a crash left in migration 45's tables move into `inbox` (as a
     // start would have moved them), and the tables go.
     Migration {

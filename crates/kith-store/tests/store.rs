@@ -1451,14 +1451,32 @@ async fn a_closed_store_refuses_reads(db: TestDb) {
 // the log's tail (SQLite, retention "until delivered")
 // ----------------------------------------------------------------------
 
-/// Rows in the log's tail: its generations' files (`<database>-tail/<g>.db`,
-/// in WAL mode) counted on connections of their own.
+/// Rows in the log's tail: its generations' files (`<database>-tail/*.db`, in
+/// WAL mode) counted on connections of their own.
 async fn in_tail(db: &TestDb) -> i64 {
     let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
+    let dir = std::path::PathBuf::from(format!("{database}-tail"));
+    // `<g>.<n>.db`: per generation, the newest file (those it replaced are
+    // deleted a moment later).
+    let mut newest: std::collections::HashMap<String, (u64, std::path::PathBuf)> =
+        std::collections::HashMap::new();
+    for entry in std::fs::read_dir(&dir).expect("the tail's directory") {
+        let file = entry.unwrap().path();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let parts: Vec<&str> = name.split('.').collect();
+        if let [g, created, "db"] = parts[..] {
+            let created: u64 = created.parse().expect("a file's number");
+            let slot = newest
+                .entry(g.to_owned())
+                .or_insert((created, file.clone()));
+            if created >= slot.0 {
+                *slot = (created, file);
+            }
+        }
+    }
+    assert!(newest.len() <= 4, "one file per generation: {newest:?}");
     let mut n = 0;
-    for g in 0..4 {
-        let file = format!("{database}-tail/{g}.db");
-        // Between its deletion and its creation afresh, a generation is empty.
+    for (_, file) in newest.into_values() {
         let Ok(conn) = rusqlite::Connection::open_with_flags(
             &file,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
@@ -1473,7 +1491,7 @@ async fn in_tail(db: &TestDb) -> i64 {
             Ok(rows) => n += rows,
             // Created, its table not yet.
             Err(error) if error.to_string().contains("no such table") => {}
-            Err(error) => panic!("counting {file}: {error}"),
+            Err(error) => panic!("counting {}: {error}", file.display()),
         }
     }
     n
@@ -1647,6 +1665,7 @@ async fn a_deleted_account_leaves_nothing_in_the_tail() {
         s.inbox_append("alice", &entry("a0", "<message/>", 100))
             .await
             .unwrap();
+        assert_eq!(in_tail(&db).await, 1);
         assert!(s.delete_user("alice").await.unwrap());
         assert_eq!(in_tail(&db).await, 0);
         // A new account under the name starts empty, and stays so.

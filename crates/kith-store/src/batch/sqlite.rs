@@ -1,6 +1,6 @@
 //! The SQLite engine of the group commit: one thread owns one connection and
-//! runs each batch as one `BEGIN IMMEDIATE` transaction of cached prepared
-//! statements. Through sqlx every statement was a round trip to its worker
+//! runs each batch as one transaction of cached prepared statements (taking
+//! the write lock first, [`Immediate`]). Through sqlx every statement was a round trip to its worker
 //! thread (a context switch each way, and the conversions of the `Any` driver);
 //! here a whole batch costs one hand-over.
 //!
@@ -194,6 +194,7 @@ struct Checkpointer {
 impl Checkpointer {
     fn start(path: &Path) -> Result<Checkpointer> {
         let conn = Connection::open(path)?;
+        let database = path.to_path_buf();
         conn.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
@@ -222,6 +223,9 @@ impl Checkpointer {
                     stopped.recv_timeout(CHECKPOINT_EVERY)
                 {
                     checkpoint();
+                    // As durable as the main file's commits (synced by the
+                    // checkpoint): the entries waiting in the tail.
+                    super::tail::sync(&database);
                 }
                 checkpoint();
             })
@@ -267,7 +271,8 @@ fn writer_busy(tries: i32) -> bool {
 /// `PRAGMA wal_checkpoint(PASSIVE)`: the pages in the log and how many of them
 /// are copied into the database; `None` (logged) if it failed.
 fn passive_checkpoint(conn: &Connection) -> Option<(i64, i64)> {
-    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+    // `main.`: unqualified, it would checkpoint the log's tail's files too.
+    let done = conn.query_row("PRAGMA main.wal_checkpoint(PASSIVE)", [], |row| {
         Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
     });
     match done {
@@ -433,10 +438,20 @@ impl SqliteWriter {
                     );
                     answer(batch.drain(..), results, &self.callbacks);
                 }
+                Err(error @ StoreError::PartialCommit(_)) => {
+                    // Numbers, rooms' rows and the tail as committed are
+                    // unknown here: reloaded.
+                    self.heads.clear();
+                    self.rooms.clear();
+                    tracing::error!(%error, size = batch.len(), "group commit failed part-way");
+                    fail(batch.drain(..), &error, &self.callbacks);
+                }
                 Err(error) => {
                     // One transaction per job, so one bad job can't fail the others.
                     // An owner deleted since it was cached fails on its foreign
-                    // key: reloading finds it gone (`NoSuchUser`).
+                    // key: reloading finds it gone (`NoSuchUser`); but an entry
+                    // for the tail, whose files have no foreign key, is
+                    // answered and deleted when the writer forgets the owner.
                     self.heads.clear();
                     self.rooms.clear();
                     tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
@@ -673,7 +688,15 @@ impl SqliteWriter {
             )?;
             seen.push(upsert.raw_execute()? == 1);
         }
-        tx.commit()?;
+        if let Err(error) = tx.commit() {
+            // With a tail file written, the main file may have committed
+            // before it failed: a retry would store its part again.
+            return Err(if added.is_empty() {
+                error.into()
+            } else {
+                StoreError::PartialCommit(error.to_string())
+            });
+        }
 
         self.tail.settled(&settles);
         self.tail.committed(added);

@@ -8,31 +8,38 @@
 //! them are gone within a second or two, so a 1:1 entry of an owner with a
 //! session is first appended to the tail instead: [`GENERATIONS`] tables in
 //! rowid order only, so a commit dirties a table's last page or two, each in a
-//! file of its own (`<database>-tail/<g>.db`, [`file`]), attached to the
-//! writer's connection only. Entries go to one generation for [`ROTATE_EVERY`],
+//! file of its own (`<database>-tail/<g>.<n>.db`), attached to the writer's
+//! connection only. Entries go to one generation for [`ROTATE_EVERY`],
 //! then to the next; before a generation is used again it is compacted, its
 //! entries being at least `(GENERATIONS - 1) × ROTATE_EVERY` old by then: what
 //! every device of the owner has received (the sweep's rule,
 //! `devices::Sweep::Delivered`) is dropped — after `users.inbox_seq` records
 //! the owner's newest number, as the sweep's `keep_seq_marks` does, so no
 //! number is handed out twice —, the rest moves into `inbox`, and the file is
-//! replaced by an empty one ([`Tail::reset`]). Emptying a table in the main
-//! file cost 1 µs per entry with per-row deletes, and with a whole-table
+//! replaced by a new, empty one ([`Tail::reset`]). Emptying a table in the
+//! main file cost 1 µs per entry with per-row deletes, and with a whole-table
 //! `DELETE` (which reads every page back to free it) a 45 ms stall a second at
 //! 28,000 msg/s; a file of its own also keeps the tail out of the main WAL and
-//! its checkpoints (each generation is written once, to its own WAL, and
-//! deleted).
+//! its checkpoints.
 //!
 //! The files are only ever written by the writer's connection, which never
-//! checkpoints them (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, no autocheckpoint):
-//! a generation's rows are written once, to its WAL, and the files deleted.
-//! A transaction spanning them and the main file is atomic per
-//! file, not across them (SQLite commits WAL files one by one, the main file
-//! first): nothing is answered before the whole commit returns, entries moved
-//! into `inbox` are moved with `ON CONFLICT DO NOTHING`, so a crash between
-//! two files' commits leaves at worst an entry both in `inbox` and the tail
-//! (skipped when recovered), or a delivered entry that recovery puts back into
-//! `inbox` (below every device's cursor: never sent again; the sweep drops it).
+//! checkpoints them (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, no autocheckpoint,
+//! `main.` checkpoints only): a generation's rows are written once, to its
+//! WAL, which the checkpointer syncs as often as it checkpoints the main file
+//! ([`sync`]), so they are as durable as the main file's commits. A replaced
+//! file is deleted only once the main WAL, holding the compaction that made
+//! it unneeded, is synced ([`delete_later`]); whatever files a crash or power
+//! loss leaves, the next start moves into `inbox` ([`Tail::recover`]). A
+//! transaction spanning the tail's files and the main one is atomic per file,
+//! not across them (SQLite commits WAL files one by one, the main file
+//! first): nothing is answered before the whole commit returns, a commit that
+//! fails part-way is failed rather than retried
+//! ([`crate::StoreError::PartialCommit`]), and entries are moved into `inbox`
+//! with `ON CONFLICT DO NOTHING`; so a crash leaves at worst an entry both in
+//! `inbox` and the tail (skipped when recovered), or a delivered entry that
+//! recovery puts back into `inbox` (below every device's cursor: never sent
+//! again, and it keeps its number from being handed out again; the sweep
+//! drops it).
 //! Entries of owners without a session, of owners some of whose entries had
 //! to move at the last compaction (a device that lags: in the tail they would
 //! be written twice; for [`LAGGING_FOR`]), and group messages (the room logic
@@ -43,9 +50,10 @@
 //! store asks the writer to move that owner's waiting entries into `inbox`
 //! ([`super::Writer::settle`]) if [`TailShared::holds`] says it has any, which
 //! is true from before its first entry's append is answered until after the
-//! commit that moved or dropped its last. The tables hold exactly the entries
-//! still waiting; the server's start moves them all into `inbox` ([`recover`],
-//! from `Store::set_until_delivered`, which only the server calls: the CLI
+//! commit that moved or dropped its last. The current files hold the entries
+//! still waiting (and, until they are replaced, compacted ones); the server's
+//! start moves them all into `inbox` ([`Tail::recover`], from
+//! `Store::set_until_delivered`, which only the server calls: the CLI
 //! opening the same database leaves them alone).
 //!
 //! A duplicate origin key (XEP-0359) is refused as `inbox`'s unique index
@@ -71,7 +79,8 @@ pub(super) const GENERATIONS: usize = 4;
 /// (`CURSOR_WRITE_INTERVAL` in the server, 1 s).
 const ROTATE_EVERY: Duration = Duration::from_secs(1);
 /// A generation is closed early once it holds this many entries (memory and
-/// the reads' settle work stay bounded under any load).
+/// the reads' settle work stay bounded under any load; should closing it
+/// fail, new entries go to `inbox` meanwhile: [`Tail::ready`]).
 const MAX_GENERATION: usize = 25_000;
 /// Origin keys of tail entries remembered for duplicate detection: more than
 /// can wait at once, so a waiting entry's key is never forgotten.
@@ -107,27 +116,51 @@ fn dir(database: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Generation `g`'s file, `<database>-tail/<g>.db` (SQLite's `-wal` and
-/// `-shm` beside it).
-fn file(database: &Path, g: usize) -> PathBuf {
-    dir(database).join(format!("{g}.db"))
+/// SQLite's files for database `file`: itself, its WAL, shared-memory index
+/// and rollback journal.
+fn with_companions(file: &Path) -> [PathBuf; 4] {
+    ["", "-wal", "-shm", "-journal"].map(|suffix| {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    })
 }
 
-/// Generation `g`'s files (the database, SQLite's WAL, shared-memory index
-/// and journal), each with the name it gets once replaced
-/// ([`Tail::reset`]).
-fn files(database: &Path, g: usize) -> Vec<(PathBuf, PathBuf)> {
-    let path = file(database, g);
-    ["", "-wal", "-shm", "-journal"]
-        .into_iter()
-        .map(|suffix| {
-            let mut name = path.clone().into_os_string();
-            name.push(suffix);
-            let mut trash = name.clone();
-            trash.push(".gone");
-            (name.into(), trash.into())
-        })
-        .collect()
+/// The database files in the tail's directory (generations of this run or
+/// left by an earlier one).
+fn databases(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "db") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Makes what was written to the tail's files so far durable (`fdatasync`
+/// of each WAL): the checkpointer calls it as often as it checkpoints the
+/// main file, whose commits are durable from then on too (`synchronous =
+/// NORMAL`). Errors are logged.
+pub(super) fn sync(database: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir(database)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.to_string_lossy().ends_with("-wal")
+            && let Ok(file) = std::fs::File::open(&path)
+            && let Err(error) = file.sync_data()
+        {
+            tracing::warn!(%error, path = %path.display(), "syncing the log's tail failed");
+        }
+    }
 }
 
 /// A generation's table. Not a foreign key to `users` (that can't cross
@@ -148,30 +181,70 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS {schema}.entries (
     origin TEXT
 )";
 
-/// Attaches generation `g`'s file to the writer's connection (created empty
-/// if missing).
-fn attach(conn: &Connection, database: &Path, g: usize) -> Result<()> {
-    let path = file(database, g);
-    let Some(name) = path.to_str() else {
+/// Attaches database `file` to the writer's connection as `schema`, created
+/// empty (in WAL mode, with the table) if missing; detached again if setting
+/// it up fails.
+fn attach(conn: &Connection, file: &Path, schema: &str) -> Result<()> {
+    let Some(name) = file.to_str() else {
         return Err(StoreError::Io {
-            path,
+            path: file.to_path_buf(),
             source: std::io::Error::other("the database path is not UTF-8"),
         });
     };
-    let schema = schema(g);
     conn.execute(&format!("ATTACH DATABASE ?1 AS {schema}"), [name])?;
-    // No `fsync` while the file is set up (turning WAL on and creating the
-    // table): a crash meanwhile leaves a file that recovery reads as empty or
-    // replaces.
-    conn.execute_batch(&format!("PRAGMA {schema}.synchronous = OFF"))?;
-    let _: String = conn.query_row(&format!("PRAGMA {schema}.journal_mode = WAL"), [], |row| {
-        row.get(0)
-    })?;
-    conn.execute_batch(&format!(
-        "{}; PRAGMA {schema}.synchronous = NORMAL",
-        CREATE.replace("{schema}", schema)
-    ))?;
+    // No `fsync` while a new file is set up (turning WAL on, creating the
+    // table): its name is new, and nothing in it matters before it is.
+    let set_up = conn
+        .execute_batch(&format!("PRAGMA {schema}.synchronous = OFF"))
+        .and_then(|()| {
+            conn.query_row(&format!("PRAGMA {schema}.journal_mode = WAL"), [], |row| {
+                row.get::<_, String>(0)
+            })
+        })
+        .and_then(|_| {
+            conn.execute_batch(&format!(
+                "{}; PRAGMA {schema}.synchronous = NORMAL",
+                CREATE.replace("{schema}", schema)
+            ))
+        });
+    if let Err(error) = set_up {
+        let _ = conn.execute_batch(&format!("DETACH DATABASE {schema}"));
+        return Err(error.into());
+    }
     Ok(())
+}
+
+/// Deletes `files` on a thread of its own (freeing a second's worth of pages
+/// took the writer 4–5 ms at 28,000 msg/s), once the main file's WAL is
+/// durable: the compaction that made them unneeded is committed there, and
+/// until it is on disk (`synchronous = NORMAL` syncs it at checkpoints only)
+/// a power loss could undo it — the files must then still be there for
+/// [`Tail::recover`].
+fn delete_later(main_wal: PathBuf, files: Vec<PathBuf>) {
+    let delete = move || {
+        if let Ok(wal) = std::fs::File::open(&main_wal)
+            && let Err(error) = wal.sync_data()
+        {
+            // Kept for the next start to recover from.
+            tracing::warn!(%error, "syncing the log before deleting a tail file failed");
+            return;
+        }
+        for file in &files {
+            match std::fs::remove_file(file) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(%error, path = %file.display(), "deleting a tail file failed")
+                }
+            }
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("kith-tail-delete".to_owned())
+        .spawn(delete.clone());
+    if spawned.is_err() {
+        delete();
+    }
 }
 
 /// What readers and the writer share.
@@ -268,8 +341,12 @@ pub(super) struct Tail {
     next_id: i64,
     /// The database file, beside which the generations' files are.
     database: PathBuf,
-    /// Which generations' files are attached ([`Tail::recover`] attaches them).
-    attached: [bool; GENERATIONS],
+    /// The file each generation has attached ([`Tail::recover`] attaches
+    /// them), and how many were created: each gets a name of its own.
+    files: [Option<PathBuf>; GENERATIONS],
+    created: u64,
+    /// The main file's WAL (synced before a replaced file is deleted).
+    main_wal: PathBuf,
     /// Generations whose file may hold rows (or freed pages): replaced by an
     /// empty one before the generation is used again.
     dirty: [bool; GENERATIONS],
@@ -279,6 +356,7 @@ pub(super) struct Tail {
 
 impl Tail {
     pub(super) fn new(shared: Arc<TailShared>, database: PathBuf) -> Tail {
+        let main_wal = with_companions(&database)[1].clone();
         Tail {
             shared,
             waiting: HashMap::new(),
@@ -289,7 +367,11 @@ impl Tail {
             lagging: HashMap::new(),
             next_id: 1,
             database,
-            attached: [false; GENERATIONS],
+            files: [None, None, None, None],
+            // Names no earlier writer used (files it left are recovered and
+            // deleted, and one still running — a test's — deletes its own).
+            created: crate::now_micros().unsigned_abs(),
+            main_wal,
             dirty: [false; GENERATIONS],
             origins: HashSet::new(),
             origins_order: VecDeque::new(),
@@ -310,10 +392,11 @@ impl Tail {
                 .is_some_and(|until| *until > Instant::now())
     }
 
-    /// Whether entries can go to the tail now: its current generation's
-    /// file is attached (always, but after a failed reset).
+    /// Whether entries can go to the tail now: its current generation has a
+    /// file (always, but after a failed reset) with room left (full but for
+    /// a failing rotation, new entries go to `inbox`).
     pub(super) fn ready(&self) -> bool {
-        self.attached[self.current]
+        self.files[self.current].is_some() && self.counts[self.current] < MAX_GENERATION
     }
 
     /// The table new entries go to.
@@ -485,7 +568,8 @@ impl Tail {
         heads: &HashMap<String, i64>,
         fts_next_rowid: i64,
     ) -> Result<Moved> {
-        if !self.ready() && self.attached.iter().any(|a| *a) && Instant::now() >= self.retry_at {
+        let recovered = self.files.iter().any(Option::is_some);
+        if recovered && self.files[self.current].is_none() && Instant::now() >= self.retry_at {
             // A reset of the current generation failed (the sweep's): try
             // again; its entries go to `inbox` meanwhile.
             if let Err(error) = self.reset(conn, self.current) {
@@ -529,6 +613,10 @@ impl Tail {
     ) -> Result<(Moved, u64)> {
         let mut moved = Moved::none();
         let mut dropped = 0;
+        if self.files.iter().all(Option::is_none) {
+            // Not recovered (a process other than the server): no tail here.
+            return Ok((moved, dropped));
+        }
         let current = self.current;
         for g in (1..=GENERATIONS).map(|k| (current + k) % GENERATIONS) {
             if self.counts[g] > 0 {
@@ -538,7 +626,13 @@ impl Tail {
                 dropped += before.saturating_sub(this.entries) as u64;
                 moved.add(this);
             }
-            self.reset(conn, g)?;
+            // A failed reset is retried (before the generation is used
+            // again; the current one's after `ROTATE_EVERY`): the compaction
+            // stands.
+            if let Err(error) = self.reset(conn, g) {
+                tracing::warn!(%error, "replacing a file of the log's tail failed; will retry");
+                self.retry_at = Instant::now() + ROTATE_EVERY;
+            }
         }
         Ok((moved, dropped))
     }
@@ -621,75 +715,107 @@ impl Tail {
 }
 
 impl Tail {
-    /// Replaces generation `g`'s file by an empty one if it may hold
-    /// anything. No transaction may be open; the cached statements are
-    /// finalized first (the attached databases change under them). Fails
-    /// with the generation detached only if its file can't be removed or
-    /// created: the next try attaches it again.
+    /// Replaces generation `g`'s file by a new, empty one if it may hold
+    /// anything (or attaches one if none is). No transaction may be open; the
+    /// cached statements are finalized first (the attached databases change
+    /// under them). Each file has a name of its own (`<g>.<n>.db`), so the
+    /// old one is deleted later ([`delete_later`]) and a crash or power loss
+    /// meanwhile leaves it to [`Tail::recover`].
     fn reset(&mut self, conn: &Connection, g: usize) -> Result<()> {
-        if !self.dirty[g] && self.attached[g] {
+        if !self.dirty[g] && self.files[g].is_some() {
             return Ok(());
         }
-        if self.attached[g] {
+        if let Some(old) = self.files[g].take() {
             conn.flush_prepared_statement_cache();
-            conn.execute_batch(&format!("DETACH DATABASE {}", schema(g)))?;
-            self.attached[g] = false;
-        }
-        // Renamed, then deleted by a thread of its own: freeing a second's
-        // worth of pages took the writer 4–5 ms at 28,000 msg/s.
-        let mut gone = Vec::new();
-        for (name, trash) in files(&self.database, g) {
-            match std::fs::rename(&name, &trash) {
-                Ok(()) => gone.push(trash),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StoreError::Io { path: name, source }),
+            if let Err(error) = conn.execute_batch(&format!("DETACH DATABASE {}", schema(g))) {
+                self.files[g] = Some(old);
+                return Err(error.into());
             }
+            delete_later(self.main_wal.clone(), with_companions(&old).to_vec());
         }
-        if !gone.is_empty() {
-            let delete = move || {
-                for trash in &gone {
-                    let _ = std::fs::remove_file(trash);
-                }
-            };
-            let spawned = std::thread::Builder::new()
-                .name("kith-tail-delete".to_owned())
-                .spawn(delete.clone());
-            if spawned.is_err() {
-                delete();
+        let file = dir(&self.database).join(format!("{g}.{}.db", self.created));
+        self.created += 1;
+        if let Err(error) = attach(conn, &file, schema(g)) {
+            for path in with_companions(&file) {
+                let _ = std::fs::remove_file(path);
             }
+            return Err(error);
         }
-        attach(conn, &self.database, g)?;
-        self.attached[g] = true;
+        self.files[g] = Some(file);
         self.dirty[g] = false;
         Ok(())
     }
 
     /// At the server's start (not of every process that opens the database):
-    /// attaches the generations' files, moves every entry a previous run left
-    /// in them into `inbox` (the full-text index's mark lowered to cover
-    /// them), and empties them. Once per writer: later, what is there is this
-    /// run's. Must run before entries go to the tail.
+    /// moves every entry a previous run left in the tail's files into `inbox`
+    /// (the full-text index's mark lowered to cover them; entries already
+    /// there, and those of deleted accounts, skipped), deletes the files, and
+    /// attaches a new file per generation. Once per writer: later, what is
+    /// there is this run's. Must run before entries go to the tail.
     pub(super) fn recover(&mut self, conn: &Connection) -> Result<Moved> {
         let dir = dir(&self.database);
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let left = databases(&dir)?;
+        let mut moved = Moved::none();
+        // Up to 8 at a time (SQLite attaches 10 databases at most).
+        for chunk in left.chunks(8) {
+            match recover_files(conn, chunk) {
+                Ok(this) => moved.add(this),
+                // One at a time, to set aside only what can't be read.
+                Err(_) if chunk.len() > 1 => {
+                    for file in chunk {
+                        moved.add(recover_or_set_aside(conn, file)?);
+                    }
+                }
+                Err(_) => moved.add(recover_or_set_aside(conn, &chunk[0])?),
+            }
+        }
+        if !left.is_empty() {
+            // What moved is on disk before the files go (`delete_later`).
+            std::fs::File::open(&self.main_wal)
+                .and_then(|wal| wal.sync_data())
+                .map_err(|source| StoreError::Io {
+                    path: self.main_wal.clone(),
+                    source,
+                })?;
+        }
+        for file in &left {
+            for path in with_companions(file) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StoreError::Io { path, source }),
+                }
+            }
+        }
         for g in 0..GENERATIONS {
-            // Files a reset renamed and a crash left.
-            for (_, trash) in files(&self.database, g) {
-                let _ = std::fs::remove_file(trash);
-            }
-            if !self.attached[g] {
-                attach(conn, &self.database, g)?;
-                self.attached[g] = true;
-            }
+            self.dirty[g] = true;
+            self.reset(conn, g)?;
+        }
+        Ok(moved)
+    }
+}
+
+/// Moves the entries of the tail's database `files` (left by an earlier run)
+/// into `inbox`, in log order, in one transaction.
+fn recover_files(conn: &Connection, files: &[PathBuf]) -> Result<Moved> {
+    let schemas: Vec<String> = (0..files.len()).map(|i| format!("recovered{i}")).collect();
+    let mut attached = 0;
+    let moved = (|| {
+        for (file, schema) in files.iter().zip(&schemas) {
+            attach(conn, file, schema)?;
+            attached += 1;
         }
         let tx = super::sqlite::Immediate::begin(conn)?;
         let before: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
             row.get(0)
         })?;
-        // In log order across the generations; accounts deleted meanwhile
-        // are skipped (their entries went with them).
-        let all = (0..GENERATIONS)
-            .map(|g| format!("SELECT id, {COLUMNS} FROM {}", table(g)))
+        let all = schemas
+            .iter()
+            .map(|schema| format!("SELECT id, {COLUMNS} FROM {schema}.entries"))
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
         let waiting = tx.execute(
@@ -707,10 +833,6 @@ impl Tail {
             )?;
         }
         tx.commit()?;
-        for g in 0..GENERATIONS {
-            self.dirty[g] = true;
-            self.reset(conn, g)?;
-        }
         Ok(if waiting > 0 {
             Moved {
                 entries: waiting,
@@ -719,6 +841,29 @@ impl Tail {
         } else {
             Moved::none()
         })
+    })();
+    for schema in &schemas[..attached] {
+        let _ = conn.execute_batch(&format!("DETACH DATABASE {schema}"));
+    }
+    moved
+}
+
+/// [`recover_files`] for one file; one that can't be read (say, torn by a
+/// power loss) is renamed `….db.unreadable` and reported, so that the server
+/// still starts.
+fn recover_or_set_aside(conn: &Connection, file: &Path) -> Result<Moved> {
+    match recover_files(conn, std::slice::from_ref(&file.to_path_buf())) {
+        Ok(moved) => Ok(moved),
+        Err(error) => {
+            tracing::error!(%error, path = %file.display(),
+                "a file of the log's tail can't be read; its entries were not recovered (set aside)");
+            for path in with_companions(file) {
+                let mut aside = path.clone().into_os_string();
+                aside.push(".unreadable");
+                let _ = std::fs::rename(&path, aside);
+            }
+            Ok(Moved::none())
+        }
     }
 }
 
