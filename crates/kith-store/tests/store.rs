@@ -1681,6 +1681,51 @@ async fn a_deleted_account_leaves_nothing_in_the_tail() {
     .await;
 }
 
+/// What a crash or power loss leaves in the tail's directory: a replaced
+/// file not deleted yet (its entries still needed if the compaction that
+/// replaced it was undone) is recovered into the log; a torn one is set aside
+/// and the server still starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_left_in_the_tail_are_recovered_or_set_aside() {
+    run_sqlite(|db: TestDb| async move {
+        let s = db.open().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
+        let dir = std::path::PathBuf::from(format!("{database}-tail"));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let left = rusqlite::Connection::open(dir.join("0.7.db")).unwrap();
+            left.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE entries (id INTEGER PRIMARY KEY, owner TEXT NOT NULL,
+                    seq INTEGER NOT NULL, stanza_id TEXT NOT NULL, sender TEXT NOT NULL,
+                    kind TEXT NOT NULL, xml TEXT NOT NULL, at_micros INTEGER NOT NULL,
+                    peer TEXT NOT NULL, direction TEXT NOT NULL, body TEXT, origin TEXT);
+                 INSERT INTO entries VALUES (1, 'alice', 1, 'left1', 'bob@localhost',
+                    'chat', '<message/>', 1, 'bob@localhost', 'in', NULL, NULL);
+                 INSERT INTO entries VALUES (2, 'ghost', 1, 'gone1', 'bob@localhost',
+                    'chat', '<message/>', 1, 'bob@localhost', 'in', NULL, NULL);",
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.join("1.7.db"), b"torn by a power loss, not a database").unwrap();
+        // The server's start.
+        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| true)))
+            .await
+            .expect("the server starts");
+        assert_eq!(ids_of(&s, "alice").await, ["left1"]);
+        assert_eq!(s.inbox_head("alice").await.unwrap(), 1);
+        assert!(dir.join("1.7.db.unreadable").exists(), "set aside");
+        assert!(!dir.join("0.7.db").exists(), "recovered and deleted");
+        // New entries go on from there.
+        s.inbox_append("alice", &entry("a2", "<message/>", 200))
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&s, "alice").await, ["left1", "a2"]);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
     run_sqlite(|db: TestDb| async move {

@@ -848,23 +848,39 @@ fn recover_files(conn: &Connection, files: &[PathBuf]) -> Result<Moved> {
     moved
 }
 
-/// [`recover_files`] for one file; one that can't be read (say, torn by a
-/// power loss) is renamed `….db.unreadable` and reported, so that the server
-/// still starts.
+/// [`recover_files`] for one file. One that can't be read on its own (say,
+/// torn by a power loss) is renamed `….db.unreadable` and reported, so that
+/// the server still starts; any other failure (the main file's) is returned.
 fn recover_or_set_aside(conn: &Connection, file: &Path) -> Result<Moved> {
-    match recover_files(conn, std::slice::from_ref(&file.to_path_buf())) {
-        Ok(moved) => Ok(moved),
-        Err(error) => {
-            tracing::error!(%error, path = %file.display(),
-                "a file of the log's tail can't be read; its entries were not recovered (set aside)");
-            for path in with_companions(file) {
-                let mut aside = path.clone().into_os_string();
-                aside.push(".unreadable");
-                let _ = std::fs::rename(&path, aside);
-            }
-            Ok(Moved::none())
-        }
+    let error = match recover_files(conn, std::slice::from_ref(&file.to_path_buf())) {
+        Ok(moved) => return Ok(moved),
+        Err(error) => error,
+    };
+    if readable(conn, file) {
+        return Err(error);
     }
+    tracing::error!(%error, path = %file.display(),
+        "a file of the log's tail can't be read; its entries were not recovered (set aside)");
+    for path in with_companions(file) {
+        let mut aside = path.clone().into_os_string();
+        aside.push(".unreadable");
+        let _ = std::fs::rename(&path, aside);
+    }
+    Ok(Moved::none())
+}
+
+/// Whether the tail's database `file` can be attached and its entries read.
+fn readable(conn: &Connection, file: &Path) -> bool {
+    if attach(conn, file, "probe").is_err() {
+        return false;
+    }
+    let read = conn
+        .query_row("SELECT COUNT(*) FROM probe.entries", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .is_ok();
+    let _ = conn.execute_batch("DETACH DATABASE probe");
+    read
 }
 
 /// `[1,2,3]`: ids for `json_each`.
