@@ -112,7 +112,6 @@ pub(super) fn start(
         heads: HashMap::new(),
         rooms: HashMap::new(),
         tail: Tail::new(tail, path.to_path_buf()),
-        recovered: false,
         checkpointer,
         wal_path: {
             let mut wal = path.as_os_str().to_owned();
@@ -154,8 +153,6 @@ struct SqliteWriter {
     rooms: HashMap<String, Arc<RoomRows>>,
     /// 1:1 entries waiting to be delivered or moved into `inbox` ([`tail`]).
     tail: Tail,
-    /// Whether what a previous run left in the tail was moved.
-    recovered: bool,
     fts: Fts,
     /// Stopped (and waited for) when the writer ends.
     checkpointer: Checkpointer,
@@ -561,6 +558,16 @@ impl SqliteWriter {
                 }
             }
         }
+        // The batch's rows (and their index) going to the tail, or not.
+        let to_tail = &to_tail;
+        let rows = |tail: bool| {
+            numbered
+                .rows
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| to_tail[*i] == tail)
+                .filter_map(|(i, row)| row.map(|row| (i, row)))
+        };
         if to_tail.contains(&true) {
             // Origin keys appended to the tail by this batch.
             let mut origins: HashSet<String> = HashSet::new();
@@ -569,13 +576,7 @@ impl SqliteWriter {
                 self.tail.current_table(),
                 tail::COLUMNS
             ))?;
-            for (i, (owner, seq, entry)) in numbered
-                .rows
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| to_tail[*i])
-                .filter_map(|(i, row)| row.map(|row| (i, row)))
-            {
+            for (i, (owner, seq, entry)) in rows(true) {
                 let origin_key = match &entry.origin {
                     Some(origin) => {
                         let key = tail::origin_key(owner, origin);
@@ -607,13 +608,7 @@ impl SqliteWriter {
                  ON CONFLICT DO NOTHING",
                 tail::COLUMNS
             ))?;
-            for (i, (owner, seq, entry)) in numbered
-                .rows
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !to_tail[*i])
-                .filter_map(|(i, row)| row.map(|row| (i, row)))
-            {
+            for (i, (owner, seq, entry)) in rows(false) {
                 // A key the tail has (or had) is a duplicate too.
                 if let Some(origin) = &entry.origin
                     && self.tail.remembers(owner, origin)
@@ -741,11 +736,7 @@ impl SqliteWriter {
     /// Moves what a previous run left in the log's tail into `inbox` (once:
     /// later, what is there is this run's).
     fn recover(&mut self) -> Result<()> {
-        if self.recovered {
-            return Ok(());
-        }
         let moved = self.tail.recover(&self.conn)?;
-        self.recovered = true;
         if moved.entries > 0 {
             tracing::info!(
                 entries = moved.entries,

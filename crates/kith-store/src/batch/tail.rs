@@ -61,10 +61,9 @@
 //! keys of tail entries (those waiting, or dropped recently).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -155,11 +154,27 @@ pub(super) fn sync(database: &Path) {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.to_string_lossy().ends_with("-wal")
-            && let Ok(file) = std::fs::File::open(&path)
-            && let Err(error) = file.sync_data()
+            && let Err(error) = sync_file(&path)
         {
             tracing::warn!(%error, path = %path.display(), "syncing the log's tail failed");
         }
+    }
+}
+
+/// `fdatasync` of `path`, if it exists.
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(file) => file.sync_data(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Removes `path`, if it exists.
+fn remove_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
     }
 }
 
@@ -222,20 +237,14 @@ fn attach(conn: &Connection, file: &Path, schema: &str) -> Result<()> {
 /// [`Tail::recover`].
 fn delete_later(main_wal: PathBuf, files: Vec<PathBuf>) {
     let delete = move || {
-        if let Ok(wal) = std::fs::File::open(&main_wal)
-            && let Err(error) = wal.sync_data()
-        {
+        if let Err(error) = sync_file(&main_wal) {
             // Kept for the next start to recover from.
             tracing::warn!(%error, "syncing the log before deleting a tail file failed");
             return;
         }
         for file in &files {
-            match std::fs::remove_file(file) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    tracing::warn!(%error, path = %file.display(), "deleting a tail file failed")
-                }
+            if let Err(error) = remove_file(file) {
+                tracing::warn!(%error, path = %file.display(), "deleting a tail file failed");
             }
         }
     };
@@ -390,6 +399,12 @@ impl Tail {
                 .lagging
                 .get(owner)
                 .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Whether [`Tail::recover`] ran: files are attached from then on (but
+    /// for a failed reset, retried).
+    fn recovered(&self) -> bool {
+        self.files.iter().any(Option::is_some)
     }
 
     /// Whether entries can go to the tail now: its current generation has a
@@ -568,8 +583,8 @@ impl Tail {
         heads: &HashMap<String, i64>,
         fts_next_rowid: i64,
     ) -> Result<Moved> {
-        let recovered = self.files.iter().any(Option::is_some);
-        if recovered && self.files[self.current].is_none() && Instant::now() >= self.retry_at {
+        if self.recovered() && self.files[self.current].is_none() && Instant::now() >= self.retry_at
+        {
             // A reset of the current generation failed (the sweep's): try
             // again; its entries go to `inbox` meanwhile.
             if let Err(error) = self.reset(conn, self.current) {
@@ -613,8 +628,8 @@ impl Tail {
     ) -> Result<(Moved, u64)> {
         let mut moved = Moved::none();
         let mut dropped = 0;
-        if self.files.iter().all(Option::is_none) {
-            // Not recovered (a process other than the server): no tail here.
+        if !self.recovered() {
+            // A process other than the server: no tail here.
             return Ok((moved, dropped));
         }
         let current = self.current;
@@ -737,7 +752,7 @@ impl Tail {
         self.created += 1;
         if let Err(error) = attach(conn, &file, schema(g)) {
             for path in with_companions(&file) {
-                let _ = std::fs::remove_file(path);
+                let _ = remove_file(&path);
             }
             return Err(error);
         }
@@ -753,6 +768,9 @@ impl Tail {
     /// attaches a new file per generation. Once per writer: later, what is
     /// there is this run's. Must run before entries go to the tail.
     pub(super) fn recover(&mut self, conn: &Connection) -> Result<Moved> {
+        if self.recovered() {
+            return Ok(Moved::none());
+        }
         let dir = dir(&self.database);
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
@@ -775,21 +793,13 @@ impl Tail {
         }
         if !left.is_empty() {
             // What moved is on disk before the files go (`delete_later`).
-            std::fs::File::open(&self.main_wal)
-                .and_then(|wal| wal.sync_data())
-                .map_err(|source| StoreError::Io {
-                    path: self.main_wal.clone(),
-                    source,
-                })?;
+            sync_file(&self.main_wal).map_err(|source| StoreError::Io {
+                path: self.main_wal.clone(),
+                source,
+            })?;
         }
-        for file in &left {
-            for path in with_companions(file) {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(StoreError::Io { path, source }),
-                }
-            }
+        for path in left.iter().flat_map(|file| with_companions(file)) {
+            remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
         }
         for g in 0..GENERATIONS {
             self.dirty[g] = true;
