@@ -68,8 +68,8 @@ fn parse_stream_1000_messages(bencher: divan::Bencher) {
 
 /// Parses STANZAS messages that arrive one per read, with or without releasing the
 /// parser after each read (what the server does when the socket then has nothing
-/// more, so an idle session holds no parser): the cost of rebuilding it from the
-/// stream header, per stanza, in the worst case.
+/// more, so an idle session holds no parser buffers): the cost of allocating them
+/// again, per stanza, in the worst case.
 #[divan::bench(args = [false, true])]
 fn parse_1000_messages_one_per_read(bencher: divan::Bencher, release: bool) {
     let (header, _) = stream_bytes();
@@ -89,6 +89,23 @@ fn parse_1000_messages_one_per_read(bencher: divan::Bencher, release: bool) {
             }
             assert_eq!(events.len(), STANZAS);
             events.len()
+        });
+}
+
+/// Parses one message as a WebSocket frame (RFC 7395: one stanza per message) or
+/// a stored stanza read back from the log.
+#[divan::bench]
+fn parse_fragment_message(bencher: divan::Bencher) {
+    let message = one_message(1);
+    bencher
+        .counter(ItemsCount::new(1usize))
+        .counter(BytesCount::new(message.len()))
+        .bench(|| {
+            kith_proto::stream::parse_fragment(
+                divan::black_box(message.as_bytes()),
+                Limits::default(),
+            )
+            .expect("message parses")
         });
 }
 

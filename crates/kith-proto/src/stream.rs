@@ -1,29 +1,34 @@
 //! Incremental parsing of an XMPP stream (RFC 6120 §4) into stanzas.
 //!
 //! [`StreamParser`] is fed raw bytes as they arrive and returns [`StreamEvent`]s: the
-//! stream header, each complete top-level element, and the stream close. It builds
-//! on `rxml`, which already refuses what RFC 6120 §11.1 forbids (DTDs, entity
-//! declarations and references other than the predefined ones, processing
-//! instructions, comments). On top of that it enforces, *while parsing*:
+//! stream header, each complete top-level element, and the stream close. It works
+//! in two steps:
 //!
-//! - the maximum size of one stanza (bytes from its `<` to its closing `>`), so a
-//!   peer can't make the server buffer an unbounded element;
-//! - the maximum nesting depth of a stanza;
-//! - that nothing but whitespace appears between stanzas.
+//! - a *framer* runs over every byte once, with a few bytes of state carried from
+//!   one read to the next, and finds where the header, each stanza and the closing
+//!   tag end (it follows tags, quoted attribute values and CDATA sections, and
+//!   counts depth). It enforces, *while reading*, the maximum size of one stanza
+//!   (bytes from its `<` to its closing `>`, so a peer can't make the server buffer
+//!   an unbounded element), the maximum nesting depth, and that nothing but
+//!   whitespace comes between stanzas; it refuses comments, processing
+//!   instructions and DTDs (RFC 6120 §11.1) as soon as they begin;
+//! - each complete stanza is then parsed whole ([`element`]) — straight from the
+//!   bytes read when it arrived in one read, else from the bytes kept of it — with
+//!   every check XML 1.0 and Namespaces in XML 1.0 make, in the namespace
+//!   context of the stream header.
 //!
-//! Between stanzas the parser can be [released](StreamParser::release): an idle
-//! stream then holds no parser at all, only the bytes of its stream header, which
-//! are replayed into a fresh parser when the next bytes arrive (so the stream's
-//! namespace declarations still apply).
+//! Between stanzas the parser holds no buffer; [`StreamParser::release`] drops the
+//! one a stanza split across reads needed.
 //!
 //! [`parse_fragment`] parses one complete element, as RFC 7395 frames it on a
 //! WebSocket.
 
-use rxml::{Event, Parse, Parser, WithOptions};
+mod element;
 
+use self::element::{Scope, is_space, restricted};
 use crate::error::StreamErrorCondition;
 use crate::ns;
-use crate::xml::{Element, Name, Node};
+use crate::xml::Element;
 
 /// Limits applied while parsing.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +64,7 @@ pub struct StreamParserError {
 }
 
 impl StreamParserError {
-    fn new(condition: StreamErrorCondition, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(condition: StreamErrorCondition, detail: impl Into<String>) -> Self {
         StreamParserError {
             condition,
             detail: detail.into(),
@@ -70,81 +75,109 @@ impl StreamParserError {
 /// Turns a byte stream into [`StreamEvent`]s. Create a new one at every stream
 /// restart (after STARTTLS and after SASL success, RFC 6120 §5.4.3.3, §6.4.6).
 pub struct StreamParser {
-    /// The rxml parser; `None` once released between stanzas (boxed, so a released
-    /// parser costs a pointer).
-    parser: Option<Box<Parser>>,
-    header: Header,
     limits: Limits,
-    /// Elements open inside the current stanza; empty between stanzas.
-    stack: Vec<Element>,
-    /// Bytes consumed since the last stanza boundary: the stanza being parsed,
-    /// including any partial token rxml holds in its buffer.
-    stanza_bytes: usize,
-    /// Whether everything consumed since the last stanza boundary (the header's or
-    /// a stanza's closing `>`) is whitespace: a fresh parser primed with the header
-    /// is then in the same state as this one.
-    at_boundary: bool,
-    opened: bool,
+    /// Where the framer is in the markup.
+    lex: Lex,
+    /// Elements open in the stanza being read; 0 between stanzas.
+    depth: usize,
+    /// Where the names of the open elements (and of one whose start tag is being
+    /// read) are in the item's bytes: (offset, length). The framer checks each end
+    /// tag against its start tag, so that a stanza missing one fails at once
+    /// rather than when the size limit is reached.
+    names: Vec<(u32, u32)>,
+    /// Whether an item (the header, a stanza, the closing tag) has begun and not
+    /// ended: its bytes so far are in `partial`, or in the bytes being fed.
+    in_item: bool,
+    /// The bytes of an item begun in an earlier read.
+    partial: Vec<u8>,
+    /// Whether no byte of the stream has been read: the XML declaration may only
+    /// come first (XML 1.0 §2.8).
+    at_start: bool,
+    /// Whether the `<` just read was the stream's first byte.
+    declaration_allowed: bool,
+    /// The header's namespace context and name, once read.
+    stream: Option<Box<OpenStream>>,
     closed: bool,
+    released: bool,
 }
 
-/// The stream header's bytes, kept to prime a fresh parser after a release.
-enum Header {
-    /// Before the header is complete: what was consumed so far.
-    Reading(Vec<u8>),
-    /// From the start of the stream through the header's closing `>`.
-    Kept(Box<[u8]>),
-    /// Longer than [`MAX_KEPT_HEADER`]: the parser is kept instead.
-    TooLong,
+struct OpenStream {
+    scope: Scope,
+    qname: Box<str>,
 }
 
-/// A stream header longer than this (typically ≈200 bytes) is not kept, and the
-/// stream keeps its parser while idle.
-const MAX_KEPT_HEADER: usize = 2048;
+/// The framer's state: what the last byte read was part of.
+#[derive(Clone, Copy, Debug)]
+enum Lex {
+    /// Character data (between stanzas: whitespace only).
+    Text,
+    /// Just after a `<`.
+    Open,
+    /// In a start tag's name, which began at this offset in the item.
+    StartName { at: u32 },
+    /// In a start tag outside quotes; whether the last byte was `/`.
+    StartTag { slash: bool },
+    /// In a start tag's attribute value quoted by this byte.
+    Quoted(u8),
+    /// In an end tag's name, having matched this many bytes of the name it
+    /// must repeat.
+    EndName { matched: u32 },
+    /// In an end tag, after its name.
+    EndTag,
+    /// After `<!`, having matched this many bytes of `[CDATA[`.
+    Bang(u8),
+    /// In a CDATA section, after this many `]` (at most 2).
+    CData(u8),
+    /// In the XML declaration, having matched this many bytes of `xml` and the
+    /// space after it; whether the last byte was `?`.
+    Declaration { matched: u8, question: bool },
+}
 
-/// rxml's cap on one token: a name, an attribute value, or a piece of text (text
-/// longer than this arrives in several pieces, which [`push_text`] joins). rxml
-/// reserves this much per parser, so it is not the stanza limit; JIDs, the longest
-/// attribute values XMPP defines, are at most 3,071 bytes (RFC 7622 §3.1).
-const MAX_TOKEN_LENGTH: usize = 8 * 1024;
+/// What ends where the framer stopped.
+enum Item {
+    Header,
+    Stanza,
+    Close,
+}
+
+const CDATA_OPEN: &[u8] = b"[CDATA[";
 
 impl StreamParser {
     pub fn new(limits: Limits) -> Self {
         StreamParser {
-            parser: Some(Box::new(new_parser(limits))),
-            header: Header::Reading(Vec::new()),
             limits,
-            stack: Vec::new(),
-            stanza_bytes: 0,
-            at_boundary: false,
-            opened: false,
+            lex: Lex::Text,
+            depth: 0,
+            names: Vec::new(),
+            in_item: false,
+            partial: Vec::new(),
+            at_start: true,
+            declaration_allowed: false,
+            stream: None,
             closed: false,
+            released: false,
         }
     }
 
-    /// Drops the rxml parser (and its buffers) if the stream is between stanzas;
-    /// the next [`feed`](Self::feed) builds a new one from the kept header. Call it
-    /// once the client has been quiet for a while: building one costs about as
-    /// much as parsing a small stanza.
+    /// Drops the buffer a stanza split across reads needed, if the stream is
+    /// between stanzas. Call it once the client has been quiet for a while.
     pub fn release(&mut self) {
         if self.releasable() {
-            self.parser = None;
-            self.stack = Vec::new();
-            // Whitespace the old parser held is dropped with it.
-            self.stanza_bytes = 0;
+            self.partial = Vec::new();
+            self.names = Vec::new();
+            self.released = true;
         }
     }
 
-    /// Whether [`release`](Self::release) would drop the parser now.
+    /// Whether [`release`](Self::release) would release the parser now: the
+    /// stream is between stanzas.
     pub fn releasable(&self) -> bool {
-        let between_stanzas = self.at_boundary && self.stack.is_empty();
-        self.parser.is_some()
-            && ((between_stanzas && matches!(self.header, Header::Kept(_))) || self.closed)
+        !self.released && ((!self.in_item && self.stream.is_some()) || self.closed)
     }
 
-    /// Whether the rxml parser is currently released.
+    /// Whether the parser was released and has not been fed since.
     pub fn is_released(&self) -> bool {
-        self.parser.is_none()
+        self.released
     }
 
     /// Feeds bytes; appends the events they complete to `events`.
@@ -155,142 +188,259 @@ impl StreamParser {
         data: &[u8],
         events: &mut Vec<StreamEvent>,
     ) -> Result<(), StreamParserError> {
+        self.released = false;
         if self.closed {
-            return if data.iter().all(u8::is_ascii_whitespace) {
-                Ok(())
-            } else {
-                Err(StreamParserError::new(
-                    StreamErrorCondition::NotWellFormed,
-                    "data after the end of the stream",
-                ))
-            };
+            return after_close(data);
         }
-        let mut parser = match self.parser.take() {
-            Some(parser) => parser,
-            None => self.rebuild()?,
-        };
-        let result = self.feed_parser(&mut parser, data, events);
-        self.parser = Some(parser);
-        result
-    }
-
-    fn feed_parser(
-        &mut self,
-        parser: &mut Parser,
-        mut data: &[u8],
-        events: &mut Vec<StreamEvent>,
-    ) -> Result<(), StreamParserError> {
-        loop {
-            let before = data;
-            let result = parser.parse(&mut data, false);
-            let consumed = &before[..before.len() - data.len()];
-            self.stanza_bytes += consumed.len();
-            self.check_partial_size()?;
-            if let Header::Reading(bytes) = &mut self.header {
-                if bytes.len() + consumed.len() > MAX_KEPT_HEADER {
-                    self.header = Header::TooLong;
-                } else {
-                    bytes.extend_from_slice(consumed);
-                }
-            }
-            let event = match result {
-                Ok(Some(event)) => event,
-                Ok(None) => {
-                    self.closed = true;
-                    events.push(StreamEvent::Close);
-                    return Ok(());
-                }
-                Err(rxml::error::EndOrError::NeedMoreData) => {
-                    self.note_consumed(consumed);
-                    if data.is_empty() {
-                        return Ok(());
+        // Where the current item begins in `data` (0: in an earlier read).
+        let mut start = self.in_item.then_some(0);
+        let mut i = 0;
+        while i < data.len() {
+            let byte = data[i];
+            let mut ended = None;
+            match self.lex {
+                Lex::Text if self.depth == 0 => {
+                    if byte == b'<' {
+                        self.declaration_allowed = self.at_start;
+                        self.at_start = false;
+                        if start.is_none() {
+                            start = Some(i);
+                            self.in_item = true;
+                        }
+                        self.lex = Lex::Open;
+                    } else if is_space(byte) {
+                        self.at_start = false;
+                    } else {
+                        return Err(not_well_formed(if self.stream.is_some() {
+                            "text between stanzas"
+                        } else {
+                            "text before the stream header"
+                        }));
                     }
-                    continue;
+                    i += 1;
                 }
-                Err(rxml::error::EndOrError::Error(error)) => return Err(map_xml_error(&error)),
-            };
-            let Some(out) = self.on_event(event)? else {
-                self.note_consumed(consumed);
-                continue;
-            };
-            match out {
-                StreamEvent::Open(_) => self.header_complete(consumed),
-                StreamEvent::Stanza(_) => self.boundary(consumed),
-                StreamEvent::Close => {
-                    self.closed = true;
-                    events.push(out);
-                    return Ok(());
+                Lex::Text => match memchr::memchr(b'<', &data[i..]) {
+                    Some(offset) => {
+                        i += offset + 1;
+                        self.lex = Lex::Open;
+                    }
+                    None => i = data.len(),
+                },
+                Lex::Open => {
+                    // The first byte of a name is read again as part of it.
+                    i += 1;
+                    self.lex = match byte {
+                        b'/' if self.stream.is_none() => {
+                            return Err(not_well_formed("end tag before the stream header"));
+                        }
+                        b'/' => Lex::EndName { matched: 0 },
+                        b'!' => Lex::Bang(0),
+                        b'?' if self.declaration_allowed => Lex::Declaration {
+                            matched: 0,
+                            question: false,
+                        },
+                        b'?' => return Err(restricted("processing instructions are not allowed")),
+                        _ => {
+                            if self.stream.is_some() && self.depth >= self.limits.max_depth {
+                                return Err(StreamParserError::new(
+                                    StreamErrorCondition::PolicyViolation,
+                                    "stanza nested too deeply",
+                                ));
+                            }
+                            i -= 1;
+                            let from = start.unwrap_or(0);
+                            Lex::StartName {
+                                at: self.item_offset(from, i),
+                            }
+                        }
+                    };
+                }
+                Lex::StartName { at } => {
+                    let Some(offset) = data[i..].iter().position(|&byte| is_name_end(byte)) else {
+                        i = data.len();
+                        continue;
+                    };
+                    // The byte after the name is read again as part of the tag.
+                    i += offset;
+                    let from = start.unwrap_or(0);
+                    let end = self.item_offset(from, i);
+                    if end == at {
+                        return Err(not_well_formed("expected a name"));
+                    }
+                    if self.stream.is_some() {
+                        self.names.push((at, end - at));
+                    }
+                    self.lex = Lex::StartTag { slash: false };
+                }
+                Lex::StartTag { slash } => {
+                    let Some(offset) = data[i..].iter().position(|&byte| {
+                        matches!(byte, b'>' | b'\'' | b'"' | b'/' | b'<') || slash
+                    }) else {
+                        i = data.len();
+                        continue;
+                    };
+                    i += offset;
+                    let byte = data[i];
+                    i += 1;
+                    match byte {
+                        b'>' => {
+                            self.lex = Lex::Text;
+                            if self.stream.is_none() && self.depth == 0 {
+                                ended = Some(Item::Header);
+                            } else if slash {
+                                self.names.pop();
+                                ended = (self.depth == 0).then_some(Item::Stanza);
+                            } else {
+                                self.depth += 1;
+                            }
+                        }
+                        _ if slash => return Err(not_well_formed("expected '>' after '/'")),
+                        b'\'' | b'"' => self.lex = Lex::Quoted(byte),
+                        b'/' => self.lex = Lex::StartTag { slash: true },
+                        _ => return Err(not_well_formed("'<' in a tag")),
+                    }
+                }
+                Lex::Quoted(quote) => match memchr::memchr2(quote, b'<', &data[i..]) {
+                    Some(offset) if data[i + offset] == b'<' => {
+                        return Err(not_well_formed("'<' in an attribute value"));
+                    }
+                    Some(offset) => {
+                        i += offset + 1;
+                        self.lex = Lex::StartTag { slash: false };
+                    }
+                    None => i = data.len(),
+                },
+                Lex::EndName { matched } => {
+                    let from = start.unwrap_or(0);
+                    let expected = self.open_name_byte(data, from, matched);
+                    if is_name_end(byte) {
+                        if expected.is_some() {
+                            return Err(not_well_formed("end tag does not match its start tag"));
+                        }
+                        self.lex = Lex::EndTag;
+                    } else if expected == Some(byte) {
+                        self.lex = Lex::EndName {
+                            matched: matched + 1,
+                        };
+                        i += 1;
+                    } else {
+                        return Err(not_well_formed("end tag does not match its start tag"));
+                    }
+                }
+                Lex::EndTag => match memchr::memchr(b'>', &data[i..]) {
+                    Some(offset) => {
+                        i += offset + 1;
+                        self.lex = Lex::Text;
+                        if self.depth == 0 {
+                            ended = Some(Item::Close);
+                        } else {
+                            self.names.pop();
+                            self.depth -= 1;
+                            ended = (self.depth == 0).then_some(Item::Stanza);
+                        }
+                    }
+                    None => i = data.len(),
+                },
+                Lex::Bang(matched) => {
+                    i += 1;
+                    if byte != CDATA_OPEN[usize::from(matched)] {
+                        // `<!--` and `<!DOCTYPE` (and the other declarations).
+                        return Err(
+                            if matched == 0 && (byte == b'-' || byte.is_ascii_uppercase()) {
+                                restricted("comments and markup declarations are not allowed")
+                            } else {
+                                not_well_formed("malformed markup")
+                            },
+                        );
+                    }
+                    self.lex = if usize::from(matched) + 1 < CDATA_OPEN.len() {
+                        Lex::Bang(matched + 1)
+                    } else if self.depth == 0 {
+                        return Err(not_well_formed("text between stanzas"));
+                    } else {
+                        Lex::CData(0)
+                    };
+                }
+                Lex::CData(brackets) => {
+                    i += 1;
+                    self.lex = match byte {
+                        b']' => Lex::CData((brackets + 1).min(2)),
+                        b'>' if brackets == 2 => Lex::Text,
+                        _ => Lex::CData(0),
+                    };
+                }
+                Lex::Declaration { matched, question } => {
+                    i += 1;
+                    self.lex = match (matched, byte) {
+                        // `<?xml` and a space, else a processing instruction.
+                        (0..3, _) if byte == b"xml"[usize::from(matched)] => Lex::Declaration {
+                            matched: matched + 1,
+                            question: false,
+                        },
+                        (3, _) if is_space(byte) => Lex::Declaration {
+                            matched: 4,
+                            question: false,
+                        },
+                        (0..4, _) => {
+                            return Err(restricted("processing instructions are not allowed"));
+                        }
+                        // Neither `<` nor `>` is part of a declaration: refused at
+                        // once rather than read on until `?>`.
+                        (_, b'>') if question => Lex::Text,
+                        (_, b'<' | b'>') => {
+                            return Err(not_well_formed("malformed XML declaration"));
+                        }
+                        _ => Lex::Declaration {
+                            matched,
+                            question: byte == b'?',
+                        },
+                    };
                 }
             }
-            events.push(out);
-        }
-    }
-
-    /// A stanza or the header ended within `consumed`, at its last `>`: what
-    /// follows must be whitespace for the parser to be at a boundary.
-    fn boundary(&mut self, consumed: &[u8]) {
-        let tail = consumed
-            .iter()
-            .rposition(|&b| b == b'>')
-            .map_or(consumed, |end| &consumed[end + 1..]);
-        self.at_boundary = tail.iter().all(u8::is_ascii_whitespace);
-    }
-
-    /// Bytes consumed without completing a stanza: anything but whitespace starts one.
-    fn note_consumed(&mut self, consumed: &[u8]) {
-        if !consumed.iter().all(u8::is_ascii_whitespace) {
-            self.at_boundary = false;
-        }
-    }
-
-    fn header_complete(&mut self, consumed: &[u8]) {
-        self.boundary(consumed);
-        let Header::Reading(bytes) = &mut self.header else {
-            return;
-        };
-        // The header ends at the last `>` consumed (rxml stops right after it).
-        let tail = consumed
-            .iter()
-            .rev()
-            .position(|&b| b == b'>')
-            .unwrap_or(consumed.len());
-        bytes.truncate(bytes.len() - tail);
-        self.header = if bytes.len() <= MAX_KEPT_HEADER {
-            Header::Kept(std::mem::take(bytes).into_boxed_slice())
-        } else {
-            Header::TooLong
-        };
-    }
-
-    /// A fresh parser that has read the kept stream header.
-    fn rebuild(&self) -> Result<Box<Parser>, StreamParserError> {
-        let Header::Kept(header) = &self.header else {
-            // `release` keeps the parser unless the header is kept.
-            return Err(StreamParserError::new(
-                StreamErrorCondition::InternalServerError,
-                "stream parser lost",
-            ));
-        };
-        let mut parser = Box::new(new_parser(self.limits));
-        let mut data: &[u8] = header;
-        loop {
-            match parser.parse(&mut data, false) {
-                Ok(Some(Event::StartElement(..))) => return Ok(parser),
-                Ok(Some(_)) => {}
-                Ok(None) | Err(rxml::error::EndOrError::NeedMoreData) => break,
-                Err(rxml::error::EndOrError::Error(error)) => return Err(map_xml_error(&error)),
+            if let Some(item) = ended {
+                let from = start.take().unwrap_or(0);
+                self.in_item = false;
+                self.item_ended(item, &data[from..i], events)?;
+                if self.closed {
+                    return after_close(&data[i..]);
+                }
             }
         }
-        Err(StreamParserError::new(
-            StreamErrorCondition::InternalServerError,
-            "stream header could not be replayed",
-        ))
+        if let Some(from) = start {
+            let rest = &data[from..];
+            self.check_size(self.partial.len() + rest.len())?;
+            self.partial.extend_from_slice(rest);
+        }
+        Ok(())
     }
 
-    /// Counting consumed bytes (not emitted events) matters: rxml buffers a partial
-    /// token of up to [`MAX_TOKEN_LENGTH`] before it emits anything.
-    fn check_partial_size(&self) -> Result<(), StreamParserError> {
-        if self.stanza_bytes > self.limits.max_stanza_size {
+    /// Where `data[i]` is in the current item, which begins at `data[from]` or,
+    /// if it began in an earlier read, in `partial`.
+    fn item_offset(&self, from: usize, i: usize) -> u32 {
+        // Items are at most `max_stanza_size` long, checked at each read's end.
+        u32::try_from(self.partial.len() + (i - from)).unwrap_or(u32::MAX)
+    }
+
+    /// Byte `k` of the name the end tag being read must repeat: the innermost
+    /// open element's, or the stream header's at depth 0; `None` past its end.
+    fn open_name_byte(&self, data: &[u8], from: usize, k: u32) -> Option<u8> {
+        let k = k as usize;
+        let Some(&(at, len)) = self.names.last().filter(|_| self.depth > 0) else {
+            let qname = self.stream.as_ref().map_or("", |stream| &stream.qname);
+            return qname.as_bytes().get(k).copied();
+        };
+        if k >= len as usize {
+            return None;
+        }
+        let offset = at as usize + k;
+        match offset.checked_sub(self.partial.len()) {
+            None => self.partial.get(offset).copied(),
+            Some(in_data) => data.get(from + in_data).copied(),
+        }
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), StreamParserError> {
+        if size > self.limits.max_stanza_size {
             return Err(StreamParserError::new(
                 StreamErrorCondition::PolicyViolation,
                 "stanza exceeds the maximum size",
@@ -299,66 +449,90 @@ impl StreamParser {
         Ok(())
     }
 
-    fn on_event(&mut self, event: Event) -> Result<Option<StreamEvent>, StreamParserError> {
-        match event {
-            Event::XmlDeclaration(..) => Ok(None),
-            Event::StartElement(_, (element_ns, name), attrs) => {
-                if !self.opened {
-                    self.opened = true;
-                    if element_ns.as_str() != ns::STREAM || name.as_str() != "stream" {
-                        return Err(StreamParserError::new(
-                            StreamErrorCondition::InvalidNamespace,
-                            "the stream root must be <stream:stream/>",
-                        ));
-                    }
-                    self.stanza_bytes = 0;
-                    let mut header = Element::new(ns::STREAM, "stream");
-                    header.attrs = convert_attrs(attrs);
-                    return Ok(Some(StreamEvent::Open(header)));
-                }
-                if self.stack.len() >= self.limits.max_depth {
+    /// An item ended with `tail`, the part of it in this read.
+    fn item_ended(
+        &mut self,
+        item: Item,
+        tail: &[u8],
+        events: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamParserError> {
+        self.check_size(self.partial.len() + tail.len())?;
+        let mut partial = std::mem::take(&mut self.partial);
+        let bytes = if partial.is_empty() {
+            tail
+        } else {
+            partial.extend_from_slice(tail);
+            &partial[..]
+        };
+        let result = self.parse_item(item, bytes, events);
+        partial.clear();
+        self.partial = partial;
+        result
+    }
+
+    fn parse_item(
+        &mut self,
+        item: Item,
+        bytes: &[u8],
+        events: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamParserError> {
+        match item {
+            Item::Header => {
+                let header = element::header(bytes, self.limits)?;
+                if !header.element.is("stream", ns::STREAM) {
                     return Err(StreamParserError::new(
-                        StreamErrorCondition::PolicyViolation,
-                        "stanza nested too deeply",
+                        StreamErrorCondition::InvalidNamespace,
+                        "the stream root must be <stream:stream/>",
                     ));
                 }
-                let mut element = Element::new(element_ns.as_str(), name.as_str());
-                element.attrs = convert_attrs(attrs);
-                self.stack.push(element);
-                Ok(None)
-            }
-            Event::Text(_, text) => {
-                match self.stack.last_mut() {
-                    Some(parent) => push_text(parent, text),
-                    // Whitespace keepalives (RFC 6120 §4.6.1) mark a boundary.
-                    None if text.chars().all(char::is_whitespace) => self.stanza_bytes = 0,
-                    None => {
-                        return Err(StreamParserError::new(
-                            StreamErrorCondition::NotWellFormed,
-                            "text between stanzas",
-                        ));
-                    }
+                events.push(StreamEvent::Open(header.element));
+                self.stream = Some(Box::new(OpenStream {
+                    scope: header.scope,
+                    qname: header.qname,
+                }));
+                if header.empty {
+                    self.closed = true;
+                    events.push(StreamEvent::Close);
                 }
-                Ok(None)
             }
-            Event::EndElement(_) => {
-                let Some(element) = self.stack.pop() else {
-                    // The stream root itself closed.
-                    return Ok(Some(StreamEvent::Close));
-                };
-                match self.stack.last_mut() {
-                    Some(parent) => {
-                        parent.children.push(Node::Element(element));
-                        Ok(None)
-                    }
-                    None => {
-                        self.stanza_bytes = 0;
-                        Ok(Some(StreamEvent::Stanza(element)))
-                    }
+            Item::Stanza => {
+                let outside = Scope::default();
+                let scope = self
+                    .stream
+                    .as_ref()
+                    .map_or(&outside, |stream| &stream.scope);
+                let stanza = element::stanza(bytes, scope, self.limits)?;
+                events.push(StreamEvent::Stanza(stanza));
+            }
+            Item::Close => {
+                let qname = self.stream.as_ref().map_or("", |stream| &stream.qname);
+                if !element::closes(bytes, qname) {
+                    return Err(not_well_formed("end tag does not match the stream header"));
                 }
+                self.closed = true;
+                events.push(StreamEvent::Close);
             }
         }
+        Ok(())
     }
+}
+
+/// Whether `byte` ends a name in a tag.
+fn is_name_end(byte: u8) -> bool {
+    is_space(byte) || matches!(byte, b'>' | b'/' | b'<' | b'\'' | b'"' | b'=')
+}
+
+/// After `</stream:stream>` only whitespace may follow.
+fn after_close(data: &[u8]) -> Result<(), StreamParserError> {
+    if data.iter().all(|&byte| is_space(byte)) {
+        Ok(())
+    } else {
+        Err(not_well_formed("data after the end of the stream"))
+    }
+}
+
+fn not_well_formed(detail: &'static str) -> StreamParserError {
+    StreamParserError::new(StreamErrorCondition::NotWellFormed, detail)
 }
 
 /// Parses exactly one complete element, such as a WebSocket frame (RFC 7395 §3.3.3).
@@ -369,100 +543,7 @@ pub fn parse_fragment(data: &[u8], limits: Limits) -> Result<Element, StreamPars
             "stanza exceeds the maximum size",
         ));
     }
-    let mut parser = new_parser(limits);
-    let mut input = data;
-    let mut stack: Vec<Element> = Vec::new();
-    let mut done: Option<Element> = None;
-    loop {
-        match parser.parse(&mut input, true) {
-            Ok(Some(Event::XmlDeclaration(..))) => {}
-            Ok(Some(Event::StartElement(_, (element_ns, name), attrs))) => {
-                if stack.len() >= limits.max_depth {
-                    return Err(StreamParserError::new(
-                        StreamErrorCondition::PolicyViolation,
-                        "stanza nested too deeply",
-                    ));
-                }
-                let mut element = Element::new(element_ns.as_str(), name.as_str());
-                element.attrs = convert_attrs(attrs);
-                stack.push(element);
-            }
-            Ok(Some(Event::Text(_, text))) => {
-                if let Some(parent) = stack.last_mut() {
-                    push_text(parent, text);
-                }
-            }
-            Ok(Some(Event::EndElement(_))) => {
-                let Some(element) = stack.pop() else {
-                    break;
-                };
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(Node::Element(element)),
-                    None => done = Some(element),
-                }
-            }
-            Ok(None) => break,
-            Err(rxml::error::EndOrError::NeedMoreData) => {
-                return Err(StreamParserError::new(
-                    StreamErrorCondition::NotWellFormed,
-                    "incomplete element",
-                ));
-            }
-            Err(rxml::error::EndOrError::Error(error)) => return Err(map_xml_error(&error)),
-        }
-    }
-    done.ok_or_else(|| StreamParserError::new(StreamErrorCondition::NotWellFormed, "no element"))
-}
-
-/// An rxml parser whose token cap is [`MAX_TOKEN_LENGTH`], or the stanza limit if
-/// that is lower (a token can't be longer than its stanza).
-fn new_parser(limits: Limits) -> Parser {
-    Parser::with_options(rxml::Options {
-        max_token_length: limits.max_stanza_size.clamp(1024, MAX_TOKEN_LENGTH),
-        ..rxml::Options::default()
-    })
-}
-
-fn push_text(parent: &mut Element, text: String) {
-    // rxml may split long text into several events: keep one text node.
-    if let Some(Node::Text(previous)) = parent.children.last_mut() {
-        previous.push_str(&text);
-    } else {
-        parent.children.push(Node::Text(text));
-    }
-}
-
-fn convert_attrs(attrs: rxml::AttrMap) -> Vec<(Name, String)> {
-    let mut out = Vec::with_capacity(attrs.len());
-    for ((attr_ns, name), value) in attrs.into_iter() {
-        let key = if attr_ns.is_none() {
-            Name::new(name.as_str())
-        } else if attr_ns.as_str() == ns::XML {
-            compact_str::format_compact!("xml:{}", name.as_str())
-        } else {
-            compact_str::format_compact!("{{{}}}{}", attr_ns.as_str(), name.as_str())
-        };
-        out.push((key, value));
-    }
-    out
-}
-
-fn map_xml_error(error: &rxml::Error) -> StreamParserError {
-    let condition = match error {
-        // A name or attribute value over the token cap: a size limit, like the
-        // stanza's (rxml says "long name or reference").
-        rxml::Error::RestrictedXml(detail) if detail.contains("long") => {
-            StreamErrorCondition::PolicyViolation
-        }
-        rxml::Error::RestrictedXml(_) => StreamErrorCondition::RestrictedXml,
-        // rxml reports `<!DOCTYPE`/`<!ENTITY` as a malformed `<!` section: these are
-        // the markup declarations RFC 6120 §11.1 forbids, so say restricted-xml.
-        rxml::Error::InvalidSyntax(detail) if detail.contains("section start") => {
-            StreamErrorCondition::RestrictedXml
-        }
-        _ => StreamErrorCondition::NotWellFormed,
-    };
-    StreamParserError::new(condition, error.to_string())
+    element::fragment(data, limits)
 }
 
 #[cfg(test)]
@@ -634,7 +715,7 @@ mod tests {
     }
 
     #[test]
-    fn release_keeps_a_parser_inside_a_stanza() {
+    fn release_waits_for_the_end_of_a_stanza() {
         let mut parser = StreamParser::new(Limits::default());
         let mut events = Vec::new();
         parser.release();
@@ -662,8 +743,8 @@ mod tests {
     }
 
     #[test]
-    fn a_long_header_keeps_its_parser() {
-        let long = "x".repeat(MAX_KEPT_HEADER);
+    fn a_long_header_is_like_any_other() {
+        let long = "x".repeat(4096);
         let doc = format!(
             "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='{long}'><presence/><presence/>"
         );
@@ -671,13 +752,12 @@ mod tests {
             parse_releasing(&[doc.as_bytes(), b"<presence/>"], Limits::default())
                 .expect("valid stream");
         assert_eq!(events.len(), 4);
-        assert_eq!(releases, 0);
+        assert_eq!(releases, 2);
     }
 
     #[test]
-    fn long_text_is_joined_into_one_node() {
-        // Text longer than the token cap arrives from rxml in pieces.
-        let body = "é".repeat(3 * MAX_TOKEN_LENGTH);
+    fn long_text_is_one_node() {
+        let body = "é".repeat(24 * 1024);
         let doc = format!("{HEADER}<message><body>{body}</body></message>");
         let chunks: Vec<&[u8]> = doc.as_bytes().chunks(1000).collect();
         let (events, _) = parse_releasing(&chunks, Limits::default()).expect("valid stream");
@@ -688,23 +768,144 @@ mod tests {
     }
 
     #[test]
-    fn an_attribute_over_the_token_cap_is_policy_violation() {
-        // Below the stanza limit, above the token cap: a clean stream error.
-        let value = "a".repeat(MAX_TOKEN_LENGTH + 1);
-        let doc = format!("{HEADER}<message id='{value}'/>");
-        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("refused");
-        assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
-        // A JID-sized value (RFC 7622 allows 3,071 bytes) is fine.
-        let value = "a".repeat(3071);
-        let doc = format!("{HEADER}<message to='{value}'/>");
-        let events = parse_all(&[doc.as_bytes()], Limits::default()).expect("accepted");
-        assert_eq!(events.len(), 2);
+    fn long_values_and_names_are_bounded_by_the_stanza_size() {
+        let limits = Limits {
+            max_stanza_size: 16 * 1024,
+            max_depth: 8,
+        };
+        let value = "a".repeat(12 * 1024);
+        let doc = format!("{HEADER}<message id='{value}'/><{value}/>");
+        let events = parse_all(&[doc.as_bytes()], limits).expect("under the limit");
+        assert_eq!(events.len(), 3);
+        let value = "a".repeat(16 * 1024);
+        for doc in [
+            format!("{HEADER}<message id='{value}'/>"),
+            format!("{HEADER}<{value}/>"),
+        ] {
+            let chunks: Vec<&[u8]> = doc.as_bytes().chunks(4096).collect();
+            let error = parse_all(&chunks, limits).expect_err("over the limit");
+            assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
+        }
     }
 
     #[test]
-    fn a_long_name_is_policy_violation() {
-        let doc = format!("{HEADER}<{}/>", "n".repeat(MAX_TOKEN_LENGTH + 1));
-        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("refused");
-        assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
+    fn the_xml_declaration_comes_first_or_not_at_all() {
+        let declaration = "<?xml version='1.0' encoding='utf-8'?>\n";
+        let header = &HEADER["<?xml version='1.0'?>".len()..];
+        let doc = format!("{declaration}{header}<presence/>");
+        for size in [1, 3, 50] {
+            let chunks: Vec<&[u8]> = doc.as_bytes().chunks(size).collect();
+            let events = parse_all(&chunks, Limits::default()).expect("valid stream");
+            assert_eq!(events.len(), 2, "chunks of {size}");
+        }
+        for doc in [
+            format!(" {declaration}{header}"),
+            format!("{header}{declaration}"),
+            format!("{header}<presence>{declaration}</presence>"),
+        ] {
+            let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err(&doc);
+            assert_eq!(
+                error.condition,
+                StreamErrorCondition::RestrictedXml,
+                "{doc}"
+            );
+        }
+        let doc = format!("<?xml version='1.0' encoding='ISO-8859-1'?>{header}");
+        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("latin-1");
+        assert_eq!(error.condition, StreamErrorCondition::UnsupportedEncoding);
+    }
+
+    #[test]
+    fn character_data_is_normalised_as_xml_says() {
+        let doc = format!(
+            "{HEADER}<message a='x\r\ny\tz&#10;'><body>1\r\n2\r3 &lt;&#x41;&#66;&gt; ]] ><![CDATA[<not> & ]]]]><![CDATA[>\r\n]]>!</body></message>"
+        );
+        for size in [1, 7, 4096] {
+            let chunks: Vec<&[u8]> = doc.as_bytes().chunks(size).collect();
+            let events = parse_all(&chunks, Limits::default()).expect("valid stream");
+            let StreamEvent::Stanza(message) = &events[1] else {
+                panic!("expected a stanza");
+            };
+            assert_eq!(message.get_attr("a"), Some("x y z\n"));
+            let body = message.get_child("body", ns::CLIENT).expect("body");
+            assert_eq!(body.children.len(), 1, "one text node");
+            assert_eq!(body.text_content(), "1\n2\n3 <AB> ]] ><not> & ]]>\n!");
+        }
+    }
+
+    #[test]
+    fn refuses_what_xml_refuses_inside_stanzas() {
+        for bad in [
+            "<message><body>a ]]> b</body></message>",
+            "<message a='1' a='2'/>",
+            "<message xmlns:p='urn:x' xmlns:q='urn:x' p:a='1' q:a='2'/>",
+            "<p:message/>",
+            "<message xmlns:p=''/>",
+            "<message a='<'/>",
+            "<message a=1/>",
+            "<message><body>&#0;</body></message>",
+            "<message><body>&#xFFFE;</body></message>",
+            "<message><body>\u{1}</body></message>",
+            "<message><body>\u{FFFF}</body></message>",
+            "<message><body>&</body></message>",
+            "<message><a:b:c/></message>",
+            "<message><1a/></message>",
+            "<message></messag>",
+            "<message/ >",
+        ] {
+            let doc = format!("{HEADER}{bad}");
+            for size in [1, 4096] {
+                let chunks: Vec<&[u8]> = doc.as_bytes().chunks(size).collect();
+                let error = parse_all(&chunks, Limits::default()).expect_err(bad);
+                assert_eq!(
+                    error.condition,
+                    StreamErrorCondition::NotWellFormed,
+                    "{bad}"
+                );
+            }
+        }
+        let doc = format!("{HEADER}<message><body>&lol;</body></message>");
+        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("entity");
+        assert_eq!(error.condition, StreamErrorCondition::RestrictedXml);
+    }
+
+    #[test]
+    fn the_close_must_match_the_header_and_end_the_stream() {
+        let mut parser = StreamParser::new(Limits::default());
+        let mut events = Vec::new();
+        parser.feed(HEADER.as_bytes(), &mut events).expect("header");
+        let error = parser
+            .feed(b"</stream>", &mut events)
+            .expect_err("wrong name");
+        assert_eq!(error.condition, StreamErrorCondition::NotWellFormed);
+        let doc = format!("{HEADER}<presence/></stream:stream> \n");
+        let events = parse_all(&[doc.as_bytes(), b"\t"], Limits::default()).expect("valid");
+        assert_eq!(events.last(), Some(&StreamEvent::Close));
+        let doc = format!("{HEADER}</stream:stream><presence/>");
+        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("after close");
+        assert_eq!(error.condition, StreamErrorCondition::NotWellFormed);
+    }
+
+    #[test]
+    fn a_split_stanza_is_buffered_until_it_ends_and_released_after() {
+        let mut parser = StreamParser::new(Limits::default());
+        let mut events = Vec::new();
+        parser.feed(HEADER.as_bytes(), &mut events).expect("header");
+        parser
+            .feed(b"<message id='a&amp;", &mut events)
+            .expect("part");
+        assert!(!parser.releasable());
+        parser
+            .feed(b"b'><body>x</body>", &mut events)
+            .expect("part");
+        assert!(parser.partial.capacity() > 0);
+        parser.feed(b"</message>", &mut events).expect("end");
+        assert!(parser.releasable());
+        parser.release();
+        assert_eq!(parser.partial.capacity(), 0);
+        let StreamEvent::Stanza(message) = &events[1] else {
+            panic!("expected a stanza");
+        };
+        assert_eq!(message.get_attr("id"), Some("a&b"));
     }
 }

@@ -46,17 +46,18 @@ pub trait LinkRead: Send {
     /// Closing a socket with unread input resets the connection, which can destroy
     /// the stream error still on its way (a "lingering close", as HTTP servers do).
     fn linger(&mut self) -> impl Future<Output = ()> + Send;
-    /// Whether the reader holds buffers kept for the next bytes (its XML parser).
+    /// Whether the reader holds buffers kept for the next bytes (its XML parser's
+    /// and its event queue's).
     fn holds_buffers(&self) -> bool {
         false
     }
     /// Gives those buffers back if the stream is between stanzas. The session calls
     /// it once its client has been quiet for a while ([`KEEP_BUFFERS`]): a chatty
-    /// client keeps its parser instead of building a new one per stanza.
+    /// client keeps them instead of allocating them again for every read.
     fn release_buffers(&mut self) {}
 }
 
-/// How long a quiet streaming client keeps its parser (see
+/// How long a quiet streaming client keeps its buffers (see
 /// [`LinkRead::release_buffers`]).
 pub const KEEP_BUFFERS: Duration = Duration::from_secs(1);
 
@@ -117,17 +118,17 @@ pub struct TcpReader<S> {
     limits: Limits,
     /// Events parsed but not yet returned (a read can complete several).
     pending: VecDeque<StreamEvent>,
-    /// When the socket runs dry between stanzas the parser goes, unless the client
+    /// When the socket runs dry between stanzas the buffers go, unless the client
     /// is streaming (see [`Streaming`]).
     streaming: Streaming,
 }
 
-/// Whether a client sends steadily enough to keep its parser between reads.
-/// Building a parser costs about as much as parsing a small stanza, so a client
-/// that sends many stanzas a second, one per read, would pay it for each; an idle
-/// session must hold none (ARCHITECTURE.md, "Idle sessions"). More than
+/// Whether a client sends steadily enough to keep its buffers between reads.
+/// Releasing them when the socket runs dry and allocating them again costs a few
+/// allocations per read, which a client that sends many stanzas a second, one per
+/// read, would pay for each; an idle session must hold none (ARCHITECTURE.md, "Idle sessions"). More than
 /// [`STREAMING_RELEASES`] releases within [`KEEP_BUFFERS`] make a client
-/// streaming: its parser then stays until the session finds it quiet for
+/// streaming: its buffers then stay until the session finds it quiet for
 /// [`KEEP_BUFFERS`] ([`LinkRead::release_buffers`]). Login takes fewer round trips,
 /// so a client that logs in and idles never keeps one.
 #[derive(Default)]
@@ -140,7 +141,7 @@ struct Streaming {
 const STREAMING_RELEASES: u32 = 8;
 
 impl Streaming {
-    /// The socket ran dry between stanzas: whether to release the parser now.
+    /// The socket ran dry between stanzas: whether to release the buffers now.
     fn release_now(&mut self) -> bool {
         if self.keep {
             return false;
@@ -236,7 +237,7 @@ impl<S: AsyncRead + Unpin> TcpReader<S> {
         }
     }
 
-    /// Drops the parser (between stanzas) and the event queue's storage.
+    /// Drops the parser's buffers (between stanzas) and the event queue's storage.
     fn release(&mut self) {
         self.parser.release();
         if self.pending.is_empty() {
