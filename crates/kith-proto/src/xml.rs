@@ -155,6 +155,29 @@ impl Element {
         out
     }
 
+    /// [`Element::to_xml`] in a shared string, written in a buffer this thread
+    /// keeps: one allocation (the result) instead of a growing string and a copy.
+    pub fn to_shared_xml(&self, parent_ns: &str) -> std::sync::Arc<str> {
+        thread_local! {
+            static BUFFER: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        /// A buffer grown past this (a large stanza) is not kept.
+        const KEPT: usize = 16 * 1024;
+        BUFFER.with(|buffer| {
+            // Not re-entered: serialising calls nothing that serialises.
+            let Ok(mut out) = buffer.try_borrow_mut() else {
+                return self.to_xml(parent_ns).into();
+            };
+            out.clear();
+            self.write_xml(&mut out, parent_ns, Prefixes::default());
+            let shared = std::sync::Arc::from(out.as_str());
+            if out.capacity() > KEPT {
+                *out = String::new();
+            }
+            shared
+        })
+    }
+
     /// Like [`Element::to_xml`], for a stream root that declares the `stream:` prefix.
     pub fn to_stream_xml(&self, parent_ns: &str) -> String {
         let mut out = String::with_capacity(128);
@@ -311,6 +334,16 @@ struct Prefixes {
 
 /// Escapes text or an attribute value (quoted with `'`) into `out`.
 pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
+    // Most text has no special character: one table lookup per byte finds that.
+    let table = if attribute {
+        &ATTRIBUTE_SPECIAL
+    } else {
+        &TEXT_SPECIAL
+    };
+    if !text.bytes().any(|byte| table[usize::from(byte)]) {
+        out.push_str(text);
+        return;
+    }
     // Runs without a special character are copied whole (every special
     // character is ASCII, so a byte index is always a char boundary).
     let mut plain = 0;
@@ -331,6 +364,20 @@ pub fn escape_into(out: &mut String, text: &str, attribute: bool) {
         plain = at + 1;
     }
     out.push_str(&text[plain..]);
+}
+
+/// The bytes [`escape_into`] replaces, in text and in attribute values.
+const TEXT_SPECIAL: [bool; 256] = special(b"&<>\r");
+const ATTRIBUTE_SPECIAL: [bool; 256] = special(b"&<>'\"\r\t\n");
+
+const fn special(bytes: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
 }
 
 pub fn escape(text: &str) -> String {

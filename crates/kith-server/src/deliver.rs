@@ -216,17 +216,30 @@ async fn route_message(
     to: &Jid,
     from: Option<&Jid>,
 ) -> Option<Committed> {
-    let kind = message.get_attr("type").unwrap_or("normal").to_owned();
-    match kind.as_str() {
-        "error" | "groupchat" | "headline" => {
+    /// RFC 6121 §5.2.2 message types, as far as delivery tells them apart.
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Error,
+        Groupchat,
+        Headline,
+        ChatOrNormal,
+    }
+    let kind = match message.get_attr("type") {
+        Some("error") => Kind::Error,
+        Some("groupchat") => Kind::Groupchat,
+        Some("headline") => Kind::Headline,
+        _ => Kind::ChatOrNormal,
+    };
+    match kind {
+        Kind::Error | Kind::Groupchat | Kind::Headline => {
             let bare = bare_str(to);
             let addressed = addressed_session(server, to);
-            match kind.as_str() {
-                "groupchat" if addressed.is_none() => {
+            match kind {
+                Kind::Groupchat if addressed.is_none() => {
                     bounce(server, &message, StanzaError::service_unavailable()).await
                 }
                 // §8.5.2.1.1: errors to a bare JID or a gone resource are dropped.
-                "error" | "groupchat" => {
+                Kind::Error | Kind::Groupchat => {
                     if let Some(session) = addressed {
                         session.send(Arc::new(message));
                     }
@@ -326,8 +339,7 @@ async fn log_message(
     let recipient = bare_str(to);
     let sender = message.get_attr("from").unwrap_or_default().to_owned();
     let sender_jid = from.cloned();
-    let sender_bare = from.map(|j| bare_str(j).to_owned()).unwrap_or_default();
-    let body = message.child_text("body", ns::CLIENT);
+    let sender_bare = from.map(bare_str).unwrap_or_default();
     let now = crate::now_micros();
     // XEP-0441: an entry the owner doesn't want archived is still logged for
     // delivery, without an archive id (MAM skips entries without one) and
@@ -354,7 +366,7 @@ async fn log_message(
         .as_ref()
         .filter(|j| server.is_local_user(j) && carbons::eligible(&message))
         .and_then(|j| j.clone().try_into_full().ok())
-        .filter(|full| carbons::wanted(server, &sender_bare, full))
+        .filter(|full| carbons::wanted(server, sender_bare, full))
         .map(|full| (full, message.clone()));
     let stanza_id = if archived {
         stamp_stanza_id(&mut message, recipient)
@@ -367,24 +379,31 @@ async fn log_message(
         .and_then(|o| o.get_attr("id"))
         .filter(|id| !id.is_empty())
         .map(|id| format!("{sender_bare}\n{id}"));
+    // Only indexed for search, so only read when archived.
+    let body = (archived || sender_owner.is_some())
+        .then(|| message.child_text("body", ns::CLIENT))
+        .flatten();
     // Stored, and written to the recipient's devices as it is.
-    let xml: Arc<str> = message.to_xml("").into();
+    let xml: Arc<str> = message.to_shared_xml("");
     let entry = NewInboxEntry {
         stanza_id: &stanza_id,
         sender: &sender,
         kind: "message",
         xml: &xml,
         at_micros: now,
-        peer: &sender_bare,
+        peer: sender_bare,
         direction: "in",
         body: body.as_deref().filter(|_| archived),
         origin: origin.as_deref(),
     };
-    let mut entries = vec![(node(to), entry)];
     let own_id = sender_owner.as_ref().map(|_| crate::archive_id());
+    // The sender's copy, if any, after the recipient's (no list allocated for one).
+    let mut pair = [(node(to), entry), (node(to), entry)];
+    let mut count = 1;
     if let (Some(owner), Some(own_id), Some(outgoing_xml)) = (&sender_owner, &own_id, &outgoing_xml)
     {
-        entries.push((
+        count = 2;
+        pair[1] = (
             owner.as_str(),
             NewInboxEntry {
                 stanza_id: own_id,
@@ -397,8 +416,9 @@ async fn log_message(
                 body: body.as_deref(),
                 origin: origin.as_deref(),
             },
-        ));
+        );
     }
+    let entries = &pair[..count];
     let (done, committed) = tokio::sync::oneshot::channel();
     let after = AfterCommit {
         server: server.clone(),
@@ -412,7 +432,7 @@ async fn log_message(
     };
     match server
         .store
-        .inbox_append_then(&entries, move |results| after.run(results))
+        .inbox_append_then(entries, move |results| after.run(results))
         .await
     {
         Ok(()) => Some(committed),
@@ -421,7 +441,7 @@ async fn log_message(
             tracing::error!(%error, "appending to the inbox log failed");
             bounce(
                 server,
-                &outgoing_bounce(&entries, &sender),
+                &outgoing_bounce(entries, &sender),
                 StanzaError::internal(),
             )
             .await;

@@ -122,31 +122,99 @@ struct Fan {
     live: Live,
 }
 
+/// An entry as the writer holds it. Its text fields share one allocation: an
+/// entry is made on a runtime worker and freed on the writer's thread, and each
+/// allocation that crosses threads takes glibc's slow paths on both sides
+/// (BENCHMARKS.md, session 17).
 struct OwnedEntry {
-    stanza_id: String,
-    sender: String,
-    kind: String,
-    xml: String,
+    /// The fields in [`Field`] order, back to back.
+    text: Box<str>,
+    /// Where each field ends in `text`.
+    ends: [usize; FIELDS],
     at_micros: i64,
-    peer: String,
-    direction: String,
-    body: Option<String>,
-    origin: Option<String>,
+    has_body: bool,
+    has_origin: bool,
 }
+
+/// The text fields of an [`OwnedEntry`], in their order in its buffer.
+#[derive(Clone, Copy)]
+enum Field {
+    StanzaId,
+    Sender,
+    Kind,
+    Xml,
+    Peer,
+    Direction,
+    Body,
+    Origin,
+}
+
+const FIELDS: usize = 8;
 
 impl OwnedEntry {
     fn from(entry: &NewInboxEntry<'_>) -> Self {
-        OwnedEntry {
-            stanza_id: entry.stanza_id.to_owned(),
-            sender: entry.sender.to_owned(),
-            kind: entry.kind.to_owned(),
-            xml: entry.xml.to_owned(),
-            at_micros: entry.at_micros,
-            peer: entry.peer.to_owned(),
-            direction: entry.direction.to_owned(),
-            body: entry.body.map(str::to_owned),
-            origin: entry.origin.map(str::to_owned),
+        let fields = [
+            entry.stanza_id,
+            entry.sender,
+            entry.kind,
+            entry.xml,
+            entry.peer,
+            entry.direction,
+            entry.body.unwrap_or(""),
+            entry.origin.unwrap_or(""),
+        ];
+        // Exactly the size needed, so the boxing below doesn't reallocate.
+        let mut text = String::with_capacity(fields.iter().map(|field| field.len()).sum());
+        let mut ends = [0; FIELDS];
+        for (end, field) in ends.iter_mut().zip(fields) {
+            text.push_str(field);
+            *end = text.len();
         }
+        OwnedEntry {
+            text: text.into_boxed_str(),
+            ends,
+            at_micros: entry.at_micros,
+            has_body: entry.body.is_some(),
+            has_origin: entry.origin.is_some(),
+        }
+    }
+
+    fn field(&self, field: Field) -> &str {
+        let index = field as usize;
+        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
+        &self.text[start..self.ends[index]]
+    }
+
+    fn stanza_id(&self) -> &str {
+        self.field(Field::StanzaId)
+    }
+
+    fn sender(&self) -> &str {
+        self.field(Field::Sender)
+    }
+
+    fn kind(&self) -> &str {
+        self.field(Field::Kind)
+    }
+
+    fn xml(&self) -> &str {
+        self.field(Field::Xml)
+    }
+
+    fn peer(&self) -> &str {
+        self.field(Field::Peer)
+    }
+
+    fn direction(&self) -> &str {
+        self.field(Field::Direction)
+    }
+
+    fn body(&self) -> Option<&str> {
+        self.has_body.then(|| self.field(Field::Body))
+    }
+
+    fn origin(&self) -> Option<&str> {
+        self.has_origin.then(|| self.field(Field::Origin))
     }
 }
 

@@ -92,15 +92,15 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
             query = query
                 .bind(*owner)
                 .bind(*seq)
-                .bind(&entry.stanza_id)
-                .bind(&entry.sender)
-                .bind(&entry.kind)
-                .bind(&entry.xml)
+                .bind(entry.stanza_id())
+                .bind(entry.sender())
+                .bind(entry.kind())
+                .bind(entry.xml())
                 .bind(entry.at_micros)
-                .bind(&entry.peer)
-                .bind(&entry.direction)
-                .bind(&entry.body)
-                .bind(&entry.origin);
+                .bind(entry.peer())
+                .bind(entry.direction())
+                .bind(entry.body())
+                .bind(entry.origin());
         }
         for row in query.fetch_all(&mut *tx).await? {
             written_rows.insert((row.try_get("owner")?, row.try_get("seq")?));
@@ -232,9 +232,9 @@ impl RoomReads for PgReads<'_, '_> {
                     row.try_get("seq")?,
                     rooms::owed_copy(
                         room,
-                        row.try_get("sender")?,
-                        row.try_get("kind")?,
-                        row.try_get("xml")?,
+                        row.try_get::<&str, _>("sender")?,
+                        row.try_get::<&str, _>("kind")?,
+                        row.try_get::<&str, _>("xml")?,
                         row.try_get("at_micros")?,
                     ),
                 ))

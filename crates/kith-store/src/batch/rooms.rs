@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{Job, OwnedEntry};
-use crate::Result;
+use crate::{NewInboxEntry, Result};
 
 /// Whether a user (bare JID) has a session on this server now.
 pub type Live = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -328,9 +328,9 @@ pub(super) fn at_once<F: std::future::Future>(future: F) -> Option<F::Output> {
 pub(super) fn member_copy(room: &str, entry: &OwnedEntry) -> OwnedEntry {
     owed_copy(
         room,
-        entry.sender.clone(),
-        entry.kind.clone(),
-        entry.xml.clone(),
+        entry.sender(),
+        entry.kind(),
+        entry.xml(),
         entry.at_micros,
     )
 }
@@ -338,20 +338,20 @@ pub(super) fn member_copy(room: &str, entry: &OwnedEntry) -> OwnedEntry {
 /// [`member_copy`] of an entry read back from the room's log.
 pub(super) fn owed_copy(
     room: &str,
-    sender: String,
-    kind: String,
-    xml: String,
+    sender: &str,
+    kind: &str,
+    xml: &str,
     at_micros: i64,
 ) -> OwnedEntry {
-    OwnedEntry {
-        stanza_id: String::new(),
+    OwnedEntry::from(&NewInboxEntry {
+        stanza_id: "",
         sender,
         kind,
         xml,
         at_micros,
-        peer: room.to_owned(),
-        direction: "in".to_owned(),
+        peer: room,
+        direction: "in",
         body: None,
         origin: None,
-    }
+    })
 }

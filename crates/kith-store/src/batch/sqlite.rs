@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flume::{RecvTimeoutError, TryRecvError};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -577,7 +578,7 @@ impl SqliteWriter {
                 tail::COLUMNS
             ))?;
             for (i, (owner, seq, entry)) in rows(true) {
-                let origin_key = match &entry.origin {
+                let origin_key = match entry.origin() {
                     Some(origin) => {
                         let key = tail::origin_key(owner, origin);
                         if origins.contains(&key) || self.tail.has_origin(&tx, owner, origin)? {
@@ -589,9 +590,9 @@ impl SqliteWriter {
                     None => None,
                 };
                 let id = self.tail.take_id();
-                let row = entry_params(&owner, &seq, entry);
+                let row = entry_params(owner, seq, entry);
                 append.execute(rusqlite::params_from_iter(
-                    row.iter().copied().chain([&id as &dyn rusqlite::ToSql]),
+                    row.iter().chain([&ToSqlOutput::from(id)]),
                 ))?;
                 written[i] = true;
                 added.push(Added {
@@ -610,15 +611,16 @@ impl SqliteWriter {
             ))?;
             for (i, (owner, seq, entry)) in rows(false) {
                 // A key the tail has (or had) is a duplicate too.
-                if let Some(origin) = &entry.origin
+                if let Some(origin) = entry.origin()
                     && self.tail.remembers(owner, origin)
                 {
                     continue;
                 }
-                let changed = insert.execute(entry_params(&owner, &seq, entry))?;
+                let changed =
+                    insert.execute(rusqlite::params_from_iter(entry_params(owner, seq, entry)))?;
                 if changed == 1 {
                     written[i] = true;
-                    if entry.body.is_some() {
+                    if entry.has_body {
                         with_body += 1;
                         lowest_rowid = lowest_rowid.min(tx.last_insert_rowid());
                     }
@@ -888,23 +890,22 @@ impl Drop for Immediate<'_> {
 }
 
 /// An entry's values in the order of `tail::COLUMNS`.
-fn entry_params<'e>(
-    owner: &'e &str,
-    seq: &'e i64,
-    entry: &'e OwnedEntry,
-) -> [&'e dyn rusqlite::ToSql; 11] {
+fn entry_params<'e>(owner: &'e str, seq: i64, entry: &'e OwnedEntry) -> [ToSqlOutput<'e>; 11] {
+    let text = |value: &'e str| ToSqlOutput::Borrowed(ValueRef::Text(value.as_bytes()));
+    let optional =
+        |value: Option<&'e str>| value.map_or(ToSqlOutput::Borrowed(ValueRef::Null), text);
     [
-        owner,
-        seq,
-        &entry.stanza_id,
-        &entry.sender,
-        &entry.kind,
-        &entry.xml,
-        &entry.at_micros,
-        &entry.peer,
-        &entry.direction,
-        &entry.body,
-        &entry.origin,
+        text(owner),
+        ToSqlOutput::from(seq),
+        text(entry.stanza_id()),
+        text(entry.sender()),
+        text(entry.kind()),
+        text(entry.xml()),
+        ToSqlOutput::from(entry.at_micros),
+        text(entry.peer()),
+        text(entry.direction()),
+        optional(entry.body()),
+        optional(entry.origin()),
     ]
 }
 
@@ -975,7 +976,13 @@ impl RoomReads for SqliteReads<'_> {
         let rows = select.query_map(params![room, after, through], |row| {
             Ok((
                 row.get(0)?,
-                rooms::owed_copy(room, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?),
+                rooms::owed_copy(
+                    room,
+                    row.get_ref(1)?.as_str()?,
+                    row.get_ref(2)?.as_str()?,
+                    row.get_ref(3)?.as_str()?,
+                    row.get(4)?,
+                ),
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
