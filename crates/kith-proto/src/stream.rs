@@ -99,6 +99,9 @@ pub struct StreamParser {
     stream: Option<Box<OpenStream>>,
     closed: bool,
     released: bool,
+    /// The error that ended the stream, if one did (its state is then not
+    /// fit to read on from).
+    failed: Option<Box<StreamParserError>>,
 }
 
 struct OpenStream {
@@ -156,6 +159,7 @@ impl StreamParser {
             stream: None,
             closed: false,
             released: false,
+            failed: None,
         }
     }
 
@@ -182,8 +186,24 @@ impl StreamParser {
 
     /// Feeds bytes; appends the events they complete to `events`.
     ///
-    /// After an error the stream must be closed with that error's condition.
+    /// After an error the stream must be closed with that error's condition; the
+    /// parser answers every later call with the same error.
     pub fn feed(
+        &mut self,
+        data: &[u8],
+        events: &mut Vec<StreamEvent>,
+    ) -> Result<(), StreamParserError> {
+        if let Some(error) = &self.failed {
+            return Err(StreamParserError::clone(error));
+        }
+        let result = self.read(data, events);
+        if let Err(error) = &result {
+            self.failed = Some(Box::new(error.clone()));
+        }
+        result
+    }
+
+    fn read(
         &mut self,
         data: &[u8],
         events: &mut Vec<StreamEvent>,
@@ -884,6 +904,71 @@ mod tests {
         let doc = format!("{HEADER}</stream:stream><presence/>");
         let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("after close");
         assert_eq!(error.condition, StreamErrorCondition::NotWellFormed);
+    }
+
+    #[test]
+    fn long_and_many_namespaces_are_bounded() {
+        let long = "u".repeat(2000);
+        for doc in [
+            format!("{HEADER}<message xmlns='{long}'/>"),
+            format!("{HEADER}<message xmlns:p='{long}'/>"),
+            format!(
+                "<stream:stream xmlns='{long}' xmlns:stream='http://etherx.jabber.org/streams'>"
+            ),
+        ] {
+            let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("too long");
+            assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
+        }
+        // A namespace of 1,000 bytes inherited by many elements: the tree would
+        // hold a copy per element.
+        let namespace = "u".repeat(1000);
+        let doc = format!(
+            "{HEADER}<message xmlns='{namespace}'>{}</message>",
+            "<a/>".repeat(20_000)
+        );
+        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("expands");
+        assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
+        let prefixes: String = (0..100)
+            .map(|i| format!(" xmlns:p{i}='urn:x:{i}'"))
+            .collect();
+        let doc = format!("{HEADER}<message{prefixes}/>");
+        let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("prefixes");
+        assert_eq!(error.condition, StreamErrorCondition::PolicyViolation);
+        // What real stanzas do is fine.
+        let doc = format!(
+            "{HEADER}<iq type='result'><query xmlns='http://jabber.org/protocol/disco#info'>{}</query></iq>",
+            "<feature var='urn:xmpp:x'/>".repeat(500)
+        );
+        assert_eq!(
+            parse_all(&[doc.as_bytes()], Limits::default())
+                .expect("valid")
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn an_error_is_final() {
+        let mut parser = StreamParser::new(Limits::default());
+        let mut events = Vec::new();
+        let doc = format!("{HEADER}<a<");
+        let error = parser
+            .feed(doc.as_bytes(), &mut events)
+            .expect_err("malformed");
+        // The bytes after the error could look like anything to the state it
+        // stopped in: they are not read.
+        let again = parser
+            .feed("é/><b/>".as_bytes(), &mut events)
+            .expect_err("still failed");
+        assert_eq!(again, error);
+        assert_eq!(events.len(), 1, "only the header");
+    }
+
+    #[test]
+    fn invalid_utf8_is_unsupported_encoding() {
+        let doc = [HEADER.as_bytes(), b"<message>\xff</message>"].concat();
+        let error = parse_all(&[&doc], Limits::default()).expect_err("not UTF-8");
+        assert_eq!(error.condition, StreamErrorCondition::UnsupportedEncoding);
     }
 
     #[test]

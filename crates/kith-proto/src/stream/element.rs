@@ -23,6 +23,21 @@ type Result<T> = std::result::Result<T, StreamParserError>;
 /// (Namespaces in XML 1.0 §3).
 const XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 
+/// The longest namespace name accepted (the ones XMPP defines are under 64
+/// bytes). Every element or attribute in a namespace holds a copy of its name.
+const MAX_NAMESPACE: usize = 1024;
+
+/// The most prefixes declared at once (the stream header's and a stanza's
+/// together): each prefixed name is looked up among them.
+const MAX_PREFIXES: usize = 64;
+
+/// Names up to this long are kept inline in an [`Element`] (`xml::Name`).
+const INLINE_NAME: usize = 24;
+
+fn policy_violation(detail: &'static str) -> StreamParserError {
+    StreamParserError::new(StreamErrorCondition::PolicyViolation, detail)
+}
+
 /// Namespace bindings an element inherits from outside its own bytes: the stream
 /// header's (nothing for a WebSocket frame or a stored stanza).
 #[derive(Clone, Debug, Default)]
@@ -63,6 +78,11 @@ pub(crate) fn fragment(bytes: &[u8], limits: Limits) -> Result<Element> {
     }
     let element = reader.element("", 1)?;
     reader.skip_space();
+    if reader.starts_with(b"<?") || reader.starts_with(b"<!--") {
+        return Err(restricted(
+            "comments and processing instructions are not allowed",
+        ));
+    }
     reader.end()?;
     Ok(element)
 }
@@ -138,6 +158,12 @@ struct Reader<'a> {
     /// Prefixes declared by the elements being read, innermost last.
     prefixes: Vec<(&'a str, Cow<'a, str>)>,
     max_depth: usize,
+    /// Bytes of namespace names copied into elements and attribute keys (past
+    /// the inline size), and how many may be: without a bound, a long namespace
+    /// inherited by many small elements would make a stanza's tree hundreds of
+    /// times its size.
+    copied: usize,
+    may_copy: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -149,6 +175,8 @@ impl<'a> Reader<'a> {
             scope,
             prefixes: Vec::new(),
             max_depth: limits.max_depth,
+            copied: 0,
+            may_copy: limits.max_stanza_size.saturating_mul(2),
         })
     }
 
@@ -256,10 +284,7 @@ impl<'a> Reader<'a> {
     /// An element from its `<`, with its content and end tag.
     fn element(&mut self, default_ns: &str, depth: usize) -> Result<Element> {
         if depth > self.max_depth {
-            return Err(StreamParserError::new(
-                StreamErrorCondition::PolicyViolation,
-                "stanza nested too deeply",
-            ));
+            return Err(policy_violation("stanza nested too deeply"));
         }
         let bindings = self.prefixes.len();
         let StartTag {
@@ -311,6 +336,9 @@ impl<'a> Reader<'a> {
                                 "a reserved namespace can't be the default",
                             ));
                         }
+                        if value.len() > MAX_NAMESPACE {
+                            return Err(policy_violation("namespace name too long"));
+                        }
                         own_default = Some(value);
                     } else if let Some(prefix) = key.strip_prefix("xmlns:") {
                         self.declare(prefix, value, declared_from)?;
@@ -330,16 +358,20 @@ impl<'a> Reader<'a> {
             Some(prefix) => self.resolve(prefix)?,
         };
         let mut element = Element::new(namespace, local);
+        self.copy(element.ns.len())?;
         if prefixed {
+            let mut keys = 0;
             for (key, _) in &mut attrs {
                 if let (Some(prefix), local) = split_qname(key) {
                     // Keys as `xml::Element` documents them: `xml:lang`, `{ns}local`.
                     let namespace = self.resolve(prefix)?;
                     if namespace != ns::XML {
                         *key = compact_str::format_compact!("{{{namespace}}}{local}");
+                        keys += key.len();
                     }
                 }
             }
+            self.copy(keys)?;
         }
         check_unique(&attrs)?;
         element.attrs = attrs;
@@ -367,11 +399,30 @@ impl<'a> Reader<'a> {
         if namespace.is_empty() {
             return Err(not_well_formed("a prefix can't be undeclared in XML 1.0"));
         }
+        if namespace.len() > MAX_NAMESPACE {
+            return Err(policy_violation("namespace name too long"));
+        }
+        if self.prefixes.len() + self.scope.prefixes.len() >= MAX_PREFIXES {
+            return Err(policy_violation("too many namespace prefixes"));
+        }
         if self.prefixes[from..].iter().any(|(p, _)| *p == prefix) {
             return Err(not_well_formed("duplicate attribute"));
         }
         if !xml {
             self.prefixes.push((prefix, namespace));
+        }
+        Ok(())
+    }
+
+    /// Counts a name of `len` bytes copied into the tree.
+    fn copy(&mut self, len: usize) -> Result<()> {
+        if len > INLINE_NAME {
+            self.copied += len;
+            if self.copied > self.may_copy {
+                return Err(policy_violation(
+                    "stanza expands to too many namespace names",
+                ));
+            }
         }
         Ok(())
     }
@@ -621,7 +672,10 @@ fn is_xml_char(c: char) -> bool {
 /// `bytes` as text, if every character in it is one XML allows (XML 1.0 §2.2):
 /// UTF-8, no control characters but tab, CR and LF, no U+FFFE or U+FFFF.
 fn checked_text(bytes: &[u8]) -> Result<&str> {
-    let text = std::str::from_utf8(bytes).map_err(|_| not_well_formed("invalid UTF-8"))?;
+    // RFC 6120 §4.9.3.22: improperly encoded UTF-8 is unsupported-encoding.
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        StreamParserError::new(StreamErrorCondition::UnsupportedEncoding, "invalid UTF-8")
+    })?;
     if bytes
         .iter()
         .any(|&byte| byte < 0x20 && !matches!(byte, b'\t' | b'\n' | b'\r'))
