@@ -338,7 +338,10 @@ async fn log_message(
 ) -> Option<Committed> {
     let recipient = bare_str(to);
     let sender = message.get_attr("from").unwrap_or_default().to_owned();
-    let sender_jid = from.cloned();
+    // Kept past the commit only for a retraction (the one use there).
+    let sender_jid = from
+        .filter(|_| retract::retracted_id(&message).is_some())
+        .cloned();
     let sender_bare = from.map(bare_str).unwrap_or_default();
     let now = crate::now_micros();
     // XEP-0441: an entry the owner doesn't want archived is still logged for
@@ -349,8 +352,7 @@ async fn log_message(
     // message's handling when it is off.
     let archived = archiving && Box::pin(mam::should_archive(server, node(to), &sender)).await;
     // The sender's copy, for their archive, goes into the same commit.
-    let sender_owner = sender_jid
-        .as_ref()
+    let sender_owner = from
         .filter(|j| archiving && server.is_local_user(j) && bare_str(j) != recipient)
         .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
     let sender_owner = match sender_owner {
@@ -362,11 +364,11 @@ async fn log_message(
     // Both are the message as sent (before the recipient's id is stamped), and
     // made only when needed: most messages have neither.
     let outgoing_xml = sender_owner.as_ref().map(|_| message.to_xml(""));
-    let outgoing = sender_jid
-        .as_ref()
+    let outgoing = from
         .filter(|j| server.is_local_user(j) && carbons::eligible(&message))
+        // Asked before the JID is copied: most senders have no other device.
+        .filter(|j| carbons::wanted(server, sender_bare, j.as_str()))
         .and_then(|j| j.clone().try_into_full().ok())
-        .filter(|full| carbons::wanted(server, sender_bare, full))
         .map(|full| (full, message.clone()));
     let stanza_id = if archived {
         stamp_stanza_id(&mut message, recipient)

@@ -42,14 +42,14 @@ pub(crate) fn eligible(message: &Element) -> bool {
 }
 
 /// Whether `owner` has a resource other than `except` that would get copies.
-pub(crate) fn wanted(server: &Server, owner: &str, except: &FullJid) -> bool {
+pub(crate) fn wanted(server: &Server, owner: &str, except: &str) -> bool {
     server.router.with_sessions(owner, |sessions| {
         sessions.iter().any(|s| wants_copies(s, except))
     })
 }
 
-fn wants_copies(session: &crate::router::SessionEntry, except: &FullJid) -> bool {
-    session.carbons && session.available() && session.jid != *except
+fn wants_copies(session: &crate::router::SessionEntry, except: &str) -> bool {
+    session.carbons && session.available() && session.jid.as_str() != except
 }
 
 /// Sends `<sent/>` or `<received/>` copies of `message` to every carbons-enabled,
@@ -67,7 +67,7 @@ pub(crate) fn copy_to_other_devices(
     // Most messages have nobody to copy them to: the copy is made for the first.
     let mut original: Option<Element> = None;
     server.router.with_sessions(owner, |sessions| {
-        for session in sessions.iter().filter(|s| wants_copies(s, except)) {
+        for session in sessions.iter().filter(|s| wants_copies(s, except.as_str())) {
             let original = original.get_or_insert_with(|| {
                 let mut original = message.clone();
                 // §7: the copy must not carry the opt-out marker around again.
