@@ -24,8 +24,8 @@ mkdir -p "$RESULTS"
 current=""
 group_pid=""
 cleanup() {
-  [[ -n "$group_pid" ]] && kill "$group_pid" 2>/dev/null
-  [[ -n "$current" ]] && stop_server "$current"
+  if [[ -n "$group_pid" ]]; then kill "$group_pid" 2>/dev/null || true; fi
+  if [[ -n "$current" ]]; then stop_server "$current"; fi
 }
 trap cleanup EXIT INT TERM
 

@@ -31,7 +31,9 @@ esac
 if [[ $# -gt 0 ]]; then defaults=("$@"); fi
 
 current=""
-cleanup() { [[ -n "$current" ]] && stop_server "$current"; }
+# `if`, not `&&`: under `set -e` a false test as the trap's last command made a
+# finished run exit 1.
+cleanup() { if [[ -n "$current" ]]; then stop_server "$current"; fi; }
 trap cleanup EXIT INT TERM
 
 log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (kith logs every message for delivery either way); TLS=$TLS"
