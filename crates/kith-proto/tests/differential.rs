@@ -2742,11 +2742,12 @@ fn prolog() {
     );
 }
 
-/// A known disagreement, reported: the framer reads an XML declaration (any `<?`
-/// at the start) up to `?>` without looking at what it reads, so a malformed one
-/// without `?>` makes the new parser wait for more (up to the stanza size limit)
-/// where the reference refuses it at once. Neither `<` nor a `>` not preceded by
-/// `?` can be part of a well-formed declaration (XML 1.0 §2.8, §4.3.3).
+/// A disagreement these tests found, fixed: the framer read an XML declaration
+/// (any `<?` at the start) up to `?>` without looking at what it read, so a
+/// malformed one without `?>` made the new parser wait for more (up to the
+/// stanza size limit) where the reference refuses it at once. Neither `<` nor a
+/// `>` not preceded by `?` can be part of a well-formed declaration (XML 1.0
+/// §2.8, §4.3.3), and a target other than `xml` is a processing instruction.
 #[test]
 fn a_broken_xml_declaration_is_refused_at_once() {
     let stream = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
