@@ -168,6 +168,21 @@ async def test_stream_to_unknown_host_is_refused(server):
         s.close()
 
 
+@pytest.mark.parametrize("content", ["jabber:server", "urn:example:other", None])
+async def test_stream_in_another_content_namespace_is_invalid_namespace(server, content):
+    # RFC 6120 §4.9.3.10: a client's stream must declare jabber:client.
+    declared = f"xmlns='{content}' " if content else ""
+    s = await RawStream.connect(server)
+    try:
+        await s.send("<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+                     f"{declared}xmlns:stream='http://etherx.jabber.org/streams'>")
+        cond = await s.stream_error(10)
+        assert cond == ["invalid-namespace"], cond
+        assert await s.wait_closed(10)
+    finally:
+        s.close()
+
+
 async def test_client_closing_stream_gets_closing_tag_back(server, xmpp):
     acct = await xmpp.account("closer")
     s = await RawStream.connect(server)

@@ -184,6 +184,14 @@ impl StreamParser {
         self.released
     }
 
+    /// The namespace the stream header declared for its content (`jabber:client`
+    /// on a client's stream; `""` if it declared none), once it has been read.
+    pub fn content_namespace(&self) -> Option<&str> {
+        self.stream
+            .as_ref()
+            .map(|stream| stream.scope.default_ns.as_str())
+    }
+
     /// Feeds bytes; appends the events they complete to `events`.
     ///
     /// After an error the stream must be closed with that error's condition; the
@@ -945,6 +953,24 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn the_content_namespace_is_the_headers_default() {
+        let mut parser = StreamParser::new(Limits::default());
+        assert_eq!(parser.content_namespace(), None);
+        parser
+            .feed(HEADER.as_bytes(), &mut Vec::new())
+            .expect("header");
+        assert_eq!(parser.content_namespace(), Some(ns::CLIENT));
+        let mut parser = StreamParser::new(Limits::default());
+        parser
+            .feed(
+                b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+                &mut Vec::new(),
+            )
+            .expect("header");
+        assert_eq!(parser.content_namespace(), Some(""));
     }
 
     #[test]

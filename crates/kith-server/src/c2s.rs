@@ -208,6 +208,16 @@ async fn open_stream<L: LinkRead + LinkWrite>(
             "this server does not serve that domain",
         ));
     }
+    // RFC 6120 §4.9.3.10: a client's stream is in `jabber:client`.
+    if link
+        .content_namespace()
+        .is_some_and(|content| content != ns::CLIENT)
+    {
+        return Err(Ended::Error(
+            StreamErrorCondition::InvalidNamespace,
+            "a client's stream is in the jabber:client namespace",
+        ));
+    }
     // RFC 6120 §4.7.5: we speak 1.0 only.
     if let Some(version) = header.get_attr("version")
         && !version.starts_with("1.")

@@ -46,6 +46,12 @@ pub trait LinkRead: Send {
     /// Closing a socket with unread input resets the connection, which can destroy
     /// the stream error still on its way (a "lingering close", as HTTP servers do).
     fn linger(&mut self) -> impl Future<Output = ()> + Send;
+    /// The namespace the peer's stream header declared for its content, where
+    /// the transport has one (XML over TCP; RFC 7395's `<open/>` has none: each
+    /// WebSocket message declares its own).
+    fn content_namespace(&self) -> Option<&str> {
+        None
+    }
     /// Whether the reader holds buffers kept for the next bytes (its XML parser's
     /// and its event queue's).
     fn holds_buffers(&self) -> bool {
@@ -271,6 +277,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> LinkRead for TcpLink<S> {
 
     async fn linger(&mut self) {
         self.reader.linger().await
+    }
+
+    fn content_namespace(&self) -> Option<&str> {
+        self.reader.parser.content_namespace()
     }
 }
 
