@@ -38,7 +38,7 @@ pub struct Cache {
 #[derive(Default)]
 struct CacheInner {
     /// Username → the normalised JIDs on that user's blocklist.
-    lists: HashMap<String, Arc<HashSet<String>>>,
+    lists: HashMap<String, Arc<HashSet<String>>, crate::router::Hasher>,
     /// Bumped by every invalidation (see the module's invariant).
     epoch: u64,
 }
