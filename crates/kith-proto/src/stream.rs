@@ -25,7 +25,7 @@
 
 mod element;
 
-use self::element::{Scope, is_space, restricted};
+use self::element::{Scope, is_space};
 use crate::error::StreamErrorCondition;
 use crate::ns;
 use crate::xml::Element;
@@ -270,10 +270,7 @@ impl StreamParser {
                         b'?' => return Err(restricted("processing instructions are not allowed")),
                         _ => {
                             if self.stream.is_some() && self.depth >= self.limits.max_depth {
-                                return Err(StreamParserError::new(
-                                    StreamErrorCondition::PolicyViolation,
-                                    "stanza nested too deeply",
-                                ));
+                                return Err(too_deep());
                             }
                             i -= 1;
                             let from = start.unwrap_or(0);
@@ -436,7 +433,7 @@ impl StreamParser {
         }
         if let Some(from) = start {
             let rest = &data[from..];
-            self.check_size(self.partial.len() + rest.len())?;
+            check_size(self.partial.len() + rest.len(), self.limits)?;
             self.partial.extend_from_slice(rest);
         }
         Ok(())
@@ -467,16 +464,6 @@ impl StreamParser {
         }
     }
 
-    fn check_size(&self, size: usize) -> Result<(), StreamParserError> {
-        if size > self.limits.max_stanza_size {
-            return Err(StreamParserError::new(
-                StreamErrorCondition::PolicyViolation,
-                "stanza exceeds the maximum size",
-            ));
-        }
-        Ok(())
-    }
-
     /// An item ended with `tail`, the part of it in this read.
     fn item_ended(
         &mut self,
@@ -484,7 +471,7 @@ impl StreamParser {
         tail: &[u8],
         events: &mut Vec<StreamEvent>,
     ) -> Result<(), StreamParserError> {
-        self.check_size(self.partial.len() + tail.len())?;
+        check_size(self.partial.len() + tail.len(), self.limits)?;
         let mut partial = std::mem::take(&mut self.partial);
         let bytes = if partial.is_empty() {
             tail
@@ -563,14 +550,32 @@ fn not_well_formed(detail: &'static str) -> StreamParserError {
     StreamParserError::new(StreamErrorCondition::NotWellFormed, detail)
 }
 
+/// What RFC 6120 §11.1 forbids: comments, processing instructions, DTDs, entity
+/// references other than the predefined ones.
+fn restricted(detail: &'static str) -> StreamParserError {
+    StreamParserError::new(StreamErrorCondition::RestrictedXml, detail)
+}
+
+/// A limit of this server's (RFC 6120 §4.9.3.18).
+fn policy_violation(detail: &'static str) -> StreamParserError {
+    StreamParserError::new(StreamErrorCondition::PolicyViolation, detail)
+}
+
+fn too_deep() -> StreamParserError {
+    policy_violation("stanza nested too deeply")
+}
+
+/// A stanza (or the header) of `size` bytes is within the limit.
+fn check_size(size: usize, limits: Limits) -> Result<(), StreamParserError> {
+    if size > limits.max_stanza_size {
+        return Err(policy_violation("stanza exceeds the maximum size"));
+    }
+    Ok(())
+}
+
 /// Parses exactly one complete element, such as a WebSocket frame (RFC 7395 §3.3.3).
 pub fn parse_fragment(data: &[u8], limits: Limits) -> Result<Element, StreamParserError> {
-    if data.len() > limits.max_stanza_size {
-        return Err(StreamParserError::new(
-            StreamErrorCondition::PolicyViolation,
-            "stanza exceeds the maximum size",
-        ));
-    }
+    check_size(data.len(), limits)?;
     element::fragment(data, limits)
 }
 

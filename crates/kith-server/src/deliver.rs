@@ -338,10 +338,8 @@ async fn log_message(
 ) -> Option<Committed> {
     let recipient = bare_str(to);
     let sender = message.get_attr("from").unwrap_or_default().to_owned();
-    // Kept past the commit only for a retraction (the one use there).
-    let sender_jid = from
-        .filter(|_| retract::retracted_id(&message).is_some())
-        .cloned();
+    // XEP-0424: what a retraction retracts, applied once committed.
+    let retraction = retract::retracted_id(&message).and_then(|id| Some((from?.clone(), id)));
     let sender_bare = from.map(bare_str).unwrap_or_default();
     let now = crate::now_micros();
     // XEP-0441: an entry the owner doesn't want archived is still logged for
@@ -428,7 +426,7 @@ async fn log_message(
         outgoing,
         to: to.clone(),
         xml: xml.clone(),
-        sender_jid,
+        retraction,
         own_id: own_id.clone(),
         done,
     };
@@ -473,7 +471,8 @@ struct AfterCommit {
     /// other devices wants a sent carbon.
     outgoing: Option<(FullJid, Element)>,
     to: Jid,
-    sender_jid: Option<Jid>,
+    /// The sender and the id of the message a retraction retracts.
+    retraction: Option<(Jid, String)>,
     /// The sender's archive id for their copy, if they have one.
     own_id: Option<String>,
     done: tokio::sync::oneshot::Sender<()>,
@@ -487,7 +486,7 @@ impl AfterCommit {
             outgoing,
             to,
             xml,
-            sender_jid,
+            retraction,
             own_id,
             done,
         } = self;
@@ -517,7 +516,7 @@ impl AfterCommit {
                     );
                 }
                 // XEP-0424: delete for everyone leaves tombstones in both archives.
-                if let (Some(id), Some(sender_jid)) = (retract::retracted_id(&shared), sender_jid) {
+                if let Some((sender_jid, id)) = retraction {
                     let recipient = to.to_bare();
                     tokio::spawn(async move {
                         retract::apply(&server, &sender_jid, &recipient, &id).await;

@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use super::{Limits, StreamParserError};
+use super::{Limits, StreamParserError, not_well_formed, policy_violation, restricted, too_deep};
 use crate::error::StreamErrorCondition;
 use crate::ns;
 use crate::xml::{Element, Name, Node};
@@ -33,10 +33,6 @@ const MAX_PREFIXES: usize = 64;
 
 /// Names up to this long are kept inline in an [`Element`] (`xml::Name`).
 const INLINE_NAME: usize = 24;
-
-fn policy_violation(detail: &'static str) -> StreamParserError {
-    StreamParserError::new(StreamErrorCondition::PolicyViolation, detail)
-}
 
 /// Namespace bindings an element inherits from outside its own bytes: the stream
 /// header's (nothing for a WebSocket frame or a stored stanza).
@@ -72,10 +68,7 @@ pub(crate) fn stanza(bytes: &[u8], scope: &Scope, limits: Limits) -> Result<Elem
 pub(crate) fn fragment(bytes: &[u8], limits: Limits) -> Result<Element> {
     let scope = Scope::default();
     let mut reader = Reader::new(bytes, &scope, limits)?;
-    reader.prolog()?;
-    if reader.peek() != Some(b'<') {
-        return Err(not_well_formed("no element"));
-    }
+    reader.prolog("no element")?;
     let element = reader.element("", 1)?;
     reader.skip_space();
     if reader.starts_with(b"<?") || reader.starts_with(b"<!--") {
@@ -92,10 +85,7 @@ pub(crate) fn fragment(bytes: &[u8], limits: Limits) -> Result<Element> {
 pub(crate) fn header(bytes: &[u8], limits: Limits) -> Result<Header> {
     let outer = Scope::default();
     let mut reader = Reader::new(bytes, &outer, limits)?;
-    reader.prolog()?;
-    if reader.peek() != Some(b'<') {
-        return Err(not_well_formed("no stream header"));
-    }
+    reader.prolog("no stream header")?;
     let tag = reader.start_tag("")?;
     reader.end()?;
     let scope = Scope {
@@ -124,16 +114,6 @@ pub(crate) fn closes(bytes: &[u8], qname: &str) -> bool {
         return false;
     };
     rest.iter().all(|&byte| is_space(byte))
-}
-
-fn not_well_formed(detail: &'static str) -> StreamParserError {
-    StreamParserError::new(StreamErrorCondition::NotWellFormed, detail)
-}
-
-/// What RFC 6120 §11.1 forbids: comments, processing instructions, DTDs, entity
-/// references other than the predefined ones.
-pub(crate) fn restricted(detail: &'static str) -> StreamParserError {
-    StreamParserError::new(StreamErrorCondition::RestrictedXml, detail)
 }
 
 /// XML 1.0 §2.3 `S`.
@@ -214,7 +194,8 @@ impl<'a> Reader<'a> {
     }
 
     /// An optional XML declaration (XML 1.0 §2.8: only at the very start), then `S`.
-    fn prolog(&mut self) -> Result<()> {
+    /// An element's `<` must follow; `missing` says what is missing if not.
+    fn prolog(&mut self, missing: &'static str) -> Result<()> {
         if self.starts_with(b"<?xml") && self.bytes.get(5).is_some_and(|&byte| is_space(byte)) {
             self.xml_declaration()?;
         }
@@ -226,6 +207,9 @@ impl<'a> Reader<'a> {
             return Err(restricted(
                 "comments and document type declarations are not allowed",
             ));
+        }
+        if self.peek() != Some(b'<') {
+            return Err(not_well_formed(missing));
         }
         Ok(())
     }
@@ -284,7 +268,7 @@ impl<'a> Reader<'a> {
     /// An element from its `<`, with its content and end tag.
     fn element(&mut self, default_ns: &str, depth: usize) -> Result<Element> {
         if depth > self.max_depth {
-            return Err(policy_violation("stanza nested too deeply"));
+            return Err(too_deep());
         }
         let bindings = self.prefixes.len();
         let StartTag {
