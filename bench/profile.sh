@@ -6,6 +6,8 @@
 #   bench/profile.sh RATE SECS OUT     e.g. bench/profile.sh 15000 12 /tmp/prof
 #
 # Writes OUT.data (perf), OUT.json/.txt (kith-bench), OUT.flat and OUT.threads.
+# PERF_CALLGRAPH="--call-graph dwarf,16384" records whole call stacks (kith has
+# no frame pointers): who calls malloc, say, at the cost of a large OUT.data.
 # Needs `perf` (Debian: linux-perf). Environment as bench/lib.sh.
 TLS="${TLS:-off}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -16,7 +18,8 @@ OUT="${3:?output prefix}"
 pids="$(start_server kith)"
 trap 'stop_server kith' EXIT
 sleep 2
-( sleep 4; perf record -F 2000 -g -p "$pids" -o "$OUT.data" -- sleep $((SECS - 5)) >/dev/null 2>&1 ) &
+# shellcheck disable=SC2086 # PERF_CALLGRAPH is several words
+( sleep 4; perf record -F 2000 ${PERF_CALLGRAPH:--g} -p "$pids" -o "$OUT.data" -- sleep $((SECS - 5)) >/dev/null 2>&1 ) &
 bench kith $pids -- chat --users "${USERS:-200}" --rates "$RATE" --step-secs "$SECS" \
   --drain-secs 2 --json "$OUT.json" > "$OUT.txt" 2>&1 || log "kith-bench failed"
 wait

@@ -17,14 +17,15 @@ use crate::ns;
 pub struct Element {
     pub ns: Name,
     pub name: Name,
-    pub attrs: Vec<(Name, String)>,
+    pub attrs: Vec<(Name, Name)>,
     pub children: Vec<Node>,
 }
 
-/// An element's name or namespace, or an attribute's key: kept inline up to 24
-/// bytes (every name XMPP defines, `jabber:client` and most namespaces), so a
-/// parsed or built element allocates only for its values, its text and its
-/// lists. Compares with `&str` and derefs to `str`.
+/// An element's name or namespace, or an attribute's key or value: kept inline
+/// up to 24 bytes (every name XMPP defines, `jabber:client` and most
+/// namespaces; ids, types and most addresses), so a parsed or built element
+/// allocates mostly for its text, its lists and longer values. Compares with
+/// `&str` and derefs to `str`.
 pub type Name = compact_str::CompactString;
 
 /// A child of an element.
@@ -45,13 +46,13 @@ impl Element {
     }
 
     /// Builder: set an attribute.
-    pub fn attr(mut self, key: &str, value: impl Into<String>) -> Self {
+    pub fn attr(mut self, key: &str, value: impl Into<Name>) -> Self {
         self.set_attr(key, value);
         self
     }
 
     /// Builder: set an attribute when `value` is `Some`.
-    pub fn attr_opt(mut self, key: &str, value: Option<impl Into<String>>) -> Self {
+    pub fn attr_opt(mut self, key: &str, value: Option<impl Into<Name>>) -> Self {
         if let Some(value) = value {
             self.set_attr(key, value);
         }
@@ -81,7 +82,7 @@ impl Element {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn set_attr(&mut self, key: &str, value: impl Into<String>) {
+    pub fn set_attr(&mut self, key: &str, value: impl Into<Name>) {
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| k == key) {
             Some(slot) => slot.1 = value,
@@ -89,7 +90,7 @@ impl Element {
         }
     }
 
-    pub fn remove_attr(&mut self, key: &str) -> Option<String> {
+    pub fn remove_attr(&mut self, key: &str) -> Option<Name> {
         let index = self.attrs.iter().position(|(k, _)| k == key)?;
         Some(self.attrs.remove(index).1)
     }

@@ -26,11 +26,14 @@ pub(crate) type Committed = tokio::sync::oneshot::Receiver<()>;
 /// A message from the session's own client. Returns `Some` when the message went
 /// to the inbox log and is not committed yet: the session counts it as handled
 /// for XEP-0198 only once that resolves.
-pub(crate) async fn message_from_client(
-    session: &mut Session,
+///
+/// Not `async` itself (the routing's future is what it returns): each level of
+/// `async` carries its own copy of the message in every message's handling.
+pub(crate) fn message_from_client(
+    session: &Session,
     mut message: Element,
     to: Option<Jid>,
-) -> Option<Committed> {
+) -> impl Future<Output = Option<Committed>> + use<'_> {
     // RFC 6120 §10.3.1: no `to` means the account's own bare JID.
     let to = match to {
         Some(to) => to,
@@ -39,13 +42,13 @@ pub(crate) async fn message_from_client(
             Jid::from(session.bare.clone())
         }
     };
-    let server = session.server.clone();
+    let server = &session.server;
     // XEP-0280: the user's other devices see what this one sends. A message that
     // goes into the log gets its copy once logged (`log_message`), carrying the
     // sender's archive id; the rest (chat states) is copied here.
     if !storable(&message) {
         carbons::copy_to_other_devices(
-            &server,
+            server,
             session.bare.as_str(),
             &session.jid,
             "sent",
@@ -53,7 +56,7 @@ pub(crate) async fn message_from_client(
         );
     }
     // Both addresses as parsed already (`from` is the session's, stamped).
-    route_parsed(&server, message, to, Some(Jid::from(session.jid.clone()))).await
+    route_parsed(server, message, to, Some(Jid::from(session.jid.clone())))
 }
 
 /// Routes a stanza whose `from` is final to its recipient on this server, or
@@ -66,75 +69,92 @@ pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Commi
 }
 
 /// [`route`] with the stanza's `to` and `from` parsed already.
-async fn route_parsed(
+///
+/// Not an `async fn`, like the steps after it on a message's way: those store
+/// their arguments twice in their future (as given, and moved into the body),
+/// and a message's future, all steps nested, is allocated for every stanza
+/// (`session::run`): at most 1 KiB keeps glibc's malloc on its fast path.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice"
+)]
+fn route_parsed(
     server: &Arc<Server>,
     stanza: Element,
     to: Jid,
     from: Option<Jid>,
-) -> Option<Committed> {
-    if server.muc.serves(server, to.domain().as_str()) {
-        Box::pin(crate::features::muc::route(server, stanza, &to)).await;
-        return None;
-    }
-    if to.domain().as_str() != server.domain {
-        // RFC 6120 §10.4.3: no route to other domains (yet).
-        bounce(
-            server,
-            &stanza,
-            StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
-        )
-        .await;
-        return None;
-    }
-    if to.node().is_none() {
-        // Addressed to the server: nothing here takes messages or presence.
-        if stanza.name == "message" {
-            bounce(server, &stanza, StanzaError::service_unavailable()).await;
-        }
-        return None;
-    }
-    // XEP-0191 applies between users, not to errors the server generates, nor
-    // within one account (compared by parts: no bare JIDs built per message).
-    if let Some(from) = &from
-        && (from.node() != to.node() || from.domain() != to.domain())
-    {
-        // XEP-0191 §3.4: the sender blocked the recipient, matched as addressed
-        // (XEP-0016 §2.1: a blocked full JID covers that resource only).
-        if server.is_local_user(from) && server.blocks(node(from), &to).await {
-            let blocked = Element::new(ns::BLOCKING_ERRORS, "blocked");
-            let error = StanzaError::new(StanzaErrorCondition::NotAcceptable)
-                .with_type(kith_proto::StanzaErrorType::Cancel)
-                .with_application(blocked);
-            bounce(server, &stanza, error).await;
+) -> impl Future<Output = Option<Committed>> + Send {
+    async move {
+        if server.muc.serves(server, to.domain().as_str()) {
+            Box::pin(crate::features::muc::route(server, stanza, &to)).await;
             return None;
         }
-        // XEP-0191 §3.5: the recipient blocked the sender; answer as if absent.
-        if server.blocks(node(&to), from).await {
-            bounce(server, &stanza, StanzaError::service_unavailable()).await;
+        if to.domain().as_str() != server.domain {
+            // RFC 6120 §10.4.3: no route to other domains (yet).
+            bounce(
+                server,
+                &stanza,
+                StanzaError::new(StanzaErrorCondition::RemoteServerNotFound),
+            )
+            .await;
             return None;
         }
+        if to.node().is_none() {
+            // Addressed to the server: nothing here takes messages or presence.
+            if stanza.name == "message" {
+                bounce(server, &stanza, StanzaError::service_unavailable()).await;
+            }
+            return None;
+        }
+        // XEP-0191 applies between users, not to errors the server generates, nor
+        // within one account (compared by parts: no bare JIDs built per message).
+        if let Some(from) = &from
+            && (from.node() != to.node() || from.domain() != to.domain())
+        {
+            // XEP-0191 §3.4: the sender blocked the recipient, matched as addressed
+            // (XEP-0016 §2.1: a blocked full JID covers that resource only).
+            if server.is_local_user(from) && server.blocks(node(from), &to).await {
+                let blocked = Element::new(ns::BLOCKING_ERRORS, "blocked");
+                let error = StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                    .with_type(kith_proto::StanzaErrorType::Cancel)
+                    .with_application(blocked);
+                bounce(server, &stanza, error).await;
+                return None;
+            }
+            // XEP-0191 §3.5: the recipient blocked the sender; answer as if absent.
+            if server.blocks(node(&to), from).await {
+                bounce(server, &stanza, StanzaError::service_unavailable()).await;
+                return None;
+            }
+        }
+        route_checked(server, stanza, &to, from.as_ref()).await
     }
-    route_checked(server, stanza, &to, from.as_ref()).await
 }
 
 /// Delivers to a local user, past the blocking checks. `from` is the stanza's
 /// `from`, parsed.
-async fn route_checked(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice (see `route_parsed`)"
+)]
+fn route_checked(
     server: &Arc<Server>,
     stanza: Element,
     to: &Jid,
     from: Option<&Jid>,
-) -> Option<Committed> {
-    match stanza.name.as_str() {
-        "message" => {
-            let stanza = without_held_back_marker(server, stanza, to, from).await?;
-            return route_message(server, stanza, to, from).await;
+) -> impl Future<Output = Option<Committed>> + Send {
+    async move {
+        match stanza.name.as_str() {
+            "message" => {
+                let stanza = without_held_back_marker(server, stanza, to, from).await?;
+                return route_message(server, stanza, to, from).await;
+            }
+            // Boxed: only a message's route is carried by every message's handling.
+            "presence" => Box::pin(crate::features::presence::inbound(server, stanza, to)).await,
+            _ => Box::pin(route_iq(server, stanza, to)).await,
         }
-        // Boxed: only a message's route is carried by every message's handling.
-        "presence" => Box::pin(crate::features::presence::inbound(server, stanza, to)).await,
-        _ => Box::pin(route_iq(server, stanza, to)).await,
+        None
     }
-    None
 }
 
 /// XEP-0333 `<displayed/>` (the blue ticks) flows only when sender and recipient
@@ -210,72 +230,78 @@ async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
 /// (and a copy into the sender's, for their archive); only once committed are they
 /// handed to the recipient's online devices. Devices that are offline read them
 /// from the log when they next come online.
-async fn route_message(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice (see `route_parsed`)"
+)]
+fn route_message(
     server: &Arc<Server>,
     message: Element,
     to: &Jid,
     from: Option<&Jid>,
-) -> Option<Committed> {
-    /// RFC 6121 §5.2.2 message types, as far as delivery tells them apart.
-    #[derive(Clone, Copy)]
-    enum Kind {
-        Error,
-        Groupchat,
-        Headline,
-        ChatOrNormal,
-    }
-    let kind = match message.get_attr("type") {
-        Some("error") => Kind::Error,
-        Some("groupchat") => Kind::Groupchat,
-        Some("headline") => Kind::Headline,
-        _ => Kind::ChatOrNormal,
-    };
-    match kind {
-        Kind::Error | Kind::Groupchat | Kind::Headline => {
-            let bare = bare_str(to);
-            let addressed = addressed_session(server, to);
-            match kind {
-                Kind::Groupchat if addressed.is_none() => {
-                    bounce(server, &message, StanzaError::service_unavailable()).await
-                }
-                // §8.5.2.1.1: errors to a bare JID or a gone resource are dropped.
-                Kind::Error | Kind::Groupchat => {
-                    if let Some(session) = addressed {
-                        session.send(Arc::new(message));
-                    }
-                }
-                _ => {
-                    let shared = Arc::new(message);
-                    match addressed {
-                        Some(session) => {
-                            session.send(shared);
-                        }
-                        None => server.router.with_sessions(bare, |sessions| {
-                            for session in
-                                sessions.iter().filter(|s| s.available() && s.priority >= 0)
-                            {
-                                session.send(shared.clone());
-                            }
-                        }),
-                    }
-                }
-            }
-            None
+) -> impl Future<Output = Option<Committed>> + Send {
+    async move {
+        /// RFC 6121 §5.2.2 message types, as far as delivery tells them apart.
+        #[derive(Clone, Copy)]
+        enum Kind {
+            Error,
+            Groupchat,
+            Headline,
+            ChatOrNormal,
         }
-        _ if storable(&message) => log_message(server, message, to, from).await,
-        _ => {
-            // Not archived, so no archive id (XEP-0359 §3 ties it to storage).
-            let shared = Arc::new(message);
-            let delivered = hand_to_devices(server, to, &shared, None);
-            if delivered == 0
-                && !Box::pin(server.store.user_exists(node(to)))
-                    .await
-                    .unwrap_or(true)
-            {
-                // §8.5.2.2.1: no such account.
-                bounce(server, &shared, StanzaError::service_unavailable()).await;
+        let kind = match message.get_attr("type") {
+            Some("error") => Kind::Error,
+            Some("groupchat") => Kind::Groupchat,
+            Some("headline") => Kind::Headline,
+            _ => Kind::ChatOrNormal,
+        };
+        match kind {
+            Kind::Error | Kind::Groupchat | Kind::Headline => {
+                let bare = bare_str(to);
+                let addressed = addressed_session(server, to);
+                match kind {
+                    Kind::Groupchat if addressed.is_none() => {
+                        bounce(server, &message, StanzaError::service_unavailable()).await
+                    }
+                    // §8.5.2.1.1: errors to a bare JID or a gone resource are dropped.
+                    Kind::Error | Kind::Groupchat => {
+                        if let Some(session) = addressed {
+                            session.send(Arc::new(message));
+                        }
+                    }
+                    _ => {
+                        let shared = Arc::new(message);
+                        match addressed {
+                            Some(session) => {
+                                session.send(shared);
+                            }
+                            None => server.router.with_sessions(bare, |sessions| {
+                                for session in
+                                    sessions.iter().filter(|s| s.available() && s.priority >= 0)
+                                {
+                                    session.send(shared.clone());
+                                }
+                            }),
+                        }
+                    }
+                }
+                None
             }
-            None
+            _ if storable(&message) => log_message(server, message, to, from).await,
+            _ => {
+                // Not archived, so no archive id (XEP-0359 §3 ties it to storage).
+                let shared = Arc::new(message);
+                let delivered = hand_to_devices(server, to, &shared, None);
+                if delivered == 0
+                    && !Box::pin(server.store.user_exists(node(to)))
+                        .await
+                        .unwrap_or(true)
+                {
+                    // §8.5.2.2.1: no such account.
+                    bounce(server, &shared, StanzaError::service_unavailable()).await;
+                }
+                None
+            }
         }
     }
 }
@@ -330,132 +356,146 @@ fn hand_to_devices(
 /// devices and carbon-copied to the sender's other devices; the returned [`Committed`] then
 /// resolves. A resend with the same XEP-0359 origin-id is stored and delivered
 /// once.
-async fn log_message(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` stores its arguments twice (see `route_parsed`)"
+)]
+fn log_message(
     server: &Arc<Server>,
     mut message: Element,
     to: &Jid,
     from: Option<&Jid>,
-) -> Option<Committed> {
-    let recipient = bare_str(to);
-    let sender = message.get_attr("from").unwrap_or_default().to_owned();
-    // XEP-0424: what a retraction retracts, applied once committed.
-    let retraction = retract::retracted_id(&message).and_then(|id| Some((from?.clone(), id)));
-    let sender_bare = from.map(bare_str).unwrap_or_default();
-    let now = crate::now_micros();
-    // XEP-0441: an entry the owner doesn't want archived is still logged for
-    // delivery, without an archive id (MAM skips entries without one) and
-    // without its text for search. Without an archive nothing is archived.
-    let archiving = server.config.archive.enabled;
-    // Boxed (here and below): what archiving reads is not carried by every
-    // message's handling when it is off.
-    let archived = archiving && Box::pin(mam::should_archive(server, node(to), &sender)).await;
-    // The sender's copy, for their archive, goes into the same commit.
-    let sender_owner = from
-        .filter(|j| archiving && server.is_local_user(j) && bare_str(j) != recipient)
-        .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
-    let sender_owner = match sender_owner {
-        Some(owner) if Box::pin(mam::should_archive(server, &owner, recipient)).await => {
-            Some(owner)
-        }
-        _ => None,
-    };
-    // Both are the message as sent (before the recipient's id is stamped), and
-    // made only when needed: most messages have neither.
-    let outgoing_xml = sender_owner.as_ref().map(|_| message.to_xml(""));
-    let outgoing = from
-        .filter(|j| server.is_local_user(j) && carbons::eligible(&message))
-        // Asked before the JID is copied: most senders have no other device.
-        .filter(|j| carbons::wanted(server, sender_bare, j.as_str()))
-        .and_then(|j| j.clone().try_into_full().ok())
-        .map(|full| (full, message.clone()));
-    let stanza_id = if archived {
-        stamp_stanza_id(&mut message, recipient)
-    } else {
-        String::new()
-    };
-    // XEP-0359 §4: the sender's origin-id identifies a resend of the same message.
-    let origin = message
-        .get_child("origin-id", ns::SID)
-        .and_then(|o| o.get_attr("id"))
-        .filter(|id| !id.is_empty())
-        .map(|id| format!("{sender_bare}\n{id}"));
-    // Only indexed for search, so only read when archived.
-    let body = (archived || sender_owner.is_some())
-        .then(|| message.child_text("body", ns::CLIENT))
-        .flatten();
-    // Stored, and written to the recipient's devices as it is.
-    let xml: Arc<str> = message.to_shared_xml("");
-    let entry = NewInboxEntry {
-        stanza_id: &stanza_id,
-        sender: &sender,
-        kind: "message",
-        xml: &xml,
-        at_micros: now,
-        peer: sender_bare,
-        direction: "in",
-        body: body.as_deref().filter(|_| archived),
-        origin: origin.as_deref(),
-    };
-    let own_id = sender_owner.as_ref().map(|_| crate::archive_id());
-    // The sender's copy, if any, after the recipient's (no list allocated for one).
-    let mut pair = [(node(to), entry), (node(to), entry)];
-    let mut count = 1;
-    if let (Some(owner), Some(own_id), Some(outgoing_xml)) = (&sender_owner, &own_id, &outgoing_xml)
-    {
-        count = 2;
-        pair[1] = (
-            owner.as_str(),
-            NewInboxEntry {
-                stanza_id: own_id,
+) -> impl Future<Output = Option<Committed>> + Send {
+    // This future is part of every message's handling, which `session::run`
+    // allocates per stanza (at most 1 KiB keeps glibc's malloc on its fast
+    // path): little is held across its awaits. The archiving checks come
+    // first, and what builds the entries lives in a block that ends before the
+    // queueing's await.
+    async move {
+        let recipient = bare_str(to);
+        // XEP-0441: an entry the owner doesn't want archived is still logged for
+        // delivery, without an archive id (MAM skips entries without one) and
+        // without its text for search. Without an archive nothing is archived.
+        let archiving = server.config.archive.enabled;
+        // Boxed (here and below): what archiving reads is not carried by every
+        // message's handling when it is off.
+        let archived = archiving
+            && Box::pin(mam::should_archive(
+                server,
+                node(to),
+                message.get_attr("from").unwrap_or_default(),
+            ))
+            .await;
+        // The sender's copy, for their archive, goes into the same commit.
+        let sender_owner = from
+            .filter(|j| archiving && server.is_local_user(j) && bare_str(j) != recipient)
+            .and_then(|j| j.node().map(|n| n.as_str().to_owned()));
+        let sender_owner = match sender_owner {
+            Some(owner) if Box::pin(mam::should_archive(server, &owner, recipient)).await => {
+                Some(owner)
+            }
+            _ => None,
+        };
+        let sender = message.get_attr("from").unwrap_or_default().to_owned();
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let (queued, xml) = {
+            // XEP-0424: what a retraction retracts, applied once committed.
+            let retraction =
+                retract::retracted_id(&message).and_then(|id| Some((from?.clone(), id)));
+            let sender_bare = from.map(bare_str).unwrap_or_default();
+            let now = crate::now_micros();
+            // Both are the message as sent (before the recipient's id is stamped), and
+            // made only when needed: most messages have neither.
+            let outgoing_xml = sender_owner.as_ref().map(|_| message.to_xml(""));
+            let outgoing = from
+                .filter(|j| server.is_local_user(j) && carbons::eligible(&message))
+                // Asked before the JID is copied: most senders have no other device.
+                .filter(|j| carbons::wanted(server, sender_bare, j.as_str()))
+                .and_then(|j| j.clone().try_into_full().ok())
+                .map(|full| (full, message.clone()));
+            let stanza_id = if archived {
+                stamp_stanza_id(&mut message, recipient)
+            } else {
+                String::new()
+            };
+            // XEP-0359 §4: the sender's origin-id identifies a resend of the same message.
+            let origin = message
+                .get_child("origin-id", ns::SID)
+                .and_then(|o| o.get_attr("id"))
+                .filter(|id| !id.is_empty())
+                .map(|id| format!("{sender_bare}\n{id}"));
+            // Only indexed for search, so only read when archived.
+            let body = (archived || sender_owner.is_some())
+                .then(|| message.child_text("body", ns::CLIENT))
+                .flatten();
+            // Stored, and written to the recipient's devices as it is.
+            let xml: Arc<str> = message.to_shared_xml("");
+            let entry = NewInboxEntry {
+                stanza_id: &stanza_id,
                 sender: &sender,
                 kind: "message",
-                xml: outgoing_xml,
+                xml: &xml,
                 at_micros: now,
-                peer: recipient,
-                direction: "out",
-                body: body.as_deref(),
+                peer: sender_bare,
+                direction: "in",
+                body: body.as_deref().filter(|_| archived),
                 origin: origin.as_deref(),
-            },
-        );
-    }
-    let entries = &pair[..count];
-    let (done, committed) = tokio::sync::oneshot::channel();
-    let after = AfterCommit {
-        server: server.clone(),
-        message,
-        outgoing,
-        to: to.clone(),
-        xml: xml.clone(),
-        retraction,
-        own_id: own_id.clone(),
-        done,
-    };
-    match server
-        .store
-        .inbox_append_then(entries, move |results| after.run(results))
-        .await
-    {
-        Ok(()) => Some(committed),
-        Err(error) => {
+            };
+            let own_id = sender_owner.as_ref().map(|_| crate::archive_id());
+            // The sender's copy, if any, after the recipient's (no list allocated for one).
+            let mut pair = [(node(to), entry), (node(to), entry)];
+            let mut count = 1;
+            if let (Some(owner), Some(own_id), Some(outgoing_xml)) =
+                (&sender_owner, &own_id, &outgoing_xml)
+            {
+                count = 2;
+                pair[1] = (
+                    owner.as_str(),
+                    NewInboxEntry {
+                        stanza_id: own_id,
+                        sender: &sender,
+                        kind: "message",
+                        xml: outgoing_xml,
+                        at_micros: now,
+                        peer: recipient,
+                        direction: "out",
+                        body: body.as_deref(),
+                        origin: origin.as_deref(),
+                    },
+                );
+            }
+            let entries = &pair[..count];
+            let after = AfterCommit {
+                server: server.clone(),
+                message,
+                outgoing,
+                to: to.clone(),
+                xml: xml.clone(),
+                retraction,
+                own_id: own_id.clone(),
+                done,
+            };
+            let queued = server
+                .store
+                .inbox_append_then(entries, move |results| after.run(results));
+            (queued, xml)
+        };
+        if let Err(error) = queued.await {
             // The writer is gone (shutting down): nothing was queued.
             tracing::error!(%error, "appending to the inbox log failed");
-            bounce(
-                server,
-                &outgoing_bounce(entries, &sender),
-                StanzaError::internal(),
-            )
-            .await;
-            None
+        } else {
+            return Some(committed);
         }
+        let message = outgoing_bounce(&xml, &sender);
+        Box::pin(async move { bounce(server, &message, StanzaError::internal()).await }).await;
+        None
     }
 }
 
 /// A minimal copy of a message to bounce when it could not even be queued.
-fn outgoing_bounce(entries: &[(&str, NewInboxEntry<'_>)], sender: &str) -> Element {
-    entries
-        .first()
-        .and_then(|(_, entry)| parse_fragment(entry.xml.as_bytes(), Limits::default()).ok())
-        .unwrap_or_else(|| Element::new(ns::CLIENT, "message").attr("from", sender))
+fn outgoing_bounce(xml: &str, sender: &str) -> Element {
+    parse_fragment(xml.as_bytes(), Limits::default())
+        .unwrap_or_else(|_| Element::new(ns::CLIENT, "message").attr("from", sender))
 }
 
 /// What happens to a logged message once its append is committed. Runs on the

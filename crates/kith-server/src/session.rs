@@ -449,7 +449,8 @@ pub(crate) async fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
             // Without stream management, written is as good as it gets.
             session.cursor_pending = Some(session.written_seq);
         }
-        if session.cursor_pending.is_some() {
+        // Asked first: the boxed future is an allocation per flush.
+        if session.cursor_save_due() {
             Box::pin(session.save_cursor(false)).await;
         }
         if let Err(end) = step {
@@ -661,13 +662,18 @@ impl Session {
         }
     }
 
+    /// Whether [`Session::save_cursor`] would write (unforced) now.
+    fn cursor_save_due(&self) -> bool {
+        self.cursor_pending.is_some() && self.cursor_saved_at.elapsed() >= CURSOR_WRITE_INTERVAL
+    }
+
     async fn save_cursor(&mut self, force: bool) {
+        if !force && !self.cursor_save_due() {
+            return;
+        }
         let Some(seq) = self.cursor_pending else {
             return;
         };
-        if !force && self.cursor_saved_at.elapsed() < CURSOR_WRITE_INTERVAL {
-            return;
-        }
         self.cursor_pending = None;
         self.cursor_saved_at = Instant::now();
         if seq <= self.device_cursor {
@@ -685,87 +691,97 @@ impl Session {
     }
 
     /// Handles one top-level element from the client.
-    async fn handle(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` stores the stanza twice"
+    )]
+    fn handle(
         &mut self,
         mut stanza: Element,
-    ) -> Result<(), (StreamErrorCondition, &'static str)> {
-        if stanza.ns == SM {
-            if stanza.name == "r" {
-                // The answer counts the messages still being committed, so wait.
-                self.drain_uncommitted().await;
+    ) -> impl Future<Output = Result<(), (StreamErrorCondition, &'static str)>> + Send + '_ {
+        // Not `async fn`: the stanza would be stored twice in the future (as
+        // given, and moved into the body), allocated per stanza (`run`;
+        // `deliver::route_parsed`).
+        async move {
+            if stanza.ns == SM {
+                if stanza.name == "r" {
+                    // The answer counts the messages still being committed, so wait.
+                    self.drain_uncommitted().await;
+                }
+                return self.handle_sm(&stanza);
             }
-            return self.handle_sm(&stanza);
-        }
-        if stanza.ns == crate::csi::CSI {
-            match stanza.name.as_str() {
-                "inactive" => self.inactive = true,
-                "active" => {
-                    self.inactive = false;
-                    for held in self.held.drain() {
-                        self.replies
-                            .push((Reply::Stanza(Element::clone(&held)), None));
+            if stanza.ns == crate::csi::CSI {
+                match stanza.name.as_str() {
+                    "inactive" => self.inactive = true,
+                    "active" => {
+                        self.inactive = false;
+                        for held in self.held.drain() {
+                            self.replies
+                                .push((Reply::Stanza(Element::clone(&held)), None));
+                        }
+                    }
+                    _ => {
+                        return Err((
+                            StreamErrorCondition::UnsupportedStanzaType,
+                            "unknown CSI element",
+                        ));
                     }
                 }
-                _ => {
-                    return Err((
-                        StreamErrorCondition::UnsupportedStanzaType,
-                        "unknown CSI element",
-                    ));
-                }
-            }
-            return Ok(());
-        }
-        if stanza.ns != ns::CLIENT || !matches!(stanza.name.as_str(), "message" | "presence" | "iq")
-        {
-            return Err((
-                StreamErrorCondition::UnsupportedStanzaType,
-                "unsupported top-level element",
-            ));
-        }
-        if let Some(from) = stanza.get_attr("from")
-            && !self.is_own_address(from)
-        {
-            return Err((
-                StreamErrorCondition::InvalidFrom,
-                "the from address is not yours",
-            ));
-        }
-        stanza.set_attr("from", self.jid.as_str());
-        let to = match stanza.get_attr("to").map(Jid::new) {
-            None => None,
-            Some(Ok(to)) => Some(to),
-            Some(Err(_)) => {
-                if stanza.get_attr("type") != Some("error") {
-                    self.reply(StanzaError::jid_malformed().reply_to(&stanza));
-                }
-                self.count_handled();
                 return Ok(());
             }
-        };
-        if stanza.name != "message" {
-            // What a client does after sending messages sees them stored (a MAM
-            // query, say): only runs of messages are pipelined.
-            self.drain_uncommitted().await;
-        }
-        match stanza.name.as_str() {
-            "message" => {
-                if let Some(committed) = deliver::message_from_client(self, stanza, to).await {
-                    self.uncommitted.push_back(Some(committed));
-                    if self.uncommitted.len() > MAX_UNCOMMITTED {
-                        self.wait_oldest_commit().await;
+            if stanza.ns != ns::CLIENT
+                || !matches!(stanza.name.as_str(), "message" | "presence" | "iq")
+            {
+                return Err((
+                    StreamErrorCondition::UnsupportedStanzaType,
+                    "unsupported top-level element",
+                ));
+            }
+            if let Some(from) = stanza.get_attr("from")
+                && !self.is_own_address(from)
+            {
+                return Err((
+                    StreamErrorCondition::InvalidFrom,
+                    "the from address is not yours",
+                ));
+            }
+            stanza.set_attr("from", self.jid.as_str());
+            let to = match stanza.get_attr("to").map(Jid::new) {
+                None => None,
+                Some(Ok(to)) => Some(to),
+                Some(Err(_)) => {
+                    if stanza.get_attr("type") != Some("error") {
+                        self.reply(StanzaError::jid_malformed().reply_to(&stanza));
                     }
+                    self.count_handled();
                     return Ok(());
                 }
+            };
+            if stanza.name != "message" {
+                // What a client does after sending messages sees them stored (a MAM
+                // query, say): only runs of messages are pipelined.
+                self.drain_uncommitted().await;
             }
-            // Boxed: the message path's state alone is what every stanza's
-            // handling allocates (see `run`).
-            "presence" => Box::pin(features::presence::from_client(self, stanza, to)).await,
-            _ => Box::pin(features::iq_from_client(self, stanza, to)).await,
+            match stanza.name.as_str() {
+                "message" => {
+                    if let Some(committed) = deliver::message_from_client(self, stanza, to).await {
+                        self.uncommitted.push_back(Some(committed));
+                        if self.uncommitted.len() > MAX_UNCOMMITTED {
+                            self.wait_oldest_commit().await;
+                        }
+                        return Ok(());
+                    }
+                }
+                // Boxed: the message path's state alone is what every stanza's
+                // handling allocates (see `run`).
+                "presence" => Box::pin(features::presence::from_client(self, stanza, to)).await,
+                _ => Box::pin(features::iq_from_client(self, stanza, to)).await,
+            }
+            // Counted only now that it is handled (and, for messages, durably logged):
+            // an `<a h/>` covering it promises it is safe (XEP-0198 §5, DESIGN.md).
+            self.count_handled();
+            Ok(())
         }
-        // Counted only now that it is handled (and, for messages, durably logged):
-        // an `<a h/>` covering it promises it is safe (XEP-0198 §5, DESIGN.md).
-        self.count_handled();
-        Ok(())
     }
 
     /// Counts a handled stanza for XEP-0198, after the messages still being

@@ -575,12 +575,19 @@ impl Store {
     /// queued one after the other run in that order, and their sequence numbers
     /// increase in that order, so handing entries to readers from `then` keeps
     /// log order without a lock. It must be quick and must not block or panic.
-    pub async fn inbox_append_then(
+    ///
+    /// The entries are copied before this returns: the future (small, for
+    /// callers that carry it in every message's handling) only waits for room
+    /// in the writer's queue when it is full.
+    pub fn inbox_append_then<F>(
         &self,
         entries: &[(&str, NewInboxEntry<'_>)],
-        then: impl FnOnce(Vec<Result<i64>>) + Send + Sync + 'static,
-    ) -> Result<()> {
-        self.writer.append_then(entries, Box::new(then)).await
+        then: F,
+    ) -> impl Future<Output = Result<()>> + Send + use<'_, F>
+    where
+        F: FnOnce(Vec<Result<i64>>) + Send + Sync + 'static,
+    {
+        self.writer.append_then(entries, Box::new(then))
     }
 
     /// Up to `limit` entries with `seq > after_seq`, in sequence order.

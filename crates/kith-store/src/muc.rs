@@ -69,18 +69,21 @@ impl Store {
     /// comes later and then calls [`Store::room_catch_up`] misses nothing).
     /// `then` runs after the commit (as for [`Store::inbox_append_then`]) with
     /// the room's sequence number, then per member its copy's or
-    /// [`StoreError::Owed`](crate::StoreError::Owed).
-    pub async fn room_append_then(
+    /// [`StoreError::Owed`](crate::StoreError::Owed). Queued before this
+    /// returns, as [`Store::inbox_append_then`].
+    pub fn room_append_then<F>(
         &self,
         room: &str,
         entry: &NewInboxEntry<'_>,
         members: Vec<RoomMember>,
         live: Live,
-        then: impl FnOnce(Vec<Result<i64>>) + Send + Sync + 'static,
-    ) -> Result<()> {
+        then: F,
+    ) -> impl Future<Output = Result<()>> + Send + use<'_, F>
+    where
+        F: FnOnce(Vec<Result<i64>>) + Send + Sync + 'static,
+    {
         self.writer
             .fan_then(room, entry, members, live, Box::new(then))
-            .await
     }
 
     /// `owners` (local members of `room`, by username) are owed the room's

@@ -289,7 +289,7 @@ impl<'a> Reader<'a> {
     fn start_tag(&mut self, default_ns: &str) -> Result<StartTag<'a>> {
         self.pos += 1;
         let qname = self.name()?;
-        let mut attrs: Vec<(Name, String)> = Vec::new();
+        let mut attrs: Vec<(Name, Name)> = Vec::new();
         let mut own_default: Option<Cow<'a, str>> = None;
         let mut prefixed = false;
         let declared_from = self.prefixes.len();
@@ -328,7 +328,7 @@ impl<'a> Reader<'a> {
                         self.declare(prefix, value, declared_from)?;
                     } else {
                         prefixed |= key.as_bytes().contains(&b':');
-                        attrs.push((Name::new(key), value.into_owned()));
+                        attrs.push((Name::new(key), Name::from(value)));
                     }
                 }
                 Some(_) => return Err(not_well_formed("expected whitespace between attributes")),
@@ -711,7 +711,7 @@ fn is_name_char(c: char) -> bool {
 
 /// Attributes are unique after namespace expansion (XML 1.0 §3.1, Namespaces in
 /// XML 1.0 §6.3).
-fn check_unique(attrs: &[(Name, String)]) -> Result<()> {
+fn check_unique(attrs: &[(Name, Name)]) -> Result<()> {
     let duplicate = if attrs.len() <= 16 {
         attrs
             .iter()

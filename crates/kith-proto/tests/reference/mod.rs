@@ -386,7 +386,7 @@ fn push_text(parent: &mut Element, text: String) {
     }
 }
 
-fn convert_attrs(attrs: rxml::AttrMap) -> Vec<(Name, String)> {
+fn convert_attrs(attrs: rxml::AttrMap) -> Vec<(Name, Name)> {
     let mut out = Vec::with_capacity(attrs.len());
     for ((attr_ns, name), value) in attrs.into_iter() {
         let key = if attr_ns.is_none() {
@@ -396,7 +396,7 @@ fn convert_attrs(attrs: rxml::AttrMap) -> Vec<(Name, String)> {
         } else {
             Name::from(format!("{{{}}}{}", attr_ns.as_str(), name.as_str()))
         };
-        out.push((key, value));
+        out.push((key, Name::from(value)));
     }
     out
 }

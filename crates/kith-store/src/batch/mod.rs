@@ -45,10 +45,7 @@ pub(crate) type Then = Box<dyn FnOnce(Vec<Result<i64>>) + Send + Sync>;
 enum Job {
     /// Entries appended together (e.g. a message to the recipient's log and the
     /// copy to the sender's), answered with one sequence number each.
-    Append {
-        entries: Vec<(String, OwnedEntry)>,
-        then: Then,
-    },
+    Append { entries: Entries, then: Then },
     /// A group message: the room's entry, and copies for the members with a
     /// session now (the others are owed it: [`rooms`]). Answered with the
     /// room's sequence number, then per member its copy's or
@@ -122,10 +119,38 @@ struct Fan {
     live: Live,
 }
 
-/// An entry as the writer holds it. Its text fields share one allocation: an
-/// entry is made on a runtime worker and freed on the writer's thread, and each
-/// allocation that crosses threads takes glibc's slow paths on both sides
-/// (BENCHMARKS.md, session 17).
+/// The entries of a [`Job::Append`], each with its owner: one (a message whose
+/// sender archives nothing) without a list.
+enum Entries {
+    One(OwnedEntry),
+    Many(Vec<OwnedEntry>),
+}
+
+impl Entries {
+    fn new(entries: &[(&str, NewInboxEntry<'_>)]) -> Self {
+        match entries {
+            [(owner, entry)] => Entries::One(OwnedEntry::new(owner, entry)),
+            _ => Entries::Many(
+                entries
+                    .iter()
+                    .map(|(owner, entry)| OwnedEntry::new(owner, entry))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn as_slice(&self) -> &[OwnedEntry] {
+        match self {
+            Entries::One(entry) => std::slice::from_ref(entry),
+            Entries::Many(entries) => entries,
+        }
+    }
+}
+
+/// An entry as the writer holds it. Its text fields, and the owner's name,
+/// share one allocation: an entry is made on a runtime worker and freed on the
+/// writer's thread, and each allocation that crosses threads takes glibc's slow
+/// paths on both sides (BENCHMARKS.md, sessions 17 and 18).
 struct OwnedEntry {
     /// The fields in [`Field`] order, back to back.
     text: Box<str>,
@@ -147,12 +172,19 @@ enum Field {
     Direction,
     Body,
     Origin,
+    /// Whose log it goes to, for an entry of a [`Job::Append`]; empty for a
+    /// group message's entries (a member's copy is one entry for many owners).
+    Owner,
 }
 
-const FIELDS: usize = 8;
+const FIELDS: usize = 9;
 
 impl OwnedEntry {
     fn from(entry: &NewInboxEntry<'_>) -> Self {
+        Self::new("", entry)
+    }
+
+    fn new(owner: &str, entry: &NewInboxEntry<'_>) -> Self {
         let fields = [
             entry.stanza_id,
             entry.sender,
@@ -162,6 +194,7 @@ impl OwnedEntry {
             entry.direction,
             entry.body.unwrap_or(""),
             entry.origin.unwrap_or(""),
+            owner,
         ];
         // Exactly the size needed, so the boxing below doesn't reallocate.
         let mut text = String::with_capacity(fields.iter().map(|field| field.len()).sum());
@@ -215,6 +248,10 @@ impl OwnedEntry {
 
     fn origin(&self) -> Option<&str> {
         self.has_origin.then(|| self.field(Field::Origin))
+    }
+
+    fn owner(&self) -> &str {
+        self.field(Field::Owner)
     }
 }
 
@@ -290,33 +327,50 @@ impl Writer {
         answer.await.map_err(|_| StoreError::Closed)
     }
 
-    /// Queues entries for the next group commit and returns once they are queued;
-    /// `then` runs right after the commit, in commit order ([`Callbacks`]).
-    pub(crate) async fn append_then(
+    /// Queues entries for the next group commit ([`Writer::queue`]); `then` runs
+    /// right after the commit, in commit order ([`Callbacks`]).
+    pub(crate) fn append_then(
         &self,
         entries: &[(&str, NewInboxEntry<'_>)],
         then: Then,
-    ) -> Result<()> {
-        let entries = entries
-            .iter()
-            .map(|(owner, entry)| ((*owner).to_owned(), OwnedEntry::from(entry)))
-            .collect();
-        self.tx
-            .send_async(Job::Append { entries, then })
-            .await
-            .map_err(|_| StoreError::Closed)
+    ) -> impl Future<Output = Result<()>> + Send + use<'_> {
+        self.queue(Job::Append {
+            entries: Entries::new(entries),
+            then,
+        })
     }
 
-    /// Queues a group message for the next group commit (see [`Job::Fan`]);
-    /// returns once it is queued.
-    pub(crate) async fn fan_then(
+    /// Hands `job` to the writer: at once when its queue has room, the common
+    /// case, so that what a caller awaits (and its own future carries, in every
+    /// message's handling) is small; the future waits for room otherwise.
+    fn queue(&self, job: Job) -> impl Future<Output = Result<()>> + Send + use<'_> {
+        // Boxed (the job, then the wait): rare, the writer is saturated (or
+        // gone: then the wait fails at once).
+        let waiting = self
+            .tx
+            .try_send(job)
+            .err()
+            .map(|error| Box::new(error.into_inner()));
+        async move {
+            if let Some(job) = waiting {
+                Box::pin(self.tx.send_async(*job))
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Queues a group message for the next group commit (see [`Job::Fan`],
+    /// [`Writer::queue`]).
+    pub(crate) fn fan_then(
         &self,
         room: &str,
         entry: &NewInboxEntry<'_>,
         members: Vec<RoomMember>,
         live: Live,
         then: Then,
-    ) -> Result<()> {
+    ) -> impl Future<Output = Result<()>> + Send + use<'_> {
         let entry = OwnedEntry::from(entry);
         let copy = rooms::member_copy(room, &entry);
         let fan = Box::new(Fan {
@@ -326,11 +380,7 @@ impl Writer {
             members,
             live,
         });
-        let job = Job::Fan { fan, then };
-        self.tx
-            .send_async(job)
-            .await
-            .map_err(|_| StoreError::Closed)
+        self.queue(Job::Fan { fan, then })
     }
 
     /// Applies a room change and waits until it is committed.
@@ -539,9 +589,10 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         match job {
             Job::Append { entries, .. } => {
                 let slots = entries
+                    .as_slice()
                     .iter()
-                    .map(|(owner, entry)| {
-                        let row = planner.push(owner, entry);
+                    .map(|entry| {
+                        let row = planner.push(entry.owner(), entry);
                         planner.one_to_one.push(row);
                         Slot::Row(row)
                     })
@@ -986,7 +1037,11 @@ fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callb
                 });
             }
             (Job::Append { then, entries }, _) => {
-                let closed = entries.iter().map(|_| Err(StoreError::Closed)).collect();
+                let closed = entries
+                    .as_slice()
+                    .iter()
+                    .map(|_| Err(StoreError::Closed))
+                    .collect();
                 calls.push((then, closed));
             }
             (Job::Fan { then, fan }, _) => {
@@ -1016,7 +1071,8 @@ fn fail(jobs: impl Iterator<Item = Job>, error: &StoreError, callbacks: &Callbac
         let failed = || StoreError::Corrupt(format!("write failed: {error}"));
         match job {
             Job::Append { entries, then } => {
-                calls.push((then, entries.iter().map(|_| Err(failed())).collect()));
+                let failed = entries.as_slice().iter().map(|_| Err(failed())).collect();
+                calls.push((then, failed));
             }
             Job::Fan { fan, then } => {
                 calls.push((
