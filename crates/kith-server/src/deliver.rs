@@ -56,7 +56,7 @@ pub(crate) fn message_from_client(
         );
     }
     // Both addresses as parsed already (`from` is the session's, stamped).
-    route_parsed(server, message, to, Some(Jid::from(session.jid.clone())))
+    route_parsed(server, message, to, Some(&session.jid))
 }
 
 /// Routes a stanza whose `from` is final to its recipient on this server, or
@@ -65,7 +65,7 @@ pub(crate) fn message_from_client(
 pub(crate) async fn route(server: &Arc<Server>, stanza: Element) -> Option<Committed> {
     let to = stanza.get_attr("to").and_then(|to| Jid::new(to).ok())?;
     let from = stanza.get_attr("from").and_then(|from| Jid::new(from).ok());
-    route_parsed(server, stanza, to, from).await
+    route_parsed(server, stanza, to, from.as_ref()).await
 }
 
 /// [`route`] with the stanza's `to` and `from` parsed already.
@@ -82,7 +82,7 @@ fn route_parsed(
     server: &Arc<Server>,
     stanza: Element,
     to: Jid,
-    from: Option<Jid>,
+    from: Option<&Jid>,
 ) -> impl Future<Output = Option<Committed>> + Send {
     async move {
         if server.muc.serves(server, to.domain().as_str()) {
@@ -108,7 +108,7 @@ fn route_parsed(
         }
         // XEP-0191 applies between users, not to errors the server generates, nor
         // within one account (compared by parts: no bare JIDs built per message).
-        if let Some(from) = &from
+        if let Some(from) = from
             && (from.node() != to.node() || from.domain() != to.domain())
         {
             // XEP-0191 §3.4: the sender blocked the recipient, matched as addressed
@@ -127,7 +127,7 @@ fn route_parsed(
                 return None;
             }
         }
-        route_checked(server, stanza, &to, from.as_ref()).await
+        route_checked(server, stanza, &to, from).await
     }
 }
 
