@@ -369,23 +369,18 @@ fn log_message(
     // This future is part of every message's handling, which `session::run`
     // allocates per stanza (at most 1 KiB keeps glibc's malloc on its fast
     // path): little is held across its awaits. The archiving checks come
-    // first, and what builds the entries lives in a block that ends before the
-    // queueing's await.
+    // first, what builds the entries lives in a block that ends before the
+    // queueing's await, and the bounce when queueing failed is boxed.
     async move {
         let recipient = bare_str(to);
+        let sender = message.get_attr("from").unwrap_or_default().to_owned();
         // XEP-0441: an entry the owner doesn't want archived is still logged for
         // delivery, without an archive id (MAM skips entries without one) and
         // without its text for search. Without an archive nothing is archived.
         let archiving = server.config.archive.enabled;
         // Boxed (here and below): what archiving reads is not carried by every
         // message's handling when it is off.
-        let archived = archiving
-            && Box::pin(mam::should_archive(
-                server,
-                node(to),
-                message.get_attr("from").unwrap_or_default(),
-            ))
-            .await;
+        let archived = archiving && Box::pin(mam::should_archive(server, node(to), &sender)).await;
         // The sender's copy, for their archive, goes into the same commit.
         let sender_owner = from
             .filter(|j| archiving && server.is_local_user(j) && bare_str(j) != recipient)
@@ -396,7 +391,6 @@ fn log_message(
             }
             _ => None,
         };
-        let sender = message.get_attr("from").unwrap_or_default().to_owned();
         let (done, committed) = tokio::sync::oneshot::channel();
         let (queued, xml) = {
             // XEP-0424: what a retraction retracts, applied once committed.
@@ -480,11 +474,10 @@ fn log_message(
                 .inbox_append_then(entries, move |results| after.run(results));
             (queued, xml)
         };
-        if let Err(error) = queued.await {
+        match queued.await {
+            Ok(()) => return Some(committed),
             // The writer is gone (shutting down): nothing was queued.
-            tracing::error!(%error, "appending to the inbox log failed");
-        } else {
-            return Some(committed);
+            Err(error) => tracing::error!(%error, "appending to the inbox log failed"),
         }
         let message = outgoing_bounce(&xml, &sender);
         Box::pin(async move { bounce(server, &message, StanzaError::internal()).await }).await;
