@@ -165,23 +165,25 @@ impl Server {
         let https = bind(&listen.https).await?;
         // Listening: this process is the server (not a second one that failed
         // to bind, nor the CLI), so the log's tail is its to recover. Entries of
-        // users with a session wait there when messages go once delivered
-        // (SQLite). Weak: the store must not keep the server alive.
-        let online: Option<kith_store::Live> =
-            (server.config.retention() == config::Retention::UntilDelivered).then(|| {
-                let weak = Arc::downgrade(&server);
-                Arc::new(move |owner: &str| {
-                    weak.upgrade().is_some_and(|server| {
-                        let bare = format!("{owner}@{}", server.domain);
-                        server
-                            .router
-                            .with_sessions(&bare, |sessions| !sessions.is_empty())
-                    })
-                }) as kith_store::Live
-            });
+        // users with a session wait there first (SQLite); once delivered they
+        // are dropped or, with an archive that keeps them, moved into the log.
+        // Weak: the store must not keep the server alive.
+        let weak = Arc::downgrade(&server);
+        let online: kith_store::Live = Arc::new(move |owner: &str| {
+            weak.upgrade().is_some_and(|server| {
+                let bare = format!("{owner}@{}", server.domain);
+                server
+                    .router
+                    .with_sessions(&bare, |sessions| !sessions.is_empty())
+            })
+        });
+        let delivered = match server.config.retention() {
+            config::Retention::UntilDelivered => kith_store::Delivered::Dropped,
+            config::Retention::Forever | config::Retention::Days => kith_store::Delivered::Kept,
+        };
         server
             .store
-            .set_until_delivered(online)
+            .set_tail(Some(online), delivered)
             .await
             .context("recovering the inbox log's tail")?;
         let addrs = (

@@ -91,6 +91,7 @@ pub use archive::{
     ArchiveBounds, ArchiveDefault, ArchiveError, ArchiveMark, ArchivePage, ArchiveQuery, MamPrefs,
     Paging,
 };
+pub use batch::Delivered;
 pub use error::{Result, StoreError};
 pub use muc::{Live, RoomAffiliation, RoomInvite, RoomMember, StoredRoom};
 pub use pep::{PepExpired, PepItem, PepNode, PepNodeConfig, PepWrite};
@@ -214,18 +215,21 @@ impl Store {
         })
     }
 
-    /// Says whether log entries leave the log once every device of their
-    /// owner has them (retention "until delivered"; the server says so at
-    /// start), with `online` telling whether an owner (a username) has a
-    /// session now. On SQLite, 1:1 entries of owners with a session then wait
-    /// in the log's tail, and most never cost an index entry (`batch::tail`).
-    /// `None` (the default): every entry goes to the log at once.
+    /// Turns the log's tail on, at the server's start: `online` tells whether
+    /// an owner (a username) has a session now, and on SQLite that owner's
+    /// 1:1 entries then wait in the tail, appended in order to a small file
+    /// instead of into the indexed log (`batch::tail`). What the tail's
+    /// compaction does with an entry every device of its owner has is
+    /// `delivered`'s to say: dropped (retention "until delivered": most
+    /// entries never cost an index entry) or kept (an archive: every entry
+    /// moves into the log, a second's worth in one ordered statement). `None`
+    /// (the default): every entry goes to the log at once.
     ///
     /// The server calls this once at start, either way: what a previous run
     /// left waiting in the tail moves into the log first (other processes
     /// opening the database, such as the CLI, leave the tail alone).
-    pub async fn set_until_delivered(&self, online: Option<Live>) -> Result<()> {
-        self.writer.set_until_delivered(online).await
+    pub async fn set_tail(&self, online: Option<Live>, delivered: Delivered) -> Result<()> {
+        self.writer.set_tail(online, delivered).await
     }
 
     /// The engine behind this store.

@@ -9,7 +9,7 @@
 //! after the clean-up.
 
 use kith_store::{
-    Backend, NewInboxEntry, RosterCap, RosterItem, ScramSecret, Store, StoreError,
+    Backend, Delivered, NewInboxEntry, RosterCap, RosterItem, ScramSecret, Store, StoreError,
     StoredCredentials, Subscription,
 };
 
@@ -19,7 +19,7 @@ use kith_store::{
 
 /// A fresh, empty database for one test.
 mod common;
-use common::{TestDb, creds, run_postgres, run_sqlite, run_sqlite_tail};
+use common::{TestDb, creds, run_postgres, run_sqlite, run_sqlite_archive, run_sqlite_tail};
 
 /// A roster cap no test here reaches unless it means to.
 const ROSTER_MAX: RosterCap = RosterCap {
@@ -1710,9 +1710,12 @@ async fn files_left_in_the_tail_are_recovered_or_set_aside() {
         }
         std::fs::write(dir.join("1.7.db"), b"torn by a power loss, not a database").unwrap();
         // The server's start.
-        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| true)))
-            .await
-            .expect("the server starts");
+        s.set_tail(
+            Some(std::sync::Arc::new(|_: &str| true)),
+            Delivered::Dropped,
+        )
+        .await
+        .expect("the server starts");
         assert_eq!(ids_of(&s, "alice").await, ["left1"]);
         assert_eq!(s.inbox_head("alice").await.unwrap(), 1);
         assert!(dir.join("1.7.db.unreadable").exists(), "set aside");
@@ -1733,9 +1736,12 @@ async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
         let raw = db.raw().await;
         s.create_user("alice", &creds(1)).await.unwrap();
         s.create_user("bob", &creds(2)).await.unwrap();
-        s.set_until_delivered(Some(std::sync::Arc::new(|owner: &str| owner == "alice")))
-            .await
-            .unwrap();
+        s.set_tail(
+            Some(std::sync::Arc::new(|owner: &str| owner == "alice")),
+            Delivered::Dropped,
+        )
+        .await
+        .unwrap();
         s.inbox_append_all(&[
             ("alice", entry("a0", "<message/>", 100)),
             ("bob", entry("b0", "<message/>", 100)),
@@ -1747,7 +1753,7 @@ async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
         assert_eq!(in_tail(&db).await, 1);
         assert_eq!(in_log(&raw).await, [("bob".to_owned(), 1)]);
         // Switched off: everything goes to the log at once.
-        s.set_until_delivered(None).await.unwrap();
+        s.set_tail(None, Delivered::Dropped).await.unwrap();
         s.inbox_append("alice", &entry("a1", "<message/>", 101))
             .await
             .unwrap();
@@ -1764,17 +1770,23 @@ async fn a_resend_after_its_owner_went_offline_is_still_a_duplicate() {
     run_sqlite(|db: TestDb| async move {
         let s = db.open().await;
         s.create_user("alice", &creds(1)).await.unwrap();
-        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| true)))
-            .await
-            .unwrap();
+        s.set_tail(
+            Some(std::sync::Arc::new(|_: &str| true)),
+            Delivered::Dropped,
+        )
+        .await
+        .unwrap();
         s.inbox_append("alice", &with_origin("a", "bob\no1"))
             .await
             .unwrap();
         // alice's sessions are gone: the resend would go to the log at once,
         // where the first copy is not (yet).
-        s.set_until_delivered(Some(std::sync::Arc::new(|_: &str| false)))
-            .await
-            .unwrap();
+        s.set_tail(
+            Some(std::sync::Arc::new(|_: &str| false)),
+            Delivered::Dropped,
+        )
+        .await
+        .unwrap();
         assert!(matches!(
             s.inbox_append("alice", &with_origin("b", "bob\no1")).await,
             Err(StoreError::Duplicate(_))
@@ -1856,4 +1868,118 @@ async fn the_delivered_sweep_compacts_what_waits_in_the_tail() {
         assert_eq!(in_log(&raw).await, [("alice".to_owned(), 3)]);
     })
     .await;
+}
+
+/// With an archive, the tail's compaction moves every entry into the log —
+/// delivered or not, of owners with lagging devices too — and the archive
+/// reads them as if they had been appended there (numbers, order, search).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_archive_the_tail_moves_every_entry_into_the_log() {
+    run_sqlite_archive(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
+            s.create_user(user, &creds(i as u8)).await.unwrap();
+        }
+        s.device_attach("alice", "phone", 1).await.unwrap();
+        s.device_attach("bob", "phone", 1).await.unwrap();
+        s.device_attach("bob", "laptop", 1).await.unwrap();
+        for i in 0..3 {
+            // Interleaved, as a chat's entries are.
+            for user in ["carol", "alice", "bob"] {
+                s.inbox_append(user, &entry(&format!("{user}{i}"), "<message/>", 100 + i))
+                    .await
+                    .unwrap();
+            }
+        }
+        assert_eq!(in_tail(&db).await, 9);
+        assert!(in_log(&raw).await.is_empty());
+        // alice's phone has everything; bob's laptop lags; carol has no device.
+        s.device_ack("alice", "phone", 3, 2).await.unwrap();
+        s.device_ack("bob", "phone", 3, 2).await.unwrap();
+        tail_compacted(&db).await;
+        let mut expected = Vec::new();
+        for user in ["alice", "bob", "carol"] {
+            expected.extend((1..=3).map(|seq| (user.to_owned(), seq)));
+        }
+        assert_eq!(in_log(&raw).await, expected, "kept, delivered or not");
+        for user in ["alice", "bob", "carol"] {
+            let ids: Vec<String> = (0..3).map(|i| format!("{user}{i}")).collect();
+            assert_eq!(ids_of(&s, user).await, ids);
+        }
+        // Not lagging here: bob's next entry waits in the tail as before.
+        assert_eq!(
+            s.inbox_append("bob", &entry("bob3", "<message/>", 200))
+                .await
+                .unwrap(),
+            4
+        );
+        assert_eq!(in_tail(&db).await, 1);
+        // A read settles it at once, in order after the moved ones.
+        assert_eq!(seqs_after(&s, "bob", 0).await, [1, 2, 3, 4]);
+        // The "until delivered" sweep (not this server's retention, but the
+        // store's call) still finds what is delivered after a compaction.
+        s.inbox_append("alice", &entry("alice3", "<message/>", 201))
+            .await
+            .unwrap();
+        assert_eq!(s.inbox_delete_delivered().await.unwrap(), 3);
+        assert_eq!(ids_of(&s, "alice").await, ["alice3"]);
+    })
+    .await;
+}
+
+/// With an archive, a generation larger than a drain's chunk moves in several
+/// transactions between others' writes; a read settling one owner meanwhile,
+/// and an owner deleted meanwhile, change nothing for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_archive_a_large_generation_moves_in_chunks() {
+    run_sqlite_archive(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        let users: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+        for (i, user) in users.iter().enumerate() {
+            s.create_user(user, &creds(i as u8)).await.unwrap();
+        }
+        let ids: Vec<Vec<String>> = users
+            .iter()
+            .map(|user| (0..150).map(|i| format!("{user}-{i}")).collect())
+            .collect();
+        for i in 0..150 {
+            let batch: Vec<(&str, NewInboxEntry)> = users
+                .iter()
+                .zip(&ids)
+                .map(|(user, ids)| (user.as_str(), entry(&ids[i], "<message/>", i as i64)))
+                .collect();
+            for result in s.inbox_append_all(&batch).await.unwrap() {
+                result.unwrap();
+            }
+        }
+        assert_eq!(in_tail(&db).await, 8 * 150);
+        assert_eq!(seqs_after(&s, "user0", 148).await, [149, 150]);
+        assert!(s.delete_user("user1").await.unwrap());
+        tail_compacted(&db).await;
+        let log = in_log(&raw).await;
+        for (user, ids) in users.iter().zip(&ids).skip(2) {
+            let seqs: Vec<i64> = log
+                .iter()
+                .filter(|(owner, _)| owner == user)
+                .map(|(_, seq)| *seq)
+                .collect();
+            assert_eq!(seqs, (1..=150).collect::<Vec<i64>>(), "{user}");
+            assert_eq!(&ids_of_all(&s, user).await, ids, "{user}");
+        }
+        assert_eq!(ids_of_all(&s, "user0").await, ids[0]);
+        assert!(log.iter().all(|(owner, _)| owner != "user1"), "deleted");
+    })
+    .await;
+}
+
+/// Every archive id of `owner`'s log, in order.
+async fn ids_of_all(s: &Store, owner: &str) -> Vec<String> {
+    s.inbox_after(owner, 0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stanza_id)
+        .collect()
 }

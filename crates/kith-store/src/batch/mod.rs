@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::{DeviceStart, NewInboxEntry, Result, StoreError};
 use rooms::{Fill, Live, RoomMember, RoomOp, RoomState, RoomWrite};
+pub use tail::Delivered;
 pub(crate) use tail::TailShared;
 
 /// Most jobs committed together.
@@ -443,15 +444,14 @@ impl Writer {
         .await
     }
 
-    /// Says whether entries may leave the log once every device of their
-    /// owner has them (retention "until delivered"; `online` says whether an
-    /// owner has a session): on SQLite, 1:1 entries of owners with a session
-    /// then wait in the log's tail first ([`tail`]). Moves what a previous run
-    /// left in the tail into `inbox` first.
-    pub(crate) async fn set_until_delivered(&self, online: Option<Live>) -> Result<()> {
+    /// Turns the log's tail on (SQLite; `online` says whether an owner has a
+    /// session: its 1:1 entries then wait in the tail first, [`tail`]) or
+    /// off (`None`), saying what its compaction does with delivered entries.
+    /// Moves what a previous run left in the tail into `inbox` first.
+    pub(crate) async fn set_tail(&self, online: Option<Live>, delivered: Delivered) -> Result<()> {
         if let Some(tail) = &self.tail {
             self.ask(|reply| Job::Recover { reply }).await?;
-            tail.set_online(online);
+            tail.set_mode(online.map(|online| (online, delivered)));
         }
         Ok(())
     }

@@ -716,7 +716,8 @@ impl SqliteWriter {
         Ok(answers)
     }
 
-    /// Moves the log's tail on to its next generation if due ([`tail`]),
+    /// Moves the log's tail on to its next generation if due, and drains a
+    /// chunk of a closed one if the log keeps delivered entries ([`tail`]),
     /// logging a failure (the entries keep waiting; the next try retries).
     fn compact(&mut self) {
         let started = Instant::now();
@@ -732,6 +733,17 @@ impl SqliteWriter {
                 self.note_moved(moved)
             }
             Err(error) => tracing::warn!(%error, "compacting the log's tail failed; will retry"),
+        }
+        let started = Instant::now();
+        match self.tail.drain_step(&self.conn, self.fts.next_rowid) {
+            Ok(moved) => {
+                if moved.entries > 0 {
+                    let micros = started.elapsed().as_micros() as u64;
+                    tracing::debug!(micros, moved = moved.entries, "log's tail drained");
+                }
+                self.note_moved(moved)
+            }
+            Err(error) => tracing::warn!(%error, "draining the log's tail failed; will retry"),
         }
     }
 

@@ -1,23 +1,30 @@
-//! The log's tail (SQLite, retention "until delivered").
+//! The log's tail (SQLite).
 //!
 //! An entry appended to `inbox` costs a page of the `(owner, seq)` index — one
 //! per entry, since consecutive entries belong to different owners — written to
 //! the WAL at its commit and again by the checkpoint: at 12,000 1:1 messages a
-//! second, 1.4 WAL pages per message and a third of the server's CPU. When
-//! entries leave the log once every device of their owner has them, most of
-//! them are gone within a second or two, so a 1:1 entry of an owner with a
-//! session is first appended to the tail instead: [`GENERATIONS`] tables in
+//! second, 1.4 WAL pages per message and a third of the server's CPU; with an
+//! archive, a page of each of its four indexes more (conversation, time, id,
+//! full text). So a 1:1 entry of an owner with a session is first appended to
+//! the tail instead: [`GENERATIONS`] tables in
 //! rowid order only, so a commit dirties a table's last page or two, each in a
 //! file of its own (`<database>-tail/<g>.<n>.db`), attached to the writer's
 //! connection only. Entries go to one generation for [`ROTATE_EVERY`],
 //! then to the next; before a generation is used again it is compacted, its
-//! entries being at least `(GENERATIONS - 1) × ROTATE_EVERY` old by then: what
-//! every device of the owner has received (the sweep's rule,
-//! `devices::Sweep::Delivered`) is dropped — after `users.inbox_seq` records
-//! the owner's newest number, as the sweep's `keep_seq_marks` does, so no
-//! number is handed out twice —, the rest moves into `inbox`, and the file is
-//! replaced by a new, empty one ([`Tail::reset`]). Emptying a table in the
-//! main file cost 1 µs per entry with per-row deletes, and with a whole-table
+//! entries being at least `(GENERATIONS - 1) × ROTATE_EVERY` old by then, and
+//! the file is replaced by a new, empty one ([`Tail::reset`]). What the
+//! compaction does depends on the log's retention ([`Delivered`]):
+//! - "until delivered" (most entries leave the log within a second or two):
+//!   what every device of the owner has received (the sweep's rule,
+//!   `devices::Sweep::Delivered`) is dropped — after `users.inbox_seq` records
+//!   the owner's newest number, as the sweep's `keep_seq_marks` does, so no
+//!   number is handed out twice —, the rest moves into `inbox`;
+//! - kept (an archive): everything moves into `inbox`, ordered by owner and
+//!   number, so that an index page is written once per owner and generation
+//!   rather than once per entry; a closed generation moves at once, in
+//!   chunks of owners between group commits ([`Tail::drain_step`]).
+//!
+//! Emptying a table in the main file cost 1 µs per entry with per-row deletes, and with a whole-table
 //! `DELETE` (which reads every page back to free it) a 45 ms stall a second at
 //! 28,000 msg/s; a file of its own also keeps the tail out of the main WAL and
 //! its checkpoints.
@@ -41,8 +48,9 @@
 //! again, and it keeps its number from being handed out again; the sweep
 //! drops it).
 //! Entries of owners without a session, of owners some of whose entries had
-//! to move at the last compaction (a device that lags: in the tail they would
-//! be written twice; for [`LAGGING_FOR`]), and group messages (the room logic
+//! to move at the last compaction when delivered entries are dropped (a device
+//! that lags: in the tail they would be written twice; for [`LAGGING_FOR`]),
+//! and group messages (the room logic
 //! reads them in `inbox`) go to `inbox` directly. Before the "until delivered"
 //! sweep every generation is compacted; before the time-based one, moved.
 //!
@@ -53,7 +61,7 @@
 //! commit that moved or dropped its last. The current files hold the entries
 //! still waiting (and, until they are replaced, compacted ones); the server's
 //! start moves them all into `inbox` ([`Tail::recover`], from
-//! `Store::set_until_delivered`, which only the server calls: the CLI
+//! `Store::set_tail`, which only the server calls: the CLI
 //! opening the same database leaves them alone).
 //!
 //! A duplicate origin key (XEP-0359) is refused as `inbox`'s unique index
@@ -84,6 +92,9 @@ const MAX_GENERATION: usize = 25_000;
 /// Origin keys of tail entries remembered for duplicate detection: more than
 /// can wait at once, so a waiting entry's key is never forgotten.
 const ORIGINS_KEPT: usize = GENERATIONS * MAX_GENERATION + 50_000;
+/// Entries a [`Tail::drain_step`] moves, at least (about 2 ms; 1,000 made
+/// p99 latencies of 40–60 ms at 4,000–10,000 msg/s, 250 made 15–41).
+const DRAIN_CHUNK: usize = 250;
 /// An owner some of whose entries had to move into `inbox` (a device that
 /// lags, e.g. an idle phone beside an open desktop client) has its entries go
 /// to `inbox` directly for this long: in the tail they would be written twice.
@@ -256,24 +267,36 @@ fn delete_later(main_wal: PathBuf, files: Vec<PathBuf>) {
     }
 }
 
+/// What becomes of a log entry once every device of its owner has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// It leaves the log (retention "until delivered"): the tail's
+    /// compaction drops it, and moves only what is still owed.
+    Dropped,
+    /// The log keeps it (an archive, kept forever or for some days): the
+    /// tail's compaction moves every entry into `inbox`, in one statement.
+    Kept,
+}
+
 /// What readers and the writer share.
 #[derive(Default)]
 pub(crate) struct TailShared {
-    /// Set (retention "until delivered"): whether an owner has a session now;
-    /// its new 1:1 entries then go to the tail (the others go to `inbox`: they
-    /// won't be delivered soon).
-    online: Mutex<Option<Live>>,
+    /// Set when entries may wait in the tail: whether an owner has a session
+    /// now (its new 1:1 entries then go to the tail; the others go to `inbox`:
+    /// they won't be read or delivered soon), and what the compaction does
+    /// with delivered entries.
+    mode: Mutex<Option<(Live, Delivered)>>,
     /// Owners with entries in the tail.
     owners: Mutex<HashSet<String>>,
 }
 
 impl TailShared {
-    pub(crate) fn set_online(&self, online: Option<Live>) {
-        *self.online.lock().unwrap_or_else(PoisonError::into_inner) = online;
+    pub(crate) fn set_mode(&self, mode: Option<(Live, Delivered)>) {
+        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
     }
 
-    fn online(&self) -> Option<Live> {
-        self.online
+    fn mode(&self) -> Option<(Live, Delivered)> {
+        self.mode
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -361,6 +384,10 @@ pub(super) struct Tail {
     dirty: [bool; GENERATIONS],
     origins: HashSet<String>,
     origins_order: VecDeque<String>,
+    /// Per generation, the owners with entries in it (in order of their
+    /// first; some may have been settled since): what [`Tail::drain`] moves
+    /// when the log keeps delivered entries.
+    owners_of: [Vec<String>; GENERATIONS],
 }
 
 impl Tail {
@@ -384,12 +411,22 @@ impl Tail {
             dirty: [false; GENERATIONS],
             origins: HashSet::new(),
             origins_order: VecDeque::new(),
+            owners_of: Default::default(),
         }
     }
 
     /// Set when entries may wait here: whether an owner has a session.
     pub(super) fn online(&self) -> Option<Live> {
-        self.shared.online()
+        self.shared.mode().map(|(online, _)| online)
+    }
+
+    /// Whether the log keeps delivered entries ([`Delivered::Kept`]): the
+    /// compaction then moves every entry into `inbox`. Read once per
+    /// compaction, as the mode is only set at the server's start.
+    fn keeps_delivered(&self) -> bool {
+        self.shared
+            .mode()
+            .is_some_and(|(_, delivered)| delivered == Delivered::Kept)
     }
 
     /// Whether `owner`'s entries skip the tail for now ([`LAGGING_FOR`]).
@@ -471,11 +508,25 @@ impl Tail {
             if let Some(key) = a.origin_key {
                 self.remember_origin(key);
             }
-            self.waiting.entry(a.owner).or_default().push_back(Waiting {
+            let waiting = Waiting {
                 id: a.id,
                 seq: a.seq,
                 generation: self.current,
-            });
+            };
+            // Noted among the generation's owners with its first entry there.
+            let owners = &mut self.owners_of[self.current];
+            match self.waiting.get_mut(&a.owner) {
+                Some(q) => {
+                    if q.back().is_none_or(|w| w.generation != self.current) {
+                        owners.push(a.owner.clone());
+                    }
+                    q.push_back(waiting);
+                }
+                None => {
+                    owners.push(a.owner.clone());
+                    self.waiting.insert(a.owner, VecDeque::from([waiting]));
+                }
+            }
         }
     }
 
@@ -502,7 +553,7 @@ impl Tail {
             // One statement each way, the ids as a JSON array (a login after
             // 5,000 messages: 12 ms, where a statement per entry took 60).
             if let Some(ids) = ids_in(q, g) {
-                moved.add(move_entries(conn, g, BY_IDS, &ids)?);
+                moved.add(move_entries(conn, g, &ids)?);
                 delete_entries(conn, g, &ids)?;
             }
         }
@@ -558,9 +609,19 @@ impl Tail {
         Ok(())
     }
 
+    /// How long until the tail has work: the current generation due to be
+    /// closed, or a closed one to drain ([`Tail::drain_step`]). `None`:
+    /// nothing waits anywhere.
+    pub(super) fn due_in(&self) -> Option<Duration> {
+        if self.drainable().is_some() {
+            return Some(self.retry_at.saturating_duration_since(Instant::now()));
+        }
+        self.rotation_due_in()
+    }
+
     /// How long until the current generation is due to be closed (`None`:
     /// nothing waits anywhere).
-    pub(super) fn due_in(&self) -> Option<Duration> {
+    fn rotation_due_in(&self) -> Option<Duration> {
         if self.counts.iter().all(|n| *n == 0) {
             return None;
         }
@@ -570,6 +631,34 @@ impl Tail {
             return Some(retry);
         }
         Some(retry.max((self.since + ROTATE_EVERY).saturating_duration_since(now)))
+    }
+
+    /// The oldest closed generation whose entries the log keeps and some of
+    /// whose owners are still to be looked at ([`Tail::drain`]; their entries
+    /// may have been settled since).
+    fn drainable(&self) -> Option<usize> {
+        if !self.keeps_delivered() {
+            return None;
+        }
+        (1..GENERATIONS)
+            .map(|k| (self.current + k) % GENERATIONS)
+            .find(|g| !self.owners_of[*g].is_empty())
+    }
+
+    /// When the log keeps delivered entries: moves the next owners' entries
+    /// of the oldest closed generation into `inbox`, [`DRAIN_CHUNK`] or so
+    /// (see [`Tail::drain`]). The writer calls this after each group commit,
+    /// so a generation moves in short transactions between them (in one,
+    /// 8,000 entries held every message up for 130 ms).
+    pub(super) fn drain_step(&mut self, conn: &Connection, fts_next_rowid: i64) -> Result<Moved> {
+        let Some(g) = self.drainable() else {
+            return Ok(Moved::none());
+        };
+        if Instant::now() < self.retry_at {
+            return Ok(Moved::none());
+        }
+        self.drain(conn, g, DRAIN_CHUNK, fts_next_rowid)
+            .inspect_err(|_| self.retry_at = Instant::now() + ROTATE_EVERY)
     }
 
     /// If due, closes the current generation: the next one, compacted first
@@ -592,7 +681,7 @@ impl Tail {
                 return Err(error);
             }
         }
-        if self.due_in() != Some(Duration::ZERO) {
+        if self.rotation_due_in() != Some(Duration::ZERO) {
             return Ok(Moved::none());
         }
         let next = (self.current + 1) % GENERATIONS;
@@ -661,6 +750,9 @@ impl Tail {
         heads: &HashMap<String, i64>,
         fts_next_rowid: i64,
     ) -> Result<Moved> {
+        if self.keeps_delivered() {
+            return self.drain(conn, g, usize::MAX, fts_next_rowid);
+        }
         let tx = super::sqlite::Immediate::begin(conn)?;
         let mut owed = Vec::new();
         let mut lagging = Vec::new();
@@ -698,14 +790,95 @@ impl Tail {
         let moved = if owed.is_empty() {
             Moved::none()
         } else {
-            move_entries(&tx, g, BY_IDS, &json_ids(&owed))?
+            move_entries(&tx, g, &json_ids(&owed))?
         };
-        if moved.lowest_rowid < fts_next_rowid {
-            tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
-                .execute(params![moved.lowest_rowid])?;
-        }
+        lower_fts_mark(&tx, &moved, fts_next_rowid)?;
         tx.commit()?;
+        let until = Instant::now() + LAGGING_FOR;
+        for owner in lagging {
+            self.lagging.insert(owner, until);
+        }
+        self.forget_generation(g);
+        Ok(moved)
+    }
 
+    /// [`Tail::compact`] when the log keeps delivered entries, a chunk at a
+    /// time: the generation-`g` entries of its next owners, at least `chunk`
+    /// entries if there are as many, move into `inbox` in one statement, in
+    /// order of owner and number. So each of `inbox`'s indexes (all led by the
+    /// owner) is walked in order, and each page it dirties is written once for
+    /// an owner's whole generation, where appending entries one group commit
+    /// at a time wrote a page per index and entry (consecutive entries belong
+    /// to different owners). No owner is lagging here: every entry is written
+    /// twice either way. Once every owner's entries of `g` moved, the
+    /// generation is empty (its file is [reset](Tail::reset) before reuse).
+    fn drain(
+        &mut self,
+        conn: &Connection,
+        g: usize,
+        chunk: usize,
+        fts_next_rowid: i64,
+    ) -> Result<Moved> {
+        let owners = &mut self.owners_of[g];
+        let mut taken = Vec::new();
+        let mut ids = Vec::new();
+        while ids.len() < chunk
+            && let Some(owner) = owners.pop()
+        {
+            if let Some(q) = self.waiting.get(&owner) {
+                // Older generations are drained first: `g`'s are a prefix.
+                let before = ids.len();
+                ids.extend(q.iter().take_while(|w| w.generation == g).map(|w| w.id));
+                if ids.len() > before {
+                    taken.push(owner);
+                }
+            }
+        }
+        let moved = if ids.is_empty() {
+            Ok(Moved::none())
+        } else {
+            (|| -> Result<Moved> {
+                let tx = super::sqlite::Immediate::begin(conn)?;
+                let moved = move_entries(&tx, g, &json_ids(&ids))?;
+                lower_fts_mark(&tx, &moved, fts_next_rowid)?;
+                tx.commit()?;
+                Ok(moved)
+            })()
+        };
+        if moved.is_err() {
+            // Still waiting: tried again.
+            self.owners_of[g].extend(taken);
+            return moved;
+        }
+        let mut shared = self.shared.owners();
+        for owner in taken {
+            if let Some(q) = self.waiting.get_mut(&owner) {
+                while q.front().is_some_and(|w| w.generation == g) {
+                    q.pop_front();
+                    self.counts[g] -= 1;
+                }
+                if q.is_empty() {
+                    self.waiting.remove(&owner);
+                    shared.remove(&owner);
+                }
+            }
+        }
+        if self.owners_of[g].is_empty() {
+            // Whatever is left was settled meanwhile.
+            self.counts[g] = 0;
+            // Its rows go now: left in the file, a restart would move them
+            // into `inbox` again — those deleted from it since too.
+            drop(shared);
+            if let Err(error) = self.reset(conn, g) {
+                // Retried before the generation is used again.
+                tracing::warn!(%error, "replacing a file of the log's tail failed; will retry");
+            }
+        }
+        moved
+    }
+
+    /// After the commit that dropped or moved every entry of generation `g`.
+    fn forget_generation(&mut self, g: usize) {
         let mut emptied = Vec::new();
         for (owner, q) in &mut self.waiting {
             while q.front().is_some_and(|w| w.generation == g) {
@@ -716,17 +889,23 @@ impl Tail {
             }
         }
         self.counts[g] = 0;
-        let until = Instant::now() + LAGGING_FOR;
-        for owner in lagging {
-            self.lagging.insert(owner, until);
-        }
+        self.owners_of[g].clear();
         let mut shared = self.shared.owners();
         for owner in emptied {
             self.waiting.remove(&owner);
             shared.remove(&owner);
         }
-        Ok(moved)
     }
+}
+
+/// Lowers the full-text index's mark (`fts_next_rowid`) in the moving
+/// transaction, should a moved entry's rowid be below it.
+fn lower_fts_mark(conn: &Connection, moved: &Moved, fts_next_rowid: i64) -> Result<()> {
+    if moved.lowest_rowid < fts_next_rowid {
+        conn.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
+            .execute(params![moved.lowest_rowid])?;
+    }
+    Ok(())
 }
 
 impl Tail {
@@ -919,26 +1098,23 @@ fn delete_entries(conn: &Connection, g: usize, ids: &str) -> Result<()> {
     Ok(())
 }
 
-/// Copies generation `g`'s entries `which` (a condition with one parameter,
-/// `arg`) into `inbox`, in order (those of accounts that still exist). New
-/// rows are numbered above every existing one, so the full-text index's mark
-/// need go no lower than that.
-fn move_entries(
-    conn: &Connection,
-    g: usize,
-    which: &str,
-    arg: &dyn rusqlite::ToSql,
-) -> Result<Moved> {
+/// Copies generation `g`'s entries whose ids are `ids` ([`json_ids`]) into
+/// `inbox`, in order of owner and number (those of accounts that still
+/// exist): each of `inbox`'s indexes, all led by the owner, is walked in
+/// order. New rows are numbered above every existing one, so the full-text
+/// index's mark need go no lower than that.
+fn move_entries(conn: &Connection, g: usize, ids: &str) -> Result<Moved> {
     let before: i64 = conn
         .prepare_cached("SELECT COALESCE(MAX(rowid), 0) FROM inbox")?
         .query_row([], |row| row.get(0))?;
     let changed = conn
         .prepare_cached(&format!(
-            "INSERT INTO inbox ({COLUMNS}) SELECT {COLUMNS} FROM {} WHERE {which} \
-             AND owner IN (SELECT username FROM users) ORDER BY id ON CONFLICT DO NOTHING",
+            "INSERT INTO inbox ({COLUMNS}) SELECT {COLUMNS} FROM {} WHERE {BY_IDS} \
+             AND owner IN (SELECT username FROM users) ORDER BY owner, seq \
+             ON CONFLICT DO NOTHING",
             table(g)
         ))?
-        .execute([arg])?;
+        .execute([ids])?;
     Ok(if changed > 0 {
         Moved {
             entries: changed,

@@ -8,15 +8,15 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kith_store::{ScramSecret, Store, StoredCredentials};
+use kith_store::{Delivered, ScramSecret, Store, StoredCredentials};
 use sqlx::Connection;
 
 pub struct TestDb {
     pub url: String,
-    /// Stores opened say their entries go once delivered
-    /// (`Store::set_until_delivered`): on SQLite, 1:1 entries then wait in
-    /// the log's tail first.
-    pub until_delivered: bool,
+    /// Stores opened turn the log's tail on (`Store::set_tail`), with what
+    /// its compaction does with delivered entries: on SQLite, 1:1 entries
+    /// then wait in the tail first.
+    pub tail: Option<Delivered>,
     /// Every store and raw pool opened, closed before the SQLite file is
     /// removed.
     opened: Arc<Mutex<Vec<Opened>>>,
@@ -44,10 +44,10 @@ impl TestDb {
     }
 
     async fn track(&self, store: Store) -> Store {
-        if self.until_delivered {
+        if let Some(delivered) = self.tail {
             // Every owner counts as having a session.
             store
-                .set_until_delivered(Some(Arc::new(|_: &str| true)))
+                .set_tail(Some(Arc::new(|_: &str| true)), delivered)
                 .await
                 .expect("the log's tail on");
         }
@@ -77,19 +77,30 @@ where
     F: FnOnce(TestDb) -> Fut,
     Fut: Future<Output = ()>,
 {
-    sqlite_with(false, body).await;
+    sqlite_with(None, body).await;
 }
 
-/// As [`run_sqlite`], with retention "until delivered" (the log's tail on).
+/// As [`run_sqlite`], with retention "until delivered" (the log's tail on,
+/// dropping delivered entries).
 pub async fn run_sqlite_tail<F, Fut>(body: F)
 where
     F: FnOnce(TestDb) -> Fut,
     Fut: Future<Output = ()>,
 {
-    sqlite_with(true, body).await;
+    sqlite_with(Some(Delivered::Dropped), body).await;
 }
 
-async fn sqlite_with<F, Fut>(until_delivered: bool, body: F)
+/// As [`run_sqlite`], with an archive (the log's tail on, keeping delivered
+/// entries: they move into the log).
+pub async fn run_sqlite_archive<F, Fut>(body: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    sqlite_with(Some(Delivered::Kept), body).await;
+}
+
+async fn sqlite_with<F, Fut>(tail: Option<Delivered>, body: F)
 where
     F: FnOnce(TestDb) -> Fut,
     Fut: Future<Output = ()>,
@@ -101,7 +112,7 @@ where
     let opened = Arc::new(Mutex::new(Vec::new()));
     body(TestDb {
         url,
-        until_delivered,
+        tail,
         opened: opened.clone(),
     })
     .await;
@@ -171,7 +182,7 @@ where
 
     let db = TestDb {
         url: with_database(&admin_url, &name),
-        until_delivered: false,
+        tail: None,
         opened: Arc::new(Mutex::new(Vec::new())),
     };
     let outcome = tokio::spawn(body(db)).await;
@@ -210,8 +221,9 @@ macro_rules! both {
     )*};
 }
 
-/// Declares, besides `both!`'s two, `<name>::sqlite_tail`: the test on SQLite
-/// with the log's tail on (retention "until delivered").
+/// Declares, besides `both!`'s two, `<name>::sqlite_tail` and
+/// `<name>::sqlite_archive`: the test on SQLite with the log's tail on,
+/// dropping delivered entries (retention "until delivered") or keeping them.
 #[macro_export]
 macro_rules! all_three {
     ($($name:ident),* $(,)?) => {$(
@@ -223,6 +235,10 @@ macro_rules! all_three {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite_tail() {
                 super::run_sqlite_tail(super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_archive() {
+                super::run_sqlite_archive(super::$name).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
