@@ -70,6 +70,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -286,13 +287,19 @@ pub(crate) struct TailShared {
     /// they won't be read or delivered soon), and what the compaction does
     /// with delivered entries.
     mode: Mutex<Option<(Live, Delivered)>>,
+    /// Whether `mode` is set and keeps delivered entries (read by the writer
+    /// after every commit, without the lock).
+    keeps: AtomicBool,
     /// Owners with entries in the tail.
     owners: Mutex<HashSet<String>>,
 }
 
 impl TailShared {
     pub(crate) fn set_mode(&self, mode: Option<(Live, Delivered)>) {
-        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
+        let mut current = self.mode.lock().unwrap_or_else(PoisonError::into_inner);
+        let keeps = matches!(mode, Some((_, Delivered::Kept)));
+        *current = mode;
+        self.keeps.store(keeps, Ordering::Relaxed);
     }
 
     fn mode(&self) -> Option<(Live, Delivered)> {
@@ -421,12 +428,9 @@ impl Tail {
     }
 
     /// Whether the log keeps delivered entries ([`Delivered::Kept`]): the
-    /// compaction then moves every entry into `inbox`. Read once per
-    /// compaction, as the mode is only set at the server's start.
+    /// compaction then moves every entry into `inbox`.
     fn keeps_delivered(&self) -> bool {
-        self.shared
-            .mode()
-            .is_some_and(|(_, delivered)| delivered == Delivered::Kept)
+        self.shared.keeps.load(Ordering::Relaxed)
     }
 
     /// Whether `owner`'s entries skip the tail for now ([`LAGGING_FOR`]).
