@@ -222,7 +222,8 @@ impl Store {
     /// compaction does with an entry every device of its owner has is
     /// `delivered`'s to say: dropped (retention "until delivered": most
     /// entries never cost an index entry) or kept (an archive: every entry
-    /// moves into the log, a second's worth in one ordered statement). `None`
+    /// moves into the log once its second is over, a few owners' entries per
+    /// transaction, ordered by owner and number). `online` `None`
     /// (the default): every entry goes to the log at once.
     ///
     /// The server calls this once at start, either way: what a previous run

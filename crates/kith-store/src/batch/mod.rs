@@ -451,7 +451,7 @@ impl Writer {
     pub(crate) async fn set_tail(&self, online: Option<Live>, delivered: Delivered) -> Result<()> {
         if let Some(tail) = &self.tail {
             self.ask(|reply| Job::Recover { reply }).await?;
-            tail.set_mode(online.map(|online| (online, delivered)));
+            tail.set_mode(online, delivered);
         }
         Ok(())
     }
@@ -472,14 +472,16 @@ impl Writer {
     }
 
     /// Before a sweep of the whole log: moves every entry waiting in the tail
-    /// into `inbox`.
+    /// into `inbox`, owner by owner (in one transaction, up to 100,000
+    /// entries would hold every message up for a second).
     pub(crate) async fn settle_all(&self) -> Result<()> {
-        match &self.tail {
-            Some(tail) if tail.holds_any() => {
-                self.ask(|reply| Job::Settle { owner: None, reply }).await
-            }
-            _ => Ok(()),
+        let Some(tail) = &self.tail else {
+            return Ok(());
+        };
+        for owner in tail.owners_now() {
+            self.settle(&owner).await?;
         }
+        Ok(())
     }
 
     /// Before the "until delivered" sweep: compacts the whole tail (what every

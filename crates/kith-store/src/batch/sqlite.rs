@@ -324,7 +324,9 @@ impl SqliteWriter {
                 // a chunk at a time, then look again. Not at once: background
                 // work must not take the core from deliveries in a short lull
                 // (an offline device catching up acknowledges every few ms).
-                // The tail is compacted when due, busy or not.
+                // The tail is compacted when due, busy or not, and a closed
+                // generation drained a chunk at a time (a job that comes
+                // waits for one chunk at most).
                 Err(TryRecvError::Empty)
                     if self.fts.waiting > 0 || self.tail.due_in().is_some() =>
                 {

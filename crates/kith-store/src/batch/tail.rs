@@ -10,9 +10,10 @@
 //! rowid order only, so a commit dirties a table's last page or two, each in a
 //! file of its own (`<database>-tail/<g>.<n>.db`), attached to the writer's
 //! connection only. Entries go to one generation for [`ROTATE_EVERY`],
-//! then to the next; before a generation is used again it is compacted, its
-//! entries being at least `(GENERATIONS - 1) × ROTATE_EVERY` old by then, and
-//! the file is replaced by a new, empty one ([`Tail::reset`]). What the
+//! then to the next; before a generation is used again it is compacted (its
+//! entries being at least `(GENERATIONS - 1) × ROTATE_EVERY` old by then) if
+//! it was not already, and the file is replaced by a new, empty one
+//! ([`Tail::reset`]). What the
 //! compaction does depends on the log's retention ([`Delivered`]):
 //! - "until delivered" (most entries leave the log within a second or two):
 //!   what every device of the owner has received (the sweep's rule,
@@ -22,7 +23,8 @@
 //! - kept (an archive): everything moves into `inbox`, ordered by owner and
 //!   number, so that an index page is written once per owner and generation
 //!   rather than once per entry; a closed generation moves at once, in
-//!   chunks of owners between group commits ([`Tail::drain_step`]).
+//!   chunks of owners between group commits ([`Tail::drain_step`]), and its
+//!   file is replaced once the last has moved.
 //!
 //! Emptying a table in the main file cost 1 µs per entry with per-row deletes, and with a whole-table
 //! `DELETE` (which reads every page back to free it) a 45 ms stall a second at
@@ -46,7 +48,10 @@
 //! `inbox` and the tail (skipped when recovered), or a delivered entry that
 //! recovery puts back into `inbox` (below every device's cursor: never sent
 //! again, and it keeps its number from being handed out again; the sweep
-//! drops it).
+//! drops it). With an archive, a drained generation's rows stay in its file
+//! until its last owner has moved (a second or so): an entry deleted from
+//! `inbox` in that window (a "delete for me", an account deleted) comes back
+//! if the server crashes before the file is replaced.
 //! Entries of owners without a session, of owners some of whose entries had
 //! to move at the last compaction when delivered entries are dropped (a device
 //! that lags: in the tail they would be written twice; for [`LAGGING_FOR`]),
@@ -81,10 +86,11 @@ use crate::{Result, StoreError};
 
 /// Generations of the tail (`tail0.entries` …), used in turn.
 pub(super) const GENERATIONS: usize = 4;
-/// How long entries go to one generation. An entry waits at least
-/// `(GENERATIONS - 1) × ROTATE_EVERY` (3 s) before it is dropped or moved:
-/// longer than sessions take to record what their device has
-/// (`CURSOR_WRITE_INTERVAL` in the server, 1 s).
+/// How long entries go to one generation. Where delivered entries are
+/// dropped, an entry waits at least `(GENERATIONS - 1) × ROTATE_EVERY` (3 s)
+/// before it is dropped or moved: longer than sessions take to record what
+/// their device has (`CURSOR_WRITE_INTERVAL` in the server, 1 s). With an
+/// archive it moves once its generation is closed.
 const ROTATE_EVERY: Duration = Duration::from_secs(1);
 /// A generation is closed early once it holds this many entries (memory and
 /// the reads' settle work stay bounded under any load; should closing it
@@ -93,9 +99,10 @@ const MAX_GENERATION: usize = 25_000;
 /// Origin keys of tail entries remembered for duplicate detection: more than
 /// can wait at once, so a waiting entry's key is never forgotten.
 const ORIGINS_KEPT: usize = GENERATIONS * MAX_GENERATION + 50_000;
-/// Entries a [`Tail::drain_step`] moves, at least (about 2 ms; 1,000 made
-/// p99 latencies of 40–60 ms at 4,000–10,000 msg/s, 250 made 15–41).
-const DRAIN_CHUNK: usize = 250;
+/// Entries a [`Tail::drain_step`] moves, at most (whole owners while they
+/// fit: a few ms). At least 1,000 a time made p99 latencies of 40–60 ms at
+/// 4,000–10,000 msg/s, at least 250 made 15–41.
+const DRAIN_CHUNK: usize = 500;
 /// An owner some of whose entries had to move into `inbox` (a device that
 /// lags, e.g. an idle phone beside an open desktop client) has its entries go
 /// to `inbox` directly for this long: in the tail they would be written twice.
@@ -274,8 +281,9 @@ pub enum Delivered {
     /// It leaves the log (retention "until delivered"): the tail's
     /// compaction drops it, and moves only what is still owed.
     Dropped,
-    /// The log keeps it (an archive, kept forever or for some days): the
-    /// tail's compaction moves every entry into `inbox`, in one statement.
+    /// The log keeps it (an archive, kept forever or for some days): every
+    /// entry of a closed generation moves into `inbox`, in short transactions
+    /// between group commits.
     Kept,
 }
 
@@ -284,26 +292,28 @@ pub enum Delivered {
 pub(crate) struct TailShared {
     /// Set when entries may wait in the tail: whether an owner has a session
     /// now (its new 1:1 entries then go to the tail; the others go to `inbox`:
-    /// they won't be read or delivered soon), and what the compaction does
-    /// with delivered entries.
-    mode: Mutex<Option<(Live, Delivered)>>,
-    /// Whether `mode` is set and keeps delivered entries (read by the writer
-    /// after every commit, without the lock).
+    /// they won't be read or delivered soon).
+    online: Mutex<Option<Live>>,
+    /// Whether the compaction keeps delivered entries ([`Delivered::Kept`];
+    /// read by the writer after every commit, without a lock).
     keeps: AtomicBool,
     /// Owners with entries in the tail.
     owners: Mutex<HashSet<String>>,
 }
 
 impl TailShared {
-    pub(crate) fn set_mode(&self, mode: Option<(Live, Delivered)>) {
-        let mut current = self.mode.lock().unwrap_or_else(PoisonError::into_inner);
-        let keeps = matches!(mode, Some((_, Delivered::Kept)));
-        *current = mode;
-        self.keeps.store(keeps, Ordering::Relaxed);
+    /// Entries of owners `online` says have a session wait in the tail from
+    /// now on (none: `None`); what waits there already is compacted by
+    /// `delivered`'s rule either way.
+    pub(crate) fn set_mode(&self, online: Option<Live>, delivered: Delivered) {
+        let mut current = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        *current = online;
+        self.keeps
+            .store(delivered == Delivered::Kept, Ordering::Relaxed);
     }
 
-    fn mode(&self) -> Option<(Live, Delivered)> {
-        self.mode
+    fn online(&self) -> Option<Live> {
+        self.online
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -317,6 +327,11 @@ impl TailShared {
     /// Whether anything waits in the tail.
     pub(crate) fn holds_any(&self) -> bool {
         !self.owners().is_empty()
+    }
+
+    /// The owners with entries waiting in the tail now.
+    pub(crate) fn owners_now(&self) -> Vec<String> {
+        self.owners().iter().cloned().collect()
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -391,9 +406,9 @@ pub(super) struct Tail {
     dirty: [bool; GENERATIONS],
     origins: HashSet<String>,
     origins_order: VecDeque<String>,
-    /// Per generation, the owners with entries in it (in order of their
-    /// first; some may have been settled since): what [`Tail::drain`] moves
-    /// when the log keeps delivered entries.
+    /// Per generation, the owners with entries in it (some may have been
+    /// settled since, or be listed twice): what [`Tail::drain`] moves, last
+    /// listed first, when the log keeps delivered entries.
     owners_of: [Vec<String>; GENERATIONS],
 }
 
@@ -424,7 +439,7 @@ impl Tail {
 
     /// Set when entries may wait here: whether an owner has a session.
     pub(super) fn online(&self) -> Option<Live> {
-        self.shared.mode().map(|(online, _)| online)
+        self.shared.online()
     }
 
     /// Whether the log keeps delivered entries ([`Delivered::Kept`]): the
@@ -705,6 +720,8 @@ impl Tail {
                 return Err(error);
             }
         };
+        // Names left of owners settled meanwhile.
+        self.owners_of[next].clear();
         self.current = next;
         self.since = Instant::now();
         Ok(moved)
@@ -712,7 +729,8 @@ impl Tail {
 
     /// Compacts every generation, oldest first (before the "until delivered"
     /// sweep of the whole log: what every device has goes, the rest moves into
-    /// `inbox`). Returns what moved, and how many entries were dropped.
+    /// `inbox`; with an archive, everything moves). Returns what moved, and
+    /// how many entries were dropped.
     pub(super) fn compact_all(
         &mut self,
         conn: &Connection,
@@ -731,7 +749,9 @@ impl Tail {
                 let before = self.counts[g];
                 let fts_next_rowid = fts_next_rowid.min(moved.lowest_rowid);
                 let this = self.compact(conn, g, heads, fts_next_rowid)?;
-                dropped += before.saturating_sub(this.entries) as u64;
+                if !self.keeps_delivered() {
+                    dropped += before.saturating_sub(this.entries) as u64;
+                }
                 moved.add(this);
             }
             // A failed reset is retried (before the generation is used
@@ -807,9 +827,10 @@ impl Tail {
     }
 
     /// [`Tail::compact`] when the log keeps delivered entries, a chunk at a
-    /// time: the generation-`g` entries of its next owners, at least `chunk`
-    /// entries if there are as many, move into `inbox` in one statement, in
-    /// order of owner and number. So each of `inbox`'s indexes (all led by the
+    /// time: the generation-`g` entries of its next owners, as many whole
+    /// owners as fit in `chunk` entries (an owner alone above it, `chunk` of
+    /// them), move into `inbox` in one statement, in order of owner and
+    /// number. So each of `inbox`'s indexes (all led by the
     /// owner) is walked in order, and each page it dirties is written once for
     /// an owner's whole generation, where appending entries one group commit
     /// at a time wrote a page per index and entry (consecutive entries belong
@@ -824,18 +845,32 @@ impl Tail {
         fts_next_rowid: i64,
     ) -> Result<Moved> {
         let owners = &mut self.owners_of[g];
-        let mut taken = Vec::new();
+        // Owners taken, with how many of their entries.
+        let mut taken: Vec<(String, usize)> = Vec::new();
         let mut ids = Vec::new();
-        while ids.len() < chunk
-            && let Some(owner) = owners.pop()
-        {
-            if let Some(q) = self.waiting.get(&owner) {
-                // Older generations are drained first: `g`'s are a prefix.
-                let before = ids.len();
-                ids.extend(q.iter().take_while(|w| w.generation == g).map(|w| w.id));
-                if ids.len() > before {
-                    taken.push(owner);
-                }
+        while let Some(owner) = owners.pop() {
+            let Some(q) = self.waiting.get(&owner) else {
+                continue;
+            };
+            // Older generations are drained first: `g`'s are a prefix.
+            let due = q.iter().take_while(|w| w.generation == g).count();
+            let room = chunk - ids.len();
+            if due > room && !ids.is_empty() {
+                // The next chunk's.
+                owners.push(owner);
+                break;
+            }
+            // An owner alone above `chunk` is drained `chunk` at a time.
+            let take = due.min(room);
+            ids.extend(q.iter().take(take).map(|w| w.id));
+            if take < due {
+                owners.push(owner.clone());
+            }
+            if take > 0 {
+                taken.push((owner, take));
+            }
+            if ids.len() >= chunk {
+                break;
             }
         }
         let moved = if ids.is_empty() {
@@ -850,17 +885,15 @@ impl Tail {
             })()
         };
         if moved.is_err() {
-            // Still waiting: tried again.
-            self.owners_of[g].extend(taken);
+            // Still waiting: tried again (an owner listed twice is harmless).
+            self.owners_of[g].extend(taken.into_iter().map(|(owner, _)| owner));
             return moved;
         }
         let mut shared = self.shared.owners();
-        for owner in taken {
+        for (owner, take) in taken {
             if let Some(q) = self.waiting.get_mut(&owner) {
-                while q.front().is_some_and(|w| w.generation == g) {
-                    q.pop_front();
-                    self.counts[g] -= 1;
-                }
+                q.drain(..take);
+                self.counts[g] -= take;
                 if q.is_empty() {
                     self.waiting.remove(&owner);
                     shared.remove(&owner);
@@ -869,6 +902,7 @@ impl Tail {
         }
         if self.owners_of[g].is_empty() {
             // Whatever is left was settled meanwhile.
+            debug_assert_eq!(self.counts[g], 0, "every owner of the generation drained");
             self.counts[g] = 0;
             // Its rows go now: left in the file, a restart would move them
             // into `inbox` again — those deleted from it since too.
