@@ -1538,6 +1538,25 @@ async fn seqs_after(s: &Store, owner: &str, after: i64) -> Vec<i64> {
         .collect()
 }
 
+/// Accounts for `users`.
+async fn create_users(s: &Store, users: [&str; 3]) {
+    for (i, user) in users.into_iter().enumerate() {
+        s.create_user(user, &creds(i as u8)).await.unwrap();
+    }
+}
+
+/// Three entries each for `users`, interleaved as a chat's are (`alice0`,
+/// `bob0`, …, at times 100, 101, 102).
+async fn append_in_turn(s: &Store, users: [&str; 3]) {
+    for i in 0..3 {
+        for user in users {
+            s.inbox_append(user, &entry(&format!("{user}{i}"), "<message/>", 100 + i))
+                .await
+                .unwrap();
+        }
+    }
+}
+
 /// The archive ids (here: test labels) of `owner`'s entries.
 async fn ids_of(s: &Store, owner: &str) -> Vec<String> {
     s.inbox_after(owner, 0, 100)
@@ -1553,19 +1572,11 @@ async fn the_tail_drops_what_every_device_has_and_moves_the_rest() {
     run_sqlite_tail(|db: TestDb| async move {
         let s = db.open().await;
         let raw = db.raw().await;
-        for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
-            s.create_user(user, &creds(i as u8)).await.unwrap();
-        }
+        create_users(&s, ["alice", "bob", "carol"]).await;
         s.device_attach("alice", "phone", 1).await.unwrap();
         s.device_attach("carol", "phone", 1).await.unwrap();
         s.device_attach("carol", "laptop", 1).await.unwrap();
-        for i in 0..3 {
-            for user in ["alice", "bob", "carol"] {
-                s.inbox_append(user, &entry(&format!("{user}{i}"), "<message/>", 100 + i))
-                    .await
-                    .unwrap();
-            }
-        }
+        append_in_turn(&s, ["alice", "bob", "carol"]).await;
         // Appended to the tail, not to the indexed log.
         assert_eq!(in_tail(&db).await, 9);
         assert!(in_log(&raw).await.is_empty());
@@ -1878,20 +1889,11 @@ async fn with_an_archive_the_tail_moves_every_entry_into_the_log() {
     run_sqlite_archive(|db: TestDb| async move {
         let s = db.open().await;
         let raw = db.raw().await;
-        for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
-            s.create_user(user, &creds(i as u8)).await.unwrap();
-        }
+        create_users(&s, ["alice", "bob", "carol"]).await;
         s.device_attach("alice", "phone", 1).await.unwrap();
         s.device_attach("bob", "phone", 1).await.unwrap();
         s.device_attach("bob", "laptop", 1).await.unwrap();
-        for i in 0..3 {
-            // Interleaved, as a chat's entries are.
-            for user in ["carol", "alice", "bob"] {
-                s.inbox_append(user, &entry(&format!("{user}{i}"), "<message/>", 100 + i))
-                    .await
-                    .unwrap();
-            }
-        }
+        append_in_turn(&s, ["carol", "alice", "bob"]).await;
         assert_eq!(in_tail(&db).await, 9);
         assert!(in_log(&raw).await.is_empty());
         // alice's phone has everything; bob's laptop lags; carol has no device.

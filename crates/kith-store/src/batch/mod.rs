@@ -95,11 +95,10 @@ enum Job {
     /// Bring the full-text index up to date with everything committed so far
     /// (answered once it is; a no-op where the index is kept by the database).
     Index { reply: oneshot::Sender<Result<()>> },
-    /// Move `owner`'s entries waiting in the log's tail (everyone's: `None`)
-    /// into `inbox` before a read of its log ([`tail`]; answered once
-    /// committed).
+    /// Move `owner`'s entries waiting in the log's tail into `inbox` before a
+    /// read of its log ([`tail`]; answered once committed).
     Settle {
-        owner: Option<String>,
+        owner: String,
         reply: oneshot::Sender<Result<()>>,
     },
     /// The owner's account is gone: forget what the writer knows of its log
@@ -462,7 +461,7 @@ impl Writer {
         match &self.tail {
             Some(tail) if tail.holds(owner) => {
                 self.ask(|reply| Job::Settle {
-                    owner: Some(owner.to_owned()),
+                    owner: owner.to_owned(),
                     reply,
                 })
                 .await
@@ -552,8 +551,6 @@ struct Plan<'a> {
     one_to_one: Vec<bool>,
     /// Owners whose entries waiting in the tail move into `inbox` first.
     settles: Vec<&'a str>,
-    /// … or everyone's.
-    settle_all: bool,
     /// Rows per owner, owners in first-seen order: the numbers to reserve.
     counts: Vec<(&'a str, i64)>,
     /// Per device `(owner, resource)`: the furthest acked `seq` and its time.
@@ -585,7 +582,6 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
     let mut attaches = Vec::new();
     let mut seen = Vec::new();
     let mut settles = Vec::new();
-    let mut settle_all = false;
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
         match job {
@@ -701,10 +697,7 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
                 seen.push((owner.as_str(), *at_secs, status.as_str()));
             }
             Job::Settle { owner, .. } => {
-                match owner {
-                    Some(owner) => settles.push(owner.as_str()),
-                    None => settle_all = true,
-                }
+                settles.push(owner.as_str());
                 answers.push(Answer::Nothing);
             }
             Job::Index { .. } | Job::Recover { .. } | Job::Compact { .. } | Job::Forget { .. } => {
@@ -726,7 +719,6 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         rows: planner.rows,
         one_to_one,
         settles,
-        settle_all,
         counts,
         acks,
         attaches,

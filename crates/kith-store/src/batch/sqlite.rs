@@ -526,18 +526,8 @@ impl SqliteWriter {
 
         // Readers waiting on a settle see the owner's entries in `inbox`.
         let mut moved = Moved::none();
-        let everyone = if plan.settle_all {
-            self.tail.owners()
-        } else {
-            Vec::new()
-        };
-        let settles: Vec<&str> = plan
-            .settles
-            .iter()
-            .copied()
-            .chain(everyone.iter().map(String::as_str))
-            .collect();
-        for owner in &settles {
+        let settles: &[&str] = &plan.settles;
+        for owner in settles {
             moved.add(self.tail.settle(&tx, owner)?);
         }
 
@@ -697,7 +687,7 @@ impl SqliteWriter {
             });
         }
 
-        self.tail.settled(&settles);
+        self.tail.settled(settles);
         self.tail.committed(added);
         if self.heads.len() + numbered.reserved.len() > MAX_HEADS {
             self.heads.clear();

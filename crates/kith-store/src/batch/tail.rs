@@ -579,11 +579,6 @@ impl Tail {
         Ok(moved)
     }
 
-    /// The owners with entries waiting.
-    pub(super) fn owners(&self) -> Vec<String> {
-        self.waiting.keys().cloned().collect()
-    }
-
     /// After the commit of [`Tail::settle`]s of `owners`.
     pub(super) fn settled(&mut self, owners: &[&str]) {
         let mut shared = self.shared.owners();
