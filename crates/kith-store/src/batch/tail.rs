@@ -6,14 +6,13 @@
 //! second, 1.4 WAL pages per message and a third of the server's CPU; with an
 //! archive, a page of each of its four indexes more (conversation, time, id,
 //! full text). So a 1:1 entry of an owner with a session is first appended to
-//! the tail instead: [`GENERATIONS`] tables in
-//! rowid order only, so a commit dirties a table's last page or two, each in a
-//! file of its own (`<database>-tail/<g>.<n>.db`), attached to the writer's
-//! connection only. Entries go to one generation for [`ROTATE_EVERY`],
-//! then to the next; before a generation is used again it is compacted (its
-//! entries being at least `(GENERATIONS - 1) × ROTATE_EVERY` old by then) if
-//! it was not already, and the file is replaced by a new, empty one
-//! ([`Tail::reset`]). What the
+//! the tail instead: [`GENERATIONS`] tables in rowid order only, so a commit
+//! dirties a table's last page or two, each in a file of its own
+//! (`<database>-tail/<g>.<n>.db`), attached to the writer's connection only.
+//! Entries go to one generation for [`ROTATE_EVERY`], then to the next; before
+//! a generation is used again it is compacted (its entries being at least
+//! `(GENERATIONS - 1) × ROTATE_EVERY` old by then) if it was not already, and
+//! the file is replaced by a new, empty one ([`Tail::reset`]). What the
 //! compaction does depends on the log's retention ([`Delivered`]):
 //! - "until delivered" (most entries leave the log within a second or two):
 //!   what every device of the owner has received (the sweep's rule,
@@ -26,7 +25,8 @@
 //!   chunks of owners between group commits ([`Tail::drain_step`]), and its
 //!   file is replaced once the last has moved.
 //!
-//! Emptying a table in the main file cost 1 µs per entry with per-row deletes, and with a whole-table
+//! Emptying a table in the main file cost 1 µs per entry with per-row
+//! deletes, and with a whole-table
 //! `DELETE` (which reads every page back to free it) a 45 ms stall a second at
 //! 28,000 msg/s; a file of its own also keeps the tail out of the main WAL and
 //! its checkpoints.
