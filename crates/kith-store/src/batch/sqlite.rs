@@ -713,29 +713,27 @@ impl SqliteWriter {
     /// logging a failure (the entries keep waiting; the next try retries).
     fn compact(&mut self) {
         let started = Instant::now();
-        match self
+        let rotated = self
             .tail
-            .rotate_if_due(&self.conn, &self.heads, self.fts.next_rowid)
-        {
+            .rotate_if_due(&self.conn, &self.heads, self.fts.next_rowid);
+        self.tail_worked("compacting", started, rotated);
+        let started = Instant::now();
+        let drained = self.tail.drain_step(&self.conn, self.fts.next_rowid);
+        self.tail_worked("draining", started, drained);
+    }
+
+    /// Notes what the tail's `work` (since `started`) moved into `inbox`, and
+    /// logs it when it took 1 ms or more (or failed).
+    fn tail_worked(&mut self, work: &str, started: Instant, outcome: Result<Moved>) {
+        match outcome {
             Ok(moved) => {
                 let micros = started.elapsed().as_micros() as u64;
                 if micros >= 1_000 {
-                    tracing::debug!(micros, moved = moved.entries, "log's tail compacted");
+                    tracing::debug!(work, micros, moved = moved.entries, "log's tail moved on");
                 }
                 self.note_moved(moved)
             }
-            Err(error) => tracing::warn!(%error, "compacting the log's tail failed; will retry"),
-        }
-        let started = Instant::now();
-        match self.tail.drain_step(&self.conn, self.fts.next_rowid) {
-            Ok(moved) => {
-                if moved.entries > 0 {
-                    let micros = started.elapsed().as_micros() as u64;
-                    tracing::debug!(micros, moved = moved.entries, "log's tail drained");
-                }
-                self.note_moved(moved)
-            }
-            Err(error) => tracing::warn!(%error, "draining the log's tail failed; will retry"),
+            Err(error) => tracing::warn!(%error, work, "the log's tail failed; will retry"),
         }
     }
 

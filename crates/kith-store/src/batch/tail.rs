@@ -306,8 +306,7 @@ impl TailShared {
     /// now on (none: `None`); what waits there already is compacted by
     /// `delivered`'s rule either way.
     pub(crate) fn set_mode(&self, online: Option<Live>, delivered: Delivered) {
-        let mut current = self.online.lock().unwrap_or_else(PoisonError::into_inner);
-        *current = online;
+        *self.online.lock().unwrap_or_else(PoisonError::into_inner) = online;
         self.keeps
             .store(delivered == Delivered::Kept, Ordering::Relaxed);
     }
@@ -660,7 +659,7 @@ impl Tail {
     }
 
     /// When the log keeps delivered entries: moves the next owners' entries
-    /// of the oldest closed generation into `inbox`, [`DRAIN_CHUNK`] or so
+    /// of the oldest closed generation into `inbox`, [`DRAIN_CHUNK`] at most
     /// (see [`Tail::drain`]). The writer calls this after each group commit,
     /// so a generation moves in short transactions between them (in one,
     /// 8,000 entries held every message up for 130 ms).
@@ -825,13 +824,13 @@ impl Tail {
     /// time: the generation-`g` entries of its next owners, as many whole
     /// owners as fit in `chunk` entries (an owner alone above it, `chunk` of
     /// them), move into `inbox` in one statement, in order of owner and
-    /// number. So each of `inbox`'s indexes (all led by the
-    /// owner) is walked in order, and each page it dirties is written once for
-    /// an owner's whole generation, where appending entries one group commit
-    /// at a time wrote a page per index and entry (consecutive entries belong
-    /// to different owners). No owner is lagging here: every entry is written
-    /// twice either way. Once every owner's entries of `g` moved, the
-    /// generation is empty (its file is [reset](Tail::reset) before reuse).
+    /// number. So each of `inbox`'s indexes (all led by the owner) is walked
+    /// in order, and each page it dirties is written once for an owner's
+    /// whole generation, where appending entries one group commit at a time
+    /// wrote a page per index and entry (consecutive entries belong to
+    /// different owners). No owner is lagging here: every entry is written
+    /// twice either way. Once every owner's entries of `g` moved, its file is
+    /// [reset](Tail::reset) at once.
     fn drain(
         &mut self,
         conn: &Connection,
