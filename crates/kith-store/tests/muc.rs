@@ -5,14 +5,17 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use kith_store::{
-    ArchiveQuery, Live, NewInboxEntry, Result, RoomAffiliation, RoomInvite, RoomMember, Store,
-    StoreError,
+    ArchiveQuery, Delivered, Live, NewInboxEntry, Result, RoomAffiliation, RoomInvite, RoomMember,
+    Store, StoreError,
 };
 
 mod common;
-use common::{TestDb, creds, run_postgres, run_sqlite};
+use common::{
+    TestDb, creds, in_log, in_tail, run_postgres, run_sqlite, run_sqlite_archive, run_sqlite_tail,
+    tail_compacted,
+};
 
-both!(
+all_three!(
     rooms_round_trip,
     rooms_are_not_accounts,
     affiliations_change_in_one_transaction,
@@ -265,7 +268,7 @@ async fn group_message_fans_out_in_one_commit(db: TestDb) {
     assert_eq!(page.items[0].stanza_id, "id-hello team");
 }
 
-both!(members_without_a_session_are_owed_group_messages_and_get_each_once);
+all_three!(members_without_a_session_are_owed_group_messages_and_get_each_once);
 
 /// The room cursor: a member without a session gets no copy; it is owed the
 /// messages, in order, once, when it catches up, connects mid-stream, or leaves;
@@ -367,8 +370,9 @@ async fn members_without_a_session_are_owed_group_messages_and_get_each_once(db:
         .unwrap();
     assert_eq!(mark, 6);
 
-    // Where everyone stands survives a restart.
-    drop(store);
+    // Where everyone stands survives a restart (and so do copies waiting in
+    // the log's tail).
+    store.close().await;
     let store = db.open().await;
     sessions.set(&[]);
     say(&store, "m7", &four, &sessions).await;
@@ -471,7 +475,67 @@ async fn destroying_a_room_removes_everything(db: TestDb) {
     assert_eq!(bodies(&store, "alice").await, ["old room", "new room"]);
 }
 
-both!(large_fan_out_gives_each_owner_the_next_number);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_members_copies_wait_in_the_tail_until_delivered() {
+    run_sqlite_tail(live_members_copies_wait_in_the_tail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_members_copies_wait_in_the_tail_with_an_archive() {
+    run_sqlite_archive(live_members_copies_wait_in_the_tail).await;
+}
+
+/// With the log's tail on (SQLite), a live member's copy of a group message
+/// waits in the tail like a 1:1 entry: dropped once every device has it (until
+/// delivered) or moved into the log (an archive). The room's own entry and the
+/// copies a member gets on catching up go to the log at once.
+async fn live_members_copies_wait_in_the_tail(db: TestDb) {
+    let store = store_with_users(&db, &["alice", "bob", "carol"]).await;
+    let raw = db.raw().await;
+    store
+        .muc_create_room(ROOM, "", "alice@localhost", 1)
+        .await
+        .unwrap();
+    let all = ["alice", "bob", "carol"];
+    store
+        .room_join(ROOM, all.iter().map(|s| s.to_string()).collect())
+        .await
+        .unwrap();
+    for owner in ["alice", "bob"] {
+        store.device_attach(owner, "phone", 1).await.unwrap();
+    }
+    let sessions = Sessions::default();
+    sessions.set(&["alice", "bob"]);
+    let results = say(&store, "m1", &all, &sessions).await;
+    assert!(owed(&results[3]), "{results:?}");
+    assert_eq!(in_tail(&db).await, 2, "alice's and bob's copies");
+    assert_eq!(in_log(&raw).await, [(ROOM.to_owned(), 1)]);
+    store.room_catch_up("carol").await.unwrap();
+    assert_eq!(
+        in_log(&raw).await,
+        [("carol".to_owned(), 1), (ROOM.to_owned(), 1)]
+    );
+    assert_eq!(in_tail(&db).await, 2);
+
+    for owner in ["alice", "bob"] {
+        store.device_ack(owner, "phone", 1, 2).await.unwrap();
+    }
+    tail_compacted(&db).await;
+    let expected: &[&str] = match db.tail {
+        Some(Delivered::Dropped) => &["carol"],
+        _ => &["alice", "bob", "carol"],
+    };
+    let mut expected: Vec<(String, i64)> = expected.iter().map(|o| ((*o).to_owned(), 1)).collect();
+    expected.push((ROOM.to_owned(), 1));
+    assert_eq!(in_log(&raw).await, expected);
+    assert_eq!(store.inbox_count(ROOM).await.unwrap(), 1);
+    // Numbers go on after what left the tail.
+    let results = say(&store, "m2", &all, &sessions).await;
+    assert_eq!(*results[1].as_ref().unwrap(), 2);
+    assert_eq!(*results[2].as_ref().unwrap(), 2);
+}
+
+all_three!(large_fan_out_gives_each_owner_the_next_number);
 
 /// The bulk path (many distinct owners in one append) numbers every owner's log
 /// like single appends do, and reports unknown owners one by one.

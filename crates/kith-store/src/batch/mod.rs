@@ -546,9 +546,11 @@ enum Answer {
 struct Plan<'a> {
     /// `(owner, n, entry)` in batch order: the owner's `n`th row of the batch.
     rows: Vec<(&'a str, i64, &'a OwnedEntry)>,
-    /// Per row: whether it is a 1:1 entry (an `Append` job's; the others are
-    /// rooms' entries and members' copies), which may wait in the log's tail.
-    one_to_one: Vec<bool>,
+    /// Per row: whether it may wait in the log's tail — a 1:1 entry (an
+    /// `Append` job's) or a live member's copy of a group message; not a
+    /// room's entry (the room logic reads those in `inbox`, in the batch's
+    /// transaction) nor a copy made on catching up or leaving.
+    may_wait: Vec<bool>,
     /// Owners whose entries waiting in the tail move into `inbox` first.
     settles: Vec<&'a str>,
     /// Rows per owner, owners in first-seen order: the numbers to reserve.
@@ -576,7 +578,7 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         order: Vec::new(),
         fills: HashMap::new(),
         fresh: HashMap::new(),
-        one_to_one: Vec::new(),
+        may_wait: Vec::new(),
     };
     let mut acks: HashMap<(&str, &str), (i64, i64)> = HashMap::new();
     let mut attaches = Vec::new();
@@ -591,7 +593,7 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
                     .iter()
                     .map(|entry| {
                         let row = planner.push(entry.owner(), entry);
-                        planner.one_to_one.push(row);
+                        planner.may_wait.push(row);
                         Slot::Row(row)
                     })
                     .collect();
@@ -612,12 +614,14 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
                     planner.fresh.entry(room).or_default().push((seq, copy));
                 }
                 for member in members {
+                    let first = planner.rows.len();
                     let copied = match seq {
                         Some(seq) if live.contains(member.owner.as_str()) => {
                             planner.fill_through(room, &member.owner, seq, true)
                         }
                         _ => None,
                     };
+                    planner.may_wait.extend(first..planner.rows.len());
                     slots.push(match copied {
                         Some(row) => Slot::Row(row),
                         None => Slot::Owed(member.owner.clone()),
@@ -711,13 +715,13 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
         .map(|owner| (*owner, planner.counts[owner]))
         .collect();
     let room_writes = planner.room_writes();
-    let mut one_to_one = vec![false; planner.rows.len()];
-    for row in planner.one_to_one {
-        one_to_one[row] = true;
+    let mut may_wait = vec![false; planner.rows.len()];
+    for row in planner.may_wait {
+        may_wait[row] = true;
     }
     Plan {
         rows: planner.rows,
-        one_to_one,
+        may_wait,
         settles,
         counts,
         acks,
@@ -737,8 +741,8 @@ struct Planner<'a> {
     fills: HashMap<(&'a str, &'a str), Option<i64>>,
     /// Per room, this batch's entries so far: `(seq, member's copy)`.
     fresh: HashMap<&'a str, Vec<(i64, &'a OwnedEntry)>>,
-    /// The rows of `Append` jobs.
-    one_to_one: Vec<usize>,
+    /// The rows that may wait in the log's tail ([`Plan::may_wait`]).
+    may_wait: Vec<usize>,
 }
 
 impl<'a> Planner<'a> {

@@ -152,7 +152,8 @@ struct SqliteWriter {
     /// Rooms' fill rows and marks as committed (this thread is their only
     /// writer), loaded on first use.
     rooms: HashMap<String, Arc<RoomRows>>,
-    /// 1:1 entries waiting to be delivered or moved into `inbox` ([`tail`]).
+    /// 1:1 entries and members' copies waiting to be delivered or moved into
+    /// `inbox` ([`tail`]).
     tail: Tail,
     fts: Fts,
     /// Stopped (and waited for) when the writer ends.
@@ -537,13 +538,14 @@ impl SqliteWriter {
         let mut with_body = moved.entries;
         let mut lowest_rowid = moved.lowest_rowid;
         let mut added: Vec<Added> = Vec::new();
-        // Which 1:1 rows wait in the tail: those of owners with a session.
+        // Which rows wait in the tail: those that may (1:1 entries, live
+        // members' copies) of owners with a session.
         let mut to_tail = vec![false; numbered.rows.len()];
         if let Some(online) = self.tail.online().filter(|_| self.tail.ready()) {
             let mut asked: HashMap<&str, bool> = HashMap::new();
             for (i, row) in numbered.rows.iter().enumerate() {
                 if let Some((owner, _, _)) = row
-                    && plan.one_to_one[i]
+                    && plan.may_wait[i]
                 {
                     to_tail[i] = *asked
                         .entry(owner)

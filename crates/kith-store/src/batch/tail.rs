@@ -5,10 +5,12 @@
 //! the WAL at its commit and again by the checkpoint: at 12,000 1:1 messages a
 //! second, 1.4 WAL pages per message and a third of the server's CPU; with an
 //! archive, a page of each of its four indexes more (conversation, time, id,
-//! full text). So a 1:1 entry of an owner with a session is first appended to
-//! the tail instead: [`GENERATIONS`] tables in rowid order only, so a commit
-//! dirties a table's last page or two, each in a file of its own
-//! (`<database>-tail/<g>.<n>.db`), attached to the writer's connection only.
+//! full text). So a 1:1 entry of an owner with a session, or a live member's
+//! copy of a group message (200 of them per message in a 200-member group), is
+//! first appended to the tail instead: [`GENERATIONS`] tables in rowid order
+//! only, so a commit dirties a table's last page or two, each in a file of its
+//! own (`<database>-tail/<g>.<n>.db`), attached to the writer's connection
+//! only.
 //! Entries go to one generation for [`ROTATE_EVERY`], then to the next; before
 //! a generation is used again it is compacted (its entries being at least
 //! `(GENERATIONS - 1) × ROTATE_EVERY` old by then) if it was not already, and
@@ -55,8 +57,9 @@
 //! Entries of owners without a session, of owners some of whose entries had
 //! to move at the last compaction when delivered entries are dropped (a device
 //! that lags: in the tail they would be written twice; for [`LAGGING_FOR`]),
-//! and group messages (the room logic
-//! reads them in `inbox`) go to `inbox` directly. Before the "until delivered"
+//! rooms' own entries (the room logic reads them in `inbox`, inside the
+//! writer's transaction) and the copies a member gets on catching up or
+//! leaving go to `inbox` directly. Before the "until delivered"
 //! sweep every generation is compacted; before the time-based one, moved.
 //!
 //! Readers never look at the tail: before any read of an owner's log, the
@@ -291,8 +294,8 @@ pub enum Delivered {
 #[derive(Default)]
 pub(crate) struct TailShared {
     /// Set when entries may wait in the tail: whether an owner has a session
-    /// now (its new 1:1 entries then go to the tail; the others go to `inbox`:
-    /// they won't be read or delivered soon).
+    /// now (its new 1:1 entries and members' copies then go to the tail; the
+    /// others go to `inbox`: they won't be read or delivered soon).
     online: Mutex<Option<Live>>,
     /// Whether the compaction keeps delivered entries ([`Delivered::Kept`];
     /// read by the writer after every commit, without a lock).

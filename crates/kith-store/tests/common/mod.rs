@@ -265,3 +265,72 @@ pub fn creds(seed: u8) -> StoredCredentials {
         sha256: secret(seed.wrapping_add(1), 5000),
     }
 }
+
+/// Rows in the log's tail: its generations' files (`<database>-tail/*.db`, in
+/// WAL mode) counted on connections of their own.
+pub async fn in_tail(db: &TestDb) -> i64 {
+    let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
+    let dir = std::path::PathBuf::from(format!("{database}-tail"));
+    // `<g>.<n>.db`: per generation, the newest file (those it replaced are
+    // deleted a moment later).
+    let mut newest: std::collections::HashMap<String, (u64, std::path::PathBuf)> =
+        std::collections::HashMap::new();
+    for entry in std::fs::read_dir(&dir).expect("the tail's directory") {
+        let file = entry.unwrap().path();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let parts: Vec<&str> = name.split('.').collect();
+        if let [g, created, "db"] = parts[..] {
+            let created: u64 = created.parse().expect("a file's number");
+            let slot = newest
+                .entry(g.to_owned())
+                .or_insert((created, file.clone()));
+            if created >= slot.0 {
+                *slot = (created, file);
+            }
+        }
+    }
+    assert!(newest.len() <= 4, "one file per generation: {newest:?}");
+    let mut n = 0;
+    for (_, file) in newest.into_values() {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            &file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        ) else {
+            continue;
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        match conn.query_row("SELECT COUNT(*) FROM entries", [], |row| {
+            row.get::<_, i64>(0)
+        }) {
+            Ok(rows) => n += rows,
+            // Created, its table not yet.
+            Err(error) if error.to_string().contains("no such table") => {}
+            Err(error) => panic!("counting {}: {error}", file.display()),
+        }
+    }
+    n
+}
+
+/// Waits (up to 15 s) until the writer has compacted the whole tail.
+pub async fn tail_compacted(db: &TestDb) {
+    for _ in 0..150 {
+        if in_tail(db).await == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the log's tail was not compacted within 15 s");
+}
+
+/// The `(owner, seq)` pairs in `inbox` proper, in order.
+pub async fn in_log(raw: &sqlx::AnyPool) -> Vec<(String, i64)> {
+    use sqlx::Row;
+    sqlx::query("SELECT owner, seq FROM inbox ORDER BY owner, seq")
+        .fetch_all(raw)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.try_get("owner").unwrap(), row.try_get("seq").unwrap()))
+        .collect()
+}
