@@ -52,9 +52,12 @@
 //! recovery puts back into `inbox` (below every device's cursor: never sent
 //! again, and it keeps its number from being handed out again; the sweep
 //! drops it). With an archive, a drained generation's rows stay in its file
-//! until its last owner has moved (a few seconds): an entry deleted from
-//! `inbox` in that window (a "delete for me", an account deleted) comes back
-//! if the server crashes before the file is replaced.
+//! until its last owner has moved (a few seconds); the transaction that moves
+//! an owner's records in the file through which number they moved (its
+//! `drained` table), and recovery leaves those out, so an entry deleted from
+//! `inbox` in that window (a "delete for me") stays deleted after a crash —
+//! but for a power loss in the moment between the checkpointer's sync of the
+//! main file and its sync of the tail's.
 //! Entries of owners without a session, of owners some of whose entries had
 //! to move at the last compaction when delivered entries are dropped (a device
 //! that lags: in the tail they would be written twice; for [`LAGGING_FOR`]),
@@ -213,7 +216,11 @@ fn remove_file(path: &Path) -> std::io::Result<()> {
 
 /// A generation's table. Not a foreign key to `users` (that can't cross
 /// files): an account's entries are deleted with it ([`Tail::forget`]), and
-/// entries are only moved for accounts that exist.
+/// entries are only moved for accounts that exist. And, per owner, through
+/// which number its entries of the file are already in `inbox`
+/// ([`Tail::drain`] writes it in the transaction that moves them):
+/// [`Tail::recover`] leaves those out, so what was deleted from `inbox`
+/// since does not come back.
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS {schema}.entries (
     id INTEGER PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -227,7 +234,11 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS {schema}.entries (
     direction TEXT NOT NULL,
     body TEXT,
     origin TEXT
-)";
+);
+CREATE TABLE IF NOT EXISTS {schema}.drained (
+    owner TEXT PRIMARY KEY,
+    through INTEGER NOT NULL
+) WITHOUT ROWID";
 
 /// Attaches database `file` to the writer's connection as `schema`, created
 /// empty (in WAL mode, with the table) if missing; detached again if setting
@@ -899,6 +910,14 @@ impl Tail {
                 break;
             }
         }
+        // Per owner taken, the number of its last entry moved.
+        let marks: Vec<(&str, i64)> = taken
+            .iter()
+            .filter_map(|(owner, take)| {
+                let last = self.waiting.get(owner)?.get(take - 1)?;
+                Some((owner.as_str(), last.seq))
+            })
+            .collect();
         let moved = if ids.is_empty() {
             Ok(Moved::none())
         } else {
@@ -906,6 +925,17 @@ impl Tail {
                 let tx = super::sqlite::Immediate::begin(conn)?;
                 let moved = move_entries(&tx, g, &json_ids(&ids))?;
                 lower_fts_mark(&tx, &moved, fts_next_rowid)?;
+                // The rows stay in the file until its last owner has moved:
+                // recorded as moved, a restart leaves them out.
+                let mut mark = tx.prepare_cached(&format!(
+                    "INSERT INTO {}.drained (owner, through) VALUES (?1, ?2)
+                     ON CONFLICT (owner) DO UPDATE SET through = MAX(through, excluded.through)",
+                    schema(g)
+                ))?;
+                for (owner, through) in &marks {
+                    mark.execute(params![owner, through])?;
+                }
+                drop(mark);
                 tx.commit()?;
                 Ok(moved)
             })()
@@ -1068,7 +1098,13 @@ fn recover_files(conn: &Connection, files: &[PathBuf]) -> Result<Moved> {
         })?;
         let all = schemas
             .iter()
-            .map(|schema| format!("SELECT id, {COLUMNS} FROM {schema}.entries"))
+            .map(|schema| {
+                format!(
+                    "SELECT id, {COLUMNS} FROM {schema}.entries AS e WHERE NOT EXISTS \
+                     (SELECT 1 FROM {schema}.drained AS d \
+                      WHERE d.owner = e.owner AND e.seq <= d.through)"
+                )
+            })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
         let waiting = tx.execute(
@@ -1192,4 +1228,98 @@ fn move_entries(conn: &Connection, g: usize, ids: &str) -> Result<Moved> {
 /// The key of an origin in [`Tail`]'s memory.
 pub(super) fn origin_key(owner: &str, origin: &str) -> String {
     format!("{owner}\n{origin}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's connection to a database with the part of the schema the
+    /// tail touches (the store's migrations are async, on sqlx).
+    fn open(database: &Path) -> Connection {
+        let conn = Connection::open(database).expect("open");
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS users (username TEXT PRIMARY KEY);
+             CREATE TABLE IF NOT EXISTS inbox (
+                 owner TEXT NOT NULL, seq INTEGER NOT NULL, stanza_id TEXT NOT NULL,
+                 sender TEXT NOT NULL, kind TEXT NOT NULL, xml TEXT NOT NULL,
+                 at_micros INTEGER NOT NULL, peer TEXT NOT NULL, direction TEXT NOT NULL,
+                 body TEXT, origin TEXT, PRIMARY KEY (owner, seq));
+             CREATE TABLE IF NOT EXISTS fts_state (id INTEGER PRIMARY KEY, next_rowid INTEGER);
+             INSERT OR IGNORE INTO fts_state VALUES (1, 1);
+             INSERT OR IGNORE INTO users VALUES ('alice'), ('bob');
+             SELECT {COLUMNS} FROM inbox"
+        ))
+        .expect("schema");
+        conn
+    }
+
+    fn seqs(conn: &Connection, owner: &str) -> Vec<i64> {
+        let mut select = conn
+            .prepare("SELECT seq FROM inbox WHERE owner = ?1 ORDER BY seq")
+            .expect("select");
+        select
+            .query_map([owner], |row| row.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    /// With an archive, a generation's rows stay in its file while its owners
+    /// move one chunk at a time: a crash then must not bring back what was
+    /// deleted from `inbox` since it moved.
+    #[test]
+    fn a_crash_mid_drain_brings_back_nothing_deleted_since() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = dir.path().join("kith.db");
+        let conn = open(&database);
+        let shared = Arc::new(TailShared::default());
+        shared.set_mode(Some(Arc::new(|_: &str| true)), Delivered::Kept);
+        let mut tail = Tail::new(shared, database.clone());
+        tail.recover(&conn).expect("files attached");
+        let g = tail.current;
+        let mut added = Vec::new();
+        for owner in ["alice", "bob"] {
+            for seq in 1..=2 {
+                let id = tail.take_id();
+                conn.execute(
+                    &format!(
+                        "INSERT INTO {} ({COLUMNS}, id) VALUES (?1, ?2, 'x', 'carol@localhost',
+                         'chat', '<message/>', 1, 'carol@localhost', 'in', NULL, NULL, ?3)",
+                        table(g)
+                    ),
+                    params![owner, seq, id],
+                )
+                .expect("append");
+                added.push(Added {
+                    owner: owner.to_owned(),
+                    id,
+                    seq,
+                    origin_key: None,
+                });
+            }
+        }
+        tail.committed(added);
+        // One owner moves (a chunk of two); the other still waits.
+        let moved = tail.drain(&conn, g, 2, i64::MAX).expect("drain");
+        assert_eq!(moved.entries, 2);
+        let (drained, waiting) = if seqs(&conn, "alice").is_empty() {
+            ("bob", "alice")
+        } else {
+            ("alice", "bob")
+        };
+        assert_eq!(seqs(&conn, drained), [1, 2]);
+        // "Delete for me" of a moved entry, then the server dies.
+        conn.execute("DELETE FROM inbox WHERE owner = ?1 AND seq = 1", [drained])
+            .expect("delete");
+        drop(tail);
+        drop(conn);
+
+        let conn = open(&database);
+        let mut tail = Tail::new(Arc::new(TailShared::default()), database);
+        tail.recover(&conn).expect("recovered");
+        assert_eq!(seqs(&conn, drained), [2], "the deleted entry stays deleted");
+        assert_eq!(seqs(&conn, waiting), [1, 2], "the waiting entries moved");
+    }
 }
