@@ -217,13 +217,14 @@ impl Store {
 
     /// Turns the log's tail on, at the server's start: `online` tells whether
     /// an owner (a username) has a session now, and on SQLite that owner's
-    /// 1:1 entries then wait in the tail, appended in order to a small file
-    /// instead of into the indexed log (`batch::tail`). What the tail's
-    /// compaction does with an entry every device of its owner has is
-    /// `delivered`'s to say: dropped (retention "until delivered": most
-    /// entries never cost an index entry) or kept (an archive: every entry
-    /// moves into the log once its second is over, a few owners' entries per
-    /// transaction, ordered by owner and number). `online` `None`
+    /// 1:1 entries and copies of group messages then wait in the tail,
+    /// appended in order to a small file instead of into the indexed log
+    /// (`batch::tail`). What the tail's compaction does with an entry every
+    /// device of its owner has is `delivered`'s to say: dropped (retention
+    /// "until delivered": most entries never cost an index entry) or kept (an
+    /// archive: every entry moves into the log once its generation, 3 s, is
+    /// over, a few owners' entries per transaction, ordered by owner and
+    /// number). `online` `None`
     /// (the default): every entry goes to the log at once.
     ///
     /// The server calls this once at start, either way: what a previous run

@@ -219,17 +219,25 @@ fn owed(result: &Result<i64>) -> bool {
     matches!(result, Err(StoreError::Owed(_)))
 }
 
-async fn group_message_fans_out_in_one_commit(db: TestDb) {
-    let store = store_with_users(&db, &["alice", "bob", "carol"]).await;
+/// alice, bob and carol, all members of the room `ROOM`.
+async fn team_of_three(db: &TestDb) -> Store {
+    let store = store_with_users(db, &TEAM).await;
     store
         .muc_create_room(ROOM, "", "alice@localhost", 1)
         .await
         .unwrap();
-    let all = ["alice", "bob", "carol"];
     store
-        .room_join(ROOM, all.iter().map(|s| s.to_string()).collect())
+        .room_join(ROOM, TEAM.iter().map(|s| s.to_string()).collect())
         .await
         .unwrap();
+    store
+}
+
+const TEAM: [&str; 3] = ["alice", "bob", "carol"];
+
+async fn group_message_fans_out_in_one_commit(db: TestDb) {
+    let store = team_of_three(&db).await;
+    let all = TEAM;
     let sessions = Sessions::default();
     sessions.set(&all);
     let results = say(&store, "hello team", &all, &sessions).await;
@@ -490,17 +498,9 @@ async fn live_members_copies_wait_in_the_tail_with_an_archive() {
 /// delivered) or moved into the log (an archive). The room's own entry and the
 /// copies a member gets on catching up go to the log at once.
 async fn live_members_copies_wait_in_the_tail(db: TestDb) {
-    let store = store_with_users(&db, &["alice", "bob", "carol"]).await;
+    let store = team_of_three(&db).await;
     let raw = db.raw().await;
-    store
-        .muc_create_room(ROOM, "", "alice@localhost", 1)
-        .await
-        .unwrap();
-    let all = ["alice", "bob", "carol"];
-    store
-        .room_join(ROOM, all.iter().map(|s| s.to_string()).collect())
-        .await
-        .unwrap();
+    let all = TEAM;
     for owner in ["alice", "bob"] {
         store.device_attach(owner, "phone", 1).await.unwrap();
     }
@@ -529,7 +529,9 @@ async fn live_members_copies_wait_in_the_tail(db: TestDb) {
     expected.push((ROOM.to_owned(), 1));
     assert_eq!(in_log(&raw).await, expected);
     assert_eq!(store.inbox_count(ROOM).await.unwrap(), 1);
-    // Numbers go on after what left the tail.
+    // Numbers go on after what left the tail, also after a restart.
+    store.close().await;
+    let store = db.open().await;
     let results = say(&store, "m2", &all, &sessions).await;
     assert_eq!(*results[1].as_ref().unwrap(), 2);
     assert_eq!(*results[2].as_ref().unwrap(), 2);

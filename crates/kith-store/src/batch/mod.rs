@@ -444,7 +444,8 @@ impl Writer {
     }
 
     /// Turns the log's tail on (SQLite; `online` says whether an owner has a
-    /// session: its 1:1 entries then wait in the tail first, [`tail`]) or
+    /// session: its 1:1 entries and members' copies then wait in the tail
+    /// first, [`tail`]) or
     /// off (`None`), saying what its compaction does with delivered entries.
     /// Moves what a previous run left in the tail into `inbox` first.
     pub(crate) async fn set_tail(&self, online: Option<Live>, delivered: Delivered) -> Result<()> {

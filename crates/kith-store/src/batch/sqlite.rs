@@ -543,13 +543,16 @@ impl SqliteWriter {
         let mut to_tail = vec![false; numbered.rows.len()];
         if let Some(online) = self.tail.online().filter(|_| self.tail.ready()) {
             let mut asked: HashMap<&str, bool> = HashMap::new();
+            let mut left = self.tail.room_left();
             for (i, row) in numbered.rows.iter().enumerate() {
                 if let Some((owner, _, _)) = row
                     && plan.may_wait[i]
+                    && left > 0
                 {
                     to_tail[i] = *asked
                         .entry(owner)
                         .or_insert_with(|| online(owner) && !self.tail.lagging(owner));
+                    left -= usize::from(to_tail[i]);
                 }
             }
         }

@@ -56,8 +56,8 @@
 //! an owner's records in the file through which number they moved (its
 //! `drained` table), and recovery leaves those out, so an entry deleted from
 //! `inbox` in that window (a "delete for me") stays deleted after a crash —
-//! but for a power loss in the moment between the checkpointer's sync of the
-//! main file and its sync of the tail's.
+//! but for a power loss before the checkpointer has synced both files' WALs
+//! (≤ 0.5 s: the deletion may reach the disk before the mark does).
 //! Entries of owners without a session, of owners some of whose entries had
 //! to move at the last compaction when delivered entries are dropped (a device
 //! that lags: in the tail they would be written twice; for [`LAGGING_FOR`]),
@@ -77,7 +77,7 @@
 //! opening the same database leaves them alone).
 //!
 //! A duplicate origin key (XEP-0359) is refused as `inbox`'s unique index
-//! refuses it: looked up in `inbox`, and among the [`ORIGINS_KEPT`] newest
+//! refuses it: looked up in `inbox`, and among the newest
 //! keys of tail entries (those waiting, or dropped recently).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -113,9 +113,10 @@ const MAX_GENERATION: usize = 25_000;
 /// primary key alone: 4.7).
 const KEPT_ROTATE_EVERY: Duration = Duration::from_secs(3);
 const KEPT_MAX_GENERATION: usize = 100_000;
-/// Origin keys of tail entries remembered for duplicate detection: more than
-/// can wait at once, so a waiting entry's key is never forgotten.
-const ORIGINS_KEPT: usize = GENERATIONS * KEPT_MAX_GENERATION + 50_000;
+/// Origin keys of tail entries remembered for duplicate detection beyond
+/// those that can wait at once (`GENERATIONS × max_generation()`), so a
+/// waiting entry's key is never forgotten.
+const ORIGINS_SPARE: usize = 50_000;
 /// Entries a [`Tail::drain_step`] moves, at most (whole owners while they
 /// fit: a few ms). At least 1,000 a time made p99 latencies of 40–60 ms at
 /// 4,000–10,000 msg/s, at least 250 made 15–41.
@@ -234,16 +235,19 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS {schema}.entries (
     direction TEXT NOT NULL,
     body TEXT,
     origin TEXT
-);
-CREATE TABLE IF NOT EXISTS {schema}.drained (
+)";
+
+/// A new file's marks of what moved ([`CREATE`]). Files left by builds
+/// before it have none (and are not written to when recovered).
+const CREATE_DRAINED: &str = "CREATE TABLE IF NOT EXISTS {schema}.drained (
     owner TEXT PRIMARY KEY,
     through INTEGER NOT NULL
 ) WITHOUT ROWID";
 
 /// Attaches database `file` to the writer's connection as `schema`, created
-/// empty (in WAL mode, with the table) if missing; detached again if setting
-/// it up fails.
-fn attach(conn: &Connection, file: &Path, schema: &str) -> Result<()> {
+/// empty (in WAL mode, with the table) if missing, with the table of marks
+/// if `fresh` (a new file); detached again if setting it up fails.
+fn attach(conn: &Connection, file: &Path, schema: &str, fresh: bool) -> Result<()> {
     let Some(name) = file.to_str() else {
         return Err(StoreError::Io {
             path: file.to_path_buf(),
@@ -262,8 +266,13 @@ fn attach(conn: &Connection, file: &Path, schema: &str) -> Result<()> {
         })
         .and_then(|_| {
             conn.execute_batch(&format!(
-                "{}; PRAGMA {schema}.synchronous = NORMAL",
-                CREATE.replace("{schema}", schema)
+                "{}; {}; PRAGMA {schema}.synchronous = NORMAL",
+                CREATE.replace("{schema}", schema),
+                if fresh {
+                    CREATE_DRAINED.replace("{schema}", schema)
+                } else {
+                    String::new()
+                }
             ))
         });
     if let Err(error) = set_up {
@@ -494,6 +503,14 @@ impl Tail {
         self.files[self.current].is_some() && self.counts[self.current] < self.max_generation()
     }
 
+    /// How many more entries the current generation takes: a batch sends the
+    /// rest to `inbox` (one with fans to large groups could hold hundreds of
+    /// thousands of members' copies).
+    pub(super) fn room_left(&self) -> usize {
+        self.max_generation()
+            .saturating_sub(self.counts[self.current])
+    }
+
     /// How long entries go to one generation ([`KEPT_ROTATE_EVERY`]).
     fn rotate_every(&self) -> Duration {
         if self.keeps_delivered() {
@@ -563,6 +580,11 @@ impl Tail {
                 }
             }
         }
+        if self.counts[self.current] == 0 {
+            // A generation's time runs from its first entry: after a quiet
+            // spell the first message does not close it at once.
+            self.since = Instant::now();
+        }
         self.counts[self.current] += added.len();
         self.dirty[self.current] = true;
         for a in added {
@@ -594,7 +616,7 @@ impl Tail {
     fn remember_origin(&mut self, key: String) {
         if self.origins.insert(key.clone()) {
             self.origins_order.push_back(key);
-            if self.origins_order.len() > ORIGINS_KEPT
+            if self.origins_order.len() > GENERATIONS * self.max_generation() + ORIGINS_SPARE
                 && let Some(old) = self.origins_order.pop_front()
             {
                 self.origins.remove(&old);
@@ -960,8 +982,8 @@ impl Tail {
             // Whatever is left was settled meanwhile.
             debug_assert_eq!(self.counts[g], 0, "every owner of the generation drained");
             self.counts[g] = 0;
-            // Its rows go now: left in the file, a restart would move them
-            // into `inbox` again — those deleted from it since too.
+            // Its rows and pages go now (the file's marks keep a restart from
+            // moving them again meanwhile).
             drop(shared);
             if let Err(error) = self.reset(conn, g) {
                 // Retried before the generation is used again.
@@ -1023,7 +1045,7 @@ impl Tail {
         }
         let file = dir(&self.database).join(format!("{g}.{}.db", self.created));
         self.created += 1;
-        if let Err(error) = attach(conn, &file, schema(g)) {
+        if let Err(error) = attach(conn, &file, schema(g), true) {
             for path in with_companions(&file) {
                 let _ = remove_file(&path);
             }
@@ -1089,24 +1111,36 @@ fn recover_files(conn: &Connection, files: &[PathBuf]) -> Result<Moved> {
     let mut attached = 0;
     let moved = (|| {
         for (file, schema) in files.iter().zip(&schemas) {
-            attach(conn, file, schema)?;
+            attach(conn, file, schema, false)?;
             attached += 1;
         }
         let tx = super::sqlite::Immediate::begin(conn)?;
         let before: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
             row.get(0)
         })?;
-        let all = schemas
-            .iter()
-            .map(|schema| {
+        let mut selects = Vec::with_capacity(schemas.len());
+        for schema in &schemas {
+            let marked: bool = tx.query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {schema}.sqlite_master \
+                     WHERE type = 'table' AND name = 'drained')"
+                ),
+                [],
+                |row| row.get(0),
+            )?;
+            // What a drain already moved is left out (an earlier build's
+            // file has no marks).
+            selects.push(if marked {
                 format!(
                     "SELECT id, {COLUMNS} FROM {schema}.entries AS e WHERE NOT EXISTS \
                      (SELECT 1 FROM {schema}.drained AS d \
                       WHERE d.owner = e.owner AND e.seq <= d.through)"
                 )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
+            } else {
+                format!("SELECT id, {COLUMNS} FROM {schema}.entries")
+            });
+        }
+        let all = selects.join(" UNION ALL ");
         let waiting = tx.execute(
             &format!(
                 "INSERT INTO inbox ({COLUMNS}) SELECT {COLUMNS} FROM ({all}) \
@@ -1160,7 +1194,7 @@ fn recover_or_set_aside(conn: &Connection, file: &Path) -> Result<Moved> {
 
 /// Whether the tail's database `file` can be attached and its entries read.
 fn readable(conn: &Connection, file: &Path) -> bool {
-    if attach(conn, file, "probe").is_err() {
+    if attach(conn, file, "probe", false).is_err() {
         return false;
     }
     let read = conn
@@ -1301,17 +1335,21 @@ mod tests {
             }
         }
         tail.committed(added);
-        // One owner moves (a chunk of two); the other still waits.
-        let moved = tail.drain(&conn, g, 2, i64::MAX).expect("drain");
-        assert_eq!(moved.entries, 2);
+        // One owner moves, in two chunks of one (its mark goes up); the
+        // other still waits. (The writer drains closed generations only;
+        // the file is the same either way.)
+        for _ in 0..2 {
+            let moved = tail.drain(&conn, g, 1, i64::MAX).expect("drain");
+            assert_eq!(moved.entries, 1);
+        }
         let (drained, waiting) = if seqs(&conn, "alice").is_empty() {
             ("bob", "alice")
         } else {
             ("alice", "bob")
         };
         assert_eq!(seqs(&conn, drained), [1, 2]);
-        // "Delete for me" of a moved entry, then the server dies.
-        conn.execute("DELETE FROM inbox WHERE owner = ?1 AND seq = 1", [drained])
+        // "Delete for me" of both moved entries, then the server dies.
+        conn.execute("DELETE FROM inbox WHERE owner = ?1", [drained])
             .expect("delete");
         drop(tail);
         drop(conn);
@@ -1319,7 +1357,10 @@ mod tests {
         let conn = open(&database);
         let mut tail = Tail::new(Arc::new(TailShared::default()), database);
         tail.recover(&conn).expect("recovered");
-        assert_eq!(seqs(&conn, drained), [2], "the deleted entry stays deleted");
+        assert!(
+            seqs(&conn, drained).is_empty(),
+            "deleted entries stay deleted"
+        );
         assert_eq!(seqs(&conn, waiting), [1, 2], "the waiting entries moved");
     }
 }
