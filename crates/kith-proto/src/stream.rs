@@ -12,7 +12,7 @@
 //!   an unbounded element), the maximum nesting depth, and that nothing but
 //!   whitespace comes between stanzas; it refuses comments, processing
 //!   instructions and DTDs (RFC 6120 §11.1) as soon as they begin;
-//! - each complete stanza is then parsed whole ([`element`]) — straight from the
+//! - each complete stanza is then parsed whole (`element`) — straight from the
 //!   bytes read when it arrived in one read, else from the bytes kept of it — with
 //!   every check XML 1.0 and Namespaces in XML 1.0 make, in the namespace
 //!   context of the stream header.

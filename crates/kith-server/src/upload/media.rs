@@ -135,7 +135,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// BlurHash (https://blurha.sh, the reference TypeScript encoder's algorithm):
+/// BlurHash (<https://blurha.sh>, the reference TypeScript encoder's algorithm):
 /// a DCT of the image in linear RGB, quantised and written in base 83.
 pub mod blurhash {
     use std::f32::consts::PI;
