@@ -1774,6 +1774,32 @@ async fn an_owner_with_a_lagging_device_skips_the_tail_for_a_while() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_missed_only_the_newest_entries_does_not_lag() {
+    run_sqlite_tail(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        s.create_user("bob", &creds(2)).await.unwrap();
+        s.device_attach("bob", "phone", 1).await.unwrap();
+        for id in ["b0", "b1"] {
+            s.inbox_append("bob", &entry(id, "<message/>", 100))
+                .await
+                .unwrap();
+        }
+        // The phone's cursor was recorded before the newest arrived (as a
+        // session records it once a second under load).
+        s.device_ack("bob", "phone", 1, 2).await.unwrap();
+        tail_compacted(&db).await;
+        assert_eq!(in_log(&raw).await, [("bob".to_owned(), 2)], "b1 owed");
+        // Not a lagging device: its next entries still wait in the tail.
+        s.inbox_append("bob", &entry("b2", "<message/>", 101))
+            .await
+            .unwrap();
+        assert_eq!(in_tail(&db).await, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_account_under_a_deleted_name_may_reuse_origin_ids() {
     run_sqlite_tail(|db: TestDb| async move {
         let s = db.open().await;

@@ -58,9 +58,10 @@
 //! `inbox` in that window (a "delete for me") stays deleted after a crash —
 //! but for a power loss before the checkpointer has synced both files' WALs
 //! (≤ 0.5 s: the deletion may reach the disk before the mark does).
-//! Entries of owners without a session, of owners some of whose entries had
-//! to move at the last compaction when delivered entries are dropped (a device
-//! that lags: in the tail they would be written twice; for [`LAGGING_FOR`]),
+//! Entries of owners without a session, of owners none of whose entries of a
+//! generation had reached every device at its compaction when delivered
+//! entries are dropped (a device that lags: in the tail they would be written
+//! twice; for [`LAGGING_FOR`]),
 //! rooms' own entries (the room logic reads them in `inbox`, inside the
 //! writer's transaction) and the copies a member gets on catching up or
 //! leaving go to `inbox` directly. Before the "until delivered"
@@ -77,7 +78,7 @@
 //! opening the same database leaves them alone).
 //!
 //! A duplicate origin key (XEP-0359) is refused as `inbox`'s unique index
-//! refuses it: looked up in `inbox`, and among the newest
+//! refuses it: looked up in `inbox`, and among the [`ORIGINS_KEPT`] newest
 //! keys of tail entries (those waiting, or dropped recently).
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -101,29 +102,32 @@ pub(super) const GENERATIONS: usize = 4;
 const ROTATE_EVERY: Duration = Duration::from_secs(1);
 /// A generation is closed early once it holds this many entries (memory and
 /// the reads' settle work stay bounded under any load; should closing it
-/// fail, new entries go to `inbox` meanwhile: [`Tail::ready`]).
-const MAX_GENERATION: usize = 25_000;
-/// [`ROTATE_EVERY`] and [`MAX_GENERATION`] when the log keeps delivered
-/// entries. Nothing is dropped then, and the longer a generation, the more
-/// entries each owner has in it: moved in one piece, ordered by owner, they
-/// dirty an index page per owner rather than per entry (the conversation
-/// index takes an owner's entries at as many places as it has peers). In a
-/// model of the drain (200 owners, 20,000 entries a second), generations of
-/// 1 s cost 11.9 µs of CPU per entry, 3 s 8.8, 10 s 6.9 (the table and its
-/// primary key alone: 4.7).
+/// fail, new entries go to `inbox` meanwhile: [`Tail::ready`]). Where
+/// delivered entries are dropped, a generation closed early shortens the
+/// wait above: at 25,000, 80,000 copies a second of a busy group's messages
+/// waited under a second, whole generations were not yet recorded as
+/// delivered, and their owners were taken for lagging ones.
+const MAX_GENERATION: usize = 100_000;
+/// [`ROTATE_EVERY`] when the log keeps delivered entries. Nothing is dropped
+/// then, and the longer a generation, the more entries each owner has in it:
+/// moved in one piece, ordered by owner, they dirty an index page per owner
+/// rather than per entry (the conversation index takes an owner's entries at
+/// as many places as it has peers). In a model of the drain (200 owners,
+/// 20,000 entries a second), generations of 1 s cost 11.9 µs of CPU per
+/// entry, 3 s 8.8, 10 s 6.9 (the table and its primary key alone: 4.7).
 const KEPT_ROTATE_EVERY: Duration = Duration::from_secs(3);
-const KEPT_MAX_GENERATION: usize = 100_000;
 /// Origin keys of tail entries remembered for duplicate detection beyond
-/// those that can wait at once (`GENERATIONS × max_generation()`), so a
+/// those that can wait at once (`GENERATIONS × MAX_GENERATION`), so a
 /// waiting entry's key is never forgotten.
-const ORIGINS_SPARE: usize = 50_000;
+const ORIGINS_KEPT: usize = GENERATIONS * MAX_GENERATION + 50_000;
 /// Entries a [`Tail::drain_step`] moves, at most (whole owners while they
 /// fit: a few ms). At least 1,000 a time made p99 latencies of 40–60 ms at
 /// 4,000–10,000 msg/s, at least 250 made 15–41.
 const DRAIN_CHUNK: usize = 500;
-/// An owner some of whose entries had to move into `inbox` (a device that
-/// lags, e.g. an idle phone beside an open desktop client) has its entries go
-/// to `inbox` directly for this long: in the tail they would be written twice.
+/// An owner none of whose entries of a generation had reached every device
+/// when it was compacted (a device that lags, e.g. an idle phone beside an
+/// open desktop client) has its entries go to `inbox` directly for this long:
+/// in the tail they would be written twice.
 const LAGGING_FOR: Duration = Duration::from_secs(60);
 
 /// The columns an entry has in `inbox` and the tail alike.
@@ -500,15 +504,14 @@ impl Tail {
     /// file (always, but after a failed reset) with room left (full but for
     /// a failing rotation, new entries go to `inbox`).
     pub(super) fn ready(&self) -> bool {
-        self.files[self.current].is_some() && self.counts[self.current] < self.max_generation()
+        self.files[self.current].is_some() && self.counts[self.current] < MAX_GENERATION
     }
 
     /// How many more entries the current generation takes: a batch sends the
     /// rest to `inbox` (one with fans to large groups could hold hundreds of
     /// thousands of members' copies).
     pub(super) fn room_left(&self) -> usize {
-        self.max_generation()
-            .saturating_sub(self.counts[self.current])
+        MAX_GENERATION.saturating_sub(self.counts[self.current])
     }
 
     /// How long entries go to one generation ([`KEPT_ROTATE_EVERY`]).
@@ -517,15 +520,6 @@ impl Tail {
             KEPT_ROTATE_EVERY
         } else {
             ROTATE_EVERY
-        }
-    }
-
-    /// How many entries a generation takes at most ([`KEPT_MAX_GENERATION`]).
-    fn max_generation(&self) -> usize {
-        if self.keeps_delivered() {
-            KEPT_MAX_GENERATION
-        } else {
-            MAX_GENERATION
         }
     }
 
@@ -616,7 +610,7 @@ impl Tail {
     fn remember_origin(&mut self, key: String) {
         if self.origins.insert(key.clone()) {
             self.origins_order.push_back(key);
-            if self.origins_order.len() > GENERATIONS * self.max_generation() + ORIGINS_SPARE
+            if self.origins_order.len() > ORIGINS_KEPT
                 && let Some(old) = self.origins_order.pop_front()
             {
                 self.origins.remove(&old);
@@ -705,7 +699,7 @@ impl Tail {
         }
         let now = Instant::now();
         let retry = self.retry_at.saturating_duration_since(now);
-        if self.counts[self.current] >= self.max_generation() {
+        if self.counts[self.current] >= MAX_GENERATION {
             return Some(retry);
         }
         Some(retry.max((self.since + self.rotate_every()).saturating_duration_since(now)))
@@ -859,7 +853,12 @@ impl Tail {
                     kept = true;
                 }
             }
-            if kept {
+            // A device that had none of the generation (an idle phone beside
+            // an open desktop client) lags; one that missed only the newest
+            // few (its cursor is recorded once a second) does not: under load
+            // that was every member of a busy group, whose copies then all
+            // went to `inbox` for a minute.
+            if kept && !dropped {
                 lagging.push(owner.clone());
             }
             if dropped {
