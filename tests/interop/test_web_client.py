@@ -238,9 +238,15 @@ async def test_history_scrolls_back_through_the_archive(peers, tabs):
     await expect(tab.bubble("old message 150")).to_be_visible()
     await expect(tab.bubble("old message 001")).to_have_count(0)  # not in the first pages
     messages = tab.page.get_by_role("log", name="Messages")
-    for _ in range(10):
+    for _ in range(15):
         if await tab.bubble("old message 001").count():
             break
+        # As a reader does: a little down, then to the top again. Setting
+        # `scrollTop = 0` on a view already at the top fires no scroll event,
+        # so a scroll that came while a page was still loading was never
+        # followed by another (a flake on a loaded machine).
+        await messages.evaluate("el => el.scrollTop = 200")
+        await asyncio.sleep(0.1)
         await messages.evaluate("el => el.scrollTop = 0")
         await asyncio.sleep(0.4)
     await expect(tab.bubble("old message 001")).to_be_visible()
