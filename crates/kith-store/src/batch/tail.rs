@@ -116,9 +116,9 @@ const MAX_GENERATION: usize = 100_000;
 /// 20,000 entries a second), generations of 1 s cost 11.9 µs of CPU per
 /// entry, 3 s 8.8, 10 s 6.9 (the table and its primary key alone: 4.7).
 const KEPT_ROTATE_EVERY: Duration = Duration::from_secs(3);
-/// Origin keys of tail entries remembered for duplicate detection beyond
-/// those that can wait at once (`GENERATIONS × MAX_GENERATION`), so a
-/// waiting entry's key is never forgotten.
+/// Origin keys of tail entries remembered for duplicate detection: more than
+/// can wait at once (`GENERATIONS × MAX_GENERATION`), so a waiting entry's
+/// key is never forgotten.
 const ORIGINS_KEPT: usize = GENERATIONS * MAX_GENERATION + 50_000;
 /// Entries a [`Tail::drain_step`] moves, at most (whole owners while they
 /// fit: a few ms). At least 1,000 a time made p99 latencies of 40–60 ms at
@@ -221,11 +221,7 @@ fn remove_file(path: &Path) -> std::io::Result<()> {
 
 /// A generation's table. Not a foreign key to `users` (that can't cross
 /// files): an account's entries are deleted with it ([`Tail::forget`]), and
-/// entries are only moved for accounts that exist. And, per owner, through
-/// which number its entries of the file are already in `inbox`
-/// ([`Tail::drain`] writes it in the transaction that moves them):
-/// [`Tail::recover`] leaves those out, so what was deleted from `inbox`
-/// since does not come back.
+/// entries are only moved for accounts that exist.
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS {schema}.entries (
     id INTEGER PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -241,8 +237,11 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS {schema}.entries (
     origin TEXT
 )";
 
-/// A new file's marks of what moved ([`CREATE`]). Files left by builds
-/// before it have none (and are not written to when recovered).
+/// A new file's marks: per owner, through which number its entries of the
+/// file are already in `inbox` ([`Tail::drain`] writes it in the transaction
+/// that moves them). [`Tail::recover`] leaves those out, so what was deleted
+/// from `inbox` since does not come back. Files left by builds before it have
+/// none (and are not written to when recovered).
 const CREATE_DRAINED: &str = "CREATE TABLE IF NOT EXISTS {schema}.drained (
     owner TEXT PRIMARY KEY,
     through INTEGER NOT NULL
@@ -504,7 +503,7 @@ impl Tail {
     /// file (always, but after a failed reset) with room left (full but for
     /// a failing rotation, new entries go to `inbox`).
     pub(super) fn ready(&self) -> bool {
-        self.files[self.current].is_some() && self.counts[self.current] < MAX_GENERATION
+        self.files[self.current].is_some() && self.room_left() > 0
     }
 
     /// How many more entries the current generation takes: a batch sends the
