@@ -48,6 +48,12 @@ port_of() {
 # its log is also how it delivers (ejabberd and Prosody store a message only
 # when its recipient is offline).
 ARCHIVE="${ARCHIVE:-off}"
+# PROSODY_ARCHIVE picks Prosody's archive storage when ARCHIVE=on: internal (the
+# default, Prosody's own default) appends to a file per user and day, with no
+# index and no full-text search; sql keeps it in SQLite through mod_storage_sql,
+# indexed by user, time and id like kith's and ejabberd's (still no full-text
+# search). Everything else Prosody stores stays internal either way.
+PROSODY_ARCHIVE="${PROSODY_ARCHIVE:-internal}"
 # TLS=off runs the scenarios without TLS: kith-bench skips STARTTLS, ejabberd and
 # Prosody stop requiring it on their c2s port (they still offer it), and kith-bench
 # talks to kith's loopback-only `listen.c2s_plain` port (KITH_PLAIN_PORT), which
@@ -75,6 +81,10 @@ render() { # template output port ws-port
     off) ;;
     *) log "ARCHIVE must be on or off, not $ARCHIVE"; return 1 ;;
   esac
+  case "$PROSODY_ARCHIVE" in
+    internal | sql) ;;
+    *) log "PROSODY_ARCHIVE must be internal or sql, not $PROSODY_ARCHIVE"; return 1 ;;
+  esac
   local tls_required=true kith_plain="" kith_http="" kith_https="127.0.0.1:$4"
   local prosody_http="" prosody_https="$4"
   case "$TLS" in
@@ -92,7 +102,8 @@ render() { # template output port ws-port
     -e "s|@KITH_ARCHIVE@|$kith_archive|g" -e "s|@TLS_REQUIRED@|$tls_required|g" \
     -e "s|@KITH_PLAIN@|$kith_plain|g" -e "s|@WS_PORT@|$4|g" -e "s|@KITH_HTTP@|$kith_http|g" \
     -e "s|@KITH_HTTPS@|$kith_https|g" -e "s|@PROSODY_HTTP@|$prosody_http|g" \
-    -e "s|@PROSODY_HTTPS@|$prosody_https|g" "$1" >"$2"
+    -e "s|@PROSODY_HTTPS@|$prosody_https|g" -e "s|@PROSODY_ARCHIVE@|$PROSODY_ARCHIVE|g" \
+    "$1" >"$2"
 }
 
 wait_port() { # port seconds
@@ -156,6 +167,8 @@ start_server() {
     prosody)
       render "$REPO/bench/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.cfg.lua" "$port" "$PROSODY_WS_PORT"
       touch "$BENCH_DIR/prosody/prosody.log"
+      # A fresh SQL archive each run, as kith's data is (PROSODY_ARCHIVE=sql).
+      rm -f "$BENCH_DIR/prosody/data/prosody.sqlite"*
       chown prosody:prosody "$BENCH_DIR/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.log"
       # Prosody refuses to run as root: drop to its user with setpriv (which execs,
       # so the PID is Prosody's own).

@@ -36,7 +36,7 @@ current=""
 cleanup() { if [[ -n "$current" ]]; then stop_server "$current"; fi; }
 trap cleanup EXIT INT TERM
 
-log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (kith logs every message for delivery either way); TLS=$TLS"
+log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (Prosody's in PROSODY_ARCHIVE=$PROSODY_ARCHIVE storage; kith logs every message for delivery either way); TLS=$TLS"
 for server in $SERVERS; do
   log "$SCENARIO on $server"
   # A server that did not start (e.g. its port is taken by another run) is skipped:

@@ -19,6 +19,8 @@ if [[ "${SKIP_APT:-0}" != 1 ]]; then
   command -v ejabberdctl >/dev/null || missing+=(ejabberd)
   command -v prosody >/dev/null || missing+=(prosody)
   command -v tsung >/dev/null || missing+=(tsung)
+  # Prosody's SQL storage on SQLite (PROSODY_ARCHIVE=sql, bench/lib.sh).
+  dpkg -s lua-dbi-sqlite3 >/dev/null 2>&1 || missing+=(lua-dbi-sqlite3)
   if ((${#missing[@]})); then
     log "installing ${missing[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive

@@ -22,14 +22,18 @@ ssl = {
 -- default is 10000).
 authentication = "internal_hashed"
 default_iteration_count = 4096
-storage = "internal"
+-- Message archives in the storage PROSODY_ARCHIVE names (bench/lib.sh): "internal"
+-- (the default) or "sql" (SQLite, the file below in data_path); all else internal.
+default_storage = "internal"
+storage = { archive = "@PROSODY_ARCHIVE@" }
+sql = { driver = "SQLite3", database = "prosody.sqlite" }
 
 -- In-band registration provisions the bench accounts: no throttle.
 allow_registration = true
 
 -- No rate limits: mod_limits is not loaded. 1:1 archiving follows ARCHIVE
 -- (bench/lib.sh): on loads mod_mam archiving every message by default (in the
--- "internal" file storage, Prosody's default), off leaves it out. HTTP only for
+-- storage PROSODY_ARCHIVE names, above), off leaves it out. HTTP only for
 -- WebSocket, no s2s. Groups: the MUC component at the end. mod_offline, mod_presence,
 -- mod_message, mod_iq and mod_c2s load by default.
 modules_enabled = {
