@@ -78,6 +78,46 @@ mod read;
 mod types;
 mod uploads;
 
+/// Faults injected into the store, for its own tests (feature
+/// `fault-injection`, never on in a release build of the server).
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static ARMED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    fn canonical(path: &Path) -> PathBuf {
+        std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+    }
+
+    /// The next commit of the inbox-log writer of the SQLite database at
+    /// `database` that appends rows to the log's tail fails as one does when
+    /// the tail's file fails after the main file committed (a full disk): the
+    /// main file's part stands, the tail's rows are gone.
+    pub fn fail_next_tail_commit(database: &Path) {
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        armed.push(canonical(database));
+    }
+
+    /// Whether a fault is armed for `database`, disarming it.
+    pub(crate) fn take(database: &str) -> bool {
+        let database = canonical(Path::new(database));
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match armed.iter().position(|path| *path == database) {
+            Some(at) => {
+                armed.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;

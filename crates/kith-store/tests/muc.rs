@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use kith_store::{
     ArchiveQuery, Delivered, Live, NewInboxEntry, Result, RoomAffiliation, RoomInvite, RoomMember,
-    Store, StoreError,
+    Store, StoreError, fault,
 };
 
 mod common;
@@ -491,6 +491,61 @@ async fn live_members_copies_wait_in_the_tail_until_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_members_copies_wait_in_the_tail_with_an_archive() {
     run_sqlite_archive(live_members_copies_wait_in_the_tail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_failing_after_the_main_file_loses_no_copy_until_delivered() {
+    run_sqlite_tail(a_tail_failing_after_the_main_file_loses_no_copy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_failing_after_the_main_file_loses_no_copy_with_an_archive() {
+    run_sqlite_archive(a_tail_failing_after_the_main_file_loses_no_copy).await;
+}
+
+/// SQLite commits a transaction's files one by one, the main file first. When
+/// the tail's file then fails (a full disk; injected here), the room's entry
+/// and the members' fill marks stand in the main file: the live members'
+/// copies go into the log at once and the message counts as stored, rather
+/// than failing with the copies lost and the room's entry kept.
+async fn a_tail_failing_after_the_main_file_loses_no_copy(db: TestDb) {
+    let store = team_of_three(&db).await;
+    let raw = db.raw().await;
+    for owner in ["alice", "bob"] {
+        store.device_attach(owner, "phone", 1).await.unwrap();
+    }
+    let sessions = Sessions::default();
+    sessions.set(&["alice", "bob"]);
+    let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
+    fault::fail_next_tail_commit(std::path::Path::new(database));
+    let results = say(&store, "m1", &TEAM, &sessions).await;
+    let seqs: Vec<i64> = results[..3].iter().map(|r| *r.as_ref().unwrap()).collect();
+    assert_eq!(seqs, [1, 1, 1], "{results:?}");
+    assert!(owed(&results[3]), "{results:?}");
+    // The fault took the copies out of the tail: they are in the log instead.
+    assert_eq!(in_tail(&db).await, 0);
+    assert_eq!(
+        in_log(&raw).await,
+        [
+            ("alice".to_owned(), 1),
+            ("bob".to_owned(), 1),
+            (ROOM.to_owned(), 1)
+        ]
+    );
+    for owner in ["alice", "bob"] {
+        assert_eq!(bodies(&store, owner).await, ["m1"]);
+    }
+    // Numbers go on, the next copies wait in the tail, and the member who
+    // was away gets each message once.
+    let results = say(&store, "m2", &TEAM, &sessions).await;
+    let seqs: Vec<i64> = results[..3].iter().map(|r| *r.as_ref().unwrap()).collect();
+    assert_eq!(seqs, [2, 2, 2], "{results:?}");
+    assert_eq!(in_tail(&db).await, 2);
+    for owner in ["alice", "bob"] {
+        assert_eq!(bodies(&store, owner).await, ["m1", "m2"]);
+    }
+    store.room_catch_up("carol").await.unwrap();
+    assert_eq!(bodies(&store, "carol").await, ["m1", "m2"]);
 }
 
 /// With the log's tail on (SQLite), a live member's copy of a group message

@@ -10,7 +10,7 @@
 
 use kith_store::{
     Backend, Delivered, NewInboxEntry, RosterCap, RosterItem, ScramSecret, Store, StoreError,
-    StoredCredentials, Subscription,
+    StoredCredentials, Subscription, fault,
 };
 
 // ----------------------------------------------------------------------
@@ -1670,6 +1670,68 @@ async fn files_left_in_the_tail_are_recovered_or_set_aside() {
             .await
             .unwrap();
         assert_eq!(ids_of(&s, "alice").await, ["left1", "a2"]);
+    })
+    .await;
+}
+
+/// SQLite commits a transaction's files one by one, the main file first; the
+/// log's tail failing after it (a full disk) is injected here. An entry the
+/// batch wrote to the main file tells that it committed: the tail's rows then
+/// go into the log, and the batch stands. With none (every entry was for the
+/// tail), nothing was stored: the append fails, and sending it again stores
+/// it once, numbered as the failed one would have been.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_failing_after_the_main_file_loses_nothing_acknowledged() {
+    run_sqlite(|db: TestDb| async move {
+        let s = db.open().await;
+        let raw = db.raw().await;
+        s.create_user("alice", &creds(1)).await.unwrap();
+        s.create_user("bob", &creds(2)).await.unwrap();
+        s.set_tail(
+            Some(std::sync::Arc::new(|owner: &str| owner == "alice")),
+            Delivered::Dropped,
+        )
+        .await
+        .unwrap();
+        let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
+        let database = std::path::Path::new(database);
+
+        // bob has no session: his entry is in the main file, alice's in the tail.
+        fault::fail_next_tail_commit(database);
+        let seqs = s
+            .inbox_append_all(&[
+                ("alice", entry("a0", "<message/>", 100)),
+                ("bob", entry("b0", "<message/>", 100)),
+            ])
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = seqs.into_iter().map(|seq| seq.unwrap()).collect();
+        assert_eq!(seqs, [1, 1]);
+        assert_eq!(in_tail(&db).await, 0, "the fault took alice's entry out");
+        assert_eq!(
+            in_log(&raw).await,
+            [("alice".to_owned(), 1), ("bob".to_owned(), 1)]
+        );
+
+        // Only tail rows: nothing tells, and nothing was stored.
+        fault::fail_next_tail_commit(database);
+        let failed = s
+            .inbox_append("alice", &entry("a1", "<message/>", 101))
+            .await;
+        assert!(
+            failed
+                .as_ref()
+                .is_err_and(|error| error.to_string().contains("part-way")),
+            "{failed:?}"
+        );
+        assert_eq!(in_tail(&db).await, 0);
+        assert_eq!(
+            s.inbox_append("alice", &entry("a1", "<message/>", 101))
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(ids_of(&s, "alice").await, ["a0", "a1"]);
     })
     .await;
 }

@@ -6,9 +6,9 @@
 //! appended to the log's tail, `batch::tail`, like a 1:1 entry; a transaction
 //! over the tail's file and the main one commits file by file, so a commit
 //! that fails between them — a full disk — leaves the room's entry and the
-//! members' fill rows committed without the copies: the message is failed to
-//! its sender, and the live members miss its copy); the others are *owed*
-//! it. `room_fill (room, owner, seq)` says how far each
+//! members' fill rows committed without the copies: the writer then finds the
+//! room's entry committed and writes the copies into `inbox` instead,
+//! `SqliteWriter::repair_partial`); the others are *owed* it. `room_fill (room, owner, seq)` says how far each
 //! member's log holds copies of the room's log; what lies between that and the
 //! room's head is owed, and copied in one piece (one owner's log: a few B-tree
 //! pages, not one page per member) when the member next reads its log

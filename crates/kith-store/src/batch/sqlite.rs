@@ -600,6 +600,9 @@ impl SqliteWriter {
                 });
             }
         }
+        // An entry this batch wrote to `inbox`: found there after a commit
+        // that failed part-way, it says the main file committed.
+        let mut witness: Option<(&str, i64)> = None;
         {
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT INTO inbox ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
@@ -617,6 +620,7 @@ impl SqliteWriter {
                     insert.execute(rusqlite::params_from_iter(entry_params(owner, seq, entry)))?;
                 if changed == 1 {
                     written[i] = true;
+                    witness.get_or_insert((owner, seq));
                     if entry.has_body {
                         with_body += 1;
                         lowest_rowid = lowest_rowid.min(tx.last_insert_rowid());
@@ -682,27 +686,38 @@ impl SqliteWriter {
             )?;
             seen.push(upsert.raw_execute()? == 1);
         }
-        if let Err(error) = tx.commit() {
-            // With a tail file written, the main file may have committed
-            // before it failed: a retry would store its part again.
-            return Err(if added.is_empty() {
-                error.into()
-            } else {
-                StoreError::PartialCommit(error.to_string())
-            });
+        let committed = tx.commit();
+        #[cfg(feature = "fault-injection")]
+        let committed = committed.and_then(|()| self.injected_tail_failure(&added));
+        match committed {
+            Ok(()) => {
+                self.tail.settled(settles);
+                self.tail.committed(added);
+            }
+            Err(error) if added.is_empty() => return Err(error.into()),
+            Err(error) => {
+                // With a tail file written, SQLite commits the main file's WAL
+                // first, then the tail's: the main file's part may stand
+                // without the rows appended to the tail (a full disk). If it
+                // does, those rows go into `inbox` now and the batch stands:
+                // otherwise a group message would be in its room's log and past
+                // its live members' fill marks without their copies.
+                let rows = rows(true).filter(|(i, _)| written[*i]).map(|(_, row)| row);
+                let (repaired, lowest) = self.repair_partial(witness, rows, &error)?;
+                with_body += repaired;
+                lowest_rowid = lowest_rowid.min(lowest);
+                // The tail is left as it is, and counted as still holding what
+                // it held: a settle moves it (again) before the next read.
+                tracing::warn!(%error, "a commit failed after the main file: the log's tail rows went into inbox instead");
+            }
         }
-
-        self.tail.settled(settles);
-        self.tail.committed(added);
         if self.heads.len() + numbered.reserved.len() > MAX_HEADS {
             self.heads.clear();
         }
         for (owner, last) in &numbered.reserved {
             self.heads.insert((*owner).to_owned(), *last);
         }
-        if lowered {
-            self.fts.next_rowid = lowest_rowid;
-        }
+        self.fts.next_rowid = self.fts.next_rowid.min(lowest_rowid);
         if with_body > 0 {
             self.fts.waiting += with_body;
             self.fts.oldest.get_or_insert_with(Instant::now);
@@ -711,6 +726,89 @@ impl SqliteWriter {
         let answers = plan.answers(&numbered, &written, &attached, &seen);
         rooms::keep(&mut self.rooms, state.rows, &room_writes);
         Ok(answers)
+    }
+
+    /// [`crate::fault::fail_next_tail_commit`]: if armed for this database,
+    /// takes the rows a commit just appended to the tail back out and fails
+    /// — the state a tail file failing after the main file committed leaves.
+    #[cfg(feature = "fault-injection")]
+    fn injected_tail_failure(&self, added: &[Added]) -> rusqlite::Result<()> {
+        if added.is_empty() || !crate::fault::take(self.conn.path().unwrap_or_default()) {
+            return Ok(());
+        }
+        let mut delete = self.conn.prepare(&format!(
+            "DELETE FROM {} WHERE id = ?1",
+            self.tail.current_table()
+        ))?;
+        for row in added {
+            delete.execute(params![row.id])?;
+        }
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("injected: the log's tail file failed to commit".to_owned()),
+        ))
+    }
+
+    /// After a commit that failed with rows appended to the log's tail: did
+    /// the main file commit? SQLite commits the files of a transaction one by
+    /// one, the main file first, so if it did not, nothing did — a plain error,
+    /// which the caller retries job by job. If it did (the `witness`, an entry
+    /// the batch wrote to `inbox`, is there), the tail's part may be lost:
+    /// `rows` go into `inbox` (`ON CONFLICT DO NOTHING`: a tail file that did
+    /// commit moves its copies later and skips them). Without a witness (the
+    /// main file had only acks, attaches or settles) nothing tells; the batch
+    /// fails as [`StoreError::PartialCommit`] (a retry could store twice).
+    /// Returns how many rows with a body went in and the lowest rowid among
+    /// them.
+    fn repair_partial<'r>(
+        &mut self,
+        witness: Option<(&str, i64)>,
+        rows: impl Iterator<Item = (&'r str, i64, &'r OwnedEntry)>,
+        error: &rusqlite::Error,
+    ) -> Result<(usize, i64)> {
+        let partial = || StoreError::PartialCommit(error.to_string());
+        let Some((owner, seq)) = witness else {
+            return Err(partial());
+        };
+        let main_committed = self
+            .conn
+            .prepare_cached("SELECT 1 FROM inbox WHERE owner = ?1 AND seq = ?2")
+            .and_then(|mut found| found.exists(params![owner, seq]))
+            .map_err(|_| partial())?;
+        if !main_committed {
+            return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some(format!("the commit failed: {error}")),
+            )));
+        }
+        let tx = Immediate::begin(&self.conn).map_err(|_| partial())?;
+        let mut with_body = 0;
+        let mut lowest_rowid = i64::MAX;
+        {
+            let mut insert = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO inbox ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     ON CONFLICT DO NOTHING",
+                    tail::COLUMNS
+                ))
+                .map_err(|_| partial())?;
+            for (owner, seq, entry) in rows {
+                let changed = insert
+                    .execute(rusqlite::params_from_iter(entry_params(owner, seq, entry)))
+                    .map_err(|_| partial())?;
+                if changed == 1 && entry.has_body {
+                    with_body += 1;
+                    lowest_rowid = lowest_rowid.min(tx.last_insert_rowid());
+                }
+            }
+        }
+        if lowest_rowid < self.fts.next_rowid {
+            tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")
+                .and_then(|mut update| update.execute(params![lowest_rowid]))
+                .map_err(|_| partial())?;
+        }
+        tx.commit().map_err(|_| partial())?;
+        Ok((with_body, lowest_rowid))
     }
 
     /// Moves the log's tail on to its next generation if due, and drains a

@@ -44,9 +44,13 @@
 //! loss leaves, the next start moves into `inbox` ([`Tail::recover`]). A
 //! transaction spanning the tail's files and the main one is atomic per file,
 //! not across them (SQLite commits WAL files one by one, the main file
-//! first): nothing is answered before the whole commit returns, a commit that
-//! fails part-way is failed rather than retried
-//! ([`crate::StoreError::PartialCommit`]), and entries are moved into `inbox`
+//! first): nothing is answered before the whole commit returns; after a
+//! commit that failed with tail rows written, the writer looks for an entry
+//! the batch wrote to `inbox`: there, the main file committed and the tail
+//! rows are written into `inbox` (the batch stands); not there, nothing
+//! committed (the jobs are retried one by one); no such entry to look for,
+//! the batch fails ([`crate::StoreError::PartialCommit`], not retried: it
+//! could store twice). Entries are moved into `inbox`
 //! with `ON CONFLICT DO NOTHING`; so a crash leaves at worst an entry both in
 //! `inbox` and the tail (skipped when recovered), or a delivered entry that
 //! recovery puts back into `inbox` (below every device's cursor: never sent
