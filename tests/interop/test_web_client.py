@@ -254,6 +254,27 @@ async def test_history_scrolls_back_through_the_archive(peers, tabs):
 
 
 @on_module_loop
+async def test_a_tall_window_fills_itself_with_older_history(peers, tabs):
+    # Older pages load while the view is at its top; a page too short to move
+    # it away from the top fires no scroll event, so the next page must follow
+    # without one, until the view is full or the conversation's beginning shown.
+    alice, bob, b = await friends(peers)
+    a = await peers.connect(alice, plugins=PLUGINS)
+    for i in range(1, 161):
+        b.send_message(mto=alice.jid, mbody=f"filler {i:03d}", mtype="chat")
+    await a.wait_message(lambda m: m["body"] == "filler 160", what="the last of 160")
+    await a.close()
+    await asyncio.sleep(1.5)
+    tab = await tabs(viewport={"width": 1280, "height": 12000})
+    await tab.sign_in(alice.jid, alice.password)
+    await tab.open_chat(bob.name)
+    # no scrolling at all: 160 short bubbles are shorter than this window
+    await expect(tab.bubble("filler 001")).to_be_visible()
+    await expect(tab.bubble(re.compile(r"filler \d{3}"))).to_have_count(160)
+    await expect(tab.page.get_by_text("Beginning of the conversation")).to_be_visible()
+
+
+@on_module_loop
 async def test_search_finds_an_old_message_through_full_text(peers, tabs):
     alice, bob, b = await friends(peers)
     b.send_message(mto=alice.jid, mbody="the zebra crossing is on Elm street", mtype="chat")

@@ -33,7 +33,14 @@ export function mountConversation(app, { onBack }) {
     input.value = app.drafts?.[jid] || '';
     render(true);
     const c = app.chat(jid);
-    if (!c.loadedHistory) app.loadOlder(jid).then(() => scrollToEnd());
+    if (!c.loadedHistory) {
+      const at = jid;
+      app.loadOlder(at).then(() => {
+        if (jid !== at) return;
+        scrollToEnd();
+        olderIfAtTop(); // a first page shorter than the view
+      });
+    }
     app.lastSeen(jid);
     input.focus();
   }
@@ -301,13 +308,25 @@ export function mountConversation(app, { onBack }) {
       app.dispatchEvent(new CustomEvent('notice', { detail: { text: err.message } }));
     }
   });
-  box.addEventListener('scroll', () => {
+  // Older pages load while the view is at (or near) its top. Looked at on every
+  // scroll, and again after each page: a page too short to move the view off the
+  // top, or a scroll to the top while a page was loading, fires no further scroll
+  // event. A page that failed (offline, refused) is tried again after a while.
+  let olderRetry = null;
+  function olderIfAtTop() {
+    clearTimeout(olderRetry);
     if (!jid || box.scrollTop > 80) return;
     const c = app.chat(jid);
     if (c.complete || c.loading) return;
+    const at = jid;
     const fromBottom = box.scrollHeight - box.scrollTop;
-    app.loadOlder(jid).then(() => { box.scrollTop = box.scrollHeight - fromBottom; });
-  });
+    app.loadOlder(at).then((more) => {
+      if (jid !== at) return; // another chat is open now: its view is not this one's
+      box.scrollTop = box.scrollHeight - fromBottom; // the same messages stay in view
+      olderRetry = setTimeout(olderIfAtTop, more ? 0 : 2000);
+    });
+  }
+  box.addEventListener('scroll', olderIfAtTop);
   document.addEventListener('click', (e) => { if (!menu.contains(e.target) && !e.target.closest('.actions-button')) hideMenu(); });
   document.addEventListener('keydown', (e) => {
     if (menu.hidden) return;
