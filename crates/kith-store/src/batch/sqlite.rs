@@ -42,14 +42,20 @@ const CACHE_KIB: i64 = 8 * 1024;
 const MAX_HEADS: usize = 1_000_000;
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-/// WAL pages (4 KiB each) from which the log is started over.
-const WAL_RESTART_PAGES: i64 = 8192;
+/// WAL pages (4 KiB each) from which the log is started over. Each start
+/// over holds the writer for its last checkpoint (a few ms, after
+/// [`flush_ahead`]); at 8,192 pages, with an archive at 24,000 msg/s, that
+/// came every 1.2 s, and chat held 24,000 msg/s at p99 29–40 ms where this
+/// holds 28,000 at 42–52 (BENCHMARKS.md, session 21).
+const WAL_RESTART_PAGES: i64 = 32_768;
 /// Passive passes at most before the writer finishes the checkpoint, while
 /// more than [`RESTART_APPROACH_PAGES`] are left after one.
 const RESTART_APPROACH_PASSES: usize = 4;
 const RESTART_APPROACH_PAGES: i64 = 256;
-/// Size the WAL file is cut back to once the log starts over, bytes.
-const WAL_SIZE_LIMIT: i64 = 64 << 20;
+/// Size the WAL file is cut back to once the log starts over, bytes: above
+/// the 128 MiB of [`WAL_RESTART_PAGES`], so that a log starting over writes
+/// over blocks the file has rather than growing it again.
+const WAL_SIZE_LIMIT: i64 = 256 << 20;
 /// Commits between two looks at the WAL file's size (a `stat`).
 const WAL_LOOK_EVERY: u32 = 32;
 /// Under load, how long the writer lets jobs gather after the first wakes it
@@ -121,6 +127,7 @@ pub(super) fn start(
         },
         commits_since_look: 0,
         callbacks: Callbacks::on(runtime.as_ref()),
+        index_turn: false,
         fts: Fts {
             next_rowid,
             // Unknown after a restart: check once.
@@ -156,6 +163,8 @@ struct SqliteWriter {
     /// `inbox` ([`tail`]).
     tail: Tail,
     fts: Fts,
+    /// Whether the full-text index has the next turn of background work.
+    index_turn: bool,
     /// Stopped (and waited for) when the writer ends.
     checkpointer: Checkpointer,
     /// The WAL file, and commits since its size was last looked at.
@@ -174,8 +183,9 @@ struct SqliteWriter {
 /// log's end, and SQLite starts the log over only once it has: the file grew
 /// without bound (2.8 GB in one 25 s chat benchmark step at 10,000 msg/s, the
 /// writer waiting on ext4 block allocation as it grew). So once the log
-/// holds [`WAL_RESTART_PAGES`], the checkpointer copies all but the last few
-/// pages and raises `restart_due`; the writer, between two commits, copies
+/// holds [`WAL_RESTART_PAGES`], the checkpointer writes the database's dirty
+/// pages out ([`flush_ahead`]), copies all but the last few pages and raises
+/// `restart_due`; the writer, between two commits, copies
 /// those (its own checkpoint reaches the end: nothing else appends) and its next
 /// commit starts the log from the beginning of the file, which
 /// `journal_size_limit` keeps at most [`WAL_SIZE_LIMIT`]. (Should this thread
@@ -208,6 +218,7 @@ impl Checkpointer {
                     {
                         return;
                     }
+                    flush_ahead(&database);
                     // Each pass leaves only what was committed while it ran,
                     // so the writer has little left to copy.
                     for _ in 0..RESTART_APPROACH_PASSES {
@@ -265,6 +276,38 @@ fn writer_busy(tries: i32) -> bool {
     }
     std::thread::sleep(BUSY_STEP);
     true
+}
+
+/// Writes the database file's dirty pages out before the writer's last
+/// checkpoint of a log that is about to start over. A passive checkpoint
+/// syncs the database file only when it reaches the log's end, which under
+/// load only the writer's does (nothing commits while it runs): it then
+/// waited in `fsync` for all that the checkpointer had copied since the log
+/// last started over (30–85 ms at 20,000–24,000 archived msg/s, every message
+/// queued behind it; 2–5 ms once flushed here). `syncfs` on the database's
+/// file system, not `fsync` on a descriptor of the database file opened
+/// here: closing that would drop the POSIX locks that SQLite's connections in
+/// this process hold on the file. Linux only; elsewhere the writer waits.
+fn flush_ahead(database: &Path) {
+    let started = Instant::now();
+    let dir = match database.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    #[cfg(target_os = "linux")]
+    let flushed = std::fs::File::open(dir)
+        .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from));
+    #[cfg(not(target_os = "linux"))]
+    let flushed: std::io::Result<()> = Ok(());
+    match flushed {
+        Ok(()) => tracing::debug!(
+            micros = started.elapsed().as_micros() as u64,
+            "file system synced before the log starts over"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, dir = %dir.display(), "syncing the database's file system failed")
+        }
+    }
 }
 
 /// `PRAGMA wal_checkpoint(PASSIVE)`: the pages in the log and how many of them
@@ -367,9 +410,18 @@ impl SqliteWriter {
                     "writer's checkpoint before the log starts over"
                 );
             }
-            self.compact();
-            if self.fts.due() {
+            // One piece of background work between two commits, the
+            // full-text index and the tail's taking turns when both have work:
+            // back to back they held the next commit back for tens of ms.
+            let index_due = self.fts.due();
+            if index_due && self.index_turn {
                 self.index_pass();
+                self.index_turn = false;
+            } else {
+                if !self.compact() && index_due {
+                    self.index_pass();
+                }
+                self.index_turn = true;
             }
         }
         // Closing: what is not indexed yet is indexed after the next start
@@ -814,29 +866,37 @@ impl SqliteWriter {
     /// Moves the log's tail on to its next generation if due, and drains a
     /// chunk of a closed one if the log keeps delivered entries ([`tail`]),
     /// logging a failure (the entries keep waiting; the next try retries).
-    fn compact(&mut self) {
+    /// Returns whether it moved anything.
+    fn compact(&mut self) -> bool {
         let started = Instant::now();
         let rotated = self
             .tail
             .rotate_if_due(&self.conn, &self.heads, self.fts.next_rowid);
-        self.tail_worked("compacting", started, rotated);
+        let rotated = self.tail_worked("compacting", started, rotated);
         let started = Instant::now();
         let drained = self.tail.drain_step(&self.conn, self.fts.next_rowid);
-        self.tail_worked("draining", started, drained);
+        let drained = self.tail_worked("draining", started, drained);
+        rotated + drained > 0
     }
 
     /// Notes what the tail's `work` (since `started`) moved into `inbox`, and
     /// logs it when it took 1 ms or more (or failed).
-    fn tail_worked(&mut self, work: &str, started: Instant, outcome: Result<Moved>) {
+    /// Returns the entries moved.
+    fn tail_worked(&mut self, work: &str, started: Instant, outcome: Result<Moved>) -> usize {
         match outcome {
             Ok(moved) => {
                 let micros = started.elapsed().as_micros() as u64;
                 if micros >= 1_000 {
                     tracing::debug!(work, micros, moved = moved.entries, "log's tail moved on");
                 }
-                self.note_moved(moved)
+                let entries = moved.entries;
+                self.note_moved(moved);
+                entries
             }
-            Err(error) => tracing::warn!(%error, work, "the log's tail failed; will retry"),
+            Err(error) => {
+                tracing::warn!(%error, work, "the log's tail failed; will retry");
+                0
+            }
         }
     }
 
@@ -867,8 +927,16 @@ impl SqliteWriter {
     /// One full-text pass, logging a failure (the entries stay waiting and the
     /// next pass retries them). Returns whether more may be waiting.
     fn index_pass(&mut self) -> bool {
+        let started = Instant::now();
         match self.try_index_pass() {
-            Ok(more) => more,
+            Ok(more) => {
+                tracing::debug!(
+                    micros = started.elapsed().as_micros() as u64,
+                    more,
+                    "full-text pass"
+                );
+                more
+            }
             Err(error) => {
                 tracing::warn!(%error, "full-text indexing failed; will retry");
                 // Don't spin on a failing database (the idle loop indexes while
