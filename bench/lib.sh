@@ -167,8 +167,9 @@ start_server() {
     prosody)
       render "$REPO/bench/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.cfg.lua" "$port" "$PROSODY_WS_PORT"
       touch "$BENCH_DIR/prosody/prosody.log"
-      # A fresh SQL archive each run, as kith's data is (PROSODY_ARCHIVE=sql).
-      rm -f "$BENCH_DIR/prosody/data/prosody.sqlite"*
+      # A fresh archive each run, as kith's data is: the internal one's files
+      # (per user and day) and the SQL one (PROSODY_ARCHIVE=sql).
+      rm -rf "$BENCH_DIR/prosody/data/localhost/archive" "$BENCH_DIR/prosody/data/prosody.sqlite"*
       chown prosody:prosody "$BENCH_DIR/prosody/prosody.cfg.lua" "$BENCH_DIR/prosody/prosody.log"
       # Prosody refuses to run as root: drop to its user with setpriv (which execs,
       # so the PID is Prosody's own).

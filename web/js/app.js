@@ -52,7 +52,7 @@ export class App extends EventTarget {
     jid = bare(jid);
     let c = this.chats.get(jid);
     if (!c) {
-      c = { jid, name: null, messages: [], byId: new Map(), complete: false, loadedHistory: false, activity: 0,
+      c = { jid, name: null, messages: [], byId: new Map(), complete: false, loadedHistory: false, olderCursor: '', activity: 0,
         typing: false, online: false, lastSeen: null, vcard: null, avatar: null };
       this.chats.set(jid, c);
     }
@@ -382,12 +382,17 @@ export class App extends EventTarget {
     c.loading = true;
     try {
       await this.conn.whenReady();
-      const oldest = c.loadedHistory ? c.messages.find((m) => m.stanzaId)?.stanzaId || '' : '';
+      // The page before the last one fetched (RSM <first>), or before the oldest
+      // message shown: a page of reactions, receipts or edits adds no message
+      // but still moves the cursor back.
+      const oldest = !c.loadedHistory ? '' : c.olderCursor || c.messages.find((m) => m.stanzaId)?.stanzaId || '';
       const page = await this.mam(c.group ? { room: jid, before: oldest } : { with: jid, before: oldest });
       this.applyArchived(page.items);
       c.loadedHistory = true;
-      c.complete = page.complete || page.items.length === 0;
-      return page.items.length > 0;
+      const moved = !!page.first && page.first !== oldest;
+      if (moved) c.olderCursor = page.first;
+      c.complete = page.complete || page.items.length === 0 || !moved;
+      return moved;
     } catch (e) {
       return false; // offline or refused: the next scroll tries again
     } finally {

@@ -79,13 +79,18 @@ mod types;
 mod uploads;
 
 /// Faults injected into the store, for its own tests (feature
-/// `fault-injection`, never on in a release build of the server).
+/// `fault-injection`, which only kith-store's tests turn on; a build that
+/// has it, e.g. a workspace-wide `cargo test`, behaves the same until a test
+/// arms a fault).
 #[cfg(feature = "fault-injection")]
 pub mod fault {
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     static ARMED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    /// Whether a fault was ever armed: until then a commit looks no further.
+    static EVER: AtomicBool = AtomicBool::new(false);
 
     fn canonical(path: &Path) -> PathBuf {
         std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
@@ -100,10 +105,14 @@ pub mod fault {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         armed.push(canonical(database));
+        EVER.store(true, Ordering::Release);
     }
 
     /// Whether a fault is armed for `database`, disarming it.
     pub(crate) fn take(database: &str) -> bool {
+        if !EVER.load(Ordering::Acquire) {
+            return false;
+        }
         let database = canonical(Path::new(database));
         let mut armed = ARMED
             .lock()

@@ -22,7 +22,10 @@ export function mountConversation(app, { onBack }) {
   let typingSent = null;
   let pausedTimer = null;
 
+  let olderRetry = null; // the next look for older pages (olderIfAtTop)
+
   function open(next) {
+    clearTimeout(olderRetry);
     jid = next;
     context = null;
     dividerAt = readMarks.get(jid);
@@ -46,6 +49,7 @@ export function mountConversation(app, { onBack }) {
   }
 
   function close() {
+    clearTimeout(olderRetry);
     jid = null;
     $('chat').hidden = true;
     $('empty').hidden = false;
@@ -312,7 +316,6 @@ export function mountConversation(app, { onBack }) {
   // scroll, and again after each page: a page too short to move the view off the
   // top, or a scroll to the top while a page was loading, fires no further scroll
   // event. A page that failed (offline, refused) is tried again after a while.
-  let olderRetry = null;
   function olderIfAtTop() {
     clearTimeout(olderRetry);
     if (!jid || box.scrollTop > 80) return;

@@ -163,7 +163,8 @@ struct SqliteWriter {
     /// `inbox` ([`tail`]).
     tail: Tail,
     fts: Fts,
-    /// Whether the full-text index has the next turn of background work.
+    /// Whether a full-text pass may follow the tail's step between the next
+    /// two commits (one did not between the last two).
     index_turn: bool,
     /// Stopped (and waited for) when the writer ends.
     checkpointer: Checkpointer,
@@ -288,17 +289,15 @@ fn writer_busy(tries: i32) -> bool {
 /// file system, not `fsync` on a descriptor of the database file opened
 /// here: closing that would drop the POSIX locks that SQLite's connections in
 /// this process hold on the file. Linux only; elsewhere the writer waits.
+#[cfg(target_os = "linux")]
 fn flush_ahead(database: &Path) {
     let started = Instant::now();
     let dir = match database.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    #[cfg(target_os = "linux")]
     let flushed = std::fs::File::open(dir)
         .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from));
-    #[cfg(not(target_os = "linux"))]
-    let flushed: std::io::Result<()> = Ok(());
     match flushed {
         Ok(()) => tracing::debug!(
             micros = started.elapsed().as_micros() as u64,
@@ -309,6 +308,11 @@ fn flush_ahead(database: &Path) {
         }
     }
 }
+
+/// Elsewhere the writer's last checkpoint before the log starts over waits
+/// for the disk.
+#[cfg(not(target_os = "linux"))]
+fn flush_ahead(_database: &Path) {}
 
 /// `PRAGMA wal_checkpoint(PASSIVE)`: the pages in the log and how many of them
 /// are copied into the database; `None` (logged) if it failed.
@@ -410,17 +414,16 @@ impl SqliteWriter {
                     "writer's checkpoint before the log starts over"
                 );
             }
-            // One piece of background work between two commits, the
-            // full-text index and the tail's taking turns when both have work:
-            // back to back they held the next commit back for tens of ms.
-            let index_due = self.fts.due();
-            if index_due && self.index_turn {
+            // Background work between two commits: the tail's step each
+            // time (a closed generation must be moved before it is used
+            // again), a full-text pass at most every other time while the
+            // tail has work (back to back they held the next commit back for
+            // tens of ms).
+            let tail_worked = self.compact();
+            if self.fts.due() && (!tail_worked || self.index_turn) {
                 self.index_pass();
                 self.index_turn = false;
             } else {
-                if !self.compact() && index_due {
-                    self.index_pass();
-                }
                 self.index_turn = true;
             }
         }
@@ -746,7 +749,9 @@ impl SqliteWriter {
                 self.tail.settled(settles);
                 self.tail.committed(added);
             }
-            Err(error) if added.is_empty() => return Err(error.into()),
+            // Nothing written to a tail file: the main file's commit failed
+            // alone, and nothing is stored.
+            Err(error) if added.is_empty() && moved.entries == 0 => return Err(error.into()),
             Err(error) => {
                 // With a tail file written, SQLite commits the main file's WAL
                 // first, then the tail's: the main file's part may stand
@@ -756,6 +761,9 @@ impl SqliteWriter {
                 // its live members' fill marks without their copies.
                 let rows = rows(true).filter(|(i, _)| written[*i]).map(|(_, row)| row);
                 let (repaired, lowest) = self.repair_partial(witness, rows, &error)?;
+                // The current generation's file may hold some of the rows
+                // all the same: replaced before it is used again.
+                self.tail.committed_unknown();
                 with_body += repaired;
                 lowest_rowid = lowest_rowid.min(lowest);
                 // The tail is left as it is, and counted as still holding what
@@ -854,8 +862,10 @@ impl SqliteWriter {
                 }
             }
         }
-        if lowest_rowid < self.fts.next_rowid {
-            tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")
+        // The mark as committed (the failed commit may have lowered it
+        // already), never raised.
+        if with_body > 0 {
+            tx.prepare_cached("UPDATE fts_state SET next_rowid = MIN(next_rowid, ?1)")
                 .and_then(|mut update| update.execute(params![lowest_rowid]))
                 .map_err(|_| partial())?;
         }
@@ -866,17 +876,18 @@ impl SqliteWriter {
     /// Moves the log's tail on to its next generation if due, and drains a
     /// chunk of a closed one if the log keeps delivered entries ([`tail`]),
     /// logging a failure (the entries keep waiting; the next try retries).
-    /// Returns whether it moved anything.
+    /// Returns whether it did any (a rotation, or entries moved).
     fn compact(&mut self) -> bool {
         let started = Instant::now();
+        let generation = self.tail.current_table();
         let rotated = self
             .tail
             .rotate_if_due(&self.conn, &self.heads, self.fts.next_rowid);
-        let rotated = self.tail_worked("compacting", started, rotated);
+        let moved = self.tail_worked("compacting", started, rotated);
+        let rotated = moved > 0 || self.tail.current_table() != generation;
         let started = Instant::now();
         let drained = self.tail.drain_step(&self.conn, self.fts.next_rowid);
-        let drained = self.tail_worked("draining", started, drained);
-        rotated + drained > 0
+        rotated || self.tail_worked("draining", started, drained) > 0
     }
 
     /// Notes what the tail's `work` (since `started`) moved into `inbox`, and

@@ -565,6 +565,13 @@ impl Tail {
     }
 
     /// After the commit that appended `added` to the current generation.
+    /// After a commit that failed part-way with rows for the current
+    /// generation: its file may hold some of them, unknown here; it is
+    /// replaced, not reused as it is, before it takes entries again.
+    pub(super) fn committed_unknown(&mut self) {
+        self.dirty[self.current] = true;
+    }
+
     pub(super) fn committed(&mut self, added: Vec<Added>) {
         if added.is_empty() {
             return;
