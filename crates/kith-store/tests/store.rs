@@ -1674,6 +1674,22 @@ async fn files_left_in_the_tail_are_recovered_or_set_aside() {
     .await;
 }
 
+/// A store with alice and bob, the log's tail on (delivered entries dropped)
+/// and only alice with a session; and a raw pool on its database.
+async fn alice_with_a_session(db: &TestDb) -> (Store, sqlx::AnyPool) {
+    let s = db.open().await;
+    let raw = db.raw().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    s.create_user("bob", &creds(2)).await.unwrap();
+    s.set_tail(
+        Some(std::sync::Arc::new(|owner: &str| owner == "alice")),
+        Delivered::Dropped,
+    )
+    .await
+    .unwrap();
+    (s, raw)
+}
+
 /// SQLite commits a transaction's files one by one, the main file first; the
 /// log's tail failing after it (a full disk) is injected here. An entry the
 /// batch wrote to the main file tells that it committed: the tail's rows then
@@ -1683,16 +1699,7 @@ async fn files_left_in_the_tail_are_recovered_or_set_aside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_failing_after_the_main_file_loses_nothing_acknowledged() {
     run_sqlite(|db: TestDb| async move {
-        let s = db.open().await;
-        let raw = db.raw().await;
-        s.create_user("alice", &creds(1)).await.unwrap();
-        s.create_user("bob", &creds(2)).await.unwrap();
-        s.set_tail(
-            Some(std::sync::Arc::new(|owner: &str| owner == "alice")),
-            Delivered::Dropped,
-        )
-        .await
-        .unwrap();
+        let (s, raw) = alice_with_a_session(&db).await;
         let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
         let database = std::path::Path::new(database);
 
@@ -1739,16 +1746,7 @@ async fn a_tail_failing_after_the_main_file_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
     run_sqlite(|db: TestDb| async move {
-        let s = db.open().await;
-        let raw = db.raw().await;
-        s.create_user("alice", &creds(1)).await.unwrap();
-        s.create_user("bob", &creds(2)).await.unwrap();
-        s.set_tail(
-            Some(std::sync::Arc::new(|owner: &str| owner == "alice")),
-            Delivered::Dropped,
-        )
-        .await
-        .unwrap();
+        let (s, raw) = alice_with_a_session(&db).await;
         s.inbox_append_all(&[
             ("alice", entry("a0", "<message/>", 100)),
             ("bob", entry("b0", "<message/>", 100)),
