@@ -583,6 +583,9 @@ impl SqliteWriter {
         // Readers waiting on a settle see the owner's entries in `inbox`.
         let mut moved = Moved::none();
         let settles: &[&str] = &plan.settles;
+        // A settle of an owner with waiting entries deletes them from the
+        // tail's files (even when none of them is new to `inbox`).
+        let settles_tail = settles.iter().any(|owner| self.tail.waits(owner));
         for owner in settles {
             moved.add(self.tail.settle(&tx, owner)?);
         }
@@ -686,7 +689,7 @@ impl SqliteWriter {
         // A reused rowid below the index's mark must not be skipped by it.
         let lowered = lowest_rowid < self.fts.next_rowid;
         if lowered {
-            tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
+            tx.prepare_cached("UPDATE fts_state SET next_rowid = MIN(next_rowid, ?1)")?
                 .execute(params![lowest_rowid])?;
         }
 
@@ -751,7 +754,7 @@ impl SqliteWriter {
             }
             // Nothing written to a tail file: the main file's commit failed
             // alone, and nothing is stored.
-            Err(error) if added.is_empty() && moved.entries == 0 => return Err(error.into()),
+            Err(error) if added.is_empty() && !settles_tail => return Err(error.into()),
             Err(error) => {
                 // With a tail file written, SQLite commits the main file's WAL
                 // first, then the tail's: the main file's part may stand
@@ -760,6 +763,13 @@ impl SqliteWriter {
                 // otherwise a group message would be in its room's log and past
                 // its live members' fill marks without their copies.
                 let rows = rows(true).filter(|(i, _)| written[*i]).map(|(_, row)| row);
+                // An entry this batch wrote to `inbox`; else the first one a
+                // settle moved there (a rowid new to `inbox`).
+                let witness = match witness {
+                    Some((owner, seq)) => Some(Witness::Entry(owner, seq)),
+                    None if moved.entries > 0 => Some(Witness::Rowid(moved.lowest_rowid)),
+                    None => None,
+                };
                 let (repaired, lowest) = self.repair_partial(witness, rows, &error)?;
                 // The current generation's file may hold some of the rows
                 // all the same: replaced before it is used again.
@@ -812,29 +822,36 @@ impl SqliteWriter {
     /// After a commit that failed with rows appended to the log's tail: did
     /// the main file commit? SQLite commits the files of a transaction one by
     /// one, the main file first, so if it did not, nothing did — a plain error,
-    /// which the caller retries job by job. If it did (the `witness`, an entry
+    /// which the caller retries job by job. If it did (the `witness`, a row
     /// the batch wrote to `inbox`, is there), the tail's part may be lost:
     /// `rows` go into `inbox` (`ON CONFLICT DO NOTHING`: a tail file that did
     /// commit moves its copies later and skips them). Without a witness (the
-    /// main file had only acks, attaches or settles) nothing tells; the batch
-    /// fails as [`StoreError::PartialCommit`] (a retry could store twice).
+    /// main file had only acks, attaches, or settles that moved nothing new)
+    /// nothing tells; the batch fails as [`StoreError::PartialCommit`] (a
+    /// retry could store twice).
     /// Returns how many rows with a body went in and the lowest rowid among
     /// them.
     fn repair_partial<'r>(
         &mut self,
-        witness: Option<(&str, i64)>,
+        witness: Option<Witness<'_>>,
         rows: impl Iterator<Item = (&'r str, i64, &'r OwnedEntry)>,
         error: &rusqlite::Error,
     ) -> Result<(usize, i64)> {
         let partial = || StoreError::PartialCommit(error.to_string());
-        let Some((owner, seq)) = witness else {
+        let Some(witness) = witness else {
             return Err(partial());
         };
-        let main_committed = self
-            .conn
-            .prepare_cached("SELECT 1 FROM inbox WHERE owner = ?1 AND seq = ?2")
-            .and_then(|mut found| found.exists(params![owner, seq]))
-            .map_err(|_| partial())?;
+        let main_committed = match witness {
+            Witness::Entry(owner, seq) => self
+                .conn
+                .prepare_cached("SELECT 1 FROM inbox WHERE owner = ?1 AND seq = ?2")
+                .and_then(|mut found| found.exists(params![owner, seq])),
+            Witness::Rowid(rowid) => self
+                .conn
+                .prepare_cached("SELECT 1 FROM inbox WHERE rowid = ?1")
+                .and_then(|mut found| found.exists(params![rowid])),
+        }
+        .map_err(|_| partial())?;
         if !main_committed {
             return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
@@ -1071,6 +1088,16 @@ impl Drop for Immediate<'_> {
             tracing::warn!(%error, "rolling back the writer's transaction failed");
         }
     }
+}
+
+/// A row a batch wrote to `inbox`, looked for after its commit failed
+/// part-way: there, the main file committed.
+enum Witness<'w> {
+    /// An entry appended (owner, number).
+    Entry(&'w str, i64),
+    /// The lowest rowid of the entries a settle moved (new rowids: none
+    /// existed before the batch, and only the writer inserts).
+    Rowid(i64),
 }
 
 /// An entry's values in the order of `tail::COLUMNS`.

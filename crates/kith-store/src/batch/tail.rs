@@ -45,7 +45,7 @@
 //! transaction spanning the tail's files and the main one is atomic per file,
 //! not across them (SQLite commits WAL files one by one, the main file
 //! first): nothing is answered before the whole commit returns; after a
-//! commit that failed with tail rows written, the writer looks for an entry
+//! commit that failed with a tail file written, the writer looks for a row
 //! the batch wrote to `inbox`: there, the main file committed and the tail
 //! rows are written into `inbox` (the batch stands); not there, nothing
 //! committed (the jobs are retried one by one); no such entry to look for,
@@ -628,6 +628,12 @@ impl Tail {
         }
     }
 
+    /// Whether `owner` has entries waiting (a [`Tail::settle`] of it writes
+    /// to the tail's files).
+    pub(super) fn waits(&self, owner: &str) -> bool {
+        self.waiting.get(owner).is_some_and(|q| !q.is_empty())
+    }
+
     /// Moves all of `owner`'s waiting entries into `inbox` (in the caller's
     /// transaction); [`Tail::settled`] after it commits.
     pub(super) fn settle(&self, conn: &Connection, owner: &str) -> Result<Moved> {
@@ -1027,7 +1033,9 @@ impl Tail {
 /// transaction, should a moved entry's rowid be below it.
 fn lower_fts_mark(conn: &Connection, moved: &Moved, fts_next_rowid: i64) -> Result<()> {
     if moved.lowest_rowid < fts_next_rowid {
-        conn.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
+        // Against the durable mark too: after a commit that failed part-way
+        // the one in memory may be above it.
+        conn.prepare_cached("UPDATE fts_state SET next_rowid = MIN(next_rowid, ?1)")?
             .execute(params![moved.lowest_rowid])?;
     }
     Ok(())
