@@ -770,10 +770,11 @@ impl SqliteWriter {
                     None if moved.entries > 0 => Some(Witness::Rowid(moved.lowest_rowid)),
                     None => None,
                 };
-                let (repaired, lowest) = self.repair_partial(witness, rows, &error)?;
                 // The current generation's file may hold some of the rows
-                // all the same: replaced before it is used again.
+                // all the same (whatever comes of the repair): replaced
+                // before it is used again.
                 self.tail.committed_unknown();
+                let (repaired, lowest) = self.repair_partial(witness, rows, &error)?;
                 with_body += repaired;
                 lowest_rowid = lowest_rowid.min(lowest);
                 // The tail is left as it is, and counted as still holding what
