@@ -241,10 +241,8 @@ async def test_history_scrolls_back_through_the_archive(peers, tabs):
     for _ in range(15):
         if await tab.bubble("old message 001").count():
             break
-        # As a reader does: a little down, then to the top again. Setting
-        # `scrollTop = 0` on a view already at the top fires no scroll event,
-        # so a scroll that came while a page was still loading was never
-        # followed by another (a flake on a loaded machine).
+        # As a reader does: a little down, then to the top again (setting
+        # `scrollTop = 0` on a view already at the top fires no scroll event).
         await messages.evaluate("el => el.scrollTop = 200")
         await asyncio.sleep(0.1)
         await messages.evaluate("el => el.scrollTop = 0")

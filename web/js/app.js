@@ -382,10 +382,10 @@ export class App extends EventTarget {
     c.loading = true;
     try {
       await this.conn.whenReady();
-      // The page before the last one fetched (RSM <first>), or before the oldest
-      // message shown: a page of reactions, receipts or edits adds no message
-      // but still moves the cursor back.
-      const oldest = !c.loadedHistory ? '' : c.olderCursor || c.messages.find((m) => m.stanzaId)?.stanzaId || '';
+      // The page before the last one fetched (its RSM <first>; the newest page
+      // first): a page of reactions, receipts or edits adds no message but
+      // still moves the cursor back.
+      const oldest = c.olderCursor;
       const page = await this.mam(c.group ? { room: jid, before: oldest } : { with: jid, before: oldest });
       this.applyArchived(page.items);
       c.loadedHistory = true;

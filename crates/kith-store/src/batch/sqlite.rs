@@ -662,11 +662,7 @@ impl SqliteWriter {
         // that failed part-way, it says the main file committed.
         let mut witness: Option<(&str, i64)> = None;
         {
-            let mut insert = tx.prepare_cached(&format!(
-                "INSERT INTO inbox ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                 ON CONFLICT DO NOTHING",
-                tail::COLUMNS
-            ))?;
+            let mut insert = insert_entry(&tx)?;
             for (i, (owner, seq, entry)) in rows(false) {
                 // A key the tail has (or had) is a duplicate too.
                 if let Some(origin) = entry.origin()
@@ -833,7 +829,7 @@ impl SqliteWriter {
     /// Returns how many rows with a body went in and the lowest rowid among
     /// them.
     fn repair_partial<'r>(
-        &mut self,
+        &self,
         witness: Option<Witness<'_>>,
         rows: impl Iterator<Item = (&'r str, i64, &'r OwnedEntry)>,
         error: &rusqlite::Error,
@@ -859,36 +855,34 @@ impl SqliteWriter {
                 Some(format!("the commit failed: {error}")),
             )));
         }
-        let tx = Immediate::begin(&self.conn).map_err(|_| partial())?;
-        let mut with_body = 0;
-        let mut lowest_rowid = i64::MAX;
-        {
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO inbox ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                     ON CONFLICT DO NOTHING",
-                    tail::COLUMNS
-                ))
-                .map_err(|_| partial())?;
-            for (owner, seq, entry) in rows {
-                let changed = insert
-                    .execute(rusqlite::params_from_iter(entry_params(owner, seq, entry)))
-                    .map_err(|_| partial())?;
-                if changed == 1 && entry.has_body {
-                    with_body += 1;
-                    lowest_rowid = lowest_rowid.min(tx.last_insert_rowid());
+        let repaired = (|| -> rusqlite::Result<(usize, i64)> {
+            let tx = Immediate::begin(&self.conn)?;
+            let mut with_body = 0;
+            let mut lowest_rowid = i64::MAX;
+            {
+                let mut insert = insert_entry(&tx)?;
+                for (owner, seq, entry) in rows {
+                    let changed = insert
+                        .execute(rusqlite::params_from_iter(entry_params(owner, seq, entry)))?;
+                    if changed == 1 && entry.has_body {
+                        with_body += 1;
+                        lowest_rowid = lowest_rowid.min(tx.last_insert_rowid());
+                    }
                 }
             }
-        }
-        // The mark as committed (the failed commit may have lowered it
-        // already), never raised.
-        if with_body > 0 {
-            tx.prepare_cached("UPDATE fts_state SET next_rowid = MIN(next_rowid, ?1)")
-                .and_then(|mut update| update.execute(params![lowest_rowid]))
-                .map_err(|_| partial())?;
-        }
-        tx.commit().map_err(|_| partial())?;
-        Ok((with_body, lowest_rowid))
+            // The mark as committed (the failed commit may have lowered it
+            // already), never raised.
+            if with_body > 0 {
+                tx.prepare_cached("UPDATE fts_state SET next_rowid = MIN(next_rowid, ?1)")?
+                    .execute(params![lowest_rowid])?;
+            }
+            tx.commit()?;
+            Ok((with_body, lowest_rowid))
+        })();
+        repaired.map_err(|repair| {
+            tracing::error!(%repair, "writing the log's tail rows into inbox failed");
+            partial()
+        })
     }
 
     /// Moves the log's tail on to its next generation if due, and drains a
@@ -1099,6 +1093,16 @@ enum Witness<'w> {
     /// The lowest rowid of the entries a settle moved (new rowids: none
     /// existed before the batch, and only the writer inserts).
     Rowid(i64),
+}
+
+/// Appends an entry to `inbox` (values from [`entry_params`]), skipping one
+/// whose origin key the owner's log already has.
+fn insert_entry(conn: &Connection) -> rusqlite::Result<rusqlite::CachedStatement<'_>> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO inbox ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT DO NOTHING",
+        tail::COLUMNS
+    ))
 }
 
 /// An entry's values in the order of `tail::COLUMNS`.
