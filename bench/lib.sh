@@ -222,6 +222,26 @@ stop_server() {
   esac
 }
 
+# The server a script has running (start_current), stopped by stop_current (also
+# as the script's EXIT trap).
+current=""
+# Starts SERVER as the current one, its PIDs in $pids. A server that did not start
+# (e.g. its port is taken by another run) is logged and not made current:
+# stopping it would kill whatever process the shared pid file names.
+start_current() {
+  if ! pids="$(start_server "$1")"; then
+    log "$1 did not start; skipping it"
+    return 1
+  fi
+  current="$1"
+}
+# `if`, not `&&`: under `set -e` a false test as a trap's last command made a
+# finished run exit 1.
+stop_current() {
+  if [[ -n "$current" ]]; then stop_server "$current"; fi
+  current=""
+}
+
 # Runs kith-bench against SERVER, pinned to LOADGEN_CPU.
 bench() { # server pids... -- args...
   local server="$1"; shift

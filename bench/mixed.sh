@@ -21,11 +21,10 @@ GROUP_MEMBERS="${GROUP_MEMBERS:-1024}"
 GROUP_ONLINE="${GROUP_ONLINE:-50}"
 mkdir -p "$RESULTS"
 
-current=""
 group_pid=""
 cleanup() {
   if [[ -n "$group_pid" ]]; then kill "$group_pid" 2>/dev/null || true; fi
-  if [[ -n "$current" ]]; then stop_server "$current"; fi
+  stop_current
 }
 trap cleanup EXIT INT TERM
 
@@ -42,11 +41,7 @@ steps=$(($(tr ',' '\n' <<<"$CHAT_RATES" | wc -l)))
 group_secs=$((steps * (CHAT_STEP_SECS + 3) + 40))
 
 for server in $SERVERS; do
-  if ! pids="$(start_server "$server")"; then
-    log "$server did not start; skipping it"
-    continue
-  fi
-  current="$server"
+  start_current "$server" || continue
   sleep 2
   log "$server: chat alone"
   chat "$server" "$pids" alone || log "$server: chat alone failed"
@@ -63,8 +58,7 @@ for server in $SERVERS; do
   wait "$group_pid" || log "$server: the group run failed"
   group_pid=""
   cat "$RESULTS/$server-group.txt"
-  stop_server "$server"
-  current=""
+  stop_current
   sleep 2
 done
 log "results in $RESULTS"

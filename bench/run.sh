@@ -30,29 +30,18 @@ esac
 # Extra arguments replace the defaults entirely when given.
 if [[ $# -gt 0 ]]; then defaults=("$@"); fi
 
-current=""
-# `if`, not `&&`: under `set -e` a false test as the trap's last command made a
-# finished run exit 1.
-cleanup() { if [[ -n "$current" ]]; then stop_server "$current"; fi; }
-trap cleanup EXIT INT TERM
+trap stop_current EXIT INT TERM
 
 log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (Prosody's in PROSODY_ARCHIVE=$PROSODY_ARCHIVE storage; kith logs every message for delivery either way); TLS=$TLS"
 for server in $SERVERS; do
   log "$SCENARIO on $server"
-  # A server that did not start (e.g. its port is taken by another run) is skipped:
-  # stopping it would kill whatever process the shared pid file names.
-  if ! pids="$(start_server "$server")"; then
-    log "$server did not start; skipping it"
-    continue
-  fi
-  current="$server"
+  start_current "$server" || continue
   sleep 2 # let the server finish starting before the baseline is read
   log "$server pids: $pids"
   # shellcheck disable=SC2086
   bench "$server" $pids -- "$SCENARIO" "${defaults[@]}" --json "$RESULTS/$server-$SCENARIO.json" \
     | tee "$RESULTS/$server-$SCENARIO.txt" || log "$server: kith-bench failed"
-  stop_server "$server"
-  current=""
+  stop_current
   sleep 2
 done
 

@@ -43,16 +43,10 @@ cpu_ticks() { # pids... -> utime + stime of all, in clock ticks
   echo "$total"
 }
 
-current=""
-cleanup() { if [[ -n "$current" ]]; then stop_server "$current"; fi; }
-trap cleanup EXIT INT TERM
+trap stop_current EXIT INT TERM
 log "Tsung chat: $USERS users, $RATE msg/s for $SECS s (ARCHIVE=$ARCHIVE, TLS=$TLS)"
 for server in $SERVERS; do
-  if ! pids="$(start_server "$server")"; then
-    log "$server did not start; skipping it"
-    continue
-  fi
-  current="$server"
+  start_current "$server" || continue
   sleep 2
   # shellcheck disable=SC2086
   set -- $pids
@@ -89,8 +83,7 @@ for server in $SERVERS; do
     kill -TERM "$tsung_pid" 2>/dev/null || true
   fi
   wait "$tsung_pid" || log "$server: tsung exited with an error"
-  stop_server "$server"
-  current=""
+  stop_current
   python3 - "$server" "$RESULTS" "$t0" "$t1" "$c0" "$c1" "$(getconf CLK_TCK)" "$RATE" "$USERS" <<'PY'
 import glob, json, sys
 server, results, t0, t1, c0, c1, hz, rate, users = sys.argv[1:]

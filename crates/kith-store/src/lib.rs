@@ -88,7 +88,16 @@ pub mod fault {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    static ARMED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    /// Which commit of the log's tail fails.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Kind {
+        /// One that appends rows to the tail.
+        Append,
+        /// One that settles an owner (moves its waiting rows into `inbox`).
+        Settle,
+    }
+
+    static ARMED: Mutex<Vec<(PathBuf, Kind)>> = Mutex::new(Vec::new());
     /// Whether a fault was ever armed: until then a commit looks no further.
     static EVER: AtomicBool = AtomicBool::new(false);
 
@@ -96,20 +105,32 @@ pub mod fault {
         std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
     }
 
+    fn arm(database: &Path, kind: Kind) {
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        armed.push((canonical(database), kind));
+        EVER.store(true, Ordering::Release);
+    }
+
     /// The next commit of the inbox-log writer of the SQLite database at
     /// `database` that appends rows to the log's tail fails as one does when
     /// the tail's file fails after the main file committed (a full disk): the
     /// main file's part stands, the tail's rows are gone.
     pub fn fail_next_tail_commit(database: &Path) {
-        let mut armed = ARMED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        armed.push(canonical(database));
-        EVER.store(true, Ordering::Release);
+        arm(database, Kind::Append);
     }
 
-    /// Whether a fault is armed for `database`, disarming it.
-    pub(crate) fn take(database: &str) -> bool {
+    /// The next commit of that writer that settles an owner with entries
+    /// waiting in the tail fails the same way: the entries it moved into
+    /// `inbox` are there, and the tail's file still holds them (its deletions
+    /// did not commit).
+    pub fn fail_next_tail_settle(database: &Path) {
+        arm(database, Kind::Settle);
+    }
+
+    /// Whether a fault of `kind` is armed for `database`, disarming it.
+    pub(crate) fn take(database: &str, kind: Kind) -> bool {
         if !EVER.load(Ordering::Acquire) {
             return false;
         }
@@ -117,7 +138,10 @@ pub mod fault {
         let mut armed = ARMED
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match armed.iter().position(|path| *path == database) {
+        match armed
+            .iter()
+            .position(|(path, k)| *path == database && *k == kind)
+        {
             Some(at) => {
                 armed.swap_remove(at);
                 true

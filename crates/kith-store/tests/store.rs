@@ -1743,6 +1743,55 @@ async fn a_tail_failing_after_the_main_file_loses_nothing_acknowledged() {
     .await;
 }
 
+/// The same for a settle (a read, a login) of an owner whose entries wait in
+/// the tail: its part of the commit — their deletion from the tail's file —
+/// failing after the main file moved them into `inbox`. The entries moved are
+/// the witness: the read goes on and sees them once; the next settle moves
+/// nothing twice and empties the tail; numbering goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_failing_after_the_main_file_moves_nothing_twice() {
+    run_sqlite(|db: TestDb| async move {
+        let (s, raw) = alice_with_a_session(&db).await;
+        let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
+        let database = std::path::Path::new(database);
+        for (i, id) in ["a0", "a1"].into_iter().enumerate() {
+            s.inbox_append("alice", &entry(id, "<message/>", 100 + i as i64))
+                .await
+                .unwrap();
+        }
+        assert_eq!(in_tail(&db).await, 2);
+        assert_eq!(in_log(&raw).await, []);
+
+        fault::fail_next_tail_settle(database);
+        assert_eq!(ids_of(&s, "alice").await, ["a0", "a1"]);
+        assert_eq!(in_tail(&db).await, 2, "the tail's deletions did not commit");
+        assert_eq!(
+            in_log(&raw).await,
+            [("alice".to_owned(), 1), ("alice".to_owned(), 2)]
+        );
+
+        // Settled again before the next read: nothing is moved twice.
+        assert_eq!(ids_of(&s, "alice").await, ["a0", "a1"]);
+        assert_eq!(in_tail(&db).await, 0);
+        assert_eq!(
+            s.inbox_append("alice", &entry("a2", "<message/>", 102))
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(ids_of(&s, "alice").await, ["a0", "a1", "a2"]);
+        assert_eq!(
+            in_log(&raw).await,
+            [
+                ("alice".to_owned(), 1),
+                ("alice".to_owned(), 2),
+                ("alice".to_owned(), 3)
+            ]
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_entries_of_owners_with_a_session_wait_in_the_tail() {
     run_sqlite(|db: TestDb| async move {

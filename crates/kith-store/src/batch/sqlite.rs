@@ -586,8 +586,18 @@ impl SqliteWriter {
         // A settle of an owner with waiting entries deletes them from the
         // tail's files (even when none of them is new to `inbox`).
         let settles_tail = settles.iter().any(|owner| self.tail.waits(owner));
+        // An injected failure of the tail's part of this commit leaves the
+        // rows a settle deletes there.
+        #[cfg(feature = "fault-injection")]
+        let settle_fault = settles_tail
+            && crate::fault::take(
+                self.conn.path().unwrap_or_default(),
+                crate::fault::Kind::Settle,
+            );
+        #[cfg(not(feature = "fault-injection"))]
+        let settle_fault = false;
         for owner in settles {
-            moved.add(self.tail.settle(&tx, owner)?);
+            moved.add(self.tail.settle(&tx, owner, !settle_fault)?);
         }
 
         // Entries whose origin key is already in the log are skipped
@@ -742,7 +752,7 @@ impl SqliteWriter {
         }
         let committed = tx.commit();
         #[cfg(feature = "fault-injection")]
-        let committed = committed.and_then(|()| self.injected_tail_failure(&added));
+        let committed = committed.and_then(|()| self.injected_tail_failure(&added, settle_fault));
         match committed {
             Ok(()) => {
                 self.tail.settled(settles);
@@ -795,12 +805,22 @@ impl SqliteWriter {
         Ok(answers)
     }
 
-    /// [`crate::fault::fail_next_tail_commit`]: if armed for this database,
-    /// takes the rows a commit just appended to the tail back out and fails
-    /// — the state a tail file failing after the main file committed leaves.
+    /// [`crate::fault::fail_next_tail_commit`] and
+    /// [`crate::fault::fail_next_tail_settle`]: if one is armed for this
+    /// database (the second one's `settle_fault` taken in `write`, whose
+    /// settles then kept their rows), takes the rows the commit just appended
+    /// to the tail back out and fails — the state a tail file failing after
+    /// the main file committed leaves.
     #[cfg(feature = "fault-injection")]
-    fn injected_tail_failure(&self, added: &[Added]) -> rusqlite::Result<()> {
-        if added.is_empty() || !crate::fault::take(self.conn.path().unwrap_or_default()) {
+    fn injected_tail_failure(&self, added: &[Added], settle_fault: bool) -> rusqlite::Result<()> {
+        let append_fault = || {
+            !added.is_empty()
+                && crate::fault::take(
+                    self.conn.path().unwrap_or_default(),
+                    crate::fault::Kind::Append,
+                )
+        };
+        if !settle_fault && !append_fault() {
             return Ok(());
         }
         let mut delete = self.conn.prepare(&format!(
