@@ -7,7 +7,8 @@
 #   bench/tsung.sh RATE SECS        e.g. bench/tsung.sh 2000 20
 #
 # USERS (200) users log in (STARTTLS, SASL PLAIN: Tsung has no SCRAM), then each
-# sends a 64-byte message to a random one of them every USERS/RATE s for SECS s,
+# sends a 64-byte message to a random one of them, on average every USERS/RATE s
+# (TSUNG_PACING, below), for SECS s,
 # stamped: the receiver's Tsung records its latency (xmpp_msg_latency). The
 # server's CPU is read from /proc over the middle of the sending (from 3 s after
 # every user is connected to 3 s before the sending's planned end) and divided by
@@ -17,7 +18,7 @@
 # no loss count (kith-bench's is). Writes RESULTS/SERVER.json and a table with
 # the CPU ratios. Run bench/setup-anchors.sh first.
 # Environment: see bench/lib.sh (TLS=on only: Tsung's XMPP needs STARTTLS here),
-# SERVERS, RESULTS.
+# SERVERS, RESULTS, TSUNG_PACING.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RATE="${1:?usage: bench/tsung.sh RATE SECS}"
 SECS="${2:?seconds of sending}"
@@ -33,6 +34,15 @@ for i in $(seq "$USERS"); do echo "user$i,$BENCH_PASSWORD"; done >"$users_csv"
 # Each user's interval between two messages, in seconds.
 interval="$(python3 -c "print(round($USERS / $RATE, 6))")"
 messages="$(python3 -c "print(int($SECS * $RATE / $USERS))")"
+# TSUNG_PACING: poisson (the default) draws each pause from an exponential
+# distribution with that mean, so the users' messages arrive independently;
+# fixed pauses keep the users in step after the barrier — every user sends at
+# once, every interval.
+case "${TSUNG_PACING:-poisson}" in
+  poisson) random=true ;;
+  fixed) random=false ;;
+  *) log "TSUNG_PACING must be poisson or fixed"; exit 1 ;;
+esac
 
 cpu_ticks() { # pids... -> utime + stime of all, in clock ticks
   local total=0 pid fields
@@ -53,7 +63,7 @@ for server in $SERVERS; do
   sed -e "s|@PORT@|$(port_of "$server")|g" -e "s|@USERS@|$USERS|g" \
     -e "s|@ARRIVAL_MS@|$((USERS * 10 + 5000))|g" -e "s|@ARRIVAL_RATE@|100|g" \
     -e "s|@USERS_CSV@|$users_csv|g" -e "s|@CA@|$BENCH_DIR/tls/ca.pem|g" \
-    -e "s|@MESSAGES@|$messages|g" -e "s|@INTERVAL@|$interval|g" \
+    -e "s|@MESSAGES@|$messages|g" -e "s|@INTERVAL@|$interval|g" -e "s|@RANDOM@|$random|g" \
     "$REPO/bench/tsung/chat.xml" >"$RESULTS/$server.xml"
   rm -rf "$RESULTS/$server-log"
   mkdir -p "$RESULTS/$server-log"
