@@ -516,8 +516,7 @@ async fn a_tail_failing_after_the_main_file_loses_no_copy(db: TestDb) {
     }
     let sessions = Sessions::default();
     sessions.set(&["alice", "bob"]);
-    let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
-    fault::fail_next_tail_commit(std::path::Path::new(database));
+    fault::fail_next_tail_commit(&db.sqlite_file());
     let results = say(&store, "m1", &TEAM, &sessions).await;
     let seqs: Vec<i64> = results[..3].iter().map(|r| *r.as_ref().unwrap()).collect();
     assert_eq!(seqs, [1, 1, 1], "{results:?}");

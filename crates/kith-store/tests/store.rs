@@ -1327,7 +1327,7 @@ async fn sqlite_wal_stays_bounded_under_steady_commits() {
     run_sqlite(|db: TestDb| async move {
         let s = db.open().await;
         s.create_user("alice", &creds(1)).await.unwrap();
-        let wal = format!("{}-wal", db.url.trim_start_matches("sqlite://"));
+        let wal = format!("{}-wal", db.sqlite_file().display());
         let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
         // 20,000 entries of 16 KiB, one commit each: ≈ 330 MiB through the log.
         const ENTRIES: i64 = 20_000;
@@ -1635,8 +1635,7 @@ async fn files_left_in_the_tail_are_recovered_or_set_aside() {
     run_sqlite(|db: TestDb| async move {
         let s = db.open().await;
         s.create_user("alice", &creds(1)).await.unwrap();
-        let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
-        let dir = std::path::PathBuf::from(format!("{database}-tail"));
+        let dir = std::path::PathBuf::from(format!("{}-tail", db.sqlite_file().display()));
         std::fs::create_dir_all(&dir).unwrap();
         {
             let left = rusqlite::Connection::open(dir.join("0.7.db")).unwrap();
@@ -1700,8 +1699,7 @@ async fn alice_with_a_session(db: &TestDb) -> (Store, sqlx::AnyPool) {
 async fn a_tail_failing_after_the_main_file_loses_nothing_acknowledged() {
     run_sqlite(|db: TestDb| async move {
         let (s, raw) = alice_with_a_session(&db).await;
-        let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
-        let database = std::path::Path::new(database);
+        let database = &db.sqlite_file();
 
         // bob has no session: his entry is in the main file, alice's in the tail.
         fault::fail_next_tail_commit(database);
@@ -1752,8 +1750,7 @@ async fn a_tail_failing_after_the_main_file_loses_nothing_acknowledged() {
 async fn a_settle_failing_after_the_main_file_moves_nothing_twice() {
     run_sqlite(|db: TestDb| async move {
         let (s, raw) = alice_with_a_session(&db).await;
-        let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
-        let database = std::path::Path::new(database);
+        let database = &db.sqlite_file();
         for (i, id) in ["a0", "a1"].into_iter().enumerate() {
             s.inbox_append("alice", &entry(id, "<message/>", 100 + i as i64))
                 .await

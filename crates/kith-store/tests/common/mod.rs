@@ -28,6 +28,12 @@ enum Opened {
 }
 
 impl TestDb {
+    /// The SQLite database's file (a SQLite test's).
+    pub fn sqlite_file(&self) -> std::path::PathBuf {
+        let file = self.url.strip_prefix("sqlite://").expect("a SQLite test");
+        std::path::PathBuf::from(file)
+    }
+
     pub async fn open(&self) -> Store {
         self.track(Store::open(&self.url).await.expect("open store"))
             .await
@@ -269,8 +275,7 @@ pub fn creds(seed: u8) -> StoredCredentials {
 /// Rows in the log's tail: its generations' files (`<database>-tail/*.db`, in
 /// WAL mode) counted on connections of their own.
 pub async fn in_tail(db: &TestDb) -> i64 {
-    let database = db.url.strip_prefix("sqlite://").expect("a SQLite test");
-    let dir = std::path::PathBuf::from(format!("{database}-tail"));
+    let dir = std::path::PathBuf::from(format!("{}-tail", db.sqlite_file().display()));
     // `<g>.<n>.db`: per generation, the newest file (those it replaced are
     // deleted a moment later).
     let mut newest: std::collections::HashMap<String, (u64, std::path::PathBuf)> =
