@@ -110,22 +110,24 @@ for line in open(logs[0]) if logs else []:
 def total(name):
     f = stats.get(name)
     return float(f[-1]) if f else 0.0
-def latency(f):
-    if not f:
-        return {"latency_samples": 0, "latency_mean_ms": None, "latency_max_ms": None}
-    n, mean, _sd, top, _low, before_mean, before_n = (float(x) for x in f)
-    count = n + before_n
-    return {
-        "latency_samples": int(count),
-        "latency_mean_ms": round((n * mean + before_n * before_mean) / count, 2) if count else None,
-        "latency_max_ms": top,
-    }
-def mean_ms(name):
+def whole_run(name):
+    """A sample's count, mean and maximum over the whole run (the last dump's
+    interval and everything before it), or None."""
     f = stats.get(name)
     if not f:
-        return 0.0
-    n, mean, _sd, _top, _low, before_mean, before_n = (float(x) for x in f)
-    return (n * mean + before_n * before_mean) / (n + before_n) if n + before_n else 0.0
+        return None
+    n, mean, _sd, top, _low, before_mean, before_n = (float(x) for x in f)
+    count = n + before_n
+    return count, (n * mean + before_n * before_mean) / count if count else 0.0, top
+def mean_ms(name):
+    run = whole_run(name)
+    return run[1] if run else 0.0
+def latency():
+    run = whole_run("xmpp_msg_latency")
+    if not run or not run[0]:
+        return {"latency_samples": 0, "latency_mean_ms": None, "latency_max_ms": None}
+    count, mean, top = run
+    return {"latency_samples": int(count), "latency_mean_ms": round(mean, 2), "latency_max_ms": top}
 sent = total("request_noack") - 2 * int(users)
 # Tsung paces each user by a pause after each message, so a busy Tsung sends
 # slower than offered. The last user to log in opened the sending (the others
@@ -149,7 +151,7 @@ out = {
     # Stamped messages whose latency Tsung read (it reads one stamp per
     # packet: messages that arrive together count once, so this is no loss
     # count), their mean and the largest, in ms.
-    **latency(stats.get("xmpp_msg_latency")),
+    **latency(),
     "connect_errors": {k: v for k, v in stats.items() if k.startswith("error_")},
     "raw": stats,
 }

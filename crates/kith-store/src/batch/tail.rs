@@ -564,7 +564,6 @@ impl Tail {
         id
     }
 
-    /// After the commit that appended `added` to the current generation.
     /// After a commit that failed part-way with rows for the current
     /// generation: its file may hold some of them, unknown here; it is
     /// replaced, not reused as it is, before it takes entries again.
@@ -572,6 +571,7 @@ impl Tail {
         self.dirty[self.current] = true;
     }
 
+    /// After the commit that appended `added` to the current generation.
     pub(super) fn committed(&mut self, added: Vec<Added>) {
         if added.is_empty() {
             return;
