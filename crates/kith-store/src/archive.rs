@@ -165,8 +165,41 @@ pub struct MamPrefs {
 
 /// The columns of an [`InboxEntry`], for `SELECT`s over `inbox i` (qualified: the
 /// full-text tables joined in have columns of the same names).
-const ENTRY_COLUMNS: &str =
+pub(crate) const ENTRY_COLUMNS: &str =
     "i.seq, i.stanza_id, i.sender, i.kind, i.xml, i.at_micros, i.peer, i.direction, i.body";
+
+/// An entry's bucket in the conversation index `(owner, bucket, peer, seq)`
+/// (migration 48), for `inbox i`: its number in the owner's log, in runs of
+/// 4,096, spelled exactly as the index spells it (or no engine uses it).
+/// New entries land in the newest bucket only, so the pages they dirty stay
+/// few however long the history; a query by conversation asks each bucket
+/// in turn ([`buckets`], [`bucket_of`]).
+pub(crate) const BUCKET: &str = "(i.seq >> 12)";
+/// The shift in [`BUCKET`].
+const BUCKET_BITS: u32 = 12;
+
+/// The bucket of entry number `seq` ([`BUCKET`]).
+pub(crate) fn bucket_of(seq: i64) -> i64 {
+    seq >> BUCKET_BITS
+}
+
+/// The buckets the owner's log spans, first and last ([`BUCKET`]); `None`
+/// for an empty log. Two look-ups in the `(owner, seq)` key.
+pub(crate) async fn buckets(
+    conn: &mut sqlx::AnyConnection,
+    owner: &str,
+) -> Result<Option<(i64, i64)>> {
+    let row = sqlx::query(
+        "SELECT (SELECT MIN(seq) FROM inbox WHERE owner = $1) AS lo,
+                (SELECT MAX(seq) FROM inbox WHERE owner = $1) AS hi",
+    )
+    .bind(owner)
+    .fetch_one(&mut *conn)
+    .await?;
+    let lo: Option<i64> = row.try_get("lo")?;
+    let hi: Option<i64> = row.try_get("hi")?;
+    Ok(lo.zip(hi).map(|(lo, hi)| (bucket_of(lo), bucket_of(hi))))
+}
 
 impl Store {
     /// Runs an archive query over the owner's log. An unknown owner has an
@@ -212,15 +245,19 @@ impl Store {
             let p = filter.int(end);
             filter.push(&format!(" AND i.at_micros <= {p}"));
         }
+        // The entries' numbers lie strictly between these.
+        let (mut above, mut below) = (i64::MIN, i64::MAX);
         if let Some(id) = &query.after_id {
             let seq = seq_of(&mut tx, owner, id).await?;
             let p = filter.int(seq);
             filter.push(&format!(" AND i.seq > {p}"));
+            above = above.max(seq);
         }
         if let Some(id) = &query.before_id {
             let seq = seq_of(&mut tx, owner, id).await?;
             let p = filter.int(seq);
             filter.push(&format!(" AND i.seq < {p}"));
+            below = below.min(seq);
         }
         if !query.ids.is_empty() {
             let wanted: Vec<&str> = {
@@ -249,9 +286,7 @@ impl Store {
                     Backend::Sqlite => {
                         let p = filter.text(&fts5_query(&terms));
                         filter.push(&format!(
-                            " AND i.seq IN (SELECT r.seq FROM inbox_fts_rows r
-                               WHERE r.owner = $1 AND r.id IN
-                               (SELECT rowid FROM inbox_fts WHERE inbox_fts MATCH {p}))"
+                            " AND i.id IN (SELECT rowid FROM inbox_fts WHERE inbox_fts MATCH {p})"
                         ));
                     }
                     Backend::Postgres => {
@@ -271,10 +306,39 @@ impl Store {
             }
         }
 
-        let count = {
-            let sql = format!("SELECT COUNT(*) AS n FROM inbox i WHERE {}", filter.sql);
-            let row = filter.bind(&sql).fetch_one(&mut *tx).await?;
-            row.try_get::<i64, _>("n")?
+        // With a conversation (a bare JID), the count and the page go
+        // through the conversation index bucket by bucket ([`BUCKET`]): the
+        // buckets of the owner's log between the bounds, or none at all.
+        let conversation = match &query.with {
+            Some(with) if !with.contains('/') => Some(
+                buckets(&mut tx, owner)
+                    .await?
+                    .map(|(lo, hi)| (lo.max(bucket_of(above)), hi.min(bucket_of(below))))
+                    .filter(|(lo, hi)| lo <= hi),
+            ),
+            _ => None,
+        };
+
+        let count = match conversation {
+            None => {
+                let sql = format!("SELECT COUNT(*) AS n FROM inbox i WHERE {}", filter.sql);
+                let row = filter.bind(&sql).fetch_one(&mut *tx).await?;
+                row.try_get::<i64, _>("n")?
+            }
+            Some(None) => 0,
+            Some(Some((lo, hi))) => {
+                // One statement: a look-up per bucket.
+                let mut count = filter.clone();
+                let (lo, hi) = (count.int(lo), count.int(hi));
+                let sql = format!(
+                    "WITH RECURSIVE b (v) AS (SELECT {lo} UNION ALL SELECT v + 1 FROM b WHERE v < {hi})
+                     SELECT CAST(COALESCE(SUM((SELECT COUNT(*) FROM inbox i
+                        WHERE {} AND {BUCKET} = b.v)), 0) AS BIGINT) AS n FROM b",
+                    count.sql
+                );
+                let row = count.bind(&sql).fetch_one(&mut *tx).await?;
+                row.try_get::<i64, _>("n")?
+            }
         };
 
         let max = query.max.max(0);
@@ -288,15 +352,46 @@ impl Store {
             let p = page.int(seq);
             let op = if backwards { "<" } else { ">" };
             page.push(&format!(" AND i.seq {op} {p}"));
+            if backwards {
+                below = below.min(seq);
+            } else {
+                above = above.max(seq);
+            }
         }
         // One extra row tells whether more entries lie beyond the page.
-        let limit = page.int(max.saturating_add(1));
+        let wanted = max.saturating_add(1);
         let order = if backwards { "DESC" } else { "ASC" };
-        let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {} ORDER BY i.seq {order} LIMIT {limit}",
-            page.sql
-        );
-        let rows = page.bind(&sql).fetch_all(&mut *tx).await?;
+        let rows = match conversation {
+            None => {
+                let limit = page.int(wanted);
+                let sql = format!(
+                    "SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {} ORDER BY i.seq {order} LIMIT {limit}",
+                    page.sql
+                );
+                page.bind(&sql).fetch_all(&mut *tx).await?
+            }
+            Some(None) => Vec::new(),
+            Some(Some((lo, hi))) => {
+                // Bucket by bucket in the paging direction, until the page
+                // (and the extra row) is full.
+                let (lo, hi) = (lo.max(bucket_of(above)), hi.min(bucket_of(below)));
+                let mut rows = Vec::new();
+                let mut next = if backwards { hi } else { lo };
+                while (lo..=hi).contains(&next) && (rows.len() as i64) < wanted {
+                    let mut one = page.clone();
+                    let b = one.int(next);
+                    let limit = one.int(wanted - rows.len() as i64);
+                    let sql = format!(
+                        "SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {} AND {BUCKET} = {b}
+                         ORDER BY i.seq {order} LIMIT {limit}",
+                        one.sql
+                    );
+                    rows.extend(one.bind(&sql).fetch_all(&mut *tx).await?);
+                    next += if backwards { -1 } else { 1 };
+                }
+                rows
+            }
+        };
         tx.commit().await?;
 
         let complete = usize::try_from(max).is_ok_and(|max| rows.len() <= max);
@@ -530,6 +625,12 @@ mod tests {
             fts5_query(&["a\"b", "NEAR(x", "col:y*"]),
             "\"a\"\"b\" AND \"NEAR(x\" AND \"col:y*\""
         );
+    }
+
+    #[test]
+    fn buckets_in_rust_and_sql_agree() {
+        assert_eq!(BUCKET, format!("(i.seq >> {BUCKET_BITS})"));
+        assert_eq!((bucket_of(4095), bucket_of(4096)), (0, 1));
     }
 
     #[test]

@@ -15,21 +15,38 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<InboxEntry>> {
         self.writer.settle(owner).await?;
-        // Up to `limit` whole stanzas, from a scan of the conversation: not a
-        // short read (`read.rs`), so through the pool.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            inbox_columns!(),
-            " FROM inbox WHERE owner = $1 AND peer = $2 AND direction = $3 \
-             AND stanza_id <> '' ORDER BY seq DESC LIMIT $4"
-        ))
-        .bind(owner)
-        .bind(peer)
-        .bind(direction)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|row| crate::entry_from_row(row)).collect()
+        // Up to `limit` whole stanzas, from the conversation index bucket by
+        // bucket, newest first (`archive::BUCKET`): not a short read
+        // (`read.rs`), so through the pool.
+        let mut conn = self.pool.acquire().await?;
+        let Some((first, last)) = crate::archive::buckets(&mut conn, owner).await? else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT {} FROM inbox i WHERE i.owner = $1 AND i.peer = $2 AND i.direction = $3 \
+             AND i.stanza_id <> '' AND {} = $4 ORDER BY i.seq DESC LIMIT $5",
+            crate::archive::ENTRY_COLUMNS,
+            crate::archive::BUCKET
+        );
+        let mut entries = Vec::new();
+        for bucket in (first..=last).rev() {
+            let left = limit - entries.len() as i64;
+            if left <= 0 {
+                break;
+            }
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(owner)
+                .bind(peer)
+                .bind(direction)
+                .bind(bucket)
+                .bind(left)
+                .fetch_all(&mut *conn)
+                .await?;
+            for row in &rows {
+                entries.push(crate::entry_from_row(row)?);
+            }
+        }
+        Ok(entries)
     }
 
     /// Replaces an entry's stanza and body (the full-text index follows).

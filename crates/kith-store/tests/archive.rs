@@ -23,6 +23,7 @@ all_three!(
     paging_backwards,
     unknown_ids_are_errors,
     filter_with,
+    a_conversation_spans_buckets_of_the_log,
     filter_time,
     filter_ids_and_id_bounds,
     fulltext_unicode,
@@ -362,6 +363,144 @@ async fn unknown_ids_are_errors(db: TestDb) {
         .await,
         Err(ArchiveError::UnknownId(_))
     ));
+}
+
+/// The conversation index is kept in buckets of 4,096 of the owner's numbers
+/// (migration 48); a query by conversation walks them. A log of 10,000
+/// entries, every thousandth with carol (so hers lie in buckets 0, 1 and 2,
+/// with buckets holding none of them between the bounds of some queries):
+/// counts, pages in both directions across buckets, id bounds and the
+/// newest-first look-up of a retraction find exactly hers.
+async fn a_conversation_spans_buckets_of_the_log(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let raw = db.raw().await;
+    sqlx::query(
+        "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
+         INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer,
+            direction, body)
+         SELECT 'alice', i, 'x' || i, 'someone', 'chat', '<message/>', i,
+            CASE WHEN i % 1000 = 0 THEN 'carol@localhost' ELSE 'bob@localhost' END,
+            'in', NULL
+         FROM n",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    let carol = |paging: Paging, max: i64| ArchiveQuery {
+        with: Some("carol@localhost".to_owned()),
+        paging,
+        max,
+        ..ArchiveQuery::default()
+    };
+    let seqs =
+        |page: &kith_store::ArchivePage| -> Vec<i64> { page.items.iter().map(|e| e.seq).collect() };
+    let before = |id: Option<&str>| Paging::Before(id.map(str::to_owned));
+    let after = |id: Option<&str>| Paging::After(id.map(str::to_owned));
+
+    let page = s
+        .archive_query("alice", &carol(before(None), 3))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), [8000, 9000, 10000]);
+    assert_eq!(page.count, Some(10));
+    assert!(!page.complete);
+    let page = s
+        .archive_query("alice", &carol(before(Some("x8000")), 3))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), [5000, 6000, 7000]);
+    assert_eq!(page.count, Some(10), "the count ignores the page position");
+    let page = s
+        .archive_query("alice", &carol(before(Some("x2000")), 3))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), [1000]);
+    assert!(page.complete);
+
+    let page = s
+        .archive_query("alice", &carol(after(None), 4))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), [1000, 2000, 3000, 4000]);
+    assert!(!page.complete);
+    let page = s
+        .archive_query("alice", &carol(after(Some("x4000")), 4))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), [5000, 6000, 7000, 8000]);
+    assert!(!page.complete);
+    let page = s
+        .archive_query("alice", &carol(after(Some("x8000")), 4))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), [9000, 10000]);
+    assert!(page.complete);
+
+    // Id bounds narrow the count too: 4000 … 8000.
+    let bounded = ArchiveQuery {
+        after_id: Some("x3000".to_owned()),
+        before_id: Some("x9000".to_owned()),
+        ..carol(after(None), 10)
+    };
+    let page = s.archive_query("alice", &bounded).await.unwrap();
+    assert_eq!(seqs(&page), [4000, 5000, 6000, 7000, 8000]);
+    assert_eq!(page.count, Some(5));
+    assert!(page.complete);
+    // Bounds inside one bucket, holding none of hers.
+    let empty = ArchiveQuery {
+        after_id: Some("x4100".to_owned()),
+        before_id: Some("x4200".to_owned()),
+        ..carol(before(None), 10)
+    };
+    let page = s.archive_query("alice", &empty).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.count, Some(0));
+    assert!(page.complete);
+
+    // Counting only; the rest of the log; a stranger.
+    let page = s
+        .archive_query("alice", &carol(after(None), 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.items.len(), page.count, page.complete),
+        (0, Some(10), false)
+    );
+    let bob = ArchiveQuery {
+        with: Some("bob@localhost".to_owned()),
+        ..carol(before(None), 2)
+    };
+    let page = s.archive_query("alice", &bob).await.unwrap();
+    assert_eq!(seqs(&page), [9998, 9999]);
+    assert_eq!(page.count, Some(9990));
+    let dave = ArchiveQuery {
+        with: Some("dave@localhost".to_owned()),
+        ..carol(before(None), 5)
+    };
+    let page = s.archive_query("alice", &dave).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.count, Some(0));
+    assert!(page.complete);
+
+    // A retraction looks for the newest few, newest first.
+    let recent = s
+        .inbox_recent_with("alice", "carol@localhost", "in", 4)
+        .await
+        .unwrap();
+    let recent: Vec<i64> = recent.iter().map(|e| e.seq).collect();
+    assert_eq!(recent, [10000, 9000, 8000, 7000]);
+    let all = s
+        .inbox_recent_with("alice", "carol@localhost", "in", 50)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(
+        s.inbox_recent_with("alice", "carol@localhost", "out", 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn filter_with(db: TestDb) {

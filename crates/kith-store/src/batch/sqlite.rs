@@ -4,7 +4,7 @@
 //! thread (a context switch each way, and the conversions of the `Any` driver);
 //! here a whole batch costs one hand-over.
 //!
-//! The same thread keeps the full-text index (`inbox_fts`, migration 6) off the
+//! The same thread keeps the full-text index (`inbox_fts`, migrations 6, 47) off the
 //! commit path: entries are indexed in passes of up to [`INDEX_CHUNK`] rows when
 //! the queue has been empty for [`INDEX_IDLE`], when [`INDEX_BEHIND_ROWS`]
 //! entries wait, or when the oldest waiting entry is [`INDEX_BEHIND`] old; a
@@ -97,6 +97,12 @@ pub(super) fn start(
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    // Statement journals in memory: moving a chunk of the log's tail into
+    // `inbox` is one multi-row statement, whose pages SQLite copies aside
+    // first (it may abort on a foreign key), and past 64 KiB it spilled them
+    // to a temporary file, opened, written and deleted per statement: 4.5 %
+    // of the server's CPU with archived chat at 20,000 msg/s.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Checkpoints are the checkpointer's (below): none in the commit path.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Nor when a file closes: the log's tail detaches its generations' files
@@ -1011,29 +1017,14 @@ impl SqliteWriter {
             return Ok(false);
         }
         let to = last.min(from + INDEX_CHUNK - 1);
-        // Rows new in `inbox_fts_rows` are numbered above every existing one.
-        let before: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(id), 0) FROM inbox_fts_rows",
-            [],
-            |row| row.get(0),
-        )?;
-        // A row whose body was edited before this pass was indexed by the
-        // update trigger already: `OR IGNORE` keeps its mapping, and the
-        // second statement only takes mappings made here.
+        // The rows from the mark on are in no index yet (the triggers that
+        // follow edits and deletions leave them alone: migration 47).
         let indexed = tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO inbox_fts_rows (owner, seq)
-                 SELECT owner, seq FROM inbox
-                 WHERE rowid BETWEEN ?1 AND ?2 AND body IS NOT NULL ORDER BY rowid",
+                "INSERT INTO inbox_fts (rowid, body)
+                 SELECT id, body FROM inbox WHERE id BETWEEN ?1 AND ?2 AND body IS NOT NULL",
             )?
             .execute(params![from, to])?;
-        tx.prepare_cached(
-            "INSERT INTO inbox_fts (rowid, body)
-             SELECT r.id, i.body FROM inbox_fts_rows r
-             JOIN inbox i ON i.owner = r.owner AND i.seq = r.seq
-             WHERE r.id > ?1",
-        )?
-        .execute(params![before])?;
         tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
             .execute(params![to + 1])?;
         tx.commit()?;
