@@ -1075,18 +1075,27 @@ mod tests {
         assert_eq!(latest_version(), prev);
     }
 
+    /// Applies the SQLite side of the migrations whose versions are in `versions`.
+    fn apply_sqlite(conn: &rusqlite::Connection, versions: impl std::ops::RangeBounds<i64>) {
+        for m in MIGRATIONS.iter().filter(|m| versions.contains(&m.version)) {
+            for sql in m.sqlite {
+                conn.execute_batch(sql).unwrap();
+            }
+        }
+    }
+
+    /// An account for alice (made-up secrets).
+    const ALICE: &str = "INSERT INTO users (username, sha1_salt, sha1_iterations,
+        sha1_stored_key, sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key,
+        sha256_server_key, created_at) VALUES ('alice', x'', 1, x'', x'', x'', 1, x'', x'', 0)";
+
     /// Migration 46 moves what a crash left in migration 45's tail tables
     /// into `inbox`, as a start would have, in log order, skipping entries
     /// already there and those of deleted accounts.
     #[test]
     fn the_tail_tables_left_by_a_crash_move_into_the_log() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        let run = |m: &Migration| {
-            for sql in m.sqlite {
-                conn.execute_batch(sql).unwrap();
-            }
-        };
-        MIGRATIONS.iter().filter(|m| m.version <= 45).for_each(run);
+        apply_sqlite(&conn, ..=45);
         let entry = |table: &str, id: i64, owner: &str, seq: i64| {
             conn.execute(
                 &format!(
@@ -1098,11 +1107,9 @@ mod tests {
             )
             .unwrap();
         };
+        conn.execute_batch(ALICE).unwrap();
         conn.execute_batch(
-            "INSERT INTO users (username, sha1_salt, sha1_iterations, sha1_stored_key,
-                sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key,
-                sha256_server_key, created_at) VALUES ('alice', x'', 1, x'', x'', x'', 1, x'', x'', 0);
-             INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer,
+            "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer,
                 direction) VALUES ('alice', 1, '', 'bob', 'chat', '<message/>', 0, 'bob', 'in');
              UPDATE fts_state SET next_rowid = 5;",
         )
@@ -1116,7 +1123,7 @@ mod tests {
         entry("inbox_tail_1", 2, "alice", 2);
         conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
         entry("inbox_tail_1", 4, "ghost", 1);
-        MIGRATIONS.iter().filter(|m| m.version == 46).for_each(run);
+        apply_sqlite(&conn, 46..=46);
         let log: Vec<(i64, String, i64)> = conn
             .prepare("SELECT rowid, owner, seq FROM inbox ORDER BY rowid")
             .unwrap()
@@ -1146,11 +1153,7 @@ mod tests {
     #[test]
     fn queries_by_conversation_use_the_bucketed_index() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        for m in MIGRATIONS {
-            for sql in m.sqlite {
-                conn.execute_batch(sql).unwrap();
-            }
-        }
+        apply_sqlite(&conn, ..);
         let filter = "i.owner = $1 AND i.stanza_id <> '' AND i.peer = $2";
         let bucket = crate::archive::BUCKET;
         for sql in [
@@ -1187,18 +1190,8 @@ mod tests {
     #[test]
     fn the_full_text_index_moves_to_the_entries_own_ids() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        let run = |m: &Migration| {
-            for sql in m.sqlite {
-                conn.execute_batch(sql).unwrap();
-            }
-        };
-        MIGRATIONS.iter().filter(|m| m.version <= 46).for_each(run);
-        conn.execute_batch(
-            "INSERT INTO users (username, sha1_salt, sha1_iterations, sha1_stored_key,
-                sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key,
-                sha256_server_key, created_at) VALUES ('alice', x'', 1, x'', x'', x'', 1, x'', x'', 0);",
-        )
-        .unwrap();
+        apply_sqlite(&conn, ..=46);
+        conn.execute_batch(ALICE).unwrap();
         for (seq, body) in [(1, "apple"), (2, "banana"), (3, "cherry"), (4, "damson")] {
             conn.execute(
                 "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer,
@@ -1217,7 +1210,7 @@ mod tests {
              DELETE FROM inbox WHERE seq = 2;",
         )
         .unwrap();
-        MIGRATIONS.iter().filter(|m| m.version == 47).for_each(run);
+        apply_sqlite(&conn, 47..=47);
         let ids: Vec<(i64, i64)> = conn
             .prepare("SELECT id, seq FROM inbox ORDER BY id")
             .unwrap()
