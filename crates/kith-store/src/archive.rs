@@ -309,13 +309,20 @@ impl Store {
         // With a conversation (a bare JID), the count and the page go
         // through the conversation index bucket by bucket ([`BUCKET`]): the
         // buckets of the owner's log between the bounds, or none at all.
+        // Not with words to find or ids to take: those narrow the query
+        // further on their own, and each bucket's statement would look them
+        // up again.
         let conversation = match &query.with {
-            Some(with) if !with.contains('/') => Some(
-                buckets(&mut tx, owner)
-                    .await?
-                    .map(|(lo, hi)| (lo.max(bucket_of(above)), hi.min(bucket_of(below))))
-                    .filter(|(lo, hi)| lo <= hi),
-            ),
+            Some(with)
+                if !with.contains('/') && query.fulltext.is_none() && query.ids.is_empty() =>
+            {
+                Some(
+                    buckets(&mut tx, owner)
+                        .await?
+                        .map(|(lo, hi)| (lo.max(bucket_of(above)), hi.min(bucket_of(below))))
+                        .filter(|(lo, hi)| lo <= hi),
+                )
+            }
             _ => None,
         };
 

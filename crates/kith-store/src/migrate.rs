@@ -1039,6 +1039,12 @@ async fn apply(pool: &AnyPool, backend: Backend, m: &Migration) -> Result<()> {
         tx.commit().await?;
         return Ok(());
     }
+    // Some rebuild a table or an index: on a large database, minutes.
+    tracing::info!(
+        version = m.version,
+        name = m.name,
+        "applying database migration"
+    );
     for stmt in m.statements(backend) {
         sqlx::query(*stmt).execute(&mut *tx).await.map_err(fail)?;
     }
@@ -1050,7 +1056,7 @@ async fn apply(pool: &AnyPool, backend: Backend, m: &Migration) -> Result<()> {
         .await
         .map_err(fail)?;
     tx.commit().await.map_err(fail)?;
-    tracing::info!(
+    tracing::debug!(
         version = m.version,
         name = m.name,
         "applied database migration"

@@ -381,7 +381,7 @@ async fn a_conversation_spans_buckets_of_the_log(db: TestDb) {
             direction, body)
          SELECT 'alice', i, 'x' || i, 'someone', 'chat', '<message/>', i,
             CASE WHEN i % 1000 = 0 THEN 'carol@localhost' ELSE 'bob@localhost' END,
-            'in', NULL
+            'in', CASE WHEN i % 500 = 0 THEN 'plum ' || i END
          FROM n",
     )
     .execute(&raw)
@@ -482,6 +482,28 @@ async fn a_conversation_spans_buckets_of_the_log(db: TestDb) {
     assert!(page.items.is_empty());
     assert_eq!(page.count, Some(0));
     assert!(page.complete);
+
+    // With words to find, or ids: still only hers.
+    let plums = ArchiveQuery {
+        fulltext: Some("plum".to_owned()),
+        ..carol(before(None), 3)
+    };
+    let page = s.archive_query("alice", &plums).await.unwrap();
+    assert_eq!(seqs(&page), [8000, 9000, 10000]);
+    assert_eq!(page.count, Some(10));
+    let plums = ArchiveQuery {
+        fulltext: Some("plum 7000".to_owned()),
+        ..carol(before(None), 3)
+    };
+    let page = s.archive_query("alice", &plums).await.unwrap();
+    assert_eq!(seqs(&page), [7000]);
+    let some = ArchiveQuery {
+        ids: vec!["x3000".to_owned(), "x4500".to_owned()],
+        ..carol(after(None), 10)
+    };
+    let page = s.archive_query("alice", &some).await.unwrap();
+    assert_eq!(seqs(&page), [3000]);
+    assert_eq!(page.count, Some(1));
 
     // A retraction looks for the newest few, newest first.
     let recent = s
