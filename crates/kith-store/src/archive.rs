@@ -201,6 +201,56 @@ pub(crate) async fn buckets(
     Ok(lo.zip(hi).map(|(lo, hi)| (bucket_of(lo), bucket_of(hi))))
 }
 
+/// Up to `wanted` entries matching `filter` (over `inbox i`, a query by
+/// conversation), from buckets `lo..=hi`, bucket by bucket in the paging
+/// direction (newest first when `backwards`), stopping once `wanted` are
+/// found: a look-up each in the conversation index.
+async fn walk_buckets(
+    conn: &mut sqlx::AnyConnection,
+    filter: &Sql,
+    (lo, hi): (i64, i64),
+    backwards: bool,
+    wanted: i64,
+) -> Result<Vec<sqlx::any::AnyRow>> {
+    let order = if backwards { "DESC" } else { "ASC" };
+    let mut rows = Vec::new();
+    let mut next = if backwards { hi } else { lo };
+    while (lo..=hi).contains(&next) && (rows.len() as i64) < wanted {
+        let mut one = filter.clone();
+        let b = one.int(next);
+        let limit = one.int(wanted - rows.len() as i64);
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {} AND {BUCKET} = {b}
+             ORDER BY i.seq {order} LIMIT {limit}",
+            one.sql
+        );
+        rows.extend(one.bind(&sql).fetch_all(&mut *conn).await?);
+        next += if backwards { -1 } else { 1 };
+    }
+    Ok(rows)
+}
+
+/// The owner's newest `limit` archived entries exchanged with `peer` in
+/// `direction`, newest first (`Store::inbox_recent_with`).
+pub(crate) async fn newest_in_conversation(
+    conn: &mut sqlx::AnyConnection,
+    owner: &str,
+    peer: &str,
+    direction: &str,
+    limit: i64,
+) -> Result<Vec<InboxEntry>> {
+    let Some(range) = buckets(conn, owner).await? else {
+        return Ok(Vec::new());
+    };
+    let mut filter = Sql::new(owner);
+    let (peer, direction) = (filter.text(peer), filter.text(direction));
+    filter.push(&format!(
+        "i.owner = $1 AND i.stanza_id <> '' AND i.peer = {peer} AND i.direction = {direction}"
+    ));
+    let rows = walk_buckets(conn, &filter, range, true, limit).await?;
+    rows.iter().map(|row| crate::entry_from_row(row)).collect()
+}
+
 impl Store {
     /// Runs an archive query over the owner's log. An unknown owner has an
     /// empty archive, so every id named in the query is unknown to it.
@@ -367,9 +417,9 @@ impl Store {
         }
         // One extra row tells whether more entries lie beyond the page.
         let wanted = max.saturating_add(1);
-        let order = if backwards { "DESC" } else { "ASC" };
         let rows = match conversation {
             None => {
+                let order = if backwards { "DESC" } else { "ASC" };
                 let limit = page.int(wanted);
                 let sql = format!(
                     "SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {} ORDER BY i.seq {order} LIMIT {limit}",
@@ -379,24 +429,8 @@ impl Store {
             }
             Some(None) => Vec::new(),
             Some(Some((lo, hi))) => {
-                // Bucket by bucket in the paging direction, until the page
-                // (and the extra row) is full.
-                let (lo, hi) = (lo.max(bucket_of(above)), hi.min(bucket_of(below)));
-                let mut rows = Vec::new();
-                let mut next = if backwards { hi } else { lo };
-                while (lo..=hi).contains(&next) && (rows.len() as i64) < wanted {
-                    let mut one = page.clone();
-                    let b = one.int(next);
-                    let limit = one.int(wanted - rows.len() as i64);
-                    let sql = format!(
-                        "SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {} AND {BUCKET} = {b}
-                         ORDER BY i.seq {order} LIMIT {limit}",
-                        one.sql
-                    );
-                    rows.extend(one.bind(&sql).fetch_all(&mut *tx).await?);
-                    next += if backwards { -1 } else { 1 };
-                }
-                rows
+                let range = (lo.max(bucket_of(above)), hi.min(bucket_of(below)));
+                walk_buckets(&mut tx, &page, range, backwards, wanted).await?
             }
         };
         tx.commit().await?;

@@ -15,38 +15,10 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<InboxEntry>> {
         self.writer.settle(owner).await?;
-        // Up to `limit` whole stanzas, from the conversation index bucket by
-        // bucket, newest first (`archive::BUCKET`): not a short read
-        // (`read.rs`), so through the pool.
+        // Up to `limit` whole stanzas, from the conversation index
+        // (`archive::BUCKET`): not a short read (`read.rs`), so through the pool.
         let mut conn = self.pool.acquire().await?;
-        let Some((first, last)) = crate::archive::buckets(&mut conn, owner).await? else {
-            return Ok(Vec::new());
-        };
-        let sql = format!(
-            "SELECT {} FROM inbox i WHERE i.owner = $1 AND i.peer = $2 AND i.direction = $3 \
-             AND i.stanza_id <> '' AND {} = $4 ORDER BY i.seq DESC LIMIT $5",
-            crate::archive::ENTRY_COLUMNS,
-            crate::archive::BUCKET
-        );
-        let mut entries = Vec::new();
-        for bucket in (first..=last).rev() {
-            let left = limit - entries.len() as i64;
-            if left <= 0 {
-                break;
-            }
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(owner)
-                .bind(peer)
-                .bind(direction)
-                .bind(bucket)
-                .bind(left)
-                .fetch_all(&mut *conn)
-                .await?;
-            for row in &rows {
-                entries.push(crate::entry_from_row(row)?);
-            }
-        }
-        Ok(entries)
+        crate::archive::newest_in_conversation(&mut conn, owner, peer, direction, limit).await
     }
 
     /// Replaces an entry's stanza and body (the full-text index follows).
