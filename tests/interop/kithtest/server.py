@@ -248,6 +248,18 @@ class KithServer:
                 f"kith serve did not accept connections on c2s port {self.c2s_port} within "
                 f"{READY_TIMEOUT}s (exit code {code}).\n--- server log tail ---\n{tail}"
             )
+        # Every listener is bound before the server serves, but one after
+        # another: a test connecting to another port the instant c2s opens
+        # could find it not yet bound (seen once for `c2s_plain`).
+        for name, address in self.config.get("listen", {}).items():
+            if name == "c2s" or not isinstance(address, str) or ":" not in address:
+                continue
+            host, _, port = address.rpartition(":")
+            if host in ("127.0.0.1", "localhost") and port.isdigit() and int(port) > 0:
+                if not wait_port(int(port), READY_TIMEOUT, self.proc):
+                    tail = self.log_tail()
+                    self.stop()
+                    raise RuntimeError(f"kith serve did not listen on {name} {address}\n{tail}")
         # The CA certificate is the trust anchor of every TLS check below.
         deadline = time.monotonic() + 5
         while not self.ca_path.exists() and time.monotonic() < deadline:
