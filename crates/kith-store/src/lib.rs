@@ -165,6 +165,9 @@ pub use archive::{
     Paging,
 };
 pub use batch::Delivered;
+/// Fixtures for the store's benchmarks (`benches/`); not an interface.
+#[doc(hidden)]
+pub use batch::tail_bench as bench;
 pub use error::{Result, StoreError};
 pub use muc::{Live, RoomAffiliation, RoomInvite, RoomMember, StoredRoom};
 pub use pep::{PepExpired, PepItem, PepNode, PepNodeConfig, PepWrite};

@@ -34,6 +34,7 @@ use crate::{DeviceStart, NewInboxEntry, Result, StoreError};
 use rooms::{Fill, Live, RoomMember, RoomOp, RoomState, RoomWrite};
 pub use tail::Delivered;
 pub(crate) use tail::TailShared;
+pub use tail::bench as tail_bench;
 
 /// Most jobs committed together.
 const MAX_BATCH: usize = 512;

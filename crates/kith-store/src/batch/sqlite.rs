@@ -90,29 +90,7 @@ pub(super) fn start(
     rx: flume::Receiver<Job>,
     tail: Arc<TailShared>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    let conn = Connection::open(path)?;
-    // Room for every statement the writer runs (rusqlite keeps 16 by default).
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.busy_handler(Some(writer_busy))?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    // Statement journals in memory: moving a chunk of the log's tail into
-    // `inbox` is one multi-row statement, whose pages SQLite copies aside
-    // first (it may abort on a foreign key), and past 64 KiB it spilled them
-    // to a temporary file, opened, written and deleted per statement: 4.5 %
-    // of the server's CPU with archived chat at 20,000 msg/s.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // Checkpoints are the checkpointer's (below): none in the commit path.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    // Nor when a file closes: the log's tail detaches its generations' files
-    // to delete them, WAL and all (`tail`).
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )?;
-    // The commit that starts the log over cuts the file back to this.
-    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    let conn = open_connection(path)?;
     let next_rowid: i64 =
         conn.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
     let checkpointer = Checkpointer::start(path)?;
@@ -152,6 +130,35 @@ pub(super) fn start(
             source,
         })?;
     Ok(thread)
+}
+
+/// The writer's connection to the database at `path`, set up as the writer
+/// uses it (also what `tail::bench` measures the log's tail with).
+pub(super) fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    // Room for every statement the writer runs (rusqlite keeps 16 by default).
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.busy_handler(Some(writer_busy))?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    // Statement journals in memory: moving a chunk of the log's tail into
+    // `inbox` is one multi-row statement, whose pages SQLite copies aside
+    // first (it may abort on a foreign key), and past 64 KiB it spilled them
+    // to a temporary file, opened, written and deleted per statement: 4.5 %
+    // of the server's CPU with archived chat at 20,000 msg/s.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints are the checkpointer's ([`Checkpointer`]): none in the commit path.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // Nor when a file closes: the log's tail detaches its generations' files
+    // to delete them, WAL and all (`tail`).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
+    // The commit that starts the log over cuts the file back to this.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    Ok(conn)
 }
 
 struct SqliteWriter {

@@ -1285,6 +1285,122 @@ pub(super) fn origin_key(owner: &str, origin: &str) -> String {
     format!("{owner}\n{origin}")
 }
 
+/// A generation of the log's tail moving into `inbox`, as the writer moves
+/// it with an archive (`benches/tail_move.rs`): the move's CPU alone, without
+/// sockets, sessions or a load generator's noise.
+pub mod bench {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rusqlite::{Connection, params};
+
+    use super::{Added, COLUMNS, DRAIN_CHUNK, Delivered, Tail, TailShared, table};
+    use crate::{Result, ScramSecret, Store, StoredCredentials};
+
+    /// `owners` accounts in a new database at `dir`, and one generation of
+    /// the tail holding `per_owner` chat messages of each, interleaved as
+    /// they arrive (each owner's next entry after every other owner's).
+    pub struct TailMove {
+        conn: Connection,
+        tail: Tail,
+        generation: usize,
+    }
+
+    impl TailMove {
+        /// Sets it up (the database, its accounts, the generation's entries).
+        pub async fn new(dir: &Path, owners: usize, per_owner: usize) -> Result<TailMove> {
+            let database = dir.join("kith.db");
+            let names: Vec<String> = (0..owners).map(|i| format!("user{i}")).collect();
+            {
+                let store = Store::open(&format!("sqlite://{}", database.display())).await?;
+                let secret = ScramSecret {
+                    salt: vec![1; 16],
+                    iterations: 4096,
+                    stored_key: vec![2; 20],
+                    server_key: vec![3; 32],
+                };
+                let credentials = StoredCredentials {
+                    sha1: secret.clone(),
+                    sha256: secret,
+                };
+                for name in &names {
+                    store.create_user(name, &credentials).await?;
+                }
+                store.close().await;
+            }
+            let conn = super::super::sqlite::open_connection(&database)?;
+            let shared = Arc::new(TailShared::default());
+            shared.set_mode(Some(Arc::new(|_: &str| true)), Delivered::Kept);
+            let mut tail = Tail::new(shared, database);
+            tail.recover(&conn)?;
+            let generation = tail.current;
+            let mut added = Vec::with_capacity(owners * per_owner);
+            {
+                let tx = conn.unchecked_transaction()?;
+                let mut append = tx.prepare(&format!(
+                    "INSERT INTO {} (id, {COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'chat', ?6, ?7, ?8, 'in', ?9, NULL)",
+                    table(generation)
+                ))?;
+                for seq in 1..=per_owner as i64 {
+                    for (i, owner) in names.iter().enumerate() {
+                        let peer = format!("{}@localhost", names[(i * 7 + 3) % owners]);
+                        let body = format!(
+                            "kb 1045834044 0 {} {}",
+                            seq * 1000 + i as i64,
+                            "x".repeat(64)
+                        );
+                        let xml = format!(
+                            "<message xmlns='jabber:client' to='{owner}@localhost' type='chat' \
+                             id='m{seq}' from='{peer}/bench'><body>{body}</body><stanza-id \
+                             xmlns='urn:xmpp:sid:0' id='0A1b2C3d4{seq:011}' by='{owner}@localhost'/></message>"
+                        );
+                        let id = tail.take_id();
+                        append.execute(params![
+                            id,
+                            owner,
+                            seq,
+                            format!("0A1b2C3d4{seq:011}"),
+                            format!("{peer}/bench"),
+                            xml,
+                            1_796_047_998_593_377 + seq * 1000,
+                            peer,
+                            body
+                        ])?;
+                        added.push(Added {
+                            owner: owner.clone(),
+                            id,
+                            seq,
+                            origin_key: None,
+                        });
+                    }
+                }
+                drop(append);
+                tx.commit()?;
+            }
+            tail.committed(added);
+            Ok(TailMove {
+                conn,
+                tail,
+                generation,
+            })
+        }
+
+        /// Moves the whole generation into `inbox` as the writer does (a
+        /// chunk of owners per transaction); returns how many entries moved.
+        pub fn run(&mut self) -> Result<usize> {
+            let mut moved = 0;
+            while !self.tail.owners_of[self.generation].is_empty() {
+                moved += self
+                    .tail
+                    .drain(&self.conn, self.generation, DRAIN_CHUNK, i64::MAX)?
+                    .entries;
+            }
+            Ok(moved)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
