@@ -1,13 +1,19 @@
-//! Moving a closed generation of the log's tail into `inbox`, as the writer
-//! does with an archive (`batch/tail.rs`, `Tail::drain`): 200 accounts, 50
-//! chat messages each in the generation, interleaved as they arrive, moved a
-//! chunk of owners per transaction into `inbox` with its indexes (the
-//! full-text pass is the writer's next step, not this). Divan prints entries
-//! per second; per entry is the reciprocal. What the archive's write path
-//! costs apart from the server around it — steadier than the `chat` scenario,
-//! where CPU per message moves ±10 % from run to run on this machine.
+//! The archive's write path apart from the server around it: a closed
+//! generation of the log's tail (200 accounts, 50 chat messages each,
+//! interleaved as they arrive) moved into `inbox` as the writer moves it with
+//! an archive (`batch/tail.rs`, `Tail::drain`: a chunk of owners per
+//! transaction), and then indexed for full-text search as the writer's passes
+//! index it (`batch/sqlite.rs`, `full_text_pass`). Divan prints entries per
+//! second (per entry is the reciprocal; a 1:1 message is two entries, the
+//! recipient's and the sender's). Steadier than the `chat` scenario, where CPU
+//! per message moves ±10 % from run to run on this machine.
 //!
-//! `cargo bench -p kith-store --bench tail_move`
+//! `move_generation` into a `new_archive` (the schema as migrated, nothing
+//! archived yet), a `large_archive` (a million entries archived already: the
+//! server's case after a while), and the large one
+//! `_without_its_indexes` (the time, archive-id and conversation indexes
+//! dropped first: what they cost). A large archive's set-up takes seconds per
+//! sample. `cargo bench -p kith-store --bench tail_move`
 
 use divan::counter::ItemsCount;
 use kith_store::bench::TailMove;
@@ -18,27 +24,89 @@ fn main() {
 
 const OWNERS: usize = 200;
 const PER_OWNER: usize = 50;
+const ENTRIES: usize = OWNERS * PER_OWNER;
+/// The three indexes only an archive needs (by time, by archive id, by
+/// conversation; `migrate.rs`).
+const WITHOUT_ARCHIVE_INDEXES: &str = "DROP INDEX inbox_owner_time; \
+    DROP INDEX inbox_owner_stanza_id; DROP INDEX inbox_conversation;";
+/// A million chat entries already archived (5,000 per owner, their
+/// full-text index's mark past them), checkpointed as the server's
+/// checkpointer keeps its WAL: how the move slows as the archive grows.
+const LARGE: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) \
+             INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body) \
+             SELECT 'user' || (i % 200), 1000000 + i, printf('0A0b0C0d0%011d', i), 'user1@localhost/bench', 'chat', \
+             printf('<message xmlns=''jabber:client'' to=''user%d@localhost'' type=''chat'' id=''m1'' from=''user1@localhost/bench''><body>kb 1045834044 0 %d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx</body><stanza-id xmlns=''urn:xmpp:sid:0'' id=''8E0QodURFLNgNEyWq8hs'' by=''user1@localhost''/></message>', i % 200, i), \
+             1796000000000000 + i, 'user' || ((i * 7) % 200) || '@localhost', 'in', \
+             printf('kb 1045834044 0 %d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx', i) FROM n; \
+             UPDATE fts_state SET next_rowid = (SELECT MAX(id) + 1 FROM inbox); \
+             PRAGMA wal_checkpoint(TRUNCATE);";
+
+/// SQL run on the new database before the generation is appended.
+fn prepare(variant: &str) -> String {
+    match variant {
+        "large_archive" => LARGE.to_owned(),
+        "large_archive_without_its_indexes" => format!("{LARGE} {WITHOUT_ARCHIVE_INDEXES}"),
+        _ => String::new(),
+    }
+}
+
+/// A runtime for the fixtures' set-up (the store's migrations are async), and
+/// their directories, kept until the benchmark ends.
+struct SetUp {
+    runtime: tokio::runtime::Runtime,
+    dirs: std::cell::RefCell<Vec<tempfile::TempDir>>,
+}
+
+impl SetUp {
+    fn new() -> SetUp {
+        SetUp {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            dirs: Default::default(),
+        }
+    }
+
+    fn fixture(&self, prepare: &str) -> TailMove {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fixture = self
+            .runtime
+            .block_on(TailMove::new(dir.path(), OWNERS, PER_OWNER, prepare))
+            .expect("a generation to move");
+        self.dirs.borrow_mut().push(dir);
+        fixture
+    }
+}
+
+#[divan::bench(
+    args = ["new_archive", "large_archive", "large_archive_without_its_indexes"],
+    sample_count = 10,
+    sample_size = 1
+)]
+fn move_generation(bencher: divan::Bencher, variant: &str) {
+    let set_up = SetUp::new();
+    bencher
+        .counter(ItemsCount::new(ENTRIES))
+        .with_inputs(|| set_up.fixture(&prepare(variant)))
+        .bench_local_values(|mut fixture| {
+            assert_eq!(fixture.run().expect("moved"), ENTRIES);
+            fixture
+        });
+}
 
 #[divan::bench(sample_count = 20, sample_size = 1)]
-fn generation_into_inbox(bencher: divan::Bencher) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dirs: std::cell::RefCell<Vec<tempfile::TempDir>> = Default::default();
+fn index_generation(bencher: divan::Bencher) {
+    let set_up = SetUp::new();
     bencher
-        .counter(ItemsCount::new(OWNERS * PER_OWNER))
+        .counter(ItemsCount::new(ENTRIES))
         .with_inputs(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let fixture = runtime
-                .block_on(TailMove::new(dir.path(), OWNERS, PER_OWNER))
-                .expect("a generation to move");
-            dirs.borrow_mut().push(dir);
+            let mut fixture = set_up.fixture("");
+            fixture.run().expect("moved");
             fixture
         })
         .bench_local_values(|mut fixture| {
-            let moved = fixture.run().expect("moved");
-            assert_eq!(moved, OWNERS * PER_OWNER);
+            assert_eq!(fixture.index().expect("indexed"), ENTRIES);
             fixture
         });
 }

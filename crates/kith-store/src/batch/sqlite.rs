@@ -1006,46 +1006,63 @@ impl SqliteWriter {
         }
     }
 
-    /// Indexes up to [`INDEX_CHUNK`] rows from `fts_state.next_rowid` in one
-    /// transaction. Returns whether more may be waiting.
+    /// One [`full_text_pass`]. Returns whether more may be waiting.
     fn try_index_pass(&mut self) -> Result<bool> {
-        let tx = Immediate::begin(&self.conn)?;
-        let from: i64 = tx.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
-        let last: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
-            row.get(0)
-        })?;
-        if last < from {
-            tx.commit()?;
-            self.fts = Fts {
-                next_rowid: from,
-                waiting: 0,
-                oldest: None,
-            };
-            return Ok(false);
-        }
-        let to = last.min(from + INDEX_CHUNK - 1);
-        // The rows from the mark on are in no index yet (the triggers that
-        // follow edits and deletions leave them alone: migration 47).
-        let indexed = tx
-            .prepare_cached(
-                "INSERT INTO inbox_fts (rowid, body)
-                 SELECT id, body FROM inbox WHERE id BETWEEN ?1 AND ?2 AND body IS NOT NULL",
-            )?
-            .execute(params![from, to])?;
-        tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
-            .execute(params![to + 1])?;
-        tx.commit()?;
-
-        self.fts.next_rowid = to + 1;
-        let more = to < last;
-        if more {
-            self.fts.waiting = self.fts.waiting.saturating_sub(indexed).max(1);
+        let pass = full_text_pass(&self.conn)?;
+        self.fts.next_rowid = pass.next_rowid;
+        if pass.more {
+            self.fts.waiting = self.fts.waiting.saturating_sub(pass.indexed).max(1);
         } else {
             self.fts.waiting = 0;
             self.fts.oldest = None;
         }
-        Ok(more)
+        Ok(pass.more)
     }
+}
+
+/// What a [`full_text_pass`] did.
+pub(super) struct FullTextPass {
+    /// Rows indexed.
+    pub indexed: usize,
+    /// The index's mark after it (`fts_state.next_rowid`).
+    pub next_rowid: i64,
+    /// Whether rows beyond it wait.
+    pub more: bool,
+}
+
+/// Indexes up to [`INDEX_CHUNK`] rows of `inbox` from `fts_state.next_rowid`
+/// on in one transaction, moving the mark past them.
+pub(super) fn full_text_pass(conn: &Connection) -> Result<FullTextPass> {
+    let tx = Immediate::begin(conn)?;
+    let from: i64 = tx.query_row("SELECT next_rowid FROM fts_state", [], |row| row.get(0))?;
+    let last: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM inbox", [], |row| {
+        row.get(0)
+    })?;
+    if last < from {
+        tx.commit()?;
+        return Ok(FullTextPass {
+            indexed: 0,
+            next_rowid: from,
+            more: false,
+        });
+    }
+    let to = last.min(from + INDEX_CHUNK - 1);
+    // The rows from the mark on are in no index yet (the triggers that
+    // follow edits and deletions leave them alone: migration 47).
+    let indexed = tx
+        .prepare_cached(
+            "INSERT INTO inbox_fts (rowid, body)
+             SELECT id, body FROM inbox WHERE id BETWEEN ?1 AND ?2 AND body IS NOT NULL",
+        )?
+        .execute(params![from, to])?;
+    tx.prepare_cached("UPDATE fts_state SET next_rowid = ?1")?
+        .execute(params![to + 1])?;
+    tx.commit()?;
+    Ok(FullTextPass {
+        indexed,
+        next_rowid: to + 1,
+        more: to < last,
+    })
 }
 
 /// The writer's transactions (commits and full-text passes), from cached

@@ -1299,7 +1299,8 @@ pub mod bench {
 
     /// `owners` accounts in a new database at `dir`, and one generation of
     /// the tail holding `per_owner` chat messages of each, interleaved as
-    /// they arrive (each owner's next entry after every other owner's).
+    /// they arrive (each owner's next entry after every other owner's); the
+    /// database as built, changed by `prepare` (SQL) first.
     pub struct TailMove {
         conn: Connection,
         tail: Tail,
@@ -1308,7 +1309,12 @@ pub mod bench {
 
     impl TailMove {
         /// Sets it up (the database, its accounts, the generation's entries).
-        pub async fn new(dir: &Path, owners: usize, per_owner: usize) -> Result<TailMove> {
+        pub async fn new(
+            dir: &Path,
+            owners: usize,
+            per_owner: usize,
+            prepare: &str,
+        ) -> Result<TailMove> {
             let database = dir.join("kith.db");
             let names: Vec<String> = (0..owners).map(|i| format!("user{i}")).collect();
             {
@@ -1329,6 +1335,7 @@ pub mod bench {
                 store.close().await;
             }
             let conn = super::super::sqlite::open_connection(&database)?;
+            conn.execute_batch(prepare)?;
             let shared = Arc::new(TailShared::default());
             shared.set_mode(Some(Arc::new(|_: &str| true)), Delivered::Kept);
             let mut tail = Tail::new(shared, database);
@@ -1397,6 +1404,20 @@ pub mod bench {
                     .entries;
             }
             Ok(moved)
+        }
+
+        /// Indexes what moved for full-text search as the writer does (its
+        /// passes, [`super::super::sqlite::full_text_pass`]); returns how
+        /// many rows were indexed.
+        pub fn index(&mut self) -> Result<usize> {
+            let mut indexed = 0;
+            loop {
+                let pass = super::super::sqlite::full_text_pass(&self.conn)?;
+                indexed += pass.indexed;
+                if !pass.more {
+                    return Ok(indexed);
+                }
+            }
         }
     }
 }
