@@ -18,7 +18,15 @@ impl Store {
         // Up to `limit` whole stanzas, from the conversation index
         // (`archive::BUCKET`): not a short read (`read.rs`), so through the pool.
         let mut conn = self.pool.acquire().await?;
-        crate::archive::newest_in_conversation(&mut conn, owner, peer, direction, limit).await
+        crate::archive::newest_in_conversation(
+            &mut conn,
+            self.backend,
+            owner,
+            peer,
+            direction,
+            limit,
+        )
+        .await
     }
 
     /// Replaces an entry's stanza and body (the full-text index follows).

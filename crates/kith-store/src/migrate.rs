@@ -1162,6 +1162,8 @@ mod tests {
         apply_sqlite(&conn, ..);
         let filter = "i.owner = $1 AND i.stanza_id <> '' AND i.peer = $2";
         let bucket = crate::archive::BUCKET;
+        let values: [&dyn rusqlite::ToSql; 5] = [&"alice", &"bob@localhost", &0, &2, &11];
+        let placeholders = |sql: &str| (1..=5).filter(|n| sql.contains(&format!("${n}"))).count();
         for sql in [
             format!(
                 "SELECT {} FROM inbox i WHERE {filter} AND {bucket} = $3 ORDER BY i.seq DESC LIMIT $4",
@@ -1171,11 +1173,14 @@ mod tests {
                 "WITH RECURSIVE b (v) AS (SELECT $3 UNION ALL SELECT v + 1 FROM b WHERE v < $4)
                  SELECT SUM((SELECT COUNT(*) FROM inbox i WHERE {filter} AND {bucket} = b.v)) FROM b"
             ),
+            // The rest of a page's buckets in one statement, both directions.
+            crate::archive::conversation_page_sqlite(filter, ("$3", "$4"), true, "$5"),
+            crate::archive::conversation_page_sqlite(filter, ("$3", "$4"), false, "$5"),
         ] {
             let plan: Vec<String> = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap()
-                .query_map(rusqlite::params!["alice", "bob@localhost", 0, 2], |row| {
+                .query_map(rusqlite::params_from_iter(&values[..placeholders(&sql)]), |row| {
                     row.get::<_, String>(3)
                 })
                 .unwrap()

@@ -24,6 +24,7 @@ all_three!(
     unknown_ids_are_errors,
     filter_with,
     a_conversation_spans_buckets_of_the_log,
+    a_rare_conversation_spans_many_buckets,
     filter_time,
     filter_ids_and_id_bounds,
     fulltext_unicode,
@@ -363,6 +364,79 @@ async fn unknown_ids_are_errors(db: TestDb) {
         .await,
         Err(ArchiveError::UnknownId(_))
     ));
+}
+
+/// A conversation rarer still: 10 entries with dave over 15 buckets of a
+/// 60,000-entry log, so a page asks the first buckets one by one and, on
+/// SQLite, the rest in one statement (`archive::walk_buckets`): pages both
+/// ways, from the ends and from an id, and the newest-first look-up, find
+/// exactly his, in order.
+async fn a_rare_conversation_spans_many_buckets(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    let raw = db.raw().await;
+    sqlx::query(
+        "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
+         INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer,
+            direction, body)
+         SELECT 'alice', i, 'x' || i, 'someone', 'chat', '<message/>', i,
+            CASE WHEN i % 6000 = 0 THEN 'dave@localhost' ELSE 'bob@localhost' END,
+            'in', NULL
+         FROM n",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    let dave = |paging: Paging, max: i64| ArchiveQuery {
+        with: Some("dave@localhost".to_owned()),
+        paging,
+        max,
+        ..ArchiveQuery::default()
+    };
+    let seqs =
+        |page: &kith_store::ArchivePage| -> Vec<i64> { page.items.iter().map(|e| e.seq).collect() };
+    let his = |from: i64, to: i64| -> Vec<i64> { (from..=to).map(|k| k * 6000).collect() };
+
+    let page = s
+        .archive_query("alice", &dave(Paging::Before(None), 7))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), his(4, 10));
+    assert_eq!(page.count, Some(10));
+    assert!(!page.complete);
+    let page = s
+        .archive_query("alice", &dave(Paging::Before(Some("x24000".into())), 7))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), his(1, 3));
+    assert!(page.complete);
+    let page = s
+        .archive_query("alice", &dave(Paging::After(None), 7))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), his(1, 7));
+    assert!(!page.complete);
+    let page = s
+        .archive_query("alice", &dave(Paging::After(Some("x12000".into())), 5))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), his(3, 7));
+    assert!(!page.complete);
+    let page = s
+        .archive_query("alice", &dave(Paging::After(Some("x42000".into())), 5))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page), his(8, 10));
+    assert!(page.complete);
+
+    let recent = s
+        .inbox_recent_with("alice", "dave@localhost", "in", 9)
+        .await
+        .unwrap();
+    let recent: Vec<i64> = recent.iter().map(|e| e.seq).collect();
+    let mut newest_first = his(2, 10);
+    newest_first.reverse();
+    assert_eq!(recent, newest_first);
 }
 
 /// The conversation index is kept in buckets of 4,096 of the owner's numbers
