@@ -10,7 +10,8 @@
 //! `cargo bench -p kith-store --bench archive_page` (the set-up writes the
 //! million entries once, some seconds).
 
-use kith_store::{ArchiveQuery, Paging, ScramSecret, Store, StoredCredentials};
+use kith_store::bench::credentials;
+use kith_store::{ArchiveQuery, Paging, Store};
 
 fn main() {
     divan::main();
@@ -32,19 +33,9 @@ fn archive() -> Archive {
     let url = format!("sqlite://{}", db.display());
     let store = runtime.block_on(async {
         let store = Store::open(&url).await.expect("open");
-        let secret = ScramSecret {
-            salt: vec![1; 16],
-            iterations: 4096,
-            stored_key: vec![2; 20],
-            server_key: vec![3; 32],
-        };
-        let credentials = StoredCredentials {
-            sha1: secret.clone(),
-            sha256: secret,
-        };
         for i in 0..200 {
             store
-                .create_user(&format!("user{i}"), &credentials)
+                .create_user(&format!("user{i}"), &credentials())
                 .await
                 .expect("an account");
         }

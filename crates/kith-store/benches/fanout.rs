@@ -7,29 +7,14 @@
 //! `KITH_BENCH_PG_URL` to a database URL to measure PostgreSQL too: it creates
 //! `bench_member_*` accounts there).
 
-use kith_store::{NewInboxEntry, ScramSecret, Store, StoredCredentials};
+use kith_store::bench::credentials;
+use kith_store::{NewInboxEntry, Store};
 
 fn main() {
     divan::main();
 }
 
 const ROOM: &str = "bench@conference.localhost";
-
-fn credentials() -> StoredCredentials {
-    let secret = ScramSecret {
-        salt: vec![1; 16],
-        iterations: 4096,
-        stored_key: vec![2; 20],
-        server_key: vec![3; 32],
-    };
-    StoredCredentials {
-        sha1: secret.clone(),
-        sha256: ScramSecret {
-            stored_key: vec![4; 32],
-            ..secret
-        },
-    }
-}
 
 struct Setup {
     runtime: tokio::runtime::Runtime,

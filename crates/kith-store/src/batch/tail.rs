@@ -1297,6 +1297,23 @@ pub mod bench {
     use super::{Added, COLUMNS, DRAIN_CHUNK, Delivered, Tail, TailShared, table};
     use crate::{Result, ScramSecret, Store, StoredCredentials};
 
+    /// Credentials for the benchmarks' accounts (never used to log in).
+    pub fn credentials() -> StoredCredentials {
+        let secret = ScramSecret {
+            salt: vec![1; 16],
+            iterations: 4096,
+            stored_key: vec![2; 20],
+            server_key: vec![3; 32],
+        };
+        StoredCredentials {
+            sha1: secret.clone(),
+            sha256: ScramSecret {
+                stored_key: vec![4; 32],
+                ..secret
+            },
+        }
+    }
+
     /// `owners` accounts in a new database at `dir`, and one generation of
     /// the tail holding `per_owner` chat messages of each, interleaved as
     /// they arrive (each owner's next entry after every other owner's); the
@@ -1319,18 +1336,8 @@ pub mod bench {
             let names: Vec<String> = (0..owners).map(|i| format!("user{i}")).collect();
             {
                 let store = Store::open(&format!("sqlite://{}", database.display())).await?;
-                let secret = ScramSecret {
-                    salt: vec![1; 16],
-                    iterations: 4096,
-                    stored_key: vec![2; 20],
-                    server_key: vec![3; 32],
-                };
-                let credentials = StoredCredentials {
-                    sha1: secret.clone(),
-                    sha256: secret,
-                };
                 for name in &names {
-                    store.create_user(name, &credentials).await?;
+                    store.create_user(name, &credentials()).await?;
                 }
                 store.close().await;
             }
