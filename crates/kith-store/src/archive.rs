@@ -177,8 +177,8 @@ pub(crate) const ENTRY_COLUMNS: &str =
 pub(crate) const BUCKET: &str = "(i.seq >> 12)";
 /// The shift in [`BUCKET`].
 const BUCKET_BITS: u32 = 12;
-/// Buckets a page by conversation asks one by one before SQLite takes the
-/// rest in one statement ([`walk_buckets`]).
+/// Buckets a page by conversation asks one by one before it takes the rest
+/// in one statement ([`walk_buckets`]).
 const ONE_BY_ONE: i64 = 4;
 
 /// The bucket of entry number `seq` ([`BUCKET`]).
@@ -208,14 +208,13 @@ pub(crate) async fn buckets(
 /// conversation), from buckets `lo..=hi` in the paging direction (newest
 /// first when `backwards`), stopping once `wanted` are found: a look-up each
 /// in the conversation index. The first [`ONE_BY_ONE`] buckets (where an
-/// active conversation's page lies) are a statement each, as every bucket is
-/// on PostgreSQL; SQLite takes all the rest in one
-/// ([`conversation_page_sqlite`]): a rare conversation of a long log spans
-/// hundreds of buckets, each statement a round trip through sqlx (the last
-/// page of one with 10 entries over 245 buckets: 7.4 ms bucket by bucket,
-/// 0.58 ms so; an active conversation's 0.55 ms either way:
+/// active conversation's page lies) are a statement each, all the rest one
+/// statement ([`conversation_page`]): a rare conversation of a long log spans
+/// hundreds of buckets, and each statement is a round trip through sqlx (on
+/// SQLite, the last page of one with 10 entries over 245 buckets: 7.4 ms
+/// bucket by bucket, 0.58 ms so; an active conversation's 0.55 ms either way:
 /// `cargo bench -p kith-store --bench archive_page`). That one statement
-/// lists every bucket left first, hence the few asked one by one.
+/// lists every bucket left, hence the few asked one by one first.
 async fn walk_buckets(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -232,7 +231,7 @@ async fn walk_buckets(
     while (lo..=hi).contains(&next) && (rows.len() as i64) < wanted {
         let mut one = filter.clone();
         let limit = one.int(wanted - rows.len() as i64);
-        let sql = if (next - first).abs() < ONE_BY_ONE || backend == Backend::Postgres {
+        let sql = if (next - first).abs() < ONE_BY_ONE {
             let b = one.int(next);
             next += step;
             format!(
@@ -245,7 +244,7 @@ async fn walk_buckets(
             let (from, to) = if backwards { (lo, next) } else { (next, hi) };
             let (from, to) = (one.int(from), one.int(to));
             next = if backwards { lo - 1 } else { hi + 1 };
-            conversation_page_sqlite(&one.sql, (&from, &to), backwards, &limit)
+            conversation_page(backend, &one.sql, (&from, &to), backwards, &limit)
         };
         rows.extend(one.bind(&sql).fetch_all(&mut *conn).await?);
     }
@@ -253,23 +252,42 @@ async fn walk_buckets(
 }
 
 /// A page of a conversation over buckets `from..=to` (placeholders) in one
-/// SQLite statement: the buckets are an `IN` list, which SQLite walks in the
-/// `ORDER BY`'s direction, a look-up each in the conversation index, stopping
-/// once `limit` rows are found (no sorting: the index's order is the page's,
-/// since an entry's bucket grows with its number). PostgreSQL (before 17)
-/// would read every match and sort them.
-pub(crate) fn conversation_page_sqlite(
+/// statement, a look-up each in the conversation index in the paging
+/// direction, stopping once `limit` rows are found. SQLite: the buckets are
+/// an `IN` list, which it walks in the `ORDER BY`'s direction with no sort
+/// (the index's order is the page's, since an entry's bucket grows with its
+/// number). PostgreSQL (before 17, an `= ANY` list would read every match and
+/// sort them): a `LATERAL` look-up of at most `limit` per bucket, then a sort
+/// of those few.
+pub(crate) fn conversation_page(
+    backend: Backend,
     filter: &str,
     (from, to): (&str, &str),
     backwards: bool,
     limit: &str,
 ) -> String {
     let order = if backwards { "DESC" } else { "ASC" };
-    format!(
-        "WITH RECURSIVE b (v) AS (SELECT {from} UNION ALL SELECT v + 1 FROM b WHERE v < {to})
-         SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {filter} AND {BUCKET} IN (SELECT v FROM b)
-         ORDER BY {BUCKET} {order}, i.seq {order} LIMIT {limit}"
-    )
+    match backend {
+        Backend::Sqlite => format!(
+            "WITH RECURSIVE b (v) AS (SELECT {from} UNION ALL SELECT v + 1 FROM b WHERE v < {to})
+             SELECT {ENTRY_COLUMNS} FROM inbox i WHERE {filter} AND {BUCKET} IN (SELECT v FROM b)
+             ORDER BY {BUCKET} {order}, i.seq {order} LIMIT {limit}"
+        ),
+        Backend::Postgres => {
+            let (start, end, step) = if backwards {
+                (to, from, -1)
+            } else {
+                (from, to, 1)
+            };
+            format!(
+                "SELECT x.* FROM generate_series(CAST({start} AS BIGINT), CAST({end} AS BIGINT),
+                    CAST({step} AS BIGINT)) AS b (v)
+                 CROSS JOIN LATERAL (SELECT {ENTRY_COLUMNS} FROM inbox i
+                    WHERE {filter} AND {BUCKET} = b.v ORDER BY i.seq {order} LIMIT {limit}) AS x
+                 ORDER BY b.v {order}, x.seq {order} LIMIT {limit}"
+            )
+        }
+    }
 }
 
 /// The owner's newest `limit` archived entries exchanged with `peer` in

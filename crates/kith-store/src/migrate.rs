@@ -1174,8 +1174,8 @@ mod tests {
                  SELECT SUM((SELECT COUNT(*) FROM inbox i WHERE {filter} AND {bucket} = b.v)) FROM b"
             ),
             // The rest of a page's buckets in one statement, both directions.
-            crate::archive::conversation_page_sqlite(filter, ("$3", "$4"), true, "$5"),
-            crate::archive::conversation_page_sqlite(filter, ("$3", "$4"), false, "$5"),
+            crate::archive::conversation_page(Backend::Sqlite, filter, ("$3", "$4"), true, "$5"),
+            crate::archive::conversation_page(Backend::Sqlite, filter, ("$3", "$4"), false, "$5"),
         ] {
             let plan: Vec<String> = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
