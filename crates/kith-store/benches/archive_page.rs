@@ -8,7 +8,9 @@
 //! transaction: the whole query as the server runs it.
 //!
 //! `cargo bench -p kith-store --bench archive_page` (the set-up writes the
-//! million entries once, some seconds).
+//! million entries, some seconds); set `KITH_BENCH_PG_URL` to a database URL
+//! to measure PostgreSQL too (it makes accounts `user0` … `user199` and their
+//! entries there).
 
 use kith_store::bench::credentials;
 use kith_store::{ArchiveQuery, Paging, Store};
@@ -20,17 +22,36 @@ fn main() {
 struct Archive {
     runtime: tokio::runtime::Runtime,
     store: Store,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
-fn archive() -> Archive {
+/// The million entries, from the numbers `n` (a PostgreSQL database used
+/// before keeps them: nothing is inserted twice).
+const FILL: &str = "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer,
+        direction, body)
+     SELECT 'user' || (i % 200), i, 'x' || i, 'x', 'chat', '<message/>',
+        1796000000000000 + i,
+        CASE WHEN i % 200 = 1 AND i % 100000 = 1 THEN 'rare@localhost'
+             ELSE 'user' || ((i * 7) % 200) || '@localhost' END,
+        'in', NULL
+     FROM n WHERE true
+     ON CONFLICT DO NOTHING";
+
+/// SQLite in a temporary file, or PostgreSQL at `url` (accounts `user0` …
+/// `user199` and their entries are made there, kept for the next run).
+fn archive(url: Option<String>) -> Archive {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("kith.db");
-    let url = format!("sqlite://{}", db.display());
+    let (url, dir) = match url {
+        Some(url) => (url, None),
+        None => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}", dir.path().join("kith.db").display());
+            (url, Some(dir))
+        }
+    };
     let store = runtime.block_on(async {
         let store = Store::open(&url).await.expect("open");
         for i in 0..200 {
@@ -40,21 +61,29 @@ fn archive() -> Archive {
                 .expect("an account");
         }
         store.close().await;
-        let conn = rusqlite::Connection::open(&db).expect("the database");
-        conn.execute_batch(
-            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
-             INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer,
-                direction, body)
-             SELECT 'user' || (i % 200), i, printf('0A0b0C0d0%011d', i), 'x', 'chat',
-                '<message/>', 1796000000000000 + i,
-                CASE WHEN i % 200 = 1 AND i % 100000 = 1 THEN 'rare@localhost'
-                     ELSE 'user' || ((i * 7) % 200) || '@localhost' END,
-                'in', NULL
-             FROM n;
-             PRAGMA wal_checkpoint(TRUNCATE);",
-        )
-        .expect("a million entries");
-        drop(conn);
+        sqlx::any::install_default_drivers();
+        let raw = sqlx::AnyPool::connect(&url).await.expect("a raw pool");
+        let numbers = if dir.is_some() {
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)"
+        } else {
+            "WITH n (i) AS (SELECT generate_series(1, 1000000))"
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!("{numbers} {FILL}")))
+            .execute(&raw)
+            .await
+            .expect("a million entries");
+        if dir.is_some() {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&raw)
+                .await
+                .expect("a checkpoint");
+        } else {
+            sqlx::query("ANALYZE inbox")
+                .execute(&raw)
+                .await
+                .expect("statistics");
+        }
+        raw.close().await;
         Store::open(&url).await.expect("open again")
     });
     Archive {
@@ -64,29 +93,37 @@ fn archive() -> Archive {
     }
 }
 
-#[divan::bench(args = ["active", "rare"], sample_count = 50)]
-fn last_page_with(bencher: divan::Bencher, contact: &str) {
-    let archive = archive();
+fn last_page(archive: &Archive, contact: &str) {
     let with = match contact {
         "rare" => "rare@localhost",
         _ => "user7@localhost",
     };
     let query = ArchiveQuery {
         with: Some(with.to_owned()),
-        start_micros: None,
-        end_micros: None,
-        after_id: None,
-        before_id: None,
-        ids: Vec::new(),
-        fulltext: None,
         paging: Paging::Before(None),
         max: 10,
+        ..ArchiveQuery::default()
     };
-    bencher.bench_local(|| {
-        let page = archive
-            .runtime
-            .block_on(archive.store.archive_query("user1", &query))
-            .expect("a page");
-        assert_eq!(page.items.len(), 10);
-    });
+    let page = archive
+        .runtime
+        .block_on(archive.store.archive_query("user1", &query))
+        .expect("a page");
+    assert_eq!(page.items.len(), 10);
+}
+
+#[divan::bench(args = ["active", "rare"], sample_count = 50)]
+fn last_page_with(bencher: divan::Bencher, contact: &str) {
+    let archive = archive(None);
+    bencher.bench_local(|| last_page(&archive, contact));
+}
+
+/// The same on PostgreSQL, when `KITH_BENCH_PG_URL` is set.
+#[divan::bench(args = ["active", "rare"], sample_count = 50)]
+fn postgres_last_page_with(bencher: divan::Bencher, contact: &str) {
+    let Ok(url) = std::env::var("KITH_BENCH_PG_URL") else {
+        bencher.bench_local(|| {});
+        return;
+    };
+    let archive = archive(Some(url));
+    bencher.bench_local(|| last_page(&archive, contact));
 }
