@@ -1364,17 +1364,18 @@ pub mod bench {
                             seq * 1000 + i as i64,
                             "x".repeat(64)
                         );
+                        let stanza_id = format!("0A1b2C3d4{seq:011}");
                         let xml = format!(
                             "<message xmlns='jabber:client' to='{owner}@localhost' type='chat' \
                              id='m{seq}' from='{peer}/bench'><body>{body}</body><stanza-id \
-                             xmlns='urn:xmpp:sid:0' id='0A1b2C3d4{seq:011}' by='{owner}@localhost'/></message>"
+                             xmlns='urn:xmpp:sid:0' id='{stanza_id}' by='{owner}@localhost'/></message>"
                         );
                         let id = tail.take_id();
                         append.execute(params![
                             id,
                             owner,
                             seq,
-                            format!("0A1b2C3d4{seq:011}"),
+                            stanza_id,
                             format!("{peer}/bench"),
                             xml,
                             1_796_047_998_593_377 + seq * 1000,
