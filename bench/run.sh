@@ -63,7 +63,8 @@ def metric(r):
     if scenario == "idle":
         cps = r.get("checkpoints") or []
         last = cps[-1] if cps else {}
-        return [(f"KiB/session at {last.get('sessions')}", (last.get("bytes_per_session") or 0) / 1024, False)]
+        return [(f"KiB/session at {last.get('sessions')}", (last.get("bytes_per_session") or 0) / 1024, False),
+                ("server CPU ms/s while held", r.get("held_cpu_ms_per_s"), False)]
     if scenario == "chat":
         out = [("highest msg/s held", r.get("highest_rate_held"), True)]
         held = [s for s in r.get("steps", []) if s.get("held")]

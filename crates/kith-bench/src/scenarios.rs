@@ -431,7 +431,16 @@ async fn idle(
         prev = (alive as usize, rss);
     }
     let login_secs = start.elapsed().as_secs_f64();
+    // What holding them costs the server's CPU: sessions that do nothing
+    // should cost nothing (timers, polling and keep-alives show up here).
+    let held_from = (ctx.procs.cpu_us(), Instant::now());
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    let held_cpu_ms_per_s = match (held_from.0, ctx.procs.cpu_us()) {
+        (Some(before), Some(after)) => {
+            Some(after.saturating_sub(before) as f64 / 1e3 / held_from.1.elapsed().as_secs_f64())
+        }
+        _ => None,
+    };
     let lost = disconnects.load(Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let closing = async { while tasks.join_next().await.is_some() {} };
@@ -454,11 +463,20 @@ async fn idle(
     lines.push(format!(
         "disconnects while held ({hold_secs} s hold): {lost}"
     ));
+    if let Some(cpu) = held_cpu_ms_per_s {
+        lines.push(format!(
+            "server CPU while held: {cpu:.2} ms/s ({:.3} ms/s per 1,000 sessions; \
+             /proc counts 10 ms ticks: ±{:.2} ms/s over the hold)",
+            cpu * 1000.0 / up.max(1) as f64,
+            10.0 / hold_secs.max(1) as f64
+        ));
+    }
     lines.extend(errors.lines());
     let mut json = header(ctx, "idle");
     json["results"] = json!({
         "target_sessions": total, "up": up, "baseline_rss_bytes": baseline,
         "checkpoints": points, "disconnects": lost, "hold_secs": hold_secs, "tls": tls,
+        "held_cpu_ms_per_s": held_cpu_ms_per_s,
     });
     json["errors"] = json!(errors.snapshot());
     Ok(Report { lines, json })
