@@ -52,8 +52,12 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bo
     }
 }
 
-/// Bytes a WebSocket connection reads at a time (see `websocket`).
-const WS_READ_BUFFER: usize = 4096;
+/// Bytes a WebSocket connection reads at a time (see `websocket`): a chat
+/// message's frame fits; a larger one grows the buffer as it needs. The
+/// buffer is held for the connection's life, so it is most of what an idle
+/// WebSocket session costs beyond a TCP one: 13.1 KiB per idle `wss://`
+/// session at 5,000 with 4 KiB, 10.3 with 1 KiB (BENCHMARKS.md, session 25).
+const WS_READ_BUFFER: usize = 1024;
 
 /// RFC 7395 §3.1: the handshake must select the `xmpp` subprotocol.
 async fn websocket(
