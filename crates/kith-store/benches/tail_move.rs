@@ -12,8 +12,13 @@
 //! archived yet), a `large_archive` (a million entries archived already: the
 //! server's case after a while), and the large one
 //! `_without_its_indexes` (the time, archive-id and conversation indexes
-//! dropped first: what they cost). A large archive's set-up takes seconds per
-//! sample. `cargo bench -p kith-store --bench tail_move`
+//! dropped first: what they cost); `move_server_generation`, the same with a
+//! generation shaped as the server's under load (500 entries per owner, not
+//! 50); and `segment_generation`, what building the archive's keys and full
+//! text over the generation's own file, in bulk, would cost instead (the
+//! append-laid-out archive's segments, ARCHITECTURE.md). A large archive's
+//! set-up takes seconds per sample. `cargo bench -p kith-store --bench
+//! tail_move`
 
 use divan::counter::ItemsCount;
 use kith_store::bench::TailMove;
@@ -69,10 +74,15 @@ impl SetUp {
     }
 
     fn fixture(&self, prepare: &str) -> TailMove {
+        self.fixture_of(prepare, PER_OWNER)
+    }
+
+    /// A generation of `per_owner` entries of each owner.
+    fn fixture_of(&self, prepare: &str, per_owner: usize) -> TailMove {
         let dir = tempfile::tempdir().expect("tempdir");
         let fixture = self
             .runtime
-            .block_on(TailMove::new(dir.path(), OWNERS, PER_OWNER, prepare))
+            .block_on(TailMove::new(dir.path(), OWNERS, per_owner, prepare))
             .expect("a generation to move");
         self.dirs.borrow_mut().push(dir);
         fixture
@@ -91,6 +101,41 @@ fn move_generation(bencher: divan::Bencher, variant: &str) {
         .with_inputs(|| set_up.fixture(&prepare(variant)))
         .bench_local_values(|mut fixture| {
             assert_eq!(fixture.run().expect("moved"), ENTRIES);
+            fixture
+        });
+}
+
+/// Entries per owner in a generation as the server's are under load (a
+/// generation closes at 100,000 entries; 200 owners at 28,000 msg/s fill it in
+/// under 2 s).
+const SERVER_PER_OWNER: usize = 500;
+
+/// The same move, a generation shaped as the server's under load (500 entries
+/// per owner rather than 50): a chunk then holds one owner.
+#[divan::bench(args = ["new_archive", "large_archive"], sample_count = 5, sample_size = 1)]
+fn move_server_generation(bencher: divan::Bencher, variant: &str) {
+    let set_up = SetUp::new();
+    bencher
+        .counter(ItemsCount::new(OWNERS * SERVER_PER_OWNER))
+        .with_inputs(|| set_up.fixture_of(&prepare(variant), SERVER_PER_OWNER))
+        .bench_local_values(|mut fixture| {
+            assert_eq!(fixture.run().expect("moved"), OWNERS * SERVER_PER_OWNER);
+            fixture
+        });
+}
+
+/// What a generation would cost as an archive segment built in place (its
+/// four keys and its full text, sorted in bulk: ARCHITECTURE.md's plan),
+/// against moving it (`move_generation`, `move_server_generation`) and then
+/// indexing its full text (`index_generation`).
+#[divan::bench(args = [50, 500], sample_count = 10, sample_size = 1)]
+fn segment_generation(bencher: divan::Bencher, per_owner: usize) {
+    let set_up = SetUp::new();
+    bencher
+        .counter(ItemsCount::new(OWNERS * per_owner))
+        .with_inputs(|| set_up.fixture_of("", per_owner))
+        .bench_local_values(|mut fixture| {
+            assert_eq!(fixture.build_segment().expect("built"), OWNERS * per_owner);
             fixture
         });
 }

@@ -1414,6 +1414,38 @@ pub mod bench {
             Ok(moved)
         }
 
+        /// What making the generation an archive *segment* in place would
+        /// cost (ARCHITECTURE.md, "An archive laid out for appends"): the
+        /// archive's four keys and a full-text index built over its file,
+        /// each in one pass over rows in arrival order, sorted in bulk,
+        /// rather than moved into `inbox` entry by entry. Returns how many
+        /// entries the full-text index took. Measurement only: nothing reads
+        /// such a segment yet.
+        pub fn build_segment(&mut self) -> Result<usize> {
+            let schema = super::schema(self.generation);
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute_batch(&format!(
+                "CREATE INDEX {schema}.seg_owner_seq ON entries (owner, seq);
+                 CREATE INDEX {schema}.seg_conversation ON entries (owner, (seq >> 12), peer, seq)
+                     WHERE stanza_id <> '';
+                 CREATE INDEX {schema}.seg_time ON entries (owner, at_micros) WHERE stanza_id <> '';
+                 CREATE INDEX {schema}.seg_stanza_id ON entries (owner, stanza_id)
+                     WHERE stanza_id <> '';
+                 CREATE VIRTUAL TABLE {schema}.seg_fts USING fts5(
+                     body, content='', columnsize=0, tokenize='unicode61 remove_diacritics 0'
+                 );"
+            ))?;
+            let indexed = tx.execute(
+                &format!(
+                    "INSERT INTO {schema}.seg_fts (rowid, body) \
+                     SELECT id, body FROM {schema}.entries WHERE body IS NOT NULL"
+                ),
+                [],
+            )?;
+            tx.commit()?;
+            Ok(indexed)
+        }
+
         /// Indexes what moved for full-text search as the writer does (its
         /// passes, [`super::super::sqlite::full_text_pass`]); returns how
         /// many rows were indexed.
