@@ -16,7 +16,10 @@
 //! generation shaped as the server's under load (500 entries per owner, not
 //! 50); and `segment_generation`, what building the archive's keys and full
 //! text over the generation's own file, in bulk, would cost instead (the
-//! append-laid-out archive's segments, ARCHITECTURE.md). A large archive's
+//! append-laid-out archive's segments, ARCHITECTURE.md); `merge_generation`,
+//! an estimate of what merging segments costs per entry (the generation's
+//! rows written again in key order to a new file, built as a segment). A
+//! large archive's
 //! set-up takes seconds per sample. `cargo bench -p kith-store --bench
 //! tail_move`
 
@@ -136,6 +139,21 @@ fn segment_generation(bencher: divan::Bencher, per_owner: usize) {
         .with_inputs(|| set_up.fixture_of("", per_owner))
         .bench_local_values(|mut fixture| {
             assert_eq!(fixture.build_segment().expect("built"), OWNERS * per_owner);
+            fixture
+        });
+}
+
+/// What merging segments would cost per entry, estimated on one
+/// generation: its rows written again in key order to a new file and that
+/// file built as a segment (`TailMove::merge_segment`).
+#[divan::bench(args = [50, 500], sample_count = 10, sample_size = 1)]
+fn merge_generation(bencher: divan::Bencher, per_owner: usize) {
+    let set_up = SetUp::new();
+    bencher
+        .counter(ItemsCount::new(OWNERS * per_owner))
+        .with_inputs(|| set_up.fixture_of("", per_owner))
+        .bench_local_values(|mut fixture| {
+            assert_eq!(fixture.merge_segment().expect("merged"), OWNERS * per_owner);
             fixture
         });
 }

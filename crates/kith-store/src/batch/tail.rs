@@ -1297,6 +1297,30 @@ pub mod bench {
     use super::{Added, COLUMNS, DRAIN_CHUNK, Delivered, Tail, TailShared, table};
     use crate::{Result, ScramSecret, Store, StoredCredentials};
 
+    /// A segment's four keys and its full-text index, built in bulk over
+    /// `schema`'s `entries` (in the caller's transaction); how many entries
+    /// the full-text index took.
+    fn index_segment(conn: &Connection, schema: &str) -> Result<usize> {
+        conn.execute_batch(&format!(
+            "CREATE INDEX {schema}.seg_owner_seq ON entries (owner, seq);
+             CREATE INDEX {schema}.seg_conversation ON entries (owner, (seq >> 12), peer, seq)
+                 WHERE stanza_id <> '';
+             CREATE INDEX {schema}.seg_time ON entries (owner, at_micros) WHERE stanza_id <> '';
+             CREATE INDEX {schema}.seg_stanza_id ON entries (owner, stanza_id)
+                 WHERE stanza_id <> '';
+             CREATE VIRTUAL TABLE {schema}.seg_fts USING fts5(
+                 body, content='', columnsize=0, tokenize='unicode61 remove_diacritics 0'
+             );"
+        ))?;
+        Ok(conn.execute(
+            &format!(
+                "INSERT INTO {schema}.seg_fts (rowid, body) \
+                 SELECT id, body FROM {schema}.entries WHERE body IS NOT NULL"
+            ),
+            [],
+        )?)
+    }
+
     /// Credentials for the benchmarks' accounts (never used to log in).
     pub fn credentials() -> StoredCredentials {
         let secret = ScramSecret {
@@ -1422,28 +1446,38 @@ pub mod bench {
         /// entries the full-text index took. Measurement only: nothing reads
         /// such a segment yet.
         pub fn build_segment(&mut self) -> Result<usize> {
-            let schema = super::schema(self.generation);
             let tx = self.conn.unchecked_transaction()?;
-            tx.execute_batch(&format!(
-                "CREATE INDEX {schema}.seg_owner_seq ON entries (owner, seq);
-                 CREATE INDEX {schema}.seg_conversation ON entries (owner, (seq >> 12), peer, seq)
-                     WHERE stanza_id <> '';
-                 CREATE INDEX {schema}.seg_time ON entries (owner, at_micros) WHERE stanza_id <> '';
-                 CREATE INDEX {schema}.seg_stanza_id ON entries (owner, stanza_id)
-                     WHERE stanza_id <> '';
-                 CREATE VIRTUAL TABLE {schema}.seg_fts USING fts5(
-                     body, content='', columnsize=0, tokenize='unicode61 remove_diacritics 0'
-                 );"
-            ))?;
-            let indexed = tx.execute(
-                &format!(
-                    "INSERT INTO {schema}.seg_fts (rowid, body) \
-                     SELECT id, body FROM {schema}.entries WHERE body IS NOT NULL"
-                ),
-                [],
-            )?;
+            let indexed = index_segment(&tx, super::schema(self.generation))?;
             tx.commit()?;
             Ok(indexed)
+        }
+
+        /// What a merge of segments would cost per entry, estimated on the
+        /// generation: its rows written again, in order of owner and number,
+        /// to a new file (`merged.db` beside the database), and that file's
+        /// keys and full text built as [`TailMove::build_segment`] builds
+        /// them. A merge of several segments reads each in key order where
+        /// this reads one in arrival order and sorts it: the same writes.
+        /// Returns how many entries the full-text index took.
+        pub fn merge_segment(&mut self) -> Result<usize> {
+            let file = super::dir(&self.tail.database).join("merged.db");
+            super::attach(&self.conn, &file, "merged", false)?;
+            let merged = (|| {
+                let tx = self.conn.unchecked_transaction()?;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO merged.entries ({COLUMNS}) SELECT {COLUMNS} FROM {} \
+                         ORDER BY owner, seq",
+                        table(self.generation)
+                    ),
+                    [],
+                )?;
+                let indexed = index_segment(&tx, "merged")?;
+                tx.commit()?;
+                Ok(indexed)
+            })();
+            self.conn.execute_batch("DETACH DATABASE merged")?;
+            merged
         }
 
         /// Indexes what moved for full-text search as the writer does (its
