@@ -98,12 +98,24 @@ impl SetUp {
     sample_size = 1
 )]
 fn move_generation(bencher: divan::Bencher, variant: &str) {
+    every_entry(bencher, &prepare(variant), PER_OWNER, TailMove::run);
+}
+
+/// Times `step` on a new generation per sample (`per_owner` entries of each
+/// owner, the database changed by `prepare` first), which must handle every
+/// entry.
+fn every_entry(
+    bencher: divan::Bencher,
+    prepare: &str,
+    per_owner: usize,
+    step: fn(&mut TailMove) -> kith_store::Result<usize>,
+) {
     let set_up = SetUp::new();
     bencher
-        .counter(ItemsCount::new(ENTRIES))
-        .with_inputs(|| set_up.fixture(&prepare(variant)))
+        .counter(ItemsCount::new(OWNERS * per_owner))
+        .with_inputs(|| set_up.fixture_of(prepare, per_owner))
         .bench_local_values(|mut fixture| {
-            assert_eq!(fixture.run().expect("moved"), ENTRIES);
+            assert_eq!(step(&mut fixture).expect("done"), OWNERS * per_owner);
             fixture
         });
 }
@@ -117,14 +129,7 @@ const SERVER_PER_OWNER: usize = 500;
 /// per owner rather than 50): a chunk then holds one owner.
 #[divan::bench(args = ["new_archive", "large_archive"], sample_count = 5, sample_size = 1)]
 fn move_server_generation(bencher: divan::Bencher, variant: &str) {
-    let set_up = SetUp::new();
-    bencher
-        .counter(ItemsCount::new(OWNERS * SERVER_PER_OWNER))
-        .with_inputs(|| set_up.fixture_of(&prepare(variant), SERVER_PER_OWNER))
-        .bench_local_values(|mut fixture| {
-            assert_eq!(fixture.run().expect("moved"), OWNERS * SERVER_PER_OWNER);
-            fixture
-        });
+    every_entry(bencher, &prepare(variant), SERVER_PER_OWNER, TailMove::run);
 }
 
 /// What a generation would cost as an archive segment built in place (its
@@ -133,14 +138,7 @@ fn move_server_generation(bencher: divan::Bencher, variant: &str) {
 /// indexing its full text (`index_generation`).
 #[divan::bench(args = [50, 500], sample_count = 10, sample_size = 1)]
 fn segment_generation(bencher: divan::Bencher, per_owner: usize) {
-    let set_up = SetUp::new();
-    bencher
-        .counter(ItemsCount::new(OWNERS * per_owner))
-        .with_inputs(|| set_up.fixture_of("", per_owner))
-        .bench_local_values(|mut fixture| {
-            assert_eq!(fixture.build_segment().expect("built"), OWNERS * per_owner);
-            fixture
-        });
+    every_entry(bencher, "", per_owner, TailMove::build_segment);
 }
 
 /// What merging segments would cost per entry, estimated on one
@@ -148,14 +146,7 @@ fn segment_generation(bencher: divan::Bencher, per_owner: usize) {
 /// file built as a segment (`TailMove::merge_segment`).
 #[divan::bench(args = [50, 500], sample_count = 10, sample_size = 1)]
 fn merge_generation(bencher: divan::Bencher, per_owner: usize) {
-    let set_up = SetUp::new();
-    bencher
-        .counter(ItemsCount::new(OWNERS * per_owner))
-        .with_inputs(|| set_up.fixture_of("", per_owner))
-        .bench_local_values(|mut fixture| {
-            assert_eq!(fixture.merge_segment().expect("merged"), OWNERS * per_owner);
-            fixture
-        });
+    every_entry(bencher, "", per_owner, TailMove::merge_segment);
 }
 
 #[divan::bench(sample_count = 20, sample_size = 1)]
