@@ -433,11 +433,12 @@ async fn idle(
     let login_secs = start.elapsed().as_secs_f64();
     // What holding them costs the server's CPU: sessions that do nothing
     // should cost nothing (timers, polling and keep-alives show up here).
-    let held_from = (ctx.procs.cpu_us(), Instant::now());
+    let cpu_before = ctx.procs.cpu_us();
+    let held_since = Instant::now();
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-    let held_cpu_ms_per_s = match (held_from.0, ctx.procs.cpu_us()) {
+    let held_cpu_ms_per_s = match (cpu_before, ctx.procs.cpu_us()) {
         (Some(before), Some(after)) => {
-            Some(after.saturating_sub(before) as f64 / 1e3 / held_from.1.elapsed().as_secs_f64())
+            Some(after.saturating_sub(before) as f64 / 1e3 / held_since.elapsed().as_secs_f64())
         }
         _ => None,
     };

@@ -1460,7 +1460,9 @@ pub mod bench {
         /// this reads one in arrival order and sorts it: the same writes.
         /// Returns how many entries the full-text index took.
         pub fn merge_segment(&mut self) -> Result<usize> {
-            let file = super::dir(&self.tail.database).join("merged.db");
+            // Beside the database, not among the tail's files (`recover`
+            // would take any `.db` there for a generation left by a crash).
+            let file = self.tail.database.with_file_name("merged.db");
             super::attach(&self.conn, &file, "merged", false)?;
             let merged = (|| {
                 let tx = self.conn.unchecked_transaction()?;
