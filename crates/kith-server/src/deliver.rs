@@ -408,7 +408,7 @@ fn log_message(
                 .and_then(|j| j.clone().try_into_full().ok())
                 .map(|full| (full, message.clone()));
             let stanza_id = if archived {
-                stamp_stanza_id(&mut message, recipient)
+                stamp_stanza_id(&mut message, recipient, now)
             } else {
                 String::new()
             };
@@ -435,7 +435,7 @@ fn log_message(
                 body: body.as_deref().filter(|_| archived),
                 origin: origin.as_deref(),
             };
-            let own_id = sender_owner.as_ref().map(|_| crate::archive_id());
+            let own_id = sender_owner.as_ref().map(|_| crate::archive_id(now));
             // The sender's copy, if any, after the recipient's (no list allocated for one).
             let mut pair = [(node(to), entry), (node(to), entry)];
             let mut count = 1;
@@ -589,10 +589,10 @@ fn remove_stanza_ids_by(message: &mut Element, by: &str) {
 
 /// XEP-0359 §3: the recipient's server stamps a unique, stable id, and removes any
 /// `<stanza-id/>` claiming to be by the recipient that came from elsewhere (§5).
-/// Returns the id.
-fn stamp_stanza_id(message: &mut Element, recipient: &str) -> String {
+/// Returns the id, which names `at_micros`, the entry's time.
+fn stamp_stanza_id(message: &mut Element, recipient: &str, at_micros: i64) -> String {
     remove_stanza_ids_by(message, recipient);
-    let id = crate::archive_id();
+    let id = crate::archive_id(at_micros);
     message.push_child(
         Element::new(ns::SID, "stanza-id")
             .attr("id", id.clone())
@@ -708,7 +708,7 @@ mod tests {
                 .attr("by", "juliet@localhost")
                 .attr("id", "forged"),
         );
-        let id = stamp_stanza_id(&mut message, "juliet@localhost");
+        let id = stamp_stanza_id(&mut message, "juliet@localhost", crate::now_micros());
         let ids: Vec<_> = message
             .elements()
             .filter(|e| e.is("stanza-id", ns::SID))

@@ -299,24 +299,11 @@ pub(crate) fn now_micros() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// A new archive id (XEP-0359 stanza-id) for an inbox-log entry: 20 characters,
-/// the creation time (9 base-62 digits of unix microseconds, fixed width, so ids
-/// sort by time byte for byte) then 11 random alphanumerics (≈65 bits, so ids
-/// stay unguessable and unique). Time order matters to the store: the archive's
-/// `(owner, stanza_id)` index then grows at its end like the log itself, instead
-/// of dirtying a random page per entry.
-pub(crate) fn archive_id() -> String {
-    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut time = u64::try_from(now_micros()).unwrap_or(0);
-    let mut prefix = [b'0'; 9];
-    for digit in prefix.iter_mut().rev() {
-        *digit = DIGITS[(time % 62) as usize];
-        time /= 62;
-    }
-    let mut id = String::with_capacity(20);
-    id.extend(prefix.iter().map(|&b| char::from(b)));
-    id.push_str(&random_id(11));
-    id
+/// A new archive id (XEP-0359 stanza-id) for an inbox-log entry made at
+/// `at_micros` (the entry's own time, exactly: the store finds the entry by
+/// its id through that time, `kith_store::archive_id`).
+pub(crate) fn archive_id(at_micros: i64) -> String {
+    kith_store::archive_id(at_micros, &random_id(kith_store::ARCHIVE_ID_RANDOM))
 }
 
 /// A random identifier of `len` alphanumeric characters.
@@ -336,13 +323,10 @@ mod tests {
 
     #[test]
     fn archive_ids_sort_by_time_and_differ() {
-        let mut ids = Vec::new();
-        for _ in 0..50 {
-            ids.push(archive_id());
-            std::thread::sleep(std::time::Duration::from_micros(50));
-        }
+        let start = now_micros();
+        let ids: Vec<String> = (0..50).map(|i| archive_id(start + i * 50)).collect();
         for id in &ids {
-            assert_eq!(id.len(), 20);
+            assert_eq!(id.len(), 21);
             assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
         }
         let mut sorted = ids.clone();
@@ -350,5 +334,10 @@ mod tests {
         assert_eq!(sorted, ids, "later ids sort after earlier ones");
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len());
+        assert_ne!(
+            archive_id(start),
+            archive_id(start),
+            "same time, different ids"
+        );
     }
 }

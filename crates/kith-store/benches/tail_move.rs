@@ -33,8 +33,8 @@ fn main() {
 const OWNERS: usize = 200;
 const PER_OWNER: usize = 50;
 const ENTRIES: usize = OWNERS * PER_OWNER;
-/// The three indexes only an archive needs (by time, by archive id, by
-/// conversation; `migrate.rs`).
+/// The indexes only an archive needs (by time, by conversation, and the one
+/// by archive id, which holds ids of earlier forms only; `migrate.rs`).
 const WITHOUT_ARCHIVE_INDEXES: &str = "DROP INDEX inbox_owner_time; \
     DROP INDEX inbox_owner_stanza_id; DROP INDEX inbox_conversation;";
 /// A million chat entries already archived (5,000 per owner, their
@@ -42,7 +42,7 @@ const WITHOUT_ARCHIVE_INDEXES: &str = "DROP INDEX inbox_owner_time; \
 /// checkpointer keeps its WAL: how the move slows as the archive grows.
 const LARGE: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) \
              INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body) \
-             SELECT 'user' || (i % 200), 1000000 + i, printf('0A0b0C0d0%011d', i), 'user1@localhost/bench', 'chat', \
+             SELECT 'user' || (i % 200), 1000000 + i, printf('0A0b0C0d0%012d', i), 'user1@localhost/bench', 'chat', \
              printf('<message xmlns=''jabber:client'' to=''user%d@localhost'' type=''chat'' id=''m1'' from=''user1@localhost/bench''><body>kb 1045834044 0 %d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx</body><stanza-id xmlns=''urn:xmpp:sid:0'' id=''8E0QodURFLNgNEyWq8hs'' by=''user1@localhost''/></message>', i % 200, i), \
              1796000000000000 + i, 'user' || ((i * 7) % 200) || '@localhost', 'in', \
              printf('kb 1045834044 0 %d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx', i) FROM n; \

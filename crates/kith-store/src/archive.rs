@@ -163,6 +163,49 @@ pub struct MamPrefs {
     pub never: Vec<String>,
 }
 
+/// How many base-62 digits of its entry's time begin an archive id.
+const ID_TIME_DIGITS: usize = 9;
+/// How many random characters end an archive id ([`archive_id`]).
+pub const ARCHIVE_ID_RANDOM: usize = 12;
+/// An archive id's length in characters. An id of any other length is of an
+/// earlier form (20 random or time-prefixed characters): only those are in
+/// the `(owner, stanza_id)` index (migration 49), which spells this number.
+const ARCHIVE_ID_LEN: usize = ID_TIME_DIGITS + ARCHIVE_ID_RANDOM;
+/// The base-62 digits, in byte order (so ids sort by time byte for byte).
+const ID_DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The archive id (XEP-0359 stanza-id) of an entry made at `at_micros` (the
+/// entry's own `at_micros`, exactly): the time as [`ID_TIME_DIGITS`] base-62
+/// digits, fixed width, then `random` — [`ARCHIVE_ID_RANDOM`] random
+/// alphanumerics, so that ids stay unguessable and unique. The store finds an
+/// entry by such an id through its time (`inbox_owner_time`), so archived
+/// entries need no index by id: one b-tree insert fewer per archived entry.
+/// Ids sort by time, so a page of the time index holds one owner's newest.
+pub fn archive_id(at_micros: i64, random: &str) -> String {
+    let mut time = u64::try_from(at_micros).unwrap_or(0);
+    let mut prefix = [b'0'; ID_TIME_DIGITS];
+    for digit in prefix.iter_mut().rev() {
+        *digit = ID_DIGITS[(time % 62) as usize];
+        time /= 62;
+    }
+    let mut id = String::with_capacity(ID_TIME_DIGITS + random.len());
+    id.extend(prefix.iter().map(|&b| char::from(b)));
+    id.push_str(random);
+    id
+}
+
+/// The time an archive id of [`archive_id`]'s form names; `None` for an id
+/// of any other form (found through the `(owner, stanza_id)` index).
+fn archive_id_time(id: &str) -> Option<i64> {
+    if id.chars().count() != ARCHIVE_ID_LEN {
+        return None;
+    }
+    id.bytes().take(ID_TIME_DIGITS).try_fold(0i64, |time, b| {
+        let digit = ID_DIGITS.iter().position(|&d| d == b)?;
+        Some(time * 62 + digit as i64)
+    })
+}
+
 /// The columns of an [`InboxEntry`], for `SELECT`s over `inbox i` (qualified: the
 /// full-text tables joined in have columns of the same names).
 pub(crate) const ENTRY_COLUMNS: &str =
@@ -380,13 +423,13 @@ impl Store {
                     .filter(|id| seen.insert(*id))
                     .collect()
             };
-            check_ids_exist(&mut tx, owner, &wanted).await?;
-            let list = wanted
+            let seqs = seqs_of_all(&mut tx, owner, &wanted).await?;
+            let list = seqs
                 .iter()
-                .map(|id| filter.text(id))
+                .map(|&seq| filter.int(seq))
                 .collect::<Vec<_>>()
                 .join(", ");
-            filter.push(&format!(" AND i.stanza_id IN ({list})"));
+            filter.push(&format!(" AND i.seq IN ({list})"));
         }
         if let Some(text) = &query.fulltext {
             let terms = search_terms(text);
@@ -584,54 +627,76 @@ impl Store {
     }
 }
 
-/// The sequence number of the owner's entry with this archive id.
+/// The sequence numbers of the owner's entries with this archive id (one in
+/// practice; ids are unique).
+async fn seqs_of(
+    conn: &mut sqlx::AnyConnection,
+    owner: &str,
+    id: &str,
+) -> std::result::Result<Vec<i64>, ArchiveError> {
+    // An id of today's form is looked up by its time (`inbox_owner_time`),
+    // one of an earlier form in the index that holds only those; each
+    // statement says what its partial index covers, or SQLite scans.
+    let rows = match archive_id_time(id) {
+        Some(at_micros) => {
+            sqlx::query(
+                "SELECT seq FROM inbox
+                 WHERE owner = $1 AND at_micros = $2 AND stanza_id = $3 AND stanza_id <> ''",
+            )
+            .bind(owner)
+            .bind(at_micros)
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        None => {
+            let sql = format!(
+                "SELECT seq FROM inbox WHERE owner = $1 AND stanza_id = $2
+                 AND stanza_id <> '' AND length(stanza_id) <> {ARCHIVE_ID_LEN}"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+    };
+    rows.iter()
+        .map(|row| row.try_get::<i64, _>("seq"))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(ArchiveError::from)
+}
+
+/// The sequence number of the owner's entry with this archive id (the lowest,
+/// were two to share it). Not `ORDER BY seq LIMIT 1`: SQLite would then walk
+/// the owner's log in `seq` order instead of looking the id up.
 async fn seq_of(
     conn: &mut sqlx::AnyConnection,
     owner: &str,
     id: &str,
 ) -> std::result::Result<i64, ArchiveError> {
-    // No `ORDER BY seq LIMIT 1` (nor `MIN(seq)`): SQLite would then walk the
-    // owner's whole log in `seq` order instead of looking the id up in
-    // `inbox_owner_stanza_id`. Ids are unique in practice; the lowest wins.
-    let rows = sqlx::query(
-        "SELECT seq FROM inbox WHERE owner = $1 AND stanza_id = $2 AND stanza_id <> ''",
-    )
-    .bind(owner)
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut lowest = None;
-    for row in &rows {
-        let seq: i64 = row.try_get("seq")?;
-        lowest = Some(lowest.map_or(seq, |l: i64| l.min(seq)));
-    }
-    lowest.ok_or_else(|| ArchiveError::UnknownId(id.to_owned()))
+    let seqs = seqs_of(conn, owner, id).await?;
+    seqs.into_iter()
+        .min()
+        .ok_or_else(|| ArchiveError::UnknownId(id.to_owned()))
 }
 
-/// Fails with the first of `ids` (distinct) that is not in the owner's archive.
-async fn check_ids_exist(
+/// The sequence numbers of the owner's entries with these archive ids;
+/// fails with the first id (of `ids`, distinct) not in the owner's archive.
+async fn seqs_of_all(
     conn: &mut sqlx::AnyConnection,
     owner: &str,
     ids: &[&str],
-) -> std::result::Result<(), ArchiveError> {
-    let mut lookup = Sql::new(owner);
-    let list = ids
-        .iter()
-        .map(|id| lookup.text(id))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT DISTINCT stanza_id FROM inbox WHERE owner = $1 AND stanza_id <> '' AND stanza_id IN ({list})"
-    );
-    let rows = lookup.bind(&sql).fetch_all(&mut *conn).await?;
-    let found = rows
-        .iter()
-        .map(|r| r.try_get::<String, _>("stanza_id"))
-        .collect::<std::result::Result<HashSet<_>, _>>()?;
-    match ids.iter().find(|id| id.is_empty() || !found.contains(**id)) {
-        Some(missing) => Err(ArchiveError::UnknownId((*missing).to_owned())),
-        None => Ok(()),
+) -> std::result::Result<Vec<i64>, ArchiveError> {
+    let mut all = Vec::with_capacity(ids.len());
+    for id in ids {
+        let seqs = seqs_of(conn, owner, id).await?;
+        if seqs.is_empty() {
+            return Err(ArchiveError::UnknownId((*id).to_owned()));
+        }
+        all.extend(seqs);
     }
+    Ok(all)
 }
 
 /// The searchable words of user text: whitespace-separated, each holding at
@@ -710,6 +775,46 @@ impl Sql {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_archive_id_names_its_time() {
+        for at in [0, 1, 61, 62, 1_796_000_000_123_456, 62i64.pow(9) - 1] {
+            let id = archive_id(at, "abcdefghijkl");
+            assert_eq!(id.len(), ARCHIVE_ID_LEN);
+            assert_eq!(archive_id_time(&id), Some(at), "{id}");
+        }
+        let (early, late) = (
+            archive_id(1_796_000_000_000_000, "zzzzzzzzzzzz"),
+            archive_id(1_796_000_000_000_001, "000000000000"),
+        );
+        assert!(early < late, "ids sort by time");
+        // Earlier forms and what no server made: found through the index by id.
+        for other in [
+            "0A1b2C3d4e5F6g7H8i9J",
+            "short",
+            "",
+            "0A1b2C3-45F6g7H8i9Jkl",
+            "é0A1b2C3d4e5F6g7H8i9J",
+        ] {
+            assert_eq!(archive_id_time(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_index_by_id_holds_the_ids_of_earlier_forms_only() {
+        let legacy = format!("length(stanza_id) <> {ARCHIVE_ID_LEN}");
+        let index = crate::migrate::MIGRATIONS
+            .iter()
+            .rev()
+            .flat_map(|m| m.sqlite.iter().chain(m.postgres.iter()))
+            .filter(|sql| sql.contains("INDEX inbox_owner_stanza_id ON"))
+            .take(2)
+            .collect::<Vec<_>>();
+        assert_eq!(index.len(), 2);
+        for sql in index {
+            assert!(sql.contains(&legacy), "{sql}");
+        }
+    }
 
     #[test]
     fn terms_drop_words_without_letters_or_digits() {

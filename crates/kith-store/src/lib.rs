@@ -161,8 +161,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Row, Transaction};
 
 pub use archive::{
-    ArchiveBounds, ArchiveDefault, ArchiveError, ArchiveMark, ArchivePage, ArchiveQuery, MamPrefs,
-    Paging,
+    ARCHIVE_ID_RANDOM, ArchiveBounds, ArchiveDefault, ArchiveError, ArchiveMark, ArchivePage,
+    ArchiveQuery, MamPrefs, Paging, archive_id,
 };
 pub use batch::Delivered;
 /// Fixtures for the store's benchmarks (`benches/`); not an interface.

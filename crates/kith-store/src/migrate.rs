@@ -962,6 +962,27 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
              WHERE stanza_id <> ''",
         ],
     },
+    // No index by archive id for ids of today's form (`archive::archive_id`,
+    // 21 characters): such an id names its entry's time, and the store finds
+    // it through `inbox_owner_time` — one b-tree insert fewer for every
+    // archived entry (0.7 µs of 5.4 in `tail_move`'s large archive). Ids of
+    // the earlier forms (20 characters, and any other length) keep this
+    // index, now holding only those; every query that uses it says
+    // `length(stanza_id) <> 21` (`archive::seqs_of`).
+    Migration {
+        version: 49,
+        name: "archive ids found through their time",
+        sqlite: &[
+            "DROP INDEX inbox_owner_stanza_id",
+            "CREATE INDEX inbox_owner_stanza_id ON inbox (owner, stanza_id)
+             WHERE stanza_id <> '' AND length(stanza_id) <> 21",
+        ],
+        postgres: &[
+            "DROP INDEX inbox_owner_stanza_id",
+            "CREATE INDEX inbox_owner_stanza_id ON inbox (owner, stanza_id)
+             WHERE stanza_id <> '' AND length(stanza_id) <> 21",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

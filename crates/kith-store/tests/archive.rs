@@ -27,6 +27,7 @@ all_three!(
     a_rare_conversation_spans_many_buckets,
     filter_time,
     filter_ids_and_id_bounds,
+    ids_of_every_form,
     fulltext_unicode,
     fulltext_hostile_input,
     fulltext_follows_deletes_and_updates,
@@ -852,6 +853,109 @@ async fn filter_ids_and_id_bounds(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(ids(&page), range(1, 3));
+}
+
+/// Ids of today's form name their entry's time and are found through it
+/// (`kith_store::archive_id`); ids of earlier forms (20 characters) and any
+/// other are found through the index by id. Both kinds in one log, every way
+/// an id is used.
+async fn ids_of_every_form(db: TestDb) {
+    let s = db.open().await;
+    for user in ["alice", "bob"] {
+        s.create_user(user, &creds(1)).await.unwrap();
+    }
+    let at = |i: usize| 1_796_000_000_000_000 + i as i64 * 1000;
+    let id_of = |i: usize| match i % 3 {
+        0 => kith_store::archive_id(at(i), &format!("{i:012}")),
+        1 => format!("0A1b2C3d4e{i:010}"),
+        _ => format!("old-{i}"),
+    };
+    let all: Vec<String> = (1..=12).map(id_of).collect();
+    for (i, id) in (1..=12).zip(&all) {
+        for owner in ["alice", "bob"] {
+            append(
+                &s,
+                owner,
+                &Msg {
+                    id,
+                    peer: "carol@example.org",
+                    sender: "carol@example.org/phone",
+                    direction: "in",
+                    body: Some("hello"),
+                    at: at(i),
+                },
+            )
+            .await;
+        }
+    }
+    for (i, id) in all.iter().enumerate() {
+        let after = s
+            .archive_query(
+                "alice",
+                &ArchiveQuery {
+                    after_id: Some(id.clone()),
+                    ..query(100)
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("after {id}: {e}"));
+        assert_eq!(ids(&after), all[i + 1..], "after {id}");
+        let page = s
+            .archive_query(
+                "alice",
+                &ArchiveQuery {
+                    paging: Paging::Before(Some(id.clone())),
+                    ..query(2)
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("page before {id}: {e}"));
+        assert_eq!(ids(&page), all[i.saturating_sub(2)..i], "page before {id}");
+    }
+    let wanted = [
+        all[2].clone(),
+        all[3].clone(),
+        all[4].clone(),
+        all[8].clone(),
+    ];
+    let page = s
+        .archive_query(
+            "alice",
+            &ArchiveQuery {
+                ids: wanted.to_vec(),
+                ..query(100)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), wanted);
+    assert_eq!(page.count, Some(4));
+
+    // Not in the archive: today's form with another time or other random
+    // characters, an earlier form, anything else.
+    let unknown = [
+        kith_store::archive_id(at(3) + 1, "000000000003"),
+        kith_store::archive_id(at(3), "000000000004"),
+        "0A1b2C3d4e9999999999".to_owned(),
+        "x".repeat(21),
+    ];
+    for id in unknown {
+        for query in [
+            ArchiveQuery {
+                after_id: Some(id.clone()),
+                ..query(10)
+            },
+            ArchiveQuery {
+                ids: vec![all[0].clone(), id.clone()],
+                ..query(10)
+            },
+        ] {
+            match s.archive_query("alice", &query).await {
+                Err(ArchiveError::UnknownId(missing)) => assert_eq!(missing, id),
+                other => panic!("{id}: expected UnknownId, got {other:?}"),
+            }
+        }
+    }
 }
 
 async fn fulltext_unicode(db: TestDb) {

@@ -1388,7 +1388,9 @@ pub mod bench {
                             seq * 1000 + i as i64,
                             "x".repeat(64)
                         );
-                        let stanza_id = format!("0A1b2C3d4{seq:011}");
+                        let at_micros = 1_796_047_998_593_377 + seq * 1000;
+                        let stanza_id =
+                            crate::archive::archive_id(at_micros, &format!("{seq:012}"));
                         let xml = format!(
                             "<message xmlns='jabber:client' to='{owner}@localhost' type='chat' \
                              id='m{seq}' from='{peer}/bench'><body>{body}</body><stanza-id \
@@ -1402,7 +1404,7 @@ pub mod bench {
                             stanza_id,
                             format!("{peer}/bench"),
                             xml,
-                            1_796_047_998_593_377 + seq * 1000,
+                            at_micros,
                             peer,
                             body
                         ])?;

@@ -124,7 +124,8 @@ pub(super) async fn fan_out(
     mut reflected: Element,
     sender_bare: &str,
 ) -> Result<Queued, StanzaError> {
-    let archive_id = crate::archive_id();
+    let now = crate::now_micros();
+    let archive_id = crate::archive_id(now);
     reflected.push_child(
         Element::new(ns::SID, "stanza-id")
             .attr("id", archive_id.clone())
@@ -134,7 +135,6 @@ pub(super) async fn fan_out(
     let xml: Arc<str> = Arc::from(reflected.to_xml(""));
     let body = reflected.child_text("body", ns::CLIENT);
     let sender = reflected.get_attr("from").unwrap_or_default().to_owned();
-    let now = crate::now_micros();
     // Local members: the room's log gets the message, and each member's log a
     // copy now if it has a session, later if not (`Store::room_append_then`).
     let members = super::local_members(server, room);
