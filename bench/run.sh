@@ -66,7 +66,8 @@ def metric(r):
         return [(f"KiB/session at {last.get('sessions')}", (last.get("bytes_per_session") or 0) / 1024, False),
                 ("server CPU ms/s while held", r.get("held_cpu_ms_per_s"), False)]
     if scenario == "chat":
-        out = [("highest msg/s held", r.get("highest_rate_held"), True)]
+        out = [("highest msg/s held", r.get("highest_rate_held"), True),
+               ("highest msg/s with every step up to it held", r.get("highest_rate_held_throughout"), True)]
         held = [s for s in r.get("steps", []) if s.get("held")]
         if held:
             out.append(("server CPU µs/msg at highest held step", held[-1].get("server_cpu_us_per_msg"), False))

@@ -779,7 +779,19 @@ async fn chat(ctx: &Ctx, o: ChatOpts) -> Result<Report> {
         ],
         &rows,
     ));
+    let outcomes: Vec<(u32, bool)> = steps_json
+        .iter()
+        .zip(&o.rates)
+        .map(|(step, &rate)| (rate, step["held"].as_bool().unwrap_or(false)))
+        .collect();
+    let throughout = held_throughout(&outcomes);
     lines.push(match held {
+        Some(r) if throughout != Some(r) => format!(
+            "highest rate held (p99 < {} ms, nothing lost): {r} msg/s, but a lower step failed: \
+             every step held up to {}",
+            o.p99_ms,
+            throughout.map_or("none".to_owned(), |t| format!("{t} msg/s"))
+        ),
         Some(r) => format!(
             "highest rate held (p99 < {} ms, nothing lost): {r} msg/s",
             o.p99_ms
@@ -794,6 +806,7 @@ async fn chat(ctx: &Ctx, o: ChatOpts) -> Result<Report> {
     let mut json = header(ctx, "chat");
     json["results"] = json!({
         "users": peers.len(), "steps": steps_json, "highest_rate_held": held,
+        "highest_rate_held_throughout": throughout,
         "p99_target_ms": o.p99_ms, "step_secs": o.step_secs, "drain_secs": o.drain_secs,
         "body_bytes": o.body_bytes, "tls": tls, "warnings": warnings,
         "late_total": late_total,
@@ -1284,4 +1297,36 @@ async fn durable(
     });
     json["errors"] = json!(errors.snapshot());
     Ok(Report { lines, json })
+}
+
+/// The highest rate at which every step run at that rate or lower held: a
+/// step that holds above one that failed (the failure a stall, the step
+/// above lucky) does not count. `None` when the lowest step failed.
+fn held_throughout(steps: &[(u32, bool)]) -> Option<u32> {
+    let mut sorted = steps.to_vec();
+    sorted.sort_by_key(|&(rate, held)| (rate, held));
+    sorted
+        .iter()
+        .take_while(|&&(_, held)| held)
+        .map(|&(rate, _)| rate)
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_throughout;
+
+    #[test]
+    fn held_throughout_stops_at_the_first_failure_by_rate() {
+        let run = [(250, true), (500, true), (1000, false), (2000, true)];
+        assert_eq!(held_throughout(&run), Some(500));
+        assert_eq!(held_throughout(&[(500, true), (250, true)]), Some(500));
+        assert_eq!(held_throughout(&[(250, false), (500, true)]), None);
+        // A rate run twice counts as held only if it held both times.
+        assert_eq!(
+            held_throughout(&[(250, true), (500, true), (500, false)]),
+            Some(250)
+        );
+        assert_eq!(held_throughout(&[]), None);
+    }
 }
