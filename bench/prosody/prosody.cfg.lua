@@ -7,6 +7,8 @@ log = { warn = "@DIR@/prosody/prosody.log" }
 network_backend = "epoll"
 -- Pending-connection queue like kith's (tokio) 1024; server_epoll's default is 128.
 network_settings = { tcp_backlog = 1024 }
+-- The Lua collector: Prosody's default unless PROSODY_GC says otherwise (bench/lib.sh).
+@PROSODY_GC@
 
 c2s_ports = { @PORT@ }
 c2s_interfaces = { "127.0.0.1" }

@@ -180,7 +180,7 @@ const ID_DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklm
 /// alphanumerics, so that ids stay unguessable and unique. The store finds an
 /// entry by such an id through its time (`inbox_owner_time`), so archived
 /// entries need no index by id: one b-tree insert fewer per archived entry.
-/// Ids sort by time, so a page of the time index holds one owner's newest.
+/// Ids sort by time byte for byte.
 pub fn archive_id(at_micros: i64, random: &str) -> String {
     let mut time = u64::try_from(at_micros).unwrap_or(0);
     let mut prefix = [b'0'; ID_TIME_DIGITS];
