@@ -56,7 +56,8 @@ ARCHIVE="${ARCHIVE:-off}"
 PROSODY_ARCHIVE="${PROSODY_ARCHIVE:-internal}"
 # PROSODY_GC picks the Lua collector's mode Prosody runs with: default (Prosody
 # 0.12's own: incremental, a new cycle once the heap has grown 5 %, which trades
-# CPU for memory; what the figures use unless stated) or generational (Lua 5.4's
+# CPU for memory, and its CPU per message swings twofold from run to run; what the
+# figures use unless stated) or generational (Lua 5.4's
 # generational mode with Prosody's thresholds): a knob that moves Prosody's CPU
 # per message, stated with any figure that uses it.
 PROSODY_GC="${PROSODY_GC:-default}"

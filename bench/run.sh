@@ -32,7 +32,7 @@ if [[ $# -gt 0 ]]; then defaults=("$@"); fi
 
 trap stop_current EXIT INT TERM
 
-log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (Prosody's in PROSODY_ARCHIVE=$PROSODY_ARCHIVE storage; kith logs every message for delivery either way); TLS=$TLS"
+log "1:1 archiving on every server: ARCHIVE=$ARCHIVE (Prosody's in PROSODY_ARCHIVE=$PROSODY_ARCHIVE storage; kith logs every message for delivery either way); TLS=$TLS; Prosody's collector: PROSODY_GC=$PROSODY_GC"
 for server in $SERVERS; do
   log "$SCENARIO on $server"
   start_current "$server" || continue

@@ -213,8 +213,15 @@ async def test_a_dropped_upload_leaves_nothing_served(pool, web, media_server, s
         await asyncio.sleep(0.2)
     assert web.get(slot.get_url, timeout=10).status_code == 404
     assert slot_id not in stored_objects(media_server, s3)
-    # the slot is spent: a retry needs a new one
-    assert put(web, slot, b"x", "application/octet-stream").status_code == 404
+    # the slot is spent: a retry needs a new one. The server removes the partial
+    # object first and the slot's record right after; until then a retry is
+    # refused as a slot in use (409), then as no slot at all (404).
+    while True:
+        retry = put(web, slot, b"x", "application/octet-stream").status_code
+        if retry != 409 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert retry == 404
 
 
 # ---- safety ------------------------------------------------------------------------------

@@ -182,6 +182,10 @@ const ID_DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklm
 /// entries need no index by id: one b-tree insert fewer per archived entry.
 /// Ids sort by time byte for byte.
 pub fn archive_id(at_micros: i64, random: &str) -> String {
+    debug_assert!(
+        (0..62i64.pow(ID_TIME_DIGITS as u32)).contains(&at_micros),
+        "a time an id can name"
+    );
     let mut time = u64::try_from(at_micros).unwrap_or(0);
     let mut prefix = [b'0'; ID_TIME_DIGITS];
     for digit in prefix.iter_mut().rev() {
@@ -205,6 +209,16 @@ fn archive_id_time(id: &str) -> Option<i64> {
         Some(time * 62 + digit as i64)
     })
 }
+
+/// The owner's entries with an id of today's form ($3), through its time
+/// ($2): `inbox_owner_time`, whose `stanza_id <> ''` the query repeats.
+pub(crate) const SEQS_BY_ID_AND_TIME: &str = "SELECT seq FROM inbox
+    WHERE owner = $1 AND at_micros = $2 AND stanza_id = $3 AND stanza_id <> ''";
+/// The owner's entries with an id of an earlier form ($2): the index by id,
+/// whose two terms the query repeats word for word (migration 49; the length
+/// is [`ARCHIVE_ID_LEN`], checked by a test).
+pub(crate) const SEQS_BY_EARLIER_ID: &str = "SELECT seq FROM inbox
+    WHERE owner = $1 AND stanza_id = $2 AND stanza_id <> '' AND length(stanza_id) <> 21";
 
 /// The columns of an [`InboxEntry`], for `SELECT`s over `inbox i` (qualified: the
 /// full-text tables joined in have columns of the same names).
@@ -639,22 +653,15 @@ async fn seqs_of(
     // statement says what its partial index covers, or SQLite scans.
     let rows = match archive_id_time(id) {
         Some(at_micros) => {
-            sqlx::query(
-                "SELECT seq FROM inbox
-                 WHERE owner = $1 AND at_micros = $2 AND stanza_id = $3 AND stanza_id <> ''",
-            )
-            .bind(owner)
-            .bind(at_micros)
-            .bind(id)
-            .fetch_all(&mut *conn)
-            .await?
+            sqlx::query(SEQS_BY_ID_AND_TIME)
+                .bind(owner)
+                .bind(at_micros)
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?
         }
         None => {
-            let sql = format!(
-                "SELECT seq FROM inbox WHERE owner = $1 AND stanza_id = $2
-                 AND stanza_id <> '' AND length(stanza_id) <> {ARCHIVE_ID_LEN}"
-            );
-            sqlx::query(AssertSqlSafe(sql))
+            sqlx::query(SEQS_BY_EARLIER_ID)
                 .bind(owner)
                 .bind(id)
                 .fetch_all(&mut *conn)
@@ -803,6 +810,7 @@ mod tests {
     #[test]
     fn the_index_by_id_holds_the_ids_of_earlier_forms_only() {
         let legacy = format!("length(stanza_id) <> {ARCHIVE_ID_LEN}");
+        assert!(SEQS_BY_EARLIER_ID.contains(&legacy), "{SEQS_BY_EARLIER_ID}");
         let index = crate::migrate::MIGRATIONS
             .iter()
             .rev()

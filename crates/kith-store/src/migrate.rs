@@ -1216,6 +1216,40 @@ mod tests {
         }
     }
 
+    /// An archive id is looked up in an index whichever its form
+    /// (`archive::seqs_of`): through its time, or in the index by id that
+    /// holds the earlier forms only (its partial index needs every term of
+    /// the index's `WHERE` in the query's, or SQLite scans the owner's log).
+    #[test]
+    fn archive_ids_are_looked_up_in_an_index() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        apply_sqlite(&conn, ..);
+        for (sql, values, index) in [
+            (
+                crate::archive::SEQS_BY_ID_AND_TIME,
+                &[&"alice" as &dyn rusqlite::ToSql, &5, &"x"][..],
+                "inbox_owner_time (owner=? AND at_micros=?)",
+            ),
+            (
+                crate::archive::SEQS_BY_EARLIER_ID,
+                &[&"alice" as &dyn rusqlite::ToSql, &"x"][..],
+                "inbox_owner_stanza_id (owner=? AND stanza_id=?)",
+            ),
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(values), |row| {
+                    row.get::<_, String>(3)
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains(index), "{sql}\n{plan}");
+        }
+    }
+
     /// Migration 47 keeps every entry's rowid as its id, keeps in the index
     /// exactly the entries below the mark, and its triggers follow edits and
     /// deletions of indexed entries only.
