@@ -19,9 +19,8 @@
 //! append-laid-out archive's segments, ARCHITECTURE.md); `merge_generation`,
 //! an estimate of what merging segments costs per entry (the generation's
 //! rows written again in key order to a new file, built as a segment). A
-//! large archive's
-//! set-up takes seconds per sample. `cargo bench -p kith-store --bench
-//! tail_move`
+//! large archive's set-up takes seconds per sample. `cargo bench -p
+//! kith-store --bench tail_move`
 
 use divan::counter::ItemsCount;
 use kith_store::bench::TailMove;

@@ -1198,16 +1198,7 @@ mod tests {
             crate::archive::conversation_page(Backend::Sqlite, filter, ("$3", "$4"), true, "$5"),
             crate::archive::conversation_page(Backend::Sqlite, filter, ("$3", "$4"), false, "$5"),
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(rusqlite::params_from_iter(&values[..placeholders(&sql)]), |row| {
-                    row.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
-            let plan = plan.join("\n");
+            let plan = query_plan(&conn, &sql, &values[..placeholders(&sql)]);
             assert!(
                 plan.contains("inbox_conversation (owner=? AND <expr>=? AND peer=?)"),
                 "{sql}\n{plan}"
@@ -1236,18 +1227,26 @@ mod tests {
                 "inbox_owner_stanza_id (owner=? AND stanza_id=?)",
             ),
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(rusqlite::params_from_iter(values), |row| {
-                    row.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
-            let plan = plan.join("\n");
+            let plan = query_plan(&conn, sql, values);
             assert!(plan.contains(index), "{sql}\n{plan}");
         }
+    }
+
+    /// SQLite's plan for `sql` with `values` bound, a line per step.
+    fn query_plan(
+        conn: &rusqlite::Connection,
+        sql: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> String {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(values), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+            .join("\n")
     }
 
     /// Migration 47 keeps every entry's rowid as its id, keeps in the index
