@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,51 +15,12 @@ async fn an_idle_websocket_session_holds_no_large_buffers_and_costs_no_cpu() -> 
         "ws://{}/xmpp-websocket",
         running.http.context("no HTTP listener")?
     );
-    let json = dir.path().join("idle.json");
-    let pid = std::process::id().to_string();
-    let work = dir.path().to_owned();
-    let json_arg = json.to_string_lossy().into_owned();
-    tokio::task::spawn_blocking(move || {
-        let bench = |args: &[&str]| {
-            let mut all = vec!["--websocket", &url, "--no-tls", "--sources", "1"];
-            all.extend([
-                "--max-secs",
-                "120",
-                "--server-pid",
-                &pid,
-                "--json",
-                &json_arg,
-            ]);
-            all.extend(args);
-            common::kith_bench(&work, &all, Duration::from_secs(180))
-        };
-        bench(&["register", "--users", "600", "--concurrency", "32"])?;
-        bench(&[
-            "idle",
-            "--checkpoints",
-            "100,600",
-            "--concurrency",
-            "32",
-            "--settle-secs",
-            "1",
-            "--hold-secs",
-            "3",
-        ])
-    })
-    .await??;
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
-    let points = report["results"]["checkpoints"]
-        .as_array()
-        .context("no RSS points")?;
-    let last = points.last().context("no RSS points")?;
-    assert_eq!(last["sessions"], 600, "{report}");
-    // Between the two checkpoints: what each of 500 more sessions added. The
-    // transport's buffers were 128 KiB a session before they were sized for
+    let transport = vec!["--websocket".to_owned(), url, "--no-tls".to_owned()];
+    let report = common::idle_report(dir.path(), transport).await?;
+    // The transport's buffers were 128 KiB a session before they were sized for
     // stanzas, then 4 KiB of read buffer (≈ 9.1 KiB a session here); with 1 KiB
     // this test measured 6.1 KiB (`ws://`, no TLS).
-    let marginal = last["marginal_bytes_per_session"]
-        .as_f64()
-        .context("no marginal figure")?;
+    let marginal = common::marginal_bytes(&report)?;
     assert!(
         marginal < 8.0 * 1024.0,
         "an idle WebSocket session adds {:.1} KiB: {report}",

@@ -2,11 +2,22 @@
 
 use std::path::Path;
 
+use anyhow::Context;
+
 /// A kith server in this process with its data in `dir`: a loopback c2s port
 /// without TLS and an HTTP listener (XMPP over WebSocket), both on free ports,
 /// and in-band registration open without a rate limit (kith-bench provisions
 /// its accounts that way).
+#[allow(dead_code)]
 pub async fn kith(dir: &Path) -> anyhow::Result<kith_server::Running> {
+    kith_with(dir, |_| {}).await
+}
+
+/// [`kith`] with `adjust` applied to its configuration first.
+pub async fn kith_with(
+    dir: &Path,
+    adjust: impl FnOnce(&mut kith_server::Config),
+) -> anyhow::Result<kith_server::Running> {
     let mut config = kith_server::Config::default();
     config.server.data_dir = dir.join("data");
     config.listen.c2s = String::new();
@@ -17,6 +28,7 @@ pub async fn kith(dir: &Path) -> anyhow::Result<kith_server::Running> {
     config.registration.enabled = Some(true);
     config.registration.max_per_ip_per_hour = 1_000_000;
     config.limits.max_connections_per_ip = 10_000;
+    adjust(&mut config);
     kith_server::Server::start(config).await
 }
 
@@ -58,4 +70,64 @@ pub fn kith_bench(dir: &Path, args: &[&str], limit: std::time::Duration) -> anyh
             output()
         ),
     }
+}
+
+/// What kith-bench's `idle` scenario reports for 600 sessions held on the
+/// server in this process over `transport` (kith-bench's arguments naming it).
+#[allow(dead_code)] // not every test binary measures idle sessions
+pub async fn idle_report(
+    dir: &std::path::Path,
+    transport: Vec<String>,
+) -> anyhow::Result<serde_json::Value> {
+    let json = dir.join("idle.json");
+    let pid = std::process::id().to_string();
+    let work = dir.to_owned();
+    let json_arg = json.to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || {
+        let bench = |args: &[&str]| {
+            let mut all: Vec<&str> = transport.iter().map(String::as_str).collect();
+            all.extend([
+                "--sources",
+                "1",
+                "--max-secs",
+                "120",
+                "--server-pid",
+                &pid,
+                "--json",
+                &json_arg,
+            ]);
+            all.extend(args);
+            kith_bench(&work, &all, std::time::Duration::from_secs(180))
+        };
+        bench(&["register", "--users", "600", "--concurrency", "32"])?;
+        bench(&[
+            "idle",
+            "--checkpoints",
+            "100,600",
+            "--concurrency",
+            "32",
+            "--settle-secs",
+            "1",
+            "--hold-secs",
+            "3",
+        ])
+    })
+    .await??;
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let last = report["results"]["checkpoints"]
+        .as_array()
+        .and_then(|points| points.last())
+        .context("no RSS points")?;
+    assert_eq!(last["sessions"], 600, "{report}");
+    Ok(report)
+}
+
+/// Between the two checkpoints: what each of 500 more sessions added.
+#[allow(dead_code)]
+pub fn marginal_bytes(report: &serde_json::Value) -> anyhow::Result<f64> {
+    report["results"]["checkpoints"]
+        .as_array()
+        .and_then(|points| points.last())
+        .and_then(|last| last["marginal_bytes_per_session"].as_f64())
+        .context("no marginal figure")
 }
