@@ -184,6 +184,46 @@ async def test_resume_with_an_unknown_id_fails_cleanly(xmpp):
     assert await asyncio.wait_for(failed, 15) == "bound"
 
 
+async def test_resume_claiming_more_than_was_sent_fails_and_the_session_still_resumes(xmpp):
+    """XEP-0198 §5: a `<resume/>` whose h acknowledges stanzas the server never
+    sent is refused with `<failed><unexpected-request/></failed>`; the session
+    keeps waiting, and a resumption with the right h then loses nothing."""
+    alice, bob = await xmpp.account("rbh"), await xmpp.account("rbi")
+    b = await xmpp.connect(bob, resource="phone", plugins=SM_PLUGINS)
+    a = await xmpp.connect(alice)
+    await asyncio.sleep(0.5)
+    sm = b.plugin["xep_0198"]
+    assert sm.sm_id, "server did not offer resumption"
+    a.send_message(mto=bob.jid, mbody="before the drop", mtype="chat")
+    await b.wait_message(lambda m: m["body"] == "before the drop")
+    loop = asyncio.get_running_loop()
+    resumed = loop.create_future()
+    b.add_event_handler("session_resumed", lambda _e: resumed.done() or resumed.set_result(True))
+    b.transport.abort()
+    await asyncio.sleep(0.5)
+    a.send_message(mto=bob.jid, mbody="during the drop", mtype="chat")
+
+    # Another connection of the same device claims 1,000 stanzas more than it got.
+    liar = xmpp.make(bob, resource="phone", plugins=SM_PLUGINS)
+    liar_sm = liar.plugin["xep_0198"]
+    liar_sm.sm_id, liar_sm.handled = sm.sm_id, sm.handled + 1000
+    failed = loop.create_future()
+    liar.add_event_handler("sm_failed", lambda st: failed.done() or failed.set_result(st))
+    xmpp.start(liar)
+    refusal = await asyncio.wait_for(failed, 15)
+    conditions = [child.tag for child in refusal.xml]
+    assert conditions == ["{urn:ietf:params:xml:ns:xmpp-stanzas}unexpected-request"], conditions
+    assert await liar.wait_closed(timeout=10), "the server kept the refused link open"
+
+    # The session was not taken over: the device resumes it and gets what it missed.
+    xmpp.start(b)
+    await asyncio.wait_for(resumed, 15)
+    await b.wait_message(lambda m: m["body"] == "during the drop")
+    await asyncio.sleep(0.5)
+    bodies = [s["body"] for s in b.matching(lambda s: getattr(s, "name", "") == "message" and s["body"])]
+    assert sorted(bodies) == ["before the drop", "during the drop"], bodies
+
+
 async def test_ack_for_more_than_was_sent_closes_the_stream(xmpp):
     bob = await xmpp.account("hch")
     b = await xmpp.connect(bob, plugins=SM_PLUGINS)
