@@ -767,3 +767,45 @@ async def test_server_survived_everything(bad_server, canary, pool):
     c = await pool.connect(acct)
     await c.plugin["xep_0199"].ping(jid="localhost", timeout=10)
 
+
+
+async def test_a_session_holds_its_connection_slot_until_it_ends(server_factory, backend):
+    """`limits.max_connections_per_ip`: a connection counts against its address
+    for as long as its session lives, not only while it negotiates, and the
+    session's end frees the slot for the next one."""
+    srv = server_factory.start("slot", backend, {"limits": {"max_connections_per_ip": 1}})
+    try:
+        name, password = unique_name("slot"), unique_password()
+        await srv.aadd_user(name, password)
+        first = await RawStream.connect(srv)
+        await first.login(name, password)
+        await asyncio.sleep(0.5)
+        # The address's one slot is the bound session's: a second connection is
+        # closed before the server says anything.
+        second = await RawStream.connect(srv)
+        try:
+            await second.send(f"<?xml version='1.0'?><stream:stream to='{srv.domain}' version='1.0' "
+                              "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+        except StreamClosed:
+            pass
+        assert await second.wait_closed(timeout=10), "a second connection got past a limit of one"
+        assert second.header is None, "the refused connection was answered with a stream"
+        second.close()
+        # The session ends: its slot goes back, and the next login succeeds.
+        await first.send("</stream:stream>")
+        assert await first.wait_closed(timeout=10)
+        first.close()
+        deadline = time.monotonic() + 10
+        while True:
+            third = await RawStream.connect(srv)
+            try:
+                jid = await third.login(name, password)
+                break
+            except (StreamClosed, AssertionError, asyncio.TimeoutError):
+                third.close()
+                assert time.monotonic() < deadline, "the ended session's slot never came back"
+                await asyncio.sleep(0.2)
+        assert jid.startswith(f"{name}@")
+        third.close()
+    finally:
+        server_factory.stop(srv)

@@ -185,8 +185,9 @@ async def test_resume_with_an_unknown_id_fails_cleanly(xmpp):
 
 
 async def test_resume_claiming_more_than_was_sent_fails_and_the_session_still_resumes(xmpp):
-    """XEP-0198 §5: a `<resume/>` whose h acknowledges stanzas the server never
-    sent is refused with `<failed><unexpected-request/></failed>`; the session
+    """A `<resume/>` (XEP-0198 §5) whose h acknowledges stanzas the server never
+    sent is refused, with `<failed><unexpected-request/></failed>` (kith's
+    answer: the XEP names none for an impossible h at resumption); the session
     keeps waiting, and a resumption with the right h then loses nothing."""
     alice, bob = await xmpp.account("rbh"), await xmpp.account("rbi")
     b = await xmpp.connect(bob, resource="phone", plugins=SM_PLUGINS)

@@ -490,7 +490,9 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         if error {
             Box::pin(reader.linger()).await;
         }
-        // The connection counts against its address's limit until here.
+        // The connection counts against its address's limit until here: naming
+        // `slot` is what moves it into this block (without it, it would go when
+        // `run` returns, as the task is spawned).
         drop(slot);
     }
 }

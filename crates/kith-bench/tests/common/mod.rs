@@ -1,5 +1,8 @@
 //! What the tests that run kith-bench against kith share.
 
+// Each test binary uses some of it: a server, kith-bench, the idle measurements.
+#![allow(dead_code)]
+
 use std::path::Path;
 
 use anyhow::Context;
@@ -8,7 +11,6 @@ use anyhow::Context;
 /// without TLS and an HTTP listener (XMPP over WebSocket), both on free ports,
 /// and in-band registration open without a rate limit (kith-bench provisions
 /// its accounts that way).
-#[allow(dead_code)]
 pub async fn kith(dir: &Path) -> anyhow::Result<kith_server::Running> {
     kith_with(dir, |_| {}).await
 }
@@ -74,11 +76,7 @@ pub fn kith_bench(dir: &Path, args: &[&str], limit: std::time::Duration) -> anyh
 
 /// What kith-bench's `idle` scenario reports for 600 sessions held on the
 /// server in this process over `transport` (kith-bench's arguments naming it).
-#[allow(dead_code)] // not every test binary measures idle sessions
-pub async fn idle_report(
-    dir: &std::path::Path,
-    transport: Vec<String>,
-) -> anyhow::Result<serde_json::Value> {
+pub async fn idle_report(dir: &Path, transport: Vec<String>) -> anyhow::Result<serde_json::Value> {
     let json = dir.join("idle.json");
     let pid = std::process::id().to_string();
     let work = dir.to_owned();
@@ -123,7 +121,6 @@ pub async fn idle_report(
 }
 
 /// Between the two checkpoints: what each of 500 more sessions added.
-#[allow(dead_code)]
 pub fn marginal_bytes(report: &serde_json::Value) -> anyhow::Result<f64> {
     report["results"]["checkpoints"]
         .as_array()
