@@ -100,15 +100,28 @@ async fn serve_tcp(
     }
     if transport == Transport::DirectTls {
         let handshake = tls_stream::accept(server.direct_tls.clone(), tcp);
-        match tokio::time::timeout(timeout, handshake).await {
-            Ok(Ok(tls)) => {
-                let link = TcpLink::new(tls, limits);
-                negotiate(server, link, peer.ip(), true, false, slot).await;
+        // The handshake's result is taken apart before negotiating: a `match`
+        // around the negotiation would keep it (≈ 1.2 KB) in this task throughout.
+        let tls = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
             }
-            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        }
-        return;
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        return negotiate(
+            server,
+            TcpLink::new(tls, limits),
+            peer.ip(),
+            true,
+            false,
+            slot,
+        )
+        .await;
     }
     let mut link = TcpLink::new(tcp, limits);
     let mut opened = false;
@@ -117,14 +130,27 @@ async fn serve_tcp(
         Ok(Ok(())) => {
             let tcp = link.into_inner();
             let handshake = tls_stream::accept(server.starttls.clone(), tcp);
-            match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(tls)) => {
-                    let link = TcpLink::new(tls, limits);
-                    negotiate(server, link, peer.ip(), true, false, slot).await
+            // As with direct TLS: the result is taken apart before negotiating.
+            let tls = match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "STARTTLS handshake failed");
+                    return;
                 }
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "STARTTLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "STARTTLS handshake timed out"),
-            }
+                Err(_) => {
+                    tracing::debug!(%peer, "STARTTLS handshake timed out");
+                    return;
+                }
+            };
+            negotiate(
+                server,
+                TcpLink::new(tls, limits),
+                peer.ip(),
+                true,
+                false,
+                slot,
+            )
+            .await
         }
         Ok(Err(ended)) => close(server, &mut link, opened, ended).await,
         Err(_) => {
@@ -260,51 +286,61 @@ async fn close<L: LinkRead + LinkWrite>(server: &Server, link: &mut L, opened: b
 /// The session runs in a task of its own, holding the connection's `slot`: the
 /// negotiation's task (sized for the TLS handshake, SASL and binding) ends here,
 /// so an idle session keeps only its own, smaller, state.
-pub(crate) async fn negotiate<L: Link>(
+///
+/// Not an `async fn`, which would keep the link twice (as its argument and as
+/// the local it moves into, 2 × 1,408 bytes over TLS) for every connection
+/// still negotiating (`session::run` says more).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its link argument twice"
+)]
+pub(crate) fn negotiate<L: Link>(
     server: &Arc<Server>,
     mut link: L,
     ip: IpAddr,
     secure: bool,
     _websocket: bool,
     slot: ConnectionGuard,
-) {
-    let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
-    let mut opened = false;
-    let result = tokio::time::timeout(
-        timeout,
-        authenticate_and_bind(server, &mut link, ip, secure, &mut opened),
-    )
-    .await;
-    let negotiated = match result {
-        Ok(Ok(negotiated)) => negotiated,
-        Ok(Err(ended)) => return close(server, &mut link, opened, ended).await,
-        Err(_) => {
-            let ended = Ended::Error(
-                StreamErrorCondition::ConnectionTimeout,
-                "negotiation took too long",
-            );
-            return close(server, &mut link, opened, ended).await;
-        }
-    };
-    let (reader, writer) = link.split();
-    match negotiated {
-        Negotiated::Bound(bound) => {
-            let task = session::run(server.clone(), bound, reader, writer, slot);
-            // The largest part of an idle session's memory: this future (1,496 bytes over TLS
-            // today, 2,680 before `session::run` stopped being an `async fn`).
-            debug_assert!(
-                std::mem::size_of_val(&task) <= session::TASK_MAX_BYTES,
-                "a session task of {} bytes",
-                std::mem::size_of_val(&task)
-            );
-            tokio::spawn(task);
-        }
-        // The session task takes the link over and answers `<resumed/>` itself.
-        Negotiated::Resume { permit, h } => {
-            permit.send(session::Handoff {
-                link: Box::new((reader, writer)),
-                h,
-            });
+) -> impl Future<Output = ()> {
+    async move {
+        let timeout = Duration::from_secs(server.config.limits.auth_timeout_secs);
+        let mut opened = false;
+        let result = tokio::time::timeout(
+            timeout,
+            authenticate_and_bind(server, &mut link, ip, secure, &mut opened),
+        )
+        .await;
+        let negotiated = match result {
+            Ok(Ok(negotiated)) => negotiated,
+            Ok(Err(ended)) => return close(server, &mut link, opened, ended).await,
+            Err(_) => {
+                let ended = Ended::Error(
+                    StreamErrorCondition::ConnectionTimeout,
+                    "negotiation took too long",
+                );
+                return close(server, &mut link, opened, ended).await;
+            }
+        };
+        let (reader, writer) = link.split();
+        match negotiated {
+            Negotiated::Bound(bound) => {
+                let task = session::run(server.clone(), bound, reader, writer, slot);
+                // The largest part of an idle session's memory: this future (1,496 bytes over TLS
+                // today, 2,680 before `session::run` stopped being an `async fn`).
+                debug_assert!(
+                    std::mem::size_of_val(&task) <= session::TASK_MAX_BYTES,
+                    "a session task of {} bytes",
+                    std::mem::size_of_val(&task)
+                );
+                tokio::spawn(task);
+            }
+            // The session task takes the link over and answers `<resumed/>` itself.
+            Negotiated::Resume { permit, h } => {
+                permit.send(session::Handoff {
+                    link: Box::new((reader, writer)),
+                    h,
+                });
+            }
         }
     }
 }
