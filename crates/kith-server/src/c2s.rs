@@ -98,67 +98,60 @@ async fn serve_tcp(
         let link = TcpLink::new(tcp, limits);
         return negotiate(server, link, peer.ip(), false, false, slot).await;
     }
-    if transport == Transport::DirectTls {
-        let handshake = tls_stream::accept(server.direct_tls.clone(), tcp);
-        // The handshake's result is taken apart before negotiating: a `match`
-        // around the negotiation would keep it (≈ 1.2 KB) in this task throughout.
-        let tls = match tokio::time::timeout(timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        };
-        return negotiate(
-            server,
-            TcpLink::new(tls, limits),
-            peer.ip(),
-            true,
-            false,
-            slot,
-        )
-        .await;
-    }
-    let mut link = TcpLink::new(tcp, limits);
-    let mut opened = false;
-    let result = tokio::time::timeout(timeout, starttls(server, &mut link, &mut opened)).await;
-    match result {
-        Ok(Ok(())) => {
-            let tcp = link.into_inner();
-            let handshake = tls_stream::accept(server.starttls.clone(), tcp);
-            // As with direct TLS: the result is taken apart before negotiating.
-            let tls = match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "STARTTLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "STARTTLS handshake timed out");
-                    return;
-                }
-            };
-            negotiate(
-                server,
-                TcpLink::new(tls, limits),
-                peer.ip(),
-                true,
-                false,
-                slot,
-            )
-            .await
-        }
-        Ok(Err(ended)) => close(server, &mut link, opened, ended).await,
-        Err(_) => {
-            let ended = Ended::Error(
+    let (tcp, config, kind) = if transport == Transport::DirectTls {
+        (tcp, server.direct_tls.clone(), "direct TLS")
+    } else {
+        // STARTTLS: the plaintext phase, then the handshake on the same socket.
+        let mut link = TcpLink::new(tcp, limits);
+        let mut opened = false;
+        let result = tokio::time::timeout(timeout, starttls(server, &mut link, &mut opened)).await;
+        let ended = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(ended)) => Some(ended),
+            Err(_) => Some(Ended::Error(
                 StreamErrorCondition::ConnectionTimeout,
                 "negotiation took too long",
-            );
-            close(server, &mut link, opened, ended).await
+            )),
+        };
+        if let Some(ended) = ended {
+            return close(server, &mut link, opened, ended).await;
+        }
+        (link.into_inner(), server.starttls.clone(), "STARTTLS")
+    };
+    let Some(tls) = tls_handshake(config, tcp, timeout, peer, kind).await else {
+        return;
+    };
+    negotiate(
+        server,
+        TcpLink::new(tls, limits),
+        peer.ip(),
+        true,
+        false,
+        slot,
+    )
+    .await
+}
+
+/// The TLS handshake on an accepted connection within `timeout`; `None` (logged)
+/// when it fails or times out. Its result is an `Option` taken apart before
+/// negotiating: a `match` on the handshake around the negotiation would keep the
+/// result (≈ 1.2 KB) in the connection's task throughout.
+async fn tls_handshake(
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    timeout: Duration,
+    peer: SocketAddr,
+    kind: &'static str,
+) -> Option<tls_stream::TlsStream> {
+    match tokio::time::timeout(timeout, tls_stream::accept(config, tcp)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, kind, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, kind, "TLS handshake timed out");
+            None
         }
     }
 }
