@@ -33,7 +33,7 @@ async fn an_idle_tls_session_costs_under_ten_kilobytes() -> Result<()> {
     // Issue 8's target: at most 10 KB of server RSS per authenticated TLS
     // session (this debug build measures ≈ 7.4 KiB; the release build 6.7–7.4
     // past the first thousand, BENCHMARKS.md). It guards the whole session, not
-    // one part: the session task's size has its own check where it is spawned
+    // one part: the session task's size has its own check as it is made
     // (`session::TASK_MAX_BYTES`).
     let marginal = common::marginal_bytes(&report)?;
     assert!(

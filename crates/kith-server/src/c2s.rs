@@ -75,6 +75,15 @@ impl From<LinkError> for Ended {
     }
 }
 
+/// A negotiation step's outcome within its time limit: running out of time is a
+/// `connection-timeout` stream error.
+fn in_time<T>(result: Result<Result<T, Ended>, tokio::time::error::Elapsed>) -> Result<T, Ended> {
+    result.unwrap_or(Err(Ended::Error(
+        StreamErrorCondition::ConnectionTimeout,
+        "negotiation took too long",
+    )))
+}
+
 fn xml_error_text(condition: StreamErrorCondition) -> &'static str {
     match condition {
         StreamErrorCondition::RestrictedXml => {
@@ -104,16 +113,8 @@ async fn serve_tcp(
         // STARTTLS: the plaintext phase, then the handshake on the same socket.
         let mut link = TcpLink::new(tcp, limits);
         let mut opened = false;
-        let result = tokio::time::timeout(timeout, starttls(server, &mut link, &mut opened)).await;
-        let ended = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(ended)) => Some(ended),
-            Err(_) => Some(Ended::Error(
-                StreamErrorCondition::ConnectionTimeout,
-                "negotiation took too long",
-            )),
-        };
-        if let Some(ended) = ended {
+        let plaintext = tokio::time::timeout(timeout, starttls(server, &mut link, &mut opened));
+        if let Err(ended) = in_time(plaintext.await) {
             return close(server, &mut link, opened, ended).await;
         }
         (link.into_inner(), server.starttls.clone(), "STARTTLS")
@@ -303,29 +304,14 @@ pub(crate) fn negotiate<L: Link>(
             authenticate_and_bind(server, &mut link, ip, secure, &mut opened),
         )
         .await;
-        let negotiated = match result {
-            Ok(Ok(negotiated)) => negotiated,
-            Ok(Err(ended)) => return close(server, &mut link, opened, ended).await,
-            Err(_) => {
-                let ended = Ended::Error(
-                    StreamErrorCondition::ConnectionTimeout,
-                    "negotiation took too long",
-                );
-                return close(server, &mut link, opened, ended).await;
-            }
+        let negotiated = match in_time(result) {
+            Ok(negotiated) => negotiated,
+            Err(ended) => return close(server, &mut link, opened, ended).await,
         };
         let (reader, writer) = link.split();
         match negotiated {
             Negotiated::Bound(bound) => {
-                let task = session::run(server.clone(), bound, reader, writer, slot);
-                // The largest part of an idle session's memory: this future (1,496 bytes over TLS
-                // today, 2,680 before `session::run` stopped being an `async fn`).
-                debug_assert!(
-                    std::mem::size_of_val(&task) <= session::TASK_MAX_BYTES,
-                    "a session task of {} bytes",
-                    std::mem::size_of_val(&task)
-                );
-                tokio::spawn(task);
+                tokio::spawn(session::run(server.clone(), bound, reader, writer, slot));
             }
             // The session task takes the link over and answers `<resumed/>` itself.
             Negotiated::Resume { permit, h } => {

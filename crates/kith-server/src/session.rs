@@ -239,8 +239,8 @@ impl Clock {
     }
 }
 
-/// The most a session's task may take, checked in debug builds where it is
-/// spawned: the future's size is a session's largest cost while idle.
+/// The most a session's task may take, checked in debug builds as [`run`] makes
+/// it: the future's size is a session's largest cost while idle.
 pub(crate) const TASK_MAX_BYTES: usize = 1536;
 
 /// Runs a bound session to its end, holding the connection's `slot` (its
@@ -301,16 +301,16 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         cursor_saved_at: Instant::now(),
         uncommitted: VecDeque::new(),
     };
-    async move {
+    let task = async move {
         // Every await in this block that a session does not idle in is boxed: the
         // task's size is that of its largest await, and idle sessions are most of them.
-        // Boxed as it is made: a named future would stay in the task for good.
-        let attach = Box::pin(session.server.store.device_attach(
+        match Box::pin(session.server.store.device_attach(
             &session.username,
             &session.device_key,
             crate::now_micros(),
-        ));
-        match attach.await {
+        ))
+        .await
+        {
             Ok(start) => {
                 session.device_cursor = start.cursor;
                 session.written_seq = start.cursor;
@@ -494,7 +494,13 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         // `slot` is what moves it into this block (without it, it would go when
         // `run` returns, as the task is spawned).
         drop(slot);
-    }
+    };
+    debug_assert!(
+        std::mem::size_of_val(&task) <= TASK_MAX_BYTES,
+        "a session task of {} bytes",
+        std::mem::size_of_val(&task)
+    );
+    task
 }
 
 /// A stanza queued for the session's own client.
