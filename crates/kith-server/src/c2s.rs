@@ -342,6 +342,9 @@ pub(crate) struct Bound {
     pub device: Option<String>,
     /// Notified when that credential is revoked.
     pub revoked: Arc<tokio::sync::Notify>,
+    /// Whether the session was added beside the user's others (not in place
+    /// of one it replaced): what the cluster counts (`Cluster::bound`).
+    pub added: bool,
 }
 
 async fn authenticate_and_bind<L: Link>(
@@ -406,6 +409,11 @@ async fn authenticate_and_bind<L: Link>(
             .filter(|r| !r.trim().is_empty());
         match bind_resource(server, &username, device.as_deref(), requested.as_deref()) {
             Ok(bound) => {
+                // Before the session reads its log: the cluster reaches it from
+                // then on (`Cluster::bound`).
+                if let Some(cluster) = &server.cluster {
+                    Box::pin(cluster.bound(server, &bound.jid, bound.added)).await;
+                }
                 let result = Element::new(ns::CLIENT, "iq")
                     .attr_opt("id", element.get_attr("id"))
                     .attr("type", "result")
@@ -494,23 +502,28 @@ pub(crate) fn bind_resource(
         device: device.map(Arc::from),
         revoked: revoked.clone(),
     };
-    match server
+    let added = match server
         .router
         .bind(entry, server.config.limits.max_sessions_per_user)
     {
-        crate::router::BindOutcome::TooManySessions => Err(kith_proto::StanzaError::new(
-            kith_proto::error::StanzaErrorCondition::ResourceConstraint,
-        )
-        .with_type(kith_proto::StanzaErrorType::Cancel)
-        .with_text("too many sessions for this account")),
-        _ => Ok(Bound {
-            jid,
-            id,
-            rx,
-            device: device.map(str::to_owned),
-            revoked,
-        }),
-    }
+        crate::router::BindOutcome::TooManySessions => {
+            return Err(kith_proto::StanzaError::new(
+                kith_proto::error::StanzaErrorCondition::ResourceConstraint,
+            )
+            .with_type(kith_proto::StanzaErrorType::Cancel)
+            .with_text("too many sessions for this account"));
+        }
+        crate::router::BindOutcome::Bound => true,
+        crate::router::BindOutcome::Replaced => false,
+    };
+    Ok(Bound {
+        jid,
+        id,
+        rx,
+        device: device.map(str::to_owned),
+        revoked,
+        added,
+    })
 }
 
 /// Runs SASL (RFC 6120 §6) until success; returns who authenticated.

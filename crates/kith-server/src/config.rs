@@ -28,7 +28,20 @@ pub struct Config {
     pub upload: UploadSection,
     pub web: WebSection,
     pub muc: MucSection,
+    pub cluster: ClusterSection,
     pub log: LogSection,
+}
+
+/// Scale-out (`cluster.rs`): several nodes serving one domain on one shared
+/// PostgreSQL store reach each other's sessions over NATS. Off by default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The NATS server(s) the nodes share, e.g. `nats://10.0.0.5:4222`
+    /// (several comma-separated); unset: this node serves alone.
+    pub nats: Option<String>,
+    /// This node's name in logs; default: a random one per start.
+    pub node: Option<String>,
 }
 
 /// Personal eventing (XEP-0163 PEP): each account's pubsub nodes, bounded.
@@ -884,6 +897,24 @@ impl Config {
                 "must start with sqlite: or postgres://".to_owned(),
             ));
         }
+        // Nodes share the store: a SQLite file is one process's (its writer and
+        // the log's tail assume they are the only one).
+        if self.cluster.nats.is_some() && !self.storage_url().starts_with("postgres") {
+            return Err(invalid(
+                "cluster.nats",
+                "a cluster needs a shared PostgreSQL store (storage.url = \"postgres://...\")"
+                    .to_owned(),
+            ));
+        }
+        // A room lives in one node's memory (its occupants, its cached
+        // affiliations): groups do not span nodes yet.
+        if self.cluster.nats.is_some() && self.muc.enabled {
+            return Err(invalid(
+                "cluster.nats",
+                "group chats do not span nodes yet: set [muc] enabled = false on every node of a cluster"
+                    .to_owned(),
+            ));
+        }
         if self.limits.max_stanza_size < 10_000 {
             return Err(invalid(
                 "limits.max_stanza_size",
@@ -1140,6 +1171,28 @@ mod tests {
         }
         let config = Config::parse("", Path::new("k.toml")).expect("defaults");
         assert_eq!(config.listen.c2s_plain, "", "off by default");
+    }
+
+    #[test]
+    fn a_cluster_needs_a_shared_store_and_no_groups_yet() {
+        const NATS: &str = "[cluster]\nnats = \"nats://127.0.0.1:4222\"\n";
+        const PG: &str = "[storage]\nurl = \"postgres://kith@db/kith\"\n";
+        const NO_GROUPS: &str = "[muc]\nenabled = false\n";
+        for text in [format!("{NATS}{NO_GROUPS}"), format!("{NATS}{PG}")] {
+            let error = Config::parse(&text, Path::new("k.toml")).expect_err(&text);
+            assert!(
+                error.to_string().contains("cluster.nats"),
+                "{text}: {error}"
+            );
+        }
+        let text = format!("{NATS}{PG}{NO_GROUPS}");
+        let config = Config::parse(&text, Path::new("k.toml")).expect(&text);
+        assert_eq!(
+            config.cluster.nats.as_deref(),
+            Some("nats://127.0.0.1:4222")
+        );
+        let config = Config::parse("", Path::new("k.toml")).expect("defaults");
+        assert!(config.cluster.nats.is_none(), "one node by default");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use kith_proto::{Element, FullJid, Jid, StanzaError, bare_str, ns};
 use kith_store::NewInboxEntry;
 
 use crate::Server;
+use crate::cluster::Select;
 use crate::features::{carbons, mam, retract};
 use crate::session::{Reply, Session};
 
@@ -217,6 +218,11 @@ async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
         session.send(Arc::new(iq));
         return;
     }
+    if let (Some(cluster), Some(resource)) = (&server.cluster, to.resource())
+        && cluster.hand_iq(bare_str(to), resource.as_str(), &iq).await
+    {
+        return;
+    }
     // RFC 6121 §8.5.3.1 / §8.5.2.1.3: no such resource, or a bare JID the server
     // did not answer itself.
     if matches!(kind, "get" | "set") {
@@ -259,7 +265,24 @@ fn route_message(
             Kind::Error | Kind::Groupchat | Kind::Headline => {
                 let bare = bare_str(to);
                 let addressed = addressed_session(server, to);
+                // Not here: the sessions other nodes hold take it by the same rules
+                // (an error or groupchat to a bare JID goes nowhere, §8.5.2.1.1).
+                if addressed.is_none()
+                    && let Some(cluster) = &server.cluster
+                {
+                    match (to.resource(), kind) {
+                        (Some(resource), _) => cluster.hand(
+                            bare,
+                            Select::Resource(resource.as_str().to_owned()),
+                            &message,
+                        ),
+                        (None, Kind::Headline) => cluster.hand(bare, Select::Deliverable, &message),
+                        (None, _) => {}
+                    }
+                }
                 match kind {
+                    // In a cluster, the resource may be on another node.
+                    Kind::Groupchat if addressed.is_none() && server.cluster.is_some() => {}
                     Kind::Groupchat if addressed.is_none() => {
                         bounce(server, &message, StanzaError::service_unavailable()).await
                     }
@@ -339,13 +362,21 @@ fn hand_to_devices(
             carbons::copy_to_other_devices(server, bare, &session.jid, "received", shared);
             usize::from(send(&session))
         }
-        None => server.router.with_sessions(bare, |sessions| {
-            sessions
-                .iter()
-                .filter(|s| s.available() && s.priority >= 0)
-                .filter(|s| send(s))
-                .count()
-        }),
+        None => {
+            // A logged entry reaches other nodes as a wake-up (`AfterCommit`).
+            if logged.is_none()
+                && let Some(cluster) = &server.cluster
+            {
+                cluster.hand(bare, Select::Deliverable, shared);
+            }
+            server.router.with_sessions(bare, |sessions| {
+                sessions
+                    .iter()
+                    .filter(|s| s.available() && s.priority >= 0)
+                    .filter(|s| send(s))
+                    .count()
+            })
+        }
     }
 }
 
@@ -528,6 +559,9 @@ impl AfterCommit {
             Some(Ok(seq)) => {
                 let shared = Arc::new(message);
                 hand_to_devices(&server, &to, &shared, Some((&xml, seq)));
+                if let Some(cluster) = &server.cluster {
+                    cluster.wake(bare_str(&to), seq);
+                }
                 crate::features::push::on_logged(&server, node(&to), &shared);
                 let own_id = own_id.filter(|_| matches!(results.next(), Some(Ok(_))));
                 if let Some((sender_full, mut copy)) = outgoing {
@@ -655,6 +689,9 @@ pub(crate) async fn read_backlog(session: &mut Session) {
     };
     let complete = (batch.len() as i64) < BACKLOG_BATCH;
     let to = session.jid.to_string();
+    // Read at a wake-up from another node (`Outbound::Wake`), an entry is live:
+    // no delay stamp.
+    let late = !session.caught_up;
     for stored in batch {
         // The user's own sent messages are for their archive (and carbons), not
         // for redelivery to themselves.
@@ -663,11 +700,13 @@ pub(crate) async fn read_backlog(session: &mut Session) {
             continue;
         }
         // XEP-0203: a stanza delivered late says when the server received it.
-        let delay = Element::new(ns::DELAY, "delay")
-            .attr("from", server.domain.clone())
-            .attr("stamp", crate::datetime::format_datetime(stored.at_micros))
-            .text("Offline Storage");
-        match addressed(&stored.xml, &to, Some(&delay)) {
+        let delay = late.then(|| {
+            Element::new(ns::DELAY, "delay")
+                .attr("from", server.domain.clone())
+                .attr("stamp", crate::datetime::format_datetime(stored.at_micros))
+                .text("Offline Storage")
+        });
+        match addressed(&stored.xml, &to, delay.as_ref()) {
             Some(reply) => session.reply_logged(reply, stored.seq),
             None => {
                 tracing::warn!(seq = stored.seq, "skipping an unreadable log entry");

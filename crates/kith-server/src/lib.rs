@@ -10,6 +10,7 @@ mod api;
 #[doc(hidden)]
 pub mod bench;
 mod c2s;
+mod cluster;
 pub mod config;
 mod credentials;
 mod csi;
@@ -77,6 +78,8 @@ pub struct Server {
     upload: Option<upload::Service>,
     /// Group chats (XEP-0045).
     muc: features::muc::Muc,
+    /// The other nodes, when this one is part of a cluster.
+    cluster: Option<cluster::Cluster>,
 }
 
 /// A running server: its bound addresses, and a handle to stop it.
@@ -128,6 +131,7 @@ impl Server {
         let https_tls = tls::server_config(&certificate, &[b"http/1.1"])?;
         let config_caps = config.pep.caps_cache_size;
         let muc = features::muc::Muc::new(&config);
+        let cluster = cluster::Cluster::connect(&config).await?;
         let server = Arc::new(Server {
             domain: config.server.domain.clone(),
             registrations: RateLimiter::new(config.registration.max_per_ip_per_hour, 3600),
@@ -153,7 +157,14 @@ impl Server {
             caps: features::pep::caps::Caps::new(config_caps),
             pep_visitors: features::pep::Visitors::default(),
             muc,
+            cluster,
         });
+        if let Some(cluster) = &server.cluster {
+            cluster
+                .start(&server)
+                .await
+                .context("listening to the cluster")?;
+        }
 
         let mut tasks = JoinSet::new();
         let listen = server.config.listen.clone();
@@ -273,6 +284,24 @@ impl Server {
     }
 
     /// Whether `jid` is an account on this server (local domain, has a node).
+    /// Forgets `owner`'s entry of a cache after a change, on every node.
+    pub(crate) fn forget(&self, cache: cluster::CacheKind, owner: &str) {
+        cluster::forget_locally(self, cache, owner);
+        if let Some(cluster) = &self.cluster {
+            cluster.forget(cache, owner);
+        }
+    }
+
+    /// Removes session `id` from the table (and, the user's last here, from the
+    /// cluster's directory); returns whether it was still bound.
+    pub(crate) fn unbind_session(&self, jid: &kith_proto::FullJid, id: u64) -> bool {
+        let removed = self.router.unbind(jid, id);
+        if removed && let Some(cluster) = &self.cluster {
+            cluster.unbound(jid.to_bare().as_str());
+        }
+        removed
+    }
+
     pub fn is_local_user(&self, jid: &kith_proto::Jid) -> bool {
         jid.node().is_some() && jid.domain().as_str() == self.domain
     }

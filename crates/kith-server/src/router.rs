@@ -38,6 +38,9 @@ pub enum Outbound {
         to: Arc<str>,
         seq: i64,
     },
+    /// Entries of the user's inbox log are committed through this number on
+    /// another node (`cluster.rs`): read the log past what was written.
+    Wake(i64),
     /// Close the stream with this stream error.
     Close(StreamErrorCondition, &'static str),
 }
@@ -104,7 +107,7 @@ impl SessionEntry {
         })
     }
 
-    fn send_outbound(&self, outbound: Outbound) -> bool {
+    pub(crate) fn send_outbound(&self, outbound: Outbound) -> bool {
         match self.tx.try_send(outbound) {
             Ok(()) => true,
             Err(queue::TrySendError::Full(_)) => {
@@ -215,6 +218,31 @@ impl Router {
         }
         sessions.push(entry);
         BindOutcome::Bound
+    }
+
+    /// Closes the session bound to `resource` of `bare` with `<conflict/>`: the
+    /// resource was bound on another node (RFC 6120 §7.7.2.2). Returns whether
+    /// there was one.
+    pub fn kick(&self, bare: &str, resource: &str) -> bool {
+        let mut shard = self.shard(bare).write().unwrap_or_else(|e| e.into_inner());
+        let Some(sessions) = shard.users.get_mut(bare) else {
+            return false;
+        };
+        let Some(index) = sessions
+            .iter()
+            .position(|s| s.jid.resource().as_str() == resource)
+        else {
+            return false;
+        };
+        let old = sessions.remove(index);
+        if sessions.is_empty() {
+            shard.users.remove(bare);
+        }
+        let _ = old.tx.try_send(Outbound::Close(
+            StreamErrorCondition::Conflict,
+            "replaced by a new connection",
+        ));
+        true
     }
 
     /// Removes the session `id`; returns whether it was still bound.

@@ -263,6 +263,7 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         mut rx,
         device,
         revoked,
+        added: _,
     } = bound;
     // A device credential is the device, whatever resource it binds; a password
     // login is a device per resource (ARCHITECTURE.md, the inbox log).
@@ -318,7 +319,7 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
             }
             Err(error) => {
                 tracing::error!(%error, "registering the device");
-                session.server.router.unbind(&session.jid, session.id);
+                session.server.unbind_session(&session.jid, session.id);
                 writer.element(
                     &StreamErrorCondition::InternalServerError.to_element(Some("storage failure")),
                 );
@@ -677,6 +678,14 @@ impl Session {
                 }
                 Ok(())
             }
+            Outbound::Wake(seq) => {
+                // Another node committed entries through `seq`: read them from
+                // the log (before the catch-up ends, the catch-up reads them).
+                if self.caught_up && seq > self.written_seq {
+                    self.backlog_pending = true;
+                }
+                Ok(())
+            }
             Outbound::Close(condition, text) => Err(Some((condition, text))),
         }
     }
@@ -960,7 +969,7 @@ impl Session {
         if let Some((id, _)) = self.resume.take() {
             self.server.resumable.remove(&id);
         }
-        let still_bound = self.server.router.unbind(&self.jid, self.id);
+        let still_bound = self.server.unbind_session(&self.jid, self.id);
         if still_bound && self.available {
             features::presence::went_offline(self, None).await;
         }

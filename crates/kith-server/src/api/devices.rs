@@ -147,9 +147,11 @@ pub(crate) async fn revoke_device(
     if !removed {
         return Ok(None);
     }
-    let sessions = server
-        .router
-        .revoke_device(&super::jid_of(server, owner), id);
+    let bare = super::jid_of(server, owner);
+    if let Some(cluster) = &server.cluster {
+        cluster.revoke(&bare, id);
+    }
+    let sessions = server.router.revoke_device(&bare, id);
     tracing::info!(user = %owner, device = %id, sessions, "device revoked");
     Ok(Some(sessions))
 }

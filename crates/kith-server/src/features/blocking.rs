@@ -216,7 +216,7 @@ async fn block(session: &mut Session, payload: &Element) -> Response {
             .with_text(format!("at most {MAX_BLOCKED} JIDs can be blocked")));
     }
     let stored = server.store.block(&session.username, &jids).await;
-    server.blocklists.invalidate(&session.username);
+    server.forget(crate::cluster::CacheKind::Blocklist, &session.username);
     stored.map_err(internal)?;
 
     push(
@@ -258,7 +258,7 @@ async fn unblock(session: &mut Session, payload: &Element) -> Response {
             .collect()
     };
     let stored = server.store.unblock(&session.username, &jids).await;
-    server.blocklists.invalidate(&session.username);
+    server.forget(crate::cluster::CacheKind::Blocklist, &session.username);
     stored.map_err(internal)?;
 
     push(

@@ -41,11 +41,13 @@ pub(crate) fn eligible(message: &Element) -> bool {
         && !message.has_child("sent", CARBONS)
 }
 
-/// Whether `owner` has a resource other than `except` that would get copies.
+/// Whether `owner` has a resource other than `except` that would get copies
+/// (in a cluster, one may be on another node: always).
 pub(crate) fn wanted(server: &Server, owner: &str, except: &str) -> bool {
-    server.router.with_sessions(owner, |sessions| {
-        sessions.iter().any(|s| wants_copies(s, except))
-    })
+    server.cluster.is_some()
+        || server.router.with_sessions(owner, |sessions| {
+            sessions.iter().any(|s| wants_copies(s, except))
+        })
 }
 
 fn wants_copies(session: &crate::router::SessionEntry, except: &str) -> bool {
@@ -53,8 +55,25 @@ fn wants_copies(session: &crate::router::SessionEntry, except: &str) -> bool {
 }
 
 /// Sends `<sent/>` or `<received/>` copies of `message` to every carbons-enabled,
-/// available resource of `owner` except `except`.
+/// available resource of `owner` except `except`, on every node.
 pub(crate) fn copy_to_other_devices(
+    server: &Server,
+    owner: &str,
+    except: &FullJid,
+    direction: &str,
+    message: &Element,
+) {
+    if !eligible(message) {
+        return;
+    }
+    if let Some(cluster) = &server.cluster {
+        cluster.carbons(owner, except.as_str(), direction, message);
+    }
+    copy_locally(server, owner, except, direction, message);
+}
+
+/// [`copy_to_other_devices`] for this node's sessions only.
+pub(crate) fn copy_locally(
     server: &Server,
     owner: &str,
     except: &FullJid,

@@ -94,7 +94,7 @@ impl PrefsCache {
         prefs
     }
 
-    fn forget(&self, owner: &str) {
+    pub(crate) fn forget(&self, owner: &str) {
         self.lock().remove(owner);
     }
 
@@ -522,7 +522,9 @@ async fn set_prefs(session: &mut Session, payload: &Element) -> Response {
         .set_mam_prefs(&session.username, &prefs)
         .await
         .map_err(internal)?;
-    session.server.mam_prefs.forget(&session.username);
+    session
+        .server
+        .forget(crate::cluster::CacheKind::MamPrefs, &session.username);
     // §2.1: the answer carries the preferences as applied.
     Ok(Some(prefs_element(&prefs)))
 }

@@ -9,6 +9,7 @@ use kith_store::Subscription;
 
 use super::roster::{self, SubscriptionKind};
 use crate::Server;
+use crate::cluster::Select;
 use crate::session::Session;
 
 /// A presence stanza from the session's own client.
@@ -132,6 +133,9 @@ async fn broadcast_available(session: &mut Session, mut presence: Element) {
             other.send(Arc::new(copy));
         }
     }
+    if let Some(cluster) = &server.cluster {
+        cluster.hand_each(session.bare.as_str(), Select::Available, &presence);
+    }
     super::pep::on_available(&server, &session.jid, &presence, announce).await;
     if !initial {
         if priority >= 0 {
@@ -141,7 +145,10 @@ async fn broadcast_available(session: &mut Session, mut presence: Element) {
         return;
     }
     // RFC 6121 §4.2.2: probe the contacts we're subscribed to, answered at once from
-    // the session table (all contacts are local), and our own other resources.
+    // the session table (all contacts are local), and our own other resources; in a
+    // cluster, other nodes answer for the sessions they hold.
+    let cluster = server.cluster.as_ref();
+    let prober = session.jid.to_string();
     for item in roster
         .iter()
         .filter(|i| matches!(i.subscription, Subscription::To | Subscription::Both))
@@ -152,11 +159,17 @@ async fn broadcast_available(session: &mut Session, mut presence: Element) {
         if server.blocks(&session.username, &contact).await {
             continue;
         }
+        if let Some(cluster) = cluster {
+            cluster.probe(&item.contact, &prober);
+        }
         for other in server.router.sessions(&item.contact) {
             if let Some(their) = &other.presence {
                 session.reply(addressed(their, &session.jid.to_string()));
             }
         }
+    }
+    if let Some(cluster) = cluster {
+        cluster.probe(session.bare.as_str(), &prober);
     }
     for other in server.router.sessions(session.bare.as_str()) {
         if other.id != session.id
@@ -209,6 +222,9 @@ pub(crate) async fn went_offline(session: &mut Session, presence: Option<Element
             if other.id != session.id && other.available() {
                 other.send(Arc::new(addressed(&presence, &other.jid.to_string())));
             }
+        }
+        if let Some(cluster) = &server.cluster {
+            cluster.hand_each(session.bare.as_str(), Select::Available, &presence);
         }
     }
     for target in std::mem::take(&mut session.directed) {
@@ -289,6 +305,13 @@ pub(crate) async fn inbound(server: &Arc<Server>, presence: Element, to: &Jid) {
     if kind == "probe" {
         return;
     }
+    if let Some(cluster) = &server.cluster {
+        let select = match to.resource() {
+            Some(resource) => Select::Resource(resource.as_str().to_owned()),
+            None => Select::Available,
+        };
+        cluster.hand(recipient.as_str(), select, &presence);
+    }
     let shared = Arc::new(presence);
     server.router.with_sessions(recipient.as_str(), |sessions| {
         for session in sessions {
@@ -357,6 +380,9 @@ async fn inbound_subscription(
             recipient.as_str(),
             kind_str(kind),
         ));
+        if let Some(cluster) = &server.cluster {
+            cluster.hand(recipient.as_str(), Select::Available, &shared);
+        }
         server.router.with_sessions(recipient.as_str(), |sessions| {
             for session in sessions.iter().filter(|s| s.available()) {
                 session.send(shared.clone());
@@ -445,6 +471,9 @@ pub(crate) async fn send_current_presence(server: &Arc<Server>, owner: &BareJid,
     let Ok(target) = Jid::new(to) else {
         return;
     };
+    if let Some(cluster) = &server.cluster {
+        cluster.probe(owner.as_str(), to);
+    }
     for session in server.router.sessions(owner.as_str()) {
         if let Some(presence) = &session.presence {
             let copy = addressed(presence, to);

@@ -212,7 +212,10 @@ pub(crate) async fn delete_account(
         .delete_user(&username)
         .await
         .map_err(internal)?;
-    server.blocklists.invalidate(&username);
+    server.forget(crate::cluster::CacheKind::Blocklist, &username);
+    if let Some(cluster) = &server.cluster {
+        cluster.deleted(bare.as_str());
+    }
     server.router.close_user(
         bare.as_str(),
         StreamErrorCondition::NotAuthorized,

@@ -1004,7 +1004,7 @@ fn event_message(owner: &BareJid, to: &str, event: Element, delay_micros: Option
 }
 
 /// Whether a resource (by its presence) wants notifications for `node`.
-fn wants(server: &Server, jid: &FullJid, presence: &Element, node: &str) -> bool {
+pub(crate) fn wants(server: &Server, jid: &FullJid, presence: &Element, node: &str) -> bool {
     let Some(announced) = caps::Announced::of(presence) else {
         return false;
     };
@@ -1105,6 +1105,14 @@ async fn notify(
             continue;
         }
         let subscribed = explicit.contains(recipient);
+        if let Some(cluster) = &server.cluster {
+            let message = event_message(owner, recipient.as_str(), event.clone(), None);
+            let select = crate::cluster::Select::Pep {
+                node: node.to_owned(),
+                subscribed,
+            };
+            cluster.hand_each(recipient.as_str(), select, &message);
+        }
         for session in server.router.sessions(recipient.as_str()) {
             let Some(presence) = &session.presence else {
                 continue;

@@ -125,7 +125,7 @@ impl Push {
         fresh(&cache, owner, Instant::now()).cloned()
     }
 
-    fn invalidate(&self, owner: &str) {
+    pub(crate) fn invalidate(&self, owner: &str) {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -190,7 +190,7 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
                     config.max_registrations_per_user,
                 )
                 .await;
-            server.push.invalidate(&session.username);
+            server.forget(crate::cluster::CacheKind::Push, &session.username);
             match outcome {
                 Ok(PushEnabled::Stored) => {
                     tracing::debug!(
@@ -218,7 +218,7 @@ pub(crate) async fn handle(session: &mut Session, request: &Request<'_>) -> Resp
                 .store
                 .push_disable(&session.username, &jid, node.as_deref())
                 .await;
-            server.push.invalidate(&session.username);
+            server.forget(crate::cluster::CacheKind::Push, &session.username);
             match removed {
                 Ok(count) => {
                     tracing::debug!(user = %session.bare, count, "push disabled");
@@ -732,7 +732,7 @@ async fn remove_gone(server: &Arc<Server>, owner: &str, registration: &PushRegis
             .await
             .map(|count| count > 0),
     };
-    server.push.invalidate(owner);
+    server.forget(crate::cluster::CacheKind::Push, owner);
     match removed {
         Ok(true) => tracing::info!(
             user = owner,

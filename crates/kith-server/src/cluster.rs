@@ -1,0 +1,563 @@
+//! Scale-out (DESIGN.md's scale-out row): several nodes serving one domain share
+//! one PostgreSQL store and reach each other's sessions over NATS.
+//!
+//! The bus carries only what the shared store does not:
+//! - a *wake-up* once an entry of a user's inbox log is committed: the user's
+//!   sessions on other nodes read their log past what they have written
+//!   (`Outbound::Wake`), so a wake-up lost or overtaken by a later one loses
+//!   nothing (PostgreSQL numbers a user's entries under the row lock of their
+//!   counter: whoever reads at a wake-up's number sees every entry before it);
+//! - stanzas that are not logged (presence, chat states, headlines such as PEP
+//!   events, iq to a full JID, carbons), with the rule that picks which of the
+//!   user's sessions get them (`Select`), applied by the node holding them;
+//! - control: a presence probe, a resource bound elsewhere (RFC 6120 §7.7.2.2,
+//!   the older session closes), a device revoked, an account deleted, and
+//!   cache entries to forget (blocklists, archiving preferences, push
+//!   registrations) once changed.
+//!
+//! The directory is NATS's own interest graph: a node subscribes to a user's
+//! subject (`kith.u.<hex of the bare JID>`) while it holds a session of theirs,
+//! before that session reads its log, so nothing committed after the read is
+//! missed. Every node subscribes to `kith.all` (cache invalidation). Connections
+//! are made with `no_echo`: a node never receives its own frames, so the local
+//! delivery that precedes every publish is never repeated.
+//!
+//! Not carried yet (config validation refuses them in a cluster): group chats,
+//! whose rooms live in one node's memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kith_proto::stream::{Limits, parse_fragment};
+use kith_proto::{Element, StreamErrorCondition};
+use serde::{Deserialize, Serialize};
+
+use crate::Server;
+use crate::router::{Outbound, SessionEntry};
+
+/// Frames waiting for the publisher; beyond it a frame is dropped (and logged):
+/// what matters is in the log, and a wake-up catches up whatever came before.
+const OUTBOX: usize = 65_536;
+
+/// How long an iq to a full JID on another node waits for the node holding the
+/// resource to say it took it, before it bounces (RFC 6121 §8.5.3.1).
+const IQ_WAIT: Duration = Duration::from_secs(2);
+
+/// The subject every node listens on.
+const ALL: &str = "kith.all";
+
+/// Which of a user's sessions get a stanza: the same rules the local delivery
+/// applies, applied by the node that holds them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Select {
+    /// The session bound to this resource.
+    Resource(String),
+    /// Every available session (presence to a bare JID, RFC 6121 §4.3.2).
+    Available,
+    /// Every available session with a non-negative priority (a message to a
+    /// bare JID, RFC 6121 §8.5.2.1.1).
+    Deliverable,
+    /// Every session that asked for the roster (roster pushes, RFC 6121 §2.1.6).
+    Interested,
+    /// XEP-0163 §4.3.2: available, non-negative priority, and subscribed to the
+    /// node or asking for `NODE+notify` in its caps.
+    Pep { node: String, subscribed: bool },
+}
+
+impl Select {
+    fn takes(&self, server: &Server, session: &SessionEntry) -> bool {
+        match self {
+            Select::Resource(resource) => session.jid.resource().as_str() == resource,
+            Select::Available => session.available(),
+            Select::Deliverable => session.available() && session.priority >= 0,
+            Select::Interested => session.interested,
+            Select::Pep { node, subscribed } => {
+                session.priority >= 0
+                    && session.presence.as_ref().is_some_and(|presence| {
+                        *subscribed
+                            || crate::features::pep::wants(server, &session.jid, presence, node)
+                    })
+            }
+        }
+    }
+}
+
+/// A cache whose entries a node forgets when another node changes them.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CacheKind {
+    Blocklist,
+    MamPrefs,
+    Push,
+}
+
+/// What crosses the bus, addressed to one user's subject (or to all nodes).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "k", rename_all = "snake_case")]
+enum Frame {
+    /// The user's log holds entries through `seq`.
+    Wake { seq: i64 },
+    /// A stanza for the sessions `select` picks; `each`: addressed to each
+    /// session's full JID.
+    Hand {
+        select: Select,
+        each: bool,
+        xml: String,
+    },
+    /// XEP-0280: `<sent/>` or `<received/>` copies of a message for the user's
+    /// carbon-enabled sessions other than `except`.
+    Carbon {
+        except: String,
+        direction: String,
+        xml: String,
+    },
+    /// RFC 6121 §4.3: `from` asks for the current presence of the user's
+    /// available sessions (a probe at login, or a subscription just approved).
+    Probe { from: String },
+    /// RFC 6120 §7.7.2.2: `resource` was bound on another node.
+    Conflict { resource: String },
+    /// The device credential `device` was revoked.
+    Revoke { device: String },
+    /// The account was deleted.
+    Deleted,
+    /// Forget `owner`'s entry of a cache (sent to all nodes).
+    Forget { cache: CacheKind, owner: String },
+}
+
+/// This node's link to the others.
+pub(crate) struct Cluster {
+    client: async_nats::Client,
+    outbox: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    /// Users with sessions here: how many, and the task reading their subject.
+    users: Mutex<HashMap<String, (usize, tokio::task::AbortHandle)>>,
+}
+
+/// The subject of a user's sessions.
+fn user_subject(bare: &str) -> String {
+    use std::fmt::Write;
+    let mut subject = String::with_capacity(7 + 2 * bare.len());
+    subject.push_str("kith.u.");
+    for byte in bare.bytes() {
+        let _ = write!(subject, "{byte:02x}");
+    }
+    subject
+}
+
+impl Cluster {
+    /// Connects to NATS; `None` when this node serves alone.
+    pub(crate) async fn connect(config: &crate::Config) -> anyhow::Result<Option<Cluster>> {
+        use anyhow::Context;
+        let Some(url) = &config.cluster.nats else {
+            return Ok(None);
+        };
+        let node = config
+            .cluster
+            .node
+            .clone()
+            .unwrap_or_else(|| crate::random_id(8));
+        let addrs = url
+            .split(',')
+            .map(|a| a.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("cluster.nats: {url:?} is not a NATS address"))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("kith {node}"))
+            .no_echo()
+            .connect(addrs)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+        let (outbox, mut frames) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(OUTBOX);
+        let publisher = client.clone();
+        tokio::spawn(async move {
+            while let Some((subject, payload)) = frames.recv().await {
+                if let Err(error) = publisher.publish(subject, payload.into()).await {
+                    tracing::warn!(%error, "publishing to the cluster");
+                }
+            }
+        });
+        tracing::info!(%node, nats = %url, "joined the cluster");
+        Ok(Some(Cluster {
+            client,
+            outbox,
+            users: Mutex::default(),
+        }))
+    }
+
+    /// Listens on the subject every node shares.
+    pub(crate) async fn start(&self, server: &Arc<Server>) -> anyhow::Result<()> {
+        let subscriber = self.client.subscribe(ALL).await?;
+        let weak = Arc::downgrade(server);
+        tokio::spawn(read_subject(weak, None, subscriber));
+        Ok(())
+    }
+
+    fn send(&self, subject: String, frame: &Frame) {
+        let payload = match serde_json::to_vec(frame) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(%error, "encoding a cluster frame");
+                return;
+            }
+        };
+        if self.outbox.try_send((subject, payload)).is_err() {
+            tracing::warn!("the cluster's outbox is full; a frame is dropped");
+        }
+    }
+
+    fn to_user(&self, bare: &str, frame: &Frame) {
+        self.send(user_subject(bare), frame);
+    }
+
+    /// A session of `bare` was bound here (`first`: it replaced none): listens
+    /// on the user's subject (once the NATS server has the interest, so that
+    /// whatever is published after this returns reaches this node) and tells
+    /// other nodes that the resource is taken.
+    pub(crate) async fn bound(&self, server: &Arc<Server>, jid: &kith_proto::FullJid, first: bool) {
+        let bare = jid.to_bare();
+        self.to_user(
+            bare.as_str(),
+            &Frame::Conflict {
+                resource: jid.resource().as_str().to_owned(),
+            },
+        );
+        if !first {
+            return;
+        }
+        let subscribe = {
+            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            match users.get_mut(bare.as_str()) {
+                Some((count, _)) => {
+                    *count += 1;
+                    false
+                }
+                None => true,
+            }
+        };
+        if !subscribe {
+            return;
+        }
+        let subscriber = match self.client.subscribe(user_subject(bare.as_str())).await {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                tracing::error!(%error, "subscribing to a user's subject");
+                return;
+            }
+        };
+        if let Err(error) = self.client.flush().await {
+            tracing::warn!(%error, "flushing the cluster link");
+        }
+        let task = tokio::spawn(read_subject(
+            Arc::downgrade(server),
+            Some(bare.as_str().to_owned()),
+            subscriber,
+        ));
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        match users.get_mut(bare.as_str()) {
+            // Another session of the user subscribed meanwhile: one is enough.
+            Some((count, _)) => {
+                *count += 1;
+                task.abort();
+            }
+            None => {
+                users.insert(bare.as_str().to_owned(), (1, task.abort_handle()));
+            }
+        }
+    }
+
+    /// A session of `bare` bound here left the table: the last one stops
+    /// listening on the user's subject.
+    pub(crate) fn unbound(&self, bare: &str) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((count, task)) = users.get_mut(bare) {
+            *count -= 1;
+            if *count == 0 {
+                task.abort();
+                users.remove(bare);
+            }
+        }
+    }
+
+    /// Entries of `bare`'s log are committed through `seq`.
+    pub(crate) fn wake(&self, bare: &str, seq: i64) {
+        self.to_user(bare, &Frame::Wake { seq });
+    }
+
+    /// `stanza` for the sessions of `bare` on other nodes that `select` picks.
+    pub(crate) fn hand(&self, bare: &str, select: Select, stanza: &Element) {
+        self.to_user(
+            bare,
+            &Frame::Hand {
+                select,
+                each: false,
+                xml: stanza.to_xml(""),
+            },
+        );
+    }
+
+    /// [`Cluster::hand`], with `to` set to each session's full JID.
+    pub(crate) fn hand_each(&self, bare: &str, select: Select, stanza: &Element) {
+        self.to_user(
+            bare,
+            &Frame::Hand {
+                select,
+                each: true,
+                xml: stanza.to_xml(""),
+            },
+        );
+    }
+
+    /// An iq for `resource` of `bare` on another node; `false` when no node
+    /// holds that resource (the caller bounces it).
+    pub(crate) async fn hand_iq(&self, bare: &str, resource: &str, iq: &Element) -> bool {
+        let frame = Frame::Hand {
+            select: Select::Resource(resource.to_owned()),
+            each: false,
+            xml: iq.to_xml(""),
+        };
+        let Ok(payload) = serde_json::to_vec(&frame) else {
+            return false;
+        };
+        let request = async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(Some(IQ_WAIT));
+        self.client
+            .send_request(user_subject(bare), request)
+            .await
+            .is_ok()
+    }
+
+    /// XEP-0280 copies for `owner`'s sessions on other nodes.
+    pub(crate) fn carbons(&self, owner: &str, except: &str, direction: &str, message: &Element) {
+        self.to_user(
+            owner,
+            &Frame::Carbon {
+                except: except.to_owned(),
+                direction: direction.to_owned(),
+                xml: message.to_xml(""),
+            },
+        );
+    }
+
+    /// `from` probes `contact`'s sessions on other nodes.
+    pub(crate) fn probe(&self, contact: &str, from: &str) {
+        self.to_user(
+            contact,
+            &Frame::Probe {
+                from: from.to_owned(),
+            },
+        );
+    }
+
+    pub(crate) fn revoke(&self, bare: &str, device: &str) {
+        self.to_user(
+            bare,
+            &Frame::Revoke {
+                device: device.to_owned(),
+            },
+        );
+    }
+
+    pub(crate) fn deleted(&self, bare: &str) {
+        self.to_user(bare, &Frame::Deleted);
+    }
+
+    /// Every other node forgets `owner`'s entry of `cache`.
+    pub(crate) fn forget(&self, cache: CacheKind, owner: &str) {
+        self.send(
+            ALL.to_owned(),
+            &Frame::Forget {
+                cache,
+                owner: owner.to_owned(),
+            },
+        );
+    }
+}
+
+/// Reads one subject until the subscription ends; `bare`: the user's subject.
+async fn read_subject(
+    server: Weak<Server>,
+    bare: Option<String>,
+    mut subscriber: async_nats::Subscriber,
+) {
+    while let Some(message) = subscriber.next().await {
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let frame = match serde_json::from_slice::<Frame>(&message.payload) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::warn!(%error, subject = %message.subject, "an unreadable cluster frame");
+                continue;
+            }
+        };
+        let taken = match &bare {
+            Some(bare) => on_user_frame(&server, bare, frame),
+            None => {
+                on_shared_frame(&server, frame);
+                false
+            }
+        };
+        // An iq's request: answered only by the node that took it.
+        if taken
+            && let (Some(reply), Some(cluster)) = (message.reply, &server.cluster)
+            && let Err(error) = cluster.client.publish(reply, Vec::new().into()).await
+        {
+            tracing::warn!(%error, "answering a cluster request");
+        }
+    }
+}
+
+fn on_shared_frame(server: &Server, frame: Frame) {
+    if let Frame::Forget { cache, owner } = frame {
+        forget_locally(server, cache, &owner);
+    }
+}
+
+/// Forgets `owner`'s entry of `cache` on this node.
+pub(crate) fn forget_locally(server: &Server, cache: CacheKind, owner: &str) {
+    match cache {
+        CacheKind::Blocklist => server.blocklists.invalidate(owner),
+        CacheKind::MamPrefs => server.mam_prefs.forget(owner),
+        CacheKind::Push => server.push.invalidate(owner),
+    }
+}
+
+/// Applies a frame to this node's sessions of `bare`; returns whether a
+/// session took it.
+fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
+    match frame {
+        Frame::Wake { seq } => {
+            server.router.with_sessions(bare, |sessions| {
+                for session in sessions {
+                    session.send_outbound(Outbound::Wake(seq));
+                }
+            });
+            true
+        }
+        Frame::Hand { select, each, xml } => {
+            let Some(stanza) = parse(&xml) else {
+                return false;
+            };
+            let shared = Arc::new(stanza);
+            server.router.with_sessions(bare, |sessions| {
+                let mut taken = false;
+                for session in sessions.iter().filter(|s| select.takes(server, s)) {
+                    taken = true;
+                    if each {
+                        let mut copy = (*shared).clone();
+                        copy.set_attr("to", session.jid.as_str());
+                        session.send(Arc::new(copy));
+                    } else {
+                        session.send(shared.clone());
+                    }
+                }
+                taken
+            })
+        }
+        Frame::Carbon {
+            except,
+            direction,
+            xml,
+        } => {
+            let (Some(message), Ok(except)) = (parse(&xml), kith_proto::FullJid::new(&except))
+            else {
+                return false;
+            };
+            crate::features::carbons::copy_locally(server, bare, &except, &direction, &message);
+            true
+        }
+        Frame::Probe { from } => {
+            // Answered through routing, which reaches `from` wherever it is.
+            let answers: Vec<Element> = server
+                .router
+                .sessions(bare)
+                .iter()
+                .filter_map(|session| {
+                    let mut answer = (**session.presence.as_ref()?).clone();
+                    answer.set_attr("to", from.as_str());
+                    Some(answer)
+                })
+                .collect();
+            if answers.is_empty() {
+                return false;
+            }
+            let server = server.clone();
+            tokio::spawn(async move {
+                for answer in answers {
+                    crate::deliver::route(&server, answer).await;
+                }
+            });
+            true
+        }
+        Frame::Conflict { resource } => {
+            let kicked = server.router.kick(bare, &resource);
+            // Its session's own unbinding will find it gone: counted here.
+            if kicked && let Some(cluster) = &server.cluster {
+                cluster.unbound(bare);
+            }
+            kicked
+        }
+        Frame::Revoke { device } => server.router.revoke_device(bare, &device) > 0,
+        Frame::Deleted => {
+            server
+                .router
+                .close_user(bare, StreamErrorCondition::NotAuthorized, "account removed");
+            true
+        }
+        Frame::Forget { .. } => false,
+    }
+}
+
+fn parse(xml: &str) -> Option<Element> {
+    match parse_fragment(xml.as_bytes(), Limits::default()) {
+        Ok(stanza) => Some(stanza),
+        Err(error) => {
+            tracing::warn!(%error, "an unreadable stanza from the cluster");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_subject_is_one_token_whatever_the_jid_holds() {
+        let subject = user_subject("al.ice@example.com");
+        assert!(subject.starts_with("kith.u."));
+        let token = &subject["kith.u.".len()..];
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(user_subject("a@b"), user_subject("a@c"));
+    }
+
+    #[test]
+    fn frames_read_back_as_written() {
+        let frames = [
+            Frame::Wake { seq: 42 },
+            Frame::Hand {
+                select: Select::Pep {
+                    node: "urn:xmpp:avatar:metadata".to_owned(),
+                    subscribed: false,
+                },
+                each: true,
+                xml: "<message xmlns='jabber:client'/>".to_owned(),
+            },
+            Frame::Forget {
+                cache: CacheKind::Blocklist,
+                owner: "juliet".to_owned(),
+            },
+        ];
+        for frame in frames {
+            let bytes = serde_json::to_vec(&frame).expect("encodes");
+            assert_eq!(
+                serde_json::from_slice::<Frame>(&bytes).expect("decodes"),
+                frame
+            );
+        }
+        assert!(serde_json::from_slice::<Frame>(br#"{"k":"nonsense"}"#).is_err());
+    }
+}

