@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 NS_DELAY = "urn:xmpp:delay"
+NS_BLOCKING = "urn:xmpp:blocking"
 
 
 def nats_server_bin() -> Path:
@@ -142,6 +143,9 @@ async def test_presence_and_pings_cross_nodes(pools):
             lambda p: p["from"] == b.boundjid and p["type"] in ("available", ""),
             what="bob's presence at login",
         )
+    # XEP-0012: bob is online (on node 2) as node 1 answers alice.
+    last = await a.plugin["xep_0012"].get_last_activity(bob.jid, timeout=10)
+    assert int(last["last_activity"]["seconds"]) == 0, last
     # An iq to a full JID on the other node is answered there...
     await a.plugin["xep_0199"].ping(jid=b.boundjid.full, timeout=10)
     # ...and one to a resource no node holds bounces (RFC 6121 §8.5.3.1).
@@ -175,10 +179,25 @@ async def test_a_block_and_a_deletion_on_one_node_hold_on_the_other(pools, nodes
     quiet, pest = await one.account("quiet"), await one.account("pest")
     q = await one.connect(quiet)
     p = await two.connect(pest)
+    await make_friends(q, p)
+    # quiet also has a session on node 2, which pest sees online.
+    q2 = await two.connect(quiet)
+    await p.wait_presence(lambda s: s["from"] == q2.boundjid, what="quiet's node-2 presence")
     # Node 2 routes pest's messages, reading quiet's block list (and caching it).
     p.send_message(mto=quiet.jid, mbody="hello", mtype="chat")
     await q.wait_message(live_chat("hello"), what="a message before the block")
     await q.plugin["xep_0191"].block(pest.jid, timeout=10)
+    # XEP-0191 §3.3: the block reaches quiet's other session (a push), and pest
+    # sees every session of quiet's go offline, the one on node 2 included.
+    await q2.wait_iq(
+        lambda iq: iq["type"] == "set" and iq.xml.find(f"{{{NS_BLOCKING}}}block") is not None,
+        what="the block push on node 2",
+    )
+    for session in (q, q2):
+        await p.wait_presence(
+            lambda s, jid=session.boundjid: s["from"] == jid and s["type"] == "unavailable",
+            what=f"{session.boundjid} unavailable to the blocked contact",
+        )
     p.send_message(mto=quiet.jid, mbody="buy now", mtype="chat")
     error = await p.wait_message(lambda m: m["type"] == "error", what="the blocked message's error")
     assert error_condition(error) == "service-unavailable", error

@@ -42,8 +42,12 @@ use crate::router::{Outbound, SessionEntry};
 const OUTBOX: usize = 65_536;
 
 /// How long an iq to a full JID on another node waits for the node holding the
-/// resource to say it took it, before it bounces (RFC 6121 §8.5.3.1).
+/// resource to say it took it, before it bounces (RFC 6121 §8.5.3.1). (With no
+/// node listening for the user, NATS says so at once.)
 const IQ_WAIT: Duration = Duration::from_secs(2);
+
+/// How long "is the user online?" waits for a node to say yes.
+const ONLINE_WAIT: Duration = Duration::from_millis(500);
 
 /// The subject every node listens on.
 const ALL: &str = "kith.all";
@@ -62,6 +66,8 @@ pub(crate) enum Select {
     Deliverable,
     /// Every session that asked for the roster (roster pushes, RFC 6121 §2.1.6).
     Interested,
+    /// Every session (XEP-0191 block pushes).
+    All,
     /// XEP-0163 §4.3.2: available, non-negative priority, and subscribed to the
     /// node or asking for `NODE+notify` in its caps.
     Pep { node: String, subscribed: bool },
@@ -74,6 +80,7 @@ impl Select {
             Select::Available => session.available(),
             Select::Deliverable => session.available() && session.priority >= 0,
             Select::Interested => session.interested,
+            Select::All => true,
             Select::Pep { node, subscribed } => {
                 session.priority >= 0
                     && session.presence.as_ref().is_some_and(|presence| {
@@ -123,6 +130,14 @@ enum Frame {
     Revoke { device: String },
     /// The account was deleted.
     Deleted,
+    /// Answered (as a request) by a node holding an available session.
+    Online,
+    /// The user's available sessions appear unavailable to `to` (blocked, or
+    /// no longer subscribed).
+    Hide { to: String },
+    /// The user's available sessions send their presence again (the photo
+    /// hash or a privacy setting changed).
+    Rebroadcast,
     /// Forget `owner`'s entry of a cache (sent to all nodes).
     Forget { cache: CacheKind, owner: String },
 }
@@ -317,16 +332,38 @@ impl Cluster {
             each: false,
             xml: iq.to_xml(""),
         };
-        let Ok(payload) = serde_json::to_vec(&frame) else {
+        self.ask(bare, &frame, IQ_WAIT).await
+    }
+
+    /// Whether another node holds an available session of `bare`.
+    pub(crate) async fn online(&self, bare: &str) -> bool {
+        self.ask(bare, &Frame::Online, ONLINE_WAIT).await
+    }
+
+    /// Sends `frame` to the nodes holding sessions of `bare` as a request: true
+    /// once one of them took it (`read_subject` answers), false when none did
+    /// within `wait`, or none listens.
+    async fn ask(&self, bare: &str, frame: &Frame, wait: Duration) -> bool {
+        let Ok(payload) = serde_json::to_vec(frame) else {
             return false;
         };
         let request = async_nats::Request::new()
             .payload(payload.into())
-            .timeout(Some(IQ_WAIT));
+            .timeout(Some(wait));
         self.client
             .send_request(user_subject(bare), request)
             .await
             .is_ok()
+    }
+
+    /// `bare`'s sessions on other nodes appear unavailable to `to`.
+    pub(crate) fn hide(&self, bare: &str, to: &str) {
+        self.to_user(bare, &Frame::Hide { to: to.to_owned() });
+    }
+
+    /// `bare`'s sessions on other nodes send their presence again.
+    pub(crate) fn rebroadcast(&self, bare: &str) {
+        self.to_user(bare, &Frame::Rebroadcast);
     }
 
     /// XEP-0280 copies for `owner`'s sessions on other nodes.
@@ -505,6 +542,27 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
             server
                 .router
                 .close_user(bare, StreamErrorCondition::NotAuthorized, "account removed");
+            true
+        }
+        Frame::Online => server.router.with_sessions(bare, |sessions| {
+            sessions.iter().any(SessionEntry::available)
+        }),
+        Frame::Hide { to } => {
+            let (server, bare) = (server.clone(), bare.to_owned());
+            tokio::spawn(async move {
+                if let Ok(owner) = kith_proto::BareJid::new(&bare) {
+                    crate::features::presence::hide_locally(&server, &owner, &to).await;
+                }
+            });
+            true
+        }
+        Frame::Rebroadcast => {
+            let (server, bare) = (server.clone(), bare.to_owned());
+            tokio::spawn(async move {
+                if let Ok(owner) = kith_proto::BareJid::new(&bare) {
+                    crate::features::presence::rebroadcast_locally(&server, &owner).await;
+                }
+            });
             true
         }
         Frame::Forget { .. } => false,

@@ -46,6 +46,11 @@ async fn account_last(server: &Server, owner: &BareJid, requester: &BareJid) -> 
     let online = server.router.with_sessions(owner.as_str(), |sessions| {
         sessions.iter().any(|s| s.available())
     });
+    let online = online
+        || match &server.cluster {
+            Some(cluster) => cluster.online(owner.as_str()).await,
+            None => false,
+        };
     if online {
         return Ok(Some(last_element(0, None)));
     }

@@ -409,6 +409,9 @@ async fn inbound_subscription(
     }
     if kind == SubscriptionKind::Unsubscribed && outcome.deliver {
         // §3.2.3: the contact's resources now appear unavailable to the recipient.
+        if let Some(cluster) = &server.cluster {
+            cluster.hide(sender.as_str(), recipient.as_str());
+        }
         for session in server.router.sessions(sender.as_str()) {
             let unavailable = Element::new(ns::CLIENT, "presence")
                 .attr("from", session.jid.to_string())
@@ -429,8 +432,17 @@ fn kind_str(kind: SubscriptionKind) -> &'static str {
 }
 
 /// Sends `owner`'s available presence again, with the current XEP-0153 photo
-/// hash, to their subscribers and other resources (the vCard photo changed).
+/// hash, to their subscribers and other resources (the vCard photo changed), from
+/// every node.
 pub(crate) async fn rebroadcast(server: &Arc<Server>, owner: &BareJid) {
+    if let Some(cluster) = &server.cluster {
+        cluster.rebroadcast(owner.as_str());
+    }
+    rebroadcast_locally(server, owner).await;
+}
+
+/// [`rebroadcast`] for this node's sessions.
+pub(crate) async fn rebroadcast_locally(server: &Arc<Server>, owner: &BareJid) {
     let Some(username) = owner.node().map(|n| n.as_str().to_owned()) else {
         return;
     };
@@ -483,8 +495,16 @@ pub(crate) async fn send_current_presence(server: &Arc<Server>, owner: &BareJid,
 }
 
 /// Makes every available resource of `owner` appear unavailable to `to` (used when
-/// blocking, XEP-0191 §3.3, and when cancelling a subscription).
+/// blocking, XEP-0191 §3.3, and when cancelling a subscription), on every node.
 pub(crate) async fn hide_from(server: &Arc<Server>, owner: &BareJid, to: &str) {
+    if let Some(cluster) = &server.cluster {
+        cluster.hide(owner.as_str(), to);
+    }
+    hide_locally(server, owner, to).await;
+}
+
+/// [`hide_from`] for this node's sessions.
+pub(crate) async fn hide_locally(server: &Arc<Server>, owner: &BareJid, to: &str) {
     let Ok(target) = Jid::new(to) else {
         return;
     };
