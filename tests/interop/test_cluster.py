@@ -38,31 +38,51 @@ def nats_server_bin() -> Path:
     return path
 
 
+class NatsServer:
+    """A real nats-server on a free loopback port."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.log = workdir / "nats.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(nats_server_bin()), "-a", "127.0.0.1", "-p", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if not wait_port(self.port, 20, self.proc):
+            raise RuntimeError(f"nats-server did not listen on {self.port}: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
 @pytest.fixture(scope="module")
 def nats(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("nats") / "nats.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(nats_server_bin()), "-a", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
     try:
-        if not wait_port(port, 20, proc):
-            raise RuntimeError(f"nats-server did not listen on {port}: {log.read_text()}")
-        yield f"nats://127.0.0.1:{port}"
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
 def nodes(nats, server_factory):
     cluster = {"muc": {"enabled": False}}
     first = server_factory.start(
-        "node1", "postgres", {**cluster, "cluster": {"nats": nats, "node": "node1"}}
+        "node1", "postgres", {**cluster, "cluster": {"nats": nats.url, "node": "node1"}}
     )
     second = None
     try:
@@ -73,7 +93,7 @@ def nodes(nats, server_factory):
             {
                 **cluster,
                 "storage": {"url": first.config["storage"]["url"]},
-                "cluster": {"nats": nats, "node": "node2"},
+                "cluster": {"nats": nats.url, "node": "node2"},
             },
         )
         yield first, second
@@ -206,3 +226,33 @@ async def test_a_block_and_a_deletion_on_one_node_hold_on_the_other(pools, nodes
     # Deleting pest's account on node 1 ends the session on node 2.
     nodes[0].cli("user", "del", pest.name)
     assert await p.wait_closed(10), "the deleted account's session on node 2 stayed"
+
+
+async def test_the_nodes_carry_on_when_nats_restarts(pools, nats):
+    """Runs last: it restarts the module's nats-server."""
+    one, two = pools
+    alice, bob = await one.account("alice"), await one.account("bob")
+    a = await one.connect(alice)
+    b = await two.connect(bob)
+    nats.stop()
+    # Meanwhile, the message waits in bob's log: it is not lost.
+    a.send_message(mto=bob.jid, mbody="while the bus was down", mtype="chat")
+    await asyncio.sleep(0.5)
+    nats.start()
+    # Each node connects again and subscribes again for the sessions it holds:
+    # the next message arrives live, and brings the first along (bob's node
+    # reads his log at the wake-up).
+    async def delivered() -> bool:
+        a.send_message(mto=bob.jid, mbody="after the restart", mtype="chat")
+        try:
+            await b.wait_message(live_chat("after the restart"), timeout=1, what="a message after the restart")
+            return True
+        except AssertionError:
+            return False
+
+    for _ in range(20):
+        if await delivered():
+            break
+    else:
+        raise AssertionError("no message crossed the nodes after nats-server restarted")
+    await b.wait_message(lambda m: body_of(m) == "while the bus was down", what="the message sent meanwhile")

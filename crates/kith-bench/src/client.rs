@@ -53,6 +53,9 @@ pub enum Mech {
 #[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// Other nodes of the same service: user N connects to the (N mod nodes)-th
+    /// of `addr` and these.
+    pub also: Vec<SocketAddr>,
     pub domain: String,
     pub tls: Option<Arc<ClientConfig>>,
     pub mech: Mech,
@@ -65,6 +68,14 @@ pub struct Target {
 }
 
 impl Target {
+    /// The node user `index` connects to.
+    pub fn addr_for(&self, index: usize) -> SocketAddr {
+        match index % (1 + self.also.len()) {
+            0 => self.addr,
+            n => self.also[n - 1],
+        }
+    }
+
     pub fn source_for(&self, index: usize) -> Option<IpAddr> {
         if self.sources.is_empty() {
             None
@@ -413,7 +424,8 @@ pub struct Session {
 }
 
 async fn connect_tcp(target: &Target, index: usize) -> Result<TcpStream> {
-    let socket = if target.addr.is_ipv4() {
+    let addr = target.addr_for(index);
+    let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
@@ -423,7 +435,7 @@ async fn connect_tcp(target: &Target, index: usize) -> Result<TcpStream> {
             .bind(SocketAddr::new(source, 0))
             .with_context(|| format!("binding source address {source}"))?;
     }
-    let stream = socket.connect(target.addr).await?;
+    let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

@@ -31,6 +31,11 @@ pub struct Cli {
     /// Server c2s address (STARTTLS port).
     #[arg(long, global = true, default_value = "127.0.0.1:5222")]
     target: SocketAddr,
+    /// Another node of the same service (repeatable): user N connects to the
+    /// (N mod nodes)-th of --target and these, so a cluster's nodes share the
+    /// users and 1:1 messages cross between them.
+    #[arg(long = "also-target", global = true)]
+    also_targets: Vec<SocketAddr>,
     /// XMPP domain; accounts are PREFIX{N}@DOMAIN.
     #[arg(long, global = true, default_value = "localhost")]
     domain: String,
@@ -243,8 +248,13 @@ fn main() -> Result<()> {
         Some(url) => client::websocket_addr(url)?,
         None => cli.target,
     };
-    if !addr.ip().is_loopback() && !cli.allow_remote {
-        bail!("refusing non-loopback target {addr} without --allow-remote");
+    for addr in std::iter::once(&addr).chain(&cli.also_targets) {
+        if !addr.ip().is_loopback() && !cli.allow_remote {
+            bail!("refusing non-loopback target {addr} without --allow-remote");
+        }
+    }
+    if cli.websocket.is_some() && !cli.also_targets.is_empty() {
+        bail!("--also-target takes c2s addresses: not with --websocket");
     }
     // A WebSocket URL says whether TLS is on: `wss://` needs it, `ws://` has none.
     let websocket_tls = cli.websocket.as_ref().map(|url| url.starts_with("wss://"));
@@ -265,6 +275,7 @@ fn main() -> Result<()> {
     };
     let target = Target {
         addr,
+        also: cli.also_targets.clone(),
         domain: cli.domain.clone(),
         tls,
         mech: cli.mech,

@@ -412,7 +412,7 @@ async fn authenticate_and_bind<L: Link>(
                 // Before the session reads its log: the cluster reaches it from
                 // then on (`Cluster::bound`).
                 if let Some(cluster) = &server.cluster {
-                    Box::pin(cluster.bound(server, &bound.jid, bound.added)).await;
+                    Box::pin(cluster.bound(&bound.jid, bound.added)).await;
                 }
                 let result = Element::new(ns::CLIENT, "iq")
                     .attr_opt("id", element.get_attr("id"))

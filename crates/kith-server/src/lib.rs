@@ -160,10 +160,7 @@ impl Server {
             cluster,
         });
         if let Some(cluster) = &server.cluster {
-            cluster
-                .start(&server)
-                .await
-                .context("listening to the cluster")?;
+            cluster.start(&server).await;
         }
 
         let mut tasks = JoinSet::new();

@@ -25,21 +25,18 @@
 //! Not carried yet (config validation refuses them in a cluster): group chats,
 //! whose rooms live in one node's memory.
 
+mod nats;
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use futures::StreamExt;
 use kith_proto::stream::{Limits, parse_fragment};
 use kith_proto::{Element, StreamErrorCondition};
 use serde::{Deserialize, Serialize};
 
 use crate::Server;
 use crate::router::{Outbound, SessionEntry};
-
-/// Frames waiting for the publisher; beyond it a frame is dropped (and logged):
-/// what matters is in the log, and a wake-up catches up whatever came before.
-const OUTBOX: usize = 65_536;
 
 /// How long an iq to a full JID on another node waits for the node holding the
 /// resource to say it took it, before it bounces (RFC 6121 §8.5.3.1). (With no
@@ -144,27 +141,43 @@ enum Frame {
 
 /// This node's link to the others.
 pub(crate) struct Cluster {
-    client: async_nats::Client,
-    outbox: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
-    /// Users with sessions here: how many, and the task reading their subject.
-    users: Mutex<HashMap<String, (usize, tokio::task::AbortHandle)>>,
+    nats: nats::Nats,
+    /// Users with sessions here: how many, and the subscription to their subject.
+    users: Mutex<HashMap<String, (usize, u64)>>,
+    /// The server frames are applied to (set by [`Cluster::start`]).
+    server: Arc<OnceLock<Weak<Server>>>,
 }
 
 /// The subject of a user's sessions.
 fn user_subject(bare: &str) -> String {
     use std::fmt::Write;
-    let mut subject = String::with_capacity(7 + 2 * bare.len());
-    subject.push_str("kith.u.");
+    let mut subject = String::with_capacity(USER.len() + 2 * bare.len());
+    subject.push_str(USER);
     for byte in bare.bytes() {
         let _ = write!(subject, "{byte:02x}");
     }
     subject
 }
 
+/// The bare JID a user's subject names.
+fn subject_user(subject: &str) -> Option<String> {
+    let hex = subject.strip_prefix(USER)?.as_bytes();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = hex
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The prefix of users' subjects.
+const USER: &str = "kith.u.";
+
 impl Cluster {
     /// Connects to NATS; `None` when this node serves alone.
     pub(crate) async fn connect(config: &crate::Config) -> anyhow::Result<Option<Cluster>> {
-        use anyhow::Context;
         let Some(url) = &config.cluster.nats else {
             return Ok(None);
         };
@@ -173,40 +186,28 @@ impl Cluster {
             .node
             .clone()
             .unwrap_or_else(|| crate::random_id(8));
-        let addrs = url
-            .split(',')
-            .map(|a| a.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("cluster.nats: {url:?} is not a NATS address"))?;
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("kith {node}"))
-            .no_echo()
-            .connect(addrs)
-            .await
-            .with_context(|| format!("connecting to NATS at {url}"))?;
-        let (outbox, mut frames) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(OUTBOX);
-        let publisher = client.clone();
-        tokio::spawn(async move {
-            while let Some((subject, payload)) = frames.recv().await {
-                if let Err(error) = publisher.publish(subject, payload.into()).await {
-                    tracing::warn!(%error, "publishing to the cluster");
-                }
+        let server: Arc<OnceLock<Weak<Server>>> = Arc::default();
+        let handler_server = server.clone();
+        let handler: nats::Handler = Box::new(move |delivery| {
+            if let Some(server) = handler_server.get().and_then(Weak::upgrade) {
+                on_delivery(&server, delivery);
             }
         });
+        let nats = nats::Nats::connect(url, &format!("kith {node}"), handler).await?;
         tracing::info!(%node, nats = %url, "joined the cluster");
         Ok(Some(Cluster {
-            client,
-            outbox,
+            nats,
             users: Mutex::default(),
+            server,
         }))
     }
 
-    /// Listens on the subject every node shares.
-    pub(crate) async fn start(&self, server: &Arc<Server>) -> anyhow::Result<()> {
-        let subscriber = self.client.subscribe(ALL).await?;
-        let weak = Arc::downgrade(server);
-        tokio::spawn(read_subject(weak, None, subscriber));
-        Ok(())
+    /// Starts applying frames to `server`, and listens on the subject every
+    /// node shares.
+    pub(crate) async fn start(&self, server: &Arc<Server>) {
+        let _ = self.server.set(Arc::downgrade(server));
+        self.nats.subscribe(ALL.to_owned());
+        self.nats.flush().await;
     }
 
     fn send(&self, subject: String, frame: &Frame) {
@@ -217,8 +218,8 @@ impl Cluster {
                 return;
             }
         };
-        if self.outbox.try_send((subject, payload)).is_err() {
-            tracing::warn!("the cluster's outbox is full; a frame is dropped");
+        if !self.nats.publish(subject, payload) {
+            tracing::warn!("too many cluster frames waiting; one is dropped");
         }
     }
 
@@ -226,11 +227,12 @@ impl Cluster {
         self.send(user_subject(bare), frame);
     }
 
-    /// A session of `bare` was bound here (`first`: it replaced none): listens
-    /// on the user's subject (once the NATS server has the interest, so that
-    /// whatever is published after this returns reaches this node) and tells
-    /// other nodes that the resource is taken.
-    pub(crate) async fn bound(&self, server: &Arc<Server>, jid: &kith_proto::FullJid, first: bool) {
+    /// A session of `bare` was bound here (`added`: beside the user's others,
+    /// not in place of one): listens on the user's subject (once the NATS
+    /// server has the interest, so that whatever is published after this
+    /// returns reaches this node) and tells other nodes that the resource is
+    /// taken.
+    pub(crate) async fn bound(&self, jid: &kith_proto::FullJid, added: bool) {
         let bare = jid.to_bare();
         self.to_user(
             bare.as_str(),
@@ -238,58 +240,28 @@ impl Cluster {
                 resource: jid.resource().as_str().to_owned(),
             },
         );
-        if !first {
-            return;
-        }
-        let subscribe = {
+        if added {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
             match users.get_mut(bare.as_str()) {
-                Some((count, _)) => {
-                    *count += 1;
-                    false
+                Some((count, _)) => *count += 1,
+                None => {
+                    let sid = self.nats.subscribe(user_subject(bare.as_str()));
+                    users.insert(bare.as_str().to_owned(), (1, sid));
                 }
-                None => true,
-            }
-        };
-        if !subscribe {
-            return;
-        }
-        let subscriber = match self.client.subscribe(user_subject(bare.as_str())).await {
-            Ok(subscriber) => subscriber,
-            Err(error) => {
-                tracing::error!(%error, "subscribing to a user's subject");
-                return;
-            }
-        };
-        if let Err(error) = self.client.flush().await {
-            tracing::warn!(%error, "flushing the cluster link");
-        }
-        let task = tokio::spawn(read_subject(
-            Arc::downgrade(server),
-            Some(bare.as_str().to_owned()),
-            subscriber,
-        ));
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        match users.get_mut(bare.as_str()) {
-            // Another session of the user subscribed meanwhile: one is enough.
-            Some((count, _)) => {
-                *count += 1;
-                task.abort();
-            }
-            None => {
-                users.insert(bare.as_str().to_owned(), (1, task.abort_handle()));
             }
         }
+        // The subscription (this session's or a sibling's just made) is in.
+        self.nats.flush().await;
     }
 
     /// A session of `bare` bound here left the table: the last one stops
     /// listening on the user's subject.
     pub(crate) fn unbound(&self, bare: &str) {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((count, task)) = users.get_mut(bare) {
+        if let Some((count, sid)) = users.get_mut(bare) {
             *count -= 1;
             if *count == 0 {
-                task.abort();
+                self.nats.unsubscribe(*sid);
                 users.remove(bare);
             }
         }
@@ -347,13 +319,7 @@ impl Cluster {
         let Ok(payload) = serde_json::to_vec(frame) else {
             return false;
         };
-        let request = async_nats::Request::new()
-            .payload(payload.into())
-            .timeout(Some(wait));
-        self.client
-            .send_request(user_subject(bare), request)
-            .await
-            .is_ok()
+        self.nats.request(user_subject(bare), payload, wait).await == nats::Answer::Answered
     }
 
     /// `bare`'s sessions on other nodes appear unavailable to `to`.
@@ -413,37 +379,30 @@ impl Cluster {
     }
 }
 
-/// Reads one subject until the subscription ends; `bare`: the user's subject.
-async fn read_subject(
-    server: Weak<Server>,
-    bare: Option<String>,
-    mut subscriber: async_nats::Subscriber,
-) {
-    while let Some(message) = subscriber.next().await {
-        let Some(server) = server.upgrade() else {
+/// Applies a frame read from the bus.
+fn on_delivery(server: &Arc<Server>, delivery: nats::Delivery<'_>) {
+    let frame = match serde_json::from_slice::<Frame>(delivery.payload) {
+        Ok(frame) => frame,
+        Err(error) => {
+            tracing::warn!(%error, subject = delivery.subject, "an unreadable cluster frame");
             return;
-        };
-        let frame = match serde_json::from_slice::<Frame>(&message.payload) {
-            Ok(frame) => frame,
-            Err(error) => {
-                tracing::warn!(%error, subject = %message.subject, "an unreadable cluster frame");
-                continue;
-            }
-        };
-        let taken = match &bare {
-            Some(bare) => on_user_frame(&server, bare, frame),
-            None => {
-                on_shared_frame(&server, frame);
-                false
-            }
-        };
-        // An iq's request: answered only by the node that took it.
-        if taken
-            && let (Some(reply), Some(cluster)) = (message.reply, &server.cluster)
-            && let Err(error) = cluster.client.publish(reply, Vec::new().into()).await
-        {
-            tracing::warn!(%error, "answering a cluster request");
         }
+    };
+    if delivery.subject == ALL {
+        on_shared_frame(server, frame);
+        return;
+    }
+    let Some(bare) = subject_user(delivery.subject) else {
+        tracing::warn!(
+            subject = delivery.subject,
+            "a cluster frame on an unknown subject"
+        );
+        return;
+    };
+    let taken = on_user_frame(server, &bare, frame);
+    // A request (an iq, "online?"): answered only by a node that took it.
+    if taken && let (Some(reply), Some(cluster)) = (delivery.reply, &server.cluster) {
+        cluster.nats.publish(reply.to_owned(), Vec::new());
     }
 }
 
@@ -590,6 +549,12 @@ mod tests {
         let token = &subject["kith.u.".len()..];
         assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(user_subject("a@b"), user_subject("a@c"));
+        assert_eq!(
+            subject_user(&subject).as_deref(),
+            Some("al.ice@example.com")
+        );
+        assert_eq!(subject_user("kith.u.6"), None);
+        assert_eq!(subject_user("kith.all"), None);
     }
 
     #[test]
