@@ -228,6 +228,32 @@ async def test_a_block_and_a_deletion_on_one_node_hold_on_the_other(pools, nodes
     assert await p.wait_closed(10), "the deleted account's session on node 2 stayed"
 
 
+async def test_messages_from_both_nodes_at_once_all_arrive(pools):
+    """Two senders, one on each node, write to bob at once: both nodes append to
+    his log, and his session sees entries committed on its own node before the
+    other node's wake-up for an earlier one arrives. Each must reach him."""
+    one, two = pools
+    alice, carol, bob = [await one.account(n) for n in ("alice", "carol", "bob")]
+    a = await one.connect(alice)
+    c = await two.connect(carol)
+    b = await two.connect(bob)
+    count = 150
+    for n in range(count):
+        a.send_message(mto=bob.jid, mbody=f"a{n}", mtype="chat")
+        c.send_message(mto=bob.jid, mbody=f"c{n}", mtype="chat")
+    expected = {f"{who}{n}" for who in "ac" for n in range(count)}
+    deadline = asyncio.get_running_loop().time() + 20
+    while asyncio.get_running_loop().time() < deadline:
+        got = {body_of(m) for m in b.matching(lambda s: body_of(s) in expected)}
+        if got == expected:
+            break
+        await asyncio.sleep(0.1)
+    missing = expected - {body_of(m) for m in b.matching(lambda s: body_of(s) in expected)}
+    assert not missing, f"{len(missing)} messages never reached bob: {sorted(missing)[:10]}"
+    bodies = [body_of(m) for m in b.matching(lambda s: body_of(s) in expected)]
+    assert len(bodies) == len(expected), "a message arrived twice"
+
+
 async def test_the_nodes_carry_on_when_nats_restarts(pools, nats):
     """Runs last: it restarts the module's nats-server."""
     one, two = pools

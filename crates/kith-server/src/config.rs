@@ -32,7 +32,7 @@ pub struct Config {
     pub log: LogSection,
 }
 
-/// Scale-out (`cluster.rs`): several nodes serving one domain on one shared
+/// Scale-out (`cluster/`): several nodes serving one domain on one shared
 /// PostgreSQL store reach each other's sessions over NATS. Off by default.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

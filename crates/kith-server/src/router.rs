@@ -39,7 +39,7 @@ pub enum Outbound {
         seq: i64,
     },
     /// Entries of the user's inbox log are committed through this number on
-    /// another node (`cluster.rs`): read the log past what was written.
+    /// another node (`cluster/`): read the log past what was written.
     Wake(i64),
     /// Close the stream with this stream error.
     Close(StreamErrorCondition, &'static str),
