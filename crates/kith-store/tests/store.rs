@@ -724,6 +724,78 @@ async fn inbox_concurrent_appends(db: TestDb) {
     assert_eq!(s.inbox_count("alice").await.unwrap(), 100);
 }
 
+/// A cluster's nodes each run a writer on one PostgreSQL database, and their
+/// batches number entries of, and move the delivered marks of, the same users
+/// at once. Each batch locks those rows in one order first: no two batches
+/// ever wait on each other (PostgreSQL would break that after a second by
+/// failing one, and count it: `pg_stat_database.deadlocks`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_database_never_deadlock() {
+    run_postgres(|db: TestDb| async move {
+        let raw = db.raw().await;
+        let (a, b) = (db.open().await, db.open().await);
+        let users: Vec<String> = (0..40).map(|n| format!("u{n:02}")).collect();
+        for user in &users {
+            assert!(a.create_user(user, &creds(1)).await.unwrap());
+        }
+        for round in 0..8 {
+            let mut tasks = Vec::new();
+            for (writer, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+                // The two writers take the users in opposite orders, each
+                // append a job of its own so that a batch holds many owners.
+                let mut order = users.clone();
+                if writer == 1 {
+                    order.reverse();
+                }
+                for user in order {
+                    let store = store.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let id = format!("{round}-{writer}-{user}");
+                        let seq = store
+                            .inbox_append(&user, &entry(&id, "<message/>", round))
+                            .await
+                            .unwrap();
+                        store
+                            .device_ack(&user, &format!("phone{writer}"), seq, round)
+                            .await
+                            .unwrap();
+                    }));
+                }
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+        for user in &users {
+            assert_eq!(a.inbox_count(user).await.unwrap(), 16, "{user}");
+        }
+        // A backend's statistics are flushed when it exits at the latest.
+        a.close().await;
+        b.close().await;
+        let others = "SELECT count(*) FROM pg_stat_activity \
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        for _ in 0..100 {
+            let left: i64 = sqlx::query_scalar(others).fetch_one(&raw).await.unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&raw)
+            .await
+            .unwrap();
+        let deadlocks: i64 = sqlx::query_scalar(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+        assert_eq!(deadlocks, 0, "the two writers deadlocked");
+    })
+    .await;
+}
+
 async fn blocklist(db: TestDb) {
     let s = db.open().await;
     s.create_user("alice", &creds(1)).await.unwrap();

@@ -471,6 +471,19 @@ impl Task {
             }
             tokio::select! {
                 biased;
+                // What others wait for first: a batch of publishes must not
+                // keep the frames coming in waiting.
+                read = reader.read_buf(&mut buf) => {
+                    match read {
+                        Ok(0) => return Ended::Lost("closed by the server".to_owned()),
+                        Ok(_) => {}
+                        Err(error) => return Ended::Lost(error.to_string()),
+                    }
+                    match self.take_ops(&mut buf, max_payload, &mut out, &mut flushes) {
+                        Ok(()) => {}
+                        Err(why) => return Ended::Lost(why),
+                    }
+                }
                 ctl = self.ctl.recv() => {
                     let Some(ctl) = ctl else { return Ended::Dropped };
                     self.apply(ctl, &mut out, &mut flushes);
@@ -484,17 +497,6 @@ impl Task {
                     // A batch in one write, not too large a buffer.
                     while out.len() < 256 * 1024 && let Ok(publish) = self.publishes.try_recv() {
                         write_publish(&mut out, &publish);
-                    }
-                }
-                read = reader.read_buf(&mut buf) => {
-                    match read {
-                        Ok(0) => return Ended::Lost("closed by the server".to_owned()),
-                        Ok(_) => {}
-                        Err(error) => return Ended::Lost(error.to_string()),
-                    }
-                    match self.take_ops(&mut buf, max_payload, &mut out, &mut flushes) {
-                        Ok(()) => {}
-                        Err(why) => return Ended::Lost(why),
                     }
                 }
             }

@@ -61,6 +61,29 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
     // Reserve sequence numbers: per owner, as many as it has rows here.
     // First free number per owner; absent = no such user.
     let mut bases: HashMap<&str, i64> = HashMap::with_capacity(plan.counts.len());
+    // Several writers (a cluster's nodes) update the same users' rows at once
+    // (numbering entries, moving `delivered_seq`): each batch locks every row
+    // it will update first, in one order (by name), or two batches could each
+    // hold a row the other waits for, which PostgreSQL breaks only after
+    // `deadlock_timeout` (a second) by failing one.
+    let mut owners: Vec<&str> = plan
+        .counts
+        .iter()
+        .map(|(owner, _)| *owner)
+        .chain(plan.acks.keys().map(|(owner, _)| *owner))
+        .collect();
+    owners.sort_unstable();
+    owners.dedup();
+    if owners.len() > 1 {
+        for chunk in chunks(&owners) {
+            // Built from numbers only: placeholders, no input.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(lock_sql(chunk.len())));
+            for owner in chunk {
+                query = query.bind(*owner);
+            }
+            query.fetch_all(&mut *tx).await?;
+        }
+    }
     for chunk in chunks(&plan.counts) {
         // Built from numbers only: placeholders, no input.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(reserve_sql(chunk.len())));
@@ -256,6 +279,18 @@ fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
         rest = tail;
         Some(chunk)
     })
+}
+
+/// Locks `rows` owners' rows in the order of their names (rows are locked as
+/// the sorted result is read).
+fn lock_sql(rows: usize) -> String {
+    let names = (1..=rows)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT username FROM users WHERE username IN ({names}) ORDER BY username FOR NO KEY UPDATE"
+    )
 }
 
 /// `UPDATE … FROM (VALUES …)` reserving `count` sequence numbers for each of `rows`
