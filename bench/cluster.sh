@@ -166,11 +166,20 @@ if [[ "$SCENARIO" == chat ]]; then
 fi
 
 log "idle: $SESSIONS sessions on each of $NODES nodes (checkpoints $CHECKPOINTS)"
+# nats-server holds an entry per subscription (a user with a session): its RSS
+# is sampled every second while the nodes log in and hold, the highest kept.
+nats_rss() { awk '/^VmRSS:/ {print $2}' "/proc/$(cat "$WORK/nats.pid")/status" 2>/dev/null || echo 0; }
+NATS_BASE_KB=$(nats_rss)
+( peak=0; while sleep 1; do r=$(nats_rss); ((r > peak)) && peak=$r && echo "$peak" >"$WORK/nats.peak"; done ) &
+SAMPLER=$!
+PIDS+=("$SAMPLER")
 for n in $(seq 1 "$NODES"); do
   node_bench "$n" idle --checkpoints "$CHECKPOINTS" --first $(((n - 1) * SESSIONS + 1)) \
     --concurrency 100 --hold-secs 20 --json "$RESULTS/idle-node$n.json" >"$RESULTS/idle-node$n.txt" &
 done
 wait_for_all || log "a kith-bench failed (see $RESULTS)"
+kill "$SAMPLER" 2>/dev/null || true
+echo "nats-server: RSS $((NATS_BASE_KB / 1024)) MiB before the logins, at most $(($(cat "$WORK/nats.peak" 2>/dev/null || echo 0) / 1024)) MiB while the sessions were held"
 for n in $(seq 1 "$NODES"); do
   echo "== node $n"
   cat "$RESULTS/idle-node$n.txt"

@@ -319,6 +319,17 @@ impl Router {
         }
     }
 
+    /// Tells every session on this node to read its log past what it wrote
+    /// (the cluster's bus was down: wake-ups may be lost).
+    pub fn wake_all(&self) {
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            for session in shard.users.values().flatten() {
+                session.send_outbound(Outbound::Wake(i64::MAX));
+            }
+        }
+    }
+
     /// Number of bound sessions on this node.
     pub fn count(&self) -> usize {
         self.shards

@@ -188,9 +188,15 @@ impl Cluster {
             .unwrap_or_else(|| crate::random_id(8));
         let server: Arc<OnceLock<Weak<Server>>> = Arc::default();
         let handler_server = server.clone();
-        let handler: nats::Handler = Box::new(move |delivery| {
-            if let Some(server) = handler_server.get().and_then(Weak::upgrade) {
-                on_delivery(&server, delivery);
+        let handler: nats::Handler = Box::new(move |event| {
+            let Some(server) = handler_server.get().and_then(Weak::upgrade) else {
+                return;
+            };
+            match event {
+                nats::Event::Message(delivery) => on_delivery(&server, delivery),
+                // Wake-ups published while the bus was down are gone: every
+                // session here reads its log for what it may have missed.
+                nats::Event::Reconnected => server.router.wake_all(),
             }
         });
         let nats = nats::Nats::connect(url, &format!("kith {node}"), handler).await?;

@@ -43,8 +43,17 @@ pub(crate) struct Delivery<'a> {
     pub payload: &'a [u8],
 }
 
-/// Called for every message, on the connection's task: must not block.
-pub(crate) type Handler = Box<dyn Fn(Delivery<'_>) + Send + Sync>;
+/// What the connection's task hands out.
+pub(crate) enum Event<'a> {
+    /// A message of a subscription.
+    Message(Delivery<'a>),
+    /// The connection was lost and is back, every subscription made again:
+    /// what was published meanwhile is gone.
+    Reconnected,
+}
+
+/// Called for every event, on the connection's task: must not block.
+pub(crate) type Handler = Box<dyn Fn(Event<'_>) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NatsError {
@@ -396,6 +405,7 @@ impl Task {
         let mut link = Some(first);
         let mut retry = RETRY_MIN;
         let mut next = 0;
+        let mut reconnected = false;
         loop {
             let current = match link.take() {
                 Some(current) => current,
@@ -406,6 +416,7 @@ impl Task {
                         Ok(current) => {
                             tracing::info!(nats = %server.addr, "connected to NATS again");
                             retry = RETRY_MIN;
+                            reconnected = true;
                             current
                         }
                         Err(error) => {
@@ -419,7 +430,7 @@ impl Task {
                     }
                 }
             };
-            match self.serve(current).await {
+            match self.serve(current, std::mem::take(&mut reconnected)).await {
                 Ended::Dropped => return,
                 Ended::Lost(why) => tracing::warn!(%why, "lost the connection to NATS"),
             }
@@ -447,7 +458,8 @@ impl Task {
         }
     }
 
-    async fn serve(&mut self, link: Link) -> Ended {
+    /// Runs one connection; `reconnected`: it replaces a lost one.
+    async fn serve(&mut self, link: Link, reconnected: bool) -> Ended {
         let Link {
             mut reader,
             mut writer,
@@ -458,6 +470,13 @@ impl Task {
             out.extend_from_slice(format!("SUB {subject} {sid}\r\n").as_bytes());
         }
         let mut flushes: VecDeque<oneshot::Sender<()>> = VecDeque::new();
+        // Told once the server has the subscriptions again (its `PONG`).
+        let mut tell_reconnected = reconnected;
+        if reconnected {
+            out.extend_from_slice(b"PING\r\n");
+            // Its place in the line of `PONG`s: nobody waits on it.
+            flushes.push_back(oneshot::channel().0);
+        }
         let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
             if !out.is_empty() {
@@ -479,9 +498,13 @@ impl Task {
                         Ok(_) => {}
                         Err(error) => return Ended::Lost(error.to_string()),
                     }
-                    match self.take_ops(&mut buf, max_payload, &mut out, &mut flushes) {
-                        Ok(()) => {}
+                    let pongs = match self.take_ops(&mut buf, max_payload, &mut out, &mut flushes) {
+                        Ok(pongs) => pongs,
                         Err(why) => return Ended::Lost(why),
+                    };
+                    if tell_reconnected && pongs > 0 {
+                        tell_reconnected = false;
+                        (self.handler)(Event::Reconnected);
                     }
                 }
                 ctl = self.ctl.recv() => {
@@ -521,15 +544,17 @@ impl Task {
         }
     }
 
-    /// Handles every complete operation at the front of `buf`.
+    /// Handles every complete operation at the front of `buf`; returns how
+    /// many `PONG`s came.
     fn take_ops(
         &self,
         buf: &mut Vec<u8>,
         max_payload: usize,
         out: &mut Vec<u8>,
         flushes: &mut VecDeque<oneshot::Sender<()>>,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         let mut start = 0;
+        let mut pongs = 0;
         loop {
             let rest = &buf[start..];
             let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
@@ -574,6 +599,7 @@ impl Task {
                     start += body;
                 }
                 "PONG" => {
+                    pongs += 1;
                     if let Some(done) = flushes.pop_front() {
                         let _ = done.send(());
                     }
@@ -589,7 +615,7 @@ impl Task {
             }
         }
         buf.drain(..start);
-        Ok(())
+        Ok(pongs)
     }
 
     fn deliver(&self, subject: &str, reply: Option<&str>, headers: &[u8], payload: &[u8]) {
@@ -604,11 +630,11 @@ impl Task {
             }
             return;
         }
-        (self.handler)(Delivery {
+        (self.handler)(Event::Message(Delivery {
             subject,
             reply,
             payload,
-        });
+        }));
     }
 }
 
