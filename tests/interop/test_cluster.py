@@ -41,9 +41,10 @@ def nats_server_bin() -> Path:
 class NatsServer:
     """A real nats-server on a free loopback port."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *args: str):
         self.port = free_port()
         self.log = workdir / "nats.log"
+        self.args = args
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -53,7 +54,7 @@ class NatsServer:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [str(nats_server_bin()), "-a", "127.0.0.1", "-p", str(self.port)],
+                [str(nats_server_bin()), "-a", "127.0.0.1", "-p", str(self.port), *self.args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -252,6 +253,94 @@ async def test_messages_from_both_nodes_at_once_all_arrive(pools):
     assert not missing, f"{len(missing)} messages never reached bob: {sorted(missing)[:10]}"
     bodies = [body_of(m) for m in b.matching(lambda s: body_of(s) in expected)]
     assert len(bodies) == len(expected), "a message arrived twice"
+
+
+def tls_files(workdir: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for localhost it signs (PEM): ca, cert, key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test NATS CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = workdir / "ca.pem", workdir / "cert.pem", workdir / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_nodes_reach_a_nats_server_that_requires_tls(tmp_path, nodes, server_factory):
+    ca, cert, key = tls_files(tmp_path)
+    secure = NatsServer(tmp_path, "--tls", "--tlscert", str(cert), "--tlskey", str(key))
+    secure.start()
+    started = []
+    try:
+        url = f"tls://localhost:{secure.port}"
+        db = {"storage": {"url": nodes[0].config["storage"]["url"]}, "muc": {"enabled": False}}
+        for name in ("tls1", "tls2"):
+            node = server_factory.start(
+                name, "sqlite", {**db, "cluster": {"nats": url, "nats_ca": str(ca)}}
+            )
+            started.append(node)
+        # A node that would talk to it in the clear is refused at start, saying why.
+        with pytest.raises(RuntimeError) as refused:
+            started.append(
+                server_factory.start(
+                    "plain", "sqlite", {**db, "cluster": {"nats": f"nats://127.0.0.1:{secure.port}"}}
+                )
+            )
+        assert "requires TLS" in str(refused.value)
+        one, two = ClientPool(started[0]), ClientPool(started[1])
+        try:
+            alice, bob = await one.account("alice"), await one.account("bob")
+            a = await one.connect(alice)
+            b = await two.connect(bob)
+            a.send_message(mto=bob.jid, mbody="over TLS between nodes", mtype="chat")
+            await b.wait_message(live_chat("over TLS between nodes"), what="a message across a TLS bus")
+        finally:
+            await asyncio.gather(one.close_all(), two.close_all())
+    finally:
+        for node in started:
+            server_factory.stop(node)
+        secure.stop()
 
 
 async def test_the_nodes_carry_on_when_nats_restarts(pools, nats):

@@ -42,6 +42,9 @@ pub struct ClusterSection {
     pub nats: Option<String>,
     /// This node's name in logs; default: a random one per start.
     pub node: Option<String>,
+    /// CA certificate(s) (PEM) that sign the NATS servers' certificates, for
+    /// `tls://` addresses; default: the system's trust store.
+    pub nats_ca: Option<PathBuf>,
 }
 
 /// Personal eventing (XEP-0163 PEP): each account's pubsub nodes, bounded.

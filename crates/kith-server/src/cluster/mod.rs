@@ -71,7 +71,8 @@ pub(crate) enum Select {
 }
 
 impl Select {
-    fn takes(&self, server: &Server, session: &SessionEntry) -> bool {
+    /// Whether `session` gets what is handed out under this rule.
+    pub(crate) fn takes(&self, server: &Server, session: &SessionEntry) -> bool {
         match self {
             Select::Resource(resource) => session.jid.resource().as_str() == resource,
             Select::Available => session.available(),
@@ -199,7 +200,11 @@ impl Cluster {
                 nats::Event::Reconnected => server.router.wake_all(),
             }
         });
-        let nats = nats::Nats::connect(url, &format!("kith {node}"), handler).await?;
+        let tls = match (&config.cluster.nats_ca, nats::wants_tls(url)) {
+            (None, false) => None,
+            (ca, _) => Some(nats_tls(ca.as_deref())?),
+        };
+        let nats = nats::Nats::connect(url, &format!("kith {node}"), tls, handler).await?;
         tracing::info!(%node, nats = %url, "joined the cluster");
         Ok(Some(Cluster {
             nats,
@@ -383,6 +388,34 @@ impl Cluster {
             },
         );
     }
+}
+
+/// The TLS client for NATS: trusting `ca` (PEM), or the system's store.
+fn nats_tls(ca: Option<&std::path::Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use anyhow::Context;
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let config = match ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("cluster.nats_ca: reading {}", ca.display()))?
+            {
+                roots
+                    .add(cert.with_context(|| format!("cluster.nats_ca: {}", ca.display()))?)
+                    .with_context(|| format!("cluster.nats_ca: {}", ca.display()))?;
+            }
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+        None => {
+            use rustls_platform_verifier::ConfigVerifierExt;
+            rustls::ClientConfig::with_platform_verifier()
+                .context("the system's trust store, for NATS over TLS")?
+        }
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Applies a frame read from the bus.

@@ -21,10 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
 
 /// Publishes waiting for the connection; past it a publish is dropped.
 const PUBLISHES: usize = 65_536;
@@ -65,8 +67,12 @@ pub(crate) enum NatsError {
     Timeout(String),
     #[error("NATS at {0} refused the connection: {1}")]
     Refused(String, String),
-    #[error("NATS at {0} requires TLS, which kith's NATS client does not speak")]
+    #[error(
+        "NATS at {0} requires TLS: name it tls://{0} in [cluster] nats (and a private CA in nats_ca)"
+    )]
     TlsRequired(String),
+    #[error("TLS with NATS at {0}: {1}")]
+    Tls(String, std::io::Error),
     #[error("NATS at {0} is too old: it has no message headers (2.2 or later needed)")]
     NoHeaders(String),
     #[error("NATS at {0} broke the protocol: {1}")]
@@ -91,19 +97,30 @@ struct Server {
     addr: String,
     user: Option<String>,
     pass: Option<String>,
+    /// `tls://`: TLS whether or not the server asks for it.
+    tls: bool,
+}
+
+/// Whether any of `urls` (comma-separated) asks for TLS.
+pub(crate) fn wants_tls(urls: &str) -> bool {
+    urls.split(',').any(|url| url.trim().starts_with("tls://"))
 }
 
 fn parse_servers(urls: &str) -> Result<Vec<Server>, NatsError> {
     urls.split(',')
         .map(|url| {
             let url = url.trim();
-            let rest = url.strip_prefix("nats://").unwrap_or(url);
+            let tls = url.starts_with("tls://");
+            let rest = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"))
+                .unwrap_or(url);
             let (auth, addr) = match rest.rsplit_once('@') {
                 Some((auth, addr)) => (Some(auth), addr),
                 None => (None, rest),
             };
             let addr = addr.trim_end_matches('/');
-            if addr.is_empty() || url.contains("://") && !url.starts_with("nats://") {
+            if addr.is_empty() || url.contains("://") && !url.starts_with("nats://") && !tls {
                 return Err(NatsError::Address(url.to_owned()));
             }
             let addr = if addr
@@ -119,7 +136,12 @@ fn parse_servers(urls: &str) -> Result<Vec<Server>, NatsError> {
                 Some(None) => (auth.map(str::to_owned), None),
                 None => (None, None),
             };
-            Ok(Server { addr, user, pass })
+            Ok(Server {
+                addr,
+                user,
+                pass,
+                tls,
+            })
         })
         .collect()
 }
@@ -153,16 +175,18 @@ pub(crate) struct Nats {
 impl Nats {
     /// Connects to the first of `urls` (comma-separated) that answers, and keeps
     /// the connection up; `handler` gets every message of every subscription.
+    /// `tls`: for `tls://` addresses and servers that require TLS.
     pub(crate) async fn connect(
         urls: &str,
         name: &str,
+        tls: Option<TlsConnector>,
         handler: Handler,
     ) -> Result<Nats, NatsError> {
         let servers = parse_servers(urls)?;
         let mut failure = None;
         let mut first = None;
         for server in &servers {
-            match handshake(server, name).await {
+            match handshake(server, name, tls.as_ref()).await {
                 Ok(link) => {
                     first = Some(link);
                     break;
@@ -183,6 +207,7 @@ impl Nats {
         let task = Task {
             servers,
             name: name.to_owned(),
+            tls,
             ctl: ctl_rx,
             publishes: publishes_rx,
             handler,
@@ -281,44 +306,77 @@ fn default_max_payload() -> usize {
     1024 * 1024
 }
 
+type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
+type WriteIo = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A connection past `CONNECT`.
 struct Link {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<ReadIo>,
+    writer: BufWriter<WriteIo>,
     max_payload: usize,
 }
 
-async fn handshake(server: &Server, name: &str) -> Result<Link, NatsError> {
+async fn handshake(
+    server: &Server,
+    name: &str,
+    tls: Option<&TlsConnector>,
+) -> Result<Link, NatsError> {
     let addr = server.addr.clone();
-    match tokio::time::timeout(CONNECT_TIMEOUT, handshake_in_time(server, name)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, handshake_in_time(server, name, tls)).await {
         Ok(result) => result,
         Err(_) => Err(NatsError::Timeout(addr)),
     }
 }
 
-async fn handshake_in_time(server: &Server, name: &str) -> Result<Link, NatsError> {
+async fn handshake_in_time(
+    server: &Server,
+    name: &str,
+    tls: Option<&TlsConnector>,
+) -> Result<Link, NatsError> {
     let addr = &server.addr;
     let io = |error| NatsError::Io(addr.clone(), error);
-    let stream = TcpStream::connect(addr).await.map_err(io)?;
+    let mut stream = TcpStream::connect(addr).await.map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
-    let (read, write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut writer = BufWriter::new(write);
-    let line = read_line(&mut reader, addr).await?;
+    // `INFO` comes in the clear whatever follows; read to its end only, so that
+    // nothing after it is taken from a TLS handshake.
+    let line = read_first_line(&mut stream, addr).await?;
     let info = line
         .strip_prefix("INFO ")
         .and_then(|json| serde_json::from_str::<Info>(json).ok())
         .ok_or_else(|| NatsError::Protocol(addr.clone(), format!("greeting {line:?}")))?;
-    if info.tls_required {
-        return Err(NatsError::TlsRequired(addr.clone()));
-    }
+    let secure = server.tls || info.tls_required;
+    let (read, write): (ReadIo, WriteIo) = if secure {
+        let Some(connector) = tls else {
+            return Err(NatsError::TlsRequired(addr.clone()));
+        };
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(host, _)| host);
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let name = rustls_pki_types::ServerName::try_from(host)
+            .map_err(|_| NatsError::Address(addr.clone()))?;
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|error| NatsError::Tls(addr.clone(), error))?;
+        let (read, write) = tokio::io::split(stream);
+        (Box::new(read), Box::new(write))
+    } else {
+        let (read, write) = stream.into_split();
+        (Box::new(read), Box::new(write))
+    };
+    let mut reader = BufReader::new(read);
+    let mut writer = BufWriter::new(write);
     if !info.headers {
         return Err(NatsError::NoHeaders(addr.clone()));
     }
     let mut connect = serde_json::json!({
         "verbose": false,
         "pedantic": false,
-        "tls_required": false,
+        "tls_required": secure,
         "name": name,
         "lang": "rust",
         "version": env!("CARGO_PKG_VERSION"),
@@ -361,7 +419,28 @@ async fn handshake_in_time(server: &Server, name: &str) -> Result<Link, NatsErro
     })
 }
 
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>, addr: &str) -> Result<String, NatsError> {
+/// The server's first line, read a byte at a time (nothing past it).
+async fn read_first_line(stream: &mut TcpStream, addr: &str) -> Result<String, NatsError> {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        if line.len() > MAX_LINE {
+            return Err(NatsError::Protocol(
+                addr.to_owned(),
+                "a line too long".to_owned(),
+            ));
+        }
+        let byte = stream
+            .read_u8()
+            .await
+            .map_err(|error| NatsError::Io(addr.to_owned(), error))?;
+        line.push(byte);
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line)
+        .map_err(|_| NatsError::Protocol(addr.to_owned(), "not UTF-8".to_owned()))
+}
+
+async fn read_line(reader: &mut BufReader<ReadIo>, addr: &str) -> Result<String, NatsError> {
     let mut line = Vec::new();
     let read = (&mut *reader)
         .take(MAX_LINE as u64)
@@ -384,6 +463,7 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>, addr: &str) -> Result<
 struct Task {
     servers: Vec<Server>,
     name: String,
+    tls: Option<TlsConnector>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     publishes: mpsc::Receiver<Publish>,
     handler: Handler,
@@ -412,7 +492,7 @@ impl Task {
                 None => {
                     let server = self.servers[next % self.servers.len()].clone();
                     next += 1;
-                    match handshake(&server, &self.name).await {
+                    match handshake(&server, &self.name, self.tls.as_ref()).await {
                         Ok(current) => {
                             tracing::info!(nats = %server.addr, "connected to NATS again");
                             retry = RETRY_MIN;
@@ -667,7 +747,11 @@ mod tests {
         assert_eq!(servers[0].pass.as_deref(), Some("b"));
         assert_eq!(servers[1].addr, "host:4222");
         assert_eq!(servers[2].addr, "127.0.0.1:7");
-        assert!(parse_servers("tls://host:4222").is_err());
+        let tls = parse_servers("tls://host:4443").expect("valid");
+        assert!(tls[0].tls && tls[0].addr == "host:4443");
+        assert!(!servers[0].tls);
+        assert!(wants_tls("nats://a:4222, tls://b:4222") && !wants_tls("nats://a:4222"));
+        assert!(parse_servers("ws://host:4222").is_err());
         assert!(parse_servers("nats://").is_err());
     }
 

@@ -329,21 +329,7 @@ fn items_element<'a>(name: &str, jids: impl Iterator<Item = &'a str>) -> Element
 /// session table does not record that, so every resource gets it (clients that
 /// don't know the namespace answer with an error, which ends in `iq_from_client`).
 fn push(server: &Server, owner: &BareJid, payload: Element) {
-    if let Some(cluster) = &server.cluster {
-        let iq = Element::new(ns::CLIENT, "iq")
-            .attr("type", "set")
-            .attr("id", format!("push-{}", crate::random_id(10)))
-            .child(payload.clone());
-        cluster.hand_each(owner.as_str(), crate::cluster::Select::All, &iq);
-    }
-    for session in server.router.sessions(owner.as_str()) {
-        let iq = Element::new(ns::CLIENT, "iq")
-            .attr("type", "set")
-            .attr("id", format!("push-{}", crate::random_id(10)))
-            .attr("to", session.jid.to_string())
-            .child(payload.clone());
-        session.send(Arc::new(iq));
-    }
+    super::push_iq(server, owner, crate::cluster::Select::All, payload);
 }
 
 /// The user's contacts that receive the user's presence (subscription `from` or

@@ -28,6 +28,31 @@ use kith_proto::{BareJid, Element, Jid, StanzaError, ns};
 
 use crate::session::Session;
 
+/// A push (an iq `set` from the server, RFC 6121 §2.1.6 and XEP-0191 §3.3) of
+/// `payload` to the sessions of `owner` that `select` picks, on every node.
+pub(crate) fn push_iq(
+    server: &crate::Server,
+    owner: &BareJid,
+    select: crate::cluster::Select,
+    payload: Element,
+) {
+    let iq = |to: Option<String>| {
+        Element::new(ns::CLIENT, "iq")
+            .attr("type", "set")
+            .attr("id", format!("push-{}", crate::random_id(10)))
+            .attr_opt("to", to)
+            .child(payload.clone())
+    };
+    if let Some(cluster) = &server.cluster {
+        cluster.hand_each(owner.as_str(), select.clone(), &iq(None));
+    }
+    server.router.with_sessions(owner.as_str(), |sessions| {
+        for session in sessions.iter().filter(|s| select.takes(server, s)) {
+            session.send(std::sync::Arc::new(iq(Some(session.jid.to_string()))));
+        }
+    });
+}
+
 /// Whom an IQ request is addressed to, after RFC 6120 §10.3 defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Target {

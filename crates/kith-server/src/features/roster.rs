@@ -201,23 +201,7 @@ pub(crate) fn push(server: &Server, owner: &BareJid, item: Element, version: i64
     let query = Element::new(ns::ROSTER, "query")
         .attr("ver", version.to_string())
         .child(item);
-    if let Some(cluster) = &server.cluster {
-        let iq = Element::new(ns::CLIENT, "iq")
-            .attr("type", "set")
-            .attr("id", format!("push-{}", crate::random_id(10)))
-            .child(query.clone());
-        cluster.hand_each(owner.as_str(), crate::cluster::Select::Interested, &iq);
-    }
-    server.router.with_sessions(owner.as_str(), |sessions| {
-        for session in sessions.iter().filter(|s| s.interested) {
-            let iq = Element::new(ns::CLIENT, "iq")
-                .attr("type", "set")
-                .attr("id", format!("push-{}", crate::random_id(10)))
-                .attr("to", session.jid.to_string())
-                .child(query.clone());
-            session.send(Arc::new(iq));
-        }
-    });
+    super::push_iq(server, owner, crate::cluster::Select::Interested, query);
 }
 
 pub(crate) fn item_element(item: &RosterItem) -> Element {
