@@ -41,6 +41,25 @@ async def test_two_offline_devices_each_get_everything_new_device_gets_none(xmpp
         "a device that never logged in before got old messages as offline messages"
 
 
+async def test_a_device_catching_up_gets_what_came_between_its_users_own_messages(xmpp):
+    """Bob's laptop is offline while his phone chats: his log holds what Alice
+    sent, then his own sent copies (for his archive), interleaved. The laptop's
+    catch-up skips his own copies, and must not skip what came before them."""
+    alice, bob = await xmpp.account("ica"), await xmpp.account("icb")
+    laptop = await xmpp.connect(bob, resource="laptop")
+    await laptop.close()
+    a = await xmpp.connect(alice, resource="desk")
+    phone = await xmpp.connect(bob, resource="phone")
+    for n in range(3):
+        a.send_message(mto=bob.jid, mbody=f"question {n}", mtype="chat")
+        await phone.wait_message(lambda m, n=n: m["body"] == f"question {n}", what=f"question {n}")
+        phone.send_message(mto=alice.jid, mbody=f"answer {n}", mtype="chat")
+        await a.wait_message(lambda m, n=n: m["body"] == f"answer {n}", what=f"answer {n}")
+    laptop = await xmpp.connect(bob, resource="laptop")
+    for n in range(3):
+        await laptop.wait_message(lambda m, n=n: m["body"] == f"question {n}", what=f"question {n} at catch-up")
+
+
 async def test_online_devices_all_receive_a_message_once(xmpp):
     alice, bob = await xmpp.account("ola"), await xmpp.account("olb")
     phone = await xmpp.connect(bob, resource="phone")

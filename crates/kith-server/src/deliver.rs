@@ -694,9 +694,11 @@ pub(crate) async fn read_backlog(session: &mut Session) {
     let late = !session.caught_up;
     for stored in batch {
         // The user's own sent messages are for their archive (and carbons), not
-        // for redelivery to themselves.
+        // for redelivery to themselves. Passed over in order: the entries read
+        // before it are queued, not written yet, and moving `written_seq` now
+        // would make them look written.
         if stored.direction != "in" {
-            session.written_seq = session.written_seq.max(stored.seq);
+            session.reply_logged(Reply::Skip, stored.seq);
             continue;
         }
         // XEP-0203: a stanza delivered late says when the server received it.
@@ -710,7 +712,7 @@ pub(crate) async fn read_backlog(session: &mut Session) {
             Some(reply) => session.reply_logged(reply, stored.seq),
             None => {
                 tracing::warn!(seq = stored.seq, "skipping an unreadable log entry");
-                session.written_seq = session.written_seq.max(stored.seq);
+                session.reply_logged(Reply::Skip, stored.seq);
             }
         }
     }

@@ -511,6 +511,10 @@ pub enum Reply {
     /// A whole stanza already serialised as a top-level element that declares
     /// its namespace (a log entry amended in place, [`deliver::read_backlog`]).
     Serialized(String),
+    /// Nothing to write: a log entry this device does not get (the user's own
+    /// sent copy, an unreadable one), passed in its place among the entries
+    /// read, so that those before it are still written.
+    Skip,
 }
 
 impl Session {
@@ -566,6 +570,9 @@ impl Session {
         match reply {
             Reply::Stanza(stanza) => self.emit(writer, &stanza, seq),
             Reply::Serialized(xml) => self.emit_serialized(writer, Cow::Owned(xml), seq),
+            Reply::Skip => {
+                self.first_write_of(seq);
+            }
         }
     }
 
