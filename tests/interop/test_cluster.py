@@ -21,7 +21,7 @@ import pytest
 from slixmpp.exceptions import IqError
 
 from kithtest.server import free_port, wait_port
-from kithtest.xmpp import ClientPool, body_of, error_condition, iq_error_condition, make_friends
+from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, body_of, error_condition, iq_error_condition, make_friends
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("KITH_TEST_PG_URL"), reason="a cluster needs PostgreSQL (KITH_TEST_PG_URL)"
@@ -253,6 +253,45 @@ async def test_messages_from_both_nodes_at_once_all_arrive(pools):
     assert not missing, f"{len(missing)} messages never reached bob: {sorted(missing)[:10]}"
     bodies = [body_of(m) for m in b.matching(lambda s: body_of(s) in expected)]
     assert len(bodies) == len(expected), "a message arrived twice"
+
+
+async def test_each_device_gets_each_message_once_across_nodes(pools):
+    """Bob's phone (node 2) is written to by its full JID from node 2, his
+    laptop (node 1) and tablet (node 2) have carbons on, and Bob answers from the phone (his
+    own copies go into his log between Alice's messages): every device gets
+    every message from Alice once, as a carbon or as itself."""
+    one, two = pools
+    alice, bob = await one.account("alice"), await one.account("bob")
+    plugins = DEFAULT_PLUGINS + ("xep_0280",)
+    phone = await two.connect(bob, resource="phone", plugins=plugins)
+    laptop = await one.connect(bob, resource="laptop", plugins=plugins)
+    tablet = await two.connect(bob, resource="tablet", plugins=plugins)
+    for device in (phone, laptop, tablet):
+        await device.plugin["xep_0280"].enable(timeout=10)
+    # Alice on the phone's node: the tablet gets carbons there, the laptop
+    # the entries' wake-ups.
+    a = await two.connect(alice)
+    bodies = []
+    for n in range(4):
+        body = f"to the phone {n}"
+        bodies.append(body)
+        a.send_message(mto=phone.boundjid.full, mbody=body, mtype="chat")
+        await phone.wait_message(lambda m, b=body: m["body"] == b, what=body)
+        phone.send_message(mto=alice.jid, mbody=f"answer {n}", mtype="chat")
+        await a.wait_message(lambda m, n=n: m["body"] == f"answer {n}", what=f"answer {n}")
+    a.send_message(mto=bob.jid, mbody="to every device", mtype="chat")
+    bodies.append("to every device")
+    await asyncio.sleep(1.5)
+
+    def copies(device, body) -> int:
+        return len(device.matching(
+            lambda m: getattr(m, "name", "") == "message"
+            and (m["body"] == body or m["carbon_received"]["body"] == body)
+        ))
+
+    for device in (phone, laptop, tablet):
+        counts = {body: copies(device, body) for body in bodies}
+        assert all(count == 1 for count in counts.values()), f"{device.boundjid}: {counts}"
 
 
 def tls_files(workdir: Path) -> tuple[Path, Path, Path]:

@@ -359,7 +359,12 @@ fn hand_to_devices(
     };
     match addressed_session(server, to) {
         Some(session) => {
-            carbons::copy_to_other_devices(server, bare, &session.jid, "received", shared);
+            match logged {
+                Some((_, seq)) => carbons::copy_received(server, bare, &session.jid, shared, seq),
+                None => {
+                    carbons::copy_to_other_devices(server, bare, &session.jid, "received", shared)
+                }
+            }
             usize::from(send(&session))
         }
         None => {

@@ -501,7 +501,9 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
             else {
                 return false;
             };
-            crate::features::carbons::copy_locally(server, bare, &except, &direction, &message);
+            crate::features::carbons::copy_locally(
+                server, bare, &except, &direction, &message, None,
+            );
             true
         }
         Frame::Probe { from } => {

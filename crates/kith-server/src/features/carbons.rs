@@ -69,16 +69,34 @@ pub(crate) fn copy_to_other_devices(
     if let Some(cluster) = &server.cluster {
         cluster.carbons(owner, except.as_str(), direction, message);
     }
-    copy_locally(server, owner, except, direction, message);
+    copy_locally(server, owner, except, direction, message, None);
 }
 
-/// [`copy_to_other_devices`] for this node's sessions only.
+/// `<received/>` copies of entry `seq` of `owner`'s log, addressed to `except`,
+/// for the user's other devices: each copy counts as that device's delivery of
+/// the entry (it moves the device past it, so a later read of the log does not
+/// hand it over again). On other nodes the entry's wake-up brings it.
+pub(crate) fn copy_received(
+    server: &Server,
+    owner: &str,
+    except: &FullJid,
+    message: &Element,
+    seq: i64,
+) {
+    if eligible(message) {
+        copy_locally(server, owner, except, "received", message, Some(seq));
+    }
+}
+
+/// [`copy_to_other_devices`] for this node's sessions only; `seq`: the copy is
+/// of that entry of `owner`'s log.
 pub(crate) fn copy_locally(
     server: &Server,
     owner: &str,
     except: &FullJid,
     direction: &str,
     message: &Element,
+    seq: Option<i64>,
 ) {
     if !eligible(message) {
         return;
@@ -101,7 +119,11 @@ pub(crate) fn copy_locally(
                     Element::new(CARBONS, direction)
                         .child(Element::new(FORWARD, "forwarded").child(original.clone())),
                 );
-            session.send(Arc::new(copy));
+            let copy = Arc::new(copy);
+            match seq {
+                Some(seq) => session.send_logged(copy, seq),
+                None => session.send(copy),
+            };
         }
     });
 }
