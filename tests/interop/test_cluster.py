@@ -242,6 +242,9 @@ async def test_messages_from_both_nodes_at_once_all_arrive(pools):
     for n in range(count):
         a.send_message(mto=bob.jid, mbody=f"a{n}", mtype="chat")
         c.send_message(mto=bob.jid, mbody=f"c{n}", mtype="chat")
+        # Bob answers meanwhile: his own copies go into his log between theirs.
+        if n % 3 == 0:
+            b.send_message(mto=alice.jid, mbody=f"b{n}", mtype="chat")
     expected = {f"{who}{n}" for who in "ac" for n in range(count)}
     deadline = asyncio.get_running_loop().time() + 20
     while asyncio.get_running_loop().time() < deadline:

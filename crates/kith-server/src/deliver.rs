@@ -218,9 +218,26 @@ async fn route_iq(server: &Arc<Server>, iq: Element, to: &Jid) {
         session.send(Arc::new(iq));
         return;
     }
-    if let (Some(cluster), Some(resource)) = (&server.cluster, to.resource())
-        && cluster.hand_iq(bare_str(to), resource.as_str(), &iq).await
+    if server.cluster.is_some()
+        && let Some(resource) = to.resource()
     {
+        // Another node may hold it: asked off the sender's session, which
+        // would otherwise wait for the answer (up to two seconds).
+        let (server, bare, resource) = (
+            server.clone(),
+            bare_str(to).to_owned(),
+            resource.as_str().to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Some(cluster) = &server.cluster
+                && cluster.hand_iq(&bare, &resource, &iq).await
+            {
+                return;
+            }
+            if matches!(iq.get_attr("type"), Some("get" | "set")) {
+                bounce(&server, &iq, StanzaError::service_unavailable()).await;
+            }
+        });
         return;
     }
     // RFC 6121 §8.5.3.1 / §8.5.2.1.3: no such resource, or a bare JID the server

@@ -325,7 +325,10 @@ impl Router {
         for shard in &self.shards {
             let shard = shard.read().unwrap_or_else(|e| e.into_inner());
             for session in shard.users.values().flatten() {
-                session.send_outbound(Outbound::Wake(i64::MAX));
+                // The devices a logged message goes to (RFC 6121 §8.5.2.1.1).
+                if session.available() && session.priority >= 0 {
+                    session.send_outbound(Outbound::Wake(i64::MAX));
+                }
             }
         }
     }

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use kith_proto::stream::{Limits, parse_fragment};
+use kith_proto::stream::parse_fragment;
 use kith_proto::{Element, StreamErrorCondition};
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +138,9 @@ enum Frame {
     Rebroadcast,
     /// Forget `owner`'s entry of a cache (sent to all nodes).
     Forget { cache: CacheKind, owner: String },
+    /// A node's link to NATS was down: what it published meanwhile is lost,
+    /// so every session reads its log (sent to all nodes).
+    Resync,
 }
 
 /// This node's link to the others.
@@ -195,9 +198,16 @@ impl Cluster {
             };
             match event {
                 nats::Event::Message(delivery) => on_delivery(&server, delivery),
-                // Wake-ups published while the bus was down are gone: every
-                // session here reads its log for what it may have missed.
-                nats::Event::Reconnected => server.router.wake_all(),
+                // Wake-ups published while this node's link was down are
+                // gone, its own and others' (which may never have lost theirs):
+                // every session of every node reads its log for what it may
+                // have missed.
+                nats::Event::Reconnected => {
+                    server.router.wake_all();
+                    if let Some(cluster) = &server.cluster {
+                        cluster.send(ALL.to_owned(), &Frame::Resync);
+                    }
+                }
             }
         });
         let tls = match (&config.cluster.nats_ca, nats::wants_tls(url)) {
@@ -446,8 +456,10 @@ fn on_delivery(server: &Arc<Server>, delivery: nats::Delivery<'_>) {
 }
 
 fn on_shared_frame(server: &Server, frame: Frame) {
-    if let Frame::Forget { cache, owner } = frame {
-        forget_locally(server, cache, &owner);
+    match frame {
+        Frame::Forget { cache, owner } => forget_locally(server, cache, &owner),
+        Frame::Resync => server.router.wake_all(),
+        _ => {}
     }
 }
 
@@ -465,15 +477,19 @@ pub(crate) fn forget_locally(server: &Server, cache: CacheKind, owner: &str) {
 fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
     match frame {
         Frame::Wake { seq } => {
+            // The devices a logged message goes to (RFC 6121 §8.5.2.1.1).
             server.router.with_sessions(bare, |sessions| {
-                for session in sessions {
+                for session in sessions
+                    .iter()
+                    .filter(|s| Select::Deliverable.takes(server, s))
+                {
                     session.send_outbound(Outbound::Wake(seq));
                 }
             });
             true
         }
         Frame::Hand { select, each, xml } => {
-            let Some(stanza) = parse(&xml) else {
+            let Some(stanza) = parse(server, &xml) else {
                 return false;
             };
             let shared = Arc::new(stanza);
@@ -497,7 +513,8 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
             direction,
             xml,
         } => {
-            let (Some(message), Ok(except)) = (parse(&xml), kith_proto::FullJid::new(&except))
+            let (Some(message), Ok(except)) =
+                (parse(server, &xml), kith_proto::FullJid::new(&except))
             else {
                 return false;
             };
@@ -565,12 +582,12 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
             });
             true
         }
-        Frame::Forget { .. } => false,
+        Frame::Forget { .. } | Frame::Resync => false,
     }
 }
 
-fn parse(xml: &str) -> Option<Element> {
-    match parse_fragment(xml.as_bytes(), Limits::default()) {
+fn parse(server: &Server, xml: &str) -> Option<Element> {
+    match parse_fragment(xml.as_bytes(), crate::c2s::limits(server)) {
         Ok(stanza) => Some(stanza),
         Err(error) => {
             tracing::warn!(%error, "an unreadable stanza from the cluster");

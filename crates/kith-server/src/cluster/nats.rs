@@ -18,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::io::{
@@ -37,6 +37,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Back-off between connection attempts after a connection is lost.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A `PING` to the server this often; a connection with this many unanswered
+/// is taken for lost (a host gone or a network cut sends no end of stream).
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PINGS_OUT_MAX: u32 = 3;
+/// How long [`Nats::flush`] waits for the server.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// A message read from a subscription.
 pub(crate) struct Delivery<'a> {
@@ -170,6 +176,8 @@ pub(crate) struct Nats {
     /// `_INBOX.<random>.`: replies to this connection's requests.
     inbox: String,
     pending: Pending,
+    /// The server's `max_payload` (from its `INFO`).
+    max_payload: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Nats {
@@ -201,6 +209,7 @@ impl Nats {
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (publishes, publishes_rx) = mpsc::channel(PUBLISHES);
         let pending = Pending::default();
+        let max_payload = Arc::new(std::sync::atomic::AtomicUsize::new(link.max_payload));
         let mut subs = HashMap::new();
         // sid 0: this connection's replies.
         subs.insert(0, format!("{inbox}*"));
@@ -214,6 +223,7 @@ impl Nats {
             subs,
             inbox: inbox.clone(),
             pending: pending.clone(),
+            max_payload: max_payload.clone(),
         };
         tokio::spawn(task.run(link));
         Ok(Nats {
@@ -223,6 +233,7 @@ impl Nats {
             next_token: AtomicU64::new(1),
             inbox,
             pending,
+            max_payload,
         })
     }
 
@@ -238,15 +249,16 @@ impl Nats {
     }
 
     /// Resolves once the server has read everything sent before (a `PING`
-    /// answered), or the connection is lost.
+    /// answered), the connection is lost, or [`FLUSH_WAIT`] has passed.
     pub(crate) async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
         if self.ctl.send(Ctl::Flush(done)).is_ok() {
-            let _ = flushed.await;
+            let _ = tokio::time::timeout(FLUSH_WAIT, flushed).await;
         }
     }
 
-    /// Publishes; `false` when it had to be dropped (too much waiting).
+    /// Publishes; `false` when it had to be dropped (too much waiting, or
+    /// larger than the server takes).
     pub(crate) fn publish(&self, subject: String, payload: Vec<u8>) -> bool {
         self.send(Publish {
             subject,
@@ -256,6 +268,10 @@ impl Nats {
     }
 
     fn send(&self, publish: Publish) -> bool {
+        // The server closes the connection over a message past its limit.
+        if publish.payload.len() > self.max_payload.load(Ordering::Relaxed) {
+            return false;
+        }
         self.publishes.try_send(publish).is_ok()
     }
 
@@ -471,7 +487,11 @@ struct Task {
     subs: HashMap<u64, String>,
     inbox: String,
     pending: Pending,
+    max_payload: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// `PING`s sent and not answered yet, in order: when, and who waits.
+type Flushes = VecDeque<(Instant, Option<oneshot::Sender<()>>)>;
 
 /// Why a connection's loop ended.
 enum Ended {
@@ -545,17 +565,21 @@ impl Task {
             mut writer,
             max_payload,
         } = link;
+        self.max_payload.store(max_payload, Ordering::Relaxed);
+        let mut pings = tokio::time::interval(PING_EVERY);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pings.tick().await;
         let mut out = Vec::with_capacity(4096);
         for (sid, subject) in &self.subs {
             out.extend_from_slice(format!("SUB {subject} {sid}\r\n").as_bytes());
         }
-        let mut flushes: VecDeque<oneshot::Sender<()>> = VecDeque::new();
+        let mut flushes: Flushes = VecDeque::new();
         // Told once the server has the subscriptions again (its `PONG`).
         let mut tell_reconnected = reconnected;
         if reconnected {
             out.extend_from_slice(b"PING\r\n");
             // Its place in the line of `PONG`s: nobody waits on it.
-            flushes.push_back(oneshot::channel().0);
+            flushes.push_back((Instant::now(), None));
         }
         let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
@@ -587,6 +611,16 @@ impl Task {
                         (self.handler)(Event::Reconnected);
                     }
                 }
+                _ = pings.tick() => {
+                    // Each `PING` waits in line for its `PONG`, a flush's too.
+                    if flushes.front().is_some_and(|(sent, _)| {
+                        sent.elapsed() > PING_EVERY * PINGS_OUT_MAX
+                    }) {
+                        return Ended::Lost("no answer to PING".to_owned());
+                    }
+                    out.extend_from_slice(b"PING\r\n");
+                    flushes.push_back((Instant::now(), None));
+                }
                 ctl = self.ctl.recv() => {
                     let Some(ctl) = ctl else { return Ended::Dropped };
                     self.apply(ctl, &mut out, &mut flushes);
@@ -606,7 +640,7 @@ impl Task {
         }
     }
 
-    fn apply(&mut self, ctl: Ctl, out: &mut Vec<u8>, flushes: &mut VecDeque<oneshot::Sender<()>>) {
+    fn apply(&mut self, ctl: Ctl, out: &mut Vec<u8>, flushes: &mut Flushes) {
         match ctl {
             Ctl::Sub { sid, subject } => {
                 out.extend_from_slice(format!("SUB {subject} {sid}\r\n").as_bytes());
@@ -619,7 +653,7 @@ impl Task {
             }
             Ctl::Flush(done) => {
                 out.extend_from_slice(b"PING\r\n");
-                flushes.push_back(done);
+                flushes.push_back((Instant::now(), Some(done)));
             }
         }
     }
@@ -631,7 +665,7 @@ impl Task {
         buf: &mut Vec<u8>,
         max_payload: usize,
         out: &mut Vec<u8>,
-        flushes: &mut VecDeque<oneshot::Sender<()>>,
+        flushes: &mut Flushes,
     ) -> Result<usize, String> {
         let mut start = 0;
         let mut pongs = 0;
@@ -663,7 +697,7 @@ impl Task {
                     else {
                         return Err(format!("{line:?}"));
                     };
-                    if total > max_payload + 64 * 1024 || header_len > total {
+                    if total > max_payload.saturating_add(64 * 1024) || header_len > total {
                         return Err(format!("a message of {total} bytes"));
                     }
                     if rest.len() < body + total + 2 {
@@ -680,7 +714,7 @@ impl Task {
                 }
                 "PONG" => {
                     pongs += 1;
-                    if let Some(done) = flushes.pop_front() {
+                    if let Some((_, Some(done))) = flushes.pop_front() {
                         let _ = done.send(());
                     }
                     start += body;

@@ -281,15 +281,17 @@ fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// Locks `rows` owners' rows in the order of their names (rows are locked as
-/// the sorted result is read).
+/// Locks `rows` owners' rows in the order of their names' bytes (rows are
+/// locked as the sorted result is read; `COLLATE "C"` is the order Rust's
+/// sort gave the chunks, whatever the database's collation).
 fn lock_sql(rows: usize) -> String {
     let names = (1..=rows)
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "SELECT username FROM users WHERE username IN ({names}) ORDER BY username FOR NO KEY UPDATE"
+        "SELECT username FROM users WHERE username IN ({names}) \
+         ORDER BY username COLLATE \"C\" FOR NO KEY UPDATE"
     )
 }
 
