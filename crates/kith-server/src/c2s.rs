@@ -342,9 +342,6 @@ pub(crate) struct Bound {
     pub device: Option<String>,
     /// Notified when that credential is revoked.
     pub revoked: Arc<tokio::sync::Notify>,
-    /// Whether the session was added beside the user's others (not in place
-    /// of one it replaced): what the cluster counts (`Cluster::bound`).
-    pub added: bool,
 }
 
 async fn authenticate_and_bind<L: Link>(
@@ -412,7 +409,7 @@ async fn authenticate_and_bind<L: Link>(
                 // Before the session reads its log: the cluster reaches it from
                 // then on (`Cluster::bound`).
                 if let Some(cluster) = &server.cluster {
-                    Box::pin(cluster.bound(&bound.jid, bound.added)).await;
+                    Box::pin(cluster.bound(&bound.jid)).await;
                 }
                 let result = Element::new(ns::CLIENT, "iq")
                     .attr_opt("id", element.get_attr("id"))
@@ -422,7 +419,11 @@ async fn authenticate_and_bind<L: Link>(
                             .child(Element::new(ns::BIND, "jid").text(bound.jid.to_string())),
                     );
                 link.element(&result);
-                link.flush().await.map_err(|_| Ended::Gone)?;
+                if link.flush().await.is_err() {
+                    // Gone before its session started: out of the table again.
+                    server.unbind_session(&bound.jid, bound.id);
+                    return Err(Ended::Gone);
+                }
                 tracing::debug!(jid = %bound.jid, "resource bound");
                 return Ok(Negotiated::Bound(bound));
             }
@@ -502,28 +503,23 @@ pub(crate) fn bind_resource(
         device: device.map(Arc::from),
         revoked: revoked.clone(),
     };
-    let added = match server
+    match server
         .router
         .bind(entry, server.config.limits.max_sessions_per_user)
     {
-        crate::router::BindOutcome::TooManySessions => {
-            return Err(kith_proto::StanzaError::new(
-                kith_proto::error::StanzaErrorCondition::ResourceConstraint,
-            )
-            .with_type(kith_proto::StanzaErrorType::Cancel)
-            .with_text("too many sessions for this account"));
-        }
-        crate::router::BindOutcome::Bound => true,
-        crate::router::BindOutcome::Replaced => false,
-    };
-    Ok(Bound {
-        jid,
-        id,
-        rx,
-        device: device.map(str::to_owned),
-        revoked,
-        added,
-    })
+        crate::router::BindOutcome::TooManySessions => Err(kith_proto::StanzaError::new(
+            kith_proto::error::StanzaErrorCondition::ResourceConstraint,
+        )
+        .with_type(kith_proto::StanzaErrorType::Cancel)
+        .with_text("too many sessions for this account")),
+        _ => Ok(Bound {
+            jid,
+            id,
+            rx,
+            device: device.map(str::to_owned),
+            revoked,
+        }),
+    }
 }
 
 /// Runs SASL (RFC 6120 §6) until success; returns who authenticated.

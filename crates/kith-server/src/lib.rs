@@ -294,7 +294,7 @@ impl Server {
     pub(crate) fn unbind_session(&self, jid: &kith_proto::FullJid, id: u64) -> bool {
         let removed = self.router.unbind(jid, id);
         if removed && let Some(cluster) = &self.cluster {
-            cluster.unbound(jid.to_bare().as_str());
+            cluster.unbound(&self.router, jid.to_bare().as_str());
         }
         removed
     }

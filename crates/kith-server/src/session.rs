@@ -263,7 +263,6 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         mut rx,
         device,
         revoked,
-        added: _,
     } = bound;
     // A device credential is the device, whatever resource it binds; a password
     // login is a device per resource (ARCHITECTURE.md, the inbox log).

@@ -146,8 +146,8 @@ enum Frame {
 /// This node's link to the others.
 pub(crate) struct Cluster {
     nats: nats::Nats,
-    /// Users with sessions here: how many, and the subscription to their subject.
-    users: Mutex<HashMap<String, (usize, u64)>>,
+    /// Users with sessions here, and the subscription to their subject.
+    users: Mutex<HashMap<String, u64>>,
     /// The server frames are applied to (set by [`Cluster::start`]).
     server: Arc<OnceLock<Weak<Server>>>,
 }
@@ -248,12 +248,11 @@ impl Cluster {
         self.send(user_subject(bare), frame);
     }
 
-    /// A session of `bare` was bound here (`added`: beside the user's others,
-    /// not in place of one): listens on the user's subject (once the NATS
-    /// server has the interest, so that whatever is published after this
-    /// returns reaches this node) and tells other nodes that the resource is
-    /// taken.
-    pub(crate) async fn bound(&self, jid: &kith_proto::FullJid, added: bool) {
+    /// A session of `jid` was put in the session table here: listens on the
+    /// user's subject (once the NATS server has the interest, so that
+    /// whatever is published after this returns reaches this node) and tells
+    /// other nodes that the resource is taken.
+    pub(crate) async fn bound(&self, jid: &kith_proto::FullJid) {
         let bare = jid.to_bare();
         self.to_user(
             bare.as_str(),
@@ -261,30 +260,27 @@ impl Cluster {
                 resource: jid.resource().as_str().to_owned(),
             },
         );
-        if added {
+        {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-            match users.get_mut(bare.as_str()) {
-                Some((count, _)) => *count += 1,
-                None => {
-                    let sid = self.nats.subscribe(user_subject(bare.as_str()));
-                    users.insert(bare.as_str().to_owned(), (1, sid));
-                }
+            if !users.contains_key(bare.as_str()) {
+                let sid = self.nats.subscribe(user_subject(bare.as_str()));
+                users.insert(bare.as_str().to_owned(), sid);
             }
         }
         // The subscription (this session's or a sibling's just made) is in.
         self.nats.flush().await;
     }
 
-    /// A session of `bare` bound here left the table: the last one stops
-    /// listening on the user's subject.
-    pub(crate) fn unbound(&self, bare: &str) {
+    /// A session of `bare` left the session table here: with none left, stop
+    /// listening on the user's subject. Asked of the table itself, under the
+    /// same lock as [`Cluster::bound`] (which runs after its session went in):
+    /// no count to get wrong when a session is replaced or kicked.
+    pub(crate) fn unbound(&self, router: &crate::router::Router, bare: &str) {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((count, sid)) = users.get_mut(bare) {
-            *count -= 1;
-            if *count == 0 {
-                self.nats.unsubscribe(*sid);
-                users.remove(bare);
-            }
+        if router.with_sessions(bare, <[SessionEntry]>::is_empty)
+            && let Some(sid) = users.remove(bare)
+        {
+            self.nats.unsubscribe(sid);
         }
     }
 
@@ -548,9 +544,9 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
         }
         Frame::Conflict { resource } => {
             let kicked = server.router.kick(bare, &resource);
-            // Its session's own unbinding will find it gone: counted here.
+            // Its session's own unbinding will find it gone.
             if kicked && let Some(cluster) = &server.cluster {
-                cluster.unbound(bare);
+                cluster.unbound(&server.router, bare);
             }
             kicked
         }
