@@ -4,9 +4,10 @@
 //! The bus carries only what the shared store does not:
 //! - a *wake-up* once an entry of a user's inbox log is committed: the user's
 //!   sessions on other nodes read their log past what they have written
-//!   (`Outbound::Wake`), so a wake-up lost or overtaken by a later one loses
-//!   nothing (PostgreSQL numbers a user's entries under the row lock of their
-//!   counter: whoever reads at a wake-up's number sees every entry before it);
+//!   (`Outbound::Wake`), so a wake-up overtaken by a later one loses nothing
+//!   (PostgreSQL numbers a user's entries under the row lock of their
+//!   counter: whoever reads at a wake-up's number sees every entry before it),
+//!   and those lost while a node's link was down are made good by `Resync`;
 //! - stanzas that are not logged (presence, chat states, headlines such as PEP
 //!   events, iq to a full JID, carbons), with the rule that picks which of the
 //!   user's sessions get them (`Select`), applied by the node holding them;
@@ -18,7 +19,7 @@
 //! The directory is NATS's own interest graph: a node subscribes to a user's
 //! subject (`kith.u.<hex of the bare JID>`) while it holds a session of theirs,
 //! before that session reads its log, so nothing committed after the read is
-//! missed. Every node subscribes to `kith.all` (cache invalidation). Connections
+//! missed. Every node subscribes to `kith.all` (cache invalidation, `Resync`). Connections
 //! are made with `no_echo`: a node never receives its own frames, so the local
 //! delivery that precedes every publish is never repeated.
 //!
