@@ -292,26 +292,17 @@ impl Cluster {
 
     /// `stanza` for the sessions of `bare` on other nodes that `select` picks.
     pub(crate) fn hand(&self, bare: &str, select: Select, stanza: &Element) {
-        self.to_user(
-            bare,
-            &Frame::Hand {
-                select,
-                each: false,
-                xml: stanza.to_xml(""),
-            },
-        );
+        self.hand_with(bare, select, false, stanza);
     }
 
     /// [`Cluster::hand`], with `to` set to each session's full JID.
     pub(crate) fn hand_each(&self, bare: &str, select: Select, stanza: &Element) {
-        self.to_user(
-            bare,
-            &Frame::Hand {
-                select,
-                each: true,
-                xml: stanza.to_xml(""),
-            },
-        );
+        self.hand_with(bare, select, true, stanza);
+    }
+
+    fn hand_with(&self, bare: &str, select: Select, each: bool, stanza: &Element) {
+        let xml = stanza.to_xml("");
+        self.to_user(bare, &Frame::Hand { select, each, xml });
     }
 
     /// An iq for `resource` of `bare` on another node; `false` when no node
@@ -337,7 +328,7 @@ impl Cluster {
         let Ok(payload) = serde_json::to_vec(frame) else {
             return false;
         };
-        self.nats.request(user_subject(bare), payload, wait).await == nats::Answer::Answered
+        self.nats.request(user_subject(bare), payload, wait).await
     }
 
     /// `bare`'s sessions on other nodes appear unavailable to `to`.

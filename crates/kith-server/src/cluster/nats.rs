@@ -85,17 +85,6 @@ pub(crate) enum NatsError {
     Protocol(String, String),
 }
 
-/// How a request ended.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Answer {
-    /// Somebody answered.
-    Answered,
-    /// Nobody subscribes to the subject (the server's status 503).
-    NoResponders,
-    /// Subscribers, but no answer in time (or the connection was lost).
-    TimedOut,
-}
-
 /// One server to connect to.
 #[derive(Clone, Debug)]
 struct Server {
@@ -275,13 +264,10 @@ impl Nats {
         self.publishes.try_send(publish).is_ok()
     }
 
-    /// Publishes `payload` as a request and waits up to `wait` for an answer.
-    pub(crate) async fn request(
-        &self,
-        subject: String,
-        payload: Vec<u8>,
-        wait: Duration,
-    ) -> Answer {
+    /// Publishes `payload` as a request; whether somebody answered within
+    /// `wait`. Nobody subscribing to the subject is known at once (the
+    /// server's status 503), not after `wait`.
+    pub(crate) async fn request(&self, subject: String, payload: Vec<u8>, wait: Duration) -> bool {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         lock(&self.pending).insert(token, answer);
@@ -295,11 +281,7 @@ impl Nats {
             false => None,
         };
         lock(&self.pending).remove(&token);
-        match outcome {
-            Some(Ok(true)) => Answer::Answered,
-            Some(Ok(false)) => Answer::NoResponders,
-            _ => Answer::TimedOut,
-        }
+        matches!(outcome, Some(Ok(true)))
     }
 }
 

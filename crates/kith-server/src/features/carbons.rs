@@ -83,9 +83,7 @@ pub(crate) fn copy_received(
     message: &Element,
     seq: i64,
 ) {
-    if eligible(message) {
-        copy_locally(server, owner, except, "received", message, Some(seq));
-    }
+    copy_locally(server, owner, except, "received", message, Some(seq));
 }
 
 /// [`copy_to_other_devices`] for this node's sessions only; `seq`: the copy is
