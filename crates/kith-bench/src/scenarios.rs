@@ -33,7 +33,7 @@ pub(crate) fn pad(n: usize) -> String {
 
 /// Samples the server's and our own CPU time over an interval.
 pub(crate) struct CpuMeter {
-    server: Option<u64>,
+    server: Option<crate::sys::CpuSample>,
     client: u64,
     wall: Instant,
 }
@@ -41,15 +41,15 @@ pub(crate) struct CpuMeter {
 impl CpuMeter {
     pub(crate) fn start(ctx: &Ctx) -> Self {
         CpuMeter {
-            server: ctx.procs.cpu_us(),
+            server: ctx.procs.cpu_sample(),
             client: crate::sys::self_cpu_us(),
             wall: Instant::now(),
         }
     }
     /// (server CPU µs, client CPU µs, wall µs).
     pub(crate) fn stop(&self, ctx: &Ctx) -> (Option<u64>, u64, u64) {
-        let server = match (self.server, ctx.procs.cpu_us()) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        let server = match (&self.server, ctx.procs.cpu_sample()) {
+            (Some(before), Some(now)) => Some(now.since(before)),
             _ => None,
         };
         (
@@ -433,12 +433,12 @@ async fn idle(
     let login_secs = start.elapsed().as_secs_f64();
     // What holding them costs the server's CPU: sessions that do nothing
     // should cost nothing (timers, polling and keep-alives show up here).
-    let cpu_before = ctx.procs.cpu_us();
+    let cpu_before = ctx.procs.cpu_sample();
     let held_since = Instant::now();
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-    let held_cpu_ms_per_s = match (cpu_before, ctx.procs.cpu_us()) {
+    let held_cpu_ms_per_s = match (cpu_before, ctx.procs.cpu_sample()) {
         (Some(before), Some(after)) => {
-            Some(after.saturating_sub(before) as f64 / 1e3 / held_since.elapsed().as_secs_f64())
+            Some(after.since(&before) as f64 / 1e3 / held_since.elapsed().as_secs_f64())
         }
         _ => None,
     };

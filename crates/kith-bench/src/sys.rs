@@ -2,33 +2,38 @@
 
 use anyhow::{Context, Result, bail};
 
-/// The server processes whose memory and CPU are measured.
+/// The server processes whose memory and CPU are measured: the PIDs given,
+/// and the processes named (found again at every reading: a database forks a
+/// process per connection, some opened while the load runs).
 #[derive(Clone, Debug, Default)]
 pub struct Procs {
+    /// Every process, as found at the start.
     pub pids: Vec<u32>,
+    given: Vec<u32>,
+    names: Vec<String>,
+}
+
+/// CPU time per server process at one instant, in microseconds.
+#[derive(Clone, Debug, Default)]
+pub struct CpuSample(std::collections::HashMap<u32, u64>);
+
+impl CpuSample {
+    /// Server CPU time spent since `before`: a process that started since
+    /// counts all its time; one that ended since loses what it spent after
+    /// `before` (not readable any more).
+    pub fn since(&self, before: &CpuSample) -> u64 {
+        self.0
+            .iter()
+            .map(|(pid, now)| now.saturating_sub(before.0.get(pid).copied().unwrap_or(0)))
+            .sum()
+    }
 }
 
 impl Procs {
     /// Explicit PIDs plus every process whose `comm` equals one of `names`.
     pub fn resolve(pids: &[u32], names: &[String]) -> Result<Procs> {
         let mut out: Vec<u32> = pids.to_vec();
-        if !names.is_empty() {
-            for entry in std::fs::read_dir("/proc")? {
-                let entry = entry?;
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    && names.iter().any(|n| n == comm.trim())
-                {
-                    out.push(pid);
-                }
-            }
-        }
+        out.extend(named(names)?);
         out.sort_unstable();
         out.dedup();
         for pid in &out {
@@ -36,7 +41,11 @@ impl Procs {
                 bail!("server process {pid} does not exist");
             }
         }
-        Ok(Procs { pids: out })
+        Ok(Procs {
+            pids: out,
+            given: pids.to_vec(),
+            names: names.to_vec(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -55,17 +64,48 @@ impl Procs {
         Some(total)
     }
 
-    /// Sum of utime+stime over the processes, in microseconds.
-    pub fn cpu_us(&self) -> Option<u64> {
-        if self.pids.is_empty() {
+    /// utime+stime of each process: the PIDs given (`None` once one of them
+    /// has gone: the server stopped) and those named, found again now.
+    pub fn cpu_sample(&self) -> Option<CpuSample> {
+        if self.given.is_empty() && self.names.is_empty() {
             return None;
         }
-        let mut total = 0;
-        for pid in &self.pids {
-            total += cpu_of(&format!("/proc/{pid}/stat")).ok()?;
+        let mut sample = std::collections::HashMap::new();
+        for pid in &self.given {
+            sample.insert(*pid, cpu_of(&format!("/proc/{pid}/stat")).ok()?);
         }
-        Some(total)
+        for pid in named(&self.names).ok()? {
+            // Gone between the listing and the reading: nothing to count.
+            if let Ok(us) = cpu_of(&format!("/proc/{pid}/stat")) {
+                sample.insert(pid, us);
+            }
+        }
+        Some(CpuSample(sample))
     }
+}
+
+/// The processes whose `comm` is one of `names`.
+fn named(names: &[String]) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            && names.iter().any(|n| n == comm.trim())
+        {
+            out.push(pid);
+        }
+    }
+    Ok(out)
 }
 
 fn rss_of(path: &str) -> Result<u64> {
@@ -131,4 +171,32 @@ pub fn cpus_allowed() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_since_counts_processes_started_meanwhile_and_drops_ended_ones() {
+        let before = CpuSample([(1, 1_000), (2, 500)].into_iter().collect());
+        // 1 went on, 2 ended, 3 started (a new database connection).
+        let now = CpuSample([(1, 1_600), (3, 250)].into_iter().collect());
+        assert_eq!(now.since(&before), 600 + 250);
+    }
+
+    #[test]
+    fn named_processes_are_found_at_every_reading() {
+        // As if none had that name at the start: this test's own process.
+        let me = std::process::id();
+        let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
+        let procs = Procs {
+            pids: vec![],
+            given: vec![],
+            names: vec![comm.trim().to_owned()],
+        };
+        let sample = procs.cpu_sample().unwrap();
+        assert!(sample.0.contains_key(&me));
+        assert!(Procs::default().cpu_sample().is_none());
+    }
 }
