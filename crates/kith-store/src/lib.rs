@@ -279,7 +279,15 @@ impl Store {
         tracing::debug!(?backend, max_connections, "store opened");
         let writer = match &file {
             Some(file) => batch::Writer::start_sqlite(file)?,
-            None => batch::Writer::start_postgres(pool.clone()),
+            None => {
+                // The group commit's own connection (array parameters, which
+                // the `Any` driver can't bind; see `batch::postgres`).
+                let writer_pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(sqlx::postgres::PgConnectOptions::from_str(url)?)
+                    .await?;
+                batch::Writer::start_postgres(writer_pool)
+            }
         };
         let readers = file.map(|file| Arc::new(read::Readers::new(file)));
         Ok(Store {

@@ -27,7 +27,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use sqlx::AnyPool;
 use tokio::sync::oneshot;
 
 use crate::{DeviceStart, NewInboxEntry, Result, StoreError};
@@ -302,7 +301,7 @@ impl Writer {
     }
 
     /// Starts the PostgreSQL writer task on the current tokio runtime.
-    pub(crate) fn start_postgres(pool: AnyPool) -> Writer {
+    pub(crate) fn start_postgres(pool: sqlx::PgPool) -> Writer {
         let (tx, rx) = flume::bounded(MAX_BATCH * 4);
         tokio::spawn(postgres::run(pool, rx));
         Writer {

@@ -1,21 +1,24 @@
 //! The PostgreSQL engine of the group commit: a tokio task runs each batch
-//! through the sqlx pool. Every statement is a network round trip, so the batch
-//! uses few whatever its size: one multi-row `UPDATE` per chunk of owners
-//! reserves a range of sequence numbers per owner, one multi-row `INSERT` per
-//! chunk of entries writes them. The full-text index is an expression index
-//! (`inbox_body_fts`) kept by PostgreSQL itself.
+//! in one transaction on a connection of its own. Every statement is a network
+//! round trip, and on a busy machine a round trip waits for the scheduler, so a
+//! batch takes a fixed few whatever its size: each statement carries a whole
+//! column of the batch as one array parameter (`unnest`), which sqlx's `Any`
+//! driver can't bind (hence a `PgPool` here). The rows a batch locks stay locked
+//! until it commits, and other writers (a cluster's other nodes) wait for them:
+//! fewer round trips is also less time holding them. The full-text index is an
+//! expression index (`inbox_body_fts`) kept by PostgreSQL itself.
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{AnyPool, Row};
+use sqlx::{PgPool, Postgres, Row};
 
 use std::sync::Arc;
 
 use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
 use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
-use crate::{Backend, Result, StoreError, begin_write};
+use crate::{Result, StoreError};
 
-pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
+pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv_async().await {
         fill(&mut batch, first, &rx);
@@ -44,135 +47,26 @@ pub(super) async fn run(pool: AnyPool, rx: flume::Receiver<Job>) {
     }
 }
 
-/// Runs every job of the batch in one transaction. The error is a database
-/// failure (nothing committed); an unknown owner only fails its own entry.
-async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
-    let mut tx = begin_write(pool, Backend::Postgres).await?;
-
+/// Runs every job of the batch atomically. The error is a database failure
+/// (nothing committed); an unknown owner only fails its own entry.
+///
+/// A batch without group messages or room changes is one statement, a call of
+/// `kith_append` (migration 50) in its own transaction: one round trip, and the
+/// users' rows it locks are held only while PostgreSQL runs it. One with rooms
+/// reads their state first, so it runs in an explicit transaction.
+async fn write(pool: &PgPool, batch: &[Job]) -> Result<Vec<Done>> {
     // What the batch's group messages and room changes need to know.
     let needs = rooms::needs(batch);
-    let state = match &needs {
-        Some(needs) => rooms::read(needs, &mut PgReads { tx: &mut tx }).await?,
-        None => RoomState::default(),
+    let mut tx = match needs {
+        Some(_) => Some(pool.begin().await?),
+        None => None,
+    };
+    let state = match (&needs, &mut tx) {
+        (Some(needs), Some(tx)) => rooms::read(needs, &mut PgReads { tx }).await?,
+        _ => RoomState::default(),
     };
     let no_one = HashSet::new();
     let plan = plan(batch, &state, needs.as_ref().map_or(&no_one, |n| &n.live));
-
-    // Reserve sequence numbers: per owner, as many as it has rows here.
-    // First free number per owner; absent = no such user.
-    let mut bases: HashMap<&str, i64> = HashMap::with_capacity(plan.counts.len());
-    // Several writers (a cluster's nodes) update the same users' rows at once
-    // (numbering entries, moving `delivered_seq`): each batch locks every row
-    // it will update first, in one order (by name), or two batches could each
-    // hold a row the other waits for, which PostgreSQL breaks only after
-    // `deadlock_timeout` (a second) by failing one.
-    let mut owners: Vec<&str> = plan
-        .counts
-        .iter()
-        .map(|(owner, _)| *owner)
-        .chain(plan.acks.keys().map(|(owner, _)| *owner))
-        .collect();
-    owners.sort_unstable();
-    owners.dedup();
-    if owners.len() > 1 {
-        for chunk in chunks(&owners) {
-            // Built from numbers only: placeholders, no input.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(lock_sql(chunk.len())));
-            for owner in chunk {
-                query = query.bind(*owner);
-            }
-            query.fetch_all(&mut *tx).await?;
-        }
-    }
-    for chunk in chunks(&plan.counts) {
-        // Built from numbers only: placeholders, no input.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(reserve_sql(chunk.len())));
-        for (owner, count) in chunk {
-            query = query.bind(*owner).bind(*count);
-        }
-        for row in query.fetch_all(&mut *tx).await? {
-            let owner: String = row.try_get("username")?;
-            let last: i64 = row.try_get("inbox_seq")?;
-            if let Some((name, count)) = chunk.iter().find(|(name, _)| *name == owner) {
-                bases.insert(name, last - count + 1);
-            }
-        }
-    }
-    let numbered = plan.number(&bases);
-
-    // Entries whose origin key is already in the log are skipped by the insert
-    // (`ON CONFLICT DO NOTHING`); what it returns is what was written.
-    let rows: Vec<(usize, (&str, i64, &OwnedEntry))> = numbered
-        .rows
-        .iter()
-        .enumerate()
-        .filter_map(|(i, row)| row.map(|row| (i, row)))
-        .collect();
-    let mut written_rows: HashSet<(String, i64)> = HashSet::with_capacity(rows.len());
-    for chunk in chunks(&rows) {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_sql(chunk.len())));
-        for (_, (owner, seq, entry)) in chunk {
-            query = query
-                .bind(*owner)
-                .bind(*seq)
-                .bind(entry.stanza_id())
-                .bind(entry.sender())
-                .bind(entry.kind())
-                .bind(entry.xml())
-                .bind(entry.at_micros)
-                .bind(entry.peer())
-                .bind(entry.direction())
-                .bind(entry.body())
-                .bind(entry.origin());
-        }
-        for row in query.fetch_all(&mut *tx).await? {
-            written_rows.insert((row.try_get("owner")?, row.try_get("seq")?));
-        }
-    }
-    let written_rows: HashSet<(&str, i64)> = written_rows
-        .iter()
-        .map(|(owner, seq)| (owner.as_str(), *seq))
-        .collect();
-    let mut written = vec![false; numbered.rows.len()];
-    for (i, (owner, seq, _)) in &rows {
-        written[*i] = written_rows.contains(&(*owner, *seq));
-    }
-
-    for write in &plan.room_writes {
-        let query = match write {
-            RoomWrite::Fill { room, owner, fill } => sqlx::query(rooms::sql::SET_FILL)
-                .bind(room.as_str())
-                .bind(owner.as_str())
-                .bind(rooms::fill_seq(*fill)),
-            RoomWrite::Gone { room, owner } => sqlx::query(rooms::sql::DROP_FILL)
-                .bind(room.as_str())
-                .bind(owner.as_str()),
-            RoomWrite::Mark { room, seq } => sqlx::query(rooms::sql::SET_MARK)
-                .bind(room.as_str())
-                .bind(*seq),
-        };
-        query.execute(&mut *tx).await?;
-    }
-
-    for ((owner, resource), (seq, now_micros)) in &plan.acks {
-        sqlx::query(
-            "UPDATE devices SET cursor = $3, last_seen_micros = $4
-             WHERE owner = $1 AND resource = $2 AND cursor < $3",
-        )
-        .bind(*owner)
-        .bind(*resource)
-        .bind(*seq)
-        .bind(*now_micros)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE users SET delivered_seq = $2 WHERE username = $1 AND delivered_seq < $2",
-        )
-        .bind(*owner)
-        .bind(*seq)
-        .execute(&mut *tx)
-        .await?;
-    }
     if !plan.attaches.is_empty() || !plan.seen.is_empty() {
         // `Store::device_attach` and `Store::set_last_activity` write through
         // the pool here (logins and logouts in parallel); such a job is a
@@ -182,13 +76,60 @@ async fn write(pool: &AnyPool, batch: &[Job]) -> Result<Vec<Done>> {
             "device registrations and last activities go through the pool on PostgreSQL".to_owned(),
         ));
     }
-    tx.commit().await?;
+    if tx.is_none() && !plan.room_writes.is_empty() {
+        tx = Some(pool.begin().await?);
+    }
+
+    let call = Append::new(&plan);
+    let returned = match &mut tx {
+        Some(tx) => call.query().fetch_all(&mut **tx).await?,
+        None => call.query().fetch_all(pool).await?,
+    };
+    // Per owner, the first number reserved for it (absent: no such user); and
+    // the rows written (the insert skips an origin key already in the log).
+    let mut bases: HashMap<&str, i64> = HashMap::with_capacity(plan.counts.len());
+    let mut written_rows: HashSet<(String, i64)> = HashSet::with_capacity(returned.len());
+    for row in returned {
+        let owner: String = row.try_get("owner")?;
+        let seq: i64 = row.try_get("seq")?;
+        if row.try_get("written")? {
+            written_rows.insert((owner, seq));
+        } else if let Some((name, count)) = plan.counts.iter().find(|(name, _)| *name == owner) {
+            bases.insert(name, seq - count + 1);
+        }
+    }
+    let numbered = plan.number(&bases);
+    let mut written = vec![false; numbered.rows.len()];
+    for (i, row) in numbered.rows.iter().enumerate() {
+        if let Some((owner, seq, _)) = row {
+            written[i] = written_rows.contains(&((*owner).to_owned(), *seq));
+        }
+    }
+
+    if let Some(mut tx) = tx {
+        for write in &plan.room_writes {
+            let query = match write {
+                RoomWrite::Fill { room, owner, fill } => sqlx::query(rooms::sql::SET_FILL)
+                    .bind(room.as_str())
+                    .bind(owner.as_str())
+                    .bind(rooms::fill_seq(*fill)),
+                RoomWrite::Gone { room, owner } => sqlx::query(rooms::sql::DROP_FILL)
+                    .bind(room.as_str())
+                    .bind(owner.as_str()),
+                RoomWrite::Mark { room, seq } => sqlx::query(rooms::sql::SET_MARK)
+                    .bind(room.as_str())
+                    .bind(*seq),
+            };
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
     Ok(plan.answers(&numbered, &written, &[], &[]))
 }
 
 /// The room reads of a batch, in its transaction.
 struct PgReads<'t, 'c> {
-    tx: &'t mut sqlx::Transaction<'c, sqlx::Any>,
+    tx: &'t mut sqlx::Transaction<'c, Postgres>,
 }
 
 impl RoomReads for PgReads<'_, '_> {
@@ -266,93 +207,125 @@ impl RoomReads for PgReads<'_, '_> {
     }
 }
 
-/// Chunk sizes for multi-row statements: few distinct statement texts (each is
-/// prepared once and cached per connection), few round trips.
-const CHUNK_SIZES: [usize; 4] = [64, 16, 4, 1];
+/// The call of `kith_append`: the batch's columns, each bound as one array.
+const APPEND: &str = "SELECT owner, seq, written FROM kith_append(\
+     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
 
-/// Splits `items` into chunks of the sizes in [`CHUNK_SIZES`], largest first.
-fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
-    let mut rest = items;
-    std::iter::from_fn(move || {
-        let size = CHUNK_SIZES.into_iter().find(|size| *size <= rest.len())?;
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        Some(chunk)
-    })
+/// A batch as `kith_append`'s arguments: the users whose rows it locks (sorted,
+/// once each), how many numbers to reserve for whom, the entries (`n`: the
+/// entry's place among its owner's, numbered from the first reserved), the
+/// devices' acks and the users' delivered marks.
+struct Append<'a> {
+    lock: Vec<&'a str>,
+    names: Vec<&'a str>,
+    counts: Vec<i64>,
+    owner: Vec<&'a str>,
+    n: Vec<i64>,
+    stanza_id: Vec<&'a str>,
+    sender: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    xml: Vec<&'a str>,
+    at_micros: Vec<i64>,
+    peer: Vec<&'a str>,
+    direction: Vec<&'a str>,
+    body: Vec<Option<&'a str>>,
+    origin: Vec<Option<&'a str>>,
+    ack_owner: Vec<&'a str>,
+    ack_resource: Vec<&'a str>,
+    ack_seq: Vec<i64>,
+    ack_at: Vec<i64>,
+    delivered_names: Vec<&'a str>,
+    delivered_seqs: Vec<i64>,
 }
 
-/// Locks `rows` owners' rows in the order of their names' bytes (rows are
-/// locked as the sorted result is read; `COLLATE "C"` is the order Rust's
-/// sort gave the chunks, whatever the database's collation).
-fn lock_sql(rows: usize) -> String {
-    let names = (1..=rows)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "SELECT username FROM users WHERE username IN ({names}) \
-         ORDER BY username COLLATE \"C\" FOR NO KEY UPDATE"
-    )
-}
-
-/// `UPDATE … FROM (VALUES …)` reserving `count` sequence numbers for each of `rows`
-/// owners; returns each existing owner's last reserved number.
-fn reserve_sql(rows: usize) -> String {
-    let values = placeholders(rows, 2);
-    format!(
-        "UPDATE users SET inbox_seq = users.inbox_seq + v.column2 FROM (VALUES {values}) AS v \
-         WHERE users.username = v.column1 RETURNING users.username AS username, users.inbox_seq AS inbox_seq"
-    )
-}
-
-/// Multi-row `INSERT INTO inbox` of `rows` entries, skipping duplicates of an
-/// origin key already in the log; returns the rows written.
-fn insert_sql(rows: usize) -> String {
-    let values = placeholders(rows, 11);
-    format!(
-        "INSERT INTO inbox (owner, seq, stanza_id, sender, kind, xml, at_micros, peer, direction, body, origin) \
-         VALUES {values} ON CONFLICT DO NOTHING RETURNING owner, seq"
-    )
-}
-
-/// `($1, $2), ($3, $4), …`: `rows` tuples of `columns` numbered placeholders.
-fn placeholders(rows: usize, columns: usize) -> String {
-    let mut out = String::with_capacity(rows * columns * 5);
-    for row in 0..rows {
-        if row > 0 {
-            out.push_str(", ");
+impl<'a> Append<'a> {
+    fn new(plan: &super::Plan<'a>) -> Self {
+        // Several writers (a cluster's nodes) update the same users' rows at
+        // once (numbering entries, moving `delivered_seq`): each batch locks
+        // every row it will update first, in one order (by name's bytes), or
+        // two batches could each hold a row the other waits for, which
+        // PostgreSQL breaks only after `deadlock_timeout` (a second) by
+        // failing one.
+        let mut lock: Vec<&str> = plan
+            .counts
+            .iter()
+            .map(|(owner, _)| *owner)
+            .chain(plan.acks.keys().map(|(owner, _)| *owner))
+            .collect();
+        lock.sort_unstable();
+        lock.dedup();
+        let (names, counts) = plan.counts.iter().copied().unzip();
+        let rows = plan.rows.len();
+        let mut call = Append {
+            lock,
+            names,
+            counts,
+            owner: Vec::with_capacity(rows),
+            n: Vec::with_capacity(rows),
+            stanza_id: Vec::with_capacity(rows),
+            sender: Vec::with_capacity(rows),
+            kind: Vec::with_capacity(rows),
+            xml: Vec::with_capacity(rows),
+            at_micros: Vec::with_capacity(rows),
+            peer: Vec::with_capacity(rows),
+            direction: Vec::with_capacity(rows),
+            body: Vec::with_capacity(rows),
+            origin: Vec::with_capacity(rows),
+            ack_owner: Vec::with_capacity(plan.acks.len()),
+            ack_resource: Vec::with_capacity(plan.acks.len()),
+            ack_seq: Vec::with_capacity(plan.acks.len()),
+            ack_at: Vec::with_capacity(plan.acks.len()),
+            delivered_names: Vec::new(),
+            delivered_seqs: Vec::new(),
+        };
+        for (owner, n, entry) in &plan.rows {
+            call.owner.push(owner);
+            call.n.push(*n);
+            call.stanza_id.push(entry.stanza_id());
+            call.sender.push(entry.sender());
+            call.kind.push(entry.kind());
+            call.xml.push(entry.xml());
+            call.at_micros.push(entry.at_micros);
+            call.peer.push(entry.peer());
+            call.direction.push(entry.direction());
+            call.body.push(entry.body());
+            call.origin.push(entry.origin());
         }
-        out.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                out.push_str(", ");
-            }
-            out.push('$');
-            out.push_str(&(row * columns + column + 1).to_string());
+        // A user's delivered mark is its devices' furthest ack.
+        let mut delivered: HashMap<&str, i64> = HashMap::new();
+        for ((owner, resource), (seq, now_micros)) in &plan.acks {
+            call.ack_owner.push(owner);
+            call.ack_resource.push(resource);
+            call.ack_seq.push(*seq);
+            call.ack_at.push(*now_micros);
+            let mark = delivered.entry(owner).or_default();
+            *mark = (*mark).max(*seq);
         }
-        out.push(')');
+        (call.delivered_names, call.delivered_seqs) = delivered.into_iter().unzip();
+        call
     }
-    out
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_cover_everything_in_order_with_few_sizes() {
-        for len in 0..300 {
-            let items: Vec<usize> = (0..len).collect();
-            let pieces: Vec<&[usize]> = chunks(&items).collect();
-            assert!(pieces.iter().all(|p| CHUNK_SIZES.contains(&p.len())));
-            let joined: Vec<usize> = pieces.concat();
-            assert_eq!(joined, items);
-        }
-    }
-
-    #[test]
-    fn placeholders_number_rows_then_columns() {
-        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
-        assert_eq!(placeholders(1, 3), "($1, $2, $3)");
+    fn query(&self) -> sqlx::query::Query<'_, Postgres, <Postgres as sqlx::Database>::Arguments> {
+        sqlx::query(APPEND)
+            .bind(&self.lock)
+            .bind(&self.names)
+            .bind(&self.counts)
+            .bind(&self.owner)
+            .bind(&self.n)
+            .bind(&self.stanza_id)
+            .bind(&self.sender)
+            .bind(&self.kind)
+            .bind(&self.xml)
+            .bind(&self.at_micros)
+            .bind(&self.peer)
+            .bind(&self.direction)
+            .bind(&self.body)
+            .bind(&self.origin)
+            .bind(&self.ack_owner)
+            .bind(&self.ack_resource)
+            .bind(&self.ack_seq)
+            .bind(&self.ack_at)
+            .bind(&self.delivered_names)
+            .bind(&self.delivered_seqs)
     }
 }
