@@ -7,7 +7,10 @@
 //!   (`Outbound::Wake`), so a wake-up overtaken by a later one loses nothing
 //!   (PostgreSQL numbers a user's entries under the row lock of their
 //!   counter: whoever reads at a wake-up's number sees every entry before it),
-//!   and those lost while a node's link was down are made good by `Resync`;
+//!   and those lost while a node's link was down are made good by `Resync`.
+//!   A wake-up carries the entry itself (up to `WAKE_ENTRY_MAX`): a session
+//!   that has written every entry before it writes it without reading the
+//!   log (`Outbound::LoggedXml`, the gap rule of `Session::gap_before`);
 //! - stanzas that are not logged (presence, chat states, headlines such as PEP
 //!   events, iq to a full JID, carbons), with the rule that picks which of the
 //!   user's sessions get them (`Select`), applied by the node holding them;
@@ -49,6 +52,10 @@ const ONLINE_WAIT: Duration = Duration::from_millis(500);
 
 /// The subject every node listens on.
 const ALL: &str = "kith.all";
+
+/// The largest log entry a wake-up carries (NATS's `max_payload` is 1 MiB by
+/// default; a frame past it is dropped). A larger one is read from the log.
+const WAKE_ENTRY_MAX: usize = 64 * 1024;
 
 /// Which of a user's sessions get a stanza: the same rules the local delivery
 /// applies, applied by the node that holds them.
@@ -104,8 +111,14 @@ pub(crate) enum CacheKind {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "k", rename_all = "snake_case")]
 enum Frame {
-    /// The user's log holds entries through `seq`.
-    Wake { seq: i64 },
+    /// The user's log holds entries through `seq`; `xml`, if there, is entry
+    /// `seq` itself, which a session that has written every entry before it
+    /// writes at once (any other reads the log, as it does without `xml`).
+    Wake {
+        seq: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        xml: Option<String>,
+    },
     /// A stanza for the sessions `select` picks; `each`: addressed to each
     /// session's full JID.
     Hand {
@@ -285,9 +298,12 @@ impl Cluster {
         }
     }
 
-    /// Entries of `bare`'s log are committed through `seq`.
-    pub(crate) fn wake(&self, bare: &str, seq: i64) {
-        self.to_user(bare, &Frame::Wake { seq });
+    /// Entries of `bare`'s log are committed through `seq`, the last being
+    /// `entry` (as stored). A session caught up to it on another node writes it
+    /// without reading the log; past [`WAKE_ENTRY_MAX`] bytes it reads it.
+    pub(crate) fn wake(&self, bare: &str, seq: i64, entry: &str) {
+        let xml = (entry.len() <= WAKE_ENTRY_MAX).then(|| entry.to_owned());
+        self.to_user(bare, &Frame::Wake { seq, xml });
     }
 
     /// `stanza` for the sessions of `bare` on other nodes that `select` picks.
@@ -464,14 +480,21 @@ pub(crate) fn forget_locally(server: &Server, cache: CacheKind, owner: &str) {
 /// session took it.
 fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
     match frame {
-        Frame::Wake { seq } => {
+        Frame::Wake { seq, xml } => {
+            // Checked as any stanza from the bus is: a session writes it as is.
+            let entry: Option<Arc<str>> = xml
+                .filter(|xml| parse(server, xml).is_some())
+                .map(Arc::from);
             // The devices a logged message goes to (RFC 6121 §8.5.2.1.1).
             server.router.with_sessions(bare, |sessions| {
                 for session in sessions
                     .iter()
                     .filter(|s| Select::Deliverable.takes(server, s))
                 {
-                    session.send_outbound(Outbound::Wake(seq));
+                    session.send_outbound(match &entry {
+                        Some(xml) => Outbound::LoggedXml(xml.clone(), seq),
+                        None => Outbound::Wake(seq),
+                    });
                 }
             });
             true
@@ -606,7 +629,11 @@ mod tests {
     #[test]
     fn frames_read_back_as_written() {
         let frames = [
-            Frame::Wake { seq: 42 },
+            Frame::Wake { seq: 42, xml: None },
+            Frame::Wake {
+                seq: 43,
+                xml: Some("<message to='a@b'><body>\"x\"</body></message>".to_owned()),
+            },
             Frame::Hand {
                 select: Select::Pep {
                     node: "urn:xmpp:avatar:metadata".to_owned(),
