@@ -33,7 +33,11 @@ impl Procs {
     /// Explicit PIDs plus every process whose `comm` equals one of `names`.
     pub fn resolve(pids: &[u32], names: &[String]) -> Result<Procs> {
         let mut out: Vec<u32> = pids.to_vec();
-        out.extend(named(names)?);
+        let found = named(names)?;
+        if !names.is_empty() && found.is_empty() {
+            bail!("no process is named {}", names.join(" or "));
+        }
+        out.extend(found);
         out.sort_unstable();
         out.dedup();
         for pid in &out {
@@ -52,14 +56,19 @@ impl Procs {
         self.pids.is_empty()
     }
 
-    /// Sum of VmRSS over the processes, in bytes.
+    /// Sum of VmRSS over the processes, in bytes: the PIDs given (`None` once
+    /// one of them has gone) and those named, found again now.
     pub fn rss_bytes(&self) -> Option<u64> {
-        if self.pids.is_empty() {
+        if self.given.is_empty() && self.names.is_empty() {
             return None;
         }
         let mut total = 0;
-        for pid in &self.pids {
+        for pid in &self.given {
             total += rss_of(&format!("/proc/{pid}/status")).ok()?;
+        }
+        for pid in named(&self.names).ok()? {
+            // Gone between the listing and the reading: nothing to count.
+            total += rss_of(&format!("/proc/{pid}/status")).unwrap_or(0);
         }
         Some(total)
     }

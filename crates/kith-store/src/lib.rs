@@ -14,7 +14,8 @@
 //! ## Design
 //!
 //! Every query is written **once** and run through sqlx's runtime-selected
-//! [`sqlx::Any`] driver, with `$1, $2, …` placeholders (sqlx's SQLite driver
+//! [`sqlx::Any`] driver (but the group commit's, which each engine runs its own
+//! way: `batch`), with `$1, $2, …` placeholders (sqlx's SQLite driver
 //! binds `$N` to argument N, like PostgreSQL does). To keep one query text
 //! valid on both engines the SQL sticks to the common subset: `INSERT … ON
 //! CONFLICT … DO UPDATE/NOTHING`, `RETURNING`, no engine-specific functions.
@@ -329,6 +330,7 @@ impl Store {
         if let Some(readers) = &self.readers {
             readers.close();
         }
+        self.writer.close().await;
         self.pool.close().await;
     }
 

@@ -53,9 +53,10 @@ const ONLINE_WAIT: Duration = Duration::from_millis(500);
 /// The subject every node listens on.
 const ALL: &str = "kith.all";
 
-/// The largest log entry a wake-up carries (NATS's `max_payload` is 1 MiB by
-/// default; a frame past it is dropped). A larger one is read from the log.
-const WAKE_ENTRY_MAX: usize = 64 * 1024;
+/// The largest log entry a wake-up carries: almost any chat message, while the
+/// frames waiting for a slow NATS link stay small. A larger one, or one whose
+/// frame the NATS server would not take (its `max_payload`), is read from the log.
+const WAKE_ENTRY_MAX: usize = 8 * 1024;
 
 /// Which of a user's sessions get a stanza: the same rules the local delivery
 /// applies, applied by the node that holds them.
@@ -302,8 +303,19 @@ impl Cluster {
     /// `entry` (as stored). A session caught up to it on another node writes it
     /// without reading the log; past [`WAKE_ENTRY_MAX`] bytes it reads it.
     pub(crate) fn wake(&self, bare: &str, seq: i64, entry: &str) {
-        let xml = (entry.len() <= WAKE_ENTRY_MAX).then(|| entry.to_owned());
-        self.to_user(bare, &Frame::Wake { seq, xml });
+        let subject = user_subject(bare);
+        if entry.len() <= WAKE_ENTRY_MAX {
+            let xml = Some(entry.to_owned());
+            if let Ok(payload) = serde_json::to_vec(&Frame::Wake { seq, xml })
+                && payload.len() <= self.nats.max_payload()
+            {
+                if !self.nats.publish(subject, payload) {
+                    tracing::warn!("too many cluster frames waiting; one is dropped");
+                }
+                return;
+            }
+        }
+        self.send(subject, &Frame::Wake { seq, xml: None });
     }
 
     /// `stanza` for the sessions of `bare` on other nodes that `select` picks.
@@ -481,11 +493,19 @@ pub(crate) fn forget_locally(server: &Server, cache: CacheKind, owner: &str) {
 fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
     match frame {
         Frame::Wake { seq, xml } => {
+            // The devices a logged message goes to (RFC 6121 §8.5.2.1.1).
+            let takes = |sessions: &[SessionEntry]| {
+                sessions
+                    .iter()
+                    .any(|s| Select::Deliverable.takes(server, s))
+            };
+            if !server.router.with_sessions(bare, takes) {
+                return true;
+            }
             // Checked as any stanza from the bus is: a session writes it as is.
             let entry: Option<Arc<str>> = xml
                 .filter(|xml| parse(server, xml).is_some())
                 .map(Arc::from);
-            // The devices a logged message goes to (RFC 6121 §8.5.2.1.1).
             server.router.with_sessions(bare, |sessions| {
                 for session in sessions
                     .iter()

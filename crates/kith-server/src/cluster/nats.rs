@@ -256,9 +256,14 @@ impl Nats {
         })
     }
 
+    /// The largest payload the server takes (its `INFO`'s `max_payload`).
+    pub(crate) fn max_payload(&self) -> usize {
+        self.max_payload.load(Ordering::Relaxed)
+    }
+
     fn send(&self, publish: Publish) -> bool {
         // The server closes the connection over a message past its limit.
-        if publish.payload.len() > self.max_payload.load(Ordering::Relaxed) {
+        if publish.payload.len() > self.max_payload() {
             return false;
         }
         self.publishes.try_send(publish).is_ok()

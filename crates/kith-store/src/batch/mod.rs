@@ -12,8 +12,9 @@
 //! * **SQLite** ([`sqlite`]): a thread of its own drives a connection of its own
 //!   (rusqlite, cached prepared statements), so a batch costs no round trips to
 //!   sqlx's worker thread; it also keeps the full-text index off the commit path.
-//! * **PostgreSQL** ([`postgres`]): a tokio task runs the batch through the sqlx
-//!   pool with a few multi-row statements (each statement is a network round trip).
+//! * **PostgreSQL** ([`postgres`]): a tokio task runs each batch on a connection
+//!   of its own as one call of the `kith_append` function (each statement is a
+//!   network round trip; the batch's columns go as array parameters).
 //!
 //! What a batch means — which entries get which sequence numbers, what each job
 //! is answered — is decided here, once, for both ([`plan`], [`answer`]).
@@ -264,6 +265,8 @@ pub(crate) struct Writer {
     /// The SQLite writer's thread, joined when the last handle goes (after
     /// `tx`, the last sender, so the thread has ended its loop).
     _thread: Option<Arc<Joiner>>,
+    /// The PostgreSQL writer's connection.
+    pg: Option<sqlx::PgPool>,
 }
 
 /// Waits for the SQLite writer thread to end when dropped, so its connection is
@@ -297,17 +300,27 @@ impl Writer {
             tx,
             tail: Some(tail),
             _thread: Some(Arc::new(Joiner(std::sync::Mutex::new(Some(thread))))),
+            pg: None,
         })
     }
 
     /// Starts the PostgreSQL writer task on the current tokio runtime.
     pub(crate) fn start_postgres(pool: sqlx::PgPool) -> Writer {
         let (tx, rx) = flume::bounded(MAX_BATCH * 4);
-        tokio::spawn(postgres::run(pool, rx));
+        tokio::spawn(postgres::run(pool.clone(), rx));
         Writer {
             tx,
             tail: None,
             _thread: None,
+            pg: Some(pool),
+        }
+    }
+
+    /// Closes the PostgreSQL writer's connection (waiting for a batch under
+    /// way); later batches fail.
+    pub(crate) async fn close(&self) {
+        if let Some(pool) = &self.pg {
+            pool.close().await;
         }
     }
 

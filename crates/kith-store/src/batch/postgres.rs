@@ -51,9 +51,11 @@ pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>) {
 /// (nothing committed); an unknown owner only fails its own entry.
 ///
 /// A batch without group messages or room changes is one statement, a call of
-/// `kith_append` (migration 50) in its own transaction: one round trip, and the
-/// users' rows it locks are held only while PostgreSQL runs it. One with rooms
-/// reads their state first, so it runs in an explicit transaction.
+/// `kith_append` (migration 50) in its own transaction: two round trips (the
+/// pool checks its connection first), and the users' rows it locks are held
+/// only while PostgreSQL runs the call. One with rooms reads their state first,
+/// so it runs in an explicit transaction, its rows locked from the call to the
+/// commit (rooms are refused in a cluster, so no other writer waits on them).
 async fn write(pool: &PgPool, batch: &[Job]) -> Result<Vec<Done>> {
     // What the batch's group messages and room changes need to know.
     let needs = rooms::needs(batch);
@@ -87,24 +89,28 @@ async fn write(pool: &PgPool, batch: &[Job]) -> Result<Vec<Done>> {
     };
     // Per owner, the first number reserved for it (absent: no such user); and
     // the rows written (the insert skips an origin key already in the log).
-    let mut bases: HashMap<&str, i64> = HashMap::with_capacity(plan.counts.len());
+    let counts: HashMap<&str, i64> = plan.counts.iter().copied().collect();
+    let mut bases: HashMap<&str, i64> = HashMap::with_capacity(counts.len());
     let mut written_rows: HashSet<(String, i64)> = HashSet::with_capacity(returned.len());
     for row in returned {
         let owner: String = row.try_get("owner")?;
         let seq: i64 = row.try_get("seq")?;
         if row.try_get("written")? {
             written_rows.insert((owner, seq));
-        } else if let Some((name, count)) = plan.counts.iter().find(|(name, _)| *name == owner) {
+        } else if let Some((name, count)) = counts.get_key_value(owner.as_str()) {
             bases.insert(name, seq - count + 1);
         }
     }
+    let written_rows: HashSet<(&str, i64)> = written_rows
+        .iter()
+        .map(|(owner, seq)| (owner.as_str(), *seq))
+        .collect();
     let numbered = plan.number(&bases);
-    let mut written = vec![false; numbered.rows.len()];
-    for (i, row) in numbered.rows.iter().enumerate() {
-        if let Some((owner, seq, _)) = row {
-            written[i] = written_rows.contains(&((*owner).to_owned(), *seq));
-        }
-    }
+    let written: Vec<bool> = numbered
+        .rows
+        .iter()
+        .map(|row| row.is_some_and(|(owner, seq, _)| written_rows.contains(&(owner, seq))))
+        .collect();
 
     if let Some(mut tx) = tx {
         for write in &plan.room_writes {
