@@ -23,13 +23,13 @@ for s in ${STAGES:-login chat chat-archive offline durable durable-archive group
   case $s in
     login) stage login login ;;
     chat) stage chat chat --users 200 --step-secs 8 --drain-secs 3 \
-            --rates 1000,2000,4000,6000,8000,10000,12000,14000,16000,20000,24000 ;;
+            --rates 1000,2000,4000,6000,8000,10000,12000,14000,16000,20000,24000,32000,40000,48000,56000,64000,72000,80000,88000,96000,104000,112000,120000 ;;
     chat-archive) ARCHIVE=on stage chat-archive chat --users 200 --step-secs 8 --drain-secs 3 \
-            --rates 250,500,1000,2000,4000,6000 ;;
+            --rates 250,500,1000,1500,2000,3000,4000,6000,10000,16000,20000,24000,28000,32000 ;;
     offline) stage offline offline ;;
     durable) stage durable durable --pairs 10 --secs 10 --first 2201 ;;
     durable-archive) ARCHIVE=on stage durable-archive durable --pairs 10 --secs 10 --first 2201 ;;
-    group) stage group group --members 200 --senders 10 --rates 10,20,50,100,150,200,250 \
+    group) stage group group --members 200 --senders 10 --rates 10,20,50,100,150,200,250,300,400,500 \
             --step-secs 8 --drain-secs 3 --keep-going ;;
     idle)
       SERVERS="kith prosody" stage idle idle --checkpoints 1000,5000,19000 --concurrency 100 --hold-secs 5
