@@ -1,5 +1,7 @@
 //! Reading the server's (and our own) resource use from /proc.
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result, bail};
 
 /// The server processes whose memory and CPU are measured: the PIDs given,
@@ -15,7 +17,7 @@ pub struct Procs {
 
 /// CPU time per server process at one instant, in microseconds.
 #[derive(Clone, Debug, Default)]
-pub struct CpuSample(std::collections::HashMap<u32, u64>);
+pub struct CpuSample(HashMap<u32, u64>);
 
 impl CpuSample {
     /// Server CPU time spent since `before`: a process that started since
@@ -56,40 +58,38 @@ impl Procs {
         self.pids.is_empty()
     }
 
-    /// Sum of VmRSS over the processes, in bytes: the PIDs given (`None` once
-    /// one of them has gone) and those named, found again now.
+    /// Sum of VmRSS over the processes, in bytes.
     pub fn rss_bytes(&self) -> Option<u64> {
-        if self.given.is_empty() && self.names.is_empty() {
-            return None;
-        }
-        let mut total = 0;
-        for pid in &self.given {
-            total += rss_of(&format!("/proc/{pid}/status")).ok()?;
-        }
-        for pid in named(&self.names).ok()? {
-            // Gone between the listing and the reading: nothing to count.
-            total += rss_of(&format!("/proc/{pid}/status")).unwrap_or(0);
-        }
-        Some(total)
+        Some(
+            self.each(|pid| rss_of(&format!("/proc/{pid}/status")))?
+                .values()
+                .sum(),
+        )
     }
 
-    /// utime+stime of each process: the PIDs given (`None` once one of them
-    /// has gone: the server stopped) and those named, found again now.
+    /// utime+stime of each process.
     pub fn cpu_sample(&self) -> Option<CpuSample> {
+        self.each(|pid| cpu_of(&format!("/proc/{pid}/stat")))
+            .map(CpuSample)
+    }
+
+    /// `read` of each process now: the PIDs given (`None` once one of them
+    /// has gone: the server stopped) and those named, found again now (one
+    /// gone between the listing and the reading counts for nothing).
+    fn each(&self, read: impl Fn(u32) -> Result<u64>) -> Option<HashMap<u32, u64>> {
         if self.given.is_empty() && self.names.is_empty() {
             return None;
         }
-        let mut sample = std::collections::HashMap::new();
+        let mut values = HashMap::new();
         for pid in &self.given {
-            sample.insert(*pid, cpu_of(&format!("/proc/{pid}/stat")).ok()?);
+            values.insert(*pid, read(*pid).ok()?);
         }
         for pid in named(&self.names).ok()? {
-            // Gone between the listing and the reading: nothing to count.
-            if let Ok(us) = cpu_of(&format!("/proc/{pid}/stat")) {
-                sample.insert(pid, us);
+            if let Ok(value) = read(pid) {
+                values.insert(pid, value);
             }
         }
-        Some(CpuSample(sample))
+        Some(values)
     }
 }
 

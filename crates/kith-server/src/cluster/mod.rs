@@ -247,15 +247,14 @@ impl Cluster {
     }
 
     fn send(&self, subject: String, frame: &Frame) {
-        let payload = match serde_json::to_vec(frame) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::error!(%error, "encoding a cluster frame");
-                return;
-            }
-        };
+        if let Some(payload) = encode(frame) {
+            self.publish(subject, payload);
+        }
+    }
+
+    fn publish(&self, subject: String, payload: Vec<u8>) {
         if !self.nats.publish(subject, payload) {
-            tracing::warn!("too many cluster frames waiting; one is dropped");
+            tracing::warn!("a cluster frame is dropped: too many waiting, or too large");
         }
     }
 
@@ -306,13 +305,10 @@ impl Cluster {
         let subject = user_subject(bare);
         if entry.len() <= WAKE_ENTRY_MAX {
             let xml = Some(entry.to_owned());
-            if let Ok(payload) = serde_json::to_vec(&Frame::Wake { seq, xml })
+            if let Some(payload) = encode(&Frame::Wake { seq, xml })
                 && payload.len() <= self.nats.max_payload()
             {
-                if !self.nats.publish(subject, payload) {
-                    tracing::warn!("too many cluster frames waiting; one is dropped");
-                }
-                return;
+                return self.publish(subject, payload);
             }
         }
         self.send(subject, &Frame::Wake { seq, xml: None });
@@ -353,7 +349,7 @@ impl Cluster {
     /// once one of them took it (`read_subject` answers), false when none did
     /// within `wait`, or none listens.
     async fn ask(&self, bare: &str, frame: &Frame, wait: Duration) -> bool {
-        let Ok(payload) = serde_json::to_vec(frame) else {
+        let Some(payload) = encode(frame) else {
             return false;
         };
         self.nats.request(user_subject(bare), payload, wait).await
@@ -492,26 +488,22 @@ pub(crate) fn forget_locally(server: &Server, cache: CacheKind, owner: &str) {
 /// session took it.
 fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
     match frame {
-        Frame::Wake { seq, xml } => {
+        Frame::Wake { seq, mut xml } => {
+            // Checked as any stanza from the bus is (a session writes it as
+            // is), once, and only if a session here takes it.
+            let mut entry: Option<Option<Arc<str>>> = None;
             // The devices a logged message goes to (RFC 6121 §8.5.2.1.1).
-            let takes = |sessions: &[SessionEntry]| {
-                sessions
-                    .iter()
-                    .any(|s| Select::Deliverable.takes(server, s))
-            };
-            if !server.router.with_sessions(bare, takes) {
-                return true;
-            }
-            // Checked as any stanza from the bus is: a session writes it as is.
-            let entry: Option<Arc<str>> = xml
-                .filter(|xml| parse(server, xml).is_some())
-                .map(Arc::from);
             server.router.with_sessions(bare, |sessions| {
                 for session in sessions
                     .iter()
                     .filter(|s| Select::Deliverable.takes(server, s))
                 {
-                    session.send_outbound(match &entry {
+                    let entry = entry.get_or_insert_with(|| {
+                        xml.take()
+                            .filter(|xml| parse(server, xml).is_some())
+                            .map(Arc::from)
+                    });
+                    session.send_outbound(match entry {
                         Some(xml) => Outbound::LoggedXml(xml.clone(), seq),
                         None => Outbound::Wake(seq),
                     });
@@ -615,6 +607,13 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
         }
         Frame::Forget { .. } | Frame::Resync => false,
     }
+}
+
+/// A frame as JSON (`None`, logged, if it can't be: not expected).
+fn encode(frame: &Frame) -> Option<Vec<u8>> {
+    serde_json::to_vec(frame)
+        .inspect_err(|error| tracing::error!(%error, "encoding a cluster frame"))
+        .ok()
 }
 
 fn parse(server: &Server, xml: &str) -> Option<Element> {

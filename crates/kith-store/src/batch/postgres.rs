@@ -1,12 +1,12 @@
-//! The PostgreSQL engine of the group commit: a tokio task runs each batch
-//! in one transaction on a connection of its own. Every statement is a network
-//! round trip, and on a busy machine a round trip waits for the scheduler, so a
-//! batch takes a fixed few whatever its size: each statement carries a whole
-//! column of the batch as one array parameter (`unnest`), which sqlx's `Any`
-//! driver can't bind (hence a `PgPool` here). The rows a batch locks stay locked
-//! until it commits, and other writers (a cluster's other nodes) wait for them:
-//! fewer round trips is also less time holding them. The full-text index is an
-//! expression index (`inbox_body_fts`) kept by PostgreSQL itself.
+//! The PostgreSQL engine of the group commit: a tokio task runs each batch on
+//! a connection of its own as one call of `kith_append` (migration 50), each
+//! column of the batch one array parameter, which sqlx's `Any` driver can't
+//! bind (hence a `PgPool` here). Every statement is a network round trip, and
+//! on a busy machine a round trip waits for the scheduler; the users' rows a
+//! batch locks stay locked until it commits, and other writers (a cluster's
+//! other nodes) wait for them, so the call does the whole batch in one. The
+//! full-text index is an expression index (`inbox_body_fts`) kept by
+//! PostgreSQL itself.
 
 use std::collections::{HashMap, HashSet};
 
