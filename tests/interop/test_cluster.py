@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -383,6 +384,76 @@ async def test_nodes_reach_a_nats_server_that_requires_tls(tmp_path, nodes, serv
         for node in started:
             server_factory.stop(node)
         secure.stop()
+
+
+async def test_wake_ups_a_stalled_bus_dropped_are_made_good(tmp_path, nodes, server_factory):
+    """A NATS link that stalls without dropping (the server stopped, not gone)
+    fills the node's outbox: frames past `cluster.max_outbox_bytes` are
+    dropped. Once the link keeps up again, the other node's sessions read
+    their logs: every message arrives, with nothing else sent."""
+    stalled = NatsServer(tmp_path)
+    stalled.start()
+    started = []
+    try:
+        config = {
+            "storage": {"url": nodes[0].config["storage"]["url"]},
+            "muc": {"enabled": False},
+            "cluster": {"nats": stalled.url, "max_outbox_bytes": 4 << 20},
+        }
+        for name in ("stall1", "stall2"):
+            started.append(server_factory.start(name, "sqlite", config))
+        one, two = ClientPool(started[0]), ClientPool(started[1])
+        try:
+            alice, bob, carol = await one.account("alice"), await one.account("bob"), await one.account("carol")
+            a = await one.connect(alice)
+            b = await two.connect(bob)
+            c = await one.connect(carol)
+            a.send_message(mto=bob.jid, mbody="before the stall", mtype="chat")
+            await b.wait_message(live_chat("before the stall"), what="a message before the stall")
+            assert stalled.proc is not None
+            stalled.proc.send_signal(signal.SIGSTOP)
+            try:
+                # Two frames of 7 KB a message (bob's wake-up, alice's carbon):
+                # 14 MB, more than the sockets' buffers (≤ 4 MB) and the 4 MiB
+                # outbox hold while nats-server reads nothing. The outbox
+                # takes the writer's bursts, so the wake-ups go out in order
+                # up to the stall and all the last ones are dropped (an early
+                # drop leaves a gap that the next wake-up repairs).
+                count, filler = 1000, "x" * 7000
+                for n in range(count):
+                    a.send_message(mto=bob.jid, mbody=f"stalled {n} {filler}", mtype="chat")
+                # Node 1 commits and publishes in order: once carol (same node)
+                # has this, every message above is committed and its wake-up
+                # queued or dropped.
+                a.send_message(mto=carol.jid, mbody="after the burst", mtype="chat")
+                await c.wait_message(live_chat("after the burst"), timeout=60, what="the marker")
+                log = started[0].log_path.read_text(errors="replace")
+                assert "cluster frames are dropped" in log, "the outbox never overflowed"
+            finally:
+                stalled.proc.send_signal(signal.SIGCONT)
+            def stalled_bodies() -> list[str]:
+                return [
+                    body.rsplit(" ", 1)[0]
+                    for body in (body_of(m) or "" for m in b.received)
+                    if body.startswith("stalled ")
+                ]
+
+            expected = {f"stalled {n}" for n in range(count)}
+            deadline = asyncio.get_running_loop().time() + 30
+            while not expected <= set(stalled_bodies()):
+                assert asyncio.get_running_loop().time() < deadline, (
+                    f"bob got {len(expected & set(stalled_bodies()))} of {count} messages sent"
+                    " while the bus stalled"
+                )
+                await asyncio.sleep(0.2)
+            # Each once.
+            assert len(stalled_bodies()) == count
+        finally:
+            await asyncio.gather(one.close_all(), two.close_all())
+    finally:
+        for node in started:
+            server_factory.stop(node)
+        stalled.stop()
 
 
 async def test_the_nodes_carry_on_when_nats_restarts(pools, nats):

@@ -34,7 +34,7 @@ pub struct Config {
 
 /// Scale-out (`cluster/`): several nodes serving one domain on one shared
 /// PostgreSQL store reach each other's sessions over NATS. Off by default.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// The NATS server(s) the nodes share, e.g. `nats://10.0.0.5:4222`
@@ -45,6 +45,21 @@ pub struct ClusterSection {
     /// CA certificate(s) (PEM) that sign the NATS servers' certificates, for
     /// `tls://` addresses; default: the system's trust store.
     pub nats_ca: Option<PathBuf>,
+    /// Bytes of frames that may wait for a slow or stalled NATS link; past
+    /// that a frame is dropped (a wake-up's loss is made good once the link
+    /// keeps up again: every node's sessions read their logs).
+    pub max_outbox_bytes: usize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            nats: None,
+            node: None,
+            nats_ca: None,
+            max_outbox_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Personal eventing (XEP-0163 PEP): each account's pubsub nodes, bounded.
@@ -918,6 +933,13 @@ impl Config {
                     .to_owned(),
             ));
         }
+        // A wake-up carrying its entry must fit.
+        if self.cluster.max_outbox_bytes < 64 * 1024 {
+            return Err(invalid(
+                "cluster.max_outbox_bytes",
+                "must be at least 65536 bytes".to_owned(),
+            ));
+        }
         if self.limits.max_stanza_size < 10_000 {
             return Err(invalid(
                 "limits.max_stanza_size",
@@ -1196,6 +1218,14 @@ mod tests {
         );
         let config = Config::parse("", Path::new("k.toml")).expect("defaults");
         assert!(config.cluster.nats.is_none(), "one node by default");
+        assert_eq!(config.cluster.max_outbox_bytes, 64 << 20);
+        // An outbox a wake-up carrying its entry would not fit in.
+        let text = format!("{NATS}max_outbox_bytes = 4096\n{PG}{NO_GROUPS}");
+        let error = Config::parse(&text, Path::new("k.toml")).expect_err(&text);
+        assert!(
+            error.to_string().contains("cluster.max_outbox_bytes"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -128,6 +128,15 @@ fn load(path: Option<&Path>) -> Result<Config> {
 }
 
 fn init_logging(default: &str) {
+    // PostgreSQL's notices come at INFO through sqlx, one per statement that
+    // has one ("word is too long to be indexed" for every message with a
+    // long word, "relation … already exists, skipping" at each start): noise
+    // at the default level, unless the filter names sqlx itself.
+    let default = if default.contains("sqlx") {
+        default.to_owned()
+    } else {
+        format!("{default},sqlx::postgres::notice=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -7,7 +7,8 @@
 //!   (`Outbound::Wake`), so a wake-up overtaken by a later one loses nothing
 //!   (PostgreSQL numbers a user's entries under the row lock of their
 //!   counter: whoever reads at a wake-up's number sees every entry before it),
-//!   and those lost while a node's link was down are made good by `Resync`.
+//!   and those lost while a node's link was down, or dropped for a full
+//!   outbox while it stalled, are made good by `Resync`.
 //!   A wake-up carries the entry itself (up to `WAKE_ENTRY_MAX`): a session
 //!   that has written every entry before it writes it without reading the
 //!   log (`Outbound::LoggedXml`, the gap rule of `Session::gap_before`);
@@ -32,6 +33,7 @@
 mod nats;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -165,6 +167,37 @@ pub(crate) struct Cluster {
     users: Mutex<HashMap<String, u64>>,
     /// The server frames are applied to (set by [`Cluster::start`]).
     server: Arc<OnceLock<Weak<Server>>>,
+    /// A frame was dropped for a full outbox since the last `Resync` went
+    /// out (see [`resync_when_lost`]).
+    lost: AtomicBool,
+}
+
+/// How often a node that dropped frames for a full outbox tries to tell the
+/// others to read their logs.
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Makes good the wake-ups a full outbox dropped: once a second, if any
+/// frame was dropped since, a `Resync` goes to every node (behind whatever
+/// still waits, so it arrives once the link keeps up), and each of their
+/// sessions reads its log past what it wrote. Tried again while it is
+/// dropped too. Presence and the other unlogged frames dropped are lost, as
+/// on a connection cut.
+async fn resync_when_lost(server: Weak<Server>) {
+    let mut tick = tokio::time::interval(RESYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let Some(cluster) = &server.cluster else {
+            return;
+        };
+        if cluster.lost.swap(false, Ordering::Relaxed) {
+            tracing::info!("asking every node's sessions to read their logs (frames were dropped)");
+            cluster.send(ALL.to_owned(), &Frame::Resync);
+        }
+    }
 }
 
 /// The subject of a user's sessions.
@@ -229,12 +262,20 @@ impl Cluster {
             (None, false) => None,
             (ca, _) => Some(nats_tls(ca.as_deref())?),
         };
-        let nats = nats::Nats::connect(url, &format!("kith {node}"), tls, handler).await?;
+        let nats = nats::Nats::connect(
+            url,
+            &format!("kith {node}"),
+            tls,
+            config.cluster.max_outbox_bytes,
+            handler,
+        )
+        .await?;
         tracing::info!(%node, nats = %url, "joined the cluster");
         Ok(Some(Cluster {
             nats,
             users: Mutex::default(),
             server,
+            lost: AtomicBool::new(false),
         }))
     }
 
@@ -244,6 +285,7 @@ impl Cluster {
         let _ = self.server.set(Arc::downgrade(server));
         self.nats.subscribe(ALL.to_owned());
         self.nats.flush().await;
+        tokio::spawn(resync_when_lost(Arc::downgrade(server)));
     }
 
     fn send(&self, subject: String, frame: &Frame) {
@@ -253,8 +295,21 @@ impl Cluster {
     }
 
     fn publish(&self, subject: String, payload: Vec<u8>) {
-        if !self.nats.publish(subject, payload) {
-            tracing::warn!("a cluster frame is dropped: too many waiting, or too large");
+        match self.nats.publish(subject, payload) {
+            Ok(()) => {}
+            Err(nats::Dropped::Full) => {
+                // Only the first of a run is worth a line.
+                if !self.lost.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cluster frames are dropped: the NATS link does not keep up \
+                         (cluster.max_outbox_bytes waiting); every node's sessions \
+                         will read their logs once it does"
+                    );
+                }
+            }
+            Err(nats::Dropped::TooLarge) => {
+                tracing::warn!("a cluster frame is dropped: larger than NATS's max_payload");
+            }
         }
     }
 
@@ -463,7 +518,7 @@ fn on_delivery(server: &Arc<Server>, delivery: nats::Delivery<'_>) {
     let taken = on_user_frame(server, &bare, frame);
     // A request (an iq, "online?"): answered only by a node that took it.
     if taken && let (Some(reply), Some(cluster)) = (delivery.reply, &server.cluster) {
-        cluster.nats.publish(reply.to_owned(), Vec::new());
+        let _ = cluster.nats.publish(reply.to_owned(), Vec::new());
     }
 }
 

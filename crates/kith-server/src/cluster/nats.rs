@@ -16,7 +16,7 @@
 //! `cluster/mod.rs`), requests in flight time out.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 
-/// Publishes waiting for the connection; past it a publish is dropped.
-const PUBLISHES: usize = 65_536;
 /// The longest protocol line read (an `INFO` with many cluster URLs included).
 const MAX_LINE: usize = 64 * 1024;
 /// How long a connection attempt (TCP, `INFO`, `CONNECT`, `PONG`) may take.
@@ -43,6 +41,20 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const PINGS_OUT_MAX: u32 = 3;
 /// How long [`Nats::flush`] waits for the server.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// How long one write to the server may take before the connection is taken
+/// for lost: as long as the `PING`s' patience (a write that blocks keeps
+/// them from being sent, and a host gone sends no end of stream).
+const WRITE_WAIT: Duration = Duration::from_secs(PING_EVERY.as_secs() * PINGS_OUT_MAX as u64);
+
+/// Why a publish was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// The publishes waiting for the connection hold their limit of bytes
+    /// (a slow or stalled link).
+    Full,
+    /// Larger than the server takes (its `max_payload`).
+    TooLarge,
+}
 
 /// A message read from a subscription.
 pub(crate) struct Delivery<'a> {
@@ -159,7 +171,10 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>;
 /// A connection to NATS (made again whenever it is lost).
 pub(crate) struct Nats {
     ctl: mpsc::UnboundedSender<Ctl>,
-    publishes: mpsc::Sender<Publish>,
+    publishes: mpsc::UnboundedSender<Publish>,
+    /// Bytes of payload waiting in `publishes`, at most `max_waiting`.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
     next_sid: AtomicU64,
     next_token: AtomicU64,
     /// `_INBOX.<random>.`: replies to this connection's requests.
@@ -172,11 +187,14 @@ pub(crate) struct Nats {
 impl Nats {
     /// Connects to the first of `urls` (comma-separated) that answers, and keeps
     /// the connection up; `handler` gets every message of every subscription.
-    /// `tls`: for `tls://` addresses and servers that require TLS.
+    /// `tls`: for `tls://` addresses and servers that require TLS. At most
+    /// `max_waiting` bytes of payload wait for the connection; past that a
+    /// publish is dropped ([`Dropped::Full`]).
     pub(crate) async fn connect(
         urls: &str,
         name: &str,
         tls: Option<TlsConnector>,
+        max_waiting: usize,
         handler: Handler,
     ) -> Result<Nats, NatsError> {
         let servers = parse_servers(urls)?;
@@ -196,7 +214,8 @@ impl Nats {
         };
         let inbox = format!("_INBOX.{}.", crate::random_id(16));
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        let (publishes, publishes_rx) = mpsc::channel(PUBLISHES);
+        let (publishes, publishes_rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
         let pending = Pending::default();
         let max_payload = Arc::new(std::sync::atomic::AtomicUsize::new(link.max_payload));
         let mut subs = HashMap::new();
@@ -208,6 +227,7 @@ impl Nats {
             tls,
             ctl: ctl_rx,
             publishes: publishes_rx,
+            waiting: waiting.clone(),
             handler,
             subs,
             inbox: inbox.clone(),
@@ -218,6 +238,8 @@ impl Nats {
         Ok(Nats {
             ctl,
             publishes,
+            waiting,
+            max_waiting,
             next_sid: AtomicU64::new(1),
             next_token: AtomicU64::new(1),
             inbox,
@@ -246,9 +268,8 @@ impl Nats {
         }
     }
 
-    /// Publishes; `false` when it had to be dropped (too much waiting, or
-    /// larger than the server takes).
-    pub(crate) fn publish(&self, subject: String, payload: Vec<u8>) -> bool {
+    /// Publishes, or says why it had to be dropped.
+    pub(crate) fn publish(&self, subject: String, payload: Vec<u8>) -> Result<(), Dropped> {
         self.send(Publish {
             subject,
             reply: None,
@@ -261,12 +282,25 @@ impl Nats {
         self.max_payload.load(Ordering::Relaxed)
     }
 
-    fn send(&self, publish: Publish) -> bool {
+    fn send(&self, publish: Publish) -> Result<(), Dropped> {
+        let size = publish.payload.len();
         // The server closes the connection over a message past its limit.
-        if publish.payload.len() > self.max_payload() {
-            return false;
+        if size > self.max_payload() {
+            return Err(Dropped::TooLarge);
         }
-        self.publishes.try_send(publish).is_ok()
+        // Counted before it is queued, so the task never takes away more
+        // than was added.
+        self.waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |waiting| {
+                (waiting + size <= self.max_waiting).then_some(waiting + size)
+            })
+            .map_err(|_| Dropped::Full)?;
+        self.publishes.send(publish).map_err(|returned| {
+            self.waiting
+                .fetch_sub(returned.0.payload.len(), Ordering::Relaxed);
+            // The connection's task is gone: nothing will be sent again.
+            Dropped::Full
+        })
     }
 
     /// Publishes `payload` as a request; whether somebody answered within
@@ -282,8 +316,8 @@ impl Nats {
             payload,
         });
         let outcome = match sent {
-            true => tokio::time::timeout(wait, answered).await.ok(),
-            false => None,
+            Ok(()) => tokio::time::timeout(wait, answered).await.ok(),
+            Err(_) => None,
         };
         lock(&self.pending).remove(&token);
         matches!(outcome, Some(Ok(true)))
@@ -468,7 +502,8 @@ struct Task {
     name: String,
     tls: Option<TlsConnector>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
-    publishes: mpsc::Receiver<Publish>,
+    publishes: mpsc::UnboundedReceiver<Publish>,
+    waiting: Arc<AtomicUsize>,
     handler: Handler,
     /// Every subscription, to send again after a reconnection.
     subs: HashMap<u64, String>,
@@ -540,7 +575,10 @@ impl Task {
                     Some(Ctl::Flush(_)) => {}
                     None => return false,
                 },
-                publish = self.publishes.recv() => if publish.is_none() { return false },
+                publish = self.publishes.recv() => match publish {
+                    Some(publish) => self.taken(&publish),
+                    None => return false,
+                },
             }
         }
     }
@@ -571,11 +609,14 @@ impl Task {
         let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
         loop {
             if !out.is_empty() {
-                if let Err(error) = writer.write_all(&out).await {
-                    return Ended::Lost(error.to_string());
-                }
-                if let Err(error) = writer.flush().await {
-                    return Ended::Lost(error.to_string());
+                let write = async {
+                    writer.write_all(&out).await?;
+                    writer.flush().await
+                };
+                match tokio::time::timeout(WRITE_WAIT, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Ended::Lost(error.to_string()),
+                    Err(_) => return Ended::Lost("a write did not finish".to_owned()),
                 }
                 out.clear();
             }
@@ -617,14 +658,22 @@ impl Task {
                 }
                 publish = self.publishes.recv() => {
                     let Some(publish) = publish else { return Ended::Dropped };
+                    self.taken(&publish);
                     write_publish(&mut out, &publish);
                     // A batch in one write, not too large a buffer.
                     while out.len() < 256 * 1024 && let Ok(publish) = self.publishes.try_recv() {
+                        self.taken(&publish);
                         write_publish(&mut out, &publish);
                     }
                 }
             }
         }
+    }
+
+    /// `publish` has left the queue: its bytes no longer count against the limit.
+    fn taken(&self, publish: &Publish) {
+        self.waiting
+            .fetch_sub(publish.payload.len(), Ordering::Relaxed);
     }
 
     fn apply(&mut self, ctl: Ctl, out: &mut Vec<u8>, flushes: &mut Flushes) {
