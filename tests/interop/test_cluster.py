@@ -11,6 +11,7 @@ one node holds on the other at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -384,6 +385,49 @@ async def test_nodes_reach_a_nats_server_that_requires_tls(tmp_path, nodes, serv
         for node in started:
             server_factory.stop(node)
         secure.stop()
+
+
+async def test_a_device_online_on_another_node_is_not_pushed(tmp_path, nodes, nats, server_factory):
+    """Push asks the other nodes whether the device is online before waking it."""
+    from test_xep0357_push import Receiver, enable
+
+    receiver = Receiver()
+    started = []
+    try:
+        config = {
+            "storage": {"url": nodes[0].config["storage"]["url"]},
+            "muc": {"enabled": False},
+            "cluster": {"nats": nats.url},
+            "push": {"allow_loopback_endpoints": True, "webhook_url": receiver.url("/hook"),
+                     "webhook_secret": "cluster-test-secret"},
+        }
+        for name in ("push1", "push2"):
+            started.append(server_factory.start(name, "sqlite", config))
+        one, two = ClientPool(started[0]), ClientPool(started[1])
+        try:
+            alice, bob = await one.account("alice"), await one.account("bob")
+            phone = await two.connect(bob, resource="phone")
+            await enable(phone, "localhost", "fcm:token-cluster", {
+                "FORM_TYPE": "http://jabber.org/protocol/pubsub#publish-options",
+                "platform": "fcm",
+            })
+            a = await one.connect(alice)
+            a.send_message(mto=bob.jid, mbody="you are on node 2", mtype="chat")
+            await phone.wait_message(live_chat("you are on node 2"), what="the message on node 2")
+            await asyncio.sleep(1.5)
+            assert receiver.to("/hook") == [], "a device online on the other node was pushed"
+            # Gone from every node: now it is woken (the check is no blanket refusal).
+            await phone.close()
+            await asyncio.sleep(0.5)
+            a.send_message(mto=bob.jid, mbody="now you are away", mtype="chat")
+            [request] = await receiver.wait("/hook")
+            assert json.loads(request["body"])["device"] == "phone"
+        finally:
+            await asyncio.gather(one.close_all(), two.close_all())
+    finally:
+        for node in started:
+            server_factory.stop(node)
+        receiver.close()
 
 
 async def test_wake_ups_a_stalled_bus_dropped_are_made_good(tmp_path, nodes, server_factory):

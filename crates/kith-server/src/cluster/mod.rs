@@ -147,6 +147,10 @@ enum Frame {
     Deleted,
     /// Answered (as a request) by a node holding an available session.
     Online,
+    /// Answered (as a request) by a node holding a session of this device (its
+    /// inbox-log key) that is not waiting to be resumed: push's "is it
+    /// online?" (`features::push::device_online`).
+    Device { key: String },
     /// The user's available sessions appear unavailable to `to` (blocked, or
     /// no longer subscribed).
     Hide { to: String },
@@ -400,6 +404,15 @@ impl Cluster {
         self.ask(bare, &Frame::Online, ONLINE_WAIT).await
     }
 
+    /// Whether another node holds a session of device `key` of `bare` that is
+    /// not waiting to be resumed.
+    pub(crate) async fn device_online(&self, bare: &str, key: &str) -> bool {
+        let frame = Frame::Device {
+            key: key.to_owned(),
+        };
+        self.ask(bare, &frame, ONLINE_WAIT).await
+    }
+
     /// Sends `frame` to the nodes holding sessions of `bare` as a request: true
     /// once one of them took it (`read_subject` answers), false when none did
     /// within `wait`, or none listens.
@@ -642,6 +655,7 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
         Frame::Online => server.router.with_sessions(bare, |sessions| {
             sessions.iter().any(SessionEntry::available)
         }),
+        Frame::Device { key } => crate::features::push::device_online(server, bare, &key),
         Frame::Hide { to } => {
             let (server, bare) = (server.clone(), bare.to_owned());
             tokio::spawn(async move {

@@ -504,7 +504,7 @@ fn truncate_chars(text: &str, max: usize) -> String {
 
 /// Whether the device `resource` (its inbox-log key) of `bare` has a session that
 /// is not detached.
-fn device_online(server: &Server, bare: &str, resource: &str) -> bool {
+pub(crate) fn device_online(server: &Server, bare: &str, resource: &str) -> bool {
     server.router.with_sessions(bare, |sessions| {
         sessions
             .iter()
@@ -588,15 +588,28 @@ async fn send(
 ) {
     let push = &server.push;
     let config = &server.config.push;
-    let Ok(permit) = push.permits.clone().acquire_owned().await else {
-        return;
+    let bare = format!("{}@{}", trigger.owner, server.domain);
+    // In a cluster the device may be online on another node, which hands it
+    // the message itself. Asked before a permit is taken: a node holding
+    // other sessions of the user but not this device answers nothing, and
+    // the question waits its whole time (the queued key keeps later
+    // messages from asking again meanwhile).
+    let elsewhere = match &server.cluster {
+        Some(cluster) => cluster.device_online(&bare, &registration.resource).await,
+        None => false,
+    };
+    let permit = match elsewhere {
+        false => push.permits.clone().acquire_owned().await.ok(),
+        true => None,
     };
     // From here on, a new message queues a new notification.
     push.waiting
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&key);
-    let bare = format!("{}@{}", trigger.owner, server.domain);
+    let Some(permit) = permit else {
+        return;
+    };
     if device_online(server, &bare, &registration.resource) {
         // It came back while this waited; it reads its messages itself.
         return;
