@@ -473,6 +473,12 @@ async def test_wake_ups_a_stalled_bus_dropped_are_made_good(tmp_path, nodes, ser
                 await c.wait_message(live_chat("after the burst"), timeout=60, what="the marker")
                 log = started[0].log_path.read_text(errors="replace")
                 assert "cluster frames are dropped" in log, "the outbox never overflowed"
+                # And the metrics say so, link up all the while.
+                from test_metrics import scrape
+
+                samples = scrape(started[0])
+                assert samples["kith_cluster_frames_dropped_total"] > 0
+                assert samples["kith_cluster_connected"] == 1
             finally:
                 stalled.proc.send_signal(signal.SIGCONT)
             def stalled_bodies() -> list[str]:

@@ -29,6 +29,7 @@ pub struct Config {
     pub web: WebSection,
     pub muc: MucSection,
     pub cluster: ClusterSection,
+    pub metrics: MetricsSection,
     pub log: LogSection,
 }
 
@@ -739,6 +740,28 @@ impl Default for WebSection {
     }
 }
 
+/// Prometheus metrics at `/metrics` on the HTTP(S) listeners (`metrics.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    /// Unset: only loopback addresses may read them (a scraper on the same
+    /// host; behind a reverse proxy on the same host every request is from
+    /// loopback, so set a token there). Set: any address that sends
+    /// `Authorization: Bearer <token>` (Prometheus's `authorization`
+    /// credentials), and no other.
+    pub token: Option<String>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            token: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
@@ -931,6 +954,12 @@ impl Config {
                 "cluster.nats",
                 "group chats do not span nodes yet: set [muc] enabled = false on every node of a cluster"
                     .to_owned(),
+            ));
+        }
+        if self.metrics.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "metrics.token",
+                "must be at least 16 characters (or unset: loopback only)".to_owned(),
             ));
         }
         // A wake-up carrying its entry must fit.

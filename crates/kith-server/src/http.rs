@@ -1,7 +1,8 @@
 //! The HTTP(S) listener: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` and
 //! connection discovery (XEP-0156) at `/.well-known/host-meta[.json]`, the JSON
 //! API under `/api/v1/` (`api/`), the XEP-0363 upload routes (`upload::http`),
-//! and the web client's files (`web.rs`) at `/`.
+//! Prometheus metrics at `/metrics` (`metrics.rs`), and the web client's files
+//! (`web.rs`) at `/`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub(crate) async fn serve(server: Arc<Server>, listener: TcpListener, secure: bo
         .route("/.well-known/host-meta", get(host_meta_xml))
         .route("/.well-known/host-meta.json", get(host_meta_json))
         .route("/api/v1/push/vapid", get(push_vapid))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/", get(crate::web::index))
         .fallback(crate::web::asset)
         .with_state(AppState {

@@ -21,6 +21,7 @@ pub(crate) mod http;
 mod limiter;
 mod link;
 mod maintenance;
+mod metrics;
 mod queue;
 mod router;
 mod session;

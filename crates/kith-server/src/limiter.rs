@@ -70,6 +70,15 @@ impl ConnectionCounter {
         }
     }
 
+    /// Connections open now, from every address.
+    pub fn open(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+
     pub fn try_open(self: &std::sync::Arc<Self>, ip: IpAddr) -> Option<ConnectionGuard> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(ip).or_default();

@@ -157,6 +157,14 @@ impl Default for Router {
     }
 }
 
+/// What [`Router::census`] counts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Census {
+    pub sessions: usize,
+    pub users: usize,
+    pub detached: usize,
+}
+
 /// Outcome of [`Router::bind`].
 pub enum BindOutcome {
     Bound,
@@ -335,16 +343,21 @@ impl Router {
 
     /// Number of bound sessions on this node.
     pub fn count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .users
-                    .values()
-                    .map(Vec::len)
-                    .sum::<usize>()
-            })
-            .sum()
+        self.census().sessions
+    }
+
+    /// How many sessions, users with one, and sessions waiting to be resumed
+    /// this node holds (one shard locked at a time).
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            census.users += shard.users.len();
+            for session in shard.users.values().flatten() {
+                census.sessions += 1;
+                census.detached += usize::from(session.detached);
+            }
+        }
+        census
     }
 }

@@ -165,10 +165,10 @@ pub use archive::{
     ARCHIVE_ID_RANDOM, ArchiveBounds, ArchiveDefault, ArchiveError, ArchiveMark, ArchivePage,
     ArchiveQuery, MamPrefs, Paging, archive_id,
 };
-pub use batch::Delivered;
 /// Fixtures for the store's benchmarks (`benches/`); not an interface.
 #[doc(hidden)]
 pub use batch::tail_bench as bench;
+pub use batch::{Delivered, WriterMetrics};
 pub use error::{Result, StoreError};
 pub use muc::{Live, RoomAffiliation, RoomInvite, RoomMember, StoredRoom};
 pub use pep::{PepExpired, PepItem, PepNode, PepNodeConfig, PepWrite};
@@ -322,6 +322,11 @@ impl Store {
     /// The engine behind this store.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The inbox-log writer's queue and what it has taken on (for metrics).
+    pub fn writer_metrics(&self) -> WriterMetrics {
+        self.writer.metrics()
     }
 
     /// Closes every pooled connection (waiting for ones in use). Other clones

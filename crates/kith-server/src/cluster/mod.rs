@@ -33,7 +33,7 @@
 mod nats;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -174,6 +174,15 @@ pub(crate) struct Cluster {
     /// A frame was dropped for a full outbox since the last `Resync` went
     /// out (see [`resync_when_lost`]).
     lost: AtomicBool,
+    /// Frames dropped since the start, for metrics.
+    dropped: AtomicU64,
+}
+
+/// The link's figures (`metrics.rs`).
+pub(crate) struct ClusterMetrics {
+    pub connected: bool,
+    pub outbox_bytes: usize,
+    pub dropped: u64,
 }
 
 /// How often a node that dropped frames for a full outbox tries to tell the
@@ -280,6 +289,7 @@ impl Cluster {
             users: Mutex::default(),
             server,
             lost: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
         }))
     }
 
@@ -298,8 +308,20 @@ impl Cluster {
         }
     }
 
+    pub(crate) fn metrics(&self) -> ClusterMetrics {
+        ClusterMetrics {
+            connected: self.nats.connected(),
+            outbox_bytes: self.nats.waiting_bytes(),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
     fn publish(&self, subject: String, payload: Vec<u8>) {
-        match self.nats.publish(subject, payload) {
+        let outcome = self.nats.publish(subject, payload);
+        if outcome.is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        match outcome {
             Ok(()) => {}
             Err(nats::Dropped::Full) => {
                 // Only the first of a run is worth a line.

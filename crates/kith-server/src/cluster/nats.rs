@@ -16,7 +16,7 @@
 //! `cluster/mod.rs`), requests in flight time out.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -175,6 +175,8 @@ pub(crate) struct Nats {
     /// Bytes of payload waiting in `publishes`, at most `max_waiting`.
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
+    /// Whether a connection is up (for metrics).
+    connected: Arc<AtomicBool>,
     next_sid: AtomicU64,
     next_token: AtomicU64,
     /// `_INBOX.<random>.`: replies to this connection's requests.
@@ -216,6 +218,7 @@ impl Nats {
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (publishes, publishes_rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let connected = Arc::new(AtomicBool::new(false));
         let pending = Pending::default();
         let max_payload = Arc::new(std::sync::atomic::AtomicUsize::new(link.max_payload));
         let mut subs = HashMap::new();
@@ -228,6 +231,7 @@ impl Nats {
             ctl: ctl_rx,
             publishes: publishes_rx,
             waiting: waiting.clone(),
+            connected: connected.clone(),
             handler,
             subs,
             inbox: inbox.clone(),
@@ -240,6 +244,7 @@ impl Nats {
             publishes,
             waiting,
             max_waiting,
+            connected,
             next_sid: AtomicU64::new(1),
             next_token: AtomicU64::new(1),
             inbox,
@@ -275,6 +280,16 @@ impl Nats {
             reply: None,
             payload,
         })
+    }
+
+    /// Whether the connection is up.
+    pub(crate) fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of payload waiting to be written.
+    pub(crate) fn waiting_bytes(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The largest payload the server takes (its `INFO`'s `max_payload`).
@@ -504,6 +519,7 @@ struct Task {
     ctl: mpsc::UnboundedReceiver<Ctl>,
     publishes: mpsc::UnboundedReceiver<Publish>,
     waiting: Arc<AtomicUsize>,
+    connected: Arc<AtomicBool>,
     handler: Handler,
     /// Every subscription, to send again after a reconnection.
     subs: HashMap<u64, String>,
@@ -552,7 +568,10 @@ impl Task {
                     }
                 }
             };
-            match self.serve(current, std::mem::take(&mut reconnected)).await {
+            self.connected.store(true, Ordering::Relaxed);
+            let ended = self.serve(current, std::mem::take(&mut reconnected)).await;
+            self.connected.store(false, Ordering::Relaxed);
+            match ended {
                 Ended::Dropped => return,
                 Ended::Lost(why) => tracing::warn!(%why, "lost the connection to NATS"),
             }

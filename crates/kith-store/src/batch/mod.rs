@@ -27,6 +27,7 @@ mod tail;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::oneshot;
 
@@ -267,6 +268,7 @@ pub(crate) struct Writer {
     _thread: Option<Arc<Joiner>>,
     /// The PostgreSQL writer's connection.
     pg: Option<sqlx::PgPool>,
+    stats: Arc<WriterStats>,
 }
 
 /// Waits for the SQLite writer thread to end when dropped, so its connection is
@@ -295,24 +297,36 @@ impl Writer {
     pub(crate) fn start_sqlite(path: &Path) -> Result<Writer> {
         let (tx, rx) = flume::bounded(MAX_BATCH * 4);
         let tail = Arc::new(TailShared::default());
-        let thread = sqlite::start(path, rx, tail.clone())?;
+        let stats = Arc::new(WriterStats::default());
+        let thread = sqlite::start(path, rx, tail.clone(), stats.clone())?;
         Ok(Writer {
             tx,
             tail: Some(tail),
             _thread: Some(Arc::new(Joiner(std::sync::Mutex::new(Some(thread))))),
             pg: None,
+            stats,
         })
     }
 
     /// Starts the PostgreSQL writer task on the current tokio runtime.
     pub(crate) fn start_postgres(pool: sqlx::PgPool) -> Writer {
         let (tx, rx) = flume::bounded(MAX_BATCH * 4);
-        tokio::spawn(postgres::run(pool.clone(), rx));
+        let stats = Arc::new(WriterStats::default());
+        tokio::spawn(postgres::run(pool.clone(), rx, stats.clone()));
         Writer {
             tx,
             tail: None,
             _thread: None,
             pg: Some(pool),
+            stats,
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> WriterMetrics {
+        WriterMetrics {
+            queued: self.tx.len(),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            jobs: self.stats.jobs.load(Ordering::Relaxed),
         }
     }
 
@@ -948,7 +962,7 @@ impl<'a> Plan<'a> {
 }
 
 /// Takes the first job and whatever else is already queued (up to [`MAX_BATCH`]).
-fn fill(batch: &mut Vec<Job>, first: Job, rx: &flume::Receiver<Job>) {
+fn fill(batch: &mut Vec<Job>, first: Job, rx: &flume::Receiver<Job>, stats: &WriterStats) {
     batch.push(first);
     while batch.len() < MAX_BATCH {
         match rx.try_recv() {
@@ -956,6 +970,27 @@ fn fill(batch: &mut Vec<Job>, first: Job, rx: &flume::Receiver<Job>) {
             Err(_) => break,
         }
     }
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+}
+
+/// What the writer has taken on, counted by its own thread or task (so never
+/// contended), for metrics.
+#[derive(Default)]
+pub(crate) struct WriterStats {
+    batches: AtomicU64,
+    jobs: AtomicU64,
+}
+
+/// The inbox-log writer's figures (`Store::writer_metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterMetrics {
+    /// Jobs waiting for the writer (appends, acknowledgements, …).
+    pub queued: usize,
+    /// Batches taken (one commit each, or one per job when a batch fails).
+    pub batches: u64,
+    /// Jobs taken.
+    pub jobs: u64,
 }
 
 /// A batch's commit callbacks with their results, in commit order.

@@ -15,13 +15,13 @@ use sqlx::{PgPool, Postgres, Row};
 use std::sync::Arc;
 
 use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
-use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
+use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, WriterStats, answer, fail, fill, plan};
 use crate::{Result, StoreError};
 
-pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>) {
+pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>, stats: Arc<WriterStats>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv_async().await {
-        fill(&mut batch, first, &rx);
+        fill(&mut batch, first, &rx, &stats);
         let started = std::time::Instant::now();
         match write(&pool, &batch).await {
             Ok(results) => {

@@ -89,6 +89,7 @@ pub(super) fn start(
     path: &Path,
     rx: flume::Receiver<Job>,
     tail: Arc<TailShared>,
+    stats: Arc<super::WriterStats>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let conn = open_connection(path)?;
     let next_rowid: i64 =
@@ -111,6 +112,7 @@ pub(super) fn start(
         },
         commits_since_look: 0,
         callbacks: Callbacks::on(runtime.as_ref()),
+        stats,
         index_turn: false,
         fts: Fts {
             next_rowid,
@@ -163,6 +165,8 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection> {
 
 struct SqliteWriter {
     conn: Connection,
+    /// Batches and jobs taken, for metrics.
+    stats: Arc<super::WriterStats>,
     /// The last sequence number handed out per owner (the head of its log).
     /// Loaded on first use from the greater of `users.inbox_seq` and the
     /// newest entry; `users.inbox_seq` is brought up to date before anything
@@ -414,7 +418,7 @@ impl SqliteWriter {
                     Err(_) => break,
                 },
             };
-            fill(&mut batch, first, &rx);
+            fill(&mut batch, first, &rx, &self.stats);
             self.commit(&mut batch);
             last_commit = Instant::now();
             if self.checkpointer.restart_due.swap(false, Ordering::Relaxed) || self.wal_overgrown()

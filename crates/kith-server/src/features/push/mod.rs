@@ -504,6 +504,13 @@ fn truncate_chars(text: &str, max: usize) -> String {
 
 /// Whether the device `resource` (its inbox-log key) of `bare` has a session that
 /// is not detached.
+impl Push {
+    /// Notifications queued or in flight (for metrics).
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
 pub(crate) fn device_online(server: &Server, bare: &str, resource: &str) -> bool {
     server.router.with_sessions(bare, |sessions| {
         sessions
