@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 from slixmpp.exceptions import IqError
 
-from kithtest.server import free_port, wait_port
+from kithtest.muc import PLUGINS as MUC_PLUGINS
+from kithtest.muc import add_members, invite_iq, is_groupchat, join, new_room
+from kithtest.server import PostgresAdmin, free_port, wait_port
 from kithtest.xmpp import DEFAULT_PLUGINS, ClientPool, body_of, error_condition, iq_error_condition, make_friends
 
 pytestmark = pytest.mark.skipif(
@@ -83,10 +85,7 @@ def nats(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nodes(nats, server_factory):
-    cluster = {"muc": {"enabled": False}}
-    first = server_factory.start(
-        "node1", "postgres", {**cluster, "cluster": {"nats": nats.url, "node": "node1"}}
-    )
+    first = server_factory.start("node1", "postgres", {"cluster": {"nats": nats.url, "node": "node1"}})
     second = None
     try:
         second = server_factory.start(
@@ -94,7 +93,6 @@ def nodes(nats, server_factory):
             # The first node's database: no database of its own.
             "sqlite",
             {
-                **cluster,
                 "storage": {"url": first.config["storage"]["url"]},
                 "cluster": {"nats": nats.url, "node": "node2"},
             },
@@ -358,7 +356,7 @@ async def test_nodes_reach_a_nats_server_that_requires_tls(tmp_path, nodes, serv
     started = []
     try:
         url = f"tls://localhost:{secure.port}"
-        db = {"storage": {"url": nodes[0].config["storage"]["url"]}, "muc": {"enabled": False}}
+        db = {"storage": {"url": nodes[0].config["storage"]["url"]}}
         for name in ("tls1", "tls2"):
             node = server_factory.start(
                 name, "sqlite", {**db, "cluster": {"nats": url, "nats_ca": str(ca)}}
@@ -396,7 +394,6 @@ async def test_a_device_online_on_another_node_is_not_pushed(tmp_path, nodes, na
     try:
         config = {
             "storage": {"url": nodes[0].config["storage"]["url"]},
-            "muc": {"enabled": False},
             "cluster": {"nats": nats.url},
             "push": {"allow_loopback_endpoints": True, "webhook_url": receiver.url("/hook"),
                      "webhook_secret": "cluster-test-secret"},
@@ -441,7 +438,6 @@ async def test_wake_ups_a_stalled_bus_dropped_are_made_good(tmp_path, nodes, ser
     try:
         config = {
             "storage": {"url": nodes[0].config["storage"]["url"]},
-            "muc": {"enabled": False},
             "cluster": {"nats": stalled.url, "max_outbox_bytes": 4 << 20},
         }
         for name in ("stall1", "stall2"):
@@ -506,6 +502,173 @@ async def test_wake_ups_a_stalled_bus_dropped_are_made_good(tmp_path, nodes, ser
         stalled.stop()
 
 
+# ---------------------------------------------------------------------------
+# groups across nodes: one node hosts every room (cluster/groups.rs)
+# ---------------------------------------------------------------------------
+
+async def test_a_group_spans_the_nodes(pools):
+    """Members on both nodes (the group host is node 1, the first started):
+    the room is made and run from node 2, everyone gets every message once,
+    live, and a member offline gets them at login on the other node."""
+    one, two = pools
+    alice, bob, carol, dave, erin = [await one.account(n) for n in ("ga", "gb", "gc", "gd", "ge")]
+    a = await one.connect(alice, plugins=MUC_PLUGINS)
+    b = await two.connect(bob, plugins=MUC_PLUGINS)
+    c = await two.connect(carol, plugins=MUC_PLUGINS)
+    room = new_room()
+    # Made from node 2: its stanzas go to the host and back.
+    await join(b, room, "bob")
+    await add_members(b, room, alice.jid, carol.jid, dave.jid)
+    await join(a, room, "alice")
+    await join(c, room, "carol")
+    # Occupants' presence crosses too: bob (node 2) sees alice (node 1) join.
+    await b.wait_presence(lambda p: p["from"] == f"{room}/alice", what="alice's presence in the room")
+    clients = {"alice": a, "bob": b, "carol": c}
+    for nick, sender in clients.items():
+        sender.send_message(mto=room, mbody=f"from {nick}", mtype="groupchat")
+        for receiver in clients.values():
+            got = await receiver.wait_message(is_groupchat(f"from {nick}"), what=f"{nick}'s message")
+            assert got["from"].resource == nick
+            assert got.xml.find(f"{{{NS_DELAY}}}delay") is None, "delivered live"
+    await asyncio.sleep(0.5)
+    for receiver in clients.values():
+        assert len(receiver.matching(lambda m: m["type"] == "groupchat"
+                                     and (m["body"] or "").startswith("from "))) == 3
+    # Dave, a member who was offline, signs in on node 2: all three, in order.
+    d = await two.connect(dave, plugins=MUC_PLUGINS)
+    for nick in clients:
+        await d.wait_message(is_groupchat(f"from {nick}"), what=f"{nick}'s message at login")
+    # An invite link made from node 2 admits a user of node 1.
+    link = await invite_iq(b, room, "create")
+    e = await one.connect(erin, plugins=MUC_PLUGINS)
+    joined = await invite_iq(e, "conference.localhost", "redeem", token=link.get("token"))
+    assert joined.get("room") == room
+    await join(e, room, "erin")
+    e.send_message(mto=room, mbody="erin is in", mtype="groupchat")
+    await c.wait_message(is_groupchat("erin is in"), what="erin's message on node 2")
+    # Leaving ends the messages (unavailable presence through the host).
+    c.plugin["xep_0045"].leave_muc(room, "carol")
+    await b.wait_presence(lambda p: p["from"] == f"{room}/carol" and p["type"] == "unavailable",
+                          what="carol leaving")
+
+
+async def test_another_node_hosts_the_groups_when_the_host_stops(tmp_path, server_factory):
+    """The host stops: the next stanza for the groups finds nobody listening,
+    and its node takes the lease and loads the room from the store. Occupants
+    of the old host are gone (a self-ping says so, XEP-0410); members lose
+    nothing."""
+    bus = NatsServer(tmp_path)
+    bus.start()
+    # A database of the test's own: the first node to start would drop its
+    # own at its stop.
+    admin = PostgresAdmin(os.environ["KITH_TEST_PG_URL"])
+    db, url = admin.create_database()
+    started = []
+    try:
+        config = {"storage": {"url": url}, "cluster": {"nats": bus.url}}
+        host = server_factory.start("host", "sqlite", config)
+        started.append(host)
+        other = server_factory.start("other", "sqlite", config)
+        started.append(other)
+        on_host, on_other = ClientPool(host), ClientPool(other)
+        try:
+            alice, bob, carol = [await on_other.account(n) for n in ("fa", "fb", "fc")]
+            a = await on_other.connect(alice, plugins=MUC_PLUGINS)
+            b = await on_other.connect(bob, plugins=MUC_PLUGINS)
+            c = await on_host.connect(carol, plugins=MUC_PLUGINS)
+            room = new_room()
+            await join(a, room, "alice")
+            await add_members(a, room, bob.jid, carol.jid)
+            await join(b, room, "bob")
+            await join(c, room, "carol")
+            a.send_message(mto=room, mbody="before", mtype="groupchat")
+            await b.wait_message(is_groupchat("before"))
+            await c.wait_message(is_groupchat("before"))
+            await on_host.close_all()
+            server_factory.stop(host)
+            started.remove(host)
+            # The new host does not know alice as an occupant (XEP-0410 §4).
+            ping = a.make_iq_get(ito=f"{room}/alice")
+            ping.xml.append(ET.Element("{urn:xmpp:ping}ping"))
+            with pytest.raises(IqError) as gone:
+                await ping.send(timeout=20)
+            assert iq_error_condition(gone.value) == "not-acceptable"
+            # They join again and go on.
+            await join(a, room, "alice")
+            await join(b, room, "bob")
+            a.send_message(mto=room, mbody="after", mtype="groupchat")
+            await b.wait_message(is_groupchat("after"), what="a message after the host stopped")
+            # Carol, a member whose node is gone, gets it when she signs in here.
+            c2 = await on_other.connect(carol, plugins=MUC_PLUGINS)
+            await c2.wait_message(is_groupchat("after"), what="the message at login")
+        finally:
+            await asyncio.gather(on_host.close_all(), on_other.close_all())
+    finally:
+        for node in started:
+            server_factory.stop(node)
+        bus.stop()
+        admin.drop_database(db)
+
+
+async def test_the_groups_http_api_works_on_any_node(tmp_path, nodes, nats, server_factory):
+    """POST /api/v1/groups, invite links, their preview and redeeming, on a
+    node that does not host the groups: the calls run on the host."""
+    from kithtest.api import Api, SmsGateway, sign_up, us_number
+
+    gateway = SmsGateway("cluster-sms-secret")
+    started = []
+    try:
+        config = {
+            "storage": {"url": nodes[0].config["storage"]["url"]},
+            "cluster": {"nats": nats.url},
+            "sms": {"sender": "webhook", "webhook_url": gateway.url + "/sms",
+                    "webhook_secret": "cluster-sms-secret"},
+            "phone": {"codes_per_ip_per_hour": 1000},
+        }
+        node = server_factory.start("api", "sqlite", config)
+        started.append(node)
+        api = Api(node)
+        here, host = ClientPool(node), ClientPool(nodes[0])
+        try:
+            alice = await sign_up(api, gateway, us_number(), device="alice")
+            bob = await sign_up(api, gateway, us_number(), device="bob")
+            dave = await sign_up(api, gateway, us_number(), device="dave")
+            a = await here.connect(alice["jid"], alice["credential"], plugins=MUC_PLUGINS)
+            b = await host.connect(bob["jid"], bob["credential"], plugins=MUC_PLUGINS)
+            made = await api.call("POST", "/groups", {"name": "Across", "members": [bob["jid"]]},
+                                  token=alice["credential"])
+            assert made.status == 201, made
+            room = made.body["jid"]
+            await join(a, room, "alice")
+            await join(b, room, "bob")
+            a.send_message(mto=room, mbody="made over http", mtype="groupchat")
+            await b.wait_message(is_groupchat("made over http"), what="the message on the host's node")
+            # Bob is no admin: refused, with the host's reason.
+            denied = await api.call("POST", f"/groups/{room}/invite-links", token=bob["credential"])
+            assert denied.status == 403 and denied.error == "forbidden", denied
+            link = await api.call("POST", f"/groups/{room}/invite-links", token=alice["credential"])
+            assert link.status == 201, link
+            token = link.body["token"]
+            preview = await api.call("GET", f"/join/{token}")
+            assert preview.status == 200 and preview.body == {"jid": room, "name": "Across"}, preview
+            joined = await api.call("POST", f"/join/{token}", token=dave["credential"])
+            assert joined.status == 200 and joined.body["jid"] == room, joined
+            d = await here.connect(dave["jid"], dave["credential"], plugins=MUC_PLUGINS)
+            await join(d, room, "dave")
+            b.send_message(mto=room, mbody="welcome dave", mtype="groupchat")
+            await d.wait_message(is_groupchat("welcome dave"), what="a message to the new member")
+            revoked = await api.call("DELETE", f"/groups/{room}/invite-links/{token}", token=alice["credential"])
+            assert revoked.status == 204, revoked
+            gone = await api.call("POST", f"/join/{token}", token=bob["credential"])
+            assert gone.status == 410, gone
+        finally:
+            await asyncio.gather(here.close_all(), host.close_all())
+    finally:
+        for started_node in started:
+            server_factory.stop(started_node)
+        gateway.close()
+
+
 async def test_the_nodes_carry_on_when_nats_restarts(pools, nats):
     """Runs last: it restarts the module's nats-server."""
     one, two = pools
@@ -525,3 +688,4 @@ async def test_the_nodes_carry_on_when_nats_restarts(pools, nats):
     # And new messages cross live again.
     a.send_message(mto=bob.jid, mbody="after the restart", mtype="chat")
     await b.wait_message(live_chat("after the restart"), what="a message after the restart")
+

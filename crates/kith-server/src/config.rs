@@ -947,15 +947,6 @@ impl Config {
                     .to_owned(),
             ));
         }
-        // A room lives in one node's memory (its occupants, its cached
-        // affiliations): groups do not span nodes yet.
-        if self.cluster.nats.is_some() && self.muc.enabled {
-            return Err(invalid(
-                "cluster.nats",
-                "group chats do not span nodes yet: set [muc] enabled = false on every node of a cluster"
-                    .to_owned(),
-            ));
-        }
         if self.metrics.token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(invalid(
                 "metrics.token",
@@ -1228,18 +1219,17 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_needs_a_shared_store_and_no_groups_yet() {
+    fn a_cluster_needs_a_shared_store() {
         const NATS: &str = "[cluster]\nnats = \"nats://127.0.0.1:4222\"\n";
         const PG: &str = "[storage]\nurl = \"postgres://kith@db/kith\"\n";
-        const NO_GROUPS: &str = "[muc]\nenabled = false\n";
-        for text in [format!("{NATS}{NO_GROUPS}"), format!("{NATS}{PG}")] {
-            let error = Config::parse(&text, Path::new("k.toml")).expect_err(&text);
-            assert!(
-                error.to_string().contains("cluster.nats"),
-                "{text}: {error}"
-            );
-        }
-        let text = format!("{NATS}{PG}{NO_GROUPS}");
+        let text = NATS.to_owned();
+        let error = Config::parse(&text, Path::new("k.toml")).expect_err(&text);
+        assert!(
+            error.to_string().contains("cluster.nats"),
+            "{text}: {error}"
+        );
+        // Groups span nodes (`cluster::groups`).
+        let text = format!("{NATS}{PG}");
         let config = Config::parse(&text, Path::new("k.toml")).expect(&text);
         assert_eq!(
             config.cluster.nats.as_deref(),
@@ -1249,7 +1239,7 @@ mod tests {
         assert!(config.cluster.nats.is_none(), "one node by default");
         assert_eq!(config.cluster.max_outbox_bytes, 64 << 20);
         // An outbox a wake-up carrying its entry would not fit in.
-        let text = format!("{NATS}max_outbox_bytes = 4096\n{PG}{NO_GROUPS}");
+        let text = format!("{NATS}max_outbox_bytes = 4096\n{PG}");
         let error = Config::parse(&text, Path::new("k.toml")).expect_err(&text);
         assert!(
             error.to_string().contains("cluster.max_outbox_bytes"),

@@ -2193,3 +2193,47 @@ async fn with_an_archive_an_owner_above_a_chunk_moves_in_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_lease_is_held_by_one_store_at_a_time() {
+    run_postgres(|db: TestDb| async move {
+        const KEY: i64 = 0x6b69_7468_7465_7374;
+        let (a, b) = (db.open().await, db.open().await);
+        let mut held = a.try_lease(KEY).await.unwrap().expect("free at first");
+        assert!(b.try_lease(KEY).await.unwrap().is_none(), "held by a");
+        assert!(held.alive().await);
+        // Another key is another role.
+        assert!(b.try_lease(KEY + 1).await.unwrap().is_some());
+        held.release().await;
+        let mut taken = b.try_lease(KEY).await.unwrap().expect("free once let go");
+        assert!(taken.alive().await);
+        assert!(a.try_lease(KEY).await.unwrap().is_none(), "now b's");
+        // Dropping lets go too (PostgreSQL sees the connection end).
+        drop(taken);
+        let mut again = None;
+        for _ in 0..50 {
+            again = a.try_lease(KEY).await.unwrap();
+            if again.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(again.is_some(), "a dropped lease is let go");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lease_is_always_granted_on_sqlite() {
+    run_sqlite(|db: TestDb| async move {
+        let store = db.open().await;
+        let mut one = store.try_lease(1).await.unwrap().expect("granted");
+        let mut two = store
+            .try_lease(1)
+            .await
+            .unwrap()
+            .expect("granted again: one process");
+        assert!(one.alive().await && two.alive().await);
+    })
+    .await;
+}

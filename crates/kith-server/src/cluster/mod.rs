@@ -27,10 +27,13 @@
 //! are made with `no_echo`: a node never receives its own frames, so the local
 //! delivery that precedes every publish is never repeated.
 //!
-//! Not carried yet (config validation refuses them in a cluster): group chats,
-//! whose rooms live in one node's memory.
+//! Group chats: one node at a time hosts every room, and the others hand it
+//! their users' stanzas for the groups' domain (`groups.rs`).
 
+mod groups;
 mod nats;
+
+pub(crate) use groups::{Answer, Call, Handled, Invite};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -162,6 +165,12 @@ enum Frame {
     /// A node's link to NATS was down: what it published meanwhile is lost,
     /// so every session reads its log (sent to all nodes).
     Resync,
+    /// A stanza for the groups' domain, for the node hosting them (a request,
+    /// answered once handled; `groups.rs`).
+    Group { xml: String },
+    /// An HTTP API call or account deletion for the groups' host (a request,
+    /// answered with a `groups::Answer`).
+    GroupCall { call: groups::Call },
 }
 
 /// This node's link to the others.
@@ -176,6 +185,8 @@ pub(crate) struct Cluster {
     lost: AtomicBool,
     /// Frames dropped since the start, for metrics.
     dropped: AtomicU64,
+    /// Whether this node hosts the group chats (`groups.rs`).
+    groups: groups::Host,
 }
 
 /// The link's figures (`metrics.rs`).
@@ -290,6 +301,7 @@ impl Cluster {
             server,
             lost: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            groups: groups::Host::default(),
         }))
     }
 
@@ -300,6 +312,9 @@ impl Cluster {
         self.nats.subscribe(ALL.to_owned());
         self.nats.flush().await;
         tokio::spawn(resync_when_lost(Arc::downgrade(server)));
+        if server.config.muc.enabled {
+            tokio::spawn(groups::keep_groups(Arc::downgrade(server)));
+        }
     }
 
     fn send(&self, subject: String, frame: &Frame) {
@@ -382,9 +397,11 @@ impl Cluster {
     /// Entries of `bare`'s log are committed through `seq`, the last being
     /// `entry` (as stored). A session caught up to it on another node writes it
     /// without reading the log; past [`WAKE_ENTRY_MAX`] bytes it reads it.
-    pub(crate) fn wake(&self, bare: &str, seq: i64, entry: &str) {
+    /// `None`: the entry is not the same for every session (a group message's
+    /// copy, addressed to each as it is written): they read it from the log.
+    pub(crate) fn wake(&self, bare: &str, seq: i64, entry: Option<&str>) {
         let subject = user_subject(bare);
-        if entry.len() <= WAKE_ENTRY_MAX {
+        if let Some(entry) = entry.filter(|entry| entry.len() <= WAKE_ENTRY_MAX) {
             let xml = Some(entry.to_owned());
             if let Some(payload) = encode(&Frame::Wake { seq, xml })
                 && payload.len() <= self.nats.max_payload()
@@ -543,6 +560,10 @@ fn on_delivery(server: &Arc<Server>, delivery: nats::Delivery<'_>) {
         on_shared_frame(server, frame);
         return;
     }
+    if delivery.subject == groups::GROUPS {
+        groups::on_group_frame(server, frame, delivery.reply);
+        return;
+    }
     let Some(bare) = subject_user(delivery.subject) else {
         tracing::warn!(
             subject = delivery.subject,
@@ -696,7 +717,9 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
             });
             true
         }
-        Frame::Forget { .. } | Frame::Resync => false,
+        Frame::Forget { .. } | Frame::Resync | Frame::Group { .. } | Frame::GroupCall { .. } => {
+            false
+        }
     }
 }
 

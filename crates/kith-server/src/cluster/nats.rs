@@ -165,8 +165,20 @@ struct Publish {
     payload: Vec<u8>,
 }
 
-/// Requests waiting for their answer, by the token that ends their reply subject.
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>;
+/// Requests waiting for their answer, by the token that ends their reply
+/// subject: the answer's payload, or `None` when nobody subscribes.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Option<Vec<u8>>>>>>;
+
+/// Why a request got no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unanswered {
+    /// Nobody subscribes to the subject (the server's status 503, at once).
+    NoResponders,
+    /// Nobody answered in time (or the connection was lost meanwhile).
+    Timeout,
+    /// Not sent (see [`Dropped`]).
+    Dropped(Dropped),
+}
 
 /// A connection to NATS (made again whenever it is lost).
 pub(crate) struct Nats {
@@ -322,6 +334,16 @@ impl Nats {
     /// `wait`. Nobody subscribing to the subject is known at once (the
     /// server's status 503), not after `wait`.
     pub(crate) async fn request(&self, subject: String, payload: Vec<u8>, wait: Duration) -> bool {
+        self.ask(subject, payload, wait).await.is_ok()
+    }
+
+    /// Publishes `payload` as a request and returns the first answer's payload.
+    pub(crate) async fn ask(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        wait: Duration,
+    ) -> Result<Vec<u8>, Unanswered> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         lock(&self.pending).insert(token, answer);
@@ -331,11 +353,15 @@ impl Nats {
             payload,
         });
         let outcome = match sent {
-            Ok(()) => tokio::time::timeout(wait, answered).await.ok(),
-            Err(_) => None,
+            Ok(()) => match tokio::time::timeout(wait, answered).await {
+                Ok(Ok(Some(payload))) => Ok(payload),
+                Ok(Ok(None)) => Err(Unanswered::NoResponders),
+                Ok(Err(_)) | Err(_) => Err(Unanswered::Timeout),
+            },
+            Err(dropped) => Err(Unanswered::Dropped(dropped)),
         };
         lock(&self.pending).remove(&token);
-        matches!(outcome, Some(Ok(true)))
+        outcome
     }
 }
 
@@ -795,7 +821,7 @@ impl Task {
             if let Ok(token) = token.parse::<u64>()
                 && let Some(answer) = lock(&self.pending).remove(&token)
             {
-                let _ = answer.send(!no_responders);
+                let _ = answer.send((!no_responders).then(|| payload.to_vec()));
             }
             return;
         }

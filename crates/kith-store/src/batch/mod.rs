@@ -322,6 +322,13 @@ impl Writer {
         }
     }
 
+    /// PostgreSQL: how the writer connects (for a connection of one's own).
+    pub(crate) fn pg_options(&self) -> Option<sqlx::postgres::PgConnectOptions> {
+        self.pg
+            .as_ref()
+            .map(|pool| (*pool.connect_options()).clone())
+    }
+
     pub(crate) fn metrics(&self) -> WriterMetrics {
         WriterMetrics {
             queued: self.tx.len(),

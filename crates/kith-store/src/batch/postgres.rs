@@ -55,7 +55,7 @@ pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>, stats: Arc<Write
 /// pool checks its connection first), and the users' rows it locks are held
 /// only while PostgreSQL runs the call. One with rooms reads their state first,
 /// so it runs in an explicit transaction, its rows locked from the call to the
-/// commit (rooms are refused in a cluster, so no other writer waits on them).
+/// commit (in a cluster only the group host's writer appends to rooms).
 async fn write(pool: &PgPool, batch: &[Job]) -> Result<Vec<Done>> {
     // What the batch's group messages and room changes need to know.
     let needs = rooms::needs(batch);

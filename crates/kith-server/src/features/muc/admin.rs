@@ -11,12 +11,21 @@ use kith_store::RoomAffiliation;
 use super::room::{Affiliation, Role, Room};
 use super::{NS_ADMIN, NS_OWNER, NS_USER, internal};
 use crate::Server;
+use crate::cluster::{Answer, Call};
 
 /// An account is being deleted: it leaves every group it belongs to, as if it
 /// had left on WhatsApp. A group whose last owner it was gets a new owner, the
 /// longest-standing admin, else the longest-standing member (WhatsApp hands a
 /// departed creator's group on the same way); with nobody left it is destroyed.
 pub(crate) async fn account_deleted(server: &Arc<Server>, bare: &str) -> Result<(), StanzaError> {
+    let call = || Call::AccountDeleted {
+        bare: bare.to_owned(),
+    };
+    match super::elsewhere(server, call).await? {
+        None => {}
+        Some(Answer::Done) => return Ok(()),
+        Some(other) => return Err(other.into_error()),
+    }
     let rooms = server
         .store
         .muc_rooms_of_member(bare)

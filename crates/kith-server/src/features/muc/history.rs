@@ -195,6 +195,10 @@ pub(super) async fn fan_out(
                                 .filter(|s| s.send_logged_shared(&xml, bare, seq))
                                 .count()
                         });
+                        // The member's sessions on other nodes read their copy.
+                        if let Some(cluster) = &server.cluster {
+                            cluster.wake(bare, seq, None);
+                        }
                     }
                     // No session: copied into the member's log when one comes;
                     // its phone may be woken meanwhile.
@@ -220,9 +224,14 @@ pub(super) async fn fan_out(
             let _ = done.send(Ok(()));
         }
     };
+    // A member with a session gets their copy now; without one it is owed,
+    // made at their next login. In a cluster their sessions may be on any
+    // node: every member gets their copy now.
     let live: kith_store::Live = {
         let server = server.clone();
-        Arc::new(move |bare: &str| server.router.with_sessions(bare, |s| !s.is_empty()))
+        Arc::new(move |bare: &str| {
+            server.cluster.is_some() || server.router.with_sessions(bare, |s| !s.is_empty())
+        })
     };
     server
         .store
@@ -303,6 +312,9 @@ async fn log_for(server: &Arc<Server>, bare: &str, message: Element) -> Result<(
                         session.send_logged(shared.clone(), seq);
                     }
                 });
+                if let Some(cluster) = &server.cluster {
+                    cluster.wake(&bare, seq, None);
+                }
             }
             let _ = done.send(());
         }

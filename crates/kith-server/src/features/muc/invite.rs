@@ -22,6 +22,7 @@ use kith_store::RoomInvite;
 use super::room::{Affiliation, Room};
 use super::{NS_INVITE, NS_USER, internal};
 use crate::Server;
+use crate::cluster::{Answer, Call};
 
 /// The most invitations one message may carry.
 const MAX_INVITES_PER_MESSAGE: usize = 20;
@@ -230,6 +231,15 @@ pub(crate) async fn create_link(
     room_jid: &str,
     requester: &str,
 ) -> Result<(RoomInvite, String), StanzaError> {
+    let call = || Call::CreateLink {
+        room: room_jid.to_owned(),
+        requester: requester.to_owned(),
+    };
+    match super::elsewhere(server, call).await? {
+        None => {}
+        Some(Answer::Link { invite, url }) => return Ok((invite.into(), url)),
+        Some(other) => return Err(other.into_error()),
+    }
     let room = server.muc.existing(server, room_jid).await?;
     let room = room.lock().await;
     let invite = create_invite(server, &room, requester).await?;
@@ -244,6 +254,16 @@ pub(crate) async fn revoke_link(
     token: &str,
     requester: &str,
 ) -> Result<(), StanzaError> {
+    let call = || Call::RevokeLink {
+        room: room_jid.to_owned(),
+        token: token.to_owned(),
+        requester: requester.to_owned(),
+    };
+    match super::elsewhere(server, call).await? {
+        None => {}
+        Some(Answer::Done) => return Ok(()),
+        Some(other) => return Err(other.into_error()),
+    }
     let room = server.muc.existing(server, room_jid).await?;
     let room = room.lock().await;
     revoke_invite(server, &room, token, requester).await
@@ -255,6 +275,16 @@ pub(crate) async fn link_preview(
     server: &Arc<Server>,
     token: &str,
 ) -> Result<Option<(RoomInvite, String)>, StanzaError> {
+    let call = || Call::LinkPreview {
+        token: token.to_owned(),
+    };
+    match super::elsewhere(server, call).await? {
+        None => {}
+        Some(Answer::Preview { link }) => {
+            return Ok(link.map(|(invite, name)| (invite.into(), name)));
+        }
+        Some(other) => return Err(other.into_error()),
+    }
     let Some(invite) = server.store.muc_invite(token).await.map_err(internal)? else {
         return Ok(None);
     };
@@ -270,6 +300,15 @@ pub(crate) async fn redeem_link(
     token: &str,
     requester: &str,
 ) -> Result<String, StanzaError> {
+    let call = || Call::RedeemLink {
+        token: token.to_owned(),
+        requester: requester.to_owned(),
+    };
+    match super::elsewhere(server, call).await? {
+        None => {}
+        Some(Answer::Room { jid }) => return Ok(jid),
+        Some(other) => return Err(other.into_error()),
+    }
     let invite = server
         .store
         .muc_invite(token)
@@ -365,6 +404,17 @@ pub(crate) async fn create_group(
     members: &[String],
     announcement: bool,
 ) -> Result<String, StanzaError> {
+    let call = || Call::CreateGroup {
+        owner: owner.to_owned(),
+        name: name.to_owned(),
+        members: members.to_vec(),
+        announcement,
+    };
+    match super::elsewhere(server, call).await? {
+        None => {}
+        Some(Answer::Room { jid }) => return Ok(jid),
+        Some(other) => return Err(other.into_error()),
+    }
     if members.len() + 1 > server.config.muc.max_members {
         return Err(super::history::group_full());
     }

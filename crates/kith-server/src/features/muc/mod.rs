@@ -32,6 +32,7 @@ use kith_proto::error::StanzaErrorCondition;
 use kith_proto::{Element, Jid, StanzaError, ns};
 
 use crate::Server;
+use crate::cluster::{Answer, Call, Handled, Invite};
 use room::{Affiliation, Occupant, Role, Room, RoomConfig};
 
 pub(crate) use admin::account_deleted;
@@ -147,6 +148,11 @@ impl Muc {
     fn forget(&self, jid: &str) {
         self.lock().remove(jid);
     }
+
+    /// Forgets every loaded room (this node stopped hosting them).
+    pub(crate) fn forget_all(&self) {
+        self.lock().clear();
+    }
 }
 
 fn internal(error: impl std::fmt::Display) -> StanzaError {
@@ -154,24 +160,57 @@ fn internal(error: impl std::fmt::Display) -> StanzaError {
     StanzaError::internal()
 }
 
-/// A stanza for the service's domain, from a local user's session.
+/// A stanza for the service's domain, from a local user's session. In a
+/// cluster it is handled where the groups are hosted (`cluster::groups`),
+/// and this returns once it has been.
 pub(crate) async fn route(server: &Arc<Server>, stanza: Element, to: &Jid) {
-    let Some(from) = stanza.get_attr("from").and_then(|f| Jid::new(f).ok()) else {
+    let Some(from) = sender(server, &stanza) else {
         return;
     };
-    // Only local users' sessions reach the service (no server-to-server yet).
-    if !server.is_local_user(&from) || from.resource().is_none() {
+    if let Some(cluster) = &server.cluster {
+        match cluster.hand_to_groups(server, &stanza).await {
+            Ok(Handled::There(())) => return,
+            Ok(Handled::Here) => {}
+            Err(error) => {
+                crate::deliver::bounce(server, &stanza, error).await;
+                return;
+            }
+        }
+    }
+    dispatch(server, stanza, &from, to).await;
+}
+
+/// A stanza another node handed to this one, the groups' host.
+pub(crate) async fn handle(server: &Arc<Server>, stanza: Element) {
+    let Some(to) = stanza.get_attr("to").and_then(|t| Jid::new(t).ok()) else {
+        return;
+    };
+    if !server.muc.serves(server, to.domain().as_str()) {
         return;
     }
-    let from = from.to_string();
+    let Some(from) = sender(server, &stanza) else {
+        return;
+    };
+    dispatch(server, stanza, &from, &to).await;
+}
+
+/// The sending session's full JID; only local users' sessions reach the
+/// service (no server-to-server yet).
+fn sender(server: &Server, stanza: &Element) -> Option<String> {
+    let from = stanza.get_attr("from").and_then(|f| Jid::new(f).ok())?;
+    (server.is_local_user(&from) && from.resource().is_some()).then(|| from.to_string())
+}
+
+async fn dispatch(server: &Arc<Server>, stanza: Element, from: &str, to: &Jid) {
     match stanza.name.as_str() {
-        "presence" => presence(server, stanza, &from, to).await,
-        "message" => message(server, stanza, &from, to).await,
-        _ => iq(server, stanza, &from, to).await,
+        "presence" => presence(server, stanza, from, to).await,
+        "message" => message(server, stanza, from, to).await,
+        _ => iq(server, stanza, from, to).await,
     }
 }
 
-/// Queues `stanza` for the session with this full JID, if it is online.
+/// Queues `stanza` for the session with this full JID, if it is online (in a
+/// cluster, on whichever node holds it).
 pub(crate) fn send_to(server: &Server, full: &str, mut stanza: Element) {
     let Ok(jid) = Jid::new(full) else { return };
     let Some(resource) = jid.resource() else {
@@ -185,9 +224,76 @@ pub(crate) fn send_to(server: &Server, full: &str, mut stanza: Element) {
             .find(|s| s.jid.resource().as_str() == resource.as_str())
             .cloned()
     });
-    if let Some(session) = session {
-        session.send(Arc::new(stanza));
+    match (session, &server.cluster) {
+        (Some(session), _) => {
+            session.send(Arc::new(stanza));
+        }
+        (None, Some(cluster)) => cluster.hand(
+            bare.as_str(),
+            crate::cluster::Select::Resource(resource.as_str().to_owned()),
+            &stanza,
+        ),
+        (None, None) => {}
     }
+}
+
+/// In a cluster, runs `call` where the groups are hosted unless that is
+/// here: `None` means run it here.
+async fn elsewhere(
+    server: &Arc<Server>,
+    call: impl FnOnce() -> Call,
+) -> Result<Option<Answer>, StanzaError> {
+    let Some(cluster) = &server.cluster else {
+        return Ok(None);
+    };
+    if cluster.hosts_groups() {
+        return Ok(None);
+    }
+    match cluster.call_groups(server, call()).await? {
+        Handled::Here => Ok(None),
+        Handled::There(answer) => Ok(Some(answer)),
+    }
+}
+
+/// Runs a call another node handed to this one, the groups' host.
+pub(crate) async fn run_call(server: &Arc<Server>, call: Call) -> Answer {
+    let outcome = match call {
+        Call::CreateGroup {
+            owner,
+            name,
+            members,
+            announcement,
+        } => invite::create_group(server, &owner, &name, &members, announcement)
+            .await
+            .map(|jid| Answer::Room { jid }),
+        Call::CreateLink { room, requester } => invite::create_link(server, &room, &requester)
+            .await
+            .map(|(invite, url)| Answer::Link {
+                invite: Invite::from(&invite),
+                url,
+            }),
+        Call::RevokeLink {
+            room,
+            token,
+            requester,
+        } => invite::revoke_link(server, &room, &token, &requester)
+            .await
+            .map(|()| Answer::Done),
+        Call::LinkPreview { token } => {
+            invite::link_preview(server, &token)
+                .await
+                .map(|link| Answer::Preview {
+                    link: link.map(|(invite, name)| (Invite::from(&invite), name)),
+                })
+        }
+        Call::RedeemLink { token, requester } => invite::redeem_link(server, &token, &requester)
+            .await
+            .map(|jid| Answer::Room { jid }),
+        Call::AccountDeleted { bare } => {
+            account_deleted(server, &bare).await.map(|()| Answer::Done)
+        }
+    };
+    outcome.unwrap_or_else(|error| Answer::refused(&error))
 }
 
 fn bare_of(full: &str) -> String {

@@ -1,0 +1,425 @@
+//! Group chats across nodes: one node at a time hosts every room.
+//!
+//! A room's state that is not in the store — its occupants and their
+//! presence, its cached affiliations and configuration — lives in the memory
+//! of the node that hosts it (`features::muc`). In a cluster that node is the
+//! one holding the group lease ([`LEASE_KEY`], a PostgreSQL advisory lock on a
+//! connection of its own, `kith_store::Lease`), and it alone listens on
+//! [`GROUPS`]. Every other node hands what its users send to the groups'
+//! domain there as a NATS request ([`Frame::Group`]), answered once the host
+//! has handled it (a message committed to the room's log, as a local sender
+//! waits for), so a session's stanzas to its groups keep their order and an
+//! acknowledgement (XEP-0198) still means stored. The HTTP API's group calls
+//! and an account's deletion go the same way ([`Call`], with an [`Answer`]).
+//! What the host says to occupants goes out through the bus to whichever node
+//! holds their sessions; members' copies are written for every member (their
+//! sessions may be on any node) and each member's nodes are woken.
+//!
+//! The lease is taken on demand: at start, and whenever a node finds nobody
+//! listening on [`GROUPS`] (the host stopped or lost its database connection);
+//! the holder checks its connection every [`LEASE_CHECK`] and, once it fails,
+//! stops hosting and forgets its rooms. A new host loads rooms from the store;
+//! occupants of the old one are gone with it (clients notice with XEP-0410
+//! self-pings and join again), members' logs lose nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kith_proto::error::StanzaErrorCondition;
+use kith_proto::{Element, StanzaError};
+use serde::{Deserialize, Serialize};
+
+use super::nats::Unanswered;
+use super::{Cluster, Frame, encode};
+use crate::Server;
+
+/// The subject the node hosting the groups listens on.
+pub(crate) const GROUPS: &str = "kith.groups";
+
+/// The group lease's key (`pg_try_advisory_lock`): "kithgrps".
+const LEASE_KEY: i64 = 0x6b69_7468_6772_7073;
+
+/// How often the host checks that its lease still holds.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a node waits for the host to have handled a stanza or a call.
+const HOST_WAIT: Duration = Duration::from_secs(10);
+
+/// A lease taken by another node whose subscription has not reached NATS yet
+/// (or a host just gone): tried again this often, this many times.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+const RETRIES: u32 = 50;
+
+/// The group host's state on this node.
+#[derive(Default)]
+pub(crate) struct Host {
+    hosting: AtomicBool,
+    held: tokio::sync::Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    lease: Option<kith_store::Lease>,
+    sid: Option<u64>,
+}
+
+/// A group operation of the HTTP API or of account deletion, run where the
+/// groups are hosted.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub(crate) enum Call {
+    CreateGroup {
+        owner: String,
+        name: String,
+        members: Vec<String>,
+        announcement: bool,
+    },
+    CreateLink {
+        room: String,
+        requester: String,
+    },
+    RevokeLink {
+        room: String,
+        token: String,
+        requester: String,
+    },
+    LinkPreview {
+        token: String,
+    },
+    RedeemLink {
+        token: String,
+        requester: String,
+    },
+    AccountDeleted {
+        bare: String,
+    },
+}
+
+/// An invite link as it crosses the bus.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Invite {
+    pub token: String,
+    pub room: String,
+    pub created_by: String,
+    pub created_micros: i64,
+    pub revoked: bool,
+}
+
+impl From<&kith_store::RoomInvite> for Invite {
+    fn from(invite: &kith_store::RoomInvite) -> Self {
+        Invite {
+            token: invite.token.clone(),
+            room: invite.room.clone(),
+            created_by: invite.created_by.clone(),
+            created_micros: invite.created_micros,
+            revoked: invite.revoked,
+        }
+    }
+}
+
+impl From<Invite> for kith_store::RoomInvite {
+    fn from(invite: Invite) -> Self {
+        kith_store::RoomInvite {
+            token: invite.token,
+            room: invite.room,
+            created_by: invite.created_by,
+            created_micros: invite.created_micros,
+            revoked: invite.revoked,
+        }
+    }
+}
+
+/// What a [`Call`] returns.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub(crate) enum Answer {
+    Room {
+        jid: String,
+    },
+    Link {
+        invite: Invite,
+        url: String,
+    },
+    Preview {
+        link: Option<(Invite, String)>,
+    },
+    Done,
+    Refused {
+        condition: String,
+        text: Option<String>,
+    },
+    /// The node asked no longer hosts the groups: ask again.
+    NotHost,
+}
+
+impl Answer {
+    pub(crate) fn refused(error: &StanzaError) -> Answer {
+        Answer::Refused {
+            condition: error.condition.as_str().to_owned(),
+            text: error.text.clone(),
+        }
+    }
+
+    /// The error a refusal carries, or `unexpected` for an answer of another kind.
+    pub(crate) fn into_error(self) -> StanzaError {
+        match self {
+            Answer::Refused { condition, text } => {
+                let condition = StanzaErrorCondition::parse(&condition)
+                    .unwrap_or(StanzaErrorCondition::InternalServerError);
+                let error = StanzaError::new(condition);
+                match text {
+                    Some(text) => error.with_text(text),
+                    None => error,
+                }
+            }
+            other => {
+                tracing::error!(answer = ?other, "an unexpected answer from the group host");
+                StanzaError::internal()
+            }
+        }
+    }
+}
+
+/// Where a stanza or call for the groups was handled.
+pub(crate) enum Handled<T> {
+    /// This node hosts the groups: handle it here.
+    Here,
+    /// The host did (with its answer).
+    There(T),
+}
+
+impl Cluster {
+    /// Whether this node hosts the groups now.
+    pub(crate) fn hosts_groups(&self) -> bool {
+        self.groups.hosting.load(Ordering::Acquire)
+    }
+
+    /// Takes the group lease if nobody holds it; whether this node hosts the
+    /// groups afterwards.
+    pub(crate) async fn try_host_groups(&self, server: &Arc<Server>) -> bool {
+        let mut held = self.groups.held.lock().await;
+        if self.hosts_groups() {
+            return true;
+        }
+        match server.store.try_lease(LEASE_KEY).await {
+            Ok(Some(lease)) => {
+                // Listening before saying so: a stanza handed here from now
+                // on is heard.
+                let sid = self.nats.subscribe(GROUPS.to_owned());
+                self.nats.flush().await;
+                held.lease = Some(lease);
+                held.sid = Some(sid);
+                self.groups.hosting.store(true, Ordering::Release);
+                tracing::info!("this node hosts the group chats now");
+                true
+            }
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%error, "taking the group lease");
+                false
+            }
+        }
+    }
+
+    /// Stops hosting the groups (the lease failed): rooms are forgotten, since
+    /// another node may host them from now on.
+    async fn give_up_groups(&self, server: &Server) {
+        let mut held = self.groups.held.lock().await;
+        self.groups.hosting.store(false, Ordering::Release);
+        if let Some(sid) = held.sid.take() {
+            self.nats.unsubscribe(sid);
+        }
+        if let Some(lease) = held.lease.take() {
+            lease.release().await;
+        }
+        server.muc.forget_all();
+        tracing::warn!("this node no longer hosts the group chats (its lease failed)");
+    }
+
+    /// Hands a stanza for the groups' domain to the node hosting them, and
+    /// waits until it has handled it; `Here` when this node hosts them (or
+    /// has just become the host).
+    pub(crate) async fn hand_to_groups(
+        &self,
+        server: &Arc<Server>,
+        stanza: &Element,
+    ) -> Result<Handled<()>, StanzaError> {
+        let frame = Frame::Group {
+            xml: stanza.to_xml(""),
+        };
+        self.ask_groups(server, &frame)
+            .await
+            .map(|handled| match handled {
+                Handled::Here => Handled::Here,
+                Handled::There(_) => Handled::There(()),
+            })
+    }
+
+    /// Runs `call` on the node hosting the groups; `Here` when that is this one.
+    pub(crate) async fn call_groups(
+        &self,
+        server: &Arc<Server>,
+        call: Call,
+    ) -> Result<Handled<Answer>, StanzaError> {
+        let frame = Frame::GroupCall { call };
+        match self.ask_groups(server, &frame).await? {
+            Handled::Here => Ok(Handled::Here),
+            Handled::There(payload) => serde_json::from_slice::<Answer>(&payload)
+                .map(Handled::There)
+                .map_err(|error| {
+                    tracing::error!(%error, "an unreadable answer from the group host");
+                    StanzaError::internal()
+                }),
+        }
+    }
+
+    async fn ask_groups(
+        &self,
+        server: &Arc<Server>,
+        frame: &Frame,
+    ) -> Result<Handled<Vec<u8>>, StanzaError> {
+        let payload = encode(frame).ok_or_else(StanzaError::internal)?;
+        for _ in 0..RETRIES {
+            if self.hosts_groups() {
+                return Ok(Handled::Here);
+            }
+            match self
+                .nats
+                .ask(GROUPS.to_owned(), payload.clone(), HOST_WAIT)
+                .await
+            {
+                Ok(answer) if answer == NOT_HOST => {}
+                Ok(answer) => return Ok(Handled::There(answer)),
+                // Nobody hosts them: this node will, unless another was first.
+                Err(Unanswered::NoResponders) => {
+                    if self.try_host_groups(server).await {
+                        return Ok(Handled::Here);
+                    }
+                }
+                Err(Unanswered::Timeout) => {
+                    tracing::warn!("the group host did not answer in time");
+                    return Err(StanzaError::new(StanzaErrorCondition::RemoteServerTimeout)
+                        .with_text("the node hosting the groups did not answer"));
+                }
+                Err(Unanswered::Dropped(_)) => {
+                    return Err(StanzaError::service_unavailable()
+                        .with_text("the cluster's bus does not keep up"));
+                }
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+        Err(StanzaError::service_unavailable().with_text("no node hosts the groups"))
+    }
+}
+
+/// The answer of a node asked as host that no longer is one.
+const NOT_HOST: &[u8] = b"{\"answer\":\"not_host\"}";
+
+/// Applies a frame read on [`GROUPS`] (this node hosts the groups, or did):
+/// handled on a task of its own, answered once done.
+pub(super) fn on_group_frame(server: &Arc<Server>, frame: Frame, reply: Option<&str>) {
+    let reply = reply.map(str::to_owned);
+    let server = server.clone();
+    tokio::spawn(async move {
+        let Some(cluster) = &server.cluster else {
+            return;
+        };
+        let answer = match frame {
+            _ if !cluster.hosts_groups() => NOT_HOST.to_vec(),
+            Frame::Group { xml } => {
+                if let Some(stanza) = super::parse(&server, &xml) {
+                    crate::features::muc::handle(&server, stanza).await;
+                }
+                Vec::new()
+            }
+            Frame::GroupCall { call } => {
+                let answer = crate::features::muc::run_call(&server, call).await;
+                serde_json::to_vec(&answer).unwrap_or_default()
+            }
+            _ => return,
+        };
+        if let Some(reply) = reply {
+            let _ = cluster.nats.publish(reply, answer);
+        }
+    });
+}
+
+/// Takes the group lease at start if it is free, then keeps checking it.
+pub(super) async fn keep_groups(server: std::sync::Weak<Server>) {
+    if let Some(server) = server.upgrade()
+        && let Some(cluster) = &server.cluster
+    {
+        cluster.try_host_groups(&server).await;
+    }
+    let mut tick = tokio::time::interval(LEASE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let Some(cluster) = &server.cluster else {
+            return;
+        };
+        if !cluster.hosts_groups() {
+            continue;
+        }
+        let alive = {
+            let mut held = cluster.groups.held.lock().await;
+            match held.lease.as_mut() {
+                Some(lease) => tokio::time::timeout(LEASE_CHECK * 3, lease.alive())
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            }
+        };
+        if !alive {
+            cluster.give_up_groups(&server).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_cross_the_bus_unchanged() {
+        let invite = Invite {
+            token: "t0k".to_owned(),
+            room: "g@conference.example".to_owned(),
+            created_by: "a@example".to_owned(),
+            created_micros: 42,
+            revoked: false,
+        };
+        for answer in [
+            Answer::Room {
+                jid: "g@conference.example".to_owned(),
+            },
+            Answer::Link {
+                invite: invite.clone(),
+                url: "https://example/join/t0k".to_owned(),
+            },
+            Answer::Preview {
+                link: Some((invite, "Friends".to_owned())),
+            },
+            Answer::Preview { link: None },
+            Answer::Done,
+            Answer::refused(&StanzaError::forbidden().with_text("not an admin")),
+        ] {
+            let bytes = serde_json::to_vec(&answer).expect("encoded");
+            assert_eq!(serde_json::from_slice::<Answer>(&bytes).ok(), Some(answer));
+        }
+        let not_host: Answer = serde_json::from_slice(NOT_HOST).expect("the constant parses");
+        assert_eq!(not_host, Answer::NotHost);
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_condition_and_text() {
+        let error =
+            Answer::refused(&StanzaError::forbidden().with_text("not an admin")).into_error();
+        assert_eq!(error.condition, StanzaErrorCondition::Forbidden);
+        assert_eq!(error.text.as_deref(), Some("not an admin"));
+    }
+}
