@@ -550,6 +550,17 @@ async def test_a_group_spans_the_nodes(pools):
     c.plugin["xep_0045"].leave_muc(room, "carol")
     await b.wait_presence(lambda p: p["from"] == f"{room}/carol" and p["type"] == "unavailable",
                           what="carol leaving")
+    # An account deleted on node 2 leaves its groups, which the host holds.
+    from test_metrics import scrape
+
+    assert scrape(pools[0].server)["kith_cluster_groups_host"] == 1
+    assert scrape(pools[1].server)["kith_cluster_groups_host"] == 0
+    unregister = d.make_iq_set()
+    unregister.xml.append(ET.fromstring("<query xmlns='jabber:iq:register'><remove/></query>"))
+    await unregister.send(timeout=10)
+    members = await b.plugin["xep_0045"].get_affiliation_list(room, "member", timeout=10)
+    assert dave.jid not in [str(m) for m in members]
+    assert erin.jid in [str(m) for m in members]
 
 
 async def test_another_node_hosts_the_groups_when_the_host_stops(tmp_path, server_factory):

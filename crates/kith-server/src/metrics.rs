@@ -224,6 +224,13 @@ pub(crate) fn render(server: &Server) -> String {
             "Frames dropped: the outbox full, or larger than NATS takes.",
             link.dropped,
         );
+        single(
+            &mut out,
+            "kith_cluster_groups_host",
+            "gauge",
+            "Whether this node hosts the cluster's group chats (1) or not (0).",
+            u8::from(link.groups_host),
+        );
     }
     process(&mut out);
     out

@@ -302,9 +302,13 @@ impl Cluster {
                     return Err(StanzaError::new(StanzaErrorCondition::RemoteServerTimeout)
                         .with_text("the node hosting the groups did not answer"));
                 }
-                Err(Unanswered::Dropped(_)) => {
+                Err(Unanswered::Dropped(super::nats::Dropped::Full)) => {
                     return Err(StanzaError::service_unavailable()
                         .with_text("the cluster's bus does not keep up"));
+                }
+                Err(Unanswered::Dropped(super::nats::Dropped::TooLarge)) => {
+                    return Err(StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                        .with_text("too large to cross the cluster's bus"));
                 }
             }
             tokio::time::sleep(RETRY_EVERY).await;

@@ -194,6 +194,7 @@ pub(crate) struct ClusterMetrics {
     pub connected: bool,
     pub outbox_bytes: usize,
     pub dropped: u64,
+    pub groups_host: bool,
 }
 
 /// How often a node that dropped frames for a full outbox tries to tell the
@@ -328,6 +329,7 @@ impl Cluster {
             connected: self.nats.connected(),
             outbox_bytes: self.nats.waiting_bytes(),
             dropped: self.dropped.load(Ordering::Relaxed),
+            groups_host: self.hosts_groups(),
         }
     }
 
