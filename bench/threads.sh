@@ -7,7 +7,10 @@
 #   bench/threads.sh RATE OUT     e.g. bench/threads.sh 12000 /tmp/th
 #
 # Writes OUT.txt (kith-bench) and prints µs per message per thread name (the
-# runtime worker, the inbox-log writer, the checkpointer…) and in all. Steadier
+# runtime worker, the inbox-log writer, the checkpointer…) and in all; with
+# `perf` installed, also each thread's system calls per message and context
+# switches per second over the same 10 s (`perf stat --per-thread`, OUT.stat).
+# Steadier
 # than a profile for comparing builds thread by thread; interleave runs of the
 # builds compared (KITH_BIN=…): CPU time moves ±10 % between runs on a shared VM.
 TLS="${TLS:-off}"
@@ -23,6 +26,10 @@ snap() {
   done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
 }
 ( sleep 5; snap >"$OUT.a"; sleep 10; snap >"$OUT.b" ) &
+if command -v perf >/dev/null; then
+  ( sleep 5; perf stat --per-thread -e context-switches,raw_syscalls:sys_enter -p "$pids" \
+      -o "$OUT.stat" -- sleep 10 >/dev/null 2>&1 ) &
+fi
 bench kith $pids -- chat --users "${USERS:-200}" --rates "$RATE" --step-secs 17 \
   --drain-secs 2 >"$OUT.txt" 2>&1 || log "kith-bench failed (see $OUT.txt)"
 wait
@@ -31,3 +38,14 @@ grep -E "^ +$RATE " "$OUT.txt" || true
 join "$OUT.a" "$OUT.b" | awk -v rate="$RATE" -v hz="$(getconf CLK_TCK)" '
   { d = ($3 - $2) * 1e6 / hz / (rate * 10); total += d; printf "%-18s %6.1f µs/msg\n", $1, d }
   END { printf "%-18s %6.1f µs/msg\n", "all", total }'
+if [[ -s "$OUT.stat" ]]; then
+  # "comm-tid  count  event": summed per thread name.
+  awk -v rate="$RATE" '
+    $3 == "raw_syscalls:sys_enter" || $3 == "context-switches" {
+      name = $1; sub(/-[0-9]+$/, "", name); gsub(/,/, "", $2); n[name, $3] += $2; names[name] = 1
+    }
+    END {
+      for (k in names) printf "%-18s %6.2f syscalls/msg %8.0f switches/s\n", k,
+        n[k, "raw_syscalls:sys_enter"] / (rate * 10), n[k, "context-switches"] / 10
+    }' "$OUT.stat" | sort
+fi

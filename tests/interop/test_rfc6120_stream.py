@@ -333,7 +333,7 @@ async def test_the_plain_listener_serves_without_tls_and_never_offers_plain(serv
         b = await pool.connect(bob)  # over STARTTLS
         a = pool.make(alice)
         a.enable_starttls, a.enable_direct_tls, a.enable_plaintext = False, False, True
-        a["feature_mechanisms"].unencrypted_scram = True  # slixmpp's default is TLS or nothing
+        a.plugin["feature_mechanisms"].unencrypted_scram = True  # slixmpp's default is TLS or nothing
         a.connect(srv.host, port)
         await a.wait_session(10)
         a.send_presence()
