@@ -621,6 +621,48 @@ async def test_another_node_hosts_the_groups_when_the_host_stops(tmp_path, serve
         admin.drop_database(db)
 
 
+async def test_occupants_of_a_node_that_dies_leave_their_rooms(tmp_path, server_factory):
+    """A node killed outright tells nobody: the group host finds its occupants
+    gone (no node holds their sessions) and they leave, as others see."""
+    bus = NatsServer(tmp_path)
+    bus.start()
+    admin = PostgresAdmin(os.environ["KITH_TEST_PG_URL"])
+    db, url = admin.create_database()
+    started = []
+    try:
+        config = {"storage": {"url": url}, "cluster": {"nats": bus.url, "occupant_check_secs": 1}}
+        host = server_factory.start("ghosthost", "sqlite", config)
+        started.append(host)
+        doomed = server_factory.start("doomed", "sqlite", config)
+        started.append(doomed)
+        on_host, on_doomed = ClientPool(host), ClientPool(doomed)
+        try:
+            alice, bob = await on_host.account("ha"), await on_host.account("hb")
+            a = await on_host.connect(alice, plugins=MUC_PLUGINS)
+            b = await on_doomed.connect(bob, plugins=MUC_PLUGINS)
+            room = new_room()
+            await join(a, room, "alice")
+            await add_members(a, room, bob.jid)
+            await join(b, room, "bob")
+            await a.wait_presence(lambda p: p["from"] == f"{room}/bob", what="bob joining")
+            await asyncio.sleep(2.5)
+            # Still there while his node lives (the check finds his session).
+            assert not a.matching(lambda p: getattr(p, "name", "") == "presence"
+                                  and p["from"] == f"{room}/bob" and p["type"] == "unavailable")
+            assert doomed.proc is not None
+            doomed.proc.kill()
+            doomed.proc.wait(timeout=10)
+            await a.wait_presence(lambda p: p["from"] == f"{room}/bob" and p["type"] == "unavailable",
+                                  timeout=15, what="bob leaving once his node died")
+        finally:
+            await asyncio.gather(on_host.close_all(), on_doomed.close_all())
+    finally:
+        for node in started:
+            server_factory.stop(node)
+        bus.stop()
+        admin.drop_database(db)
+
+
 async def test_the_groups_http_api_works_on_any_node(tmp_path, nodes, nats, server_factory):
     """POST /api/v1/groups, invite links, their preview and redeeming, on a
     node that does not host the groups: the calls run on the host."""

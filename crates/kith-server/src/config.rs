@@ -50,6 +50,9 @@ pub struct ClusterSection {
     /// that a frame is dropped (a wake-up's loss is made good once the link
     /// keeps up again: every node's sessions read their logs).
     pub max_outbox_bytes: usize,
+    /// Seconds between the group host's looks for occupants whose session no
+    /// node holds any more (their node stopped without a word).
+    pub occupant_check_secs: u64,
 }
 
 impl Default for ClusterSection {
@@ -59,6 +62,7 @@ impl Default for ClusterSection {
             node: None,
             nats_ca: None,
             max_outbox_bytes: 64 << 20,
+            occupant_check_secs: 60,
         }
     }
 }

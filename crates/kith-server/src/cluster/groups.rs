@@ -349,7 +349,51 @@ pub(super) fn on_group_frame(server: &Arc<Server>, frame: Frame, reply: Option<&
     });
 }
 
-/// Takes the group lease at start if it is free, then keeps checking it.
+/// Occupants on other nodes, checked at most this many at a time.
+const GHOST_CHECKS: usize = 64;
+
+/// Removes occupants whose session no node holds any more: a node that
+/// stopped without a word (a crash, a cut) took their sessions with it, and
+/// nothing told the host. Local occupants leave through their session's end.
+async fn sweep_ghosts(server: &Arc<Server>, cluster: &Cluster) {
+    let remote: Vec<(String, String, String)> = server
+        .muc
+        .occupant_sessions()
+        .await
+        .into_iter()
+        .filter(|(_, _, full)| {
+            kith_proto::Jid::new(full).ok().is_some_and(|jid| {
+                let resource = jid.resource().map(|r| r.as_str().to_owned());
+                !resource.is_some_and(|r| server.router.has_resource(jid.to_bare().as_str(), &r))
+            })
+        })
+        .collect();
+    for chunk in remote.chunks(GHOST_CHECKS) {
+        let checks = chunk.iter().map(|(room, nick, full)| async move {
+            let jid = kith_proto::Jid::new(full).ok()?;
+            let resource = jid.resource()?.as_str().to_owned();
+            match cluster
+                .resource_bound(jid.to_bare().as_str(), &resource)
+                .await
+            {
+                Some(false) => Some((room, nick, full)),
+                _ => None,
+            }
+        });
+        for (room, nick, full) in futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            if cluster.hosts_groups() {
+                crate::features::muc::ghost_left(server, room, nick, full).await;
+            }
+        }
+    }
+}
+
+/// Takes the group lease at start if it is free, then keeps checking it, and
+/// every `[cluster] occupant_check_secs` looks for occupants no node holds.
 pub(super) async fn keep_groups(server: std::sync::Weak<Server>) {
     if let Some(server) = server.upgrade()
         && let Some(cluster) = &server.cluster
@@ -358,6 +402,7 @@ pub(super) async fn keep_groups(server: std::sync::Weak<Server>) {
     }
     let mut tick = tokio::time::interval(LEASE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(server) = server.upgrade() else {
@@ -380,6 +425,12 @@ pub(super) async fn keep_groups(server: std::sync::Weak<Server>) {
         };
         if !alive {
             cluster.give_up_groups(&server).await;
+            continue;
+        }
+        let every = Duration::from_secs(server.config.cluster.occupant_check_secs.max(1));
+        if last_sweep.elapsed() >= every {
+            last_sweep = tokio::time::Instant::now();
+            sweep_ghosts(&server, cluster).await;
         }
     }
 }

@@ -150,6 +150,10 @@ enum Frame {
     Deleted,
     /// Answered (as a request) by a node holding an available session.
     Online,
+    /// Answered (as a request) by a node holding a session bound to this
+    /// resource, waiting to be resumed or not (the group host's check for
+    /// occupants whose node stopped, `groups.rs`).
+    Bound { resource: String },
     /// Answered (as a request) by a node holding a session of this device (its
     /// inbox-log key) that is not waiting to be resumed: push's "is it
     /// online?" (`features::push::device_online`).
@@ -445,6 +449,25 @@ impl Cluster {
         self.ask(bare, &Frame::Online, ONLINE_WAIT).await
     }
 
+    /// Whether some node holds a session of `bare` bound to `resource`: yes,
+    /// no, or no answer in time (`None`).
+    pub(crate) async fn resource_bound(&self, bare: &str, resource: &str) -> Option<bool> {
+        let frame = Frame::Bound {
+            resource: resource.to_owned(),
+        };
+        let payload = encode(&frame)?;
+        match self
+            .nats
+            .ask(user_subject(bare), payload, ONLINE_WAIT)
+            .await
+        {
+            Ok(_) => Some(true),
+            // Nobody holds a session of the user; or those who do, not this one.
+            Err(nats::Unanswered::NoResponders | nats::Unanswered::Timeout) => Some(false),
+            Err(nats::Unanswered::Dropped(_)) => None,
+        }
+    }
+
     /// Whether another node holds a session of device `key` of `bare` that is
     /// not waiting to be resumed.
     pub(crate) async fn device_online(&self, bare: &str, key: &str) -> bool {
@@ -701,6 +724,7 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
             sessions.iter().any(SessionEntry::available)
         }),
         Frame::Device { key } => crate::features::push::device_online(server, bare, &key),
+        Frame::Bound { resource } => server.router.has_resource(bare, &resource),
         Frame::Hide { to } => {
             let (server, bare) = (server.clone(), bare.to_owned());
             tokio::spawn(async move {

@@ -153,6 +153,21 @@ impl Muc {
     pub(crate) fn forget_all(&self) {
         self.lock().clear();
     }
+
+    /// Every occupant session of every loaded room: (room, nick, full JID).
+    pub(crate) async fn occupant_sessions(&self) -> Vec<(String, String, String)> {
+        let rooms: Vec<_> = self.lock().values().cloned().collect();
+        let mut sessions = Vec::new();
+        for room in rooms {
+            let room = room.lock().await;
+            for (nick, occupant) in &room.occupants {
+                for full in &occupant.sessions {
+                    sessions.push((room.jid.clone(), nick.clone(), full.clone()));
+                }
+            }
+        }
+        sessions
+    }
 }
 
 fn internal(error: impl std::fmt::Display) -> StanzaError {
@@ -192,6 +207,20 @@ pub(crate) async fn handle(server: &Arc<Server>, stanza: Element) {
         return;
     };
     dispatch(server, stanza, &from, &to).await;
+}
+
+/// An occupant session that no node holds any more (its node stopped without
+/// a word): it leaves the room as if it had sent unavailable presence.
+pub(crate) async fn ghost_left(server: &Arc<Server>, room: &str, nick: &str, full: &str) {
+    let Ok(to) = Jid::new(&format!("{room}/{nick}")) else {
+        return;
+    };
+    let presence = Element::new(ns::CLIENT, "presence")
+        .attr("type", "unavailable")
+        .attr("from", full)
+        .attr("to", to.to_string());
+    tracing::info!(room, full, "an occupant whose session no node holds leaves");
+    dispatch(server, presence, full, &to).await;
 }
 
 /// The sending session's full JID; only local users' sessions reach the
