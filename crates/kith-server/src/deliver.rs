@@ -582,7 +582,7 @@ impl AfterCommit {
                 let shared = Arc::new(message);
                 hand_to_devices(&server, &to, &shared, Some((&xml, seq)));
                 if let Some(cluster) = &server.cluster {
-                    cluster.wake(bare_str(&to), seq, Some(&xml));
+                    cluster.wake(bare_str(&to), seq, Some(&xml), false);
                 }
                 crate::features::push::on_logged(&server, node(&to), &shared);
                 let own_id = own_id.filter(|_| matches!(results.next(), Some(Ok(_))));

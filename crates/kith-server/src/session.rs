@@ -675,7 +675,8 @@ impl Session {
                 Ok(())
             }
             Outbound::LoggedShared { xml, to, seq } => {
-                if self.caught_up && seq > self.written_seq {
+                // As `Logged`; alone, a node hands entries over in commit order.
+                if self.caught_up && seq > self.written_seq && !self.gap_before(seq) {
                     self.flush_held(writer);
                     match deliver::addressed(&xml, &to, None) {
                         Some(reply) => self.emit_reply(writer, reply, Some(seq)),

@@ -124,6 +124,10 @@ enum Frame {
         seq: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         xml: Option<String>,
+        /// `xml` is a group message's copy, shared by every member: written
+        /// addressed `to` the user (`Outbound::LoggedShared`), not as it is.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        addressed: bool,
     },
     /// A stanza for the sessions `select` picks; `each`: addressed to each
     /// session's full JID.
@@ -403,19 +407,29 @@ impl Cluster {
     /// Entries of `bare`'s log are committed through `seq`, the last being
     /// `entry` (as stored). A session caught up to it on another node writes it
     /// without reading the log; past [`WAKE_ENTRY_MAX`] bytes it reads it.
-    /// `None`: the entry is not the same for every session (a group message's
-    /// copy, addressed to each as it is written): they read it from the log.
-    pub(crate) fn wake(&self, bare: &str, seq: i64, entry: Option<&str>) {
+    /// `addressed`: the entry is shared by many owners (a group message) and
+    /// is written addressed to this one.
+    pub(crate) fn wake(&self, bare: &str, seq: i64, entry: Option<&str>, addressed: bool) {
         let subject = user_subject(bare);
         if let Some(entry) = entry.filter(|entry| entry.len() <= WAKE_ENTRY_MAX) {
             let xml = Some(entry.to_owned());
-            if let Some(payload) = encode(&Frame::Wake { seq, xml })
-                && payload.len() <= self.nats.max_payload()
+            if let Some(payload) = encode(&Frame::Wake {
+                seq,
+                xml,
+                addressed,
+            }) && payload.len() <= self.nats.max_payload()
             {
                 return self.publish(subject, payload);
             }
         }
-        self.send(subject, &Frame::Wake { seq, xml: None });
+        self.send(
+            subject,
+            &Frame::Wake {
+                seq,
+                xml: None,
+                addressed: false,
+            },
+        );
     }
 
     /// `stanza` for the sessions of `bare` on other nodes that `select` picks.
@@ -624,7 +638,11 @@ pub(crate) fn forget_locally(server: &Server, cache: CacheKind, owner: &str) {
 /// session took it.
 fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
     match frame {
-        Frame::Wake { seq, mut xml } => {
+        Frame::Wake {
+            seq,
+            mut xml,
+            addressed,
+        } => {
             // Checked as any stanza from the bus is (a session writes it as
             // is), once, and only if a session here takes it.
             let mut entry: Option<Option<Arc<str>>> = None;
@@ -640,6 +658,11 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
                             .map(Arc::from)
                     });
                     session.send_outbound(match entry {
+                        Some(xml) if addressed => Outbound::LoggedShared {
+                            xml: xml.clone(),
+                            to: Arc::from(bare),
+                            seq,
+                        },
                         Some(xml) => Outbound::LoggedXml(xml.clone(), seq),
                         None => Outbound::Wake(seq),
                     });
@@ -788,10 +811,20 @@ mod tests {
     #[test]
     fn frames_read_back_as_written() {
         let frames = [
-            Frame::Wake { seq: 42, xml: None },
+            Frame::Wake {
+                seq: 42,
+                xml: None,
+                addressed: false,
+            },
             Frame::Wake {
                 seq: 43,
                 xml: Some("<message to='a@b'><body>\"x\"</body></message>".to_owned()),
+                addressed: false,
+            },
+            Frame::Wake {
+                seq: 44,
+                xml: Some("<message type='groupchat'><body>g</body></message>".to_owned()),
+                addressed: true,
             },
             Frame::Hand {
                 select: Select::Pep {

@@ -195,9 +195,9 @@ pub(super) async fn fan_out(
                                 .filter(|s| s.send_logged_shared(&xml, bare, seq))
                                 .count()
                         });
-                        // The member's sessions on other nodes read their copy.
+                        // The member's sessions on other nodes, with the copy.
                         if let Some(cluster) = &server.cluster {
-                            cluster.wake(bare, seq, None);
+                            cluster.wake(bare, seq, Some(&xml), true);
                         }
                     }
                     // No session: copied into the member's log when one comes;
@@ -313,7 +313,7 @@ async fn log_for(server: &Arc<Server>, bare: &str, message: Element) -> Result<(
                     }
                 });
                 if let Some(cluster) = &server.cluster {
-                    cluster.wake(&bare, seq, None);
+                    cluster.wake(&bare, seq, None, false);
                 }
             }
             let _ = done.send(());
