@@ -349,6 +349,27 @@ def tls_files(workdir: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+async def test_last_pep_items_reach_a_new_subscriber_on_the_other_node(pools):
+    """XEP-0163 §4.3.3: the owner (node 1) approves a subscription; the
+    subscriber's session on node 2 gets the owner's last item it wants."""
+    from kithtest.pep import PEP_PLUGINS, connect_pep, event_item_ids, is_event, payload
+
+    ns_mood = "http://jabber.org/protocol/mood"
+    one, two = pools
+    owner_acct, late_acct = await one.account("pepo"), await one.account("pepl")
+    owner = await one.connect(owner_acct, plugins=PEP_PLUGINS)
+    await owner.plugin["xep_0060"].publish(
+        owner_acct.jid, ns_mood, id="now", payload=payload(ns_mood, "mood", "sleepy"), timeout=10
+    )
+    late = await connect_pep(two, late_acct, [ns_mood])
+    await asyncio.sleep(0.5)
+    late.send_presence(pto=owner_acct.jid, ptype="subscribe")
+    await owner.wait_presence(lambda p: p["type"] == "subscribe", what="the subscription request")
+    owner.send_presence(pto=late_acct.jid, ptype="subscribed")
+    note = await late.wait_message(lambda m: is_event(m, ns_mood, owner_acct.jid), what="the item on approval")
+    assert event_item_ids(note) == ["now"]
+
+
 async def test_nodes_reach_a_nats_server_that_requires_tls(tmp_path, nodes, server_factory):
     ca, cert, key = tls_files(tmp_path)
     secure = NatsServer(tmp_path, "--tls", "--tlscert", str(cert), "--tlskey", str(key))

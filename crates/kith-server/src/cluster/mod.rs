@@ -168,6 +168,9 @@ enum Frame {
     /// The user's available sessions send their presence again (the photo
     /// hash or a privacy setting changed).
     Rebroadcast,
+    /// `owner` approved the user's subscription: their sessions get `owner`'s
+    /// last PEP items they want (XEP-0163 §4.3.3).
+    PepApproved { owner: String },
     /// Forget `owner`'s entry of a cache (sent to all nodes).
     Forget { cache: CacheKind, owner: String },
     /// A node's link to NATS was down: what it published meanwhile is lost,
@@ -501,6 +504,17 @@ impl Cluster {
         self.nats.request(user_subject(bare), payload, wait).await
     }
 
+    /// `owner` approved `subscriber`'s subscription: its sessions on other
+    /// nodes get `owner`'s last PEP items.
+    pub(crate) fn pep_approved(&self, subscriber: &str, owner: &str) {
+        self.to_user(
+            subscriber,
+            &Frame::PepApproved {
+                owner: owner.to_owned(),
+            },
+        );
+    }
+
     /// `bare`'s sessions on other nodes appear unavailable to `to`.
     pub(crate) fn hide(&self, bare: &str, to: &str) {
         self.to_user(bare, &Frame::Hide { to: to.to_owned() });
@@ -762,6 +776,18 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
             tokio::spawn(async move {
                 if let Ok(owner) = kith_proto::BareJid::new(&bare) {
                     crate::features::presence::rebroadcast_locally(&server, &owner).await;
+                }
+            });
+            true
+        }
+        Frame::PepApproved { owner } => {
+            let (server, bare) = (server.clone(), bare.to_owned());
+            tokio::spawn(async move {
+                if let (Ok(owner), Ok(subscriber)) = (
+                    kith_proto::BareJid::new(&owner),
+                    kith_proto::BareJid::new(&bare),
+                ) {
+                    crate::features::pep::send_approved_items(&server, &owner, &subscriber).await;
                 }
             });
             true

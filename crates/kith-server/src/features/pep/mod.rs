@@ -1361,6 +1361,18 @@ pub(crate) async fn subscription_approved(
     if !server.is_local_user(&owner_jid) {
         return;
     }
+    if let Some(cluster) = &server.cluster {
+        cluster.pep_approved(subscriber.as_str(), owner.as_str());
+    }
+    send_approved_items(server, owner, subscriber).await;
+}
+
+/// [`subscription_approved`]'s part for this node's sessions of `subscriber`.
+pub(crate) async fn send_approved_items(
+    server: &Arc<Server>,
+    owner: &BareJid,
+    subscriber: &BareJid,
+) {
     for session in server.router.sessions(subscriber.as_str()) {
         let Some(presence) = &session.presence else {
             continue;
