@@ -11,6 +11,7 @@ one node holds on the other at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from slixmpp.exceptions import IqError
+from slixmpp.stanza import Presence
 
 from kithtest.muc import PLUGINS as MUC_PLUGINS
 from kithtest.muc import add_members, invite_iq, is_groupchat, join, new_room
@@ -81,6 +83,29 @@ def nats(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def own_cluster(tmp_path, server_factory, *names: str, **cluster):
+    """Nodes `names` of a cluster of the test's own: its own nats-server and
+    database (a node started on a database of its own drops it at its stop,
+    so none is). Yields the bus and the started nodes; a test that stops a
+    node itself removes it from the list."""
+    bus = NatsServer(tmp_path)
+    bus.start()
+    admin = PostgresAdmin(os.environ["KITH_TEST_PG_URL"])
+    db, url = admin.create_database()
+    started = []
+    try:
+        config = {"storage": {"url": url}, "cluster": {"nats": bus.url, **cluster}}
+        for name in names:
+            started.append(server_factory.start(name, "sqlite", config))
+        yield bus, started
+    finally:
+        for node in started:
+            server_factory.stop(node)
+        bus.stop()
+        admin.drop_database(db)
 
 
 @pytest.fixture(scope="module")
@@ -448,21 +473,15 @@ async def test_a_device_online_on_another_node_is_not_pushed(tmp_path, nodes, na
         receiver.close()
 
 
-async def test_wake_ups_a_stalled_bus_dropped_are_made_good(tmp_path, nodes, server_factory):
+async def test_wake_ups_a_stalled_bus_dropped_are_made_good(tmp_path, server_factory):
     """A NATS link that stalls without dropping (the server stopped, not gone)
     fills the node's outbox: frames past `cluster.max_outbox_bytes` are
     dropped. Once the link keeps up again, the other node's sessions read
     their logs: every message arrives, with nothing else sent."""
-    stalled = NatsServer(tmp_path)
-    stalled.start()
-    started = []
-    try:
-        config = {
-            "storage": {"url": nodes[0].config["storage"]["url"]},
-            "cluster": {"nats": stalled.url, "max_outbox_bytes": 4 << 20},
-        }
-        for name in ("stall1", "stall2"):
-            started.append(server_factory.start(name, "sqlite", config))
+    with own_cluster(tmp_path, server_factory, "stall1", "stall2", max_outbox_bytes=4 << 20) as (
+        stalled,
+        started,
+    ):
         one, two = ClientPool(started[0]), ClientPool(started[1])
         try:
             alice, bob, carol = await one.account("alice"), await one.account("bob"), await one.account("carol")
@@ -517,10 +536,6 @@ async def test_wake_ups_a_stalled_bus_dropped_are_made_good(tmp_path, nodes, ser
             assert len(stalled_bodies()) == count
         finally:
             await asyncio.gather(one.close_all(), two.close_all())
-    finally:
-        for node in started:
-            server_factory.stop(node)
-        stalled.stop()
 
 
 # ---------------------------------------------------------------------------
@@ -589,19 +604,8 @@ async def test_another_node_hosts_the_groups_when_the_host_stops(tmp_path, serve
     and its node takes the lease and loads the room from the store. Occupants
     of the old host are gone (a self-ping says so, XEP-0410); members lose
     nothing."""
-    bus = NatsServer(tmp_path)
-    bus.start()
-    # A database of the test's own: the first node to start would drop its
-    # own at its stop.
-    admin = PostgresAdmin(os.environ["KITH_TEST_PG_URL"])
-    db, url = admin.create_database()
-    started = []
-    try:
-        config = {"storage": {"url": url}, "cluster": {"nats": bus.url}}
-        host = server_factory.start("host", "sqlite", config)
-        started.append(host)
-        other = server_factory.start("other", "sqlite", config)
-        started.append(other)
+    with own_cluster(tmp_path, server_factory, "host", "other") as (_, started):
+        host, other = started
         on_host, on_other = ClientPool(host), ClientPool(other)
         try:
             alice, bob, carol = [await on_other.account(n) for n in ("fa", "fb", "fc")]
@@ -635,27 +639,13 @@ async def test_another_node_hosts_the_groups_when_the_host_stops(tmp_path, serve
             await c2.wait_message(is_groupchat("after"), what="the message at login")
         finally:
             await asyncio.gather(on_host.close_all(), on_other.close_all())
-    finally:
-        for node in started:
-            server_factory.stop(node)
-        bus.stop()
-        admin.drop_database(db)
 
 
 async def test_occupants_of_a_node_that_dies_leave_their_rooms(tmp_path, server_factory):
     """A node killed outright tells nobody: the group host finds its occupants
     gone (no node holds their sessions) and they leave, as others see."""
-    bus = NatsServer(tmp_path)
-    bus.start()
-    admin = PostgresAdmin(os.environ["KITH_TEST_PG_URL"])
-    db, url = admin.create_database()
-    started = []
-    try:
-        config = {"storage": {"url": url}, "cluster": {"nats": bus.url, "occupant_check_secs": 1}}
-        host = server_factory.start("ghosthost", "sqlite", config)
-        started.append(host)
-        doomed = server_factory.start("doomed", "sqlite", config)
-        started.append(doomed)
+    with own_cluster(tmp_path, server_factory, "ghosthost", "doomed", occupant_check_secs=1) as (_, started):
+        host, doomed = started
         on_host, on_doomed = ClientPool(host), ClientPool(doomed)
         try:
             alice, bob = await on_host.account("ha"), await on_host.account("hb")
@@ -668,7 +658,7 @@ async def test_occupants_of_a_node_that_dies_leave_their_rooms(tmp_path, server_
             await a.wait_presence(lambda p: p["from"] == f"{room}/bob", what="bob joining")
             await asyncio.sleep(2.5)
             # Still there while his node lives (the check finds his session).
-            assert not a.matching(lambda p: getattr(p, "name", "") == "presence"
+            assert not a.matching(lambda p: isinstance(p, Presence)
                                   and p["from"] == f"{room}/bob" and p["type"] == "unavailable")
             assert doomed.proc is not None
             doomed.proc.kill()
@@ -677,11 +667,6 @@ async def test_occupants_of_a_node_that_dies_leave_their_rooms(tmp_path, server_
                                   timeout=15, what="bob leaving once his node died")
         finally:
             await asyncio.gather(on_host.close_all(), on_doomed.close_all())
-    finally:
-        for node in started:
-            server_factory.stop(node)
-        bus.stop()
-        admin.drop_database(db)
 
 
 async def test_the_groups_http_api_works_on_any_node(tmp_path, nodes, nats, server_factory):
