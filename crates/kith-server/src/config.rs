@@ -957,11 +957,11 @@ impl Config {
                 "must be at least 16 characters (or unset: loopback only)".to_owned(),
             ));
         }
-        // A wake-up carrying its entry must fit.
-        if self.cluster.max_outbox_bytes < 64 * 1024 {
+        // Any frame NATS takes (1 MiB by default) must fit, or it could never go.
+        if self.cluster.max_outbox_bytes < 1 << 20 {
             return Err(invalid(
                 "cluster.max_outbox_bytes",
-                "must be at least 65536 bytes".to_owned(),
+                "must be at least 1048576 bytes (NATS's largest message by default)".to_owned(),
             ));
         }
         if self.limits.max_stanza_size < 10_000 {
@@ -1242,7 +1242,7 @@ mod tests {
         let config = Config::parse("", Path::new("k.toml")).expect("defaults");
         assert!(config.cluster.nats.is_none(), "one node by default");
         assert_eq!(config.cluster.max_outbox_bytes, 64 << 20);
-        // An outbox a wake-up carrying its entry would not fit in.
+        // An outbox smaller than a frame NATS takes.
         let text = format!("{NATS}max_outbox_bytes = 4096\n{PG}");
         let error = Config::parse(&text, Path::new("k.toml")).expect_err(&text);
         assert!(

@@ -6,8 +6,9 @@
 //! read at the scrape from state the server keeps anyway: nothing on a
 //! message's path counts for metrics alone.
 //!
-//! Access (`[metrics]`): loopback addresses only, unless a token is set; then
-//! any address with `Authorization: Bearer <token>`, and no other.
+//! Access (`[metrics]`): loopback addresses only (a request a proxy says it
+//! relayed is not local), unless a token is set; then any address with
+//! `Authorization: Bearer <token>`, and no other.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -37,7 +38,7 @@ pub(crate) async fn scrape(
         Access::NotLoopback => {
             return (
                 StatusCode::FORBIDDEN,
-                "metrics are served to loopback addresses only ([metrics] token opens them)",
+                "metrics are served to loopback addresses only, not relayed ([metrics] token opens them)",
             )
                 .into_response();
         }
@@ -69,15 +70,24 @@ enum Access {
 
 fn allowed(token: Option<&str>, peer: IpAddr, headers: &HeaderMap) -> Access {
     let Some(token) = token else {
-        return match peer.to_canonical().is_loopback() {
+        // A request relayed by a proxy on this host comes from loopback too:
+        // one that says it was relayed (RFC 7239, or the de facto headers)
+        // is not taken for local.
+        let relayed = ["forwarded", "x-forwarded-for", "x-real-ip"]
+            .iter()
+            .any(|name| headers.contains_key(*name));
+        return match peer.to_canonical().is_loopback() && !relayed {
             true => Access::Granted,
             false => Access::NotLoopback,
         };
     };
+    // RFC 6750 §2.1 / RFC 9110 §11.1: the scheme's name is case-insensitive.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials.trim());
     match given {
         Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Access::Granted,
         _ => Access::NoToken,
@@ -326,6 +336,11 @@ mod tests {
         }
         let ip = "10.0.0.7".parse().expect("an address");
         assert_eq!(allowed(None, ip, &headers), Access::NotLoopback);
+        // Relayed by a proxy on this host: not local.
+        let mut relayed = HeaderMap::new();
+        relayed.insert("x-forwarded-for", "203.0.113.9".parse().expect("a value"));
+        let local = "127.0.0.1".parse().expect("an address");
+        assert_eq!(allowed(None, local, &relayed), Access::NotLoopback);
     }
 
     #[test]
@@ -343,6 +358,9 @@ mod tests {
         );
         assert_eq!(allowed(Some(token), remote, &headers), Access::NoToken);
         let bearer = format!("Bearer {token}").parse().expect("a value");
+        headers.insert(header::AUTHORIZATION, bearer);
+        assert_eq!(allowed(Some(token), remote, &headers), Access::Granted);
+        let bearer = format!("bearer {token}").parse().expect("a value");
         headers.insert(header::AUTHORIZATION, bearer);
         assert_eq!(allowed(Some(token), remote, &headers), Access::Granted);
     }

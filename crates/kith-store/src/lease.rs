@@ -8,8 +8,11 @@
 //! closes), or a host gone silent (the connection's TCP keepalives, set
 //! short here, give up after about 15 s). The holder asks [`Lease::alive`]
 //! every second or so and gives the role up when it fails: the next holder
-//! can only take it once PostgreSQL has let go, so two holders overlap at
-//! most by the holder's own polling interval.
+//! can only take it once PostgreSQL has let go, so two holders may overlap
+//! for as long as the old one takes to notice (its polling interval plus a
+//! query's timeout). A role that must never be held twice needs fencing in
+//! the store on top of this; the group host avoids handling one stanza twice
+//! by other means (a NATS queue group).
 //!
 //! On SQLite (one process, no cluster) a lease is always granted.
 

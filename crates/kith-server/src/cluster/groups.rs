@@ -206,7 +206,10 @@ impl Cluster {
             Ok(Some(lease)) => {
                 // Listening before saying so: a stanza handed here from now
                 // on is heard.
-                let sid = self.nats.subscribe(GROUPS.to_owned());
+                // A queue group: should two nodes believe they host the
+                // groups for a moment (a lease lost, not yet noticed), a
+                // stanza still reaches one of them only.
+                let sid = self.nats.subscribe_in_group(GROUPS, "kith-groups");
                 self.nats.flush().await;
                 held.lease = Some(lease);
                 held.sid = Some(sid);
@@ -355,45 +358,81 @@ const GHOST_CHECKS: usize = 64;
 /// Removes occupants whose session no node holds any more: a node that
 /// stopped without a word (a crash, a cut) took their sessions with it, and
 /// nothing told the host. Local occupants leave through their session's end.
-async fn sweep_ghosts(server: &Arc<Server>, cluster: &Cluster) {
-    let remote: Vec<(String, String, String)> = server
-        .muc
-        .occupant_sessions()
-        .await
-        .into_iter()
-        .filter(|(_, _, full)| {
-            kith_proto::Jid::new(full).ok().is_some_and(|jid| {
-                let resource = jid.resource().map(|r| r.as_str().to_owned());
-                !resource.is_some_and(|r| server.router.has_resource(jid.to_bare().as_str(), &r))
-            })
-        })
-        .collect();
-    for chunk in remote.chunks(GHOST_CHECKS) {
-        let checks = chunk.iter().map(|(room, nick, full)| async move {
-            let jid = kith_proto::Jid::new(full).ok()?;
-            let resource = jid.resource()?.as_str().to_owned();
-            match cluster
-                .resource_bound(jid.to_bare().as_str(), &resource)
-                .await
-            {
-                Some(false) => Some((room, nick, full)),
-                _ => None,
-            }
-        });
-        for (room, nick, full) in futures::future::join_all(checks)
+/// Every `[cluster] occupant_check_secs`, on its own task (a long sweep must
+/// not hold up the lease's check), the host asks the nodes holding each remote
+/// occupant's user whether one has that session (`Frame::Bound`, answered
+/// only by a holder). An occupant leaves after two sweeps in a row without an
+/// answer, and only while this node's link was up throughout: a slow node or
+/// a link that dropped between does not make ghosts of live occupants.
+pub(super) async fn sweep_occupants(server: std::sync::Weak<Server>) {
+    let mut misses: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    loop {
+        let every = match server.upgrade() {
+            Some(server) => Duration::from_secs(server.config.cluster.occupant_check_secs.max(1)),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let Some(cluster) = &server.cluster else {
+            return;
+        };
+        if !cluster.hosts_groups() || !cluster.nats.connected() {
+            misses.clear();
+            continue;
+        }
+        let remote: Vec<(String, String, String)> = server
+            .muc
+            .occupant_sessions()
             .await
             .into_iter()
-            .flatten()
-        {
-            if cluster.hosts_groups() {
-                crate::features::muc::ghost_left(server, room, nick, full).await;
+            .filter(|(_, _, full)| {
+                kith_proto::Jid::new(full).ok().is_some_and(|jid| {
+                    let resource = jid.resource().map(|r| r.as_str().to_owned());
+                    !resource
+                        .is_some_and(|r| server.router.has_resource(jid.to_bare().as_str(), &r))
+                })
+            })
+            .collect();
+        let mut missing = Vec::new();
+        for chunk in remote.chunks(GHOST_CHECKS) {
+            let checks = chunk.iter().map(|occupant| async move {
+                let jid = kith_proto::Jid::new(&occupant.2).ok()?;
+                let resource = jid.resource()?.as_str().to_owned();
+                let bound = cluster
+                    .resource_bound(jid.to_bare().as_str(), &resource)
+                    .await;
+                (bound == Some(false)).then_some(occupant)
+            });
+            missing.extend(
+                futures::future::join_all(checks)
+                    .await
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        // The answers are only worth something if the link stayed up.
+        if !cluster.nats.connected() {
+            misses.clear();
+            continue;
+        }
+        let mut still = std::collections::HashMap::with_capacity(missing.len());
+        for (room, nick, full) in missing {
+            let count = misses.get(full).copied().unwrap_or(0) + 1;
+            if count >= 2 {
+                if cluster.hosts_groups() {
+                    crate::features::muc::ghost_left(&server, room, nick, full).await;
+                }
+            } else {
+                still.insert(full.clone(), count);
             }
         }
+        misses = still;
     }
 }
 
-/// Takes the group lease at start if it is free, then keeps checking it, and
-/// every `[cluster] occupant_check_secs` looks for occupants no node holds.
+/// Takes the group lease at start if it is free, then keeps checking it.
 pub(super) async fn keep_groups(server: std::sync::Weak<Server>) {
     if let Some(server) = server.upgrade()
         && let Some(cluster) = &server.cluster
@@ -402,7 +441,6 @@ pub(super) async fn keep_groups(server: std::sync::Weak<Server>) {
     }
     let mut tick = tokio::time::interval(LEASE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(server) = server.upgrade() else {
@@ -425,12 +463,6 @@ pub(super) async fn keep_groups(server: std::sync::Weak<Server>) {
         };
         if !alive {
             cluster.give_up_groups(&server).await;
-            continue;
-        }
-        let every = Duration::from_secs(server.config.cluster.occupant_check_secs.max(1));
-        if last_sweep.elapsed() >= every {
-            last_sweep = tokio::time::Instant::now();
-            sweep_ghosts(&server, cluster).await;
         }
     }
 }

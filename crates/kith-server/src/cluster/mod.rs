@@ -326,6 +326,7 @@ impl Cluster {
         tokio::spawn(resync_when_lost(Arc::downgrade(server)));
         if server.config.muc.enabled {
             tokio::spawn(groups::keep_groups(Arc::downgrade(server)));
+            tokio::spawn(groups::sweep_occupants(Arc::downgrade(server)));
         }
     }
 
@@ -467,7 +468,9 @@ impl Cluster {
     }
 
     /// Whether some node holds a session of `bare` bound to `resource`: yes,
-    /// no, or no answer in time (`None`).
+    /// or no answer (nobody holds the user, or those who do not this
+    /// resource, or no answer in time: the caller asks again before it
+    /// believes it), or not asked (`None`, the frame was dropped).
     pub(crate) async fn resource_bound(&self, bare: &str, resource: &str) -> Option<bool> {
         let frame = Frame::Bound {
             resource: resource.to_owned(),
@@ -806,7 +809,12 @@ fn encode(frame: &Frame) -> Option<Vec<u8>> {
 }
 
 fn parse(server: &Server, xml: &str) -> Option<Element> {
-    match parse_fragment(xml.as_bytes(), crate::c2s::limits(server)) {
+    // A stanza crosses the bus re-serialised, which may escape more than the
+    // client did (a `>` becomes `&gt;`): its size was checked where it came
+    // in, and the frame's by NATS's `max_payload`.
+    let mut limits = crate::c2s::limits(server);
+    limits.max_stanza_size = limits.max_stanza_size.max(xml.len());
+    match parse_fragment(xml.as_bytes(), limits) {
         Ok(stanza) => Some(stanza),
         Err(error) => {
             tracing::warn!(%error, "an unreadable stanza from the cluster");

@@ -272,6 +272,13 @@ impl Nats {
         sid
     }
 
+    /// Subscribes to `subject` in queue group `queue`: NATS hands each message
+    /// to one member of the group only.
+    pub(crate) fn subscribe_in_group(&self, subject: &str, queue: &str) -> u64 {
+        // `SUB <subject> <queue> <sid>`: kept as the line's arguments.
+        self.subscribe(format!("{subject} {queue}"))
+    }
+
     pub(crate) fn unsubscribe(&self, sid: u64) {
         let _ = self.ctl.send(Ctl::Unsub { sid });
     }
@@ -347,21 +354,36 @@ impl Nats {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         lock(&self.pending).insert(token, answer);
+        // Taken out however this ends, a caller that stops waiting included.
+        let _waiting = Forget {
+            pending: &self.pending,
+            token,
+        };
         let sent = self.send(Publish {
             subject,
             reply: Some(format!("{}{token}", self.inbox)),
             payload,
         });
-        let outcome = match sent {
+        match sent {
             Ok(()) => match tokio::time::timeout(wait, answered).await {
                 Ok(Ok(Some(payload))) => Ok(payload),
                 Ok(Ok(None)) => Err(Unanswered::NoResponders),
                 Ok(Err(_)) | Err(_) => Err(Unanswered::Timeout),
             },
             Err(dropped) => Err(Unanswered::Dropped(dropped)),
-        };
-        lock(&self.pending).remove(&token);
-        outcome
+        }
+    }
+}
+
+/// Removes a request from the pending ones when dropped.
+struct Forget<'a> {
+    pending: &'a Pending,
+    token: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.token);
     }
 }
 
@@ -547,7 +569,8 @@ struct Task {
     waiting: Arc<AtomicUsize>,
     connected: Arc<AtomicBool>,
     handler: Handler,
-    /// Every subscription, to send again after a reconnection.
+    /// Every subscription (the `SUB` line's subject and queue group, if
+    /// any), to send again after a reconnection.
     subs: HashMap<u64, String>,
     inbox: String,
     pending: Pending,
