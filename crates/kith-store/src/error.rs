@@ -91,6 +91,12 @@ pub enum StoreError {
     /// `Store::room_catch_up`). Not a failure.
     #[error("owed to {0:?}, not copied yet")]
     Owed(String),
+
+    /// A group message or membership change from a process that no longer
+    /// holds the lease fencing room writes (`Store::fence_rooms`): another
+    /// process may host the rooms now.
+    #[error("room writes are fenced: this process no longer holds the rooms' lease")]
+    Fenced,
 }
 
 impl StoreError {

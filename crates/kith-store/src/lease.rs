@@ -10,9 +10,10 @@
 //! every second or so and gives the role up when it fails: the next holder
 //! can only take it once PostgreSQL has let go, so two holders may overlap
 //! for as long as the old one takes to notice (its polling interval plus a
-//! query's timeout). A role that must never be held twice needs fencing in
-//! the store on top of this; the group host avoids handling one stanza twice
-//! by other means (a NATS queue group).
+//! query's timeout). Writes that must never come from two holders check the
+//! lease in their own transaction ([`Store::fence_rooms`]: the lock still
+//! granted to the lease's backend in `pg_locks`), which leaves only the
+//! moment between that check and their commit.
 //!
 //! On SQLite (one process, no cluster) a lease is always granted.
 
@@ -25,6 +26,16 @@ pub struct Lease {
     /// `None` on SQLite, or once failed.
     conn: Option<sqlx::PgConnection>,
     failed: bool,
+    /// The advisory lock: its key and the backend holding it.
+    fence: Option<Fence>,
+}
+
+/// What a transaction checks to know a lease still holds: the advisory lock
+/// `key` held by backend `pid` (`pg_locks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub(crate) key: i64,
+    pub(crate) pid: i32,
 }
 
 impl Lease {
@@ -46,6 +57,12 @@ impl Lease {
         }
     }
 
+    /// What a write that must only happen while this lease holds checks
+    /// (`Store::fence_rooms`); `None` on SQLite.
+    pub fn fence(&self) -> Option<Fence> {
+        self.fence
+    }
+
     /// Lets go at once (rather than when dropped).
     pub async fn release(mut self) {
         if let Some(conn) = self.conn.take() {
@@ -55,12 +72,23 @@ impl Lease {
 }
 
 impl Store {
+    /// From now on, group messages and room membership changes commit only
+    /// while `fence`'s lease holds (checked in their transaction, PostgreSQL),
+    /// and fail with [`crate::StoreError::Fenced`] once it does not: a
+    /// process that lost the rooms' lease and has not noticed yet writes
+    /// nothing more to them. Set by the rooms' host when it takes the lease,
+    /// and left in place when it gives the lease up.
+    pub fn fence_rooms(&self, fence: Option<Fence>) {
+        self.writer.set_fence(fence);
+    }
+
     /// Takes the lease `key` if no other process holds it.
     pub async fn try_lease(&self, key: i64) -> Result<Option<Lease>> {
         let Some(options) = self.writer.pg_options() else {
             return Ok(Some(Lease {
                 conn: None,
                 failed: false,
+                fence: None,
             }));
         };
         let mut conn = sqlx::PgConnection::connect_with(&options).await?;
@@ -75,9 +103,13 @@ impl Store {
             .fetch_one(&mut conn)
             .await?;
         if held {
+            let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await?;
             Ok(Some(Lease {
                 conn: Some(conn),
                 failed: false,
+                fence: Some(Fence { key, pid }),
             }))
         } else {
             let _ = conn.close().await;

@@ -171,7 +171,7 @@ pub use archive::{
 pub use batch::tail_bench as bench;
 pub use batch::{Delivered, WriterMetrics};
 pub use error::{Result, StoreError};
-pub use lease::Lease;
+pub use lease::{Fence, Lease};
 pub use muc::{Live, RoomAffiliation, RoomInvite, RoomMember, StoredRoom};
 pub use pep::{PepExpired, PepItem, PepNode, PepNodeConfig, PepWrite};
 pub use phone::{DeviceCredential, LinkRequest, PhoneClaim, VerificationCode};

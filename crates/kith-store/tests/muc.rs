@@ -626,3 +626,63 @@ async fn large_fan_out_gives_each_owner_the_next_number(db: TestDb) {
     assert_eq!((got.len(), got[0].seq), (1, 1));
     assert_eq!(store.inbox_after("m00", 0, 10).await.unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn group_messages_are_fenced_by_the_rooms_lease() {
+    run_postgres(|db: TestDb| async move {
+        const KEY: i64 = 0x6b69_7468_6665_6e63;
+        let store = team_of_three(&db).await;
+        let sessions = Sessions::default();
+        sessions.set(&TEAM);
+        let lease = store.try_lease(KEY).await.unwrap().expect("free");
+        let fence = lease.fence().expect("a PostgreSQL lease has a fence");
+        store.fence_rooms(Some(fence));
+        let results = say(&store, "while held", &TEAM, &sessions).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        // The lease's backend goes away (another process may take it now).
+        let raw = db.raw().await;
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            .execute(&raw)
+            .await
+            .unwrap();
+        // The backend ends a moment later.
+        for _ in 0..100 {
+            let (left,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+                    .fetch_one(&raw)
+                    .await
+                    .unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let results = say(&store, "after the lease", &TEAM, &sessions).await;
+        // (Each job of a failed batch gets the batch's error as text.)
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.to_string().contains("fenced"))),
+            "{results:?}"
+        );
+        for owner in TEAM {
+            assert_eq!(bodies(&store, owner).await, ["while held"], "{owner}");
+        }
+        // What is not a room write goes on: a 1:1 message, a member's catch-up.
+        let one = NewInboxEntry {
+            stanza_id: "s1",
+            sender: "bob@localhost/phone",
+            kind: "message",
+            xml: "<message xmlns='jabber:client'><body>direct</body></message>",
+            at_micros: 11,
+            peer: "bob@localhost",
+            direction: "in",
+            body: Some("direct"),
+            origin: None,
+        };
+        store.inbox_append(TEAM[0], &one).await.unwrap();
+        store.room_catch_up(TEAM[1]).await.unwrap();
+        drop(lease);
+    })
+    .await;
+}

@@ -43,6 +43,9 @@ const LEASE_KEY: i64 = 0x6b69_7468_6772_7073;
 /// How often the host checks that its lease still holds.
 const LEASE_CHECK: Duration = Duration::from_secs(1);
 
+/// How often a node that is not the host may try to take the lease.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a node waits for the host to have handled a stanza or a call.
 const HOST_WAIT: Duration = Duration::from_secs(10);
 
@@ -62,6 +65,8 @@ pub(crate) struct Host {
 struct Held {
     lease: Option<kith_store::Lease>,
     sid: Option<u64>,
+    /// When this node last tried to take the lease.
+    last_try: Option<tokio::time::Instant>,
 }
 
 /// A group operation of the HTTP API or of account deletion, run where the
@@ -202,13 +207,30 @@ impl Cluster {
         if self.hosts_groups() {
             return true;
         }
-        match server.store.try_lease(LEASE_KEY).await {
-            Ok(Some(lease)) => {
+        // Asked at most once a second: a stanza waiting for a host that has
+        // not subscribed yet retries ten times a second, each would connect.
+        if held
+            .last_try
+            .is_some_and(|tried| tried.elapsed() < LEASE_RETRY)
+        {
+            return false;
+        }
+        held.last_try = Some(tokio::time::Instant::now());
+        let taken = tokio::time::timeout(LEASE_CHECK * 5, server.store.try_lease(LEASE_KEY)).await;
+        match taken {
+            Ok(Ok(Some(lease))) => {
+                // Whatever rooms this node loaded when it hosted them before
+                // (or a task still running then loaded since) may have
+                // changed under another host.
+                server.muc.forget_all();
+                // Group messages and membership changes commit only while
+                // this lease holds: once it is lost, this node writes nothing
+                // more to the rooms, noticed or not (kept after giving up).
+                server.store.fence_rooms(lease.fence());
                 // Listening before saying so: a stanza handed here from now
-                // on is heard.
-                // A queue group: should two nodes believe they host the
-                // groups for a moment (a lease lost, not yet noticed), a
-                // stanza still reaches one of them only.
+                // on is heard. A queue group: should two nodes believe they
+                // host the groups for a moment (a lease lost, not yet
+                // noticed), a stanza still reaches one of them only.
                 let sid = self.nats.subscribe_in_group(GROUPS, "kith-groups");
                 self.nats.flush().await;
                 held.lease = Some(lease);
@@ -217,9 +239,13 @@ impl Cluster {
                 tracing::info!("this node hosts the group chats now");
                 true
             }
-            Ok(None) => false,
-            Err(error) => {
+            Ok(Ok(None)) => false,
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "taking the group lease");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("taking the group lease: the database did not answer in time");
                 false
             }
         }
@@ -251,12 +277,14 @@ impl Cluster {
         let frame = Frame::Group {
             xml: stanza.to_xml(""),
         };
-        self.ask_groups(server, &frame)
-            .await
-            .map(|handled| match handled {
-                Handled::Here => Handled::Here,
-                Handled::There(_) => Handled::There(()),
-            })
+        match self.ask_groups(server, &frame).await? {
+            Handled::Here => Ok(Handled::Here),
+            // Handled: an empty answer. Anything else is a refusal.
+            Handled::There(answer) if answer.is_empty() => Ok(Handled::There(())),
+            Handled::There(answer) => Err(serde_json::from_slice::<Answer>(&answer)
+                .map(Answer::into_error)
+                .unwrap_or_else(|_| StanzaError::internal())),
+        }
     }
 
     /// Runs `call` on the node hosting the groups; `Here` when that is this one.
@@ -286,6 +314,10 @@ impl Cluster {
         for _ in 0..RETRIES {
             if self.hosts_groups() {
                 return Ok(Handled::Here);
+            }
+            if !self.nats.connected() {
+                return Err(StanzaError::service_unavailable()
+                    .with_text("this node has lost the cluster's bus"));
             }
             match self
                 .nats
@@ -334,12 +366,18 @@ pub(super) fn on_group_frame(server: &Arc<Server>, frame: Frame, reply: Option<&
         };
         let answer = match frame {
             _ if !cluster.hosts_groups() => NOT_HOST.to_vec(),
-            Frame::Group { xml } => {
-                if let Some(stanza) = super::parse(&server, &xml) {
+            Frame::Group { xml } => match super::parse(&server, &xml) {
+                Some(stanza) => {
                     crate::features::muc::handle(&server, stanza).await;
+                    Vec::new()
                 }
-                Vec::new()
-            }
+                // Not handled: the sender's node says so (and acknowledges nothing).
+                None => serde_json::to_vec(&Answer::refused(
+                    &StanzaError::bad_request()
+                        .with_text("unreadable on the node hosting the groups"),
+                ))
+                .unwrap_or_default(),
+            },
             Frame::GroupCall { call } => {
                 let answer = crate::features::muc::run_call(&server, call).await;
                 serde_json::to_vec(&answer).unwrap_or_default()

@@ -269,7 +269,12 @@ pub(crate) struct Writer {
     /// The PostgreSQL writer's connection.
     pg: Option<sqlx::PgPool>,
     stats: Arc<WriterStats>,
+    /// PostgreSQL: the lease room writes are fenced by (`Store::fence_rooms`).
+    fence: Fencing,
 }
+
+/// The lease room writes are fenced by, shared with the PostgreSQL writer.
+pub(crate) type Fencing = Arc<std::sync::Mutex<Option<crate::lease::Fence>>>;
 
 /// Waits for the SQLite writer thread to end when dropped, so its connection is
 /// closed before the store's owner can remove the database files (SQLite keeps
@@ -305,6 +310,8 @@ impl Writer {
             _thread: Some(Arc::new(Joiner(std::sync::Mutex::new(Some(thread))))),
             pg: None,
             stats,
+            // One process on SQLite: nothing to fence.
+            fence: Fencing::default(),
         })
     }
 
@@ -312,14 +319,25 @@ impl Writer {
     pub(crate) fn start_postgres(pool: sqlx::PgPool) -> Writer {
         let (tx, rx) = flume::bounded(MAX_BATCH * 4);
         let stats = Arc::new(WriterStats::default());
-        tokio::spawn(postgres::run(pool.clone(), rx, stats.clone()));
+        let fence = Fencing::default();
+        tokio::spawn(postgres::run(
+            pool.clone(),
+            rx,
+            stats.clone(),
+            fence.clone(),
+        ));
         Writer {
             tx,
             tail: None,
             _thread: None,
             pg: Some(pool),
             stats,
+            fence,
         }
+    }
+
+    pub(crate) fn set_fence(&self, fence: Option<crate::lease::Fence>) {
+        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = fence;
     }
 
     /// PostgreSQL: how the writer connects (for a connection of one's own).

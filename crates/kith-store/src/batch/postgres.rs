@@ -14,16 +14,25 @@ use sqlx::{PgPool, Postgres, Row};
 
 use std::sync::Arc;
 
-use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
-use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, WriterStats, answer, fail, fill, plan};
+use super::rooms::{self, Fill, RoomOp, RoomReads, RoomRows, RoomState, RoomWrite};
+use super::{
+    Callbacks, Done, Fencing, Job, MAX_BATCH, OwnedEntry, WriterStats, answer, fail, fill, plan,
+};
+use crate::lease::Fence;
 use crate::{Result, StoreError};
 
-pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>, stats: Arc<WriterStats>) {
+pub(super) async fn run(
+    pool: PgPool,
+    rx: flume::Receiver<Job>,
+    stats: Arc<WriterStats>,
+    fencing: Fencing,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv_async().await {
         fill(&mut batch, first, &rx, &stats);
         let started = std::time::Instant::now();
-        match write(&pool, &batch).await {
+        let fence = *fencing.lock().unwrap_or_else(|e| e.into_inner());
+        match write(&pool, &batch, fence).await {
             Ok(results) => {
                 tracing::debug!(
                     jobs = batch.len(),
@@ -37,7 +46,7 @@ pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>, stats: Arc<Write
                 tracing::warn!(%error, size = batch.len(), "group commit failed; retrying one by one");
                 for job in batch.drain(..) {
                     let job = vec![job];
-                    match write(&pool, &job).await {
+                    match write(&pool, &job, fence).await {
                         Ok(results) => answer(job.into_iter(), results, &Callbacks::Inline),
                         Err(error) => fail(job.into_iter(), &error, &Callbacks::Inline),
                     }
@@ -45,6 +54,22 @@ pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>, stats: Arc<Write
             }
         }
     }
+}
+
+/// Whether the lease `fence` names is still held by its backend.
+async fn holds(tx: &mut sqlx::Transaction<'_, Postgres>, fence: Fence) -> Result<bool> {
+    // `pg_advisory_lock(bigint)` shows as classid = the key's high 32 bits,
+    // objid = its low 32 bits, objsubid = 1 (PostgreSQL's `pg_locks` docs).
+    let (held,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND pid = $1 AND classid::bigint = $2 AND objid::bigint = $3 AND objsubid = 1)",
+    )
+    .bind(fence.pid)
+    .bind((fence.key >> 32) & 0xffff_ffff)
+    .bind(fence.key & 0xffff_ffff)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(held)
 }
 
 /// Runs every job of the batch atomically. The error is a database failure
@@ -56,13 +81,31 @@ pub(super) async fn run(pool: PgPool, rx: flume::Receiver<Job>, stats: Arc<Write
 /// only while PostgreSQL runs the call. One with rooms reads their state first,
 /// so it runs in an explicit transaction, its rows locked from the call to the
 /// commit (in a cluster only the group host's writer appends to rooms).
-async fn write(pool: &PgPool, batch: &[Job]) -> Result<Vec<Done>> {
+async fn write(pool: &PgPool, batch: &[Job], fence: Option<Fence>) -> Result<Vec<Done>> {
     // What the batch's group messages and room changes need to know.
     let needs = rooms::needs(batch);
     let mut tx = match needs {
         Some(_) => Some(pool.begin().await?),
         None => None,
     };
+    // Group messages and membership changes commit only while the rooms'
+    // lease holds (`Store::fence_rooms`), checked inside their transaction;
+    // a member's catch-up, which any process makes, is not fenced.
+    if let (Some(tx), Some(fence)) = (&mut tx, fence)
+        && batch.iter().any(|job| {
+            matches!(
+                job,
+                Job::Fan { .. }
+                    | Job::Rooms {
+                        op: RoomOp::Join { .. } | RoomOp::Leave { .. },
+                        ..
+                    }
+            )
+        })
+        && !holds(tx, fence).await?
+    {
+        return Err(StoreError::Fenced);
+    }
     let state = match (&needs, &mut tx) {
         (Some(needs), Some(tx)) => rooms::read(needs, &mut PgReads { tx }).await?,
         _ => RoomState::default(),
