@@ -13,7 +13,11 @@
 //! and an account's deletion go the same way ([`Call`], with an [`Answer`]).
 //! What the host says to occupants goes out through the bus to whichever node
 //! holds their sessions; members' copies are written for every member (their
-//! sessions may be on any node) and each member's nodes are woken.
+//! sessions may be on any node) and each member's nodes get a wake-up carrying
+//! the copy. The host listens in a NATS queue group, and its room writes are
+//! fenced by the lease (`Store::fence_rooms`): a host that lost the lease and
+//! has not noticed yet neither shares a stanza with the new one nor writes to
+//! the rooms.
 //!
 //! The lease is taken on demand: at start, and whenever a node finds nobody
 //! listening on [`GROUPS`] (the host stopped or lost its database connection);
@@ -279,11 +283,8 @@ impl Cluster {
         };
         match self.ask_groups(server, &frame).await? {
             Handled::Here => Ok(Handled::Here),
-            // Handled: an empty answer. Anything else is a refusal.
-            Handled::There(answer) if answer.is_empty() => Ok(Handled::There(())),
-            Handled::There(answer) => Err(serde_json::from_slice::<Answer>(&answer)
-                .map(Answer::into_error)
-                .unwrap_or_else(|_| StanzaError::internal())),
+            Handled::There(Answer::Done) => Ok(Handled::There(())),
+            Handled::There(refused) => Err(refused.into_error()),
         }
     }
 
@@ -293,23 +294,14 @@ impl Cluster {
         server: &Arc<Server>,
         call: Call,
     ) -> Result<Handled<Answer>, StanzaError> {
-        let frame = Frame::GroupCall { call };
-        match self.ask_groups(server, &frame).await? {
-            Handled::Here => Ok(Handled::Here),
-            Handled::There(payload) => serde_json::from_slice::<Answer>(&payload)
-                .map(Handled::There)
-                .map_err(|error| {
-                    tracing::error!(%error, "an unreadable answer from the group host");
-                    StanzaError::internal()
-                }),
-        }
+        self.ask_groups(server, &Frame::GroupCall { call }).await
     }
 
     async fn ask_groups(
         &self,
         server: &Arc<Server>,
         frame: &Frame,
-    ) -> Result<Handled<Vec<u8>>, StanzaError> {
+    ) -> Result<Handled<Answer>, StanzaError> {
         let payload = encode(frame).ok_or_else(StanzaError::internal)?;
         for _ in 0..RETRIES {
             if self.hosts_groups() {
@@ -324,8 +316,15 @@ impl Cluster {
                 .ask(GROUPS.to_owned(), payload.clone(), HOST_WAIT)
                 .await
             {
-                Ok(answer) if answer == NOT_HOST => {}
-                Ok(answer) => return Ok(Handled::There(answer)),
+                Ok(payload) => match serde_json::from_slice::<Answer>(&payload) {
+                    // It stopped hosting meanwhile: ask again.
+                    Ok(Answer::NotHost) => {}
+                    Ok(answer) => return Ok(Handled::There(answer)),
+                    Err(error) => {
+                        tracing::error!(%error, "an unreadable answer from the group host");
+                        return Err(StanzaError::internal());
+                    }
+                },
                 // Nobody hosts them: this node will, unless another was first.
                 Err(Unanswered::NoResponders) => {
                     if self.try_host_groups(server).await {
@@ -352,9 +351,6 @@ impl Cluster {
     }
 }
 
-/// The answer of a node asked as host that no longer is one.
-const NOT_HOST: &[u8] = b"{\"answer\":\"not_host\"}";
-
 /// Applies a frame read on [`GROUPS`] (this node hosts the groups, or did):
 /// handled on a task of its own, answered once done.
 pub(super) fn on_group_frame(server: &Arc<Server>, frame: Frame, reply: Option<&str>) {
@@ -365,26 +361,22 @@ pub(super) fn on_group_frame(server: &Arc<Server>, frame: Frame, reply: Option<&
             return;
         };
         let answer = match frame {
-            _ if !cluster.hosts_groups() => NOT_HOST.to_vec(),
+            _ if !cluster.hosts_groups() => Answer::NotHost,
             Frame::Group { xml } => match super::parse(&server, &xml) {
                 Some(stanza) => {
                     crate::features::muc::handle(&server, stanza).await;
-                    Vec::new()
+                    Answer::Done
                 }
                 // Not handled: the sender's node says so (and acknowledges nothing).
-                None => serde_json::to_vec(&Answer::refused(
+                None => Answer::refused(
                     &StanzaError::bad_request()
                         .with_text("unreadable on the node hosting the groups"),
-                ))
-                .unwrap_or_default(),
+                ),
             },
-            Frame::GroupCall { call } => {
-                let answer = crate::features::muc::run_call(&server, call).await;
-                serde_json::to_vec(&answer).unwrap_or_default()
-            }
+            Frame::GroupCall { call } => crate::features::muc::run_call(&server, call).await,
             _ => return,
         };
-        if let Some(reply) = reply {
+        if let (Some(reply), Ok(answer)) = (reply, serde_json::to_vec(&answer)) {
             let _ = cluster.nats.publish(reply, answer);
         }
     });
@@ -404,6 +396,8 @@ const GHOST_CHECKS: usize = 64;
 /// a link that dropped between does not make ghosts of live occupants.
 pub(super) async fn sweep_occupants(server: std::sync::Weak<Server>) {
     let mut misses: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    // Not `every`: the checks below borrow across their `join_all`, which
+    // an async closure's future cannot be shown `Send` for.
     loop {
         let every = match server.upgrade() {
             Some(server) => Duration::from_secs(server.config.cluster.occupant_check_secs.max(1)),
@@ -420,29 +414,28 @@ pub(super) async fn sweep_occupants(server: std::sync::Weak<Server>) {
             misses.clear();
             continue;
         }
-        let remote: Vec<(String, String, String)> = server
+        // Occupant sessions no local session is: (room, nick, full JID, bare, resource).
+        let remote: Vec<(String, String, String, String, String)> = server
             .muc
             .occupant_sessions()
             .await
             .into_iter()
-            .filter(|(_, _, full)| {
-                kith_proto::Jid::new(full).ok().is_some_and(|jid| {
-                    let resource = jid.resource().map(|r| r.as_str().to_owned());
-                    !resource
-                        .is_some_and(|r| server.router.has_resource(jid.to_bare().as_str(), &r))
-                })
+            .filter_map(|(room, nick, full)| {
+                let jid = kith_proto::FullJid::new(&full).ok()?;
+                let bare = jid.to_bare().to_string();
+                let resource = jid.resource().as_str().to_owned();
+                (!server.router.has_resource(&bare, &resource))
+                    .then_some((room, nick, full, bare, resource))
             })
             .collect();
         let mut missing = Vec::new();
         for chunk in remote.chunks(GHOST_CHECKS) {
-            let checks = chunk.iter().map(|occupant| async move {
-                let jid = kith_proto::Jid::new(&occupant.2).ok()?;
-                let resource = jid.resource()?.as_str().to_owned();
-                let bound = cluster
-                    .resource_bound(jid.to_bare().as_str(), &resource)
-                    .await;
-                (bound == Some(false)).then_some(occupant)
-            });
+            let checks = chunk
+                .iter()
+                .map(|(room, nick, full, bare, resource)| async move {
+                    let bound = cluster.resource_bound(bare, resource).await;
+                    (bound == Some(false)).then_some((room, nick, full))
+                });
             missing.extend(
                 futures::future::join_all(checks)
                     .await
@@ -477,32 +470,28 @@ pub(super) async fn keep_groups(server: std::sync::Weak<Server>) {
     {
         cluster.try_host_groups(&server).await;
     }
-    let mut tick = tokio::time::interval(LEASE_CHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(server) = server.upgrade() else {
-            return;
-        };
-        let Some(cluster) = &server.cluster else {
-            return;
-        };
-        if !cluster.hosts_groups() {
-            continue;
-        }
-        let alive = {
-            let mut held = cluster.groups.held.lock().await;
-            match held.lease.as_mut() {
-                Some(lease) => tokio::time::timeout(LEASE_CHECK * 3, lease.alive())
-                    .await
-                    .unwrap_or(false),
-                None => false,
+    super::every(
+        server,
+        LEASE_CHECK,
+        async |server: &Arc<Server>, cluster: &Cluster| {
+            if !cluster.hosts_groups() {
+                return;
             }
-        };
-        if !alive {
-            cluster.give_up_groups(&server).await;
-        }
-    }
+            let alive = {
+                let mut held = cluster.groups.held.lock().await;
+                match held.lease.as_mut() {
+                    Some(lease) => tokio::time::timeout(LEASE_CHECK * 3, lease.alive())
+                        .await
+                        .unwrap_or(false),
+                    None => false,
+                }
+            };
+            if !alive {
+                cluster.give_up_groups(server).await;
+            }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -532,12 +521,11 @@ mod tests {
             Answer::Preview { link: None },
             Answer::Done,
             Answer::refused(&StanzaError::forbidden().with_text("not an admin")),
+            Answer::NotHost,
         ] {
             let bytes = serde_json::to_vec(&answer).expect("encoded");
             assert_eq!(serde_json::from_slice::<Answer>(&bytes).ok(), Some(answer));
         }
-        let not_host: Answer = serde_json::from_slice(NOT_HOST).expect("the constant parses");
-        assert_eq!(not_host, Answer::NotHost);
     }
 
     #[test]

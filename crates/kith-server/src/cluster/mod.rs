@@ -219,8 +219,32 @@ const RESYNC_EVERY: Duration = Duration::from_secs(1);
 /// dropped too. Presence and the other unlogged frames dropped are lost, as
 /// on a connection cut.
 async fn resync_when_lost(server: Weak<Server>) {
-    let mut tick = tokio::time::interval(RESYNC_EVERY);
+    every(
+        server,
+        RESYNC_EVERY,
+        async |_: &Arc<Server>, cluster: &Cluster| {
+            if cluster.lost.swap(false, Ordering::Relaxed) {
+                tracing::info!(
+                    "asking every node's sessions to read their logs (frames were dropped)"
+                );
+                cluster.send(ALL.to_owned(), &Frame::Resync);
+            }
+        },
+    )
+    .await;
+}
+
+/// Runs `step` every `period`, from one `period` on, while the server lives:
+/// a node's periodic cluster work.
+async fn every(
+    server: Weak<Server>,
+    period: Duration,
+    mut step: impl AsyncFnMut(&Arc<Server>, &Cluster),
+) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An interval's first tick is at once.
+    tick.tick().await;
     loop {
         tick.tick().await;
         let Some(server) = server.upgrade() else {
@@ -229,10 +253,7 @@ async fn resync_when_lost(server: Weak<Server>) {
         let Some(cluster) = &server.cluster else {
             return;
         };
-        if cluster.lost.swap(false, Ordering::Relaxed) {
-            tracing::info!("asking every node's sessions to read their logs (frames were dropped)");
-            cluster.send(ALL.to_owned(), &Frame::Resync);
-        }
+        step(&server, cluster).await;
     }
 }
 
@@ -475,12 +496,7 @@ impl Cluster {
         let frame = Frame::Bound {
             resource: resource.to_owned(),
         };
-        let payload = encode(&frame)?;
-        match self
-            .nats
-            .ask(user_subject(bare), payload, ONLINE_WAIT)
-            .await
-        {
+        match self.ask_user(bare, &frame, ONLINE_WAIT).await {
             Ok(_) => Some(true),
             // Nobody holds a session of the user; or those who do, not this one.
             Err(nats::Unanswered::NoResponders | nats::Unanswered::Timeout) => Some(false),
@@ -501,10 +517,19 @@ impl Cluster {
     /// once one of them took it (`read_subject` answers), false when none did
     /// within `wait`, or none listens.
     async fn ask(&self, bare: &str, frame: &Frame, wait: Duration) -> bool {
-        let Some(payload) = encode(frame) else {
-            return false;
-        };
-        self.nats.request(user_subject(bare), payload, wait).await
+        self.ask_user(bare, frame, wait).await.is_ok()
+    }
+
+    /// [`Cluster::ask`], saying why nobody answered.
+    async fn ask_user(
+        &self,
+        bare: &str,
+        frame: &Frame,
+        wait: Duration,
+    ) -> Result<Vec<u8>, nats::Unanswered> {
+        // A frame that does not encode is not sent, as one NATS would not take.
+        let payload = encode(frame).ok_or(nats::Unanswered::Dropped(nats::Dropped::TooLarge))?;
+        self.nats.ask(user_subject(bare), payload, wait).await
     }
 
     /// `owner` approved `subscriber`'s subscription: its sessions on other

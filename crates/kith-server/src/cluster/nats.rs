@@ -337,14 +337,9 @@ impl Nats {
         })
     }
 
-    /// Publishes `payload` as a request; whether somebody answered within
-    /// `wait`. Nobody subscribing to the subject is known at once (the
+    /// Publishes `payload` as a request and returns the first answer's payload
+    /// within `wait`. Nobody subscribing to the subject is known at once (the
     /// server's status 503), not after `wait`.
-    pub(crate) async fn request(&self, subject: String, payload: Vec<u8>, wait: Duration) -> bool {
-        self.ask(subject, payload, wait).await.is_ok()
-    }
-
-    /// Publishes `payload` as a request and returns the first answer's payload.
     pub(crate) async fn ask(
         &self,
         subject: String,

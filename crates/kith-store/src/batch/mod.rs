@@ -1012,7 +1012,8 @@ pub(crate) struct WriterStats {
 pub struct WriterMetrics {
     /// Jobs waiting for the writer (appends, acknowledgements, …).
     pub queued: usize,
-    /// Batches taken (one commit each, or one per job when a batch fails).
+    /// Batches taken, a commit each (a failed batch's jobs, retried one by
+    /// one, are not counted again).
     pub batches: u64,
     /// Jobs taken.
     pub jobs: u64,

@@ -502,8 +502,6 @@ fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
-/// Whether the device `resource` (its inbox-log key) of `bare` has a session that
-/// is not detached.
 impl Push {
     /// Notifications queued or in flight (for metrics).
     pub(crate) fn queued(&self) -> usize {
@@ -511,6 +509,8 @@ impl Push {
     }
 }
 
+/// Whether the device `resource` (its inbox-log key) of `bare` has a session that
+/// is not detached (on this node; `Frame::Device` asks the others).
 pub(crate) fn device_online(server: &Server, bare: &str, resource: &str) -> bool {
     server.router.with_sessions(bare, |sessions| {
         sessions
