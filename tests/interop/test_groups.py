@@ -419,3 +419,70 @@ async def test_offline_members_are_owed_messages_across_restart_removal_and_dest
     finally:
         await pool.close_all()
         server_factory.stop(srv)
+
+
+async def test_a_resent_group_message_is_stored_and_delivered_once(server_factory, backend):
+    """XEP-0359 §4 in a group: a client that resends a message with the same
+    origin-id (after a reconnect it wasn't sure about) doesn't make the members
+    see it twice, also when the server restarted in between; the resending
+    device gets the original's reflection back; another sender's message with
+    the same origin-id is a message of its own."""
+    srv = server_factory.start("resent", backend)
+    pool = ClientPool(srv)
+
+    def send(client, body, origin):
+        client.send_raw(f"<message to='{room}' type='groupchat'><body>{body}</body>"
+                        f"<origin-id xmlns='urn:xmpp:sid:0' id='{origin}'/></message>")
+
+    def bodies(client):
+        return [m["body"] for m in client.received
+                if getattr(m, "name", "") == "message" and m["type"] == "groupchat" and m["body"]]
+
+    try:
+        alice, bob, carol = [await pool.account("grs" + n) for n in "abc"]
+        a = await pool.connect(alice, plugins=PLUGINS)
+        b = await pool.connect(bob, plugins=PLUGINS)
+        room = new_room()
+        await join(a, room, "alice")
+        await add_members(a, room, bob.jid, carol.jid)
+        await join(b, room, "bob")
+        # Carol is a member who stays offline: her copies are owed, once each.
+        for _ in range(3):
+            send(a, "only once", "dup-1")
+        await b.wait_message(is_groupchat("only once"), what="only once")
+        send(b, "bob's own", "dup-1")
+        await a.wait_message(is_groupchat("bob's own"), what="bob's own")
+        send(a, "next", "dup-2")
+        await b.wait_message(is_groupchat("next"), what="next")
+        await a.wait_message(is_groupchat("next"), what="alice's reflection of next")
+        await asyncio.sleep(0.5)
+        assert bodies(b).count("only once") == 1, bodies(b)
+        assert bodies(a).count("bob's own") == 1, bodies(a)
+        # Each resend is answered with the original's reflection (one archive id).
+        reflections = a.matching(is_groupchat("only once"))
+        assert len(reflections) == 3, [m["body"] for m in reflections]
+        assert len({room_stanza_id(m, room) for m in reflections}) == 1
+
+        # The room remembers what it stored across a restart (read from its log).
+        await pool.close_all()
+        await asyncio.to_thread(srv.restart)
+        a = await pool.connect(alice, plugins=PLUGINS)
+        b = await pool.connect(bob, plugins=PLUGINS)
+        await join(a, room, "alice")
+        await join(b, room, "bob")
+        send(a, "only once", "dup-1")
+        send(a, "after restart", "dup-3")
+        await b.wait_message(is_groupchat("after restart"), what="after restart")
+        await asyncio.sleep(0.5)
+        # Once: in the history the room sent at the join, not again live.
+        assert bodies(b).count("only once") == 1, bodies(b)
+
+        c = await pool.connect(carol, plugins=PLUGINS)
+        await c.wait_message(is_groupchat("after restart"), what="carol's owed messages")
+        await asyncio.sleep(0.5)
+        assert bodies(c) == ["only once", "bob's own", "next", "after restart"], bodies(c)
+        page = await room_archive(a, room, {"max": "50"})
+        assert page.bodies.count("only once") == 1, page.bodies
+        assert page.bodies.count("bob's own") == 1, page.bodies
+    finally:
+        await pool.close_all()

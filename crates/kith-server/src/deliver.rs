@@ -466,11 +466,7 @@ fn log_message(
                 String::new()
             };
             // XEP-0359 §4: the sender's origin-id identifies a resend of the same message.
-            let origin = message
-                .get_child("origin-id", ns::SID)
-                .and_then(|o| o.get_attr("id"))
-                .filter(|id| !id.is_empty())
-                .map(|id| format!("{sender_bare}\n{id}"));
+            let origin = origin_id(&message).map(|id| origin_key(sender_bare, id));
             // Only indexed for search, so only read when archived.
             let body = (archived || sender_owner.is_some())
                 .then(|| message.child_text("body", ns::CLIENT))
@@ -655,6 +651,20 @@ fn stamp_stanza_id(message: &mut Element, recipient: &str, at_micros: i64) -> St
             .attr("by", recipient),
     );
     id
+}
+
+/// The XEP-0359 origin-id its sender gave a message, if any (an empty one is none).
+pub(crate) fn origin_id(message: &Element) -> Option<&str> {
+    message
+        .get_child("origin-id", ns::SID)
+        .and_then(|origin| origin.get_attr("id"))
+        .filter(|id| !id.is_empty())
+}
+
+/// What identifies a message across its sender's resends: the sender's bare
+/// JID and the origin-id (XEP-0359 §4: unique only per sender).
+pub(crate) fn origin_key(sender_bare: &str, origin_id: &str) -> String {
+    format!("{sender_bare}\n{origin_id}")
 }
 
 /// Whether a message is worth keeping for later (XEP-0160 §3, XEP-0334 hints):

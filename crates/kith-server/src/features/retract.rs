@@ -67,9 +67,7 @@ pub(crate) async fn apply(server: &Server, sender: &Jid, recipient: &BareJid, id
 /// Whether `message` is the one `id` names: its origin-id (XEP-0359), which
 /// XEP-0424 uses for 1:1 chats, or its `id` attribute for clients without one.
 fn refers_to(message: &Element, id: &str) -> bool {
-    message
-        .get_child("origin-id", ns::SID)
-        .and_then(|origin| origin.get_attr("id"))
+    crate::deliver::origin_id(message)
         .map_or(message.get_attr("id") == Some(id), |origin| origin == id)
 }
 

@@ -20,7 +20,7 @@ use kith_proto::stream::{Limits, parse_fragment};
 use kith_proto::{BareJid, Element, StanzaError, ns};
 use kith_store::{ArchiveQuery, NewInboxEntry, Paging};
 
-use super::room::{Affiliation, Room};
+use super::room::{Affiliation, RecentIds, Room};
 use super::{NS_MODERATE, NS_OCCUPANT_ID, internal, send_to};
 use crate::Server;
 use crate::features::{mam, privacy, retract};
@@ -79,9 +79,57 @@ pub(super) async fn from_occupant(
     if let Some(id) = retract::retracted_id(&reflected) {
         tombstone(server, room, &id, Some(&sender_bare), None).await;
     }
-    fan_out(server, room, reflected, &sender_bare)
+    // XEP-0359 §4: a resend of a message the room has stored (the client
+    // wasn't sure it got through) is not stored again; the sending device
+    // gets the original's reflection, which is what it was waiting for.
+    let origin =
+        crate::deliver::origin_id(message).map(|id| crate::deliver::origin_key(&sender_bare, id));
+    if let Some(key) = &origin
+        && let Some(archive_id) = stored_before(server, room, key).await
+    {
+        if let Ok(Some(entry)) = find(server, room, &archive_id).await
+            && let Ok(original) = parse_fragment(entry.xml.as_bytes(), Limits::default())
+        {
+            send_to(server, from, original);
+        }
+        tracing::debug!(room = room.jid, "a resent group message stored once");
+        return Ok(None);
+    }
+    fan_out(server, room, reflected, &sender_bare, origin)
         .await
         .map(Some)
+}
+
+/// The archive id of the message the room stored under this origin key
+/// (`deliver::origin_key`), if it is among the room's latest; the first ask
+/// after the room was loaded reads those from the room's log.
+async fn stored_before(server: &Server, room: &Room, key: &str) -> Option<String> {
+    let seeded = room.recent.lock().seeded;
+    if !seeded {
+        let query = ArchiveQuery {
+            paging: Paging::Before(None),
+            max: RecentIds::MAX as i64,
+            ..ArchiveQuery::default()
+        };
+        match server.store.archive_query(&room.jid, &query).await {
+            Ok(page) => {
+                let mut recent = room.recent.lock();
+                for entry in page.items {
+                    if let Ok(stored) = parse_fragment(entry.xml.as_bytes(), Limits::default())
+                        && let Some(id) = crate::deliver::origin_id(&stored)
+                    {
+                        recent.insert(crate::deliver::origin_key(&entry.peer, id), entry.stanza_id);
+                    }
+                }
+                recent.seeded = true;
+            }
+            // Asked again at the room's next message; meanwhile a resend may be stored twice.
+            Err(error) => {
+                tracing::warn!(room = room.jid, %error, "reading a room's latest origin-ids")
+            }
+        }
+    }
+    room.recent.lock().get(key).map(str::to_owned)
 }
 
 /// A group message queued for the group commit: resolves once it is committed
@@ -118,11 +166,15 @@ fn marker_target(message: &Element) -> Option<String> {
 /// documentation), in one commit; once
 /// committed (from the store's commit callback, in commit order) it is handed to members'
 /// devices and to non-member occupants.
+///
+/// `origin`, the message's origin key, is remembered once it is stored (see
+/// [`stored_before`]).
 pub(super) async fn fan_out(
     server: &Arc<Server>,
     room: &Room,
     mut reflected: Element,
     sender_bare: &str,
+    origin: Option<String>,
 ) -> Result<Queued, StanzaError> {
     let now = crate::now_micros();
     let archive_id = crate::archive_id(now);
@@ -170,10 +222,16 @@ pub(super) async fn fan_out(
         let reflected = Arc::new(reflected);
         let xml = xml.clone();
         let sender_bare = sender_bare.to_owned();
+        let recent = room.recent.clone();
+        let archive_id = archive_id.clone();
         move |results: Vec<kith_store::Result<i64>>| {
             let mut results = results.into_iter();
             match results.next() {
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => {
+                    if let Some(origin) = origin {
+                        recent.lock().insert(origin, archive_id);
+                    }
+                }
                 Some(Err(error)) => {
                     let _ = done.send(Err(error.to_string()));
                     return;
@@ -425,7 +483,7 @@ pub(super) async fn moderate(
         .attr("id", crate::random_id(16))
         .child(retract)
         .child(Element::new("urn:xmpp:hints", "store"));
-    fan_out(server, room, announcement, &requester)
+    fan_out(server, room, announcement, &requester, None)
         .await?
         .committed()
         .await?;

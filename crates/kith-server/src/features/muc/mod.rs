@@ -115,6 +115,7 @@ impl Muc {
                 })
                 .collect(),
             occupants: BTreeMap::new(),
+            recent: Arc::default(),
         };
         // Members from before rooms kept where each member's log stands start
         // at the room's head (their copies are in their logs already); for the

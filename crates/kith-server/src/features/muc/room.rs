@@ -2,7 +2,8 @@
 //! affiliations, occupants and their roles, and the privilege checks of §5.1 and
 //! §5.2. No I/O: `mod.rs` loads and saves it and turns decisions into stanzas.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kith_proto::StanzaError;
 use kith_proto::error::StanzaErrorCondition;
@@ -159,6 +160,57 @@ pub(crate) struct Room {
     pub affiliations: HashMap<String, (Affiliation, i64)>,
     /// nick → occupant.
     pub occupants: BTreeMap<String, Occupant>,
+    /// The origin-ids of the room's latest messages (shared with the commit
+    /// callbacks that record them).
+    pub recent: Arc<Recent>,
+}
+
+/// The XEP-0359 origin-ids of a room's latest stored messages, each keyed by
+/// its sender (`deliver::origin_key`) and mapped to the archive id the room gave it, so that a resend
+/// (after a reconnect, or a forwarding timeout in a cluster) is stored once.
+/// Bounded: the newest [`RecentIds::MAX`].
+#[derive(Debug, Default)]
+pub(crate) struct Recent(Mutex<RecentIds>);
+
+impl Recent {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, RecentIds> {
+        // Every change leaves the ids consistent: a panic elsewhere can't break them.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What [`Recent`] guards.
+#[derive(Debug, Default)]
+pub(crate) struct RecentIds {
+    /// Filled from the room's log, on the first message with an origin-id
+    /// after the room was loaded.
+    pub seeded: bool,
+    order: VecDeque<String>,
+    ids: HashMap<String, String>,
+}
+
+impl RecentIds {
+    /// Most origin-ids remembered per room.
+    pub const MAX: usize = 1024;
+
+    /// The archive id of the stored message with this key.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.ids.get(key).map(String::as_str)
+    }
+
+    /// Remembers a stored message, forgetting the oldest beyond [`RecentIds::MAX`].
+    pub fn insert(&mut self, key: String, archive_id: String) {
+        if self.ids.contains_key(&key) {
+            return;
+        }
+        self.order.push_back(key.clone());
+        self.ids.insert(key, archive_id);
+        while self.order.len() > Self::MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl Room {
@@ -323,6 +375,7 @@ mod tests {
                 ("banned@x".to_owned(), (Affiliation::Outcast, 3)),
             ]),
             occupants: BTreeMap::new(),
+            recent: Arc::default(),
         }
     }
 
@@ -403,5 +456,28 @@ mod tests {
             serde_json::from_str::<RoomConfig>("{}").unwrap(),
             RoomConfig::default()
         );
+    }
+
+    #[test]
+    fn recent_origin_ids_keep_the_newest_and_the_first_archive_id() {
+        let mut recent = RecentIds::default();
+        recent.insert("a\n1".into(), "first".into());
+        recent.insert("a\n1".into(), "second".into());
+        assert_eq!(
+            recent.get("a\n1"),
+            Some("first"),
+            "a resend keeps the original"
+        );
+        for i in 0..RecentIds::MAX {
+            recent.insert(format!("b\n{i}"), i.to_string());
+        }
+        assert_eq!(
+            recent.get("a\n1"),
+            None,
+            "the oldest is forgotten past the bound"
+        );
+        assert_eq!(recent.get("b\n0"), Some("0"));
+        assert_eq!(recent.ids.len(), RecentIds::MAX);
+        assert_eq!(recent.order.len(), RecentIds::MAX);
     }
 }
