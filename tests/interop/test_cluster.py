@@ -205,6 +205,55 @@ async def test_presence_and_pings_cross_nodes(pools):
     )
 
 
+async def test_resuming_on_the_other_node_ends_the_old_session_and_says_what_it_got(pools):
+    """XEP-0198 §5 across nodes: a session can't move between processes, so a
+    `<resume/>` sent to the node that doesn't hold it fails, but with the count
+    of stanzas the old session handled (`<failed h/>`), and that session ends
+    at once, counting what the client says it got. The client binds afresh:
+    what it had acknowledged is not sent again, what came meanwhile arrives
+    once, and the old node no longer holds the resource."""
+    one, two = pools
+    sm_plugins = DEFAULT_PLUGINS + ("xep_0198",)
+    alice, bob = await one.account("rxa"), await one.account("rxb")
+    a = await one.connect(alice)
+    b = await one.connect(bob, resource="phone", plugins=sm_plugins)
+    await asyncio.sleep(0.5)
+    sm = b.plugin["xep_0198"]
+    assert sm.sm_id, "no resumption offered"
+    a.send_message(mto=bob.jid, mbody="before the drop", mtype="chat")
+    await b.wait_message(lambda m: body_of(m) == "before the drop")
+    for n in range(2):
+        b.send_message(mto=alice.jid, mbody=f"from bob {n}", mtype="chat")
+    await a.wait_message(lambda m: body_of(m) == "from bob 1")
+    sent, got = sm.seq, sm.handled
+    b.transport.abort()
+    await asyncio.sleep(0.5)
+    a.send_message(mto=bob.jid, mbody="during the drop", mtype="chat")
+    await asyncio.sleep(0.3)
+
+    # The same device resumes through node 2.
+    b2 = two.make(bob, resource="phone", plugins=sm_plugins)
+    sm2 = b2.plugin["xep_0198"]
+    sm2.sm_id, sm2.handled = sm.sm_id, got
+    loop = asyncio.get_running_loop()
+    failed, started = loop.create_future(), loop.create_future()
+    b2.add_event_handler("sm_failed", lambda st: failed.done() or failed.set_result(st))
+    b2.add_event_handler("session_start", lambda _e: started.done() or started.set_result(True))
+    two.start(b2)
+    refusal = await asyncio.wait_for(failed, 15)
+    assert [child.tag for child in refusal.xml] == ["{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found"]
+    assert refusal.xml.get("h") == str(sent), (refusal.xml.get("h"), sent)
+    await asyncio.wait_for(started, 15)
+    b2.send_presence()
+    await b2.wait_message(lambda m: body_of(m) == "during the drop", what="the message sent meanwhile")
+    await asyncio.sleep(1.0)
+    bodies = [body_of(m) for m in b2.matching(lambda s: getattr(s, "name", "") == "message" and body_of(s))]
+    assert bodies == ["during the drop"], bodies
+    # Node 1 no longer holds bob/phone: a message to it reaches node 2's session.
+    a.send_message(mto=f"{bob.jid}/phone", mbody="to the phone", mtype="chat")
+    await b2.wait_message(lambda m: body_of(m) == "to the phone", what="a message to the full JID")
+
+
 async def test_a_resource_bound_on_the_other_node_replaces_the_session(pools):
     one, two = pools
     bob = await one.account("bob")

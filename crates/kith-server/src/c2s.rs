@@ -315,7 +315,7 @@ pub(crate) fn negotiate<L: Link>(
             }
             // The session task takes the link over and answers `<resumed/>` itself.
             Negotiated::Resume { permit, h } => {
-                permit.send(session::Handoff {
+                permit.send(session::Handoff::Link {
                     link: Box::new((reader, writer)),
                     h,
                 });
@@ -382,10 +382,13 @@ async fn authenticate_and_bind<L: Link>(
         if element.is("resume", session::SM) {
             match resumable_slot::<L>(server, &username, device.as_deref(), &element).await {
                 Ok(resume) => return Ok(resume),
-                Err(condition) => {
+                Err(NotResumed { condition, handled }) => {
                     // XEP-0198 §5: the client may go on and bind a new session.
-                    let failed = Element::new(session::SM, "failed")
+                    let mut failed = Element::new(session::SM, "failed")
                         .child(Element::new(ns::STANZAS, condition));
+                    if let Some(handled) = handled {
+                        failed.set_attr("h", handled.to_string());
+                    }
                     link.element(&failed);
                     link.flush().await.map_err(|_| Ended::Gone)?;
                     continue;
@@ -435,14 +438,32 @@ async fn authenticate_and_bind<L: Link>(
     }
 }
 
+/// Why a `<resume/>` was refused: the `<failed/>` condition, and how many
+/// stanzas the session had handled when that is known (§5: the client then
+/// knows which of its unacknowledged stanzas not to send again).
+struct NotResumed {
+    condition: &'static str,
+    handled: Option<u32>,
+}
+
+impl From<&'static str> for NotResumed {
+    fn from(condition: &'static str) -> Self {
+        NotResumed {
+            condition,
+            handled: None,
+        }
+    }
+}
+
 /// Finds the session a `<resume previd h/>` names, if this user may take it over
-/// on this kind of link; the error is the `<failed/>` condition.
+/// on this kind of link. A session held by another node of the cluster can't
+/// move here: it ends there, and the refusal carries its count.
 async fn resumable_slot<L: Link>(
     server: &Server,
     username: &str,
     device: Option<&str>,
     resume: &Element,
-) -> Result<Negotiated, &'static str> {
+) -> Result<Negotiated, NotResumed> {
     let h = resume
         .get_attr("h")
         .and_then(|h| h.parse::<u32>().ok())
@@ -451,16 +472,22 @@ async fn resumable_slot<L: Link>(
         .map_err(|_| "bad-request")?;
     let previd = resume.get_attr("previd").unwrap_or_default();
     // Unknown, expired and other users' ids all look the same (§5).
-    let slot = server
-        .resumable
-        .get(previd, &owner)
-        .ok_or("item-not-found")?;
+    let Some(slot) = server.resumable.get(previd, &owner) else {
+        let handled = match &server.cluster {
+            Some(cluster) => cluster.resume_elsewhere(&owner, previd, device, h).await,
+            None => None,
+        };
+        return Err(NotResumed {
+            condition: "item-not-found",
+            handled,
+        });
+    };
     // A device-credential session is that device: another device (or the
     // account password) can't take it over.
     if slot.link_type != std::any::TypeId::of::<(L::Reader, L::Writer)>()
         || slot.device.as_deref() != device
     {
-        return Err("item-not-found");
+        return Err("item-not-found".into());
     }
     let permit = slot
         .tx

@@ -43,11 +43,41 @@ const MAX_UNACKED: usize = 10_000;
 /// past it the session waits for the oldest commit before reading on.
 const MAX_UNCOMMITTED: usize = 512;
 
-/// A new connection taking over a session (XEP-0198 §5 resumption): its link
-/// halves, type-erased, and the client's `h`.
-pub(crate) struct Handoff {
-    pub link: Box<dyn Any + Send>,
-    pub h: u32,
+/// A client resuming a session (XEP-0198 §5), with its `h`.
+pub(crate) enum Handoff {
+    /// A new connection to this node takes the session over: its link
+    /// halves, type-erased.
+    Link { link: Box<dyn Any + Send>, h: u32 },
+    /// The client asks another node of the cluster, which can't take this
+    /// node's session over: the session counts what the client says it got
+    /// (`h`), ends as when its resumption window is over (the log keeps what
+    /// the device has not acknowledged, for its next session), and then
+    /// answers how many stanzas it handled, for that node's `<failed h/>`.
+    Elsewhere {
+        h: u32,
+        handled: tokio::sync::oneshot::Sender<u32>,
+    },
+}
+
+/// Ends this node's resumable session `previd` of `owner` for a client that
+/// asks another node to resume it (`Handoff::Elsewhere`, `Frame::Resume`):
+/// how many stanzas it had handled, once it has ended; `None` if there is no
+/// such session for this device.
+pub(crate) async fn end_for_elsewhere(
+    server: &Server,
+    owner: &BareJid,
+    previd: &str,
+    device: Option<&str>,
+    h: u32,
+) -> Option<u32> {
+    let slot = server.resumable.get(previd, owner)?;
+    // As on one node: only the device that signed the session in resumes it.
+    if slot.device.as_deref() != device {
+        return None;
+    }
+    let (handled, answer) = tokio::sync::oneshot::channel();
+    slot.tx.send(Handoff::Elsewhere { h, handled }).await.ok()?;
+    answer.await.ok()
 }
 
 /// A resumable session, as the registry knows it.
@@ -336,6 +366,7 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         // While the link is down and the session waits to be resumed, nothing is read
         // or written; the router keeps queueing (up to the queue's bound).
         let mut attached = true;
+        let mut elsewhere = None;
         let resume_window = Duration::from_secs(session.server.config.limits.resume_timeout_secs);
         let end: End = loop {
             // The timer moves only when it fired or a deadline came nearer (see `Clock`).
@@ -378,7 +409,17 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                 handoff = next_handoff(&mut session.resume) => {
                     // `<resumed h/>` must count every message that is durable by now.
                     Box::pin(session.drain_uncommitted()).await;
-                    if let Some(link) = session.take_over::<R, W>(handoff) {
+                    let (link, h) = match handoff {
+                        Handoff::Link { link, h } => (link, h),
+                        Handoff::Elsewhere { h, handled } => {
+                            tracing::debug!(jid = %session.jid, "resumed on another node; ending here");
+                            // A count higher than what was sent acknowledges nothing.
+                            let _ = session.acknowledged(h);
+                            elsewhere = Some(handled);
+                            break None;
+                        }
+                    };
+                    if let Some(link) = session.take_over::<R, W>(link, h) {
                         if attached {
                             writer.shutdown().await;
                         }
@@ -477,6 +518,11 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         };
 
         Box::pin(session.finish()).await;
+        // Answered once the session is gone and its cursor saved: the other
+        // node's new session for the device starts after what it acknowledged.
+        if let Some(handled) = elsewhere {
+            let _ = handled.send(session.sm.as_ref().map_or(0, |sm| sm.inbound));
+        }
         if !attached {
             return;
         }
@@ -589,9 +635,10 @@ impl Session {
     /// session is resumed on them (XEP-0198 §5).
     fn take_over<R: 'static, W: LinkWrite + 'static>(
         &mut self,
-        handoff: Handoff,
+        link: Box<dyn Any + Send>,
+        h: u32,
     ) -> Option<Box<(R, W)>> {
-        let Ok(mut link) = handoff.link.downcast::<(R, W)>() else {
+        let Ok(mut link) = link.downcast::<(R, W)>() else {
             // c2s checks the link type before handing over; nothing to answer on.
             return None;
         };
@@ -600,27 +647,18 @@ impl Session {
             .as_ref()
             .map(|(id, _)| id.clone())
             .unwrap_or_default();
-        let Some(sm) = &mut self.sm else {
+        let inbound = self.sm.as_ref()?.inbound;
+        if let Err(error) = self.acknowledged(h) {
+            // §4: the client claims more than was sent: refuse, close that link.
+            tracing::debug!(%error, "resumption with a bad h");
+            let failed = Element::new(SM, "failed")
+                .attr("h", inbound.to_string())
+                .child(Element::new(ns::STANZAS, "unexpected-request"));
+            let (_, mut writer) = *link;
+            writer.element(&failed);
+            writer.close();
+            tokio::spawn(async move { writer.shutdown().await });
             return None;
-        };
-        let highest = match sm.ack(handoff.h) {
-            Ok(highest) => highest,
-            Err(error) => {
-                // §4: the client claims more than was sent: refuse, close that link.
-                tracing::debug!(%error, "resumption with a bad h");
-                let failed = Element::new(SM, "failed")
-                    .attr("h", sm.inbound.to_string())
-                    .child(Element::new(ns::STANZAS, "unexpected-request"));
-                let (_, mut writer) = *link;
-                writer.element(&failed);
-                writer.close();
-                tokio::spawn(async move { writer.shutdown().await });
-                return None;
-            }
-        };
-        let inbound = sm.inbound;
-        if let Some(seq) = highest {
-            self.cursor_pending = Some(seq.max(self.cursor_pending.unwrap_or(0)));
         }
         let resumed = Element::new(SM, "resumed")
             .attr("previd", id)
@@ -630,6 +668,18 @@ impl Session {
         // Boxed until the session's loop takes it apart: the task's size is
         // that of its largest await (`run`).
         Some(link)
+    }
+
+    /// Applies the client's count of stanzas it got (`<a h/>`, or the `h` of
+    /// a `<resume/>`): what it acknowledged moves the device's cursor on.
+    fn acknowledged(&mut self, h: u32) -> Result<(), crate::sm::HandledCountTooHigh> {
+        let Some(sm) = &mut self.sm else {
+            return Ok(());
+        };
+        if let Some(seq) = sm.ack(h)? {
+            self.cursor_pending = Some(seq.max(self.cursor_pending.unwrap_or(0)));
+        }
+        Ok(())
     }
 
     /// §5: after `<resumed/>`, everything the client had not acknowledged again.
@@ -938,27 +988,21 @@ impl Session {
                 }
             }
             "a" => {
-                let Some(sm) = &mut self.sm else {
+                if self.sm.is_none() {
                     return Ok(());
-                };
+                }
                 let Some(h) = element.get_attr("h").and_then(|h| h.parse::<u32>().ok()) else {
                     return Err((
                         StreamErrorCondition::BadFormat,
                         "the h attribute must be a 32-bit count",
                     ));
                 };
-                match sm.ack(h) {
-                    Ok(Some(seq)) => {
-                        self.cursor_pending = Some(seq.max(self.cursor_pending.unwrap_or(0)))
-                    }
-                    Ok(None) => {}
+                if self.acknowledged(h).is_err() {
                     // §4: `<handled-count-too-high/>` with undefined-condition.
-                    Err(_) => {
-                        return Err((
-                            StreamErrorCondition::UndefinedCondition,
-                            "handled-count-too-high",
-                        ));
-                    }
+                    return Err((
+                        StreamErrorCondition::UndefinedCondition,
+                        "handled-count-too-high",
+                    ));
                 }
             }
             _ => {

@@ -54,6 +54,9 @@ const IQ_WAIT: Duration = Duration::from_secs(2);
 
 /// How long "is the user online?" waits for a node to say yes.
 const ONLINE_WAIT: Duration = Duration::from_millis(500);
+/// How long a node waits for the one holding a session the client resumes
+/// to end it (its messages in flight are committed first).
+const RESUME_WAIT: Duration = Duration::from_secs(5);
 
 /// The subject every node listens on.
 const ALL: &str = "kith.all";
@@ -182,6 +185,16 @@ enum Frame {
     /// An HTTP API call or account deletion for the groups' host (a request,
     /// answered with a `groups::Answer`).
     GroupCall { call: groups::Call },
+    /// XEP-0198 §5: the device `device` asks another node to resume the
+    /// session `previd`, having got `h` stanzas of it. A request, answered
+    /// (with the count of stanzas the session handled, as text) by the node
+    /// holding it, once the session has ended there.
+    Resume {
+        previd: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        h: u32,
+    },
 }
 
 /// This node's link to the others.
@@ -513,6 +526,29 @@ impl Cluster {
         self.ask(bare, &frame, ONLINE_WAIT).await
     }
 
+    /// XEP-0198 §5 across nodes: the client asks this node to resume a session
+    /// `previd` that another node may hold. That node ends it (a session can't
+    /// move between processes) and answers how many stanzas it had handled,
+    /// for this node's `<failed h/>`; `None` if no node holds it.
+    pub(crate) async fn resume_elsewhere(
+        &self,
+        owner: &kith_proto::BareJid,
+        previd: &str,
+        device: Option<&str>,
+        h: u32,
+    ) -> Option<u32> {
+        let frame = Frame::Resume {
+            previd: previd.to_owned(),
+            device: device.map(str::to_owned),
+            h,
+        };
+        let answer = self
+            .ask_user(owner.as_str(), &frame, RESUME_WAIT)
+            .await
+            .ok()?;
+        std::str::from_utf8(&answer).ok()?.parse().ok()
+    }
+
     /// Sends `frame` to the nodes holding sessions of `bare` as a request: true
     /// once one of them took it (`read_subject` answers), false when none did
     /// within `wait`, or none listens.
@@ -652,6 +688,28 @@ fn on_delivery(server: &Arc<Server>, delivery: nats::Delivery<'_>) {
         );
         return;
     };
+    if let Frame::Resume { previd, device, h } = frame {
+        // Answered only by the node holding the session, with its count.
+        if let (Some(reply), Ok(owner)) = (delivery.reply, kith_proto::BareJid::new(&bare)) {
+            let (server, reply) = (server.clone(), reply.to_owned());
+            tokio::spawn(async move {
+                let handled = crate::session::end_for_elsewhere(
+                    &server,
+                    &owner,
+                    &previd,
+                    device.as_deref(),
+                    h,
+                )
+                .await;
+                if let (Some(handled), Some(cluster)) = (handled, &server.cluster) {
+                    let _ = cluster
+                        .nats
+                        .publish(reply, handled.to_string().into_bytes());
+                }
+            });
+        }
+        return;
+    }
     let taken = on_user_frame(server, &bare, frame);
     // A request (an iq, "online?"): answered only by a node that took it.
     if taken && let (Some(reply), Some(cluster)) = (delivery.reply, &server.cluster) {
@@ -820,9 +878,11 @@ fn on_user_frame(server: &Arc<Server>, bare: &str, frame: Frame) -> bool {
             });
             true
         }
-        Frame::Forget { .. } | Frame::Resync | Frame::Group { .. } | Frame::GroupCall { .. } => {
-            false
-        }
+        Frame::Forget { .. }
+        | Frame::Resync
+        | Frame::Group { .. }
+        | Frame::GroupCall { .. }
+        | Frame::Resume { .. } => false,
     }
 }
 
@@ -896,6 +956,16 @@ mod tests {
             Frame::Forget {
                 cache: CacheKind::Blocklist,
                 owner: "juliet".to_owned(),
+            },
+            Frame::Resume {
+                previd: "abc".to_owned(),
+                device: Some("d1".to_owned()),
+                h: 7,
+            },
+            Frame::Resume {
+                previd: "abc".to_owned(),
+                device: None,
+                h: 0,
             },
         ];
         for frame in frames {
