@@ -110,6 +110,7 @@ c2s = "127.0.0.1:$(node_port "$n")"
 c2s_tls = ""
 http = ""
 https = ""
+stun = ""
 [tls]
 $TLS
 [storage]

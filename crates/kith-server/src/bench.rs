@@ -38,6 +38,7 @@ impl RoutePair {
         config.listen.c2s_tls = String::new();
         config.listen.http = String::new();
         config.listen.https = String::new();
+        config.listen.stun = String::new();
         config.archive.enabled = archive;
         config.limits.session_queue = 1 << 16;
         let running = Server::start(config).await?;

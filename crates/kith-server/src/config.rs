@@ -30,6 +30,7 @@ pub struct Config {
     pub muc: MucSection,
     pub cluster: ClusterSection,
     pub metrics: MetricsSection,
+    pub calls: CallsSection,
     pub log: LogSection,
 }
 
@@ -616,6 +617,8 @@ pub struct ListenSection {
     pub c2s_plain: String,
     pub http: String,
     pub https: String,
+    /// STUN for calls (RFC 8489, UDP): devices learn their public address.
+    pub stun: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -744,6 +747,42 @@ impl Default for WebSection {
     }
 }
 
+/// Calls: where devices find STUN and TURN (XEP-0215, `features::calls`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsSection {
+    /// Answer XEP-0215 service discovery.
+    pub enabled: bool,
+    /// The host name devices reach `[listen] stun` at; default: the domain.
+    pub stun_host: Option<String>,
+    /// An external TURN server (RFC 8656, e.g. coturn) that relays media when
+    /// no direct path exists: its host name. Needs `turn_secret`.
+    pub turn_host: Option<String>,
+    pub turn_port: u16,
+    /// Which of "udp" and "tcp" the TURN server takes.
+    pub turn_transports: Vec<String>,
+    /// The secret shared with the TURN server (coturn: `use-auth-secret`,
+    /// `static-auth-secret`): each user gets a time-limited username and
+    /// password made from it, never the secret.
+    pub turn_secret: Option<String>,
+    /// How long a TURN credential works.
+    pub credential_ttl_secs: u64,
+}
+
+impl Default for CallsSection {
+    fn default() -> Self {
+        CallsSection {
+            enabled: true,
+            stun_host: None,
+            turn_host: None,
+            turn_port: 3478,
+            turn_transports: vec!["udp".to_owned(), "tcp".to_owned()],
+            turn_secret: None,
+            credential_ttl_secs: 86_400,
+        }
+    }
+}
+
 /// Prometheus metrics at `/metrics` on the HTTP(S) listeners (`metrics.rs`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -790,6 +829,7 @@ impl Default for ListenSection {
             c2s_plain: String::new(),
             http: "0.0.0.0:5280".to_owned(),
             https: "0.0.0.0:5443".to_owned(),
+            stun: "0.0.0.0:3478".to_owned(),
         }
     }
 }
@@ -907,6 +947,7 @@ impl Config {
             ("listen.c2s_plain", &self.listen.c2s_plain),
             ("listen.http", &self.listen.http),
             ("listen.https", &self.listen.https),
+            ("listen.stun", &self.listen.stun),
         ] {
             if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
                 return Err(invalid(
@@ -949,6 +990,40 @@ impl Config {
                 "cluster.nats",
                 "a cluster needs a shared PostgreSQL store (storage.url = \"postgres://...\")"
                     .to_owned(),
+            ));
+        }
+        if self.calls.turn_host.is_some() != self.calls.turn_secret.is_some() {
+            return Err(invalid(
+                "calls.turn_secret",
+                "calls.turn_host and calls.turn_secret must be set together".to_owned(),
+            ));
+        }
+        if self
+            .calls
+            .turn_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            return Err(invalid(
+                "calls.turn_secret",
+                "must be at least 16 characters".to_owned(),
+            ));
+        }
+        if let Some(transport) = self
+            .calls
+            .turn_transports
+            .iter()
+            .find(|t| !matches!(t.as_str(), "udp" | "tcp"))
+        {
+            return Err(invalid(
+                "calls.turn_transports",
+                format!("{transport:?} is neither \"udp\" nor \"tcp\""),
+            ));
+        }
+        if !(60..=7 * 86_400).contains(&self.calls.credential_ttl_secs) {
+            return Err(invalid(
+                "calls.credential_ttl_secs",
+                "must be between 60 and 604800 (a week)".to_owned(),
             ));
         }
         if self.metrics.token.as_deref().is_some_and(|t| t.len() < 16) {

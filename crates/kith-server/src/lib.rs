@@ -26,6 +26,7 @@ mod queue;
 mod router;
 mod session;
 mod sm;
+mod stun;
 pub mod tls;
 mod tls_stream;
 pub mod upload;
@@ -61,6 +62,8 @@ pub struct Server {
     registrations: RateLimiter,
     connections: Arc<limiter::ConnectionCounter>,
     ports: std::sync::OnceLock<(Option<u16>, Option<u16>)>,
+    /// Where the STUN listener is bound, if it is (`stun.rs`).
+    stun: std::sync::OnceLock<SocketAddr>,
     /// Sessions that can be resumed (XEP-0198), by stream id.
     resumable: session::Resumable,
     /// XEP-0441 archiving preferences, cached.
@@ -152,6 +155,7 @@ impl Server {
             push,
             upload,
             ports: std::sync::OnceLock::new(),
+            stun: std::sync::OnceLock::new(),
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
             api,
@@ -172,6 +176,18 @@ impl Server {
         let c2s_plain_addr = local_addr(&c2s_plain);
         let http = bind(&listen.http).await?;
         let https = bind(&listen.https).await?;
+        let stun = match listen.stun.as_str() {
+            "" => None,
+            addr => Some(
+                tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("listening for STUN on udp {addr}"))?,
+            ),
+        };
+        let stun_addr = stun.as_ref().and_then(|s| s.local_addr().ok());
+        if let Some(addr) = stun_addr {
+            let _ = server.stun.set(addr);
+        }
         // Listening: this process is the server (not a second one that failed
         // to bind, nor the CLI), so the log's tail is its to recover. Entries of
         // users with a session wait there first (SQLite); once delivered they
@@ -226,6 +242,9 @@ impl Server {
         if let Some(listener) = https {
             tasks.spawn(http::serve(server.clone(), listener, true));
         }
+        if let Some(socket) = stun {
+            tasks.spawn(stun::serve(socket));
+        }
         tracing::info!(
             domain = %server.domain,
             c2s = ?addrs.0,
@@ -233,6 +252,7 @@ impl Server {
             c2s_plain = ?c2s_plain_addr,
             http = ?addrs.2,
             https = ?addrs.3,
+            stun = ?stun_addr,
             "kith is serving"
         );
         Ok(Running {
@@ -258,6 +278,11 @@ impl Server {
     /// The bound HTTPS port.
     pub fn https_port(&self) -> Option<u16> {
         self.ports.get().and_then(|p| p.1)
+    }
+
+    /// Where the STUN listener is bound, if it runs.
+    pub(crate) fn stun_addr(&self) -> Option<SocketAddr> {
+        self.stun.get().copied()
     }
 
     /// Seconds since the server started (XEP-0012 uptime).

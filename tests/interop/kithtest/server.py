@@ -71,6 +71,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_udp_port() -> int:
+    """A loopback UDP port nobody uses, from the same range as `free_port`."""
+    for _ in range(200):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free UDP port")
+
+
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -174,6 +187,7 @@ class KithServer:
         self.c2s_tls_port = free_port()
         self.http_port = free_port()
         self.https_port = free_port()
+        self.stun_port = free_udp_port()
         self.proc: subprocess.Popen | None = None
         self.pg: PostgresAdmin | None = None
         self.pg_db: str | None = None
@@ -185,6 +199,7 @@ class KithServer:
                 "c2s_tls": f"{self.host}:{self.c2s_tls_port}",
                 "http": f"{self.host}:{self.http_port}",
                 "https": f"{self.host}:{self.https_port}",
+                "stun": f"{self.host}:{self.stun_port}",
             },
             "registration": {"enabled": True, "max_per_ip_per_hour": 1000},
             "limits": {"max_stanza_size": 262144, "auth_timeout_secs": 30, "max_auth_failures": 5},
@@ -252,7 +267,8 @@ class KithServer:
         # another: a test connecting to another port the instant c2s opens
         # could find it not yet bound (seen once for `c2s_plain`).
         for name, address in self.config.get("listen", {}).items():
-            if name == "c2s" or not isinstance(address, str) or ":" not in address:
+            # STUN is UDP: bound before c2s serves, nothing to connect to.
+            if name in ("c2s", "stun") or not isinstance(address, str) or ":" not in address:
                 continue
             host, _, port = address.rpartition(":")
             if host in ("127.0.0.1", "localhost") and port.isdigit() and int(port) > 0:

@@ -25,6 +25,7 @@ pub async fn kith_with(
     config.listen.c2s = String::new();
     config.listen.c2s_tls = String::new();
     config.listen.https = String::new();
+    config.listen.stun = String::new();
     config.listen.c2s_plain = "127.0.0.1:0".to_owned();
     config.listen.http = "127.0.0.1:0".to_owned();
     config.registration.enabled = Some(true);

@@ -25,6 +25,8 @@ pub(crate) struct Offered {
     pub archive: bool,
     /// XEP-0357 push on accounts.
     pub push: bool,
+    /// XEP-0215 service discovery for calls (`[calls] enabled`).
+    pub calls: bool,
 }
 
 impl Offered {
@@ -33,6 +35,7 @@ impl Offered {
             registration: config.registration_enabled(),
             archive: config.archive.enabled,
             push: config.push.enabled,
+            calls: config.calls.enabled,
         }
     }
 }
@@ -82,6 +85,10 @@ pub(crate) fn server_features(offered: Offered) -> Vec<&'static str> {
     if offered.archive {
         // XEP-0359 §6: the server stamps <stanza-id/> on messages it archives.
         features.push(ns::SID);
+    }
+    if offered.calls {
+        // XEP-0215 §4.
+        features.push(super::calls::NS);
     }
     features.sort_unstable();
     features
@@ -272,6 +279,7 @@ mod tests {
                 registration,
                 archive,
                 push: false,
+                calls: false,
             });
             let mut sorted = features.clone();
             sorted.sort_unstable();

@@ -5,6 +5,7 @@
 //! advertised, its feature in `disco.rs` — which lists only what works end to end.
 
 pub mod blocking;
+pub mod calls;
 pub mod carbons;
 pub mod disco;
 pub mod last;
@@ -114,6 +115,7 @@ async fn dispatch(session: &mut Session, request: &Request<'_>) -> Response {
         ("enable" | "disable", carbons::CARBONS) => carbons::handle(session, request),
         ("enable" | "disable", push::NS) => push::handle(session, request).await,
         ("pubsub", pep::NS | pep::NS_OWNER) => pep::handle(session, request).await,
+        (_, calls::NS) if session.server.config.calls.enabled => calls::handle(session, request),
         _ => Err(StanzaError::service_unavailable()),
     }
 }
