@@ -621,7 +621,7 @@ pub struct ListenSection {
     pub stun: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     /// PEM certificate chain. When unset, a local CA and a certificate for the domain
@@ -629,6 +629,19 @@ pub struct TlsSection {
     pub cert: Option<PathBuf>,
     /// PEM private key for `cert`.
     pub key: Option<PathBuf>,
+    /// Seconds between looks at the certificate's files: when they changed (a
+    /// renewal), new connections get the new one. 0: only on SIGHUP.
+    pub reload_check_secs: u64,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert: None,
+            key: None,
+            reload_check_secs: 60,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -56,6 +56,8 @@ pub struct Server {
     starttls: Arc<rustls::ServerConfig>,
     direct_tls: Arc<rustls::ServerConfig>,
     https_tls: Arc<rustls::ServerConfig>,
+    /// What the three present, replaceable while running (`tls::Certificate`).
+    certificate: Arc<tls::Certificate>,
     next_id: AtomicU64,
     started: Instant,
     blocklists: features::blocking::Cache,
@@ -129,7 +131,7 @@ impl Server {
             .context("preparing push notifications")?;
         let api = api::ApiState::new(&config).context("preparing the HTTP API")?;
         let upload = upload::Service::start(&config)?;
-        let certificate = tls::ensure_certificate(&config)?;
+        let certificate = tls::Certificate::load(&tls::ensure_certificate(&config)?)?;
         let starttls = tls::server_config(&certificate, &[])?;
         let direct_tls = tls::server_config(&certificate, &[tls::ALPN_XMPP_CLIENT])?;
         let https_tls = tls::server_config(&certificate, &[b"http/1.1"])?;
@@ -148,6 +150,7 @@ impl Server {
             starttls,
             direct_tls,
             https_tls,
+            certificate,
             next_id: AtomicU64::new(1),
             started: Instant::now(),
             blocklists: features::blocking::Cache::default(),
@@ -224,6 +227,7 @@ impl Server {
             tasks.spawn(admin::serve(server.clone(), listener));
         }
         tasks.spawn(maintenance::run(server.clone()));
+        tasks.spawn(watch_certificate(server.clone()));
         tasks.spawn(upload::sweep_loop(server.clone()));
         tasks.spawn(features::pep::expiry_loop(server.clone()));
         tasks.spawn(features::push::run(server.clone()));
@@ -280,6 +284,12 @@ impl Server {
         self.ports.get().and_then(|p| p.1)
     }
 
+    /// Reads the TLS certificate and key again (a renewal): new connections
+    /// present them; on an error the current ones stay.
+    pub fn reload_tls(&self) -> Result<()> {
+        self.certificate.reload()
+    }
+
     /// Where the STUN listener is bound, if it runs.
     pub(crate) fn stun_addr(&self) -> Option<SocketAddr> {
         self.stun.get().copied()
@@ -327,6 +337,28 @@ impl Server {
 
     pub fn is_local_user(&self, jid: &kith_proto::Jid) -> bool {
         jid.node().is_some() && jid.domain().as_str() == self.domain
+    }
+}
+
+/// Reloads the TLS certificate when its files change (a renewal by certbot or
+/// the like), checked every `[tls] reload_check_secs`.
+async fn watch_certificate(server: Arc<Server>) {
+    let secs = server.config.tls.reload_check_secs;
+    if secs == 0 {
+        // Only SIGHUP reloads; a task of the server's set must not end.
+        return std::future::pending().await;
+    }
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(secs));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match server.certificate.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate reloaded: its files changed"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "TLS certificate files changed but don't make a certificate; keeping the current one");
+            }
+        }
     }
 }
 

@@ -5,12 +5,21 @@
 //! `ca.pem` is the trust anchor to give clients, `cert.pem`/`key.pem` are what the
 //! server presents. rustls offers only TLS 1.2 and 1.3 with forward-secret AEAD
 //! suites, which is what RFC 7590 §3.1 asks of XMPP.
+//!
+//! The certificate is read again without a restart ([`Certificate::reload`]):
+//! on SIGHUP, and when its files change (a renewal), checked every
+//! `[tls] reload_check_secs`. New handshakes get the new one; open connections keep
+//! theirs. Files that don't make a certificate leave the current one in place.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -20,6 +29,7 @@ use crate::config::Config;
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 
 /// Paths of the certificate and key the server presents.
+#[derive(Clone, Debug)]
 pub struct CertificatePaths {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -107,9 +117,70 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// Builds the rustls configuration for the given certificate; `alpn` lists the ALPN
-/// protocols to accept (empty: no ALPN).
-pub fn server_config(paths: &CertificatePaths, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>> {
+/// The certificate and key every TLS listener presents, replaceable while the
+/// server runs.
+#[derive(Debug)]
+pub struct Certificate {
+    paths: CertificatePaths,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' modification times when they were last read.
+    read_at: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+}
+
+impl Certificate {
+    /// Reads the certificate and key at `paths`.
+    pub fn load(paths: &CertificatePaths) -> Result<Arc<Certificate>> {
+        let provider = ServerConfig::builder().crypto_provider().clone();
+        let read_at = modified(paths);
+        let current = certified_key(paths, &provider)?;
+        Ok(Arc::new(Certificate {
+            paths: paths.clone(),
+            provider,
+            current: RwLock::new(Arc::new(current)),
+            read_at: Mutex::new(read_at),
+        }))
+    }
+
+    /// Reads the files again: new handshakes present what they hold. On an
+    /// error the current certificate stays.
+    pub fn reload(&self) -> Result<()> {
+        let read_at = modified(&self.paths);
+        let fresh = certified_key(&self.paths, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        *self.read_at.lock().unwrap_or_else(|e| e.into_inner()) = read_at;
+        Ok(())
+    }
+
+    /// Reloads if either file changed since it was last read; whether it did.
+    pub fn reload_if_changed(&self) -> Result<bool> {
+        let now = modified(&self.paths);
+        if *self.read_at.lock().unwrap_or_else(|e| e.into_inner()) == now {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// When the certificate and key files were last modified (`None`: unreadable).
+fn modified(paths: &CertificatePaths) -> (Option<SystemTime>, Option<SystemTime>) {
+    let at = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    (at(&paths.cert), at(&paths.key))
+}
+
+/// The certificate chain and key at `paths`, checked to belong together.
+fn certified_key(paths: &CertificatePaths, provider: &CryptoProvider) -> Result<CertifiedKey> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
         .with_context(|| format!("reading {}", paths.cert.display()))?
         .collect::<Result<_, _>>()
@@ -121,10 +192,15 @@ pub fn server_config(paths: &CertificatePaths, alpn: &[&[u8]]) -> Result<Arc<Ser
     );
     let key = PrivateKeyDer::from_pem_file(&paths.key)
         .with_context(|| format!("reading the private key {}", paths.key.display()))?;
+    CertifiedKey::from_der(certs, key, provider).context("certificate and key do not match")
+}
+
+/// Builds the rustls configuration presenting `certificate`; `alpn` lists the
+/// ALPN protocols to accept (empty: no ALPN).
+pub fn server_config(certificate: &Arc<Certificate>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("certificate and key do not match")?;
+        .with_cert_resolver(certificate.clone());
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // AWS-LC seeds its random generator from CPU timing jitter the first time
     // anything asks it for randomness (≈ 65 ms of CPU, once per process): done

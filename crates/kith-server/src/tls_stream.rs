@@ -532,7 +532,8 @@ mod tests {
             ca: Some(dir.path().join("ca.pem")),
         };
         crate::tls::generate("localhost", &paths).unwrap();
-        let server = crate::tls::server_config(&paths, &[]).unwrap();
+        let certificate = crate::tls::Certificate::load(&paths).unwrap();
+        let server = crate::tls::server_config(&certificate, &[]).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(paths.ca.as_ref().unwrap()).unwrap() {
             roots.add(cert.unwrap()).unwrap();

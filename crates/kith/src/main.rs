@@ -147,6 +147,7 @@ fn init_logging(default: &str) {
 
 async fn serve(config: Config) -> Result<()> {
     let mut running = Server::start(config).await?;
+    tokio::spawn(reload_on_hangup(running.server.clone()));
     tokio::select! {
         () = running.wait() => bail!("a listener stopped unexpectedly"),
         () = shutdown_signal() => {
@@ -156,6 +157,30 @@ async fn serve(config: Config) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             Ok(())
         }
+    }
+}
+
+/// SIGHUP (`systemctl reload`): read the TLS certificate and key again.
+async fn reload_on_hangup(server: std::sync::Arc<Server>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match server.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(error) => tracing::error!(
+                    error = %format!("{error:#}"),
+                    "SIGHUP: the TLS certificate was not reloaded; keeping the current one"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = server;
     }
 }
 
