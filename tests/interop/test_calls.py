@@ -1,6 +1,7 @@
 """Calls: what a device needs to set one up. XEP-0215 tells it where STUN and
 TURN are; kith's own STUN listener answers aioice (a real ICE library) with the
-device's address; TURN credentials made from the secret shared with a real
+device's address; kith's own TURN relay carries an ICE connection between two
+aioice endpoints; TURN credentials made from the secret shared with a real
 coturn get aioice a relayed candidate there; XEP-0353 call proposals reach
 every device of the callee, offline ones at login.
 
@@ -18,7 +19,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-from aioice import Connection, stun
+from aioice import Connection, TransportPolicy, stun
 from slixmpp.exceptions import IqError
 
 from kithtest.server import free_udp_port
@@ -48,9 +49,12 @@ async def test_the_server_says_where_stun_is_and_answers_a_binding_request(serve
         info = await a.plugin["xep_0030"].get_info(jid=a.boundjid.domain, timeout=10)
         assert NS in info["disco_info"]["features"]
         found = await services(a)
-        assert found == [{"type": "stun", "host": "localhost", "port": str(server.stun_port),
-                          "transport": "udp", "name": "kith"}], found
-        assert await services(a, "turn") == [], "no TURN server is configured"
+        assert found[0] == {"type": "stun", "host": "localhost", "port": str(server.stun_port),
+                            "transport": "udp", "name": "kith"}, found
+        # The server's own relay, on the same port, with a credential.
+        assert [(s["type"], s["port"], s["transport"]) for s in found[1:]] == [
+            ("turn", str(server.stun_port), "udp")], found
+        assert [s["type"] for s in await services(a, "stun")] == ["stun"]
 
         # aioice's own STUN codec: a Binding request, and the answer parsed
         # (its FINGERPRINT checked) with the address the request came from.
@@ -91,6 +95,55 @@ async def test_the_server_says_where_stun_is_and_answers_a_binding_request(serve
             await ice.close()
     finally:
         await pool.close_all()
+
+
+async def test_the_servers_own_relay_carries_a_call_between_two_devices(server_factory, backend):
+    """Two aioice endpoints, the caller restricted to relayed candidates: ICE
+    connects through kith's TURN relay (Allocate, ChannelBind, ChannelData both
+    ways) with the credential XEP-0215 handed out, and data flows both ways."""
+    srv = server_factory.start("relay", backend, {"calls": {"relay_allow_private": True}})
+    pool = ClientPool(srv)
+    try:
+        a = await pool.connect(await pool.account("crl"))
+        (turn,) = await services(a, "turn")
+        assert turn["host"] == "localhost" and turn["port"] == str(srv.stun_port)
+
+        async def endpoint(password: str, **kwargs) -> Connection:
+            return Connection(turn_server=("127.0.0.1", srv.stun_port), turn_username=turn["username"],
+                              turn_password=password, use_ipv6=False, **kwargs)
+
+        # A wrong password gets no relayed address (401 each time).
+        wrong = await endpoint("not-the-password", ice_controlling=True)
+        try:
+            await asyncio.wait_for(wrong.gather_candidates(), 15)
+            assert not [c for c in wrong.local_candidates if c.type == "relay"]
+        finally:
+            await wrong.close()
+
+        caller = await endpoint(turn["password"], ice_controlling=True,
+                                transport_policy=TransportPolicy.RELAY)
+        callee = Connection(ice_controlling=False, use_ipv6=False)
+        try:
+            await asyncio.wait_for(asyncio.gather(caller.gather_candidates(),
+                                                  callee.gather_candidates()), 15)
+            relays = [c for c in caller.local_candidates if c.type == "relay"]
+            assert relays and relays[0].host == "127.0.0.1", [c.to_sdp() for c in caller.local_candidates]
+            assert all(c.type == "relay" for c in caller.local_candidates)
+            for one, other in ((caller, callee), (callee, caller)):
+                for candidate in one.local_candidates:
+                    await other.add_remote_candidate(candidate)
+                await other.add_remote_candidate(None)
+                other.remote_username, other.remote_password = one.local_username, one.local_password
+            await asyncio.wait_for(asyncio.gather(caller.connect(), callee.connect()), 30)
+            await caller.send(b"hello over the relay")
+            assert await asyncio.wait_for(callee.recv(), 5) == b"hello over the relay"
+            await callee.send(b"and back")
+            assert await asyncio.wait_for(caller.recv(), 5) == b"and back"
+        finally:
+            await asyncio.gather(caller.close(), callee.close())
+    finally:
+        await pool.close_all()
+        server_factory.stop(srv)
 
 
 async def test_extdisco_refuses_what_it_does_not_define(server):

@@ -780,6 +780,17 @@ pub struct CallsSection {
     pub turn_secret: Option<String>,
     /// How long a TURN credential works.
     pub credential_ttl_secs: u64,
+    /// Relay media (TURN) on the STUN listener when no `turn_host` is set.
+    pub relay: bool,
+    /// The address relayed media leaves from and devices are told: this
+    /// host's public address. Default: the STUN listener's, when it names one
+    /// (not 0.0.0.0); without either there is no relay.
+    pub relay_ip: Option<std::net::IpAddr>,
+    /// Relay to and from loopback and private addresses too (a LAN-only
+    /// deployment, or tests). Off: such peers are refused.
+    pub relay_allow_private: bool,
+    /// Most relayed addresses at once (each a UDP socket).
+    pub max_relays: usize,
 }
 
 impl Default for CallsSection {
@@ -792,6 +803,10 @@ impl Default for CallsSection {
             turn_transports: vec!["udp".to_owned(), "tcp".to_owned()],
             turn_secret: None,
             credential_ttl_secs: 86_400,
+            relay: true,
+            relay_ip: None,
+            relay_allow_private: false,
+            max_relays: 1_000,
         }
     }
 }

@@ -29,6 +29,7 @@ mod sm;
 mod stun;
 pub mod tls;
 mod tls_stream;
+mod turn;
 pub mod upload;
 mod web;
 
@@ -66,6 +67,8 @@ pub struct Server {
     ports: std::sync::OnceLock<(Option<u16>, Option<u16>)>,
     /// Where the STUN listener is bound, if it is (`stun.rs`).
     stun: std::sync::OnceLock<SocketAddr>,
+    /// The TURN relay on the STUN listener, if it runs (`turn.rs`).
+    relay: std::sync::OnceLock<Arc<turn::Relay>>,
     /// Sessions that can be resumed (XEP-0198), by stream id.
     resumable: session::Resumable,
     /// XEP-0441 archiving preferences, cached.
@@ -159,6 +162,7 @@ impl Server {
             upload,
             ports: std::sync::OnceLock::new(),
             stun: std::sync::OnceLock::new(),
+            relay: std::sync::OnceLock::new(),
             resumable: session::Resumable::default(),
             mam_prefs: features::mam::PrefsCache::default(),
             api,
@@ -247,7 +251,12 @@ impl Server {
             tasks.spawn(http::serve(server.clone(), listener, true));
         }
         if let Some(socket) = stun {
-            tasks.spawn(stun::serve(socket));
+            let socket = Arc::new(socket);
+            let relay = start_relay(&server, &socket);
+            if let Some(relay) = &relay {
+                tasks.spawn(relay.clone().sweep());
+            }
+            tasks.spawn(stun::serve(socket, relay));
         }
         tracing::info!(
             domain = %server.domain,
@@ -295,6 +304,11 @@ impl Server {
         self.stun.get().copied()
     }
 
+    /// The TURN relay, if it runs.
+    pub(crate) fn relay(&self) -> Option<&Arc<turn::Relay>> {
+        self.relay.get()
+    }
+
     /// Seconds since the server started (XEP-0012 uptime).
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -338,6 +352,41 @@ impl Server {
     pub fn is_local_user(&self, jid: &kith_proto::Jid) -> bool {
         jid.node().is_some() && jid.domain().as_str() == self.domain
     }
+}
+
+/// The TURN relay on the STUN listener's socket, if `[calls]` wants one and
+/// knows the address to relay from.
+fn start_relay(
+    server: &Arc<Server>,
+    socket: &Arc<tokio::net::UdpSocket>,
+) -> Option<Arc<turn::Relay>> {
+    let calls = &server.config.calls;
+    if !calls.relay || calls.turn_host.is_some() {
+        return None;
+    }
+    let bound = socket.local_addr().ok()?.ip();
+    let Some(ip) = calls
+        .relay_ip
+        .or((!bound.is_unspecified()).then_some(bound))
+    else {
+        tracing::info!("no TURN relay: set [calls] relay_ip to this host's public address");
+        return None;
+    };
+    // The configured secret lets other nodes' credentials work here too.
+    let secret = match &calls.turn_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => rand::random::<[u8; 32]>().to_vec(),
+    };
+    let relay = turn::Relay::new(
+        socket.clone(),
+        ip,
+        secret,
+        &server.domain,
+        calls.relay_allow_private,
+        calls.max_relays,
+    );
+    let _ = server.relay.set(relay.clone());
+    Some(relay)
 }
 
 /// Reloads the TLS certificate when its files change (a renewal by certbot or

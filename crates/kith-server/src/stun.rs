@@ -1,26 +1,36 @@
-//! A STUN server for calls (RFC 8489): on UDP, it answers each Binding request
-//! with the address and port the request came from (XOR-MAPPED-ADDRESS), which
-//! is how a calling device learns its public address for ICE (its
-//! server-reflexive candidate). Nothing is kept between datagrams.
+//! The STUN/TURN listener for calls (`[listen] stun`, UDP). STUN (RFC 8489):
+//! each Binding request is answered with the address and port it came from
+//! (XOR-MAPPED-ADDRESS), which is how a calling device learns its public
+//! address for ICE. TURN (RFC 8656, `turn.rs`) shares the socket: relayed
+//! media for devices that can't reach each other directly.
 //!
-//! Only Binding is spoken, so the message is read and written here (a header,
-//! three attributes) rather than through a STUN crate's whole codec. Relaying
-//! media (TURN, RFC 8656) is left to a TURN server such as coturn, whose
-//! credentials XEP-0215 hands out (`features::calls`).
+//! The messages are read and written here (a header and a few attributes)
+//! rather than through a STUN crate's whole codec: this is all of it that
+//! kith speaks.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
+use crate::turn::Relay;
+
 /// RFC 8489 §5: the fixed value that tells STUN from other traffic.
-const MAGIC_COOKIE: u32 = 0x2112_A442;
-const HEADER: usize = 20;
-const BINDING_REQUEST: u16 = 0x0001;
-const BINDING_SUCCESS: u16 = 0x0101;
-const BINDING_ERROR: u16 = 0x0111;
-const XOR_MAPPED_ADDRESS: u16 = 0x0020;
-const ERROR_CODE: u16 = 0x0009;
-const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+pub(crate) const MAGIC_COOKIE: u32 = 0x2112_A442;
+pub(crate) const HEADER: usize = 20;
+pub(crate) const BINDING: u16 = 0x0001;
+/// §5: the class bits of a message type.
+pub(crate) const REQUEST: u16 = 0x0000;
+pub(crate) const INDICATION: u16 = 0x0010;
+pub(crate) const SUCCESS: u16 = 0x0100;
+pub(crate) const ERROR: u16 = 0x0110;
+pub(crate) const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+pub(crate) const USERNAME: u16 = 0x0006;
+pub(crate) const MESSAGE_INTEGRITY: u16 = 0x0008;
+pub(crate) const ERROR_CODE: u16 = 0x0009;
+pub(crate) const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+pub(crate) const REALM: u16 = 0x0014;
+pub(crate) const NONCE: u16 = 0x0015;
 const SOFTWARE: u16 = 0x8022;
 const FINGERPRINT: u16 = 0x8028;
 /// §14.7: what the CRC-32 of a FINGERPRINT is XORed with.
@@ -28,23 +38,25 @@ const FINGERPRINT_XOR: u32 = 0x5354_554E;
 /// Comprehension-required attributes (§14: below 0x8000) a Binding request
 /// may carry that this server understands and has no use for: those of
 /// authentication (a Binding needs none here) and of ICE (RFC 8445 §16.1).
-const IGNORED: &[u16] = &[
-    0x0006, // USERNAME
-    0x0008, // MESSAGE-INTEGRITY
-    0x0014, // REALM
-    0x0015, // NONCE
+const BINDING_IGNORES: &[u16] = &[
+    USERNAME,
+    MESSAGE_INTEGRITY,
+    REALM,
+    NONCE,
     0x001C, // MESSAGE-INTEGRITY-SHA256
     0x001D, // PASSWORD-ALGORITHM
     0x001E, // USERHASH
     0x0024, // PRIORITY
     0x0025, // USE-CANDIDATE
 ];
-/// Most bytes of a request read; a longer datagram is not a Binding request.
-const MAX_REQUEST: usize = 1280;
+/// Most bytes of a datagram read (media relayed over TURN fits an MTU); a
+/// longer one is dropped.
+pub(crate) const MAX_DATAGRAM: usize = 2048;
 
-/// Answers Binding requests on `socket` until the server stops.
-pub(crate) async fn serve(socket: UdpSocket) {
-    let mut buf = vec![0u8; MAX_REQUEST + 1];
+/// Answers on `socket` until the server stops: Binding requests, and TURN
+/// when `relay` is set.
+pub(crate) async fn serve(socket: Arc<UdpSocket>, relay: Option<Arc<Relay>>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -55,10 +67,21 @@ pub(crate) async fn serve(socket: UdpSocket) {
                 continue;
             }
         };
-        if len > MAX_REQUEST {
+        if len > MAX_DATAGRAM {
             continue;
         }
-        if let Some(answer) = answer(&buf[..len], peer)
+        let datagram = &buf[..len];
+        let answer = match (Message::parse(datagram), &relay) {
+            (Some(message), _) if message.kind == (BINDING | REQUEST) => binding(&message, peer),
+            (Some(message), Some(relay)) => relay.handle(&message, peer),
+            // RFC 8656 §12.4: ChannelData starts 0b01, where STUN starts 0b00.
+            (None, Some(relay)) if datagram.first().is_some_and(|b| b & 0xC0 == 0x40) => {
+                relay.channel_data(datagram, peer);
+                None
+            }
+            _ => None,
+        };
+        if let Some(answer) = answer
             && let Err(error) = socket.send_to(&answer, peer).await
         {
             tracing::debug!(%error, "STUN: answering");
@@ -66,77 +89,140 @@ pub(crate) async fn serve(socket: UdpSocket) {
     }
 }
 
-/// The response to one datagram, or `None` when it gets none (not STUN, not a
-/// request, or not Binding: §6.3 says to drop what is not understood).
-pub(crate) fn answer(datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
-    if datagram.len() < HEADER {
-        return None;
-    }
-    let kind = u16::from_be_bytes([datagram[0], datagram[1]]);
-    let length = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
-    let cookie = u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
-    // §6.3: the two top bits are zero, the cookie is right, the length is the rest.
-    if kind & 0xC000 != 0
-        || cookie != MAGIC_COOKIE
-        || length % 4 != 0
-        || HEADER + length != datagram.len()
-    {
-        return None;
-    }
-    if kind != BINDING_REQUEST {
-        return None;
-    }
-    let mut transaction = [0u8; 12];
-    transaction.copy_from_slice(&datagram[8..HEADER]);
-    let unknown = unknown_required(&datagram[HEADER..])?;
-    let mut message = Message::new(
-        if unknown.is_empty() {
-            BINDING_SUCCESS
-        } else {
-            BINDING_ERROR
-        },
-        transaction,
+/// The answer to a Binding request: where it came from, or 420 for an
+/// attribute it requires and this server doesn't know (§6.3.1).
+fn binding(request: &Message<'_>, peer: SocketAddr) -> Option<Vec<u8>> {
+    let unknown = request.unknown_required(BINDING_IGNORES);
+    let mut answer = Writer::new(
+        BINDING | if unknown.is_empty() { SUCCESS } else { ERROR },
+        request.transaction,
     );
     if unknown.is_empty() {
-        message.attribute(XOR_MAPPED_ADDRESS, &xor_address(peer, &transaction));
+        answer.attribute(XOR_MAPPED_ADDRESS, &xor_address(peer, &request.transaction));
     } else {
-        // §6.3.1: 420, naming them.
-        let mut error = vec![0, 0, 4, 20];
-        error.extend_from_slice(b"Unknown Attribute");
-        message.attribute(ERROR_CODE, &error);
+        answer.error(420, "Unknown Attribute");
         let list: Vec<u8> = unknown.iter().flat_map(|a| a.to_be_bytes()).collect();
-        message.attribute(UNKNOWN_ATTRIBUTES, &list);
+        answer.attribute(UNKNOWN_ATTRIBUTES, &list);
     }
-    message.attribute(SOFTWARE, b"kith");
-    Some(message.finish())
+    Some(answer.finish(None))
 }
 
-/// The comprehension-required attributes of a request this server doesn't
-/// know (§14), or `None` if the attributes don't parse.
-fn unknown_required(mut attributes: &[u8]) -> Option<Vec<u16>> {
-    let mut unknown = Vec::new();
-    while !attributes.is_empty() {
-        let head = attributes.get(..4)?;
-        let kind = u16::from_be_bytes([head[0], head[1]]);
-        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        let padded = 4 + len.div_ceil(4) * 4;
-        if attributes.len() < padded {
+/// A STUN message read from a datagram (§5, §6.3): its type, transaction and
+/// attributes, each with where it starts (for MESSAGE-INTEGRITY).
+pub(crate) struct Message<'a> {
+    pub kind: u16,
+    pub transaction: [u8; 12],
+    attributes: Vec<(u16, &'a [u8], usize)>,
+    bytes: &'a [u8],
+}
+
+impl<'a> Message<'a> {
+    /// `None` for what is not a well-formed STUN message: the two top bits
+    /// set, another cookie, a length that disagrees, an attribute past the end.
+    pub(crate) fn parse(bytes: &'a [u8]) -> Option<Message<'a>> {
+        let header = bytes.get(..HEADER)?;
+        let kind = u16::from_be_bytes([header[0], header[1]]);
+        let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let cookie = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        if kind & 0xC000 != 0
+            || cookie != MAGIC_COOKIE
+            || length % 4 != 0
+            || HEADER + length != bytes.len()
+        {
             return None;
         }
-        if kind < 0x8000 && !IGNORED.contains(&kind) && !unknown.contains(&kind) {
-            unknown.push(kind);
+        let mut transaction = [0u8; 12];
+        transaction.copy_from_slice(&header[8..HEADER]);
+        let mut attributes = Vec::new();
+        let mut at = HEADER;
+        while at < bytes.len() {
+            let head = bytes.get(at..at + 4)?;
+            let kind = u16::from_be_bytes([head[0], head[1]]);
+            let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+            let value = bytes.get(at + 4..at + 4 + len)?;
+            attributes.push((kind, value, at));
+            at += 4 + len.div_ceil(4) * 4;
         }
-        attributes = &attributes[padded..];
+        if at != bytes.len() {
+            return None;
+        }
+        Some(Message {
+            kind,
+            transaction,
+            attributes,
+            bytes,
+        })
     }
-    Some(unknown)
+
+    /// The method (§5: the type without its class bits).
+    pub(crate) fn method(&self) -> u16 {
+        self.kind & !ERROR
+    }
+
+    /// The class: [`REQUEST`], [`INDICATION`], [`SUCCESS`] or [`ERROR`].
+    pub(crate) fn class(&self) -> u16 {
+        self.kind & ERROR
+    }
+
+    /// The first attribute of this type, before MESSAGE-INTEGRITY (§14.5:
+    /// what follows it is not covered, so not believed).
+    pub(crate) fn get(&self, kind: u16) -> Option<&'a [u8]> {
+        self.attributes
+            .iter()
+            .take_while(|(k, _, _)| *k != MESSAGE_INTEGRITY || kind == MESSAGE_INTEGRITY)
+            .find(|(k, _, _)| *k == kind)
+            .map(|(_, value, _)| *value)
+    }
+
+    /// Every attribute of this type (e.g. the peers of a CreatePermission).
+    pub(crate) fn all(&self, kind: u16) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.attributes
+            .iter()
+            .take_while(|(k, _, _)| *k != MESSAGE_INTEGRITY)
+            .filter(move |(k, _, _)| *k == kind)
+            .map(|(_, value, _)| *value)
+    }
+
+    /// The comprehension-required attributes (§14: below 0x8000) that are
+    /// neither of `known` nor understood by every message.
+    pub(crate) fn unknown_required(&self, known: &[u16]) -> Vec<u16> {
+        let mut unknown = Vec::new();
+        for (kind, _, _) in &self.attributes {
+            if *kind < 0x8000 && !known.contains(kind) && !unknown.contains(kind) {
+                unknown.push(*kind);
+            }
+        }
+        unknown
+    }
+
+    /// Whether MESSAGE-INTEGRITY is there and right for `key` (§14.5: an
+    /// HMAC-SHA1 of the message before it, its length counting up to it).
+    pub(crate) fn integrity_ok(&self, key: &[u8]) -> bool {
+        use hmac::{Hmac, Mac};
+        let Some((_, value, at)) = self
+            .attributes
+            .iter()
+            .find(|(kind, _, _)| *kind == MESSAGE_INTEGRITY)
+        else {
+            return false;
+        };
+        let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(key) else {
+            return false;
+        };
+        let length = (*at + 24 - HEADER) as u16;
+        mac.update(&self.bytes[..2]);
+        mac.update(&length.to_be_bytes());
+        mac.update(&self.bytes[4..*at]);
+        mac.verify_slice(value).is_ok()
+    }
 }
 
-/// XOR-MAPPED-ADDRESS (§14.2): the family, then port and address XORed with
-/// the cookie (and, for IPv6, the transaction id).
-fn xor_address(peer: SocketAddr, transaction: &[u8; 12]) -> Vec<u8> {
-    let port = peer.port() ^ (MAGIC_COOKIE >> 16) as u16;
+/// XOR-MAPPED-ADDRESS and the other XOR addresses (§14.2): the family, then
+/// port and address XORed with the cookie (and, for IPv6, the transaction).
+pub(crate) fn xor_address(addr: SocketAddr, transaction: &[u8; 12]) -> Vec<u8> {
+    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
     let mut value = Vec::with_capacity(20);
-    match peer.ip().to_canonical() {
+    match addr.ip().to_canonical() {
         IpAddr::V4(ip) => {
             value.extend_from_slice(&[0, 0x01]);
             value.extend_from_slice(&port.to_be_bytes());
@@ -145,32 +231,64 @@ fn xor_address(peer: SocketAddr, transaction: &[u8; 12]) -> Vec<u8> {
         IpAddr::V6(ip) => {
             value.extend_from_slice(&[0, 0x02]);
             value.extend_from_slice(&port.to_be_bytes());
-            let mut key = [0u8; 16];
-            key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-            key[4..].copy_from_slice(transaction);
-            value.extend(ip.octets().iter().zip(key).map(|(a, k)| a ^ k));
+            value.extend(
+                ip.octets()
+                    .iter()
+                    .zip(xor_key(transaction))
+                    .map(|(a, k)| a ^ k),
+            );
         }
     }
     value
 }
 
-/// A STUN message being written.
-struct Message(Vec<u8>);
+/// The address an XOR address attribute holds.
+pub(crate) fn read_xor_address(value: &[u8], transaction: &[u8; 12]) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ (MAGIC_COOKIE >> 16) as u16;
+    let ip = match (value.get(1)?, value.len()) {
+        (0x01, 8) => {
+            let raw = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
+            IpAddr::from((raw ^ MAGIC_COOKIE).to_be_bytes())
+        }
+        (0x02, 20) => {
+            let mut octets = [0u8; 16];
+            for (octet, (byte, key)) in octets
+                .iter_mut()
+                .zip(value[4..].iter().zip(xor_key(transaction)))
+            {
+                *octet = byte ^ key;
+            }
+            IpAddr::from(octets)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
 
-impl Message {
-    fn new(kind: u16, transaction: [u8; 12]) -> Message {
+fn xor_key(transaction: &[u8; 12]) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    key[4..].copy_from_slice(transaction);
+    key
+}
+
+/// A STUN message being written.
+pub(crate) struct Writer(Vec<u8>);
+
+impl Writer {
+    pub(crate) fn new(kind: u16, transaction: [u8; 12]) -> Writer {
         let mut bytes = Vec::with_capacity(64);
         bytes.extend_from_slice(&kind.to_be_bytes());
         bytes.extend_from_slice(&[0, 0]);
         bytes.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
         bytes.extend_from_slice(&transaction);
-        Message(bytes)
+        Writer(bytes)
     }
 
-    fn attribute(&mut self, kind: u16, value: &[u8]) {
+    pub(crate) fn attribute(&mut self, kind: u16, value: &[u8]) {
         let bytes = &mut self.0;
         bytes.extend_from_slice(&kind.to_be_bytes());
-        // Every value here is far below 64 KiB.
+        // Values are datagram-sized at most, far below 64 KiB.
         bytes.extend_from_slice(&(value.len() as u16).to_be_bytes());
         bytes.extend_from_slice(value);
         bytes.resize(bytes.len().next_multiple_of(4), 0);
@@ -178,13 +296,31 @@ impl Message {
         self.set_length(length);
     }
 
+    /// ERROR-CODE (§14.8): the class and number, then the reason.
+    pub(crate) fn error(&mut self, code: u16, reason: &str) {
+        let mut value = vec![0, 0, (code / 100) as u8, (code % 100) as u8];
+        value.extend_from_slice(reason.as_bytes());
+        self.attribute(ERROR_CODE, &value);
+    }
+
     fn set_length(&mut self, length: usize) {
         self.0[2..4].copy_from_slice(&(length as u16).to_be_bytes());
     }
 
-    /// Adds FINGERPRINT (§14.7): the CRC-32 of everything before it, with the
-    /// length already counting it.
-    fn finish(mut self) -> Vec<u8> {
+    /// Adds SOFTWARE, MESSAGE-INTEGRITY when `key` is given (§14.5), and
+    /// FINGERPRINT (§14.7: the CRC-32 of everything before it, with the
+    /// length already counting it).
+    pub(crate) fn finish(mut self, key: Option<&[u8]>) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        self.attribute(SOFTWARE, b"kith");
+        if let Some(key) = key
+            && let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(key)
+        {
+            self.set_length(self.0.len() - HEADER + 24);
+            mac.update(&self.0);
+            let digest = mac.finalize().into_bytes();
+            self.attribute(MESSAGE_INTEGRITY, &digest);
+        }
         self.set_length(self.0.len() - HEADER + 8);
         let crc = crc32fast::hash(&self.0) ^ FINGERPRINT_XOR;
         self.0.extend_from_slice(&FINGERPRINT.to_be_bytes());
@@ -207,30 +343,30 @@ mod tests {
         bytes
     }
 
+    fn answer(datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+        let message = Message::parse(datagram)?;
+        (message.kind == BINDING | REQUEST)
+            .then(|| binding(&message, peer))
+            .flatten()
+    }
+
     /// The attributes of a response, by type.
     fn attributes(response: &[u8]) -> Vec<(u16, Vec<u8>)> {
-        let mut found = Vec::new();
-        let mut rest = &response[HEADER..];
-        while rest.len() >= 4 {
-            let kind = u16::from_be_bytes([rest[0], rest[1]]);
-            let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
-            found.push((kind, rest[4..4 + len].to_vec()));
-            rest = &rest[4 + len.div_ceil(4) * 4..];
-        }
-        found
+        let message = Message::parse(response).expect("well formed");
+        message
+            .attributes
+            .iter()
+            .map(|(kind, value, _)| (*kind, value.to_vec()))
+            .collect()
     }
 
     #[test]
     fn a_binding_request_learns_its_address_and_port() {
-        // RFC 5769 §2.2's address, 192.0.2.1:32853, XORed: 0x8112 / 0xe112a643.
+        // RFC 5769 §2.2's address, 192.0.2.1:32853, XORed: 0xa147 / 0xe112a643.
         let peer: SocketAddr = "192.0.2.1:32853".parse().unwrap();
         let response = answer(&request(&[]), peer).expect("answered");
         assert_eq!(&response[..2], &[0x01, 0x01], "a Binding success");
         assert_eq!(&response[8..20], b"0123456789ab", "the same transaction");
-        assert_eq!(
-            usize::from(u16::from_be_bytes([response[2], response[3]])),
-            response.len() - HEADER
-        );
         let found = attributes(&response);
         assert_eq!(
             found[0],
@@ -243,6 +379,11 @@ mod tests {
         assert_eq!(*kind, FINGERPRINT);
         let expected = crc32fast::hash(&response[..response.len() - 8]) ^ FINGERPRINT_XOR;
         assert_eq!(crc, &expected.to_be_bytes());
+        assert_eq!(
+            read_xor_address(&found[0].1, b"0123456789ab"),
+            Some(peer),
+            "read back"
+        );
     }
 
     #[test]
@@ -263,6 +404,7 @@ mod tests {
                 .unwrap()
                 .octets()
         );
+        assert_eq!(read_xor_address(value, b"0123456789ab"), Some(peer));
     }
 
     #[test]
@@ -282,24 +424,38 @@ mod tests {
     }
 
     #[test]
-    fn what_is_not_a_binding_request_gets_nothing() {
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    fn what_is_not_a_stun_message_does_not_parse() {
         let good = request(&[]);
-        assert!(answer(&good[..19], peer).is_none(), "short");
+        assert!(Message::parse(&good).is_some());
+        assert!(Message::parse(&good[..19]).is_none(), "short");
         let mut bad_cookie = good.clone();
         bad_cookie[4] = 0;
-        assert!(answer(&bad_cookie, peer).is_none(), "cookie");
-        let mut indication = good.clone();
-        indication[1] = 0x11;
-        assert!(answer(&indication, peer).is_none(), "an indication");
+        assert!(Message::parse(&bad_cookie).is_none(), "cookie");
         let mut long = good.clone();
         long.extend_from_slice(&[0, 0, 0, 0]);
-        assert!(answer(&long, peer).is_none(), "length disagrees");
+        assert!(Message::parse(&long).is_none(), "length disagrees");
         let truncated = request(&[0x00, 0x24, 0, 8, 1, 2, 3, 4]);
         assert!(
-            answer(&truncated, peer).is_none(),
+            Message::parse(&truncated).is_none(),
             "an attribute past the end"
         );
-        assert!(answer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", peer).is_none());
+        assert!(Message::parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
+        let mut indication = good.clone();
+        indication[1] = 0x11;
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(answer(&indication, peer).is_none(), "an indication");
+    }
+
+    #[test]
+    fn message_integrity_round_trips_and_catches_a_change() {
+        let mut writer = Writer::new(0x0003, *b"abcdefghijkl");
+        writer.attribute(USERNAME, b"1700000000:alice@localhost");
+        let bytes = writer.finish(Some(b"the key"));
+        let message = Message::parse(&bytes).expect("parses");
+        assert!(message.integrity_ok(b"the key"));
+        assert!(!message.integrity_ok(b"another key"));
+        let mut changed = bytes.clone();
+        changed[HEADER + 5] ^= 1;
+        assert!(!Message::parse(&changed).unwrap().integrity_ok(b"the key"));
     }
 }

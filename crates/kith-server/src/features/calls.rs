@@ -4,9 +4,9 @@
 //! messages, logged and delivered to every device like any other, and Jingle
 //! (XEP-0166) IQs go between full JIDs.
 //!
-//! STUN is this server's own (`stun.rs`, `[listen] stun`). TURN is an
-//! external server (`[calls] turn_host`, e.g. coturn) that shares a secret
-//! with kith: credentials follow the scheme coturn's `use-auth-secret`
+//! STUN is this server's own (`stun.rs`, `[listen] stun`). TURN is its own
+//! relay on the same port (`turn.rs`), or an external server (`[calls]
+//! turn_host`, e.g. coturn) that shares a secret with kith. Credentials follow the scheme coturn's `use-auth-secret`
 //! implements (draft-uberti-behave-turn-rest-00 §2.2): the username is the
 //! expiry in unix seconds and the user's bare JID, the password the base64
 //! HMAC-SHA1 of the username under the secret, so that the TURN server checks
@@ -93,18 +93,39 @@ fn services(server: &Server, user: &str, now_micros: i64) -> Vec<Element> {
                 .attr("name", "kith"),
         );
     }
-    if let (Some(host), Some(secret)) = (&calls.turn_host, &calls.turn_secret) {
+    // An external TURN server, or this server's own relay on the STUN port.
+    let turn = match (
+        &calls.turn_host,
+        &calls.turn_secret,
+        server.relay(),
+        server.stun_addr(),
+    ) {
+        (Some(host), Some(secret), _, _) => Some((
+            host.as_str(),
+            calls.turn_port,
+            calls.turn_transports.as_slice(),
+            secret.as_bytes(),
+        )),
+        (None, _, Some(relay), Some(stun)) => Some((
+            calls.stun_host.as_deref().unwrap_or(&server.domain),
+            stun.port(),
+            &["udp".to_owned()][..],
+            relay.secret(),
+        )),
+        _ => None,
+    };
+    if let Some((host, port, transports, secret)) = turn {
         let ttl = i64::try_from(calls.credential_ttl_secs).unwrap_or(86_400);
         let expires = now_micros / 1_000_000 + ttl;
         let Some((username, password)) = turn_credential(secret, user, expires) else {
             return services;
         };
-        for transport in &calls.turn_transports {
+        for transport in transports {
             services.push(
                 Element::new(NS, "service")
                     .attr("type", "turn")
-                    .attr("host", host.as_str())
-                    .attr("port", calls.turn_port.to_string())
+                    .attr("host", host)
+                    .attr("port", port.to_string())
                     .attr("transport", transport.as_str())
                     .attr("username", username.as_str())
                     .attr("password", password.as_str())
@@ -121,14 +142,20 @@ fn services(server: &Server, user: &str, now_micros: i64) -> Vec<Element> {
 
 /// A TURN username and password for `user` that work until `expires` (unix
 /// seconds) with a TURN server sharing `secret` (see the module's doc).
-fn turn_credential(secret: &str, user: &str, expires: i64) -> Option<(String, String)> {
+fn turn_credential(secret: &[u8], user: &str, expires: i64) -> Option<(String, String)> {
+    let username = format!("{expires}:{user}");
+    let password = turn_password(secret, &username)?;
+    Some((username, password))
+}
+
+/// The password of a TURN `username` under `secret`: base64 HMAC-SHA1, what
+/// coturn's `use-auth-secret` and kith's own relay (`turn.rs`) check.
+pub(crate) fn turn_password(secret: &[u8], username: &str) -> Option<String> {
     use base64::Engine as _;
     use hmac::{Hmac, Mac};
-    let username = format!("{expires}:{user}");
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).ok()?;
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret).ok()?;
     mac.update(username.as_bytes());
-    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    Some((username, password))
+    Some(base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
 }
 
 #[cfg(test)]
@@ -139,7 +166,7 @@ mod tests {
     fn a_turn_credential_is_what_coturn_computes_from_the_secret() {
         // The password as Python computes it: base64(hmac-sha1(secret, username)).
         assert_eq!(
-            turn_credential("north-pole-secret-1234", "alice@localhost", 1_700_000_000),
+            turn_credential(b"north-pole-secret-1234", "alice@localhost", 1_700_000_000),
             Some((
                 "1700000000:alice@localhost".to_owned(),
                 "ysHHLqIaES0/GJxVUCloB2CISdk=".to_owned()
