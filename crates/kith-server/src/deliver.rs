@@ -722,9 +722,11 @@ pub(crate) async fn read_backlog(session: &mut Session) {
     let complete = (batch.len() as i64) < BACKLOG_BATCH;
     let to = session.jid.to_string();
     // Read at a wake-up from another node (`Outbound::Wake`), an entry is live:
-    // no delay stamp.
-    let late = !session.caught_up;
+    // no delay stamp; so is one logged after the session was bound, which the
+    // catch-up reached before its wake-up did.
+    let caught_up = session.caught_up;
     for stored in batch {
+        let late = !caught_up && stored.at_micros < session.bound_at;
         // The user's own sent messages are for their archive (and carbons), not
         // for redelivery to themselves. Passed over in order: the entries read
         // before it are queued, not written yet, and moving `written_seq` now

@@ -151,6 +151,9 @@ pub(crate) struct Session {
     /// Whether the backlog since `device_cursor` has been read from the store; live
     /// log entries are written only from then on.
     pub caught_up: bool,
+    /// When the session was bound (unix microseconds): backlog entries logged
+    /// since came while the device was online, so carry no delay stamp.
+    pub bound_at: i64,
     /// Whether a catch-up read is in progress (more batches to read).
     pub backlog_pending: bool,
     /// Stream management; unacknowledged stanzas are kept as the text written.
@@ -321,6 +324,7 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         written_seq: 0,
         in_rooms: false,
         caught_up: false,
+        bound_at: crate::now_micros(),
         backlog_pending: false,
         sm: None,
         resume: None,
@@ -366,7 +370,6 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         // While the link is down and the session waits to be resumed, nothing is read
         // or written; the router keeps queueing (up to the queue's bound).
         let mut attached = true;
-        let mut elsewhere = None;
         let resume_window = Duration::from_secs(session.server.config.limits.resume_timeout_secs);
         let end: End = loop {
             // The timer moves only when it fired or a deadline came nearer (see `Clock`).
@@ -415,7 +418,12 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                             tracing::debug!(jid = %session.jid, "resumed on another node; ending here");
                             // A count higher than what was sent acknowledges nothing.
                             let _ = session.acknowledged(h);
-                            elsewhere = Some(handled);
+                            // Answered once the session is gone and its cursor
+                            // saved: the other node's new session for the device
+                            // starts after what it acknowledged. (Ending again
+                            // below finds nothing left to do.)
+                            Box::pin(session.finish()).await;
+                            let _ = handled.send(session.sm.as_ref().map_or(0, |sm| sm.inbound));
                             break None;
                         }
                     };
@@ -518,11 +526,6 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         };
 
         Box::pin(session.finish()).await;
-        // Answered once the session is gone and its cursor saved: the other
-        // node's new session for the device starts after what it acknowledged.
-        if let Some(handled) = elsewhere {
-            let _ = handled.send(session.sm.as_ref().map_or(0, |sm| sm.inbound));
-        }
         if !attached {
             return;
         }
