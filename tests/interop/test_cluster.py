@@ -254,6 +254,25 @@ async def test_resuming_on_the_other_node_ends_the_old_session_and_says_what_it_
     await b2.wait_message(lambda m: body_of(m) == "to the phone", what="a message to the full JID")
 
 
+async def test_a_stale_resumption_id_fails_at_once_while_the_user_is_online_elsewhere(pools):
+    """An id from a node that has since restarted (or from nowhere) is asked of
+    that node alone: nobody listens, NATS says so at once, and the login goes
+    on without waiting out a timeout."""
+    one, two = pools
+    bob = await one.account("rxs")
+    await one.connect(bob)
+    b2 = two.make(bob, resource="tablet", plugins=DEFAULT_PLUGINS + ("xep_0198",))
+    b2.plugin["xep_0198"].sm_id = "gonenode0000.abcdefghijklmnopqrstuvwx"
+    loop = asyncio.get_running_loop()
+    failed = loop.create_future()
+    b2.add_event_handler("sm_failed", lambda st: failed.done() or failed.set_result(st))
+    started = loop.time()
+    two.start(b2)
+    refusal = await asyncio.wait_for(failed, 15)
+    assert loop.time() - started < 3, "the refusal waited for a timeout"
+    assert refusal.xml.get("h") is None
+
+
 async def test_a_resource_bound_on_the_other_node_replaces_the_session(pools):
     one, two = pools
     bob = await one.account("bob")

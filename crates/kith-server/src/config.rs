@@ -774,8 +774,11 @@ pub struct CallsSection {
     pub turn_port: u16,
     /// Which of "udp" and "tcp" the TURN server takes.
     pub turn_transports: Vec<String>,
-    /// The secret shared with the TURN server (coturn: `use-auth-secret`,
-    /// `static-auth-secret`): each user gets a time-limited username and
+    /// The secret TURN credentials are made from: shared with the external
+    /// TURN server (coturn: `use-auth-secret`, `static-auth-secret`), or kith's
+    /// own relay's (the same on every node of a cluster, and kept across
+    /// restarts, so that credentials handed out go on working; unset: a new
+    /// random one at each start). Each user gets a time-limited username and
     /// password made from it, never the secret.
     pub turn_secret: Option<String>,
     /// How long a TURN credential works.
@@ -1020,10 +1023,10 @@ impl Config {
                     .to_owned(),
             ));
         }
-        if self.calls.turn_host.is_some() != self.calls.turn_secret.is_some() {
+        if self.calls.turn_host.is_some() && self.calls.turn_secret.is_none() {
             return Err(invalid(
                 "calls.turn_secret",
-                "calls.turn_host and calls.turn_secret must be set together".to_owned(),
+                "calls.turn_host needs the secret it shares with kith".to_owned(),
             ));
         }
         if self

@@ -964,7 +964,12 @@ impl Session {
                 let wants_resume = matches!(element.get_attr("resume"), Some("true" | "1"));
                 let window = self.server.config.limits.resume_timeout_secs;
                 if wants_resume && window > 0 {
-                    let id = crate::random_id(24);
+                    // In a cluster the id names this node (`Cluster::resume_id`).
+                    let id = self
+                        .server
+                        .cluster
+                        .as_ref()
+                        .map_or_else(|| crate::random_id(24), |c| c.resume_id());
                     let (tx, rx) = mpsc::channel(1);
                     self.server.resumable.insert(
                         id.clone(),

@@ -187,7 +187,12 @@ impl<'a> Message<'a> {
     /// neither of `known` nor understood by every message.
     pub(crate) fn unknown_required(&self, known: &[u16]) -> Vec<u16> {
         let mut unknown = Vec::new();
-        for (kind, _, _) in &self.attributes {
+        // §14.5: what follows MESSAGE-INTEGRITY is ignored.
+        let covered = self
+            .attributes
+            .iter()
+            .take_while(|(kind, _, _)| *kind != MESSAGE_INTEGRITY);
+        for (kind, _, _) in covered {
             if *kind < 0x8000 && !known.contains(kind) && !unknown.contains(kind) {
                 unknown.push(*kind);
             }

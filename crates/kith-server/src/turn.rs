@@ -60,8 +60,11 @@ const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 /// §12: a channel binding lasts ten minutes.
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 const NONCE_LIFETIME_SECS: u64 = 600;
-/// Allocations one user may hold at once.
+/// Allocations one user, or one address, may hold at once.
 const MAX_PER_USER: usize = 8;
+const MAX_PER_ADDRESS: usize = 16;
+/// Peers one allocation may permit at once (§9: each an address).
+const MAX_PERMISSIONS: usize = 64;
 
 /// The relay: its secret, its limits and the allocations.
 pub(crate) struct Relay {
@@ -84,6 +87,25 @@ struct Allocation {
     channels: HashMap<u16, (SocketAddr, Instant)>,
     /// Reads `relay`; stopped with the allocation.
     reader: tokio::task::JoinHandle<()>,
+}
+
+impl Allocation {
+    /// Permits (or refreshes) `ip` for [`PERMISSION_LIFETIME`]; past
+    /// [`MAX_PERMISSIONS`] live ones, 508.
+    fn permit(&mut self, ip: IpAddr, now: Instant) -> Result<(), (u16, &'static str)> {
+        self.permissions.retain(|_, until| *until > now);
+        let ip = ip.to_canonical();
+        if !self.permissions.contains_key(&ip) && self.permissions.len() >= MAX_PERMISSIONS {
+            return Err((508, "Insufficient Capacity"));
+        }
+        self.permissions.insert(ip, now + PERMISSION_LIFETIME);
+        Ok(())
+    }
+}
+
+/// The user a TURN username (`expiry:user`) names.
+fn user_of(username: &str) -> &str {
+    username.split_once(':').map_or(username, |(_, user)| user)
 }
 
 impl Drop for Allocation {
@@ -290,12 +312,17 @@ impl Relay {
         }
         let now = Instant::now();
         allocations.retain(|_, a| a.expires > now);
+        // A user gets a fresh credential (a new expiry) at every ask: counted
+        // by the user, not the credential.
+        let user = user_of(username);
+        let of_user = allocations
+            .values()
+            .filter(|a| user_of(&a.username) == user)
+            .count();
+        let of_address = allocations.keys().filter(|c| c.ip() == client.ip()).count();
         if allocations.len() >= self.max_allocations
-            || allocations
-                .values()
-                .filter(|a| a.username == username)
-                .count()
-                >= MAX_PER_USER
+            || of_user >= MAX_PER_USER
+            || of_address >= MAX_PER_ADDRESS
         {
             return Err((486, "Allocation Quota Reached"));
         }
@@ -312,7 +339,10 @@ impl Relay {
         let relayed = relay
             .local_addr()
             .map_err(|_| (508, "Insufficient Capacity"))?;
-        let lifetime = requested_lifetime(message).unwrap_or(DEFAULT_LIFETIME);
+        // §7.2: 0 means nothing for an Allocate (only a Refresh ends one).
+        let lifetime = requested_lifetime(message)
+            .filter(|l| !l.is_zero())
+            .unwrap_or(DEFAULT_LIFETIME);
         let reader = tokio::spawn(read_peers(Arc::downgrade(self), relay.clone(), client));
         allocations.insert(
             client,
@@ -379,11 +409,19 @@ impl Relay {
         }
         let mut allocations = self.allocations();
         let allocation = owned(&mut allocations, client, username)?;
-        let until = Instant::now() + PERMISSION_LIFETIME;
+        let now = Instant::now();
+        // §9.2: all or none: room for every new one, or 508 before any.
+        allocation.permissions.retain(|_, until| *until > now);
+        let new: std::collections::HashSet<IpAddr> = peers
+            .iter()
+            .map(|peer| peer.ip().to_canonical())
+            .filter(|ip| !allocation.permissions.contains_key(ip))
+            .collect();
+        if allocation.permissions.len() + new.len() > MAX_PERMISSIONS {
+            return Err((508, "Insufficient Capacity"));
+        }
         for peer in peers {
-            allocation
-                .permissions
-                .insert(peer.ip().to_canonical(), until);
+            allocation.permit(peer.ip(), now)?;
         }
         Ok(Writer::new(
             CREATE_PERMISSION | SUCCESS,
@@ -421,12 +459,11 @@ impl Relay {
         if taken {
             return Err((400, "Bad Request"));
         }
+        allocation.permit(peer.ip(), now)?;
+        allocation.channels.retain(|_, (_, until)| *until > now);
         allocation
             .channels
             .insert(number, (peer, now + CHANNEL_LIFETIME));
-        allocation
-            .permissions
-            .insert(peer.ip().to_canonical(), now + PERMISSION_LIFETIME);
         Ok(Writer::new(CHANNEL_BIND | SUCCESS, message.transaction))
     }
 
@@ -486,10 +523,14 @@ impl Relay {
         let _ = allocation.relay.try_send_to(data, peer);
     }
 
-    /// §21: whether datagrams may be relayed to and from this address.
+    /// §21: whether datagrams may be relayed to and from this address: not
+    /// this server's own (its services, its other allocations), nor, unless
+    /// `relay_allow_private`, loopback, private and other non-public ranges,
+    /// also where IPv6 embeds an IPv4 address.
     fn peer_allowed(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        if ip.is_unspecified() || ip.is_multicast() {
+        let ip = embedded_v4(ip.to_canonical());
+        let own = [Some(self.ip), self.socket.local_addr().ok().map(|a| a.ip())];
+        if ip.is_unspecified() || ip.is_multicast() || own.contains(&Some(ip)) {
             return false;
         }
         if self.allow_private {
@@ -497,18 +538,39 @@ impl Relay {
         }
         match ip {
             IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
                 !(v4.is_loopback()
                     || v4.is_private()
                     || v4.is_link_local()
                     || v4.is_broadcast()
                     || v4.is_documentation()
+                    // 0.0.0.0/8 ("this network") and 240.0.0.0/4 (reserved).
+                    || a == 0
+                    || a >= 240
                     // 100.64.0.0/10, carrier-grade NAT (RFC 6598).
-                    || (v4.octets()[0] == 100 && v4.octets()[1] & 0xC0 == 64))
+                    || (a == 100 && b & 0xC0 == 64))
             }
             IpAddr::V6(v6) => {
                 !(v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local())
             }
         }
+    }
+}
+
+/// The IPv4 address an IPv6 one carries, for the ranges that do: NAT64
+/// (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible (::/96); else `ip`.
+fn embedded_v4(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    let o = v6.octets();
+    let segments = v6.segments();
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..6] == [0; 6] {
+        IpAddr::from([o[12], o[13], o[14], o[15]])
+    } else if segments[0] == 0x2002 {
+        IpAddr::from([o[2], o[3], o[4], o[5]])
+    } else {
+        ip
     }
 }
 
@@ -801,5 +863,99 @@ mod tests {
             Some((&username, nonce.as_bytes())),
         ));
         assert_eq!(error_code(&answer), Some(442));
+    }
+
+    #[tokio::test]
+    async fn quotas_hold_whatever_credentials_a_user_collects() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let relay = Relay::new(
+            socket,
+            "127.0.0.1".parse().unwrap(),
+            SECRET.to_vec(),
+            "localhost",
+            false,
+            100,
+        );
+        let udp = (REQUESTED_TRANSPORT, vec![UDP, 0, 0, 0]);
+        // Eight allocations, each from a new port with a new credential; the ninth is refused.
+        for n in 0..=MAX_PER_USER {
+            let client: SocketAddr = format!("203.0.113.5:{}", 40_000 + n).parse().unwrap();
+            let username = format!("{}:alice@localhost", unix_secs() + 60 + n as u64);
+            let nonce = relay.nonce(client);
+            // LIFETIME 0 on an Allocate is the default, not an allocation born dead.
+            let bytes = request(
+                ALLOCATE,
+                &[udp.clone(), (LIFETIME, vec![0, 0, 0, 0])],
+                Some((&username, nonce.as_bytes())),
+            );
+            let answer = relay
+                .handle(&Message::parse(&bytes).unwrap(), client)
+                .unwrap();
+            if n < MAX_PER_USER {
+                let message = Message::parse(&answer).unwrap();
+                assert_eq!(message.get(LIFETIME), Some(&600u32.to_be_bytes()[..]));
+            } else {
+                assert_eq!(error_code(&answer), Some(486));
+            }
+        }
+        // Permissions are capped per allocation.
+        let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+        let username = format!("{}:alice@localhost", unix_secs() + 60);
+        let nonce = relay.nonce(client);
+        let peers: Vec<(u16, Vec<u8>)> = (0..=MAX_PERMISSIONS)
+            .map(|n| peer(&format!("8.8.{}.{}:9", n / 200, n % 200 + 1)))
+            .collect();
+        let bytes = request(
+            CREATE_PERMISSION,
+            &peers,
+            Some((&username, nonce.as_bytes())),
+        );
+        let answer = relay
+            .handle(&Message::parse(&bytes).unwrap(), client)
+            .unwrap();
+        assert_eq!(error_code(&answer), Some(508));
+    }
+
+    #[tokio::test]
+    async fn the_server_itself_and_embedded_private_addresses_are_no_peers() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let open = Relay::new(
+            socket.clone(),
+            "127.0.0.1".parse().unwrap(),
+            SECRET.to_vec(),
+            "localhost",
+            true,
+            10,
+        );
+        assert!(
+            !open.peer_allowed("127.0.0.1".parse().unwrap()),
+            "its own address, even on a LAN"
+        );
+        assert!(open.peer_allowed("127.0.0.2".parse().unwrap()));
+        let strict = Relay::new(
+            socket,
+            "192.0.2.10".parse().unwrap(),
+            SECRET.to_vec(),
+            "localhost",
+            false,
+            10,
+        );
+        for refused in [
+            "192.0.2.10",
+            "10.1.2.3",
+            "64:ff9b::a01:203",
+            "2002:a01:203::1",
+            "::a01:203",
+            "0.1.2.3",
+            "240.0.0.1",
+            "100.64.0.1",
+            "fd00::1",
+            "::1",
+        ] {
+            assert!(!strict.peer_allowed(refused.parse().unwrap()), "{refused}");
+        }
+        for allowed in ["8.8.8.8", "2001:4860:4860::8888", "64:ff9b::808:808"] {
+            assert!(strict.peer_allowed(allowed.parse().unwrap()), "{allowed}");
+        }
     }
 }

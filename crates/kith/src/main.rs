@@ -146,8 +146,13 @@ fn init_logging(default: &str) {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    // Taken before starting: a SIGHUP while the store opens must not kill it.
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hangup = None::<()>;
     let mut running = Server::start(config).await?;
-    tokio::spawn(reload_on_hangup(running.server.clone()));
+    tokio::spawn(reload_on_hangup(running.server.clone(), hangup));
     tokio::select! {
         () = running.wait() => bail!("a listener stopped unexpectedly"),
         () = shutdown_signal() => {
@@ -161,11 +166,13 @@ async fn serve(config: Config) -> Result<()> {
 }
 
 /// SIGHUP (`systemctl reload`): read the TLS certificate and key again.
-async fn reload_on_hangup(server: std::sync::Arc<Server>) {
-    #[cfg(unix)]
+#[cfg(unix)]
+async fn reload_on_hangup(
+    server: std::sync::Arc<Server>,
+    hangup: Option<tokio::signal::unix::Signal>,
+) {
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        let Some(mut hangup) = hangup else {
             return;
         };
         while hangup.recv().await.is_some() {
@@ -178,11 +185,10 @@ async fn reload_on_hangup(server: std::sync::Arc<Server>) {
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = server;
-    }
 }
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_server: std::sync::Arc<Server>, _hangup: Option<()>) {}
 
 async fn shutdown_signal() {
     #[cfg(unix)]

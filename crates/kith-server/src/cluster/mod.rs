@@ -185,11 +185,13 @@ enum Frame {
     /// An HTTP API call or account deletion for the groups' host (a request,
     /// answered with a `groups::Answer`).
     GroupCall { call: groups::Call },
-    /// XEP-0198 §5: the device `device` asks another node to resume the
-    /// session `previd`, having got `h` stanzas of it. A request, answered
-    /// (with the count of stanzas the session handled, as text) by the node
-    /// holding it, once the session has ended there.
+    /// XEP-0198 §5: the device `device` of `bare` asks another node to resume
+    /// the session `previd`, having got `h` stanzas of it. A request to the
+    /// node the id names (its own subject), answered once the session has
+    /// ended there with the count of stanzas it handled, as text (nothing:
+    /// no such session).
     Resume {
+        bare: String,
         previd: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
@@ -211,6 +213,9 @@ pub(crate) struct Cluster {
     dropped: AtomicU64,
     /// Whether this node hosts the group chats (`groups.rs`).
     groups: groups::Host,
+    /// This run of this node, in its subject (`kith.n.<tag>`) and its
+    /// resumption ids: a `<resume/>` on another node asks this node alone.
+    tag: String,
 }
 
 /// The link's figures (`metrics.rs`).
@@ -296,6 +301,8 @@ fn subject_user(subject: &str) -> Option<String> {
 
 /// The prefix of users' subjects.
 const USER: &str = "kith.u.";
+/// The prefix of one node's own subject.
+const NODE: &str = "kith.n.";
 
 impl Cluster {
     /// Connects to NATS; `None` when this node serves alone.
@@ -348,6 +355,7 @@ impl Cluster {
             lost: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             groups: groups::Host::default(),
+            tag: crate::random_id(12),
         }))
     }
 
@@ -356,6 +364,7 @@ impl Cluster {
     pub(crate) async fn start(&self, server: &Arc<Server>) {
         let _ = self.server.set(Arc::downgrade(server));
         self.nats.subscribe(ALL.to_owned());
+        self.nats.subscribe(self.node_subject(&self.tag));
         self.nats.flush().await;
         tokio::spawn(resync_when_lost(Arc::downgrade(server)));
         if server.config.muc.enabled {
@@ -526,10 +535,20 @@ impl Cluster {
         self.ask(bare, &frame, ONLINE_WAIT).await
     }
 
+    fn node_subject(&self, tag: &str) -> String {
+        format!("{NODE}{tag}")
+    }
+
+    /// A new XEP-0198 resumption id, naming this run of this node.
+    pub(crate) fn resume_id(&self) -> String {
+        format!("{}.{}", self.tag, crate::random_id(24))
+    }
+
     /// XEP-0198 §5 across nodes: the client asks this node to resume a session
-    /// `previd` that another node may hold. That node ends it (a session can't
-    /// move between processes) and answers how many stanzas it had handled,
-    /// for this node's `<failed h/>`; `None` if no node holds it.
+    /// `previd` of another node (named in the id). That node ends it (a
+    /// session can't move between processes) and answers how many stanzas it
+    /// had handled, for this node's `<failed h/>`; `None` if it holds no such
+    /// session, or is gone (NATS says so at once: nobody listens).
     pub(crate) async fn resume_elsewhere(
         &self,
         owner: &kith_proto::BareJid,
@@ -537,13 +556,20 @@ impl Cluster {
         device: Option<&str>,
         h: u32,
     ) -> Option<u32> {
+        let (tag, _) = previd.split_once('.')?;
+        if tag == self.tag || tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
         let frame = Frame::Resume {
+            bare: owner.to_string(),
             previd: previd.to_owned(),
             device: device.map(str::to_owned),
             h,
         };
+        let payload = encode(&frame)?;
         let answer = self
-            .ask_user(owner.as_str(), &frame, RESUME_WAIT)
+            .nats
+            .ask(self.node_subject(tag), payload, RESUME_WAIT)
             .await
             .ok()?;
         std::str::from_utf8(&answer).ok()?.parse().ok()
@@ -681,6 +707,40 @@ fn on_delivery(server: &Arc<Server>, delivery: nats::Delivery<'_>) {
         groups::on_group_frame(server, frame, delivery.reply);
         return;
     }
+    if delivery.subject.starts_with(NODE) {
+        if let (
+            Frame::Resume {
+                bare,
+                previd,
+                device,
+                h,
+            },
+            Some(reply),
+        ) = (frame, delivery.reply)
+        {
+            let (server, reply) = (server.clone(), reply.to_owned());
+            tokio::spawn(async move {
+                let handled = match kith_proto::BareJid::new(&bare) {
+                    Ok(owner) => {
+                        crate::session::end_for_elsewhere(
+                            &server,
+                            &owner,
+                            &previd,
+                            device.as_deref(),
+                            h,
+                        )
+                        .await
+                    }
+                    Err(_) => None,
+                };
+                if let Some(cluster) = &server.cluster {
+                    let answer = handled.map(|h| h.to_string()).unwrap_or_default();
+                    let _ = cluster.nats.publish(reply, answer.into_bytes());
+                }
+            });
+        }
+        return;
+    }
     let Some(bare) = subject_user(delivery.subject) else {
         tracing::warn!(
             subject = delivery.subject,
@@ -688,28 +748,6 @@ fn on_delivery(server: &Arc<Server>, delivery: nats::Delivery<'_>) {
         );
         return;
     };
-    if let Frame::Resume { previd, device, h } = frame {
-        // Answered only by the node holding the session, with its count.
-        if let (Some(reply), Ok(owner)) = (delivery.reply, kith_proto::BareJid::new(&bare)) {
-            let (server, reply) = (server.clone(), reply.to_owned());
-            tokio::spawn(async move {
-                let handled = crate::session::end_for_elsewhere(
-                    &server,
-                    &owner,
-                    &previd,
-                    device.as_deref(),
-                    h,
-                )
-                .await;
-                if let (Some(handled), Some(cluster)) = (handled, &server.cluster) {
-                    let _ = cluster
-                        .nats
-                        .publish(reply, handled.to_string().into_bytes());
-                }
-            });
-        }
-        return;
-    }
     let taken = on_user_frame(server, &bare, frame);
     // A request (an iq, "online?"): answered only by a node that took it.
     if taken && let (Some(reply), Some(cluster)) = (delivery.reply, &server.cluster) {
@@ -958,11 +996,13 @@ mod tests {
                 owner: "juliet".to_owned(),
             },
             Frame::Resume {
+                bare: "juliet@localhost".to_owned(),
                 previd: "abc".to_owned(),
                 device: Some("d1".to_owned()),
                 h: 7,
             },
             Frame::Resume {
+                bare: "juliet@localhost".to_owned(),
                 previd: "abc".to_owned(),
                 device: None,
                 h: 0,

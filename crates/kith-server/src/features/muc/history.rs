@@ -92,6 +92,8 @@ pub(super) async fn from_occupant(
         {
             send_to(server, from, original);
         }
+        // (Unreadable now, the original still reaches the sender's devices
+        // from their logs.)
         tracing::debug!(room = room.jid, "a resent group message stored once");
         return Ok(None);
     }
