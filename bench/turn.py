@@ -8,9 +8,10 @@ every datagram goes through kith. After ICE connects, each side sends RATE
 datagrams of SIZE bytes a second for SECS seconds (an Opus voice frame is about
 160 bytes at 50 a second; one call is 100 datagrams a second through the relay).
 Prints what arrived, what was lost, and kith's CPU time per relayed datagram
-(from /proc/<pid>/stat, both directions counted).
+(from /proc/<pid>/stat, both directions counted). `--server coturn` measures
+Debian's coturn the same way (the same secret, loopback, one core).
 
-    .venv/bin/python bench/turn.py [--rate 1000] [--secs 10] [--size 160]
+    .venv/bin/python bench/turn.py [--rate 1000] [--secs 10] [--size 160] [--server kith|coturn]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=1000, help="datagrams a second, each way")
     ap.add_argument("--secs", type=float, default=10)
     ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--server", choices=["kith", "coturn"], default="kith")
     args = ap.parse_args()
     target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/kith-target"))
     binary = os.environ.get("KITH_BIN", f"{target}/release/kith")
@@ -62,7 +64,15 @@ async def main() -> None:
             f'[calls]\nturn_secret = "{SECRET}"\nrelay_allow_private = true\n'
             '[log]\nlevel = "warn"\n'
         )
-        server = subprocess.Popen(["taskset", "-c", "0", binary, "serve", "-c", str(config)])
+        if args.server == "kith":
+            command = [binary, "serve", "-c", str(config)]
+        else:
+            command = ["turnserver", "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
+                       "--relay-ip=127.0.0.1", "--use-auth-secret", f"--static-auth-secret={SECRET}",
+                       "--realm=localhost", "--no-tls", "--no-dtls", "--no-cli",
+                       f"--pidfile={work}/turnserver.pid", "--log-file=stdout", "--simple-log",
+                       "--no-stdout-log"]
+        server = subprocess.Popen(["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL)
         os.sched_setaffinity(0, {1})
         try:
             await asyncio.sleep(1.5)
@@ -111,7 +121,7 @@ async def main() -> None:
             print(f"sent {2 * total} datagrams of {args.size} bytes in {sent_secs:.1f} s "
                   f"({2 * total / sent_secs:,.0f}/s), relayed {relayed:,} "
                   f"(lost {2 * total - relayed:,})")
-            print(f"kith CPU: {ticks / hz:.2f} s = {ticks / hz * 1e6 / max(relayed, 1):.1f} µs "
+            print(f"{args.server} CPU: {ticks / hz:.2f} s = {ticks / hz * 1e6 / max(relayed, 1):.1f} µs "
                   f"per relayed datagram ({ticks / hz / sent_secs * 100:.0f} % of a core)")
             await asyncio.gather(caller.close(), callee.close())
         finally:
