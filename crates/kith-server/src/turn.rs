@@ -90,6 +90,15 @@ struct Allocation {
 }
 
 impl Allocation {
+    /// Whether the allocation is live and permits `peer`'s address (§9).
+    fn admits(&self, peer: SocketAddr, now: Instant) -> bool {
+        self.expires > now
+            && self
+                .permissions
+                .get(&peer.ip().to_canonical())
+                .is_some_and(|until| *until > now)
+    }
+
     /// Permits (or refreshes) `ip` for [`PERMISSION_LIFETIME`]; past
     /// [`MAX_PERMISSIONS`] live ones, 508.
     fn permit(&mut self, ip: IpAddr, now: Instant) -> Result<(), (u16, &'static str)> {
@@ -511,12 +520,7 @@ impl Relay {
         let Some(allocation) = allocations.get(&client) else {
             return;
         };
-        let now = Instant::now();
-        let permitted = allocation
-            .permissions
-            .get(&peer.ip().to_canonical())
-            .is_some_and(|until| *until > now);
-        if allocation.expires <= now || !permitted {
+        if !allocation.admits(peer, Instant::now()) {
             return;
         }
         // UDP: a datagram that can't go at once is dropped, as the network would.
@@ -625,11 +629,7 @@ async fn read_peers(relay: std::sync::Weak<Relay>, socket: Arc<UdpSocket>, clien
                 return;
             };
             let now = Instant::now();
-            let permitted = allocation
-                .permissions
-                .get(&peer.ip().to_canonical())
-                .is_some_and(|until| *until > now);
-            if !permitted || allocation.expires <= now {
+            if !allocation.admits(peer, now) {
                 continue;
             }
             let channel = allocation
@@ -669,6 +669,19 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"a-secret-of-some-length";
+
+    /// A relay on a loopback socket, relaying from `ip`.
+    async fn relay_at(ip: &str, allow_private: bool, max: usize) -> Arc<Relay> {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        Relay::new(
+            socket,
+            ip.parse().unwrap(),
+            SECRET.to_vec(),
+            "localhost",
+            allow_private,
+            max,
+        )
+    }
 
     fn key(username: &str) -> [u8; 16] {
         use md5::Digest as _;
@@ -712,15 +725,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_allocation_takes_a_credential_and_a_permission_a_public_peer() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let relay = Relay::new(
-            socket,
-            "127.0.0.1".parse().unwrap(),
-            SECRET.to_vec(),
-            "localhost",
-            false,
-            10,
-        );
+        let relay = relay_at("127.0.0.1", false, 10).await;
         let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
         let transport = (REQUESTED_TRANSPORT, vec![UDP, 0, 0, 0]);
         let ask = |bytes: Vec<u8>| {
@@ -816,15 +821,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_credentials_bad_nonces_and_other_transports_are_refused() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let relay = Relay::new(
-            socket,
-            "127.0.0.1".parse().unwrap(),
-            SECRET.to_vec(),
-            "localhost",
-            false,
-            10,
-        );
+        let relay = relay_at("127.0.0.1", false, 10).await;
         let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
         let ask = |bytes: Vec<u8>| {
             relay
@@ -867,15 +864,7 @@ mod tests {
 
     #[tokio::test]
     async fn quotas_hold_whatever_credentials_a_user_collects() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let relay = Relay::new(
-            socket,
-            "127.0.0.1".parse().unwrap(),
-            SECRET.to_vec(),
-            "localhost",
-            false,
-            100,
-        );
+        let relay = relay_at("127.0.0.1", false, 100).await;
         let udp = (REQUESTED_TRANSPORT, vec![UDP, 0, 0, 0]);
         // Eight allocations, each from a new port with a new credential; the ninth is refused.
         for n in 0..=MAX_PER_USER {
@@ -918,28 +907,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_server_itself_and_embedded_private_addresses_are_no_peers() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let open = Relay::new(
-            socket.clone(),
-            "127.0.0.1".parse().unwrap(),
-            SECRET.to_vec(),
-            "localhost",
-            true,
-            10,
-        );
+        let open = relay_at("127.0.0.1", true, 10).await;
         assert!(
             !open.peer_allowed("127.0.0.1".parse().unwrap()),
             "its own address, even on a LAN"
         );
         assert!(open.peer_allowed("127.0.0.2".parse().unwrap()));
-        let strict = Relay::new(
-            socket,
-            "192.0.2.10".parse().unwrap(),
-            SECRET.to_vec(),
-            "localhost",
-            false,
-            10,
-        );
+        let strict = relay_at("192.0.2.10", false, 10).await;
         for refused in [
             "192.0.2.10",
             "10.1.2.3",
