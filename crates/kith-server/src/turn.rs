@@ -82,6 +82,8 @@ pub(crate) struct Relay {
 struct Allocation {
     username: String,
     relay: Arc<UdpSocket>,
+    /// `relay`'s address, which devices are told.
+    relayed: SocketAddr,
     expires: Instant,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, (SocketAddr, Instant)>,
@@ -358,6 +360,7 @@ impl Relay {
             Allocation {
                 username: username.to_owned(),
                 relay,
+                relayed,
                 expires: now + lifetime,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
@@ -413,10 +416,10 @@ impl Relay {
         if peers.is_empty() {
             return Err((400, "Bad Request"));
         }
-        if peers.iter().any(|peer| !self.peer_allowed(peer.ip())) {
+        let mut allocations = self.allocations();
+        if !peers.iter().all(|peer| self.peer_ok(*peer, &allocations)) {
             return Err((403, "Forbidden"));
         }
-        let mut allocations = self.allocations();
         let allocation = owned(&mut allocations, client, username)?;
         let now = Instant::now();
         // §9.2: all or none: room for every new one, or 508 before any.
@@ -454,10 +457,10 @@ impl Relay {
             .get(XOR_PEER_ADDRESS)
             .and_then(|v| stun::read_xor_address(v, &message.transaction))
             .ok_or((400, "Bad Request"))?;
-        if !self.peer_allowed(peer.ip()) {
+        let mut allocations = self.allocations();
+        if !self.peer_ok(peer, &allocations) {
             return Err((403, "Forbidden"));
         }
-        let mut allocations = self.allocations();
         let allocation = owned(&mut allocations, client, username)?;
         let now = Instant::now();
         // §11.2: a number is one peer's, and a peer has one number.
@@ -520,21 +523,37 @@ impl Relay {
         let Some(allocation) = allocations.get(&client) else {
             return;
         };
-        if !allocation.admits(peer, Instant::now()) {
+        if !allocation.admits(peer, Instant::now()) || !self.peer_ok(peer, &allocations) {
             return;
         }
         // UDP: a datagram that can't go at once is dropped, as the network would.
         let _ = allocation.relay.try_send_to(data, peer);
     }
 
-    /// §21: whether datagrams may be relayed to and from this address: not
-    /// this server's own (its services, its other allocations), nor, unless
-    /// `relay_allow_private`, loopback, private and other non-public ranges,
-    /// also where IPv6 embeds an IPv4 address.
+    /// §21: whether datagrams may be relayed to and from `peer`. On this
+    /// server's own addresses only another live allocation's relayed address
+    /// is (two devices both on relayed candidates), never its services;
+    /// elsewhere see [`Relay::peer_allowed`]. Asked when permitting and for
+    /// every datagram, as permissions go by address, not port.
+    fn peer_ok(&self, peer: SocketAddr, allocations: &HashMap<SocketAddr, Allocation>) -> bool {
+        let ip = embedded_v4(peer.ip().to_canonical());
+        let own = [Some(self.ip), self.socket.local_addr().ok().map(|a| a.ip())];
+        if own.contains(&Some(ip)) {
+            let now = Instant::now();
+            return allocations.values().any(|a| {
+                a.expires > now && a.relayed.port() == peer.port() && a.relayed.ip() == ip
+            });
+        }
+        self.peer_allowed(ip)
+    }
+
+    /// Whether an address that is not this server's may be a peer: not
+    /// unspecified or multicast, nor, unless `relay_allow_private`, loopback,
+    /// private and other non-public ranges, also where IPv6 embeds an IPv4
+    /// address.
     fn peer_allowed(&self, ip: IpAddr) -> bool {
         let ip = embedded_v4(ip.to_canonical());
-        let own = [Some(self.ip), self.socket.local_addr().ok().map(|a| a.ip())];
-        if ip.is_unspecified() || ip.is_multicast() || own.contains(&Some(ip)) {
+        if ip.is_unspecified() || ip.is_multicast() {
             return false;
         }
         if self.allow_private {
@@ -629,7 +648,7 @@ async fn read_peers(relay: std::sync::Weak<Relay>, socket: Arc<UdpSocket>, clien
                 return;
             };
             let now = Instant::now();
-            if !allocation.admits(peer, now) {
+            if !allocation.admits(peer, now) || !relay.peer_ok(peer, &allocations) {
                 continue;
             }
             let channel = allocation
@@ -908,28 +927,91 @@ mod tests {
     #[tokio::test]
     async fn the_server_itself_and_embedded_private_addresses_are_no_peers() {
         let open = relay_at("127.0.0.1", true, 10).await;
+        let none = HashMap::new();
         assert!(
-            !open.peer_allowed("127.0.0.1".parse().unwrap()),
+            !open.peer_ok("127.0.0.1:5222".parse().unwrap(), &none),
             "its own address, even on a LAN"
         );
-        assert!(open.peer_allowed("127.0.0.2".parse().unwrap()));
+        assert!(open.peer_ok("127.0.0.2:5222".parse().unwrap(), &none));
         let strict = relay_at("192.0.2.10", false, 10).await;
         for refused in [
-            "192.0.2.10",
-            "10.1.2.3",
-            "64:ff9b::a01:203",
-            "2002:a01:203::1",
-            "::a01:203",
-            "0.1.2.3",
-            "240.0.0.1",
-            "100.64.0.1",
-            "fd00::1",
-            "::1",
+            "192.0.2.10:9",
+            "10.1.2.3:9",
+            "[64:ff9b::a01:203]:9",
+            "[2002:a01:203::1]:9",
+            "[::a01:203]:9",
+            "0.1.2.3:9",
+            "240.0.0.1:9",
+            "100.64.0.1:9",
+            "[fd00::1]:9",
+            "[::1]:9",
         ] {
-            assert!(!strict.peer_allowed(refused.parse().unwrap()), "{refused}");
+            assert!(
+                !strict.peer_ok(refused.parse().unwrap(), &none),
+                "{refused}"
+            );
         }
-        for allowed in ["8.8.8.8", "2001:4860:4860::8888", "64:ff9b::808:808"] {
-            assert!(strict.peer_allowed(allowed.parse().unwrap()), "{allowed}");
+        for allowed in [
+            "8.8.8.8:9",
+            "[2001:4860:4860::8888]:9",
+            "[64:ff9b::808:808]:9",
+        ] {
+            assert!(strict.peer_ok(allowed.parse().unwrap(), &none), "{allowed}");
         }
+    }
+
+    #[tokio::test]
+    async fn two_devices_on_relayed_candidates_reach_each_other_and_nothing_else_here() {
+        let relay = relay_at("127.0.0.1", false, 10).await;
+        let udp = (REQUESTED_TRANSPORT, vec![UDP, 0, 0, 0]);
+        let mut relayed = Vec::new();
+        let mut signed = Vec::new();
+        for (n, user) in ["alice", "bob"].iter().enumerate() {
+            let client: SocketAddr = format!("203.0.113.{}:40000", n + 1).parse().unwrap();
+            let username = format!("{}:{user}@localhost", unix_secs() + 60);
+            let nonce = relay.nonce(client);
+            let bytes = request(
+                ALLOCATE,
+                std::slice::from_ref(&udp),
+                Some((&username, nonce.as_bytes())),
+            );
+            let answer = relay
+                .handle(&Message::parse(&bytes).unwrap(), client)
+                .unwrap();
+            let message = Message::parse(&answer).unwrap();
+            relayed.push(
+                stun::read_xor_address(
+                    message.get(XOR_RELAYED_ADDRESS).unwrap(),
+                    &message.transaction,
+                )
+                .unwrap(),
+            );
+            signed.push((client, username, nonce));
+        }
+        let (alice, username, nonce) = &signed[0];
+        let ask = |peer: SocketAddr| {
+            let attributes = [(XOR_PEER_ADDRESS, stun::xor_address(peer, &[0; 12]))];
+            let bytes = request(
+                CREATE_PERMISSION,
+                &attributes,
+                Some((username, nonce.as_bytes())),
+            );
+            relay
+                .handle(&Message::parse(&bytes).unwrap(), *alice)
+                .unwrap()
+        };
+        // Bob's relayed address is a peer; the server's own listener is not.
+        let to_bob = ask(relayed[1]);
+        assert_eq!(
+            Message::parse(&to_bob).unwrap().kind,
+            CREATE_PERMISSION | SUCCESS
+        );
+        let listener = relay.socket.local_addr().unwrap();
+        assert_eq!(error_code(&ask(listener)), Some(403));
+        let other_port = (1..)
+            .map(|n| SocketAddr::new(relayed[1].ip(), relayed[1].port().wrapping_add(n)))
+            .find(|addr| !relayed.contains(addr) && *addr != listener)
+            .unwrap();
+        assert_eq!(error_code(&ask(other_port)), Some(403));
     }
 }

@@ -303,6 +303,8 @@ fn subject_user(subject: &str) -> Option<String> {
 const USER: &str = "kith.u.";
 /// The prefix of one node's own subject.
 const NODE: &str = "kith.n.";
+/// The length of a node's tag (`Cluster::tag`).
+const TAG_LEN: usize = 12;
 
 impl Cluster {
     /// Connects to NATS; `None` when this node serves alone.
@@ -355,7 +357,7 @@ impl Cluster {
             lost: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             groups: groups::Host::default(),
-            tag: crate::random_id(12),
+            tag: crate::random_id(TAG_LEN),
         }))
     }
 
@@ -557,7 +559,12 @@ impl Cluster {
         h: u32,
     ) -> Option<u32> {
         let (tag, _) = previd.split_once('.')?;
-        if tag == self.tag || tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        // A tag as this code makes them, or no subject: a client's id of any
+        // length would otherwise become a NATS control line.
+        if tag == self.tag
+            || tag.len() != TAG_LEN
+            || !tag.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             return None;
         }
         let frame = Frame::Resume {
