@@ -16,6 +16,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import urllib.request
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -97,6 +98,15 @@ async def test_the_server_says_where_stun_is_and_answers_a_binding_request(serve
         await pool.close_all()
 
 
+def relay_metrics(srv) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics", timeout=10) as res:
+        text = res.read().decode()
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name.startswith("kith_turn_")}
+
+
 async def test_the_servers_own_relay_carries_a_call_between_two_devices(server_factory, backend):
     """Two aioice endpoints, the caller restricted to relayed candidates: ICE
     connects through kith's TURN relay (Allocate, ChannelBind, ChannelData both
@@ -139,6 +149,12 @@ async def test_the_servers_own_relay_carries_a_call_between_two_devices(server_f
             assert await asyncio.wait_for(callee.recv(), 5) == b"hello over the relay"
             await callee.send(b"and back")
             assert await asyncio.wait_for(caller.recv(), 5) == b"and back"
+            # What an operator sees (Prometheus's own parser): the allocation
+            # held, and at least these two payloads relayed (ICE's checks too).
+            samples = relay_metrics(srv)
+            assert samples["kith_turn_allocations"] >= 1
+            assert samples["kith_turn_relayed_datagrams_total"] >= 2
+            assert samples["kith_turn_relayed_bytes_total"] >= len(b"hello over the relay" b"and back")
         finally:
             await asyncio.gather(caller.close(), callee.close())
     finally:

@@ -242,6 +242,30 @@ pub(crate) fn render(server: &Server) -> String {
             u8::from(link.groups_host),
         );
     }
+    if let Some(relay) = server.relay() {
+        let relay = relay.metrics();
+        single(
+            &mut out,
+            "kith_turn_allocations",
+            "gauge",
+            "Relayed addresses held for calls (TURN allocations).",
+            relay.allocations,
+        );
+        single(
+            &mut out,
+            "kith_turn_relayed_datagrams_total",
+            "counter",
+            "Datagrams the TURN relay passed on, both ways.",
+            relay.datagrams,
+        );
+        single(
+            &mut out,
+            "kith_turn_relayed_bytes_total",
+            "counter",
+            "Payload bytes the TURN relay passed on, both ways.",
+            relay.bytes,
+        );
+    }
     process(&mut out);
     out
 }

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -77,6 +78,16 @@ pub(crate) struct Relay {
     allow_private: bool,
     max_allocations: usize,
     allocations: Mutex<HashMap<SocketAddr, Allocation>>,
+    /// Datagrams and their bytes relayed, both ways, for metrics.
+    relayed: AtomicU64,
+    relayed_bytes: AtomicU64,
+}
+
+/// The relay's figures (`metrics.rs`).
+pub(crate) struct RelayMetrics {
+    pub allocations: usize,
+    pub datagrams: u64,
+    pub bytes: u64,
 }
 
 struct Allocation {
@@ -145,7 +156,28 @@ impl Relay {
             allow_private,
             max_allocations,
             allocations: Mutex::default(),
+            relayed: AtomicU64::new(0),
+            relayed_bytes: AtomicU64::new(0),
         })
+    }
+
+    pub(crate) fn metrics(&self) -> RelayMetrics {
+        let now = Instant::now();
+        RelayMetrics {
+            allocations: self
+                .allocations()
+                .values()
+                .filter(|a| a.expires > now)
+                .count(),
+            datagrams: self.relayed.load(Ordering::Relaxed),
+            bytes: self.relayed_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, bytes: usize) {
+        self.relayed.fetch_add(1, Ordering::Relaxed);
+        self.relayed_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// The secret TURN credentials are made from (`features::calls`).
@@ -527,7 +559,9 @@ impl Relay {
             return;
         }
         // UDP: a datagram that can't go at once is dropped, as the network would.
-        let _ = allocation.relay.try_send_to(data, peer);
+        if allocation.relay.try_send_to(data, peer).is_ok() {
+            self.count(data.len());
+        }
     }
 
     /// §21: whether datagrams may be relayed to and from `peer`. On this
@@ -673,7 +707,9 @@ async fn read_peers(relay: std::sync::Weak<Relay>, socket: Arc<UdpSocket>, clien
                 }
             }
         };
-        let _ = relay.socket.send_to(&framed, client).await;
+        if relay.socket.send_to(&framed, client).await.is_ok() {
+            relay.count(len);
+        }
     }
 }
 
