@@ -72,6 +72,8 @@ pub(crate) struct Relay {
     socket: Arc<UdpSocket>,
     /// The address relayed sockets bind to, and advertise.
     ip: IpAddr,
+    /// The listener's own address (asked once: every datagram checks it).
+    listener_ip: Option<IpAddr>,
     secret: Vec<u8>,
     nonce_key: [u8; 32],
     realm: String,
@@ -147,9 +149,11 @@ impl Relay {
         allow_private: bool,
         max_allocations: usize,
     ) -> Arc<Relay> {
+        let listener_ip = socket.local_addr().ok().map(|a| a.ip());
         Arc::new(Relay {
             socket,
             ip,
+            listener_ip,
             secret,
             nonce_key: rand::random(),
             realm: realm.to_owned(),
@@ -571,8 +575,7 @@ impl Relay {
     /// every datagram, as permissions go by address, not port.
     fn peer_ok(&self, peer: SocketAddr, allocations: &HashMap<SocketAddr, Allocation>) -> bool {
         let ip = embedded_v4(peer.ip().to_canonical());
-        let own = [Some(self.ip), self.socket.local_addr().ok().map(|a| a.ip())];
-        if own.contains(&Some(ip)) {
+        if ip == self.ip || Some(ip) == self.listener_ip {
             let now = Instant::now();
             return allocations.values().any(|a| {
                 a.expires > now && a.relayed.port() == peer.port() && a.relayed.ip() == ip
