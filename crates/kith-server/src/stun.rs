@@ -28,7 +28,7 @@ pub(crate) const XOR_MAPPED_ADDRESS: u16 = 0x0020;
 pub(crate) const USERNAME: u16 = 0x0006;
 pub(crate) const MESSAGE_INTEGRITY: u16 = 0x0008;
 pub(crate) const ERROR_CODE: u16 = 0x0009;
-pub(crate) const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
 pub(crate) const REALM: u16 = 0x0014;
 pub(crate) const NONCE: u16 = 0x0015;
 const SOFTWARE: u16 = 0x8022;
@@ -100,9 +100,7 @@ fn binding(request: &Message<'_>, peer: SocketAddr) -> Option<Vec<u8>> {
     if unknown.is_empty() {
         answer.attribute(XOR_MAPPED_ADDRESS, &xor_address(peer, &request.transaction));
     } else {
-        answer.error(420, "Unknown Attribute");
-        let list: Vec<u8> = unknown.iter().flat_map(|a| a.to_be_bytes()).collect();
-        answer.attribute(UNKNOWN_ATTRIBUTES, &list);
+        answer.unknown_attributes(&unknown);
     }
     Some(answer.finish(None))
 }
@@ -306,6 +304,13 @@ impl Writer {
         let mut value = vec![0, 0, (code / 100) as u8, (code % 100) as u8];
         value.extend_from_slice(reason.as_bytes());
         self.attribute(ERROR_CODE, &value);
+    }
+
+    /// §6.3.1: 420, naming the comprehension-required attributes not known.
+    pub(crate) fn unknown_attributes(&mut self, unknown: &[u16]) {
+        self.error(420, "Unknown Attribute");
+        let list: Vec<u8> = unknown.iter().flat_map(|a| a.to_be_bytes()).collect();
+        self.attribute(UNKNOWN_ATTRIBUTES, &list);
     }
 
     fn set_length(&mut self, length: usize) {

@@ -237,9 +237,7 @@ impl Relay {
         let unknown = message.unknown_required(KNOWN);
         if !unknown.is_empty() {
             let mut answer = Writer::new(method | ERROR, message.transaction);
-            answer.error(420, "Unknown Attribute");
-            let list: Vec<u8> = unknown.iter().flat_map(|a| a.to_be_bytes()).collect();
-            answer.attribute(stun::UNKNOWN_ATTRIBUTES, &list);
+            answer.unknown_attributes(&unknown);
             return answer.finish(None);
         }
         // §9.2.4: no credentials yet: 401 with a realm and a nonce.

@@ -6,8 +6,9 @@
 //!
 //! STUN is this server's own (`stun.rs`, `[listen] stun`). TURN is its own
 //! relay on the same port (`turn.rs`), or an external server (`[calls]
-//! turn_host`, e.g. coturn) that shares a secret with kith. Credentials follow the scheme coturn's `use-auth-secret`
-//! implements (draft-uberti-behave-turn-rest-00 §2.2): the username is the
+//! turn_host`, e.g. coturn) that shares a secret with kith. Credentials
+//! follow the scheme coturn's `use-auth-secret` implements
+//! (draft-uberti-behave-turn-rest-00 §2.2): the username is the
 //! expiry in unix seconds and the user's bare JID, the password the base64
 //! HMAC-SHA1 of the username under the secret, so that the TURN server checks
 //! them on its own and they stop working when they expire.
@@ -81,13 +82,13 @@ pub(crate) fn handle(session: &mut Session, request: &Request<'_>) -> Response {
 /// if it runs, and the TURN server's transports with a credential each.
 fn services(server: &Server, user: &str, now_micros: i64) -> Vec<Element> {
     let calls = &server.config.calls;
+    let own_host = calls.stun_host.as_deref().unwrap_or(&server.domain);
     let mut services = Vec::new();
     if let Some(stun) = server.stun_addr() {
-        let host = calls.stun_host.as_deref().unwrap_or(&server.domain);
         services.push(
             Element::new(NS, "service")
                 .attr("type", "stun")
-                .attr("host", host)
+                .attr("host", own_host)
                 .attr("port", stun.port().to_string())
                 .attr("transport", "udp")
                 .attr("name", "kith"),
@@ -107,7 +108,7 @@ fn services(server: &Server, user: &str, now_micros: i64) -> Vec<Element> {
             secret.as_bytes(),
         )),
         (None, _, Some(relay), Some(stun)) => Some((
-            calls.stun_host.as_deref().unwrap_or(&server.domain),
+            own_host,
             stun.port(),
             &["udp".to_owned()][..],
             relay.secret(),
