@@ -88,7 +88,14 @@ async def test_xmpp_js_over_websocket_exchanges_messages(http_up, xmpp, scheme):
         "expect_body": f"pong {nonce} 🌍 مرحبا",
     })
     assert res["ok"], f"@xmpp/client over {scheme}:// failed: {res}"
-    assert res["jid"] == f"{web_acct.jid}/browser", res
+    if scheme == "ws":
+        # No TLS: the classic profile (SASL2 only after TLS, XEP-0388 §3).
+        assert res["jid"] == f"{web_acct.jid}/browser", res
+        assert "success urn:ietf:params:xml:ns:xmpp-sasl" in res["nonzas"], res
+    else:
+        # SASL2 with Bind 2: the resource is the client's tag and a server-made id.
+        assert res["jid"].startswith(f"{web_acct.jid}/browser/"), res
+        assert "success urn:xmpp:sasl:2" in res["nonzas"], res
     got = await tcp.wait_message(lambda m: m["body"] == f"ping {nonce} 🌍 مرحبا")
     assert got["from"].full == res["jid"]
     reply = [r for r in res["received"] if r["body"] == f"pong {nonce} 🌍 مرحبا"][0]

@@ -48,6 +48,89 @@ pub enum ScramHash {
     Sha256,
 }
 
+/// XEP-0484's token mechanism: HT-SHA-256-NONE (draft-schmaus-kitten-sasl-ht),
+/// a proof of possession of a server-issued token in one round trip, without
+/// channel binding.
+pub const HT_SHA_256_NONE: &str = "HT-SHA-256-NONE";
+
+/// An HT initiator message (the client's first and only message), borrowed.
+///
+/// Two framings are in use. Deployed clients and servers (Conversations,
+/// Prosody, ejabberd, xmpp.js) follow draft-schmaus-kitten-sasl-ht-09:
+/// `authcid NUL HMAC(token, "Initiator")`, answered with the bare
+/// `HMAC(token, "Responder")`. draft-ietf-kitten-sasl-ht-01 adds key/value
+/// pairs: `authcid NUL extras NUL HMAC(token, "Initiator" || extras)`,
+/// answered with `NUL extras NUL HMAC(token, "Responder" || extras)`. The
+/// HMAC is 32 bytes, so the length after the first NUL tells them apart, and
+/// each is answered in its own framing.
+#[derive(Debug)]
+pub struct HtInitiator<'a> {
+    /// Who claims the token (a username, or `user@domain`).
+    pub authcid: &'a str,
+    /// The key/value pairs of the newer framing; `None` in the older one.
+    extras: Option<&'a [u8]>,
+    hmac: &'a [u8],
+}
+
+const HT_HMAC_LEN: usize = 32;
+
+impl<'a> HtInitiator<'a> {
+    pub fn parse(message: &'a [u8]) -> Result<Self, SaslError> {
+        // The HMAC may contain NUL bytes: split at the first one only.
+        let split = message
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(SaslError::MalformedRequest)?;
+        let (authcid, rest) = (&message[..split], &message[split + 1..]);
+        let authcid = std::str::from_utf8(authcid).map_err(|_| SaslError::MalformedRequest)?;
+        // The draft: "MUST accept up to 255 octets"; more is not a username here.
+        if authcid.is_empty() || authcid.len() > 1023 {
+            return Err(SaslError::MalformedRequest);
+        }
+        let (extras, hmac) = match rest.len() {
+            HT_HMAC_LEN => (None, rest),
+            n if n > HT_HMAC_LEN && rest[n - HT_HMAC_LEN - 1] == 0 => {
+                let extras = &rest[..n - HT_HMAC_LEN - 1];
+                if extras.contains(&0) {
+                    return Err(SaslError::MalformedRequest);
+                }
+                (Some(extras), &rest[n - HT_HMAC_LEN..])
+            }
+            _ => return Err(SaslError::MalformedRequest),
+        };
+        Ok(HtInitiator {
+            authcid,
+            extras,
+            hmac,
+        })
+    }
+
+    /// Checks the proof against `token` (in constant time); on success, the
+    /// responder message that proves the server knows it too.
+    pub fn verify(&self, token: &str) -> Option<Vec<u8>> {
+        let extras = self.extras.unwrap_or_default();
+        let expected = ht_hmac(token, b"Initiator", extras);
+        if !bool::from(expected.as_slice().ct_eq(self.hmac)) {
+            return None;
+        }
+        // The server adds no key/value pairs of its own.
+        let responder = ht_hmac(token, b"Responder", b"");
+        Some(match self.extras {
+            None => responder,
+            Some(_) => [&[0u8, 0u8][..], &responder].concat(),
+        })
+    }
+}
+
+/// `HMAC-SHA-256(token, label || cb-data || extras)`; cb-data is empty for -NONE.
+fn ht_hmac(token: &str, label: &[u8], extras: &[u8]) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(label);
+    mac.update(extras);
+    mac.finalize().into_bytes().to_vec()
+}
+
 /// SASL failure conditions (RFC 6120 §6.5) this code produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SaslError {
@@ -65,6 +148,10 @@ pub enum SaslError {
     InvalidMechanism,
     #[error("aborted")]
     Aborted,
+    #[error("credentials-expired")]
+    CredentialsExpired,
+    #[error("temporary-auth-failure")]
+    TemporaryAuthFailure,
 }
 
 impl SaslError {
@@ -78,6 +165,8 @@ impl SaslError {
             SaslError::EncryptionRequired => "encryption-required",
             SaslError::InvalidMechanism => "invalid-mechanism",
             SaslError::Aborted => "aborted",
+            SaslError::CredentialsExpired => "credentials-expired",
+            SaslError::TemporaryAuthFailure => "temporary-auth-failure",
         }
     }
 }
@@ -393,6 +482,51 @@ pub fn encode_payload(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ht_message(authcid: &str, extras: Option<&[u8]>, token: &str) -> Vec<u8> {
+        let mut message = authcid.as_bytes().to_vec();
+        message.push(0);
+        if let Some(extras) = extras {
+            message.extend_from_slice(extras);
+            message.push(0);
+        }
+        message.extend(ht_hmac(token, b"Initiator", extras.unwrap_or_default()));
+        message
+    }
+
+    #[test]
+    fn ht_checks_the_token_in_either_framing() {
+        // The deployed framing: the bare responder HMAC back.
+        let message = ht_message("juliet", None, "secret-token");
+        let initiator = HtInitiator::parse(&message).expect("parses");
+        assert_eq!(initiator.authcid, "juliet");
+        let responder = initiator.verify("secret-token").expect("valid");
+        assert_eq!(responder, ht_hmac("secret-token", b"Responder", b""));
+        assert!(initiator.verify("other-token").is_none());
+        // The newer one, with (and without) key/value pairs: framed answers.
+        for extras in [&b""[..], b"k=v,x=y"] {
+            let message = ht_message("juliet", Some(extras), "secret-token");
+            let initiator = HtInitiator::parse(&message).expect("parses");
+            let responder = initiator.verify("secret-token").expect("valid");
+            assert_eq!(&responder[..2], &[0, 0]);
+            assert_eq!(&responder[2..], ht_hmac("secret-token", b"Responder", b""));
+        }
+    }
+
+    #[test]
+    fn ht_refuses_malformed_messages() {
+        for bad in [&b""[..], b"juliet", b"\0abc", b"juliet\0short"] {
+            assert_eq!(
+                HtInitiator::parse(bad).err(),
+                Some(SaslError::MalformedRequest),
+                "{bad:?}"
+            );
+        }
+        // An HMAC that happens to hold a NUL is still one HMAC.
+        let mut message = b"juliet\0".to_vec();
+        message.extend([0u8; 32]);
+        assert!(HtInitiator::parse(&message).is_ok());
+    }
 
     fn run_exchange(
         hash: ScramHash,

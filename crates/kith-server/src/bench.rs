@@ -109,7 +109,7 @@ fn available(
     server: &Arc<Server>,
     username: &str,
 ) -> Result<(FullJid, crate::queue::Receiver<Outbound>)> {
-    let bound = crate::c2s::bind_resource(server, username, None, Some("bench"))
+    let bound = crate::c2s::bind_resource(server, username, None, Some("bench"), false)
         .map_err(|error| anyhow!("binding {username}: {error:?}"))?;
     let presence =
         Arc::new(Element::new(ns::CLIENT, "presence").attr("from", bound.jid.to_string()));

@@ -57,7 +57,7 @@ pub(crate) async fn accept_loop(server: Arc<Server>, listener: TcpListener, tran
 }
 
 /// Why negotiation ended without a session.
-enum Ended {
+pub(crate) enum Ended {
     /// The peer went away or the link failed; nothing more to say.
     Gone,
     /// The peer closed its stream: close ours too (RFC 6120 §4.4, RFC 7395 §3.6).
@@ -314,9 +314,10 @@ pub(crate) fn negotiate<L: Link>(
                 tokio::spawn(session::run(server.clone(), bound, reader, writer, slot));
             }
             // The session task takes the link over and answers `<resumed/>` itself.
-            Negotiated::Resume { permit, h } => {
+            Negotiated::Resume { permit, h, sasl2 } => {
+                let takeover: session::Takeover<_, _> = (reader, writer, sasl2);
                 permit.send(session::Handoff::Link {
-                    link: Box::new((reader, writer)),
+                    link: Box::new(takeover),
                     h,
                 });
             }
@@ -330,6 +331,9 @@ pub(crate) enum Negotiated {
     Resume {
         permit: tokio::sync::mpsc::OwnedPermit<session::Handoff>,
         h: u32,
+        /// Resumed inside XEP-0388 authentication: the `<success/>` the
+        /// session answers with, around its `<resumed/>`.
+        sasl2: Option<Box<crate::sasl2::Success>>,
     },
 }
 
@@ -342,6 +346,11 @@ pub(crate) struct Bound {
     pub device: Option<String>,
     /// Notified when that credential is revoked.
     pub revoked: Arc<tokio::sync::Notify>,
+    /// Stream management enabled inline (XEP-0386 with XEP-0198 §9): the
+    /// session counts from its first stanza, resumable under the id it holds.
+    pub sm: Option<session::InlineSm>,
+    /// The session starts inactive (XEP-0352 inline with XEP-0386).
+    pub inactive: bool,
 }
 
 async fn authenticate_and_bind<L: Link>(
@@ -353,21 +362,18 @@ async fn authenticate_and_bind<L: Link>(
 ) -> Result<Negotiated, Ended> {
     let Authenticated {
         username, device, ..
-    } = sasl_phase(server, link, ip, secure, opened).await?;
-    link.restart();
-    open_stream(server, link, opened).await?;
-    let features = Element::new(ns::STREAM, "features")
-        .child(Element::new(ns::BIND, "bind"))
-        .child(Element::new(ns::SESSION, "session").child(Element::new(ns::SESSION, "optional")))
-        .child(Element::new(ns::ROSTER_VER, "ver"))
-        .child(Element::new(ns::PRE_APPROVAL, "sub"))
-        .child(Element::new(crate::session::SM, "sm"))
-        .child(Element::new(crate::csi::CSI, "csi"))
-        .child(features::disco::caps_element(features::disco::Offered::of(
-            &server.config,
-        )));
-    link.element(&features);
-    link.flush().await.map_err(|_| Ended::Gone)?;
+    } = match sasl_phase(server, link, ip, secure, opened).await? {
+        SignedIn::Restart(authenticated) => {
+            link.restart();
+            open_stream(server, link, opened).await?;
+            link.element(&bind_features(server, true, true));
+            link.flush().await.map_err(|_| Ended::Gone)?;
+            authenticated
+        }
+        // XEP-0388 §2.6.1: no restart; the features followed `<success/>`.
+        SignedIn::Continue(authenticated) => authenticated,
+        SignedIn::Done(negotiated) => return Ok(negotiated),
+    };
     loop {
         let element = match link.next_event().await? {
             StreamEvent::Stanza(element) => element,
@@ -382,14 +388,9 @@ async fn authenticate_and_bind<L: Link>(
         if element.is("resume", session::SM) {
             match resumable_slot::<L>(server, &username, device.as_deref(), &element).await {
                 Ok(resume) => return Ok(resume),
-                Err(NotResumed { condition, handled }) => {
+                Err(not_resumed) => {
                     // XEP-0198 §5: the client may go on and bind a new session.
-                    let mut failed = Element::new(session::SM, "failed")
-                        .child(Element::new(ns::STANZAS, condition));
-                    if let Some(handled) = handled {
-                        failed.set_attr("h", handled.to_string());
-                    }
-                    link.element(&failed);
+                    link.element(&not_resumed.element());
                     link.flush().await.map_err(|_| Ended::Gone)?;
                     continue;
                 }
@@ -407,7 +408,13 @@ async fn authenticate_and_bind<L: Link>(
         let requested = bind
             .child_text("resource", ns::BIND)
             .filter(|r| !r.trim().is_empty());
-        match bind_resource(server, &username, device.as_deref(), requested.as_deref()) {
+        match bind_resource(
+            server,
+            &username,
+            device.as_deref(),
+            requested.as_deref(),
+            false,
+        ) {
             Ok(bound) => {
                 // Before the session reads its log: the cluster reaches it from
                 // then on (`Cluster::bound`).
@@ -438,12 +445,46 @@ async fn authenticate_and_bind<L: Link>(
     }
 }
 
+/// The stream features of an authenticated stream: resource binding unless a
+/// resource is bound (XEP-0386), stream management unless it is enabled.
+pub(crate) fn bind_features(server: &Server, bind: bool, sm: bool) -> Element {
+    let mut features = Element::new(ns::STREAM, "features");
+    if bind {
+        features.push_child(Element::new(ns::BIND, "bind"));
+        features.push_child(
+            Element::new(ns::SESSION, "session").child(Element::new(ns::SESSION, "optional")),
+        );
+    }
+    features.push_child(Element::new(ns::ROSTER_VER, "ver"));
+    features.push_child(Element::new(ns::PRE_APPROVAL, "sub"));
+    if sm {
+        features.push_child(Element::new(crate::session::SM, "sm"));
+    }
+    features
+        .child(Element::new(crate::csi::CSI, "csi"))
+        .child(features::disco::caps_element(features::disco::Offered::of(
+            &server.config,
+        )))
+}
+
 /// Why a `<resume/>` was refused: the `<failed/>` condition, and how many
 /// stanzas the session had handled when that is known (§5: the client then
 /// knows which of its unacknowledged stanzas not to send again).
-struct NotResumed {
+pub(crate) struct NotResumed {
     condition: &'static str,
     handled: Option<u32>,
+}
+
+impl NotResumed {
+    /// The `<failed/>` element that says so.
+    pub(crate) fn element(&self) -> Element {
+        let mut failed =
+            Element::new(session::SM, "failed").child(Element::new(ns::STANZAS, self.condition));
+        if let Some(handled) = self.handled {
+            failed.set_attr("h", handled.to_string());
+        }
+        failed
+    }
 }
 
 impl From<&'static str> for NotResumed {
@@ -458,7 +499,7 @@ impl From<&'static str> for NotResumed {
 /// Finds the session a `<resume previd h/>` names, if this user may take it over
 /// on this kind of link. A session held by another node of the cluster can't
 /// move here: it ends there, and the refusal carries its count.
-async fn resumable_slot<L: Link>(
+pub(crate) async fn resumable_slot<L: Link>(
     server: &Server,
     username: &str,
     device: Option<&str>,
@@ -494,20 +535,29 @@ async fn resumable_slot<L: Link>(
         .reserve_owned()
         .await
         .map_err(|_| "item-not-found")?;
-    Ok(Negotiated::Resume { permit, h })
+    Ok(Negotiated::Resume {
+        permit,
+        h,
+        sasl2: None,
+    })
 }
 
 /// Binds a resource. RFC 6120 §7.7.2.2: a conflicting or missing resource gets a
-/// server-generated one, so an existing session is never cut off by a newcomer.
+/// server-generated one, so an existing session is never cut off by a newcomer
+/// — unless `replace`: the resource is the client's own (XEP-0386 §3.2.1), and
+/// an older session of the same client is closed with `<conflict/>`.
 pub(crate) fn bind_resource(
     server: &Arc<Server>,
     username: &str,
     device: Option<&str>,
     requested: Option<&str>,
+    replace: bool,
 ) -> Result<Bound, kith_proto::StanzaError> {
     let bare = format!("{username}@{}", server.domain);
     let resource = match requested {
-        Some(resource) if !server.router.has_resource(&bare, resource) => resource.to_owned(),
+        Some(resource) if replace || !server.router.has_resource(&bare, resource) => {
+            resource.to_owned()
+        }
         Some(resource) => format!("{}.{}", resource, crate::random_id(6)),
         None => format!("kith-{}", crate::random_id(10)),
     };
@@ -545,18 +595,31 @@ pub(crate) fn bind_resource(
             rx,
             device: device.map(str::to_owned),
             revoked,
+            sm: None,
+            inactive: false,
         }),
     }
 }
 
-/// Runs SASL (RFC 6120 §6) until success; returns who authenticated.
+/// How authentication ended.
+pub(crate) enum SignedIn {
+    /// RFC 6120 SASL: the stream restarts (§6.4.6) and binding follows.
+    Restart(Authenticated),
+    /// XEP-0388 SASL2 without a resource bound: no restart; the features
+    /// of the authenticated stream are sent, and binding follows.
+    Continue(Authenticated),
+    /// XEP-0388 SASL2 that bound a resource (XEP-0386) or resumed a session.
+    Done(Negotiated),
+}
+
+/// Runs SASL (RFC 6120 §6, or XEP-0388 SASL2) until success.
 async fn sasl_phase<L: Link>(
     server: &Arc<Server>,
     link: &mut L,
     ip: IpAddr,
     secure: bool,
     opened: &mut bool,
-) -> Result<Authenticated, Ended> {
+) -> Result<SignedIn, Ended> {
     open_stream(server, link, opened).await?;
     let mut mechanisms = Element::new(ns::SASL, "mechanisms");
     for mechanism in sasl::MECHANISMS {
@@ -567,6 +630,10 @@ async fn sasl_phase<L: Link>(
         mechanisms.push_child(Element::new(ns::SASL, "mechanism").text(mechanism.name()));
     }
     let mut features = Element::new(ns::STREAM, "features").child(mechanisms);
+    // XEP-0388 §3: SASL2 only after TLS.
+    if secure {
+        features.push_child(crate::sasl2::feature(server));
+    }
     if server.config.registration_enabled() {
         features.push_child(Element::new(ns::REGISTER_FEATURE, "register"));
     }
@@ -585,41 +652,27 @@ async fn sasl_phase<L: Link>(
                 ));
             }
         };
-        if element.is("auth", ns::SASL) {
-            match authenticate(server, link, &element, secure).await? {
+        let (namespace, error) = if element.is("auth", ns::SASL) {
+            let mechanism = element.get_attr("mechanism").and_then(Mechanism::parse);
+            let result = match sasl::decode_payload(&element.text_content()) {
+                Err(error) => Err(error),
+                Ok(payload) => {
+                    authenticate(server, link, mechanism, Some(payload), secure, ns::SASL).await?
+                }
+            };
+            match result {
                 Ok(authenticated) => {
                     link.element(&success_element(&authenticated.additional));
                     link.flush().await.map_err(|_| Ended::Gone)?;
-                    tracing::debug!(
-                        user = %authenticated.username,
-                        device = ?authenticated.device,
-                        "authenticated"
-                    );
-                    if let Some(device) = &authenticated.device
-                        && let Err(error) = server
-                            .store
-                            .touch_device_credential(device, crate::now_micros())
-                            .await
-                    {
-                        tracing::warn!(%error, "recording device use");
-                    }
-                    return Ok(authenticated);
+                    signed_in(server, &authenticated).await;
+                    return Ok(SignedIn::Restart(authenticated));
                 }
-                Err(error) => {
-                    failures += 1;
-                    tracing::info!(%ip, condition = error.condition(), "authentication failed");
-                    link.element(
-                        &Element::new(ns::SASL, "failure")
-                            .child(Element::new(ns::SASL, error.condition())),
-                    );
-                    link.flush().await.map_err(|_| Ended::Gone)?;
-                    if failures >= server.config.limits.max_auth_failures {
-                        return Err(Ended::Error(
-                            StreamErrorCondition::PolicyViolation,
-                            "too many failed authentication attempts",
-                        ));
-                    }
-                }
+                Err(error) => (ns::SASL, error),
+            }
+        } else if element.is("authenticate", ns::SASL2) && secure {
+            match crate::sasl2::authenticate(server, link, &element).await? {
+                Ok(signed) => return Ok(signed),
+                Err(error) => (ns::SASL2, error),
             }
         } else if element.is("iq", ns::CLIENT)
             && matches!(element.get_attr("type"), Some("get" | "set"))
@@ -628,6 +681,7 @@ async fn sasl_phase<L: Link>(
             let reply = features::register::before_auth(server, ip, secure, &element).await;
             link.element(&reply);
             link.flush().await.map_err(|_| Ended::Gone)?;
+            continue;
         } else if is_stanza(&element) {
             return Err(Ended::Error(
                 StreamErrorCondition::NotAuthorized,
@@ -647,7 +701,38 @@ async fn sasl_phase<L: Link>(
                 StreamErrorCondition::UnsupportedStanzaType,
                 "unexpected element before authentication",
             ));
+        };
+        failures += 1;
+        tracing::info!(%ip, condition = error.condition(), "authentication failed");
+        // The same shape in both profiles (XEP-0388 §2.6.2), each in its own namespace;
+        // after a failure the stream is as it was, and the client may try again.
+        link.element(
+            &Element::new(namespace, "failure").child(Element::new(ns::SASL, error.condition())),
+        );
+        link.flush().await.map_err(|_| Ended::Gone)?;
+        if failures >= server.config.limits.max_auth_failures {
+            return Err(Ended::Error(
+                StreamErrorCondition::PolicyViolation,
+                "too many failed authentication attempts",
+            ));
         }
+    }
+}
+
+/// Bookkeeping of a successful authentication, in either profile.
+pub(crate) async fn signed_in(server: &Server, authenticated: &Authenticated) {
+    tracing::debug!(
+        user = %authenticated.username,
+        device = ?authenticated.device,
+        "authenticated"
+    );
+    if let Some(device) = &authenticated.device
+        && let Err(error) = server
+            .store
+            .touch_device_credential(device, crate::now_micros())
+            .await
+    {
+        tracing::warn!(%error, "recording device use");
     }
 }
 
@@ -660,28 +745,36 @@ fn success_element(additional: &[u8]) -> Element {
     }
 }
 
-/// One SASL exchange. The outer `Result` is for the link, the inner for SASL:
-/// `Ok(Ok(authenticated))` on success.
-async fn authenticate<L: Link>(
+/// One SASL exchange with a password (or device credential) mechanism, its
+/// challenges and responses in `namespace`: RFC 6120's, or XEP-0388's. The
+/// outer `Result` is for the link, the inner for SASL: `Ok(Ok(authenticated))`
+/// on success. Without an initial response the exchange starts with an empty
+/// challenge (RFC 4422 §3.3).
+pub(crate) async fn authenticate<L: Link>(
     server: &Arc<Server>,
     link: &mut L,
-    auth: &Element,
+    mechanism: Option<Mechanism>,
+    initial: Option<Vec<u8>>,
     secure: bool,
+    namespace: &'static str,
 ) -> Result<Result<Authenticated, SaslError>, Ended> {
-    let mechanism = auth.get_attr("mechanism").and_then(Mechanism::parse);
-    let payload = match sasl::decode_payload(&auth.text_content()) {
-        Ok(payload) => payload,
-        Err(error) => return Ok(Err(error)),
+    match mechanism {
+        // RFC 6120 §6.5.4, XEP-0388 §2.3: invalid-mechanism.
+        None => return Ok(Err(SaslError::InvalidMechanism)),
+        Some(Mechanism::Plain) if !secure => return Ok(Err(SaslError::EncryptionRequired)),
+        Some(_) => {}
+    }
+    let payload = match initial {
+        Some(payload) => payload,
+        None => match exchange(link, namespace, &[]).await? {
+            Ok(payload) => payload,
+            Err(error) => return Ok(Err(error)),
+        },
     };
     let hash = match mechanism {
         // RFC 6120 §6.5.4: invalid-mechanism.
         None => return Ok(Err(SaslError::InvalidMechanism)),
-        Some(Mechanism::Plain) => {
-            if !secure {
-                return Ok(Err(SaslError::EncryptionRequired));
-            }
-            return Ok(plain(server, &payload).await);
-        }
+        Some(Mechanism::Plain) => return Ok(plain(server, &payload).await),
         Some(Mechanism::ScramSha1) => ScramHash::Sha1,
         Some(Mechanism::ScramSha256) => ScramHash::Sha256,
     };
@@ -741,28 +834,7 @@ async fn authenticate<L: Link>(
         },
         &crate::random_id(24),
     );
-    link.element(&Element::new(ns::SASL, "challenge").text(sasl::encode_payload(&server_first)));
-    link.flush().await.map_err(|_| Ended::Gone)?;
-    let response = match link.next_event().await? {
-        StreamEvent::Stanza(element) if element.is("response", ns::SASL) => element,
-        StreamEvent::Stanza(element) if element.is("abort", ns::SASL) => {
-            return Ok(Err(SaslError::Aborted));
-        }
-        StreamEvent::Stanza(_) => {
-            return Err(Ended::Error(
-                StreamErrorCondition::NotAuthorized,
-                "SASL exchange in progress",
-            ));
-        }
-        StreamEvent::Close => return Err(Ended::Closed),
-        StreamEvent::Open(_) => {
-            return Err(Ended::Error(
-                StreamErrorCondition::NotWellFormed,
-                "unexpected header",
-            ));
-        }
-    };
-    let response = match sasl::decode_payload(&response.text_content()) {
+    let response = match exchange(link, namespace, &server_first).await? {
         Ok(response) => response,
         Err(error) => return Ok(Err(error)),
     };
@@ -794,7 +866,44 @@ async fn authenticate<L: Link>(
     }
 }
 
+/// Sends a challenge and waits for the client's response (or abort). Anything
+/// else ends the stream (RFC 6120 §6.4.3; XEP-0388 §2.4: "MUST disconnect").
+async fn exchange<L: Link>(
+    link: &mut L,
+    namespace: &'static str,
+    challenge: &[u8],
+) -> Result<Result<Vec<u8>, SaslError>, Ended> {
+    let mut element = Element::new(namespace, "challenge");
+    // RFC 6120 §6.4.2 writes an empty challenge as `=`; XEP-0388 §2.2 as nothing.
+    if !(challenge.is_empty() && namespace == ns::SASL2) {
+        element = element.text(sasl::encode_payload(challenge));
+    }
+    link.element(&element);
+    link.flush().await.map_err(|_| Ended::Gone)?;
+    let response = match link.next_event().await? {
+        StreamEvent::Stanza(element) if element.is("response", namespace) => element,
+        StreamEvent::Stanza(element) if element.is("abort", namespace) => {
+            return Ok(Err(SaslError::Aborted));
+        }
+        StreamEvent::Stanza(_) => {
+            return Err(Ended::Error(
+                StreamErrorCondition::NotAuthorized,
+                "SASL exchange in progress",
+            ));
+        }
+        StreamEvent::Close => return Err(Ended::Closed),
+        StreamEvent::Open(_) => {
+            return Err(Ended::Error(
+                StreamErrorCondition::NotWellFormed,
+                "unexpected header",
+            ));
+        }
+    };
+    Ok(sasl::decode_payload(&response.text_content()))
+}
+
 /// Who authenticated: the account, and the device credential used, if any.
+#[derive(Clone)]
 pub(crate) struct Authenticated {
     pub username: String,
     pub device: Option<String>,
@@ -803,7 +912,7 @@ pub(crate) struct Authenticated {
 }
 
 /// RFC 6120 §6.3.8: we only let a user act as themselves.
-fn authzid_matches(server: &Server, authzid: &str, username: &str) -> bool {
+pub(crate) fn authzid_matches(server: &Server, authzid: &str, username: &str) -> bool {
     let expected = format!("{}@{}", username.to_lowercase(), server.domain);
     authzid.eq_ignore_ascii_case(&expected) || authzid.eq_ignore_ascii_case(username)
 }

@@ -744,6 +744,12 @@ pub struct LimitsSection {
     /// Seconds a session with XEP-0198 stream management waits to be resumed after
     /// its connection drops; 0 disables resumption.
     pub resume_timeout_secs: u64,
+    /// How long an XEP-0484 FAST token (a client's one-round-trip login
+    /// after a password login) stays valid; 0: FAST is not offered.
+    pub fast_token_secs: u64,
+    /// How old a FAST token may get before a login with it brings the client
+    /// a new one (XEP-0484 §3.5).
+    pub fast_rotate_secs: u64,
 }
 
 /// The web client (`web/`, embedded in the binary) served at `/` on HTTP(S).
@@ -897,6 +903,8 @@ impl Default for LimitsSection {
             session_queue: 1024,
             max_connections_per_ip: 10_000,
             resume_timeout_secs: 300,
+            fast_token_secs: 21 * 24 * 3600,
+            fast_rotate_secs: 24 * 3600,
         }
     }
 }

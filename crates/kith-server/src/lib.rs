@@ -24,6 +24,7 @@ mod maintenance;
 mod metrics;
 mod queue;
 mod router;
+mod sasl2;
 mod session;
 mod sm;
 mod stun;

@@ -47,6 +47,8 @@ const MAX_UNCOMMITTED: usize = 512;
 pub(crate) enum Handoff {
     /// A new connection to this node takes the session over: its link
     /// halves, type-erased.
+    /// The link is a [`Takeover`] of the session's link halves, boxed and
+    /// type-erased (it is small in the session's task that way).
     Link { link: Box<dyn Any + Send>, h: u32 },
     /// The client asks another node of the cluster, which can't take this
     /// node's session over: the session counts what the client says it got
@@ -58,6 +60,11 @@ pub(crate) enum Handoff {
         handled: tokio::sync::oneshot::Sender<u32>,
     },
 }
+
+/// What a new connection hands a session it resumes: its link halves, and,
+/// when it resumed inside XEP-0388 authentication, the `<success/>` that
+/// `<resumed/>` goes in (XEP-0198 §9.2).
+pub(crate) type Takeover<R, W> = (R, W, Option<Box<crate::sasl2::Success>>);
 
 /// Ends this node's resumable session `previd` of `owner` for a client that
 /// asks another node to resume it (`Handoff::Elsewhere`, `Frame::Resume`):
@@ -78,6 +85,55 @@ pub(crate) async fn end_for_elsewhere(
     let (handled, answer) = tokio::sync::oneshot::channel();
     slot.tx.send(Handoff::Elsewhere { h, handled }).await.ok()?;
     answer.await.ok()
+}
+
+/// Stream management enabled before the session started (inline with
+/// XEP-0386): the resumption id and where takeovers arrive, when resumable.
+pub(crate) struct InlineSm {
+    pub resume: Option<(String, mpsc::Receiver<Handoff>)>,
+}
+
+/// XEP-0198 §3 `<enable/>` for `owner`'s session on a link of `link_type`:
+/// the `<enabled/>` answer and, when the client asked for resumption and the
+/// server allows it, the session's resumption id, registered.
+pub(crate) fn enable(
+    server: &Server,
+    element: &Element,
+    owner: &BareJid,
+    link_type: TypeId,
+    device: Option<&str>,
+) -> (Element, InlineSm) {
+    let mut enabled = Element::new(SM, "enabled");
+    let wants_resume = matches!(element.get_attr("resume"), Some("true" | "1"));
+    let window = server.config.limits.resume_timeout_secs;
+    if !(wants_resume && window > 0) {
+        return (enabled, InlineSm { resume: None });
+    }
+    // In a cluster the id names this node (`Cluster::resume_id`).
+    let id = server
+        .cluster
+        .as_ref()
+        .map_or_else(|| crate::random_id(24), |c| c.resume_id());
+    let (tx, rx) = mpsc::channel(1);
+    server.resumable.insert(
+        id.clone(),
+        ResumeSlot {
+            owner: owner.clone(),
+            link_type,
+            device: device.map(str::to_owned),
+            tx,
+        },
+    );
+    enabled = enabled
+        .attr("id", id.clone())
+        .attr("resume", "true")
+        .attr("max", window.to_string());
+    (
+        enabled,
+        InlineSm {
+            resume: Some((id, rx)),
+        },
+    )
 }
 
 /// A resumable session, as the registry knows it.
@@ -296,6 +352,8 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         mut rx,
         device,
         revoked,
+        sm: inline_sm,
+        inactive,
     } = bound;
     // A device credential is the device, whatever resource it binds; a password
     // login is a device per resource (ARCHITECTURE.md, the inbox log).
@@ -326,10 +384,10 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         caught_up: false,
         bound_at: crate::now_micros(),
         backlog_pending: false,
-        sm: None,
-        resume: None,
+        sm: inline_sm.as_ref().map(|_| StreamManagement::default()),
+        resume: inline_sm.and_then(|sm| sm.resume),
         link_type: TypeId::of::<(R, W)>(),
-        inactive: false,
+        inactive,
         held: crate::csi::Held::default(),
         cursor_pending: None,
         cursor_saved_at: Instant::now(),
@@ -641,7 +699,7 @@ impl Session {
         link: Box<dyn Any + Send>,
         h: u32,
     ) -> Option<Box<(R, W)>> {
-        let Ok(mut link) = link.downcast::<(R, W)>() else {
+        let Ok(link) = link.downcast::<Takeover<R, W>>() else {
             // c2s checks the link type before handing over; nothing to answer on.
             return None;
         };
@@ -651,13 +709,13 @@ impl Session {
             .map(|(id, _)| id.clone())
             .unwrap_or_default();
         let inbound = self.sm.as_ref()?.inbound;
+        let (reader, mut writer, sasl2) = *link;
         if let Err(error) = self.acknowledged(h) {
             // §4: the client claims more than was sent: refuse, close that link.
             tracing::debug!(%error, "resumption with a bad h");
             let failed = Element::new(SM, "failed")
                 .attr("h", inbound.to_string())
                 .child(Element::new(ns::STANZAS, "unexpected-request"));
-            let (_, mut writer) = *link;
             writer.element(&failed);
             writer.close();
             tokio::spawn(async move { writer.shutdown().await });
@@ -666,11 +724,15 @@ impl Session {
         let resumed = Element::new(SM, "resumed")
             .attr("previd", id)
             .attr("h", inbound.to_string());
-        link.1.element(&resumed);
+        match sasl2 {
+            // XEP-0198 §9.2: inside `<success/>`, and no stream features after it.
+            Some(success) => writer.element(&success.element(self.jid.as_str(), [resumed])),
+            None => writer.element(&resumed),
+        }
         tracing::debug!(jid = %self.jid, "session resumed");
         // Boxed until the session's loop takes it apart: the task's size is
         // that of its largest await (`run`).
-        Some(link)
+        Some(Box::new((reader, writer)))
     }
 
     /// Applies the client's count of stanzas it got (`<a h/>`, or the `h` of
@@ -960,32 +1022,14 @@ impl Session {
                     return Ok(());
                 }
                 self.sm = Some(StreamManagement::default());
-                let mut enabled = Element::new(SM, "enabled");
-                let wants_resume = matches!(element.get_attr("resume"), Some("true" | "1"));
-                let window = self.server.config.limits.resume_timeout_secs;
-                if wants_resume && window > 0 {
-                    // In a cluster the id names this node (`Cluster::resume_id`).
-                    let id = self
-                        .server
-                        .cluster
-                        .as_ref()
-                        .map_or_else(|| crate::random_id(24), |c| c.resume_id());
-                    let (tx, rx) = mpsc::channel(1);
-                    self.server.resumable.insert(
-                        id.clone(),
-                        ResumeSlot {
-                            owner: self.bare.clone(),
-                            link_type: self.link_type,
-                            device: self.device.clone(),
-                            tx,
-                        },
-                    );
-                    enabled = enabled
-                        .attr("id", id.clone())
-                        .attr("resume", "true")
-                        .attr("max", window.to_string());
-                    self.resume = Some((id, rx));
-                }
+                let (enabled, inline) = enable(
+                    &self.server,
+                    element,
+                    &self.bare,
+                    self.link_type,
+                    self.device.as_deref(),
+                );
+                self.resume = inline.resume;
                 // Stanzas written before <enabled/> are not counted (§4).
                 self.replies.push((Reply::Stanza(enabled), None));
             }

@@ -69,6 +69,7 @@ mod batch;
 mod devices;
 mod edit;
 mod error;
+mod fast;
 mod lease;
 mod migrate;
 mod muc;
@@ -171,6 +172,7 @@ pub use archive::{
 pub use batch::tail_bench as bench;
 pub use batch::{Delivered, WriterMetrics};
 pub use error::{Result, StoreError};
+pub use fast::{FastTokens, NewFastToken};
 pub use lease::{Fence, Lease};
 pub use muc::{Live, RoomAffiliation, RoomInvite, RoomMember, StoredRoom};
 pub use pep::{PepExpired, PepItem, PepNode, PepNodeConfig, PepWrite};
@@ -380,8 +382,11 @@ impl Store {
     }
 
     /// Replaces an account's SCRAM secrets. `false` if there is no such user.
+    /// A password change: the account's FAST tokens (`fast.rs`) go with the old
+    /// password.
     pub async fn set_credentials(&self, username: &str, creds: &StoredCredentials) -> Result<bool> {
         let c = CredCols::new(creds);
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "UPDATE users SET
                 sha1_salt = $2, sha1_iterations = $3, sha1_stored_key = $4, sha1_server_key = $5,
@@ -398,8 +403,13 @@ impl Store {
         .bind(c.sha256_iterations)
         .bind(c.sha256_stored_key)
         .bind(c.sha256_server_key)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM fast_tokens WHERE owner = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(res.rows_affected() > 0)
     }
 
@@ -458,6 +468,7 @@ impl Store {
             "DELETE FROM roster_items WHERE owner = $1",
             "DELETE FROM inbox WHERE owner = $1",
             "DELETE FROM devices WHERE owner = $1",
+            "DELETE FROM fast_tokens WHERE owner = $1",
             "DELETE FROM device_credentials WHERE owner = $1",
             "DELETE FROM phone_numbers WHERE username = $1",
             "DELETE FROM discovered_contacts WHERE owner = $1",

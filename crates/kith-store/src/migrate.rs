@@ -1041,6 +1041,37 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         END
         $$"#],
     },
+    // XEP-0484 FAST tokens (`fast.rs`): per account and client (the XEP-0388
+    // user-agent id), the token in use and the one last issued. `device` is
+    // the device credential the client signed in with ('' for the password).
+    Migration {
+        version: 51,
+        name: "FAST tokens",
+        sqlite: &["CREATE TABLE fast_tokens (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            agent TEXT NOT NULL,
+            device TEXT NOT NULL,
+            mechanism TEXT NOT NULL,
+            token TEXT NOT NULL,
+            expires_micros INTEGER NOT NULL,
+            new_token TEXT NOT NULL,
+            new_expires_micros INTEGER NOT NULL,
+            issued_micros INTEGER NOT NULL,
+            PRIMARY KEY (owner, agent)
+        )"],
+        postgres: &["CREATE TABLE fast_tokens (
+            owner TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+            agent TEXT NOT NULL,
+            device TEXT NOT NULL,
+            mechanism TEXT NOT NULL,
+            token TEXT NOT NULL,
+            expires_micros BIGINT NOT NULL,
+            new_token TEXT NOT NULL,
+            new_expires_micros BIGINT NOT NULL,
+            issued_micros BIGINT NOT NULL,
+            PRIMARY KEY (owner, agent)
+        )"],
+    },
 ];
 
 /// The highest schema version this build knows.

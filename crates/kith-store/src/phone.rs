@@ -237,6 +237,12 @@ impl Store {
             .bind(device_resource)
             .execute(&mut *tx)
             .await?;
+        // FAST tokens the device got are that device too.
+        sqlx::query("DELETE FROM fast_tokens WHERE owner = $1 AND device = $2")
+            .bind(owner)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }

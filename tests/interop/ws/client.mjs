@@ -3,10 +3,12 @@
 //
 // Usage: node [--experimental-websocket] client.mjs '<json config>'
 //   config: { service, domain, username, password, resource,
-//             peer, send_body, expect_body, timeout_ms }
+//             peer, send_body, expect_body, timeout_ms,
+//             user_agent_id (XEP-0388), token (a FAST token from an earlier run) }
 // It logs in, sends initial presence, sends `send_body` to `peer` and waits for a
 // message whose body is `expect_body`. It prints one JSON line on stdout:
-//   { ok, jid, sent_id, received: [{from, to, type, body}], errors: [...], phase }
+//   { ok, jid, sent_id, received: [{from, to, type, body}], errors: [...], phase,
+//     nonzas: ["name ns", ...], sm: {enabled, id}, token (a FAST token the server issued) }
 // and exits 0 when the expected message arrived, 1 otherwise. It never waits
 // longer than timeout_ms.
 
@@ -21,6 +23,9 @@ const out = {
   received: [],
   errors: [],
   phase: "start",
+  nonzas: [],
+  sm: null,
+  token: null,
 };
 
 let finish;
@@ -35,9 +40,16 @@ const timer = setTimeout(() => {
 const xmpp = client({
   service: cfg.service,
   domain: cfg.domain,
-  username: cfg.username,
-  password: cfg.password,
+  credentials: { username: cfg.username, password: cfg.password, token: cfg.token ?? undefined },
   resource: cfg.resource,
+  ...(cfg.user_agent_id && { userAgent: xml("user-agent", { id: cfg.user_agent_id }) }),
+});
+// XEP-0484: keep the token the server hands out, for the caller's next run.
+xmpp.fast.saveToken = async (token) => {
+  out.token = token;
+};
+xmpp.on("nonza", (el) => {
+  out.nonzas.push(`${el.name} ${el.attrs.xmlns ?? ""}`);
 });
 // A failed login must fail the run, not loop forever.
 xmpp.reconnect.stop();
@@ -94,6 +106,8 @@ try {
 
 await finished;
 clearTimeout(timer);
+// Read once the login is over: inline results are applied after "online".
+out.sm = { enabled: xmpp.streamManagement.enabled, id: xmpp.streamManagement.id };
 try {
   await Promise.race([xmpp.stop(), new Promise((r) => setTimeout(r, 3000))]);
 } catch (err) {

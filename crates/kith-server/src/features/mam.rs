@@ -471,12 +471,18 @@ pub(crate) fn query_form() -> Element {
 
 /// §5: the first and last entries of the archive (none when it is empty).
 async fn metadata(session: &mut Session) -> Response {
-    let bounds = session
-        .server
-        .store
-        .archive_bounds(&session.username)
+    metadata_of(&session.server, &session.username)
         .await
-        .map_err(internal)?;
+        .map(Some)
+        .map_err(internal)
+}
+
+/// `username`'s archive metadata (§5), also what XEP-0386 §3.2 puts in `<bound/>`.
+pub(crate) async fn metadata_of(
+    server: &crate::Server,
+    username: &str,
+) -> Result<Element, kith_store::StoreError> {
+    let bounds = server.store.archive_bounds(username).await?;
     let mut metadata = Element::new(NS, "metadata");
     if let Some(bounds) = bounds {
         for (name, mark) in [("start", bounds.first), ("end", bounds.last)] {
@@ -487,7 +493,7 @@ async fn metadata(session: &mut Session) -> Response {
             );
         }
     }
-    Ok(Some(metadata))
+    Ok(metadata)
 }
 
 // ----------------------------------------------------------------------
