@@ -859,6 +859,10 @@ pub(crate) async fn authenticate<L: Link>(
                 username,
                 device,
                 additional: server_final,
+                account_key: stored
+                    .as_ref()
+                    .map(crate::sasl2::account_key)
+                    .unwrap_or_default(),
             }))
         }
         (Err(error), _, _) => Ok(Err(error)),
@@ -909,6 +913,9 @@ pub(crate) struct Authenticated {
     pub device: Option<String>,
     /// SASL additional data with success (the SCRAM server-final-message).
     pub additional: Vec<u8>,
+    /// The account's password as it was when this authentication began
+    /// (`sasl2::account_key`): a FAST token issued now is void once it changes.
+    pub account_key: String,
 }
 
 /// RFC 6120 §6.3.8: we only let a user act as themselves.
@@ -928,6 +935,14 @@ async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<Authenticated, Sa
     }
     let username = crate::accounts::normalize_username(&credentials.username, &server.domain)
         .map_err(|_| SaslError::NotAuthorized)?;
+    let stored = server.store.credentials(&username).await.map_err(|error| {
+        tracing::error!(%error, "reading credentials");
+        SaslError::NotAuthorized
+    })?;
+    let Some(stored) = stored else {
+        return Err(SaslError::NotAuthorized);
+    };
+    let account_key = crate::sasl2::account_key(&stored);
     if let Some(id) = crate::credentials::parse_id(&credentials.password) {
         // A device credential: found by its id, compared by hash (credentials.rs).
         let row = server.store.device_credential(id).await.map_err(|error| {
@@ -943,18 +958,12 @@ async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<Authenticated, Sa
                     username,
                     device: Some(row.id),
                     additional: Vec::new(),
+                    account_key,
                 })
             }
             _ => Err(SaslError::NotAuthorized),
         };
     }
-    let stored = server.store.credentials(&username).await.map_err(|error| {
-        tracing::error!(%error, "reading credentials");
-        SaslError::NotAuthorized
-    })?;
-    let Some(stored) = stored else {
-        return Err(SaslError::NotAuthorized);
-    };
     let secret = SecretRef {
         salt: &stored.sha256.salt,
         iterations: stored.sha256.iterations,
@@ -988,6 +997,7 @@ async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<Authenticated, Sa
             username,
             device: None,
             additional: Vec::new(),
+            account_key,
         })
     } else {
         Err(SaslError::NotAuthorized)

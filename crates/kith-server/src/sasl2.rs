@@ -35,9 +35,11 @@ pub(crate) fn feature(server: &Server) -> Element {
             .child(feature(crate::csi::CSI))
             .child(feature(SM)),
     );
-    let mut inline = Element::new(ns::SASL2, "inline")
-        .child(bind)
-        .child(Element::new(SM, "sm"));
+    let mut inline = Element::new(ns::SASL2, "inline").child(bind);
+    // XEP-0198 §9.1: resumption inline, when sessions can be resumed at all.
+    if server.config.limits.resume_timeout_secs > 0 {
+        inline.push_child(Element::new(SM, "sm"));
+    }
     if fast_enabled(server) {
         // XEP-0484 §3.1: FAST mechanisms are listed here, not with the others.
         inline.push_child(
@@ -46,6 +48,17 @@ pub(crate) fn feature(server: &Server) -> Element {
         );
     }
     authentication.child(inline)
+}
+
+/// A tag of the account's password as stored (a hash of its SCRAM-SHA-256
+/// key). A FAST token keeps the tag of the password login it came from and
+/// works only while the account's is the same: a password change voids it
+/// even when the login that asked for it had begun under the old password.
+pub(crate) fn account_key(stored: &kith_store::StoredCredentials) -> String {
+    Sha256::digest(&stored.sha256.stored_key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn fast_enabled(server: &Server) -> bool {
@@ -240,8 +253,11 @@ async fn bind<L: Link>(
     link.element(&success.element(bound.jid.as_str(), [results]));
     link.element(&c2s::bind_features(server, false, !sm_enabled));
     if link.flush().await.is_err() {
-        // Gone before its session started: out of the table again.
+        // Gone before its session started: out of the table, and not resumable.
         server.unbind_session(&bound.jid, bound.id);
+        if let Some((id, _)) = bound.sm.as_ref().and_then(|sm| sm.resume.as_ref()) {
+            server.resumable.remove(id);
+        }
         return Err(Ended::Gone);
     }
     tracing::debug!(jid = %bound.jid, "resource bound inline");
@@ -311,6 +327,35 @@ async fn fast_login(
         })?
         .filter(|tokens| tokens.mechanism == HT_SHA_256_NONE)
         .ok_or(SaslError::NotAuthorized)?;
+    // Still the same password, and the device credential (if it was one) still
+    // there: either change ends the client's tokens.
+    let stale = || {
+        tracing::error!("checking a FAST token's account");
+        SaslError::TemporaryAuthFailure
+    };
+    let account_key = match server
+        .store
+        .credentials(&username)
+        .await
+        .map_err(|_| stale())?
+    {
+        Some(stored) => account_key(&stored),
+        None => return Err(SaslError::NotAuthorized),
+    };
+    if account_key != tokens.account_key {
+        return Err(SaslError::NotAuthorized);
+    }
+    if let Some(device) = &tokens.device {
+        match server
+            .store
+            .device_credential(device)
+            .await
+            .map_err(|_| stale())?
+        {
+            Some(row) if row.owner == username => {}
+            _ => return Err(SaslError::NotAuthorized),
+        }
+    }
     let now = crate::now_micros();
     for (token, expires, newest) in [
         (&tokens.new, tokens.new_expires_micros, true),
@@ -340,6 +385,7 @@ async fn fast_login(
                 username,
                 device: tokens.device.clone(),
                 additional: responder,
+                account_key,
             },
             issued_micros: tokens.issued_micros,
         });
@@ -400,6 +446,7 @@ async fn fast_token(
             agent,
             device: authenticated.device.as_deref(),
             mechanism: HT_SHA_256_NONE,
+            account_key: &authenticated.account_key,
             token: &token,
             expires_micros,
             issued_micros: now,

@@ -162,7 +162,7 @@ impl Resumable {
             .insert(id, slot);
     }
 
-    fn remove(&self, id: &str) {
+    pub(crate) fn remove(&self, id: &str) {
         self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -411,6 +411,9 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
             Err(error) => {
                 tracing::error!(%error, "registering the device");
                 session.server.unbind_session(&session.jid, session.id);
+                if let Some((id, _)) = &session.resume {
+                    session.server.resumable.remove(id);
+                }
                 writer.element(
                     &StreamErrorCondition::InternalServerError.to_element(Some("storage failure")),
                 );
@@ -716,7 +719,11 @@ impl Session {
             let failed = Element::new(SM, "failed")
                 .attr("h", inbound.to_string())
                 .child(Element::new(ns::STANZAS, "unexpected-request"));
-            writer.element(&failed);
+            match sasl2 {
+                // Inside XEP-0388 authentication, which succeeded: its answer.
+                Some(success) => writer.element(&success.element(self.bare.as_str(), [failed])),
+                None => writer.element(&failed),
+            }
             writer.close();
             tokio::spawn(async move { writer.shutdown().await });
             return None;

@@ -20,6 +20,9 @@ pub struct FastTokens {
     pub device: Option<String>,
     /// The mechanism the tokens are bound to (XEP-0484 §3.4).
     pub mechanism: String,
+    /// The server's tag of the account's password at the login that got the
+    /// tokens: they are void once it differs.
+    pub account_key: String,
     /// The token in use ('' when none) and when it expires.
     pub current: String,
     /// When `current` expires (microseconds since the epoch).
@@ -43,6 +46,8 @@ pub struct NewFastToken<'a> {
     pub device: Option<&'a str>,
     /// The mechanism the token is for.
     pub mechanism: &'a str,
+    /// The tag of the account's password at the login it is issued to.
+    pub account_key: &'a str,
     /// The token.
     pub token: &'a str,
     /// When it expires (microseconds since the epoch).
@@ -55,8 +60,8 @@ impl Store {
     /// The FAST tokens of `owner`'s client `agent`, if any.
     pub async fn fast_tokens(&self, owner: &str, agent: &str) -> Result<Option<FastTokens>> {
         let row = sqlx::query(
-            "SELECT device, mechanism, token, expires_micros, new_token, new_expires_micros,
-                issued_micros
+            "SELECT device, mechanism, account_key, token, expires_micros, new_token,
+                new_expires_micros, issued_micros
              FROM fast_tokens WHERE owner = $1 AND agent = $2",
         )
         .bind(owner)
@@ -68,6 +73,7 @@ impl Store {
             Ok(FastTokens {
                 device: (!device.is_empty()).then_some(device),
                 mechanism: row.try_get("mechanism")?,
+                account_key: row.try_get("account_key")?,
                 current: row.try_get("token")?,
                 current_expires_micros: row.try_get("expires_micros")?,
                 new: row.try_get("new_token")?,
@@ -85,17 +91,20 @@ impl Store {
     /// [`StoreError::NoSuchUser`] if the owner has no account.
     pub async fn issue_fast_token(&self, token: &NewFastToken<'_>) -> Result<()> {
         sqlx::query(
-            "INSERT INTO fast_tokens (owner, agent, device, mechanism, token, expires_micros,
-                new_token, new_expires_micros, issued_micros)
-             VALUES ($1, $2, $3, $4, '', 0, $5, $6, $7)
+            "INSERT INTO fast_tokens (owner, agent, device, mechanism, account_key, token,
+                expires_micros, new_token, new_expires_micros, issued_micros)
+             VALUES ($1, $2, $3, $4, $8, '', 0, $5, $6, $7)
              ON CONFLICT (owner, agent) DO UPDATE SET
                 token = CASE WHEN fast_tokens.device = excluded.device
                     AND fast_tokens.mechanism = excluded.mechanism
+                    AND fast_tokens.account_key = excluded.account_key
                     THEN fast_tokens.token ELSE '' END,
                 expires_micros = CASE WHEN fast_tokens.device = excluded.device
                     AND fast_tokens.mechanism = excluded.mechanism
+                    AND fast_tokens.account_key = excluded.account_key
                     THEN fast_tokens.expires_micros ELSE 0 END,
                 device = excluded.device, mechanism = excluded.mechanism,
+                account_key = excluded.account_key,
                 new_token = excluded.new_token, new_expires_micros = excluded.new_expires_micros,
                 issued_micros = excluded.issued_micros",
         )
@@ -106,9 +115,20 @@ impl Store {
         .bind(token.token)
         .bind(token.expires_micros)
         .bind(token.issued_micros)
+        .bind(token.account_key)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::owner_fk(e, token.owner))?;
+        // Bounded per account: a client that keeps coming with new user-agent
+        // ids pushes out the longest-unused ones.
+        sqlx::query(
+            "DELETE FROM fast_tokens WHERE owner = $1 AND agent NOT IN (
+                SELECT agent FROM fast_tokens WHERE owner = $1
+                ORDER BY issued_micros DESC LIMIT 32)",
+        )
+        .bind(token.owner)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -1043,7 +1043,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     // XEP-0484 FAST tokens (`fast.rs`): per account and client (the XEP-0388
     // user-agent id), the token in use and the one last issued. `device` is
-    // the device credential the client signed in with ('' for the password).
+    // the device credential the client signed in with ('' for the password);
+    // `account_key` tags the password of the login that got them.
     Migration {
         version: 51,
         name: "FAST tokens",
@@ -1052,6 +1053,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             agent TEXT NOT NULL,
             device TEXT NOT NULL,
             mechanism TEXT NOT NULL,
+            account_key TEXT NOT NULL,
             token TEXT NOT NULL,
             expires_micros INTEGER NOT NULL,
             new_token TEXT NOT NULL,
@@ -1064,6 +1066,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             agent TEXT NOT NULL,
             device TEXT NOT NULL,
             mechanism TEXT NOT NULL,
+            account_key TEXT NOT NULL,
             token TEXT NOT NULL,
             expires_micros BIGINT NOT NULL,
             new_token TEXT NOT NULL,
