@@ -387,7 +387,13 @@ async fn authenticate_and_bind<L: Link>(
         };
         if element.is("resume", session::SM) {
             match resumable_slot::<L>(server, &username, device.as_deref(), &element).await {
-                Ok(resume) => return Ok(resume),
+                Ok((permit, h)) => {
+                    return Ok(Negotiated::Resume {
+                        permit,
+                        h,
+                        sasl2: None,
+                    });
+                }
                 Err(not_resumed) => {
                     // XEP-0198 §5: the client may go on and bind a new session.
                     link.element(&not_resumed.element());
@@ -408,19 +414,16 @@ async fn authenticate_and_bind<L: Link>(
         let requested = bind
             .child_text("resource", ns::BIND)
             .filter(|r| !r.trim().is_empty());
-        match bind_resource(
+        match bind_announced(
             server,
             &username,
             device.as_deref(),
             requested.as_deref(),
             false,
-        ) {
+        )
+        .await
+        {
             Ok(bound) => {
-                // Before the session reads its log: the cluster reaches it from
-                // then on (`Cluster::bound`).
-                if let Some(cluster) = &server.cluster {
-                    Box::pin(cluster.bound(&bound.jid)).await;
-                }
                 let result = Element::new(ns::CLIENT, "iq")
                     .attr_opt("id", element.get_attr("id"))
                     .attr("type", "result")
@@ -429,11 +432,7 @@ async fn authenticate_and_bind<L: Link>(
                             .child(Element::new(ns::BIND, "jid").text(bound.jid.to_string())),
                     );
                 link.element(&result);
-                if link.flush().await.is_err() {
-                    // Gone before its session started: out of the table again.
-                    server.unbind_session(&bound.jid, bound.id);
-                    return Err(Ended::Gone);
-                }
+                flush_bound(server, link, &bound).await?;
                 tracing::debug!(jid = %bound.jid, "resource bound");
                 return Ok(Negotiated::Bound(bound));
             }
@@ -497,14 +496,15 @@ impl From<&'static str> for NotResumed {
 }
 
 /// Finds the session a `<resume previd h/>` names, if this user may take it over
-/// on this kind of link. A session held by another node of the cluster can't
-/// move here: it ends there, and the refusal carries its count.
+/// on this kind of link: a place in its handoff queue, and the client's `h`. A
+/// session held by another node of the cluster can't move here: it ends there,
+/// and the refusal carries its count.
 pub(crate) async fn resumable_slot<L: Link>(
     server: &Server,
     username: &str,
     device: Option<&str>,
     resume: &Element,
-) -> Result<Negotiated, NotResumed> {
+) -> Result<(tokio::sync::mpsc::OwnedPermit<session::Handoff>, u32), NotResumed> {
     let h = resume
         .get_attr("h")
         .and_then(|h| h.parse::<u32>().ok())
@@ -535,11 +535,41 @@ pub(crate) async fn resumable_slot<L: Link>(
         .reserve_owned()
         .await
         .map_err(|_| "item-not-found")?;
-    Ok(Negotiated::Resume {
-        permit,
-        h,
-        sasl2: None,
-    })
+    Ok((permit, h))
+}
+
+/// Binds a resource ([`bind_resource`]) and, in a cluster, announces it
+/// before the session reads its log: the cluster reaches it from then on
+/// (`Cluster::bound`).
+pub(crate) async fn bind_announced(
+    server: &Arc<Server>,
+    username: &str,
+    device: Option<&str>,
+    requested: Option<&str>,
+    replace: bool,
+) -> Result<Bound, kith_proto::StanzaError> {
+    let bound = bind_resource(server, username, device, requested, replace)?;
+    if let Some(cluster) = &server.cluster {
+        Box::pin(cluster.bound(&bound.jid)).await;
+    }
+    Ok(bound)
+}
+
+/// Sends what binding answered. A session whose link fails before it starts
+/// is out of the table again, and not resumable.
+pub(crate) async fn flush_bound<L: LinkWrite>(
+    server: &Server,
+    link: &mut L,
+    bound: &Bound,
+) -> Result<(), Ended> {
+    if link.flush().await.is_ok() {
+        return Ok(());
+    }
+    server.unbind_session(&bound.jid, bound.id);
+    if let Some((id, _)) = bound.sm.as_ref().and_then(|sm| sm.resume.as_ref()) {
+        server.resumable.remove(id);
+    }
+    Err(Ended::Gone)
 }
 
 /// Binds a resource. RFC 6120 §7.7.2.2: a conflicting or missing resource gets a
@@ -907,7 +937,6 @@ async fn exchange<L: Link>(
 }
 
 /// Who authenticated: the account, and the device credential used, if any.
-#[derive(Clone)]
 pub(crate) struct Authenticated {
     pub username: String,
     pub device: Option<String>,

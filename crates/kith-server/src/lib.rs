@@ -427,6 +427,11 @@ fn local_addr(listener: &Option<TcpListener>) -> Option<SocketAddr> {
 }
 
 /// Current time as unix microseconds.
+/// A configured duration in seconds as microseconds, saturating.
+pub(crate) fn secs_to_micros(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -125,21 +125,22 @@ pub(crate) async fn authenticate<L: Link>(
         None => None,
     };
     let agent = user_agent(request);
-    let token_used = if mechanism == HT_SHA_256_NONE && fast_enabled(server) {
+    // With a FAST token: when the client's newest token was issued.
+    let mut token_issued = None;
+    let mut authenticated = if mechanism == HT_SHA_256_NONE && fast_enabled(server) {
         // XEP-0484 §4: tokens are per client, so a FAST login names its client.
         let Some(agent) = agent else {
             return Ok(Err(SaslError::MalformedRequest));
         };
         match fast_login(server, agent, initial.as_deref()).await {
-            Ok(login) => Some(login),
+            Ok((authenticated, issued)) => {
+                token_issued = Some(issued);
+                authenticated
+            }
             Err(error) => return Ok(Err(error)),
         }
     } else {
-        None
-    };
-    let authenticated = match &token_used {
-        Some(login) => login.authenticated.clone(),
-        None => match c2s::authenticate(
+        match c2s::authenticate(
             server,
             link,
             Mechanism::parse(mechanism),
@@ -151,17 +152,17 @@ pub(crate) async fn authenticate<L: Link>(
         {
             Ok(authenticated) => authenticated,
             Err(error) => return Ok(Err(error)),
-        },
+        }
     };
     c2s::signed_in(server, &authenticated).await;
     let bare = format!("{}@{}", authenticated.username, server.domain);
     let mut success = Success {
-        additional: authenticated.additional.clone(),
+        additional: std::mem::take(&mut authenticated.additional),
         inline: Vec::new(),
     };
     if let Some(agent) = agent
         && fast_enabled(server)
-        && let Some(token) = fast_token(server, request, &authenticated, agent, &token_used).await
+        && let Some(token) = fast_token(server, request, &authenticated, agent, token_issued).await
     {
         success.inline.push(token);
     }
@@ -175,14 +176,13 @@ pub(crate) async fn authenticate<L: Link>(
         )
         .await
         {
-            Ok(Negotiated::Resume { permit, h, .. }) => {
+            Ok((permit, h)) => {
                 return Ok(Ok(SignedIn::Done(Negotiated::Resume {
                     permit,
                     h,
                     sasl2: Some(Box::new(success)),
                 })));
             }
-            Ok(negotiated) => return Ok(Ok(SignedIn::Done(negotiated))),
             Err(not_resumed) => success.inline.push(not_resumed.element()),
         }
     }
@@ -216,13 +216,10 @@ async fn bind<L: Link>(
     // A resource made from the client's id is that client's: its older
     // session goes (XEP-0386 §3.2 "SHOULD terminate earlier sessions").
     let Ok(mut bound) =
-        c2s::bind_resource(server, username, device, Some(&resource), agent.is_some())
+        c2s::bind_announced(server, username, device, Some(&resource), agent.is_some()).await
     else {
         return Ok(None);
     };
-    if let Some(cluster) = &server.cluster {
-        Box::pin(cluster.bound(&bound.jid)).await;
-    }
     let mut results = Element::new(ns::BIND2, "bound");
     // "the state of the user's message archive at the precise time of binding".
     match crate::features::mam::metadata_of(server, username).await {
@@ -252,14 +249,7 @@ async fn bind<L: Link>(
     bound.sm = sm;
     link.element(&success.element(bound.jid.as_str(), [results]));
     link.element(&c2s::bind_features(server, false, !sm_enabled));
-    if link.flush().await.is_err() {
-        // Gone before its session started: out of the table, and not resumable.
-        server.unbind_session(&bound.jid, bound.id);
-        if let Some((id, _)) = bound.sm.as_ref().and_then(|sm| sm.resume.as_ref()) {
-            server.resumable.remove(id);
-        }
-        return Err(Ended::Gone);
-    }
+    c2s::flush_bound(server, link, &bound).await?;
     tracing::debug!(jid = %bound.jid, "resource bound inline");
     Ok(Some(bound))
 }
@@ -287,21 +277,14 @@ fn resource_for(username: &str, tag: Option<String>, agent: Option<&str>) -> Str
     }
 }
 
-/// A login with a FAST token.
-struct FastLogin {
-    authenticated: Authenticated,
-    /// When the newest token of this client was issued.
-    issued_micros: i64,
-}
-
 /// Checks an HT-SHA-256-NONE initial response against the tokens of the
 /// client `agent` (XEP-0484 §5.1: the newest first; using it retires the one
-/// before it).
+/// before it): who it is, and when the client's newest token was issued.
 async fn fast_login(
     server: &Server,
     agent: &str,
     initial: Option<&[u8]>,
-) -> Result<FastLogin, SaslError> {
+) -> Result<(Authenticated, i64), SaslError> {
     // HT is client-first: nothing to challenge with.
     let message = HtInitiator::parse(initial.ok_or(SaslError::MalformedRequest)?)?;
     // The authcid is the username; some clients send the bare JID.
@@ -317,27 +300,24 @@ async fn fast_login(
     };
     let username = crate::accounts::normalize_username(authcid, &server.domain)
         .map_err(|_| SaslError::NotAuthorized)?;
+    let unavailable = |error: kith_store::StoreError| {
+        tracing::error!(%error, "reading a FAST token and its account");
+        SaslError::TemporaryAuthFailure
+    };
     let tokens = server
         .store
         .fast_tokens(&username, agent)
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "reading FAST tokens");
-            SaslError::TemporaryAuthFailure
-        })?
+        .map_err(unavailable)?
         .filter(|tokens| tokens.mechanism == HT_SHA_256_NONE)
         .ok_or(SaslError::NotAuthorized)?;
     // Still the same password, and the device credential (if it was one) still
     // there: either change ends the client's tokens.
-    let stale = || {
-        tracing::error!("checking a FAST token's account");
-        SaslError::TemporaryAuthFailure
-    };
     let account_key = match server
         .store
         .credentials(&username)
         .await
-        .map_err(|_| stale())?
+        .map_err(unavailable)?
     {
         Some(stored) => account_key(&stored),
         None => return Err(SaslError::NotAuthorized),
@@ -350,7 +330,7 @@ async fn fast_login(
             .store
             .device_credential(device)
             .await
-            .map_err(|_| stale())?
+            .map_err(unavailable)?
         {
             Some(row) if row.owner == username => {}
             _ => return Err(SaslError::NotAuthorized),
@@ -380,15 +360,13 @@ async fn fast_login(
         {
             tracing::warn!(%error, "retiring the FAST token before this one");
         }
-        return Ok(FastLogin {
-            authenticated: Authenticated {
-                username,
-                device: tokens.device.clone(),
-                additional: responder,
-                account_key,
-            },
-            issued_micros: tokens.issued_micros,
-        });
+        let authenticated = Authenticated {
+            username,
+            device: tokens.device.clone(),
+            additional: responder,
+            account_key,
+        };
+        return Ok((authenticated, tokens.issued_micros));
     }
     Err(SaslError::NotAuthorized)
 }
@@ -402,7 +380,7 @@ async fn fast_token(
     request: &Element,
     authenticated: &Authenticated,
     agent: &str,
-    used: &Option<FastLogin>,
+    token_issued: Option<i64>,
 ) -> Option<Element> {
     let now = crate::now_micros();
     let requested = request
@@ -414,7 +392,7 @@ async fn fast_token(
         .and_then(|fast| fast.get_attr("invalidate"))
         .is_some_and(|v| matches!(v, "true" | "1"));
     let mut due = requested;
-    if let Some(login) = used {
+    if let Some(issued) = token_issued {
         if invalidate {
             if let Err(error) = server
                 .store
@@ -424,19 +402,15 @@ async fn fast_token(
                 tracing::warn!(%error, "invalidating a FAST token");
             }
         } else {
-            let rotate = i64::try_from(server.config.limits.fast_rotate_secs)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(1_000_000);
-            due |= now.saturating_sub(login.issued_micros) >= rotate;
+            let rotate = crate::secs_to_micros(server.config.limits.fast_rotate_secs);
+            due |= now.saturating_sub(issued) >= rotate;
         }
     }
     if !due {
         return None;
     }
-    let lifetime = i64::try_from(server.config.limits.fast_token_secs)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(1_000_000);
-    let expires_micros = now.saturating_add(lifetime);
+    let expires_micros =
+        now.saturating_add(crate::secs_to_micros(server.config.limits.fast_token_secs));
     // 190 bits from the CSPRNG (the HT draft asks for at least 128).
     let token = crate::random_id(32);
     let stored = server

@@ -45,10 +45,8 @@ const MAX_UNCOMMITTED: usize = 512;
 
 /// A client resuming a session (XEP-0198 §5), with its `h`.
 pub(crate) enum Handoff {
-    /// A new connection to this node takes the session over: its link
-    /// halves, type-erased.
-    /// The link is a [`Takeover`] of the session's link halves, boxed and
-    /// type-erased (it is small in the session's task that way).
+    /// A new connection to this node takes the session over: `link` is a
+    /// [`Takeover`], boxed and type-erased (small in the session's task).
     Link { link: Box<dyn Any + Send>, h: u32 },
     /// The client asks another node of the cluster, which can't take this
     /// node's session over: the session counts what the client says it got

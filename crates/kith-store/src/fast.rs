@@ -86,8 +86,9 @@ impl Store {
     }
 
     /// Stores a newly issued token in the client's `new` slot. The `current`
-    /// one stays usable unless the client now signs in as another device or
-    /// asks for another mechanism, which makes it stale.
+    /// one stays usable unless the client now signs in as another device,
+    /// under another password or for another mechanism, which makes it stale.
+    /// An account keeps the tokens of its 32 most recently served clients.
     /// [`StoreError::NoSuchUser`] if the owner has no account.
     pub async fn issue_fast_token(&self, token: &NewFastToken<'_>) -> Result<()> {
         sqlx::query(

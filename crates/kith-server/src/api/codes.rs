@@ -56,7 +56,7 @@ pub(crate) async fn issue(
             target,
             &kith_store::VerificationCode {
                 code_hash: code_hash(server, target, &code).await?,
-                expires_micros: now + secs_to_micros(server.config.phone.code_ttl_secs),
+                expires_micros: now + crate::secs_to_micros(server.config.phone.code_ttl_secs),
                 failures: 0,
                 locked_until_micros: 0,
             },
@@ -116,7 +116,11 @@ pub(crate) async fn check(
     let max = i64::from(config.max_code_failures);
     let failures = server
         .store
-        .verification_failed(target, max, now + secs_to_micros(config.cooldown_secs))
+        .verification_failed(
+            target,
+            max,
+            now + crate::secs_to_micros(config.cooldown_secs),
+        )
         .await?;
     if failures >= max {
         return Err(ApiError::too_many(
@@ -134,10 +138,6 @@ fn cooling_down(micros: i64, noun: &str) -> ApiError {
         &format!("too many wrong codes for this {noun}; wait before trying again"),
         Duration::from_micros(u64::try_from(micros).unwrap_or(0)),
     )
-}
-
-fn secs_to_micros(secs: u64) -> i64 {
-    i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
 }
 
 /// HMAC-SHA256 of `target:code` under a server secret kept in the store (shared
