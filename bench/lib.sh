@@ -73,6 +73,10 @@ KITH_PLAIN_PORT="${KITH_PLAIN_PORT:-15224}"
 # TLS=off); tcp (the default) uses the c2s ports. Every server listens on both
 # either way, so the configurations stay the same.
 TRANSPORT="${TRANSPORT:-tcp}"
+# AUTH=sasl2 signs clients in with XEP-0388 SASL2 and Bind 2, AUTH=fast with
+# XEP-0484 FAST tokens (the login scenario gets them first, unmeasured); kith
+# only among the three servers. Default: classic (RFC 6120).
+AUTH="${AUTH:-classic}"
 ws_port_of() {
   case "$1" in
     kith) echo "$KITH_WS_PORT" ;;
@@ -273,6 +277,6 @@ bench() { # server pids... -- args...
     tls_args+=(--websocket "$scheme://127.0.0.1:$(ws_port_of "$server")/xmpp-websocket")
   fi
   (ulimit -n "$NOFILE"; exec taskset -c "$LOADGEN_CPU" "$BENCH_BIN" --label "$server" \
-    --target "127.0.0.1:$port" --domain localhost --password "$BENCH_PASSWORD" \
+    --target "127.0.0.1:$port" --domain localhost --password "$BENCH_PASSWORD" --auth "$AUTH" \
     "${tls_args[@]}" "${pid_args[@]}" --scram-cache "$BENCH_DIR/scram-cache-$server" "$@")
 }

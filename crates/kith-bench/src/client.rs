@@ -35,6 +35,10 @@ pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 pub const NS_SM: &str = "urn:xmpp:sm:3";
 pub const NS_PING: &str = "urn:xmpp:ping";
 pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+pub const NS_SASL2: &str = "urn:xmpp:sasl:2";
+pub const NS_BIND2: &str = "urn:xmpp:bind:0";
+pub const NS_FAST: &str = "urn:xmpp:fast:0";
+const HT: &str = "HT-SHA-256-NONE";
 const READ_BUF: usize = 4096;
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -49,6 +53,21 @@ pub enum Mech {
     Plain,
 }
 
+/// How a client signs in (named in reports as on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// RFC 6120: SASL, a stream restart, then a resource bind.
+    Classic,
+    /// XEP-0388 SASL2 with XEP-0386 Bind 2: authentication and binding in one
+    /// exchange, no restart.
+    Sasl2,
+    /// XEP-0484 FAST: SASL2 with a token from an earlier login, one round trip
+    /// (the login scenario gets every user's token before it measures; the
+    /// other scenarios sign in as with `sasl2`).
+    Fast,
+}
+
 /// What every connection needs to know.
 #[derive(Clone)]
 pub struct Target {
@@ -59,6 +78,7 @@ pub struct Target {
     pub domain: String,
     pub tls: Option<Arc<ClientConfig>>,
     pub mech: Mech,
+    pub auth: Auth,
     pub password: String,
     pub sources: Vec<IpAddr>,
     pub timeout: Duration,
@@ -580,12 +600,9 @@ fn offered_mechs(features: &Element) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn authenticate(
-    conn: &mut Conn,
-    target: &Target,
-    user: &str,
-    offered: &[String],
-) -> Result<()> {
+/// The SCRAM hash `target.mech` picks among the `offered` mechanisms; `None`
+/// for PLAIN.
+fn pick(target: &Target, offered: &[String]) -> Result<Option<Hash>> {
     let has = |m: &str| offered.iter().any(|o| o == m);
     let scram = match target.mech {
         Mech::ScramSha1 => Some(Hash::Sha1),
@@ -599,6 +616,16 @@ async fn authenticate(
     if !has(wanted) {
         bail!("server does not offer {wanted} (offers {offered:?})");
     }
+    Ok(scram)
+}
+
+async fn authenticate(
+    conn: &mut Conn,
+    target: &Target,
+    user: &str,
+    offered: &[String],
+) -> Result<()> {
+    let scram = pick(target, offered)?;
     let enc = kith_proto::sasl::encode_payload;
     let dec = kith_proto::sasl::decode_payload;
     match scram {
@@ -659,15 +686,44 @@ pub struct LoginSteps {
     pub roster: bool,
 }
 
-/// Logs `user` in: STARTTLS, SASL, bind (+ legacy session), then optionally roster
-/// get and initial presence. Times out as a whole after `target.timeout`.
+/// Logs `user` in: STARTTLS, SASL, bind (+ legacy session) — or SASL2 with
+/// Bind 2 (`target.auth`), with a FAST `token` when one is given — then
+/// optionally roster get and initial presence. Times out as a whole after
+/// `target.timeout`.
 pub async fn login(
     target: &Target,
     user: &str,
     index: usize,
     steps: LoginSteps,
 ) -> Result<Session> {
-    tokio::time::timeout(target.timeout, login_inner(target, user, index, steps))
+    login_with(target, user, index, steps, None).await
+}
+
+/// [`login`] with a FAST token from [`fast_token`].
+pub async fn login_with(
+    target: &Target,
+    user: &str,
+    index: usize,
+    steps: LoginSteps,
+    token: Option<&str>,
+) -> Result<Session> {
+    tokio::time::timeout(
+        target.timeout,
+        login_inner(target, user, index, steps, token),
+    )
+    .await
+    .map_err(|_| anyhow!("login timed out after {:?}", target.timeout))?
+}
+
+/// Signs `user` in with SASL2 asking for a FAST token, and leaves: the token.
+pub async fn fast_token(target: &Target, user: &str, index: usize) -> Result<String> {
+    let login = async {
+        let (mut conn, features, _) = secure(target, index).await?;
+        let (_, token) = sasl2(&mut conn, target, user, index, &features, None, true).await?;
+        let _ = conn.send("</stream:stream>").await;
+        token.ok_or_else(|| anyhow!("no FAST token in the server's <success/>"))
+    };
+    tokio::time::timeout(target.timeout, login)
         .await
         .map_err(|_| anyhow!("login timed out after {:?}", target.timeout))?
 }
@@ -677,34 +733,16 @@ async fn login_inner(
     user: &str,
     index: usize,
     steps: LoginSteps,
+    token: Option<&str>,
 ) -> Result<Session> {
     let (mut conn, features, tls) = secure(target, index).await?;
-    let offered = offered_mechs(&features);
-    authenticate(&mut conn, target, user, &offered).await?;
-    let features = conn.open(&target.domain).await?;
-    if !features.has_child("bind", NS_BIND) {
-        bail!("server does not offer resource binding");
-    }
-    let sm_offered = features.has_child("sm", NS_SM);
-    conn.send(&format!(
-        "<iq type='set' id='bind'><bind xmlns='{NS_BIND}'><resource>bench{index}</resource></bind></iq>"
-    ))
-    .await?;
-    let answer = wait_iq(&mut conn, "bind").await?;
-    let jid = answer
-        .get_child("bind", NS_BIND)
-        .and_then(|b| b.child_text("jid", NS_BIND))
-        .ok_or_else(|| anyhow!("bind result without a JID"))?;
-    // RFC 3921 session establishment, only where the server still requires it.
-    if let Some(session) = features.get_child("session", NS_SESSION)
-        && !session.has_child("optional", NS_SESSION)
-    {
-        conn.send(&format!(
-            "<iq type='set' id='sess'><session xmlns='{NS_SESSION}'/></iq>"
-        ))
-        .await?;
-        wait_iq(&mut conn, "sess").await?;
-    }
+    let (jid, sm_offered) = match target.auth {
+        Auth::Classic => classic_bind(&mut conn, target, user, index, &features).await?,
+        Auth::Sasl2 | Auth::Fast => {
+            let (jid, _) = sasl2(&mut conn, target, user, index, &features, token, false).await?;
+            (jid, true)
+        }
+    };
     if steps.roster {
         conn.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
             .await?;
@@ -719,6 +757,161 @@ async fn login_inner(
         sm_offered,
         tls,
     })
+}
+
+/// RFC 6120 after TLS: SASL, a stream restart, a bind; the JID, and whether
+/// stream management is offered.
+async fn classic_bind(
+    conn: &mut Conn,
+    target: &Target,
+    user: &str,
+    index: usize,
+    features: &Element,
+) -> Result<(String, bool)> {
+    authenticate(conn, target, user, &offered_mechs(features)).await?;
+    let features = conn.open(&target.domain).await?;
+    if !features.has_child("bind", NS_BIND) {
+        bail!("server does not offer resource binding");
+    }
+    let sm_offered = features.has_child("sm", NS_SM);
+    conn.send(&format!(
+        "<iq type='set' id='bind'><bind xmlns='{NS_BIND}'><resource>bench{index}</resource></bind></iq>"
+    ))
+    .await?;
+    let answer = wait_iq(conn, "bind").await?;
+    let jid = answer
+        .get_child("bind", NS_BIND)
+        .and_then(|b| b.child_text("jid", NS_BIND))
+        .ok_or_else(|| anyhow!("bind result without a JID"))?;
+    // RFC 3921 session establishment, only where the server still requires it.
+    if let Some(session) = features.get_child("session", NS_SESSION)
+        && !session.has_child("optional", NS_SESSION)
+    {
+        conn.send(&format!(
+            "<iq type='set' id='sess'><session xmlns='{NS_SESSION}'/></iq>"
+        ))
+        .await?;
+        wait_iq(conn, "sess").await?;
+    }
+    Ok((jid, sm_offered))
+}
+
+/// XEP-0388 SASL2 with a Bind 2 request, with the password (SCRAM or PLAIN
+/// per `target.mech`) or a FAST `token` (HT-SHA-256-NONE), optionally asking
+/// for a token; the bound JID and the token the server issued, if any. The
+/// user-agent id is the same for the same `index`, so a user keeps its
+/// resource and its tokens.
+async fn sasl2(
+    conn: &mut Conn,
+    target: &Target,
+    user: &str,
+    index: usize,
+    features: &Element,
+    token: Option<&str>,
+    request_token: bool,
+) -> Result<(String, Option<String>)> {
+    use hmac::{Hmac, Mac};
+    let ht = |token: &str, label: &[u8]| -> Result<Vec<u8>> {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes())?;
+        mac.update(label);
+        Ok(mac.finalize().into_bytes().to_vec())
+    };
+    let offered: Vec<String> = features
+        .get_child("authentication", NS_SASL2)
+        .ok_or_else(|| anyhow!("server does not offer SASL2 (XEP-0388)"))?
+        .elements()
+        .filter(|e| e.name == "mechanism")
+        .map(Element::text_content)
+        .collect();
+    let enc = kith_proto::sasl::encode_payload;
+    let dec = |text: &str| kith_proto::sasl::decode_payload(text).map_err(|e| anyhow!("{e:?}"));
+    let mut inline = format!(
+        "<user-agent id='00000000-0000-4000-8000-{index:012x}'/>\
+         <bind xmlns='{NS_BIND2}'><tag>bench</tag></bind>"
+    );
+    if request_token {
+        inline.push_str(&format!(
+            "<request-token xmlns='{NS_FAST}' mechanism='{HT}'/>"
+        ));
+    }
+    let authenticate = |mechanism: &str, initial: &[u8], inline: &str| {
+        format!(
+            "<authenticate xmlns='{NS_SASL2}' mechanism='{mechanism}'>\
+             <initial-response>{}</initial-response>{inline}</authenticate>",
+            enc(initial)
+        )
+    };
+    let answer = match (token, pick(target, &offered)?) {
+        (Some(token), _) => {
+            let mut initial = user.as_bytes().to_vec();
+            initial.push(0);
+            initial.extend(ht(token, b"Initiator")?);
+            inline.push_str(&format!("<fast xmlns='{NS_FAST}'/>"));
+            conn.send(&authenticate(HT, &initial, &inline)).await?;
+            let answer = conn.next_stanza().await?;
+            let data = answer.child_text("additional-data", NS_SASL2);
+            if answer.name == "success"
+                && data.map(|d| dec(&d)).transpose()? != Some(ht(token, b"Responder")?)
+            {
+                bail!("the server's FAST answer does not prove it knows the token");
+            }
+            answer
+        }
+        (None, None) => {
+            let initial = scram::plain(user, &target.password);
+            conn.send(&authenticate("PLAIN", &initial, &inline)).await?;
+            conn.next_stanza().await?
+        }
+        (None, Some(hash)) => {
+            let mut client = ScramClient::new(hash, user, &target.password);
+            conn.send(&authenticate(
+                hash.mechanism(),
+                &client.client_first(),
+                &inline,
+            ))
+            .await?;
+            let challenge = conn.next_stanza().await?;
+            if challenge.name != "challenge" {
+                bail!("authentication failed: {}", failure_text(&challenge));
+            }
+            let fin = client.client_final(&dec(&challenge.text_content())?)?;
+            conn.send(&format!(
+                "<response xmlns='{NS_SASL2}'>{}</response>",
+                enc(&fin)
+            ))
+            .await?;
+            let answer = conn.next_stanza().await?;
+            if answer.name == "success" {
+                let data = answer
+                    .child_text("additional-data", NS_SASL2)
+                    .ok_or_else(|| anyhow!("SCRAM success without the server's proof"))?;
+                client.verify(&dec(&data)?)?;
+            }
+            answer
+        }
+    };
+    if answer.name != "success" {
+        bail!("authentication failed: {}", failure_text(&answer));
+    }
+    let jid = answer
+        .child_text("authorization-identifier", NS_SASL2)
+        .ok_or_else(|| anyhow!("SASL2 success without an authorization identifier"))?;
+    if answer.get_child("bound", NS_BIND2).is_none() {
+        bail!("the server did not bind a resource inline (XEP-0386)");
+    }
+    let issued = answer
+        .get_child("token", NS_FAST)
+        .and_then(|t| t.get_attr("token"))
+        .map(str::to_owned);
+    // XEP-0388 §2.6.1: the features follow, without a stream restart.
+    let features = conn.next_stanza().await?;
+    if features.name != "features" {
+        bail!(
+            "expected stream features after SASL2 success, got <{}>",
+            features.name
+        );
+    }
+    Ok((jid, issued))
 }
 
 /// Waits for the IQ result with `id`, answering pings meanwhile and skipping the rest.

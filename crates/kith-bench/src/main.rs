@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::client::{Mech, Target};
+use crate::client::{Auth, Mech, Target};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +61,10 @@ pub struct Cli {
     /// SASL mechanism.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     mech: Mech,
+    /// How clients sign in: RFC 6120 (`classic`), XEP-0388 SASL2 with Bind 2,
+    /// or XEP-0484 FAST tokens (the login scenario).
+    #[arg(long, global = true, value_enum, default_value = "classic")]
+    auth: Auth,
     /// Number of source addresses 127.0.0.1..=127.0.0.N used round-robin, to go past
     /// one address's ephemeral ports (loopback targets only).
     #[arg(long, global = true, default_value_t = 4)]
@@ -279,6 +283,7 @@ fn main() -> Result<()> {
         domain: cli.domain.clone(),
         tls,
         mech: cli.mech,
+        auth: cli.auth,
         password: cli.password.clone(),
         sources,
         timeout: Duration::from_secs(cli.timeout_secs),

@@ -1,5 +1,6 @@
 //! The scenarios. Each returns a [`Report`]; all are bounded in count and time.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::client::{self, LoginSteps, NS_SM, Registered, Session, Writer};
+use crate::client::{self, Auth, LoginSteps, NS_SM, Registered, Session, Writer};
 use crate::report::{Errors, Report, ms, table};
 use crate::{Ctx, Scenario};
 
@@ -82,6 +83,7 @@ pub(crate) fn header(ctx: &Ctx, scenario: &str) -> serde_json::Value {
         "domain": ctx.cli.domain,
         "tls": ctx.target.tls.is_some(),
         "mech": ctx.cli.mech,
+        "auth": ctx.target.auth,
         "server_pids": ctx.procs.pids,
         "load_generator_cpus": crate::sys::cpus_allowed(),
     })
@@ -266,14 +268,29 @@ async fn login(ctx: &Ctx, users: usize, first: usize, concurrency: usize) -> Res
         presence: true,
         roster: true,
     };
+    // FAST: every user's token first, from a SASL2 login not measured.
+    let tokens: Arc<HashMap<usize, String>> = Arc::new(if ctx.target.auth == Auth::Fast {
+        bounded(first..first + users, concurrency, &errors, |i| {
+            let target = ctx.target.clone();
+            let name = user(ctx, i);
+            async move { Ok((i, client::fast_token(&target, &name, i).await?)) }
+        })
+        .await
+        .into_iter()
+        .collect()
+    } else {
+        HashMap::new()
+    });
     let cpu = CpuMeter::start(ctx);
     let sessions = bounded(first..first + users, concurrency, &errors, |i| {
         let target = ctx.target.clone();
         let name = user(ctx, i);
         let hist = hist.clone();
+        let tokens = tokens.clone();
         async move {
             let t = Instant::now();
-            let s = client::login(&target, &name, i, steps).await?;
+            let token = tokens.get(&i).map(String::as_str);
+            let s = client::login_with(&target, &name, i, steps, token).await?;
             if let Ok(mut h) = hist.lock() {
                 let _ = h.record(t.elapsed().as_micros() as u64);
             }
@@ -292,10 +309,11 @@ async fn login(ctx: &Ctx, users: usize, first: usize, concurrency: usize) -> Res
         .unwrap_or_else(|_| new_hist());
     let cpu_per_login = server_cpu.map(|c| c as f64 / up.max(1) as f64);
     let mut lines = vec![format!(
-        "login [{}]: {up}/{users} sessions up in {:.2} s, {concurrency} in flight, TLS {}",
+        "login [{}]: {up}/{users} sessions up in {:.2} s, {concurrency} in flight, TLS {}, sign-in {:?}",
         ctx.cli.label,
         wall as f64 / 1e6,
-        tls.as_deref().unwrap_or("off")
+        tls.as_deref().unwrap_or("off"),
+        ctx.target.auth
     )];
     lines.extend(table(
         &[
