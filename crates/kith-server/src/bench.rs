@@ -116,6 +116,8 @@ fn available(
     server.router.update(&bound.jid, bound.id, |entry| {
         entry.presence = Some(presence)
     });
+    // The caller holds the session's queue as long as it needs the resource.
+    bound.unbind.disarm();
     Ok((bound.jid, bound.rx))
 }
 

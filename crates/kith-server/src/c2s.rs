@@ -351,6 +351,41 @@ pub(crate) struct Bound {
     pub sm: Option<session::InlineSm>,
     /// The session starts inactive (XEP-0352 inline with XEP-0386).
     pub inactive: bool,
+    /// Undoes the bind if no session takes it over.
+    pub unbind: Unbind,
+}
+
+/// A bind that never became a session is undone: when negotiation ends
+/// between binding and the session's start (it ran out of time, or the link
+/// failed), the resource leaves the router and its resumption id, if it got
+/// one inline, the registry. The session disarms it when it starts.
+pub(crate) struct Unbind {
+    server: Arc<Server>,
+    jid: FullJid,
+    id: u64,
+    /// The XEP-0198 resumption id enabled inline, if any.
+    pub resume: Option<String>,
+    armed: bool,
+}
+
+impl Unbind {
+    /// The session took the bind over: nothing to undo.
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unbind {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::debug!(jid = %self.jid, "bound but never started; unbinding");
+        self.server.unbind_session(&self.jid, self.id);
+        if let Some(id) = &self.resume {
+            self.server.resumable.remove(id);
+        }
+    }
 }
 
 async fn authenticate_and_bind<L: Link>(
@@ -432,7 +467,8 @@ async fn authenticate_and_bind<L: Link>(
                             .child(Element::new(ns::BIND, "jid").text(bound.jid.to_string())),
                     );
                 link.element(&result);
-                flush_bound(server, link, &bound).await?;
+                // A link gone now drops `bound`, which unbinds it.
+                link.flush().await.map_err(|_| Ended::Gone)?;
                 tracing::debug!(jid = %bound.jid, "resource bound");
                 return Ok(Negotiated::Bound(bound));
             }
@@ -555,23 +591,6 @@ pub(crate) async fn bind_announced(
     Ok(bound)
 }
 
-/// Sends what binding answered. A session whose link fails before it starts
-/// is out of the table again, and not resumable.
-pub(crate) async fn flush_bound<L: LinkWrite>(
-    server: &Server,
-    link: &mut L,
-    bound: &Bound,
-) -> Result<(), Ended> {
-    if link.flush().await.is_ok() {
-        return Ok(());
-    }
-    server.unbind_session(&bound.jid, bound.id);
-    if let Some((id, _)) = bound.sm.as_ref().and_then(|sm| sm.resume.as_ref()) {
-        server.resumable.remove(id);
-    }
-    Err(Ended::Gone)
-}
-
 /// Binds a resource. RFC 6120 §7.7.2.2: a conflicting or missing resource gets a
 /// server-generated one, so an existing session is never cut off by a newcomer
 /// — unless `replace`: the resource is the client's own (XEP-0386 §3.2.1), and
@@ -620,13 +639,20 @@ pub(crate) fn bind_resource(
         .with_type(kith_proto::StanzaErrorType::Cancel)
         .with_text("too many sessions for this account")),
         _ => Ok(Bound {
-            jid,
+            jid: jid.clone(),
             id,
             rx,
             device: device.map(str::to_owned),
             revoked,
             sm: None,
             inactive: false,
+            unbind: Unbind {
+                server: server.clone(),
+                jid,
+                id,
+                resume: None,
+                armed: true,
+            },
         }),
     }
 }
@@ -1030,5 +1056,38 @@ async fn plain(server: &Arc<Server>, payload: &[u8]) -> Result<Authenticated, Sa
         })
     } else {
         Err(SaslError::NotAuthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bind_no_session_took_over_is_undone() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut config = crate::Config::default();
+        config.server.data_dir = dir.path().to_owned();
+        for listener in [
+            &mut config.listen.c2s,
+            &mut config.listen.c2s_tls,
+            &mut config.listen.http,
+            &mut config.listen.https,
+            &mut config.listen.stun,
+        ] {
+            listener.clear();
+        }
+        let running = Server::start(config).await.expect("starts");
+        let server = running.server.clone();
+        let bare = format!("juliet@{}", server.domain);
+        // Negotiation ended (time-out, link gone) after binding: undone.
+        let bound = bind_resource(&server, "juliet", None, Some("phone"), false).expect("binds");
+        assert!(server.router.has_resource(&bare, "phone"));
+        drop(bound);
+        assert!(!server.router.has_resource(&bare, "phone"));
+        // Taken over by a session (or the bench): it stays.
+        let bound = bind_resource(&server, "juliet", None, Some("phone"), false).expect("binds");
+        bound.unbind.disarm();
+        assert!(server.router.has_resource(&bare, "phone"));
     }
 }

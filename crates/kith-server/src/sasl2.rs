@@ -246,10 +246,15 @@ async fn bind<L: Link>(
         inline
     });
     let sm_enabled = sm.is_some();
+    bound.unbind.resume = sm
+        .as_ref()
+        .and_then(|sm| sm.resume.as_ref())
+        .map(|(id, _)| id.clone());
     bound.sm = sm;
     link.element(&success.element(bound.jid.as_str(), [results]));
     link.element(&c2s::bind_features(server, false, !sm_enabled));
-    c2s::flush_bound(server, link, &bound).await?;
+    // A link gone now drops `bound`, which unbinds it.
+    link.flush().await.map_err(|_| Ended::Gone)?;
     tracing::debug!(jid = %bound.jid, "resource bound inline");
     Ok(Some(bound))
 }

@@ -352,7 +352,10 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         revoked,
         sm: inline_sm,
         inactive,
+        unbind,
     } = bound;
+    // From here the session undoes its own bind (`finish`).
+    unbind.disarm();
     // A device credential is the device, whatever resource it binds; a password
     // login is a device per resource (ARCHITECTURE.md, the inbox log).
     let device_key = match &device {
