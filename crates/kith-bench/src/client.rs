@@ -707,12 +707,14 @@ pub async fn login_with(
     steps: LoginSteps,
     token: Option<&str>,
 ) -> Result<Session> {
-    tokio::time::timeout(
-        target.timeout,
-        login_inner(target, user, index, steps, token),
-    )
-    .await
-    .map_err(|_| anyhow!("login timed out after {:?}", target.timeout))?
+    in_time(target, login_inner(target, user, index, steps, token)).await
+}
+
+/// A login within `target.timeout`, as a whole.
+async fn in_time<T>(target: &Target, login: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(target.timeout, login)
+        .await
+        .map_err(|_| anyhow!("login timed out after {:?}", target.timeout))?
 }
 
 /// Signs `user` in with SASL2 asking for a FAST token, and leaves: the token.
@@ -723,9 +725,7 @@ pub async fn fast_token(target: &Target, user: &str, index: usize) -> Result<Str
         let _ = conn.send("</stream:stream>").await;
         token.ok_or_else(|| anyhow!("no FAST token in the server's <success/>"))
     };
-    tokio::time::timeout(target.timeout, login)
-        .await
-        .map_err(|_| anyhow!("login timed out after {:?}", target.timeout))?
+    in_time(target, login).await
 }
 
 async fn login_inner(
