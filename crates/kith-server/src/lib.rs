@@ -204,10 +204,9 @@ impl Server {
         let weak = Arc::downgrade(&server);
         let online: kith_store::Live = Arc::new(move |owner: &str| {
             weak.upgrade().is_some_and(|server| {
-                let bare = format!("{owner}@{}", server.domain);
                 server
                     .router
-                    .with_sessions(&bare, |sessions| !sessions.is_empty())
+                    .with_sessions_of(owner, &server.domain, |sessions| !sessions.is_empty())
             })
         });
         let delivered = match server.config.retention() {

@@ -185,6 +185,28 @@ impl Router {
         f(shard.users.get(bare).map(Vec::as_slice).unwrap_or(&[]))
     }
 
+    /// [`Router::with_sessions`] of `node@domain`, the bare JID put together
+    /// on the stack (the store's writer asks about each entry's owner, by
+    /// name: no allocation per message).
+    pub fn with_sessions_of<R>(
+        &self,
+        node: &str,
+        domain: &str,
+        f: impl FnOnce(&[SessionEntry]) -> R,
+    ) -> R {
+        let mut buf = [0u8; 128];
+        let len = node.len() + 1 + domain.len();
+        if let Some(bare) = buf.get_mut(..len) {
+            bare[..node.len()].copy_from_slice(node.as_bytes());
+            bare[node.len()] = b'@';
+            bare[node.len() + 1..].copy_from_slice(domain.as_bytes());
+            if let Ok(bare) = std::str::from_utf8(bare) {
+                return self.with_sessions(bare, f);
+            }
+        }
+        self.with_sessions(&format!("{node}@{domain}"), f)
+    }
+
     /// A snapshot of one user's sessions.
     pub fn sessions(&self, bare: &str) -> Vec<SessionEntry> {
         self.with_sessions(bare, <[SessionEntry]>::to_vec)
@@ -359,5 +381,47 @@ impl Router {
             }
         }
         census
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(jid: &str, id: u64) -> (SessionEntry, queue::Receiver<Outbound>) {
+        let (tx, rx) = queue::channel(4);
+        let entry = SessionEntry {
+            jid: FullJid::new(jid).expect("a full JID"),
+            id,
+            tx,
+            presence: None,
+            priority: 0,
+            interested: false,
+            carbons: false,
+            detached: false,
+            device: None,
+            revoked: Default::default(),
+        };
+        (entry, rx)
+    }
+
+    #[test]
+    fn sessions_are_found_by_node_and_domain_short_or_long() {
+        let router = Router::default();
+        let long = "n".repeat(200);
+        let (short_entry, _short_rx) = entry("alice@example.org/phone", 1);
+        let (long_entry, _long_rx) = entry(&format!("{long}@example.org/phone"), 2);
+        assert!(matches!(router.bind(short_entry, 4), BindOutcome::Bound));
+        assert!(matches!(router.bind(long_entry, 4), BindOutcome::Bound));
+        let ids = |node: &str, domain: &str| {
+            router.with_sessions_of(node, domain, |sessions| {
+                sessions.iter().map(|s| s.id).collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(ids("alice", "example.org"), [1]);
+        // Past the stack buffer: the same answer through an allocated name.
+        assert_eq!(ids(&long, "example.org"), [2]);
+        assert!(ids("alice", "example.com").is_empty());
+        assert!(ids("alic", "eexample.org").is_empty());
     }
 }

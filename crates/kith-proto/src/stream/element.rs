@@ -660,10 +660,8 @@ fn checked_text(bytes: &[u8]) -> Result<&str> {
     let text = std::str::from_utf8(bytes).map_err(|_| {
         StreamParserError::new(StreamErrorCondition::UnsupportedEncoding, "invalid UTF-8")
     })?;
-    if bytes
-        .iter()
-        .any(|&byte| byte < 0x20 && !matches!(byte, b'\t' | b'\n' | b'\r'))
-    {
+    let forbidden = |byte: u8| (byte < 0x20) & (byte != b'\t') & (byte != b'\n') & (byte != b'\r');
+    if crate::xml::any_byte(bytes, forbidden) {
         return Err(not_well_formed("a character XML does not allow"));
     }
     // U+FFFE and U+FFFF are EF BF BE and EF BF BF.
@@ -725,4 +723,29 @@ fn check_unique(attrs: &[(Name, Name)]) -> Result<()> {
         return Err(not_well_formed("duplicate attribute"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checked_text;
+
+    #[test]
+    fn a_control_character_is_refused_wherever_it_stands() {
+        for len in [1, 31, 32, 33, 64, 100] {
+            let text = "a".repeat(len);
+            assert!(checked_text(text.as_bytes()).is_ok());
+            for at in 0..len {
+                for byte in [0x00, 0x01, 0x0b, 0x0c, 0x1f] {
+                    let mut bytes = text.clone().into_bytes();
+                    bytes[at] = byte;
+                    assert!(checked_text(&bytes).is_err(), "{byte:#x} at {at} of {len}");
+                }
+                for byte in [b'\t', b'\n', b'\r', b' '] {
+                    let mut bytes = text.clone().into_bytes();
+                    bytes[at] = byte;
+                    assert!(checked_text(&bytes).is_ok(), "{byte:#x} at {at} of {len}");
+                }
+            }
+        }
+    }
 }

@@ -8,15 +8,14 @@
 //! full-text index is an expression index (`inbox_body_fts`) kept by
 //! PostgreSQL itself.
 
-use std::collections::{HashMap, HashSet};
-
 use sqlx::{PgPool, Postgres, Row};
 
 use std::sync::Arc;
 
 use super::rooms::{self, Fill, RoomOp, RoomReads, RoomRows, RoomState, RoomWrite};
 use super::{
-    Callbacks, Done, Fencing, Job, MAX_BATCH, OwnedEntry, WriterStats, answer, fail, fill, plan,
+    Callbacks, Done, Fencing, HashMap, HashSet, Job, MAX_BATCH, OwnedEntry, WriterStats, answer,
+    fail, fill, plan,
 };
 use crate::lease::Fence;
 use crate::{Result, StoreError};
@@ -110,7 +109,7 @@ async fn write(pool: &PgPool, batch: &[Job], fence: Option<Fence>) -> Result<Vec
         (Some(needs), Some(tx)) => rooms::read(needs, &mut PgReads { tx }).await?,
         _ => RoomState::default(),
     };
-    let no_one = HashSet::new();
+    let no_one = HashSet::default();
     let plan = plan(batch, &state, needs.as_ref().map_or(&no_one, |n| &n.live));
     if !plan.attaches.is_empty() || !plan.seen.is_empty() {
         // `Store::device_attach` and `Store::set_last_activity` write through
@@ -133,8 +132,10 @@ async fn write(pool: &PgPool, batch: &[Job], fence: Option<Fence>) -> Result<Vec
     // Per owner, the first number reserved for it (absent: no such user); and
     // the rows written (the insert skips an origin key already in the log).
     let counts: HashMap<&str, i64> = plan.counts.iter().copied().collect();
-    let mut bases: HashMap<&str, i64> = HashMap::with_capacity(counts.len());
-    let mut written_rows: HashSet<(String, i64)> = HashSet::with_capacity(returned.len());
+    let mut bases: HashMap<&str, i64> =
+        HashMap::with_capacity_and_hasher(counts.len(), Default::default());
+    let mut written_rows: HashSet<(String, i64)> =
+        HashSet::with_capacity_and_hasher(returned.len(), Default::default());
     for row in returned {
         let owner: String = row.try_get("owner")?;
         let seq: i64 = row.try_get("seq")?;
@@ -341,7 +342,7 @@ impl<'a> Append<'a> {
             call.origin.push(entry.origin());
         }
         // A user's delivered mark is its devices' furthest ack.
-        let mut delivered: HashMap<&str, i64> = HashMap::new();
+        let mut delivered: HashMap<&str, i64> = HashMap::default();
         for ((owner, resource), (seq, now_micros)) in &plan.acks {
             call.ack_owner.push(owner);
             call.ack_resource.push(resource);

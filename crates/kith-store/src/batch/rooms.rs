@@ -24,10 +24,9 @@
 //! one. Liveness is asked once per member per batch, so within a batch a member
 //! either gets every message of the batch or is owed every one.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{Job, OwnedEntry};
+use super::{HashMap, HashSet, Job, OwnedEntry};
 use crate::{NewInboxEntry, Result};
 
 /// Whether a user (bare JID) has a session on this server now.
@@ -115,12 +114,12 @@ pub(super) struct Needs<'a> {
 /// collects what must be read. `None`: the batch has no room work.
 pub(super) fn needs(batch: &[Job]) -> Option<Needs<'_>> {
     let mut needs = Needs {
-        live: HashSet::new(),
+        live: HashSet::default(),
         owners: Vec::new(),
-        pairs: HashSet::new(),
-        rooms: HashSet::new(),
+        pairs: HashSet::default(),
+        rooms: HashSet::default(),
     };
-    let mut asked: HashSet<&str> = HashSet::new();
+    let mut asked: HashSet<&str> = HashSet::default();
     let mut any = false;
     for job in batch {
         match job {
@@ -244,7 +243,7 @@ pub(super) async fn read(needs: &Needs<'_>, reads: &mut impl RoomReads) -> Resul
     }
     // Per room, from the least filled of those that may be copied to and are
     // behind.
-    let mut from: HashMap<&str, i64> = HashMap::new();
+    let mut from: HashMap<&str, i64> = HashMap::default();
     for (room, owner) in &pairs {
         let (Some(&head), Some(filled)) = (state.heads.get(room), state.filled(room, owner)) else {
             continue;
@@ -254,7 +253,7 @@ pub(super) async fn read(needs: &Needs<'_>, reads: &mut impl RoomReads) -> Resul
             *slot = (*slot).min(filled);
         }
     }
-    let mut owed = HashMap::with_capacity(from.len());
+    let mut owed = HashMap::with_capacity_and_hasher(from.len(), Default::default());
     for (room, after) in from {
         let through = state.heads[room];
         owed.insert(room.to_owned(), reads.entries(room, after, through).await?);

@@ -15,7 +15,6 @@
 //! hand a deleted row's rowid to a new row, so a commit that inserts below it
 //! lowers it in the same transaction.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +27,9 @@ use tokio::sync::oneshot;
 
 use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
 use super::tail::{self, Added, Moved, Tail, TailShared};
-use super::{Callbacks, Done, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan};
+use super::{
+    Callbacks, Done, HashMap, HashSet, Job, MAX_BATCH, OwnedEntry, answer, fail, fill, plan,
+};
 use crate::read::Arg;
 use crate::{Result, SQLITE_BUSY_TIMEOUT, StoreError};
 
@@ -101,8 +102,8 @@ pub(super) fn start(
     let runtime = tokio::runtime::Handle::try_current().ok();
     let writer = SqliteWriter {
         conn,
-        heads: HashMap::new(),
-        rooms: HashMap::new(),
+        heads: HashMap::default(),
+        rooms: HashMap::default(),
         tail: Tail::new(tail, path.to_path_buf()),
         checkpointer,
         wal_path: {
@@ -580,13 +581,14 @@ impl SqliteWriter {
             }
             None => RoomState::default(),
         };
-        let no_one = HashSet::new();
+        let no_one = HashSet::default();
         let mut plan = plan(batch, &state, needs.as_ref().map_or(&no_one, |n| &n.live));
 
         // Reserve sequence numbers: per owner, as many as it has rows here.
         // From `heads` (this thread is the only appender), loading an owner
         // not seen since start: no `users` row to update per owner and commit.
-        let mut bases: HashMap<&str, i64> = HashMap::with_capacity(plan.counts.len());
+        let mut bases: HashMap<&str, i64> =
+            HashMap::with_capacity_and_hasher(plan.counts.len(), Default::default());
         for (owner, _) in &plan.counts {
             if let Some(last) = last_seq(&tx, &self.heads, owner)? {
                 // Entries waiting in the tail count too (`heads` may have
@@ -627,7 +629,7 @@ impl SqliteWriter {
         // members' copies) of owners with a session.
         let mut to_tail = vec![false; numbered.rows.len()];
         if let Some(online) = self.tail.online().filter(|_| self.tail.ready()) {
-            let mut asked: HashMap<&str, bool> = HashMap::new();
+            let mut asked: HashMap<&str, bool> = HashMap::default();
             let mut left = self.tail.room_left();
             for (i, row) in numbered.rows.iter().enumerate() {
                 if let Some((owner, _, _)) = row
@@ -653,7 +655,7 @@ impl SqliteWriter {
         };
         if to_tail.contains(&true) {
             // Origin keys appended to the tail by this batch.
-            let mut origins: HashSet<String> = HashSet::new();
+            let mut origins: HashSet<String> = HashSet::default();
             let mut append = tx.prepare_cached(&format!(
                 "INSERT INTO {} ({}, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 self.tail.current_table(),

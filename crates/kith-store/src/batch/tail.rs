@@ -85,7 +85,7 @@
 //! refuses it: looked up in `inbox`, and among the [`ORIGINS_KEPT`] newest
 //! keys of tail entries (those waiting, or dropped recently).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -94,6 +94,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rooms::Live;
+use super::{HashMap, HashSet};
 use crate::{Result, StoreError};
 
 /// Generations of the tail (`tail0.entries` …), used in turn.
@@ -457,12 +458,12 @@ impl Tail {
         let main_wal = with_companions(&database)[1].clone();
         Tail {
             shared,
-            waiting: HashMap::new(),
+            waiting: HashMap::default(),
             counts: [0; GENERATIONS],
             current: 0,
             since: Instant::now(),
             retry_at: Instant::now(),
-            lagging: HashMap::new(),
+            lagging: HashMap::default(),
             next_id: 1,
             database,
             files: [None, None, None, None],
@@ -471,7 +472,7 @@ impl Tail {
             created: crate::now_micros().unsigned_abs(),
             main_wal,
             dirty: [false; GENERATIONS],
-            origins: HashSet::new(),
+            origins: HashSet::default(),
             origins_order: VecDeque::new(),
             owners_of: Default::default(),
         }

@@ -81,7 +81,7 @@ pub(crate) struct Push {
     queued: AtomicUsize,
     /// Registrations with a notification waiting to be sent (owner, jid, node).
     waiting: Mutex<HashSet<(String, String, String)>>,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<HashMap<String, Cached, crate::router::Hasher>>,
     /// Logged messages for [`run`], which takes the receiver.
     lookups: tokio::sync::mpsc::Sender<Trigger>,
     lookups_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Trigger>>>,
@@ -108,7 +108,7 @@ impl Push {
             permits: Arc::new(Semaphore::new(config.push.concurrency)),
             queued: AtomicUsize::new(0),
             waiting: Mutex::new(HashSet::new()),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::default()),
             lookups,
             lookups_rx: Mutex::new(Some(lookups_rx)),
         })
@@ -402,7 +402,7 @@ pub(crate) fn on_logged(server: &Arc<Server>, owner: &str, message: &Arc<Element
 /// `owner`'s registrations in `cache`, if looked up less than [`CACHE_TTL`]
 /// before `now`.
 fn fresh<'c>(
-    cache: &'c HashMap<String, Cached>,
+    cache: &'c HashMap<String, Cached, crate::router::Hasher>,
     owner: &str,
     now: Instant,
 ) -> Option<&'c Arc<[PushRegistration]>> {
