@@ -1,5 +1,6 @@
-//! Periodic upkeep of the inbox log: forget devices unused for too long, and
-//! apply the archive retention policy (`[delivery]` in the configuration).
+//! Periodic upkeep: forget devices unused for too long, apply the archive
+//! retention policy (`[delivery]` in the configuration), and delete XEP-0484
+//! FAST tokens long past their expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,5 +44,18 @@ pub(crate) async fn once(server: &Server) {
         Ok(0) => {}
         Ok(n) => tracing::info!(messages = n, "retention removed messages"),
         Err(error) => tracing::warn!(%error, "applying retention"),
+    }
+    // A client back soon after its token expired hears "credentials-expired"
+    // (XEP-0484 §4.2) rather than that the token is unknown: rows stay for as
+    // long again as a token lasts.
+    let lifetime = crate::secs_to_micros(server.config.limits.fast_token_secs);
+    match server
+        .store
+        .delete_expired_fast_tokens(now.saturating_sub(lifetime))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(clients = n, "deleted expired FAST tokens"),
+        Err(error) => tracing::warn!(%error, "deleting expired FAST tokens"),
     }
 }

@@ -150,6 +150,19 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes every client's tokens whose slots have both expired by
+    /// `micros` (an empty slot has expiry 0): nothing can sign in with them.
+    /// Returns how many clients' rows went.
+    pub async fn delete_expired_fast_tokens(&self, micros: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM fast_tokens WHERE expires_micros <= $1 AND new_expires_micros <= $1",
+        )
+        .bind(micros)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Forgets the FAST tokens of `owner`'s client `agent` (§3.6); `false` if
     /// it had none.
     pub async fn revoke_fast_tokens(&self, owner: &str, agent: &str) -> Result<bool> {

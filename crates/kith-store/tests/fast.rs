@@ -10,6 +10,7 @@ both!(
     a_new_token_waits_beside_the_current_one_until_used,
     tokens_go_with_the_password_the_device_and_the_account,
     an_account_keeps_a_bounded_number_of_clients,
+    tokens_past_their_expiry_are_swept,
 );
 
 fn token<'a>(agent: &'a str, token: &'a str, at: i64) -> NewFastToken<'a> {
@@ -141,4 +142,26 @@ async fn an_account_keeps_a_bounded_number_of_clients(db: TestDb) {
     assert_eq!(s.fast_tokens("alice", "agent-7").await.unwrap(), None);
     assert!(s.fast_tokens("alice", "agent-8").await.unwrap().is_some());
     assert!(s.fast_tokens("alice", "agent-39").await.unwrap().is_some());
+}
+
+async fn tokens_past_their_expiry_are_swept(db: TestDb) {
+    let s = db.open().await;
+    s.create_user("alice", &creds(1)).await.unwrap();
+    // Expiries (issued + 1,000): "old" 1,010; "used" 1,020, promoted, with a
+    // new token after it expiring 1,030; "fresh" 1,040 in the new slot only.
+    s.issue_fast_token(&token("old", "t1", 10)).await.unwrap();
+    s.issue_fast_token(&token("used", "t2", 20)).await.unwrap();
+    s.promote_fast_token("alice", "used", "t2").await.unwrap();
+    s.issue_fast_token(&token("used", "t3", 30)).await.unwrap();
+    s.issue_fast_token(&token("fresh", "t4", 40)).await.unwrap();
+    assert_eq!(s.delete_expired_fast_tokens(1_009).await.unwrap(), 0);
+    assert_eq!(s.delete_expired_fast_tokens(1_025).await.unwrap(), 1);
+    assert_eq!(s.fast_tokens("alice", "old").await.unwrap(), None);
+    // One slot still valid keeps the row: its new token, then its current one.
+    let used = s.fast_tokens("alice", "used").await.unwrap().unwrap();
+    assert_eq!((used.current.as_str(), used.new.as_str()), ("t2", "t3"));
+    assert!(s.fast_tokens("alice", "fresh").await.unwrap().is_some());
+    assert_eq!(s.delete_expired_fast_tokens(1_040).await.unwrap(), 2);
+    assert_eq!(s.fast_tokens("alice", "used").await.unwrap(), None);
+    assert_eq!(s.fast_tokens("alice", "fresh").await.unwrap(), None);
 }
