@@ -467,10 +467,6 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                         }
                     }
                 }
-                () = next_committed(&mut session.uncommitted), if !session.uncommitted.is_empty() => {
-                    session.settle_committed();
-                    Ok(())
-                }
                 handoff = next_handoff(&mut session.resume) => {
                     // `<resumed h/>` must count every message that is durable by now.
                     Box::pin(session.drain_uncommitted()).await;
@@ -524,6 +520,7 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                     }
                     Due::Quiet => {
                         reader.release_buffers();
+                        session.release_uncommitted();
                         Ok(())
                     }
                     Due::PingUnanswered => {
@@ -949,6 +946,7 @@ impl Session {
             match stanza.name.as_str() {
                 "message" => {
                     if let Some(committed) = deliver::message_from_client(self, stanza, to).await {
+                        self.settle_committed();
                         self.uncommitted.push_back(Some(committed));
                         if self.uncommitted.len() > MAX_UNCOMMITTED {
                             self.wait_oldest_commit().await;
@@ -971,6 +969,7 @@ impl Session {
     /// Counts a handled stanza for XEP-0198, after the messages still being
     /// committed if there are any.
     fn count_handled(&mut self) {
+        self.settle_committed();
         if self.uncommitted.is_empty() {
             self.count_one();
         } else {
@@ -984,8 +983,11 @@ impl Session {
         }
     }
 
-    /// After the oldest uncommitted message resolved: counts it and whatever
-    /// follows it that is done too.
+    /// Counts the messages at the front of the queue that are committed by now
+    /// (and what was handled after them), without waiting. A commit wakes no
+    /// session: the queue is settled when the session next reads a stanza,
+    /// and waited on where a count must include it (`<r/>`, a resumption,
+    /// the next non-message stanza).
     fn settle_committed(&mut self) {
         while let Some(front) = self.uncommitted.front_mut() {
             if let Some(committed) = front
@@ -999,8 +1001,13 @@ impl Session {
             self.uncommitted.pop_front();
             self.count_one();
         }
+    }
+
+    /// Settles the queue and, when empty, frees it: an idle session keeps none
+    /// (a busy one keeps its room between messages).
+    fn release_uncommitted(&mut self) {
+        self.settle_committed();
         if self.uncommitted.is_empty() {
-            // An idle session keeps no queue.
             self.uncommitted = VecDeque::new();
         }
     }

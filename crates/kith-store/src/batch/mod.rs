@@ -590,6 +590,9 @@ enum Slot {
 }
 
 enum Answer {
+    /// A 1:1 append's entries: as many rows from this one on (an `Append`
+    /// job's entries are numbered in a row; no list per message).
+    Rows(usize, usize),
     Appended(Vec<Slot>),
     Acked,
     /// The attach with this index in [`Plan::attaches`].
@@ -632,12 +635,12 @@ struct Plan<'a> {
 fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Plan<'a> {
     let mut planner = Planner {
         state,
-        rows: Vec::new(),
+        rows: Vec::with_capacity(batch.len()),
         counts: HashMap::default(),
         order: Vec::new(),
         fills: HashMap::default(),
         fresh: HashMap::default(),
-        may_wait: Vec::new(),
+        may_wait: Vec::with_capacity(batch.len()),
     };
     let mut acks: HashMap<(&str, &str), (i64, i64)> = HashMap::default();
     let mut attaches = Vec::new();
@@ -647,16 +650,13 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
     for job in batch {
         match job {
             Job::Append { entries, .. } => {
-                let slots = entries
-                    .as_slice()
-                    .iter()
-                    .map(|entry| {
-                        let row = planner.push(entry.owner(), entry);
-                        planner.may_wait.push(row);
-                        Slot::Row(row)
-                    })
-                    .collect();
-                answers.push(Answer::Appended(slots));
+                let entries = entries.as_slice();
+                let first = planner.rows.len();
+                for entry in entries {
+                    let row = planner.push(entry.owner(), entry);
+                    planner.may_wait.push(row);
+                }
+                answers.push(Answer::Rows(first, entries.len()));
             }
             Job::Fan { fan, .. } => {
                 let Fan {
@@ -965,21 +965,21 @@ impl<'a> Plan<'a> {
         attached: &[Option<DeviceStart>],
         seen: &[bool],
     ) -> Vec<Done> {
+        let row = |i: usize| match numbered.rows[i] {
+            None => Err(StoreError::NoSuchUser(self.rows[i].0.to_owned())),
+            Some((owner, _, _)) if !written[i] => Err(StoreError::Duplicate(owner.to_owned())),
+            Some((_, seq, _)) => Ok(seq),
+        };
         self.answers
             .into_iter()
             .map(|answer| match answer {
+                Answer::Rows(first, len) => Done::Appended((first..first + len).map(row).collect()),
                 Answer::Appended(slots) => Done::Appended(
                     slots
                         .into_iter()
                         .map(|slot| match slot {
                             Slot::Owed(owner) => Err(StoreError::Owed(owner)),
-                            Slot::Row(i) => match numbered.rows[i] {
-                                None => Err(StoreError::NoSuchUser(self.rows[i].0.to_owned())),
-                                Some((owner, _, _)) if !written[i] => {
-                                    Err(StoreError::Duplicate(owner.to_owned()))
-                                }
-                                Some((_, seq, _)) => Ok(seq),
-                            },
+                            Slot::Row(i) => row(i),
                         })
                         .collect(),
                 ),
@@ -1081,7 +1081,7 @@ fn run_all(calls: Calls) {
 
 /// Answers every job of a committed batch.
 fn answer(jobs: impl Iterator<Item = Job>, results: Vec<Done>, callbacks: &Callbacks) {
-    let mut calls = Vec::new();
+    let mut calls = Vec::with_capacity(results.len());
     for (job, done) in jobs.zip(results) {
         match (job, done) {
             (Job::Append { then, .. } | Job::Fan { then, .. }, Done::Appended(seqs)) => {

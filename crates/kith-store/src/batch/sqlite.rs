@@ -624,7 +624,7 @@ impl SqliteWriter {
         let mut written = vec![false; numbered.rows.len()];
         let mut with_body = moved.entries;
         let mut lowest_rowid = moved.lowest_rowid;
-        let mut added: Vec<Added> = Vec::new();
+        let mut added: Vec<Added> = Vec::with_capacity(numbered.rows.len());
         // Which rows wait in the tail: those that may (1:1 entries, live
         // members' copies) of owners with a session.
         let mut to_tail = vec![false; numbered.rows.len()];
@@ -680,7 +680,7 @@ impl SqliteWriter {
                 ))?;
                 written[i] = true;
                 added.push(Added {
-                    owner: (*owner).to_owned(),
+                    owner,
                     id,
                     seq,
                     origin_key,
@@ -831,7 +831,11 @@ impl SqliteWriter {
     /// to the tail back out and fails — the state a tail file failing after
     /// the main file committed leaves.
     #[cfg(feature = "fault-injection")]
-    fn injected_tail_failure(&self, added: &[Added], settle_fault: bool) -> rusqlite::Result<()> {
+    fn injected_tail_failure(
+        &self,
+        added: &[Added<'_>],
+        settle_fault: bool,
+    ) -> rusqlite::Result<()> {
         let append_fault = || {
             !added.is_empty()
                 && crate::fault::take(

@@ -388,8 +388,10 @@ struct Waiting {
 }
 
 /// An entry appended to the tail by a transaction not yet committed.
-pub(super) struct Added {
-    pub owner: String,
+pub(super) struct Added<'a> {
+    /// Borrowed from the batch: a name is copied only when the tail first
+    /// holds something of its owner.
+    pub owner: &'a str,
     pub id: i64,
     pub seq: i64,
     pub origin_key: Option<String>,
@@ -573,15 +575,15 @@ impl Tail {
     }
 
     /// After the commit that appended `added` to the current generation.
-    pub(super) fn committed(&mut self, added: Vec<Added>) {
+    pub(super) fn committed(&mut self, added: Vec<Added<'_>>) {
         if added.is_empty() {
             return;
         }
         {
             let mut owners = self.shared.owners();
             for a in &added {
-                if !owners.contains(&a.owner) {
-                    owners.insert(a.owner.clone());
+                if !owners.contains(a.owner) {
+                    owners.insert(a.owner.to_owned());
                 }
             }
         }
@@ -603,16 +605,17 @@ impl Tail {
             };
             // Noted among the generation's owners with its first entry there.
             let owners = &mut self.owners_of[self.current];
-            match self.waiting.get_mut(&a.owner) {
+            match self.waiting.get_mut(a.owner) {
                 Some(q) => {
                     if q.back().is_none_or(|w| w.generation != self.current) {
-                        owners.push(a.owner.clone());
+                        owners.push(a.owner.to_owned());
                     }
                     q.push_back(waiting);
                 }
                 None => {
-                    owners.push(a.owner.clone());
-                    self.waiting.insert(a.owner, VecDeque::from([waiting]));
+                    owners.push(a.owner.to_owned());
+                    self.waiting
+                        .insert(a.owner.to_owned(), VecDeque::from([waiting]));
                 }
             }
         }
@@ -1410,7 +1413,7 @@ pub mod bench {
                             body
                         ])?;
                         added.push(Added {
-                            owner: owner.clone(),
+                            owner,
                             id,
                             seq,
                             origin_key: None,
@@ -1564,7 +1567,7 @@ mod tests {
                 )
                 .expect("append");
                 added.push(Added {
-                    owner: owner.to_owned(),
+                    owner,
                     id,
                     seq,
                     origin_key: None,
