@@ -8,6 +8,7 @@ stream helper.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import hashlib
@@ -132,6 +133,51 @@ async def test_one_exchange_binds_enables_and_resumes_with_a_token(server, xmpp)
         el = await s2.next()
         assert el.tag != f"{{{NS_STREAM}}}features"
         if el.tag == f"{{{NS_CLIENT}}}message" and el.findtext(f"{{{NS_CLIENT}}}body") == "while you were away":
+            break
+    s2.close()
+
+
+async def test_a_new_login_of_a_client_ends_its_session_waiting_to_be_resumed(server, xmpp):
+    acct, peer = await xmpp.account("s2again"), await xmpp.account("s2againpeer")
+    agent = str(uuid.uuid4())
+    plain = f"\0{acct.name}\0{acct.password}".encode()
+    bind = f"<bind xmlns='{NS_BIND2}'><tag>raw</tag><enable xmlns='{NS_SM}' resume='true'/></bind>"
+    s = await RawStream.connect(server)
+    await s.secure()
+    first = await authenticate(s, "PLAIN", plain, agent=agent, inline=bind)
+    old_id = first.find(f"{{{NS_BIND2}}}bound/{{{NS_SM}}}enabled").get("id")
+    jid = first.findtext(f"{{{NS_SASL2}}}authorization-identifier")
+    await s.send("<presence/>")
+    # The connection drops: the session waits to be resumed (XEP-0198 §5).
+    s.writer.transport.abort()
+    await asyncio.sleep(0.3)
+    # The same client signs in afresh rather than resuming: Bind 2 gives it the
+    # same resource and replaces the session waiting there (XEP-0386 §2.4).
+    s2 = await RawStream.connect(server)
+    await s2.secure()
+    second = await authenticate(s2, "PLAIN", plain, agent=agent, inline=bind)
+    assert second.findtext(f"{{{NS_SASL2}}}authorization-identifier") == jid
+    new_id = second.find(f"{{{NS_BIND2}}}bound/{{{NS_SM}}}enabled").get("id")
+    assert new_id != old_id
+    await asyncio.sleep(0.3)
+    # The replaced session is gone at once, not at the end of its window: its
+    # id no longer resumes (it would bring back a session nobody routes to).
+    s3 = await RawStream.connect(server)
+    await s3.secure()
+    third = await authenticate(s3, "PLAIN", plain, agent=agent,
+                               inline=f"<resume xmlns='{NS_SM}' previd='{old_id}' h='0'/>")
+    assert third.tag == f"{{{NS_SASL2}}}success", ET.tostring(third, encoding="unicode")
+    assert third.find(f"{{{NS_SM}}}resumed") is None, ET.tostring(third, encoding="unicode")
+    failed = third.find(f"{{{NS_SM}}}failed")
+    assert failed is not None and failed.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None
+    s3.close()
+    # The new session is the one messages reach.
+    await s2.send("<presence/>")
+    peer_c = await xmpp.connect(peer, resource="p")
+    peer_c.send_message(mto=jid, mbody="to the new session", mtype="chat")
+    while True:
+        el = await s2.next()
+        if el.tag == f"{{{NS_CLIENT}}}message" and el.findtext(f"{{{NS_CLIENT}}}body") == "to the new session":
             break
     s2.close()
 

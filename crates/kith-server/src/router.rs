@@ -165,6 +165,21 @@ pub struct Census {
     pub detached: usize,
 }
 
+/// Ends a session whose resource a new connection took (RFC 6120 §7.7.2.2):
+/// an attached one closes with `<conflict/>`; one waiting to be resumed reads
+/// no queue, so it ends at once (XEP-0198 §5), its resumption id with it —
+/// resuming it would bring back a session no longer in the table.
+fn replaced(old: SessionEntry) {
+    if old.detached {
+        old.revoked.notify_one();
+    } else {
+        let _ = old.tx.try_send(Outbound::Close(
+            StreamErrorCondition::Conflict,
+            "replaced by a new connection",
+        ));
+    }
+}
+
 /// Outcome of [`Router::bind`].
 pub enum BindOutcome {
     Bound,
@@ -235,11 +250,7 @@ impl Router {
             .iter()
             .position(|s| s.jid.resource() == entry.jid.resource())
         {
-            let old = sessions.remove(index);
-            let _ = old.tx.try_send(Outbound::Close(
-                StreamErrorCondition::Conflict,
-                "replaced by a new connection",
-            ));
+            replaced(sessions.remove(index));
             sessions.push(entry);
             return BindOutcome::Replaced;
         }
@@ -268,10 +279,7 @@ impl Router {
         if sessions.is_empty() {
             shard.users.remove(bare);
         }
-        let _ = old.tx.try_send(Outbound::Close(
-            StreamErrorCondition::Conflict,
-            "replaced by a new connection",
-        ));
+        replaced(old);
         true
     }
 

@@ -498,10 +498,13 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
                     Ok(())
                 }
                 () = revoked.notified() => {
-                    tracing::info!(jid = %session.jid, "device credential revoked; ending the session");
                     if !attached {
+                        // Its device credential was revoked, or a new
+                        // connection took its resource (`router::replaced`).
+                        tracing::debug!(jid = %session.jid, "ending a session waiting to be resumed");
                         break None;
                     }
+                    tracing::info!(jid = %session.jid, "device credential revoked; ending the session");
                     Err(Some((StreamErrorCondition::NotAuthorized, "this device was signed out")))
                 }
                 () = std::future::ready(()), if session.backlog_pending => {
