@@ -617,18 +617,13 @@ pub(crate) fn bind_resource(
     let (tx, rx) = crate::queue::channel(server.config.limits.session_queue);
     let id = server.next_id();
     let revoked = Arc::new(tokio::sync::Notify::new());
-    let entry = crate::router::SessionEntry {
-        jid: jid.clone(),
+    let entry = crate::router::SessionEntry::new(
+        jid.clone(),
         id,
         tx,
-        presence: None,
-        priority: 0,
-        interested: false,
-        carbons: false,
-        detached: false,
-        device: device.map(Arc::from),
-        revoked: revoked.clone(),
-    };
+        device.map(Arc::from),
+        revoked.clone(),
+    );
     match server
         .router
         .bind(entry, server.config.limits.max_sessions_per_user)

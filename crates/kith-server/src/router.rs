@@ -70,6 +70,29 @@ pub struct SessionEntry {
 }
 
 impl SessionEntry {
+    /// A session just bound: not available yet, no roster asked for, no
+    /// carbons, attached.
+    pub fn new(
+        jid: FullJid,
+        id: u64,
+        tx: queue::Sender<Outbound>,
+        device: Option<Arc<str>>,
+        revoked: Arc<tokio::sync::Notify>,
+    ) -> SessionEntry {
+        SessionEntry {
+            jid,
+            id,
+            tx,
+            presence: None,
+            priority: 0,
+            interested: false,
+            carbons: false,
+            detached: false,
+            device,
+            revoked,
+        }
+    }
+
     pub fn available(&self) -> bool {
         self.presence.is_some()
     }
@@ -398,19 +421,8 @@ mod tests {
 
     fn entry(jid: &str, id: u64) -> (SessionEntry, queue::Receiver<Outbound>) {
         let (tx, rx) = queue::channel(4);
-        let entry = SessionEntry {
-            jid: FullJid::new(jid).expect("a full JID"),
-            id,
-            tx,
-            presence: None,
-            priority: 0,
-            interested: false,
-            carbons: false,
-            detached: false,
-            device: None,
-            revoked: Default::default(),
-        };
-        (entry, rx)
+        let jid = FullJid::new(jid).expect("a full JID");
+        (SessionEntry::new(jid, id, tx, None, Default::default()), rx)
     }
 
     #[test]
