@@ -223,8 +223,9 @@ pub(crate) struct Session {
     cursor_pending: Option<i64>,
     cursor_saved_at: Instant,
     /// Client stanzas handled but not yet counted for XEP-0198, oldest first:
-    /// messages waiting for their inbox-log commit (`Some`), and stanzas handled
-    /// after them (`None`), which are counted only once everything before them is.
+    /// messages waiting for their inbox-log commit, or committed since the
+    /// session last settled the queue (`Some`), and stanzas handled after them
+    /// (`None`), which are counted only once everything before them is.
     /// Consecutive messages are thus pipelined into the group commit while `h`
     /// still only covers what is durable.
     uncommitted: VecDeque<Option<deliver::Committed>>,
