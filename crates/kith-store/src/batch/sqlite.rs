@@ -15,6 +15,7 @@
 //! hand a deleted row's rowid to a new row, so a commit that inserts below it
 //! lowers it in the same transaction.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use flume::{RecvTimeoutError, TryRecvError};
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Statement, params};
 use tokio::sync::oneshot;
 
 use super::rooms::{self, Fill, RoomReads, RoomRows, RoomState, RoomWrite};
@@ -100,32 +101,38 @@ pub(super) fn start(
     // enters it too, for whatever it runs itself (e.g. a callback when the
     // runtime is going away).
     let runtime = tokio::runtime::Handle::try_current().ok();
-    let writer = SqliteWriter {
-        conn,
-        heads: HashMap::default(),
-        rooms: HashMap::default(),
-        tail: Tail::new(tail, path.to_path_buf()),
-        checkpointer,
-        wal_path: {
-            let mut wal = path.as_os_str().to_owned();
-            wal.push("-wal");
-            PathBuf::from(wal)
-        },
-        commits_since_look: 0,
-        callbacks: Callbacks::on(runtime.as_ref()),
-        stats,
-        index_turn: false,
-        fts: Fts {
-            next_rowid,
-            // Unknown after a restart: check once.
-            waiting: 1,
-            oldest: Some(Instant::now()),
-        },
+    let tail = Tail::new(tail, path.to_path_buf());
+    let wal_path = {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        PathBuf::from(wal)
     };
+    let callbacks = Callbacks::on(runtime.as_ref());
     let thread = std::thread::Builder::new()
         .name("kith-sqlite-writer".to_owned())
         .spawn(move || {
             let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            // The writer borrows the connection (its statements do): the
+            // connection closes after it.
+            let writer = SqliteWriter {
+                conn: &conn,
+                hot: Hot::prepare(&conn),
+                heads: HashMap::default(),
+                rooms: HashMap::default(),
+                tail,
+                checkpointer,
+                wal_path,
+                commits_since_look: 0,
+                callbacks,
+                stats,
+                index_turn: false,
+                fts: Fts {
+                    next_rowid,
+                    // Unknown after a restart: check once.
+                    waiting: 1,
+                    oldest: Some(Instant::now()),
+                },
+            };
             writer.run(rx);
         })
         .map_err(|source| StoreError::Io {
@@ -164,8 +171,12 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-struct SqliteWriter {
-    conn: Connection,
+struct SqliteWriter<'c> {
+    /// Owned by the writer's thread, which drops it after the writer.
+    conn: &'c Connection,
+    /// The statements of every commit, held prepared; `None` if preparing
+    /// them failed (rusqlite's cache serves then).
+    hot: Option<Hot<'c>>,
     /// Batches and jobs taken, for metrics.
     stats: Arc<super::WriterStats>,
     /// The last sequence number handed out per owner (the head of its log).
@@ -378,7 +389,7 @@ impl Fts {
     }
 }
 
-impl SqliteWriter {
+impl SqliteWriter<'_> {
     fn run(mut self, rx: flume::Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut last_commit = Instant::now();
@@ -426,7 +437,7 @@ impl SqliteWriter {
             {
                 // See `Checkpointer`: the next commit starts the log over.
                 let started = Instant::now();
-                passive_checkpoint(&self.conn);
+                passive_checkpoint(self.conn);
                 tracing::debug!(
                     micros = started.elapsed().as_micros() as u64,
                     "writer's checkpoint before the log starts over"
@@ -476,7 +487,7 @@ impl SqliteWriter {
                 Job::Compact { reply } => {
                     let compacted =
                         self.tail
-                            .compact_all(&self.conn, &self.heads, self.fts.next_rowid);
+                            .compact_all(self.conn, &self.heads, self.fts.next_rowid);
                     let _ = reply.send(compacted.map(|(moved, dropped)| {
                         self.note_moved(moved);
                         dropped
@@ -488,7 +499,7 @@ impl SqliteWriter {
         for job in batch.iter() {
             if let Job::Forget { owner, .. } = job {
                 self.heads.remove(owner);
-                if let Err(error) = self.tail.forget(&self.conn, owner) {
+                if let Err(error) = self.tail.forget(self.conn, owner) {
                     tracing::warn!(%error, "deleting an account's entries from the log's tail failed");
                 }
                 // A room that is gone, or a member whose account is: its rows
@@ -565,7 +576,7 @@ impl SqliteWriter {
     /// Runs every job of the batch in one transaction. The error is a database
     /// failure (nothing committed); an unknown owner only fails its own entry.
     fn write(&mut self, batch: &[Job]) -> Result<Vec<Done>> {
-        let tx = Immediate::begin(&self.conn)?;
+        let tx = Immediate::begin_with(self.conn, self.hot.as_ref())?;
 
         // What the batch's group messages and room changes need to know.
         let needs = rooms::needs(batch);
@@ -737,15 +748,7 @@ impl SqliteWriter {
         }
 
         for ((owner, resource), (seq, now_micros)) in &plan.acks {
-            tx.prepare_cached(
-                "UPDATE devices SET cursor = ?3, last_seen_micros = ?4
-                 WHERE owner = ?1 AND resource = ?2 AND cursor < ?3",
-            )?
-            .execute(params![owner, resource, seq, now_micros])?;
-            tx.prepare_cached(
-                "UPDATE users SET delivered_seq = ?2 WHERE username = ?1 AND delivered_seq < ?2",
-            )?
-            .execute(params![owner, seq])?;
+            tx.ack(owner, resource, *seq, *now_micros)?;
         }
         let mut attached = Vec::with_capacity(plan.attaches.len());
         for (owner, resource, now_micros) in &plan.attaches {
@@ -899,7 +902,7 @@ impl SqliteWriter {
             )));
         }
         let repaired = (|| -> rusqlite::Result<(usize, i64)> {
-            let tx = Immediate::begin(&self.conn)?;
+            let tx = Immediate::begin(self.conn)?;
             let mut with_body = 0;
             let mut lowest_rowid = i64::MAX;
             {
@@ -937,11 +940,11 @@ impl SqliteWriter {
         let generation = self.tail.current_table();
         let rotated = self
             .tail
-            .rotate_if_due(&self.conn, &self.heads, self.fts.next_rowid);
+            .rotate_if_due(self.conn, &self.heads, self.fts.next_rowid);
         let moved = self.tail_worked("compacting", started, rotated);
         let rotated = moved > 0 || self.tail.current_table() != generation;
         let started = Instant::now();
-        let drained = self.tail.drain_step(&self.conn, self.fts.next_rowid);
+        let drained = self.tail.drain_step(self.conn, self.fts.next_rowid);
         rotated || self.tail_worked("draining", started, drained) > 0
     }
 
@@ -969,7 +972,7 @@ impl SqliteWriter {
     /// Moves what a previous run left in the log's tail into `inbox` (once:
     /// later, what is there is this run's).
     fn recover(&mut self) -> Result<()> {
-        let moved = self.tail.recover(&self.conn)?;
+        let moved = self.tail.recover(self.conn)?;
         if moved.entries > 0 {
             tracing::info!(
                 entries = moved.entries,
@@ -1018,7 +1021,7 @@ impl SqliteWriter {
 
     /// One [`full_text_pass`]. Returns whether more may be waiting.
     fn try_index_pass(&mut self) -> Result<bool> {
-        let pass = full_text_pass(&self.conn)?;
+        let pass = full_text_pass(self.conn)?;
         self.fts.next_rowid = pass.next_rowid;
         if pass.more {
             self.fts.waiting = self.fts.waiting.saturating_sub(pass.indexed).max(1);
@@ -1080,11 +1083,58 @@ pub(super) fn full_text_pass(conn: &Connection) -> Result<FullTextPass> {
 /// prepares `BEGIN` and `COMMIT` anew each time (`execute_batch`): with a
 /// commit per message at low rates that was 6–8 % of the server's
 /// instructions (callgrind).
-pub(super) struct Immediate<'c> {
+pub(super) struct Immediate<'c, 'h> {
     conn: &'c Connection,
+    /// The writer's own `BEGIN`, `COMMIT` and `ROLLBACK`, when it has them.
+    hot: Option<&'h Hot<'c>>,
 }
 
-impl<'c> Immediate<'c> {
+/// The statements every commit of the writer runs, prepared once and held:
+/// through rusqlite's cache each costs a hash of its SQL, a key allocated
+/// and the cache's list relinked on the way out and back (with a commit per
+/// message at low rates, some 6,000 instructions a commit: callgrind).
+pub(super) struct Hot<'c> {
+    begin: RefCell<Statement<'c>>,
+    touch: RefCell<Statement<'c>>,
+    commit: RefCell<Statement<'c>>,
+    rollback: RefCell<Statement<'c>>,
+    ack_device: RefCell<Statement<'c>>,
+    ack_user: RefCell<Statement<'c>>,
+}
+
+impl<'c> Hot<'c> {
+    fn prepare(conn: &'c Connection) -> Option<Hot<'c>> {
+        let prepare = |sql: &str| conn.prepare(sql).map(RefCell::new);
+        let hot = (|| {
+            Ok::<_, rusqlite::Error>(Hot {
+                begin: prepare("BEGIN")?,
+                touch: prepare(TOUCH)?,
+                commit: prepare("COMMIT")?,
+                rollback: prepare("ROLLBACK")?,
+                ack_device: prepare(ACK_DEVICE)?,
+                ack_user: prepare(ACK_USER)?,
+            })
+        })();
+        match hot {
+            Ok(hot) => Some(hot),
+            Err(error) => {
+                tracing::warn!(%error, "preparing the writer's statements; using the cache");
+                None
+            }
+        }
+    }
+}
+
+/// A write that changes nothing, to take the main file's write lock
+/// ([`Immediate::begin`]).
+const TOUCH: &str = "UPDATE fts_state SET next_rowid = next_rowid WHERE 0";
+/// A device's cursor moves to what it acknowledged, and its owner's delivered mark.
+const ACK_DEVICE: &str = "UPDATE devices SET cursor = ?3, last_seen_micros = ?4
+    WHERE owner = ?1 AND resource = ?2 AND cursor < ?3";
+const ACK_USER: &str =
+    "UPDATE users SET delivered_seq = ?2 WHERE username = ?1 AND delivered_seq < ?2";
+
+impl<'c, 'h> Immediate<'c, 'h> {
     /// Takes the main file's write lock at once, as `BEGIN IMMEDIATE` would;
     /// but that takes every attached file's too, and the log's tail attaches
     /// four ([`tail`]): a commit per message then cost the writer 10,000 more
@@ -1092,21 +1142,56 @@ impl<'c> Immediate<'c> {
     /// is a write that changes nothing locks only the main file (retried by
     /// the busy handler as `BEGIN IMMEDIATE` is); a tail file is locked when
     /// written, and only the writer writes them.
-    pub(super) fn begin(conn: &'c Connection) -> rusqlite::Result<Immediate<'c>> {
-        conn.prepare_cached("BEGIN")?.execute([])?;
-        let tx = Immediate { conn };
-        tx.prepare_cached("UPDATE fts_state SET next_rowid = next_rowid WHERE 0")?
-            .execute([])?;
+    pub(super) fn begin(conn: &'c Connection) -> rusqlite::Result<Immediate<'c, 'h>> {
+        Immediate::begin_with(conn, None)
+    }
+
+    /// [`Immediate::begin`] with the writer's own statements, if it has them.
+    fn begin_with(
+        conn: &'c Connection,
+        hot: Option<&'h Hot<'c>>,
+    ) -> rusqlite::Result<Immediate<'c, 'h>> {
+        match hot {
+            Some(hot) => hot.begin.borrow_mut().execute([])?,
+            None => conn.prepare_cached("BEGIN")?.execute([])?,
+        };
+        let tx = Immediate { conn, hot };
+        match hot {
+            Some(hot) => hot.touch.borrow_mut().execute([])?,
+            None => tx.prepare_cached(TOUCH)?.execute([])?,
+        };
         Ok(tx)
     }
 
     pub(super) fn commit(self) -> rusqlite::Result<()> {
-        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        match self.hot {
+            Some(hot) => hot.commit.borrow_mut().execute([])?,
+            None => self.conn.prepare_cached("COMMIT")?.execute([])?,
+        };
+        Ok(())
+    }
+
+    /// Moves a device's cursor (and its owner's delivered mark) to `seq`.
+    fn ack(&self, owner: &str, resource: &str, seq: i64, now_micros: i64) -> rusqlite::Result<()> {
+        match self.hot {
+            Some(hot) => {
+                hot.ack_device
+                    .borrow_mut()
+                    .execute(params![owner, resource, seq, now_micros])?;
+                hot.ack_user.borrow_mut().execute(params![owner, seq])?;
+            }
+            None => {
+                self.prepare_cached(ACK_DEVICE)?
+                    .execute(params![owner, resource, seq, now_micros])?;
+                self.prepare_cached(ACK_USER)?
+                    .execute(params![owner, seq])?;
+            }
+        }
         Ok(())
     }
 }
 
-impl std::ops::Deref for Immediate<'_> {
+impl std::ops::Deref for Immediate<'_, '_> {
     type Target = Connection;
 
     fn deref(&self) -> &Connection {
@@ -1114,17 +1199,20 @@ impl std::ops::Deref for Immediate<'_> {
     }
 }
 
-impl Drop for Immediate<'_> {
+impl Drop for Immediate<'_, '_> {
     fn drop(&mut self) {
         // Committed, or never begun (or SQLite rolled back on its own).
         if self.conn.is_autocommit() {
             return;
         }
-        if let Err(error) = self
-            .conn
-            .prepare_cached("ROLLBACK")
-            .and_then(|mut rollback| rollback.execute([]))
-        {
+        let rolled_back = match self.hot {
+            Some(hot) => hot.rollback.borrow_mut().execute([]),
+            None => self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut rollback| rollback.execute([])),
+        };
+        if let Err(error) = rolled_back {
             tracing::warn!(%error, "rolling back the writer's transaction failed");
         }
     }
