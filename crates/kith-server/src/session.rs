@@ -436,7 +436,10 @@ pub(crate) fn run<R: LinkRead + 'static, W: LinkWrite + 'static>(
         let resume_window = Duration::from_secs(session.server.config.limits.resume_timeout_secs);
         let end: End = loop {
             // The timer moves only when it fired or a deadline came nearer (see `Clock`).
-            let due = clock.due(attached && reader.holds_buffers());
+            // What a quiet session gives back: the reader's buffers, and the
+            // queue of messages it sent (`release_uncommitted`).
+            let holding = reader.holds_buffers() || session.uncommitted.capacity() > 0;
+            let due = clock.due(attached && holding);
             if timer.is_elapsed() || due < timer.deadline() {
                 timer.as_mut().reset(due);
             }
