@@ -594,7 +594,7 @@ pub(crate) async fn bind_announced(
 /// Binds a resource. RFC 6120 §7.7.2.2: a conflicting or missing resource gets a
 /// server-generated one, so an existing session is never cut off by a newcomer
 /// — unless `replace`: the resource is the client's own (XEP-0386 §3.2.1), and
-/// an older session of the same client is closed with `<conflict/>`.
+/// an older session of the same client ends (`router::replaced`).
 pub(crate) fn bind_resource(
     server: &Arc<Server>,
     username: &str,
