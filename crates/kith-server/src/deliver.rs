@@ -672,14 +672,23 @@ pub(crate) fn origin_key(sender_bare: &str, origin_id: &str) -> String {
 pub(crate) fn storable(message: &Element) -> bool {
     const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
     const HINTS: &str = "urn:xmpp:hints";
-    if message.has_child("no-store", HINTS) || message.has_child("no-permanent-store", HINTS) {
-        return message.has_child("store", HINTS);
+    // One pass over the children (this runs for every message).
+    let (mut no_store, mut store, mut content) = (false, false, false);
+    for child in message.elements() {
+        if child.ns == HINTS {
+            match child.name.as_str() {
+                "no-store" | "no-permanent-store" => no_store = true,
+                "store" => store = true,
+                _ => {}
+            }
+        } else if child.ns == ns::CLIENT {
+            content |= child.name == "body";
+        } else if child.ns != CHATSTATES && child.ns != ns::SID {
+            content = true;
+        }
     }
-    message.has_child("body", ns::CLIENT)
-        || message.has_child("store", HINTS)
-        || message
-            .elements()
-            .any(|e| e.ns != CHATSTATES && e.ns != ns::SID && e.ns != HINTS && e.ns != ns::CLIENT)
+    // A no-store hint (XEP-0334 §4) wins unless the message also asks to be stored.
+    if no_store { store } else { content || store }
 }
 
 /// How many log entries one catch-up read takes.
@@ -774,6 +783,40 @@ mod tests {
             .clone()
             .child(Element::new("urn:xmpp:hints", "no-store"));
         assert!(!storable(&no_store));
+    }
+
+    #[test]
+    fn what_is_stored_follows_the_hints_and_the_content() {
+        const HINTS: &str = "urn:xmpp:hints";
+        let message = |children: &[(&str, &str)]| {
+            children
+                .iter()
+                .fold(Element::new(ns::CLIENT, "message"), |m, (ns, name)| {
+                    m.child(Element::new(ns, name))
+                })
+        };
+        let body = (ns::CLIENT, "body");
+        let receipt = ("urn:xmpp:receipts", "received");
+        let state = ("http://jabber.org/protocol/chatstates", "active");
+        let sid = (ns::SID, "origin-id");
+        for (children, stored) in [
+            (vec![], false),
+            (vec![state, sid], false),
+            (vec![(ns::CLIENT, "thread")], false),
+            (vec![body], true),
+            (vec![receipt], true),
+            (vec![state, receipt], true),
+            (vec![(HINTS, "store")], true),
+            (vec![state, (HINTS, "store")], true),
+            (vec![body, (HINTS, "no-permanent-store")], false),
+            (vec![receipt, (HINTS, "no-store")], false),
+            (vec![body, (HINTS, "no-store"), (HINTS, "store")], true),
+            (vec![(HINTS, "store"), (HINTS, "no-store")], true),
+            (vec![body, (HINTS, "no-copy")], true),
+            (vec![(HINTS, "no-copy")], false),
+        ] {
+            assert_eq!(storable(&message(&children)), stored, "{children:?}");
+        }
     }
 
     #[test]

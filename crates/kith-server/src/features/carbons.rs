@@ -33,12 +33,23 @@ pub(crate) fn handle(session: &mut Session, request: &Request<'_>) -> Response {
 /// with a body — unless the sender opted out (§7: `<private/>`, or a no-copy hint).
 pub(crate) fn eligible(message: &Element) -> bool {
     let kind = message.get_attr("type").unwrap_or("normal");
-    let wanted = kind == "chat" || (kind == "normal" && message.has_child("body", ns::CLIENT));
-    wanted
-        && !message.has_child("private", CARBONS)
-        && !message.has_child("no-copy", HINTS)
-        && !message.has_child("received", CARBONS)
-        && !message.has_child("sent", CARBONS)
+    if kind != "chat" && kind != "normal" {
+        return false;
+    }
+    // One pass over the children (this runs for every message).
+    let mut body = false;
+    for child in message.elements() {
+        let opted_out = if child.ns == CARBONS {
+            matches!(child.name.as_str(), "private" | "received" | "sent")
+        } else {
+            child.is("no-copy", HINTS)
+        };
+        if opted_out {
+            return false;
+        }
+        body |= child.is("body", ns::CLIENT);
+    }
+    kind == "chat" || body
 }
 
 /// Whether `owner` has a resource other than `except` that would get copies
@@ -147,6 +158,28 @@ mod tests {
         assert!(!eligible(
             &chat.clone().child(Element::new(CARBONS, "private"))
         ));
-        assert!(!eligible(&chat.child(Element::new(HINTS, "no-copy"))));
+        assert!(!eligible(
+            &chat.clone().child(Element::new(HINTS, "no-copy"))
+        ));
+        for opt_out in [
+            Element::new(CARBONS, "received"),
+            Element::new(CARBONS, "sent"),
+            Element::new(CARBONS, "private"),
+            Element::new(HINTS, "no-copy"),
+        ] {
+            let normal = Element::new(ns::CLIENT, "message")
+                .child(Element::new(ns::CLIENT, "body").text("hi"))
+                .child(opt_out.clone());
+            assert!(!eligible(&normal), "{opt_out:?}");
+            assert!(
+                !eligible(&chat.clone().child(opt_out.clone())),
+                "{opt_out:?}"
+            );
+        }
+        // Other hints and extensions change nothing.
+        assert!(eligible(&chat.clone().child(Element::new(HINTS, "store"))));
+        assert!(eligible(
+            &chat.child(Element::new("urn:xmpp:receipts", "request"))
+        ));
     }
 }
