@@ -24,6 +24,7 @@ pub(crate) mod rooms;
 mod sqlite;
 mod tail;
 
+use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -636,8 +637,9 @@ fn plan<'a>(batch: &'a [Job], state: &'a RoomState, live: &HashSet<&str>) -> Pla
     let mut planner = Planner {
         state,
         rows: Vec::with_capacity(batch.len()),
-        counts: HashMap::default(),
-        order: Vec::new(),
+        // As many owners as jobs, about (a 1:1 message is one entry).
+        counts: HashMap::with_capacity_and_hasher(batch.len(), Default::default()),
+        order: Vec::with_capacity(batch.len()),
         fills: HashMap::default(),
         fresh: HashMap::default(),
         may_wait: Vec::with_capacity(batch.len()),
@@ -807,11 +809,11 @@ struct Planner<'a> {
 impl<'a> Planner<'a> {
     /// Adds a row for `owner`; returns its index.
     fn push(&mut self, owner: &'a str, entry: &'a OwnedEntry) -> usize {
-        let count = match self.counts.get_mut(owner) {
-            Some(count) => count,
-            None => {
+        let count = match self.counts.entry(owner) {
+            Entry::Occupied(count) => count.into_mut(),
+            Entry::Vacant(vacant) => {
                 self.order.push(owner);
-                self.counts.entry(owner).or_insert(0)
+                vacant.insert(0)
             }
         };
         self.rows.push((owner, *count, entry));

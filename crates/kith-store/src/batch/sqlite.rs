@@ -640,7 +640,8 @@ impl SqliteWriter<'_> {
         // members' copies) of owners with a session.
         let mut to_tail = vec![false; numbered.rows.len()];
         if let Some(online) = self.tail.online().filter(|_| self.tail.ready()) {
-            let mut asked: HashMap<&str, bool> = HashMap::default();
+            let mut asked: HashMap<&str, bool> =
+                HashMap::with_capacity_and_hasher(plan.counts.len(), Default::default());
             let mut left = self.tail.room_left();
             for (i, row) in numbered.rows.iter().enumerate() {
                 if let Some((owner, _, _)) = row
@@ -814,7 +815,13 @@ impl SqliteWriter<'_> {
             self.heads.clear();
         }
         for (owner, last) in &numbered.reserved {
-            self.heads.insert((*owner).to_owned(), *last);
+            // An owner already known keeps its key: no name copied per batch.
+            match self.heads.get_mut(*owner) {
+                Some(head) => *head = *last,
+                None => {
+                    self.heads.insert((*owner).to_owned(), *last);
+                }
+            }
         }
         self.fts.next_rowid = self.fts.next_rowid.min(lowest_rowid);
         if with_body > 0 {
