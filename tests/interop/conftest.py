@@ -87,7 +87,11 @@ class ServerFactory:
 
 @pytest.fixture(scope="session")
 def server_factory(tmp_path_factory, request):
-    return ServerFactory(tmp_path_factory, request)
+    factory = ServerFactory(tmp_path_factory, request)
+    yield factory
+    # A server a test left running is stopped with the session, not left behind.
+    for srv in list(LIVE):
+        factory.stop(srv)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -486,3 +486,4 @@ async def test_a_resent_group_message_is_stored_and_delivered_once(server_factor
         assert page.bodies.count("bob's own") == 1, page.bodies
     finally:
         await pool.close_all()
+        server_factory.stop(srv)
