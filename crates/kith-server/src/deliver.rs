@@ -688,7 +688,7 @@ pub(crate) fn storable(message: &Element) -> bool {
         }
     }
     // A no-store hint (XEP-0334 §4) wins unless the message also asks to be stored.
-    if no_store { store } else { content || store }
+    store || (content && !no_store)
 }
 
 /// How many log entries one catch-up read takes.

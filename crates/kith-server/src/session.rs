@@ -273,7 +273,8 @@ impl Clock {
         self.idle.min(Duration::from_secs(60))
     }
 
-    /// The nearest deadline; `holding`: the reader keeps a parser a quiet spell frees.
+    /// The nearest deadline; `holding`: the session keeps memory a quiet spell
+    /// frees (the reader's parser and buffers, the queue of messages it sent).
     fn due(&self, holding: bool) -> Instant {
         if let Some(until) = self.resume_until {
             return until;

@@ -1132,6 +1132,20 @@ impl<'c> Hot<'c> {
     }
 }
 
+/// Runs one of the writer's own statements: `held` when [`Hot`] has it
+/// prepared, else `sql` through rusqlite's cache.
+fn execute(
+    conn: &Connection,
+    held: Option<&RefCell<Statement<'_>>>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    match held {
+        Some(statement) => statement.borrow_mut().execute(params),
+        None => conn.prepare_cached(sql)?.execute(params),
+    }
+}
+
 /// A write that changes nothing, to take the main file's write lock
 /// ([`Immediate::begin`]).
 const TOUCH: &str = "UPDATE fts_state SET next_rowid = next_rowid WHERE 0";
@@ -1158,42 +1172,31 @@ impl<'c, 'h> Immediate<'c, 'h> {
         conn: &'c Connection,
         hot: Option<&'h Hot<'c>>,
     ) -> rusqlite::Result<Immediate<'c, 'h>> {
-        match hot {
-            Some(hot) => hot.begin.borrow_mut().execute([])?,
-            None => conn.prepare_cached("BEGIN")?.execute([])?,
-        };
+        execute(conn, hot.map(|hot| &hot.begin), "BEGIN", [])?;
         let tx = Immediate { conn, hot };
-        match hot {
-            Some(hot) => hot.touch.borrow_mut().execute([])?,
-            None => tx.prepare_cached(TOUCH)?.execute([])?,
-        };
+        execute(conn, hot.map(|hot| &hot.touch), TOUCH, [])?;
         Ok(tx)
     }
 
     pub(super) fn commit(self) -> rusqlite::Result<()> {
-        match self.hot {
-            Some(hot) => hot.commit.borrow_mut().execute([])?,
-            None => self.conn.prepare_cached("COMMIT")?.execute([])?,
-        };
+        execute(self.conn, self.hot.map(|hot| &hot.commit), "COMMIT", [])?;
         Ok(())
     }
 
     /// Moves a device's cursor (and its owner's delivered mark) to `seq`.
     fn ack(&self, owner: &str, resource: &str, seq: i64, now_micros: i64) -> rusqlite::Result<()> {
-        match self.hot {
-            Some(hot) => {
-                hot.ack_device
-                    .borrow_mut()
-                    .execute(params![owner, resource, seq, now_micros])?;
-                hot.ack_user.borrow_mut().execute(params![owner, seq])?;
-            }
-            None => {
-                self.prepare_cached(ACK_DEVICE)?
-                    .execute(params![owner, resource, seq, now_micros])?;
-                self.prepare_cached(ACK_USER)?
-                    .execute(params![owner, seq])?;
-            }
-        }
+        execute(
+            self.conn,
+            self.hot.map(|hot| &hot.ack_device),
+            ACK_DEVICE,
+            params![owner, resource, seq, now_micros],
+        )?;
+        execute(
+            self.conn,
+            self.hot.map(|hot| &hot.ack_user),
+            ACK_USER,
+            params![owner, seq],
+        )?;
         Ok(())
     }
 }
@@ -1212,13 +1215,7 @@ impl Drop for Immediate<'_, '_> {
         if self.conn.is_autocommit() {
             return;
         }
-        let rolled_back = match self.hot {
-            Some(hot) => hot.rollback.borrow_mut().execute([]),
-            None => self
-                .conn
-                .prepare_cached("ROLLBACK")
-                .and_then(|mut rollback| rollback.execute([])),
-        };
+        let rolled_back = execute(self.conn, self.hot.map(|hot| &hot.rollback), "ROLLBACK", []);
         if let Err(error) = rolled_back {
             tracing::warn!(%error, "rolling back the writer's transaction failed");
         }
