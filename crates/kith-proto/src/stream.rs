@@ -222,6 +222,8 @@ impl StreamParser {
         }
         // Where the current item begins in `data` (0: in an earlier read).
         let mut start = self.in_item.then_some(0);
+        // `data[checked.0..]` as far as `element::checked_prefix` accepts it.
+        let mut checked: (usize, &str) = (0, "");
         let mut i = 0;
         while i < data.len() {
             let byte = data[i];
@@ -229,6 +231,12 @@ impl StreamParser {
             match self.lex {
                 Lex::Text if self.depth == 0 => {
                     if byte == b'<' {
+                        if start.is_none()
+                            && let Some(taken) = self.whole_stanza(data, i, &mut checked, events)
+                        {
+                            i += taken;
+                            continue;
+                        }
                         self.declaration_allowed = self.at_start;
                         self.at_start = false;
                         if start.is_none() {
@@ -439,6 +447,45 @@ impl StreamParser {
         Ok(())
     }
 
+    /// A stanza that begins at `data[i]` and ends in `data`, read at once: the
+    /// framer's pass over its bytes (to find where it ends) is not needed when
+    /// all of it is there, as it is in most reads. Its length once its event is
+    /// queued; `None` if it doesn't end in `data` or has anything wrong with
+    /// it: the framer then reads it (and says what is wrong, or waits for
+    /// more). `checked` holds what [`element::checked_prefix`] let through of
+    /// `data` from an earlier stanza of this read on, so each byte is checked
+    /// once a read.
+    fn whole_stanza<'d>(
+        &self,
+        data: &'d [u8],
+        i: usize,
+        checked: &mut (usize, &'d str),
+        events: &mut Vec<StreamEvent>,
+    ) -> Option<usize> {
+        let stream = self.stream.as_ref()?;
+        // Not an end tag, comment, CDATA section or processing instruction.
+        if matches!(data.get(i + 1), None | Some(b'/' | b'!' | b'?')) {
+            return None;
+        }
+        let (from, text) = *checked;
+        let text = match text.get(i.checked_sub(from)?..) {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => {
+                let rest = element::checked_prefix(&data[i..]);
+                *checked = (i, rest);
+                rest
+            }
+        };
+        // A longer stanza is refused by the framer.
+        let mut limit = text.len().min(self.limits.max_stanza_size);
+        while !text.is_char_boundary(limit) {
+            limit -= 1;
+        }
+        let (stanza, taken) = element::leading_stanza(&text[..limit], &stream.scope, self.limits)?;
+        events.push(StreamEvent::Stanza(stanza));
+        Some(taken)
+    }
+
     /// Where `data[i]` is in the current item, which begins at `data[from]` or,
     /// if it began in an earlier read, in `partial`.
     fn item_offset(&self, from: usize, i: usize) -> u32 {
@@ -616,6 +663,88 @@ mod tests {
             Some("h&i \u{1F600}")
         );
         assert_eq!(events[2], StreamEvent::Close);
+    }
+
+    /// Stanzas that arrive whole are read in one pass (`whole_stanza`); what
+    /// they give, and what is wrong with a bad one, is what the framer finds
+    /// when every byte arrives alone.
+    #[test]
+    fn whole_stanzas_read_at_once_agree_with_bytes_read_one_by_one() {
+        let stanzas = [
+            "<message to='a@b' id='1'><body>one</body></message>",
+            "<iq type='get' id='2'><query xmlns='jabber:iq:roster'/></iq>",
+            "<message to='a@b'><body><![CDATA[x < y]]> &amp; \u{e9}\u{1F600}</body></message>",
+            "<presence/>",
+        ];
+        let small = Limits {
+            max_stanza_size: 60,
+            max_depth: 3,
+        };
+        let cases = [
+            (stanzas.concat(), Limits::default()),
+            // Split mid-stanza and mid-character (the read ends inside 😀).
+            (
+                format!("{}{}", stanzas[0], &stanzas[2][..40]),
+                Limits::default(),
+            ),
+            // The second is bad in each way the reader refuses.
+            (
+                format!("{}<message><body></message>", stanzas[0]),
+                Limits::default(),
+            ),
+            (
+                format!("{}<message><!-- c --></message>", stanzas[0]),
+                Limits::default(),
+            ),
+            (
+                format!("{}<message>\u{1}</message>", stanzas[0]),
+                Limits::default(),
+            ),
+            (
+                format!("{}<message>\u{FFFF}</message>", stanzas[0]),
+                Limits::default(),
+            ),
+            (format!("{}<a><b><c><d/></c></b></a>", stanzas[0]), small),
+            (format!("<a/>{}", stanzas[1]), small),
+            (format!("{}<x:a/>", stanzas[0]), Limits::default()),
+        ];
+        for (body, limits) in cases {
+            let doc = format!("{HEADER}{body}");
+            let mut bytes = doc.into_bytes();
+            if body.contains('\u{1}') {
+                // Not valid UTF-8 past here either.
+                bytes.push(0xFF);
+            }
+            let whole = parse_all(&[&bytes], limits);
+            let one_by_one: Vec<&[u8]> = bytes.chunks(1).collect();
+            let one_by_one = parse_all(&one_by_one, limits);
+            match (whole, one_by_one) {
+                (Ok(whole), Ok(one_by_one)) => assert_eq!(whole, one_by_one, "{body}"),
+                (Err(whole), Err(one_by_one)) => {
+                    assert_eq!(whole.condition, one_by_one.condition, "{body}");
+                }
+                (whole, one_by_one) => panic!("{body}: {whole:?} / {one_by_one:?}"),
+            }
+        }
+        let doc = format!("{HEADER}{}", stanzas.concat());
+        let events = parse_all(&[doc.as_bytes()], Limits::default()).expect("valid");
+        assert_eq!(events.len(), 1 + stanzas.len());
+    }
+
+    /// XML 1.0 §3.1: no attribute twice in a tag, `xmlns:xml` (which may be
+    /// declared, to its one namespace) included.
+    #[test]
+    fn the_xml_prefix_declared_twice_is_a_duplicate_attribute() {
+        let xml = "xmlns:xml='http://www.w3.org/XML/1998/namespace'";
+        let once = format!("{HEADER}<message {xml} xml:lang='en'/>");
+        let events = parse_all(&[once.as_bytes()], Limits::default()).expect("declared once");
+        let StreamEvent::Stanza(message) = &events[1] else {
+            panic!("expected a stanza, got {:?}", events[1]);
+        };
+        assert_eq!(message.get_attr("xml:lang"), Some("en"));
+        let twice = format!("{HEADER}<message {xml} {xml}/>");
+        let error = parse_all(&[twice.as_bytes()], Limits::default()).expect_err("twice");
+        assert_eq!(error.condition, StreamErrorCondition::NotWellFormed);
     }
 
     #[test]

@@ -63,6 +63,55 @@ pub(crate) fn stanza(bytes: &[u8], scope: &Scope, limits: Limits) -> Result<Elem
     Ok(element)
 }
 
+/// The stanza `text` begins with, and how many bytes it takes, if all of it is
+/// there and it is well formed; `None` otherwise (the caller then reads it the
+/// slow way, which says what is wrong or waits for the rest). `text` is what
+/// [`checked_prefix`] let through, so a stanza inside it passes the checks
+/// [`stanza`] makes of its bytes.
+pub(crate) fn leading_stanza(
+    text: &str,
+    scope: &Scope,
+    limits: Limits,
+) -> Option<(Element, usize)> {
+    let mut reader = Reader::checked(text, scope, limits);
+    let element = reader.element(&scope.default_ns, 1).ok()?;
+    Some((element, reader.pos))
+}
+
+/// The longest prefix of `bytes` that [`checked_text`] accepts: up to the first
+/// byte of invalid (or, at the end, incomplete) UTF-8 or of a character XML
+/// does not allow.
+pub(crate) fn checked_prefix(bytes: &[u8]) -> &str {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => {
+            let (valid, _) = bytes.split_at(error.valid_up_to());
+            // Valid up to there: `from_utf8` can't fail again.
+            std::str::from_utf8(valid).unwrap_or_default()
+        }
+    };
+    let bytes = text.as_bytes();
+    // Found at once (most text has none), then where.
+    let mut end = if crate::xml::any_byte(bytes, forbidden) {
+        bytes.iter().position(|&byte| forbidden(byte)).unwrap_or(0)
+    } else {
+        bytes.len()
+    };
+    let mut rest = &bytes[..end];
+    let mut at = 0;
+    while let Some(index) = memchr::memchr(0xEF, rest) {
+        if is_non_character(&rest[index..]) {
+            end = at + index;
+            break;
+        }
+        at += index + 1;
+        rest = &rest[index + 1..];
+    }
+    // `end` is at a character's first byte: an ASCII one, or the 0xEF that
+    // begins U+FFFE or U+FFFF.
+    text.get(..end).unwrap_or_default()
+}
+
 /// One element with optional whitespace and XML declaration around it, in no
 /// namespace context: a WebSocket frame (RFC 7395 §3.3.3) or a stored stanza.
 pub(crate) fn fragment(bytes: &[u8], limits: Limits) -> Result<Element> {
@@ -148,16 +197,21 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8], scope: &'a Scope, limits: Limits) -> Result<Self> {
-        Ok(Reader {
-            text: checked_text(bytes)?,
-            bytes,
+        Ok(Self::checked(checked_text(bytes)?, scope, limits))
+    }
+
+    /// A reader of `text` that [`checked_text`] accepted.
+    fn checked(text: &'a str, scope: &'a Scope, limits: Limits) -> Self {
+        Reader {
+            text,
+            bytes: text.as_bytes(),
             pos: 0,
             scope,
             prefixes: Vec::new(),
             max_depth: limits.max_depth,
             copied: 0,
             may_copy: limits.max_stanza_size.saturating_mul(2),
-        })
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -392,9 +446,9 @@ impl<'a> Reader<'a> {
         if self.prefixes[from..].iter().any(|(p, _)| *p == prefix) {
             return Err(not_well_formed("duplicate attribute"));
         }
-        if !xml {
-            self.prefixes.push((prefix, namespace));
-        }
+        // Kept for `xml` too, bound as it always is: so that declaring it
+        // twice is the duplicate attribute it is (XML 1.0 §3.1).
+        self.prefixes.push((prefix, namespace));
         Ok(())
     }
 
@@ -496,12 +550,16 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let mut colon = None;
         let mut ascii = true;
-        while let Some(&byte) = self.bytes.get(self.pos) {
-            match byte {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {}
-                b':' if colon.is_none() => colon = Some(self.pos),
-                b':' => return Err(not_well_formed("invalid name")),
-                0x80.. => ascii = false,
+        loop {
+            // Runs of ASCII name bytes, looked up (most names are nothing else).
+            self.pos += self.bytes[self.pos..]
+                .iter()
+                .position(|&byte| !ASCII_NAME_BYTE[usize::from(byte)])
+                .unwrap_or(self.bytes.len() - self.pos);
+            match self.bytes.get(self.pos) {
+                Some(b':') if colon.is_none() => colon = Some(self.pos),
+                Some(b':') => return Err(not_well_formed("invalid name")),
+                Some(0x80..) => ascii = false,
                 _ => break,
             }
             self.pos += 1;
@@ -660,20 +718,44 @@ fn checked_text(bytes: &[u8]) -> Result<&str> {
     let text = std::str::from_utf8(bytes).map_err(|_| {
         StreamParserError::new(StreamErrorCondition::UnsupportedEncoding, "invalid UTF-8")
     })?;
-    let forbidden = |byte: u8| (byte < 0x20) & (byte != b'\t') & (byte != b'\n') & (byte != b'\r');
     if crate::xml::any_byte(bytes, forbidden) {
         return Err(not_well_formed("a character XML does not allow"));
     }
-    // U+FFFE and U+FFFF are EF BF BE and EF BF BF.
     let mut rest = bytes;
     while let Some(index) = memchr::memchr(0xEF, rest) {
-        if rest.get(index + 1) == Some(&0xBF) && matches!(rest.get(index + 2), Some(0xBE | 0xBF)) {
+        if is_non_character(&rest[index..]) {
             return Err(not_well_formed("a character XML does not allow"));
         }
         rest = &rest[index + 1..];
     }
     Ok(text)
 }
+
+/// A control character XML 1.0 §2.2 `Char` leaves out; without branches (see
+/// [`crate::xml::any_byte`]).
+fn forbidden(byte: u8) -> bool {
+    (byte < 0x20) & (byte != b'\t') & (byte != b'\n') & (byte != b'\r')
+}
+
+/// Whether `bytes` begins with U+FFFE or U+FFFF (EF BF BE, EF BF BF), which
+/// XML 1.0 §2.2 `Char` leaves out.
+fn is_non_character(bytes: &[u8]) -> bool {
+    matches!(bytes, [0xEF, 0xBF, 0xBE | 0xBF, ..])
+}
+
+/// The ASCII bytes of names, but `:`: letters, digits, `_`, `-`, `.` (XML 1.0
+/// §2.3 `NameChar`; whether a name begins with one it may begin with is
+/// checked apart).
+static ASCII_NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] =
+            matches!(byte as u8, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.');
+        byte += 1;
+    }
+    table
+};
 
 fn split_qname(name: &str) -> (Option<&str>, &str) {
     // Names are short: a plain loop beats a search set up for long haystacks.
