@@ -1061,18 +1061,20 @@ pub enum Paced {
 /// A load generator's write side for stepped rates. `control` says the step
 /// and its aggregate rate (`None`: between steps); while a step runs and
 /// `active`, this connection writes its `1 / share` of the rate, evenly
-/// spaced from a random phase, each stanza made by `make(step)` (`None`:
-/// nothing this tick) and counted with `sent(step)`. Always, the answers the
-/// reader queues on `replies` (pongs, acks) go out between.
+/// spaced from a random phase, each stanza written by `make(step, buffer)`
+/// into an emptied buffer kept between ticks (`false`: nothing this tick) and
+/// counted with `sent(step)`. Always, the answers the reader queues on
+/// `replies` (pongs, acks) go out between.
 pub async fn paced(
     wr: &mut Writer,
     active: bool,
     share: usize,
     control: &mut tokio::sync::watch::Receiver<Option<(usize, u32)>>,
     replies: &mut tokio::sync::mpsc::Receiver<String>,
-    mut make: impl FnMut(usize) -> Option<String>,
+    mut make: impl FnMut(usize, &mut String) -> bool,
     sent: impl Fn(usize),
 ) -> Paced {
+    let mut xml = String::new();
     loop {
         let current = *control.borrow_and_update();
         let Some((step, rate)) = current.filter(|_| active) else {
@@ -1087,20 +1089,26 @@ pub async fn paced(
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         loop {
+            // In this order, without drawing a random one per message: a step's
+            // end and the answers the server waits for before the next message.
             tokio::select! {
-                _ = tick.tick() => {
-                    let Some(xml) = make(step) else { continue };
-                    if write(wr, &xml).await.is_err() {
-                        return Paced::Failed;
-                    }
-                    sent(step);
-                }
+                biased;
                 r = control.changed() => {
                     if r.is_err() { return Paced::Done; }
                     break;
                 }
                 Some(reply) = replies.recv() => {
                     if write(wr, &reply).await.is_err() { return Paced::Failed; }
+                }
+                _ = tick.tick() => {
+                    xml.clear();
+                    if !make(step, &mut xml) {
+                        continue;
+                    }
+                    if write(wr, &xml).await.is_err() {
+                        return Paced::Failed;
+                    }
+                    sent(step);
                 }
             }
         }

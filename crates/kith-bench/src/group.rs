@@ -9,6 +9,7 @@
 //! IQ, pipelined: Prosody 0.12 reads one item per request), join (§7.2, wait for
 //! the self-presence with status 110), send `groupchat` (§7.4), destroy (§10.9).
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -197,15 +198,16 @@ async fn writer(
     shared: Arc<Shared>,
     padding: Arc<String>,
 ) -> Option<client::Writer> {
-    let make = |step: usize| {
+    let make = |step: usize, xml: &mut String| {
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
-        (n < MAX_MESSAGES).then(|| {
-            format!(
+        n < MAX_MESSAGES
+            && write!(
+                xml,
                 "<message to='{room}' type='groupchat' id='g{n}'><body>kg {} {step} {} {n} {padding}</body></message>",
                 shared.run,
                 now_us()
             )
-        })
+            .is_ok()
     };
     let sent = |step: usize| {
         shared.sent[step].fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,8 @@
 //! The scenarios. Each returns a [`Report`]; all are bounded in count and time.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use kith_proto::Element;
+use kith_proto::xml::Node;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
@@ -536,8 +539,13 @@ fn parse_body(body: &str, tag: &str) -> Option<(u32, usize, u64)> {
     Some((run, step, t))
 }
 
-pub(crate) fn message_body(el: &Element) -> Option<String> {
-    el.child_text("body", client::NS_CLIENT)
+/// A message's body, borrowed when it is one text node (as the load's are).
+pub(crate) fn message_body(el: &Element) -> Option<Cow<'_, str>> {
+    let body = el.get_child("body", client::NS_CLIENT)?;
+    Some(match body.children.as_slice() {
+        [Node::Text(text)] => Cow::Borrowed(text),
+        _ => Cow::Owned(body.text_content()),
+    })
 }
 
 async fn chat_reader(rd: client::Reader, replies: mpsc::Sender<String>, shared: Arc<ChatShared>) {
@@ -574,18 +582,20 @@ async fn chat_sender(
 ) {
     let users = peers.len();
     let mut seq: u64 = 0;
-    let make = |step: usize| {
+    let make = |step: usize, xml: &mut String| {
         let mut peer = rand::random_range(0..users);
         if peer == me && users > 1 {
             peer = (peer + 1) % users;
         }
         seq += 1;
-        Some(format!(
+        write!(
+            xml,
             "<message to='{}@{domain}' type='chat' id='m{seq}'><body>kb {} {step} {} {padding}</body></message>",
             peers[peer],
             shared.run,
             now_us()
-        ))
+        )
+        .is_ok()
     };
     let sent = |step: usize| {
         shared.sent[step].fetch_add(1, Ordering::Relaxed);
