@@ -426,14 +426,16 @@ fn log_message(
     // queueing's await, and the bounce when queueing failed is boxed.
     async move {
         let recipient = bare_str(to);
-        let sender = message.get_attr("from").unwrap_or_default().to_owned();
+        // The stanza's `from` as parsed (the session's own JID, stamped):
+        // borrowed for the future's life, where the message moves on below.
+        let sender = from.map_or("", |j| j.as_str());
         // XEP-0441: an entry the owner doesn't want archived is still logged for
         // delivery, without an archive id (MAM skips entries without one) and
         // without its text for search. Without an archive nothing is archived.
         let archiving = server.config.archive.enabled;
         // Boxed (here and below): what archiving reads is not carried by every
         // message's handling when it is off.
-        let archived = archiving && Box::pin(mam::should_archive(server, node(to), &sender)).await;
+        let archived = archiving && Box::pin(mam::should_archive(server, node(to), sender)).await;
         // The sender's copy, for their archive, goes into the same commit.
         let sender_owner = from
             .filter(|j| archiving && server.is_local_user(j) && bare_str(j) != recipient)
@@ -475,7 +477,7 @@ fn log_message(
             let xml: Arc<str> = message.to_shared_xml("");
             let entry = NewInboxEntry {
                 stanza_id: &stanza_id,
-                sender: &sender,
+                sender,
                 kind: "message",
                 xml: &xml,
                 at_micros: now,
@@ -496,7 +498,7 @@ fn log_message(
                     owner.as_str(),
                     NewInboxEntry {
                         stanza_id: own_id,
-                        sender: &sender,
+                        sender,
                         kind: "message",
                         xml: outgoing_xml,
                         at_micros: now,
@@ -528,7 +530,7 @@ fn log_message(
             // The writer is gone (shutting down): nothing was queued.
             Err(error) => tracing::error!(%error, "appending to the inbox log failed"),
         }
-        let message = outgoing_bounce(&xml, &sender);
+        let message = outgoing_bounce(&xml, sender);
         Box::pin(async move { bounce(server, &message, StanzaError::internal()).await }).await;
         None
     }

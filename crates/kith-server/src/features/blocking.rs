@@ -59,6 +59,14 @@ impl Cache {
         }
     }
 
+    /// Whether the cached list of `owner` matches `sender`; `None` when not
+    /// cached. Matched under the lock, no list handed out: every message
+    /// asks twice, and most lists are empty.
+    fn matches(&self, owner: &str, sender: &Jid) -> Option<bool> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.lists.get(owner).map(|list| matches(list, sender))
+    }
+
     /// Caches `list`, read from the store after [`Cache::lookup`] returned `epoch`,
     /// unless an invalidation happened since (the list may then be stale).
     fn fill(&self, owner: &str, epoch: u64, list: Arc<HashSet<String>>) {
@@ -95,6 +103,9 @@ impl Server {
             && sender.node().is_some_and(|node| node.as_str() == owner)
         {
             return false;
+        }
+        if let Some(blocked) = self.blocklists.matches(owner, sender) {
+            return blocked;
         }
         match self.blocklist(owner).await {
             Ok(list) => matches(&list, sender),
