@@ -426,8 +426,8 @@ fn log_message(
     // queueing's await, and the bounce when queueing failed is boxed.
     async move {
         let recipient = bare_str(to);
-        // The stanza's `from` as parsed (the session's own JID, stamped):
-        // borrowed for the future's life, where the message moves on below.
+        // The stanza's `from` as parsed (a client's message: its session's JID,
+        // stamped), borrowed: the message itself moves on below.
         let sender = from.map_or("", |j| j.as_str());
         // XEP-0441: an entry the owner doesn't want archived is still logged for
         // delivery, without an archive id (MAM skips entries without one) and

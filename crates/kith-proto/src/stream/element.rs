@@ -90,6 +90,13 @@ pub(crate) fn checked_prefix(bytes: &[u8]) -> &str {
             std::str::from_utf8(valid).unwrap_or_default()
         }
     };
+    allowed_prefix(text)
+}
+
+/// The longest prefix of `text` without a character XML 1.0 §2.2 `Char`
+/// leaves out: the control characters but tab, LF and CR, and U+FFFE and
+/// U+FFFF.
+fn allowed_prefix(text: &str) -> &str {
     let bytes = text.as_bytes();
     // Found at once (most text has none), then where.
     let mut end = if crate::xml::any_byte(bytes, forbidden) {
@@ -718,15 +725,8 @@ fn checked_text(bytes: &[u8]) -> Result<&str> {
     let text = std::str::from_utf8(bytes).map_err(|_| {
         StreamParserError::new(StreamErrorCondition::UnsupportedEncoding, "invalid UTF-8")
     })?;
-    if crate::xml::any_byte(bytes, forbidden) {
+    if allowed_prefix(text).len() < text.len() {
         return Err(not_well_formed("a character XML does not allow"));
-    }
-    let mut rest = bytes;
-    while let Some(index) = memchr::memchr(0xEF, rest) {
-        if is_non_character(&rest[index..]) {
-            return Err(not_well_formed("a character XML does not allow"));
-        }
-        rest = &rest[index + 1..];
     }
     Ok(text)
 }
