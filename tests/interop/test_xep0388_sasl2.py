@@ -17,6 +17,7 @@ import uuid
 import xml.etree.ElementTree as ET
 
 from kithtest.raw import NS_CLIENT, NS_SASL, NS_STREAM, RawStream, local
+from kithtest.xmpp import ClientPool
 from test_rfc7395_websocket import http_up, run_xmpp_js  # noqa: F401 (fixture)
 
 NS_SASL2 = "urn:xmpp:sasl:2"
@@ -234,6 +235,50 @@ async def test_a_password_change_ends_fast_tokens(server, xmpp):
     assert failure_condition(refused) == "not-authorized"
     s3.close()
     s.close()
+
+
+def expiry_of(token: ET.Element) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(token.get("expiry").replace("Z", "+00:00"))
+
+
+async def test_fast_logins_alone_end_a_set_time_after_the_password_login(backend, server_factory):
+    # A token renewed at every FAST login could otherwise be used for ever,
+    # by whoever stole one; `fast_chain_secs` bounds the chain.
+    srv = server_factory.start("fastchain", backend, {"limits": {"fast_chain_secs": 4}})
+    pool = ClientPool(srv)
+    try:
+        acct = await pool.account("chain")
+        agent = str(uuid.uuid4())
+        password = f"\0{acct.name}\0{acct.password}".encode()
+        request = f"<request-token xmlns='{NS_FAST}' mechanism='{HT}'/>"
+
+        async def login(mechanism: str, initial: bytes, inline: str) -> ET.Element:
+            s = await RawStream.connect(srv)
+            await s.secure()
+            try:
+                return await authenticate(s, mechanism, initial, agent=agent, inline=inline)
+            finally:
+                s.close()
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        first = (await login("PLAIN", password, request)).find(f"{{{NS_FAST}}}token")
+        assert expiry_of(first) <= now + datetime.timedelta(seconds=5), first.get("expiry")
+        # A FAST login gets a new token, but one that ends with the chain.
+        renewed = await login(HT, ht_initiator(acct.name, first.get("token")), f"<fast xmlns='{NS_FAST}'/>{request}")
+        second = renewed.find(f"{{{NS_FAST}}}token")
+        assert second.get("token") != first.get("token")
+        assert second.get("expiry") == first.get("expiry")
+        await asyncio.sleep((expiry_of(second) - datetime.datetime.now(datetime.timezone.utc)).total_seconds() + 0.5)
+        refused = await login(HT, ht_initiator(acct.name, second.get("token")), f"<fast xmlns='{NS_FAST}'/>")
+        assert failure_condition(refused) == "credentials-expired"
+        # The password starts a new chain.
+        third = (await login("PLAIN", password, request)).find(f"{{{NS_FAST}}}token")
+        assert expiry_of(third) > expiry_of(second)
+        ok = await login(HT, ht_initiator(acct.name, third.get("token")), f"<fast xmlns='{NS_FAST}'/>")
+        assert ok.tag == f"{{{NS_SASL2}}}success", ET.tostring(ok, encoding="unicode")
+    finally:
+        await pool.close_all()
+        server_factory.stop(srv)
 
 
 async def test_xmpp_js_signs_in_with_sasl2_and_then_with_its_fast_token(http_up, xmpp):

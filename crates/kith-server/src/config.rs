@@ -750,6 +750,10 @@ pub struct LimitsSection {
     /// How old a FAST token may get before a login with it brings the client
     /// a new one (XEP-0484 §3.5).
     pub fast_rotate_secs: u64,
+    /// How long a client may go on signing in with FAST tokens alone after
+    /// its last password (or device credential) login: tokens issued in
+    /// between expire by then; 0: no limit.
+    pub fast_chain_secs: u64,
 }
 
 /// The web client (`web/`, embedded in the binary) served at `/` on HTTP(S).
@@ -905,6 +909,7 @@ impl Default for LimitsSection {
             resume_timeout_secs: 300,
             fast_token_secs: 21 * 24 * 3600,
             fast_rotate_secs: 24 * 3600,
+            fast_chain_secs: 90 * 24 * 3600,
         }
     }
 }

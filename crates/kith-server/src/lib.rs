@@ -25,6 +25,7 @@ mod metrics;
 mod queue;
 mod router;
 mod sasl2;
+mod secrets;
 mod session;
 mod sm;
 mod stun;
@@ -76,6 +77,8 @@ pub struct Server {
     mam_prefs: features::mam::PrefsCache,
     /// Per-process secret that makes the SCRAM salts of unknown users stable.
     fake_salt_key: [u8; 32],
+    /// The secrets kept in the store, once read (`secrets.rs`).
+    secrets: secrets::Secrets,
     /// Push notifications (XEP-0357, Web Push, webhook).
     push: features::push::Push,
     /// The phone-account HTTP API's limiters and SMS client.
@@ -159,6 +162,7 @@ impl Server {
             started: Instant::now(),
             blocklists: features::blocking::Cache::default(),
             fake_salt_key: rand::random(),
+            secrets: secrets::Secrets::default(),
             push,
             upload,
             ports: std::sync::OnceLock::new(),

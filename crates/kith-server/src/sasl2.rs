@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use hmac::{Hmac, Mac};
 use kith_proto::sasl::{self, HT_SHA_256_NONE, HtInitiator, Mechanism, SaslError};
 use kith_proto::{Element, ns};
 use sha2::{Digest, Sha256};
@@ -125,16 +126,16 @@ pub(crate) async fn authenticate<L: Link>(
         None => None,
     };
     let agent = user_agent(request);
-    // With a FAST token: when the client's newest token was issued.
-    let mut token_issued = None;
+    // Signed in with a FAST token: when it was issued, and its chain began.
+    let mut token_login = None;
     let mut authenticated = if mechanism == HT_SHA_256_NONE && fast_enabled(server) {
         // XEP-0484 §4: tokens are per client, so a FAST login names its client.
         let Some(agent) = agent else {
             return Ok(Err(SaslError::MalformedRequest));
         };
         match fast_login(server, agent, initial.as_deref()).await {
-            Ok((authenticated, issued)) => {
-                token_issued = Some(issued);
+            Ok((authenticated, login)) => {
+                token_login = Some(login);
                 authenticated
             }
             Err(error) => return Ok(Err(error)),
@@ -162,7 +163,7 @@ pub(crate) async fn authenticate<L: Link>(
     };
     if let Some(agent) = agent
         && fast_enabled(server)
-        && let Some(token) = fast_token(server, request, &authenticated, agent, token_issued).await
+        && let Some(token) = fast_token(server, request, &authenticated, agent, token_login).await
     {
         success.inline.push(token);
     }
@@ -212,7 +213,16 @@ async fn bind<L: Link>(
 ) -> Result<Option<c2s::Bound>, Ended> {
     let username = &authenticated.username;
     let device = authenticated.device.as_deref();
-    let resource = resource_for(username, request.child_text("tag", ns::BIND2), agent);
+    let mac = match agent {
+        Some(_) => server
+            .secrets
+            .mac(&server.store, crate::secrets::Secret::Resource)
+            .await
+            .inspect_err(|error| tracing::warn!(%error, "reading the resource secret"))
+            .ok(),
+        None => None,
+    };
+    let resource = resource_for(mac, username, request.child_text("tag", ns::BIND2), agent);
     // A resource made from the client's id is that client's: its older
     // session goes (XEP-0386 §3.2 "SHOULD terminate earlier sessions").
     let Ok(mut bound) =
@@ -261,15 +271,27 @@ async fn bind<L: Link>(
 
 /// XEP-0386 §3.2.1: the client's tag, then an id that is the same each time
 /// this client (its user-agent id) binds, so that it stays one device in the
-/// inbox log; the user-agent id itself is not shown ("MUST NOT be exposed"),
-/// only a hash of it. Without a user-agent id, a random one.
-fn resource_for(username: &str, tag: Option<String>, agent: Option<&str>) -> String {
-    let id = match agent {
-        Some(agent) => {
-            let digest = Sha256::digest(format!("kith-bind2\0{username}\0{agent}"));
-            digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+/// inbox log. The user-agent id itself is not shown ("MUST NOT be exposed"):
+/// the id is an HMAC of it under a server secret (`mac`), so it can't be
+/// linked to the user-agent id by anyone who learns that. Without a
+/// user-agent id (or the secret), a random one.
+fn resource_for(
+    mac: Option<Hmac<Sha256>>,
+    username: &str,
+    tag: Option<String>,
+    agent: Option<&str>,
+) -> String {
+    let id = match (mac, agent) {
+        (Some(mut mac), Some(agent)) => {
+            mac.update(username.as_bytes());
+            mac.update(b"\0");
+            mac.update(agent.as_bytes());
+            mac.finalize().into_bytes()[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
         }
-        None => crate::random_id(12),
+        _ => crate::random_id(12),
     };
     // A tag that could not be part of a resource is left out.
     let tag = tag
@@ -282,14 +304,32 @@ fn resource_for(username: &str, tag: Option<String>, agent: Option<&str>) -> Str
     }
 }
 
+/// A login with a FAST token: when the client's newest token was issued, and
+/// when the client last signed in with its password or device credential.
+#[derive(Clone, Copy, Debug)]
+struct TokenLogin {
+    issued_micros: i64,
+    signed_in_micros: i64,
+}
+
+/// When a chain of FAST logins begun at `signed_in` (a password or device
+/// credential login) ends: `fast_chain_secs` later (never when 0), so that a
+/// token, once stolen, can't be renewed for ever.
+fn chain_end(server: &Server, signed_in: i64) -> i64 {
+    match server.config.limits.fast_chain_secs {
+        0 => i64::MAX,
+        secs => signed_in.saturating_add(crate::secs_to_micros(secs)),
+    }
+}
+
 /// Checks an HT-SHA-256-NONE initial response against the tokens of the
 /// client `agent` (XEP-0484 §5.1: the newest first; using it retires the one
-/// before it): who it is, and when the client's newest token was issued.
+/// before it): who it is, and the login's [`TokenLogin`].
 async fn fast_login(
     server: &Server,
     agent: &str,
     initial: Option<&[u8]>,
-) -> Result<(Authenticated, i64), SaslError> {
+) -> Result<(Authenticated, TokenLogin), SaslError> {
     // HT is client-first: nothing to challenge with.
     let message = HtInitiator::parse(initial.ok_or(SaslError::MalformedRequest)?)?;
     // The authcid is the username; some clients send the bare JID.
@@ -353,8 +393,9 @@ async fn fast_login(
             continue;
         };
         // §4.2: a token no longer valid is "credentials-expired"; the client
-        // then signs in with its password.
-        if expires <= now {
+        // then signs in with its password. So is one whose chain has ended
+        // (issued before the limit was lowered).
+        if expires <= now || chain_end(server, tokens.signed_in_micros) <= now {
             return Err(SaslError::CredentialsExpired);
         }
         if newest
@@ -371,7 +412,11 @@ async fn fast_login(
             additional: responder,
             account_key,
         };
-        return Ok((authenticated, tokens.issued_micros));
+        let login = TokenLogin {
+            issued_micros: tokens.issued_micros,
+            signed_in_micros: tokens.signed_in_micros,
+        };
+        return Ok((authenticated, login));
     }
     Err(SaslError::NotAuthorized)
 }
@@ -385,7 +430,7 @@ async fn fast_token(
     request: &Element,
     authenticated: &Authenticated,
     agent: &str,
-    token_issued: Option<i64>,
+    token_login: Option<TokenLogin>,
 ) -> Option<Element> {
     let now = crate::now_micros();
     let requested = request
@@ -397,7 +442,7 @@ async fn fast_token(
         .and_then(|fast| fast.get_attr("invalidate"))
         .is_some_and(|v| matches!(v, "true" | "1"));
     let mut due = requested;
-    if let Some(issued) = token_issued {
+    if let Some(login) = token_login {
         if invalidate {
             if let Err(error) = server
                 .store
@@ -408,14 +453,20 @@ async fn fast_token(
             }
         } else {
             let rotate = crate::secs_to_micros(server.config.limits.fast_rotate_secs);
-            due |= now.saturating_sub(issued) >= rotate;
+            due |= now.saturating_sub(login.issued_micros) >= rotate;
         }
     }
     if !due {
         return None;
     }
-    let expires_micros =
-        now.saturating_add(crate::secs_to_micros(server.config.limits.fast_token_secs));
+    // A token issued to a FAST login lasts no longer than its chain.
+    let signed_in_micros = token_login.map_or(now, |login| login.signed_in_micros);
+    let expires_micros = now
+        .saturating_add(crate::secs_to_micros(server.config.limits.fast_token_secs))
+        .min(chain_end(server, signed_in_micros));
+    if expires_micros <= now {
+        return None;
+    }
     // 190 bits from the CSPRNG (the HT draft asks for at least 128).
     let token = crate::random_id(32);
     let stored = server
@@ -429,6 +480,7 @@ async fn fast_token(
             token: &token,
             expires_micros,
             issued_micros: now,
+            signed_in_micros,
         })
         .await;
     if let Err(error) = stored {
@@ -449,23 +501,34 @@ mod tests {
     #[test]
     fn a_client_keeps_its_resource_without_showing_its_id() {
         let agent = "d4565fa7-4d72-4749-b3d3-740edbf87770";
-        let first = resource_for("juliet", Some("Phone".into()), Some(agent));
+        let keyed = |secret: &[u8]| Hmac::<Sha256>::new_from_slice(secret).ok();
+        let resource = |secret: &[u8], user: &str, tag: Option<&str>, agent: Option<&str>| {
+            resource_for(keyed(secret), user, tag.map(str::to_owned), agent)
+        };
+        let first = resource(b"one", "juliet", Some("Phone"), Some(agent));
         assert_eq!(
             first,
-            resource_for("juliet", Some("Phone".into()), Some(agent))
+            resource(b"one", "juliet", Some("Phone"), Some(agent))
         );
         assert!(first.starts_with("Phone/"), "{first}");
         assert!(!first.contains("d4565fa7"), "{first}");
+        assert_ne!(first, resource(b"one", "romeo", Some("Phone"), Some(agent)));
+        // Another server's secret: another id (it is not a plain hash).
         assert_ne!(
             first,
-            resource_for("romeo", Some("Phone".into()), Some(agent))
+            resource(b"two", "juliet", Some("Phone"), Some(agent))
         );
-        // No id: a new resource each time; a tag that can't be one is dropped.
+        // No id, or no secret: a new resource each time.
         assert_ne!(
-            resource_for("juliet", None, None),
-            resource_for("juliet", None, None)
+            resource(b"one", "juliet", None, None),
+            resource(b"one", "juliet", None, None)
         );
-        assert!(!resource_for("juliet", Some(" ".into()), Some(agent)).contains('/'));
+        assert_ne!(
+            resource_for(None, "juliet", None, Some(agent)),
+            resource_for(None, "juliet", None, Some(agent))
+        );
+        // A tag that can't be part of a resource is dropped.
+        assert!(!resource(b"one", "juliet", Some(" "), Some(agent)).contains('/'));
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct FastTokens {
     pub new_expires_micros: i64,
     /// When the newest token was issued (rotation is due some time after).
     pub issued_micros: i64,
+    /// When the client last signed in with its password or device credential,
+    /// rather than a token (the start of its chain of FAST logins).
+    pub signed_in_micros: i64,
 }
 
 /// A token to store in the `new` slot of `owner`'s client `agent`.
@@ -54,6 +57,9 @@ pub struct NewFastToken<'a> {
     pub expires_micros: i64,
     /// Now.
     pub issued_micros: i64,
+    /// When the client last signed in with its password or device credential:
+    /// now, or, for a token issued to a FAST login, that of the token used.
+    pub signed_in_micros: i64,
 }
 
 impl Store {
@@ -61,7 +67,7 @@ impl Store {
     pub async fn fast_tokens(&self, owner: &str, agent: &str) -> Result<Option<FastTokens>> {
         let row = sqlx::query(
             "SELECT device, mechanism, account_key, token, expires_micros, new_token,
-                new_expires_micros, issued_micros
+                new_expires_micros, issued_micros, signed_in_micros
              FROM fast_tokens WHERE owner = $1 AND agent = $2",
         )
         .bind(owner)
@@ -79,6 +85,7 @@ impl Store {
                 new: row.try_get("new_token")?,
                 new_expires_micros: row.try_get("new_expires_micros")?,
                 issued_micros: row.try_get("issued_micros")?,
+                signed_in_micros: row.try_get("signed_in_micros")?,
             })
         })
         .transpose()
@@ -93,8 +100,8 @@ impl Store {
     pub async fn issue_fast_token(&self, token: &NewFastToken<'_>) -> Result<()> {
         sqlx::query(
             "INSERT INTO fast_tokens (owner, agent, device, mechanism, account_key, token,
-                expires_micros, new_token, new_expires_micros, issued_micros)
-             VALUES ($1, $2, $3, $4, $8, '', 0, $5, $6, $7)
+                expires_micros, new_token, new_expires_micros, issued_micros, signed_in_micros)
+             VALUES ($1, $2, $3, $4, $8, '', 0, $5, $6, $7, $9)
              ON CONFLICT (owner, agent) DO UPDATE SET
                 token = CASE WHEN fast_tokens.device = excluded.device
                     AND fast_tokens.mechanism = excluded.mechanism
@@ -107,7 +114,8 @@ impl Store {
                 device = excluded.device, mechanism = excluded.mechanism,
                 account_key = excluded.account_key,
                 new_token = excluded.new_token, new_expires_micros = excluded.new_expires_micros,
-                issued_micros = excluded.issued_micros",
+                issued_micros = excluded.issued_micros,
+                signed_in_micros = excluded.signed_in_micros",
         )
         .bind(token.owner)
         .bind(token.agent)
@@ -117,6 +125,7 @@ impl Store {
         .bind(token.expires_micros)
         .bind(token.issued_micros)
         .bind(token.account_key)
+        .bind(token.signed_in_micros)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::owner_fk(e, token.owner))?;

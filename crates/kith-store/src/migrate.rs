@@ -1075,6 +1075,22 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (owner, agent)
         )"],
     },
+    // When the client last signed in with its password or device credential:
+    // tokens issued to FAST logins since then expire a set time after it, so a
+    // chain of FAST logins alone can't go on for ever. Rows from before it
+    // count from their newest token.
+    Migration {
+        version: 52,
+        name: "FAST tokens: when the chain of FAST logins began",
+        sqlite: &[
+            "ALTER TABLE fast_tokens ADD COLUMN signed_in_micros INTEGER NOT NULL DEFAULT 0",
+            "UPDATE fast_tokens SET signed_in_micros = issued_micros",
+        ],
+        postgres: &[
+            "ALTER TABLE fast_tokens ADD COLUMN signed_in_micros BIGINT NOT NULL DEFAULT 0",
+            "UPDATE fast_tokens SET signed_in_micros = issued_micros",
+        ],
+    },
 ];
 
 /// The highest schema version this build knows.

@@ -23,6 +23,7 @@ fn token<'a>(agent: &'a str, token: &'a str, at: i64) -> NewFastToken<'a> {
         token,
         expires_micros: at + 1_000,
         issued_micros: at,
+        signed_in_micros: at,
     }
 }
 
@@ -32,11 +33,17 @@ async fn a_new_token_waits_beside_the_current_one_until_used(db: TestDb) {
     assert_eq!(s.fast_tokens("alice", "phone").await.unwrap(), None);
     s.issue_fast_token(&token("phone", "t1", 10)).await.unwrap();
     s.promote_fast_token("alice", "phone", "t1").await.unwrap();
-    s.issue_fast_token(&token("phone", "t2", 20)).await.unwrap();
+    // Issued to a login with t1: the chain still starts at the password login.
+    s.issue_fast_token(&NewFastToken {
+        signed_in_micros: 10,
+        ..token("phone", "t2", 20)
+    })
+    .await
+    .unwrap();
     let tokens = s.fast_tokens("alice", "phone").await.unwrap().unwrap();
     // XEP-0484 §3.5: the token in use stays until the new one is used.
     assert_eq!((tokens.current.as_str(), tokens.new.as_str()), ("t1", "t2"));
-    assert_eq!(tokens.issued_micros, 20);
+    assert_eq!((tokens.issued_micros, tokens.signed_in_micros), (20, 10));
     s.promote_fast_token("alice", "phone", "t2").await.unwrap();
     let tokens = s.fast_tokens("alice", "phone").await.unwrap().unwrap();
     assert_eq!((tokens.current.as_str(), tokens.new.as_str()), ("t2", ""));

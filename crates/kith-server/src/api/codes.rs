@@ -9,9 +9,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use rand::Rng;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
@@ -143,18 +142,10 @@ fn cooling_down(micros: i64, noun: &str) -> ApiError {
 /// HMAC-SHA256 of `target:code` under a server secret kept in the store (shared
 /// by all nodes), so a stolen table of codes can't be used as is.
 async fn code_hash(server: &Server, target: &str, code: &str) -> Result<Vec<u8>, ApiError> {
-    let key = server
-        .api
-        .code_key
-        .get_or_try_init(|| async {
-            let candidate: [u8; 32] = rand::random();
-            server
-                .store
-                .secret_get_or_insert("phone-code-hmac", &candidate)
-                .await
-        })
+    let mut mac = server
+        .secrets
+        .mac(&server.store, crate::secrets::Secret::PhoneCode)
         .await?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(ApiError::internal)?;
     mac.update(target.as_bytes());
     mac.update(b":");
     mac.update(code.as_bytes());

@@ -42,7 +42,6 @@ pub(crate) struct ApiState {
     codes_per_number: RateLimiter<String>,
     links_per_ip: RateLimiter<IpAddr>,
     pub(crate) sms_http: reqwest::Client,
-    code_key: tokio::sync::OnceCell<Vec<u8>>,
 }
 
 impl ApiState {
@@ -52,7 +51,6 @@ impl ApiState {
             codes_per_number: RateLimiter::new(config.phone.codes_per_number_per_hour, 3600),
             links_per_ip: RateLimiter::new(config.phone.codes_per_ip_per_hour, 3600),
             sms_http: sms::client(config.sms.timeout_secs)?,
-            code_key: tokio::sync::OnceCell::new(),
         })
     }
 }

@@ -708,15 +708,14 @@ async fn destroy(server: &Arc<Server>, room: &mut Room, reason: Option<Element>)
 /// XEP-0421 §4: an id stable for this user in this room that reveals nothing
 /// about them: an HMAC of both under a server secret kept in the store.
 async fn occupant_id(server: &Server, room: &str, bare: &str) -> String {
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
-    let candidate: [u8; 32] = rand::random();
-    let key = server
-        .store
-        .secret_get_or_insert("muc-occupant-id", &candidate)
+    use hmac::Mac;
+    let Ok(mut mac) = server
+        .secrets
+        .mac(&server.store, crate::secrets::Secret::OccupantId)
         .await
-        .unwrap_or_else(|_| candidate.to_vec());
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+    else {
+        // Without the store's secret no stable id can be made; a random one
+        // at least reveals nothing.
         return crate::random_id(16);
     };
     mac.update(room.as_bytes());
