@@ -975,6 +975,16 @@ mod tests {
         let doc = format!("<?xml version='1.0' encoding='ISO-8859-1'?>{header}");
         let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err("latin-1");
         assert_eq!(error.condition, StreamErrorCondition::UnsupportedEncoding);
+        // Not an encoding name at all (XML 1.0 §4.3.3 EncName): not well-formed.
+        for name in ["UTF-8\r", "8bit", "", "utf 8"] {
+            let doc = format!("<?xml version='1.0' encoding='{name}'?>{header}");
+            let error = parse_all(&[doc.as_bytes()], Limits::default()).expect_err(&doc);
+            assert_eq!(
+                error.condition,
+                StreamErrorCondition::NotWellFormed,
+                "{doc:?}"
+            );
+        }
     }
 
     #[test]

@@ -202,6 +202,13 @@ struct Reader<'a> {
     may_copy: usize,
 }
 
+/// XML 1.0 §4.3.3 `EncName`.
+fn is_enc_name(value: &str) -> bool {
+    let mut bytes = value.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8], scope: &'a Scope, limits: Limits) -> Result<Self> {
         Ok(Self::checked(checked_text(bytes)?, scope, limits))
@@ -302,6 +309,11 @@ impl<'a> Reader<'a> {
                 (0, "version") if value == "1.0" => seen = 1,
                 (0, "version") => return Err(not_well_formed("XML version other than 1.0")),
                 (1, "encoding") if value.eq_ignore_ascii_case("utf-8") => seen = 2,
+                // §4.3.3: EncName ::= [A-Za-z] ([A-Za-z0-9._] | '-')*; anything
+                // else is no encoding name at all.
+                (1, "encoding") if !is_enc_name(value) => {
+                    return Err(not_well_formed("malformed encoding name"));
+                }
                 (1, "encoding") => {
                     return Err(StreamParserError::new(
                         StreamErrorCondition::UnsupportedEncoding,
