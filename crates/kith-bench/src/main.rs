@@ -133,6 +133,11 @@ pub enum Scenario {
         /// Seconds to hold all sessions at the end (disconnects are counted).
         #[arg(long, default_value_t = 10)]
         hold_secs: u64,
+        /// Sessions logged in and closed before the baseline RSS is read: the
+        /// code a server pages in and what it makes once at its first logins
+        /// are not charged to the sessions counted (0: a cold baseline).
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
     },
     /// M users send 1:1 messages to random online peers at stepped aggregate rates.
     Chat {

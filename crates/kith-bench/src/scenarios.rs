@@ -114,7 +114,17 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
             concurrency,
             settle_secs,
             hold_secs,
-        } => idle(ctx, checkpoints, first, concurrency, settle_secs, hold_secs).await,
+            warmup,
+        } => {
+            let opts = IdleOpts {
+                first,
+                concurrency,
+                settle_secs,
+                hold_secs,
+                warmup,
+            };
+            idle(ctx, checkpoints, opts).await
+        }
         Scenario::Chat {
             users,
             first,
@@ -388,14 +398,22 @@ async fn idle_loop(session: Session, mut stop: watch::Receiver<bool>, disconnect
     }
 }
 
-async fn idle(
-    ctx: &Ctx,
-    mut checkpoints: Vec<usize>,
+struct IdleOpts {
     first: usize,
     concurrency: usize,
     settle_secs: u64,
     hold_secs: u64,
-) -> Result<Report> {
+    warmup: usize,
+}
+
+async fn idle(ctx: &Ctx, mut checkpoints: Vec<usize>, opts: IdleOpts) -> Result<Report> {
+    let IdleOpts {
+        first,
+        concurrency,
+        settle_secs,
+        hold_secs,
+        warmup,
+    } = opts;
     checkpoints.sort_unstable();
     checkpoints.dedup();
     let total = checkpoints.last().copied().unwrap_or(0);
@@ -409,7 +427,30 @@ async fn idle(
     let (stop_tx, stop_rx) = watch::channel(false);
     let disconnects = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
+    let steps = LoginSteps {
+        presence: true,
+        roster: true,
+    };
+    let cold = ctx.procs.rss_bytes().unwrap_or(0);
+    let cold_file = ctx.procs.rss_file_bytes().unwrap_or(0);
+    // A server's first logins page in its code (file-backed pages of RSS) and
+    // fill what it makes once; those sessions end before the baseline is read,
+    // so that what each checkpoint counts is what sessions hold.
+    if warmup > 0 {
+        let warm = bounded(first..first + warmup, concurrency, &errors, |i| {
+            let target = ctx.target.clone();
+            let name = user(ctx, i);
+            async move { client::login(&target, &name, i, steps).await }
+        })
+        .await;
+        for session in warm {
+            let (_, mut wr) = session.conn.into_split();
+            let _ = client::write(&mut wr, "</stream:stream>").await;
+        }
+        tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    }
     let baseline = ctx.procs.rss_bytes().unwrap_or(0);
+    let baseline_file = ctx.procs.rss_file_bytes().unwrap_or(0);
     let mut rows = Vec::new();
     let mut points = Vec::new();
     let mut tls = None;
@@ -419,10 +460,6 @@ async fn idle(
     let start = Instant::now();
     for &cp in &checkpoints {
         let want = cp.saturating_sub(up);
-        let steps = LoginSteps {
-            presence: true,
-            roster: true,
-        };
         let sessions = bounded(next_index..next_index + want, concurrency, &errors, |i| {
             let target = ctx.target.clone();
             let name = user(ctx, i);
@@ -448,7 +485,8 @@ async fn idle(
             format!("{:.1}", per / 1024.0),
             format!("{:.1}", marginal / 1024.0),
         ]);
-        points.push(json!({"sessions": alive, "rss_bytes": rss, "bytes_per_session": per, "marginal_bytes_per_session": marginal}));
+        let file = ctx.procs.rss_file_bytes().unwrap_or(0);
+        points.push(json!({"sessions": alive, "rss_bytes": rss, "rss_file_bytes": file, "bytes_per_session": per, "marginal_bytes_per_session": marginal}));
         prev = (alive as usize, rss);
     }
     let login_secs = start.elapsed().as_secs_f64();
@@ -467,12 +505,27 @@ async fn idle(
     let _ = stop_tx.send(true);
     let closing = async { while tasks.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(30), closing).await;
-    let mut lines = vec![format!(
-        "idle [{}]: {up}/{total} sessions up (logins took {login_secs:.1} s), TLS {}, baseline server RSS {:.1} MiB",
-        ctx.cli.label,
-        tls.as_deref().unwrap_or("off"),
-        baseline as f64 / 1048576.0
-    )];
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let end_file = points
+        .last()
+        .and_then(|p| p["rss_file_bytes"].as_u64())
+        .unwrap_or(0);
+    let mut lines = vec![
+        format!(
+            "idle [{}]: {up}/{total} sessions up (logins took {login_secs:.1} s), TLS {}, \
+             baseline server RSS {:.1} MiB after {warmup} warm-up logins ({:.1} MiB cold)",
+            ctx.cli.label,
+            tls.as_deref().unwrap_or("off"),
+            mib(baseline),
+            mib(cold)
+        ),
+        format!(
+            "of which file-backed (code): {:.1} MiB cold, {:.1} at the baseline, {:.1} at the end",
+            mib(cold_file),
+            mib(baseline_file),
+            mib(end_file)
+        ),
+    ];
     lines.extend(table(
         &[
             "sessions",
@@ -497,6 +550,8 @@ async fn idle(
     let mut json = header(ctx, "idle");
     json["results"] = json!({
         "target_sessions": total, "up": up, "baseline_rss_bytes": baseline,
+        "cold_rss_bytes": cold, "warmup_sessions": warmup,
+        "baseline_rss_file_bytes": baseline_file, "cold_rss_file_bytes": cold_file,
         "checkpoints": points, "disconnects": lost, "hold_secs": hold_secs, "tls": tls,
         "held_cpu_ms_per_s": held_cpu_ms_per_s,
     });

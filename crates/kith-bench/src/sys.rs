@@ -67,6 +67,16 @@ impl Procs {
         )
     }
 
+    /// Sum of RssFile over the processes (pages of files mapped: the
+    /// binary's code and data first of all), in bytes.
+    pub fn rss_file_bytes(&self) -> Option<u64> {
+        Some(
+            self.each(|pid| rss_file_of(&format!("/proc/{pid}/status")))?
+                .values()
+                .sum(),
+        )
+    }
+
     /// utime+stime of each process.
     pub fn cpu_sample(&self) -> Option<CpuSample> {
         self.each(|pid| cpu_of(&format!("/proc/{pid}/stat")))
@@ -118,19 +128,28 @@ fn named(names: &[String]) -> Result<Vec<u32>> {
 }
 
 fn rss_of(path: &str) -> Result<u64> {
+    status_bytes(path, "VmRSS:")
+}
+
+fn rss_file_of(path: &str) -> Result<u64> {
+    status_bytes(path, "RssFile:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+fn status_bytes(path: &str, field: &str) -> Result<u64> {
     let text = std::fs::read_to_string(path).with_context(|| path.to_owned())?;
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("VmRSS:") {
+        if let Some(rest) = line.strip_prefix(field) {
             let kb: u64 = rest
                 .trim()
                 .trim_end_matches("kB")
                 .trim()
                 .parse()
-                .context("VmRSS")?;
+                .with_context(|| field.to_owned())?;
             return Ok(kb * 1024);
         }
     }
-    bail!("no VmRSS in {path}")
+    bail!("no {field} in {path}")
 }
 
 fn cpu_of(path: &str) -> Result<u64> {
