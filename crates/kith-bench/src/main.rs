@@ -21,6 +21,11 @@ use clap::{Parser, Subcommand};
 
 use crate::client::{Auth, Mech, Target};
 
+/// mimalloc: the load generator's CPU bounds the highest steps it can offer
+/// (BENCHMARKS.md, session 36).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kith-bench",
