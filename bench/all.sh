@@ -23,7 +23,7 @@ for s in ${STAGES:-login chat chat-archive offline durable durable-archive group
   case $s in
     login) stage login login ;;
     chat) stage chat chat --users 200 --step-secs 8 --drain-secs 3 \
-            --rates 1000,2000,4000,6000,8000,10000,12000,14000,16000,20000,24000,32000,40000,48000,56000,64000,72000,80000,88000,96000,104000,112000,120000 ;;
+            --rates 1000,2000,4000,6000,8000,10000,12000,14000,16000,20000,24000,32000,40000,48000,56000,64000,72000,80000,88000,96000,104000,112000,120000,128000,136000,144000 ;;
     chat-archive) ARCHIVE=on stage chat-archive chat --users 200 --step-secs 8 --drain-secs 3 \
             --rates 250,500,1000,1500,2000,3000,4000,6000,10000,16000,20000,24000,28000,32000 ;;
     offline) stage offline offline ;;
